@@ -1,0 +1,635 @@
+package mxrelay
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/mxrelay/mxrelay/internal/backoff"
+	"github.com/mxrelay/mxrelay/internal/relayconn"
+	"github.com/mxrelay/mxrelay/internal/wire"
+)
+
+// Client sends emails through one mxrelay relay. It holds a bounded
+// priority queue and one session worker that connects when there is work,
+// sends the queued emails in SMTP sessions of up to MaxEmailsPerSession,
+// and disconnects when idle. A Client is safe for concurrent use. Close it
+// to stop the worker; every accepted email gets exactly one Result.
+type Client struct {
+	url    string
+	apiKey string
+	opts   Options
+	log    *slog.Logger
+	events *dispatcher
+
+	retry     backoff.Policy
+	reconnect backoff.Policy
+
+	mu       sync.Mutex
+	q        queue
+	seq      uint64
+	inflight int
+	closed   bool  // Close was called: nothing more is accepted
+	authErr  error // the relay refused the key: permanent
+	stats    Stats
+	sumSess  time.Duration
+	sumEmail time.Duration
+
+	wake     chan struct{}      // buffered 1: the queue changed
+	draining chan struct{}      // closed by Close
+	stopCtx  context.Context    // ends when Close gives up waiting
+	stop     context.CancelFunc //
+	done     chan struct{}      // closed when the worker has returned
+
+	connState atomic.Int32
+	sessState atomic.Int32
+	ids       atomic.Uint64
+}
+
+// New returns a Client for the relay at relayURL (ws:// or wss://, for
+// example "wss://relay.example.com/smtp") authenticating with apiKey. opts
+// may be nil. New does no I/O: the first email makes the client connect.
+// Invalid options fail here with a clear error.
+func New(relayURL, apiKey string, opts *Options) (*Client, error) {
+	var o Options
+	if opts != nil {
+		o = *opts
+	}
+	if err := o.validate(relayURL, apiKey); err != nil {
+		return nil, err
+	}
+	o = o.withDefaults()
+	c := &Client{
+		url:       relayURL,
+		apiKey:    apiKey,
+		opts:      o,
+		log:       o.Logger,
+		retry:     backoff.Policy{Initial: o.RetryInterval, Max: o.MaxRetryInterval, Jitter: 0.2},
+		reconnect: backoff.Policy{Initial: o.ReconnectInterval, Max: o.MaxReconnectInterval, Jitter: 0.2},
+		wake:      make(chan struct{}, 1),
+		draining:  make(chan struct{}),
+		done:      make(chan struct{}),
+	}
+	c.events = newDispatcher(o.OnEvent, o.EventBuffer, o.Logger)
+	c.stopCtx, c.stop = context.WithCancel(context.Background())
+	go c.run()
+	return c, nil
+}
+
+// email is the client's record of an accepted email. Its mutable fields are
+// guarded by Client.mu.
+type email struct {
+	id       string
+	from     string
+	pending  []string // recipients not yet decided
+	body     *body
+	cfg      sendConfig
+	seq      uint64
+	queuedAt time.Time
+	handle   *Handle
+	timer    *time.Timer
+
+	state     emailState
+	qidx      int
+	notBefore time.Time
+	attempts  int
+	accepted  []string
+	rejected  []RecipientError
+	unknown   bool  // an attempt ended with an unknown outcome
+	canceled  error // why it was withdrawn, once Cancel or its context asked
+	abort     func()
+	session   string
+	reply     Reply         // the reply to the delivering end of data
+	txTime    time.Duration // how long the delivering transaction took
+}
+
+type emailState int
+
+const (
+	stateReady    emailState = iota // in the queue, may go now
+	stateDelayed                    // in the queue, waiting for a retry time
+	stateEnvelope                   // in a transaction, before its end of data
+	stateReply                      // its end of data is being sent or was sent
+	stateTaken                      // out of the queue, its result about to be decided
+	stateDone                       // its result is out
+)
+
+func (e *email) urgent() bool { return e.cfg.immediate || e.cfg.priority == PriorityCritical }
+
+func (c *Client) newID() string {
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return fmt.Sprintf("m%d", c.ids.Add(1))
+	}
+	return hex.EncodeToString(b[:])
+}
+
+// Enqueue validates e and queues it without waiting for it to be sent. It
+// fails with an error matching ErrInvalidEmail, ErrQueueFull, ErrClosed or
+// ErrAuthFailed, in which case nothing was accepted. A body that cannot be
+// read twice is copied to a temporary file first (see Email.Body).
+func (c *Client) Enqueue(e Email, opts ...SendOption) (*Handle, error) {
+	cfg := sendConfig{priority: PriorityNormal, retries: -1, timeout: c.opts.Timeout}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	if !cfg.priority.valid() {
+		return nil, fmt.Errorf("%w: unknown priority %d", ErrInvalidEmail, int(cfg.priority))
+	}
+	if cfg.retries < 0 {
+		cfg.retries = c.opts.Retries
+	}
+	if err := e.validate(); err != nil {
+		return nil, err
+	}
+	if err := c.admit(); err != nil {
+		return nil, err
+	}
+	b, err := newBody(e.Body, c.opts.TempDir)
+	if err != nil {
+		return nil, err
+	}
+	em := &email{
+		id:      e.ID,
+		from:    e.From,
+		pending: append([]string(nil), e.To...),
+		body:    b,
+		cfg:     cfg,
+		qidx:    -1,
+	}
+	if em.id == "" {
+		em.id = c.newID()
+	}
+	em.handle = &Handle{c: c, em: em, done: make(chan struct{})}
+
+	c.mu.Lock()
+	if err := c.admitLocked(); err != nil {
+		c.mu.Unlock()
+		b.release()
+		return nil, err
+	}
+	c.seq++
+	em.seq = c.seq
+	em.queuedAt = time.Now()
+	c.q.push(em, em.queuedAt)
+	c.stats.EmailsQueued++
+	if cfg.timeout > 0 {
+		em.timer = time.AfterFunc(cfg.timeout, func() {
+			c.cancel(em, fmt.Errorf("%w: email timeout of %v", context.DeadlineExceeded, cfg.timeout))
+		})
+	}
+	c.mu.Unlock()
+	c.kick()
+	c.log.Debug("mxrelay: email queued", "email", em.id, "priority", cfg.priority.String())
+	return em.handle, nil
+}
+
+func (c *Client) admit() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.admitLocked()
+}
+
+func (c *Client) admitLocked() error {
+	switch {
+	case c.closed:
+		return ErrClosed
+	case c.authErr != nil:
+		return c.authErr
+	case c.q.len() >= c.opts.MaxQueueSize:
+		return ErrQueueFull
+	}
+	return nil
+}
+
+// Send queues e and blocks until its result. It returns the Result and, when
+// the email was not delivered, an *EmailError (also in Result.Err); or, with
+// a nil Result, the error of Enqueue. When ctx ends first, the email is
+// withdrawn as by Handle.Cancel: Send returns at once if its end of data was
+// not sent yet (the error matches ErrCanceled and ctx's error), and
+// otherwise when the upstream answers it, at most CommandTimeout later.
+func (c *Client) Send(ctx context.Context, e Email, opts ...SendOption) (*Result, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	h, err := c.Enqueue(e, opts...)
+	if err != nil {
+		return nil, err
+	}
+	stop := context.AfterFunc(ctx, func() {
+		c.cancel(h.em, fmt.Errorf("%w: %w", ErrCanceled, context.Cause(ctx)))
+	})
+	defer stop()
+	<-h.done
+	return h.res, h.res.Err
+}
+
+// cancel withdraws em (see Handle.Cancel).
+func (c *Client) cancel(em *email, cause error) {
+	c.mu.Lock()
+	switch em.state {
+	case stateReady, stateDelayed:
+		c.q.remove(em)
+		em.canceled = cause
+		c.mu.Unlock()
+		c.fail(em, cause)
+		c.kick()
+		return
+	case stateEnvelope:
+		if em.canceled == nil {
+			em.canceled = cause
+		}
+		abort := em.abort
+		c.mu.Unlock()
+		if abort != nil {
+			abort()
+		}
+		return
+	}
+	c.mu.Unlock()
+}
+
+// kick wakes the worker.
+func (c *Client) kick() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// finish gives em its Result: delivered when err is nil and a recipient
+// accepted it, failed with err otherwise. Only the first call counts.
+func (c *Client) finish(em *email, err error) {
+	c.mu.Lock()
+	if em.state == stateDone {
+		c.mu.Unlock()
+		return
+	}
+	wasInflight := em.state == stateEnvelope || em.state == stateReply
+	em.state = stateDone
+	if wasInflight {
+		c.inflight--
+	}
+	now := time.Now()
+	res := &Result{
+		EmailID:        em.id,
+		Priority:       em.cfg.priority,
+		Accepted:       em.accepted,
+		Rejected:       em.rejected,
+		Attempts:       em.attempts,
+		SessionID:      em.session,
+		MaybeDelivered: em.unknown,
+		Queued:         em.queuedAt,
+		Duration:       now.Sub(em.queuedAt),
+	}
+	if err == nil && len(em.accepted) > 0 {
+		res.Reply = em.reply
+		c.stats.EmailsProcessed++
+		c.sumEmail += em.txTime
+	} else {
+		if err == nil {
+			err = fmt.Errorf("%w: no recipient accepted", ErrInvalidEmail)
+		}
+		res.Err = &EmailError{EmailID: em.id, Attempts: em.attempts, Err: err}
+		c.stats.EmailsFailed++
+	}
+	em.handle.res = res
+	if em.timer != nil {
+		em.timer.Stop()
+	}
+	c.mu.Unlock()
+
+	em.body.release()
+	close(em.handle.done)
+	if res.Err == nil {
+		c.events.emit(Event{Type: EventEmailProcessed, SessionID: res.SessionID, EmailID: em.id, Result: res, Duration: em.txTime})
+		c.log.Debug("mxrelay: email delivered", "email", em.id, "attempts", res.Attempts, "rejected", len(res.Rejected))
+	} else {
+		c.events.emit(Event{Type: EventEmailFailed, SessionID: res.SessionID, EmailID: em.id, Result: res, Err: res.Err})
+		c.log.Debug("mxrelay: email failed", "email", em.id, "err", res.Err)
+	}
+}
+
+func (c *Client) fail(em *email, err error) { c.finish(em, err) }
+
+// ConnState is the relay connection's state now.
+func (c *Client) ConnState() ConnState { return ConnState(c.connState.Load()) }
+
+// SessionState is the session worker's state now.
+func (c *Client) SessionState() SessionState { return SessionState(c.sessState.Load()) }
+
+// Stats returns a snapshot of the counters.
+func (c *Client) Stats() Stats {
+	c.mu.Lock()
+	s := c.stats
+	s.QueueSize = c.q.len()
+	s.InFlight = c.inflight
+	if s.SessionsProcessed > 0 {
+		s.AverageSessionTime = c.sumSess / time.Duration(s.SessionsProcessed)
+	}
+	if s.EmailsProcessed > 0 {
+		s.AverageEmailTime = c.sumEmail / time.Duration(s.EmailsProcessed)
+	}
+	c.mu.Unlock()
+	s.EventsDropped = c.events.droppedCount()
+	return s
+}
+
+func (c *Client) setConnState(s ConnState) {
+	old := ConnState(c.connState.Swap(int32(s)))
+	if old != s {
+		c.log.Debug("mxrelay: connection state", "from", old.String(), "to", s.String())
+		c.events.emit(Event{Type: EventStateChanged, From: old, To: s})
+	}
+}
+
+func (c *Client) setSessionState(s SessionState) { c.sessState.Store(int32(s)) }
+
+// Close stops accepting emails and keeps sending what is queued until ctx
+// ends; then it closes the session in progress and fails every email left
+// with ErrClosed (its Result says so, so the caller can resubmit it). It
+// sends QUIT, closes the channel and the WebSocket, and returns when no
+// goroutine of the client runs, except that it waits for an OnEvent call in
+// progress. It returns ctx's error if emails were handed back unsent. Safe
+// to call more than once.
+func (c *Client) Close(ctx context.Context) error {
+	c.mu.Lock()
+	first := !c.closed
+	if first {
+		c.closed = true
+		close(c.draining)
+	}
+	c.mu.Unlock()
+	c.kick()
+	var err error
+	select {
+	case <-c.done:
+	case <-ctx.Done():
+		err = ctx.Err()
+		c.stop()
+		<-c.done
+	}
+	c.stop()
+	c.mu.Lock()
+	left := c.q.all()
+	c.mu.Unlock()
+	for _, em := range left {
+		c.fail(em, ErrClosed)
+	}
+	if first {
+		c.events.close()
+	}
+	if len(left) > 0 && err == nil {
+		err = ErrClosed
+	}
+	return err
+}
+
+// run is the session worker: the single goroutine that owns the relay
+// connection and runs the SMTP sessions, one at a time.
+func (c *Client) run() {
+	defer close(c.done)
+	w := &worker{c: c}
+	defer w.disconnect(nil)
+	for w.waitForWork() {
+		w.batchWait()
+		w.session()
+	}
+}
+
+// worker is the state of the session worker's goroutine.
+type worker struct {
+	c        *Client
+	conn     *relayconn.Conn
+	failures int  // set-up failures in a row
+	lost     bool // the last connection was lost, not closed by us
+}
+
+// waitForWork returns true when an email is ready to go, false when the
+// client is closing and nothing is left, or Close gave up. While it waits
+// it keeps an idle connection for IdleTimeout.
+func (w *worker) waitForWork() bool {
+	c := w.c
+	var idle <-chan time.Time
+	if w.conn != nil {
+		if c.opts.IdleTimeout < 0 {
+			ch := make(chan time.Time)
+			close(ch)
+			idle = ch
+		} else {
+			t := time.NewTimer(c.opts.IdleTimeout)
+			defer t.Stop()
+			idle = t.C
+		}
+	}
+	for {
+		c.mu.Lock()
+		now := time.Now()
+		c.q.promote(now)
+		ready := c.q.readyLen() > 0
+		empty := c.q.len() == 0
+		next, hasNext := c.q.nextDue()
+		c.mu.Unlock()
+		if c.stopCtx.Err() != nil {
+			return false
+		}
+		if ready {
+			return true
+		}
+		select {
+		case <-c.draining:
+			if empty {
+				return false
+			}
+		default:
+		}
+		var due <-chan time.Time
+		if hasNext {
+			t := time.NewTimer(next.Sub(now))
+			defer t.Stop()
+			due = t.C
+		}
+		var dead <-chan struct{}
+		if w.conn != nil {
+			dead = w.conn.Done()
+		}
+		select {
+		case <-c.wake:
+		case <-c.draining:
+		case <-c.stopCtx.Done():
+		case <-due:
+		case <-idle:
+			if ready := w.readyNow(); !ready {
+				w.disconnect(nil)
+				idle = nil
+			}
+		case <-dead:
+			w.disconnect(w.conn.Err())
+			idle = nil
+		}
+	}
+}
+
+func (w *worker) readyNow() bool {
+	w.c.mu.Lock()
+	defer w.c.mu.Unlock()
+	w.c.q.promote(time.Now())
+	return w.c.q.readyLen() > 0
+}
+
+// batchWait holds a new session back for Options.BatchWait, until enough
+// emails wait or one of them is urgent.
+func (w *worker) batchWait() {
+	c := w.c
+	if c.opts.BatchWait <= 0 {
+		return
+	}
+	t := time.NewTimer(c.opts.BatchWait)
+	defer t.Stop()
+	for {
+		c.mu.Lock()
+		c.q.promote(time.Now())
+		enough := c.q.readyLen() >= c.opts.MaxEmailsPerSession || c.q.urgent > 0
+		c.mu.Unlock()
+		if enough {
+			return
+		}
+		select {
+		case <-c.wake:
+		case <-t.C:
+			return
+		case <-c.draining:
+			return
+		case <-c.stopCtx.Done():
+			return
+		}
+	}
+}
+
+// connect makes sure an authenticated WebSocket is open.
+func (w *worker) connect(ctx context.Context) error {
+	c := w.c
+	if w.conn != nil {
+		select {
+		case <-w.conn.Done():
+			w.disconnect(w.conn.Err())
+		default:
+			return nil
+		}
+	}
+	c.setConnState(StateConnecting)
+	c.events.emit(Event{Type: EventConnecting})
+	dctx, cancel := context.WithTimeout(ctx, c.opts.DialTimeout)
+	defer cancel()
+	conn, err := relayconn.Dial(dctx, relayconn.Config{
+		URL:               c.url,
+		APIKey:            c.apiKey,
+		HTTPClient:        c.opts.HTTPClient,
+		Header:            c.opts.Header,
+		Binary:            !c.opts.DisableBinary,
+		AuthTimeout:       c.opts.AuthTimeout,
+		ChannelTimeout:    c.opts.ChannelTimeout,
+		HeartbeatInterval: max(c.opts.HeartbeatInterval, 0),
+		HeartbeatTimeout:  c.opts.HeartbeatTimeout,
+		Logger:            c.log,
+	})
+	if err != nil {
+		return relayErr(err)
+	}
+	w.conn = conn
+	c.setConnState(StateConnected)
+	c.events.emit(Event{Type: EventConnected})
+	c.setConnState(StateAuthenticating)
+	if err := conn.Authenticate(ctx); err != nil {
+		return relayErr(err)
+	}
+	c.setConnState(StateAuthenticated)
+	c.events.emit(Event{Type: EventAuthenticated})
+	c.log.Debug("mxrelay: authenticated", "relay", c.url, "key", wire.MaskKey(c.apiKey))
+	return nil
+}
+
+// disconnect closes the WebSocket, if any. cause is why it ended when the
+// relay or the network ended it; nil when the client chose to.
+func (w *worker) disconnect(cause error) {
+	if w.conn == nil {
+		return
+	}
+	w.conn.Close(websocket.StatusNormalClosure, "")
+	w.conn = nil
+	c := w.c
+	if cause != nil {
+		cause = relayErr(cause)
+		w.lost = true
+	}
+	if ConnState(c.connState.Load()) != StateFailed {
+		c.setConnState(StateDisconnected)
+	}
+	c.events.emit(Event{Type: EventDisconnected, Err: cause})
+}
+
+// setupFailed handles a session that could not start: a permanent cause
+// fails every waiting email at once; a temporary one is retried with
+// backoff until MaxReconnectAttempts, then fails them with a *ConnectError.
+func (w *worker) setupFailed(err error) {
+	c := w.c
+	w.failures++
+	if permanentConnErr(err) {
+		w.disconnect(nil)
+		c.setConnState(StateFailed)
+		c.setSessionState(SessionIdle)
+		if errorsIsAuth(err) {
+			c.mu.Lock()
+			c.authErr = err
+			c.mu.Unlock()
+		}
+		c.log.Error("mxrelay: session set-up failed permanently", "err", err)
+		c.events.emit(Event{Type: EventError, Err: err})
+		w.failWaiting(err)
+		w.failures = 0
+		return
+	}
+	if w.failures >= c.opts.MaxReconnectAttempts {
+		cerr := &ConnectError{Attempts: w.failures, Err: err}
+		w.disconnect(nil)
+		c.setConnState(StateFailed)
+		c.setSessionState(SessionIdle)
+		c.log.Error("mxrelay: giving up on the relay", "attempts", w.failures, "err", err)
+		c.events.emit(Event{Type: EventError, Err: cerr})
+		w.failWaiting(cerr)
+		w.failures = 0
+		return
+	}
+	delay := c.reconnect.Delay(w.failures)
+	c.setSessionState(SessionFailed)
+	c.setConnState(StateReconnecting)
+	c.log.Warn("mxrelay: session set-up failed, retrying", "attempt", w.failures, "delay", delay, "err", err)
+	c.events.emit(Event{Type: EventReconnecting, Attempt: w.failures, Duration: delay, Err: err})
+	t := time.NewTimer(delay)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-c.stopCtx.Done():
+	}
+}
+
+// failWaiting fails every email in the queue with err.
+func errorsIsAuth(err error) bool { return errors.Is(err, ErrAuthFailed) }
+
+func (w *worker) failWaiting(err error) {
+	c := w.c
+	c.mu.Lock()
+	left := c.q.all()
+	c.mu.Unlock()
+	for _, em := range left {
+		c.fail(em, err)
+	}
+}

@@ -1,0 +1,50 @@
+// Package mxrelay sends email through an SMTP-over-WebSocket relay, for
+// hosts where outbound SMTP ports are blocked and port 443 is open.
+//
+// A relay accepts a WebSocket, checks an API key and forwards an SMTP
+// session to a real mail server; the client speaks SMTP end to end with
+// that server through it. The wire contract is the mxrelay protocol,
+// version 1 (docs/protocol.md).
+//
+// A Client holds a bounded priority queue (CRITICAL > HIGH > NORMAL > LOW,
+// first in first out within a level) and one session worker: it connects
+// when there is work, sends up to MaxEmailsPerSession emails in one SMTP
+// session (EHLO, AUTH, MAIL/RCPT/DATA for each, QUIT), keeps the WebSocket
+// authenticated while work keeps coming, and disconnects when idle. Under
+// it, a reconnect loop with exponential backoff and jitter; over it,
+// per-email results, events, statistics and states.
+//
+//	c, err := mxrelay.New("wss://relay.example.com/smtp", apiKey, nil)
+//	...
+//	defer c.Close(ctx)
+//	res, err := c.Send(ctx, mxrelay.Email{From: from, To: to, Body: msg})
+//
+// # Guarantees
+//
+// Every email accepted by Send or Enqueue gets exactly one Result: delivered,
+// failed with an *EmailError, or handed back by Close with ErrClosed. An
+// email is reported delivered only when the upstream answered 250 to the end
+// of its data. When the end of data was sent and no reply came, the outcome
+// is unknown: the email fails with an *UnknownOutcomeError (matching
+// ErrUnknownOutcome), or with Options.RetryUnknown is retried, and its
+// Result says MaybeDelivered.
+//
+// # Standards
+//
+//   - RFC 6455, The WebSocket Protocol (github.com/coder/websocket)
+//   - RFC 5321, Simple Mail Transfer Protocol (github.com/emersion/go-smtp)
+//   - RFC 3207, SMTP STARTTLS, end to end through the relay
+//   - RFC 4954, SMTP AUTH, with RFC 4616 PLAIN and the LOGIN mechanism
+//     (github.com/emersion/go-sasl)
+//   - RFC 1870, SIZE: the body's size is declared when the server offers it
+//   - RFC 3463, enhanced status codes, in SMTPError and Reply
+//   - RFC 1047, duplicate messages and the unknown outcome
+//
+// # What it does not do
+//
+// It does not build messages (no MIME, no attachments, no headers), sign
+// them (no DKIM) or resolve MX records: compose messages with the library
+// you like and hand the bytes to Email.Body. It does not rewrite bodies: a
+// body goes out as given, dot-stuffed. It keeps nothing on disk except a
+// temporary copy of a body that cannot be read twice.
+package mxrelay

@@ -1,0 +1,304 @@
+package mxrelay
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// Priority orders the queue: CRITICAL before HIGH before NORMAL before LOW,
+// first in first out within a level. The zero value is PriorityNormal.
+type Priority int
+
+// The priorities.
+const (
+	PriorityLow      Priority = -1
+	PriorityNormal   Priority = 0
+	PriorityHigh     Priority = 1
+	PriorityCritical Priority = 2
+)
+
+const numPriorities = 4
+
+func (p Priority) String() string {
+	switch p {
+	case PriorityLow:
+		return "LOW"
+	case PriorityNormal:
+		return "NORMAL"
+	case PriorityHigh:
+		return "HIGH"
+	case PriorityCritical:
+		return "CRITICAL"
+	}
+	return fmt.Sprintf("Priority(%d)", int(p))
+}
+
+func (p Priority) valid() bool { return p >= PriorityLow && p <= PriorityCritical }
+
+// Email is one message and its envelope. The library does not build
+// messages: Body holds the RFC 5322 bytes (headers, blank line, body) that
+// the caller composed with the library of its choice.
+type Email struct {
+	// ID names the email in results, events and logs. Zero: a random ID.
+	ID string
+	// From is the envelope sender (MAIL FROM). Empty is the null
+	// reverse-path "<>", for bounces.
+	From string
+	// To are the envelope recipients (RCPT TO), at least one.
+	To []string
+	// Body is the message. It is streamed, never read whole into memory. A
+	// body that can seek (*bytes.Reader, *strings.Reader, *os.File on a
+	// regular file) is read from its current offset at each attempt and must
+	// not change until the email's result; *bytes.Buffer is read without
+	// being drained. Any other reader is copied to a temporary file in
+	// Options.TempDir by Enqueue, so that a retry can read it again; the
+	// file is removed with the email's result.
+	Body io.Reader
+}
+
+// SendOption adjusts how one email is sent.
+type SendOption func(*sendConfig)
+
+type sendConfig struct {
+	priority  Priority
+	retries   int // -1: Options.Retries
+	timeout   time.Duration
+	immediate bool
+}
+
+// WithPriority sets the email's priority. Default: PriorityNormal.
+func WithPriority(p Priority) SendOption { return func(c *sendConfig) { c.priority = p } }
+
+// WithRetries sets how many times the email is retried after a temporary
+// failure. Default: Options.Retries. Negative n means none.
+func WithRetries(n int) SendOption {
+	return func(c *sendConfig) { c.retries = max(n, 0) }
+}
+
+// WithTimeout sets the email's deadline, counted from Enqueue. Past it, an
+// email that has not reached the end of its data is withdrawn and fails
+// with an error matching context.DeadlineExceeded. Default: Options.Timeout.
+func WithTimeout(d time.Duration) SendOption { return func(c *sendConfig) { c.timeout = d } }
+
+// Immediate lets a new session start for this email without waiting for
+// Options.BatchWait. CRITICAL emails are always immediate.
+func Immediate() SendOption { return func(c *sendConfig) { c.immediate = true } }
+
+// Reply is the upstream's reply to an email's end of data.
+type Reply struct {
+	Code         int
+	EnhancedCode [3]int // zero when the server sent none
+	Message      string
+}
+
+// RecipientError is a recipient the upstream refused.
+type RecipientError struct {
+	Address string
+	Err     *SMTPError
+}
+
+// Result is what happened to one email. Exactly one Result is produced for
+// every email that Send or Enqueue accepted.
+type Result struct {
+	EmailID  string
+	Priority Priority
+	// Accepted are the recipients the email was delivered to.
+	Accepted []string
+	// Rejected are the recipients the upstream refused, permanently (5xx)
+	// or after the email's retries ran out (4xx). An email delivered to some
+	// recipients and refused for others has Err == nil and both lists set.
+	Rejected []RecipientError
+	// Reply is the upstream's reply to the end of data of the delivering
+	// attempt; zero when the email was not delivered.
+	Reply Reply
+	// Attempts is how many SMTP transactions were started for the email.
+	Attempts int
+	// SessionID is the session of the last attempt.
+	SessionID string
+	// MaybeDelivered is true when an attempt ended with its end of data sent
+	// and no reply: the upstream may have the email even if Err is set, and
+	// if it was retried (Options.RetryUnknown) it may have been delivered
+	// twice.
+	MaybeDelivered bool
+	// Queued is when Enqueue accepted the email; Duration is from then to
+	// this result.
+	Queued   time.Time
+	Duration time.Duration
+	// Err is nil when the email was delivered (the upstream answered 250 to
+	// its end of data), and an *EmailError otherwise.
+	Err error
+}
+
+// Delivered reports whether the upstream accepted the email for at least
+// one recipient.
+func (r *Result) Delivered() bool { return r.Err == nil }
+
+// Handle follows one email accepted by Enqueue. Its methods are safe for
+// concurrent use.
+type Handle struct {
+	c    *Client
+	em   *email
+	done chan struct{}
+	res  *Result
+}
+
+// ID is the email's ID.
+func (h *Handle) ID() string { return h.em.id }
+
+// Done is closed when the email's result is known.
+func (h *Handle) Done() <-chan struct{} { return h.done }
+
+// Wait blocks until the email's result or the end of ctx. It returns the
+// result and its Err; when ctx ends first it returns nil and ctx's error,
+// and the email goes on (use Cancel to withdraw it).
+func (h *Handle) Wait(ctx context.Context) (*Result, error) {
+	select {
+	case <-h.done:
+		return h.res, h.res.Err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// Cancel withdraws the email if its end of data has not been sent: a queued
+// email leaves the queue, an email in the middle of its transaction has its
+// channel closed (the session's other emails are not affected beyond a new
+// channel). Its result then fails with an error matching ErrCanceled. Once
+// the end of data is sent Cancel does nothing: the reply decides.
+func (h *Handle) Cancel() { h.c.cancel(h.em, ErrCanceled) }
+
+// body is an email's message, readable once per attempt.
+type body struct {
+	r     io.ReadSeeker
+	start int64
+	size  int64
+	spool *os.File // a copy of a read-once body, removed by release
+}
+
+// newBody prepares r for reading at each attempt; see Email.Body.
+func newBody(r io.Reader, tempDir string) (*body, error) {
+	if b, ok := r.(*bytes.Buffer); ok {
+		r = bytes.NewReader(b.Bytes())
+	}
+	if rs, ok := r.(io.ReadSeeker); ok {
+		if start, err := rs.Seek(0, io.SeekCurrent); err == nil {
+			end, err := rs.Seek(0, io.SeekEnd)
+			if err == nil {
+				if _, err = rs.Seek(start, io.SeekStart); err == nil {
+					return &body{r: rs, start: start, size: end - start}, nil
+				}
+			}
+		}
+	}
+	f, err := os.CreateTemp(tempDir, "mxrelay-body-*")
+	if err != nil {
+		return nil, fmt.Errorf("mxrelay: copying the body: %w", err)
+	}
+	n, err := io.Copy(f, r)
+	if err == nil {
+		_, err = f.Seek(0, io.SeekStart)
+	}
+	if err != nil {
+		f.Close()
+		os.Remove(f.Name())
+		return nil, fmt.Errorf("%w: %w", errBody, err)
+	}
+	return &body{r: f, size: n, spool: f}, nil
+}
+
+// open rewinds the body for an attempt.
+func (b *body) open() (io.Reader, error) {
+	if _, err := b.r.Seek(b.start, io.SeekStart); err != nil {
+		return nil, fmt.Errorf("%w: rewinding: %w", errBody, err)
+	}
+	return io.LimitReader(b.r, b.size), nil
+}
+
+func (b *body) release() {
+	if b.spool != nil {
+		b.spool.Close()
+		os.Remove(b.spool.Name())
+	}
+}
+
+// validUTF8 reads r to the end and reports whether it is valid UTF-8,
+// holding at most one read buffer.
+func validUTF8(r io.Reader) (bool, error) {
+	buf := make([]byte, 32<<10)
+	carry := 0
+	for {
+		n, err := r.Read(buf[carry:])
+		n += carry
+		cut := n
+		// keep an incomplete rune at the end for the next read
+		for i := n - 1; i >= 0 && i >= n-utf8.UTFMax; i-- {
+			if utf8.RuneStart(buf[i]) {
+				if !utf8.FullRune(buf[i:n]) {
+					cut = i
+				}
+				break
+			}
+		}
+		if !utf8.Valid(buf[:cut]) {
+			return false, nil
+		}
+		carry = copy(buf, buf[cut:n])
+		if err == io.EOF {
+			return carry == 0, nil
+		}
+		if err != nil {
+			return false, fmt.Errorf("%w: %w", errBody, err)
+		}
+	}
+}
+
+// maxPath is the longest reverse- or forward-path of RFC 5321 §4.5.3.1.3,
+// angle brackets included.
+const maxPath = 256
+
+// checkAddress refuses what could not be put in MAIL FROM or RCPT TO as it
+// is: control characters, spaces, angle brackets, a path over 256 octets.
+func checkAddress(role, a string) error {
+	if len(a)+2 > maxPath {
+		return fmt.Errorf("%w: %s address is %d octets, more than %d", ErrInvalidEmail, role, len(a), maxPath-2)
+	}
+	for i := 0; i < len(a); i++ {
+		switch c := a[i]; {
+		case c < ' ' || c == 0x7f:
+			return fmt.Errorf("%w: %s address %q has a control character", ErrInvalidEmail, role, a)
+		case c == ' ' || c == '<' || c == '>':
+			return fmt.Errorf("%w: %s address %q has a space or angle bracket", ErrInvalidEmail, role, a)
+		}
+	}
+	if !utf8.ValidString(a) {
+		return fmt.Errorf("%w: %s address %q is not valid UTF-8", ErrInvalidEmail, role, a)
+	}
+	if role == "recipient" && (a == "" || !strings.Contains(a, "@") && !strings.EqualFold(a, "postmaster")) {
+		return fmt.Errorf("%w: recipient %q is not an address", ErrInvalidEmail, a)
+	}
+	return nil
+}
+
+func (e *Email) validate() error {
+	if err := checkAddress("sender", e.From); err != nil {
+		return err
+	}
+	if len(e.To) == 0 {
+		return fmt.Errorf("%w: no recipient", ErrInvalidEmail)
+	}
+	for _, to := range e.To {
+		if err := checkAddress("recipient", to); err != nil {
+			return err
+		}
+	}
+	if e.Body == nil {
+		return fmt.Errorf("%w: nil body", ErrInvalidEmail)
+	}
+	return nil
+}

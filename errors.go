@@ -1,0 +1,187 @@
+package mxrelay
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/mxrelay/mxrelay/internal/relayconn"
+)
+
+// Sentinel errors. Match them with errors.Is.
+var (
+	// ErrQueueFull is returned by Send and Enqueue when MaxQueueSize emails
+	// are already waiting. Nothing was accepted.
+	ErrQueueFull = errors.New("mxrelay: queue is full")
+
+	// ErrClosed is returned by Send and Enqueue after Close, and is the
+	// cause of the result of every email that Close handed back unsent.
+	ErrClosed = errors.New("mxrelay: client closed")
+
+	// ErrAuthFailed means the relay refused the API key (AUTHENTICATE
+	// answered success:false, or close status 4003). It is permanent: the
+	// client does not try the same key again, waiting emails fail with it,
+	// and later Sends are refused with it.
+	ErrAuthFailed = errors.New("mxrelay: relay refused the API key")
+
+	// ErrUnknownOutcome is matched by an *UnknownOutcomeError: the end of an
+	// email's data was sent and no reply came, so it may have been delivered.
+	ErrUnknownOutcome = errors.New("mxrelay: outcome unknown, the email may have been delivered")
+
+	// ErrInvalidEmail is wrapped by every error about an email that can never
+	// be sent as it is: a bad address, no recipient, a nil body. Such an email
+	// is refused by Send and Enqueue, or failed before any of it is sent.
+	ErrInvalidEmail = errors.New("mxrelay: invalid email")
+
+	// ErrCanceled is wrapped by the error of an email withdrawn before its
+	// end of data was sent: by Handle.Cancel, by the end of its Send context
+	// (the context's error is wrapped too) or by its Timeout
+	// (context.DeadlineExceeded is wrapped too).
+	ErrCanceled = errors.New("mxrelay: email cancelled")
+
+	// ErrNotUTF8 means the relay only speaks JSON text frames and the email's
+	// bytes are not valid UTF-8, so they cannot travel without being changed.
+	// Nothing of the email was sent. Send it over a binary channel, or encode
+	// its 8-bit parts (quoted-printable, base64).
+	ErrNotUTF8 = fmt.Errorf("%w: body is not valid UTF-8 and the relay does not accept binary frames", ErrInvalidEmail)
+)
+
+// SMTPError is a reply of the upstream SMTP server: its code, its enhanced
+// status code (RFC 3463) and its text. Temporary reports a 4xx reply. It is
+// go-smtp's type, so errors.As works with either name.
+type SMTPError = smtp.SMTPError
+
+// EmailError is the error of an email that was not delivered: why, with the
+// email's ID and how many attempts were made. Err is the cause: an
+// *SMTPError, an *UnknownOutcomeError, a *ConnectError, ErrClosed,
+// ErrAuthFailed, a context error for a cancelled email, or a connection
+// error.
+type EmailError struct {
+	EmailID  string
+	Attempts int
+	Err      error
+}
+
+func (e *EmailError) Error() string {
+	return fmt.Sprintf("mxrelay: email %s not delivered after %d attempt(s): %s", e.EmailID, e.Attempts, trimPrefix(e.Err))
+}
+
+func (e *EmailError) Unwrap() error { return e.Err }
+
+// Temporary reports whether the last failure was temporary (a 4xx reply, a
+// lost connection, a timeout), so that sending the same email again later
+// may succeed.
+func (e *EmailError) Temporary() bool { return temporary(e.Err) }
+
+// UnknownOutcomeError is the failure of an attempt whose end of data was
+// (at least partly) written and whose reply never came: the upstream may
+// have accepted the email. It matches ErrUnknownOutcome.
+type UnknownOutcomeError struct {
+	Err error // why the reply never came
+}
+
+func (e *UnknownOutcomeError) Error() string {
+	return "mxrelay: outcome unknown, the email may have been delivered: " + trimPrefix(e.Err)
+}
+
+func (e *UnknownOutcomeError) Unwrap() error { return e.Err }
+
+// Is makes errors.Is(err, ErrUnknownOutcome) true.
+func (e *UnknownOutcomeError) Is(target error) bool { return target == ErrUnknownOutcome }
+
+// ConnectError means the client could not set up a session after
+// MaxReconnectAttempts attempts: the WebSocket, AUTHENTICATE, the channel or
+// the SMTP greeting kept failing. Err is the last cause.
+type ConnectError struct {
+	Attempts int
+	Err      error
+}
+
+func (e *ConnectError) Error() string {
+	return fmt.Sprintf("mxrelay: relay unreachable after %d attempt(s): %s", e.Attempts, trimPrefix(e.Err))
+}
+
+func (e *ConnectError) Unwrap() error { return e.Err }
+
+// RelayError is a failure of the relay connection, carrying the WebSocket
+// close status when there was one (-1 when the connection just ended).
+type RelayError struct {
+	Code   int    // close status, -1 for none
+	Reason string // close reason, or what went wrong
+	Err    error
+}
+
+func (e *RelayError) Error() string { return "mxrelay: " + e.Err.Error() }
+func (e *RelayError) Unwrap() error { return e.Err }
+
+// ProtocolError means the relay broke PROTOCOL.md; the connection was closed.
+type ProtocolError struct {
+	Err error
+}
+
+func (e *ProtocolError) Error() string { return "mxrelay: " + e.Err.Error() }
+func (e *ProtocolError) Unwrap() error { return e.Err }
+
+// trimPrefix avoids "mxrelay: ... mxrelay: ..." in wrapped messages.
+func trimPrefix(err error) string {
+	if err == nil {
+		return "<nil>"
+	}
+	s := err.Error()
+	for len(s) > 9 && s[:9] == "mxrelay: " {
+		s = s[9:]
+	}
+	return s
+}
+
+// temporary classifies a cause: SMTP 4xx, connection trouble and timeouts
+// are temporary; SMTP 5xx, bad input, auth refusal, cancellation are not.
+func temporary(err error) bool {
+	var se *SMTPError
+	if errors.As(err, &se) {
+		return se.Code/100 == 4
+	}
+	switch {
+	case err == nil,
+		errors.Is(err, ErrAuthFailed),
+		errors.Is(err, ErrInvalidEmail),
+		errors.Is(err, ErrClosed),
+		errors.Is(err, ErrCanceled),
+		errors.Is(err, errBody):
+		return false
+	}
+	return true
+}
+
+// errBody is wrapped by errors reading an email's body.
+var errBody = errors.New("mxrelay: reading the body")
+
+// relayErr turns an error of the relay connection into the package's types.
+func relayErr(err error) error {
+	var ae *relayconn.AuthError
+	var ce *relayconn.ClosedError
+	var pe *relayconn.ProtocolError
+	var che *relayconn.ChannelError
+	switch {
+	case errors.As(err, &ae):
+		return fmt.Errorf("%w: %s", ErrAuthFailed, ae.Message)
+	case errors.As(err, &pe):
+		return &ProtocolError{Err: err}
+	case errors.As(err, &ce):
+		return &RelayError{Code: int(ce.Code), Reason: ce.Reason, Err: err}
+	case errors.As(err, &che):
+		return &RelayError{Code: -1, Reason: che.Message, Err: err}
+	}
+	return err
+}
+
+// permanentConnErr reports whether a session set-up failure must not be
+// retried: a refused key, a relay that speaks another protocol, SMTP
+// credentials the server refused (5xx), a required STARTTLS it lacks.
+func permanentConnErr(err error) bool {
+	return errors.Is(err, ErrAuthFailed) || errors.Is(err, errPermanentSetup)
+}
+
+// errPermanentSetup marks a set-up failure that retrying cannot fix.
+var errPermanentSetup = errors.New("mxrelay: session set-up failed permanently")

@@ -1,0 +1,158 @@
+package mxrelay
+
+import (
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+)
+
+// EventType names an event.
+type EventType int
+
+// The events, named as in the original TypeScript client.
+const (
+	EventSessionQueued    EventType = iota + 1 // a session is planned: QueueSize
+	EventSessionStarted                        // its SMTP dialogue is ready: EmailCount ready emails
+	EventSessionCompleted                      // it ended with QUIT: Results, Duration
+	EventSessionFailed                         // it could not start or broke: Err, Duration
+	EventEmailProcessed                        // an email was delivered: Result, Duration (its transaction)
+	EventEmailFailed                           // an email failed for good: Result, Err
+	EventEmailRetrying                         // an email will be retried: Attempt, Duration (delay), Err
+	EventConnecting                            // dialing the relay
+	EventConnected                             // the WebSocket is open
+	EventAuthenticated                         // the relay accepted the API key
+	EventDisconnected                          // the WebSocket closed: Err (nil when the client closed it)
+	EventReconnecting                          // a set-up failed and will be tried again: Attempt, Duration (delay), Err
+	EventStateChanged                          // the connection state changed: From, To
+	EventError                                 // an error that concerns no single email: Err
+)
+
+var eventNames = map[EventType]string{
+	EventSessionQueued: "sessionQueued", EventSessionStarted: "sessionStarted",
+	EventSessionCompleted: "sessionCompleted", EventSessionFailed: "sessionFailed",
+	EventEmailProcessed: "emailProcessed", EventEmailFailed: "emailFailed", EventEmailRetrying: "emailRetrying",
+	EventConnecting: "connecting", EventConnected: "connected", EventAuthenticated: "authenticated",
+	EventDisconnected: "disconnected", EventReconnecting: "reconnecting",
+	EventStateChanged: "stateChanged", EventError: "error",
+}
+
+func (t EventType) String() string {
+	if s, ok := eventNames[t]; ok {
+		return s
+	}
+	return fmt.Sprintf("EventType(%d)", int(t))
+}
+
+// Event is something that happened in the client. Which fields are set
+// depends on Type (see the constants).
+type Event struct {
+	Type       EventType
+	Time       time.Time
+	SessionID  string
+	EmailID    string
+	QueueSize  int
+	EmailCount int
+	Result     *Result
+	Results    []*Result
+	Duration   time.Duration
+	Attempt    int
+	From, To   ConnState
+	Err        error
+}
+
+// dispatcher hands events to the user's callback on a goroutine of its own,
+// through a bounded buffer: a slow callback loses events (counted), it never
+// slows the sender.
+type dispatcher struct {
+	fn  func(Event)
+	max int
+	log *slog.Logger
+
+	mu      sync.Mutex
+	buf     []Event
+	wake    chan struct{} // buffered 1
+	closed  bool
+	dropped int64
+	done    chan struct{}
+}
+
+func newDispatcher(fn func(Event), max int, log *slog.Logger) *dispatcher {
+	d := &dispatcher{fn: fn, max: max, log: log, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	if fn == nil {
+		close(d.done)
+		return d
+	}
+	go d.run()
+	return d
+}
+
+// emit queues e; it never blocks.
+func (d *dispatcher) emit(e Event) {
+	if d.fn == nil {
+		return
+	}
+	if e.Time.IsZero() {
+		e.Time = time.Now()
+	}
+	d.mu.Lock()
+	switch {
+	case d.closed:
+	case len(d.buf) >= d.max:
+		d.dropped++
+	default:
+		d.buf = append(d.buf, e)
+	}
+	d.mu.Unlock()
+	select {
+	case d.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (d *dispatcher) droppedCount() int64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.dropped
+}
+
+func (d *dispatcher) run() {
+	defer close(d.done)
+	for {
+		d.mu.Lock()
+		batch := d.buf
+		d.buf = nil
+		closed := d.closed
+		d.mu.Unlock()
+		for _, e := range batch {
+			d.call(e)
+		}
+		if len(batch) == 0 {
+			if closed {
+				return
+			}
+			<-d.wake
+		}
+	}
+}
+
+func (d *dispatcher) call(e Event) {
+	defer func() {
+		if r := recover(); r != nil {
+			d.log.Error("mxrelay: OnEvent panicked", "event", e.Type.String(), "panic", r)
+		}
+	}()
+	d.fn(e)
+}
+
+// close delivers what is buffered, then stops the goroutine and waits for it.
+func (d *dispatcher) close() {
+	d.mu.Lock()
+	d.closed = true
+	d.mu.Unlock()
+	select {
+	case d.wake <- struct{}{}:
+	default:
+	}
+	<-d.done
+}

@@ -1,0 +1,531 @@
+// Package relayconn is the client side of one mxrelay WebSocket: dial,
+// AUTHENTICATE, the heartbeat, and SMTP channels exposed as net.Conn. It
+// knows PROTOCOL.md and nothing about emails.
+package relayconn
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/mxrelay/mxrelay/internal/wire"
+)
+
+// Config describes one connection. Zero durations disable the timer they
+// name; the caller (the root package) fills in defaults.
+type Config struct {
+	URL               string
+	APIKey            string
+	HTTPClient        *http.Client
+	Header            http.Header
+	Binary            bool // ask for binary data frames
+	AuthTimeout       time.Duration
+	ChannelTimeout    time.Duration
+	HeartbeatInterval time.Duration
+	HeartbeatTimeout  time.Duration
+	// MaxBuffered bounds the SMTP bytes received and not yet read on a
+	// channel; past it the connection stops reading (backpressure).
+	MaxBuffered int
+	Logger      *slog.Logger
+}
+
+// AuthError is a refused AUTHENTICATE: success:false or close 4003. It is
+// permanent: the same key must not be tried again.
+type AuthError struct {
+	Message string
+}
+
+func (e *AuthError) Error() string {
+	if e.Message == "" {
+		return "relay refused the API key"
+	}
+	return "relay refused the API key: " + e.Message
+}
+
+// ChannelError is SMTP_CHANNEL_ERROR: the relay could not reach the
+// upstream, or the upstream failed. It is temporary.
+type ChannelError struct {
+	Message string
+}
+
+func (e *ChannelError) Error() string { return "relay channel error: " + e.Message }
+
+// ClosedError is a WebSocket that ended: Code is the close status, or -1
+// when it ended without a close frame.
+type ClosedError struct {
+	Code   websocket.StatusCode
+	Reason string
+	Err    error
+}
+
+func (e *ClosedError) Error() string {
+	if e.Code < 0 {
+		return fmt.Sprintf("relay connection lost: %v", e.Err)
+	}
+	if e.Reason != "" {
+		return fmt.Sprintf("relay closed the connection: %d %s", int(e.Code), e.Reason)
+	}
+	return fmt.Sprintf("relay closed the connection: %d", int(e.Code))
+}
+
+func (e *ClosedError) Unwrap() error { return e.Err }
+
+// ProtocolError is a relay that broke PROTOCOL.md. The connection is closed
+// with status 1002 (or 1009 for a frame over the limits).
+type ProtocolError struct {
+	Err error
+}
+
+func (e *ProtocolError) Error() string { return "relay protocol error: " + e.Err.Error() }
+func (e *ProtocolError) Unwrap() error { return e.Err }
+
+// ErrTimeout is wrapped by the errors of AuthTimeout, ChannelTimeout and the
+// heartbeat.
+var ErrTimeout = errors.New("timed out")
+
+// ErrClosed is returned after Close.
+var ErrClosed = errors.New("relay connection closed")
+
+// Conn is one authenticated-or-not WebSocket to a relay. Its methods are
+// safe for concurrent use; at most one channel is open at a time.
+type Conn struct {
+	cfg Config
+	ws  *websocket.Conn
+	log *slog.Logger
+
+	ctx    context.Context // bounds the connection's lifetime
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	authResp chan wire.AuthenticateResponse // buffered 1
+	opening  chan openResult                // buffered 1, non-nil while a channel open waits
+
+	closeReq chan closeRequest // buffered 1: the first request wins
+
+	mu   sync.Mutex
+	ch   *Channel // current channel, until SMTP_CHANNEL_CLOSED
+	dead chan struct{}
+	err  error // why the connection ended
+}
+
+type closeRequest struct {
+	code   websocket.StatusCode
+	reason string
+}
+
+type openResult struct {
+	binary bool
+	err    error
+}
+
+// Dial opens the WebSocket and starts its reader and heartbeat. It does not
+// authenticate.
+func Dial(ctx context.Context, cfg Config) (*Conn, error) {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	ws, resp, err := websocket.Dial(ctx, cfg.URL, &websocket.DialOptions{
+		HTTPClient:   cfg.HTTPClient,
+		HTTPHeader:   cfg.Header,
+		Subprotocols: []string{wire.Subprotocol},
+	})
+	if resp != nil && resp.Body != nil {
+		resp.Body.Close()
+	}
+	if err != nil {
+		return nil, err
+	}
+	if p := ws.Subprotocol(); p != "" && p != wire.Subprotocol {
+		ws.Close(websocket.StatusProtocolError, "unsupported subprotocol")
+		return nil, &ProtocolError{Err: fmt.Errorf("relay selected subprotocol %q", p)}
+	}
+	ws.SetReadLimit(wire.ReadLimit)
+	c := &Conn{
+		cfg:      cfg,
+		ws:       ws,
+		log:      log,
+		authResp: make(chan wire.AuthenticateResponse, 1),
+		closeReq: make(chan closeRequest, 1),
+		dead:     make(chan struct{}),
+	}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	c.wg.Add(2)
+	go c.readLoop()
+	go c.closer()
+	if cfg.HeartbeatInterval > 0 {
+		c.wg.Add(1)
+		go c.heartbeat()
+	}
+	return c, nil
+}
+
+// Done is closed when the connection has ended; Err then says why.
+func (c *Conn) Done() <-chan struct{} { return c.dead }
+
+// Err is why the connection ended, nil while it is alive.
+func (c *Conn) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+// fail records why the connection ended (first cause wins), ends the current
+// channel with that cause and wakes every waiter.
+func (c *Conn) fail(err error) {
+	c.mu.Lock()
+	if c.err != nil {
+		c.mu.Unlock()
+		return
+	}
+	c.err = err
+	ch := c.ch
+	c.ch = nil
+	close(c.dead)
+	c.mu.Unlock()
+	if ch != nil {
+		ch.remoteEnd(err)
+	}
+	c.cancel()
+}
+
+// Close ends the connection with the given status and waits for its
+// goroutines. It is safe to call more than once.
+func (c *Conn) Close(code websocket.StatusCode, reason string) error {
+	c.shutdown(code, reason, ErrClosed)
+	c.wg.Wait()
+	return nil
+}
+
+// shutdown records why the connection ends and asks the closer to send the
+// close frame. It never blocks.
+func (c *Conn) shutdown(code websocket.StatusCode, reason string, err error) {
+	c.fail(err)
+	select {
+	case c.closeReq <- closeRequest{code: code, reason: truncate(reason, 120)}:
+	default:
+	}
+}
+
+// abort drops the connection for a protocol error or a timeout.
+func (c *Conn) abort(code websocket.StatusCode, err error) {
+	c.shutdown(code, err.Error(), err)
+}
+
+// closer owns the closing handshake: the first request's status is sent,
+// the library bounds the wait for the relay's answer, and CloseNow releases
+// the reader whatever happened.
+func (c *Conn) closer() {
+	defer c.wg.Done()
+	req := <-c.closeReq
+	c.ws.Close(req.code, req.reason)
+	c.ws.CloseNow()
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}
+
+func (c *Conn) write(ctx context.Context, typ websocket.MessageType, p []byte) error {
+	if err := c.ws.Write(ctx, typ, p); err != nil {
+		if e := c.Err(); e != nil {
+			return e
+		}
+		return err
+	}
+	return nil
+}
+
+func (c *Conn) writeControl(ctx context.Context, typ string, data any) error {
+	return c.write(ctx, websocket.MessageText, wire.MustEncode(typ, data))
+}
+
+// Authenticate sends AUTHENTICATE and waits for the answer, at most
+// AuthTimeout. A refusal is an *AuthError; the connection is then closed.
+func (c *Conn) Authenticate(ctx context.Context) error {
+	if c.cfg.AuthTimeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.cfg.AuthTimeout)
+		defer cancel()
+	}
+	c.log.Debug("mxrelay: authenticating", "key", wire.MaskKey(c.cfg.APIKey))
+	if err := c.writeControl(ctx, wire.TypeAuthenticate, wire.Authenticate{APIKey: c.cfg.APIKey}); err != nil {
+		return c.deadOr(err)
+	}
+	select {
+	case r := <-c.authResp:
+		if !r.Success {
+			err := &AuthError{Message: r.Error}
+			c.abort(wire.StatusAuthFailed, err)
+			return err
+		}
+		return nil
+	case <-c.dead:
+		return c.Err()
+	case <-ctx.Done():
+		err := fmt.Errorf("no AUTHENTICATE_RESPONSE: %w", ErrTimeout)
+		if ctx.Err() == context.Canceled {
+			err = ctx.Err()
+		}
+		c.abort(websocket.StatusNormalClosure, err)
+		return err
+	}
+}
+
+func (c *Conn) deadOr(err error) error {
+	if e := c.Err(); e != nil {
+		return e
+	}
+	return err
+}
+
+// OpenChannel asks for an SMTP channel and waits for READY or ERROR, at
+// most ChannelTimeout. A previous channel must be closed; OpenChannel first
+// waits for its SMTP_CHANNEL_CLOSED.
+func (c *Conn) OpenChannel(ctx context.Context) (*Channel, error) {
+	if c.cfg.ChannelTimeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.cfg.ChannelTimeout)
+		defer cancel()
+	}
+	c.mu.Lock()
+	prev := c.ch
+	c.mu.Unlock()
+	if prev != nil {
+		if err := prev.waitClosed(ctx); err != nil {
+			c.abort(websocket.StatusPolicyViolation, fmt.Errorf("previous channel not closed: %w", ErrTimeout))
+			return nil, c.Err()
+		}
+	}
+	res := make(chan openResult, 1)
+	c.mu.Lock()
+	if c.err != nil {
+		c.mu.Unlock()
+		return nil, c.err
+	}
+	c.opening = res
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		if c.opening == res {
+			c.opening = nil
+		}
+		c.mu.Unlock()
+	}()
+	if err := c.writeControl(ctx, wire.TypeChannelOpen, wire.ChannelOpen{Binary: c.cfg.Binary}); err != nil {
+		return nil, c.deadOr(err)
+	}
+	select {
+	case r := <-res:
+		if r.err != nil {
+			return nil, r.err
+		}
+		// ready: the channel was installed by the reader
+		c.mu.Lock()
+		ch := c.ch
+		c.mu.Unlock()
+		if ch == nil {
+			return nil, c.deadOr(ErrClosed)
+		}
+		return ch, nil
+	case <-c.dead:
+		return nil, c.Err()
+	case <-ctx.Done():
+		err := fmt.Errorf("no SMTP_CHANNEL_READY: %w", ErrTimeout)
+		if ctx.Err() == context.Canceled {
+			err = ctx.Err()
+		}
+		// A late READY would leave the relay with a channel we do not know;
+		// the connection cannot be trusted any more.
+		c.abort(websocket.StatusNormalClosure, err)
+		return nil, err
+	}
+}
+
+func (c *Conn) protocolError(code websocket.StatusCode, format string, args ...any) {
+	err := &ProtocolError{Err: fmt.Errorf(format, args...)}
+	c.log.Debug("mxrelay: relay protocol error", "err", err)
+	c.abort(code, err)
+}
+
+func (c *Conn) readLoop() {
+	defer c.wg.Done()
+	// The reader's context is never cancelled: coder/websocket closes the
+	// connection when a Read's context ends, which would pre-empt the close
+	// status the closer sends. Read ends when the closer closes the socket.
+	defer c.shutdown(websocket.StatusNormalClosure, "", ErrClosed)
+	for {
+		typ, p, err := c.ws.Read(context.Background())
+		if err != nil {
+			c.fail(closedError(err))
+			return
+		}
+		if typ == websocket.MessageBinary {
+			c.mu.Lock()
+			ch := c.ch
+			c.mu.Unlock()
+			if ch == nil || !ch.binary {
+				c.protocolError(websocket.StatusProtocolError, "binary frame outside a binary channel")
+				return
+			}
+			if !ch.deliver(p) {
+				return
+			}
+			continue
+		}
+		m, err := wire.Decode(p)
+		if err != nil {
+			c.protocolError(websocket.StatusProtocolError, "%v", err)
+			return
+		}
+		if !c.handle(m) {
+			return
+		}
+	}
+}
+
+// handle dispatches one control message; false ends the reader.
+func (c *Conn) handle(m wire.Message) bool {
+	c.mu.Lock()
+	ch, opening := c.ch, c.opening
+	c.mu.Unlock()
+	switch m.Type {
+	case wire.TypeAuthenticateResponse:
+		var r wire.AuthenticateResponse
+		if err := m.Unmarshal(&r); err != nil {
+			c.protocolError(websocket.StatusProtocolError, "%v", err)
+			return false
+		}
+		select {
+		case c.authResp <- r:
+		default:
+			c.protocolError(websocket.StatusProtocolError, "unexpected AUTHENTICATE_RESPONSE")
+			return false
+		}
+	case wire.TypeChannelReady:
+		var r wire.ChannelOpen
+		if err := m.Unmarshal(&r); err != nil || opening == nil {
+			c.protocolError(websocket.StatusProtocolError, "unexpected SMTP_CHANNEL_READY")
+			return false
+		}
+		if r.Binary && !c.cfg.Binary {
+			c.protocolError(websocket.StatusProtocolError, "relay chose binary frames that were not asked for")
+			return false
+		}
+		nc := newChannel(c, r.Binary)
+		c.mu.Lock()
+		c.ch = nc
+		c.opening = nil
+		c.mu.Unlock()
+		opening <- openResult{binary: r.Binary}
+	case wire.TypeChannelError:
+		var r wire.ChannelError
+		if err := m.Unmarshal(&r); err != nil {
+			c.protocolError(websocket.StatusProtocolError, "%v", err)
+			return false
+		}
+		err := &ChannelError{Message: r.Error}
+		switch {
+		case opening != nil:
+			c.mu.Lock()
+			c.opening = nil
+			c.mu.Unlock()
+			opening <- openResult{err: err}
+		case ch != nil:
+			c.endChannel(ch, err)
+		default:
+			c.log.Debug("mxrelay: SMTP_CHANNEL_ERROR with no channel", "error", r.Error)
+		}
+	case wire.TypeChannelClosed:
+		var r wire.ChannelClosed
+		if err := m.Unmarshal(&r); err != nil {
+			c.protocolError(websocket.StatusProtocolError, "%v", err)
+			return false
+		}
+		if ch == nil {
+			c.log.Debug("mxrelay: SMTP_CHANNEL_CLOSED with no channel")
+			return true
+		}
+		c.endChannel(ch, &channelClosed{reason: r.Reason})
+	case wire.TypeFromServer:
+		if ch == nil || ch.binary {
+			c.protocolError(websocket.StatusProtocolError, "SMTP_FROM_SERVER outside a JSON channel")
+			return false
+		}
+		p, err := wire.DecodeData(m)
+		if err != nil {
+			c.protocolError(websocket.StatusProtocolError, "%v", err)
+			return false
+		}
+		return ch.deliver(p)
+	case wire.TypeAuthenticate, wire.TypeChannelOpen, wire.TypeChannelClose, wire.TypeToServer:
+		c.protocolError(websocket.StatusProtocolError, "relay sent client message %s", m.Type)
+		return false
+	default:
+		c.log.Debug("mxrelay: ignoring unknown relay message", "type", truncate(m.Type, 64))
+	}
+	return true
+}
+
+// endChannel marks ch ended by the relay and forgets it.
+func (c *Conn) endChannel(ch *Channel, err error) {
+	c.mu.Lock()
+	if c.ch == ch {
+		c.ch = nil
+	}
+	c.mu.Unlock()
+	ch.remoteEnd(err)
+}
+
+func closedError(err error) error {
+	if errors.Is(err, ErrClosed) {
+		return err
+	}
+	var ce websocket.CloseError
+	if errors.As(err, &ce) {
+		if ce.Code == wire.StatusAuthFailed {
+			return &AuthError{Message: ce.Reason}
+		}
+		return &ClosedError{Code: ce.Code, Reason: ce.Reason, Err: err}
+	}
+	if websocket.CloseStatus(err) == websocket.StatusMessageTooBig {
+		return &ProtocolError{Err: err}
+	}
+	return &ClosedError{Code: -1, Err: err}
+}
+
+func (c *Conn) heartbeat() {
+	defer c.wg.Done()
+	t := time.NewTicker(c.cfg.HeartbeatInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.ctx.Done():
+			return
+		case <-t.C:
+		}
+		ctx := c.ctx
+		var cancel context.CancelFunc = func() {}
+		if c.cfg.HeartbeatTimeout > 0 {
+			ctx, cancel = context.WithTimeout(c.ctx, c.cfg.HeartbeatTimeout)
+		}
+		err := c.ws.Ping(ctx)
+		cancel()
+		if err != nil {
+			if c.ctx.Err() != nil {
+				return
+			}
+			c.abort(wire.StatusHeartbeatTimeout, fmt.Errorf("heartbeat: no pong: %w", ErrTimeout))
+			return
+		}
+	}
+}

@@ -1,0 +1,219 @@
+// Package wire is the mxrelay WebSocket protocol, version 1 (PROTOCOL.md):
+// message types, the subprotocol, close codes, read limits, and the codec
+// for control messages. It knows nothing about emails or SMTP sessions and
+// is shared by the client and by relaytest.
+package wire
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"unicode/utf8"
+
+	"github.com/coder/websocket"
+)
+
+// Subprotocol is the WebSocket subprotocol the client offers. A relay may
+// select it or none.
+const Subprotocol = "mxrelay.v1"
+
+// DefaultPath is the conventional URL path of a relay.
+const DefaultPath = "/smtp"
+
+// Read limits of PROTOCOL.md §1.
+const (
+	// MaxControl is the largest control message (a text frame whose type is
+	// not one of the SMTP data types).
+	MaxControl = 64 << 10
+	// MaxData is the largest data frame: a binary frame, or a text frame
+	// carrying SMTP_TO_SERVER / SMTP_FROM_SERVER.
+	MaxData = 1 << 20
+	// MaxDataChunk is how many raw SMTP bytes a sender puts in one JSON data
+	// message, so that even with the worst JSON escaping (\u00XX, six bytes
+	// for one) the frame stays under MaxData.
+	MaxDataChunk = (MaxData - 256) / 6
+	// ReadLimit is what a receiver sets on its WebSocket: the largest frame
+	// it will read at all. Frames of control types are checked against
+	// MaxControl after decoding.
+	ReadLimit = MaxData
+)
+
+// Message types.
+const (
+	TypeAuthenticate         = "AUTHENTICATE"
+	TypeAuthenticateResponse = "AUTHENTICATE_RESPONSE"
+	TypeChannelOpen          = "SMTP_CHANNEL_OPEN"
+	TypeChannelReady         = "SMTP_CHANNEL_READY"
+	TypeChannelError         = "SMTP_CHANNEL_ERROR"
+	TypeChannelClose         = "SMTP_CHANNEL_CLOSE"
+	TypeChannelClosed        = "SMTP_CHANNEL_CLOSED"
+	TypeToServer             = "SMTP_TO_SERVER"
+	TypeFromServer           = "SMTP_FROM_SERVER"
+)
+
+// Close codes of PROTOCOL.md §5 that are specific to the protocol.
+const (
+	StatusAuthTimeout      websocket.StatusCode = 4001
+	StatusHeartbeatTimeout websocket.StatusCode = 4002
+	StatusAuthFailed       websocket.StatusCode = 4003
+)
+
+// ErrProtocol is wrapped by every decoding error: the peer broke
+// PROTOCOL.md and the connection should be closed with status 1002.
+var ErrProtocol = errors.New("protocol error")
+
+// ErrInvalidUTF8 is returned when SMTP bytes that are not valid UTF-8 would
+// have to travel in a JSON string.
+var ErrInvalidUTF8 = errors.New("bytes are not valid UTF-8 and cannot travel in a JSON data message")
+
+// Message is one control message: a JSON object with a string type and an
+// optional data member.
+type Message struct {
+	Type string          `json:"type"`
+	Data json.RawMessage `json:"data,omitempty"`
+}
+
+// IsData reports whether t is one of the two SMTP data types.
+func IsData(t string) bool { return t == TypeToServer || t == TypeFromServer }
+
+// Decode parses one text frame. It fails with an error wrapping ErrProtocol
+// when the frame is not a JSON object with a string type, when a control
+// message is larger than MaxControl, or when a data message does not carry
+// a JSON string.
+func Decode(frame []byte) (Message, error) {
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(frame, &raw); err != nil {
+		return Message{}, fmt.Errorf("%w: text frame is not a JSON object: %v", ErrProtocol, err)
+	}
+	rt, ok := raw["type"]
+	if !ok {
+		return Message{}, fmt.Errorf("%w: message has no type", ErrProtocol)
+	}
+	var m Message
+	if err := json.Unmarshal(rt, &m.Type); err != nil {
+		return Message{}, fmt.Errorf("%w: message type is not a string", ErrProtocol)
+	}
+	if d, ok := raw["data"]; ok && !bytes.Equal(bytes.TrimSpace(d), []byte("null")) {
+		m.Data = d
+	}
+	if !IsData(m.Type) && len(frame) > MaxControl {
+		return Message{}, fmt.Errorf("%w: %s message of %d bytes exceeds %d", ErrProtocol, m.Type, len(frame), MaxControl)
+	}
+	return m, nil
+}
+
+// Encode marshals a control message with the given data (nil for none).
+func Encode(typ string, data any) ([]byte, error) {
+	m := Message{Type: typ}
+	if data != nil {
+		b, err := json.Marshal(data)
+		if err != nil {
+			return nil, err
+		}
+		m.Data = b
+	}
+	return json.Marshal(m)
+}
+
+// MustEncode is Encode for data whose encoding cannot fail (the protocol's
+// own structs).
+func MustEncode(typ string, data any) []byte {
+	b, err := Encode(typ, data)
+	if err != nil {
+		panic("wire: " + err.Error())
+	}
+	return b
+}
+
+// EncodeData builds a SMTP_TO_SERVER or SMTP_FROM_SERVER message carrying p.
+// It fails with ErrInvalidUTF8 when p is not valid UTF-8: silent replacement
+// would change the mail.
+func EncodeData(typ string, p []byte) ([]byte, error) {
+	if !utf8.Valid(p) {
+		return nil, ErrInvalidUTF8
+	}
+	return Encode(typ, string(p))
+}
+
+// DecodeData returns the SMTP bytes of a data message.
+func DecodeData(m Message) ([]byte, error) {
+	var s string
+	if err := json.Unmarshal(m.Data, &s); err != nil || m.Data == nil {
+		return nil, fmt.Errorf("%w: %s data is not a JSON string", ErrProtocol, m.Type)
+	}
+	return []byte(s), nil
+}
+
+// Unmarshal decodes the data of a control message into v. Absent data
+// leaves v as it is.
+func (m Message) Unmarshal(v any) error {
+	if m.Data == nil {
+		return nil
+	}
+	if err := json.Unmarshal(m.Data, v); err != nil {
+		return fmt.Errorf("%w: %s data: %v", ErrProtocol, m.Type, err)
+	}
+	return nil
+}
+
+// Authenticate is the data of AUTHENTICATE.
+type Authenticate struct {
+	APIKey string `json:"apiKey"`
+}
+
+// AuthenticateResponse is the data of AUTHENTICATE_RESPONSE.
+type AuthenticateResponse struct {
+	Success bool   `json:"success"`
+	Error   string `json:"error,omitempty"`
+}
+
+// ChannelOpen is the data of SMTP_CHANNEL_OPEN and SMTP_CHANNEL_READY.
+type ChannelOpen struct {
+	Binary bool `json:"binary,omitempty"`
+}
+
+// ChannelError is the data of SMTP_CHANNEL_ERROR.
+type ChannelError struct {
+	Error string `json:"error"`
+}
+
+// ChannelClosed is the data of SMTP_CHANNEL_CLOSED.
+type ChannelClosed struct {
+	Reason string `json:"reason,omitempty"`
+}
+
+// Retry says what a client does after the WebSocket closed with a status.
+type Retry int
+
+const (
+	// RetryIfWork: reconnect only if work is queued (1000).
+	RetryIfWork Retry = iota
+	// RetryBackoff: reconnect with backoff.
+	RetryBackoff
+	// RetryNever: permanent, fail waiting emails (4003).
+	RetryNever
+)
+
+// RetryFor maps a close status (-1 when the connection ended without a close
+// frame) to the reaction of PROTOCOL.md §5.
+func RetryFor(code websocket.StatusCode) Retry {
+	switch code {
+	case websocket.StatusNormalClosure:
+		return RetryIfWork
+	case StatusAuthFailed:
+		return RetryNever
+	default:
+		return RetryBackoff
+	}
+}
+
+// MaskKey returns the form in which an API key may appear in a log line:
+// "****" and at most its last four characters, and only when the key is long
+// enough that they give nothing away.
+func MaskKey(key string) string {
+	if len(key) < 12 {
+		return "****"
+	}
+	return "****" + key[len(key)-4:]
+}

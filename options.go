@@ -1,0 +1,241 @@
+package mxrelay
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"time"
+)
+
+// StartTLS says whether the client runs STARTTLS with the upstream SMTP
+// server, end to end through the relay, so that the relay sees only
+// ciphertext.
+type StartTLS int
+
+const (
+	// StartTLSNever does not run STARTTLS (the zero value): the relay sees
+	// the SMTP dialogue, which it forwards over its own connection.
+	StartTLSNever StartTLS = iota
+	// StartTLSOpportunistic runs STARTTLS when the server offers it.
+	StartTLSOpportunistic
+	// StartTLSRequired runs STARTTLS and refuses to send anything (AUTH
+	// included) when the server does not offer it or the handshake fails.
+	StartTLSRequired
+)
+
+// Options configures a Client. The zero value is useful: every field's
+// comment says what its zero value does. New applies defaults to a copy,
+// never to the caller's struct.
+type Options struct {
+	// HTTPClient dials the WebSocket: set it for a proxy or custom TLS to the
+	// relay. Nil uses http.DefaultClient.
+	HTTPClient *http.Client
+	// Header is added to the WebSocket upgrade request. Never put the API key
+	// here: it travels only in AUTHENTICATE.
+	Header http.Header
+	// DisableBinary stops the client from asking for binary data frames.
+	// Zero: the client asks for them and falls back to JSON text frames when
+	// the relay does not agree.
+	DisableBinary bool
+
+	// LocalName is the name sent with EHLO. Zero: "localhost".
+	LocalName string
+	// Username and Password are SMTP AUTH credentials for the upstream
+	// server. Zero: no AUTH. With credentials the client uses PLAIN, or LOGIN
+	// when the server does not offer PLAIN.
+	Username string
+	Password string
+	// StartTLS is the STARTTLS policy. Zero: StartTLSNever.
+	StartTLS StartTLS
+	// TLSConfig configures STARTTLS. Nil: the system roots, and the server
+	// name taken from the upstream's greeting is not known, so set ServerName.
+	TLSConfig *tls.Config
+
+	// MaxQueueSize bounds the emails waiting to be sent; Send and Enqueue
+	// return ErrQueueFull past it. Zero: 1000.
+	MaxQueueSize int
+	// MaxEmailsPerSession bounds the emails sent in one SMTP session. Zero: 10.
+	MaxEmailsPerSession int
+	// BatchWait holds a new session back until MaxEmailsPerSession emails
+	// wait or this long has passed, so that emails arriving close together
+	// share a session (the original client's sessionBatchTimeout). CRITICAL
+	// emails and emails sent with Immediate skip the wait. Zero: no wait
+	// (emails that arrive while a session runs join it anyway).
+	BatchWait time.Duration
+	// IdleTimeout is how long the authenticated WebSocket stays open with an
+	// empty queue before the client disconnects. Zero: 30s. Negative:
+	// disconnect as soon as the queue is empty.
+	IdleTimeout time.Duration
+
+	// Retries is how many times an email is retried after a temporary
+	// failure, unless Send is given WithRetries. Zero: 3. Negative: none.
+	Retries int
+	// RetryInterval is the first delay before an email is retried; it doubles
+	// with each attempt, with jitter, up to MaxRetryInterval. Zero: 1s.
+	RetryInterval time.Duration
+	// MaxRetryInterval caps the retry delay. Zero: 1m.
+	MaxRetryInterval time.Duration
+	// RetryUnknown allows retrying an email whose end of data was sent but
+	// never answered. Such an email may then be delivered twice; its Result
+	// says so. Zero: it fails with an *UnknownOutcomeError.
+	RetryUnknown bool
+
+	// ReconnectInterval is the first delay before the client tries again to
+	// set up a session (dial, AUTHENTICATE, channel, SMTP greeting) after a
+	// failure; it doubles, with jitter, up to MaxReconnectInterval. Zero: 5s.
+	ReconnectInterval time.Duration
+	// MaxReconnectInterval caps the reconnect delay. Zero: 1m.
+	MaxReconnectInterval time.Duration
+	// MaxReconnectAttempts is how many set-up attempts in a row may fail
+	// before the waiting emails fail with a *ConnectError. The next Send
+	// starts a new cycle. Zero: 10.
+	MaxReconnectAttempts int
+
+	// DialTimeout bounds the WebSocket handshake. Zero: 30s.
+	DialTimeout time.Duration
+	// AuthTimeout bounds the wait for AUTHENTICATE_RESPONSE. Zero: 30s.
+	AuthTimeout time.Duration
+	// ChannelTimeout bounds the wait for SMTP_CHANNEL_READY. Zero: 10s.
+	ChannelTimeout time.Duration
+	// CommandTimeout bounds the wait for each SMTP reply, including the
+	// greeting and the reply to the end of data. Zero: 1m.
+	CommandTimeout time.Duration
+	// SessionTimeout bounds one SMTP session, from the channel open to QUIT;
+	// past it the channel is closed and the emails in it are retried. Zero: 5m.
+	SessionTimeout time.Duration
+	// Timeout is each email's deadline from Enqueue, unless Send is given
+	// WithTimeout. Zero: none (the Send context still applies).
+	Timeout time.Duration
+	// HeartbeatInterval is how often the client pings the relay. Zero: 30s.
+	// Negative: no heartbeat.
+	HeartbeatInterval time.Duration
+	// HeartbeatTimeout is how long a ping may go unanswered before the
+	// connection counts as dead. Zero: 10s.
+	HeartbeatTimeout time.Duration
+
+	// Logger receives the client's logs: debug for the SMTP dialogue (AUTH
+	// payloads and bodies masked) and state changes, warn for retries. Nil:
+	// silent.
+	Logger *slog.Logger
+	// OnEvent receives the client's events on one goroutine of its own, in
+	// order. A slow OnEvent never stalls sending: past EventBuffer waiting
+	// events, new ones are dropped and counted in Stats.EventsDropped. A
+	// panic in OnEvent is recovered and logged. Nil: no events.
+	OnEvent func(Event)
+	// EventBuffer is how many events may wait for OnEvent. Zero: 1024.
+	EventBuffer int
+	// TempDir holds copies of bodies that cannot be read twice (see
+	// Email.Body). Zero: os.TempDir().
+	TempDir string
+}
+
+// withDefaults returns a copy of o with every zero field set to its default.
+func (o Options) withDefaults() Options {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	if o.HTTPClient == nil {
+		o.HTTPClient = http.DefaultClient
+	}
+	if o.LocalName == "" {
+		o.LocalName = "localhost"
+	}
+	if o.MaxQueueSize == 0 {
+		o.MaxQueueSize = 1000
+	}
+	if o.MaxEmailsPerSession == 0 {
+		o.MaxEmailsPerSession = 10
+	}
+	def(&o.IdleTimeout, 30*time.Second)
+	if o.Retries == 0 {
+		o.Retries = 3
+	} else if o.Retries < 0 {
+		o.Retries = 0
+	}
+	def(&o.RetryInterval, time.Second)
+	def(&o.MaxRetryInterval, time.Minute)
+	def(&o.ReconnectInterval, 5*time.Second)
+	def(&o.MaxReconnectInterval, time.Minute)
+	if o.MaxReconnectAttempts == 0 {
+		o.MaxReconnectAttempts = 10
+	}
+	def(&o.DialTimeout, 30*time.Second)
+	def(&o.AuthTimeout, 30*time.Second)
+	def(&o.ChannelTimeout, 10*time.Second)
+	def(&o.CommandTimeout, time.Minute)
+	def(&o.SessionTimeout, 5*time.Minute)
+	def(&o.HeartbeatInterval, 30*time.Second)
+	def(&o.HeartbeatTimeout, 10*time.Second)
+	if o.EventBuffer == 0 {
+		o.EventBuffer = 1024
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return o
+}
+
+// validate checks the options and the relay address.
+func (o Options) validate(relayURL, apiKey string) error {
+	u, err := url.Parse(relayURL)
+	if err != nil {
+		return fmt.Errorf("mxrelay: relay URL: %w", err)
+	}
+	if u.Scheme != "ws" && u.Scheme != "wss" {
+		return fmt.Errorf("mxrelay: relay URL %q: scheme must be ws or wss", relayURL)
+	}
+	if u.Host == "" {
+		return fmt.Errorf("mxrelay: relay URL %q has no host", relayURL)
+	}
+	if u.User != nil || u.Query().Has("apiKey") || u.Query().Has("key") {
+		return errors.New("mxrelay: relay URL must not carry credentials: the API key travels only in AUTHENTICATE")
+	}
+	if apiKey == "" {
+		return errors.New("mxrelay: API key is empty")
+	}
+	switch {
+	case o.MaxQueueSize < 0:
+		return errors.New("mxrelay: MaxQueueSize is negative")
+	case o.MaxEmailsPerSession < 0:
+		return errors.New("mxrelay: MaxEmailsPerSession is negative")
+	case o.MaxReconnectAttempts < 0:
+		return errors.New("mxrelay: MaxReconnectAttempts is negative")
+	case o.EventBuffer < 0:
+		return errors.New("mxrelay: EventBuffer is negative")
+	case o.StartTLS < StartTLSNever || o.StartTLS > StartTLSRequired:
+		return fmt.Errorf("mxrelay: unknown StartTLS policy %d", o.StartTLS)
+	case (o.Username == "") != (o.Password == ""):
+		return errors.New("mxrelay: Username and Password go together")
+	case o.BatchWait < 0:
+		return errors.New("mxrelay: BatchWait is negative")
+	}
+	for name, d := range map[string]time.Duration{
+		"RetryInterval": o.RetryInterval, "MaxRetryInterval": o.MaxRetryInterval,
+		"ReconnectInterval": o.ReconnectInterval, "MaxReconnectInterval": o.MaxReconnectInterval,
+		"DialTimeout": o.DialTimeout, "AuthTimeout": o.AuthTimeout, "ChannelTimeout": o.ChannelTimeout,
+		"CommandTimeout": o.CommandTimeout, "SessionTimeout": o.SessionTimeout, "Timeout": o.Timeout,
+		"HeartbeatTimeout": o.HeartbeatTimeout,
+	} {
+		if d < 0 {
+			return fmt.Errorf("mxrelay: %s is negative", name)
+		}
+	}
+	if err := checkLocalName(o.LocalName); err != nil {
+		return err
+	}
+	return nil
+}
+
+func checkLocalName(s string) error {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c <= ' ' || c >= 0x7f {
+			return fmt.Errorf("mxrelay: LocalName %q has a space or control character", s)
+		}
+	}
+	return nil
+}

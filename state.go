@@ -1,0 +1,78 @@
+package mxrelay
+
+import (
+	"fmt"
+	"time"
+)
+
+// ConnState is the state of the relay connection, as in the original
+// client's connection diagram.
+type ConnState int32
+
+// The connection states.
+const (
+	StateDisconnected   ConnState = iota // no WebSocket
+	StateConnecting                      // dialing
+	StateConnected                       // WebSocket open, not authenticated
+	StateAuthenticating                  // AUTHENTICATE sent
+	StateAuthenticated                   // ready to open a channel
+	StateChannelOpening                  // SMTP_CHANNEL_OPEN sent
+	StateChannelReady                    // an SMTP session runs
+	StateChannelClosed                   // the session's channel closed
+	StateReconnecting                    // waiting to try again after a failure
+	StateFailed                          // gave up: key refused, or reconnect attempts used up
+)
+
+var connStateNames = [...]string{
+	"DISCONNECTED", "CONNECTING", "CONNECTED", "AUTHENTICATING", "AUTHENTICATED",
+	"CHANNEL_OPENING", "CHANNEL_READY", "CHANNEL_CLOSED", "RECONNECTING", "FAILED",
+}
+
+func (s ConnState) String() string {
+	if s >= 0 && int(s) < len(connStateNames) {
+		return connStateNames[s]
+	}
+	return fmt.Sprintf("ConnState(%d)", int32(s))
+}
+
+// SessionState is the state of the session worker.
+type SessionState int32
+
+// The session states.
+const (
+	SessionIdle       SessionState = iota // no session runs
+	SessionProcessing                     // a session runs
+	SessionFailed                         // a session failed and will be retried
+)
+
+func (s SessionState) String() string {
+	switch s {
+	case SessionIdle:
+		return "IDLE"
+	case SessionProcessing:
+		return "PROCESSING"
+	case SessionFailed:
+		return "FAILED"
+	}
+	return fmt.Sprintf("SessionState(%d)", int32(s))
+}
+
+// Stats are the client's counters. Sessions are SMTP sessions; emails are
+// counted once, by their final result.
+type Stats struct {
+	SessionsQueued    int64 // sessions planned
+	SessionsProcessed int64 // sessions that ended with QUIT
+	SessionsFailed    int64 // sessions that could not start or broke
+	EmailsQueued      int64 // emails accepted by Send and Enqueue
+	EmailsProcessed   int64 // emails delivered
+	EmailsFailed      int64 // emails that failed, including cancelled and handed back at Close
+	EmailsRetried     int64 // retries scheduled
+	// AverageSessionTime is the mean duration of processed sessions;
+	// AverageEmailTime the mean duration of the SMTP transactions of
+	// delivered emails (MAIL to the reply to the end of data).
+	AverageSessionTime time.Duration
+	AverageEmailTime   time.Duration
+	QueueSize          int   // emails waiting, including those waiting for a retry
+	InFlight           int   // emails in a session now
+	EventsDropped      int64 // events lost because OnEvent was too slow
+}

@@ -1,0 +1,104 @@
+package mxrelay
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"strconv"
+	"strings"
+
+	"github.com/mxrelay/mxrelay/internal/wire"
+)
+
+// TransportOptions locates a relay by host, port and scheme, as the original
+// client's createTransport(apiKey, {host, port, secure}) does, and carries
+// the client's Options. There is no default relay: Host is required.
+type TransportOptions struct {
+	// Host is the relay's host name or IP address. Required.
+	Host string
+	// Port is the relay's port. Zero: 443, or 80 with Insecure.
+	Port int
+	// Insecure selects ws:// instead of wss:// (the original client's
+	// secure:false). Use it only on loopback or in tests: the SMTP dialogue
+	// and the API key then cross the network in clear text.
+	Insecure bool
+	// Path is the URL path. Zero: "/smtp".
+	Path string
+	// Options configures the underlying Client.
+	Options Options
+}
+
+// RelayURL builds the WebSocket URL of a relay from its parts.
+func RelayURL(host string, port int, secure bool, path string) (string, error) {
+	if host == "" {
+		return "", errors.New("mxrelay: relay host is empty")
+	}
+	if strings.ContainsAny(host, "/?#@ ") {
+		return "", fmt.Errorf("mxrelay: relay host %q is not a host name", host)
+	}
+	scheme := "wss"
+	if !secure {
+		scheme = "ws"
+	}
+	if port == 0 {
+		port = 443
+		if !secure {
+			port = 80
+		}
+	}
+	if port < 0 || port > 65535 {
+		return "", fmt.Errorf("mxrelay: relay port %d out of range", port)
+	}
+	if path == "" {
+		path = wire.DefaultPath
+	}
+	if !strings.HasPrefix(path, "/") {
+		path = "/" + path
+	}
+	u := url.URL{Scheme: scheme, Host: net.JoinHostPort(strings.Trim(host, "[]"), strconv.Itoa(port)), Path: path}
+	return u.String(), nil
+}
+
+// Transport is a Client with the shape of code written for net/smtp: one
+// call per message, the message as bytes. It is safe for concurrent use.
+type Transport struct {
+	*Client
+}
+
+// NewTransport returns a Transport for the relay that opts locate,
+// authenticating with apiKey. It does no I/O.
+func NewTransport(apiKey string, opts TransportOptions) (*Transport, error) {
+	u, err := RelayURL(opts.Host, opts.Port, !opts.Insecure, opts.Path)
+	if err != nil {
+		return nil, err
+	}
+	c, err := New(u, apiKey, &opts.Options)
+	if err != nil {
+		return nil, err
+	}
+	return &Transport{Client: c}, nil
+}
+
+// SendMail sends msg from from to the recipients in to and waits for the
+// result, like net/smtp's SendMail without its address and auth (the relay
+// and the credentials are the Transport's). msg is an RFC 5322 message with
+// CRLF line endings; it is not copied, so it must not change until SendMail
+// returns. It returns nil when the email was delivered to at least one
+// recipient, and otherwise an *EmailError.
+func (t *Transport) SendMail(from string, to []string, msg []byte) error {
+	return t.SendMailContext(context.Background(), from, to, msg)
+}
+
+// SendMailContext is SendMail with a context (see Client.Send for what its
+// end does).
+func (t *Transport) SendMailContext(ctx context.Context, from string, to []string, msg []byte) error {
+	_, err := t.Send(ctx, Email{From: from, To: to, Body: bytes.NewReader(msg)})
+	return err
+}
+
+// Close closes the Transport's Client, waiting for queued emails until ctx
+// ends (see Client.Close).
+func (t *Transport) Close(ctx context.Context) error { return t.Client.Close(ctx) }
