@@ -184,7 +184,7 @@ func (w *worker) open(ctx context.Context, sid string) (*smtpSession, error) {
 	if err := s.handshake(ctx); err != nil {
 		ch.Close()
 		c.setConnState(StateChannelClosed)
-		return nil, err
+		return nil, s.explain(err)
 	}
 	return s, nil
 }
@@ -471,6 +471,16 @@ func parseReply(text string) Reply {
 	return r
 }
 
+// explain gives a failure of the channel its package type (RelayError,
+// ProtocolError, ErrAuthFailed) and, when the relay ended the channel, why.
+func (s *smtpSession) explain(err error) error {
+	err = relayErr(err)
+	if cause := s.ch.Cause(); cause != nil && !errors.Is(err, cause) {
+		err = fmt.Errorf("%w (%v)", err, cause)
+	}
+	return err
+}
+
 // reset sends RSET after a failed transaction; an error means the session
 // cannot go on.
 func (s *smtpSession) reset() error {
@@ -499,9 +509,7 @@ func (s *smtpSession) txFailed(em *email, err error) error {
 	case isSMTP:
 		brk = fmt.Errorf("mxrelay: session %s: server closing: %w", s.id, err)
 	default:
-		if cause := s.ch.Cause(); cause != nil {
-			err = fmt.Errorf("%w (%v)", err, relayErr(cause))
-		}
+		err = s.explain(err)
 		brk = fmt.Errorf("mxrelay: session %s: %w", s.id, err)
 		if isUnknown {
 			err = &UnknownOutcomeError{Err: unknown.Err}

@@ -263,6 +263,9 @@ func (ch *Channel) send(typ websocket.MessageType, p []byte) error {
 // deadline. coder/websocket closes the connection when a write's context
 // ends: a peer that does not read in time has broken the connection anyway.
 func (ch *Channel) sendFrame(typ websocket.MessageType, frame []byte, n int) error {
+	if err := ch.c.Err(); err != nil {
+		return err // known dead before the write: nothing of it left
+	}
 	ch.written.Add(int64(n))
 	ctx := ch.c.ctx
 	if t := ch.wd.get(); !t.IsZero() {

@@ -117,7 +117,12 @@ type Conn struct {
 type closeRequest struct {
 	code   websocket.StatusCode
 	reason string
+	now    bool // the peer is dead: skip the closing handshake
 }
+
+// closeGrace bounds the closing handshake: a relay that does not answer our
+// close frame in time is cut off.
+const closeGrace = time.Second
 
 type openResult struct {
 	binary bool
@@ -206,11 +211,17 @@ func (c *Conn) Close(code websocket.StatusCode, reason string) error {
 // shutdown records why the connection ends and asks the closer to send the
 // close frame. It never blocks.
 func (c *Conn) shutdown(code websocket.StatusCode, reason string, err error) {
-	c.fail(err)
+	c.request(closeRequest{code: code, reason: truncate(reason, 120)}, err)
+}
+
+func (c *Conn) request(req closeRequest, err error) {
+	// The request goes first: once fail wakes the waiters, the owner may
+	// call Close, and the status we chose must win over its 1000.
 	select {
-	case c.closeReq <- closeRequest{code: code, reason: truncate(reason, 120)}:
+	case c.closeReq <- req:
 	default:
 	}
+	c.fail(err)
 }
 
 // abort drops the connection for a protocol error or a timeout.
@@ -224,7 +235,17 @@ func (c *Conn) abort(code websocket.StatusCode, err error) {
 func (c *Conn) closer() {
 	defer c.wg.Done()
 	req := <-c.closeReq
-	c.ws.Close(req.code, req.reason)
+	if !req.now {
+		cut := make(chan struct{})
+		t := time.AfterFunc(closeGrace, func() {
+			defer close(cut)
+			c.ws.CloseNow()
+		})
+		c.ws.Close(req.code, req.reason)
+		if !t.Stop() {
+			<-cut
+		}
+	}
 	c.ws.CloseNow()
 }
 
@@ -524,7 +545,7 @@ func (c *Conn) heartbeat() {
 			if c.ctx.Err() != nil {
 				return
 			}
-			c.abort(wire.StatusHeartbeatTimeout, fmt.Errorf("heartbeat: no pong: %w", ErrTimeout))
+			c.request(closeRequest{now: true}, fmt.Errorf("heartbeat: no pong within %v: %w", c.cfg.HeartbeatTimeout, ErrTimeout))
 			return
 		}
 	}
