@@ -279,6 +279,20 @@ func (c *Client) finish(em *email, err error) {
 		c.inflight--
 	}
 	now := time.Now()
+	if len(em.accepted) > 0 {
+		// Delivered to some recipients: that is delivery. Those still
+		// undecided end in Rejected with the last cause.
+		decided := map[string]bool{}
+		for _, r := range em.rejected {
+			decided[r.Address] = true
+		}
+		for _, to := range em.pending {
+			if !decided[to] && err != nil {
+				em.rejected = append(em.rejected, RecipientError{Address: to, Err: err})
+			}
+		}
+		err = nil
+	}
 	res := &Result{
 		EmailID:        em.id,
 		Priority:       em.cfg.priority,

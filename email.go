@@ -97,10 +97,13 @@ type Reply struct {
 	Message      string
 }
 
-// RecipientError is a recipient the upstream refused.
+// RecipientError is a recipient the email was not delivered to: the
+// upstream's refusal (an *SMTPError: 5xx, or 4xx once retries ran out), or,
+// for an email delivered to other recipients, the failure of the last
+// attempt for this one.
 type RecipientError struct {
 	Address string
-	Err     *SMTPError
+	Err     error
 }
 
 // Result is what happened to one email. Exactly one Result is produced for

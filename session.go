@@ -547,12 +547,8 @@ func (w *worker) retryOrFail(em *email, cause error, rejected []RecipientError) 
 		if em.canceled != nil {
 			cause = em.canceled
 		}
-		delivered := len(em.accepted) > 0
 		c.mu.Unlock()
-		if delivered {
-			cause = nil // delivered to some recipients: the rest are in Rejected
-		}
-		c.finish(em, cause)
+		c.finish(em, cause) // delivered if some recipient already has it
 		return false
 	}
 	delay := c.retry.Delay(em.attempts)

@@ -145,6 +145,11 @@ func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 		resp.Body.Close()
 	}
 	if err != nil {
+		if resp != nil && resp.StatusCode == http.StatusSwitchingProtocols {
+			// The relay upgraded, and the library refused what it answered
+			// (a subprotocol we did not offer, a bad accept key).
+			return nil, &ProtocolError{Err: err}
+		}
 		return nil, err
 	}
 	if p := ws.Subprotocol(); p != "" && p != wire.Subprotocol {
