@@ -1,0 +1,126 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/mxrelay/mxrelay/internal/wire"
+	"github.com/mxrelay/mxrelay/relaytest"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// syncBuffer is a bytes.Buffer that run's goroutines and the test share.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// waitFor polls out until re matches, and returns the submatches.
+func waitFor(t *testing.T, out *syncBuffer, re *regexp.Regexp) []string {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		if m := re.FindStringSubmatch(out.String()); m != nil {
+			return m
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("no %v in output:\n%s", re, out.String())
+	return nil
+}
+
+func TestRun(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var stdout, stderr syncBuffer
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, []string{"-key", "mock-key-123456", "-v"}, &stdout, &stderr) }()
+
+	url := waitFor(t, &stdout, regexp.MustCompile(`relay URL: (\S+)`))[1]
+	assert.Contains(t, stdout.String(), "API key:   mock-key-123456")
+
+	wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
+	defer wcancel()
+	ws, _, err := websocket.Dial(wctx, url, nil)
+	require.NoError(t, err)
+	defer ws.CloseNow()
+	send := func(typ string, data any) {
+		require.NoError(t, ws.Write(wctx, websocket.MessageText, wire.MustEncode(typ, data)))
+	}
+	recv := func() string {
+		_, p, err := ws.Read(wctx)
+		require.NoError(t, err)
+		return string(p)
+	}
+	send(wire.TypeAuthenticate, wire.Authenticate{APIKey: "mock-key-123456"})
+	assert.Contains(t, recv(), `"success":true`)
+	send(wire.TypeChannelOpen, wire.ChannelOpen{Binary: true})
+	assert.Contains(t, recv(), `"binary":true`)
+	const body = "Subject: =?UTF-8?Q?caf=C3=A9?=\r\n\r\nhi\r\n"
+	require.NoError(t, ws.Write(wctx, websocket.MessageBinary, []byte(
+		"EHLO x\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nRCPT TO:<c@example.com>\r\n"+
+			"BDAT "+strconv.Itoa(len(body))+" LAST\r\n"+body+"QUIT\r\n")))
+	var got string
+	for !strings.Contains(got, "\r\n221 ") {
+		_, p, err := ws.Read(wctx)
+		require.NoError(t, err)
+		got += string(p)
+	}
+	assert.Equal(t, 5, strings.Count(got, "\r\n250 "), got) // EHLO, MAIL, 2 RCPT, BDAT
+	line := waitFor(t, &stdout, regexp.MustCompile(`message .*`))[0]
+	assert.Contains(t, line, "from=<a@example.com> to=<b@example.com>,<c@example.com> size=38 session=1 subject=\"café\"")
+	assert.Contains(t, stderr.String(), "authenticated")
+	assert.NotContains(t, stderr.String(), "mock-key-123456")
+
+	cancel()
+	require.NoError(t, <-done)
+	assert.Contains(t, stdout.String(), "connections 1, authenticated 1, channels 1, messages 1")
+}
+
+func TestRefusesRemote(t *testing.T) {
+	for _, addr := range []string{":0", "0.0.0.0:0", "192.0.2.1:25"} {
+		err := run(context.Background(), []string{"-addr", addr}, &syncBuffer{}, &syncBuffer{})
+		assert.ErrorContains(t, err, "not a loopback address", addr)
+	}
+	for _, addr := range []string{"127.0.0.1:0", "[::1]:0", "localhost:0"} {
+		assert.NoError(t, checkLoopback(addr), addr)
+	}
+}
+
+func TestBadFlags(t *testing.T) {
+	assert.Error(t, run(context.Background(), []string{"-nope"}, &syncBuffer{}, &syncBuffer{}))
+	assert.Error(t, run(context.Background(), []string{"extra"}, &syncBuffer{}, &syncBuffer{}))
+	assert.Error(t, run(context.Background(), []string{"-key", ""}, &syncBuffer{}, &syncBuffer{}))
+}
+
+func TestPrintMessage(t *testing.T) {
+	var b bytes.Buffer
+	printMessage(&b, relaytest.Message{From: "a@x", To: []string{"b@x"}, Data: []byte("no header line"), Session: 2, User: "u"})
+	assert.Contains(t, b.String(), "from=<a@x> to=<b@x> size=14 session=2 user=u subject=(no subject)")
+}

@@ -1,0 +1,79 @@
+package wire
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/coder/websocket"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestDecode(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		frame string
+		typ   string
+		bad   bool
+	}{
+		{name: "control", frame: `{"type":"SMTP_CHANNEL_READY","data":{"binary":true}}`, typ: TypeChannelReady},
+		{name: "no data", frame: `{"type":"SMTP_CHANNEL_CLOSE"}`, typ: TypeChannelClose},
+		{name: "null data", frame: `{"type":"SMTP_CHANNEL_CLOSED","data":null}`, typ: TypeChannelClosed},
+		{name: "unknown fields", frame: `{"type":"X","data":1,"extra":[1,2]}`, typ: "X"},
+		{name: "not JSON", frame: `hello`, bad: true},
+		{name: "array", frame: `[1,2]`, bad: true},
+		{name: "no type", frame: `{"data":{}}`, bad: true},
+		{name: "type not string", frame: `{"type":1}`, bad: true},
+		{name: "control too big", frame: `{"type":"X","data":"` + strings.Repeat("a", MaxControl) + `"}`, bad: true},
+		{name: "data may be big", frame: `{"type":"SMTP_FROM_SERVER","data":"` + strings.Repeat("a", MaxControl) + `"}`, typ: TypeFromServer},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m, err := Decode([]byte(tc.frame))
+			if tc.bad {
+				require.True(t, errors.Is(err, ErrProtocol), "%v", err)
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tc.typ, m.Type)
+		})
+	}
+}
+
+func TestDataRoundTrip(t *testing.T) {
+	p := []byte("250-ok \"quoted\" \\ é\r\n250 done\r\n\x00\x1f")
+	frame, err := EncodeData(TypeToServer, p)
+	require.NoError(t, err)
+	m, err := Decode(frame)
+	require.NoError(t, err)
+	got, err := DecodeData(m)
+	require.NoError(t, err)
+	assert.Equal(t, p, got)
+
+	_, err = EncodeData(TypeToServer, []byte{0xff})
+	require.ErrorIs(t, err, ErrInvalidUTF8)
+	_, err = DecodeData(Message{Type: TypeFromServer, Data: []byte(`{"x":1}`)})
+	require.ErrorIs(t, err, ErrProtocol)
+	_, err = DecodeData(Message{Type: TypeFromServer})
+	require.ErrorIs(t, err, ErrProtocol)
+}
+
+func TestWorstCaseChunkFitsAFrame(t *testing.T) {
+	p := []byte(strings.Repeat("\x01", MaxDataChunk))
+	frame, err := EncodeData(TypeToServer, p)
+	require.NoError(t, err)
+	assert.LessOrEqual(t, len(frame), MaxData)
+}
+
+func TestRetryFor(t *testing.T) {
+	assert.Equal(t, RetryIfWork, RetryFor(websocket.StatusNormalClosure))
+	assert.Equal(t, RetryNever, RetryFor(StatusAuthFailed))
+	for _, c := range []websocket.StatusCode{1001, 1002, 1003, 1007, 1008, 1009, 1011, 1012, 1013, 1014, 4001, 4002, -1} {
+		assert.Equal(t, RetryBackoff, RetryFor(c), "%d", c)
+	}
+}
+
+func TestMaskKey(t *testing.T) {
+	assert.Equal(t, "****", MaskKey("short"))
+	assert.Equal(t, "****wxyz", MaskKey("abcdefghijklmnopqrstuvwxyz"))
+}

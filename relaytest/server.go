@@ -1,0 +1,410 @@
+package relaytest
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"log"
+	"log/slog"
+	"maps"
+	"net"
+	"net/http"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/emersion/go-smtp"
+
+	"github.com/mxrelay/mxrelay/internal/wire"
+)
+
+// DefaultAPIKey is the key a Server accepts when Options.APIKeys is empty.
+const DefaultAPIKey = "relaytest-key-0123456789"
+
+// Defaults of Options.
+const (
+	DefaultAddr        = "127.0.0.1:0"
+	DefaultAuthTimeout = 10 * time.Second
+	DefaultDomain      = "relaytest.local"
+)
+
+// closeGrace is how long Close and CloseClientConnections wait for a
+// client to answer the close frame before cutting the TCP connection.
+const closeGrace = time.Second
+
+// dialTimeout bounds the dial of the upstream.
+const dialTimeout = 10 * time.Second
+
+// Options configures a Server. A nil *Options and the zero value of every
+// field are useful; the Server works on a copy.
+type Options struct {
+	// Addr is the TCP address the relay listens on. "" means 127.0.0.1:0
+	// (loopback, a free port). The package does not refuse other
+	// addresses; cmd/mockrelay does unless asked.
+	Addr string
+	// APIKeys are the accepted keys; empty means only DefaultAPIKey.
+	APIKeys []string
+	// UpstreamAddr is the host:port of an SMTP server to forward channels
+	// to. "" starts the in-process go-smtp server, whose accepted messages
+	// are in Mailbox.
+	UpstreamAddr string
+	// Users (in-process server only) maps SMTP AUTH users to passwords.
+	// Non-empty: AUTH PLAIN and LOGIN are offered and required before
+	// MAIL. Empty: no AUTH is offered.
+	Users map[string]string
+	// TLSConfig (in-process server only): when set, the upstream offers
+	// STARTTLS with this config. nil: no STARTTLS.
+	TLSConfig *tls.Config
+	// DisableBinary refuses binary frames: READY never carries
+	// "binary": true. false: binary is granted whenever asked.
+	DisableBinary bool
+	// NoSubprotocol makes the relay select no subprotocol even when the
+	// client offers mxrelay.v1. false: mxrelay.v1 is selected when offered.
+	NoSubprotocol bool
+	// AuthTimeout is how long the relay waits for AUTHENTICATE before
+	// closing with 4001. Zero means DefaultAuthTimeout (10s).
+	AuthTimeout time.Duration
+	// Latency delays frames. Zero: no delay.
+	Latency Latency
+	// Domain is the in-process server's hostname, in its greeting. ""
+	// means DefaultDomain ("relaytest.local").
+	Domain string
+	// MaxMessageBytes is the in-process server's message size limit,
+	// advertised in EHLO (SIZE). Zero: no limit.
+	MaxMessageBytes int64
+	// Logger receives connection, authentication and channel events at
+	// Info, the SMTP dialogue (verbs and reply codes, never credentials or
+	// bodies) at Debug. nil: silent.
+	Logger *slog.Logger
+	// OnMessage, if set, is called with each message the in-process
+	// upstream accepts, after it is in the mailbox and before the 250 to
+	// the end of data is sent (so a client that saw 250 knows the callback
+	// ran). It is called from the SMTP session's goroutine; a panic in it is
+	// recovered and logged.
+	OnMessage func(Message)
+}
+
+// Latency is an injected delay per direction, applied to every frame the
+// relay sends that way (control messages and SMTP data alike), without
+// reordering frames and without slowing the other direction.
+type Latency struct {
+	// ToServer delays frames from the client: they are handled (and their
+	// SMTP bytes forwarded upstream) this long after they arrive.
+	ToServer time.Duration
+	// ToClient delays frames to the client: each is written this long
+	// after the relay produced it.
+	ToClient time.Duration
+}
+
+// Server is a test relay. Create it with NewServer, or NewUnstartedServer
+// and Start; Close it when done. Its methods are safe for concurrent use.
+type Server struct {
+	// URL is the WebSocket URL of the relay, "ws://127.0.0.1:PORT/smtp",
+	// set by Start.
+	URL string
+	// APIKey is a key the Server accepts: the first of Options.APIKeys, or
+	// DefaultAPIKey.
+	APIKey string
+	// SMTPAddr is the address of the upstream: the in-process server's
+	// loopback address, or Options.UpstreamAddr. Set by Start.
+	SMTPAddr string
+
+	opts Options
+	log  *slog.Logger
+	ln   net.Listener
+
+	http      *http.Server
+	httpConns sync.WaitGroup // non-hijacked HTTP connections
+	bg        sync.WaitGroup // the HTTP and SMTP accept loops
+
+	smtp   *smtp.Server
+	smtpLn net.Listener
+
+	connWG    sync.WaitGroup // WebSocket handlers
+	closeOnce sync.Once
+
+	mu         sync.Mutex
+	started    bool
+	closed     bool
+	down       bool
+	conns      map[*conn]struct{}
+	accepting  map[chan struct{}]struct{} // upgrades in progress; closed when decided
+	restarts   int                        // CloseClientConnections calls
+	upConns    map[*trackedConn]struct{}
+	lastConnID int
+	faults     []*armedFault
+	mailbox    []Message
+	stats      Stats
+	dataFaults map[string]*smtp.SMTPError // by upstream connection (relay side local address)
+}
+
+// Stats counts what a Server saw since it started.
+type Stats struct {
+	Connections      int // WebSockets accepted
+	Authenticated    int // successful AUTHENTICATE
+	AuthFailures     int // AUTHENTICATE refused (bad key or RejectAuth)
+	Channels         int // SMTP_CHANNEL_OPEN answered with READY (SMTP sessions through the relay)
+	UpstreamSessions int // SMTP connections the in-process server accepted
+	Messages         int // messages in the mailbox
+}
+
+// NewServer starts and returns a new Server. opts may be nil. It panics
+// when it cannot listen, as httptest.NewServer does. The caller must Close
+// it.
+func NewServer(opts *Options) *Server {
+	s := NewUnstartedServer(opts)
+	s.Start()
+	return s
+}
+
+// NewUnstartedServer returns a new Server that already listens, so its
+// port is taken, but serves nothing until Start. opts may be nil. It
+// panics when it cannot listen. The caller must Close it, started or not.
+func NewUnstartedServer(opts *Options) *Server {
+	var o Options
+	if opts != nil {
+		o = *opts
+	}
+	o.APIKeys = slices.Clone(o.APIKeys)
+	if len(o.APIKeys) == 0 {
+		o.APIKeys = []string{DefaultAPIKey}
+	}
+	o.Users = maps.Clone(o.Users)
+	if o.Addr == "" {
+		o.Addr = DefaultAddr
+	}
+	if o.AuthTimeout <= 0 {
+		o.AuthTimeout = DefaultAuthTimeout
+	}
+	if o.Domain == "" {
+		o.Domain = DefaultDomain
+	}
+	o.Latency.ToServer = max(o.Latency.ToServer, 0)
+	o.Latency.ToClient = max(o.Latency.ToClient, 0)
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	ln, err := net.Listen("tcp", o.Addr)
+	if err != nil {
+		panic(fmt.Sprintf("relaytest: failed to listen on %s: %v", o.Addr, err))
+	}
+	return &Server{
+		APIKey:     o.APIKeys[0],
+		opts:       o,
+		log:        o.Logger,
+		ln:         ln,
+		conns:      make(map[*conn]struct{}),
+		accepting:  make(map[chan struct{}]struct{}),
+		upConns:    make(map[*trackedConn]struct{}),
+		dataFaults: make(map[string]*smtp.SMTPError),
+	}
+}
+
+// Start starts a Server from NewUnstartedServer: the in-process upstream
+// (unless Options.UpstreamAddr is set), then the relay. It panics if the
+// Server was already started or closed.
+func (s *Server) Start() {
+	s.mu.Lock()
+	if s.started || s.closed {
+		s.mu.Unlock()
+		panic("relaytest: Server already started or closed")
+	}
+	s.started = true
+	s.mu.Unlock()
+
+	if s.opts.UpstreamAddr != "" {
+		s.SMTPAddr = s.opts.UpstreamAddr
+	} else {
+		s.startSMTP()
+	}
+	s.URL = "ws://" + s.ln.Addr().String() + wire.DefaultPath
+
+	mux := http.NewServeMux()
+	mux.HandleFunc(wire.DefaultPath, s.serveWebSocket)
+	s.http = &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          log.New(io.Discard, "", 0),
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			return context.WithValue(ctx, rawConnKey{}, c)
+		},
+		ConnState: func(_ net.Conn, st http.ConnState) {
+			switch st {
+			case http.StateNew:
+				s.httpConns.Add(1)
+			case http.StateHijacked, http.StateClosed:
+				s.httpConns.Done()
+			}
+		},
+	}
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		_ = s.http.Serve(s.ln)
+	}()
+	s.log.Info("relaytest: listening", "url", s.URL, "upstream", s.SMTPAddr)
+}
+
+// rawConnKey is the context key under which the HTTP server stores the
+// TCP connection of a request, so that a fault can cut it abruptly.
+type rawConnKey struct{}
+
+// Close closes the listener, every WebSocket (status 1001, or abruptly if
+// the client does not answer the close frame within a second), every
+// upstream connection and the in-process SMTP server, and waits for every
+// goroutine the Server started. Calling it again does nothing.
+func (s *Server) Close() {
+	s.closeOnce.Do(s.close)
+}
+
+func (s *Server) close() {
+	s.mu.Lock()
+	s.closed = true
+	started := s.started
+	conns := slices.Collect(maps.Keys(s.conns))
+	s.mu.Unlock()
+
+	if !started {
+		_ = s.ln.Close()
+		return
+	}
+	_ = s.http.Close() // the listener and connections not yet upgraded
+	shutdownConns(conns, websocket.StatusGoingAway, "relay closed")
+	s.connWG.Wait()
+	if s.smtpLn != nil {
+		_ = s.smtpLn.Close()
+	}
+	s.bg.Wait()
+	s.httpConns.Wait()
+	if s.smtp != nil {
+		s.mu.Lock()
+		ups := slices.Collect(maps.Keys(s.upConns))
+		s.mu.Unlock()
+		for _, c := range ups {
+			_ = c.Close()
+		}
+		// The accept loop has returned and every connection is closed:
+		// Shutdown only waits for the session goroutines to notice.
+		_ = s.smtp.Shutdown(context.Background())
+	}
+	s.log.Info("relaytest: closed")
+}
+
+// CloseClientConnections closes every client WebSocket with status 1012
+// (service restart), as a relay restart would, and returns when they are
+// closed (a client that does not answer the close frame within a second is
+// cut abruptly). Their channels and upstream connections close too. New
+// connections are accepted afterwards.
+func (s *Server) CloseClientConnections() {
+	s.mu.Lock()
+	s.restarts++
+	conns := slices.Collect(maps.Keys(s.conns))
+	accepting := slices.Collect(maps.Keys(s.accepting))
+	s.mu.Unlock()
+	shutdownConns(conns, websocket.StatusServiceRestart, "service restart")
+	// Upgrades under way close themselves, seeing restarts changed.
+	for _, a := range accepting {
+		<-a
+	}
+}
+
+func shutdownConns(conns []*conn, code websocket.StatusCode, reason string) {
+	var wg sync.WaitGroup
+	for _, c := range conns {
+		wg.Go(func() { c.shutdown(code, reason) })
+	}
+	wg.Wait()
+}
+
+// SetDown sets whether the relay is down. While it is, upgrade requests
+// get HTTP 503 Service Unavailable (Retry-After: 1), as from a relay that
+// is restarting; existing connections are left alone. SetDown(true) then
+// CloseClientConnections is a relay going down; SetDown(false) brings it
+// back.
+func (s *Server) SetDown(down bool) {
+	s.mu.Lock()
+	s.down = down
+	s.mu.Unlock()
+}
+
+// Stats returns the counters.
+func (s *Server) Stats() Stats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.stats
+	st.Messages = len(s.mailbox)
+	return st
+}
+
+func (s *Server) count(f func(*Stats)) {
+	s.mu.Lock()
+	f(&s.stats)
+	s.mu.Unlock()
+}
+
+func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
+	raw, _ := r.Context().Value(rawConnKey{}).(net.Conn)
+	s.mu.Lock()
+	if s.closed || s.down {
+		s.mu.Unlock()
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, "relay unavailable", http.StatusServiceUnavailable)
+		return
+	}
+	s.connWG.Add(1)
+	restarts := s.restarts
+	accepting := make(chan struct{})
+	s.accepting[accepting] = struct{}{}
+	s.mu.Unlock()
+	defer s.connWG.Done()
+	var once sync.Once
+	decided := func() {
+		once.Do(func() {
+			s.mu.Lock()
+			delete(s.accepting, accepting)
+			s.mu.Unlock()
+			close(accepting)
+		})
+	}
+	defer decided()
+
+	var protos []string
+	if !s.opts.NoSubprotocol {
+		protos = []string{wire.Subprotocol}
+	}
+	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{Subprotocols: protos})
+	if err != nil {
+		s.log.Info("relaytest: upgrade refused", "remote", r.RemoteAddr, "err", err)
+		return
+	}
+	ws.SetReadLimit(wire.ReadLimit)
+
+	// The client may already see the connection as open: if Close or
+	// CloseClientConnections came meanwhile, close it as they would have.
+	s.mu.Lock()
+	s.stats.Connections++
+	if s.closed || s.restarts != restarts {
+		code, reason := websocket.StatusServiceRestart, "service restart"
+		if s.closed {
+			code, reason = websocket.StatusGoingAway, "relay closed"
+		}
+		s.mu.Unlock()
+		closeGracefully(ws, raw, code, reason)
+		return
+	}
+	s.lastConnID++
+	c := newConn(s, s.lastConnID, ws, raw)
+	s.conns[c] = struct{}{}
+	s.mu.Unlock()
+	decided()
+
+	c.log.Info("relaytest: connection accepted", "remote", r.RemoteAddr, "subprotocol", ws.Subprotocol())
+	c.serve()
+
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+	close(c.finished)
+}
