@@ -1,0 +1,114 @@
+package mxrelay_test
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/internal/testcert"
+	"github.com/mxrelay/mxrelay/relaytest"
+)
+
+// selfSigned returns a server TLS config for mx.test and a pool trusting it.
+func selfSigned(t *testing.T) (*tls.Config, *x509.CertPool) {
+	t.Helper()
+	cert, pool, err := testcert.New("mx.test")
+	require.NoError(t, err)
+	return &tls.Config{Certificates: []tls.Certificate{cert}}, pool
+}
+
+func TestSMTPAuth(t *testing.T) {
+	s := newRelay(t, &relaytest.Options{Users: map[string]string{"alice": "s3cret-pw"}})
+	t.Run("good credentials", func(t *testing.T) {
+		c := newClient(t, s, &mxrelay.Options{Username: "alice", Password: "s3cret-pw"})
+		_, err := c.Send(ctxT(t), mail("authed"))
+		require.NoError(t, err)
+		box := s.Mailbox()
+		require.Len(t, box, 1)
+		assert.Equal(t, "alice", box[0].User)
+	})
+	t.Run("bad credentials fail the waiting emails", func(t *testing.T) {
+		c := newClient(t, s, &mxrelay.Options{Username: "alice", Password: "wrong"})
+		_, err := c.Send(ctxT(t), mail("refused"))
+		var se *mxrelay.SMTPError
+		require.ErrorAs(t, err, &se)
+		assert.Equal(t, 5, se.Code/100)
+		assert.Equal(t, 0, countSubject(s, "refused"))
+	})
+	t.Run("no credentials, server requires them", func(t *testing.T) {
+		c := newClient(t, s, nil)
+		_, err := c.Send(ctxT(t), mail("anonymous"))
+		var se *mxrelay.SMTPError
+		require.ErrorAs(t, err, &se)
+		assert.Equal(t, 0, countSubject(s, "anonymous"))
+	})
+}
+
+func TestStartTLS(t *testing.T) {
+	serverTLS, pool := selfSigned(t)
+	s := newRelay(t, &relaytest.Options{TLSConfig: serverTLS, Users: map[string]string{"bob": "pw-over-tls"}})
+	clientTLS := &tls.Config{RootCAs: pool, ServerName: "mx.test"}
+
+	logs := &logBuffer{}
+	c := newClient(t, s, &mxrelay.Options{StartTLS: mxrelay.StartTLSRequired, TLSConfig: clientTLS, Username: "bob", Password: "pw-over-tls", Logger: logs.logger(), LocalName: "client.test"})
+	_, err := c.Send(ctxT(t), mail("encrypted"))
+	require.NoError(t, err)
+	require.Len(t, s.Mailbox(), 1)
+	assert.Equal(t, "bob", s.Mailbox()[0].User)
+	out := logs.String()
+	assert.Contains(t, out, "STARTTLS")
+	assert.Contains(t, out, "TLS started")
+	assert.NotContains(t, out, "MAIL FROM", "nothing after STARTTLS is logged in clear")
+
+	t.Run("opportunistic without STARTTLS offered goes on in clear", func(t *testing.T) {
+		plain := newRelay(t, nil)
+		c := newClient(t, plain, &mxrelay.Options{StartTLS: mxrelay.StartTLSOpportunistic})
+		_, err := c.Send(ctxT(t), mail("clear"))
+		require.NoError(t, err)
+	})
+	t.Run("required without STARTTLS offered sends nothing", func(t *testing.T) {
+		plain := newRelay(t, &relaytest.Options{Users: map[string]string{"bob": "pw"}})
+		logs := &logBuffer{}
+		c := newClient(t, plain, &mxrelay.Options{StartTLS: mxrelay.StartTLSRequired, Username: "bob", Password: "pw", Logger: logs.logger()})
+		_, err := c.Send(ctxT(t), mail("never"))
+		require.Error(t, err)
+		assert.Empty(t, plain.Mailbox())
+		assert.NotContains(t, logs.String(), `dir=C line="AUTH`, "no AUTH over a channel that had to be encrypted")
+	})
+	t.Run("bad certificate is refused", func(t *testing.T) {
+		c := newClient(t, s, &mxrelay.Options{StartTLS: mxrelay.StartTLSRequired, TLSConfig: &tls.Config{ServerName: "mx.test"}})
+		_, err := c.Send(ctxT(t), mail("untrusted"))
+		var x509err x509.UnknownAuthorityError
+		require.ErrorAs(t, err, &x509err)
+		assert.Equal(t, 0, countSubject(s, "untrusted"))
+	})
+}
+
+func TestDebugLogsHideSecrets(t *testing.T) {
+	const apiKey = "relay-api-key-SECRET-0123456789"
+	const password = "smtp-pass-SECRET"
+	s := newRelay(t, &relaytest.Options{APIKeys: []string{apiKey}, Users: map[string]string{"carol": password}})
+	logs := &logBuffer{}
+	c, err := mxrelay.New(s.URL, apiKey, fast(&mxrelay.Options{Username: "carol", Password: password, Logger: logs.logger()}))
+	require.NoError(t, err)
+	res, err := c.Send(ctxT(t), mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: strings.NewReader(msg("secret body text XYZZY"))})
+	require.NoError(t, err)
+	require.NoError(t, c.Close(ctxT(t)))
+	_ = res
+
+	out := logs.String()
+	assert.Contains(t, out, "MAIL FROM:<a@example.com>", "the dialogue is logged")
+	assert.Contains(t, out, "AUTH PLAIN ****")
+	assert.Contains(t, out, "<message body")
+	plainPayload := base64.StdEncoding.EncodeToString([]byte("\x00carol\x00" + password))
+	for _, secret := range []string{apiKey, password, plainPayload, base64.StdEncoding.EncodeToString([]byte(password)), "XYZZY"} {
+		assert.NotContains(t, out, secret)
+	}
+	assert.Contains(t, out, "****6789", "the key appears masked at most")
+}

@@ -1,0 +1,757 @@
+package mxrelay_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/relaytest"
+)
+
+func TestSendDelivers(t *testing.T) {
+	for _, tc := range []struct {
+		name          string
+		relayBinary   bool
+		disableBinary bool
+	}{
+		{name: "binary", relayBinary: true},
+		{name: "json because the client asks for it", relayBinary: true, disableBinary: true},
+		{name: "json because the relay refuses binary", relayBinary: false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newRelay(t, &relaytest.Options{DisableBinary: !tc.relayBinary})
+			c := newClient(t, s, &mxrelay.Options{DisableBinary: tc.disableBinary})
+			body := msg("hello") + "..leading dot\r\n.\r\nnot the end\r\n"
+			res, err := c.Send(ctxT(t), mxrelay.Email{ID: "e1", From: "a@example.com", To: []string{"b@example.com", "c@example.com"}, Body: strings.NewReader(body)})
+			require.NoError(t, err)
+			assert.True(t, res.Delivered())
+			assert.Equal(t, "e1", res.EmailID)
+			assert.Equal(t, []string{"b@example.com", "c@example.com"}, res.Accepted)
+			assert.Empty(t, res.Rejected)
+			assert.Equal(t, 250, res.Reply.Code)
+			assert.Equal(t, 1, res.Attempts)
+			assert.False(t, res.MaybeDelivered)
+
+			box := s.Mailbox()
+			require.Len(t, box, 1)
+			assert.Equal(t, "a@example.com", box[0].From)
+			assert.Equal(t, []string{"b@example.com", "c@example.com"}, box[0].To)
+			assert.Equal(t, body, string(box[0].Data), "the upstream gets the exact bytes, dot-stuffing undone")
+			st := c.Stats()
+			assert.EqualValues(t, 1, st.EmailsProcessed)
+			assert.EqualValues(t, 0, st.EmailsFailed)
+		})
+	}
+}
+
+func TestLargeBodyBothEncodings(t *testing.T) {
+	// 3 MiB with multi-byte runes everywhere, so JSON chunks and go-smtp's
+	// 4 KiB writes split runes, and binary frames pass the 1 MiB frame size.
+	var b strings.Builder
+	b.WriteString("Subject: big\r\n\r\n")
+	for b.Len() < 3<<20 {
+		b.WriteString("größer ünd ëmoji 🚀 line of text that goes on ")
+		b.WriteString(fmt.Sprint(b.Len()))
+		b.WriteString("\r\n")
+	}
+	body := b.String()
+	for _, binary := range []bool{true, false} {
+		t.Run(fmt.Sprint("binary=", binary), func(t *testing.T) {
+			s := newRelay(t, &relaytest.Options{DisableBinary: !binary})
+			c := newClient(t, s, nil)
+			_, err := c.Send(ctxT(t), mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: strings.NewReader(body)})
+			require.NoError(t, err)
+			box := s.Mailbox()
+			require.Len(t, box, 1)
+			assert.True(t, body == string(box[0].Data), "body arrives byte for byte")
+		})
+	}
+}
+
+func TestJSONModeRefusesNonUTF8(t *testing.T) {
+	s := newRelay(t, &relaytest.Options{DisableBinary: true})
+	c := newClient(t, s, nil)
+	latin1 := "Subject: caf\xe9\r\n\r\nna\xefve\r\n"
+	res, err := c.Send(ctxT(t), mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: strings.NewReader(latin1)})
+	require.ErrorIs(t, err, mxrelay.ErrNotUTF8)
+	require.ErrorIs(t, err, mxrelay.ErrInvalidEmail)
+	var ee *mxrelay.EmailError
+	require.ErrorAs(t, err, &ee)
+	assert.False(t, ee.Temporary())
+	assert.False(t, res.Delivered())
+	assert.Empty(t, s.Mailbox())
+
+	// The session goes on: the next email is delivered.
+	_, err = c.Send(ctxT(t), mail("after"))
+	require.NoError(t, err)
+	assert.Equal(t, []string{"after"}, subjects(s))
+}
+
+func TestBinaryModeCarries8Bit(t *testing.T) {
+	s := newRelay(t, nil)
+	c := newClient(t, s, nil)
+	latin1 := "Subject: caf\xe9\r\n\r\nna\xefve \x00\xff\r\n"
+	_, err := c.Send(ctxT(t), mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: strings.NewReader(latin1)})
+	require.NoError(t, err)
+	require.Len(t, s.Mailbox(), 1)
+	assert.Equal(t, latin1, string(s.Mailbox()[0].Data))
+}
+
+func TestReadOnceBodyIsSpooledAndRetried(t *testing.T) {
+	s := newRelay(t, nil)
+	// Cut the connection early in the body: the body is large enough that
+	// the client notices while still writing it, before its end of data.
+	s.Inject(relaytest.Fault{Kind: relaytest.DropAfterBytes, Bytes: 200})
+	c := newClient(t, s, &mxrelay.Options{TempDir: t.TempDir()})
+	body := msg("once") + strings.Repeat(strings.Repeat("x", 70)+"\r\n", 30000)
+	pr, pw := io.Pipe()
+	go func() {
+		io.WriteString(pw, body)
+		pw.Close()
+	}()
+	res, err := c.Send(ctxT(t), mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: io.MultiReader(pr)})
+	require.NoError(t, err)
+	assert.Equal(t, 2, res.Attempts, "the first attempt was cut")
+	require.Len(t, s.Mailbox(), 1)
+	assert.Equal(t, body, string(s.Mailbox()[0].Data))
+}
+
+func TestBytesBufferIsNotDrained(t *testing.T) {
+	s := newRelay(t, nil)
+	c := newClient(t, s, nil)
+	buf := bytes.NewBufferString(msg("buffer"))
+	_, err := c.Send(ctxT(t), mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: buf})
+	require.NoError(t, err)
+	assert.Equal(t, msg("buffer"), buf.String())
+}
+
+func TestInvalidEmails(t *testing.T) {
+	s := newRelay(t, nil)
+	c := newClient(t, s, nil)
+	long := strings.Repeat("a", 250) + "@example.com"
+	for _, tc := range []struct {
+		name string
+		e    mxrelay.Email
+	}{
+		{"no recipient", mxrelay.Email{From: "a@example.com", Body: strings.NewReader("x")}},
+		{"nil body", mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}}},
+		{"CRLF in sender", mxrelay.Email{From: "a@example.com>\r\nRCPT TO:<evil@example.com", To: []string{"b@example.com"}, Body: strings.NewReader("x")}},
+		{"LF in recipient", mxrelay.Email{From: "a@example.com", To: []string{"b@example.com\nDATA"}, Body: strings.NewReader("x")}},
+		{"NUL", mxrelay.Email{From: "a@exa\x00mple.com", To: []string{"b@example.com"}, Body: strings.NewReader("x")}},
+		{"angle bracket", mxrelay.Email{From: "a@example.com", To: []string{"b@example.com> NOTIFY=NEVER"}, Body: strings.NewReader("x")}},
+		{"space parameter", mxrelay.Email{From: "a@example.com SIZE=1", To: []string{"b@example.com"}, Body: strings.NewReader("x")}},
+		{"too long", mxrelay.Email{From: "a@example.com", To: []string{long}, Body: strings.NewReader("x")}},
+		{"not an address", mxrelay.Email{From: "a@example.com", To: []string{"bob"}, Body: strings.NewReader("x")}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			res, err := c.Send(ctxT(t), tc.e)
+			require.ErrorIs(t, err, mxrelay.ErrInvalidEmail)
+			assert.Nil(t, res)
+		})
+	}
+	_, err := c.Enqueue(mail("x"), mxrelay.WithPriority(mxrelay.Priority(7)))
+	require.ErrorIs(t, err, mxrelay.ErrInvalidEmail)
+	assert.Zero(t, s.Stats().Connections, "nothing invalid makes the client connect")
+	// The null reverse-path is valid.
+	_, err = c.Send(ctxT(t), mxrelay.Email{From: "", To: []string{"b@example.com"}, Body: strings.NewReader(msg("bounce"))})
+	require.NoError(t, err)
+}
+
+func TestNewValidatesOptions(t *testing.T) {
+	for _, tc := range []struct {
+		name, url, key string
+		o              mxrelay.Options
+	}{
+		{name: "bad scheme", url: "http://x/smtp", key: "k"},
+		{name: "no host", url: "ws:///smtp", key: "k"},
+		{name: "key in URL", url: "wss://x/smtp?apiKey=k", key: "k"},
+		{name: "userinfo in URL", url: "wss://u:p@x/smtp", key: "k"},
+		{name: "empty key", url: "wss://x/smtp"},
+		{name: "negative queue", url: "wss://x/smtp", key: "k", o: mxrelay.Options{MaxQueueSize: -1}},
+		{name: "negative timeout", url: "wss://x/smtp", key: "k", o: mxrelay.Options{CommandTimeout: -time.Second}},
+		{name: "user without password", url: "wss://x/smtp", key: "k", o: mxrelay.Options{Username: "u"}},
+		{name: "bad local name", url: "wss://x/smtp", key: "k", o: mxrelay.Options{LocalName: "a b"}},
+		{name: "bad starttls", url: "wss://x/smtp", key: "k", o: mxrelay.Options{StartTLS: 9}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := mxrelay.New(tc.url, tc.key, &tc.o)
+			require.Error(t, err)
+			assert.Nil(t, c)
+			assert.True(t, strings.HasPrefix(err.Error(), "mxrelay: "), err.Error())
+		})
+	}
+	o := mxrelay.Options{}
+	c, err := mxrelay.New("wss://relay.example.com/smtp", "k", &o)
+	require.NoError(t, err)
+	assert.Equal(t, mxrelay.Options{}, o, "defaults are applied to a copy")
+	require.NoError(t, c.Close(context.Background()))
+	require.NoError(t, c.Close(context.Background()), "Close twice is safe")
+	_, err = c.Enqueue(mail("late"))
+	require.ErrorIs(t, err, mxrelay.ErrClosed)
+}
+
+func TestAuthRejectedIsPermanent(t *testing.T) {
+	s := newRelay(t, &relaytest.Options{APIKeys: []string{"right-key-0000000000"}})
+	rec := &recorder{}
+	c, err := mxrelay.New(s.URL, "wrong-key-0000000000", fast(&mxrelay.Options{OnEvent: rec.on, MaxReconnectAttempts: 5}))
+	require.NoError(t, err)
+	defer c.Close(context.Background())
+
+	h1, err := c.Enqueue(mail("one"))
+	require.NoError(t, err)
+	h2, err := c.Enqueue(mail("two"))
+	require.NoError(t, err)
+	for _, h := range []*mxrelay.Handle{h1, h2} {
+		res, err := h.Wait(ctxT(t))
+		require.ErrorIs(t, err, mxrelay.ErrAuthFailed)
+		assert.False(t, res.Delivered())
+	}
+	assert.Equal(t, 1, s.Stats().AuthFailures, "the same key is not tried again")
+	assert.Equal(t, mxrelay.StateFailed, c.ConnState())
+	_, err = c.Send(ctxT(t), mail("three"))
+	require.ErrorIs(t, err, mxrelay.ErrAuthFailed)
+	assert.Equal(t, 1, s.Stats().Connections)
+	assert.Empty(t, s.Mailbox())
+}
+
+func TestRejectAuthFault(t *testing.T) {
+	s := newRelay(t, nil)
+	s.Inject(relaytest.Fault{Kind: relaytest.RejectAuth, Error: "key revoked"})
+	c := newClient(t, s, nil)
+	_, err := c.Send(ctxT(t), mail("x"))
+	require.ErrorIs(t, err, mxrelay.ErrAuthFailed)
+	assert.Contains(t, err.Error(), "key revoked")
+}
+
+func TestChannelErrorIsRetried(t *testing.T) {
+	s := newRelay(t, nil)
+	s.Inject(relaytest.Fault{Kind: relaytest.FailChannel, Error: "upstream unreachable"})
+	rec := &recorder{}
+	c := newClient(t, s, &mxrelay.Options{OnEvent: rec.on})
+	res, err := c.Send(ctxT(t), mail("after channel error"))
+	require.NoError(t, err)
+	assert.Equal(t, 1, res.Attempts, "a set-up failure costs the email no attempt")
+	assert.Equal(t, 1, s.Stats().Connections, "a channel error does not cost the WebSocket")
+	assert.Equal(t, []string{"after channel error"}, subjects(s))
+	require.NoError(t, c.Close(ctxT(t))) // the session's QUIT comes after the result
+	st := c.Stats()
+	assert.EqualValues(t, 1, st.SessionsFailed)
+	assert.EqualValues(t, 1, st.SessionsProcessed)
+}
+
+func TestDropAfterRcptRetries(t *testing.T) {
+	s := newRelay(t, nil)
+	s.Inject(relaytest.Fault{Kind: relaytest.DropAfterRcpt})
+	c := newClient(t, s, nil)
+	res, err := c.Send(ctxT(t), mail("dropped once"))
+	require.NoError(t, err)
+	assert.Equal(t, 2, res.Attempts)
+	assert.False(t, res.MaybeDelivered, "the drop came before the end of data")
+	assert.Equal(t, 1, countSubject(s, "dropped once"))
+	assert.Equal(t, 2, s.Stats().Connections, "the client reconnected")
+}
+
+func TestDropAfterFinalDot(t *testing.T) {
+	t.Run("unknown outcome fails by default", func(t *testing.T) {
+		s := newRelay(t, nil)
+		s.Inject(relaytest.Fault{Kind: relaytest.DropAfterFinalDot})
+		c := newClient(t, s, nil)
+		res, err := c.Send(ctxT(t), mail("maybe"))
+		require.ErrorIs(t, err, mxrelay.ErrUnknownOutcome)
+		var ue *mxrelay.UnknownOutcomeError
+		require.ErrorAs(t, err, &ue)
+		assert.True(t, res.MaybeDelivered)
+		assert.Equal(t, 1, res.Attempts)
+		assert.Equal(t, 1, countSubject(s, "maybe"), "the upstream did get it")
+		// The next email goes through a new connection.
+		_, err = c.Send(ctxT(t), mail("next"))
+		require.NoError(t, err)
+	})
+	t.Run("retried when allowed", func(t *testing.T) {
+		s := newRelay(t, nil)
+		s.Inject(relaytest.Fault{Kind: relaytest.DropAfterFinalDot})
+		c := newClient(t, s, &mxrelay.Options{RetryUnknown: true})
+		res, err := c.Send(ctxT(t), mail("twice"))
+		require.NoError(t, err)
+		assert.True(t, res.MaybeDelivered)
+		assert.Equal(t, 2, res.Attempts)
+		assert.Equal(t, 2, countSubject(s, "twice"), "a retried unknown outcome may duplicate, and the result says so")
+	})
+}
+
+func TestRecipientReplies(t *testing.T) {
+	s := newRelay(t, nil)
+	s.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: "RCPT", Recipient: "gone@example.com", Reply: "550 5.1.1 <gone@example.com>: no such user", Times: -1})
+	s.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: "RCPT", Recipient: "busy@example.com", Reply: "450 4.2.1 mailbox busy"})
+	c := newClient(t, s, nil)
+	res, err := c.Send(ctxT(t), mail("partial", "ok@example.com", "gone@example.com", "busy@example.com"))
+	require.NoError(t, err, "delivered to the accepted recipients")
+	assert.ElementsMatch(t, []string{"ok@example.com", "busy@example.com"}, res.Accepted)
+	require.Len(t, res.Rejected, 1)
+	assert.Equal(t, "gone@example.com", res.Rejected[0].Address)
+	var rse *mxrelay.SMTPError
+	require.ErrorAs(t, res.Rejected[0].Err, &rse)
+	assert.Equal(t, 550, rse.Code)
+	assert.Equal(t, [3]int{5, 1, 1}, [3]int(rse.EnhancedCode))
+	assert.Equal(t, 2, res.Attempts, "the 450 recipient was retried alone")
+	box := s.Mailbox()
+	require.Len(t, box, 2)
+	assert.Equal(t, []string{"ok@example.com"}, box[0].To)
+	assert.Equal(t, []string{"busy@example.com"}, box[1].To)
+
+	t.Run("all rejected fails with the reply", func(t *testing.T) {
+		res, err := c.Send(ctxT(t), mail("nobody", "gone@example.com"))
+		var se *mxrelay.SMTPError
+		require.ErrorAs(t, err, &se)
+		assert.Equal(t, 550, se.Code)
+		assert.Len(t, res.Rejected, 1)
+		assert.Equal(t, 1, res.Attempts, "5xx is not retried")
+	})
+	t.Run("temporary rejection runs out of retries", func(t *testing.T) {
+		s.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: "RCPT", Recipient: "full@example.com", Reply: "452 4.2.2 over quota", Times: -1})
+		res, err := c.Send(ctxT(t), mail("full", "full@example.com"), mxrelay.WithRetries(2))
+		var ee *mxrelay.EmailError
+		require.ErrorAs(t, err, &ee)
+		assert.True(t, ee.Temporary())
+		assert.Equal(t, 3, ee.Attempts)
+		assert.Equal(t, 3, res.Attempts)
+		require.Len(t, res.Rejected, 1)
+		var rse *mxrelay.SMTPError
+		require.ErrorAs(t, res.Rejected[0].Err, &rse)
+		assert.Equal(t, 452, rse.Code)
+		s.ClearFaults()
+	})
+}
+
+func TestPermanentAndTemporaryReplies(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		command   string
+		reply     string
+		delivered bool
+		attempts  int
+	}{
+		{"550 to MAIL", "MAIL", "550 5.7.1 sender refused", false, 1},
+		{"451 to MAIL", "MAIL", "451 4.3.0 try later", true, 2},
+		{"554 to DATA", "DATA", "554 5.5.1 no valid recipients", false, 1},
+		{"452 to end of data", ".", "452 4.3.1 insufficient storage", true, 2},
+		{"552 to end of data", ".", "552 5.3.4 too big", false, 1},
+		{"421 to MAIL", "MAIL", "421 4.3.2 shutting down", true, 2},
+		{"421 to end of data", ".", "421 4.3.2 shutting down", true, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newRelay(t, nil)
+			s.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: tc.command, Reply: tc.reply})
+			c := newClient(t, s, nil)
+			res, err := c.Send(ctxT(t), mail(tc.name))
+			assert.Equal(t, tc.attempts, res.Attempts)
+			if tc.delivered {
+				require.NoError(t, err)
+				assert.Equal(t, 1, countSubject(s, tc.name))
+				return
+			}
+			var se *mxrelay.SMTPError
+			require.ErrorAs(t, err, &se)
+			assert.Equal(t, tc.reply[:3], fmt.Sprint(se.Code))
+			assert.Equal(t, 0, countSubject(s, tc.name))
+			// RSET keeps the session usable for the next email.
+			_, err = c.Send(ctxT(t), mail("next"))
+			require.NoError(t, err)
+		})
+	}
+}
+
+func Test421MidSessionEndsTheSession(t *testing.T) {
+	s := newRelay(t, nil)
+	c := newClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 10, BatchWait: 5 * time.Second})
+	// The fifth email's RCPT gets 421 after the first two were delivered... in
+	// queue order the RCPT of r2 comes third.
+	var hs []*mxrelay.Handle
+	for i := range 5 {
+		if i == 4 {
+			s.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: "RCPT", Recipient: "r2@example.com", Reply: "421 4.3.2 closing"})
+		}
+		h, err := c.Enqueue(mail(fmt.Sprint("m", i), fmt.Sprintf("r%d@example.com", i)))
+		require.NoError(t, err)
+		hs = append(hs, h)
+	}
+	for _, h := range hs {
+		_, err := h.Wait(ctxT(t))
+		require.NoError(t, err)
+	}
+	assert.Len(t, s.Mailbox(), 5)
+	assert.Equal(t, 2, s.Stats().Channels, "421 ended the first session; the rest went in a second")
+}
+
+func TestBatchingIntoSessions(t *testing.T) {
+	s := newRelay(t, nil)
+	c := newClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 10, BatchWait: 10 * time.Second})
+	var hs []*mxrelay.Handle
+	for i := range 25 {
+		h, err := c.Enqueue(mail(fmt.Sprint("b", i)))
+		require.NoError(t, err)
+		hs = append(hs, h)
+	}
+	// The last 5 do not fill a session: Close flushes them without waiting out BatchWait.
+	ctx := ctxT(t)
+	for _, h := range hs[:20] {
+		_, err := h.Wait(ctx)
+		require.NoError(t, err)
+	}
+	require.NoError(t, c.Close(ctx))
+	for _, h := range hs {
+		res, err := h.Wait(ctx)
+		require.NoError(t, err)
+		assert.NotEmpty(t, res.SessionID)
+	}
+	st := s.Stats()
+	assert.Equal(t, 3, st.Channels, "25 emails, 10 per session")
+	assert.Equal(t, 1, st.Connections, "the WebSocket stays authenticated between sessions")
+	assert.Equal(t, 3, st.UpstreamSessions)
+	cs := c.Stats()
+	assert.EqualValues(t, 3, cs.SessionsProcessed)
+	assert.EqualValues(t, 25, cs.EmailsProcessed)
+	assert.Greater(t, cs.AverageSessionTime, time.Duration(0))
+	assert.Greater(t, cs.AverageEmailTime, time.Duration(0))
+}
+
+func TestPriorityOrder(t *testing.T) {
+	s := newRelay(t, nil)
+	c := newClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 8, BatchWait: 10 * time.Second})
+	prios := []mxrelay.Priority{mxrelay.PriorityLow, mxrelay.PriorityNormal, mxrelay.PriorityHigh, mxrelay.PriorityNormal,
+		mxrelay.PriorityLow, mxrelay.PriorityHigh, mxrelay.PriorityNormal, mxrelay.PriorityCritical}
+	var hs []*mxrelay.Handle
+	for i, p := range prios {
+		h, err := c.Enqueue(mail(fmt.Sprintf("%d-%s", i, p)), mxrelay.WithPriority(p))
+		require.NoError(t, err)
+		hs = append(hs, h)
+	}
+	for _, h := range hs {
+		_, err := h.Wait(ctxT(t))
+		require.NoError(t, err)
+	}
+	assert.Equal(t, []string{"7-CRITICAL", "2-HIGH", "5-HIGH", "1-NORMAL", "3-NORMAL", "6-NORMAL", "0-LOW", "4-LOW"}, subjects(s))
+	assert.Equal(t, 1, s.Stats().Channels)
+}
+
+func TestImmediateSkipsBatchWait(t *testing.T) {
+	s := newRelay(t, nil)
+	c := newClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 10, BatchWait: time.Hour})
+	h, err := c.Enqueue(mail("waits"))
+	require.NoError(t, err)
+	_, err = c.Send(ctxT(t), mail("now"), mxrelay.Immediate())
+	require.NoError(t, err, "Immediate started the session despite an hour of BatchWait")
+	_, err = h.Wait(ctxT(t))
+	require.NoError(t, err, "the waiting email joined the session")
+	_, err = c.Send(ctxT(t), mail("critical"), mxrelay.WithPriority(mxrelay.PriorityCritical))
+	require.NoError(t, err, "CRITICAL skips BatchWait too")
+}
+
+func TestEmailsQueuedDuringASessionJoinIt(t *testing.T) {
+	s := newRelay(t, &relaytest.Options{Latency: relaytest.Latency{ToClient: 20 * time.Millisecond}})
+	c := newClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 10})
+	first, err := c.Enqueue(mail("first"))
+	require.NoError(t, err)
+	var hs []*mxrelay.Handle
+	for i := range 4 {
+		h, err := c.Enqueue(mail(fmt.Sprint("join", i)))
+		require.NoError(t, err)
+		hs = append(hs, h)
+	}
+	r1, err := first.Wait(ctxT(t))
+	require.NoError(t, err)
+	for _, h := range hs {
+		r, err := h.Wait(ctxT(t))
+		require.NoError(t, err)
+		assert.Equal(t, r1.SessionID, r.SessionID)
+	}
+	assert.Equal(t, 1, s.Stats().Channels)
+}
+
+func TestQueueFull(t *testing.T) {
+	s := newRelay(t, nil)
+	s.SetDown(true)
+	c := newClient(t, s, &mxrelay.Options{MaxQueueSize: 3, ReconnectInterval: time.Hour, MaxReconnectAttempts: 100})
+	for i := range 3 {
+		_, err := c.Enqueue(mail(fmt.Sprint(i)))
+		require.NoError(t, err)
+	}
+	_, err := c.Enqueue(mail("one too many"))
+	require.ErrorIs(t, err, mxrelay.ErrQueueFull)
+	res, err := c.Send(ctxT(t), mail("also"))
+	require.ErrorIs(t, err, mxrelay.ErrQueueFull)
+	assert.Nil(t, res)
+	assert.Equal(t, 3, c.Stats().QueueSize)
+}
+
+func TestReconnectAfterRelayRestart(t *testing.T) {
+	s := newRelay(t, nil)
+	rec := &recorder{}
+	c := newClient(t, s, &mxrelay.Options{OnEvent: rec.on, IdleTimeout: time.Minute})
+	_, err := c.Send(ctxT(t), mail("before"))
+	require.NoError(t, err)
+	s.CloseClientConnections()
+	s.SetDown(true)
+	go func() {
+		time.Sleep(50 * time.Millisecond)
+		s.SetDown(false)
+	}()
+	_, err = c.Send(ctxT(t), mail("after"))
+	require.NoError(t, err)
+	assert.Equal(t, []string{"before", "after"}, subjects(s))
+	assert.GreaterOrEqual(t, s.Stats().Connections, 2)
+	assert.GreaterOrEqual(t, rec.count(mxrelay.EventDisconnected), 1)
+}
+
+func TestReconnectAttemptsRunOut(t *testing.T) {
+	s := newRelay(t, nil)
+	s.SetDown(true)
+	rec := &recorder{}
+	c := newClient(t, s, &mxrelay.Options{MaxReconnectAttempts: 3, OnEvent: rec.on})
+	res, err := c.Send(ctxT(t), mail("unreachable"))
+	var ce *mxrelay.ConnectError
+	require.ErrorAs(t, err, &ce)
+	assert.Equal(t, 3, ce.Attempts)
+	assert.NotNil(t, ce.Err, "the last cause is kept")
+	assert.Equal(t, 0, res.Attempts, "no transaction was started")
+	assert.Equal(t, mxrelay.StateFailed, c.ConnState())
+	assert.Equal(t, 2, rec.count(mxrelay.EventReconnecting))
+
+	s.SetDown(false)
+	_, err = c.Send(ctxT(t), mail("new cycle"))
+	require.NoError(t, err, "the next Send starts a new cycle")
+}
+
+func TestTimeouts(t *testing.T) {
+	t.Run("AuthTimeout", func(t *testing.T) {
+		s := newRelay(t, nil)
+		s.Inject(relaytest.Fault{Kind: relaytest.IgnoreAuth})
+		c := newClient(t, s, &mxrelay.Options{AuthTimeout: 100 * time.Millisecond})
+		_, err := c.Send(ctxT(t), mail("x"))
+		require.NoError(t, err)
+		assert.Equal(t, 2, s.Stats().Connections)
+	})
+	t.Run("ChannelTimeout", func(t *testing.T) {
+		s := newRelay(t, nil)
+		s.Inject(relaytest.Fault{Kind: relaytest.IgnoreChannel})
+		c := newClient(t, s, &mxrelay.Options{ChannelTimeout: 100 * time.Millisecond})
+		_, err := c.Send(ctxT(t), mail("x"))
+		require.NoError(t, err)
+	})
+	t.Run("CommandTimeout", func(t *testing.T) {
+		s := newRelay(t, nil)
+		s.Inject(relaytest.Fault{Kind: relaytest.StallReply, Command: "RCPT"})
+		c := newClient(t, s, &mxrelay.Options{CommandTimeout: 200 * time.Millisecond})
+		res, err := c.Send(ctxT(t), mail("stalled once"))
+		require.NoError(t, err)
+		assert.Equal(t, 2, res.Attempts)
+		assert.Equal(t, 1, countSubject(s, "stalled once"))
+	})
+	t.Run("CommandTimeout at end of data is unknown", func(t *testing.T) {
+		s := newRelay(t, nil)
+		s.Inject(relaytest.Fault{Kind: relaytest.StallReply, Command: "."})
+		c := newClient(t, s, &mxrelay.Options{CommandTimeout: 200 * time.Millisecond})
+		res, err := c.Send(ctxT(t), mail("stalled dot"))
+		require.ErrorIs(t, err, mxrelay.ErrUnknownOutcome)
+		assert.True(t, res.MaybeDelivered)
+	})
+	t.Run("SessionTimeout", func(t *testing.T) {
+		s := newRelay(t, nil)
+		s.Inject(relaytest.Fault{Kind: relaytest.StallReply, Command: "MAIL"})
+		c := newClient(t, s, &mxrelay.Options{SessionTimeout: 200 * time.Millisecond, CommandTimeout: time.Minute})
+		res, err := c.Send(ctxT(t), mail("slow session"))
+		require.NoError(t, err)
+		assert.Equal(t, 2, res.Attempts)
+	})
+	t.Run("email Timeout while queued", func(t *testing.T) {
+		s := newRelay(t, nil)
+		s.SetDown(true)
+		c := newClient(t, s, &mxrelay.Options{MaxReconnectAttempts: 1000})
+		res, err := c.Send(ctxT(t), mail("late"), mxrelay.WithTimeout(50*time.Millisecond))
+		require.ErrorIs(t, err, context.DeadlineExceeded)
+		assert.False(t, res.Delivered())
+		assert.Equal(t, 0, c.Stats().QueueSize, "withdrawn from the queue")
+	})
+}
+
+func TestCancellation(t *testing.T) {
+	t.Run("while queued", func(t *testing.T) {
+		s := newRelay(t, nil)
+		s.SetDown(true)
+		c := newClient(t, s, &mxrelay.Options{MaxReconnectAttempts: 1000})
+		ctx, cancel := context.WithCancel(context.Background())
+		time.AfterFunc(20*time.Millisecond, cancel)
+		res, err := c.Send(ctx, mail("cancelled"))
+		require.ErrorIs(t, err, mxrelay.ErrCanceled)
+		require.ErrorIs(t, err, context.Canceled)
+		assert.Equal(t, 0, res.Attempts)
+		assert.Equal(t, 0, c.Stats().QueueSize)
+	})
+	t.Run("in its transaction", func(t *testing.T) {
+		s := newRelay(t, nil)
+		s.Inject(relaytest.Fault{Kind: relaytest.StallReply, Command: "DATA"})
+		logs := &logBuffer{}
+		c := newClient(t, s, &mxrelay.Options{CommandTimeout: time.Minute, Logger: logs.logger()})
+		h, err := c.Enqueue(mail("withdrawn"))
+		require.NoError(t, err)
+		// DATA was written; the relay swallows it and never answers.
+		require.Eventually(t, func() bool { return strings.Contains(logs.String(), "dir=C line=DATA") }, 10*time.Second, time.Millisecond)
+		h.Cancel()
+		res, err := h.Wait(ctxT(t))
+		require.ErrorIs(t, err, mxrelay.ErrCanceled)
+		assert.Equal(t, 1, res.Attempts)
+		assert.Empty(t, s.Mailbox())
+		_, err = c.Send(ctxT(t), mail("next"))
+		require.NoError(t, err)
+	})
+	t.Run("context already done", func(t *testing.T) {
+		s := newRelay(t, nil)
+		c := newClient(t, s, nil)
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		_, err := c.Send(ctx, mail("x"))
+		require.ErrorIs(t, err, context.Canceled)
+		assert.Zero(t, c.Stats().EmailsQueued)
+	})
+}
+
+func TestCloseDrainsTheQueue(t *testing.T) {
+	s := newRelay(t, nil)
+	c := newClient(t, s, nil)
+	var hs []*mxrelay.Handle
+	for i := range 30 {
+		h, err := c.Enqueue(mail(fmt.Sprint(i)))
+		require.NoError(t, err)
+		hs = append(hs, h)
+	}
+	require.NoError(t, c.Close(ctxT(t)))
+	for _, h := range hs {
+		res, err := h.Wait(ctxT(t))
+		require.NoError(t, err)
+		assert.True(t, res.Delivered())
+	}
+	assert.Len(t, s.Mailbox(), 30)
+	assert.Equal(t, mxrelay.StateDisconnected, c.ConnState())
+}
+
+func TestCloseHandsBackWhatIsLeft(t *testing.T) {
+	s := newRelay(t, nil)
+	s.SetDown(true)
+	c := newClient(t, s, &mxrelay.Options{MaxReconnectAttempts: 1000})
+	var hs []*mxrelay.Handle
+	for i := range 5 {
+		h, err := c.Enqueue(mail(fmt.Sprint(i)))
+		require.NoError(t, err)
+		hs = append(hs, h)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	err := c.Close(ctx)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	for _, h := range hs {
+		res, err := h.Wait(ctxT(t))
+		require.ErrorIs(t, err, mxrelay.ErrClosed)
+		assert.False(t, res.Delivered())
+	}
+	_, err = c.Enqueue(mail("late"))
+	require.ErrorIs(t, err, mxrelay.ErrClosed)
+	st := c.Stats()
+	assert.EqualValues(t, 5, st.EmailsFailed)
+}
+
+func TestCloseDuringStalledSession(t *testing.T) {
+	s := newRelay(t, nil)
+	s.Inject(relaytest.Fault{Kind: relaytest.StallReply, Command: "RCPT"})
+	c := newClient(t, s, &mxrelay.Options{CommandTimeout: time.Minute})
+	h, err := c.Enqueue(mail("stuck"))
+	require.NoError(t, err)
+	for s.Stats().Channels == 0 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	require.Error(t, c.Close(ctx))
+	res, err := h.Wait(ctxT(t))
+	require.Error(t, err)
+	assert.False(t, res.Delivered())
+	assert.Empty(t, s.Mailbox())
+}
+
+func TestIdleDisconnect(t *testing.T) {
+	s := newRelay(t, nil)
+	rec := &recorder{}
+	c := newClient(t, s, &mxrelay.Options{IdleTimeout: 30 * time.Millisecond, OnEvent: rec.on})
+	_, err := c.Send(ctxT(t), mail("one"))
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return c.ConnState() == mxrelay.StateDisconnected }, 5*time.Second, 5*time.Millisecond)
+	_, err = c.Send(ctxT(t), mail("two"))
+	require.NoError(t, err)
+	assert.Equal(t, 2, s.Stats().Connections, "it connected again for new work")
+}
+
+func TestNoConnectionWithoutWork(t *testing.T) {
+	s := newRelay(t, nil)
+	c := newClient(t, s, nil)
+	time.Sleep(50 * time.Millisecond)
+	assert.Zero(t, s.Stats().Connections)
+	assert.Equal(t, mxrelay.StateDisconnected, c.ConnState())
+	assert.Equal(t, mxrelay.SessionIdle, c.SessionState())
+}
+
+func TestErrorsAreTyped(t *testing.T) {
+	s := newRelay(t, nil)
+	s.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: "MAIL", Reply: "553 5.1.8 bad sender"})
+	c := newClient(t, s, nil)
+	_, err := c.Send(ctxT(t), mail("x"))
+	var ee *mxrelay.EmailError
+	require.ErrorAs(t, err, &ee)
+	assert.NotEmpty(t, ee.EmailID)
+	assert.Equal(t, 1, ee.Attempts)
+	assert.False(t, ee.Temporary())
+	var se *mxrelay.SMTPError
+	require.ErrorAs(t, err, &se)
+	assert.Equal(t, 553, se.Code)
+	assert.Equal(t, [3]int{5, 1, 8}, [3]int(se.EnhancedCode))
+	assert.Equal(t, "bad sender", se.Message)
+	assert.True(t, strings.HasPrefix(err.Error(), "mxrelay: "))
+	assert.Equal(t, 1, strings.Count(err.Error(), "mxrelay: "), err.Error())
+	assert.False(t, errors.Is(err, mxrelay.ErrUnknownOutcome))
+}
+
+func TestCancelAfterEndOfDataIsNotWithdrawn(t *testing.T) {
+	s := newRelay(t, nil)
+	s.Inject(relaytest.Fault{Kind: relaytest.StallReply, Command: "."})
+	logs := &logBuffer{}
+	c := newClient(t, s, &mxrelay.Options{CommandTimeout: 300 * time.Millisecond, Logger: logs.logger()})
+	h, err := c.Enqueue(mail("past the point of no return"))
+	require.NoError(t, err)
+	// The transcript logs the end of data once it is written.
+	require.Eventually(t, func() bool { return strings.Contains(logs.String(), "dir=C line=.\n") }, 10*time.Second, time.Millisecond)
+	h.Cancel()
+	res, err := h.Wait(ctxT(t))
+	require.ErrorIs(t, err, mxrelay.ErrUnknownOutcome, "the reply (here: its absence) decides, not the cancel")
+	assert.False(t, errors.Is(err, mxrelay.ErrCanceled))
+	assert.True(t, res.MaybeDelivered)
+}
+
+func TestCloseSendsQuit(t *testing.T) {
+	s := newRelay(t, nil)
+	logs := &logBuffer{}
+	c := newClient(t, s, &mxrelay.Options{Logger: logs.logger(), IdleTimeout: time.Hour})
+	_, err := c.Send(ctxT(t), mail("q"))
+	require.NoError(t, err)
+	require.NoError(t, c.Close(ctxT(t)))
+	out := logs.String()
+	assert.Contains(t, out, `dir=C line=QUIT`)
+	assert.Contains(t, out, `dir=S line="221`)
+	assert.Equal(t, mxrelay.StateDisconnected, c.ConnState())
+}

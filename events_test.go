@@ -1,0 +1,145 @@
+package mxrelay_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/internal/relayconn"
+	"github.com/mxrelay/mxrelay/internal/wire"
+	"github.com/mxrelay/mxrelay/relaytest"
+)
+
+func TestEventsAndStates(t *testing.T) {
+	s := newRelay(t, nil)
+	rec := &recorder{}
+	c, err := mxrelay.New(s.URL, s.APIKey, fast(&mxrelay.Options{OnEvent: rec.on}))
+	require.NoError(t, err)
+	res, err := c.Send(ctxT(t), mail("events"))
+	require.NoError(t, err)
+	require.NoError(t, c.Close(ctxT(t)))
+
+	types := rec.types()
+	want := []mxrelay.EventType{
+		mxrelay.EventSessionQueued, mxrelay.EventConnecting, mxrelay.EventConnected, mxrelay.EventAuthenticated,
+		mxrelay.EventSessionStarted, mxrelay.EventEmailProcessed, mxrelay.EventSessionCompleted, mxrelay.EventDisconnected,
+	}
+	var got []mxrelay.EventType
+	for _, ty := range types {
+		if ty != mxrelay.EventStateChanged {
+			got = append(got, ty)
+		}
+	}
+	assert.Equal(t, want, got)
+
+	var states []mxrelay.ConnState
+	rec.mu.Lock()
+	for _, e := range rec.events {
+		switch e.Type {
+		case mxrelay.EventStateChanged:
+			states = append(states, e.To)
+		case mxrelay.EventEmailProcessed:
+			assert.Equal(t, res.EmailID, e.EmailID)
+			assert.Same(t, res, e.Result)
+			assert.Greater(t, e.Duration, time.Duration(0), "response time")
+			assert.NotEmpty(t, e.SessionID)
+		case mxrelay.EventSessionCompleted:
+			require.Len(t, e.Results, 1)
+			assert.Equal(t, res.EmailID, e.Results[0].EmailID)
+		case mxrelay.EventSessionStarted:
+			assert.Equal(t, 1, e.EmailCount)
+		}
+		assert.False(t, e.Time.IsZero())
+	}
+	rec.mu.Unlock()
+	assert.Equal(t, []mxrelay.ConnState{
+		mxrelay.StateConnecting, mxrelay.StateConnected, mxrelay.StateAuthenticating, mxrelay.StateAuthenticated,
+		mxrelay.StateChannelOpening, mxrelay.StateChannelReady, mxrelay.StateChannelClosed, mxrelay.StateAuthenticated,
+		mxrelay.StateDisconnected,
+	}, states)
+	assert.Equal(t, "CHANNEL_READY", mxrelay.StateChannelReady.String())
+	assert.Equal(t, "emailProcessed", mxrelay.EventEmailProcessed.String())
+	assert.Equal(t, "PROCESSING", mxrelay.SessionProcessing.String())
+}
+
+func TestSlowListenerNeverStallsSending(t *testing.T) {
+	s := newRelay(t, nil)
+	release := make(chan struct{})
+	c, err := mxrelay.New(s.URL, s.APIKey, fast(&mxrelay.Options{
+		EventBuffer: 4,
+		OnEvent:     func(mxrelay.Event) { <-release },
+	}))
+	require.NoError(t, err)
+	for i := range 40 {
+		_, err := c.Send(ctxT(t), mail(string(rune('a'+i%26))))
+		require.NoError(t, err)
+	}
+	st := c.Stats()
+	assert.EqualValues(t, 40, st.EmailsProcessed)
+	assert.Greater(t, st.EventsDropped, int64(0), "events past the buffer were dropped and counted")
+	close(release)
+	require.NoError(t, c.Close(ctxT(t)))
+}
+
+func TestPanickingListenerIsContained(t *testing.T) {
+	s := newRelay(t, nil)
+	logs := &logBuffer{}
+	c, err := mxrelay.New(s.URL, s.APIKey, fast(&mxrelay.Options{
+		Logger:  logs.logger(),
+		OnEvent: func(mxrelay.Event) { panic("listener bug") },
+	}))
+	require.NoError(t, err)
+	for range 3 {
+		_, err := c.Send(ctxT(t), mail("p"))
+		require.NoError(t, err)
+	}
+	require.NoError(t, c.Close(ctxT(t)))
+	assert.Contains(t, logs.String(), "OnEvent panicked")
+}
+
+func TestRetryEvents(t *testing.T) {
+	s := newRelay(t, nil)
+	s.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: "MAIL", Reply: "451 4.3.0 later"})
+	s.Inject(relaytest.Fault{Kind: relaytest.FailChannel})
+	rec := &recorder{}
+	c := newClient(t, s, &mxrelay.Options{OnEvent: rec.on})
+	_, err := c.Send(ctxT(t), mail("retry"))
+	require.NoError(t, err)
+	require.NoError(t, c.Close(ctxT(t)))
+	assert.Equal(t, 1, rec.count(mxrelay.EventEmailRetrying))
+	assert.Equal(t, 1, rec.count(mxrelay.EventReconnecting))
+	assert.GreaterOrEqual(t, rec.count(mxrelay.EventSessionFailed), 1)
+}
+
+func TestHeartbeatDetectsADeadRelay(t *testing.T) {
+	release := make(chan struct{})
+	f := newFakeRelay(t, []string{wire.Subprotocol}, func(ctx context.Context, ws *websocket.Conn) {
+		authOK(ctx, ws)
+		ws.Read(ctx) // SMTP_CHANNEL_OPEN
+		send(ctx, ws, wire.TypeChannelReady, nil)
+		// Then neither reads (so pings go unanswered) nor sends a greeting.
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
+	})
+	defer close(release)
+	c, err := mxrelay.New(f.url(), "key", fast(&mxrelay.Options{
+		DisableBinary: true, MaxReconnectAttempts: 1,
+		HeartbeatInterval: 50 * time.Millisecond, HeartbeatTimeout: 100 * time.Millisecond,
+		CommandTimeout: time.Minute,
+	}))
+	require.NoError(t, err)
+	defer c.Close(context.Background())
+	_, err = c.Send(ctxT(t), mail("x"))
+	// Only the heartbeat can time out here: the relay answered AUTHENTICATE
+	// and the channel open, and the command timeout is a minute.
+	require.ErrorIs(t, err, relayconn.ErrTimeout)
+	assert.False(t, errors.Is(err, mxrelay.ErrAuthFailed))
+}

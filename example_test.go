@@ -1,0 +1,154 @@
+package mxrelay_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/relaytest"
+)
+
+func Example() {
+	relay := relaytest.NewServer(nil) // a relay and an SMTP server, on loopback
+	defer relay.Close()
+
+	c, err := mxrelay.New(relay.URL, relay.APIKey, nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close(context.Background())
+
+	res, err := c.Send(context.Background(), mxrelay.Email{
+		From: "app@example.com",
+		To:   []string{"user@example.com"},
+		Body: strings.NewReader("Subject: Hello\r\n\r\nHello through the relay.\r\n"),
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("delivered:", res.Delivered(), "to", res.Accepted, "reply", res.Reply.Code)
+	fmt.Println("upstream has", len(relay.Mailbox()), "message(s)")
+	// Output:
+	// delivered: true to [user@example.com] reply 250
+	// upstream has 1 message(s)
+}
+
+func ExampleClient_Enqueue() {
+	relay := relaytest.NewServer(nil)
+	defer relay.Close()
+	c, err := mxrelay.New(relay.URL, relay.APIKey, &mxrelay.Options{MaxEmailsPerSession: 10})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close(context.Background())
+
+	var handles []*mxrelay.Handle
+	for i, p := range []mxrelay.Priority{mxrelay.PriorityLow, mxrelay.PriorityHigh, mxrelay.PriorityNormal} {
+		h, err := c.Enqueue(mxrelay.Email{
+			ID:   "email-" + strconv.Itoa(i),
+			From: "app@example.com",
+			To:   []string{"user@example.com"},
+			Body: strings.NewReader("Subject: " + p.String() + "\r\n\r\n.\r\n"),
+		}, mxrelay.WithPriority(p))
+		if err != nil {
+			log.Fatal(err)
+		}
+		handles = append(handles, h)
+	}
+	for _, h := range handles {
+		res, err := h.Wait(context.Background())
+		fmt.Println(h.ID(), res.Priority, err == nil)
+	}
+	// Output:
+	// email-0 LOW true
+	// email-1 HIGH true
+	// email-2 NORMAL true
+}
+
+func ExampleClient_Send_errors() {
+	relay := relaytest.NewServer(nil)
+	defer relay.Close()
+	relay.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: "RCPT", Recipient: "nobody@example.com", Reply: "550 5.1.1 no such user"})
+	c, err := mxrelay.New(relay.URL, relay.APIKey, nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close(context.Background())
+
+	_, err = c.Send(context.Background(), mxrelay.Email{
+		From: "app@example.com",
+		To:   []string{"nobody@example.com"},
+		Body: strings.NewReader("Subject: x\r\n\r\nx\r\n"),
+	})
+	var ee *mxrelay.EmailError
+	var se *mxrelay.SMTPError
+	if errors.As(err, &ee) && errors.As(err, &se) {
+		fmt.Println("attempts:", ee.Attempts, "temporary:", ee.Temporary(), "code:", se.Code, se.EnhancedCode)
+	}
+	// Output:
+	// attempts: 1 temporary: false code: 550 [5 1 1]
+}
+
+func ExampleClient_Close() {
+	relay := relaytest.NewServer(nil)
+	defer relay.Close()
+	c, err := mxrelay.New(relay.URL, relay.APIKey, nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	for i := range 5 {
+		if _, err := c.Enqueue(mxrelay.Email{From: "app@example.com", To: []string{"user@example.com"},
+			Body: strings.NewReader(fmt.Sprintf("Subject: %d\r\n\r\n.\r\n", i))}); err != nil {
+			log.Fatal(err)
+		}
+	}
+	// Close sends what is queued, for at most ten seconds; whatever is left
+	// then fails with ErrClosed.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.Close(ctx); err != nil {
+		log.Fatal(err)
+	}
+	st := c.Stats()
+	fmt.Println("delivered", st.EmailsProcessed, "failed", st.EmailsFailed, "sessions", st.SessionsProcessed)
+	// Output:
+	// delivered 5 failed 0 sessions 1
+}
+
+func ExampleNewTransport() {
+	relay := relaytest.NewServer(nil)
+	defer relay.Close()
+	u, _ := url.Parse(relay.URL)
+	port, _ := strconv.Atoi(u.Port())
+
+	t, err := mxrelay.NewTransport(relay.APIKey, mxrelay.TransportOptions{
+		Host:     u.Hostname(),
+		Port:     port,
+		Insecure: true, // ws:// on loopback; production relays use wss://
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer t.Close(context.Background())
+
+	err = t.SendMail("app@example.com", []string{"user@example.com"}, []byte("Subject: net/smtp style\r\n\r\nHi.\r\n"))
+	fmt.Println("sent:", err == nil)
+	// Output:
+	// sent: true
+}
+
+func ExampleRelayURL() {
+	u, _ := mxrelay.RelayURL("relay.example.com", 0, true, "")
+	fmt.Println(u)
+	u, _ = mxrelay.RelayURL("127.0.0.1", 8080, false, "/ws")
+	fmt.Println(u)
+	// Output:
+	// wss://relay.example.com:443/smtp
+	// ws://127.0.0.1:8080/ws
+}

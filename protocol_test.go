@@ -1,0 +1,246 @@
+package mxrelay_test
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha1"
+	"encoding/base64"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/internal/wire"
+)
+
+// fakeRelay is a hand-written relay whose behaviour after accepting the
+// WebSocket is the test's script. It records the close status it got.
+type fakeRelay struct {
+	*httptest.Server
+	mu      sync.Mutex
+	closes  []websocket.StatusCode
+	conns   int
+	subprot string
+}
+
+func newFakeRelay(t *testing.T, subprotocols []string, script func(ctx context.Context, ws *websocket.Conn)) *fakeRelay {
+	f := &fakeRelay{}
+	var wg sync.WaitGroup
+	f.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{Subprotocols: subprotocols})
+		if err != nil {
+			return
+		}
+		wg.Add(1)
+		defer wg.Done()
+		f.mu.Lock()
+		f.conns++
+		f.mu.Unlock()
+		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+		defer cancel()
+		script(ctx, ws)
+		// Read until the client closes, to learn its close status.
+		for {
+			if _, _, err := ws.Read(ctx); err != nil {
+				f.mu.Lock()
+				f.closes = append(f.closes, websocket.CloseStatus(err))
+				f.mu.Unlock()
+				ws.CloseNow()
+				return
+			}
+		}
+	}))
+	t.Cleanup(func() {
+		f.Server.CloseClientConnections()
+		f.Server.Close()
+		wg.Wait()
+	})
+	return f
+}
+
+func (f *fakeRelay) url() string { return "ws" + strings.TrimPrefix(f.Server.URL, "http") + "/smtp" }
+
+func (f *fakeRelay) closeCodes() []websocket.StatusCode {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]websocket.StatusCode(nil), f.closes...)
+}
+
+func send(ctx context.Context, ws *websocket.Conn, typ string, data any) {
+	ws.Write(ctx, websocket.MessageText, wire.MustEncode(typ, data))
+}
+
+// authOK reads AUTHENTICATE and accepts it.
+func authOK(ctx context.Context, ws *websocket.Conn) bool {
+	_, p, err := ws.Read(ctx)
+	if err != nil {
+		return false
+	}
+	m, err := wire.Decode(p)
+	if err != nil || m.Type != wire.TypeAuthenticate {
+		return false
+	}
+	send(ctx, ws, wire.TypeAuthenticateResponse, wire.AuthenticateResponse{Success: true})
+	return true
+}
+
+func TestRelayProtocolErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		script func(ctx context.Context, ws *websocket.Conn)
+	}{
+		{"non-JSON text", func(ctx context.Context, ws *websocket.Conn) {
+			authOK(ctx, ws)
+			ws.Write(ctx, websocket.MessageText, []byte("hello"))
+		}},
+		{"JSON without type", func(ctx context.Context, ws *websocket.Conn) {
+			authOK(ctx, ws)
+			ws.Write(ctx, websocket.MessageText, []byte(`{"data":{}}`))
+		}},
+		{"type not a string", func(ctx context.Context, ws *websocket.Conn) {
+			authOK(ctx, ws)
+			ws.Write(ctx, websocket.MessageText, []byte(`{"type":7}`))
+		}},
+		{"binary frame outside a binary channel", func(ctx context.Context, ws *websocket.Conn) {
+			authOK(ctx, ws)
+			ws.Read(ctx) // channel open
+			send(ctx, ws, wire.TypeChannelReady, nil)
+			ws.Write(ctx, websocket.MessageBinary, []byte("220 hi\r\n"))
+		}},
+		{"binary agreed but not asked", func(ctx context.Context, ws *websocket.Conn) {
+			authOK(ctx, ws)
+			ws.Read(ctx)
+			send(ctx, ws, wire.TypeChannelReady, wire.ChannelOpen{Binary: true})
+		}},
+		{"control message over 64 KiB", func(ctx context.Context, ws *websocket.Conn) {
+			authOK(ctx, ws)
+			send(ctx, ws, "X_PADDING", strings.Repeat("x", 70<<10))
+		}},
+		{"SMTP data with no channel", func(ctx context.Context, ws *websocket.Conn) {
+			authOK(ctx, ws)
+			send(ctx, ws, wire.TypeFromServer, "220 hi\r\n")
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFakeRelay(t, []string{wire.Subprotocol}, tc.script)
+			c, err := mxrelay.New(f.url(), "key", fast(&mxrelay.Options{MaxReconnectAttempts: 2, DisableBinary: true}))
+			require.NoError(t, err)
+			defer c.Close(context.Background())
+			_, err = c.Send(ctxT(t), mail("x"))
+			var ce *mxrelay.ConnectError
+			require.ErrorAs(t, err, &ce)
+			var pe *mxrelay.ProtocolError
+			assert.ErrorAs(t, err, &pe, "%v", err)
+			require.Eventually(t, func() bool { return len(f.closeCodes()) == 2 }, 5*time.Second, 5*time.Millisecond)
+			for _, code := range f.closeCodes() {
+				assert.Equal(t, websocket.StatusProtocolError, code)
+			}
+		})
+	}
+}
+
+func TestRelayUnknownTypesAreIgnored(t *testing.T) {
+	f := newFakeRelay(t, []string{wire.Subprotocol}, func(ctx context.Context, ws *websocket.Conn) {
+		_, _, err := ws.Read(ctx)
+		if err != nil {
+			return
+		}
+		send(ctx, ws, "RELAY_NEWS", map[string]any{"motd": "hi"})
+		ws.Write(ctx, websocket.MessageText, []byte(`{"type":"AUTHENTICATE_RESPONSE","data":{"success":false,"error":"nope","extra":1},"more":true}`))
+		ws.Close(wire.StatusAuthFailed, "bad key")
+	})
+	c, err := mxrelay.New(f.url(), "key", fast(nil))
+	require.NoError(t, err)
+	defer c.Close(context.Background())
+	_, err = c.Send(ctxT(t), mail("x"))
+	require.ErrorIs(t, err, mxrelay.ErrAuthFailed, "the unknown message was skipped and the refusal understood")
+	assert.Contains(t, err.Error(), "nope")
+}
+
+func TestRelayCloses4003(t *testing.T) {
+	f := newFakeRelay(t, nil, func(ctx context.Context, ws *websocket.Conn) {
+		ws.Read(ctx)
+		ws.Close(wire.StatusAuthFailed, "authentication failed")
+	})
+	c, err := mxrelay.New(f.url(), "key", fast(nil))
+	require.NoError(t, err)
+	defer c.Close(context.Background())
+	_, err = c.Send(ctxT(t), mail("x"))
+	require.ErrorIs(t, err, mxrelay.ErrAuthFailed)
+	f.mu.Lock()
+	assert.Equal(t, 1, f.conns, "4003 is permanent: no reconnect")
+	f.mu.Unlock()
+}
+
+func TestRelayWithoutSubprotocolIsAccepted(t *testing.T) {
+	f := newFakeRelay(t, nil, func(ctx context.Context, ws *websocket.Conn) {
+		authOK(ctx, ws)
+		ws.Read(ctx)
+		send(ctx, ws, wire.TypeChannelError, wire.ChannelError{Error: "no upstream"})
+	})
+	c, err := mxrelay.New(f.url(), "key", fast(&mxrelay.Options{MaxReconnectAttempts: 1}))
+	require.NoError(t, err)
+	defer c.Close(context.Background())
+	_, err = c.Send(ctxT(t), mail("x"))
+	var re *mxrelay.RelayError
+	require.ErrorAs(t, err, &re, "the relay was spoken to: the channel error came back")
+	assert.Contains(t, err.Error(), "no upstream")
+}
+
+func TestRelayCloseCodes(t *testing.T) {
+	for _, code := range []websocket.StatusCode{websocket.StatusGoingAway, websocket.StatusInternalError, websocket.StatusTryAgainLater, wire.StatusAuthTimeout} {
+		t.Run(code.String(), func(t *testing.T) {
+			f := newFakeRelay(t, []string{wire.Subprotocol}, func(ctx context.Context, ws *websocket.Conn) {
+				ws.Close(code, "bye")
+			})
+			c, err := mxrelay.New(f.url(), "key", fast(&mxrelay.Options{MaxReconnectAttempts: 3}))
+			require.NoError(t, err)
+			defer c.Close(context.Background())
+			_, err = c.Send(ctxT(t), mail("x"))
+			var ce *mxrelay.ConnectError
+			require.ErrorAs(t, err, &ce, "retried with backoff, then gave up")
+			assert.Equal(t, 3, ce.Attempts)
+			var re *mxrelay.RelayError
+			require.ErrorAs(t, err, &re)
+			assert.Equal(t, int(code), re.Code)
+			assert.False(t, errors.Is(err, mxrelay.ErrAuthFailed))
+		})
+	}
+}
+
+func TestRelaySelectingAnotherSubprotocolIsRefused(t *testing.T) {
+	var wg sync.WaitGroup
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		sum := sha1.Sum([]byte(r.Header.Get("Sec-WebSocket-Key") + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"))
+		conn, rw, err := w.(http.Hijacker).Hijack()
+		if err != nil {
+			return
+		}
+		wg.Add(1)
+		defer wg.Done()
+		defer conn.Close()
+		rw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+			"Sec-WebSocket-Accept: " + base64.StdEncoding.EncodeToString(sum[:]) + "\r\nSec-WebSocket-Protocol: other.v9\r\n\r\n")
+		rw.Flush()
+		bufio.NewReader(conn).ReadByte() // until the client hangs up
+	}))
+	defer func() {
+		srv.CloseClientConnections()
+		srv.Close()
+		wg.Wait()
+	}()
+	c, err := mxrelay.New("ws"+strings.TrimPrefix(srv.URL, "http")+"/smtp", "key", fast(&mxrelay.Options{MaxReconnectAttempts: 1}))
+	require.NoError(t, err)
+	defer c.Close(context.Background())
+	_, err = c.Send(ctxT(t), mail("x"))
+	var pe *mxrelay.ProtocolError
+	require.ErrorAs(t, err, &pe)
+}
