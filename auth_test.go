@@ -50,6 +50,29 @@ func TestSMTPAuth(t *testing.T) {
 	})
 }
 
+func TestSMTPAuthLogin(t *testing.T) {
+	s := newRelay(t, &relaytest.Options{Users: map[string]string{"dave": "pw-login"}, AuthMechanisms: []string{"LOGIN"}})
+	logs := &logBuffer{}
+	c := newClient(t, s, &mxrelay.Options{Username: "dave", Password: "pw-login", Logger: logs.logger()})
+	_, err := c.Send(ctxT(t), mail("login"))
+	require.NoError(t, err)
+	require.Len(t, s.Mailbox(), 1)
+	assert.Equal(t, "dave", s.Mailbox()[0].User)
+	out := logs.String()
+	assert.Contains(t, out, `dir=C line="AUTH LOGIN ****"`, "LOGIN (username as initial response, masked) when PLAIN is not offered")
+	for _, secret := range []string{"pw-login", base64.StdEncoding.EncodeToString([]byte("pw-login")), base64.StdEncoding.EncodeToString([]byte("dave"))} {
+		assert.NotContains(t, out, secret)
+	}
+
+	t.Run("no mechanism we speak", func(t *testing.T) {
+		s := newRelay(t, &relaytest.Options{Users: map[string]string{"dave": "pw"}, AuthMechanisms: []string{"CRAM-MD5"}})
+		c := newClient(t, s, &mxrelay.Options{Username: "dave", Password: "pw", MaxReconnectAttempts: 5})
+		_, err := c.Send(ctxT(t), mail("x"))
+		require.Error(t, err)
+		assert.Equal(t, 1, s.Stats().Channels, "permanent: not retried")
+	})
+}
+
 func TestStartTLS(t *testing.T) {
 	serverTLS, pool := selfSigned(t)
 	s := newRelay(t, &relaytest.Options{TLSConfig: serverTLS, Users: map[string]string{"bob": "pw-over-tls"}})

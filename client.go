@@ -444,6 +444,9 @@ func (w *worker) waitForWork() bool {
 			idle = t.C
 		}
 	}
+	draining := c.draining // nil once seen closed, so it stops firing
+	due := time.NewTimer(time.Hour)
+	defer due.Stop()
 	for {
 		c.mu.Lock()
 		now := time.Now()
@@ -463,13 +466,13 @@ func (w *worker) waitForWork() bool {
 			if empty {
 				return false
 			}
+			draining = nil
 		default:
 		}
-		var due <-chan time.Time
+		var dueC <-chan time.Time
 		if hasNext {
-			t := time.NewTimer(next.Sub(now))
-			defer t.Stop()
-			due = t.C
+			due.Reset(next.Sub(now))
+			dueC = due.C
 		}
 		var dead <-chan struct{}
 		if w.conn != nil {
@@ -477,9 +480,9 @@ func (w *worker) waitForWork() bool {
 		}
 		select {
 		case <-c.wake:
-		case <-c.draining:
+		case <-draining:
 		case <-c.stopCtx.Done():
-		case <-due:
+		case <-dueC:
 		case <-idle:
 			if ready := w.readyNow(); !ready {
 				w.disconnect(nil)

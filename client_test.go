@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -754,4 +756,49 @@ func TestCloseSendsQuit(t *testing.T) {
 	assert.Contains(t, out, `dir=C line=QUIT`)
 	assert.Contains(t, out, `dir=S line="221`)
 	assert.Equal(t, mxrelay.StateDisconnected, c.ConnState())
+}
+
+// recordingTransport records the upgrade requests it carries.
+type recordingTransport struct {
+	mu      sync.Mutex
+	headers []http.Header
+}
+
+func (rt *recordingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	rt.mu.Lock()
+	rt.headers = append(rt.headers, r.Header.Clone())
+	rt.mu.Unlock()
+	return http.DefaultTransport.RoundTrip(r)
+}
+
+func TestHTTPClientAndHeaderAreUsed(t *testing.T) {
+	s := newRelay(t, nil)
+	rt := &recordingTransport{}
+	c := newClient(t, s, &mxrelay.Options{
+		HTTPClient: &http.Client{Transport: rt},
+		Header:     http.Header{"X-Tenant": []string{"acme"}},
+	})
+	_, err := c.Send(ctxT(t), mail("via custom client"))
+	require.NoError(t, err)
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	require.Len(t, rt.headers, 1)
+	assert.Equal(t, "acme", rt.headers[0].Get("X-Tenant"))
+	assert.Equal(t, "mxrelay.v1", rt.headers[0].Get("Sec-WebSocket-Protocol"))
+	for k, v := range rt.headers[0] {
+		assert.NotContains(t, strings.Join(v, " "), s.APIKey, "the key is not in header %s", k)
+	}
+}
+
+func TestCloseWaitsForARetry(t *testing.T) {
+	s := newRelay(t, nil)
+	s.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: "MAIL", Reply: "451 4.3.0 later"})
+	c := newClient(t, s, &mxrelay.Options{RetryInterval: 100 * time.Millisecond, MaxRetryInterval: 100 * time.Millisecond})
+	h, err := c.Enqueue(mail("retried during Close"))
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return c.Stats().EmailsRetried == 1 }, 10*time.Second, time.Millisecond)
+	require.NoError(t, c.Close(ctxT(t)), "Close keeps sending what is queued, delayed retries included")
+	res, err := h.Wait(ctxT(t))
+	require.NoError(t, err)
+	assert.Equal(t, 2, res.Attempts)
 }

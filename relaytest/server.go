@@ -54,6 +54,9 @@ type Options struct {
 	// Non-empty: AUTH PLAIN and LOGIN are offered and required before
 	// MAIL. Empty: no AUTH is offered.
 	Users map[string]string
+	// AuthMechanisms (in-process server only, with Users) limits the SASL
+	// mechanisms offered, in order. Zero: PLAIN and LOGIN.
+	AuthMechanisms []string
 	// TLSConfig (in-process server only): when set, the upstream offers
 	// STARTTLS with this config. nil: no STARTTLS.
 	TLSConfig *tls.Config

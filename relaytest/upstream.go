@@ -213,6 +213,9 @@ func (se *session) AuthMechanisms() []string {
 	if len(se.s.opts.Users) == 0 {
 		return nil
 	}
+	if m := se.s.opts.AuthMechanisms; len(m) > 0 {
+		return m
+	}
 	return []string{sasl.Plain, sasl.Login}
 }
 
