@@ -118,7 +118,7 @@ func TestDebugLogsHideSecrets(t *testing.T) {
 	const password = "smtp-pass-SECRET"
 	s := newRelay(t, &relaytest.Options{APIKeys: []string{apiKey}, Users: map[string]string{"carol": password}})
 	logs := &logBuffer{}
-	c, err := mxrelay.New(s.URL, apiKey, fast(&mxrelay.Options{Username: "carol", Password: password, Logger: logs.logger()}))
+	c, err := mxrelay.New(s.URL, apiKey, fast(&mxrelay.Options{Username: "carol", Password: password, Logger: logs.logger(), LocalName: "mx-client.example"}))
 	require.NoError(t, err)
 	res, err := c.Send(ctxT(t), mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: strings.NewReader(msg("secret body text XYZZY"))})
 	require.NoError(t, err)
@@ -127,6 +127,7 @@ func TestDebugLogsHideSecrets(t *testing.T) {
 
 	out := logs.String()
 	assert.Contains(t, out, "MAIL FROM:<a@example.com>", "the dialogue is logged")
+	assert.Contains(t, out, `line="EHLO mx-client.example"`, "EHLO uses LocalName")
 	assert.Contains(t, out, "AUTH PLAIN ****")
 	assert.Contains(t, out, "<message body")
 	plainPayload := base64.StdEncoding.EncodeToString([]byte("\x00carol\x00" + password))
