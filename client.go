@@ -585,7 +585,10 @@ func (w *worker) disconnect(cause error) {
 	c := w.c
 	if cause != nil {
 		cause = relayErr(cause)
-		w.lost = true
+		// A relay that closed normally (1000) is reconnected to when there
+		// is work, without waiting; any other end calls for backoff.
+		var re *RelayError
+		w.lost = !errors.As(cause, &re) || wire.RetryFor(websocket.StatusCode(re.Code)) != wire.RetryIfWork
 	}
 	if ConnState(c.connState.Load()) != StateFailed {
 		c.setConnState(StateDisconnected)

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -801,4 +802,28 @@ func TestCloseWaitsForARetry(t *testing.T) {
 	res, err := h.Wait(ctxT(t))
 	require.NoError(t, err)
 	assert.Equal(t, 2, res.Attempts)
+}
+
+func TestReconnectBackoffFollowsTheCloseCode(t *testing.T) {
+	for _, tc := range []struct {
+		code    websocket.StatusCode
+		backoff bool
+	}{{websocket.StatusNormalClosure, false}, {websocket.StatusGoingAway, true}, {websocket.StatusTryAgainLater, true}} {
+		t.Run(tc.code.String(), func(t *testing.T) {
+			s := newRelay(t, nil)
+			s.Inject(relaytest.Fault{Kind: relaytest.CloseWebSocket, Command: "MAIL", Code: tc.code})
+			rec := &recorder{}
+			c := newClient(t, s, &mxrelay.Options{OnEvent: rec.on})
+			res, err := c.Send(ctxT(t), mail("closed under it"))
+			require.NoError(t, err)
+			assert.Equal(t, 2, res.Attempts)
+			require.NoError(t, c.Close(ctxT(t)))
+			assert.Equal(t, 2, s.Stats().Connections)
+			if tc.backoff {
+				assert.Equal(t, 1, rec.count(mxrelay.EventReconnecting), "reconnect with backoff")
+			} else {
+				assert.Zero(t, rec.count(mxrelay.EventReconnecting), "1000: reconnect at once, there is work")
+			}
+		})
+	}
 }
