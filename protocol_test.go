@@ -96,38 +96,43 @@ func TestRelayProtocolErrors(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
 		script func(ctx context.Context, ws *websocket.Conn)
+		code   websocket.StatusCode // zero: 1002
 	}{
 		{"non-JSON text", func(ctx context.Context, ws *websocket.Conn) {
 			authOK(ctx, ws)
 			ws.Write(ctx, websocket.MessageText, []byte("hello"))
-		}},
+		}, 0},
 		{"JSON without type", func(ctx context.Context, ws *websocket.Conn) {
 			authOK(ctx, ws)
 			ws.Write(ctx, websocket.MessageText, []byte(`{"data":{}}`))
-		}},
+		}, 0},
 		{"type not a string", func(ctx context.Context, ws *websocket.Conn) {
 			authOK(ctx, ws)
 			ws.Write(ctx, websocket.MessageText, []byte(`{"type":7}`))
-		}},
+		}, 0},
 		{"binary frame outside a binary channel", func(ctx context.Context, ws *websocket.Conn) {
 			authOK(ctx, ws)
 			ws.Read(ctx) // channel open
 			send(ctx, ws, wire.TypeChannelReady, nil)
 			ws.Write(ctx, websocket.MessageBinary, []byte("220 hi\r\n"))
-		}},
+		}, 0},
 		{"binary agreed but not asked", func(ctx context.Context, ws *websocket.Conn) {
 			authOK(ctx, ws)
 			ws.Read(ctx)
 			send(ctx, ws, wire.TypeChannelReady, wire.ChannelOpen{Binary: true})
-		}},
+		}, 0},
 		{"control message over 64 KiB", func(ctx context.Context, ws *websocket.Conn) {
 			authOK(ctx, ws)
 			send(ctx, ws, "X_PADDING", strings.Repeat("x", 70<<10))
-		}},
+		}, websocket.StatusMessageTooBig},
+		{"frame over 1 MiB", func(ctx context.Context, ws *websocket.Conn) {
+			authOK(ctx, ws)
+			send(ctx, ws, wire.TypeFromServer, strings.Repeat("x", 1100<<10))
+		}, websocket.StatusMessageTooBig},
 		{"SMTP data with no channel", func(ctx context.Context, ws *websocket.Conn) {
 			authOK(ctx, ws)
 			send(ctx, ws, wire.TypeFromServer, "220 hi\r\n")
-		}},
+		}, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFakeRelay(t, []string{wire.Subprotocol}, tc.script)
@@ -140,8 +145,12 @@ func TestRelayProtocolErrors(t *testing.T) {
 			var pe *mxrelay.ProtocolError
 			assert.ErrorAs(t, err, &pe, "%v", err)
 			require.Eventually(t, func() bool { return len(f.closeCodes()) == 2 }, 5*time.Second, 5*time.Millisecond)
+			want := tc.code
+			if want == 0 {
+				want = websocket.StatusProtocolError
+			}
 			for _, code := range f.closeCodes() {
-				assert.Equal(t, websocket.StatusProtocolError, code)
+				assert.Equal(t, want, code)
 			}
 		})
 	}

@@ -410,7 +410,11 @@ func (c *Conn) readLoop() {
 		}
 		m, err := wire.Decode(p)
 		if err != nil {
-			c.protocolError(websocket.StatusProtocolError, "%v", err)
+			code := websocket.StatusProtocolError
+			if errors.Is(err, wire.ErrTooBig) {
+				code = websocket.StatusMessageTooBig
+			}
+			c.protocolError(code, "%v", err)
 			return
 		}
 		if !c.handle(m) {
@@ -523,7 +527,8 @@ func closedError(err error) error {
 		}
 		return &ClosedError{Code: ce.Code, Reason: ce.Reason, Err: err}
 	}
-	if websocket.CloseStatus(err) == websocket.StatusMessageTooBig {
+	if errors.Is(err, websocket.ErrMessageTooBig) {
+		// The library closed with 1009 for a frame over the read limit.
 		return &ProtocolError{Err: err}
 	}
 	return &ClosedError{Code: -1, Err: err}

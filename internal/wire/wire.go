@@ -63,6 +63,10 @@ const (
 // PROTOCOL.md and the connection should be closed with status 1002.
 var ErrProtocol = errors.New("protocol error")
 
+// ErrTooBig is wrapped (with ErrProtocol) by the error of a control message
+// over MaxControl: the receiver closes with status 1009.
+var ErrTooBig = errors.New("message too big")
+
 // ErrInvalidUTF8 is returned when SMTP bytes that are not valid UTF-8 would
 // have to travel in a JSON string.
 var ErrInvalidUTF8 = errors.New("bytes are not valid UTF-8 and cannot travel in a JSON data message")
@@ -98,7 +102,7 @@ func Decode(frame []byte) (Message, error) {
 		m.Data = d
 	}
 	if !IsData(m.Type) && len(frame) > MaxControl {
-		return Message{}, fmt.Errorf("%w: %s message of %d bytes exceeds %d", ErrProtocol, m.Type, len(frame), MaxControl)
+		return Message{}, fmt.Errorf("%w: %w: %s message of %d bytes exceeds %d", ErrProtocol, ErrTooBig, m.Type, len(frame), MaxControl)
 	}
 	return m, nil
 }
