@@ -183,7 +183,7 @@ func (c *Client) Enqueue(e Email, opts ...SendOption) (*Handle, error) {
 	c.stats.EmailsQueued++
 	if cfg.timeout > 0 {
 		em.timer = time.AfterFunc(cfg.timeout, func() {
-			c.cancel(em, fmt.Errorf("%w: email timeout of %v", context.DeadlineExceeded, cfg.timeout))
+			c.cancel(em, fmt.Errorf("%w: %w: email timeout of %v", ErrCanceled, context.DeadlineExceeded, cfg.timeout))
 		})
 	}
 	c.mu.Unlock()
@@ -253,6 +253,12 @@ func (c *Client) cancel(em *email, cause error) {
 			abort()
 		}
 		return
+	case stateReply, stateTaken:
+		// Too late to withdraw this attempt: its reply decides. Recorded
+		// so that the email is not tried again.
+		if em.canceled == nil {
+			em.canceled = cause
+		}
 	}
 	c.mu.Unlock()
 }
@@ -398,9 +404,7 @@ func (c *Client) Close(ctx context.Context) error {
 	for _, em := range left {
 		c.fail(em, ErrClosed)
 	}
-	if first {
-		c.events.close()
-	}
+	c.events.close()
 	if len(left) > 0 && err == nil {
 		err = ErrClosed
 	}
@@ -629,6 +633,7 @@ func (w *worker) setupFailed(err error) {
 		return
 	}
 	delay := c.reconnect.Delay(w.failures)
+	w.lost = false // this wait is the backoff: open must not wait again
 	c.setSessionState(SessionFailed)
 	c.setConnState(StateReconnecting)
 	c.log.Warn("mxrelay: session set-up failed, retrying", "attempt", w.failures, "delay", delay, "err", err)

@@ -75,6 +75,7 @@ type dispatcher struct {
 	closed  bool
 	dropped int64
 	done    chan struct{}
+	once    sync.Once
 }
 
 func newDispatcher(fn func(Event), max int, log *slog.Logger) *dispatcher {
@@ -145,14 +146,17 @@ func (d *dispatcher) call(e Event) {
 	d.fn(e)
 }
 
-// close delivers what is buffered, then stops the goroutine and waits for it.
+// close delivers what is buffered, then stops the goroutine and waits for
+// it. Every caller waits.
 func (d *dispatcher) close() {
-	d.mu.Lock()
-	d.closed = true
-	d.mu.Unlock()
-	select {
-	case d.wake <- struct{}{}:
-	default:
-	}
+	d.once.Do(func() {
+		d.mu.Lock()
+		d.closed = true
+		d.mu.Unlock()
+		select {
+		case d.wake <- struct{}{}:
+		default:
+		}
+	})
 	<-d.done
 }

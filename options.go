@@ -123,7 +123,8 @@ type Options struct {
 	// OnEvent receives the client's events on one goroutine of its own, in
 	// order. A slow OnEvent never stalls sending: past EventBuffer waiting
 	// events, new ones are dropped and counted in Stats.EventsDropped. A
-	// panic in OnEvent is recovered and logged. Nil: no events.
+	// panic in OnEvent is recovered and logged. OnEvent must not call Close,
+	// which waits for the events to be delivered. Nil: no events.
 	OnEvent func(Event)
 	// EventBuffer is how many events may wait for OnEvent. Zero: 1024.
 	EventBuffer int

@@ -10,6 +10,7 @@ import (
 	"net/textproto"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-sasl"
@@ -23,12 +24,14 @@ import (
 // STARTTLS and AUTH as configured, then one transaction per email, then
 // QUIT. It is the one place where emails from the queue meet SMTP.
 type smtpSession struct {
-	w     *worker
-	c     *Client
-	id    string
-	ch    *relayconn.Channel
-	sc    *smtp.Client
-	abort func() // closes the channel: how a cancelled email is withdrawn
+	w       *worker
+	c       *Client
+	id      string
+	ch      *relayconn.Channel
+	sc      *smtp.Client
+	watch   *endWatch
+	aborted atomic.Bool
+	abort   func() // closes the channel: how a cancelled email is withdrawn
 }
 
 // session plans, opens and runs one session.
@@ -65,7 +68,7 @@ func (w *worker) session() {
 
 	var results []*Result
 	var broken error
-	for n := 0; n < c.opts.MaxEmailsPerSession && ctx.Err() == nil; n++ {
+	for n := 0; n < c.opts.MaxEmailsPerSession && ctx.Err() == nil && !s.aborted.Load(); n++ {
 		em := w.take(s)
 		if em == nil {
 			break
@@ -80,6 +83,9 @@ func (w *worker) session() {
 	}
 	if broken == nil && ctx.Err() != nil {
 		broken = fmt.Errorf("mxrelay: session %s: %w", sid, context.Cause(ctx))
+	}
+	if broken == nil && s.aborted.Load() {
+		broken = fmt.Errorf("mxrelay: session %s: channel closed to withdraw a cancelled email", sid)
 	}
 	if broken == nil {
 		if err := s.sc.Quit(); err != nil {
@@ -178,7 +184,11 @@ func (w *worker) open(ctx context.Context, sid string) (*smtpSession, error) {
 		return nil, relayErr(err)
 	}
 	c.setConnState(StateChannelReady)
-	s := &smtpSession{w: w, c: c, id: sid, ch: ch, abort: func() { ch.Close() }}
+	s := &smtpSession{w: w, c: c, id: sid, ch: ch}
+	s.abort = func() {
+		s.aborted.Store(true)
+		ch.Close()
+	}
 	stop := context.AfterFunc(ctx, s.abort)
 	defer stop()
 	if err := s.handshake(ctx); err != nil {
@@ -193,14 +203,22 @@ func (w *worker) open(ctx context.Context, sid string) (*smtpSession, error) {
 func (s *smtpSession) handshake(ctx context.Context) error {
 	o := s.c.opts
 	var nc net.Conn = smtplog.Wrap(s.ch, s.c.log, "session", s.id)
-	if o.StartTLS != StartTLSNever {
+	switch {
+	case o.StartTLS == StartTLSNever:
+	case !s.ch.Binary() && o.StartTLS == StartTLSRequired:
+		// TLS records are not UTF-8: they cannot travel in JSON strings.
+		return fmt.Errorf("%w: STARTTLS needs binary frames and the relay only agreed to JSON text", errPermanentSetup)
+	case !s.ch.Binary():
+		s.c.log.Warn("mxrelay: STARTTLS skipped: the relay only agreed to JSON text frames, which cannot carry TLS", "session", s.id)
+	default:
 		tc, err := s.startTLS(ctx, nc)
 		if err != nil {
 			return err
 		}
 		nc = tc
 	}
-	sc := smtp.NewClient(nc)
+	s.watch = &endWatch{Conn: nc, ch: s.ch}
+	sc := smtp.NewClient(s.watch)
 	sc.CommandTimeout = o.CommandTimeout
 	sc.SubmissionTimeout = o.CommandTimeout
 	if err := sc.Hello(o.LocalName); err != nil {
@@ -264,7 +282,17 @@ func (s *smtpSession) startTLS(ctx context.Context, nc net.Conn) (net.Conn, erro
 			offered = true
 		}
 	}
-	replay := "220 " + greeting + "\r\n"
+	// Put the greeting back as the server sent it, multi-line included
+	// (textproto joined its lines with "\n").
+	lines := strings.Split(greeting, "\n")
+	var replay string
+	for i, l := range lines {
+		sep := "-"
+		if i == len(lines)-1 {
+			sep = " "
+		}
+		replay += "220" + sep + l + "\r\n"
+	}
 	if !offered {
 		if o.StartTLS == StartTLSRequired {
 			return nil, fmt.Errorf("%w: the SMTP server does not offer STARTTLS", errPermanentSetup)
@@ -281,7 +309,7 @@ func (s *smtpSession) startTLS(ctx context.Context, nc net.Conn) (net.Conn, erro
 	if cfg.ServerName == "" {
 		// Without a name from the caller, check the certificate against the
 		// name the server gave in its greeting.
-		cfg.ServerName, _, _ = strings.Cut(greeting, " ")
+		cfg.ServerName, _, _ = strings.Cut(lines[0], " ")
 	}
 	tc := tls.Client(nc, cfg)
 	hctx, cancel := context.WithTimeout(ctx, o.CommandTimeout)
@@ -309,6 +337,38 @@ func (p *prefixConn) Read(b []byte) (int, error) {
 		return n, nil
 	}
 	return p.Conn.Read(b)
+}
+
+// endWatch sits right under go-smtp and remembers the last bytes handed
+// on: the outcome of an email is unknown when its end of data, the line
+// "." after a CRLF, went out and no reply came. A write counts as handed
+// on when it succeeded, or when the channel counted bytes of it as written
+// before it failed (with STARTTLS: any ciphertext of it).
+type endWatch struct {
+	net.Conn
+	ch   *relayconn.Channel
+	tail [5]byte
+	n    int
+}
+
+func (w *endWatch) Write(p []byte) (int, error) {
+	before := w.ch.Written()
+	n, err := w.Conn.Write(p)
+	sent := p[:n]
+	if err != nil && w.ch.Written() > before {
+		sent = p
+	}
+	for _, b := range sent {
+		copy(w.tail[:], w.tail[1:])
+		w.tail[4] = b
+		w.n++
+	}
+	return n, err
+}
+
+// endWritten reports whether the last bytes handed on were "\r\n.\r\n".
+func (w *endWatch) endWritten() bool {
+	return w.n >= 5 && string(w.tail[:]) == "\r\n.\r\n"
 }
 
 // errRead marks an error of the email's body reader.
@@ -417,11 +477,10 @@ func (s *smtpSession) send(em *email) error {
 		// is closed and the end of data will not be written.
 		s.ch.Close()
 	}
-	before := s.ch.Written()
 	resp, err := wc.CloseWithResponse()
 	if err != nil {
 		var se *SMTPError
-		if !errors.As(err, &se) && s.ch.Written() > before {
+		if !errors.As(err, &se) && s.watch.endWritten() {
 			err = &UnknownOutcomeError{Err: err}
 		}
 		return s.txFailed(em, err)
@@ -525,8 +584,11 @@ func (s *smtpSession) txFailed(em *email, err error) error {
 		} else {
 			c.fail(em, err)
 		}
+	case canceled != nil && isSMTP:
+		// The server answered after the cancel: show both.
+		c.fail(em, fmt.Errorf("%w (last attempt: %w)", canceled, err))
 	case canceled != nil:
-		c.fail(em, canceled)
+		c.fail(em, canceled) // the error is our own closing of the channel
 	case isSMTP && se.Code/100 == 5:
 		c.fail(em, err)
 	default:
@@ -545,7 +607,7 @@ func (w *worker) retryOrFail(em *email, cause error, rejected []RecipientError) 
 	if em.attempts > em.cfg.retries || em.canceled != nil {
 		em.rejected = append(em.rejected, rejected...)
 		if em.canceled != nil {
-			cause = em.canceled
+			cause = fmt.Errorf("%w (last attempt: %w)", em.canceled, cause)
 		}
 		c.mu.Unlock()
 		c.finish(em, cause) // delivered if some recipient already has it

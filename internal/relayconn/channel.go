@@ -267,7 +267,7 @@ func (ch *Channel) sendFrame(typ websocket.MessageType, frame []byte, n int) err
 		return err // known dead before the write: nothing of it left
 	}
 	ch.written.Add(int64(n))
-	ctx := ch.c.ctx
+	ctx := ch.c.wctx
 	if t := ch.wd.get(); !t.IsZero() {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithDeadline(ctx, t)
@@ -276,10 +276,12 @@ func (ch *Channel) sendFrame(typ websocket.MessageType, frame []byte, n int) err
 	return ch.c.write(ctx, typ, frame)
 }
 
-// Close implements net.Conn: it sends SMTP_CHANNEL_CLOSE (unless the relay
-// already ended the channel) and returns without waiting for the relay's
-// SMTP_CHANNEL_CLOSED; the next OpenChannel waits for it. Safe to call more
-// than once and concurrently with Read and Write.
+// Close implements net.Conn: reads and writes fail at once, and
+// SMTP_CHANNEL_CLOSE (unless the relay already ended the channel) is sent
+// in the background after any write in progress, so that no data follows
+// it. Close does not wait for the relay's SMTP_CHANNEL_CLOSED; the next
+// OpenChannel does. Safe to call more than once and concurrently with Read
+// and Write.
 func (ch *Channel) Close() error {
 	ch.mu.Lock()
 	if ch.closed {
@@ -293,7 +295,18 @@ func (ch *Channel) Close() error {
 	if ended {
 		return nil
 	}
-	ctx := ch.c.ctx
+	select {
+	case ch.c.chClose <- ch:
+	case <-ch.c.dead:
+	}
+	return nil
+}
+
+// sendClose writes SMTP_CHANNEL_CLOSE once no write is in progress.
+func (ch *Channel) sendClose() {
+	ch.wmu.Lock()
+	defer ch.wmu.Unlock()
+	ctx := ch.c.wctx
 	if d := ch.c.cfg.ChannelTimeout; d > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, d)
@@ -302,7 +315,6 @@ func (ch *Channel) Close() error {
 	if err := ch.c.writeControl(ctx, wire.TypeChannelClose, nil); err != nil {
 		ch.c.abort(websocket.StatusNormalClosure, err)
 	}
-	return nil
 }
 
 type addr struct{ s string }

@@ -101,7 +101,14 @@ type Conn struct {
 
 	ctx    context.Context // bounds the connection's lifetime
 	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	// wctx bounds data writes. It ends only after the closer has tried to
+	// send its close status: coder/websocket cuts the connection when a
+	// write's context ends, which would lose that status.
+	wctx    context.Context
+	wcancel context.CancelFunc
+	wg      sync.WaitGroup
+
+	chClose chan *Channel // channels whose SMTP_CHANNEL_CLOSE is to be sent
 
 	authResp chan wire.AuthenticateResponse // buffered 1
 	opening  chan openResult                // buffered 1, non-nil while a channel open waits
@@ -166,9 +173,12 @@ func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 		dead:     make(chan struct{}),
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
-	c.wg.Add(2)
+	c.wctx, c.wcancel = context.WithCancel(context.Background())
+	c.chClose = make(chan *Channel, 1)
+	c.wg.Add(3)
 	go c.readLoop()
 	go c.closer()
+	go c.channelCloser()
 	if cfg.HeartbeatInterval > 0 {
 		c.wg.Add(1)
 		go c.heartbeat()
@@ -229,6 +239,21 @@ func (c *Conn) request(req closeRequest, err error) {
 	c.fail(err)
 }
 
+// channelCloser sends SMTP_CHANNEL_CLOSE for channels closed by
+// Channel.Close, so that closing (which is how a send is cancelled) never
+// blocks its caller behind a write in progress.
+func (c *Conn) channelCloser() {
+	defer c.wg.Done()
+	for {
+		select {
+		case ch := <-c.chClose:
+			ch.sendClose()
+		case <-c.ctx.Done():
+			return
+		}
+	}
+}
+
 // abort drops the connection for a protocol error or a timeout.
 func (c *Conn) abort(code websocket.StatusCode, err error) {
 	c.shutdown(code, err.Error(), err)
@@ -239,6 +264,7 @@ func (c *Conn) abort(code websocket.StatusCode, err error) {
 // the reader whatever happened.
 func (c *Conn) closer() {
 	defer c.wg.Done()
+	defer c.wcancel()
 	req := <-c.closeReq
 	if !req.now {
 		cut := make(chan struct{})

@@ -1,0 +1,184 @@
+package mxrelay_test
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/relaytest"
+)
+
+func TestLateCancelStopsRetries(t *testing.T) {
+	s := newRelay(t, &relaytest.Options{Latency: relaytest.Latency{ToClient: 150 * time.Millisecond}})
+	s.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: ".", Reply: "451 4.3.0 try later"})
+	logs := &logBuffer{}
+	c := newClient(t, s, &mxrelay.Options{Logger: logs.logger()})
+	h, err := c.Enqueue(mail("cancelled while its reply travels"))
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return strings.Contains(logs.String(), "dir=C line=.\n") }, 10*time.Second, time.Millisecond)
+	h.Cancel()
+	res, err := h.Wait(ctxT(t))
+	require.ErrorIs(t, err, mxrelay.ErrCanceled, "not retried after the cancel")
+	var se *mxrelay.SMTPError
+	require.ErrorAs(t, err, &se, "the server's answer is kept")
+	assert.Equal(t, 451, se.Code)
+	assert.Equal(t, 1, res.Attempts)
+	assert.Empty(t, s.Mailbox())
+}
+
+// gatedReader blocks its first Read until gate is closed, and says when
+// that Read has started.
+type gatedReader struct {
+	*strings.Reader
+	started, gate chan struct{}
+	once          sync.Once
+}
+
+func (g *gatedReader) Read(p []byte) (int, error) {
+	g.once.Do(func() {
+		close(g.started)
+		<-g.gate
+	})
+	return g.Reader.Read(p)
+}
+
+func TestCancelDoesNotHurtTheNextEmail(t *testing.T) {
+	// JSON mode reads a body through once to check it is UTF-8 before
+	// MAIL. A cancel during that check closes the channel; the email then
+	// fails the check (its bytes are Latin-1) without any SMTP traffic.
+	// The next email must not be sent on the closed channel.
+	s := newRelay(t, &relaytest.Options{DisableBinary: true})
+	c := newClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 10, BatchWait: time.Hour})
+	g := &gatedReader{Reader: strings.NewReader("Subject: caf\xe9\r\n\r\n.\r\n"), started: make(chan struct{}), gate: make(chan struct{})}
+	a, err := c.Enqueue(mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: g}, mxrelay.WithPriority(mxrelay.PriorityHigh))
+	require.NoError(t, err)
+	b, err := c.Enqueue(mail("b"), mxrelay.WithRetries(0), mxrelay.Immediate())
+	require.NoError(t, err)
+	<-g.started
+	a.Cancel()
+	close(g.gate)
+	_, err = a.Wait(ctxT(t))
+	require.Error(t, err)
+	res, err := b.Wait(ctxT(t))
+	require.NoError(t, err, "the next email goes through a new channel, without losing an attempt")
+	assert.Equal(t, 1, res.Attempts)
+}
+
+func TestEmailTimeoutMatchesErrCanceled(t *testing.T) {
+	s := newRelay(t, nil)
+	s.SetDown(true)
+	c := newClient(t, s, &mxrelay.Options{MaxReconnectAttempts: 1000})
+	_, err := c.Send(ctxT(t), mail("late"), mxrelay.WithTimeout(20*time.Millisecond))
+	require.ErrorIs(t, err, mxrelay.ErrCanceled)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	var ee *mxrelay.EmailError
+	require.ErrorAs(t, err, &ee)
+	assert.False(t, ee.Temporary(), "a withdrawn email is not to be retried by the caller as if the relay failed")
+}
+
+func TestStartTLSOverJSONChannel(t *testing.T) {
+	serverTLS, pool := selfSigned(t)
+	s := newRelay(t, &relaytest.Options{DisableBinary: true, TLSConfig: serverTLS})
+	t.Run("opportunistic goes on in clear", func(t *testing.T) {
+		c := newClient(t, s, &mxrelay.Options{StartTLS: mxrelay.StartTLSOpportunistic})
+		_, err := c.Send(ctxT(t), mail("clear over json"))
+		require.NoError(t, err)
+	})
+	t.Run("required fails at once", func(t *testing.T) {
+		before := s.Stats().Channels
+		c := newClient(t, s, &mxrelay.Options{StartTLS: mxrelay.StartTLSRequired, TLSConfig: &tls.Config{RootCAs: pool}, MaxReconnectAttempts: 5})
+		_, err := c.Send(ctxT(t), mail("never"))
+		require.Error(t, err)
+		var ce *mxrelay.ConnectError
+		assert.False(t, errors.As(err, &ce), "permanent, not retried until the attempts run out")
+		assert.Equal(t, before+1, s.Stats().Channels)
+		assert.Equal(t, 0, countSubject(s, "never"))
+	})
+}
+
+// fakeSMTP is a minimal SMTP server with a multi-line greeting and no
+// STARTTLS, to put behind relaytest.Options.UpstreamAddr.
+func fakeSMTP(t *testing.T) (string, func() int) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	var mu sync.Mutex
+	var got []string
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer conn.Close()
+				r := bufio.NewReader(conn)
+				say := func(s string) { conn.Write([]byte(s)) }
+				say("220-mx.fake.test first line\r\n220-second line\r\n220 mx.fake.test ESMTP\r\n")
+				inData := false
+				var body strings.Builder
+				for {
+					line, err := r.ReadString('\n')
+					if err != nil {
+						return
+					}
+					if inData {
+						if line == ".\r\n" {
+							inData = false
+							mu.Lock()
+							got = append(got, body.String())
+							mu.Unlock()
+							say("250 2.0.0 queued\r\n")
+						} else {
+							body.WriteString(line)
+						}
+						continue
+					}
+					switch strings.ToUpper(strings.Fields(line + " x")[0]) {
+					case "EHLO":
+						say("250-mx.fake.test\r\n250 PIPELINING\r\n")
+					case "DATA":
+						inData = true
+						say("354 go\r\n")
+					case "QUIT":
+						say("221 bye\r\n")
+						return
+					default:
+						say("250 ok\r\n")
+					}
+				}
+			}()
+		}
+	}()
+	return ln.Addr().String(), func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(got)
+	}
+}
+
+func TestMultiLineGreeting(t *testing.T) {
+	addr, received := fakeSMTP(t)
+	s := newRelay(t, &relaytest.Options{UpstreamAddr: addr})
+	for _, mode := range []mxrelay.StartTLS{mxrelay.StartTLSNever, mxrelay.StartTLSOpportunistic} {
+		c := newClient(t, s, &mxrelay.Options{StartTLS: mode})
+		_, err := c.Send(ctxT(t), mail("greeted"))
+		require.NoError(t, err, "mode %d", mode)
+	}
+	assert.Equal(t, 2, received())
+}
