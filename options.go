@@ -19,10 +19,14 @@ const (
 	// StartTLSNever does not run STARTTLS (the zero value): the relay sees
 	// the SMTP dialogue, which it forwards over its own connection.
 	StartTLSNever StartTLS = iota
-	// StartTLSOpportunistic runs STARTTLS when the server offers it.
+	// StartTLSOpportunistic runs STARTTLS when the server offers it and
+	// the channel carries binary frames (TLS records cannot travel in JSON
+	// strings); otherwise it goes on in clear and logs a warning.
 	StartTLSOpportunistic
 	// StartTLSRequired runs STARTTLS and refuses to send anything (AUTH
-	// included) when the server does not offer it or the handshake fails.
+	// included) when the server does not offer it, the handshake fails, or
+	// the relay only agreed to JSON text frames. These failures are
+	// permanent: the waiting emails fail at once.
 	StartTLSRequired
 )
 
