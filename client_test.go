@@ -827,3 +827,20 @@ func TestReconnectBackoffFollowsTheCloseCode(t *testing.T) {
 		})
 	}
 }
+
+func TestPermanentRecipientRefusalIsNotRetried(t *testing.T) {
+	s := newRelay(t, nil)
+	s.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: "RCPT", Recipient: "gone@example.com", Reply: "550 5.1.1 no such user"})
+	s.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: ".", Reply: "451 4.3.0 try later"})
+	logs := &logBuffer{}
+	c := newClient(t, s, &mxrelay.Options{Logger: logs.logger()})
+	res, err := c.Send(ctxT(t), mail("retry without the refused one", "ok@example.com", "gone@example.com"))
+	require.NoError(t, err)
+	assert.Equal(t, 2, res.Attempts)
+	assert.Equal(t, []string{"ok@example.com"}, res.Accepted)
+	require.Len(t, res.Rejected, 1)
+	assert.Equal(t, "gone@example.com", res.Rejected[0].Address)
+	assert.Equal(t, 1, strings.Count(logs.String(), "RCPT TO:<gone@example.com>"), "a 550 recipient is not asked for again")
+	require.Len(t, s.Mailbox(), 1)
+	assert.Equal(t, []string{"ok@example.com"}, s.Mailbox()[0].To)
+}

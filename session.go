@@ -440,11 +440,13 @@ func (s *smtpSession) send(em *email) error {
 			temp = append(temp, RecipientError{Address: to, Err: se})
 		}
 	}
+	// A 5xx to RCPT is final whatever happens to the rest of this
+	// transaction; the others stay pending until the end of data decides.
+	c.mu.Lock()
+	em.rejected = append(em.rejected, perm...)
+	em.pending = append(append([]string(nil), accepted...), addresses(temp)...)
+	c.mu.Unlock()
 	if len(accepted) == 0 {
-		c.mu.Lock()
-		em.rejected = append(em.rejected, perm...)
-		em.pending = addresses(temp)
-		c.mu.Unlock()
 		brk := s.reset()
 		if len(temp) > 0 {
 			s.w.retryOrFail(em, temp[0].Err, temp)
@@ -487,7 +489,6 @@ func (s *smtpSession) send(em *email) error {
 	}
 	c.mu.Lock()
 	em.accepted = append(em.accepted, accepted...)
-	em.rejected = append(em.rejected, perm...)
 	em.pending = addresses(temp)
 	em.reply = parseReply(resp.StatusText)
 	em.txTime = time.Since(start)
