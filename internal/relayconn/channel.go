@@ -48,6 +48,9 @@ type Channel struct {
 	cause  error         // why the relay ended the channel
 	ended  chan struct{} // closed when the relay ended the channel
 	closed bool          // Close was called
+	// closeDone is closed once SMTP_CHANNEL_CLOSE was written, or found
+	// not needed: nothing of this channel may follow the next OPEN.
+	closeDone chan struct{}
 }
 
 func newChannel(c *Conn, binary bool) *Channel {
@@ -56,8 +59,9 @@ func newChannel(c *Conn, binary bool) *Channel {
 		binary: binary,
 		rd:     newDeadline(),
 		wd:     newDeadline(),
-		wake:   make(chan struct{}),
-		ended:  make(chan struct{}),
+		wake:      make(chan struct{}),
+		ended:     make(chan struct{}),
+		closeDone: make(chan struct{}),
 	}
 }
 
@@ -130,10 +134,22 @@ func (ch *Channel) remoteEnd(err error) {
 	ch.signal()
 }
 
-// waitClosed waits until the relay has confirmed the end of the channel.
+// waitClosed waits until the relay has ended the channel and, if Close was
+// called, until its SMTP_CHANNEL_CLOSE is out.
 func (ch *Channel) waitClosed(ctx context.Context) error {
 	select {
 	case <-ch.ended:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	ch.mu.Lock()
+	closed := ch.closed
+	ch.mu.Unlock()
+	if !closed {
+		return nil
+	}
+	select {
+	case <-ch.closeDone:
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
@@ -293,19 +309,28 @@ func (ch *Channel) Close() error {
 	ended := ch.cause != nil
 	ch.mu.Unlock()
 	if ended {
+		close(ch.closeDone)
 		return nil
 	}
 	select {
 	case ch.c.chClose <- ch:
 	case <-ch.c.dead:
+		close(ch.closeDone)
 	}
 	return nil
 }
 
-// sendClose writes SMTP_CHANNEL_CLOSE once no write is in progress.
+// sendClose writes SMTP_CHANNEL_CLOSE once no write is in progress,
+// unless the relay has ended the channel meanwhile.
 func (ch *Channel) sendClose() {
+	defer close(ch.closeDone)
 	ch.wmu.Lock()
 	defer ch.wmu.Unlock()
+	select {
+	case <-ch.ended:
+		return
+	default:
+	}
 	ctx := ch.c.wctx
 	if d := ch.c.cfg.ChannelTimeout; d > 0 {
 		var cancel context.CancelFunc

@@ -249,6 +249,11 @@ func (c *Conn) channelCloser() {
 		case ch := <-c.chClose:
 			ch.sendClose()
 		case <-c.ctx.Done():
+			select {
+			case ch := <-c.chClose:
+				close(ch.closeDone)
+			default:
+			}
 			return
 		}
 	}
@@ -289,10 +294,7 @@ func truncate(s string, n int) string {
 
 func (c *Conn) write(ctx context.Context, typ websocket.MessageType, p []byte) error {
 	if err := c.ws.Write(ctx, typ, p); err != nil {
-		if e := c.Err(); e != nil {
-			return e
-		}
-		return err
+		return c.deadOr(err)
 	}
 	return nil
 }
@@ -333,11 +335,19 @@ func (c *Conn) Authenticate(ctx context.Context) error {
 	}
 }
 
+// deadOr returns why the connection ended, for a write that failed: the
+// socket is broken, so the reader is about to learn the cause (a close
+// status is worth more than "use of closed network connection"); it waits
+// for it a little.
 func (c *Conn) deadOr(err error) error {
-	if e := c.Err(); e != nil {
-		return e
+	t := time.NewTimer(closeGrace)
+	defer t.Stop()
+	select {
+	case <-c.dead:
+		return c.Err()
+	case <-t.C:
+		return err
 	}
-	return err
 }
 
 // OpenChannel asks for an SMTP channel and waits for READY or ERROR, at
