@@ -55,10 +55,10 @@ type Channel struct {
 
 func newChannel(c *Conn, binary bool) *Channel {
 	return &Channel{
-		c:      c,
-		binary: binary,
-		rd:     newDeadline(),
-		wd:     newDeadline(),
+		c:         c,
+		binary:    binary,
+		rd:        newDeadline(),
+		wd:        newDeadline(),
 		wake:      make(chan struct{}),
 		ended:     make(chan struct{}),
 		closeDone: make(chan struct{}),
