@@ -29,6 +29,12 @@
 // ErrUnknownOutcome), or with Options.RetryUnknown is retried, and its
 // Result says MaybeDelivered.
 //
+// # Testing
+//
+// Package relaytest runs a relay that follows the protocol, in front of an
+// in-memory SMTP server, on a loopback port, with fault injection: point a
+// Client at its URL in your own tests and read what arrived in its Mailbox.
+//
 // # Standards
 //
 //   - RFC 6455, The WebSocket Protocol (github.com/coder/websocket)

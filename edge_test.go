@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"io"
 	"net"
 	"strings"
 	"sync"
@@ -181,4 +182,45 @@ func TestMultiLineGreeting(t *testing.T) {
 		require.NoError(t, err, "mode %d", mode)
 	}
 	assert.Equal(t, 2, received())
+}
+
+// failingBody is a seekable body whose reads fail past a given offset.
+type failingBody struct {
+	*strings.Reader
+	failAt int64
+}
+
+func (f *failingBody) Read(p []byte) (int, error) {
+	off, _ := f.Seek(0, io.SeekCurrent)
+	if off >= f.failAt {
+		return 0, errors.New("disk went away")
+	}
+	if room := f.failAt - off; int64(len(p)) > room {
+		p = p[:room]
+	}
+	return f.Reader.Read(p)
+}
+
+func TestBodyReadErrorNeverEndsTheData(t *testing.T) {
+	s := newRelay(t, nil)
+	c := newClient(t, s, nil)
+	body := msg("broken body") + strings.Repeat("line of the body\r\n", 2000)
+	res, err := c.Send(ctxT(t), mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: &failingBody{Reader: strings.NewReader(body), failAt: 10000}})
+	require.Error(t, err)
+	var ee *mxrelay.EmailError
+	require.ErrorAs(t, err, &ee)
+	assert.False(t, ee.Temporary(), "the caller's reader failed: retrying would not help")
+	assert.False(t, res.MaybeDelivered)
+	assert.Empty(t, s.Mailbox(), "a partial body is never ended with a dot")
+	_, err = c.Send(ctxT(t), mail("after"))
+	require.NoError(t, err)
+	assert.Equal(t, []string{"after"}, subjects(s))
+}
+
+func TestUnspoolableBodyIsRefused(t *testing.T) {
+	s := newRelay(t, nil)
+	c := newClient(t, s, &mxrelay.Options{TempDir: "/nonexistent/mxrelay-test"})
+	_, err := c.Enqueue(mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: io.MultiReader(strings.NewReader(msg("x")))})
+	require.Error(t, err)
+	assert.Zero(t, c.Stats().EmailsQueued, "nothing accepted")
 }
