@@ -46,6 +46,8 @@ const verbSASL = "(sasl)"
 // writes to the upstream while holding mu: that could deadlock against an
 // upstream that is itself blocked writing replies.
 type channel struct {
+	unwatch func() bool // stops closing up when the connection ends
+
 	c      *conn
 	id     int
 	up     net.Conn

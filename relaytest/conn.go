@@ -8,6 +8,7 @@ import (
 	"net"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/coder/websocket"
 
@@ -121,6 +122,9 @@ func (c *conn) serve() {
 // within closeGrace, and waits until the connection is gone.
 func (c *conn) shutdown(code websocket.StatusCode, reason string) {
 	closeGracefully(c.ws, c.raw, code, reason)
+	// Wake whatever still waits: a write to an upstream that stopped
+	// reading, or the reader handing a frame to a blocked process.
+	c.cancel()
 	<-c.finished
 }
 
@@ -269,6 +273,12 @@ func (c *conn) handle(f inFrame) bool {
 		}
 		return c.data(f.data, true)
 	}
+	if !utf8.Valid(f.data) {
+		// A JSON string cannot hold these bytes; decoding would replace
+		// them silently, the data loss PROTOCOL.md §4 forbids.
+		c.log.Info("relaytest: text frame is not valid UTF-8")
+		return c.closeWith(websocket.StatusInvalidFramePayloadData, "text frame is not valid UTF-8")
+	}
 	m, err := wire.Decode(f.data)
 	if err != nil {
 		if tooBigControl(f.data) {
@@ -387,6 +397,9 @@ func (c *conn) openChannel(m wire.Message) bool {
 	c.lastChannel++
 	binary := req.Binary && !c.s.opts.DisableBinary
 	ch := newChannel(c, c.lastChannel, up, binary)
+	// The connection's end closes the upstream, so that a write to an
+	// upstream that stopped reading cannot hold the connection open.
+	ch.unwatch = context.AfterFunc(c.ctx, func() { _ = up.Close() })
 	if f, ok := c.s.takeFault(kindIs(DropAfterBytes)); ok {
 		ch.log.Info("relaytest: fault armed", "fault", f.Kind, "bytes", f.Bytes, "fromServer", f.FromServer)
 		if f.FromServer {
@@ -436,6 +449,7 @@ func (c *conn) dropChannel() {
 		return
 	}
 	c.ch = nil
+	ch.unwatch()
 	_ = ch.up.Close()
 	<-ch.done
 	c.s.clearDataFault(ch.addr)
