@@ -93,6 +93,7 @@ type pending struct {
 	replace     []byte // send this instead of the upstream's reply
 	dropOnReply bool   // cut the WebSocket instead of forwarding the reply
 	closeAfter  bool   // 421: close the channel after the reply
+	endOfData   bool   // its reply answers an end of data (DATA's "." or BDAT ... LAST)
 }
 
 func newChannel(c *conn, id int, up net.Conn, binary bool) *channel {
@@ -148,6 +149,21 @@ func (ch *channel) finishLocked(typ string, data any, key, why string) {
 	ch.log.Info("relaytest: channel ended", "type", typ, key, why)
 	ch.c.sendControl(typ, data)
 	_ = ch.up.Close()
+}
+
+// settle keeps the in-process mailbox in step with the reply the client
+// gets to an end of data: the message stored for a 2xx is withdrawn when a
+// fault turns that 2xx into a refusal, and a fault never turns a refusal
+// into a 2xx (the client would be told "delivered" for nothing stored).
+func (ch *channel) settle(e *pending, code int, out, upstream []byte) []byte {
+	if code/100 != 2 {
+		return upstream
+	}
+	id, ok := ch.c.s.takeStored(ch.addr)
+	if ok && e.replace != nil && replyCode(out)/100 != 2 {
+		ch.c.s.withdraw(id)
+	}
+	return out
 }
 
 // readUpstream forwards the upstream's bytes until it hangs up.
@@ -407,6 +423,9 @@ func (ch *channel) startChunk(size int64, last bool, e *pending, drop bool) {
 // whether seg is to be forwarded.
 func (ch *channel) endOfData(e *pending, seg []byte, withhold int, out []byte) ([]byte, int, bool) {
 	ch.log.Debug("relaytest: C: (end of data)")
+	if e != nil {
+		e.endOfData = true
+	}
 	f, ok := ch.c.s.takeFault((*Fault).matchEndOfData)
 	if !ok {
 		return out, actContinue, true
@@ -426,14 +445,8 @@ func (ch *channel) endOfData(e *pending, seg []byte, withhold int, out []byte) (
 		return append(out, seg[:len(seg)-withhold]...), actStop, false
 	case ReplaceReply:
 		reply, code, _ := formatReply(f.Reply)
-		if ch.c.s.smtp != nil {
-			// The in-process upstream answers with it, and keeps the
-			// message only if it is a 2xx.
-			ch.c.s.setDataFault(ch.addr, replyError(f.Reply))
-		} else if e != nil {
-			e.replace = reply
-		}
 		if e != nil {
+			e.replace = reply
 			e.closeAfter = code == 421
 		}
 	case DropAfterFinalDot:
@@ -528,6 +541,9 @@ func (ch *channel) reply(b []byte) {
 	out := b
 	if e.replace != nil {
 		out = e.replace
+	}
+	if e.endOfData && ch.c.s.smtp != nil {
+		out = ch.settle(e, code, out, b)
 	}
 	// The state changes before the reply goes out, so it is in place when
 	// the client's next bytes, which the reply allows, arrive.

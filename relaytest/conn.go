@@ -452,7 +452,7 @@ func (c *conn) dropChannel() {
 	ch.unwatch()
 	_ = ch.up.Close()
 	<-ch.done
-	c.s.clearDataFault(ch.addr)
+	c.s.forgetStored(ch.addr)
 }
 
 // data handles SMTP bytes from the client.

@@ -6,7 +6,6 @@ import (
 	"strings"
 
 	"github.com/coder/websocket"
-	"github.com/emersion/go-smtp"
 )
 
 // FaultKind says what a Fault does.
@@ -55,12 +54,14 @@ const (
 	// (334 to AUTH, 354 to DATA) would invite bytes the upstream does not
 	// expect.
 	//
-	// For "." (the end of data, DATA or BDAT ... LAST) with the in-process
-	// upstream, the upstream itself answers with Reply: a 4xx or 5xx reply
-	// leaves the message out of the mailbox, a 2xx reply stores it. With an
-	// external upstream (Options.UpstreamAddr) the data is forwarded and the
-	// upstream's reply is replaced in the stream, so the upstream may have
-	// the mail whatever the client was told.
+	// For "." (the end of data, DATA or BDAT ... LAST) the data is
+	// forwarded and the upstream's reply is replaced in the stream. With the
+	// in-process upstream the mailbox follows what the client is told: a
+	// 4xx or 5xx Reply withdraws the message the upstream had stored for
+	// its 250 (Options.OnMessage has seen it by then), and a refusal by the
+	// upstream is never turned into a 2xx. With an external upstream
+	// (Options.UpstreamAddr) the upstream may have the mail whatever the
+	// client was told.
 	ReplaceReply
 	// StallReply swallows the matching command: it is neither forwarded nor
 	// answered, and neither is anything the client sends after it on that
@@ -287,47 +288,6 @@ func formatReply(reply string) ([]byte, int, error) {
 		return nil, 0, fmt.Errorf("reply code %d is not a 2xx, 4xx or 5xx code", code)
 	}
 	return []byte(b.String()), code, nil
-}
-
-// replyError turns an injected reply into the error the in-process backend
-// returns from Data, so that go-smtp writes exactly that reply.
-func replyError(reply string) *smtp.SMTPError {
-	wire, code, _ := formatReply(reply)
-	lines := strings.Split(strings.TrimSuffix(string(wire), "\r\n"), "\r\n")
-	for i, l := range lines {
-		lines[i] = ""
-		if len(l) > 4 {
-			lines[i] = l[4:]
-		}
-	}
-	last := lines[len(lines)-1]
-	enh := smtp.NoEnhancedCode
-	if e, rest, ok := cutEnhancedCode(last); ok {
-		enh = e
-		lines[len(lines)-1] = rest
-	}
-	return &smtp.SMTPError{Code: code, EnhancedCode: enh, Message: strings.Join(lines, "\n")}
-}
-
-// cutEnhancedCode splits "5.1.1 text" into the enhanced status code and
-// the text.
-func cutEnhancedCode(s string) (smtp.EnhancedCode, string, bool) {
-	head, rest, _ := strings.Cut(s, " ")
-	parts := strings.Split(head, ".")
-	if len(parts) != 3 {
-		return smtp.EnhancedCode{}, s, false
-	}
-	var e smtp.EnhancedCode
-	for i, p := range parts {
-		if p == "" || len(p) > 3 || !isDigits(p) {
-			return smtp.EnhancedCode{}, s, false
-		}
-		e[i], _ = strconv.Atoi(p)
-	}
-	if e[0] != 2 && e[0] != 4 && e[0] != 5 {
-		return smtp.EnhancedCode{}, s, false
-	}
-	return e, rest, true
 }
 
 func isDigits(s string) bool {

@@ -5,7 +5,6 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
-	"github.com/emersion/go-smtp"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -396,20 +395,5 @@ func TestInjectPanics(t *testing.T) {
 		{Kind: DropAfterBytes, Bytes: -1},
 	} {
 		assert.Panics(t, func() { s.Inject(f) }, "%+v", f)
-	}
-}
-
-func TestReplyError(t *testing.T) {
-	tests := []struct {
-		reply string
-		want  smtp.SMTPError
-	}{
-		{"554 5.7.1 no", smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "no"}},
-		{"554 no code", smtp.SMTPError{Code: 554, EnhancedCode: smtp.NoEnhancedCode, Message: "no code"}},
-		{"451-a\r\n451 4.0.0 b", smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 0, 0}, Message: "a\nb"}},
-		{"250 9.9.9 odd", smtp.SMTPError{Code: 250, EnhancedCode: smtp.NoEnhancedCode, Message: "9.9.9 odd"}},
-	}
-	for _, tt := range tests {
-		assert.Equal(t, &tt.want, replyError(tt.reply), tt.reply)
 	}
 }

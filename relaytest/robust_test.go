@@ -80,3 +80,51 @@ func TestCloseWithADeafUpstream(t *testing.T) {
 	}
 	<-done
 }
+
+// TestEndOfDataFaultsFollowPipelinedMessages: two whole BDAT transactions
+// in one frame; each end-of-data fault lands on its own message and the
+// mailbox agrees with what the client is told.
+func TestEndOfDataFaultsFollowPipelinedMessages(t *testing.T) {
+	s := NewServer(nil)
+	defer s.Close()
+	s.Inject(Fault{Kind: ReplaceReply, Command: ".", Reply: "250 2.0.0 first ok"})
+	s.Inject(Fault{Kind: ReplaceReply, Command: ".", Reply: "550 5.7.1 second no"})
+	c := dial(t, s)
+	c.auth(s.APIKey)
+	c.open(true)
+	c.cmd("EHLO x")
+	c.write("MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nBDAT 5 LAST\r\nfirst" +
+		"MAIL FROM:<a@example.com>\r\nRCPT TO:<c@example.com>\r\nBDAT 6 LAST\r\nsecond")
+	var got []string
+	for range 6 {
+		got = append(got, c.reply())
+	}
+	require.Equal(t, "250 2.0.0 first ok\r\n", got[2])
+	require.Equal(t, "550 5.7.1 second no\r\n", got[5])
+	box := s.Mailbox()
+	require.Len(t, box, 1)
+	require.Equal(t, []string{"b@example.com"}, box[0].To)
+	require.Equal(t, "first", string(box[0].Data))
+}
+
+// TestRefusedEndOfDataLeavesTheNextMessageAlone: a BDAT LAST the upstream
+// refuses (no transaction) takes the armed fault, whose refusal then
+// changes nothing; the next message is stored and answered 250.
+func TestRefusedEndOfDataLeavesTheNextMessageAlone(t *testing.T) {
+	s := NewServer(nil)
+	defer s.Close()
+	s.Inject(Fault{Kind: ReplaceReply, Command: ".", Reply: "550 5.7.1 no"})
+	c := dial(t, s)
+	c.auth(s.APIKey)
+	c.open(true)
+	c.cmd("EHLO x")
+	c.write("BDAT 4 LAST\r\nlost")
+	require.NotEqual(t, "2", c.reply()[:1])
+	c.write("MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nBDAT 4 LAST\r\nkept")
+	var last string
+	for range 3 {
+		last = c.reply()
+	}
+	require.Equal(t, "2", last[:1], last)
+	require.Len(t, s.Mailbox(), 1)
+}

@@ -138,9 +138,10 @@ type Server struct {
 	upConns    map[*trackedConn]struct{}
 	lastConnID int
 	faults     []*armedFault
-	mailbox    []Message
+	mailbox    []stored
 	stats      Stats
-	dataFaults map[string]*smtp.SMTPError // by upstream connection (relay side local address)
+	nextID     uint64
+	storedBy   map[string][]uint64 // IDs of stored messages awaiting their 2xx reply, by upstream connection (relay side local address)
 }
 
 // Stats counts what a Server saw since it started.
@@ -194,14 +195,14 @@ func NewUnstartedServer(opts *Options) *Server {
 		panic(fmt.Sprintf("relaytest: failed to listen on %s: %v", o.Addr, err))
 	}
 	return &Server{
-		APIKey:     o.APIKeys[0],
-		opts:       o,
-		log:        o.Logger,
-		ln:         ln,
-		conns:      make(map[*conn]struct{}),
-		accepting:  make(map[chan struct{}]struct{}),
-		upConns:    make(map[*trackedConn]struct{}),
-		dataFaults: make(map[string]*smtp.SMTPError),
+		APIKey:    o.APIKeys[0],
+		opts:      o,
+		log:       o.Logger,
+		ln:        ln,
+		conns:     make(map[*conn]struct{}),
+		accepting: make(map[chan struct{}]struct{}),
+		upConns:   make(map[*trackedConn]struct{}),
+		storedBy:  make(map[string][]uint64),
 	}
 }
 

@@ -43,15 +43,17 @@ func (s *Server) Mailbox() []Message {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	out := make([]Message, len(s.mailbox))
-	for i, m := range s.mailbox {
-		out[i] = m.clone()
+	for i, sm := range s.mailbox {
+		out[i] = sm.m.clone()
 	}
 	return out
 }
 
-func (s *Server) deliver(m Message) {
+func (s *Server) deliver(addr string, m Message) {
 	s.mu.Lock()
-	s.mailbox = append(s.mailbox, m)
+	s.nextID++
+	s.mailbox = append(s.mailbox, stored{id: s.nextID, m: m})
+	s.storedBy[addr] = append(s.storedBy[addr], s.nextID)
 	s.mu.Unlock()
 	s.log.Info("relaytest: message received", "from", m.From, "to", m.To, "bytes", len(m.Data), "session", m.Session)
 	if s.opts.OnMessage == nil {
@@ -65,23 +67,43 @@ func (s *Server) deliver(m Message) {
 	s.opts.OnMessage(m.clone())
 }
 
-// setDataFault makes the in-process upstream answer the end of data of the
-// current transaction on the connection from addr with err.
-func (s *Server) setDataFault(addr string, err *smtp.SMTPError) {
-	s.mu.Lock()
-	s.dataFaults[addr] = err
-	s.mu.Unlock()
+// stored is a message in the mailbox with the ID that pairs it with the
+// reply to its end of data.
+type stored struct {
+	id uint64
+	m  Message
 }
 
-func (s *Server) takeDataFault(addr string) *smtp.SMTPError {
+// takeStored returns the ID of the oldest message stored through the
+// upstream connection from addr whose 250 the relay has not yet seen. The
+// in-process upstream stores a message exactly when it answers 2xx to its
+// end of data, in order, so the n-th 2xx reply to an end of data on a
+// connection is the n-th message stored through it.
+func (s *Server) takeStored(addr string) (uint64, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	err := s.dataFaults[addr]
-	delete(s.dataFaults, addr)
-	return err
+	ids := s.storedBy[addr]
+	if len(ids) == 0 {
+		return 0, false
+	}
+	s.storedBy[addr] = ids[1:]
+	return ids[0], true
 }
 
-func (s *Server) clearDataFault(addr string) { s.takeDataFault(addr) }
+// withdraw removes a stored message: a fault replaced the 2xx to its end of
+// data with a refusal, before the client could see the 2xx.
+func (s *Server) withdraw(id uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.mailbox = slices.DeleteFunc(s.mailbox, func(sm stored) bool { return sm.id == id })
+}
+
+// forgetStored drops the pairing state of a finished upstream connection.
+func (s *Server) forgetStored(addr string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.storedBy, addr)
+}
 
 // startSMTP starts the in-process upstream on a loopback port.
 func (s *Server) startSMTP() {
@@ -268,7 +290,6 @@ func (se *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 
 func (se *session) Data(r io.Reader) error {
 	data, err := io.ReadAll(r)
-	fault := se.s.takeDataFault(se.addr)
 	if err != nil {
 		return err
 	}
@@ -276,9 +297,6 @@ func (se *session) Data(r io.Reader) error {
 		// go-smtp ends a BDAT chunk cut short by the end of the connection
 		// as if it were complete: do not keep a truncated message.
 		return errTruncated
-	}
-	if fault != nil && fault.Code/100 != 2 {
-		return fault
 	}
 	se.mu.Lock()
 	m := Message{
@@ -290,10 +308,7 @@ func (se *session) Data(r io.Reader) error {
 		Received: time.Now(),
 	}
 	se.mu.Unlock()
-	se.s.deliver(m)
-	if fault != nil {
-		return fault // a 2xx of the test's choosing
-	}
+	se.s.deliver(se.addr, m)
 	return nil
 }
 
