@@ -151,6 +151,17 @@ func (ch *channel) finishLocked(typ string, data any, key, why string) {
 	_ = ch.up.Close()
 }
 
+// closeForFault closes the WebSocket cleanly with the fault's status
+// (1001 when it names none); nothing more of the channel is forwarded.
+func (ch *channel) closeForFault(f Fault) {
+	ch.dead = true
+	code := f.Code
+	if code == 0 {
+		code = websocket.StatusGoingAway
+	}
+	ch.c.closeWith(code, "injected fault")
+}
+
 // settle keeps the in-process mailbox in step with the reply the client
 // gets to an end of data: the message stored for a 2xx is withdrawn when a
 // fault turns that 2xx into a refusal, and a fault never turns a refusal
@@ -373,12 +384,7 @@ func (ch *channel) command(line, out []byte) ([]byte, int) {
 			ch.stalled = true
 			return out, actContinue
 		case CloseWebSocket:
-			ch.dead = true
-			code := f.Code
-			if code == 0 {
-				code = websocket.StatusGoingAway
-			}
-			ch.c.closeWith(code, "injected fault")
+			ch.closeForFault(f)
 			return out, actStop
 		case DropAfterRcpt:
 			ch.dead = true
@@ -436,12 +442,7 @@ func (ch *channel) endOfData(e *pending, seg []byte, withhold int, out []byte) (
 		ch.stalled = true
 		return append(out, seg[:len(seg)-withhold]...), actContinue, false
 	case CloseWebSocket:
-		ch.dead = true
-		code := f.Code
-		if code == 0 {
-			code = websocket.StatusGoingAway
-		}
-		ch.c.closeWith(code, "injected fault")
+		ch.closeForFault(f)
 		return append(out, seg[:len(seg)-withhold]...), actStop, false
 	case ReplaceReply:
 		reply, code, _ := formatReply(f.Reply)
