@@ -610,7 +610,7 @@ func (w *worker) setupFailed(err error) {
 		w.disconnect(nil)
 		c.setConnState(StateFailed)
 		c.setSessionState(SessionIdle)
-		if errorsIsAuth(err) {
+		if errors.Is(err, ErrAuthFailed) {
 			c.mu.Lock()
 			c.authErr = err
 			c.mu.Unlock()
@@ -647,8 +647,6 @@ func (w *worker) setupFailed(err error) {
 }
 
 // failWaiting fails every email in the queue with err.
-func errorsIsAuth(err error) bool { return errors.Is(err, ErrAuthFailed) }
-
 func (w *worker) failWaiting(err error) {
 	c := w.c
 	c.mu.Lock()
