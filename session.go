@@ -217,7 +217,7 @@ func (s *smtpSession) handshake(ctx context.Context) error {
 		}
 		nc = tc
 	}
-	s.watch = &endWatch{Conn: nc, ch: s.ch}
+	s.watch = &endWatch{Conn: nc, written: s.ch.Written}
 	sc := smtp.NewClient(s.watch)
 	sc.CommandTimeout = o.CommandTimeout
 	sc.SubmissionTimeout = o.CommandTimeout
@@ -346,23 +346,25 @@ func (p *prefixConn) Read(b []byte) (int, error) {
 // before it failed (with STARTTLS: any ciphertext of it).
 type endWatch struct {
 	net.Conn
-	ch   *relayconn.Channel
-	tail [5]byte
-	n    int
+	written func() int64 // bytes the channel has handed to the WebSocket
+	tail    [5]byte
+	n       int
 }
 
 func (w *endWatch) Write(p []byte) (int, error) {
-	before := w.ch.Written()
+	before := w.written()
 	n, err := w.Conn.Write(p)
 	sent := p[:n]
-	if err != nil && w.ch.Written() > before {
+	if err != nil && w.written() > before {
 		sent = p
 	}
-	for _, b := range sent {
-		copy(w.tail[:], w.tail[1:])
-		w.tail[4] = b
-		w.n++
-	}
+	// Only the last five bytes matter: shift the old tail by as many as
+	// arrived (at most five) and append the newest, so a large body costs
+	// nothing per byte.
+	k := min(len(sent), len(w.tail))
+	copy(w.tail[:], w.tail[k:])
+	copy(w.tail[len(w.tail)-k:], sent[len(sent)-k:])
+	w.n += len(sent)
 	return n, err
 }
 
