@@ -256,6 +256,20 @@ func (c *rawClient) envelope(from string, to ...string) {
 }
 
 // dotStuff returns body (CRLF lines) dot-stuffed and terminated.
+// sendAt sends, in a fresh transaction, the command cmd names ("MAIL", or
+// "." for the end of data) without reading its reply, followed by after.
+func (c *rawClient) sendAt(cmd, after string) {
+	c.t.Helper()
+	if cmd == "." {
+		c.envelope("a@example.com", "b@example.com")
+		c.cmd("DATA")
+		c.write("x\r\n.\r\n" + after)
+		return
+	}
+	c.cmd("EHLO x")
+	c.write("MAIL FROM:<a@example.com>\r\n" + after)
+}
+
 func dotStuff(body string) string {
 	var b bytes.Buffer
 	for _, l := range bytes.SplitAfter([]byte(body), []byte("\r\n")) {

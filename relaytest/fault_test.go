@@ -281,14 +281,7 @@ func TestFaultReplaceReply421(t *testing.T) {
 			c := dial(t, s)
 			c.auth(s.APIKey)
 			c.open(false)
-			if cmd == "." {
-				c.envelope("a@example.com", "b@example.com")
-				c.cmd("DATA")
-				c.write("x\r\n.\r\n")
-			} else {
-				c.cmd("EHLO x")
-				c.write("MAIL FROM:<a@example.com>\r\n")
-			}
+			c.sendAt(cmd, "")
 			data, m, ok := c.allData()
 			require.True(t, ok)
 			assert.Equal(t, "421 4.3.2 shutting down\r\n", string(data))
@@ -308,14 +301,7 @@ func TestFaultStallReply(t *testing.T) {
 			c := dial(t, s)
 			c.auth(s.APIKey)
 			c.open(false)
-			if cmd == "." {
-				c.envelope("a@example.com", "b@example.com")
-				c.cmd("DATA")
-				c.write("x\r\n.\r\nNOOP\r\n")
-			} else {
-				c.cmd("EHLO x")
-				c.write("MAIL FROM:<a@example.com>\r\nNOOP\r\n")
-			}
+			c.sendAt(cmd, "NOOP\r\n")
 			c.send(wire.TypeChannelClose, nil)
 			data, m, ok := c.allData()
 			require.True(t, ok)
