@@ -63,6 +63,19 @@ type Options struct {
 	MaxQueueSize int
 	// MaxEmailsPerSession bounds the emails sent in one SMTP session. Zero: 10.
 	MaxEmailsPerSession int
+	// MaxConcurrentSessions is how many SMTP sessions may run at once, each
+	// on its own WebSocket and channel, all draining the same priority queue.
+	// Zero: 1, the original client's one-session rule.
+	MaxConcurrentSessions int
+	// PipelineWindow bounds the transactions a session keeps in flight
+	// (written, end of data not yet answered) when the upstream offers
+	// PIPELINING and CHUNKING. Zero: 128. Without CHUNKING a pipelined
+	// session has one email's end of data in flight at a time.
+	PipelineWindow int
+	// DisablePipelining sends lock-step (one command, wait for its reply)
+	// even when the upstream offers PIPELINING; BDAT is still used when
+	// offered. For servers whose PIPELINING is broken.
+	DisablePipelining bool
 	// BatchWait holds a new session back until MaxEmailsPerSession emails
 	// wait or this long has passed, so that emails arriving close together
 	// share a session (the original client's sessionBatchTimeout). CRITICAL
@@ -156,6 +169,12 @@ func (o Options) withDefaults() Options {
 	if o.MaxEmailsPerSession == 0 {
 		o.MaxEmailsPerSession = 10
 	}
+	if o.MaxConcurrentSessions == 0 {
+		o.MaxConcurrentSessions = 1
+	}
+	if o.PipelineWindow == 0 {
+		o.PipelineWindow = 128
+	}
 	def(&o.IdleTimeout, 30*time.Second)
 	if o.Retries == 0 {
 		o.Retries = 3
@@ -208,6 +227,10 @@ func (o Options) validate(relayURL, apiKey string) error {
 		return errors.New("mxrelay: MaxQueueSize is negative")
 	case o.MaxEmailsPerSession < 0:
 		return errors.New("mxrelay: MaxEmailsPerSession is negative")
+	case o.MaxConcurrentSessions < 0:
+		return errors.New("mxrelay: MaxConcurrentSessions is negative")
+	case o.PipelineWindow < 0:
+		return errors.New("mxrelay: PipelineWindow is negative")
 	case o.MaxReconnectAttempts < 0:
 		return errors.New("mxrelay: MaxReconnectAttempts is negative")
 	case o.EventBuffer < 0:
