@@ -225,16 +225,7 @@ func (ch *Channel) Write(p []byte) (int, error) {
 	if len(ch.pending) > 0 {
 		data = append(ch.pending, p...)
 	}
-	// Hold back an incomplete rune at the end.
-	cut := len(data)
-	for i := len(data) - 1; i >= 0 && i >= len(data)-utf8.UTFMax; i-- {
-		if utf8.RuneStart(data[i]) {
-			if !utf8.FullRune(data[i:]) {
-				cut = i
-			}
-			break
-		}
-	}
+	cut := wire.RuneCut(data) // hold back an incomplete rune at the end
 	if !utf8.Valid(data[:cut]) {
 		return 0, wire.ErrInvalidUTF8
 	}

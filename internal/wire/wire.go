@@ -221,3 +221,18 @@ func MaskKey(key string) string {
 	}
 	return "****" + key[len(key)-4:]
 }
+
+// RuneCut returns len(b), or the start of an incomplete UTF-8 sequence at
+// the end of b: where to cut b so that a character split between two
+// writes or reads is held back whole.
+func RuneCut(b []byte) int {
+	for i := len(b) - 1; i >= 0 && i >= len(b)-utf8.UTFMax; i-- {
+		if utf8.RuneStart(b[i]) {
+			if !utf8.FullRune(b[i:]) {
+				return i
+			}
+			break
+		}
+	}
+	return len(b)
+}
