@@ -33,7 +33,7 @@ func Wrap(c net.Conn, log *slog.Logger, attrs ...any) net.Conn {
 	if log == nil || !log.Enabled(context.Background(), slog.LevelDebug) {
 		return c
 	}
-	return &conn{Conn: c, log: log.With(attrs...)}
+	return &conn{Conn: c, log: log.With(attrs...), awaiting: []string{"greeting"}}
 }
 
 type conn struct {
@@ -42,8 +42,7 @@ type conn struct {
 
 	mu          sync.Mutex
 	mode        mode
-	awaitData   bool // DATA sent, 354 not yet seen
-	awaitTLS    bool // STARTTLS sent, 220 not yet seen
+	awaiting    []string // verbs of the commands whose replies are due, in order (pipelining)
 	bodyBytes   int64
 	bdatLeft    int64
 	out, in     []byte // partial lines
@@ -116,6 +115,7 @@ func (c *conn) clientLine(line string) {
 			c.log.Debug("smtp", "dir", "C", "line", "<message body, "+strconv.FormatInt(c.bodyBytes-3, 10)+" bytes>")
 			c.log.Debug("smtp", "dir", "C", "line", ".")
 			c.mode = modeCommand
+			c.awaiting = append(c.awaiting, ".")
 		}
 		return
 	case modeAuth:
@@ -123,7 +123,11 @@ func (c *conn) clientLine(line string) {
 		return
 	}
 	verb, rest, _ := strings.Cut(line, " ")
-	switch strings.ToUpper(verb) {
+	verb = strings.ToUpper(verb)
+	if verb != "AUTH" && len(c.awaiting) < 4096 {
+		c.awaiting = append(c.awaiting, verb)
+	}
+	switch verb {
 	case "AUTH":
 		mech, initial, _ := strings.Cut(rest, " ")
 		if initial != "" {
@@ -131,11 +135,8 @@ func (c *conn) clientLine(line string) {
 		}
 		c.log.Debug("smtp", "dir", "C", "line", "AUTH "+mech)
 		c.mode = modeAuth
+		c.awaiting = append(c.awaiting, "AUTH")
 		return
-	case "DATA":
-		c.awaitData = true
-	case "STARTTLS":
-		c.awaitTLS = true
 	case "BDAT":
 		f := strings.Fields(rest)
 		if len(f) > 0 {
@@ -185,17 +186,16 @@ func (c *conn) serverLine(line string) {
 	if c.mode == modeAuth {
 		c.mode = modeCommand
 	}
-	if c.awaitData {
-		c.awaitData = false
-		if code == 354 {
-			c.mode, c.bodyBytes = modeBody, 0
-		}
+	if len(c.awaiting) == 0 {
+		return // unsolicited
 	}
-	if c.awaitTLS {
-		c.awaitTLS = false
-		if code == 220 {
-			c.mode = modeTLS
-			c.log.Debug("smtp", "dir", "-", "line", "<TLS started: the rest of the session is encrypted and not logged>")
-		}
+	verb := c.awaiting[0]
+	c.awaiting = c.awaiting[1:]
+	switch {
+	case verb == "DATA" && code == 354:
+		c.mode, c.bodyBytes = modeBody, 0
+	case verb == "STARTTLS" && code == 220:
+		c.mode = modeTLS
+		c.log.Debug("smtp", "dir", "-", "line", "<TLS started: the rest of the session is encrypted and not logged>")
 	}
 }

@@ -22,17 +22,7 @@ func TestTranscriptRedacts(t *testing.T) {
 	log := slog.New(slog.NewTextHandler(&out, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	c := Wrap(a, log, "session", "s1")
 
-	server := func(reply string) {
-		go func() { io.WriteString(b, reply) }()
-		buf := make([]byte, len(reply))
-		_, err := io.ReadFull(c, buf)
-		require.NoError(t, err)
-	}
-	client := func(cmd string) {
-		go func() { io.Copy(io.Discard, io.LimitReader(b, int64(len(cmd)))) }()
-		_, err := io.WriteString(c, cmd)
-		require.NoError(t, err)
-	}
+	server, client := dialogue(t, c, b)
 	server("220 mx ESMTP\r\n")
 	client("EHLO me\r\n")
 	server("250-mx\r\n250 AUTH PLAIN LOGIN\r\n")
@@ -72,4 +62,42 @@ func TestWrapIsFreeWithoutDebug(t *testing.T) {
 	log := slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	assert.Same(t, a, Wrap(a, log))
 	assert.Same(t, a, Wrap(a, nil))
+}
+
+// Pipelined, the replies to MAIL and RCPT arrive after DATA was written:
+// the body starts at the reply to DATA, not at the next reply.
+func TestPipelinedDataMasksTheBody(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	out := &strings.Builder{}
+	c := Wrap(a, slog.New(slog.NewTextHandler(out, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	server, client := dialogue(t, c, b)
+	server("220 mx ESMTP\r\n")
+	client("MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n")
+	server("250 ok\r\n250 ok\r\n354 go\r\n")
+	client("secret body\r\n.\r\nRSET\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<c@example.com>\r\nDATA\r\n")
+	server("250 queued\r\n250 reset\r\n250 ok\r\n550 no\r\n554 no valid recipients\r\n")
+	client("not a body\r\n")
+
+	got := out.String()
+	assert.Contains(t, got, "<message body, 13 bytes>")
+	assert.NotContains(t, got, "secret body")
+	assert.Contains(t, got, "not a body", "no 354 came: the next line is a command")
+}
+
+// dialogue returns functions that play the server's replies into c
+// through peer, and write the client's commands on c.
+func dialogue(t *testing.T, c, peer net.Conn) (server, client func(string)) {
+	server = func(reply string) {
+		go func() { io.WriteString(peer, reply) }()
+		_, err := io.ReadFull(c, make([]byte, len(reply)))
+		require.NoError(t, err)
+	}
+	client = func(cmd string) {
+		go func() { io.Copy(io.Discard, io.LimitReader(peer, int64(len(cmd)))) }()
+		_, err := io.WriteString(c, cmd)
+		require.NoError(t, err)
+	}
+	return server, client
 }
