@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -63,7 +64,8 @@ type channel struct {
 	// dead: the WebSocket is being closed by a fault. Nothing more is
 	// forwarded.
 	dead bool
-	// stalled: a StallReply fired; the client's bytes are swallowed.
+	// stalled: a StallReply or a 421 ReplaceReply fired; the client's
+	// bytes are swallowed.
 	stalled bool
 
 	// Client to upstream.
@@ -375,6 +377,14 @@ func (ch *channel) command(line, out []byte) ([]byte, int) {
 		case ReplaceReply:
 			reply, code, _ := formatReply(f.Reply)
 			ch.push(&pending{verb: verb, synthetic: reply, closeAfter: code == 421})
+			if code == 421 {
+				// A server that says 421 processes nothing after it (RFC
+				// 5321 §3.8): what the client pipelined behind it is not
+				// forwarded.
+				ch.stalled = true
+				ch.flushSynthetic()
+				return out, actContinue
+			}
 			ch.flushSynthetic()
 			if isBDAT {
 				ch.startChunk(size, last, nil, true)
@@ -503,7 +513,7 @@ func (ch *channel) fromUpstream(p []byte) {
 				// are none its complete characters, and parse the rest.
 				n := bytes.LastIndexByte(ch.rbuf, '\n') + 1
 				if n == 0 {
-					n = runeBoundary(ch.rbuf)
+					n = wire.RuneCut(ch.rbuf)
 				}
 				ch.emitLocked(ch.rbuf[:n])
 				ch.rbuf = append(ch.rbuf[:0], ch.rbuf[n:]...)
@@ -542,6 +552,9 @@ func (ch *channel) reply(b []byte) {
 	out := b
 	if e.replace != nil {
 		out = e.replace
+	}
+	if e.verb == "EHLO" && code == 250 && len(ch.c.s.opts.HideExtensions) > 0 {
+		out = hideExtensions(out, ch.c.s.opts.HideExtensions)
 	}
 	if e.endOfData && ch.c.s.smtp != nil {
 		out = ch.settle(e, code, out, b)
@@ -616,18 +629,28 @@ func (ch *channel) emitLocked(b []byte) {
 	}
 }
 
-// runeBoundary returns the length of b without an incomplete UTF-8
-// sequence at its end.
-func runeBoundary(b []byte) int {
-	for i := len(b) - 1; i >= 0 && i >= len(b)-utf8.UTFMax; i-- {
-		if utf8.RuneStart(b[i]) {
-			if !utf8.FullRune(b[i:]) {
-				return i
-			}
-			break
+// hideExtensions removes the lines of an EHLO reply whose keyword is in
+// hide, and sets the continuation marks again.
+func hideExtensions(b []byte, hide []string) []byte {
+	lines := strings.Split(strings.TrimSuffix(string(b), "\r\n"), "\r\n")
+	kept := lines[:1]
+	for _, l := range lines[1:] {
+		kw, _, _ := strings.Cut(l[min(len(l), 4):], " ")
+		if !slices.ContainsFunc(hide, func(h string) bool { return strings.EqualFold(h, kw) }) {
+			kept = append(kept, l)
 		}
 	}
-	return len(b)
+	var out []byte
+	for i, l := range kept {
+		sep := "-"
+		if i == len(kept)-1 {
+			sep = " "
+		}
+		if len(l) >= 3 {
+			out = append(out, l[:3]+sep+l[min(len(l), 4):]+"\r\n"...)
+		}
+	}
+	return out
 }
 
 // replyEnd returns the length of the first complete reply in b (through

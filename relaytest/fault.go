@@ -50,7 +50,8 @@ const (
 	// never delivered to). A BDAT command that is replaced has its chunk
 	// swallowed too. A reply with code 421 is followed by the relay closing
 	// the upstream connection and sending SMTP_CHANNEL_CLOSED, as a real
-	// server closes after 421. The reply must be a 2xx, 4xx or 5xx: a 3xx
+	// server closes after 421; nothing the client sent after the command
+	// reaches the upstream, as a real server processes nothing after 421. The reply must be a 2xx, 4xx or 5xx: a 3xx
 	// (334 to AUTH, 354 to DATA) would invite bytes the upstream does not
 	// expect.
 	//

@@ -63,6 +63,11 @@ type Options struct {
 	// DisableBinary refuses binary frames: READY never carries
 	// "binary": true. false: binary is granted whenever asked.
 	DisableBinary bool
+	// HideExtensions are EHLO keywords the relay removes from the
+	// upstream's EHLO reply, case-insensitive: "CHUNKING" stands for a
+	// server without BDAT, "PIPELINING" for a lock-step one. Zero: the
+	// reply passes as it is.
+	HideExtensions []string
 	// NoSubprotocol makes the relay select no subprotocol even when the
 	// client offers mxrelay.v1. false: mxrelay.v1 is selected when offered.
 	NoSubprotocol bool
