@@ -116,23 +116,29 @@ func TestStartTLS(t *testing.T) {
 func TestDebugLogsHideSecrets(t *testing.T) {
 	const apiKey = "relay-api-key-SECRET-0123456789"
 	const password = "smtp-pass-SECRET"
-	s := newRelay(t, &relaytest.Options{APIKeys: []string{apiKey}, Users: map[string]string{"carol": password}})
-	logs := &logBuffer{}
-	c, err := mxrelay.New(s.URL, apiKey, fast(&mxrelay.Options{Username: "carol", Password: password, Logger: logs.logger(), LocalName: "mx-client.example"}))
-	require.NoError(t, err)
-	res, err := c.Send(ctxT(t), mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: strings.NewReader(msg("secret body text XYZZY"))})
-	require.NoError(t, err)
-	require.NoError(t, c.Close(ctxT(t)))
-	_ = res
+	for _, tc := range []struct {
+		hide []string
+		body string
+	}{{nil, "<chunk, "}, {[]string{"CHUNKING"}, "<message body"}} {
+		t.Run(tc.body, func(t *testing.T) {
+			s := newRelay(t, &relaytest.Options{APIKeys: []string{apiKey}, Users: map[string]string{"carol": password}, HideExtensions: tc.hide})
+			logs := &logBuffer{}
+			c, err := mxrelay.New(s.URL, apiKey, fast(&mxrelay.Options{Username: "carol", Password: password, Logger: logs.logger(), LocalName: "mx-client.example"}))
+			require.NoError(t, err)
+			_, err = c.Send(ctxT(t), mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: strings.NewReader(msg("secret body text XYZZY"))})
+			require.NoError(t, err)
+			require.NoError(t, c.Close(ctxT(t)))
 
-	out := logs.String()
-	assert.Contains(t, out, "MAIL FROM:<a@example.com>", "the dialogue is logged")
-	assert.Contains(t, out, `line="EHLO mx-client.example"`, "EHLO uses LocalName")
-	assert.Contains(t, out, "AUTH PLAIN ****")
-	assert.Contains(t, out, "<message body")
-	plainPayload := base64.StdEncoding.EncodeToString([]byte("\x00carol\x00" + password))
-	for _, secret := range []string{apiKey, password, plainPayload, base64.StdEncoding.EncodeToString([]byte(password)), "XYZZY"} {
-		assert.NotContains(t, out, secret)
+			out := logs.String()
+			assert.Contains(t, out, "MAIL FROM:<a@example.com>", "the dialogue is logged")
+			assert.Contains(t, out, `line="EHLO mx-client.example"`, "EHLO uses LocalName")
+			assert.Contains(t, out, "AUTH PLAIN ****")
+			assert.Contains(t, out, tc.body, "the body is summarised")
+			plainPayload := base64.StdEncoding.EncodeToString([]byte("\x00carol\x00" + password))
+			for _, secret := range []string{apiKey, password, plainPayload, base64.StdEncoding.EncodeToString([]byte(password)), "XYZZY"} {
+				assert.NotContains(t, out, secret)
+			}
+			assert.Contains(t, out, "****6789", "the key appears masked at most")
+		})
 	}
-	assert.Contains(t, out, "****6789", "the key appears masked at most")
 }

@@ -43,7 +43,9 @@ type Client struct {
 	sumSess  time.Duration
 	sumEmail time.Duration
 
-	wake     chan struct{}      // buffered 1: the queue changed
+	wakeMu   sync.Mutex
+	wakeC    chan struct{}      // closed and replaced when the queue changed
+	claimed  int                // workers starting a session, not yet holding an email
 	draining chan struct{}      // closed by Close
 	stopCtx  context.Context    // ends when Close gives up waiting
 	stop     context.CancelFunc //
@@ -74,7 +76,7 @@ func New(relayURL, apiKey string, opts *Options) (*Client, error) {
 		log:       o.Logger,
 		retry:     backoff.Policy{Initial: o.RetryInterval, Max: o.MaxRetryInterval, Jitter: 0.2},
 		reconnect: backoff.Policy{Initial: o.ReconnectInterval, Max: o.MaxReconnectInterval, Jitter: 0.2},
-		wake:      make(chan struct{}, 1),
+		wakeC:     make(chan struct{}),
 		draining:  make(chan struct{}),
 		done:      make(chan struct{}),
 	}
@@ -89,6 +91,8 @@ func New(relayURL, apiKey string, opts *Options) (*Client, error) {
 type email struct {
 	id       string
 	from     string
+	mailOpts *MailOptions
+	rcptOpts map[string]*RcptOptions
 	pending  []string // recipients not yet decided
 	body     *body
 	cfg      sendConfig
@@ -153,17 +157,19 @@ func (c *Client) Enqueue(e Email, opts ...SendOption) (*Handle, error) {
 	if err := c.admit(); err != nil {
 		return nil, err
 	}
-	b, err := newBody(e.Body, c.opts.TempDir)
+	b, err := newBody(e.Body, c.opts.TempDir, c.opts.FixLineEndings)
 	if err != nil {
 		return nil, err
 	}
 	em := &email{
-		id:      e.ID,
-		from:    e.From,
-		pending: append([]string(nil), e.To...),
-		body:    b,
-		cfg:     cfg,
-		qidx:    -1,
+		id:       e.ID,
+		from:     e.From,
+		pending:  append([]string(nil), e.To...),
+		body:     b,
+		cfg:      cfg,
+		qidx:     -1,
+		mailOpts: e.MailOptions,
+		rcptOpts: e.RcptOptions,
 	}
 	if em.id == "" {
 		em.id = c.newID()
@@ -263,12 +269,20 @@ func (c *Client) cancel(em *email, cause error) {
 	c.mu.Unlock()
 }
 
-// kick wakes the worker.
+// kick wakes the workers.
 func (c *Client) kick() {
-	select {
-	case c.wake <- struct{}{}:
-	default:
-	}
+	c.wakeMu.Lock()
+	close(c.wakeC)
+	c.wakeC = make(chan struct{})
+	c.wakeMu.Unlock()
+}
+
+// wakeChan is closed by the next kick. Take it before looking at the
+// queue, so that a change in between is not missed.
+func (c *Client) wakeChan() <-chan struct{} {
+	c.wakeMu.Lock()
+	defer c.wakeMu.Unlock()
+	return c.wakeC
 }
 
 // finish gives em its Result: delivered when err is nil and a recipient
@@ -411,24 +425,46 @@ func (c *Client) Close(ctx context.Context) error {
 	return err
 }
 
-// run is the session worker: the single goroutine that owns the relay
-// connection and runs the SMTP sessions, one at a time.
+// run starts the session workers, MaxConcurrentSessions of them, and
+// returns when all have returned.
 func (c *Client) run() {
 	defer close(c.done)
-	w := &worker{c: c}
-	defer w.disconnect(nil)
-	for w.waitForWork() {
-		w.batchWait()
-		w.session()
+	var wg sync.WaitGroup
+	for range c.opts.MaxConcurrentSessions {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w := &worker{c: c}
+			defer w.disconnect(nil)
+			for w.waitForWork() {
+				w.batchWait()
+				w.session()
+				w.unclaim()
+			}
+		}()
 	}
+	wg.Wait()
 }
 
-// worker is the state of the session worker's goroutine.
+// worker is the state of one session worker's goroutine: it owns a relay
+// connection and runs SMTP sessions on it, one at a time.
 type worker struct {
 	c        *Client
 	conn     *relayconn.Conn
 	failures int  // set-up failures in a row
 	lost     bool // the last connection was lost, not closed by us
+	claim    bool // counted in Client.claimed
+}
+
+// unclaim ends the worker's claim on a ready email, once its session holds
+// one (or ended without).
+func (w *worker) unclaim() {
+	if w.claim {
+		w.claim = false
+		w.c.mu.Lock()
+		w.c.claimed--
+		w.c.mu.Unlock()
+	}
 }
 
 // waitForWork returns true when an email is ready to go, false when the
@@ -452,14 +488,22 @@ func (w *worker) waitForWork() bool {
 	due := time.NewTimer(time.Hour)
 	defer due.Stop()
 	for {
+		wake := c.wakeChan()
 		c.mu.Lock()
 		now := time.Now()
 		c.q.promote(now)
-		ready := c.q.readyLen() > 0
+		// Other workers already starting a session will take the first
+		// ready emails: start one more only for emails beyond those.
+		ready := c.q.readyLen() > c.claimed
+		if ready {
+			c.claimed++
+			w.claim = true
+		}
 		empty := c.q.len() == 0
 		next, hasNext := c.q.nextDue()
 		c.mu.Unlock()
 		if c.stopCtx.Err() != nil {
+			w.unclaim()
 			return false
 		}
 		if ready {
@@ -483,7 +527,7 @@ func (w *worker) waitForWork() bool {
 			dead = w.conn.Done()
 		}
 		select {
-		case <-c.wake:
+		case <-wake:
 		case <-draining:
 		case <-c.stopCtx.Done():
 		case <-dueC:
@@ -516,6 +560,7 @@ func (w *worker) batchWait() {
 	t := time.NewTimer(c.opts.BatchWait)
 	defer t.Stop()
 	for {
+		wake := c.wakeChan()
 		c.mu.Lock()
 		c.q.promote(time.Now())
 		enough := c.q.readyLen() >= c.opts.MaxEmailsPerSession || c.q.urgent > 0
@@ -524,7 +569,7 @@ func (w *worker) batchWait() {
 			return
 		}
 		select {
-		case <-c.wake:
+		case <-wake:
 		case <-t.C:
 			return
 		case <-c.draining:

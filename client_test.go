@@ -254,13 +254,26 @@ func TestChannelErrorIsRetried(t *testing.T) {
 func TestDropAfterRcptRetries(t *testing.T) {
 	s := newRelay(t, nil)
 	s.Inject(relaytest.Fault{Kind: relaytest.DropAfterRcpt})
-	c := newClient(t, s, nil)
+	c := newClient(t, s, &mxrelay.Options{DisablePipelining: true})
 	res, err := c.Send(ctxT(t), mail("dropped once"))
 	require.NoError(t, err)
 	assert.Equal(t, 2, res.Attempts)
 	assert.False(t, res.MaybeDelivered, "the drop came before the end of data")
 	assert.Equal(t, 1, countSubject(s, "dropped once"))
 	assert.Equal(t, 2, s.Stats().Connections, "the client reconnected")
+}
+
+// Pipelined, the end of data goes out with the RCPT: a drop before the
+// RCPT's reply leaves the outcome unknown, never "not sent".
+func TestDropAfterPipelinedRcptIsUnknown(t *testing.T) {
+	s := newRelay(t, nil)
+	s.Inject(relaytest.Fault{Kind: relaytest.DropAfterRcpt})
+	c := newClient(t, s, nil)
+	res, err := c.Send(ctxT(t), mail("dropped in the pipe"))
+	require.ErrorIs(t, err, mxrelay.ErrUnknownOutcome)
+	assert.True(t, res.MaybeDelivered)
+	assert.Equal(t, 1, res.Attempts)
+	assert.Equal(t, 0, countSubject(s, "dropped in the pipe"), "the relay cut before forwarding the data")
 }
 
 func TestDropAfterFinalDot(t *testing.T) {
@@ -346,31 +359,52 @@ func TestPermanentAndTemporaryReplies(t *testing.T) {
 		{"550 to MAIL", "MAIL", "550 5.7.1 sender refused", false, 1},
 		{"451 to MAIL", "MAIL", "451 4.3.0 try later", true, 2},
 		{"554 to DATA", "DATA", "554 5.5.1 no valid recipients", false, 1},
+		{"554 to BDAT", "BDAT", "554 5.5.1 no valid recipients", false, 1},
 		{"452 to end of data", ".", "452 4.3.1 insufficient storage", true, 2},
 		{"552 to end of data", ".", "552 5.3.4 too big", false, 1},
 		{"421 to MAIL", "MAIL", "421 4.3.2 shutting down", true, 2},
+		{"421 to RCPT", "RCPT", "421 4.3.2 shutting down", true, 2},
 		{"421 to end of data", ".", "421 4.3.2 shutting down", true, 2},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			s := newRelay(t, nil)
-			s.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: tc.command, Reply: tc.reply})
-			c := newClient(t, s, nil)
-			res, err := c.Send(ctxT(t), mail(tc.name))
-			assert.Equal(t, tc.attempts, res.Attempts)
-			if tc.delivered {
-				require.NoError(t, err)
-				assert.Equal(t, 1, countSubject(s, tc.name))
-				return
+		for _, m := range modes {
+			if m.chunking != (tc.command != "DATA") {
+				continue
 			}
-			var se *mxrelay.SMTPError
-			require.ErrorAs(t, err, &se)
-			assert.Equal(t, tc.reply[:3], fmt.Sprint(se.Code))
-			assert.Equal(t, 0, countSubject(s, tc.name))
-			// RSET keeps the session usable for the next email.
-			_, err = c.Send(ctxT(t), mail("next"))
-			require.NoError(t, err)
-		})
+			t.Run(m.name+"/"+tc.name, func(t *testing.T) {
+				s := newRelay(t, &relaytest.Options{HideExtensions: m.hide})
+				s.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: tc.command, Reply: tc.reply})
+				c := newClient(t, s, &mxrelay.Options{DisablePipelining: m.lockstep})
+				res, err := c.Send(ctxT(t), mail(tc.name))
+				assert.Equal(t, tc.attempts, res.Attempts)
+				if tc.delivered {
+					require.NoError(t, err)
+					assert.Equal(t, 1, countSubject(s, tc.name))
+					return
+				}
+				var se *mxrelay.SMTPError
+				require.ErrorAs(t, err, &se)
+				assert.Equal(t, tc.reply[:3], fmt.Sprint(se.Code))
+				assert.Equal(t, 0, countSubject(s, tc.name))
+				// RSET keeps the session usable for the next email.
+				_, err = c.Send(ctxT(t), mail("next"))
+				require.NoError(t, err)
+			})
+		}
 	}
+}
+
+// modes are the four ways the engine sends, chosen by what the upstream
+// offers (relaytest hides extensions) and by DisablePipelining.
+var modes = []struct {
+	name     string
+	hide     []string
+	lockstep bool
+	chunking bool
+}{
+	{"pipelined BDAT", nil, false, true},
+	{"pipelined DATA", []string{"CHUNKING"}, false, false},
+	{"lock-step BDAT", nil, true, true},
+	{"lock-step DATA", []string{"CHUNKING", "PIPELINING"}, false, false},
 }
 
 func Test421MidSessionEndsTheSession(t *testing.T) {
@@ -553,11 +587,19 @@ func TestTimeouts(t *testing.T) {
 	t.Run("CommandTimeout", func(t *testing.T) {
 		s := newRelay(t, nil)
 		s.Inject(relaytest.Fault{Kind: relaytest.StallReply, Command: "RCPT"})
-		c := newClient(t, s, &mxrelay.Options{CommandTimeout: 200 * time.Millisecond})
+		c := newClient(t, s, &mxrelay.Options{CommandTimeout: 200 * time.Millisecond, DisablePipelining: true})
 		res, err := c.Send(ctxT(t), mail("stalled once"))
 		require.NoError(t, err)
 		assert.Equal(t, 2, res.Attempts)
 		assert.Equal(t, 1, countSubject(s, "stalled once"))
+	})
+	t.Run("CommandTimeout in a pipelined transaction is unknown", func(t *testing.T) {
+		s := newRelay(t, nil)
+		s.Inject(relaytest.Fault{Kind: relaytest.StallReply, Command: "RCPT"})
+		c := newClient(t, s, &mxrelay.Options{CommandTimeout: 200 * time.Millisecond})
+		res, err := c.Send(ctxT(t), mail("stalled in the pipe"))
+		require.ErrorIs(t, err, mxrelay.ErrUnknownOutcome, "its end of data was written with the RCPT")
+		assert.True(t, res.MaybeDelivered)
 	})
 	t.Run("CommandTimeout at end of data is unknown", func(t *testing.T) {
 		s := newRelay(t, nil)
@@ -570,7 +612,7 @@ func TestTimeouts(t *testing.T) {
 	t.Run("SessionTimeout", func(t *testing.T) {
 		s := newRelay(t, nil)
 		s.Inject(relaytest.Fault{Kind: relaytest.StallReply, Command: "MAIL"})
-		c := newClient(t, s, &mxrelay.Options{SessionTimeout: 200 * time.Millisecond, CommandTimeout: time.Minute})
+		c := newClient(t, s, &mxrelay.Options{SessionTimeout: 200 * time.Millisecond, CommandTimeout: time.Minute, DisablePipelining: true})
 		res, err := c.Send(ctxT(t), mail("slow session"))
 		require.NoError(t, err)
 		assert.Equal(t, 2, res.Attempts)
@@ -600,7 +642,7 @@ func TestCancellation(t *testing.T) {
 		assert.Equal(t, 0, c.Stats().QueueSize)
 	})
 	t.Run("in its transaction", func(t *testing.T) {
-		s := newRelay(t, nil)
+		s := newRelay(t, &relaytest.Options{HideExtensions: []string{"CHUNKING"}})
 		s.Inject(relaytest.Fault{Kind: relaytest.StallReply, Command: "DATA"})
 		logs := &logBuffer{}
 		c := newClient(t, s, &mxrelay.Options{CommandTimeout: time.Minute, Logger: logs.logger()})
@@ -731,7 +773,7 @@ func TestErrorsAreTyped(t *testing.T) {
 }
 
 func TestCancelAfterEndOfDataIsNotWithdrawn(t *testing.T) {
-	s := newRelay(t, nil)
+	s := newRelay(t, &relaytest.Options{HideExtensions: []string{"CHUNKING"}})
 	s.Inject(relaytest.Fault{Kind: relaytest.StallReply, Command: "."})
 	logs := &logBuffer{}
 	c := newClient(t, s, &mxrelay.Options{CommandTimeout: 300 * time.Millisecond, Logger: logs.logger()})
@@ -813,7 +855,7 @@ func TestReconnectBackoffFollowsTheCloseCode(t *testing.T) {
 			s := newRelay(t, nil)
 			s.Inject(relaytest.Fault{Kind: relaytest.CloseWebSocket, Command: "MAIL", Code: tc.code})
 			rec := &recorder{}
-			c := newClient(t, s, &mxrelay.Options{OnEvent: rec.on})
+			c := newClient(t, s, &mxrelay.Options{OnEvent: rec.on, DisablePipelining: true})
 			res, err := c.Send(ctxT(t), mail("closed under it"))
 			require.NoError(t, err)
 			assert.Equal(t, 2, res.Attempts)

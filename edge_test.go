@@ -20,7 +20,7 @@ import (
 )
 
 func TestLateCancelStopsRetries(t *testing.T) {
-	s := newRelay(t, &relaytest.Options{Latency: relaytest.Latency{ToClient: 150 * time.Millisecond}})
+	s := newRelay(t, &relaytest.Options{Latency: relaytest.Latency{ToClient: 150 * time.Millisecond}, HideExtensions: []string{"CHUNKING"}})
 	s.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: ".", Reply: "451 4.3.0 try later"})
 	logs := &logBuffer{}
 	c := newClient(t, s, &mxrelay.Options{Logger: logs.logger()})

@@ -3,12 +3,19 @@ package mxrelay
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/mxrelay/mxrelay/internal/smtpc"
+	"github.com/mxrelay/mxrelay/internal/wire"
 )
 
 // Priority orders the queue: CRITICAL before HIGH before NORMAL before LOW,
@@ -60,7 +67,23 @@ type Email struct {
 	// Options.TempDir by Enqueue, so that a retry can read it again; the
 	// file is removed with the email's result.
 	Body io.Reader
+	// MailOptions are MAIL parameters: BODY, SMTPUTF8, REQUIRETLS and
+	// DSN's RET and ENVID (go-smtp's type). Size is ignored: SIZE= is the
+	// body's size, sent when the server offers SIZE. SMTPUTF8 is asked for
+	// by itself when an address is not ASCII. An option the server does
+	// not offer fails the email (DSN's are dropped, as go-smtp does).
+	MailOptions *MailOptions
+	// RcptOptions are RCPT parameters per recipient in To: DSN's NOTIFY and
+	// ORCPT. RRVS, DELIVERBY and MT-PRIORITY are refused.
+	RcptOptions map[string]*RcptOptions
 }
+
+// MailOptions and RcptOptions are go-smtp's types, so that code written
+// for go-smtp's Client carries over.
+type (
+	MailOptions = smtp.MailOptions
+	RcptOptions = smtp.RcptOptions
+)
 
 // SendOption adjusts how one email is sent.
 type SendOption func(*sendConfig)
@@ -180,39 +203,60 @@ func (h *Handle) Cancel() { h.c.cancel(h.em, ErrCanceled) }
 type body struct {
 	r     io.ReadSeeker
 	start int64
-	size  int64
+	size  int64    // bytes to read
+	wire  int64    // bytes as sent (SIZE=): line endings fixed, final CRLF
 	spool *os.File // a copy of a read-once body, removed by release
 }
 
-// newBody prepares r for reading at each attempt; see Email.Body.
-func newBody(r io.Reader, tempDir string) (*body, error) {
+// newBody prepares r for reading at each attempt (see Email.Body), reading
+// it once to refuse bare line endings (unless fix) and learn its size as
+// sent.
+func newBody(r io.Reader, tempDir string, fix bool) (*body, error) {
 	if b, ok := r.(*bytes.Buffer); ok {
 		r = bytes.NewReader(b.Bytes())
 	}
+	sz := smtpc.NewSizer(fix)
 	if rs, ok := r.(io.ReadSeeker); ok {
 		if start, err := rs.Seek(0, io.SeekCurrent); err == nil {
-			end, err := rs.Seek(0, io.SeekEnd)
-			if err == nil {
-				if _, err = rs.Seek(start, io.SeekStart); err == nil {
-					return &body{r: rs, start: start, size: end - start}, nil
-				}
+			b := &body{r: rs, start: start}
+			if b.size, err = io.Copy(sz, rs); err != nil {
+				return nil, bodyErr(err)
 			}
+			if b.wire, err = sz.Size(); err != nil {
+				return nil, bodyErr(err)
+			}
+			if _, err := rs.Seek(start, io.SeekStart); err != nil {
+				return nil, bodyErr(err)
+			}
+			return b, nil
 		}
 	}
 	f, err := os.CreateTemp(tempDir, "mxrelay-body-*")
 	if err != nil {
 		return nil, fmt.Errorf("mxrelay: copying the body: %w", err)
 	}
-	n, err := io.Copy(f, r)
+	n, err := io.Copy(io.MultiWriter(f, sz), r)
+	var wire int64
+	if err == nil {
+		wire, err = sz.Size()
+	}
 	if err == nil {
 		_, err = f.Seek(0, io.SeekStart)
 	}
 	if err != nil {
 		f.Close()
 		os.Remove(f.Name())
-		return nil, fmt.Errorf("%w: %w", errBody, err)
+		return nil, bodyErr(err)
 	}
-	return &body{r: f, size: n, spool: f}, nil
+	return &body{r: f, size: n, wire: wire, spool: f}, nil
+}
+
+// bodyErr says what was wrong with a body read at Enqueue.
+func bodyErr(err error) error {
+	if errors.Is(err, ErrBareLineEnding) {
+		return fmt.Errorf("%w: %w", ErrInvalidEmail, err)
+	}
+	return fmt.Errorf("%w: %w", errBody, err)
 }
 
 // open rewinds the body for an attempt.
@@ -238,16 +282,7 @@ func validUTF8(r io.Reader) (bool, error) {
 	for {
 		n, err := r.Read(buf[carry:])
 		n += carry
-		cut := n
-		// keep an incomplete rune at the end for the next read
-		for i := n - 1; i >= 0 && i >= n-utf8.UTFMax; i-- {
-			if utf8.RuneStart(buf[i]) {
-				if !utf8.FullRune(buf[i:n]) {
-					cut = i
-				}
-				break
-			}
-		}
+		cut := wire.RuneCut(buf[:n]) // keep an incomplete rune for the next read
 		if !utf8.Valid(buf[:cut]) {
 			return false, nil
 		}
@@ -302,6 +337,11 @@ func (e *Email) validate() error {
 	}
 	if e.Body == nil {
 		return fmt.Errorf("%w: nil body", ErrInvalidEmail)
+	}
+	for to := range e.RcptOptions {
+		if !slices.Contains(e.To, to) {
+			return fmt.Errorf("%w: RcptOptions for %q, which is not in To", ErrInvalidEmail, to)
+		}
 	}
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/mxrelay/mxrelay/internal/relayconn"
+	"github.com/mxrelay/mxrelay/internal/smtpc"
 )
 
 // Sentinel errors. Match them with errors.Is.
@@ -39,6 +40,12 @@ var (
 	// (the context's error is wrapped too) or by its Timeout
 	// (context.DeadlineExceeded is wrapped too).
 	ErrCanceled = errors.New("mxrelay: email cancelled")
+
+	// ErrBareLineEnding is wrapped (with ErrInvalidEmail) by the error of a
+	// body with a CR not followed by LF or an LF not preceded by CR, unless
+	// Options.FixLineEndings. RFC 5321 §2.3.8 forbids sending them; servers
+	// that read them as line ends are how SMTP smuggling works.
+	ErrBareLineEnding = smtpc.ErrBareLineEnding
 
 	// ErrNotUTF8 means the relay only speaks JSON text frames and the email's
 	// bytes are not valid UTF-8, so they cannot travel without being changed.
@@ -115,7 +122,9 @@ type RelayError struct {
 func (e *RelayError) Error() string { return "mxrelay: " + e.Err.Error() }
 func (e *RelayError) Unwrap() error { return e.Err }
 
-// ProtocolError means the relay broke PROTOCOL.md; the connection was closed.
+// ProtocolError means the relay broke PROTOCOL.md, or the upstream SMTP
+// server broke SMTP's grammar (a malformed or unexpected reply); the
+// connection was closed.
 type ProtocolError struct {
 	Err error
 }
@@ -166,7 +175,7 @@ func relayErr(err error) error {
 	switch {
 	case errors.As(err, &ae):
 		return fmt.Errorf("%w: %s", ErrAuthFailed, ae.Message)
-	case errors.As(err, &pe):
+	case errors.As(err, &pe), errors.Is(err, smtpc.ErrProtocol):
 		return &ProtocolError{Err: err}
 	case errors.As(err, &ce):
 		return &RelayError{Code: int(ce.Code), Reason: ce.Reason, Err: err}

@@ -58,6 +58,13 @@ type Options struct {
 	// name taken from the upstream's greeting is not known, so set ServerName.
 	TLSConfig *tls.Config
 
+	// FixLineEndings makes every bare CR and bare LF in a body a CRLF as it
+	// is sent (and counts SIZE accordingly), for bodies written with "\n".
+	// Zero: a body with a bare CR or LF is refused by Send and Enqueue with
+	// ErrBareLineEnding, since RFC 5321 §2.3.8 forbids sending them and
+	// guessing what they meant is how SMTP smuggling gets through.
+	FixLineEndings bool
+
 	// MaxQueueSize bounds the emails waiting to be sent; Send and Enqueue
 	// return ErrQueueFull past it. Zero: 1000.
 	MaxQueueSize int

@@ -5,18 +5,15 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
-	"net"
-	"net/textproto"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-sasl"
-	"github.com/emersion/go-smtp"
 
 	"github.com/mxrelay/mxrelay/internal/relayconn"
+	"github.com/mxrelay/mxrelay/internal/smtpc"
 	"github.com/mxrelay/mxrelay/internal/smtplog"
 )
 
@@ -28,8 +25,7 @@ type smtpSession struct {
 	c       *Client
 	id      string
 	ch      *relayconn.Channel
-	sc      *smtp.Client
-	watch   *endWatch
+	sc      *smtpc.Client
 	aborted atomic.Bool
 	abort   func() // closes the channel: how a cancelled email is withdrawn
 }
@@ -65,20 +61,39 @@ func (w *worker) session() {
 	ready := min(c.q.readyLen(), c.opts.MaxEmailsPerSession)
 	c.mu.Unlock()
 	c.events.emit(Event{Type: EventSessionStarted, SessionID: sid, EmailCount: ready})
-
-	var results []*Result
+	s.sc.Start()
+	c.log.Debug("mxrelay: session started", "session", sid, "mode", s.sc.Mode())
 	var broken error
-	for n := 0; n < c.opts.MaxEmailsPerSession && ctx.Err() == nil && !s.aborted.Load(); n++ {
+	var taken []*email
+	for n := 0; n < c.opts.MaxEmailsPerSession && ctx.Err() == nil && !s.aborted.Load() && s.sc.Err() == nil; {
+		wake := c.wakeChan()
 		em := w.take(s)
 		if em == nil {
+			if s.sc.Outstanding() == 0 {
+				break
+			}
+			// Let the transactions in flight finish; emails queued
+			// meanwhile join this session.
+			if err := s.sc.Flush(); err != nil {
+				break
+			}
+			select {
+			case <-s.sc.Progress():
+			case <-wake:
+			case <-s.sc.Broken():
+			case <-ctx.Done():
+			}
+			continue
+		}
+		n++
+		taken = append(taken, em)
+		if broken = s.send(em); broken != nil {
 			break
 		}
-		broken = s.send(em)
-		if res := em.handle.result(); res != nil {
-			results = append(results, res)
-		}
-		if broken != nil {
-			break
+	}
+	if broken == nil {
+		if err := s.sc.Wait(); err != nil {
+			broken = fmt.Errorf("mxrelay: session %s: %w", sid, s.explain(err))
 		}
 	}
 	if broken == nil && ctx.Err() != nil {
@@ -88,8 +103,17 @@ func (w *worker) session() {
 		broken = fmt.Errorf("mxrelay: session %s: channel closed to withdraw a cancelled email", sid)
 	}
 	if broken == nil {
-		if err := s.sc.Quit(); err != nil {
+		if err := s.sc.QuitPipelined(); err != nil {
 			broken = err
+		}
+	}
+	s.sc.Close(broken) // every email taken has its fate now
+	var results []*Result
+	seen := map[*email]bool{}
+	for _, em := range taken {
+		if res := em.handle.result(); res != nil && !seen[em] {
+			seen[em] = true
+			results = append(results, res)
 		}
 	}
 	s.ch.Close()
@@ -143,6 +167,10 @@ func (w *worker) take(s *smtpSession) *email {
 	if em == nil {
 		return nil
 	}
+	if w.claim {
+		w.claim = false
+		c.claimed--
+	}
 	em.state = stateEnvelope
 	em.attempts++
 	em.session = s.id
@@ -192,7 +220,7 @@ func (w *worker) open(ctx context.Context, sid string) (*smtpSession, error) {
 	stop := context.AfterFunc(ctx, s.abort)
 	defer stop()
 	if err := s.handshake(ctx); err != nil {
-		ch.Close()
+		s.sc.Close(err)
 		c.setConnState(StateChannelClosed)
 		return nil, s.explain(err)
 	}
@@ -202,7 +230,20 @@ func (w *worker) open(ctx context.Context, sid string) (*smtpSession, error) {
 // handshake runs greeting, EHLO, STARTTLS and AUTH.
 func (s *smtpSession) handshake(ctx context.Context) error {
 	o := s.c.opts
-	var nc net.Conn = smtplog.Wrap(s.ch, s.c.log, "session", s.id)
+	s.sc = smtpc.New(smtplog.Wrap(s.ch, s.c.log, "session", s.id), smtpc.Config{
+		Timeout:      o.CommandTimeout,
+		Window:       o.PipelineWindow,
+		NoPipelining: o.DisablePipelining,
+		Fix:          o.FixLineEndings,
+		Written:      s.ch.Written,
+	})
+	sc := s.sc
+	if err := sc.Greet(); err != nil {
+		return fmt.Errorf("mxrelay: SMTP %w", err)
+	}
+	if err := sc.Hello(o.LocalName); err != nil {
+		return fmt.Errorf("mxrelay: SMTP %w", err)
+	}
 	switch {
 	case o.StartTLS == StartTLSNever:
 	case !s.ch.Binary() && o.StartTLS == StartTLSRequired:
@@ -210,29 +251,36 @@ func (s *smtpSession) handshake(ctx context.Context) error {
 		return fmt.Errorf("%w: STARTTLS needs binary frames and the relay only agreed to JSON text", errPermanentSetup)
 	case !s.ch.Binary():
 		s.c.log.Warn("mxrelay: STARTTLS skipped: the relay only agreed to JSON text frames, which cannot carry TLS", "session", s.id)
+	case !sc.Has("STARTTLS") && o.StartTLS == StartTLSRequired:
+		return fmt.Errorf("%w: the SMTP server does not offer STARTTLS", errPermanentSetup)
+	case !sc.Has("STARTTLS"):
 	default:
-		tc, err := s.startTLS(ctx, nc)
-		if err != nil {
-			return err
+		cfg := o.TLSConfig.Clone()
+		if cfg == nil {
+			cfg = &tls.Config{}
 		}
-		nc = tc
+		if cfg.ServerName == "" {
+			// Without a name from the caller, check the certificate against
+			// the name the server gave in its greeting.
+			cfg.ServerName = sc.ServerName()
+		}
+		if err := sc.StartTLS(ctx, cfg, o.LocalName); err != nil {
+			var se *SMTPError
+			if o.StartTLS == StartTLSRequired && !errors.As(err, &se) {
+				return fmt.Errorf("%w: %w", errPermanentSetup, err)
+			}
+			return fmt.Errorf("mxrelay: %w", err)
+		}
 	}
-	s.watch = &endWatch{Conn: nc, written: s.ch.Written}
-	sc := smtp.NewClient(s.watch)
-	sc.CommandTimeout = o.CommandTimeout
-	sc.SubmissionTimeout = o.CommandTimeout
-	if err := sc.Hello(o.LocalName); err != nil {
-		return fmt.Errorf("mxrelay: SMTP greeting: %w", err)
-	}
-	s.sc = sc
 	if o.Username == "" {
 		return nil
 	}
+	mechs, _ := sc.Ext("AUTH")
 	var a sasl.Client
 	switch {
-	case sc.SupportsAuth(sasl.Plain):
+	case hasWord(mechs, sasl.Plain):
 		a = sasl.NewPlainClient("", o.Username, o.Password)
-	case sc.SupportsAuth(sasl.Login):
+	case hasWord(mechs, sasl.Login):
 		a = sasl.NewLoginClient(o.Username, o.Password)
 	default:
 		return fmt.Errorf("%w: the SMTP server offers neither AUTH PLAIN nor AUTH LOGIN", errPermanentSetup)
@@ -240,266 +288,213 @@ func (s *smtpSession) handshake(ctx context.Context) error {
 	if err := sc.Auth(a); err != nil {
 		var se *SMTPError
 		if errors.As(err, &se) && se.Code/100 == 5 {
-			return fmt.Errorf("%w: SMTP AUTH: %w", errPermanentSetup, err)
+			return fmt.Errorf("%w: SMTP %w", errPermanentSetup, err)
 		}
-		return fmt.Errorf("mxrelay: SMTP AUTH: %w", err)
+		return fmt.Errorf("mxrelay: SMTP %w", err)
 	}
 	return nil
 }
 
-// startTLS reads the greeting, says EHLO and runs STARTTLS when the server
-// offers it, and returns the connection for go-smtp (whose STARTTLS is not
-// exported) with the greeting put back in front, since go-smtp reads one.
-func (s *smtpSession) startTLS(ctx context.Context, nc net.Conn) (net.Conn, error) {
-	o := s.c.opts
-	tp := textproto.NewConn(nc)
-	step := func(expect int, cmd string) (string, error) {
-		nc.SetDeadline(time.Now().Add(o.CommandTimeout))
-		defer nc.SetDeadline(time.Time{})
-		if cmd != "" {
-			if err := tp.PrintfLine("%s", cmd); err != nil {
-				return "", err
-			}
-		}
-		_, msg, err := tp.ReadResponse(expect)
-		var te *textproto.Error
-		if errors.As(err, &te) {
-			return msg, &SMTPError{Code: te.Code, Message: te.Msg}
-		}
-		return msg, err
-	}
-	greeting, err := step(220, "")
-	if err != nil {
-		return nil, fmt.Errorf("mxrelay: SMTP greeting: %w", err)
-	}
-	ehlo, err := step(250, "EHLO "+o.LocalName)
-	if err != nil {
-		return nil, fmt.Errorf("mxrelay: SMTP EHLO: %w", err)
-	}
-	offered := false
-	for _, line := range strings.Split(ehlo, "\n")[1:] {
-		if f := strings.Fields(line); len(f) > 0 && strings.EqualFold(f[0], "STARTTLS") {
-			offered = true
+func hasWord(list, w string) bool {
+	for _, f := range strings.Fields(list) {
+		if strings.EqualFold(f, w) {
+			return true
 		}
 	}
-	// Put the greeting back as the server sent it, multi-line included
-	// (textproto joined its lines with "\n").
-	lines := strings.Split(greeting, "\n")
-	var replay string
-	for i, l := range lines {
-		sep := "-"
-		if i == len(lines)-1 {
-			sep = " "
-		}
-		replay += "220" + sep + l + "\r\n"
-	}
-	if !offered {
-		if o.StartTLS == StartTLSRequired {
-			return nil, fmt.Errorf("%w: the SMTP server does not offer STARTTLS", errPermanentSetup)
-		}
-		return &prefixConn{Conn: nc, prefix: []byte(replay)}, nil
-	}
-	if _, err := step(220, "STARTTLS"); err != nil {
-		return nil, fmt.Errorf("mxrelay: STARTTLS: %w", err)
-	}
-	cfg := o.TLSConfig.Clone()
-	if cfg == nil {
-		cfg = &tls.Config{}
-	}
-	if cfg.ServerName == "" {
-		// Without a name from the caller, check the certificate against the
-		// name the server gave in its greeting.
-		cfg.ServerName, _, _ = strings.Cut(lines[0], " ")
-	}
-	tc := tls.Client(nc, cfg)
-	hctx, cancel := context.WithTimeout(ctx, o.CommandTimeout)
-	defer cancel()
-	if err := tc.HandshakeContext(hctx); err != nil {
-		tc.Close()
-		if o.StartTLS == StartTLSRequired {
-			return nil, fmt.Errorf("%w: STARTTLS handshake: %w", errPermanentSetup, err)
-		}
-		return nil, fmt.Errorf("mxrelay: STARTTLS handshake: %w", err)
-	}
-	return &prefixConn{Conn: tc, prefix: []byte(replay)}, nil
+	return false
 }
 
-// prefixConn returns prefix before the bytes of Conn.
-type prefixConn struct {
-	net.Conn
-	prefix []byte
-}
-
-func (p *prefixConn) Read(b []byte) (int, error) {
-	if len(p.prefix) > 0 {
-		n := copy(b, p.prefix)
-		p.prefix = p.prefix[n:]
-		return n, nil
-	}
-	return p.Conn.Read(b)
-}
-
-// endWatch sits right under go-smtp and remembers the last bytes handed
-// on: the outcome of an email is unknown when its end of data, the line
-// "." after a CRLF, went out and no reply came. A write counts as handed
-// on when it succeeded, or when the channel counted bytes of it as written
-// before it failed (with STARTTLS: any ciphertext of it).
-type endWatch struct {
-	net.Conn
-	written func() int64 // bytes the channel has handed to the WebSocket
-	tail    [5]byte
-	n       int
-}
-
-func (w *endWatch) Write(p []byte) (int, error) {
-	before := w.written()
-	n, err := w.Conn.Write(p)
-	sent := p[:n]
-	if err != nil && w.written() > before {
-		sent = p
-	}
-	// Only the last five bytes matter: shift the old tail by as many as
-	// arrived (at most five) and append the newest, so a large body costs
-	// nothing per byte.
-	k := min(len(sent), len(w.tail))
-	copy(w.tail[:], w.tail[k:])
-	copy(w.tail[len(w.tail)-k:], sent[len(sent)-k:])
-	w.n += len(sent)
-	return n, err
-}
-
-// endWritten reports whether the last bytes handed on were "\r\n.\r\n".
-func (w *endWatch) endWritten() bool {
-	return w.n >= 5 && string(w.tail[:]) == "\r\n.\r\n"
-}
-
-// errRead marks an error of the email's body reader.
-type errRead struct{ err error }
-
-func (e *errRead) Error() string { return e.err.Error() }
-func (e *errRead) Unwrap() error { return e.err }
-
-type bodyReader struct{ r io.Reader }
-
-func (b bodyReader) Read(p []byte) (int, error) {
-	n, err := b.r.Read(p)
-	if err != nil && err != io.EOF {
-		err = &errRead{err}
-	}
-	return n, err
-}
-
-// send runs em's transaction. A non-nil error means the session cannot go
-// on (the connection broke, a 421, a failed RSET); em's own fate is decided
-// here in every case.
+// send starts em's transaction. Its fate is decided by decide, when the
+// replies are in. A non-nil error means the session cannot go on.
 func (s *smtpSession) send(em *email) error {
 	c := s.c
 	start := time.Now()
 	c.mu.Lock()
-	pending := em.pending
+	rcpts := append([]string(nil), em.pending...)
 	canceled := em.canceled
+	if !s.sc.Windowed() {
+		em.abort = s.abort // a cancel must not wait for a reply
+	}
 	c.mu.Unlock()
 	if canceled != nil {
 		c.fail(em, canceled)
 		return nil
 	}
 	r, err := em.body.open()
-	if err != nil {
-		c.fail(em, err)
-		return nil
-	}
-	if !s.ch.Binary() {
-		ok, err := validUTF8(r)
-		if err == nil && !ok {
+	if err == nil && !s.ch.Binary() {
+		var ok bool
+		if ok, err = validUTF8(r); err == nil && !ok {
 			err = ErrNotUTF8
 		}
 		if err == nil {
 			r, err = em.body.open()
 		}
-		if err != nil {
-			c.fail(em, err)
-			return nil
+	}
+	var tx *smtpc.Tx
+	if err == nil {
+		tx, err = s.build(em, rcpts)
+	}
+	if err != nil {
+		c.fail(em, err)
+		return nil
+	}
+	tx.Body = r
+	tx.Canceled = func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return em.canceled != nil
+	}
+	tx.BeforeEnd = func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if em.canceled != nil {
+			return false
+		}
+		em.state = stateReply
+		em.abort = nil
+		return true
+	}
+	tx.Done = func(res *smtpc.Result) { s.decide(em, rcpts, res, start) }
+	if err := s.sc.Send(tx); err != nil {
+		return fmt.Errorf("mxrelay: session %s: %w", s.id, s.explain(err))
+	}
+	return nil
+}
+
+// build makes em's MAIL and RCPT commands with the parameters the server
+// offers; an error is the email's (a parameter the server cannot take).
+func (s *smtpSession) build(em *email, rcpts []string) (*smtpc.Tx, error) {
+	mail, err := s.sc.MailCommand(em.from, em.mailOpts, em.body.wire, rcpts)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidEmail, err)
+	}
+	tx := &smtpc.Tx{Mail: mail, Rcpts: make([]string, len(rcpts))}
+	for i, to := range rcpts {
+		if tx.Rcpts[i], err = s.sc.RcptCommand(to, em.rcptOpts[to]); err != nil {
+			return nil, fmt.Errorf("%w: recipient %s: %w", ErrInvalidEmail, to, err)
 		}
 	}
-	if err := s.sc.Mail(em.from, &smtp.MailOptions{Size: em.body.size}); err != nil {
-		return s.txFailed(em, err)
-	}
+	return tx, nil
+}
+
+// decide gives em its fate from the result of its transaction: delivered
+// only on a 2xx to its own end of data, and per recipient by the replies
+// to its RCPTs.
+func (s *smtpSession) decide(em *email, rcpts []string, res *smtpc.Result, start time.Time) {
+	c := s.c
 	var accepted []string
 	var temp, perm []RecipientError
-	for _, to := range pending {
-		err := s.sc.Rcpt(to, nil)
-		if err == nil {
+	var pending []string
+	for i, to := range rcpts {
+		var e *SMTPError
+		if res.Mail == nil && i < res.RcptAnswered {
+			e = res.Rcpt[i]
+		}
+		switch {
+		case res.Mail != nil || i >= res.RcptAnswered:
+			pending = append(pending, to) // not decided by this attempt
+		case e == nil:
 			accepted = append(accepted, to)
-			continue
-		}
-		var se *SMTPError
-		if !errors.As(err, &se) || se.Code == 421 {
-			return s.txFailed(em, err)
-		}
-		if se.Code/100 == 5 {
-			perm = append(perm, RecipientError{Address: to, Err: se})
-		} else {
-			temp = append(temp, RecipientError{Address: to, Err: se})
+			pending = append(pending, to)
+		case e.Code/100 == 5:
+			perm = append(perm, RecipientError{Address: to, Err: e})
+		default:
+			temp = append(temp, RecipientError{Address: to, Err: e})
+			pending = append(pending, to)
 		}
 	}
 	// A 5xx to RCPT is final whatever happens to the rest of this
 	// transaction; the others stay pending until the end of data decides.
 	c.mu.Lock()
 	em.rejected = append(em.rejected, perm...)
-	em.pending = append(append([]string(nil), accepted...), addresses(temp)...)
+	em.pending = pending
+	canceled := em.canceled
 	c.mu.Unlock()
-	if len(accepted) == 0 {
-		brk := s.reset()
-		if len(temp) > 0 {
-			s.w.retryOrFail(em, temp[0].Err, temp)
+
+	delivered := res.Err == nil && res.Mail == nil && len(accepted) > 0 &&
+		res.End != nil && res.End.Code/100 == 2
+	switch {
+	case delivered:
+		c.mu.Lock()
+		em.accepted = append(em.accepted, accepted...)
+		em.pending = addresses(temp)
+		em.reply = Reply{Code: res.End.Code, EnhancedCode: res.End.Enhanced, Message: res.End.Message}
+		em.txTime = time.Since(start)
+		c.mu.Unlock()
+		if len(temp) > 0 && s.w.retryOrFail(em, temp[0].Err, temp) {
+			return // delivered to some; the others are retried
+		}
+		c.finish(em, nil)
+	case res.Err != nil:
+		s.incomplete(em, res, canceled)
+	case len(pending) == 0 && len(perm) > 0:
+		c.fail(em, perm[0].Err)
+	case res.Mail != nil:
+		s.refused(em, res.Mail, canceled)
+	case len(accepted) == 0 && len(temp) > 0:
+		s.w.retryOrFail(em, temp[0].Err, temp)
+	case len(accepted) == 0:
+		c.fail(em, &ProtocolError{Err: errors.New("SMTP: no reply to RCPT")})
+	case res.DataCmd != nil:
+		s.refused(em, res.DataCmd, canceled)
+	case res.End != nil:
+		s.refused(em, res.End.Err(), canceled)
+	default:
+		s.w.retryOrFail(em, &ProtocolError{Err: errors.New("SMTP: no reply to the end of data")}, nil)
+	}
+}
+
+// refused decides em's fate after the server refused its transaction.
+func (s *smtpSession) refused(em *email, se *SMTPError, canceled error) {
+	switch {
+	case canceled != nil:
+		// The server answered after the cancel: show both.
+		s.c.fail(em, fmt.Errorf("%w (last attempt: %w)", canceled, se))
+	case se.Code/100 == 5:
+		s.c.fail(em, se)
+	default:
+		s.w.retryOrFail(em, se, nil)
+	}
+}
+
+// incomplete decides em's fate when its transaction did not run to its
+// end: withdrawn, a bad body, an unknown outcome, or a broken connection.
+func (s *smtpSession) incomplete(em *email, res *smtpc.Result, canceled error) {
+	c := s.c
+	c.mu.Lock()
+	pending := em.pending
+	var rejected error
+	if len(em.rejected) > 0 {
+		rejected = em.rejected[0].Err
+	}
+	c.mu.Unlock()
+	var se *SMTPError
+	switch {
+	case errors.Is(res.Err, smtpc.ErrWithdrawn) && canceled != nil:
+		c.fail(em, canceled)
+	case res.Body != nil && errors.Is(res.Body, smtpc.ErrBareLineEnding):
+		c.fail(em, fmt.Errorf("%w: %w", ErrInvalidEmail, res.Body))
+	case res.Body != nil:
+		c.fail(em, fmt.Errorf("%w: %w", errBody, res.Body))
+	case len(pending) == 0 && rejected != nil:
+		c.fail(em, rejected)
+	case res.Unknown:
+		err := &UnknownOutcomeError{Err: s.explain(res.Err)}
+		c.mu.Lock()
+		em.unknown = true
+		c.mu.Unlock()
+		if c.opts.RetryUnknown {
+			s.w.retryOrFail(em, err, nil)
 		} else {
-			c.fail(em, perm[0].Err)
+			c.fail(em, err)
 		}
-		return brk
+	case canceled != nil:
+		c.fail(em, canceled) // the error is our own closing of the channel
+	case errors.As(res.Err, &se):
+		s.refused(em, se, nil)
+	default:
+		s.w.retryOrFail(em, s.explain(res.Err), nil)
 	}
-	wc, err := s.sc.Data()
-	if err != nil {
-		return s.txFailed(em, err)
-	}
-	if _, err := io.Copy(wc, bodyReader{r}); err != nil {
-		// The end of data must never follow a partial body: drop the channel.
-		s.ch.Close()
-		var re *errRead
-		if errors.As(err, &re) {
-			c.fail(em, fmt.Errorf("%w: %w", errBody, re.err))
-			return fmt.Errorf("mxrelay: session %s: body of %s unreadable", s.id, em.id)
-		}
-		return s.txFailed(em, err)
-	}
-	c.mu.Lock()
-	canceled = em.canceled
-	em.state = stateReply
-	em.abort = nil
-	c.mu.Unlock()
-	if canceled != nil {
-		// Cancel came after the body and before the end of data: the channel
-		// is closed and the end of data will not be written.
-		s.ch.Close()
-	}
-	resp, err := wc.CloseWithResponse()
-	if err != nil {
-		var se *SMTPError
-		if !errors.As(err, &se) && s.watch.endWritten() {
-			err = &UnknownOutcomeError{Err: err}
-		}
-		return s.txFailed(em, err)
-	}
-	c.mu.Lock()
-	em.accepted = append(em.accepted, accepted...)
-	em.pending = addresses(temp)
-	em.reply = parseReply(resp.StatusText)
-	em.txTime = time.Since(start)
-	c.mu.Unlock()
-	if len(temp) > 0 && s.w.retryOrFail(em, temp[0].Err, temp) {
-		return nil // delivered to some; the others are retried
-	}
-	c.finish(em, nil)
-	return nil
 }
 
 func addresses(rs []RecipientError) []string {
@@ -510,29 +505,6 @@ func addresses(rs []RecipientError) []string {
 	return out
 }
 
-// parseReply splits go-smtp's status text ("2.0.0 Ok: queued") into a Reply.
-func parseReply(text string) Reply {
-	r := Reply{Code: 250, Message: text}
-	code, rest, ok := strings.Cut(text, " ")
-	if !ok {
-		return r
-	}
-	parts := strings.Split(code, ".")
-	if len(parts) != 3 {
-		return r
-	}
-	var ec [3]int
-	for i, p := range parts {
-		n, err := strconv.Atoi(p)
-		if err != nil {
-			return r
-		}
-		ec[i] = n
-	}
-	r.EnhancedCode, r.Message = ec, rest
-	return r
-}
-
 // explain gives a failure of the channel its package type (RelayError,
 // ProtocolError, ErrAuthFailed) and, when the relay ended the channel, why.
 func (s *smtpSession) explain(err error) error {
@@ -541,63 +513,6 @@ func (s *smtpSession) explain(err error) error {
 		err = fmt.Errorf("%w (%v)", err, cause)
 	}
 	return err
-}
-
-// reset sends RSET after a failed transaction; an error means the session
-// cannot go on.
-func (s *smtpSession) reset() error {
-	if err := s.sc.Reset(); err != nil {
-		return fmt.Errorf("mxrelay: session %s: RSET: %w", s.id, err)
-	}
-	return nil
-}
-
-// txFailed decides em's fate after its transaction failed with err, and
-// says whether the session can go on.
-func (s *smtpSession) txFailed(em *email, err error) error {
-	c := s.c
-	c.mu.Lock()
-	canceled := em.canceled
-	c.mu.Unlock()
-	var se *SMTPError
-	isSMTP := errors.As(err, &se)
-	var unknown *UnknownOutcomeError
-	isUnknown := errors.As(err, &unknown)
-
-	var brk error
-	switch {
-	case isSMTP && se.Code != 421:
-		brk = s.reset()
-	case isSMTP:
-		brk = fmt.Errorf("mxrelay: session %s: server closing: %w", s.id, err)
-	default:
-		err = s.explain(err)
-		brk = fmt.Errorf("mxrelay: session %s: %w", s.id, err)
-		if isUnknown {
-			err = &UnknownOutcomeError{Err: unknown.Err}
-		}
-	}
-	switch {
-	case isUnknown:
-		c.mu.Lock()
-		em.unknown = true
-		c.mu.Unlock()
-		if c.opts.RetryUnknown {
-			s.w.retryOrFail(em, err, nil)
-		} else {
-			c.fail(em, err)
-		}
-	case canceled != nil && isSMTP:
-		// The server answered after the cancel: show both.
-		c.fail(em, fmt.Errorf("%w (last attempt: %w)", canceled, err))
-	case canceled != nil:
-		c.fail(em, canceled) // the error is our own closing of the channel
-	case isSMTP && se.Code/100 == 5:
-		c.fail(em, err)
-	default:
-		s.w.retryOrFail(em, err, nil)
-	}
-	return brk
 }
 
 // retryOrFail puts em back in the queue for a retry after a temporary

@@ -1,0 +1,129 @@
+package smtpc
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+)
+
+// ErrBareLineEnding is a CR not followed by LF, or an LF not preceded by CR,
+// in a message body: RFC 5321 §2.3.8 forbids sending them, and servers
+// that read them as line ends are how SMTP smuggling works.
+var ErrBareLineEnding = errors.New("bare CR or LF in the body")
+
+// Encoder turns a message body into what goes on the wire: line endings
+// checked (or, with Fix, every bare CR and bare LF made a CRLF), a final
+// CRLF added when the body does not end with one, and, with Stuff, a dot
+// doubled at the start of each line (DATA's transparency, RFC 5321
+// §4.5.2). It holds no more than one pending CR between calls.
+type Encoder struct {
+	Fix   bool // make bare CR and bare LF into CRLF instead of refusing them
+	Stuff bool // dot-stuff, for DATA
+
+	midLine bool // the last byte emitted was not the LF of a CRLF
+	cr      bool // a CR is held back until the next byte says what it is
+	offset  int64
+}
+
+// Encode appends src, encoded, to dst.
+func (e *Encoder) Encode(dst, src []byte) ([]byte, error) {
+	for len(src) > 0 {
+		if e.cr {
+			e.cr = false
+			if src[0] == '\n' {
+				dst = append(dst, '\r', '\n')
+				e.midLine = false
+				src = src[1:]
+				e.offset++
+				continue
+			}
+			if !e.Fix {
+				return dst, fmt.Errorf("%w: CR without LF at offset %d", ErrBareLineEnding, e.offset-1)
+			}
+			dst = append(dst, '\r', '\n')
+			e.midLine = false
+		}
+		if !e.midLine && e.Stuff && src[0] == '.' {
+			dst = append(dst, '.')
+		}
+		i := bytes.IndexAny(src, "\r\n")
+		if i < 0 {
+			dst = append(dst, src...)
+			e.offset += int64(len(src))
+			e.midLine = true
+			return dst, nil
+		}
+		dst = append(dst, src[:i]...)
+		if i > 0 {
+			e.midLine = true
+		}
+		e.offset += int64(i) + 1
+		if src[i] == '\r' {
+			e.cr = true
+			src = src[i+1:]
+			continue
+		}
+		// A bare LF.
+		if !e.Fix {
+			return dst, fmt.Errorf("%w: LF without CR at offset %d", ErrBareLineEnding, e.offset-1)
+		}
+		dst = append(dst, '\r', '\n')
+		e.midLine = false
+		src = src[i+1:]
+	}
+	return dst, nil
+}
+
+// Close appends what the end of the body needs: a held-back CR's fate and a
+// final CRLF.
+func (e *Encoder) Close(dst []byte) ([]byte, error) {
+	if e.cr {
+		e.cr = false
+		if !e.Fix {
+			return dst, fmt.Errorf("%w: CR without LF at offset %d", ErrBareLineEnding, e.offset-1)
+		}
+		dst = append(dst, '\r', '\n')
+		e.midLine = false
+	}
+	if e.midLine {
+		dst = append(dst, '\r', '\n')
+		e.midLine = false
+	}
+	return dst, nil
+}
+
+// Sizer counts what an Encoder would make of the bytes written to it: it
+// is how SIZE= is known, and a bad body refused, before anything is sent.
+type Sizer struct {
+	e   Encoder
+	n   int64
+	buf []byte
+}
+
+// NewSizer returns a Sizer for a body encoded without dot-stuffing (SIZE
+// counts the message, not its DATA transparency).
+func NewSizer(fix bool) *Sizer { return &Sizer{e: Encoder{Fix: fix}} }
+
+// Write implements io.Writer; it fails on a bare line ending unless fix.
+func (s *Sizer) Write(p []byte) (int, error) {
+	n := len(p)
+	for len(p) > 0 {
+		k := min(len(p), 32<<10)
+		var err error
+		s.buf, err = s.e.Encode(s.buf[:0], p[:k])
+		s.n += int64(len(s.buf))
+		if err != nil {
+			return 0, err
+		}
+		p = p[k:]
+	}
+	return n, nil
+}
+
+// Size finishes and returns the encoded size.
+func (s *Sizer) Size() (int64, error) {
+	var err error
+	s.buf, err = s.e.Close(s.buf[:0])
+	s.n += int64(len(s.buf))
+	return s.n, err
+}

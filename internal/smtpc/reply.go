@@ -1,0 +1,145 @@
+package smtpc
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/emersion/go-smtp"
+)
+
+// Limits on what a server may send in one reply. RFC 5321 §4.5.3.1.5 allows
+// 512 octets per reply line; we allow more for servers that exceed it, and
+// bound the lines so that an endless "250-" cannot grow memory without end.
+const (
+	MaxReplyLine  = 4096
+	MaxReplyLines = 256
+)
+
+// ErrProtocol marks a reply that breaks SMTP's grammar or is not one the
+// command allows (a 3xx where none is expected, a reply with no command).
+var ErrProtocol = errors.New("smtp protocol error")
+
+// Reply is one SMTP reply: its code, enhanced status code (zero when the
+// server sent none) and text, lines joined with "\n".
+type Reply struct {
+	Code     int
+	Enhanced smtp.EnhancedCode
+	Message  string
+}
+
+// Err returns the reply as a *smtp.SMTPError.
+func (r Reply) Err() *smtp.SMTPError {
+	return &smtp.SMTPError{Code: r.Code, EnhancedCode: r.Enhanced, Message: r.Message}
+}
+
+func (r Reply) String() string { return fmt.Sprintf("%d %s", r.Code, r.Message) }
+
+// replyReader reads replies from a bufio.Reader. A read that fails (a
+// deadline, say) keeps what it had of the current line, so the next call
+// goes on where it stopped.
+type replyReader struct {
+	br    *bufio.Reader
+	line  []byte   // the current line so far
+	lines []string // the reply's lines so far
+	code  int
+}
+
+func (rr *replyReader) readLine() (string, error) {
+	for {
+		frag, err := rr.br.ReadSlice('\n')
+		if len(rr.line)+len(frag) > MaxReplyLine+2 {
+			return "", fmt.Errorf("%w: reply line longer than %d octets", ErrProtocol, MaxReplyLine)
+		}
+		rr.line = append(rr.line, frag...)
+		if err == bufio.ErrBufferFull {
+			continue
+		}
+		if err != nil {
+			return "", err
+		}
+		l := rr.line
+		rr.line = rr.line[:0]
+		l = bytes.TrimSuffix(bytes.TrimSuffix(l, []byte("\n")), []byte("\r"))
+		return string(l), nil
+	}
+}
+
+// read returns the next whole reply.
+func (rr *replyReader) read() (Reply, error) {
+	for {
+		line, err := rr.readLine()
+		if err != nil {
+			return Reply{}, err
+		}
+		code, more, text, err := parseLine(line)
+		if err != nil {
+			rr.lines, rr.code = rr.lines[:0], 0
+			return Reply{}, err
+		}
+		if len(rr.lines) > 0 && code != rr.code {
+			return Reply{}, fmt.Errorf("%w: reply code %d in the middle of a %d reply", ErrProtocol, code, rr.code)
+		}
+		if len(rr.lines) >= MaxReplyLines {
+			return Reply{}, fmt.Errorf("%w: reply of more than %d lines", ErrProtocol, MaxReplyLines)
+		}
+		rr.code = code
+		rr.lines = append(rr.lines, text)
+		if more {
+			continue
+		}
+		r := Reply{Code: code}
+		r.Enhanced, rr.lines[0] = parseEnhanced(code, rr.lines[0])
+		r.Message = strings.Join(rr.lines, "\n")
+		rr.lines, rr.code = rr.lines[:0], 0
+		return r, nil
+	}
+}
+
+// parseLine splits "250-text" or "250 text" (or a bare "250").
+func parseLine(line string) (code int, more bool, text string, err error) {
+	if len(line) < 3 || len(line) > 3 && line[3] != ' ' && line[3] != '-' {
+		return 0, false, "", fmt.Errorf("%w: malformed reply line %.40q", ErrProtocol, line)
+	}
+	for i := 0; i < 3; i++ {
+		if line[i] < '0' || line[i] > '9' {
+			return 0, false, "", fmt.Errorf("%w: malformed reply code %.40q", ErrProtocol, line)
+		}
+	}
+	code, _ = strconv.Atoi(line[:3])
+	if code < 200 || code > 599 {
+		return 0, false, "", fmt.Errorf("%w: reply code %d out of range", ErrProtocol, code)
+	}
+	if len(line) == 3 {
+		return code, false, "", nil
+	}
+	return code, line[3] == '-', line[4:], nil
+}
+
+// parseEnhanced takes an RFC 3463 status code ("2.1.0 ") off the front of
+// text when its class matches the reply's.
+func parseEnhanced(code int, text string) (smtp.EnhancedCode, string) {
+	var ec smtp.EnhancedCode
+	head, rest, ok := strings.Cut(text, " ")
+	if !ok {
+		head, rest = text, ""
+	}
+	parts := strings.Split(head, ".")
+	if len(parts) != 3 {
+		return ec, text
+	}
+	for i, p := range parts {
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 0 || len(p) > 3 {
+			return smtp.EnhancedCode{}, text
+		}
+		ec[i] = n
+	}
+	if ec[0] != code/100 {
+		return smtp.EnhancedCode{}, text
+	}
+	return ec, rest
+}
