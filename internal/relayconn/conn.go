@@ -580,19 +580,30 @@ func (c *Conn) heartbeat() {
 			return
 		case <-t.C:
 		}
-		ctx := c.ctx
-		var cancel context.CancelFunc = func() {}
+		// Ping runs on the connection's context and our timer decides:
+		// coder/websocket closes the socket when a Ping's context ends, and
+		// the reader would then record "closed" before the timeout is known.
+		pong := make(chan error, 1)
+		go func() { pong <- c.ws.Ping(c.ctx) }()
+		var expired <-chan time.Time
+		timer := time.NewTimer(c.cfg.HeartbeatTimeout)
 		if c.cfg.HeartbeatTimeout > 0 {
-			ctx, cancel = context.WithTimeout(c.ctx, c.cfg.HeartbeatTimeout)
+			expired = timer.C
 		}
-		err := c.ws.Ping(ctx)
-		cancel()
-		if err != nil {
+		select {
+		case err := <-pong:
+			timer.Stop()
+			if err == nil {
+				continue
+			}
 			if c.ctx.Err() != nil {
 				return
 			}
+			c.request(closeRequest{now: true}, fmt.Errorf("heartbeat: %w", err))
+		case <-expired:
 			c.request(closeRequest{now: true}, fmt.Errorf("heartbeat: no pong within %v: %w", c.cfg.HeartbeatTimeout, ErrTimeout))
-			return
+			<-pong // ends with the connection
 		}
+		return
 	}
 }
