@@ -13,13 +13,15 @@ var ErrBareLineEnding = errors.New("bare CR or LF in the body")
 
 // Encoder turns a message body into what goes on the wire: line endings
 // checked (or, with Fix, every bare CR and bare LF made a CRLF), a final
-// CRLF added when the body does not end with one, and, with Stuff, a dot
+// CRLF added when the body does not end with one (an empty body becomes
+// one CRLF), and, with Stuff, a dot
 // doubled at the start of each line (DATA's transparency, RFC 5321
 // §4.5.2). It holds no more than one pending CR between calls.
 type Encoder struct {
 	Fix   bool // make bare CR and bare LF into CRLF instead of refusing them
 	Stuff bool // dot-stuff, for DATA
 
+	some    bool // a byte was seen
 	midLine bool // the last byte emitted was not the LF of a CRLF
 	cr      bool // a CR is held back until the next byte says what it is
 	offset  int64
@@ -27,6 +29,7 @@ type Encoder struct {
 
 // Encode appends src, encoded, to dst.
 func (e *Encoder) Encode(dst, src []byte) ([]byte, error) {
+	e.some = e.some || len(src) > 0
 	for len(src) > 0 {
 		if e.cr {
 			e.cr = false
@@ -85,9 +88,10 @@ func (e *Encoder) Close(dst []byte) ([]byte, error) {
 		dst = append(dst, '\r', '\n')
 		e.midLine = false
 	}
-	if e.midLine {
+	if e.midLine || !e.some {
+		// An empty body is one empty line, as textproto's DotWriter makes it.
 		dst = append(dst, '\r', '\n')
-		e.midLine = false
+		e.midLine, e.some = false, true
 	}
 	return dst, nil
 }

@@ -195,12 +195,14 @@ func (c *Client) readLoop() {
 			}
 		}
 		p.mu.Unlock()
+		if fin {
+			c.finalize(tx)
+		}
+		// Signalled after the result is out, so that a writer woken by it
+		// sees the transaction gone.
 		select {
 		case p.progress <- struct{}{}:
 		default:
-		}
-		if fin {
-			c.finalize(tx)
 		}
 		if err == nil && r.Code == 421 {
 			err = r.Err()
