@@ -51,11 +51,12 @@ type conn struct {
 }
 
 func (c *conn) Write(p []byte) (int, error) {
-	n, err := c.Conn.Write(p)
+	// Logged before the write: with pipelining the replies can come back
+	// before Write returns, and they must find their commands in the log.
 	c.mu.Lock()
-	c.wrote(p[:n])
+	c.wrote(p)
 	c.mu.Unlock()
-	return n, err
+	return c.Conn.Write(p)
 }
 
 func (c *conn) Read(p []byte) (int, error) {
