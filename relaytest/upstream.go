@@ -25,14 +25,19 @@ type Message struct {
 	// Data is exactly what the backend received: a DATA body after
 	// dot-unstuffing and without its final "." line, or the BDAT chunks
 	// end to end. Line ends are as sent.
-	Data     []byte
-	User     string    // SMTP AUTH user, "" if none
-	Session  int       // 1-based sequence number of the upstream SMTP connection that delivered it
-	Received time.Time // when the end of data was received
+	Data []byte
+	// MailOptions are the MAIL parameters as go-smtp's server parsed them;
+	// RcptOptions the RCPT parameters, one per address in To.
+	MailOptions smtp.MailOptions
+	RcptOptions []smtp.RcptOptions
+	User        string    // SMTP AUTH user, "" if none
+	Session     int       // 1-based sequence number of the upstream SMTP connection that delivered it
+	Received    time.Time // when the end of data was received
 }
 
 func (m Message) clone() Message {
 	m.To = slices.Clone(m.To)
+	m.RcptOptions = slices.Clone(m.RcptOptions)
 	m.Data = slices.Clone(m.Data)
 	return m
 }
@@ -116,6 +121,8 @@ func (s *Server) startSMTP() {
 	srv.AllowInsecureAuth = true
 	srv.EnableSMTPUTF8 = true
 	srv.EnableBINARYMIME = true // 8BITMIME and CHUNKING are always on
+	srv.EnableDSN = true
+	srv.EnableREQUIRETLS = true // offered only after STARTTLS
 	srv.MaxMessageBytes = s.opts.MaxMessageBytes
 	srv.TLSConfig = s.opts.TLSConfig
 	srv.ErrorLog = smtpLogger{s.log}
@@ -225,10 +232,12 @@ type session struct {
 	addr string // the relay's end of the connection
 	seq  int
 
-	mu   sync.Mutex
-	user string
-	from string
-	to   []string
+	mu    sync.Mutex
+	user  string
+	from  string
+	to    []string
+	mopts smtp.MailOptions
+	ropts []smtp.RcptOptions
 }
 
 func (se *session) AuthMechanisms() []string {
@@ -270,20 +279,29 @@ func (se *session) login(username, password string) error {
 	return nil
 }
 
-func (se *session) Mail(from string, _ *smtp.MailOptions) error {
+func (se *session) Mail(from string, opts *smtp.MailOptions) error {
 	se.mu.Lock()
 	defer se.mu.Unlock()
 	if len(se.s.opts.Users) > 0 && se.user == "" {
 		return errAuthRequired
 	}
 	se.from = from
-	se.to = nil
+	se.to, se.ropts = nil, nil
+	se.mopts = smtp.MailOptions{}
+	if opts != nil {
+		se.mopts = *opts
+	}
 	return nil
 }
 
-func (se *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+func (se *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	se.mu.Lock()
 	se.to = append(se.to, to)
+	var o smtp.RcptOptions
+	if opts != nil {
+		o = *opts
+	}
+	se.ropts = append(se.ropts, o)
 	se.mu.Unlock()
 	return nil
 }
@@ -300,12 +318,14 @@ func (se *session) Data(r io.Reader) error {
 	}
 	se.mu.Lock()
 	m := Message{
-		From:     se.from,
-		To:       slices.Clone(se.to),
-		Data:     data,
-		User:     se.user,
-		Session:  se.seq,
-		Received: time.Now(),
+		From:        se.from,
+		To:          slices.Clone(se.to),
+		Data:        data,
+		MailOptions: se.mopts,
+		RcptOptions: slices.Clone(se.ropts),
+		User:        se.user,
+		Session:     se.seq,
+		Received:    time.Now(),
 	}
 	se.mu.Unlock()
 	se.s.deliver(se.addr, m)
@@ -315,7 +335,7 @@ func (se *session) Data(r io.Reader) error {
 func (se *session) Reset() {
 	se.mu.Lock()
 	se.from = ""
-	se.to = nil
+	se.to, se.ropts = nil, nil
 	se.mu.Unlock()
 }
 
