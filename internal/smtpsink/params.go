@@ -63,99 +63,88 @@ func splitParams(b []byte) ([]param, string) {
 	return ps, ""
 }
 
-func unsupported(key string) string { return "555 5.5.4 Unsupported parameter " + key }
-func badValue(key string) string    { return "501 5.5.4 Bad " + key + " parameter value" }
+// rule is what a server accepts of one parameter: off says whether its
+// extension is switched off, valid checks its value.
+type rule struct {
+	off   func(*Options) bool
+	valid func(param) bool
+}
+
+func neverOff(*Options) bool { return false }
+func noValue(p param) bool   { return !p.hasValue }
+func oneOf(vs ...string) func(param) bool {
+	return func(p param) bool {
+		for _, v := range vs {
+			if strings.EqualFold(p.value, v) {
+				return true
+			}
+		}
+		return false
+	}
+}
+
+func dsnOff(o *Options) bool { return o.DisableDSN }
+
+var mailRules = map[string]rule{
+	"SIZE":       {func(o *Options) bool { return o.DisableSize }, func(p param) bool { return isDigits(p.value) && len(p.value) <= 18 }},
+	"BODY":       {func(o *Options) bool { return o.Disable8BitMIME }, oneOf("7BIT", "8BITMIME")},
+	"SMTPUTF8":   {func(o *Options) bool { return o.DisableSMTPUTF8 }, noValue},
+	"RET":        {dsnOff, oneOf("FULL", "HDRS")},
+	"ENVID":      {dsnOff, func(p param) bool { return len(p.value) <= 100 && isXtext(p.value) }},
+	"REQUIRETLS": {neverOff, noValue},
+	"AUTH":       {neverOff, func(p param) bool { return p.value == "<>" || isXtext(p.value) }},
+}
+
+var rcptRules = map[string]rule{
+	"NOTIFY": {dsnOff, func(p param) bool { return validNotify(p.value) }},
+	"ORCPT": {dsnOff, func(p param) bool {
+		typ, addr, found := strings.Cut(p.value, ";")
+		return found && typ != "" && addr != "" && len(addr) <= 500 && isAtom(typ) && !strings.ContainsAny(addr, " \t\r\n")
+	}},
+}
+
+// checkParams checks a parameter list against rules and returns the
+// parameters, or a reply refusing the command: 555 for a parameter that is
+// unknown, of an extension switched off, or given after HELO; 501 for a
+// bad value or a repeated parameter.
+func (se *session) checkParams(b []byte, rules map[string]rule) ([]param, string) {
+	ps, msg := splitParams(b)
+	if msg != "" {
+		return nil, msg
+	}
+	if len(ps) > 0 && !se.esmtp {
+		return nil, "555 5.5.4 Parameters need EHLO"
+	}
+	for _, p := range ps {
+		r, ok := rules[p.key]
+		if !ok || r.off(&se.s.opts) {
+			return nil, "555 5.5.4 Unsupported parameter " + p.key
+		}
+		if !r.valid(p) {
+			return nil, "501 5.5.4 Bad " + p.key + " parameter value"
+		}
+	}
+	return ps, ""
+}
 
 // mailParams checks MAIL's parameters and returns the declared SIZE, or a
 // reply refusing the command.
 func (se *session) mailParams(b []byte) (int64, string) {
-	ps, msg := splitParams(b)
-	if msg != "" {
-		return 0, msg
-	}
-	if len(ps) > 0 && !se.esmtp {
-		return 0, "555 5.5.4 Parameters need EHLO"
-	}
-	o := &se.s.opts
+	ps, msg := se.checkParams(b, mailRules)
 	var size int64
 	for _, p := range ps {
-		ok := true
-		switch p.key {
-		case "SIZE":
-			if o.DisableSize {
-				return 0, unsupported(p.key)
-			}
-			n, err := strconv.ParseInt(p.value, 10, 64)
-			ok = err == nil && n >= 0 && isDigits(p.value)
-			size = n
-		case "BODY":
-			if o.Disable8BitMIME {
-				return 0, unsupported(p.key)
-			}
-			v := strings.ToUpper(p.value)
-			ok = v == "7BIT" || v == "8BITMIME"
-		case "SMTPUTF8":
-			if o.DisableSMTPUTF8 {
-				return 0, unsupported(p.key)
-			}
-			ok = !p.hasValue
-		case "RET":
-			if o.DisableDSN {
-				return 0, unsupported(p.key)
-			}
-			v := strings.ToUpper(p.value)
-			ok = v == "FULL" || v == "HDRS"
-		case "ENVID":
-			if o.DisableDSN {
-				return 0, unsupported(p.key)
-			}
-			ok = len(p.value) <= 100 && isXtext(p.value)
-		case "REQUIRETLS":
-			ok = !p.hasValue
-		case "AUTH":
-			ok = p.value == "<>" || isXtext(p.value)
-		default:
-			return 0, unsupported(p.key)
-		}
-		if !ok {
-			return 0, badValue(p.key)
+		if p.key == "SIZE" {
+			size, _ = strconv.ParseInt(p.value, 10, 64)
 		}
 	}
-	return size, ""
+	return size, msg
 }
 
 // rcptParams checks RCPT's parameters and returns a reply refusing the
 // command, or "".
 func (se *session) rcptParams(b []byte) string {
-	ps, msg := splitParams(b)
-	if msg != "" {
-		return msg
-	}
-	if len(ps) > 0 && !se.esmtp {
-		return "555 5.5.4 Parameters need EHLO"
-	}
-	for _, p := range ps {
-		ok := true
-		switch p.key {
-		case "NOTIFY":
-			if se.s.opts.DisableDSN {
-				return unsupported(p.key)
-			}
-			ok = validNotify(p.value)
-		case "ORCPT":
-			if se.s.opts.DisableDSN {
-				return unsupported(p.key)
-			}
-			typ, addr, found := strings.Cut(p.value, ";")
-			ok = found && typ != "" && addr != "" && len(addr) <= 500 && isAtom(typ) && !strings.ContainsAny(addr, " \t\r\n")
-		default:
-			return unsupported(p.key)
-		}
-		if !ok {
-			return badValue(p.key)
-		}
-	}
-	return ""
+	_, msg := se.checkParams(b, rcptRules)
+	return msg
 }
 
 // validNotify: NEVER alone, or a list of SUCCESS, FAILURE and DELAY
