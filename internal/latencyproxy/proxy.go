@@ -14,6 +14,8 @@ import (
 	"net"
 	"sync"
 	"time"
+
+	"github.com/mxrelay/mxrelay/internal/connset"
 )
 
 // Bounds of what one direction of a connection holds: pieces read and not
@@ -39,10 +41,7 @@ type Proxy struct {
 	ln     net.Listener
 	wg     sync.WaitGroup
 	done   chan struct{} // closed by Close: delayed pieces are dropped
-
-	mu     sync.Mutex
-	conns  map[net.Conn]struct{}
-	closed bool
+	conns  connset.Set
 }
 
 // New listens on a loopback port and forwards every connection to target,
@@ -62,7 +61,6 @@ func New(target string, oneWay time.Duration) (*Proxy, error) {
 		delay:  oneWay,
 		ln:     ln,
 		done:   make(chan struct{}),
-		conns:  make(map[net.Conn]struct{}),
 	}
 	p.wg.Go(p.accept)
 	return p, nil
@@ -78,40 +76,22 @@ func (p *Proxy) accept() {
 	}
 }
 
-// track registers c so that Close can close it; false when closed.
-func (p *Proxy) track(c net.Conn) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.closed {
-		return false
-	}
-	p.conns[c] = struct{}{}
-	return true
-}
-
-func (p *Proxy) untrack(c net.Conn) {
-	c.Close()
-	p.mu.Lock()
-	delete(p.conns, c)
-	p.mu.Unlock()
-}
-
 // serve forwards one connection both ways until both directions have ended.
 func (p *Proxy) serve(client net.Conn) {
-	if !p.track(client) {
+	if p.conns.Add(client, 0) != nil {
 		client.Close()
 		return
 	}
-	defer p.untrack(client)
+	defer p.conns.Remove(client)
 	up, err := net.DialTimeout("tcp", p.target, dialTimeout)
 	if err != nil {
 		return
 	}
-	if !p.track(up) {
+	if p.conns.Add(up, 0) != nil {
 		up.Close()
 		return
 	}
-	defer p.untrack(up)
+	defer p.conns.Remove(up)
 	var wg sync.WaitGroup
 	wg.Go(func() { p.forward(client, up) })
 	wg.Go(func() { p.forward(up, client) })
@@ -188,17 +168,10 @@ func (p *Proxy) deliver(pieces <-chan piece, dst net.Conn) bool {
 // delayed, and waits for every goroutine of the proxy. Calling it again
 // does nothing.
 func (p *Proxy) Close() error {
-	p.mu.Lock()
-	if p.closed {
-		p.mu.Unlock()
+	if !p.conns.Close() {
 		return nil
 	}
-	p.closed = true
 	close(p.done)
-	for c := range p.conns {
-		c.Close()
-	}
-	p.mu.Unlock()
 	err := p.ln.Close()
 	p.wg.Wait()
 	return err

@@ -25,11 +25,14 @@
 package smtpsink
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/mxrelay/mxrelay/internal/connset"
 )
 
 // Defaults of Options.
@@ -109,13 +112,10 @@ type Server struct {
 	ln   net.Listener
 	wg   sync.WaitGroup // the accept loop and every session
 
+	conns    connset.Set
 	sessions atomic.Int64
 	messages atomic.Int64
 	bytes    atomic.Int64
-
-	mu     sync.Mutex
-	conns  map[net.Conn]struct{}
-	closed bool
 }
 
 // New starts a Server on opts.Addr. opts may be nil. The caller must Close
@@ -147,7 +147,7 @@ func New(opts *Options) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("smtpsink: %w", err)
 	}
-	s := &Server{Addr: ln.Addr().String(), opts: o, ln: ln, conns: make(map[net.Conn]struct{})}
+	s := &Server{Addr: ln.Addr().String(), opts: o, ln: ln}
 	s.wg.Go(s.accept)
 	return s, nil
 }
@@ -162,7 +162,7 @@ func (s *Server) accept() {
 			continue
 		}
 		s.wg.Go(func() {
-			defer s.untrack(c)
+			defer s.conns.Remove(c)
 			newSession(s, c).serve()
 		})
 	}
@@ -175,36 +175,23 @@ func (s *Server) ServeConn(c net.Conn) {
 	if !s.track(c) {
 		return
 	}
-	defer s.untrack(c)
+	defer s.conns.Remove(c)
 	newSession(s, c).serve()
 }
 
 // track registers c, or refuses it (and closes it) when the server is
 // closed or full.
 func (s *Server) track(c net.Conn) bool {
-	s.mu.Lock()
-	switch {
-	case s.closed:
-		s.mu.Unlock()
-		c.Close()
-		return false
-	case len(s.conns) >= s.opts.MaxConns:
-		s.mu.Unlock()
+	err := s.conns.Add(c, s.opts.MaxConns)
+	if err == nil {
+		return true
+	}
+	if errors.Is(err, connset.ErrFull) {
 		_ = c.SetWriteDeadline(time.Now().Add(time.Second))
 		_, _ = c.Write([]byte("421 4.7.0 Too many connections\r\n"))
-		c.Close()
-		return false
 	}
-	s.conns[c] = struct{}{}
-	s.mu.Unlock()
-	return true
-}
-
-func (s *Server) untrack(c net.Conn) {
 	c.Close()
-	s.mu.Lock()
-	delete(s.conns, c)
-	s.mu.Unlock()
+	return false
 }
 
 // Stats returns the counters.
@@ -215,16 +202,9 @@ func (s *Server) Stats() Stats {
 // Close stops listening, closes every connection and waits for every
 // goroutine of the Server. Calling it again does nothing.
 func (s *Server) Close() error {
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
+	if !s.conns.Close() {
 		return nil
 	}
-	s.closed = true
-	for c := range s.conns {
-		c.Close()
-	}
-	s.mu.Unlock()
 	err := s.ln.Close()
 	s.wg.Wait()
 	return err
