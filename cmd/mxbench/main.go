@@ -91,7 +91,7 @@ func parseFlags(args []string, stderr io.Writer) (bench.Config, error) {
 	fs.IntVar(&cfg.Window, "window", 0, "our client's PipelineWindow (0: the client's default)")
 	fs.IntVar(&cfg.PerSession, "per-session", cfg.PerSession, "our client's MaxEmailsPerSession")
 	large := byteSize(cfg.LargeSize)
-	fs.Var(&large, "large", "size of the large message, sent once at 0 RTT (0: none)")
+	fs.Var(&large, "large", "`size` of the large message, sent once at 0 RTT (like -size; 0: none)")
 	fs.DurationVar(&cfg.Timeout, "timeout", 2*time.Minute, "bound on each run")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: mxbench [flags]\n\n"+
