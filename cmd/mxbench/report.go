@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"strings"
@@ -30,47 +31,47 @@ func printReport(w io.Writer, rep *bench.Report, cmdline string, elapsed time.Du
 		return fmt.Sprintf("FAILED [%d]", len(errs))
 	}
 
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "RTT\tpath\temails×runs\temails/s\tp50\tp99\theap/queued email\t(a)/(b)\t(a)/(c)")
-	for i, row := range rep.Rows {
-		if i > 0 && row.RTT != rep.Rows[i-1].RTT {
-			fmt.Fprintln(tw, "\t\t\t\t\t\t\t\t")
+	table(w, func(tw io.Writer) {
+		fmt.Fprintln(tw, "RTT\tpath\temails×runs\temails/s\tp50\tp99\theap/queued email\t(a)/(b)\t(a)/(c)")
+		for i, row := range rep.Rows {
+			if i > 0 && row.RTT != rep.Rows[i-1].RTT {
+				fmt.Fprintln(tw, "\t\t\t\t\t\t\t\t")
+			}
+			rtt := row.RTT.String()
+			if row.Path == bench.LockstepDirect && row.RTT == 0 {
+				rtt += " *"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", rtt, row.Label, rowCells(rep, row, cell))
 		}
-		rtt := row.RTT.String()
-		if row.Path == bench.LockstepDirect && row.RTT == 0 {
-			rtt += " *"
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\n", rtt, row.Label, rowCells(rep, row, cell))
-	}
-	tw.Flush()
+	})
 
 	if len(rep.Scaling) > 0 {
 		fmt.Fprintf(w, "\n(a) ours, binary, at %v RTT, by MaxConcurrentSessions\n", cfg.ScaleRTT)
-		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "sessions\temails×runs\temails/s\tp50\tp99\theap/queued email\t(a)/(b)\t(a)/(c)\tvs first")
-		first := rep.Scaling[0]
-		for _, row := range rep.Scaling {
-			vs := "-"
-			if row.Err == nil && first.Err == nil {
-				vs = fmt.Sprintf("%.2f×", row.Rate/first.Rate)
+		table(w, func(tw io.Writer) {
+			fmt.Fprintln(tw, "sessions\temails×runs\temails/s\tp50\tp99\theap/queued email\t(a)/(b)\t(a)/(c)\tvs first")
+			first := rep.Scaling[0]
+			for _, row := range rep.Scaling {
+				vs := "-"
+				if row.Err == nil && first.Err == nil {
+					vs = fmt.Sprintf("%.2f×", row.Rate/first.Rate)
+				}
+				fmt.Fprintf(tw, "%d\t%s\t%s\n", row.Sessions, rowCells(rep, row, cell), vs)
 			}
-			fmt.Fprintf(tw, "%d\t%s\t%s\n", row.Sessions, rowCells(rep, row, cell), vs)
-		}
-		tw.Flush()
+		})
 	}
 
 	if len(rep.Large) > 0 {
 		fmt.Fprintf(w, "\nlarge message: %s, once, at 0 RTT\n", formatSize(cfg.LargeSize))
-		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "path\ttime\tMiB/s\tpeak heap")
-		for _, l := range rep.Large {
-			if l.Err != nil {
-				fmt.Fprintf(tw, "%s\t%s\t-\t-\n", l.Label, cell(l.Err))
-				continue
+		table(w, func(tw io.Writer) {
+			fmt.Fprintln(tw, "path\ttime\tMiB/s\tpeak heap")
+			for _, l := range rep.Large {
+				if l.Err != nil {
+					fmt.Fprintf(tw, "%s\t%s\t-\t-\n", l.Label, cell(l.Err))
+					continue
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%.1f\t%.1f MiB\n", l.Label, duration(l.Elapsed), l.MiBps(), float64(l.PeakHeap)/(1<<20))
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%.1f\t%.1f MiB\n", l.Label, duration(l.Elapsed), l.MiBps(), float64(l.PeakHeap)/(1<<20))
-		}
-		tw.Flush()
+		})
 	}
 
 	fmt.Fprint(w, notes)
@@ -81,6 +82,18 @@ func printReport(w io.Writer, rep *bench.Report, cmdline string, elapsed time.Du
 		}
 	}
 	fmt.Fprintf(w, "\ntotal time: %s\n", elapsed.Round(100*time.Millisecond))
+}
+
+// table writes the tab-separated lines that fill writes as aligned
+// columns, without trailing spaces.
+func table(w io.Writer, fill func(io.Writer)) {
+	var buf bytes.Buffer
+	tw := tabwriter.NewWriter(&buf, 0, 0, 2, ' ', 0)
+	fill(tw)
+	tw.Flush()
+	for line := range strings.Lines(buf.String()) {
+		fmt.Fprintln(w, strings.TrimRight(line, " \n"))
+	}
 }
 
 // rowCells formats a row's measurements, from emails×runs to (a)/(c); a
@@ -136,8 +149,8 @@ How it is measured (all on loopback, in this one process; the figures are relati
 - (b) is go-smtp's Client in one session through the same relay (binary frames), MAIL, RCPT, DATA and
   the end of data each waiting for its reply; (c) the same over TCP. emails/s is from the channel open
   (or the TCP dial) to the last reply; latency from an email's MAIL to the reply to its end of data.
-- Every run is checked: each email delivered at its first attempt and the server received exactly
-  those messages and bytes. A failed row shows FAILED and its error, never a number.
+- Every run is checked: each email delivered to every recipient at its first attempt, and the server
+  received exactly those messages and bytes. A failed row shows FAILED and its error, never a number.
 - heap/queued email: the live heap after a GC (MemStats.HeapAlloc) before and after enqueueing -n emails
   (at least 1000) on a client whose relay is down (HTTP 503), divided by their number; the bodies
   were allocated before.
