@@ -1,0 +1,224 @@
+// Command mxbench measures how many emails per second go through the
+// mxrelay client, and what plain SMTP clients achieve on the same links.
+//
+// In one process it starts a discarding SMTP server, relaytest in front of
+// it with an injected round-trip time (RTT), and a TCP proxy with the same
+// RTT; then, for each RTT, it sends emails through:
+//
+//	(a) our client, binary frames, JSON frames, and binary frames to an
+//	    upstream that offers PIPELINING but not CHUNKING;
+//	(b) go-smtp's Client, lock-step, through the same relay;
+//	(c) go-smtp's Client, lock-step, over TCP to the same SMTP server;
+//
+// then our client with 1 to 4 concurrent sessions at one RTT, and one large
+// message. It prints a table: emails/s (median of the runs), latency
+// percentiles, heap per queued email and the ratios of (a) to (b) and (c).
+// Every run is checked (each email delivered at its first attempt, the
+// server received exactly those messages); a row whose run failed shows
+// the error, never a number. It asserts nothing about speed.
+//
+// Usage:
+//
+//	go run ./cmd/mxbench [flags]
+//
+// Run with -h for the flags.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/mxrelay/mxrelay/internal/bench"
+)
+
+func main() {
+	os.Exit(run(context.Background(), os.Args, os.Stdout, os.Stderr))
+}
+
+// run is the command: it returns the exit status (0 all rows measured, 1 a
+// row failed, 2 bad flags).
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	cfg, err := parseFlags(args[1:], stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "mxbench:", err)
+		return 2
+	}
+	start := time.Now()
+	rep, err := bench.Run(ctx, cfg, func(s string) { fmt.Fprintln(stderr, "mxbench:", s) })
+	if err != nil {
+		fmt.Fprintln(stderr, "mxbench:", err)
+		return 1
+	}
+	printReport(stdout, rep, commandLine(args), time.Since(start))
+	if rep.Failed() > 0 {
+		return 1
+	}
+	return 0
+}
+
+func parseFlags(args []string, stderr io.Writer) (bench.Config, error) {
+	cfg := bench.Config{
+		RTTs:       []time.Duration{0, 2 * time.Millisecond, 10 * time.Millisecond, 50 * time.Millisecond},
+		Sessions:   []int{1, 2, 3, 4},
+		LargeSize:  100 << 20,
+		Size:       1 << 10,
+		PerSession: 1000,
+	}
+	fs := flag.NewFlagSet("mxbench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Var((*durations)(&cfg.RTTs), "rtt", "injected round-trip `times`, comma-separated (0 is no latency)")
+	fs.IntVar(&cfg.N, "n", 2000, "emails per run of our client, at most (see -budget)")
+	fs.IntVar(&cfg.LockstepN, "lockstep-n", 20, "emails per run of go-smtp's lock-step Client, (b) and (c)")
+	size := byteSize(cfg.Size)
+	fs.Var(&size, "size", "message `size` (bytes, or with a KiB or MiB suffix)")
+	fs.IntVar(&cfg.Rcpts, "rcpts", 1, "recipients per email")
+	fs.IntVar(&cfg.Runs, "runs", 3, "runs per row; the table shows the median rate")
+	fs.DurationVar(&cfg.Budget, "budget", time.Second, "longest a run of our client should take: a pilot estimates the rate and a run sends fewer than -n emails when -n would not fit (the table says how many); 0 always sends -n")
+	fs.DurationVar(&cfg.ScaleRTT, "scale-rtt", 10*time.Millisecond, "RTT of the concurrent-sessions rows")
+	fs.Var((*ints)(&cfg.Sessions), "sessions", "MaxConcurrentSessions `values` for the scaling rows, comma-separated (empty: none)")
+	fs.IntVar(&cfg.Window, "window", 0, "our client's PipelineWindow (0: the client's default)")
+	fs.IntVar(&cfg.PerSession, "per-session", cfg.PerSession, "our client's MaxEmailsPerSession")
+	large := byteSize(cfg.LargeSize)
+	fs.Var(&large, "large", "`size` of the large message, sent once at 0 RTT (like -size; 0: none)")
+	fs.DurationVar(&cfg.Timeout, "timeout", 2*time.Minute, "bound on each run")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: mxbench [flags]\n\n"+
+			"Measures emails/s through the mxrelay client (a), go-smtp lock-step through the\n"+
+			"same relay (b) and go-smtp lock-step over TCP (c), at injected round-trip times,\n"+
+			"in one process on loopback, and prints a table. Asserts nothing about speed.\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return cfg, err
+	}
+	if fs.NArg() > 0 {
+		return cfg, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	cfg.Size, cfg.LargeSize = int(size), int64(large)
+	switch {
+	case cfg.N < 1 || cfg.LockstepN < 1 || cfg.Runs < 1 || cfg.Rcpts < 1:
+		return cfg, errors.New("-n, -lockstep-n, -runs and -rcpts must be at least 1")
+	case cfg.Size < bench.MinBodySize:
+		return cfg, fmt.Errorf("-size must be at least %d bytes", bench.MinBodySize)
+	case cfg.LargeSize != 0 && cfg.LargeSize < int64(bench.MinBodySize):
+		return cfg, fmt.Errorf("-large must be 0 or at least %d bytes", bench.MinBodySize)
+	case cfg.Timeout <= 0 || cfg.Budget < 0 || cfg.ScaleRTT < 0 || cfg.Window < 0 || cfg.PerSession < 1:
+		return cfg, errors.New("-timeout must be positive; -budget, -scale-rtt and -window not negative; -per-session at least 1")
+	}
+	for _, k := range cfg.Sessions {
+		if k < 1 {
+			return cfg, errors.New("-sessions values must be at least 1")
+		}
+	}
+	return cfg, nil
+}
+
+// durations is a comma-separated list of durations; "0" is allowed.
+type durations []time.Duration
+
+func (d *durations) String() string {
+	var s []string
+	for _, x := range *d {
+		s = append(s, x.String())
+	}
+	return strings.Join(s, ",")
+}
+
+func (d *durations) Set(v string) error {
+	*d = nil
+	for _, f := range strings.Split(v, ",") {
+		x, err := time.ParseDuration(strings.TrimSpace(f))
+		if err != nil || x < 0 {
+			return fmt.Errorf("bad duration %q", f)
+		}
+		*d = append(*d, x)
+	}
+	return nil
+}
+
+// ints is a comma-separated list of integers; "" is the empty list.
+type ints []int
+
+func (n *ints) String() string {
+	var s []string
+	for _, x := range *n {
+		s = append(s, strconv.Itoa(x))
+	}
+	return strings.Join(s, ",")
+}
+
+func (n *ints) Set(v string) error {
+	*n = nil
+	if strings.TrimSpace(v) == "" {
+		return nil
+	}
+	for _, f := range strings.Split(v, ",") {
+		x, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil {
+			return fmt.Errorf("bad number %q", f)
+		}
+		*n = append(*n, x)
+	}
+	return nil
+}
+
+// byteSize is a size in bytes, written plain or with a KiB or MiB suffix.
+type byteSize int64
+
+func (b *byteSize) String() string { return formatSize(int64(*b)) }
+
+func (b *byteSize) Set(v string) error {
+	mult := int64(1)
+	num := v
+	for suffix, m := range map[string]int64{"KiB": 1 << 10, "MiB": 1 << 20} {
+		if s, ok := strings.CutSuffix(v, suffix); ok {
+			num, mult = s, m
+		}
+	}
+	x, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || x < 0 || x > (1<<40)/mult {
+		return fmt.Errorf("bad size %q", v)
+	}
+	*b = byteSize(x * mult)
+	return nil
+}
+
+func formatSize(n int64) string {
+	switch {
+	case n >= 1<<20 && n%(1<<20) == 0:
+		return fmt.Sprintf("%dMiB", n>>20)
+	case n >= 1<<10 && n%(1<<10) == 0:
+		return fmt.Sprintf("%dKiB", n>>10)
+	}
+	return strconv.FormatInt(n, 10)
+}
+
+// commandLine is how the command was run, its path shortened to its name
+// (go run builds it in a temporary directory).
+func commandLine(args []string) string {
+	parts := []string{filepath.Base(args[0])}
+	for _, a := range args[1:] {
+		if a == "" || strings.ContainsAny(a, " \t\"'\\$") {
+			a = strconv.Quote(a)
+		}
+		parts = append(parts, a)
+	}
+	return strings.Join(parts, " ")
+}
+
+func machine() string {
+	return fmt.Sprintf("%d CPUs (GOMAXPROCS %d), %s/%s, %s",
+		runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.GOOS, runtime.GOARCH, runtime.Version())
+}

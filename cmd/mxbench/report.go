@@ -1,0 +1,160 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/mxrelay/mxrelay/internal/bench"
+)
+
+// printReport writes the tables, the notes on method, and the errors of
+// failed rows.
+func printReport(w io.Writer, rep *bench.Report, cmdline string, elapsed time.Duration) {
+	cfg := rep.Config
+	rcpt := "recipient"
+	if cfg.Rcpts > 1 {
+		rcpt += "s"
+	}
+	fmt.Fprintf(w, "mxbench: emails through the mxrelay client, go-smtp via the relay, and go-smtp over TCP\n")
+	fmt.Fprintf(w, "machine: %s\n", machine())
+	fmt.Fprintf(w, "command: %s\n", cmdline)
+	fmt.Fprintf(w, "emails:  %d bytes, %d %s; median of %d runs; (a) up to %d emails a run (-n, -budget), (b) and (c) %d\n\n",
+		cfg.Size, cfg.Rcpts, rcpt, cfg.Runs, cfg.N, cfg.LockstepN)
+
+	var errs []error
+	cell := func(err error) string {
+		errs = append(errs, err)
+		return fmt.Sprintf("FAILED [%d]", len(errs))
+	}
+
+	table(w, func(tw io.Writer) {
+		fmt.Fprintln(tw, "RTT\tpath\temails×runs\temails/s\tp50\tp99\theap/queued email\t(a)/(b)\t(a)/(c)")
+		for i, row := range rep.Rows {
+			if i > 0 && row.RTT != rep.Rows[i-1].RTT {
+				fmt.Fprintln(tw, "\t\t\t\t\t\t\t\t")
+			}
+			rtt := row.RTT.String()
+			if row.Path == bench.LockstepDirect && row.RTT == 0 {
+				rtt += " *"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", rtt, row.Label, rowCells(rep, row, cell))
+		}
+	})
+
+	if len(rep.Scaling) > 0 {
+		fmt.Fprintf(w, "\n(a) ours, binary, at %v RTT, by MaxConcurrentSessions\n", cfg.ScaleRTT)
+		table(w, func(tw io.Writer) {
+			fmt.Fprintln(tw, "sessions\temails×runs\temails/s\tp50\tp99\theap/queued email\t(a)/(b)\t(a)/(c)\tvs first")
+			first := rep.Scaling[0]
+			for _, row := range rep.Scaling {
+				vs := "-"
+				if row.Err == nil && first.Err == nil {
+					vs = fmt.Sprintf("%.2f×", row.Rate/first.Rate)
+				}
+				fmt.Fprintf(tw, "%d\t%s\t%s\n", row.Sessions, rowCells(rep, row, cell), vs)
+			}
+		})
+	}
+
+	if len(rep.Large) > 0 {
+		fmt.Fprintf(w, "\nlarge message: %s, once, at 0 RTT\n", formatSize(cfg.LargeSize))
+		table(w, func(tw io.Writer) {
+			fmt.Fprintln(tw, "path\ttime\tMiB/s\tpeak heap")
+			for _, l := range rep.Large {
+				if l.Err != nil {
+					fmt.Fprintf(tw, "%s\t%s\t-\t-\n", l.Label, cell(l.Err))
+					continue
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%.1f\t%.1f MiB\n", l.Label, duration(l.Elapsed), l.MiBps(), float64(l.PeakHeap)/(1<<20))
+			}
+		})
+	}
+
+	fmt.Fprint(w, notes)
+	if len(errs) > 0 {
+		fmt.Fprintln(w, "\nfailures:")
+		for i, err := range errs {
+			fmt.Fprintf(w, "  [%d] %v\n", i+1, err)
+		}
+	}
+	fmt.Fprintf(w, "\ntotal time: %s\n", elapsed.Round(100*time.Millisecond))
+}
+
+// table writes the tab-separated lines that fill writes as aligned
+// columns, without trailing spaces.
+func table(w io.Writer, fill func(io.Writer)) {
+	var buf bytes.Buffer
+	tw := tabwriter.NewWriter(&buf, 0, 0, 2, ' ', 0)
+	fill(tw)
+	tw.Flush()
+	for line := range strings.Lines(buf.String()) {
+		fmt.Fprintln(w, strings.TrimRight(line, " \n"))
+	}
+}
+
+// rowCells formats a row's measurements, from emails×runs to (a)/(c); a
+// failed row gets its failure's reference and no figure.
+func rowCells(rep *bench.Report, row bench.Row, failed func(error) string) string {
+	if row.Err != nil {
+		return strings.Join([]string{"-", failed(row.Err), "-", "-", "-", "-", "-"}, "\t")
+	}
+	heap, vsB, vsC := "-", "-", "-"
+	if row.Path.Ours() {
+		heap = fmt.Sprintf("%.0f B", row.HeapPerEmail)
+		if r, ok := rep.Ratio(row, bench.LockstepRelay); ok {
+			vsB = fmt.Sprintf("%.1f×", r)
+		}
+		if r, ok := rep.Ratio(row, bench.LockstepDirect); ok {
+			vsC = fmt.Sprintf("%.1f×", r)
+		}
+	}
+	return strings.Join([]string{
+		fmt.Sprintf("%d×%d", row.N, len(row.Samples)),
+		rate(row.Rate), duration(row.P50), duration(row.P99), heap, vsB, vsC,
+	}, "\t")
+}
+
+func rate(r float64) string {
+	if r < 100 {
+		return fmt.Sprintf("%.1f", r)
+	}
+	return fmt.Sprintf("%.0f", r)
+}
+
+func duration(d time.Duration) string {
+	switch {
+	case d < 10*time.Millisecond:
+		return fmt.Sprintf("%.2fms", float64(d)/float64(time.Millisecond))
+	case d < time.Second:
+		return fmt.Sprintf("%.1fms", float64(d)/float64(time.Millisecond))
+	}
+	return fmt.Sprintf("%.2fs", d.Seconds())
+}
+
+const notes = `
+How it is measured (all on loopback, in this one process; the figures are relative to each other):
+- The SMTP server is internal/smtpsink, which discards data. The relay is relaytest, each frame delayed
+  by RTT/2 in each direction. (c) goes through a TCP proxy delaying each direction by RTT/2 without
+  limiting bandwidth; * at 0 RTT (c) connects to the server directly, no proxy.
+- (a) is mxrelay.New with MaxEmailsPerSession 1000 (-per-session) and a queue big enough, the rest at
+  its defaults (-window sets PipelineWindow); "upstream without CHUNKING" offers PIPELINING only.
+  A run enqueues its emails at once: emails/s is their number over the time from the first Enqueue
+  to the last result, on a WebSocket already authenticated (the channel, greeting and EHLO count);
+  latency is from an email's Enqueue call to its result, its wait in the queue included. When -n
+  emails would not fit in -budget at the rate a pilot showed, a run sends fewer (emails×runs).
+- (b) is go-smtp's Client in one session through the same relay (binary frames), MAIL, RCPT, DATA and
+  the end of data each waiting for its reply; (c) the same over TCP. emails/s is from the channel open
+  (or the TCP dial) to the last reply; latency from an email's MAIL to the reply to its end of data.
+- Every run is checked: each email delivered to every recipient at its first attempt, and the server
+  received exactly those messages and bytes. A failed row shows FAILED and its error, never a number.
+- heap/queued email: the live heap after a GC (MemStats.HeapAlloc) before and after enqueueing -n emails
+  (at least 1000) on a client whose relay is down (HTTP 503), divided by their number; the bodies
+  were allocated before.
+- Large message: a body generated as it is read (io.ReadSeeker, no copy), binary frames. Peak heap is
+  the highest runtime/metrics heap-objects bytes, sampled every 2 ms, above the heap after a GC just
+  before the send: the whole process (client, relay and server), garbage not yet collected included.
+`

@@ -1,0 +1,174 @@
+// Package bench measures how fast emails go through the client, the relay
+// and plain SMTP, for cmd/mxbench and the go test benchmarks: one
+// implementation serves both. An Env is the set-up of one measurement: a
+// discarding SMTP server (internal/smtpsink), relaytest in front of it with
+// an injected round-trip time, and a latency proxy giving a plain SMTP
+// connection the same round-trip time. The Run functions send a batch of
+// emails through one path, check that every one arrived, and time them.
+// Nothing here asserts anything about speed.
+package bench
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/internal/latencyproxy"
+	"github.com/mxrelay/mxrelay/internal/relayconn"
+	"github.com/mxrelay/mxrelay/internal/smtpsink"
+	"github.com/mxrelay/mxrelay/relaytest"
+)
+
+// Upstream is the kind of SMTP server behind the relay.
+type Upstream int
+
+const (
+	// Chunking offers PIPELINING and CHUNKING (BDAT).
+	Chunking Upstream = iota
+	// PipeliningOnly offers PIPELINING but not CHUNKING, as Postfix's
+	// smtp-sink and many servers do.
+	PipeliningOnly
+)
+
+func (u Upstream) String() string {
+	if u == PipeliningOnly {
+		return "PIPELINING without CHUNKING"
+	}
+	return "PIPELINING and CHUNKING"
+}
+
+// Env is a sink, a relay in front of it and a latency proxy to it, all on
+// loopback, for one round-trip time.
+type Env struct {
+	RTT  time.Duration
+	Sink *smtpsink.Server
+	// Relay forwards to Sink, each frame delayed by RTT/2 in each
+	// direction. It grants binary frames when asked.
+	Relay *relaytest.Server
+	// DirectAddr is where a plain SMTP client connects to reach Sink with
+	// the same RTT: the latency proxy, or Sink itself when RTT is 0.
+	DirectAddr string
+
+	proxy *latencyproxy.Proxy
+}
+
+// NewEnv starts an Env. The caller must Close it.
+func NewEnv(rtt time.Duration, up Upstream) (*Env, error) {
+	sink, err := smtpsink.New(&smtpsink.Options{DisableChunking: up == PipeliningOnly})
+	if err != nil {
+		return nil, err
+	}
+	e := &Env{RTT: rtt, Sink: sink, DirectAddr: sink.Addr}
+	if rtt > 0 {
+		e.proxy, err = latencyproxy.New(sink.Addr, rtt/2)
+		if err != nil {
+			sink.Close()
+			return nil, err
+		}
+		e.DirectAddr = e.proxy.Addr
+	}
+	e.Relay = relaytest.NewServer(&relaytest.Options{
+		UpstreamAddr: sink.Addr,
+		Latency:      relaytest.Latency{ToServer: rtt / 2, ToClient: rtt / 2},
+	})
+	return e, nil
+}
+
+// Close stops the relay, the proxy and the sink, and waits for their
+// goroutines.
+func (e *Env) Close() {
+	e.Relay.Close()
+	if e.proxy != nil {
+		e.proxy.Close()
+	}
+	e.Sink.Close()
+}
+
+// Client is how our client is configured for a run: as a user who wants
+// throughput would, everything else left at its default.
+type Client struct {
+	// JSON makes the client use JSON text frames (DisableBinary).
+	JSON bool
+	// Sessions is Options.MaxConcurrentSessions; zero: the default (1).
+	Sessions int
+	// Window is Options.PipelineWindow; zero: the default.
+	Window int
+	// PerSession is Options.MaxEmailsPerSession; zero: 1000.
+	PerSession int
+}
+
+// Options returns the client options for a queue of up to queue emails.
+func (c Client) Options(queue int) mxrelay.Options {
+	per := c.PerSession
+	if per == 0 {
+		per = 1000
+	}
+	return mxrelay.Options{
+		DisableBinary:         c.JSON,
+		MaxQueueSize:          queue,
+		MaxEmailsPerSession:   per,
+		MaxConcurrentSessions: c.Sessions,
+		PipelineWindow:        c.Window,
+	}
+}
+
+// NewClient returns our client pointed at the Env's relay, for up to queue
+// emails queued at once. The caller must Close it.
+func (e *Env) NewClient(c Client, queue int) (*mxrelay.Client, error) {
+	o := c.Options(queue)
+	return mxrelay.New(e.Relay.URL, e.Relay.APIKey, &o)
+}
+
+// closeClient closes c, handing back within 10s what a failed run left
+// in its queue.
+func closeClient(c *mxrelay.Client) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_ = c.Close(ctx)
+}
+
+// DialRelay opens an authenticated WebSocket to the Env's relay, whose
+// channels go-smtp's Client can use as connections. binary asks for binary
+// frames. The caller must Close it.
+func (e *Env) DialRelay(ctx context.Context, binary bool) (*relayconn.Conn, error) {
+	c, err := relayconn.Dial(ctx, relayconn.Config{
+		URL:            e.Relay.URL,
+		APIKey:         e.Relay.APIKey,
+		Binary:         binary,
+		AuthTimeout:    10 * time.Second,
+		ChannelTimeout: 10 * time.Second,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("bench: dialing the relay: %w", err)
+	}
+	if err := c.Authenticate(ctx); err != nil {
+		c.Close(1000, "")
+		return nil, fmt.Errorf("bench: authenticating: %w", err)
+	}
+	return c, nil
+}
+
+// Dialer opens the connection of one SMTP session.
+type Dialer func(ctx context.Context) (net.Conn, error)
+
+// RelayChannels opens SMTP channels on an authenticated WebSocket.
+func RelayChannels(c *relayconn.Conn) Dialer {
+	return func(ctx context.Context) (net.Conn, error) {
+		ch, err := c.OpenChannel(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("bench: opening a channel: %w", err)
+		}
+		return ch, nil
+	}
+}
+
+// Direct dials the Env's sink over TCP, through the latency proxy when the
+// RTT is not zero.
+func (e *Env) Direct() Dialer {
+	return func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", e.DirectAddr)
+	}
+}

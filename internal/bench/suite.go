@@ -1,0 +1,381 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"slices"
+	"time"
+
+	"github.com/mxrelay/mxrelay"
+)
+
+// Config is a whole benchmark: what cmd/mxbench runs.
+type Config struct {
+	RTTs []time.Duration // injected round-trip times
+	// N is the emails per run of our client, at most: see Budget.
+	N int
+	// LockstepN is the emails per run of go-smtp's lock-step Client.
+	LockstepN int
+	Size      int // message size in octets
+	Rcpts     int // recipients per email
+	Runs      int // runs per row; the row shows their median rate
+	// Budget is how long one run of our client should take at most. A
+	// pilot (bursts of 4, 16, 64 ... emails until one takes Budget/2)
+	// estimates the rate; when N emails would take longer, a run sends as
+	// many as fit. Zero: always N.
+	Budget     time.Duration
+	ScaleRTT   time.Duration // RTT of the MaxConcurrentSessions rows
+	Sessions   []int         // MaxConcurrentSessions of those rows
+	Window     int           // Options.PipelineWindow; zero: the default
+	PerSession int           // Options.MaxEmailsPerSession; zero: 1000
+	LargeSize  int64         // the large message; zero: none
+	Timeout    time.Duration // bound on each run
+}
+
+// Path is a way of sending.
+type Path int
+
+const (
+	OursBinary         Path = iota // (a) our client, binary frames
+	OursJSON                       // (a) our client, JSON text frames
+	OursPipeliningOnly             // (a) binary, to an upstream without CHUNKING
+	LockstepRelay                  // (b) go-smtp's Client through the relay (binary frames)
+	LockstepDirect                 // (c) go-smtp's Client over TCP to the sink
+)
+
+// Ours reports whether p is our client.
+func (p Path) Ours() bool { return p <= OursPipeliningOnly }
+
+// Row is one line of the table: a path at an RTT, measured Runs times.
+type Row struct {
+	RTT      time.Duration
+	Path     Path
+	Sessions int // our client's MaxConcurrentSessions; 0: the default
+	Label    string
+	N        int // emails per run
+	Samples  []Sample
+	Rate     float64       // median emails/s
+	P50, P99 time.Duration // over the emails of all runs
+	// HeapPerEmail is our client's heap per queued email (QueueHeap).
+	HeapPerEmail float64
+	Err          error // the row failed: no figure of it holds
+}
+
+// LargeRow is the large message through one path.
+type LargeRow struct {
+	Label string
+	Large
+	Err error
+}
+
+// Report is what Run measured.
+type Report struct {
+	Config  Config
+	Rows    []Row // per RTT: the (a) rows, then (b) and (c)
+	Scaling []Row // our client at ScaleRTT, per MaxConcurrentSessions
+	Large   []LargeRow
+}
+
+// Failed counts the rows that failed.
+func (r *Report) Failed() int {
+	n := 0
+	for _, row := range slices.Concat(r.Rows, r.Scaling) {
+		if row.Err != nil {
+			n++
+		}
+	}
+	for _, l := range r.Large {
+		if l.Err != nil {
+			n++
+		}
+	}
+	return n
+}
+
+// Ratio is row's rate over the rate of the baseline path at the same RTT,
+// and false when either is missing or failed.
+func (r *Report) Ratio(row Row, baseline Path) (float64, bool) {
+	if row.Err != nil {
+		return 0, false
+	}
+	for _, b := range r.Rows {
+		if b.Path == baseline && b.RTT == row.RTT && b.Err == nil {
+			return row.Rate / b.Rate, true
+		}
+	}
+	return 0, false
+}
+
+// Run measures everything cfg asks for, row after row, and calls progress
+// with each finished row's summary. A failed row has its Err set and the
+// next rows still run.
+func Run(ctx context.Context, cfg Config, progress func(string)) (*Report, error) {
+	m, err := NewMail(cfg.Size, cfg.Rcpts)
+	if err != nil {
+		return nil, err
+	}
+	rep := &Report{Config: cfg}
+	add := func(rows *[]Row, row Row) {
+		*rows = append(*rows, row)
+		progress(row.summary())
+	}
+	for _, rtt := range cfg.RTTs {
+		err := withEnv(rtt, Chunking, func(e *Env) {
+			add(&rep.Rows, oursRow(ctx, cfg, e, OursBinary, 0, m))
+			add(&rep.Rows, oursRow(ctx, cfg, e, OursJSON, 0, m))
+		})
+		if err != nil {
+			return nil, err
+		}
+		err = withEnv(rtt, PipeliningOnly, func(e *Env) {
+			add(&rep.Rows, oursRow(ctx, cfg, e, OursPipeliningOnly, 0, m))
+		})
+		if err != nil {
+			return nil, err
+		}
+		err = withEnv(rtt, Chunking, func(e *Env) {
+			add(&rep.Rows, lockstepRow(ctx, cfg, e, LockstepRelay, m))
+			add(&rep.Rows, lockstepRow(ctx, cfg, e, LockstepDirect, m))
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	if len(cfg.Sessions) > 0 {
+		err := withEnv(cfg.ScaleRTT, Chunking, func(e *Env) {
+			for _, k := range cfg.Sessions {
+				add(&rep.Scaling, oursRow(ctx, cfg, e, OursBinary, k, m))
+			}
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	if cfg.LargeSize > 0 {
+		err := withEnv(0, Chunking, func(e *Env) {
+			rep.Large = largeRows(ctx, cfg, e, m)
+			for _, l := range rep.Large {
+				progress(l.summary())
+			}
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	return rep, nil
+}
+
+func withEnv(rtt time.Duration, up Upstream, f func(*Env)) error {
+	e, err := NewEnv(rtt, up)
+	if err != nil {
+		return err
+	}
+	defer e.Close()
+	f(e)
+	return nil
+}
+
+func label(p Path, sessions int) string {
+	s := [...]string{
+		OursBinary:         "(a) ours, binary",
+		OursJSON:           "(a) ours, JSON",
+		OursPipeliningOnly: "(a) ours, binary, upstream without CHUNKING",
+		LockstepRelay:      "(b) go-smtp lock-step via relay",
+		LockstepDirect:     "(c) go-smtp lock-step, TCP",
+	}[p]
+	if sessions > 0 {
+		s += fmt.Sprintf(", %d session", sessions)
+		if sessions > 1 {
+			s += "s"
+		}
+	}
+	return s
+}
+
+// minHeapEmails is the fewest emails QueueHeap is asked to queue: with
+// fewer, the heap's background changes outweigh them.
+const minHeapEmails = 1000
+
+// oursRow measures our client: its heap per queued email, then a pilot,
+// then cfg.Runs runs on one client.
+func oursRow(ctx context.Context, cfg Config, e *Env, p Path, sessions int, m Mail) (row Row) {
+	row = Row{RTT: e.RTT, Path: p, Sessions: sessions, Label: label(p, sessions)}
+	defer func() {
+		if row.Err != nil {
+			row.Err = fmt.Errorf("%s at %v: %w", row.Label, row.RTT, row.Err)
+		}
+	}()
+	cl := Client{JSON: p == OursJSON, Sessions: sessions, Window: cfg.Window, PerSession: cfg.PerSession}
+	row.HeapPerEmail, row.Err = QueueHeap(cl, m, max(cfg.N, minHeapEmails))
+	if row.Err != nil {
+		return row
+	}
+	c, err := e.NewClient(cl, cfg.N)
+	if err != nil {
+		row.Err = err
+		return row
+	}
+	defer closeClient(c)
+	row.N, row.Err = calibrate(ctx, cfg, c, e, m)
+	if row.Err != nil {
+		row.Err = fmt.Errorf("pilot: %w", row.Err)
+		return row
+	}
+	row.measure(ctx, cfg, func(ctx context.Context) (Sample, error) {
+		return RunOurs(ctx, c, e.Sink, m, row.N)
+	})
+	return row
+}
+
+// calibrate runs bursts of 4, 16, 64 ... emails until one takes half the
+// budget or reaches cfg.N, and returns how many emails a run can send
+// within the budget at the rate the last bursts showed. The bursts also
+// bring the client's connection up before the timed runs.
+func calibrate(ctx context.Context, cfg Config, c *mxrelay.Client, e *Env, m Mail) (int, error) {
+	if cfg.Budget <= 0 {
+		// Still one email, so that the runs start with the WebSocket up.
+		_, err := runOne(ctx, cfg, c, e, m, 1)
+		return cfg.N, err
+	}
+	prevN, prevT := 0, time.Duration(0)
+	for k := min(cfg.N, 4); ; k = min(cfg.N, 4*k) {
+		s, err := runOne(ctx, cfg, c, e, m, k)
+		if err != nil {
+			return 0, err
+		}
+		if k == cfg.N {
+			return k, nil
+		}
+		if s.Elapsed >= cfg.Budget/2 {
+			// The marginal rate leaves out the session's set-up.
+			rate := math.Inf(1)
+			if s.Elapsed > prevT {
+				rate = float64(k-prevN) / (s.Elapsed - prevT).Seconds()
+			}
+			more := rate * (cfg.Budget - s.Elapsed).Seconds()
+			return k + int(min(more, float64(cfg.N-k))), nil
+		}
+		prevN, prevT = k, s.Elapsed
+	}
+}
+
+func runOne(ctx context.Context, cfg Config, c *mxrelay.Client, e *Env, m Mail, n int) (Sample, error) {
+	rctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+	defer cancel()
+	return RunOurs(rctx, c, e.Sink, m, n)
+}
+
+// lockstepRow measures go-smtp's Client through the relay or over TCP.
+func lockstepRow(ctx context.Context, cfg Config, e *Env, p Path, m Mail) (row Row) {
+	row = Row{RTT: e.RTT, Path: p, Label: label(p, 0), N: cfg.LockstepN}
+	defer func() {
+		if row.Err != nil {
+			row.Err = fmt.Errorf("%s at %v: %w", row.Label, row.RTT, row.Err)
+		}
+	}()
+	dial := e.Direct()
+	if p == LockstepRelay {
+		conn, err := e.DialRelay(ctx, true)
+		if err != nil {
+			row.Err = err
+			return row
+		}
+		defer conn.Close(1000, "")
+		dial = RelayChannels(conn)
+	}
+	row.measure(ctx, cfg, func(ctx context.Context) (Sample, error) {
+		return RunLockstep(ctx, dial, e.Sink, m, cfg.LockstepN)
+	})
+	return row
+}
+
+// largeRows sends the large message through our client (binary) and with
+// go-smtp's Client over TCP, both at 0 RTT.
+func largeRows(ctx context.Context, cfg Config, e *Env, m Mail) []LargeRow {
+	ours := LargeRow{Label: "(a) ours, binary, via relay"}
+	c, err := e.NewClient(Client{Window: cfg.Window, PerSession: cfg.PerSession}, 1)
+	if err == nil {
+		rctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+		ours.Large, err = LargeOurs(rctx, c, e, m, cfg.LargeSize)
+		cancel()
+		closeClient(c)
+	}
+	ours.Err = err
+	direct := LargeRow{Label: "go-smtp, TCP"}
+	rctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+	direct.Large, direct.Err = LargeDirect(rctx, e.Direct(), e, m, cfg.LargeSize)
+	cancel()
+	for _, l := range []*LargeRow{&ours, &direct} {
+		if l.Err != nil {
+			l.Err = fmt.Errorf("large message, %s: %w", l.Label, l.Err)
+		}
+	}
+	return []LargeRow{ours, direct}
+}
+
+// measure runs cfg.Runs runs, each bounded by cfg.Timeout, and sets the
+// row's figures, or its Err at the first run that fails.
+func (r *Row) measure(ctx context.Context, cfg Config, run func(context.Context) (Sample, error)) {
+	for i := range cfg.Runs {
+		rctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+		s, err := run(rctx)
+		cancel()
+		if err != nil {
+			r.Err = fmt.Errorf("run %d: %w", i+1, err)
+			return
+		}
+		r.Samples = append(r.Samples, s)
+	}
+	r.summarize()
+}
+
+// summarize sets the median rate and the latency percentiles.
+func (r *Row) summarize() {
+	var rates []float64
+	var lat []time.Duration
+	for _, s := range r.Samples {
+		rates = append(rates, s.Rate())
+		lat = append(lat, s.Latency...)
+	}
+	r.Rate = Median(rates)
+	r.P50 = Percentile(lat, 50)
+	r.P99 = Percentile(lat, 99)
+}
+
+func (r Row) summary() string {
+	if r.Err != nil {
+		return "FAILED: " + r.Err.Error()
+	}
+	return fmt.Sprintf("%v %s: %d emails × %d runs, %.0f emails/s", r.RTT, r.Label, r.N, len(r.Samples), r.Rate)
+}
+
+func (l LargeRow) summary() string {
+	if l.Err != nil {
+		return "FAILED: " + l.Err.Error()
+	}
+	return fmt.Sprintf("large message, %s: %.1f MiB/s", l.Label, l.MiBps())
+}
+
+// Median is the median of xs (the mean of the middle two for an even
+// count); NaN for none.
+func Median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return math.NaN()
+	}
+	s := slices.Sorted(slices.Values(xs))
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// Percentile is the nearest-rank p-th percentile of ds; 0 for none.
+func Percentile(ds []time.Duration, p float64) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Sorted(slices.Values(ds))
+	i := int(math.Ceil(p/100*float64(len(s)))) - 1
+	return s[max(0, min(i, len(s)-1))]
+}
