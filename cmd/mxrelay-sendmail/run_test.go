@@ -217,6 +217,9 @@ func TestExitCodes(t *testing.T) {
 			},
 			args: []string{"a@example.com"}, want: exUnavailable, stderr: "sender blocked"},
 
+		{name: "EX_UNAVAILABLE: STARTTLS required and not offered",
+			args: []string{"--starttls=required", "--tls-server-name=mx.test", "a@example.com"}, want: exUnavailable, stderr: "STARTTLS"},
+
 		{name: "EX_IOERR: stdin fails in the header", stdin: failingReader("Subject: x\n", errStdin), args: []string{"a@example.com"}, want: exIOErr, stderr: "stdin broke"},
 		{name: "EX_IOERR: stdin fails in the body", stdin: failingReader("Subject: x\n\nbody\n", errStdin), args: []string{"a@example.com"}, want: exIOErr, stderr: "nothing was sent"},
 
