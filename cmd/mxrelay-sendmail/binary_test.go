@@ -88,11 +88,14 @@ func TestBinary(t *testing.T) {
 			skipInterop(t, "git send-email is not installed (Debian: git-email libmailtools-perl)")
 		}
 		home := t.TempDir()
+		keyFile := filepath.Join(home, "api-key")
+		require.NoError(t, os.WriteFile(keyFile, []byte(s.APIKey+"\n"), 0o600))
 		git := func(args ...string) string {
 			t.Helper()
 			cmd := exec.Command("git", args...)
 			cmd.Dir = home
-			cmd.Env = append(env, "HOME="+home, "GIT_CONFIG_NOSYSTEM=1",
+			// The relay is named on the command line only, as in the README.
+			cmd.Env = append(os.Environ(), "MXRELAY_URL=", "MXRELAY_API_KEY=", "MXRELAY_API_KEY_FILE=", "HOME="+home, "GIT_CONFIG_NOSYSTEM=1",
 				"GIT_AUTHOR_NAME=Dev", "GIT_AUTHOR_EMAIL=dev@example.com", "GIT_COMMITTER_NAME=Dev", "GIT_COMMITTER_EMAIL=dev@example.com")
 			out, err := cmd.CombinedOutput()
 			require.NoError(t, err, "git %q: %s", args, out)
@@ -106,7 +109,7 @@ func TestBinary(t *testing.T) {
 		git("format-patch", "-1", "--output="+patch)
 
 		before := len(s.Mailbox())
-		git("-c", "sendemail.sendmailCmd="+bin, "send-email", "--to=a@example.com", "--suppress-cc=all", "--confirm=never", "--quiet", patch)
+		git("-c", "sendemail.sendmailCmd="+bin+" --url="+s.URL+" --api-key-file="+keyFile, "send-email", "--to=a@example.com", "--suppress-cc=all", "--confirm=never", "--quiet", patch)
 		box := s.Mailbox()
 		require.Len(t, box, before+1)
 		assert.Equal(t, "dev@example.com", box[before].From)
