@@ -36,8 +36,9 @@ import (
 //     credentials are taken from it and the client authenticates with PLAIN
 //     or LOGIN, whichever the server offers. With a, STARTTLS is required:
 //     a is told the connection is encrypted, and the email fails, before
-//     any credential is sent, if the server does not offer STARTTLS or its
-//     certificate does not verify. smtp.PlainAuth checks, as with net/smtp,
+//     any credential is sent, if the server does not offer STARTTLS, its
+//     certificate does not verify, or the relay only speaks JSON text
+//     frames (TLS needs binary frames). smtp.PlainAuth checks, as with net/smtp,
 //     that addr's host is the host it was made for. Other mechanisms
 //     (CRAM-MD5) fail before anything is sent.
 //
