@@ -29,6 +29,15 @@
 // ErrUnknownOutcome), or with Options.RetryUnknown is retried, and its
 // Result says MaybeDelivered.
 //
+// # Drop-ins
+//
+// SendMail, and Transport's SendMail method, take the arguments of net/smtp's
+// SendMail, so code written for net/smtp changes one line. Sender has the
+// methods of gomail's Sender and SendCloser, and sends any message that
+// writes itself out (io.WriterTo), such as wneessen/go-mail's Msg. Command
+// mxrelay-sendmail is a sendmail-compatible command for cron, git
+// send-email and PHP's mail().
+//
 // # Testing
 //
 // Package relaytest runs a relay that follows the protocol, in front of an

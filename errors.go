@@ -145,7 +145,8 @@ func trimPrefix(err error) string {
 }
 
 // temporary classifies a cause: SMTP 4xx, connection trouble and timeouts
-// are temporary; SMTP 5xx, bad input, auth refusal, cancellation are not.
+// are temporary; SMTP 5xx, bad input, auth refusal, cancellation and a
+// session set-up that failed permanently are not.
 func temporary(err error) bool {
 	var se *SMTPError
 	if errors.As(err, &se) {
@@ -157,6 +158,7 @@ func temporary(err error) bool {
 		errors.Is(err, ErrInvalidEmail),
 		errors.Is(err, ErrClosed),
 		errors.Is(err, ErrCanceled),
+		errors.Is(err, errPermanentSetup),
 		errors.Is(err, errBody):
 		return false
 	}

@@ -137,7 +137,9 @@ func ExampleNewTransport() {
 	}
 	defer t.Close(context.Background())
 
-	err = t.SendMail("app@example.com", []string{"user@example.com"}, []byte("Subject: net/smtp style\r\n\r\nHi.\r\n"))
+	// The arguments of net/smtp.SendMail: the relay picks the SMTP server, and
+	// a nil Auth means the Transport's own credentials (none here).
+	err = t.SendMail("smtp.example.com:25", nil, "app@example.com", []string{"user@example.com"}, []byte("Subject: net/smtp style\r\n\r\nHi.\r\n"))
 	fmt.Println("sent:", err == nil)
 	// Output:
 	// sent: true

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/smtp"
 	"net/url"
 	"strconv"
 	"strings"
@@ -83,19 +84,42 @@ func NewTransport(apiKey string, opts TransportOptions) (*Transport, error) {
 }
 
 // SendMail sends msg from from to the recipients in to and waits for the
-// result, like net/smtp's SendMail without its address and auth (the relay
-// and the credentials are the Transport's). msg is an RFC 5322 message with
-// CRLF line endings; it is not copied, so it must not change until SendMail
-// returns. It returns nil when the email was delivered to at least one
-// recipient, and otherwise an *EmailError.
-func (t *Transport) SendMail(from string, to []string, msg []byte) error {
+// result. It has the arguments of net/smtp's SendMail, so that code written
+// for net/smtp changes one line (and a variable of net/smtp's SendMail's
+// type can hold t.SendMail). The relay decides which SMTP server the
+// session reaches, and the Transport's Options say how to talk to it
+// (STARTTLS, TLSConfig, Username and Password), so:
+//
+//   - addr is not dialled. When a is not nil, addr's host is the server
+//     name a is shown, so that smtp.PlainAuth's check that it talks to the
+//     host it was made for still applies.
+//   - a may be nil: the Transport's Options.Username and Password are used,
+//     if set. Otherwise a must be smtp.PlainAuth, or an Auth that answers
+//     LOGIN's "Username:" and "Password:" challenges, holding the
+//     Transport's own credentials; a is told the connection is encrypted
+//     only when Options.StartTLS is StartTLSRequired, so smtp.PlainAuth
+//     refuses, as with net/smtp, to hand a password to a clear connection
+//     to any host but localhost. Another mechanism, other credentials or a
+//     refusal by a fail before anything is sent.
+//
+// msg is an RFC 5322 message; see SendMailContext. SendMail returns nil when
+// the email was delivered to at least one recipient, and otherwise an
+// *EmailError or the error of a.
+func (t *Transport) SendMail(addr string, a smtp.Auth, from string, to []string, msg []byte) error {
+	if err := t.checkAuth(addr, a); err != nil {
+		return err
+	}
 	return t.SendMailContext(context.Background(), from, to, msg)
 }
 
-// SendMailContext is SendMail with a context (see Client.Send for what its
-// end does).
+// SendMailContext sends msg from from to the recipients in to and waits for
+// the result or the end of ctx (see Client.Send for what that does). msg is
+// an RFC 5322 message; bare LF line ends are turned into CRLF, as net/smtp
+// does. A message that has none is not copied, so it must not change until
+// SendMailContext returns. It returns nil when the email was delivered to
+// at least one recipient, and otherwise an *EmailError.
 func (t *Transport) SendMailContext(ctx context.Context, from string, to []string, msg []byte) error {
-	_, err := t.Send(ctx, Email{From: from, To: to, Body: bytes.NewReader(msg)})
+	_, err := t.Send(ctx, Email{From: from, To: to, Body: bytes.NewReader(crlf(msg))})
 	return err
 }
 

@@ -1,8 +1,6 @@
 package mxrelay_test
 
 import (
-	"net/url"
-	"strconv"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -43,19 +41,14 @@ func TestRelayURL(t *testing.T) {
 
 func TestTransportSendMail(t *testing.T) {
 	s := newRelay(t, nil)
-	u, err := url.Parse(s.URL)
-	require.NoError(t, err)
-	port, _ := strconv.Atoi(u.Port())
-	tr, err := mxrelay.NewTransport(s.APIKey, mxrelay.TransportOptions{Host: u.Hostname(), Port: port, Insecure: true, Options: *fast(nil)})
-	require.NoError(t, err)
-	defer tr.Close(ctxT(t))
+	tr := newTransport(t, s, nil)
 
-	require.NoError(t, tr.SendMail("a@example.com", []string{"b@example.com"}, []byte(msg("transport"))))
+	require.NoError(t, tr.SendMail("smtp.example.com:25", nil, "a@example.com", []string{"b@example.com"}, []byte(msg("transport"))))
 	require.Len(t, s.Mailbox(), 1)
 	assert.Equal(t, msg("transport"), string(s.Mailbox()[0].Data))
 
 	s.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: "MAIL", Reply: "554 5.7.1 no"})
-	err = tr.SendMail("a@example.com", []string{"b@example.com"}, []byte(msg("refused")))
+	err := tr.SendMail("smtp.example.com:25", nil, "a@example.com", []string{"b@example.com"}, []byte(msg("refused")))
 	var se *mxrelay.SMTPError
 	require.ErrorAs(t, err, &se)
 	assert.Equal(t, 554, se.Code)

@@ -1,0 +1,234 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/mxrelay/mxrelay"
+)
+
+// config is what the command line asks for.
+type config struct {
+	extract    bool     // -t: recipients from To, Cc and Bcc
+	ignoreDots bool     // -i, -oi: a line holding only "." does not end the input
+	sender     string   // -f, -r
+	senderSet  bool     //
+	fullName   string   // -F
+	verbose    bool     // -v
+	recipients []string // the operands
+	ignored    []string // options accepted and ignored, for -v
+
+	url      string
+	keyFile  string
+	helo     string
+	startTLS mxrelay.StartTLS
+	tlsName  string
+	timeout  time.Duration
+	retries  int
+	domain   string
+	help     bool
+}
+
+const (
+	defaultTimeout = 2 * time.Minute
+	defaultRetries = 3
+)
+
+// withArg are sendmail's one-letter options that take an argument, attached
+// ("-fuser@example.com", "-oi") or as the next word ("-f user@example.com").
+const withArg = "BbCdeFfhLMNOopqRrVX"
+
+// ignoredFlags are sendmail options without an argument that change nothing
+// here: -c, -G, -m, -n, -s, -U, -x.
+const ignoredFlags = "cGmnsUx"
+
+// errUsage is wrapped by every command line error.
+var errUsage = errors.New("usage")
+
+func usageErr(format string, a ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{errUsage}, a...)...)
+}
+
+// parseArgs reads sendmail's command line: one-letter options, alone or
+// grouped ("-ti"), in any order among the recipients, up to "--"; and this
+// command's own options, spelled with two dashes.
+func parseArgs(args []string) (*config, error) {
+	cfg := &config{timeout: defaultTimeout, retries: defaultRetries}
+	i := 0
+	// nextWord is the argument of option opt given as the next word.
+	nextWord := func(opt string) (string, error) {
+		if i+1 == len(args) {
+			return "", usageErr("option %s needs an argument", opt)
+		}
+		i++
+		return args[i], nil
+	}
+	for ; i < len(args); i++ {
+		a := args[i]
+		switch {
+		case a == "--":
+			cfg.recipients = append(cfg.recipients, args[i+1:]...)
+			i = len(args)
+		case strings.HasPrefix(a, "--"):
+			name, value, hasValue := strings.Cut(a[2:], "=")
+			var err error
+			if !hasValue && longTakesValue(name) {
+				value, err = nextWord("--" + name)
+			}
+			if err == nil {
+				err = cfg.setLong(name, value)
+			}
+			if err != nil {
+				return nil, err
+			}
+		case len(a) > 1 && a[0] == '-':
+			for j := 1; j < len(a); j++ {
+				c := a[j]
+				if strings.IndexByte(withArg, c) < 0 {
+					if err := cfg.setFlag(c); err != nil {
+						return nil, err
+					}
+					continue
+				}
+				if c == 'q' {
+					return nil, usageErr("-q: there is no queue to run: mail is sent at once or not at all")
+				}
+				value, err := a[j+1:], error(nil)
+				if value == "" {
+					value, err = nextWord("-" + string(c))
+				}
+				if err == nil {
+					err = cfg.setOption(c, value)
+				}
+				if err != nil {
+					return nil, err
+				}
+				break
+			}
+		default:
+			cfg.recipients = append(cfg.recipients, a)
+		}
+	}
+	if cfg.startTLS != mxrelay.StartTLSNever && cfg.tlsName == "" {
+		return nil, usageErr("--starttls needs --tls-server-name, the name the SMTP server's certificate is checked against")
+	}
+	return cfg, nil
+}
+
+func (cfg *config) setFlag(c byte) error {
+	switch {
+	case c == 't':
+		cfg.extract = true
+	case c == 'i':
+		cfg.ignoreDots = true
+	case c == 'v':
+		cfg.verbose = true
+	case strings.IndexByte(ignoredFlags, c) >= 0:
+		cfg.ignored = append(cfg.ignored, "-"+string(c))
+	default:
+		return usageErr("unknown option -%c", c)
+	}
+	return nil
+}
+
+func (cfg *config) setOption(c byte, value string) error {
+	switch c {
+	case 'f', 'r':
+		cfg.sender, cfg.senderSet = value, true
+	case 'F':
+		cfg.fullName = value
+	case 'o':
+		if value == "i" {
+			cfg.ignoreDots = true
+		} else {
+			cfg.ignored = append(cfg.ignored, "-o"+value)
+		}
+	case 'b':
+		if value != "m" {
+			return usageErr("-b%s: only -bm (read a message and deliver it) is supported", value)
+		}
+	default: // B C d e h L M N O p R V X
+		cfg.ignored = append(cfg.ignored, "-"+string(c)+value)
+	}
+	return nil
+}
+
+func longTakesValue(name string) bool {
+	switch name {
+	case "help":
+		return false
+	}
+	return true
+}
+
+func (cfg *config) setLong(name, value string) error {
+	switch name {
+	case "url":
+		cfg.url = value
+	case "api-key-file":
+		cfg.keyFile = value
+	case "api-key", "key":
+		return usageErr("--%s: the API key is never taken from the command line, where other users can read it: set %s, or %s to a file holding it",
+			name, mxrelay.EnvAPIKey, mxrelay.EnvAPIKeyFile)
+	case "helo":
+		cfg.helo = value
+	case "starttls":
+		switch value {
+		case "never":
+			cfg.startTLS = mxrelay.StartTLSNever
+		case "opportunistic":
+			cfg.startTLS = mxrelay.StartTLSOpportunistic
+		case "required":
+			cfg.startTLS = mxrelay.StartTLSRequired
+		default:
+			return usageErr("--starttls %q: want never, opportunistic or required", value)
+		}
+	case "tls-server-name":
+		cfg.tlsName = value
+	case "timeout":
+		d, err := time.ParseDuration(value)
+		if err != nil || d <= 0 {
+			return usageErr("--timeout %q: want a positive duration such as 30s or 2m", value)
+		}
+		cfg.timeout = d
+	case "retries":
+		n, err := strconv.Atoi(value)
+		if err != nil || n < 0 {
+			return usageErr("--retries %q: want a number, 0 or more", value)
+		}
+		cfg.retries = n
+	case "domain":
+		cfg.domain = value
+	case "help":
+		cfg.help = true
+	default:
+		return usageErr("unknown option --%s", name)
+	}
+	return nil
+}
+
+const usage = `usage: mxrelay-sendmail [-t] [-i] [-f sender] [-F full name] [sendmail options] [--] [recipient ...]
+
+Reads a message on standard input and sends it through an mxrelay relay.
+
+  -t              also send to the addresses in the To, Cc and Bcc headers
+  -i, -oi         a line holding only "." does not end the message
+  -f, -r sender   envelope sender (default: the From header's address, else user@domain)
+  -F name         full name for a From header added to a message without one
+  -v              report the delivery, and log the SMTP dialogue, on standard error
+
+  --url URL              relay URL (default: $MXRELAY_URL)
+  --api-key-file FILE    file holding the API key (default: $MXRELAY_API_KEY, then $MXRELAY_API_KEY_FILE)
+  --starttls MODE        never, opportunistic or required (default: never)
+  --tls-server-name NAME the SMTP server's name in its certificate (for --starttls)
+  --helo NAME            the EHLO name (default: localhost)
+  --domain DOMAIN        qualifies bare user names (default: $MXRELAY_DOMAIN, else the host name)
+  --timeout DURATION     give up after this long (default: 2m)
+  --retries N            retries after a temporary failure (default: 3)
+
+SMTP AUTH with the upstream: $MXRELAY_SMTP_USERNAME and $MXRELAY_SMTP_PASSWORD.
+Accepted and ignored: -B -C -d -e -h -L -M -N -O -o<x> -p -R -V -X (with their argument), -c -G -m -n -s -U -x, -bm.
+`

@@ -1,0 +1,294 @@
+// Command mxrelay-sendmail is a sendmail-compatible command that sends the
+// message on its standard input through an mxrelay relay, so that cron,
+// git send-email, PHP's mail() and anything else that pipes mail into
+// /usr/sbin/sendmail can use a relay.
+//
+//	mxrelay-sendmail [-t] [-i] [-f sender] [-F name] [options] [--] [recipient ...]
+//
+// The relay comes from the environment, MXRELAY_URL and MXRELAY_API_KEY (or
+// MXRELAY_API_KEY_FILE, a file holding the key), or from --url and
+// --api-key-file. The key itself is never taken from the command line.
+// MXRELAY_SMTP_USERNAME and MXRELAY_SMTP_PASSWORD are credentials for SMTP
+// AUTH with the relay's upstream server.
+//
+// The message is read up to the end of the input or, without -i (or -oi),
+// up to a line holding only "."; LF and CRLF line ends both become CRLF.
+// The recipients are the operands and, with -t, the addresses in the To, Cc
+// and Bcc headers. Bcc headers are always removed. A From and a Date header
+// are added when missing. The envelope sender is -f (or -r), "<>" for none,
+// else the From header's address, else $LOGNAME@domain. A bare user name
+// such as "root" is qualified with --domain, $MXRELAY_DOMAIN or the host
+// name.
+//
+// sendmail options that mean nothing here are accepted and ignored: -B, -C,
+// -d, -e, -h, -L, -M, -N, -O, -o (but -oi), -p, -R, -V, -X with their
+// argument, and -c, -G, -m, -n, -s, -U, -x, -bm. Other modes (-bs, -bp,
+// -bv, -q, -I) are refused: there is no queue and no daemon.
+//
+// The message is delivered or not before the command exits; nothing is
+// queued on disk. It prints nothing on success (-v reports the delivery and
+// logs the SMTP dialogue, credentials masked). The exit status is from
+// sysexits.h: 0 delivered to every recipient; 64 (EX_USAGE) a bad command
+// line or no recipient; 65 (EX_DATAERR) a malformed message or address; 67
+// (EX_NOUSER) a recipient refused with 5xx (even if others got the message:
+// standard error says who did); 69 (EX_UNAVAILABLE) the server refused the
+// message for good; 70 (EX_SOFTWARE) an error it does not know; 74
+// (EX_IOERR) standard input could not be read; 75 (EX_TEMPFAIL) a
+// temporary failure, the relay unreachable, the time out, or an unknown
+// outcome (the message may have been delivered); 76 (EX_PROTOCOL) the relay
+// broke the protocol; 78 (EX_CONFIG) the relay URL, the API key or the SMTP
+// credentials are missing or refused.
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/mail"
+	"os"
+	"os/user"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/mxrelay/mxrelay"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Getenv, os.Stdin, os.Stderr))
+}
+
+// closeTimeout bounds the QUIT and the WebSocket close after the result.
+const closeTimeout = 10 * time.Second
+
+// run is the command: it reads the message on stdin, sends it and returns
+// the exit status, reporting errors on stderr.
+func run(args []string, env func(string) string, stdin io.Reader, stderr io.Writer) int {
+	stderr = &lockedWriter{w: stderr} // the client's logger writes from its own goroutines
+	fail := func(code int, format string, a ...any) int {
+		fmt.Fprintf(stderr, "mxrelay-sendmail: "+format+"\n", a...)
+		return code
+	}
+	cfg, err := parseArgs(args)
+	if err != nil {
+		fmt.Fprintf(stderr, "mxrelay-sendmail: %v\n%s", err, usage)
+		return exUsage
+	}
+	if cfg.help {
+		fmt.Fprint(stderr, usage)
+		return exOK
+	}
+	domain := firstOf(cfg.domain, env("MXRELAY_DOMAIN"), hostname())
+
+	// The configuration is checked before stdin is read, so that a
+	// misconfigured command fails at once.
+	relayURL, apiKey, err := mxrelay.RelayFromEnv(func(k string) string {
+		switch {
+		case k == mxrelay.EnvURL && cfg.url != "":
+			return cfg.url
+		case k == mxrelay.EnvAPIKeyFile && cfg.keyFile != "":
+			return cfg.keyFile
+		case k == mxrelay.EnvAPIKey && cfg.keyFile != "":
+			return "" // the file named on the command line wins
+		}
+		return env(k)
+	})
+	if err != nil {
+		return fail(exConfig, "%v", err)
+	}
+	opts := &mxrelay.Options{
+		LocalName:            cfg.helo,
+		Username:             env("MXRELAY_SMTP_USERNAME"),
+		Password:             env("MXRELAY_SMTP_PASSWORD"),
+		StartTLS:             cfg.startTLS,
+		Retries:              cfg.retries,
+		RetryInterval:        time.Second,
+		ReconnectInterval:    time.Second,
+		MaxReconnectAttempts: cfg.retries + 1,
+		IdleTimeout:          -1,
+	}
+	if cfg.retries == 0 {
+		opts.Retries = -1 // Options' zero means the default
+	}
+	if cfg.tlsName != "" {
+		opts.TLSConfig = &tls.Config{ServerName: cfg.tlsName}
+	}
+	if cfg.verbose {
+		opts.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		for _, o := range cfg.ignored {
+			fmt.Fprintf(stderr, "mxrelay-sendmail: ignoring %s\n", o)
+		}
+	}
+	c, err := mxrelay.New(relayURL, apiKey, opts)
+	if err != nil {
+		return fail(exConfig, "%v", err)
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
+		defer cancel()
+		c.Close(ctx)
+	}()
+
+	msg, err := readMessage(stdin, !cfg.ignoreDots)
+	switch {
+	case errors.Is(err, errData):
+		return fail(exDataErr, "%v", err)
+	case err != nil:
+		return fail(exIOErr, "reading the message: %v", err)
+	}
+	email, err := envelope(cfg, msg, env, domain)
+	switch {
+	case errors.Is(err, errUsage):
+		return fail(exUsage, "%v", err)
+	case err != nil:
+		return fail(exDataErr, "%v", err)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.timeout)
+	defer cancel()
+	res, err := c.Send(ctx, email)
+	if rerr := msg.readErr(); rerr != nil {
+		return fail(exIOErr, "reading the message: %v (nothing was sent)", rerr)
+	}
+	code := exitCode(res, err)
+	report(stderr, cfg.verbose, res, err, code)
+	return code
+}
+
+// envelope prepares the email: its recipients, its sender, its header
+// (Bcc removed, From and Date added when missing) and its body.
+func envelope(cfg *config, msg *message, env func(string) string, domain string) (mxrelay.Email, error) {
+	var to []string
+	for _, arg := range cfg.recipients {
+		list, err := parseAddresses(arg, domain)
+		if err != nil {
+			return mxrelay.Email{}, fmt.Errorf("%w: recipient %w", errData, err)
+		}
+		to = append(to, list...)
+	}
+	if cfg.extract {
+		list, err := msg.addresses(domain, "To", "Cc", "Bcc")
+		if err != nil {
+			return mxrelay.Email{}, err
+		}
+		to = append(to, list...)
+	}
+	to = dedupe(to)
+	if len(to) == 0 {
+		if cfg.extract {
+			return mxrelay.Email{}, fmt.Errorf("%w: no recipient: none given and none in the To, Cc or Bcc headers", errUsage)
+		}
+		return mxrelay.Email{}, fmt.Errorf("%w: no recipient given (use -t to read them from the headers)", errUsage)
+	}
+	msg.remove("Bcc")
+
+	local := firstOf(env("LOGNAME"), env("USER"), currentUser()) + "@" + domain
+	var from string
+	switch {
+	case cfg.senderSet:
+		f, err := senderAddress(cfg.sender, domain)
+		if err != nil {
+			return mxrelay.Email{}, err
+		}
+		from = f
+	default:
+		from = local
+		if list, err := msg.addresses(domain, "From"); err == nil && len(list) > 0 {
+			from = list[0]
+		}
+	}
+	if !msg.has("From") {
+		addr := firstOf(from, local)
+		if cfg.fullName != "" {
+			addr = (&mail.Address{Name: cfg.fullName, Address: addr}).String()
+		}
+		msg.add("From", addr)
+	}
+	if !msg.has("Date") {
+		msg.add("Date", time.Now().Format(time.RFC1123Z))
+	}
+	return mxrelay.Email{From: from, To: to, Body: msg.reader()}, nil
+}
+
+// senderAddress reads -f's argument: an address, with or without angle
+// brackets or a display name, a bare user name, or "<>" (or "") for the
+// null sender.
+func senderAddress(s, domain string) (string, error) {
+	s = strings.TrimSpace(s)
+	if s == "" || s == "<>" {
+		return "", nil
+	}
+	list, err := parseAddresses(s, domain)
+	if err != nil || len(list) != 1 {
+		return "", fmt.Errorf("%w: sender %q is not one address", errData, s)
+	}
+	return list[0], nil
+}
+
+// report tells stderr what happened: nothing on success unless verbose.
+func report(w io.Writer, verbose bool, res *mxrelay.Result, err error, code int) {
+	if res != nil && len(res.Accepted) > 0 && (verbose || code != exOK) {
+		fmt.Fprintf(w, "mxrelay-sendmail: delivered to %s (%d %s)\n", strings.Join(res.Accepted, ", "), res.Reply.Code, res.Reply.Message)
+	}
+	if res != nil {
+		for _, r := range res.Rejected {
+			fmt.Fprintf(w, "mxrelay-sendmail: not delivered to %s: %v\n", r.Address, r.Err)
+		}
+	}
+	if err != nil {
+		fmt.Fprintf(w, "mxrelay-sendmail: not delivered: %v\n", err)
+		if errors.Is(err, mxrelay.ErrUnknownOutcome) {
+			fmt.Fprintln(w, "mxrelay-sendmail: the message may have been delivered: check before sending it again")
+		}
+	}
+}
+
+// lockedWriter serialises writes to w.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+func dedupe(addrs []string) []string {
+	seen := map[string]bool{}
+	out := addrs[:0]
+	for _, a := range addrs {
+		if k := strings.ToLower(a); !seen[k] {
+			seen[k] = true
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+func firstOf(s ...string) string {
+	for _, v := range s {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+func hostname() string {
+	if h, err := os.Hostname(); err == nil && h != "" {
+		return h
+	}
+	return "localhost"
+}
+
+func currentUser() string {
+	if u, err := user.Current(); err == nil && u.Username != "" {
+		return u.Username
+	}
+	return "nobody"
+}

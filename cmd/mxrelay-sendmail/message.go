@@ -1,0 +1,288 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/mail"
+	"strings"
+)
+
+// maxHeader bounds the header section, which is held in memory (the body is
+// streamed).
+const maxHeader = 1 << 20
+
+// errData is wrapped by errors about a message that cannot be sent as it is.
+var errData = errors.New("bad message")
+
+// lineReader splits the input into lines ended by LF or CRLF, handing out
+// pieces of at most a buffer's length so that a long line is never held
+// whole.
+type lineReader struct {
+	br      *bufio.Reader
+	dotEnds bool  // a line holding only "." ends the input (no -i)
+	midLine bool  // the last piece did not end its line
+	done    bool  //
+	err     error // the input's read error, other than io.EOF
+}
+
+func newLineReader(r io.Reader, dotEnds bool) *lineReader {
+	return &lineReader{br: bufio.NewReaderSize(r, 64<<10), dotEnds: dotEnds}
+}
+
+// next returns the next piece of a line, without its line end, and whether
+// it ends the line; ok is false at the end of the input: its end, a read
+// error (in l.err) or, without -i, a line holding only ".". The piece is
+// valid until the next call. A last line without a line end ends there.
+func (l *lineReader) next() (piece []byte, eol, ok bool) {
+	if l.done {
+		return nil, false, false
+	}
+	line, err := l.br.ReadSlice('\n')
+	switch {
+	case err == nil:
+		line = bytes.TrimSuffix(line[:len(line)-1], []byte("\r"))
+	case errors.Is(err, bufio.ErrBufferFull):
+		// A CR at the end of a full buffer may begin a CRLF: keep it for
+		// the next piece.
+		if line[len(line)-1] == '\r' {
+			_ = l.br.UnreadByte()
+			line = line[:len(line)-1]
+		}
+		l.midLine = true
+		return line, false, true
+	default:
+		l.done = true
+		if err != io.EOF {
+			l.err = err
+			return nil, false, false
+		}
+		if len(line) == 0 {
+			return nil, false, false
+		}
+		line = bytes.TrimSuffix(line, []byte("\r"))
+	}
+	if l.dotEnds && !l.midLine && string(line) == "." {
+		l.done = true
+		return nil, false, false
+	}
+	l.midLine = false
+	return line, true, true
+}
+
+// bodyReader reads the rest of the input, every line ended with CRLF.
+type bodyReader struct {
+	lr    *lineReader
+	buf   []byte
+	store []byte
+}
+
+func (b *bodyReader) Read(p []byte) (int, error) {
+	for len(b.buf) == 0 {
+		piece, eol, ok := b.lr.next()
+		if !ok {
+			if b.lr.err != nil {
+				return 0, b.lr.err
+			}
+			return 0, io.EOF
+		}
+		b.store = append(b.store[:0], piece...)
+		if eol {
+			b.store = append(b.store, '\r', '\n')
+		}
+		b.buf = b.store
+	}
+	n := copy(p, b.buf)
+	b.buf = b.buf[n:]
+	return n, nil
+}
+
+// field is one header field as it came: its name and its lines (the first,
+// then any continuation lines), without line ends.
+type field struct {
+	name  string
+	lines []string
+}
+
+// value is the field's body, unfolded.
+func (f field) value() string {
+	_, v, _ := strings.Cut(strings.Join(f.lines, ""), ":")
+	return v
+}
+
+// message is a message read from the input: its header fields, held, and
+// its body, streamed.
+type message struct {
+	fields []field
+	body   io.Reader
+	lr     *lineReader
+}
+
+// readMessage reads the header section of the message on r and prepares
+// its body for reading. A leading mbox "From " line is dropped. When a line
+// that is not a header field comes before any empty line, the body starts
+// there (sendmail accepts a message without a header).
+func readMessage(r io.Reader, dotEnds bool) (*message, error) {
+	lr := newLineReader(r, dotEnds)
+	m := &message{lr: lr, body: &bodyReader{lr: lr}}
+	var cur []byte
+	size := 0
+	first := true
+	for {
+		piece, eol, ok := lr.next()
+		if !ok {
+			return m, lr.err
+		}
+		if size += len(piece); size > maxHeader {
+			return nil, fmt.Errorf("%w: the header section is over %d bytes", errData, maxHeader)
+		}
+		cur = append(cur, piece...)
+		if !eol {
+			continue
+		}
+		line := string(cur)
+		cur = cur[:0]
+		if first && strings.HasPrefix(line, "From ") {
+			first = false
+			continue
+		}
+		first = false
+		switch {
+		case line == "":
+			return m, nil
+		case (line[0] == ' ' || line[0] == '\t') && len(m.fields) > 0:
+			last := &m.fields[len(m.fields)-1]
+			last.lines = append(last.lines, line)
+		case fieldName(line) != "":
+			m.fields = append(m.fields, field{name: fieldName(line), lines: []string{line}})
+		default:
+			m.body = io.MultiReader(strings.NewReader(line+"\r\n"), m.body)
+			return m, nil
+		}
+	}
+}
+
+// fieldName returns the name of the header field that line starts, or "".
+func fieldName(line string) string {
+	name, _, ok := strings.Cut(line, ":")
+	if !ok || name == "" {
+		return ""
+	}
+	for i := 0; i < len(name); i++ {
+		if name[i] <= ' ' || name[i] > '~' {
+			return ""
+		}
+	}
+	return name
+}
+
+// readErr is the input's read error, once the message was read.
+func (m *message) readErr() error { return m.lr.err }
+
+// has reports whether the message has a field with this name.
+func (m *message) has(name string) bool {
+	for _, f := range m.fields {
+		if strings.EqualFold(f.name, name) {
+			return true
+		}
+	}
+	return false
+}
+
+// remove removes every field with this name, continuation lines included.
+func (m *message) remove(name string) {
+	kept := m.fields[:0]
+	for _, f := range m.fields {
+		if !strings.EqualFold(f.name, name) {
+			kept = append(kept, f)
+		}
+	}
+	m.fields = kept
+}
+
+// add adds a field at the end of the header.
+func (m *message) add(name, value string) {
+	m.fields = append(m.fields, field{name: name, lines: []string{name + ": " + value}})
+}
+
+// addresses returns the addresses in the fields with these names, bare
+// user names qualified with domain.
+func (m *message) addresses(domain string, names ...string) ([]string, error) {
+	var out []string
+	for _, f := range m.fields {
+		for _, n := range names {
+			if !strings.EqualFold(f.name, n) {
+				continue
+			}
+			list, err := parseAddresses(f.value(), domain)
+			if err != nil {
+				return nil, fmt.Errorf("%w: %s header: %w", errData, f.name, err)
+			}
+			out = append(out, list...)
+		}
+	}
+	return out, nil
+}
+
+// reader returns the message as it is sent: the header fields, an empty
+// line, the body; every line ended with CRLF.
+func (m *message) reader() io.Reader {
+	var b strings.Builder
+	for _, f := range m.fields {
+		for _, l := range f.lines {
+			b.WriteString(l + "\r\n")
+		}
+	}
+	b.WriteString("\r\n")
+	return io.MultiReader(strings.NewReader(b.String()), m.body)
+}
+
+// addressParser parses address lists; a display name in a charset Go does
+// not know is left undecoded, since only the addresses matter here.
+var addressParser = mail.AddressParser{WordDecoder: &mime.WordDecoder{
+	CharsetReader: func(_ string, r io.Reader) (io.Reader, error) { return r, nil },
+}}
+
+// parseAddresses returns the addresses of an RFC 5322 address list (groups
+// and display names allowed), or of a list of bare user names ("root",
+// "alice, bob"), which are qualified with domain.
+func parseAddresses(list, domain string) ([]string, error) {
+	if strings.TrimSpace(list) == "" {
+		return nil, nil
+	}
+	addrs, err := addressParser.ParseList(list)
+	if err == nil {
+		var out []string
+		for _, a := range addrs {
+			out = append(out, a.Address)
+		}
+		return out, nil
+	}
+	var out []string
+	for _, p := range strings.Split(list, ",") {
+		p = strings.TrimSpace(p)
+		if p == "" {
+			continue
+		}
+		if !isUserName(p) {
+			return nil, fmt.Errorf("%q: %w", list, err)
+		}
+		out = append(out, p+"@"+domain)
+	}
+	return out, nil
+}
+
+// isUserName reports whether s can be a bare user name: an atom of RFC 5322
+// without '@'.
+func isUserName(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c <= ' ' || c > '~' || strings.IndexByte(`()<>[]:;@\,"`, c) >= 0 {
+			return false
+		}
+	}
+	return s != ""
+}

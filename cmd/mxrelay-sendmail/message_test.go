@@ -1,0 +1,139 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"io"
+	"strings"
+	"testing"
+	"testing/iotest"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// normalized reads in through a lineReader with a buffer of size bytes
+// (bufio's minimum is 16) and returns the lines with CRLF ends.
+func normalized(t *testing.T, in string, size int, dotEnds bool) string {
+	t.Helper()
+	lr := &lineReader{br: bufio.NewReaderSize(iotest.OneByteReader(strings.NewReader(in)), size), dotEnds: dotEnds}
+	out, err := io.ReadAll(&bodyReader{lr: lr})
+	require.NoError(t, err)
+	return string(out)
+}
+
+func TestLineEnds(t *testing.T) {
+	long := strings.Repeat("x", 40) // longer than the 16-byte buffer
+	for _, tc := range []struct {
+		name    string
+		in      string
+		dotEnds bool
+		want    string
+	}{
+		{name: "LF", in: "a\nb\n", want: "a\r\nb\r\n"},
+		{name: "CRLF kept", in: "a\r\nb\r\n", want: "a\r\nb\r\n"},
+		{name: "mixed", in: "a\r\nb\nc\r\n", want: "a\r\nb\r\nc\r\n"},
+		{name: "last line without end", in: "a\nb", want: "a\r\nb\r\n"},
+		{name: "empty lines", in: "\n\n", want: "\r\n\r\n"},
+		{name: "lone CR kept", in: "a\rb\n", want: "a\rb\r\n"},
+		{name: "long lines", in: long + "\n" + long + "\r\n", want: long + "\r\n" + long + "\r\n"},
+		{name: "CRLF across the buffer's end", in: strings.Repeat("y", 15) + "\r\nz\n", want: strings.Repeat("y", 15) + "\r\nz\r\n"},
+		{name: "dot ends", in: "a\n.\nb\n", dotEnds: true, want: "a\r\n"},
+		{name: "dot CRLF ends", in: "a\r\n.\r\nb\r\n", dotEnds: true, want: "a\r\n"},
+		{name: "dot at the very end", in: "a\n.", dotEnds: true, want: "a\r\n"},
+		{name: "dot with -i", in: "a\n.\nb\n", want: "a\r\n.\r\nb\r\n"},
+		{name: "two dots are text", in: "..\n. \n", dotEnds: true, want: "..\r\n. \r\n"},
+		{name: "a dot ending a long line is text", in: long + ".\nafter\n", dotEnds: true, want: long + ".\r\nafter\r\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			assert.Equal(t, tc.want, normalized(t, tc.in, 16, tc.dotEnds))
+		})
+	}
+}
+
+func TestReadMessage(t *testing.T) {
+	in := "From sender Mon Jan  1 00:00:00 2024\n" +
+		"From: App <app@example.com>\n" +
+		"To: Alice <alice@example.com>,\n \"Bob, Jr.\" <bob@example.com>\n" +
+		"bcc: dave@example.com,\n\terin@example.com\n" +
+		"Subject: hi\n" +
+		"\n" +
+		"Bcc: in the body, not a header\n"
+	m, err := readMessage(strings.NewReader(in), true)
+	require.NoError(t, err)
+	require.Len(t, m.fields, 4)
+	assert.Equal(t, "From", m.fields[0].name, "the mbox From_ line is dropped")
+	assert.Equal(t, []string{"To: Alice <alice@example.com>,", ` "Bob, Jr." <bob@example.com>`}, m.fields[1].lines)
+
+	to, err := m.addresses("host.test", "to", "CC", "Bcc")
+	require.NoError(t, err)
+	assert.Equal(t, []string{"alice@example.com", "bob@example.com", "dave@example.com", "erin@example.com"}, to)
+
+	m.remove("Bcc")
+	m.add("Date", "Mon, 01 Jan 2024 00:00:00 +0000")
+	out, err := io.ReadAll(m.reader())
+	require.NoError(t, err)
+	assert.Equal(t, "From: App <app@example.com>\r\n"+
+		"To: Alice <alice@example.com>,\r\n \"Bob, Jr.\" <bob@example.com>\r\n"+
+		"Subject: hi\r\n"+
+		"Date: Mon, 01 Jan 2024 00:00:00 +0000\r\n"+
+		"\r\n"+
+		"Bcc: in the body, not a header\r\n", string(out))
+}
+
+func TestReadMessageWithoutHeader(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{in: "hello world\nsecond\n", want: "\r\nhello world\r\nsecond\r\n"},
+		{in: "Subject: only a header", want: "Subject: only a header\r\n\r\n"},
+		{in: "", want: "\r\n"},
+		{in: " continuation first\n", want: "\r\n continuation first\r\n"},
+	} {
+		m, err := readMessage(strings.NewReader(tc.in), true)
+		require.NoError(t, err)
+		out, err := io.ReadAll(m.reader())
+		require.NoError(t, err)
+		assert.Equal(t, tc.want, string(out), "%q", tc.in)
+	}
+}
+
+func TestReadMessageErrors(t *testing.T) {
+	_, err := readMessage(strings.NewReader("X-Big: "+strings.Repeat("a", maxHeader)+"\n\nbody\n"), true)
+	require.ErrorIs(t, err, errData)
+
+	broken := errors.New("disk on fire")
+	_, err = readMessage(io.MultiReader(strings.NewReader("Subject: x\n"), iotest.ErrReader(broken)), true)
+	require.ErrorIs(t, err, broken)
+
+	m, err := readMessage(io.MultiReader(strings.NewReader("Subject: x\n\nbody\n"), iotest.ErrReader(broken)), true)
+	require.NoError(t, err)
+	_, err = io.ReadAll(m.reader())
+	require.ErrorIs(t, err, broken, "a body cut by a read error fails its reader")
+	require.ErrorIs(t, m.readErr(), broken)
+}
+
+func TestParseAddresses(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want []string
+		bad  bool
+	}{
+		{in: "a@example.com", want: []string{"a@example.com"}},
+		{in: "A <a@example.com>, \"B, Jr.\" <b@example.com>", want: []string{"a@example.com", "b@example.com"}},
+		{in: "friends: a@example.com, b@example.com;, c@example.com", want: []string{"a@example.com", "b@example.com", "c@example.com"}},
+		{in: "undisclosed-recipients:;"},
+		{in: "  "},
+		{in: "=?ISO-2022-JP?B?GyRCJUYlOSVIGyhC?= <j@example.jp>", want: []string{"j@example.jp"}},
+		{in: "root", want: []string{"root@host.test"}},
+		{in: "alice, bob", want: []string{"alice@host.test", "bob@host.test"}},
+		{in: "<broken", bad: true},
+		{in: "two words", bad: true},
+	} {
+		got, err := parseAddresses(tc.in, "host.test")
+		if tc.bad {
+			assert.Error(t, err, tc.in)
+			continue
+		}
+		require.NoError(t, err, tc.in)
+		assert.Equal(t, tc.want, got, tc.in)
+	}
+}

@@ -1,0 +1,176 @@
+package mxrelay_test
+
+import (
+	"crypto/tls"
+	"errors"
+	"net/smtp"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/relaytest"
+)
+
+// sendMailFunc is the type of net/smtp's SendMail.
+type sendMailFunc = func(addr string, a smtp.Auth, from string, to []string, msg []byte) error
+
+// Both drop-ins have net/smtp's type, so a variable that held smtp.SendMail
+// can hold them.
+var (
+	_ sendMailFunc = smtp.SendMail
+	_ sendMailFunc = mxrelay.SendMail
+	_ sendMailFunc = (*mxrelay.Transport)(nil).SendMail
+)
+
+// newTransport returns a Transport for s, closed when the test ends.
+func newTransport(t *testing.T, s *relaytest.Server, o *mxrelay.Options) *mxrelay.Transport {
+	t.Helper()
+	u, err := url.Parse(s.URL)
+	require.NoError(t, err)
+	port, err := strconv.Atoi(u.Port())
+	require.NoError(t, err)
+	tr, err := mxrelay.NewTransport(s.APIKey, mxrelay.TransportOptions{Host: u.Hostname(), Port: port, Insecure: true, Options: *fast(o)})
+	require.NoError(t, err)
+	t.Cleanup(func() { tr.Close(ctxT(t)) })
+	return tr
+}
+
+func TestTransportSendMailLineEnds(t *testing.T) {
+	s := newRelay(t, nil)
+	tr := newTransport(t, s, nil)
+	var send sendMailFunc = tr.SendMail // the one line that changes
+
+	require.NoError(t, send("smtp.example.com:25", nil, "a@example.com", []string{"b@example.com"}, []byte("Subject: lf\n\n.\nlast line without end")))
+	require.Len(t, s.Mailbox(), 1)
+	assert.Equal(t, "Subject: lf\r\n\r\n.\r\nlast line without end\r\n", string(s.Mailbox()[0].Data),
+		"bare LF becomes CRLF as with net/smtp, whatever the engine sends (DATA or BDAT); the lone dot is stuffed, not an end of data")
+}
+
+// loginAuth is the LOGIN Auth that code written for net/smtp often carries.
+type loginAuth struct{ user, pass string }
+
+func (a loginAuth) Start(*smtp.ServerInfo) (string, []byte, error) { return "LOGIN", nil, nil }
+
+func (a loginAuth) Next(fromServer []byte, more bool) ([]byte, error) {
+	if !more {
+		return nil, nil
+	}
+	switch string(fromServer) {
+	case "Username:":
+		return []byte(a.user), nil
+	case "Password:":
+		return []byte(a.pass), nil
+	}
+	return nil, errors.New("unexpected challenge " + string(fromServer))
+}
+
+func TestTransportSendMailAuth(t *testing.T) {
+	serverTLS, pool := selfSigned(t)
+	users := map[string]string{"alice": "pw-alice"}
+	s := newRelay(t, &relaytest.Options{TLSConfig: serverTLS, Users: users})
+	tr := newTransport(t, s, &mxrelay.Options{
+		StartTLS: mxrelay.StartTLSRequired, TLSConfig: &tls.Config{RootCAs: pool, ServerName: "mx.test"},
+		Username: "alice", Password: "pw-alice",
+	})
+	body := []byte(msg("auth"))
+	to := []string{"b@example.com"}
+
+	for _, tc := range []struct {
+		name    string
+		addr    string
+		auth    smtp.Auth
+		wantErr string
+	}{
+		{name: "no Auth: the Transport's credentials", addr: "mx.test:587"},
+		{name: "PlainAuth with the same credentials", addr: "mx.test:587", auth: smtp.PlainAuth("", "alice", "pw-alice", "mx.test")},
+		{name: "PlainAuth with alice as identity", addr: "mx.test:587", auth: smtp.PlainAuth("alice", "alice", "pw-alice", "mx.test")},
+		{name: "LOGIN Auth", addr: "mx.test:587", auth: loginAuth{"alice", "pw-alice"}},
+		{name: "other credentials", addr: "mx.test:587", auth: smtp.PlainAuth("", "alice", "guess", "mx.test"), wantErr: "not the Transport's"},
+		{name: "PlainAuth for another host", addr: "mx.test:587", auth: smtp.PlainAuth("", "alice", "pw-alice", "smtp.example.com"), wantErr: "wrong host name"},
+		{name: "another identity", addr: "mx.test:587", auth: smtp.PlainAuth("admin", "alice", "pw-alice", "mx.test"), wantErr: "authorization identity"},
+		{name: "CRAM-MD5", addr: "mx.test:587", auth: smtp.CRAMMD5Auth("alice", "pw-alice"), wantErr: "CRAM-MD5"},
+		{name: "addr without a port", addr: "mx.test", auth: smtp.PlainAuth("", "alice", "pw-alice", "mx.test"), wantErr: "port"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := len(s.Mailbox())
+			err := tr.SendMail(tc.addr, tc.auth, "a@example.com", to, body)
+			if tc.wantErr != "" {
+				require.ErrorContains(t, err, tc.wantErr)
+				assert.Len(t, s.Mailbox(), before, "nothing sent")
+				return
+			}
+			require.NoError(t, err)
+			box := s.Mailbox()
+			require.Len(t, box, before+1)
+			assert.Equal(t, "alice", box[before].User)
+		})
+	}
+
+	t.Run("no STARTTLS: PlainAuth refuses a clear connection but to localhost", func(t *testing.T) {
+		clear := newRelay(t, &relaytest.Options{Users: users})
+		tr := newTransport(t, clear, &mxrelay.Options{Username: "alice", Password: "pw-alice"})
+		err := tr.SendMail("smtp.example.com:587", smtp.PlainAuth("", "alice", "pw-alice", "smtp.example.com"), "a@example.com", to, body)
+		require.ErrorContains(t, err, "unencrypted connection")
+		assert.Empty(t, clear.Mailbox())
+
+		require.NoError(t, tr.SendMail("localhost:25", smtp.PlainAuth("", "alice", "pw-alice", "localhost"), "a@example.com", to, body))
+		assert.Len(t, clear.Mailbox(), 1)
+	})
+}
+
+func TestSendMailFromEnvironment(t *testing.T) {
+	s := newRelay(t, nil)
+	t.Setenv(mxrelay.EnvURL, s.URL)
+	t.Setenv(mxrelay.EnvAPIKey, s.APIKey)
+	require.NoError(t, mxrelay.SendMail("smtp.example.com:25", nil, "a@example.com", []string{"b@example.com", "c@example.com"}, []byte(msg("env"))))
+	box := s.Mailbox()
+	require.Len(t, box, 1)
+	assert.Equal(t, []string{"b@example.com", "c@example.com"}, box[0].To)
+	assert.Equal(t, msg("env"), string(box[0].Data))
+
+	s.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: "RCPT", Reply: "550 5.1.1 no such user"})
+	err := mxrelay.SendMail("smtp.example.com:25", nil, "a@example.com", []string{"nobody@example.com"}, []byte(msg("refused")))
+	var se *mxrelay.SMTPError
+	require.ErrorAs(t, err, &se)
+	assert.Equal(t, 550, se.Code)
+}
+
+func TestRelayFromEnv(t *testing.T) {
+	dir := t.TempDir()
+	keyFile := filepath.Join(dir, "key")
+	require.NoError(t, os.WriteFile(keyFile, []byte("  key-from-file\n"), 0o600))
+	emptyFile := filepath.Join(dir, "empty")
+	require.NoError(t, os.WriteFile(emptyFile, []byte("\n"), 0o600))
+
+	for _, tc := range []struct {
+		name    string
+		env     map[string]string
+		wantKey string
+		wantErr string
+	}{
+		{name: "key", env: map[string]string{"MXRELAY_URL": "wss://r/smtp", "MXRELAY_API_KEY": "k1"}, wantKey: "k1"},
+		{name: "key wins over file", env: map[string]string{"MXRELAY_URL": "wss://r/smtp", "MXRELAY_API_KEY": "k1", "MXRELAY_API_KEY_FILE": keyFile}, wantKey: "k1"},
+		{name: "file, trimmed", env: map[string]string{"MXRELAY_URL": "wss://r/smtp", "MXRELAY_API_KEY_FILE": keyFile}, wantKey: "key-from-file"},
+		{name: "no URL", env: map[string]string{"MXRELAY_API_KEY": "k1"}, wantErr: "MXRELAY_URL is not set"},
+		{name: "no key", env: map[string]string{"MXRELAY_URL": "wss://r/smtp"}, wantErr: "MXRELAY_API_KEY_FILE"},
+		{name: "missing file", env: map[string]string{"MXRELAY_URL": "wss://r/smtp", "MXRELAY_API_KEY_FILE": filepath.Join(dir, "nope")}, wantErr: "no such file"},
+		{name: "empty file", env: map[string]string{"MXRELAY_URL": "wss://r/smtp", "MXRELAY_API_KEY_FILE": emptyFile}, wantErr: "is empty"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			u, key, err := mxrelay.RelayFromEnv(func(k string) string { return tc.env[k] })
+			if tc.wantErr != "" {
+				require.ErrorContains(t, err, tc.wantErr)
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, "wss://r/smtp", u)
+			assert.Equal(t, tc.wantKey, key)
+		})
+	}
+}

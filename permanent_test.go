@@ -1,0 +1,23 @@
+package mxrelay_test
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mxrelay/mxrelay"
+)
+
+// TestPermanentSetupIsNotTemporary: a session set-up that the client does
+// not retry (here STARTTLS required and not offered) is not reported as
+// temporary either, so that a caller does not resend in vain.
+func TestPermanentSetupIsNotTemporary(t *testing.T) {
+	s := newRelay(t, nil)
+	c := newClient(t, s, &mxrelay.Options{StartTLS: mxrelay.StartTLSRequired, MaxReconnectAttempts: 5})
+	_, err := c.Send(ctxT(t), mail("never"))
+	var ee *mxrelay.EmailError
+	require.ErrorAs(t, err, &ee)
+	assert.False(t, ee.Temporary(), "%v", err)
+	assert.Equal(t, 1, s.Stats().Channels, "not retried")
+}
