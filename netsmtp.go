@@ -73,6 +73,9 @@ func sendMail(getenv func(string) string, base *tls.Config, addr string, a smtp.
 		Retries:              -1,
 		MaxReconnectAttempts: 1,
 		IdleTimeout:          -1,
+		// One email per call, as net/smtp: pipelining gains nothing, and
+		// lock-step leaves fewer outcomes unknown after a failure.
+		DisablePipelining: true,
 	}
 	if a != nil {
 		opts.StartTLS = StartTLSRequired

@@ -109,6 +109,10 @@ func run(args []string, env func(string) string, stdin io.Reader, stderr io.Writ
 		ReconnectInterval:    time.Second,
 		MaxReconnectAttempts: cfg.retries + 1,
 		IdleTimeout:          -1,
+		// One email per run gains nothing from pipelining, and lock-step
+		// knows more after a failure: a stall before the end of data is
+		// "not sent" (EX_TEMPFAIL, safe to retry), not "unknown".
+		DisablePipelining: true,
 	}
 	if cfg.retries == 0 {
 		opts.Retries = -1 // Options' zero means the default
