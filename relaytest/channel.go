@@ -82,7 +82,9 @@ type channel struct {
 	upLimit    int64 // DropAfterBytes client to upstream; -1: none
 
 	// Upstream to client.
-	rbuf      []byte     // a reply being received
+	rbuf      []byte // a reply being received
+	batching  bool   // emitLocked gathers into batch (one upstream read)
+	batch     []byte
 	fifo      []*pending // replies awaited, in order
 	downCount int64
 	downLimit int64 // DropAfterBytes upstream to client; -1: none
@@ -144,6 +146,7 @@ func (ch *channel) failLocked(msg string) {
 // finishLocked sends the channel's one CLOSED or ERROR and hangs up the
 // upstream.
 func (ch *channel) finishLocked(typ string, data any, key, why string) {
+	ch.flushBatch()
 	if ch.ended || ch.dead {
 		return
 	}
@@ -505,6 +508,8 @@ func (ch *channel) fromUpstream(p []byte) {
 		return
 	}
 	ch.rbuf = append(ch.rbuf, p...)
+	ch.batching = true
+	defer ch.flushBatch()
 	for !ch.ended && !ch.dead && ch.mode != modeOpaque {
 		end := replyEnd(ch.rbuf)
 		if end < 0 {
@@ -545,6 +550,7 @@ func (ch *channel) reply(b []byte) {
 	}
 	if e.dropOnReply {
 		ch.log.Info("relaytest: fault fires: reply to the end of data withheld, connection cut")
+		ch.flushBatch()
 		ch.dead = true
 		ch.c.send(outFrame{abort: true})
 		return
@@ -578,9 +584,27 @@ func (ch *channel) reply(b []byte) {
 	ch.flushSynthetic()
 }
 
+// flushBatch emits the replies gathered from one read of the upstream.
+// Called with mu held.
+func (ch *channel) flushBatch() {
+	if !ch.batching {
+		return
+	}
+	ch.batching = false
+	b := ch.batch
+	ch.batch = ch.batch[:0]
+	ch.emitLocked(b)
+}
+
 // emitLocked queues SMTP bytes for the client, in frames of the channel's
 // encoding. Called with mu held.
 func (ch *channel) emitLocked(b []byte) {
+	if ch.batching {
+		// Replies parsed from one read of the upstream go out together,
+		// as a relay forwarding what it read would send them.
+		ch.batch = append(ch.batch, b...)
+		return
+	}
 	if ch.ended || ch.dead || len(b) == 0 {
 		return
 	}

@@ -15,13 +15,50 @@ import (
 	"github.com/mxrelay/mxrelay/internal/wire"
 )
 
-// Queue lengths between the WebSocket and the goroutines that apply the
-// latency. Frames are at most wire.MaxData bytes, so a connection holds at
-// most (inQueue+outQueue) MiB on behalf of its peers.
+// Queues between the WebSocket and the goroutines that apply the latency.
+// They are bounded in bytes, not in frames: with latency, a queue holds
+// what is in flight, and a bound in frames would cap frames per second as
+// no network does. A frame larger than the bound passes alone.
 const (
-	inQueue  = 16
-	outQueue = 32
+	queueFrames = 4096
+	queueBytes  = 2 << 20 // per direction and connection
 )
+
+// budget bounds the bytes in a queue; take waits for room.
+type budget struct {
+	mu    sync.Mutex
+	used  int64
+	freed chan struct{} // buffered 1
+}
+
+func newBudget() *budget { return &budget{freed: make(chan struct{}, 1)} }
+
+func (b *budget) take(ctx context.Context, n int) bool {
+	for {
+		b.mu.Lock()
+		if b.used == 0 || b.used+int64(n) <= queueBytes {
+			b.used += int64(n)
+			b.mu.Unlock()
+			return true
+		}
+		b.mu.Unlock()
+		select {
+		case <-b.freed:
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
+
+func (b *budget) give(n int) {
+	b.mu.Lock()
+	b.used -= int64(n)
+	b.mu.Unlock()
+	select {
+	case b.freed <- struct{}{}:
+	default:
+	}
+}
 
 // conn is one client WebSocket. Three goroutines serve it:
 //
@@ -43,6 +80,8 @@ type conn struct {
 	cancel    context.CancelFunc
 	in        chan inFrame
 	out       chan outFrame
+	inRoom    *budget
+	outRoom   *budget
 	wg        sync.WaitGroup // process, write, channel readers
 	finished  chan struct{}  // closed when serve has returned and the conn is forgotten
 	processed chan struct{}  // closed when process has returned: nobody reads in
@@ -80,8 +119,10 @@ func newConn(s *Server, id int, ws *websocket.Conn, raw net.Conn) *conn {
 		log:       s.log.With("conn", id),
 		ctx:       ctx,
 		cancel:    cancel,
-		in:        make(chan inFrame, inQueue),
-		out:       make(chan outFrame, outQueue),
+		in:        make(chan inFrame, queueFrames),
+		out:       make(chan outFrame, queueFrames),
+		inRoom:    newBudget(),
+		outRoom:   newBudget(),
 		finished:  make(chan struct{}),
 		processed: make(chan struct{}),
 	}
@@ -101,12 +142,16 @@ func (c *conn) serve() {
 			break
 		}
 		f := inFrame{due: time.Now().Add(c.s.opts.Latency.ToServer), typ: typ, data: data}
+		if !c.inRoom.take(c.ctx, len(data)) {
+			break
+		}
 		select {
 		case c.in <- f:
 			continue
 		case <-c.processed:
 			// The protocol has ended the connection; keep reading (and
 			// dropping) until the writer's close ends the WebSocket.
+			c.inRoom.give(len(data))
 			continue
 		case <-c.ctx.Done():
 		}
@@ -183,6 +228,7 @@ func (c *conn) write() {
 		var f outFrame
 		select {
 		case f = <-c.out:
+			c.outRoom.give(len(f.data))
 		case <-c.ctx.Done():
 			return
 		}
@@ -208,6 +254,9 @@ func (c *conn) write() {
 // send queues f for the client; it reports false if the connection ended.
 func (c *conn) send(f outFrame) bool {
 	f.due = time.Now().Add(c.s.opts.Latency.ToClient)
+	if !c.outRoom.take(c.ctx, len(f.data)) {
+		return false
+	}
 	select {
 	case c.out <- f:
 		return true
@@ -258,6 +307,7 @@ func (c *conn) process() {
 			c.closeWith(wire.StatusAuthTimeout, "authentication timeout")
 			return
 		case f := <-c.in:
+			c.inRoom.give(len(f.data))
 			if !c.sleepUntil(f.due) || !c.handle(f) {
 				return
 			}

@@ -20,7 +20,7 @@ func tapChannel(t testing.TB, binary bool, outCap int) *channel {
 	s := &Server{log: slog.New(slog.DiscardHandler)}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	c := &conn{s: s, log: s.log, ctx: ctx, cancel: cancel, out: make(chan outFrame, outCap)}
+	c := &conn{s: s, log: s.log, ctx: ctx, cancel: cancel, out: make(chan outFrame, outCap), outRoom: newBudget()}
 	return &channel{c: c, binary: binary, log: s.log, upLimit: -1, downLimit: -1, fifo: []*pending{{}}}
 }
 
