@@ -99,7 +99,7 @@ type pipe struct {
 	slots                chan struct{}
 	progress             chan struct{} // buffered 1: a reply was handled
 	readerDone           chan struct{}
-	rbuf, cbuf           []byte
+	rbuf, cbuf, chunk    []byte
 	sent                 int // transactions started
 
 	mu      sync.Mutex
@@ -392,22 +392,26 @@ func (c *Client) Send(tx *Tx) error {
 	p := &c.p
 	tx.endAt = -1
 	tx.res.Rcpt = make([]*smtp.SMTPError, len(tx.Rcpts))
-	select {
-	case p.slots <- struct{}{}:
-	default:
+	if len(p.slots) == cap(p.slots) {
+		// The window is full: hand on what is written, and go on only
+		// when an eighth of it is free again, so that transactions go out
+		// in batches rather than one per reply (a frame, a write each).
 		if err := c.Flush(); err != nil {
 			tx.res.Err = err
 			tx.Done(&tx.res)
 			return err
 		}
-		select {
-		case p.slots <- struct{}{}:
-		case <-p.readerDone:
-			tx.res.Err = c.Err()
-			tx.Done(&tx.res)
-			return tx.res.Err
+		for len(p.slots) > cap(p.slots)-max(1, cap(p.slots)/8) {
+			select {
+			case <-p.progress:
+			case <-p.readerDone:
+				tx.res.Err = c.Err()
+				tx.Done(&tx.res)
+				return tx.res.Err
+			}
 		}
 	}
+	p.slots <- struct{}{} // only this goroutine takes slots: there is one free
 	p.mu.Lock()
 	p.live[tx] = struct{}{}
 	tx.seq = p.pushed
@@ -538,7 +542,11 @@ func (c *Client) copyBody(tx *Tx, enc *Encoder, out func([]byte) error) error {
 
 func (c *Client) sendChunks(tx *Tx, lockstep bool) error {
 	enc := Encoder{Fix: c.cfg.Fix}
-	var chunk []byte
+	p := &c.p
+	if p.chunk == nil {
+		p.chunk = make([]byte, 0, chunkSize)
+	}
+	chunk := p.chunk[:0] // reused: its bytes are copied out by each write
 	flush := func(last bool) error {
 		if tx.Canceled != nil && tx.Canceled() {
 			tx.res.Err = ErrWithdrawn
@@ -574,9 +582,6 @@ func (c *Client) sendChunks(tx *Tx, lockstep bool) error {
 	}
 	err := c.copyBody(tx, &enc, func(b []byte) error {
 		for len(b) > 0 {
-			if chunk == nil {
-				chunk = make([]byte, 0, chunkSize)
-			}
 			k := min(len(b), chunkSize-len(chunk))
 			chunk = append(chunk, b[:k]...)
 			b = b[k:]
