@@ -1,9 +1,11 @@
 package wire
 
 import (
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/coder/websocket"
 	"github.com/stretchr/testify/assert"
@@ -76,4 +78,30 @@ func TestRetryFor(t *testing.T) {
 func TestMaskKey(t *testing.T) {
 	assert.Equal(t, "****", MaskKey("short"))
 	assert.Equal(t, "****wxyz", MaskKey("abcdefghijklmnopqrstuvwxyz"))
+}
+
+// The hand-built data message decodes, with encoding/json, to the same
+// type and bytes, and is what encoding/json would accept as valid.
+func FuzzEncodeData(f *testing.F) {
+	f.Add([]byte("MAIL FROM:<a@example.com>\r\n"))
+	f.Add([]byte("quote \" backslash \\ tab \t nul \x00 del \x7f é \u2028 \u2029 end"))
+	f.Add([]byte(""))
+	f.Fuzz(func(t *testing.T, p []byte) {
+		b, err := EncodeData(TypeToServer, p)
+		if !utf8.Valid(p) {
+			require.ErrorIs(t, err, ErrInvalidUTF8)
+			return
+		}
+		require.NoError(t, err)
+		require.True(t, json.Valid(b), "%q", b)
+		m, err := Decode(b)
+		require.NoError(t, err)
+		require.Equal(t, TypeToServer, m.Type)
+		got, err := DecodeData(m)
+		require.NoError(t, err)
+		require.Equal(t, string(p), string(got))
+		want, err := Encode(TypeToServer, string(p))
+		require.NoError(t, err)
+		require.JSONEq(t, string(want), string(b))
+	})
 }
