@@ -54,25 +54,40 @@ func (g *gatedReader) Read(p []byte) (int, error) {
 }
 
 func TestCancelDoesNotHurtTheNextEmail(t *testing.T) {
-	// JSON mode reads a body through once to check it is UTF-8 before
-	// MAIL. A cancel during that check closes the channel; the email then
-	// fails the check (its bytes are Latin-1) without any SMTP traffic.
-	// The next email must not be sent on the closed channel.
-	s := newRelay(t, &relaytest.Options{DisableBinary: true})
-	c := newClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 10, BatchWait: time.Hour})
-	g := &gatedReader{Reader: strings.NewReader("Subject: caf\xe9\r\n\r\n.\r\n"), started: make(chan struct{}), gate: make(chan struct{})}
-	a, err := c.Enqueue(mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: g}, mxrelay.WithPriority(mxrelay.PriorityHigh))
-	require.NoError(t, err)
-	b, err := c.Enqueue(mail("b"), mxrelay.WithRetries(0), mxrelay.Immediate())
-	require.NoError(t, err)
-	<-g.started
-	a.Cancel()
-	close(g.gate)
-	_, err = a.Wait(ctxT(t))
-	require.Error(t, err)
-	res, err := b.Wait(ctxT(t))
-	require.NoError(t, err, "the next email goes through a new channel, without losing an attempt")
-	assert.Equal(t, 1, res.Attempts)
+	t.Run("cancel while its body is read", func(t *testing.T) {
+		// Pipelined BDAT: a is withdrawn with RSET before its last chunk;
+		// b, behind it on the same channel, must not suffer.
+		s := newRelay(t, nil)
+		c := newClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 10, BatchWait: time.Hour})
+		g := &gatedReader{Reader: strings.NewReader(msg("a")), started: make(chan struct{}), gate: make(chan struct{})}
+		a, err := c.Enqueue(mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: g}, mxrelay.WithPriority(mxrelay.PriorityHigh))
+		require.NoError(t, err)
+		b, err := c.Enqueue(mail("b"), mxrelay.WithRetries(0), mxrelay.Immediate())
+		require.NoError(t, err)
+		<-g.started
+		a.Cancel()
+		close(g.gate)
+		_, err = a.Wait(ctxT(t))
+		require.ErrorIs(t, err, mxrelay.ErrCanceled)
+		res, err := b.Wait(ctxT(t))
+		require.NoError(t, err, "the next email goes through, without losing an attempt")
+		assert.Equal(t, 1, res.Attempts)
+		assert.Equal(t, []string{"b"}, subjects(s))
+		assert.Equal(t, 1, s.Stats().Channels, "withdrawn by RSET: the channel stayed open")
+	})
+	t.Run("an email that cannot travel in JSON", func(t *testing.T) {
+		s := newRelay(t, &relaytest.Options{DisableBinary: true})
+		c := newClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 10, BatchWait: time.Hour})
+		a, err := c.Enqueue(mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: strings.NewReader("Subject: caf\xe9\r\n\r\n.\r\n")}, mxrelay.WithPriority(mxrelay.PriorityHigh))
+		require.NoError(t, err)
+		b, err := c.Enqueue(mail("b"), mxrelay.WithRetries(0), mxrelay.Immediate())
+		require.NoError(t, err)
+		_, err = a.Wait(ctxT(t))
+		require.ErrorIs(t, err, mxrelay.ErrNotUTF8)
+		res, err := b.Wait(ctxT(t))
+		require.NoError(t, err)
+		assert.Equal(t, 1, res.Attempts)
+	})
 }
 
 func TestEmailTimeoutMatchesErrCanceled(t *testing.T) {

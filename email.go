@@ -205,6 +205,7 @@ type body struct {
 	start int64
 	size  int64    // bytes to read
 	wire  int64    // bytes as sent (SIZE=): line endings fixed, final CRLF
+	utf8  bool     // valid UTF-8, so it can travel in a JSON channel
 	spool *os.File // a copy of a read-once body, removed by release
 }
 
@@ -216,10 +217,12 @@ func newBody(r io.Reader, tempDir string, fix bool) (*body, error) {
 		r = bytes.NewReader(b.Bytes())
 	}
 	sz := smtpc.NewSizer(fix)
+	u8 := &utf8Check{}
+	scan := io.MultiWriter(sz, u8)
 	if rs, ok := r.(io.ReadSeeker); ok {
 		if start, err := rs.Seek(0, io.SeekCurrent); err == nil {
 			b := &body{r: rs, start: start}
-			if b.size, err = io.Copy(sz, rs); err != nil {
+			if b.size, err = io.Copy(scan, rs); err != nil {
 				return nil, bodyErr(err)
 			}
 			if b.wire, err = sz.Size(); err != nil {
@@ -228,6 +231,7 @@ func newBody(r io.Reader, tempDir string, fix bool) (*body, error) {
 			if _, err := rs.Seek(start, io.SeekStart); err != nil {
 				return nil, bodyErr(err)
 			}
+			b.utf8 = u8.valid()
 			return b, nil
 		}
 	}
@@ -235,10 +239,10 @@ func newBody(r io.Reader, tempDir string, fix bool) (*body, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mxrelay: copying the body: %w", err)
 	}
-	n, err := io.Copy(io.MultiWriter(f, sz), r)
-	var wire int64
+	n, err := io.Copy(io.MultiWriter(f, scan), r)
+	var wsize int64
 	if err == nil {
-		wire, err = sz.Size()
+		wsize, err = sz.Size()
 	}
 	if err == nil {
 		_, err = f.Seek(0, io.SeekStart)
@@ -248,7 +252,7 @@ func newBody(r io.Reader, tempDir string, fix bool) (*body, error) {
 		os.Remove(f.Name())
 		return nil, bodyErr(err)
 	}
-	return &body{r: f, size: n, wire: wire, spool: f}, nil
+	return &body{r: f, size: n, wire: wsize, utf8: u8.valid(), spool: f}, nil
 }
 
 // bodyErr says what was wrong with a body read at Enqueue.
@@ -274,27 +278,37 @@ func (b *body) release() {
 	}
 }
 
-// validUTF8 reads r to the end and reports whether it is valid UTF-8,
-// holding at most one read buffer.
-func validUTF8(r io.Reader) (bool, error) {
-	buf := make([]byte, 32<<10)
-	carry := 0
-	for {
-		n, err := r.Read(buf[carry:])
-		n += carry
-		cut := wire.RuneCut(buf[:n]) // keep an incomplete rune for the next read
-		if !utf8.Valid(buf[:cut]) {
-			return false, nil
+// utf8Check is a writer that tells whether what was written is valid
+// UTF-8, holding back at most one incomplete character between writes.
+type utf8Check struct {
+	carry [utf8.UTFMax]byte
+	n     int
+	bad   bool
+}
+
+func (u *utf8Check) Write(p []byte) (int, error) {
+	n := len(p)
+	for len(p) > 0 && !u.bad {
+		if u.n == 0 {
+			cut := wire.RuneCut(p)
+			u.bad = !utf8.Valid(p[:cut])
+			u.n = copy(u.carry[:], p[cut:])
+			break
 		}
-		carry = copy(buf, buf[cut:n])
-		if err == io.EOF {
-			return carry == 0, nil
-		}
-		if err != nil {
-			return false, fmt.Errorf("%w: %w", errBody, err)
+		// Complete the held-back character, a byte at a time.
+		u.carry[u.n] = p[0]
+		u.n++
+		p = p[1:]
+		if utf8.FullRune(u.carry[:u.n]) {
+			u.bad = !utf8.Valid(u.carry[:u.n])
+			u.n = 0
 		}
 	}
+	return n, nil
 }
+
+// valid reports whether everything written was valid UTF-8.
+func (u *utf8Check) valid() bool { return !u.bad && u.n == 0 }
 
 // maxPath is the longest reverse- or forward-path of RFC 5321 §4.5.3.1.3,
 // angle brackets included.
