@@ -20,8 +20,9 @@ import (
 
 var accountingEmails = flag.Int("accounting.emails", 500, "emails in TestAccountingUnderRandomFaults")
 
-// randomFault picks one of the relay's faults.
-func randomFault(r *rand.Rand) (relaytest.Fault, bool) {
+// randomFault picks one of the relay's faults; data is the verb that
+// starts the data, "DATA" or "BDAT", so that every fault can fire.
+func randomFault(r *rand.Rand, data string) (relaytest.Fault, bool) {
 	switch r.IntN(12) {
 	case 0:
 		return relaytest.Fault{Kind: relaytest.DropAfterRcpt}, false
@@ -40,11 +41,11 @@ func randomFault(r *rand.Rand) (relaytest.Fault, bool) {
 	case 7:
 		return relaytest.Fault{Kind: relaytest.ReplaceReply, Command: ".", Reply: "554 5.6.0 refused"}, false
 	case 8:
-		return relaytest.Fault{Kind: relaytest.StallReply, Command: []string{"RCPT", ".", "DATA"}[r.IntN(3)]}, false
+		return relaytest.Fault{Kind: relaytest.StallReply, Command: []string{"RCPT", ".", data}[r.IntN(3)]}, false
 	case 9:
 		return relaytest.Fault{Kind: relaytest.FailChannel}, false
 	case 10:
-		return relaytest.Fault{Kind: relaytest.ReplaceReply, Command: "DATA", Reply: "451 4.3.0 later"}, false
+		return relaytest.Fault{Kind: relaytest.ReplaceReply, Command: data, Reply: "451 4.3.0 later"}, false
 	default:
 		return relaytest.Fault{}, true // restart the relay
 	}
@@ -54,18 +55,42 @@ func randomFault(r *rand.Rand) (relaytest.Fault, bool) {
 // email ends exactly once, none is reported delivered unless the upstream
 // has it, none that failed without an unknown outcome is in the mailbox.
 func TestAccountingUnderRandomFaults(t *testing.T) {
+	for _, v := range []struct {
+		name     string
+		lockstep bool
+		sessions int
+		chunking bool
+	}{
+		{"pipelined BDAT", false, 1, true},
+		{"pipelined DATA", false, 1, false},
+		{"lock-step BDAT", true, 1, true},
+		{"3 sessions", false, 3, true},
+	} {
+		t.Run(v.name, func(t *testing.T) {
+			accountingRun(t, v.chunking, mxrelay.Options{
+				CommandTimeout:        300 * time.Millisecond,
+				MaxEmailsPerSession:   7,
+				MaxReconnectAttempts:  50,
+				Retries:               4,
+				MaxQueueSize:          *accountingEmails,
+				DisablePipelining:     v.lockstep,
+				MaxConcurrentSessions: v.sessions,
+			})
+		})
+	}
+}
+
+func accountingRun(t *testing.T, chunking bool, o mxrelay.Options) {
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("seed %d (emails %d)", seed, *accountingEmails)
 	r := rand.New(rand.NewPCG(seed, 42))
 
-	s := newRelay(t, nil)
-	c := newClient(t, s, &mxrelay.Options{
-		CommandTimeout:       300 * time.Millisecond,
-		MaxEmailsPerSession:  7,
-		MaxReconnectAttempts: 50,
-		Retries:              4,
-		MaxQueueSize:         *accountingEmails,
-	})
+	data, ro := "BDAT", &relaytest.Options{}
+	if !chunking {
+		data, ro.HideExtensions = "DATA", []string{"CHUNKING"}
+	}
+	s := newRelay(t, ro)
+	c := newClient(t, s, &o)
 
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
@@ -84,12 +109,12 @@ func TestAccountingUnderRandomFaults(t *testing.T) {
 			select {
 			case <-stop:
 				return
-			case <-time.After(time.Duration(2+fr.IntN(8)) * time.Millisecond):
+			case <-time.After(time.Duration(200+fr.IntN(1500)) * time.Microsecond):
 			}
 			if len(s.Faults()) >= 2 {
 				continue
 			}
-			f, restart := randomFault(fr)
+			f, restart := randomFault(fr, data)
 			if restart {
 				s.CloseClientConnections()
 			} else {
@@ -180,5 +205,8 @@ func TestAccountingUnderRandomFaults(t *testing.T) {
 	assert.Zero(t, st.InFlight)
 	t.Logf("%d emails: %d delivered, %d failed, %d with unknown outcome; %d faults; %d relay connections, %d sessions",
 		len(all), delivered, failed, unknown, faults, s.Stats().Connections, s.Stats().Channels)
-	assert.Greater(t, delivered, len(all)/2, "most emails get through")
+	// Pipelined, a cut leaves every email of the window unknown (and
+	// failed, RetryUnknown being off): under this storm of faults that can
+	// be most of them. Most must still be delivered or maybe delivered.
+	assert.Greater(t, delivered+unknown, len(all)/2, "most emails get through, or may have")
 }

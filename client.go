@@ -19,10 +19,11 @@ import (
 )
 
 // Client sends emails through one mxrelay relay. It holds a bounded
-// priority queue and one session worker that connects when there is work,
-// sends the queued emails in SMTP sessions of up to MaxEmailsPerSession,
+// priority queue and one session worker (MaxConcurrentSessions of them, if
+// set) that connects when there is work, sends the queued emails in SMTP
+// sessions of up to MaxEmailsPerSession, pipelined when the server allows,
 // and disconnects when idle. A Client is safe for concurrent use. Close it
-// to stop the worker; every accepted email gets exactly one Result.
+// to stop the workers; every accepted email gets exactly one Result.
 type Client struct {
 	url    string
 	apiKey string
@@ -53,6 +54,7 @@ type Client struct {
 
 	connState atomic.Int32
 	sessState atomic.Int32
+	sessions  atomic.Int32 // sessions running now
 	ids       atomic.Uint64
 }
 
@@ -354,10 +356,12 @@ func (c *Client) finish(em *email, err error) {
 
 func (c *Client) fail(em *email, err error) { c.finish(em, err) }
 
-// ConnState is the relay connection's state now.
+// ConnState is the relay connection's state now; with several workers,
+// the latest change of any of their connections.
 func (c *Client) ConnState() ConnState { return ConnState(c.connState.Load()) }
 
-// SessionState is the session worker's state now.
+// SessionState is the session worker's state now; with several workers,
+// PROCESSING while any of them runs a session.
 func (c *Client) SessionState() SessionState { return SessionState(c.sessState.Load()) }
 
 // Stats returns a snapshot of the counters.

@@ -14,6 +14,15 @@
 // it, a reconnect loop with exponential backoff and jitter; over it,
 // per-email results, events, statistics and states.
 //
+// Over a relay every round trip costs the relay's latency, so the session
+// pipelines: with PIPELINING and CHUNKING (RFC 2920, RFC 3030) whole
+// transactions go out with BDAT without waiting, up to PipelineWindow in
+// flight; with PIPELINING alone each email costs one round trip; with
+// neither, or with DisablePipelining, it goes lock-step. Replies are
+// matched to commands in order, and each email's fate is decided by its
+// own replies. MaxConcurrentSessions runs several sessions, each on its own
+// WebSocket, from the same queue.
+//
 //	c, err := mxrelay.New("wss://relay.example.com/smtp", apiKey, nil)
 //	...
 //	defer c.Close(ctx)

@@ -175,3 +175,26 @@ func TestShortSessionsAlwaysEnd(t *testing.T) {
 		require.NoError(t, err, "round %d: %+v", i, c.Stats())
 	}
 }
+
+// MaxConcurrentSessions: several workers, each on its own WebSocket, drain
+// one queue; every email is delivered once, and a single email does not
+// wake more than one of them.
+func TestConcurrentSessions(t *testing.T) {
+	s := newRelay(t, &relaytest.Options{Latency: relaytest.Latency{ToServer: 2 * time.Millisecond, ToClient: 2 * time.Millisecond}})
+	c := newClient(t, s, &mxrelay.Options{MaxConcurrentSessions: 3, MaxEmailsPerSession: 20, IdleTimeout: time.Hour})
+	_, err := c.Send(ctxT(t), mail("alone"))
+	require.NoError(t, err)
+	assert.Equal(t, 1, s.Stats().Connections, "one email, one worker")
+
+	res := enqueueBatch(t, c, 300)
+	for i, r := range res {
+		require.NoError(t, r.Err, "email %d", i)
+		assert.Equal(t, 1, countSubject(s, fmt.Sprint("p", i)), "email %d once", i)
+	}
+	assert.Equal(t, 3, s.Stats().Connections, "three workers, three WebSockets")
+	sessions := map[string]bool{}
+	for _, r := range res {
+		sessions[r.SessionID] = true
+	}
+	assert.GreaterOrEqual(t, len(sessions), 15, "300 emails, at most 20 per session")
+}

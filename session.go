@@ -41,6 +41,14 @@ func (w *worker) session() {
 	c.mu.Unlock()
 	c.events.emit(Event{Type: EventSessionQueued, SessionID: sid, QueueSize: qsize})
 	c.setSessionState(SessionProcessing)
+	c.sessions.Add(1)
+	defer func() {
+		// With MaxConcurrentSessions > 1 the state is PROCESSING while any
+		// session runs. A failed set-up leaves FAILED in place.
+		if c.sessions.Add(-1) == 0 {
+			c.sessState.CompareAndSwap(int32(SessionProcessing), int32(SessionIdle))
+		}
+	}()
 
 	ctx, cancel := context.WithTimeout(c.stopCtx, c.opts.SessionTimeout)
 	defer cancel()
@@ -135,7 +143,6 @@ func (w *worker) session() {
 		c.sumSess += d
 	}
 	c.mu.Unlock()
-	c.setSessionState(SessionIdle)
 	if broken != nil {
 		c.log.Debug("mxrelay: session broke", "session", sid, "err", broken)
 		c.events.emit(Event{Type: EventSessionFailed, SessionID: sid, Err: broken, Results: results, Duration: d})
@@ -312,8 +319,11 @@ func (s *smtpSession) send(em *email) error {
 	c.mu.Lock()
 	rcpts := append([]string(nil), em.pending...)
 	canceled := em.canceled
-	if !s.sc.Windowed() {
-		em.abort = s.abort // a cancel must not wait for a reply
+	if s.sc.Windowed() {
+		// Nothing waits for a reply inside a pipelined BDAT transaction: a
+		// cancel is seen before the next chunk and withdrawn with RSET,
+		// and the channel stays open for the others in the window.
+		em.abort = nil
 	}
 	c.mu.Unlock()
 	if canceled != nil {
@@ -321,14 +331,8 @@ func (s *smtpSession) send(em *email) error {
 		return nil
 	}
 	r, err := em.body.open()
-	if err == nil && !s.ch.Binary() {
-		var ok bool
-		if ok, err = validUTF8(r); err == nil && !ok {
-			err = ErrNotUTF8
-		}
-		if err == nil {
-			r, err = em.body.open()
-		}
+	if err == nil && !s.ch.Binary() && !em.body.utf8 {
+		err = ErrNotUTF8 // checked at Enqueue, with the line endings
 	}
 	var tx *smtpc.Tx
 	if err == nil {
@@ -536,11 +540,14 @@ func (w *worker) retryOrFail(em *email, cause error, rejected []RecipientError) 
 	em.notBefore = now.Add(delay)
 	em.abort = nil
 	c.inflight--
+	// Read before the email is back in the queue: another worker may take
+	// it at once.
+	attempt, session := em.attempts, em.session
 	c.q.push(em, now)
 	c.stats.EmailsRetried++
 	c.mu.Unlock()
 	c.kick()
-	c.log.Warn("mxrelay: email will be retried", "email", em.id, "attempt", em.attempts, "delay", delay, "err", cause)
-	c.events.emit(Event{Type: EventEmailRetrying, SessionID: em.session, EmailID: em.id, Attempt: em.attempts, Duration: delay, Err: cause})
+	c.log.Warn("mxrelay: email will be retried", "email", em.id, "attempt", attempt, "delay", delay, "err", cause)
+	c.events.emit(Event{Type: EventEmailRetrying, SessionID: session, EmailID: em.id, Attempt: attempt, Duration: delay, Err: cause})
 	return true
 }
