@@ -1,0 +1,81 @@
+package smtpc
+
+import (
+	"bufio"
+	"errors"
+	"io"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func readReplies(s string) ([]Reply, error) {
+	rr := replyReader{br: bufio.NewReaderSize(strings.NewReader(s), 64)}
+	var out []Reply
+	for {
+		r, err := rr.read()
+		if err != nil {
+			if errors.Is(err, io.EOF) && rr.code == 0 && len(rr.line) == 0 {
+				return out, nil
+			}
+			return out, err
+		}
+		out = append(out, r)
+	}
+}
+
+func TestReplyParsing(t *testing.T) {
+	rs, err := readReplies("220 mx ESMTP\r\n250-mx\r\n250-PIPELINING\r\n250 CHUNKING\r\n550 5.1.1 <x@y>: no\r\n354\r\n451 4.3.0\r\n")
+	require.NoError(t, err)
+	require.Len(t, rs, 5)
+	assert.Equal(t, Reply{Code: 220, Message: "mx ESMTP"}, rs[0])
+	assert.Equal(t, "mx\nPIPELINING\nCHUNKING", rs[1].Message)
+	assert.Equal(t, 550, rs[2].Code)
+	assert.Equal(t, [3]int{5, 1, 1}, [3]int(rs[2].Enhanced))
+	assert.Equal(t, "<x@y>: no", rs[2].Message)
+	assert.Equal(t, 354, rs[3].Code)
+	assert.Equal(t, [3]int{4, 3, 0}, [3]int(rs[4].Enhanced), "an enhanced code alone")
+
+	for name, bad := range map[string]string{
+		"code below 200":      "099 odd\r\n",
+		"letters":             "abc def\r\n",
+		"no separator":        "250xok\r\n",
+		"code change":         "250-a\r\n251 b\r\n",
+		"too short":           "25\r\n",
+		"line too long":       "250 " + strings.Repeat("x", MaxReplyLine) + "\r\n",
+		"endless multi-line":  strings.Repeat("250-more\r\n", MaxReplyLines+1),
+		"no CRLF, ever":       "250 " + strings.Repeat("y", 3*MaxReplyLine),
+		"code 600 and beyond": "600 no\r\n",
+	} {
+		_, err := readReplies(bad)
+		assert.ErrorIs(t, err, ErrProtocol, name)
+	}
+	// An enhanced code of another class is text, not a status code.
+	rs, err = readReplies("250 5.0.0 looks like one\r\n")
+	require.NoError(t, err)
+	assert.Equal(t, [3]int{}, [3]int(rs[0].Enhanced))
+	assert.Equal(t, "5.0.0 looks like one", rs[0].Message)
+}
+
+// FuzzReplyReader: no panic, each reply within the limits, and the reader
+// never holds more than a line and a reply's lines.
+func FuzzReplyReader(f *testing.F) {
+	f.Add("250-a\r\n250 b\r\n", byte(1))
+	f.Add("220 x\n354 go\r\n", byte(5))
+	f.Add("250-"+strings.Repeat("z", 5000)+"\r\n", byte(9))
+	f.Fuzz(func(t *testing.T, s string, size byte) {
+		rr := replyReader{br: bufio.NewReaderSize(strings.NewReader(s), 16+int(size))}
+		for {
+			r, err := rr.read()
+			if err != nil {
+				return
+			}
+			require.GreaterOrEqual(t, r.Code, 200)
+			require.Less(t, r.Code, 600)
+			require.LessOrEqual(t, len(r.Message), MaxReplyLines*(MaxReplyLine+1))
+			require.LessOrEqual(t, len(rr.line), MaxReplyLine+2)
+		}
+	})
+}
