@@ -76,6 +76,8 @@ var ErrInvalidUTF8 = errors.New("bytes are not valid UTF-8 and cannot travel in 
 type Message struct {
 	Type string          `json:"type"`
 	Data json.RawMessage `json:"data,omitempty"`
+
+	text []byte // a data message's bytes, when Decode took the fast path
 }
 
 // IsData reports whether t is one of the two SMTP data types.
@@ -86,6 +88,74 @@ func IsData(t string) bool { return t == TypeToServer || t == TypeFromServer }
 // message is larger than MaxControl, or when a data message does not carry
 // a JSON string.
 func Decode(frame []byte) (Message, error) {
+	if typ, raw, text, ok := decodeDataFast(frame); ok {
+		return Message{Type: typ, Data: raw, text: text}, nil
+	}
+	return decodeSlow(frame)
+}
+
+// decodeDataFast decodes the data messages this package encodes,
+// {"type":"SMTP_...","data":"..."} with no space and no \u escape, which
+// is what a JSON channel carries most. Anything else, or anything it is
+// unsure of, is left to encoding/json (ok false); FuzzDecodeFast checks
+// that both agree on what it accepts.
+func decodeDataFast(frame []byte) (typ string, raw, text []byte, ok bool) {
+	const head, mid = `{"type":"`, `","data":"`
+	if !bytes.HasPrefix(frame, []byte(head)) || !bytes.HasSuffix(frame, []byte(`"}`)) {
+		return "", nil, nil, false
+	}
+	rest := frame[len(head):]
+	switch {
+	case bytes.HasPrefix(rest, []byte(TypeToServer+mid)):
+		typ = TypeToServer
+	case bytes.HasPrefix(rest, []byte(TypeFromServer+mid)):
+		typ = TypeFromServer
+	default:
+		return "", nil, nil, false
+	}
+	if len(rest) < len(typ)+len(mid)+2 {
+		return "", nil, nil, false // the closing quote would be the opening one
+	}
+	str := rest[len(typ)+len(mid) : len(rest)-2] // between the quotes
+	if !utf8.Valid(str) {
+		return "", nil, nil, false // encoding/json would replace, and say so its way
+	}
+	text = make([]byte, 0, len(str))
+	for i := 0; i < len(str); i++ {
+		c := str[i]
+		switch {
+		case c == '"' || c < 0x20:
+			return "", nil, nil, false // the string ends early, or is not JSON
+		case c != '\\':
+			text = append(text, c)
+			continue
+		}
+		if i+1 == len(str) {
+			return "", nil, nil, false
+		}
+		i++
+		switch str[i] {
+		case '"', '\\', '/':
+			text = append(text, str[i])
+		case 'n':
+			text = append(text, '\n')
+		case 'r':
+			text = append(text, '\r')
+		case 't':
+			text = append(text, '\t')
+		case 'b':
+			text = append(text, '\b')
+		case 'f':
+			text = append(text, '\f')
+		default:
+			return "", nil, nil, false // \u and anything else: encoding/json
+		}
+	}
+	raw = frame[len(head)+len(typ)+len(mid)-1 : len(frame)-1]
+	return typ, raw, text, true
+}
+
+func decodeSlow(frame []byte) (Message, error) {
 	var raw map[string]json.RawMessage
 	if err := json.Unmarshal(frame, &raw); err != nil {
 		return Message{}, fmt.Errorf("%w: text frame is not a JSON object: %v", ErrProtocol, err)
@@ -195,6 +265,9 @@ func appendJSONString(b, s []byte) []byte {
 
 // DecodeData returns the SMTP bytes of a data message.
 func DecodeData(m Message) ([]byte, error) {
+	if m.text != nil {
+		return m.text, nil
+	}
 	var s string
 	if err := json.Unmarshal(m.Data, &s); err != nil || m.Data == nil {
 		return nil, fmt.Errorf("%w: %s data is not a JSON string", ErrProtocol, m.Type)

@@ -105,3 +105,29 @@ func FuzzEncodeData(f *testing.F) {
 		require.JSONEq(t, string(want), string(b))
 	})
 }
+
+// Decode's fast path agrees with encoding/json on every frame it takes.
+func FuzzDecodeFast(f *testing.F) {
+	for _, s := range []string{
+		`{"type":"SMTP_TO_SERVER","data":"MAIL FROM:<a@b>\r\n"}`,
+		`{"type":"SMTP_FROM_SERVER","data":"250 ok\r\n\"q\" \\ \/ \t \b \f"}`,
+		`{"type":"SMTP_TO_SERVER","data":"\u00e9"}`,
+		`{"type":"SMTP_TO_SERVER","data":"a","data":"b"}`,
+		`{"type":"SMTP_TO_SERVER","data":"x"} `,
+		`{"type":"SMTP_TO_SERVER","data":"é"}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, frame []byte) {
+		typ, _, text, ok := decodeDataFast(frame)
+		if !ok {
+			return
+		}
+		m, err := decodeSlow(frame)
+		require.NoError(t, err, "%q", frame)
+		require.Equal(t, m.Type, typ)
+		want, err := DecodeData(m)
+		require.NoError(t, err)
+		require.Equal(t, string(want), string(text))
+	})
+}
