@@ -76,7 +76,8 @@ type Options struct {
 	MaxConcurrentSessions int
 	// PipelineWindow bounds the transactions a session keeps in flight
 	// (written, end of data not yet answered) when the upstream offers
-	// PIPELINING and CHUNKING. Zero: 128. Without CHUNKING a pipelined
+	// PIPELINING and CHUNKING. Zero: 256, enough to keep a 50 ms link busy
+	// at about 5,000 emails/s (see the README). Without CHUNKING a pipelined
 	// session has one email's end of data in flight at a time.
 	PipelineWindow int
 	// DisablePipelining sends lock-step (one command, wait for its reply)
@@ -180,7 +181,7 @@ func (o Options) withDefaults() Options {
 		o.MaxConcurrentSessions = 1
 	}
 	if o.PipelineWindow == 0 {
-		o.PipelineWindow = 128
+		o.PipelineWindow = 256
 	}
 	def(&o.IdleTimeout, 30*time.Second)
 	if o.Retries == 0 {
