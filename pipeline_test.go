@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emersion/go-smtp"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -197,4 +198,37 @@ func TestConcurrentSessions(t *testing.T) {
 		sessions[r.SessionID] = true
 	}
 	assert.GreaterOrEqual(t, len(sessions), 15, "300 emails, at most 20 per session")
+}
+
+// MAIL and RCPT parameters: what the server does not offer fails the email
+// before anything of it is sent; what it offers arrives as asked.
+func TestMailAndRcptParameters(t *testing.T) {
+	s := newRelay(t, &relaytest.Options{HideExtensions: []string{"SMTPUTF8"}})
+	c := newClient(t, s, nil)
+	for name, e := range map[string]mxrelay.Email{
+		"REQUIRETLS without TLS":     {From: "a@example.com", To: []string{"b@example.com"}, Body: stringsReader(msg("x")), MailOptions: &mxrelay.MailOptions{RequireTLS: true}},
+		"non-ASCII without SMTPUTF8": {From: "a@example.com", To: []string{"ü@example.com"}, Body: stringsReader(msg("x"))},
+		"RRVS": {From: "a@example.com", To: []string{"b@example.com"}, Body: stringsReader(msg("x")),
+			RcptOptions: map[string]*mxrelay.RcptOptions{"b@example.com": {RequireRecipientValidSince: time.Now()}}},
+	} {
+		res, err := c.Send(ctxT(t), e)
+		require.ErrorIs(t, err, mxrelay.ErrInvalidEmail, name)
+		assert.Equal(t, 1, res.Attempts, name)
+	}
+	assert.Empty(t, s.Mailbox())
+
+	_, err := c.Enqueue(mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: stringsReader(msg("x")),
+		RcptOptions: map[string]*mxrelay.RcptOptions{"c@example.com": {}}})
+	require.ErrorIs(t, err, mxrelay.ErrInvalidEmail, "RcptOptions for an address not in To")
+
+	_, err = c.Send(ctxT(t), mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: stringsReader(msg("dsn")),
+		MailOptions: &mxrelay.MailOptions{EnvelopeID: "id-1"},
+		RcptOptions: map[string]*mxrelay.RcptOptions{"b@example.com": {Notify: []smtp.DSNNotify{smtp.DSNNotifyFailure}}}})
+	require.NoError(t, err)
+	box := s.Mailbox()
+	require.Len(t, box, 1)
+	assert.Equal(t, "id-1", box[0].MailOptions.EnvelopeID)
+	assert.Equal(t, []smtp.DSNNotify{smtp.DSNNotifyFailure}, box[0].RcptOptions[0].Notify)
+	assert.Equal(t, smtp.Body8BitMIME, box[0].MailOptions.Body)
+	assert.EqualValues(t, len(box[0].Data), box[0].MailOptions.Size)
 }
