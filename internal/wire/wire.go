@@ -155,10 +155,40 @@ func decodeDataFast(frame []byte) (typ string, raw, text []byte, ok bool) {
 	return typ, raw, text, true
 }
 
+// uniqueKeys refuses an object (already known to be valid JSON) that names
+// a key twice at its top level: encoding/json keeps the last, another
+// reader may keep the first, and a message must mean one thing.
+func uniqueKeys(frame []byte) error {
+	dec := json.NewDecoder(bytes.NewReader(frame))
+	if _, err := dec.Token(); err != nil { // {
+		return fmt.Errorf("%w: %v", ErrProtocol, err)
+	}
+	seen := map[string]bool{}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return fmt.Errorf("%w: %v", ErrProtocol, err)
+		}
+		key, _ := tok.(string)
+		if seen[key] {
+			return fmt.Errorf("%w: key %q appears twice", ErrProtocol, key)
+		}
+		seen[key] = true
+		var skip json.RawMessage
+		if err := dec.Decode(&skip); err != nil {
+			return fmt.Errorf("%w: %v", ErrProtocol, err)
+		}
+	}
+	return nil
+}
+
 func decodeSlow(frame []byte) (Message, error) {
 	var raw map[string]json.RawMessage
 	if err := json.Unmarshal(frame, &raw); err != nil {
 		return Message{}, fmt.Errorf("%w: text frame is not a JSON object: %v", ErrProtocol, err)
+	}
+	if err := uniqueKeys(frame); err != nil {
+		return Message{}, err
 	}
 	rt, ok := raw["type"]
 	if !ok {

@@ -28,6 +28,9 @@ func TestDecode(t *testing.T) {
 		{name: "no type", frame: `{"data":{}}`, bad: true},
 		{name: "type not string", frame: `{"type":1}`, bad: true},
 		{name: "control too big", frame: `{"type":"X","data":"` + strings.Repeat("a", MaxControl) + `"}`, bad: true},
+		{name: "duplicate type", frame: `{"type":"SMTP_CHANNEL_CLOSE","type":"AUTHENTICATE"}`, bad: true},
+		{name: "duplicate data", frame: `{"type":"SMTP_TO_SERVER","data":"RCPT TO:<a@b>\r\n","data":"RCPT TO:<evil@b>\r\n"}`, bad: true},
+		{name: "duplicates below the top level are data's business", frame: `{"type":"X","data":{"a":1,"a":2}}`, typ: "X"},
 		{name: "data may be big", frame: `{"type":"SMTP_FROM_SERVER","data":"` + strings.Repeat("a", MaxControl) + `"}`, typ: TypeFromServer},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
