@@ -129,18 +129,23 @@ func (c *Client) readReply() (Reply, error) {
 
 // cmd sends line and reads its reply, which must have code want (or, with
 // want < 10, be of class want); other replies come back as *smtp.SMTPError
-// with the Reply.
+// with the Reply. An empty line is sent too: it is how SASL answers an
+// empty response.
 func (c *Client) cmd(want int, line string) (Reply, error) {
-	if line != "" {
-		if err := checkLine(line); err != nil {
-			return Reply{}, err
-		}
-		c.bw.WriteString(line)
-		c.bw.WriteString("\r\n")
-		if err := c.bw.Flush(); err != nil {
-			return Reply{}, err
-		}
+	if err := checkLine(line); err != nil {
+		return Reply{}, err
 	}
+	c.bw.WriteString(line)
+	c.bw.WriteString("\r\n")
+	if err := c.bw.Flush(); err != nil {
+		return Reply{}, err
+	}
+	return c.expect(want, verb(line))
+}
+
+// expect reads a reply that must have code want (see cmd); what names the
+// command for errors.
+func (c *Client) expect(want int, what string) (Reply, error) {
 	r, err := c.readReply()
 	if err != nil {
 		return r, err
@@ -149,14 +154,14 @@ func (c *Client) cmd(want int, line string) (Reply, error) {
 		return r, nil
 	}
 	if r.Code/100 == 3 || r.Code/100 == 2 {
-		return r, fmt.Errorf("%w: %q answered %d, not %d", ErrProtocol, verb(line), r.Code, want)
+		return r, fmt.Errorf("%w: %q answered %d, not %d", ErrProtocol, what, r.Code, want)
 	}
 	return r, r.Err()
 }
 
 func verb(line string) string {
 	if line == "" {
-		return "greeting"
+		return "empty line"
 	}
 	v, _, _ := strings.Cut(line, " ")
 	return v
@@ -164,7 +169,7 @@ func verb(line string) string {
 
 // Greet reads the server's 220 greeting.
 func (c *Client) Greet() error {
-	r, err := c.cmd(220, "")
+	r, err := c.expect(220, "greeting")
 	if err != nil {
 		return fmt.Errorf("greeting: %w", err)
 	}
