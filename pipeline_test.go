@@ -232,3 +232,19 @@ func TestMailAndRcptParameters(t *testing.T) {
 	assert.Equal(t, smtp.Body8BitMIME, box[0].MailOptions.Body)
 	assert.EqualValues(t, len(box[0].Data), box[0].MailOptions.Size)
 }
+
+// A MAIL refused with 5xx is final for that email even when the
+// connection breaks before the rest of its transaction is answered.
+func TestMailRefusalSurvivesACut(t *testing.T) {
+	s := newRelay(t, nil)
+	s.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: "MAIL", Reply: "550 5.7.1 sender refused"})
+	s.Inject(relaytest.Fault{Kind: relaytest.DropAfterFinalDot})
+	c := newClient(t, s, nil)
+	res, err := c.Send(ctxT(t), mail("refused then cut"))
+	var se *mxrelay.SMTPError
+	require.ErrorAs(t, err, &se)
+	assert.Equal(t, 550, se.Code)
+	assert.Equal(t, 1, res.Attempts)
+	assert.False(t, res.MaybeDelivered)
+	assert.Empty(t, s.Mailbox())
+}

@@ -418,6 +418,10 @@ func (s *smtpSession) decide(em *email, rcpts []string, res *smtpc.Result, start
 	delivered := res.Err == nil && res.Mail == nil && len(accepted) > 0 &&
 		res.End != nil && res.End.Code/100 == 2
 	switch {
+	case res.Mail != nil && res.Mail.Code/100 == 5:
+		// Refused at MAIL: final for this email, whatever happened to the
+		// connection after.
+		s.refused(em, res.Mail, canceled)
 	case delivered:
 		c.mu.Lock()
 		em.accepted = append(em.accepted, accepted...)
