@@ -109,7 +109,7 @@ type pipe struct {
 	done    uint64 // replies handled
 	live    map[*Tx]struct{}
 	broken  error
-	closing uint64 // the place of a 421 reply: nothing after it was processed
+	closing uint64 // after a 421, the place of the first command not processed; 0: none
 }
 
 const chunkSize = 256 << 10
@@ -163,6 +163,10 @@ func (c *Client) readLoop() {
 		}
 		p.mu.Lock()
 		if p.head == len(p.fifo) {
+			if r.Code == 421 && p.closing == 0 {
+				// Unsolicited: nothing written from now on is processed.
+				p.closing = p.done + 1
+			}
 			p.mu.Unlock()
 			if r.Code == 421 {
 				c.breakWith(r.Err())
@@ -174,6 +178,12 @@ func (c *Client) readLoop() {
 		e := p.fifo[p.head]
 		p.fifo[p.head] = expect{}
 		p.head++
+		if p.head >= 1024 && p.head*2 >= len(p.fifo) {
+			// A window that never empties would grow the queue for the
+			// whole session: move what is left down.
+			p.fifo = p.fifo[:copy(p.fifo, p.fifo[p.head:])]
+			p.head = 0
+		}
 		if p.head == len(p.fifo) {
 			p.fifo, p.head = p.fifo[:0], 0
 			c.cc.SetReadDeadline(time.Time{})
@@ -182,7 +192,7 @@ func (c *Client) readLoop() {
 		}
 		p.done++
 		if r.Code == 421 && p.closing == 0 {
-			p.closing = p.done
+			p.closing = p.done + 1
 		}
 		err = apply(e, r)
 		tx := e.tx
@@ -681,7 +691,7 @@ func (c *Client) Close(cause error) {
 		// Not unknown: refused before its end, or its end came after a
 		// 421, past which a server processes nothing (RFC 5321 §3.8).
 		refused := tx.res.Mail != nil || tx.rcptAnswered == len(tx.Rcpts) && !anyNil(tx.res.Rcpt)
-		afterClosing := closing > 0 && tx.endN > closing
+		afterClosing := closing > 0 && tx.endN >= closing
 		if tx.endAt >= 0 && c.cc.handed > tx.endAt && !refused && !afterClosing {
 			tx.res.Unknown = true
 		}

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 // emptyResp is a SASL mechanism whose answer to the server's challenge is
@@ -114,4 +115,27 @@ func TestPipelinedData354AfterAllRefused(t *testing.T) {
 	assert.Equal(t, "", got)
 	assert.NotNil(t, r.Rcpt[0])
 	assert.False(t, r.Unknown)
+}
+
+// A 421 that comes with no command waiting: what is written after it is
+// not processed by the server, so it is "not sent", never unknown.
+func TestUnsolicited421MeansNotProcessed(t *testing.T) {
+	said := make(chan struct{})
+	nc := newFake(t, func(f *fake) {
+		f.hello("PIPELINING", "CHUNKING")
+		f.say("421 4.3.2 shutting down")
+		close(said)
+		f.drain()
+	})
+	c := startClient(t, nc, Config{Timeout: time.Second, Window: 8})
+	c.Start()
+	<-said
+	// Whether the reader has taken the 421 before the writer pushes or
+	// after, the transaction must not be reported unknown.
+	out := runTx(t, c, &Tx{Mail: "MAIL FROM:<a@x>", Rcpts: []string{"RCPT TO:<b@x>"}, Body: strings.NewReader("Subject: x\r\n\r\nbody\r\n")})
+	c.Wait()
+	c.Close(nil)
+	r := <-out
+	require.Error(t, r.Err)
+	assert.False(t, r.Unknown, "after a 421 nothing is processed")
 }
