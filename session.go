@@ -111,7 +111,7 @@ func (w *worker) session() {
 		broken = fmt.Errorf("mxrelay: session %s: channel closed to withdraw a cancelled email", sid)
 	}
 	if broken == nil {
-		if err := s.sc.QuitPipelined(); err != nil {
+		if err := s.sc.Quit(); err != nil {
 			broken = err
 		}
 	}

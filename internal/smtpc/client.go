@@ -12,10 +12,8 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/base64"
-	"errors"
 	"fmt"
 	"net"
-	"os"
 	"strings"
 	"time"
 
@@ -103,9 +101,6 @@ func (c *Client) setConn(nc net.Conn, handed int64) {
 	c.rr = replyReader{br: c.br}
 }
 
-// Conn is the connection the client reads and writes (TLS after StartTLS).
-func (c *Client) Conn() net.Conn { return c.cc.Conn }
-
 // Has reports whether the server offered the EHLO keyword ext.
 func (c *Client) Has(ext string) bool { _, ok := c.ext[ext]; return ok }
 
@@ -114,9 +109,6 @@ func (c *Client) Ext(ext string) (string, bool) { p, ok := c.ext[ext]; return p,
 
 // ServerName is the name the server gave in its greeting.
 func (c *Client) ServerName() string { return c.name }
-
-// Handed is how many bytes were handed on so far.
-func (c *Client) Handed() int64 { return c.cc.handed }
 
 // readReply reads one reply with the timeout.
 func (c *Client) readReply() (Reply, error) {
@@ -260,16 +252,4 @@ func (c *Client) Auth(a sasl.Client) error {
 		line = base64.StdEncoding.EncodeToString(resp)
 	}
 	return fmt.Errorf("%w: AUTH exchange too long", ErrProtocol)
-}
-
-// Quit sends QUIT and reads its reply.
-func (c *Client) Quit() error {
-	_, err := c.cmd(221, "QUIT")
-	return err
-}
-
-// isTimeout reports whether err is a deadline.
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()
 }

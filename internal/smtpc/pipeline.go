@@ -654,8 +654,8 @@ func (c *Client) Wait() error {
 	}
 }
 
-// QuitPipelined sends QUIT after Start and waits for its reply.
-func (c *Client) QuitPipelined() error {
+// Quit sends QUIT (after Start) and waits for its reply.
+func (c *Client) Quit() error {
 	n := c.line(nil, kQuit, 0, "QUIT")
 	return c.await(n)
 }

@@ -80,7 +80,7 @@ func TestLockstepBDATStopsAfterRefusedChunk(t *testing.T) {
 	body := strings.Repeat(strings.Repeat("x", 70)+"\r\n", 10000)
 	out := runTx(t, c, &Tx{Mail: "MAIL FROM:<a@x>", Rcpts: []string{"RCPT TO:<b@x>"}, Body: strings.NewReader(body)})
 	assert.NoError(t, c.Wait())
-	assert.NoError(t, c.QuitPipelined())
+	assert.NoError(t, c.Quit())
 	c.Close(nil)
 	r := <-out
 	assert.NotNil(t, r.DataCmd)
@@ -109,7 +109,7 @@ func TestPipelinedData354AfterAllRefused(t *testing.T) {
 	c.Start()
 	out := runTx(t, c, &Tx{Mail: "MAIL FROM:<a@x>", Rcpts: []string{"RCPT TO:<b@x>"}, Body: strings.NewReader("Subject: x\r\n\r\nbody\r\n")})
 	assert.NoError(t, c.Wait())
-	assert.NoError(t, c.QuitPipelined())
+	assert.NoError(t, c.Quit())
 	c.Close(nil)
 	r := <-out
 	assert.Equal(t, "", got)
