@@ -40,6 +40,15 @@ type Options struct {
 	// Header is added to the WebSocket upgrade request. Never put the API key
 	// here: it travels only in AUTHENTICATE.
 	Header http.Header
+	// RawTunnel treats the relay URL as a raw WebSocket tunnel to an SMTP
+	// server, as Debian's websockify provides in front of any TCP server:
+	// the SMTP byte stream travels in binary frames from the first byte,
+	// with no mxrelay control messages, one WebSocket per session. The API
+	// key, if not empty, is sent as "Authorization: Bearer <key>" on the
+	// upgrade request; websockify itself checks none, so put such a gateway
+	// behind something that does. Queue, sessions, pipelining and results
+	// are the same. Zero: the mxrelay protocol.
+	RawTunnel bool
 	// DisableBinary stops the client from asking for binary data frames.
 	// Zero: the client asks for them and falls back to JSON text frames when
 	// the relay does not agree.
@@ -227,7 +236,7 @@ func (o Options) validate(relayURL, apiKey string) error {
 	if u.User != nil || u.Query().Has("apiKey") || u.Query().Has("key") {
 		return errors.New("mxrelay: relay URL must not carry credentials: the API key travels only in AUTHENTICATE")
 	}
-	if apiKey == "" {
+	if apiKey == "" && !o.RawTunnel {
 		return errors.New("mxrelay: API key is empty")
 	}
 	switch {

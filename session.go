@@ -12,7 +12,6 @@ import (
 
 	"github.com/emersion/go-sasl"
 
-	"github.com/mxrelay/mxrelay/internal/relayconn"
 	"github.com/mxrelay/mxrelay/internal/smtpc"
 	"github.com/mxrelay/mxrelay/internal/smtplog"
 )
@@ -24,7 +23,7 @@ type smtpSession struct {
 	w       *worker
 	c       *Client
 	id      string
-	ch      *relayconn.Channel
+	ch      stream
 	sc      *smtpc.Client
 	aborted atomic.Bool
 	abort   func() // closes the channel: how a cancelled email is withdrawn
@@ -126,7 +125,10 @@ func (w *worker) session() {
 	}
 	s.ch.Close()
 	c.setConnState(StateChannelClosed)
-	if w.conn != nil {
+	switch {
+	case c.opts.RawTunnel:
+		c.setConnState(StateDisconnected) // a tunnel lives for one session
+	case w.conn != nil:
 		select {
 		case <-w.conn.Done():
 			w.disconnect(w.conn.Err())
@@ -204,19 +206,33 @@ func (w *worker) open(ctx context.Context, sid string) (*smtpSession, error) {
 			return nil, context.Cause(ctx)
 		}
 	}
-	if err := w.connect(ctx); err != nil {
-		w.disconnect(err)
-		return nil, err
-	}
-	c.setConnState(StateChannelOpening)
-	ch, err := w.conn.OpenChannel(ctx)
-	if err != nil {
-		select {
-		case <-w.conn.Done():
-			w.disconnect(w.conn.Err())
-		default:
+	var ch stream
+	if c.opts.RawTunnel {
+		c.setConnState(StateConnecting)
+		c.events.emit(Event{Type: EventConnecting})
+		t, err := c.dialTunnel(ctx)
+		if err != nil {
+			c.setConnState(StateDisconnected)
+			return nil, err
 		}
-		return nil, relayErr(err)
+		c.events.emit(Event{Type: EventConnected})
+		ch = t
+	} else {
+		if err := w.connect(ctx); err != nil {
+			w.disconnect(err)
+			return nil, err
+		}
+		c.setConnState(StateChannelOpening)
+		rc, err := w.conn.OpenChannel(ctx)
+		if err != nil {
+			select {
+			case <-w.conn.Done():
+				w.disconnect(w.conn.Err())
+			default:
+			}
+			return nil, relayErr(err)
+		}
+		ch = rc
 	}
 	c.setConnState(StateChannelReady)
 	s := &smtpSession{w: w, c: c, id: sid, ch: ch}

@@ -60,6 +60,12 @@ type Options struct {
 	// TLSConfig (in-process server only): when set, the upstream offers
 	// STARTTLS with this config. nil: no STARTTLS.
 	TLSConfig *tls.Config
+	// RawTunnel makes the Server a websockify-style raw tunnel instead of
+	// an mxrelay relay: each WebSocket carries one SMTP session's bytes in
+	// binary frames from the first byte, to the same upstream, with the key
+	// in "Authorization: Bearer <key>" (401 without). For mxrelay's
+	// Options.RawTunnel. Faults, Latency and DisableBinary do not apply.
+	RawTunnel bool
 	// DisableBinary refuses binary frames: READY never carries
 	// "binary": true. false: binary is granted whenever asked.
 	DisableBinary bool
@@ -138,8 +144,9 @@ type Server struct {
 	closed     bool
 	down       bool
 	conns      map[*conn]struct{}
-	accepting  map[chan struct{}]struct{} // upgrades in progress; closed when decided
-	restarts   int                        // CloseClientConnections calls
+	tunnels    map[net.Conn]context.CancelFunc // Options.RawTunnel sessions
+	accepting  map[chan struct{}]struct{}      // upgrades in progress; closed when decided
+	restarts   int                             // CloseClientConnections calls
 	upConns    map[*trackedConn]struct{}
 	lastConnID int
 	faults     []*armedFault
@@ -205,6 +212,7 @@ func NewUnstartedServer(opts *Options) *Server {
 		log:       o.Logger,
 		ln:        ln,
 		conns:     make(map[*conn]struct{}),
+		tunnels:   make(map[net.Conn]context.CancelFunc),
 		accepting: make(map[chan struct{}]struct{}),
 		upConns:   make(map[*trackedConn]struct{}),
 		storedBy:  make(map[string][]uint64),
@@ -281,6 +289,7 @@ func (s *Server) close() {
 	}
 	_ = s.http.Close() // the listener and connections not yet upgraded
 	shutdownConns(conns, websocket.StatusGoingAway, "relay closed")
+	s.closeTunnels()
 	s.connWG.Wait()
 	if s.smtpLn != nil {
 		_ = s.smtpLn.Close()
@@ -313,6 +322,7 @@ func (s *Server) CloseClientConnections() {
 	accepting := slices.Collect(maps.Keys(s.accepting))
 	s.mu.Unlock()
 	shutdownConns(conns, websocket.StatusServiceRestart, "service restart")
+	s.closeTunnels()
 	// Upgrades under way close themselves, seeing restarts changed.
 	for _, a := range accepting {
 		<-a
@@ -379,6 +389,11 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	}
 	defer decided()
 
+	if s.opts.RawTunnel {
+		decided()
+		s.serveTunnel(w, r, restarts)
+		return
+	}
 	var protos []string
 	if !s.opts.NoSubprotocol {
 		protos = []string{wire.Subprotocol}

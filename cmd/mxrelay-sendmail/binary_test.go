@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mxrelay/mxrelay/internal/interop"
+
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	gomail "github.com/wneessen/go-mail"
@@ -82,10 +84,10 @@ func TestBinary(t *testing.T) {
 	t.Run("git send-email", func(t *testing.T) {
 		execPath, err := exec.Command("git", "--exec-path").Output()
 		if err != nil {
-			skipInterop(t, "git is not installed")
+			interop.Skip(t, "git is not installed")
 		}
 		if _, err := os.Stat(filepath.Join(strings.TrimSpace(string(execPath)), "git-send-email")); err != nil {
-			skipInterop(t, "git send-email is not installed (Debian: git-email libmailtools-perl)")
+			interop.Skip(t, "git send-email is not installed (Debian: git-email libmailtools-perl)")
 		}
 		home := t.TempDir()
 		keyFile := filepath.Join(home, "api-key")
@@ -121,7 +123,7 @@ func TestBinary(t *testing.T) {
 
 	t.Run("PHP mail()", func(t *testing.T) {
 		if _, err := exec.LookPath("php"); err != nil {
-			skipInterop(t, "php is not installed (Debian: php-cli)")
+			interop.Skip(t, "php is not installed (Debian: php-cli)")
 		}
 		phpMail := func(sendmailPath string) error {
 			cmd := exec.Command("php", "-n", "-d", "sendmail_path="+sendmailPath, "-r",
@@ -150,14 +152,4 @@ Cc: c@example.com") ? 0 : 1);`)
 		err := phpMail(bin + " -t -i --retries=0 --url=" + down.URL)
 		require.Error(t, err, "mail() returns false when the message was not sent (exit status 75)")
 	})
-}
-
-// skipInterop skips a test that needs software that is not installed,
-// unless MXRELAY_REQUIRE_INTEROP=1 (as in .ci/run), where it fails.
-func skipInterop(t *testing.T, why string) {
-	t.Helper()
-	if os.Getenv("MXRELAY_REQUIRE_INTEROP") == "1" {
-		t.Fatal(why)
-	}
-	t.Skip(why)
 }

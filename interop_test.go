@@ -1,0 +1,77 @@
+package mxrelay_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os/exec"
+	"testing"
+	"time"
+
+	"github.com/mxrelay/mxrelay/internal/interop"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mxrelay/mxrelay"
+)
+
+// freePort returns a loopback address nobody listens on (for a moment).
+func freePort(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+// Our client in raw tunnel mode through Debian's websockify, in front of
+// relaytest's in-process SMTP server: a gateway we did not write.
+func TestInteropWebsockify(t *testing.T) {
+	bin, err := exec.LookPath("websockify")
+	if err != nil {
+		interop.Skip(t, "websockify is not installed (apt-get install websockify)")
+	}
+	up := newRelay(t, nil) // its in-process SMTP server is the target
+	listen := freePort(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := exec.CommandContext(ctx, bin, listen, up.SMTPAddr)
+	out := &logBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() {
+		cancel()
+		cmd.Wait()
+		if t.Failed() {
+			t.Logf("websockify said:\n%s", out.String())
+		}
+	})
+	require.Eventually(t, func() bool {
+		c, err := net.Dial("tcp", listen)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	}, 10*time.Second, 20*time.Millisecond, "websockify listens")
+
+	// websockify checks no key: none is sent.
+	c, err := mxrelay.New("ws://"+listen+"/", "", fast(&mxrelay.Options{RawTunnel: true, MaxEmailsPerSession: 50, BatchWait: time.Second}))
+	require.NoError(t, err)
+	defer c.Close(context.Background())
+	res := enqueueBatch(t, c, 30)
+	for i, r := range res {
+		require.NoError(t, r.Err, "email %d", i)
+		assert.Equal(t, 1, countSubject(up, fmt.Sprint("p", i)))
+	}
+	_, err = c.Send(ctxT(t), mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"},
+		Body: stringsReader("Subject: big\r\n\r\n" + bigLines(300<<10))})
+	require.NoError(t, err, "a message over a BDAT chunk")
+}
+
+func bigLines(n int) string {
+	b := make([]byte, 0, n+80)
+	for len(b) < n {
+		b = append(b, "0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz\r\n"...)
+	}
+	return string(b)
+}
