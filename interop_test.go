@@ -28,31 +28,8 @@ func freePort(t *testing.T) string {
 // Our client in raw tunnel mode through Debian's websockify, in front of
 // relaytest's in-process SMTP server: a gateway we did not write.
 func TestInteropWebsockify(t *testing.T) {
-	bin, err := exec.LookPath("websockify")
-	if err != nil {
-		interop.Skip(t, "websockify is not installed (apt-get install websockify)")
-	}
 	up := newRelay(t, nil) // its in-process SMTP server is the target
-	listen := freePort(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, bin, listen, up.SMTPAddr)
-	out := &logBuffer{}
-	cmd.Stdout, cmd.Stderr = out, out
-	require.NoError(t, cmd.Start())
-	t.Cleanup(func() {
-		cancel()
-		cmd.Wait()
-		if t.Failed() {
-			t.Logf("websockify said:\n%s", out.String())
-		}
-	})
-	require.Eventually(t, func() bool {
-		c, err := net.Dial("tcp", listen)
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	}, 10*time.Second, 20*time.Millisecond, "websockify listens")
+	listen := startWebsockify(t, up.SMTPAddr)
 
 	// websockify checks no key: none is sent.
 	c, err := mxrelay.New("ws://"+listen+"/", "", fast(&mxrelay.Options{RawTunnel: true, MaxEmailsPerSession: 50, BatchWait: time.Second}))
@@ -66,6 +43,43 @@ func TestInteropWebsockify(t *testing.T) {
 	_, err = c.Send(ctxT(t), mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"},
 		Body: stringsReader("Subject: big\r\n\r\n" + bigLines(300<<10))})
 	require.NoError(t, err, "a message over a BDAT chunk")
+}
+
+// startWebsockify runs Debian's websockify on a loopback port in front of
+// target, until the test ends, and returns its address.
+func startWebsockify(t *testing.T, target string) string {
+	t.Helper()
+	bin, err := exec.LookPath("websockify")
+	if err != nil {
+		interop.Skip(t, "websockify is not installed (apt-get install websockify)")
+	}
+	listen := freePort(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := exec.CommandContext(ctx, bin, listen, target)
+	out := &logBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() {
+		cancel()
+		cmd.Wait()
+		if t.Failed() {
+			t.Logf("websockify said:\n%s", out.String())
+		}
+	})
+	waitListening(t, listen, 10*time.Second, "websockify")
+	return listen
+}
+
+// waitListening waits until something accepts connections on addr.
+func waitListening(t *testing.T, addr string, d time.Duration, what string) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	}, d, 20*time.Millisecond, what+" listens on "+addr)
 }
 
 func bigLines(n int) string {
