@@ -154,3 +154,49 @@ func ExampleRelayURL() {
 	// wss://relay.example.com:443/smtp
 	// ws://127.0.0.1:8080/ws
 }
+
+// Raw tunnel mode: the same client through a websockify-style tunnel
+// (here relaytest's).
+func ExampleOptions_rawTunnel() {
+	tunnel := relaytest.NewServer(&relaytest.Options{RawTunnel: true})
+	defer tunnel.Close()
+	c, err := mxrelay.New(tunnel.URL, tunnel.APIKey, &mxrelay.Options{RawTunnel: true})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close(context.Background())
+	res, err := c.Send(context.Background(), mxrelay.Email{From: "app@example.com", To: []string{"user@example.com"},
+		Body: strings.NewReader("Subject: through a tunnel\r\n\r\nHi.\r\n")})
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(res.Reply.Code, len(tunnel.Mailbox()))
+	// Output:
+	// 250 1
+}
+
+func ExampleClient_Stats() {
+	relay := relaytest.NewServer(nil)
+	defer relay.Close()
+	c, err := mxrelay.New(relay.URL, relay.APIKey, &mxrelay.Options{BatchWait: time.Second, MaxEmailsPerSession: 4})
+	if err != nil {
+		log.Fatal(err)
+	}
+	var hs []*mxrelay.Handle
+	for i := range 4 {
+		h, err := c.Enqueue(mxrelay.Email{From: "app@example.com", To: []string{"user@example.com"},
+			Body: strings.NewReader(fmt.Sprintf("Subject: %d\r\n\r\n.\r\n", i))})
+		if err != nil {
+			log.Fatal(err)
+		}
+		hs = append(hs, h)
+	}
+	for _, h := range hs {
+		<-h.Done()
+	}
+	c.Close(context.Background())
+	st := c.Stats()
+	fmt.Println("queued", st.EmailsQueued, "delivered", st.EmailsProcessed, "sessions", st.SessionsProcessed, "in queue", st.QueueSize)
+	// Output:
+	// queued 4 delivered 4 sessions 1 in queue 0
+}
