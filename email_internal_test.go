@@ -1,6 +1,7 @@
 package mxrelay
 
 import (
+	"strings"
 	"testing"
 	"unicode/utf8"
 
@@ -19,5 +20,31 @@ func FuzzUTF8Check(f *testing.F) {
 			u.Write(p[i:min(i+k, len(p))])
 		}
 		require.Equal(t, utf8.Valid(p), u.valid(), "%q in pieces of %d", p, k)
+	})
+}
+
+// FuzzCheckAddress: an address checkAddress accepts cannot break out of
+// "MAIL FROM:<...>": no CR, LF, NUL or other control, no space, no angle
+// bracket, valid UTF-8, at most 254 octets.
+func FuzzCheckAddress(f *testing.F) {
+	for _, s := range []string{"a@example.com", "", "postmaster", "a@b>\r\nRCPT TO:<c@d", "ü@exämple.com", "a b@c", "a@b\x00", strings.Repeat("x", 300) + "@y"} {
+		f.Add(s, true)
+		f.Add(s, false)
+	}
+	f.Fuzz(func(t *testing.T, a string, recipient bool) {
+		role := "sender"
+		if recipient {
+			role = "recipient"
+		}
+		if err := checkAddress(role, a); err != nil {
+			require.ErrorIs(t, err, ErrInvalidEmail)
+			return
+		}
+		require.True(t, utf8.ValidString(a))
+		require.LessOrEqual(t, len(a), maxPath-2)
+		require.False(t, strings.ContainsAny(a, " <>\x7f"), "%q", a)
+		for _, c := range []byte(a) {
+			require.GreaterOrEqual(t, c, byte(' '), "%q", a)
+		}
 	})
 }

@@ -134,3 +134,28 @@ func FuzzDecodeFast(f *testing.F) {
 		require.Equal(t, string(want), string(text))
 	})
 }
+
+// FuzzDecode: any frame either fails with ErrProtocol or gives a message
+// with a type; a control message is never over MaxControl; a data message
+// yields its bytes or ErrProtocol, never a panic.
+func FuzzDecode(f *testing.F) {
+	f.Add([]byte(`{"type":"SMTP_CHANNEL_READY","data":{"binary":true}}`))
+	f.Add([]byte(`{"type":"SMTP_TO_SERVER","data":"a\r\n"}`))
+	f.Add([]byte(`{"type":"AUTHENTICATE_RESPONSE","data":{"success":false},"type":"X"}`))
+	f.Add([]byte(`{"data":1}`))
+	f.Add([]byte(`[]`))
+	f.Fuzz(func(t *testing.T, frame []byte) {
+		m, err := Decode(frame)
+		if err != nil {
+			require.ErrorIs(t, err, ErrProtocol)
+			return
+		}
+		if !IsData(m.Type) {
+			require.LessOrEqual(t, len(frame), MaxControl)
+			return
+		}
+		if _, err := DecodeData(m); err != nil {
+			require.ErrorIs(t, err, ErrProtocol)
+		}
+	})
+}
