@@ -471,6 +471,10 @@ func (w *worker) unclaim() {
 	}
 }
 
+// testHookIdle, when set by a test, runs each time waitForWork has looked
+// at the queue and found nothing to start.
+var testHookIdle func()
+
 // waitForWork returns true when an email is ready to go, false when the
 // client is closing and nothing is left, or Close gave up. While it waits
 // it keeps an idle connection for IdleTimeout.
@@ -503,9 +507,11 @@ func (w *worker) waitForWork() bool {
 			c.claimed++
 			w.claim = true
 		}
-		empty := c.q.len() == 0
 		next, hasNext := c.q.nextDue()
 		c.mu.Unlock()
+		if testHookIdle != nil {
+			testHookIdle()
+		}
 		if c.stopCtx.Err() != nil {
 			w.unclaim()
 			return false
@@ -515,6 +521,11 @@ func (w *worker) waitForWork() bool {
 		}
 		select {
 		case <-c.draining:
+			// Look again: emails accepted since empty was read (before
+			// Close, which refuses any more) must still go.
+			c.mu.Lock()
+			empty := c.q.len() == 0
+			c.mu.Unlock()
 			if empty {
 				return false
 			}
