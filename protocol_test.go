@@ -129,6 +129,25 @@ func TestRelayProtocolErrors(t *testing.T) {
 			authOK(ctx, ws)
 			send(ctx, ws, wire.TypeFromServer, strings.Repeat("x", 1100<<10))
 		}, websocket.StatusMessageTooBig},
+		// The limits hold while a channel is open too (a client reading
+		// the channel through coder/websocket's NetConn would have lifted
+		// them for the whole connection).
+		{"control message over 64 KiB in an open channel", func(ctx context.Context, ws *websocket.Conn) {
+			authOK(ctx, ws)
+			ws.Read(ctx) // channel open
+			send(ctx, ws, wire.TypeChannelReady, nil)
+			send(ctx, ws, wire.TypeFromServer, "220 mx ESMTP\r\n")
+			ws.Read(ctx) // EHLO
+			send(ctx, ws, "X_PADDING", strings.Repeat("x", 70<<10))
+		}, websocket.StatusMessageTooBig},
+		{"frame over 1 MiB in an open channel", func(ctx context.Context, ws *websocket.Conn) {
+			authOK(ctx, ws)
+			ws.Read(ctx)
+			send(ctx, ws, wire.TypeChannelReady, nil)
+			send(ctx, ws, wire.TypeFromServer, "220 mx ESMTP\r\n")
+			ws.Read(ctx)
+			send(ctx, ws, wire.TypeFromServer, "250-"+strings.Repeat("x", 1100<<10))
+		}, websocket.StatusMessageTooBig},
 		{"SMTP data with no channel", func(ctx context.Context, ws *websocket.Conn) {
 			authOK(ctx, ws)
 			send(ctx, ws, wire.TypeFromServer, "220 hi\r\n")
