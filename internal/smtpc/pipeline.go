@@ -343,12 +343,18 @@ func (c *Client) await(n uint64) error {
 	if err := c.Flush(); err != nil {
 		return err
 	}
+	return c.waitFor(func() bool { return c.p.done >= n })
+}
+
+// waitFor waits until cond, called with p.mu held, is true, or returns why
+// the connection broke. It wakes with each reply handled.
+func (c *Client) waitFor(cond func() bool) error {
 	p := &c.p
 	for {
 		p.mu.Lock()
-		done, broken := p.done >= n, p.broken
+		ok, broken := cond(), p.broken
 		p.mu.Unlock()
-		if done {
+		if ok {
 			return nil
 		}
 		if broken != nil {
@@ -406,19 +412,15 @@ func (c *Client) Send(tx *Tx) error {
 		// The window is full: hand on what is written, and go on only
 		// when an eighth of it is free again, so that transactions go out
 		// in batches rather than one per reply (a frame, a write each).
-		if err := c.Flush(); err != nil {
+		err := c.Flush()
+		if err == nil {
+			free := cap(p.slots) - max(1, cap(p.slots)/8)
+			err = c.waitFor(func() bool { return len(p.slots) <= free })
+		}
+		if err != nil {
 			tx.res.Err = err
 			tx.Done(&tx.res)
 			return err
-		}
-		for len(p.slots) > cap(p.slots)-max(1, cap(p.slots)/8) {
-			select {
-			case <-p.progress:
-			case <-p.readerDone:
-				tx.res.Err = c.Err()
-				tx.Done(&tx.res)
-				return tx.res.Err
-			}
 		}
 	}
 	p.slots <- struct{}{} // only this goroutine takes slots: there is one free
@@ -636,22 +638,9 @@ func (c *Client) Wait() error {
 	if err := c.Flush(); err != nil {
 		return err
 	}
-	p := &c.p
-	for {
-		p.mu.Lock()
-		n, broken := len(p.live), p.broken
-		p.mu.Unlock()
-		if broken != nil {
-			return broken
-		}
-		if n == 0 {
-			return nil
-		}
-		select {
-		case <-p.progress:
-		case <-p.readerDone:
-		}
-	}
+	// A broken connection wins over an empty window: the session must not
+	// QUIT on it.
+	return c.waitFor(func() bool { return c.p.broken == nil && len(c.p.live) == 0 })
 }
 
 // Quit sends QUIT (after Start) and waits for its reply.
