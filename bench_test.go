@@ -1,12 +1,15 @@
 package mxrelay_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"testing"
 	"time"
 
+	"github.com/mxrelay/mxrelay"
 	"github.com/mxrelay/mxrelay/internal/bench"
+	"github.com/mxrelay/mxrelay/relaytest"
 )
 
 // The benchmarks of cmd/mxbench, one measurement per b.N, with the same
@@ -162,4 +165,64 @@ func timed(b *testing.B, run func() (bench.Sample, error)) {
 	b.ReportMetric(s.Rate(), "emails/s")
 	b.ReportMetric(ms(bench.Percentile(s.Latency, 50)), "p50-ms")
 	b.ReportMetric(ms(bench.Percentile(s.Latency, 99)), "p99-ms")
+}
+
+// BenchmarkEnqueueSpool is the cost of Enqueue itself, which with a
+// SpoolDir writes and fsyncs each email (1 KiB) before returning: in
+// memory, spooled, and spooled with SpoolSyncAll, one caller at a time
+// and from parallel callers (whose fsyncs the file system may overlap).
+// The relay is down, so nothing is sent during the measurement.
+//
+//	go test -run '^$' -bench EnqueueSpool -benchtime 2000x .
+func BenchmarkEnqueueSpool(b *testing.B) {
+	m, err := bench.NewMail(1024, 1)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, v := range []struct {
+		name       string
+		spool, all bool
+	}{{"memory", false, false}, {"spool", true, false}, {"spool-syncall", true, true}} {
+		for _, parallel := range []bool{false, true} {
+			name := v.name + map[bool]string{false: "/serial", true: "/parallel"}[parallel]
+			b.Run(name, func(b *testing.B) {
+				relay := relaytest.NewServer(nil)
+				defer relay.Close()
+				relay.SetDown(true)
+				o := &mxrelay.Options{MaxQueueSize: b.N + 1, ReconnectInterval: time.Hour, SpoolSyncAll: v.all}
+				if v.spool {
+					o.SpoolDir = b.TempDir()
+				}
+				c, err := mxrelay.New(relay.URL, relay.APIKey, o)
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer func() {
+					ctx, cancel := context.WithCancel(context.Background())
+					cancel()
+					c.Close(ctx)
+				}()
+				enqueue := func() {
+					if _, err := c.Enqueue(mxrelay.Email{From: m.From, To: m.To, Body: bytes.NewReader(m.Body)}); err != nil {
+						b.Error(err)
+					}
+				}
+				b.ResetTimer()
+				if parallel {
+					b.SetParallelism(4)
+					b.RunParallel(func(pb *testing.PB) {
+						for pb.Next() {
+							enqueue()
+						}
+					})
+				} else {
+					for range b.N {
+						enqueue()
+					}
+				}
+				b.StopTimer()
+				b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "emails/s")
+			})
+		}
+	}
 }

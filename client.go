@@ -7,6 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,6 +41,7 @@ type Client struct {
 	q        queue
 	seq      uint64
 	inflight int
+	reserved int   // places taken by Enqueues reading their body
 	closed   bool  // Close was called: nothing more is accepted
 	authErr  error // the relay refused the key: permanent
 	stats    Stats
@@ -52,6 +56,9 @@ type Client struct {
 	stop     context.CancelFunc //
 	done     chan struct{}      // closed when the worker has returned
 
+	spool     *spool    // nil without Options.SpoolDir
+	recovered []*Handle // the emails the spool gave back at New
+
 	connState atomic.Int32
 	sessState atomic.Int32
 	sessions  atomic.Int32 // sessions running now
@@ -60,8 +67,10 @@ type Client struct {
 
 // New returns a Client for the relay at relayURL (ws:// or wss://, for
 // example "wss://relay.example.com/smtp") authenticating with apiKey. opts
-// may be nil. New does no I/O: the first email makes the client connect.
-// Invalid options fail here with a clear error.
+// may be nil. New does no network I/O: the first email makes the client
+// connect. With Options.SpoolDir it opens the spool and queues what a
+// previous Client left there (see Recovered). Invalid options fail here
+// with a clear error.
 func New(relayURL, apiKey string, opts *Options) (*Client, error) {
 	var o Options
 	if opts != nil {
@@ -84,6 +93,15 @@ func New(relayURL, apiKey string, opts *Options) (*Client, error) {
 	}
 	c.events = newDispatcher(o.OnEvent, o.EventBuffer, o.Logger)
 	c.stopCtx, c.stop = context.WithCancel(context.Background())
+	if o.SpoolDir != "" {
+		sp, left, err := openSpool(o.SpoolDir, o.SpoolSyncAll)
+		if err != nil {
+			c.events.close()
+			return nil, err
+		}
+		c.spool = sp
+		c.replay(left)
+	}
 	go c.run()
 	return c, nil
 }
@@ -92,6 +110,7 @@ func New(relayURL, apiKey string, opts *Options) (*Client, error) {
 // guarded by Client.mu.
 type email struct {
 	id       string
+	file     string // its file in the spool, if any
 	from     string
 	mailOpts *MailOptions
 	rcptOpts map[string]*RcptOptions
@@ -156,66 +175,151 @@ func (c *Client) Enqueue(e Email, opts ...SendOption) (*Handle, error) {
 	if err := e.validate(); err != nil {
 		return nil, err
 	}
-	if err := c.admit(); err != nil {
-		return nil, err
-	}
-	b, err := newBody(e.Body, c.opts.TempDir, c.opts.FixLineEndings)
-	if err != nil {
+	if err := c.reserve(); err != nil {
 		return nil, err
 	}
 	em := &email{
 		id:       e.ID,
 		from:     e.From,
 		pending:  append([]string(nil), e.To...),
-		body:     b,
 		cfg:      cfg,
 		qidx:     -1,
 		mailOpts: e.MailOptions,
 		rcptOpts: e.RcptOptions,
+		queuedAt: time.Now(),
 	}
 	if em.id == "" {
 		em.id = c.newID()
 	}
-	em.handle = &Handle{c: c, em: em, done: make(chan struct{})}
-
-	c.mu.Lock()
-	if err := c.admitLocked(); err != nil {
-		c.mu.Unlock()
-		b.release()
+	var err error
+	if c.spool != nil {
+		hdr := &spoolHeader{
+			ID: em.id, From: e.From, To: e.To, Mail: e.MailOptions, Rcpt: e.RcptOptions,
+			Priority: cfg.priority, Retries: cfg.retries, Immediate: cfg.immediate, Queued: em.queuedAt,
+		}
+		if cfg.timeout > 0 {
+			hdr.Deadline = em.queuedAt.Add(cfg.timeout)
+		}
+		em.body, em.file, err = c.spool.store(hdr, e.Body, c.opts.FixLineEndings)
+	} else {
+		em.body, err = newBody(e.Body, c.opts.TempDir, c.opts.FixLineEndings)
+	}
+	if err != nil {
+		c.unreserve()
 		return nil, err
 	}
-	c.seq++
-	em.seq = c.seq
-	em.queuedAt = time.Now()
-	c.q.push(em, em.queuedAt)
-	c.stats.EmailsQueued++
-	if cfg.timeout > 0 {
-		em.timer = time.AfterFunc(cfg.timeout, func() {
-			c.cancel(em, fmt.Errorf("%w: %w: email timeout of %v", ErrCanceled, context.DeadlineExceeded, cfg.timeout))
-		})
+	if err := c.queue(em, cfg.timeout, true); err != nil {
+		em.body.release()
+		if em.file != "" {
+			os.Remove(filepath.Join(c.opts.SpoolDir, em.file))
+		}
+		return nil, err
 	}
-	c.mu.Unlock()
-	c.kick()
 	c.log.Debug("mxrelay: email queued", "email", em.id, "priority", cfg.priority.String())
 	return em.handle, nil
 }
 
-func (c *Client) admit() error {
+// queue accepts em, unless the client was closed. reserved says it holds
+// a place taken by reserve. timeout, if positive, is how long it may wait
+// for its end of data.
+func (c *Client) queue(em *email, timeout time.Duration, reserved bool) error {
+	em.handle = &Handle{c: c, em: em, done: make(chan struct{})}
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.admitLocked()
+	if reserved {
+		c.reserved--
+	}
+	err := c.authErr
+	if c.closed {
+		err = ErrClosed
+	}
+	if err != nil {
+		c.mu.Unlock()
+		return err
+	}
+	c.seq++
+	em.seq = c.seq
+	c.q.push(em, time.Now())
+	c.stats.EmailsQueued++
+	if timeout > 0 {
+		em.timer = time.AfterFunc(timeout, func() {
+			c.cancel(em, fmt.Errorf("%w: %w: email timeout of %v", ErrCanceled, context.DeadlineExceeded, timeout))
+		})
+	}
+	c.mu.Unlock()
+	c.kick()
+	return nil
 }
 
-func (c *Client) admitLocked() error {
+// replay queues the emails a previous Client left in the spool, in the
+// order they were accepted. One whose end of data may have reached the
+// server is an unknown outcome: it fails at once unless RetryUnknown.
+func (c *Client) replay(left []*spooled) {
+	for _, sp := range left {
+		h := sp.hdr
+		em := &email{
+			id:       h.ID,
+			file:     sp.file,
+			from:     h.From,
+			pending:  h.To,
+			cfg:      sendConfig{priority: h.Priority, retries: h.Retries, immediate: h.Immediate},
+			qidx:     -1,
+			mailOpts: h.Mail,
+			rcptOpts: h.Rcpt,
+			queuedAt: h.Queued,
+			attempts: sp.ends,
+			unknown:  sp.ends > 0,
+		}
+		var timeout time.Duration
+		if !h.Deadline.IsZero() {
+			timeout = max(time.Until(h.Deadline), time.Nanosecond)
+		}
+		b, err := sp.body(c.opts.FixLineEndings)
+		if b == nil {
+			b = &body{file: sp.f}
+		}
+		em.body = b
+		c.queue(em, timeout, false) // not closed yet: cannot fail
+		c.recovered = append(c.recovered, em.handle)
+		switch {
+		case err != nil:
+			c.cancel(em, err)
+		case em.unknown && !c.opts.RetryUnknown:
+			c.cancel(em, &UnknownOutcomeError{Err: errors.New("the previous Client stopped after this email's end of data was written")})
+		}
+	}
+	if len(left) > 0 {
+		c.log.Info("mxrelay: emails recovered from the spool", "count", len(left), "dir", c.opts.SpoolDir)
+	}
+}
+
+// Recovered returns the Handles of the emails that New found in
+// Options.SpoolDir, accepted by a previous Client and not finished: they
+// are sent again (or, if their end of data may have reached the server
+// and RetryUnknown is off, failed at once as unknown outcomes). Empty
+// without a spool.
+func (c *Client) Recovered() []*Handle { return slices.Clone(c.recovered) }
+
+// reserve takes a place in the queue for an email being read, or says
+// why there is none.
+func (c *Client) reserve() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	switch {
 	case c.closed:
 		return ErrClosed
 	case c.authErr != nil:
 		return c.authErr
-	case c.q.len() >= c.opts.MaxQueueSize:
+	case c.q.len()+c.reserved >= c.opts.MaxQueueSize:
 		return ErrQueueFull
 	}
+	c.reserved++
 	return nil
+}
+
+func (c *Client) unreserve() {
+	c.mu.Lock()
+	c.reserved--
+	c.mu.Unlock()
 }
 
 // Send queues e and blocks until its result. It returns the Result and, when
@@ -344,6 +448,10 @@ func (c *Client) finish(em *email, err error) {
 	c.mu.Unlock()
 
 	em.body.release()
+	if em.file != "" && !errors.Is(err, ErrSpooled) {
+		// Recorded before anyone can see the result.
+		c.spool.finished(em.file, res)
+	}
 	close(em.handle.done)
 	if res.Err == nil {
 		c.events.emit(Event{Type: EventEmailProcessed, SessionID: res.SessionID, EmailID: em.id, Result: res, Duration: em.txTime})
@@ -420,7 +528,14 @@ func (c *Client) Close(ctx context.Context) error {
 	left := c.q.all()
 	c.mu.Unlock()
 	for _, em := range left {
-		c.fail(em, ErrClosed)
+		if em.file != "" {
+			c.fail(em, fmt.Errorf("%w: %w", ErrClosed, ErrSpooled))
+		} else {
+			c.fail(em, ErrClosed)
+		}
+	}
+	if c.spool != nil && first {
+		c.spool.close()
 	}
 	c.events.close()
 	if len(left) > 0 && err == nil {

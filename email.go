@@ -206,7 +206,8 @@ type body struct {
 	size  int64    // bytes to read
 	wire  int64    // bytes as sent (SIZE=): line endings fixed, final CRLF
 	utf8  bool     // valid UTF-8, so it can travel in a JSON channel
-	spool *os.File // a copy of a read-once body, removed by release
+	file  *os.File // a file of ours holding the body, closed by release
+	temp  bool     // file is a temporary copy, removed by release
 }
 
 // newBody prepares r for reading at each attempt (see Email.Body), reading
@@ -216,22 +217,15 @@ func newBody(r io.Reader, tempDir string, fix bool) (*body, error) {
 	if b, ok := r.(*bytes.Buffer); ok {
 		r = bytes.NewReader(b.Bytes())
 	}
-	sz := smtpc.NewSizer(fix)
-	u8 := &utf8Check{}
-	scan := io.MultiWriter(sz, u8)
 	if rs, ok := r.(io.ReadSeeker); ok {
 		if start, err := rs.Seek(0, io.SeekCurrent); err == nil {
 			b := &body{r: rs, start: start}
-			if b.size, err = io.Copy(scan, rs); err != nil {
-				return nil, bodyErr(err)
-			}
-			if b.wire, err = sz.Size(); err != nil {
-				return nil, bodyErr(err)
+			if err := b.scan(nil, rs, fix); err != nil {
+				return nil, err
 			}
 			if _, err := rs.Seek(start, io.SeekStart); err != nil {
 				return nil, bodyErr(err)
 			}
-			b.utf8 = u8.valid()
 			return b, nil
 		}
 	}
@@ -239,20 +233,33 @@ func newBody(r io.Reader, tempDir string, fix bool) (*body, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mxrelay: copying the body: %w", err)
 	}
-	n, err := io.Copy(io.MultiWriter(f, scan), r)
-	var wsize int64
-	if err == nil {
-		wsize, err = sz.Size()
+	b := &body{file: f, temp: true}
+	if err := b.scan(f, r, fix); err != nil {
+		b.release()
+		return nil, err
 	}
+	b.r = io.NewSectionReader(f, 0, b.size)
+	return b, nil
+}
+
+// scan reads r to its end, copying it to w when w is not nil, and sets
+// the body's size, size as sent and UTF-8 flag.
+func (b *body) scan(w io.Writer, r io.Reader, fix bool) error {
+	sz := smtpc.NewSizer(fix)
+	u8 := &utf8Check{}
+	dst := io.MultiWriter(sz, u8)
+	if w != nil {
+		dst = io.MultiWriter(w, sz, u8)
+	}
+	n, err := io.Copy(dst, r)
 	if err == nil {
-		_, err = f.Seek(0, io.SeekStart)
+		b.wire, err = sz.Size()
 	}
 	if err != nil {
-		f.Close()
-		os.Remove(f.Name())
-		return nil, bodyErr(err)
+		return bodyErr(err)
 	}
-	return &body{r: f, size: n, wire: wsize, utf8: u8.valid(), spool: f}, nil
+	b.size, b.utf8 = n, u8.valid()
+	return nil
 }
 
 // bodyErr says what was wrong with a body read at Enqueue.
@@ -272,9 +279,11 @@ func (b *body) open() (io.Reader, error) {
 }
 
 func (b *body) release() {
-	if b.spool != nil {
-		b.spool.Close()
-		os.Remove(b.spool.Name())
+	if b.file != nil {
+		b.file.Close()
+		if b.temp {
+			os.Remove(b.file.Name())
+		}
 	}
 }
 

@@ -165,6 +165,25 @@ type Options struct {
 	// TempDir holds copies of bodies that cannot be read twice (see
 	// Email.Body). Zero: os.TempDir().
 	TempDir string
+
+	// SpoolDir makes the queue durable. Send and Enqueue return only once
+	// the email (envelope, options, body) is written to a file in this
+	// directory and fsync'd with the directory; the end of each email's
+	// data and each result are recorded there too. New takes the
+	// directory's lock (one Client per directory) and sends again every
+	// email a previous Client accepted and did not finish, so a crash loses
+	// nothing that was accepted: Recovered returns their Handles. An email
+	// whose end of data the previous Client may have written is not sent
+	// again unless RetryUnknown: it fails as an unknown outcome. Emails
+	// that Close hands back stay in the spool (ErrSpooled). The format and
+	// the cost are in docs/spool.md. Zero: the queue is in memory only.
+	SpoolDir string
+	// SpoolSyncAll also fsyncs each end-of-data marker and each result
+	// before going on. Without it they are written before the step they
+	// record and survive the process's crash (SIGKILL, panic, OOM), but a
+	// power loss may take the last of them: an email may then be sent
+	// again without MaybeDelivered. Costs one fsync per email sent.
+	SpoolSyncAll bool
 }
 
 // withDefaults returns a copy of o with every zero field set to its default.

@@ -366,12 +366,24 @@ func (s *smtpSession) send(em *email) error {
 	}
 	tx.BeforeEnd = func() bool {
 		c.mu.Lock()
-		defer c.mu.Unlock()
 		if em.canceled != nil {
+			c.mu.Unlock()
 			return false
 		}
 		em.state = stateReply
 		em.abort = nil
+		c.mu.Unlock()
+		if em.file != "" {
+			// On disk before the end of data is on the wire: a restart
+			// after a crash knows the server may have the email.
+			if err := c.spool.ended(em.file); err != nil {
+				c.mu.Lock()
+				em.state = stateEnvelope
+				em.canceled = err
+				c.mu.Unlock()
+				return false
+			}
+		}
 		return true
 	}
 	tx.Done = func(res *smtpc.Result) { s.decide(em, rcpts, res, start) }

@@ -12,6 +12,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
 	"time"
 
 	"github.com/mxrelay/mxrelay"
@@ -51,7 +52,8 @@ type Env struct {
 	// the same RTT: the latency proxy, or Sink itself when RTT is 0.
 	DirectAddr string
 
-	proxy *latencyproxy.Proxy
+	proxy  *latencyproxy.Proxy
+	spools []string // SpoolDirs of the clients, removed by Close
 }
 
 // NewEnv starts an Env. The caller must Close it.
@@ -79,6 +81,9 @@ func NewEnv(rtt time.Duration, up Upstream) (*Env, error) {
 // Close stops the relay, the proxy and the sink, and waits for their
 // goroutines.
 func (e *Env) Close() {
+	for _, d := range e.spools {
+		os.RemoveAll(d)
+	}
 	e.Relay.Close()
 	if e.proxy != nil {
 		e.proxy.Close()
@@ -97,6 +102,9 @@ type Client struct {
 	Window int
 	// PerSession is Options.MaxEmailsPerSession; zero: 1000.
 	PerSession int
+	// Spool gives the client a SpoolDir (a new temporary directory), so
+	// that each Enqueue writes and fsyncs the email.
+	Spool bool
 }
 
 // Options returns the client options for a queue of up to queue emails.
@@ -118,6 +126,14 @@ func (c Client) Options(queue int) mxrelay.Options {
 // emails queued at once. The caller must Close it.
 func (e *Env) NewClient(c Client, queue int) (*mxrelay.Client, error) {
 	o := c.Options(queue)
+	if c.Spool {
+		d, err := os.MkdirTemp("", "mxbench-spool-*")
+		if err != nil {
+			return nil, err
+		}
+		e.spools = append(e.spools, d)
+		o.SpoolDir = d
+	}
 	return mxrelay.New(e.Relay.URL, e.Relay.APIKey, &o)
 }
 

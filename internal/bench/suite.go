@@ -40,12 +40,13 @@ const (
 	OursBinary         Path = iota // (a) our client, binary frames
 	OursJSON                       // (a) our client, JSON text frames
 	OursPipeliningOnly             // (a) binary, to an upstream without CHUNKING
+	OursSpool                      // (a) binary, with a SpoolDir
 	LockstepRelay                  // (b) go-smtp's Client through the relay (binary frames)
 	LockstepDirect                 // (c) go-smtp's Client over TCP to the sink
 )
 
 // Ours reports whether p is our client.
-func (p Path) Ours() bool { return p <= OursPipeliningOnly }
+func (p Path) Ours() bool { return p <= OursSpool }
 
 // Row is one line of the table: a path at an RTT, measured Runs times.
 type Row struct {
@@ -124,6 +125,7 @@ func Run(ctx context.Context, cfg Config, progress func(string)) (*Report, error
 		err := withEnv(rtt, Chunking, func(e *Env) {
 			add(&rep.Rows, oursRow(ctx, cfg, e, OursBinary, 0, m))
 			add(&rep.Rows, oursRow(ctx, cfg, e, OursJSON, 0, m))
+			add(&rep.Rows, oursRow(ctx, cfg, e, OursSpool, 0, m))
 		})
 		if err != nil {
 			return nil, err
@@ -181,6 +183,7 @@ func label(p Path, sessions int) string {
 		OursBinary:         "(a) ours, binary",
 		OursJSON:           "(a) ours, JSON",
 		OursPipeliningOnly: "(a) ours, binary, upstream without CHUNKING",
+		OursSpool:          "(a) ours, binary, SpoolDir (one Enqueue at a time)",
 		LockstepRelay:      "(b) go-smtp lock-step via relay",
 		LockstepDirect:     "(c) go-smtp lock-step, TCP",
 	}[p]
@@ -206,7 +209,7 @@ func oursRow(ctx context.Context, cfg Config, e *Env, p Path, sessions int, m Ma
 			row.Err = fmt.Errorf("%s at %v: %w", row.Label, row.RTT, row.Err)
 		}
 	}()
-	cl := Client{JSON: p == OursJSON, Sessions: sessions, Window: cfg.Window, PerSession: cfg.PerSession}
+	cl := Client{JSON: p == OursJSON, Spool: p == OursSpool, Sessions: sessions, Window: cfg.Window, PerSession: cfg.PerSession}
 	row.HeapPerEmail, row.Err = QueueHeap(cl, m, max(cfg.N, minHeapEmails))
 	if row.Err != nil {
 		return row

@@ -1,0 +1,455 @@
+package mxrelay
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// The spool (Options.SpoolDir) keeps every accepted email on disk until its
+// result is out. Its format, version 1, is documented in docs/spool.md:
+//
+//	lock                  held (flock) by the one Client using the directory
+//	<time>-<n>.msg        one accepted email: magic line, JSON envelope line,
+//	                      the body as given, a fixed-width trailer; written
+//	                      once, fsync'd with its directory before Enqueue
+//	                      returns, never changed, removed with its result
+//	journal               "B <n>": results.log's length when it began;
+//	                      "E <file>" before an end of data is written,
+//	                      "R <json>" when a result is out (before the .msg
+//	                      file is removed); rewritten at start
+//	results.log           the "R" lines of earlier journals, appended at each
+//	                      compaction; the client never reads it
+const (
+	spoolMagic   = "MXRELAY-SPOOL 1\n"
+	trailerLen   = int64(len("\nEND ") + 20 + 1)
+	journalName  = "journal"
+	resultsName  = "results.log"
+	lockName     = "lock"
+	maxJournal   = 16 << 20 // compacted past this size
+	spoolMsgGlob = "*.msg"
+)
+
+// ErrSpooled is wrapped, with ErrClosed, by the result of an email that
+// Close handed back while Options.SpoolDir is set: the email stays in the
+// spool and the next Client on the same SpoolDir sends it. Do not submit it
+// again yourself.
+var ErrSpooled = errors.New("mxrelay: kept in the spool for the next Client")
+
+// spoolHeader is the envelope line of a .msg file.
+type spoolHeader struct {
+	ID        string                  `json:"id"`
+	From      string                  `json:"from"`
+	To        []string                `json:"to"`
+	Mail      *MailOptions            `json:"mail,omitempty"`
+	Rcpt      map[string]*RcptOptions `json:"rcpt,omitempty"`
+	Priority  Priority                `json:"priority"`
+	Retries   int                     `json:"retries"`
+	Immediate bool                    `json:"immediate,omitempty"`
+	Deadline  time.Time               `json:"deadline,omitzero"`
+	Queued    time.Time               `json:"queued"`
+}
+
+// SpoolResult is one "R" line of the journal and of results.log: the
+// result of a spooled email, as Result says it.
+type SpoolResult struct {
+	File           string            `json:"file"`
+	EmailID        string            `json:"id"`
+	Delivered      bool              `json:"delivered"`
+	MaybeDelivered bool              `json:"maybeDelivered,omitempty"`
+	Attempts       int               `json:"attempts"`
+	Accepted       []string          `json:"accepted,omitempty"`
+	Rejected       map[string]string `json:"rejected,omitempty"`
+	Reply          string            `json:"reply,omitempty"`
+	Error          string            `json:"error,omitempty"`
+	Time           time.Time         `json:"time"`
+}
+
+// spool is an open SpoolDir. Journal writes and .msg removals are
+// serialised by mu, so that a compaction sees every result with its file
+// gone.
+type spool struct {
+	dir     string
+	syncAll bool
+	lock    *os.File
+	n       atomic.Uint64
+
+	mu      sync.Mutex
+	journal *os.File
+	size    int64
+	err     error // the first journal write error, reported once
+}
+
+// spooled is an email found in the spool at start.
+type spooled struct {
+	file string
+	hdr  spoolHeader
+	f    *os.File
+	off  int64 // where the body starts
+	size int64
+	ends int // end-of-data markers: attempts that may have reached the server
+}
+
+// openSpool takes the directory's lock, reads what a previous Client left,
+// compacts the journal and returns the emails to send again, oldest first.
+func openSpool(dir string, syncAll bool) (*spool, []*spooled, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, nil, fmt.Errorf("mxrelay: spool: %w", err)
+	}
+	lock, err := os.OpenFile(filepath.Join(dir, lockName), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, nil, fmt.Errorf("mxrelay: spool: %w", err)
+	}
+	if err := lockFile(lock); err != nil {
+		lock.Close()
+		return nil, nil, fmt.Errorf("mxrelay: spool %s is in use by another Client: %w", dir, err)
+	}
+	s := &spool{dir: dir, syncAll: syncAll, lock: lock}
+	left, err := s.start()
+	if err != nil {
+		s.close()
+		return nil, nil, err
+	}
+	return s, left, nil
+}
+
+// start compacts the journal and opens the emails it leaves.
+func (s *spool) start() ([]*spooled, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ends, err := s.compact()
+	if err != nil {
+		return nil, err
+	}
+	names, err := filepath.Glob(filepath.Join(s.dir, spoolMsgGlob))
+	if err != nil {
+		return nil, fmt.Errorf("mxrelay: spool: %w", err)
+	}
+	slices.Sort(names)
+	var left []*spooled
+	for _, path := range names {
+		sp, err := readSpooled(path)
+		if err != nil {
+			// Not whole: the Client stopped before Enqueue returned, so
+			// the email was never accepted.
+			os.Remove(path)
+			continue
+		}
+		sp.ends = ends[sp.file]
+		left = append(left, sp)
+	}
+	return left, nil
+}
+
+// compact moves the journal's results to results.log, removes the .msg
+// files that have one, and rewrites the journal with the end-of-data
+// markers of the files still there. It returns the markers per file.
+//
+// It can be cut anywhere and run again: the journal's first line says how
+// long results.log was when the journal began, so a second run first cuts
+// results.log back to that length, and only the rename of the new journal
+// makes the move count.
+func (s *spool) compact() (map[string]int, error) {
+	fail := func(err error) (map[string]int, error) { return nil, fmt.Errorf("mxrelay: spool: %w", err) }
+	jpath := filepath.Join(s.dir, journalName)
+	ends := map[string]int{}
+	var results []byte
+	base := int64(-1) // results.log's length when the journal began
+	data, err := os.ReadFile(jpath)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fail(err)
+	}
+	for line := range bytes.Lines(data) {
+		if !bytes.HasSuffix(line, []byte("\n")) {
+			break // a torn last line: the write that made it never returned
+		}
+		verb, arg, _ := bytes.Cut(bytes.TrimSuffix(line, []byte("\n")), []byte(" "))
+		switch string(verb) {
+		case "B":
+			base, _ = strconv.ParseInt(string(arg), 10, 64)
+		case "E":
+			ends[string(arg)]++
+		case "R":
+			var r SpoolResult
+			if json.Unmarshal(arg, &r) == nil {
+				results = append(append(results, arg...), '\n')
+				delete(ends, r.File)
+				os.Remove(filepath.Join(s.dir, r.File))
+			}
+		}
+	}
+	rf, err := os.OpenFile(filepath.Join(s.dir, resultsName), os.O_CREATE|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fail(err)
+	}
+	st, err := rf.Stat()
+	if err == nil {
+		// Without a B line, or after someone cut results.log shorter,
+		// there is nothing of ours to take back.
+		if base < 0 || base > st.Size() {
+			base = st.Size()
+		}
+		err = rf.Truncate(base)
+	}
+	if err == nil {
+		_, err = rf.WriteAt(results, base)
+	}
+	if err == nil {
+		err = rf.Sync()
+	}
+	if cerr := rf.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fail(err)
+	}
+	nj := fmt.Appendf(nil, "B %d\n", base+int64(len(results)))
+	for file, n := range ends {
+		if _, err := os.Stat(filepath.Join(s.dir, file)); err != nil {
+			delete(ends, file)
+			continue
+		}
+		for range n {
+			nj = fmt.Appendf(nj, "E %s\n", file)
+		}
+	}
+	tmp := jpath + ".tmp"
+	if err := writeSynced(tmp, nj); err != nil {
+		return fail(err)
+	}
+	if s.journal != nil {
+		s.journal.Close()
+		s.journal = nil
+	}
+	if err := os.Rename(tmp, jpath); err != nil {
+		return fail(err)
+	}
+	if err := syncDir(s.dir); err != nil {
+		return fail(err)
+	}
+	j, err := os.OpenFile(jpath, os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return fail(err)
+	}
+	s.journal, s.size = j, int64(len(nj))
+	return ends, nil
+}
+
+// readSpooled opens a .msg file and checks that it is whole.
+func readSpooled(path string) (*spooled, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	sp, err := parseSpooled(f)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	sp.file = filepath.Base(path)
+	sp.f = f
+	return sp, nil
+}
+
+func parseSpooled(f *os.File) (*spooled, error) {
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	br := bufio.NewReader(io.NewSectionReader(f, 0, st.Size()))
+	magic, err := br.ReadString('\n')
+	if err != nil || magic != spoolMagic {
+		return nil, errors.New("not a version 1 spool file")
+	}
+	hline, err := br.ReadBytes('\n')
+	if err != nil {
+		return nil, err
+	}
+	sp := &spooled{off: int64(len(magic) + len(hline))}
+	if err := json.Unmarshal(hline, &sp.hdr); err != nil {
+		return nil, err
+	}
+	var tr [trailerLen]byte
+	if st.Size() < sp.off+trailerLen {
+		return nil, errors.New("no trailer")
+	}
+	if _, err := f.ReadAt(tr[:], st.Size()-trailerLen); err != nil {
+		return nil, err
+	}
+	n, ok := parseTrailer(tr[:])
+	if !ok || sp.off+n+trailerLen != st.Size() {
+		return nil, errors.New("bad trailer")
+	}
+	sp.size = n
+	return sp, nil
+}
+
+func trailer(n int64) []byte { return fmt.Appendf(nil, "\nEND %020d\n", n) }
+
+func parseTrailer(b []byte) (int64, bool) {
+	s, ok := strings.CutPrefix(string(b), "\nEND ")
+	if !ok || !strings.HasSuffix(s, "\n") {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(s[:len(s)-1], 10, 64)
+	return n, err == nil && n >= 0
+}
+
+// store writes a new .msg file with hdr and the body read from r, checks
+// the body as newBody does, and makes the file and its name durable. The
+// body returned reads from the file.
+func (s *spool) store(hdr *spoolHeader, r io.Reader, fix bool) (*body, string, error) {
+	name := fmt.Sprintf("%016x-%06d.msg", time.Now().UnixNano(), s.n.Add(1)%1e6)
+	path := filepath.Join(s.dir, name)
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, "", fmt.Errorf("mxrelay: spool: %w", err)
+	}
+	b := &body{file: f, temp: true} // removed by release on failure
+	hline, err := json.Marshal(hdr)
+	if err != nil {
+		b.release()
+		return nil, "", fmt.Errorf("mxrelay: spool: %w", err)
+	}
+	w := bufio.NewWriterSize(f, 64<<10)
+	w.WriteString(spoolMagic)
+	w.Write(hline)
+	w.WriteByte('\n')
+	off := int64(len(spoolMagic) + len(hline) + 1)
+	if err := b.scan(w, r, fix); err != nil {
+		b.release()
+		return nil, "", err
+	}
+	w.Write(trailer(b.size))
+	err = w.Flush()
+	if err == nil {
+		err = f.Sync()
+	}
+	if err == nil {
+		err = syncDir(s.dir)
+	}
+	if err != nil {
+		b.release()
+		return nil, "", fmt.Errorf("mxrelay: spool: %w", err)
+	}
+	b.temp = false // the spool removes it with the result
+	b.r = io.NewSectionReader(f, off, b.size)
+	return b, name, nil
+}
+
+// body makes the body of a spooled email found at start.
+func (sp *spooled) body(fix bool) (*body, error) {
+	b := &body{file: sp.f}
+	if err := b.scan(nil, io.NewSectionReader(sp.f, sp.off, sp.size), fix); err != nil {
+		return nil, err
+	}
+	b.r = io.NewSectionReader(sp.f, sp.off, sp.size)
+	return b, nil
+}
+
+// ended records that file's end of data is about to be written.
+func (s *spool) ended(file string) error {
+	return s.append([]byte("E " + file + "\n"))
+}
+
+// finished records a result and removes its file. An email handed back by
+// Close keeps its file and gets no record.
+func (s *spool) finished(file string, res *Result) {
+	r := SpoolResult{
+		File: file, EmailID: res.EmailID, Delivered: res.Err == nil,
+		MaybeDelivered: res.MaybeDelivered, Attempts: res.Attempts,
+		Accepted: res.Accepted, Time: time.Now().UTC(),
+	}
+	if res.Err != nil {
+		r.Error = res.Err.Error()
+	}
+	if res.Reply.Code != 0 {
+		r.Reply = strconv.Itoa(res.Reply.Code) + " " + res.Reply.Message
+	}
+	for _, rj := range res.Rejected {
+		if r.Rejected == nil {
+			r.Rejected = map[string]string{}
+		}
+		r.Rejected[rj.Address] = rj.Err.Error()
+	}
+	line, _ := json.Marshal(r)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	// The record first: a crash before the removal leaves a file that the
+	// next start knows to be finished, never one it would send again.
+	s.appendLocked(append(append([]byte("R "), line...), '\n'))
+	os.Remove(filepath.Join(s.dir, file))
+	if s.size > maxJournal {
+		if _, err := s.compact(); err != nil {
+			s.noteLocked(err)
+		}
+	}
+}
+
+func (s *spool) append(line []byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.appendLocked(line)
+}
+
+func (s *spool) appendLocked(line []byte) error {
+	if s.journal == nil {
+		return s.noteLocked(errors.New("journal is closed"))
+	}
+	n, err := s.journal.Write(line)
+	s.size += int64(n)
+	if err == nil && s.syncAll {
+		err = s.journal.Sync()
+	}
+	if err != nil {
+		return s.noteLocked(err)
+	}
+	return nil
+}
+
+// noteLocked returns err as a spool error, remembering the first one.
+func (s *spool) noteLocked(err error) error {
+	err = fmt.Errorf("mxrelay: spool journal: %w", err)
+	if s.err == nil {
+		s.err = err
+	}
+	return err
+}
+
+func (s *spool) close() {
+	s.mu.Lock()
+	if s.journal != nil {
+		s.journal.Close()
+		s.journal = nil
+	}
+	s.mu.Unlock()
+	unlockFile(s.lock)
+	s.lock.Close()
+}
+
+// writeSynced writes data to a new file at path and fsyncs it.
+func writeSynced(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}

@@ -1,0 +1,220 @@
+package mxrelay_test
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/relaytest"
+)
+
+var (
+	crashEmails = flag.Int("crash.emails", 200, "emails in TestSpoolSurvivesSIGKILL, per variant")
+	crashKills  = flag.Int("crash.kills", 8, "SIGKILLs in TestSpoolSurvivesSIGKILL, per variant")
+)
+
+// TestSpoolSurvivesSIGKILL runs a child process that sends through
+// relaytest with a spool, kills it with SIGKILL at random moments, starts
+// it again on the same spool, and checks the accounting rule across the
+// crashes: every email whose Enqueue returned has exactly one result in the
+// spool's records; delivered ones are in the mailbox, failed ones that are
+// not unknown outcomes are not; an email is in the mailbox more than once
+// only if its result says MaybeDelivered, which the spool sets only when a
+// life before had recorded its end of data as written.
+func TestSpoolSurvivesSIGKILL(t *testing.T) {
+	if os.Getenv("MXRELAY_SPOOL_CHILD") != "" {
+		t.Skip("in the child")
+	}
+	for _, retry := range []bool{false, true} {
+		t.Run(map[bool]string{false: "unknown fails", true: "RetryUnknown"}[retry], func(t *testing.T) {
+			crashRun(t, retry)
+		})
+	}
+}
+
+func crashRun(t *testing.T, retryUnknown bool) {
+	// Latency keeps a window of transactions in flight, so that kills
+	// land between end of data and its reply too.
+	s := newRelay(t, &relaytest.Options{Latency: relaytest.Latency{ToClient: 2 * time.Millisecond}})
+	dir := t.TempDir()
+	seed := rand.Uint64()
+	r := rand.New(rand.NewPCG(seed, 7))
+	t.Logf("seed %d", seed)
+
+	tried := map[string]bool{}    // "T": Enqueue called
+	accepted := map[string]bool{} // "A": Enqueue returned the email accepted
+	next := 0
+	lives := 0
+	for kill := 0; ; kill++ {
+		last := kill >= *crashKills
+		lives++
+		cmd := exec.Command(os.Args[0], "-test.run=^TestSpoolChild$", "-test.count=1")
+		cmd.Env = append(os.Environ(),
+			"MXRELAY_SPOOL_CHILD=1",
+			"MXRELAY_SPOOL_URL="+s.URL,
+			"MXRELAY_SPOOL_KEY="+s.APIKey,
+			"MXRELAY_SPOOL_DIR="+dir,
+			"MXRELAY_SPOOL_FROM="+strconv.Itoa(next),
+			"MXRELAY_SPOOL_TO="+strconv.Itoa(*crashEmails),
+			"MXRELAY_SPOOL_RETRY_UNKNOWN="+strconv.FormatBool(retryUnknown),
+		)
+		out, err := cmd.StdoutPipe()
+		require.NoError(t, err)
+		cmd.Stderr = os.Stderr
+		require.NoError(t, cmd.Start())
+		lines := make(chan string)
+		go func() {
+			defer close(lines)
+			sc := bufio.NewScanner(out)
+			for sc.Scan() {
+				lines <- sc.Text()
+			}
+		}()
+		var killAt <-chan time.Time
+		if !last {
+			killAt = time.After(time.Duration(20+r.IntN(300)) * time.Millisecond)
+		}
+		limit := time.After(2 * time.Minute)
+		done, killed := false, false
+	read:
+		for {
+			select {
+			case line, ok := <-lines:
+				if !ok {
+					break read
+				}
+				verb, id, _ := strings.Cut(line, " ")
+				switch verb {
+				case "T":
+					tried[id] = true
+					n, _ := strconv.Atoi(strings.TrimPrefix(id, "e"))
+					next = max(next, n+1)
+				case "A":
+					accepted[id] = true
+				case "DONE":
+					done = true
+				}
+			case <-killAt:
+				require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
+				killAt, killed = nil, true
+			case <-limit:
+				cmd.Process.Kill()
+				t.Fatalf("life %d did not finish", lives)
+			}
+		}
+		err = cmd.Wait()
+		if done {
+			if !killed { // else it may have been killed on its way out
+				require.NoError(t, err)
+			}
+			break
+		}
+		require.False(t, last, "the last life ended without DONE: %v", err)
+	}
+
+	// The spool is empty and its records say what became of each email.
+	assert.Empty(t, spoolFiles(t, dir), "every accepted email has its result")
+	results := map[string][]mxrelay.SpoolResult{}
+	for _, res := range spoolResults(t, dir) {
+		results[res.EmailID] = append(results[res.EmailID], res)
+	}
+	inBox := map[string]int{}
+	for _, sub := range subjects(s) {
+		inBox[sub]++
+	}
+	var delivered, failed, unknown, dups int
+	for id := range tried {
+		rs := results[id]
+		if !accepted[id] && len(rs) == 0 {
+			// Killed inside Enqueue before the email was whole on disk.
+			assert.Zero(t, inBox[id], "%s: never accepted, yet sent", id)
+			continue
+		}
+		if !assert.Len(t, rs, 1, "%s: one result", id) {
+			continue
+		}
+		res := rs[0]
+		switch {
+		case res.Delivered:
+			delivered++
+			assert.GreaterOrEqual(t, inBox[id], 1, "%s: delivered, not in the mailbox", id)
+		case res.MaybeDelivered:
+			unknown++
+		default:
+			failed++
+			assert.Zero(t, inBox[id], "%s: failed (%s), yet in the mailbox", id, res.Error)
+		}
+		if inBox[id] > 1 {
+			dups++
+			assert.True(t, res.MaybeDelivered, "%s: in the mailbox %d times without MaybeDelivered", id, inBox[id])
+			assert.True(t, retryUnknown, "%s: sent twice without RetryUnknown", id)
+		}
+	}
+	for id := range inBox {
+		assert.True(t, tried[id], "%s: in the mailbox, never submitted", id)
+	}
+	for id := range results {
+		assert.True(t, tried[id], "%s: a result for an email never submitted", id)
+	}
+	t.Logf("%d lives, %d emails tried, %d accepted: %d delivered, %d failed, %d unknown, %d in the mailbox twice or more",
+		lives, len(tried), len(accepted), delivered, failed, unknown, dups)
+}
+
+// TestSpoolChild is the child process of TestSpoolSurvivesSIGKILL.
+func TestSpoolChild(t *testing.T) {
+	if os.Getenv("MXRELAY_SPOOL_CHILD") == "" {
+		t.Skip("only as TestSpoolSurvivesSIGKILL's child process")
+	}
+	env := os.Getenv
+	from, _ := strconv.Atoi(env("MXRELAY_SPOOL_FROM"))
+	to, _ := strconv.Atoi(env("MXRELAY_SPOOL_TO"))
+	retry, _ := strconv.ParseBool(env("MXRELAY_SPOOL_RETRY_UNKNOWN"))
+	c, err := mxrelay.New(env("MXRELAY_SPOOL_URL"), env("MXRELAY_SPOOL_KEY"), fast(&mxrelay.Options{
+		SpoolDir:            env("MXRELAY_SPOOL_DIR"),
+		RetryUnknown:        retry,
+		MaxQueueSize:        50,
+		MaxEmailsPerSession: 40,
+	}))
+	require.NoError(t, err)
+	say := func(verb, id string) { fmt.Fprintf(os.Stdout, "%s %s\n", verb, id) }
+	handles := c.Recovered()
+	for i := from; i < to; i++ {
+		id := "e" + strconv.Itoa(i)
+		say("T", id)
+		e := mail(id, "b@example.com", "c@example.com")
+		e.ID = id
+		for {
+			h, err := c.Enqueue(e, mxrelay.WithPriority(mxrelay.Priority(i%4-1)))
+			if errors.Is(err, mxrelay.ErrQueueFull) {
+				time.Sleep(time.Millisecond)
+				e.Body = strings.NewReader(msg(id))
+				continue
+			}
+			require.NoError(t, err)
+			handles = append(handles, h)
+			break
+		}
+		say("A", id)
+	}
+	for _, h := range handles {
+		<-h.Done()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	require.NoError(t, c.Close(ctx))
+	say("DONE", "")
+}

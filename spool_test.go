@@ -1,0 +1,249 @@
+package mxrelay_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/relaytest"
+)
+
+// spoolFiles lists the .msg files left in dir.
+func spoolFiles(t *testing.T, dir string) []string {
+	t.Helper()
+	names, err := filepath.Glob(filepath.Join(dir, "*.msg"))
+	require.NoError(t, err)
+	return names
+}
+
+// spoolResults reads every result record in dir: results.log, then the
+// journal's.
+func spoolResults(t *testing.T, dir string) []mxrelay.SpoolResult {
+	t.Helper()
+	var out []mxrelay.SpoolResult
+	for _, name := range []string{"results.log", "journal"} {
+		f, err := os.Open(filepath.Join(dir, name))
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		require.NoError(t, err)
+		sc := bufio.NewScanner(f)
+		sc.Buffer(nil, 1<<20)
+		for sc.Scan() {
+			line := sc.Text()
+			if name == "journal" {
+				var ok bool
+				if line, ok = strings.CutPrefix(line, "R "); !ok {
+					continue
+				}
+			}
+			var r mxrelay.SpoolResult
+			require.NoError(t, json.Unmarshal([]byte(line), &r), line)
+			out = append(out, r)
+		}
+		f.Close()
+	}
+	return out
+}
+
+// handBack fills a spool with emails that a relay which is down cannot
+// take, and closes the client: they stay in the spool.
+func handBack(t *testing.T, s *relaytest.Server, dir string, subjects ...string) {
+	t.Helper()
+	s.SetDown(true)
+	defer s.SetDown(false)
+	c, err := mxrelay.New(s.URL, s.APIKey, fast(&mxrelay.Options{SpoolDir: dir, ReconnectInterval: time.Hour}))
+	require.NoError(t, err)
+	var hs []*mxrelay.Handle
+	for _, sub := range subjects {
+		h, err := c.Enqueue(mail(sub, "b@example.com", "c@example.com"), mxrelay.WithPriority(mxrelay.PriorityHigh))
+		require.NoError(t, err)
+		hs = append(hs, h)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	require.Error(t, c.Close(ctx))
+	for _, h := range hs {
+		res, err := h.Wait(ctxT(t))
+		require.ErrorIs(t, err, mxrelay.ErrClosed)
+		require.ErrorIs(t, err, mxrelay.ErrSpooled)
+		assert.False(t, res.MaybeDelivered)
+	}
+	require.Len(t, spoolFiles(t, dir), len(subjects))
+	require.Empty(t, spoolResults(t, dir), "an email handed back has no result in the spool")
+}
+
+func TestSpoolKeepsWhatCloseHandsBack(t *testing.T) {
+	s := newRelay(t, nil)
+	dir := t.TempDir()
+	handBack(t, s, dir, "one", "two", "three")
+
+	c := newClient(t, s, &mxrelay.Options{SpoolDir: dir})
+	rec := c.Recovered()
+	require.Len(t, rec, 3)
+	for i, h := range rec {
+		res, err := h.Wait(ctxT(t))
+		require.NoError(t, err)
+		assert.Equal(t, []string{"b@example.com", "c@example.com"}, res.Accepted)
+		assert.Equal(t, mxrelay.PriorityHigh, res.Priority, "the priority survives")
+		assert.Equal(t, []string{"one", "two", "three"}[i], subjectOf(s.Mailbox()[i].Data), "in the order accepted")
+	}
+	assert.Empty(t, spoolFiles(t, dir))
+	res := spoolResults(t, dir)
+	require.Len(t, res, 3)
+	for _, r := range res {
+		assert.True(t, r.Delivered)
+		assert.Equal(t, 1, r.Attempts)
+	}
+	assert.Equal(t, []string{"one", "two", "three"}, subjects(s))
+}
+
+func TestSpoolIsLocked(t *testing.T) {
+	s := newRelay(t, nil)
+	dir := t.TempDir()
+	newClient(t, s, &mxrelay.Options{SpoolDir: dir})
+	_, err := mxrelay.New(s.URL, s.APIKey, &mxrelay.Options{SpoolDir: dir})
+	require.ErrorContains(t, err, "in use by another Client")
+}
+
+// TestSpoolEndOfDataMarker: an email whose end of data the previous
+// Client recorded as written is an unknown outcome after a restart: failed
+// at once, or sent again (and flagged) with RetryUnknown.
+func TestSpoolEndOfDataMarker(t *testing.T) {
+	for _, retry := range []bool{false, true} {
+		t.Run(map[bool]string{false: "fail", true: "RetryUnknown"}[retry], func(t *testing.T) {
+			s := newRelay(t, nil)
+			dir := t.TempDir()
+			handBack(t, s, dir, "ended", "not ended")
+			files := spoolFiles(t, dir)
+			j, err := os.OpenFile(filepath.Join(dir, "journal"), os.O_WRONLY|os.O_APPEND, 0)
+			require.NoError(t, err)
+			_, err = j.WriteString("E " + filepath.Base(files[0]) + "\n")
+			require.NoError(t, err)
+			require.NoError(t, j.Close())
+
+			c := newClient(t, s, &mxrelay.Options{SpoolDir: dir, RetryUnknown: retry})
+			rec := c.Recovered()
+			require.Len(t, rec, 2)
+			res, err := rec[0].Wait(ctxT(t))
+			require.True(t, res.MaybeDelivered)
+			if retry {
+				require.NoError(t, err)
+				assert.Equal(t, 2, res.Attempts, "the earlier attempt counts")
+				assert.Equal(t, 1, countSubject(s, "ended"))
+			} else {
+				require.ErrorIs(t, err, mxrelay.ErrUnknownOutcome)
+				assert.Equal(t, 0, countSubject(s, "ended"), "not sent again")
+			}
+			res, err = rec[1].Wait(ctxT(t))
+			require.NoError(t, err)
+			assert.False(t, res.MaybeDelivered)
+			assert.Empty(t, spoolFiles(t, dir))
+		})
+	}
+}
+
+func TestSpoolDropsATornFile(t *testing.T) {
+	s := newRelay(t, nil)
+	dir := t.TempDir()
+	handBack(t, s, dir, "whole", "torn")
+	files := spoolFiles(t, dir)
+	st, err := os.Stat(files[1])
+	require.NoError(t, err)
+	// A crash in the middle of Enqueue: the trailer never made it.
+	require.NoError(t, os.Truncate(files[1], st.Size()-3))
+
+	c := newClient(t, s, &mxrelay.Options{SpoolDir: dir})
+	rec := c.Recovered()
+	require.Len(t, rec, 1)
+	_, err = rec[0].Wait(ctxT(t))
+	require.NoError(t, err)
+	assert.Equal(t, []string{"whole"}, subjects(s))
+	assert.Empty(t, spoolFiles(t, dir))
+}
+
+func TestSpoolDeadlineSurvivesARestart(t *testing.T) {
+	s := newRelay(t, nil)
+	dir := t.TempDir()
+	s.SetDown(true)
+	c, err := mxrelay.New(s.URL, s.APIKey, fast(&mxrelay.Options{SpoolDir: dir, ReconnectInterval: time.Hour}))
+	require.NoError(t, err)
+	_, err = c.Enqueue(mail("late"), mxrelay.WithTimeout(50*time.Millisecond))
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Millisecond)
+	defer cancel()
+	c.Close(ctx)
+	s.SetDown(false)
+	if len(spoolFiles(t, dir)) == 0 {
+		t.Skip("the email timed out before Close: nothing to recover") // a very slow machine
+	}
+	time.Sleep(60 * time.Millisecond) // past the deadline, counted from Enqueue
+
+	c = newClient(t, s, &mxrelay.Options{SpoolDir: dir})
+	rec := c.Recovered()
+	require.Len(t, rec, 1)
+	_, err = rec[0].Wait(ctxT(t))
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	assert.Empty(t, subjects(s))
+}
+
+func TestSpoolRefusesWhatItCannotStore(t *testing.T) {
+	s := newRelay(t, nil)
+	dir := t.TempDir()
+	c := newClient(t, s, &mxrelay.Options{SpoolDir: dir})
+	_, err := c.Enqueue(mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: strings.NewReader("bare\nLF\r\n")})
+	require.ErrorIs(t, err, mxrelay.ErrBareLineEnding)
+	assert.Empty(t, spoolFiles(t, dir), "a refused email leaves nothing behind")
+	res, err := c.Send(ctxT(t), mail("fine"))
+	require.NoError(t, err)
+	assert.True(t, res.Delivered())
+	assert.Empty(t, spoolFiles(t, dir))
+}
+
+// TestSpoolCompactionCanBeRepeated: a compaction cut after it appended to
+// results.log (some of it, or all) but before the new journal replaced
+// the old one runs again at the next start and writes each result once.
+func TestSpoolCompactionCanBeRepeated(t *testing.T) {
+	s := newRelay(t, nil)
+	dir := t.TempDir()
+	handBack(t, s, dir, "one", "two")
+	open := func() {
+		c, err := mxrelay.New(s.URL, s.APIKey, fast(&mxrelay.Options{SpoolDir: dir}))
+		require.NoError(t, err)
+		for _, h := range c.Recovered() {
+			_, err := h.Wait(ctxT(t))
+			require.NoError(t, err)
+		}
+		require.NoError(t, c.Close(ctxT(t)))
+	}
+	open() // sends both: two R lines in the journal
+	old, err := os.ReadFile(filepath.Join(dir, "journal"))
+	require.NoError(t, err)
+	require.Equal(t, 2, strings.Count(string(old), "\nR "))
+
+	open() // compacts: both move to results.log
+	require.Len(t, spoolResults(t, dir), 2)
+	// As if that compaction had stopped before its rename, after writing
+	// results.log and a torn line more.
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "journal"), old, 0o600))
+	f, err := os.OpenFile(filepath.Join(dir, "results.log"), os.O_WRONLY|os.O_APPEND, 0)
+	require.NoError(t, err)
+	_, err = f.WriteString(`{"file":"torn`)
+	require.NoError(t, err)
+	require.NoError(t, f.Close())
+
+	open()
+	res := spoolResults(t, dir)
+	require.Len(t, res, 2, "each result once")
+	assert.Equal(t, []string{"one", "two"}, subjects(s))
+}
