@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -199,4 +200,52 @@ func ExampleClient_Stats() {
 	fmt.Println("queued", st.EmailsQueued, "delivered", st.EmailsProcessed, "sessions", st.SessionsProcessed, "in queue", st.QueueSize)
 	// Output:
 	// queued 4 delivered 4 sessions 1 in queue 0
+}
+
+// With Options.SpoolDir, what a Client accepted and did not send is sent
+// by the next Client on the same directory: here the first one is closed
+// while the relay is down, as a process stopping (or crashing) would leave
+// it.
+func ExampleClient_Recovered() {
+	relay := relaytest.NewServer(nil)
+	defer relay.Close()
+	dir, err := os.MkdirTemp("", "spool")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+
+	relay.SetDown(true)
+	first, err := mxrelay.New(relay.URL, relay.APIKey, &mxrelay.Options{SpoolDir: dir})
+	if err != nil {
+		log.Fatal(err)
+	}
+	h, err := first.Enqueue(mxrelay.Email{ // on disk, fsync'd, when Enqueue returns
+		ID:   "invoice-42",
+		From: "app@example.com",
+		To:   []string{"user@example.com"},
+		Body: strings.NewReader("Subject: Invoice\r\n\r\nAttached.\r\n"),
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	first.Close(ctx)
+	_, err = h.Wait(context.Background())
+	fmt.Println("first client:", errors.Is(err, mxrelay.ErrSpooled))
+
+	relay.SetDown(false)
+	next, err := mxrelay.New(relay.URL, relay.APIKey, &mxrelay.Options{SpoolDir: dir})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer next.Close(context.Background())
+	for _, h := range next.Recovered() {
+		res, err := h.Wait(context.Background())
+		fmt.Println("next client:", res.EmailID, "delivered:", err == nil)
+	}
+	// Output:
+	// first client: true
+	// next client: invoice-42 delivered: true
 }
