@@ -1,6 +1,7 @@
 package mxrelay
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 
@@ -192,6 +193,18 @@ func relayErr(err error) error {
 // credentials the server refused (5xx), a required STARTTLS it lacks.
 func permanentConnErr(err error) bool {
 	return errors.Is(err, ErrAuthFailed) || errors.Is(err, errPermanentSetup)
+}
+
+// certErr returns, for a dial that failed because the relay's certificate
+// is not valid (unknown authority, wrong name, expired), a permanent
+// set-up failure: retrying cannot fix it, so the waiting emails fail at
+// once instead of after MaxReconnectAttempts. Nil for any other error.
+func certErr(err error) error {
+	var cve *tls.CertificateVerificationError
+	if !errors.As(err, &cve) {
+		return nil
+	}
+	return fmt.Errorf("%w: the relay's TLS certificate is not valid (Options.InsecureSkipVerify skips the check, for tests only): %w", errPermanentSetup, err)
 }
 
 // errPermanentSetup marks a set-up failure that retrying cannot fix.
