@@ -120,7 +120,7 @@ type RelayError struct {
 	Err    error
 }
 
-func (e *RelayError) Error() string { return "mxrelay: " + e.Err.Error() }
+func (e *RelayError) Error() string { return "mxrelay: " + trimPrefix(e.Err) }
 func (e *RelayError) Unwrap() error { return e.Err }
 
 // ProtocolError means the relay broke PROTOCOL.md, or the upstream SMTP
@@ -130,7 +130,7 @@ type ProtocolError struct {
 	Err error
 }
 
-func (e *ProtocolError) Error() string { return "mxrelay: " + e.Err.Error() }
+func (e *ProtocolError) Error() string { return "mxrelay: " + trimPrefix(e.Err) }
 func (e *ProtocolError) Unwrap() error { return e.Err }
 
 // trimPrefix avoids "mxrelay: ... mxrelay: ..." in wrapped messages.
