@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
+	"errors"
 	"strings"
 	"testing"
 
@@ -139,6 +140,93 @@ func TestDebugLogsHideSecrets(t *testing.T) {
 				assert.NotContains(t, out, secret)
 			}
 			assert.Contains(t, out, "****6789", "the key appears masked at most")
+		})
+	}
+}
+
+// TestNoAuthWithoutRequiredTLS: with StartTLSRequired, credentials never
+// travel when STARTTLS fails, whatever the way it fails; the server's
+// transcript, in clear and under TLS, is checked for AUTH.
+func TestNoAuthWithoutRequiredTLS(t *testing.T) {
+	serverTLS, pool := selfSigned(t)
+	for _, tc := range []struct {
+		name      string
+		offer     bool                 // STARTTLS in EHLO
+		starttls  func(c *upConn) bool // answers STARTTLS; true: TLS is up
+		permanent bool                 // no reconnect attempts
+		delivered bool                 // the control case
+		clientTLS *tls.Config
+	}{
+		{name: "server lacks STARTTLS", permanent: true},
+		{name: "454 to STARTTLS", offer: true, starttls: func(c *upConn) bool {
+			c.say("454 4.7.0 TLS not available")
+			return false
+		}},
+		{name: "handshake fails on the certificate", offer: true, permanent: true, starttls: func(c *upConn) bool {
+			return c.startTLS(serverTLS)
+		}, clientTLS: &tls.Config{ServerName: "mx.test"}},
+		// Any handshake failure under StartTLSRequired is permanent, as
+		// documented, even a connection that ended.
+		{name: "220 then the connection ends", offer: true, permanent: true, starttls: func(c *upConn) bool {
+			c.say("220 2.0.0 go ahead")
+			c.Close()
+			return false
+		}},
+		{name: "control: TLS up, AUTH sent under it", offer: true, delivered: true, starttls: func(c *upConn) bool {
+			return c.startTLS(serverTLS)
+		}, clientTLS: &tls.Config{ServerName: "mx.test", RootCAs: pool}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			u := newUpstream(t, func(c *upConn) {
+				c.say("220 mx.test ESMTP")
+				secure := false
+				for {
+					l, ok := c.line()
+					if !ok {
+						return
+					}
+					switch verb := strings.ToUpper(strings.Fields(l + " x")[0]); {
+					case verb == "EHLO" && tc.offer && !secure:
+						c.say("250-mx.test\r\n250-AUTH PLAIN LOGIN\r\n250 STARTTLS")
+					case verb == "EHLO":
+						c.say("250-mx.test\r\n250 AUTH PLAIN LOGIN")
+					case verb == "STARTTLS":
+						if secure = tc.starttls(c); !secure {
+							for _, ok := c.line(); ok; _, ok = c.line() {
+							}
+							return
+						}
+					case verb == "AUTH":
+						c.say("235 2.7.0 ok")
+					case verb == "DATA":
+						c.say("354 go ahead")
+						for l, ok := c.line(); l != "."; l, ok = c.line() {
+							if !ok {
+								return
+							}
+						}
+						c.say("250 2.0.0 queued")
+					case verb == "QUIT":
+						c.say("221 bye")
+						return
+					default:
+						c.say("250 ok")
+					}
+				}
+			})
+			s := newRelay(t, &relaytest.Options{UpstreamAddr: u.addr})
+			c := newClient(t, s, &mxrelay.Options{StartTLS: mxrelay.StartTLSRequired, TLSConfig: tc.clientTLS, Username: "erin", Password: "pw-needs-tls", MaxReconnectAttempts: 2})
+			_, err := c.Send(ctxT(t), mail("over tls only"))
+			if tc.delivered {
+				require.NoError(t, err)
+				assert.True(t, u.saw("AUTH PLAIN"), "the transcript sees AUTH when it is sent: %q", u.transcript())
+				return
+			}
+			require.Error(t, err)
+			assert.False(t, u.saw("AUTH"), "no AUTH: %q", u.transcript())
+			assert.False(t, u.saw("MAIL"), "nothing sent: %q", u.transcript())
+			var ce *mxrelay.ConnectError
+			assert.Equal(t, !tc.permanent, errors.As(err, &ce), "%v", err)
 		})
 	}
 }

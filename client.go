@@ -91,6 +91,9 @@ func New(relayURL, apiKey string, opts *Options) (*Client, error) {
 		draining:  make(chan struct{}),
 		done:      make(chan struct{}),
 	}
+	if off := o.insecureTLS(); len(off) > 0 {
+		c.log.Warn("mxrelay: TLS certificates are not checked: for tests only", "unchecked", off)
+	}
 	c.events = newDispatcher(o.OnEvent, o.EventBuffer, o.Logger)
 	c.stopCtx, c.stop = context.WithCancel(context.Background())
 	if o.SpoolDir != "" {
@@ -538,6 +541,9 @@ func (c *Client) Close(ctx context.Context) error {
 		c.spool.close()
 	}
 	c.events.close()
+	if c.opts.InsecureSkipVerify {
+		c.opts.HTTPClient.CloseIdleConnections() // the client made it
+	}
 	if len(left) > 0 && err == nil {
 		err = ErrClosed
 	}
@@ -738,6 +744,9 @@ func (w *worker) connect(ctx context.Context) error {
 		Logger:            c.log,
 	})
 	if err != nil {
+		if cerr := certErr(err); cerr != nil {
+			return cerr
+		}
 		return relayErr(err)
 	}
 	w.conn = conn

@@ -1,12 +1,10 @@
 package mxrelay_test
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
 	"io"
-	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -123,68 +121,44 @@ func TestStartTLSOverJSONChannel(t *testing.T) {
 }
 
 // fakeSMTP is a minimal SMTP server with a multi-line greeting and no
-// STARTTLS, to put behind relaytest.Options.UpstreamAddr.
+// STARTTLS, to put behind relaytest.Options.UpstreamAddr. It returns its
+// address and how many messages it accepted.
 func fakeSMTP(t *testing.T) (string, func() int) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
 	var mu sync.Mutex
-	var got []string
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
+	got := 0
+	u := newUpstream(t, func(c *upConn) {
+		c.say("220-mx.fake.test first line\r\n220-second line\r\n220 mx.fake.test ESMTP")
 		for {
-			conn, err := ln.Accept()
-			if err != nil {
+			line, ok := c.line()
+			if !ok {
 				return
 			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer conn.Close()
-				r := bufio.NewReader(conn)
-				say := func(s string) { conn.Write([]byte(s)) }
-				say("220-mx.fake.test first line\r\n220-second line\r\n220 mx.fake.test ESMTP\r\n")
-				inData := false
-				var body strings.Builder
-				for {
-					line, err := r.ReadString('\n')
-					if err != nil {
+			switch strings.ToUpper(strings.Fields(line + " x")[0]) {
+			case "EHLO":
+				c.say("250-mx.fake.test\r\n250 PIPELINING")
+			case "DATA":
+				c.say("354 go")
+				for l, ok := c.line(); l != "."; l, ok = c.line() {
+					if !ok {
 						return
-					}
-					if inData {
-						if line == ".\r\n" {
-							inData = false
-							mu.Lock()
-							got = append(got, body.String())
-							mu.Unlock()
-							say("250 2.0.0 queued\r\n")
-						} else {
-							body.WriteString(line)
-						}
-						continue
-					}
-					switch strings.ToUpper(strings.Fields(line + " x")[0]) {
-					case "EHLO":
-						say("250-mx.fake.test\r\n250 PIPELINING\r\n")
-					case "DATA":
-						inData = true
-						say("354 go\r\n")
-					case "QUIT":
-						say("221 bye\r\n")
-						return
-					default:
-						say("250 ok\r\n")
 					}
 				}
-			}()
+				mu.Lock()
+				got++
+				mu.Unlock()
+				c.say("250 2.0.0 queued")
+			case "QUIT":
+				c.say("221 bye")
+				return
+			default:
+				c.say("250 ok")
+			}
 		}
-	}()
-	return ln.Addr().String(), func() int {
+	})
+	return u.addr, func() int {
 		mu.Lock()
 		defer mu.Unlock()
-		return len(got)
+		return got
 	}
 }
 

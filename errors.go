@@ -1,6 +1,7 @@
 package mxrelay
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 
@@ -119,7 +120,7 @@ type RelayError struct {
 	Err    error
 }
 
-func (e *RelayError) Error() string { return "mxrelay: " + e.Err.Error() }
+func (e *RelayError) Error() string { return "mxrelay: " + trimPrefix(e.Err) }
 func (e *RelayError) Unwrap() error { return e.Err }
 
 // ProtocolError means the relay broke PROTOCOL.md, or the upstream SMTP
@@ -129,7 +130,7 @@ type ProtocolError struct {
 	Err error
 }
 
-func (e *ProtocolError) Error() string { return "mxrelay: " + e.Err.Error() }
+func (e *ProtocolError) Error() string { return "mxrelay: " + trimPrefix(e.Err) }
 func (e *ProtocolError) Unwrap() error { return e.Err }
 
 // trimPrefix avoids "mxrelay: ... mxrelay: ..." in wrapped messages.
@@ -192,6 +193,18 @@ func relayErr(err error) error {
 // credentials the server refused (5xx), a required STARTTLS it lacks.
 func permanentConnErr(err error) bool {
 	return errors.Is(err, ErrAuthFailed) || errors.Is(err, errPermanentSetup)
+}
+
+// certErr returns, for a dial that failed because the relay's certificate
+// is not valid (unknown authority, wrong name, expired), a permanent
+// set-up failure: retrying cannot fix it, so the waiting emails fail at
+// once instead of after MaxReconnectAttempts. Nil for any other error.
+func certErr(err error) error {
+	var cve *tls.CertificateVerificationError
+	if !errors.As(err, &cve) {
+		return nil
+	}
+	return fmt.Errorf("%w: the relay's TLS certificate is not valid (Options.InsecureSkipVerify skips the check, for tests only): %w", errPermanentSetup, err)
 }
 
 // errPermanentSetup marks a set-up failure that retrying cannot fix.

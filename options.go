@@ -35,8 +35,19 @@ const (
 // never to the caller's struct.
 type Options struct {
 	// HTTPClient dials the WebSocket: set it for a proxy or custom TLS to the
-	// relay. Nil uses http.DefaultClient.
+	// relay. Nil uses http.DefaultClient (or, with InsecureSkipVerify, a
+	// client of its own).
 	HTTPClient *http.Client
+	// InsecureSkipVerify accepts any TLS certificate from a wss:// relay,
+	// so that anyone on the path can read the API key and the mail: for
+	// tests against a relay with a self-signed certificate only. It cannot
+	// be combined with HTTPClient (set it in that client's transport). The
+	// client logs a warning once, as it does when HTTPClient's transport or
+	// TLSConfig skips the check. Zero: the relay's certificate must be valid
+	// for its host name; a certificate that is not fails the waiting emails
+	// at once, without reconnect attempts (it will not fix itself), with an
+	// error wrapping *tls.CertificateVerificationError.
+	InsecureSkipVerify bool
 	// Header is added to the WebSocket upgrade request. Never put the API key
 	// here: it travels only in AUTHENTICATE.
 	Header http.Header
@@ -193,7 +204,12 @@ func (o Options) withDefaults() Options {
 			*d = v
 		}
 	}
-	if o.HTTPClient == nil {
+	switch {
+	case o.HTTPClient == nil && o.InsecureSkipVerify:
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		t.TLSClientConfig = &tls.Config{InsecureSkipVerify: true}
+		o.HTTPClient = &http.Client{Transport: t}
+	case o.HTTPClient == nil:
 		o.HTTPClient = http.DefaultClient
 	}
 	if o.LocalName == "" {
@@ -277,6 +293,8 @@ func (o Options) validate(relayURL, apiKey string) error {
 		return errors.New("mxrelay: Username and Password go together")
 	case o.BatchWait < 0:
 		return errors.New("mxrelay: BatchWait is negative")
+	case o.InsecureSkipVerify && o.HTTPClient != nil:
+		return errors.New("mxrelay: InsecureSkipVerify applies only without HTTPClient: set it in the HTTPClient's transport")
 	}
 	for name, d := range map[string]time.Duration{
 		"RetryInterval": o.RetryInterval, "MaxRetryInterval": o.MaxRetryInterval,
@@ -302,4 +320,19 @@ func checkLocalName(s string) error {
 		}
 	}
 	return nil
+}
+
+// insecureTLS says which certificate checks the options turn off, for the
+// warning New logs once: none is the normal case.
+func (o Options) insecureTLS() []string {
+	var off []string
+	if o.InsecureSkipVerify {
+		off = append(off, "Options.InsecureSkipVerify: the relay's certificate")
+	} else if t, ok := o.HTTPClient.Transport.(*http.Transport); ok && t.TLSClientConfig != nil && t.TLSClientConfig.InsecureSkipVerify {
+		off = append(off, "Options.HTTPClient: the relay's certificate")
+	}
+	if o.TLSConfig != nil && o.TLSConfig.InsecureSkipVerify && o.StartTLS != StartTLSNever {
+		off = append(off, "Options.TLSConfig: the SMTP server's certificate (STARTTLS)")
+	}
+	return off
 }

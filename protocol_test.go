@@ -125,6 +125,15 @@ func TestRelayProtocolErrors(t *testing.T) {
 			authOK(ctx, ws)
 			send(ctx, ws, "X_PADDING", strings.Repeat("x", 70<<10))
 		}, websocket.StatusMessageTooBig},
+		{"duplicate keys: a refusal followed by a success", func(ctx context.Context, ws *websocket.Conn) {
+			ws.Read(ctx) // AUTHENTICATE
+			ws.Write(ctx, websocket.MessageText, []byte(`{"type":"AUTHENTICATE_RESPONSE","data":{"success":false},"data":{"success":true}}`))
+		}, 0},
+		{"duplicate keys: two types", func(ctx context.Context, ws *websocket.Conn) {
+			authOK(ctx, ws)
+			ws.Read(ctx) // channel open
+			ws.Write(ctx, websocket.MessageText, []byte(`{"type":"SMTP_CHANNEL_ERROR","type":"SMTP_CHANNEL_READY","data":{"error":"x"}}`))
+		}, 0},
 		{"frame over 1 MiB", func(ctx context.Context, ws *websocket.Conn) {
 			authOK(ctx, ws)
 			send(ctx, ws, wire.TypeFromServer, strings.Repeat("x", 1100<<10))

@@ -54,6 +54,9 @@ func (c *Client) dialTunnel(ctx context.Context) (*tunnel, error) {
 		if resp != nil && (resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden) {
 			return nil, fmt.Errorf("%w: the tunnel answered %s", ErrAuthFailed, resp.Status)
 		}
+		if cerr := certErr(err); cerr != nil {
+			return nil, cerr
+		}
 		return nil, &RelayError{Code: -1, Reason: "dial", Err: fmt.Errorf("tunnel: %w", err)}
 	}
 	// The frames are unbounded in a raw tunnel; the SMTP reader bounds

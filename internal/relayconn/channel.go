@@ -44,6 +44,7 @@ type Channel struct {
 	mu     sync.Mutex
 	buf    [][]byte
 	size   int
+	late   int           // bytes received after Close, dropped
 	wake   chan struct{} // closed and replaced whenever buf or state changes
 	cause  error         // why the relay ended the channel
 	ended  chan struct{} // closed when the relay ended the channel
@@ -93,18 +94,29 @@ func (ch *Channel) signal() {
 // deliver queues bytes from the relay; it blocks while more than
 // MaxBuffered bytes wait to be read. False means the connection died.
 func (ch *Channel) deliver(p []byte) bool {
-	ch.mu.Lock()
-	defer ch.mu.Unlock()
-	if ch.closed || ch.cause != nil {
-		return true // nobody will read it
-	}
-	ch.buf = append(ch.buf, p)
-	ch.size += len(p)
-	ch.signal()
 	limit := ch.c.cfg.MaxBuffered
 	if limit <= 0 {
 		limit = 4 * wire.MaxData
 	}
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	if ch.closed || ch.cause != nil {
+		// Nobody will read it. Some may still come after our
+		// SMTP_CHANNEL_CLOSE: what the relay sent before it read it. A
+		// relay that goes on past the limit ignores the close, and would
+		// keep the connection reading for nothing.
+		ch.late += len(p)
+		if ch.late <= limit {
+			return true
+		}
+		ch.mu.Unlock()
+		ch.c.protocolError(websocket.StatusProtocolError, "more than %d bytes of SMTP data after SMTP_CHANNEL_CLOSE", limit)
+		ch.mu.Lock()
+		return false
+	}
+	ch.buf = append(ch.buf, p)
+	ch.size += len(p)
+	ch.signal()
 	for ch.size > limit && !ch.closed && ch.cause == nil {
 		wake := ch.wake
 		ch.mu.Unlock()

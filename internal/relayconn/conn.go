@@ -7,9 +7,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -97,6 +99,7 @@ var ErrClosed = errors.New("relay connection closed")
 type Conn struct {
 	cfg Config
 	ws  *websocket.Conn
+	raw *rawConn // the connection under ws, nil if the transport hid it
 	log *slog.Logger
 
 	ctx    context.Context // bounds the connection's lifetime
@@ -143,8 +146,9 @@ func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	hc, raw := grabConn(cfg.HTTPClient)
 	ws, resp, err := websocket.Dial(ctx, cfg.URL, &websocket.DialOptions{
-		HTTPClient:   cfg.HTTPClient,
+		HTTPClient:   hc,
 		HTTPHeader:   cfg.Header,
 		Subprotocols: []string{wire.Subprotocol},
 	})
@@ -167,6 +171,7 @@ func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 	c := &Conn{
 		cfg:      cfg,
 		ws:       ws,
+		raw:      raw.get(),
 		log:      log,
 		authResp: make(chan wire.AuthenticateResponse, 1),
 		closeReq: make(chan closeRequest, 1),
@@ -265,16 +270,26 @@ func (c *Conn) abort(code websocket.StatusCode, err error) {
 }
 
 // closer owns the closing handshake: the first request's status is sent,
-// the library bounds the wait for the relay's answer, and CloseNow releases
-// the reader whatever happened.
+// and a relay that does not answer it within closeGrace is cut off, since
+// the library would wait for the answer for seconds, reading and dropping
+// whatever the relay sends meanwhile. CloseNow then releases the reader
+// whatever happened.
 func (c *Conn) closer() {
 	defer c.wg.Done()
 	defer c.wcancel()
 	req := <-c.closeReq
 	if !req.now {
+		if c.raw != nil {
+			c.raw.closing.Store(true)
+		}
 		cut := make(chan struct{})
 		t := time.AfterFunc(closeGrace, func() {
 			defer close(cut)
+			// CloseNow does nothing while Close runs: cut the connection
+			// under it.
+			if c.raw != nil {
+				c.raw.Close()
+			}
 			c.ws.CloseNow()
 		})
 		c.ws.Close(req.code, req.reason)
@@ -606,4 +621,86 @@ func (c *Conn) heartbeat() {
 		}
 		return
 	}
+}
+
+// closeBudget is how many bytes the closing handshake may read while it
+// waits for the relay's close frame: enough for a frame in flight, not for
+// a relay that goes on sending.
+const closeBudget = wire.MaxData + 64<<10
+
+// rawConn is the connection under the WebSocket, as the upgrade hands it
+// over. Once the closing handshake starts (closing), it reads at most
+// closeBudget more bytes, then cuts the connection: the library's
+// handshake would read and drop whatever the relay sends for seconds.
+type rawConn struct {
+	io.ReadWriteCloser
+	closing atomic.Bool
+	read    atomic.Int64 // bytes read since closing
+}
+
+var errCloseBudget = errors.New("relay kept sending during the closing handshake")
+
+func (r *rawConn) Read(p []byte) (int, error) {
+	closing := r.closing.Load()
+	if closing {
+		left := closeBudget - r.read.Load()
+		if left <= 0 {
+			r.Close()
+			return 0, errCloseBudget
+		}
+		p = p[:min(int64(len(p)), left)]
+	}
+	n, err := r.ReadWriteCloser.Read(p)
+	if closing {
+		r.read.Add(int64(n))
+	}
+	return n, err
+}
+
+// rawSlot receives the rawConn of a dial.
+type rawSlot struct {
+	mu sync.Mutex
+	c  *rawConn
+}
+
+func (s *rawSlot) get() *rawConn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.c
+}
+
+// grabConn returns a copy of hc (nil: http.DefaultClient) whose transport
+// puts a rawConn around the connection of a 101 response (the body of such
+// a response is the connection itself).
+func grabConn(hc *http.Client) (*http.Client, *rawSlot) {
+	if hc == nil {
+		hc = http.DefaultClient
+	}
+	cp := *hc
+	slot := &rawSlot{}
+	cp.Transport = grabTransport{rt: hc.Transport, slot: slot}
+	return &cp, slot
+}
+
+type grabTransport struct {
+	rt   http.RoundTripper
+	slot *rawSlot
+}
+
+func (g grabTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	rt := g.rt
+	if rt == nil {
+		rt = http.DefaultTransport
+	}
+	resp, err := rt.RoundTrip(r)
+	if err == nil && resp.StatusCode == http.StatusSwitchingProtocols {
+		if c, ok := resp.Body.(io.ReadWriteCloser); ok {
+			rc := &rawConn{ReadWriteCloser: c}
+			resp.Body = rc
+			g.slot.mu.Lock()
+			g.slot.c = rc
+			g.slot.mu.Unlock()
+		}
+	}
+	return resp, err
 }

@@ -124,6 +124,12 @@ func (c *Client) readReply() (Reply, error) {
 // with the Reply. An empty line is sent too: it is how SASL answers an
 // empty response.
 func (c *Client) cmd(want int, line string) (Reply, error) {
+	return c.cmdAs(want, line, verb(line))
+}
+
+// cmdAs is cmd with what naming the command in errors instead of its verb:
+// a SASL response line is a secret, and its "verb" is all of it.
+func (c *Client) cmdAs(want int, line, what string) (Reply, error) {
 	if err := checkLine(line); err != nil {
 		return Reply{}, err
 	}
@@ -132,7 +138,7 @@ func (c *Client) cmd(want int, line string) (Reply, error) {
 	if err := c.bw.Flush(); err != nil {
 		return Reply{}, err
 	}
-	return c.expect(want, verb(line))
+	return c.expect(want, what)
 }
 
 // expect reads a reply that must have code want (see cmd); what names the
@@ -232,7 +238,7 @@ func (c *Client) Auth(a sasl.Client) error {
 		line += " " + enc
 	}
 	for range 16 {
-		r, err := c.cmd(235, line)
+		r, err := c.cmdAs(235, line, "AUTH "+mech)
 		if err == nil {
 			return nil
 		}
