@@ -159,7 +159,7 @@ func (c *Client) Enqueue(e Email, opts ...SendOption) (*Handle, error) {
 	if err := c.admit(); err != nil {
 		return nil, err
 	}
-	b, err := newBody(e.Body, c.opts.TempDir, c.opts.FixLineEndings)
+	b, err := newBody(e.Body, c.opts.TempDir, c.opts.FixLineEndings, c.opts.maxLine())
 	if err != nil {
 		return nil, err
 	}

@@ -210,13 +210,13 @@ type body struct {
 }
 
 // newBody prepares r for reading at each attempt (see Email.Body), reading
-// it once to refuse bare line endings (unless fix) and learn its size as
-// sent.
-func newBody(r io.Reader, tempDir string, fix bool) (*body, error) {
+// it once to refuse bare line endings (unless fix) and lines longer than
+// maxLine (unless zero), and to learn its size as sent.
+func newBody(r io.Reader, tempDir string, fix bool, maxLine int) (*body, error) {
 	if b, ok := r.(*bytes.Buffer); ok {
 		r = bytes.NewReader(b.Bytes())
 	}
-	sz := smtpc.NewSizer(fix)
+	sz := smtpc.NewSizer(fix, maxLine)
 	u8 := &utf8Check{}
 	scan := io.MultiWriter(sz, u8)
 	if rs, ok := r.(io.ReadSeeker); ok {
@@ -255,9 +255,11 @@ func newBody(r io.Reader, tempDir string, fix bool) (*body, error) {
 	return &body{r: f, size: n, wire: wsize, utf8: u8.valid(), spool: f}, nil
 }
 
-// bodyErr says what was wrong with a body read at Enqueue.
+// bodyErr says what was wrong with a body read at Enqueue or as it was
+// sent: a body that breaks the rules is invalid, other errors are the
+// reader's.
 func bodyErr(err error) error {
-	if errors.Is(err, ErrBareLineEnding) {
+	if errors.Is(err, ErrBareLineEnding) || errors.Is(err, ErrLineTooLong) {
 		return fmt.Errorf("%w: %w", ErrInvalidEmail, err)
 	}
 	return fmt.Errorf("%w: %w", errBody, err)

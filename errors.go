@@ -47,6 +47,12 @@ var (
 	// that read them as line ends are how SMTP smuggling works.
 	ErrBareLineEnding = smtpc.ErrBareLineEnding
 
+	// ErrLineTooLong is wrapped (with ErrInvalidEmail) by the error of a
+	// body with a line of more than 998 octets, CRLF not counted, unless
+	// Options.AllowLongLines. RFC 5322 §2.1.1 and RFC 5321 §4.5.3.1.6 forbid
+	// them; servers truncate, split or refuse them.
+	ErrLineTooLong = smtpc.ErrLineTooLong
+
 	// ErrNotUTF8 means the relay only speaks JSON text frames and the email's
 	// bytes are not valid UTF-8, so they cannot travel without being changed.
 	// Nothing of the email was sent. Send it over a binary channel, or encode
