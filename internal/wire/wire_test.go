@@ -27,6 +27,7 @@ func TestDecode(t *testing.T) {
 		{name: "array", frame: `[1,2]`, bad: true},
 		{name: "no type", frame: `{"data":{}}`, bad: true},
 		{name: "type not string", frame: `{"type":1}`, bad: true},
+		{name: "type null", frame: `{"type":null}`, bad: true},
 		{name: "control too big", frame: `{"type":"X","data":"` + strings.Repeat("a", MaxControl) + `"}`, bad: true},
 		{name: "duplicate type", frame: `{"type":"SMTP_CHANNEL_CLOSE","type":"AUTHENTICATE"}`, bad: true},
 		{name: "duplicate data", frame: `{"type":"SMTP_TO_SERVER","data":"RCPT TO:<a@b>\r\n","data":"RCPT TO:<evil@b>\r\n"}`, bad: true},
