@@ -31,8 +31,9 @@ var (
 	ErrUnknownOutcome = errors.New("mxrelay: outcome unknown, the email may have been delivered")
 
 	// ErrInvalidEmail is wrapped by every error about an email that can never
-	// be sent as it is: a bad address, no recipient, a nil body. Such an email
-	// is refused by Send and Enqueue, or failed before any of it is sent.
+	// be sent as it is: a bad address, no recipient, a nil body, a body with
+	// a bare line ending or a line too long. Such an email is refused by Send
+	// and Enqueue, or failed before any of it is sent.
 	ErrInvalidEmail = errors.New("mxrelay: invalid email")
 
 	// ErrCanceled is wrapped by the error of an email withdrawn before its
