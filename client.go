@@ -203,9 +203,9 @@ func (c *Client) Enqueue(e Email, opts ...SendOption) (*Handle, error) {
 		if cfg.timeout > 0 {
 			hdr.Deadline = em.queuedAt.Add(cfg.timeout)
 		}
-		em.body, em.file, err = c.spool.store(hdr, e.Body, c.opts.FixLineEndings)
+		em.body, em.file, err = c.spool.store(hdr, e.Body, c.opts.FixLineEndings, c.opts.maxLine())
 	} else {
-		em.body, err = newBody(e.Body, c.opts.TempDir, c.opts.FixLineEndings)
+		em.body, err = newBody(e.Body, c.opts.TempDir, c.opts.FixLineEndings, c.opts.maxLine())
 	}
 	if err != nil {
 		c.unreserve()
@@ -276,7 +276,7 @@ func (c *Client) replay(left []*spooled) {
 		if !h.Deadline.IsZero() {
 			timeout = max(time.Until(h.Deadline), time.Nanosecond)
 		}
-		b, err := sp.body(c.opts.FixLineEndings)
+		b, err := sp.body(c.opts.FixLineEndings, c.opts.maxLine())
 		if b == nil {
 			b = &body{file: sp.f}
 		}

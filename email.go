@@ -211,16 +211,16 @@ type body struct {
 }
 
 // newBody prepares r for reading at each attempt (see Email.Body), reading
-// it once to refuse bare line endings (unless fix) and learn its size as
-// sent.
-func newBody(r io.Reader, tempDir string, fix bool) (*body, error) {
+// it once to refuse bare line endings (unless fix) and lines longer than
+// maxLine (unless zero), and to learn its size as sent.
+func newBody(r io.Reader, tempDir string, fix bool, maxLine int) (*body, error) {
 	if b, ok := r.(*bytes.Buffer); ok {
 		r = bytes.NewReader(b.Bytes())
 	}
 	if rs, ok := r.(io.ReadSeeker); ok {
 		if start, err := rs.Seek(0, io.SeekCurrent); err == nil {
 			b := &body{r: rs, start: start}
-			if err := b.scan(nil, rs, fix); err != nil {
+			if err := b.scan(nil, rs, fix, maxLine); err != nil {
 				return nil, err
 			}
 			if _, err := rs.Seek(start, io.SeekStart); err != nil {
@@ -234,7 +234,7 @@ func newBody(r io.Reader, tempDir string, fix bool) (*body, error) {
 		return nil, fmt.Errorf("mxrelay: copying the body: %w", err)
 	}
 	b := &body{file: f, temp: true}
-	if err := b.scan(f, r, fix); err != nil {
+	if err := b.scan(f, r, fix, maxLine); err != nil {
 		b.release()
 		return nil, err
 	}
@@ -244,8 +244,8 @@ func newBody(r io.Reader, tempDir string, fix bool) (*body, error) {
 
 // scan reads r to its end, copying it to w when w is not nil, and sets
 // the body's size, size as sent and UTF-8 flag.
-func (b *body) scan(w io.Writer, r io.Reader, fix bool) error {
-	sz := smtpc.NewSizer(fix)
+func (b *body) scan(w io.Writer, r io.Reader, fix bool, maxLine int) error {
+	sz := smtpc.NewSizer(fix, maxLine)
 	u8 := &utf8Check{}
 	dst := io.MultiWriter(sz, u8)
 	if w != nil {
@@ -262,9 +262,11 @@ func (b *body) scan(w io.Writer, r io.Reader, fix bool) error {
 	return nil
 }
 
-// bodyErr says what was wrong with a body read at Enqueue.
+// bodyErr says what was wrong with a body read at Enqueue or as it was
+// sent: a body that breaks the rules is invalid, other errors are the
+// reader's.
 func bodyErr(err error) error {
-	if errors.Is(err, ErrBareLineEnding) {
+	if errors.Is(err, ErrBareLineEnding) || errors.Is(err, ErrLineTooLong) {
 		return fmt.Errorf("%w: %w", ErrInvalidEmail, err)
 	}
 	return fmt.Errorf("%w: %w", errBody, err)

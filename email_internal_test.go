@@ -1,15 +1,21 @@
 package mxrelay
 
 import (
+	"bufio"
 	"context"
+	"io"
+	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 	"unicode/utf8"
 
+	"github.com/emersion/go-smtp"
 	"github.com/stretchr/testify/require"
 
+	"github.com/mxrelay/mxrelay/internal/smtpc"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
 
@@ -28,14 +34,63 @@ func FuzzUTF8Check(f *testing.F) {
 	})
 }
 
+// engineOffering returns an SMTP engine whose server offered exts in its
+// EHLO reply, for building commands; the server is gone once it has.
+func engineOffering(tb testing.TB, exts ...string) *smtpc.Client {
+	tb.Helper()
+	cc, sc := net.Pipe()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer sc.Close()
+		io.WriteString(sc, "220 fuzz.test ESMTP\r\n")
+		if _, err := bufio.NewReader(sc).ReadString('\n'); err != nil {
+			return
+		}
+		reply := "250-fuzz.test\r\n"
+		for _, e := range exts {
+			reply += "250-" + e + "\r\n"
+		}
+		io.WriteString(sc, reply+"250 HELP\r\n")
+	}()
+	c := smtpc.New(cc, smtpc.Config{})
+	require.NoError(tb, c.Greet())
+	require.NoError(tb, c.Hello("localhost"))
+	<-done
+	cc.Close()
+	return c
+}
+
+// unXtext undoes RFC 6533's utf-8-addr-xtext and -unitext: \x{HEX} is a rune.
+func unXtext(s string) string {
+	var b strings.Builder
+	for {
+		i := strings.Index(s, `\x{`)
+		if i < 0 {
+			return b.String() + s
+		}
+		b.WriteString(s[:i])
+		hex, rest, _ := strings.Cut(s[i+3:], "}")
+		r, _ := strconv.ParseUint(hex, 16, 32)
+		b.WriteRune(rune(r))
+		s = rest
+	}
+}
+
 // FuzzCheckAddress: an address checkAddress accepts cannot break out of
-// "MAIL FROM:<...>": no CR, LF, NUL or other control, no space, no angle
-// bracket, valid UTF-8, at most 254 octets.
+// its command. It has no CR, LF, NUL or other control, no space, no angle
+// bracket, is valid UTF-8 and at most 254 octets; and the MAIL and RCPT
+// commands the engine builds with it (SMTPUTF8 and DSN offered, NOTIFY and
+// ORCPT asked for) are each one line, whose path reads back as the address
+// and whose parameters are the ones asked for, ORCPT decoding back to the
+// address. MAIL, and RCPT without parameters, fit RFC 5321's 512 octets
+// with CRLF (DSN's parameters may make RCPT longer).
 func FuzzCheckAddress(f *testing.F) {
 	for _, s := range []string{"a@example.com", "", "postmaster", "a@b>\r\nRCPT TO:<c@d", "ü@exämple.com", "a b@c", "a@b\x00", strings.Repeat("x", 300) + "@y"} {
 		f.Add(s, true)
 		f.Add(s, false)
 	}
+	engine := engineOffering(f, "SMTPUTF8", "DSN", "8BITMIME", "SIZE")
 	f.Fuzz(func(t *testing.T, a string, recipient bool) {
 		role := "sender"
 		if recipient {
@@ -50,6 +105,43 @@ func FuzzCheckAddress(f *testing.F) {
 		require.False(t, strings.ContainsAny(a, " <>\x7f"), "%q", a)
 		for _, c := range []byte(a) {
 			require.GreaterOrEqual(t, c, byte(' '), "%q", a)
+		}
+
+		var cmd string
+		var want []string
+		var err error
+		if recipient {
+			plain, err := engine.RcptCommand(a, nil)
+			require.NoError(t, err)
+			require.Equal(t, "RCPT TO:<"+a+">", plain)
+			require.LessOrEqual(t, len(plain)+2, 512, "RFC 5321 §4.5.3.1.4")
+			cmd, err = engine.RcptCommand(a, &RcptOptions{Notify: []smtp.DSNNotify{smtp.DSNNotifyNever},
+				OriginalRecipientType: smtp.DSNAddressTypeUTF8, OriginalRecipient: a})
+			require.NoError(t, err)
+			want = []string{"RCPT TO:", "NOTIFY=NEVER", "ORCPT=" + string(smtp.DSNAddressTypeUTF8) + ";"}
+		} else {
+			cmd, err = engine.MailCommand(a, nil, 12345, []string{"b@example.com"})
+			require.NoError(t, err)
+			require.LessOrEqual(t, len(cmd)+2, 512, "RFC 5321 §4.5.3.1.4")
+			want = []string{"MAIL FROM:", "BODY=8BITMIME", "SIZE=12345"}
+			if strings.ContainsFunc(a, func(r rune) bool { return r >= utf8.RuneSelf }) {
+				want = append(want, "SMTPUTF8")
+			}
+		}
+		require.False(t, strings.ContainsAny(cmd, "\r\n\x00"), "one line: %q", cmd)
+		verb, rest, ok := strings.Cut(cmd, "<")
+		require.True(t, ok)
+		require.Equal(t, want[0], verb)
+		path, params, ok := strings.Cut(rest, ">")
+		require.True(t, ok)
+		require.Equal(t, a, path, "the path reads back as the address")
+		fields := strings.Split(params, " ")[1:] // parameters are separated by SP
+		require.Len(t, fields, len(want)-1, "%q", params)
+		for i, p := range fields {
+			require.True(t, strings.HasPrefix(p, want[i+1]), "%q", p)
+		}
+		if recipient {
+			require.Equal(t, a, unXtext(strings.TrimPrefix(fields[1], want[2])))
 		}
 	})
 }

@@ -32,8 +32,9 @@ var (
 	ErrUnknownOutcome = errors.New("mxrelay: outcome unknown, the email may have been delivered")
 
 	// ErrInvalidEmail is wrapped by every error about an email that can never
-	// be sent as it is: a bad address, no recipient, a nil body. Such an email
-	// is refused by Send and Enqueue, or failed before any of it is sent.
+	// be sent as it is: a bad address, no recipient, a nil body, a body with
+	// a bare line ending or a line too long. Such an email is refused by Send
+	// and Enqueue, or failed before any of it is sent.
 	ErrInvalidEmail = errors.New("mxrelay: invalid email")
 
 	// ErrCanceled is wrapped by the error of an email withdrawn before its
@@ -47,6 +48,12 @@ var (
 	// Options.FixLineEndings. RFC 5321 §2.3.8 forbids sending them; servers
 	// that read them as line ends are how SMTP smuggling works.
 	ErrBareLineEnding = smtpc.ErrBareLineEnding
+
+	// ErrLineTooLong is wrapped (with ErrInvalidEmail) by the error of a
+	// body with a line of more than 998 octets, CRLF not counted, unless
+	// Options.AllowLongLines. RFC 5322 §2.1.1 and RFC 5321 §4.5.3.1.6 forbid
+	// them; servers truncate, split or refuse them.
+	ErrLineTooLong = smtpc.ErrLineTooLong
 
 	// ErrNotUTF8 means the relay only speaks JSON text frames and the email's
 	// bytes are not valid UTF-8, so they cannot travel without being changed.

@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"net/url"
 	"time"
+
+	"github.com/mxrelay/mxrelay/internal/smtpc"
 )
 
 // StartTLS says whether the client runs STARTTLS with the upstream SMTP
@@ -84,6 +86,12 @@ type Options struct {
 	// ErrBareLineEnding, since RFC 5321 §2.3.8 forbids sending them and
 	// guessing what they meant is how SMTP smuggling gets through.
 	FixLineEndings bool
+	// AllowLongLines sends body lines longer than 998 octets as they are.
+	// Zero: such a body is refused by Send and Enqueue with ErrLineTooLong,
+	// since RFC 5322 §2.1.1 and RFC 5321 §4.5.3.1.6 forbid them and servers
+	// truncate, split or refuse them. Encode long lines (quoted-printable,
+	// base64) rather than set this.
+	AllowLongLines bool
 
 	// MaxQueueSize bounds the emails waiting to be sent; Send and Enqueue
 	// return ErrQueueFull past it. Zero: 1000.
@@ -195,6 +203,14 @@ type Options struct {
 	// power loss may take the last of them: an email may then be sent
 	// again without MaybeDelivered. Costs one fsync per email sent.
 	SpoolSyncAll bool
+}
+
+// maxLine is the longest body line the options allow; zero: no limit.
+func (o *Options) maxLine() int {
+	if o.AllowLongLines {
+		return 0
+	}
+	return smtpc.MaxLineLength
 }
 
 // withDefaults returns a copy of o with every zero field set to its default.

@@ -258,6 +258,7 @@ func (s *smtpSession) handshake(ctx context.Context) error {
 		Window:       o.PipelineWindow,
 		NoPipelining: o.DisablePipelining,
 		Fix:          o.FixLineEndings,
+		MaxLine:      o.maxLine(),
 		Written:      s.ch.Written,
 	})
 	sc := s.sc
@@ -508,10 +509,8 @@ func (s *smtpSession) incomplete(em *email, res *smtpc.Result, canceled error) {
 	switch {
 	case errors.Is(res.Err, smtpc.ErrWithdrawn) && canceled != nil:
 		c.fail(em, canceled)
-	case res.Body != nil && errors.Is(res.Body, smtpc.ErrBareLineEnding):
-		c.fail(em, fmt.Errorf("%w: %w", ErrInvalidEmail, res.Body))
 	case res.Body != nil:
-		c.fail(em, fmt.Errorf("%w: %w", errBody, res.Body))
+		c.fail(em, bodyErr(res.Body))
 	case len(pending) == 0 && rejected != nil:
 		c.fail(em, rejected)
 	case res.Unknown:

@@ -309,7 +309,7 @@ func parseTrailer(b []byte) (int64, bool) {
 // store writes a new .msg file with hdr and the body read from r, checks
 // the body as newBody does, and makes the file and its name durable. The
 // body returned reads from the file.
-func (s *spool) store(hdr *spoolHeader, r io.Reader, fix bool) (*body, string, error) {
+func (s *spool) store(hdr *spoolHeader, r io.Reader, fix bool, maxLine int) (*body, string, error) {
 	name := fmt.Sprintf("%016x-%06d.msg", time.Now().UnixNano(), s.n.Add(1)%1e6)
 	path := filepath.Join(s.dir, name)
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_RDWR, 0o600)
@@ -327,7 +327,7 @@ func (s *spool) store(hdr *spoolHeader, r io.Reader, fix bool) (*body, string, e
 	w.Write(hline)
 	w.WriteByte('\n')
 	off := int64(len(spoolMagic) + len(hline) + 1)
-	if err := b.scan(w, r, fix); err != nil {
+	if err := b.scan(w, r, fix, maxLine); err != nil {
 		b.release()
 		return nil, "", err
 	}
@@ -349,9 +349,9 @@ func (s *spool) store(hdr *spoolHeader, r io.Reader, fix bool) (*body, string, e
 }
 
 // body makes the body of a spooled email found at start.
-func (sp *spooled) body(fix bool) (*body, error) {
+func (sp *spooled) body(fix bool, maxLine int) (*body, error) {
 	b := &body{file: sp.f}
-	if err := b.scan(nil, io.NewSectionReader(sp.f, sp.off, sp.size), fix); err != nil {
+	if err := b.scan(nil, io.NewSectionReader(sp.f, sp.off, sp.size), fix, maxLine); err != nil {
 		return nil, err
 	}
 	b.r = io.NewSectionReader(sp.f, sp.off, sp.size)

@@ -12,7 +12,8 @@
 // AUTH with the relay's upstream server.
 //
 // The message is read up to the end of the input or, without -i (or -oi),
-// up to a line holding only "."; LF and CRLF line ends both become CRLF.
+// up to a line holding only "."; LF and CRLF line ends both become CRLF. A
+// message with a bare CR or a line over 998 octets is refused (65).
 // The recipients are the operands and, with -t, the addresses in the To, Cc
 // and Bcc headers. Bcc headers are always removed. A From and a Date header
 // are added when missing. The envelope sender is -f (or -r), "<>" for none,

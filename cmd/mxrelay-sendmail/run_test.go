@@ -183,7 +183,8 @@ func TestExitCodes(t *testing.T) {
 		args     []string
 		want     int
 		stderr   string
-		received int // messages the upstream should have
+		received int  // messages the upstream should have
+		unsent   bool // refused before connecting to the relay
 	}{
 		{name: "key from a file", env: func(e map[string]string) { delete(e, "MXRELAY_API_KEY"); e["MXRELAY_API_KEY_FILE"] = keyFile },
 			args: []string{"a@example.com"}, want: exOK, received: 1},
@@ -197,6 +198,14 @@ func TestExitCodes(t *testing.T) {
 
 		{name: "EX_DATAERR: bad To header", stdin: strings.NewReader("To: <broken\n\nx\n"), args: []string{"-t"}, want: exDataErr, stderr: "To header"},
 		{name: "EX_DATAERR: bad recipient", args: []string{"two words"}, want: exDataErr, stderr: "recipient"},
+		{name: "EX_DATAERR: line over 998 octets", stdin: strings.NewReader("Subject: long\n\n" + strings.Repeat("x", 999) + "\n"),
+			args: []string{"a@example.com"}, want: exDataErr, stderr: "line too long", unsent: true},
+		{name: "EX_DATAERR: bare CR", stdin: strings.NewReader("Subject: cr\n\na\r.\rRSET\n"),
+			args: []string{"a@example.com"}, want: exDataErr, stderr: "bare CR", unsent: true},
+		{name: "EX_DATAERR: parameter in the sender", args: []string{"-f", "a@b.c> SIZE=1", "a@example.com"}, want: exDataErr, stderr: "sender", unsent: true},
+		{name: "EX_DATAERR: parameter in a recipient", args: []string{"<a@b.c> NOTIFY=NEVER"}, want: exDataErr, stderr: "recipient", unsent: true},
+		{name: "EX_DATAERR: space in a quoted recipient", args: []string{`"a b"@example.com`}, want: exDataErr, stderr: "space", unsent: true},
+		{name: "EX_DATAERR: recipient header with CR", stdin: strings.NewReader("To: a@example.com\r> SIZE=1\n\nx\n"), args: []string{"-t"}, want: exDataErr, unsent: true},
 		{name: "EX_DATAERR: 8-bit body, JSON-only relay", relay: &relaytest.Options{DisableBinary: true},
 			stdin: strings.NewReader("Subject: latin1\n\ncaf\xe9\n"), args: []string{"a@example.com"}, want: exDataErr, stderr: "UTF-8"},
 
@@ -269,6 +278,9 @@ func TestExitCodes(t *testing.T) {
 			assert.Equal(t, tc.want, code, stderr)
 			assert.Contains(t, stderr, tc.stderr)
 			assert.Len(t, s.Mailbox(), tc.received)
+			if tc.unsent {
+				assert.Zero(t, s.Stats().Connections, "refused before connecting")
+			}
 		})
 	}
 }

@@ -33,6 +33,9 @@ type Config struct {
 	// Fix turns bare CR and bare LF in bodies into CRLF instead of
 	// failing the transaction.
 	Fix bool
+	// MaxLine refuses a body line longer than this many octets (see
+	// Encoder). Zero: no limit.
+	MaxLine int
 	// Written, if set, reports bytes the transport under the connection has
 	// handed on: a write that fails after it grew counts as handed on, so
 	// an end of data that may have reached the server is never reported as

@@ -500,7 +500,7 @@ func (c *Client) sendData(tx *Tx, lockstep bool) error {
 		c.closeTx(tx)
 		return nil
 	}
-	enc := Encoder{Fix: c.cfg.Fix, Stuff: true}
+	enc := Encoder{Fix: c.cfg.Fix, MaxLine: c.cfg.MaxLine, Stuff: true}
 	if err := c.copyBody(tx, &enc, func(b []byte) error {
 		_, err := c.bw.Write(b)
 		return err
@@ -553,7 +553,7 @@ func (c *Client) copyBody(tx *Tx, enc *Encoder, out func([]byte) error) error {
 }
 
 func (c *Client) sendChunks(tx *Tx, lockstep bool) error {
-	enc := Encoder{Fix: c.cfg.Fix}
+	enc := Encoder{Fix: c.cfg.Fix, MaxLine: c.cfg.MaxLine}
 	p := &c.p
 	if p.chunk == nil {
 		p.chunk = make([]byte, 0, chunkSize)

@@ -3,12 +3,15 @@ package smtpc
 import (
 	"bufio"
 	"errors"
+	"fmt"
 	"io"
 	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/mxrelay/mxrelay/internal/alloctest"
 )
 
 func readReplies(s string) ([]Reply, error) {
@@ -59,23 +62,70 @@ func TestReplyParsing(t *testing.T) {
 	assert.Equal(t, "5.0.0 looks like one", rs[0].Message)
 }
 
-// FuzzReplyReader: no panic, each reply within the limits, and the reader
-// never holds more than a line and a reply's lines.
+// readAll reads replies from s through a buffer of size bytes until an
+// error.
+func readAll(s string, size int) ([]Reply, *replyReader, error) {
+	rr := &replyReader{br: bufio.NewReaderSize(strings.NewReader(s), size)}
+	var out []Reply
+	for {
+		r, err := rr.read()
+		if err != nil {
+			return out, rr, err
+		}
+		out = append(out, r)
+	}
+}
+
+// format writes r back as a server would send it.
+func format(r Reply) string {
+	lines := strings.Split(r.Message, "\n")
+	if r.Enhanced != [3]int{} {
+		lines[0] = fmt.Sprintf("%d.%d.%d %s", r.Enhanced[0], r.Enhanced[1], r.Enhanced[2], lines[0])
+	}
+	var b strings.Builder
+	for i, l := range lines {
+		sep := "-"
+		if i == len(lines)-1 {
+			sep = " "
+		}
+		fmt.Fprintf(&b, "%d%s%s\r\n", r.Code, sep, l)
+	}
+	return b.String()
+}
+
+// FuzzReplyReader: each reply is within the limits; the reader never
+// holds more than a line and a reply's lines, and allocates in proportion
+// to its input; what it reads does not depend on how the input arrives
+// (the buffer's size); and each reply, written back as a server would,
+// reads back the same.
 func FuzzReplyReader(f *testing.F) {
 	f.Add("250-a\r\n250 b\r\n", byte(1))
 	f.Add("220 x\n354 go\r\n", byte(5))
 	f.Add("250-"+strings.Repeat("z", 5000)+"\r\n", byte(9))
 	f.Fuzz(func(t *testing.T, s string, size byte) {
-		rr := replyReader{br: bufio.NewReaderSize(strings.NewReader(s), 16+int(size))}
-		for {
-			r, err := rr.read()
-			if err != nil {
-				return
-			}
+		var replies []Reply
+		var rr *replyReader
+		var err error
+		allocated := alloctest.Bytes(func() { replies, rr, err = readAll(s, 16+int(size)) })
+		require.Error(t, err, "the input ends")
+		require.LessOrEqual(t, allocated, uint64(16*len(s)+1<<20), "allocation in proportion to the input")
+		for _, r := range replies {
 			require.GreaterOrEqual(t, r.Code, 200)
 			require.Less(t, r.Code, 600)
 			require.LessOrEqual(t, len(r.Message), MaxReplyLines*(MaxReplyLine+1))
-			require.LessOrEqual(t, len(rr.line), MaxReplyLine+2)
+			require.LessOrEqual(t, strings.Count(r.Message, "\n"), MaxReplyLines-1)
+		}
+		require.LessOrEqual(t, len(rr.line), MaxReplyLine+2)
+		require.LessOrEqual(t, len(rr.lines), MaxReplyLines)
+
+		again, _, err2 := readAll(s, 4096)
+		require.Equal(t, replies, again, "the same replies whatever the buffer")
+		require.Equal(t, errors.Is(err, ErrProtocol), errors.Is(err2, ErrProtocol))
+
+		for _, r := range replies {
+			back, _, err := readAll(format(r), 4096)
+			require.ErrorIs(t, err, io.EOF)
+			require.Equal(t, []Reply{r}, back, "%q", format(r))
 		}
 	})
 }

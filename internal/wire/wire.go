@@ -195,7 +195,9 @@ func decodeSlow(frame []byte) (Message, error) {
 		return Message{}, fmt.Errorf("%w: message has no type", ErrProtocol)
 	}
 	var m Message
-	if err := json.Unmarshal(rt, &m.Type); err != nil {
+	// null would unmarshal to "" without an error: a type that is not a
+	// string, as a number is.
+	if err := json.Unmarshal(rt, &m.Type); err != nil || bytes.Equal(bytes.TrimSpace(rt), []byte("null")) {
 		return Message{}, fmt.Errorf("%w: message type is not a string", ErrProtocol)
 	}
 	if d, ok := raw["data"]; ok && !bytes.Equal(bytes.TrimSpace(d), []byte("null")) {

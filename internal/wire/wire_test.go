@@ -10,6 +10,8 @@ import (
 	"github.com/coder/websocket"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/mxrelay/mxrelay/internal/alloctest"
 )
 
 func TestDecode(t *testing.T) {
@@ -27,6 +29,7 @@ func TestDecode(t *testing.T) {
 		{name: "array", frame: `[1,2]`, bad: true},
 		{name: "no type", frame: `{"data":{}}`, bad: true},
 		{name: "type not string", frame: `{"type":1}`, bad: true},
+		{name: "type null", frame: `{"type":null}`, bad: true},
 		{name: "control too big", frame: `{"type":"X","data":"` + strings.Repeat("a", MaxControl) + `"}`, bad: true},
 		{name: "duplicate type", frame: `{"type":"SMTP_CHANNEL_CLOSE","type":"AUTHENTICATE"}`, bad: true},
 		{name: "duplicate data", frame: `{"type":"SMTP_TO_SERVER","data":"RCPT TO:<a@b>\r\n","data":"RCPT TO:<evil@b>\r\n"}`, bad: true},
@@ -136,8 +139,10 @@ func FuzzDecodeFast(f *testing.F) {
 }
 
 // FuzzDecode: any frame either fails with ErrProtocol or gives a message
-// with a type; a control message is never over MaxControl; a data message
-// yields its bytes or ErrProtocol, never a panic.
+// whose type is the one encoding/json reads in the frame, which is valid
+// JSON; a control message is never over MaxControl and encodes back to the
+// same message; a data message yields encoding/json's bytes or
+// ErrProtocol. Decoding allocates in proportion to the frame.
 func FuzzDecode(f *testing.F) {
 	f.Add([]byte(`{"type":"SMTP_CHANNEL_READY","data":{"binary":true}}`))
 	f.Add([]byte(`{"type":"SMTP_TO_SERVER","data":"a\r\n"}`))
@@ -145,17 +150,44 @@ func FuzzDecode(f *testing.F) {
 	f.Add([]byte(`{"data":1}`))
 	f.Add([]byte(`[]`))
 	f.Fuzz(func(t *testing.T, frame []byte) {
-		m, err := Decode(frame)
+		var m Message
+		var err error
+		allocated := alloctest.Bytes(func() { m, err = Decode(frame) })
+		require.LessOrEqual(t, allocated, uint64(16*len(frame)+1<<20), "allocation in proportion to the frame")
 		if err != nil {
 			require.ErrorIs(t, err, ErrProtocol)
 			return
 		}
+		require.True(t, json.Valid(frame), "%q", frame)
+		var generic map[string]any
+		require.NoError(t, json.Unmarshal(frame, &generic))
+		require.Equal(t, generic["type"], m.Type)
+
 		if !IsData(m.Type) {
 			require.LessOrEqual(t, len(frame), MaxControl)
+			var data any
+			if m.Data != nil {
+				data = m.Data
+			}
+			b, err := Encode(m.Type, data)
+			require.NoError(t, err)
+			back, err := Decode(b)
+			require.NoError(t, err)
+			require.Equal(t, m.Type, back.Type)
+			if m.Data == nil {
+				require.Nil(t, back.Data)
+			} else {
+				require.JSONEq(t, string(m.Data), string(back.Data))
+			}
 			return
 		}
-		if _, err := DecodeData(m); err != nil {
+		p, err := DecodeData(m)
+		if err != nil {
 			require.ErrorIs(t, err, ErrProtocol)
+			return
 		}
+		str, ok := generic["data"].(string)
+		require.True(t, ok, "data is a JSON string")
+		require.Equal(t, str, string(p), "what encoding/json reads")
 	})
 }
