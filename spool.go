@@ -139,6 +139,9 @@ func (s *spool) start() ([]*spooled, error) {
 	slices.Sort(names)
 	var left []*spooled
 	for _, path := range names {
+		if !isSpoolName(filepath.Base(path)) {
+			continue // not one of ours: left alone
+		}
 		sp, err := readSpooled(path)
 		if err != nil {
 			// Not whole: the Client stopped before Enqueue returned, so
@@ -179,10 +182,14 @@ func (s *spool) compact() (map[string]int, error) {
 		case "B":
 			base, _ = strconv.ParseInt(string(arg), 10, 64)
 		case "E":
-			ends[string(arg)]++
+			if isSpoolName(string(arg)) {
+				ends[string(arg)]++
+			}
 		case "R":
+			// A result naming anything but one of our files is not ours:
+			// it must not make us remove a file elsewhere.
 			var r SpoolResult
-			if json.Unmarshal(arg, &r) == nil {
+			if json.Unmarshal(arg, &r) == nil && isSpoolName(r.File) {
 				results = append(append(results, arg...), '\n')
 				delete(ends, r.File)
 				os.Remove(filepath.Join(s.dir, r.File))
@@ -244,6 +251,22 @@ func (s *spool) compact() (map[string]int, error) {
 	}
 	s.journal, s.size = j, int64(len(nj))
 	return ends, nil
+}
+
+// isSpoolName reports whether name is the name of a .msg file as store
+// makes them: a journal line naming anything else (a path, "..") is not
+// ours and is ignored.
+func isSpoolName(name string) bool {
+	hex, num, ok := strings.Cut(strings.TrimSuffix(name, ".msg"), "-")
+	if !ok || !strings.HasSuffix(name, ".msg") || len(hex) != 16 || len(num) != 6 {
+		return false
+	}
+	for _, r := range hex + num {
+		if !('0' <= r && r <= '9' || 'a' <= r && r <= 'f') {
+			return false
+		}
+	}
+	return strings.Trim(num, "0123456789") == ""
 }
 
 // readSpooled opens a .msg file and checks that it is whole.
