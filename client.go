@@ -7,8 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -56,8 +54,9 @@ type Client struct {
 	stop     context.CancelFunc //
 	done     chan struct{}      // closed when the worker has returned
 
-	spool     *spool    // nil without Options.SpoolDir
-	recovered []*Handle // the emails the spool gave back at New
+	spool     *spool       // nil without Options.SpoolDir
+	commitMu  sync.RWMutex // read-held by an Enqueue committing to the spool
+	recovered []*Handle    // the emails the spool gave back at New
 
 	connState atomic.Int32
 	sessState atomic.Int32
@@ -211,16 +210,39 @@ func (c *Client) Enqueue(e Email, opts ...SendOption) (*Handle, error) {
 		c.unreserve()
 		return nil, err
 	}
+	if testHookStored != nil {
+		testHookStored()
+	}
+	if em.file != "" {
+		// Accepted once its file has its name. Close waits for a commit
+		// in progress and none starts after it, so that an email is
+		// never both refused and in the spool for the next Client.
+		c.commitMu.RLock()
+		defer c.commitMu.RUnlock()
+		c.mu.Lock()
+		err = c.refusal()
+		c.mu.Unlock()
+		if err == nil {
+			err = c.spool.commit(em.body, em.file)
+		} else {
+			em.body.release()
+		}
+		if err != nil {
+			c.unreserve()
+			return nil, err
+		}
+	}
 	if err := c.queue(em, cfg.timeout, true); err != nil {
 		em.body.release()
-		if em.file != "" {
-			os.Remove(filepath.Join(c.opts.SpoolDir, em.file))
-		}
 		return nil, err
 	}
 	c.log.Debug("mxrelay: email queued", "email", em.id, "priority", cfg.priority.String())
 	return em.handle, nil
 }
+
+// testHookStored, when set by a test, runs in Enqueue once the body is
+// read (and, with a spool, written), before the email is accepted.
+var testHookStored func()
 
 // queue accepts em, unless the client was closed. reserved says it holds
 // a place taken by reserve. timeout, if positive, is how long it may wait
@@ -231,11 +253,9 @@ func (c *Client) queue(em *email, timeout time.Duration, reserved bool) error {
 	if reserved {
 		c.reserved--
 	}
-	err := c.authErr
-	if c.closed {
-		err = ErrClosed
-	}
-	if err != nil {
+	// An email in the spool was checked before its file was committed,
+	// and is queued whatever happened since: it is accepted.
+	if err := c.refusal(); err != nil && em.file == "" {
 		c.mu.Unlock()
 		return err
 	}
@@ -302,17 +322,23 @@ func (c *Client) replay(left []*spooled) {
 // without a spool.
 func (c *Client) Recovered() []*Handle { return slices.Clone(c.recovered) }
 
+// refusal is why no email can be accepted now, or nil. c.mu is held.
+func (c *Client) refusal() error {
+	if c.closed {
+		return ErrClosed
+	}
+	return c.authErr
+}
+
 // reserve takes a place in the queue for an email being read, or says
 // why there is none.
 func (c *Client) reserve() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	switch {
-	case c.closed:
-		return ErrClosed
-	case c.authErr != nil:
-		return c.authErr
-	case c.q.len()+c.reserved >= c.opts.MaxQueueSize:
+	if err := c.refusal(); err != nil {
+		return err
+	}
+	if c.q.len()+c.reserved >= c.opts.MaxQueueSize {
 		return ErrQueueFull
 	}
 	c.reserved++
@@ -510,6 +536,7 @@ func (c *Client) setSessionState(s SessionState) { c.sessState.Store(int32(s)) }
 // progress. It returns ctx's error if emails were handed back unsent. Safe
 // to call more than once.
 func (c *Client) Close(ctx context.Context) error {
+	c.commitMu.Lock() // no Enqueue between its check and its queueing
 	c.mu.Lock()
 	first := !c.closed
 	if first {
@@ -517,6 +544,7 @@ func (c *Client) Close(ctx context.Context) error {
 		close(c.draining)
 	}
 	c.mu.Unlock()
+	c.commitMu.Unlock()
 	c.kick()
 	var err error
 	select {

@@ -39,6 +39,7 @@ const (
 	lockName     = "lock"
 	maxJournal   = 16 << 20 // compacted past this size
 	spoolMsgGlob = "*.msg"
+	tmpSuffix    = ".tmp" // a .msg file being written, not yet accepted
 )
 
 // ErrSpooled is wrapped, with ErrClosed, by the result of an email that
@@ -137,6 +138,13 @@ func (s *spool) start() ([]*spooled, error) {
 		return nil, fmt.Errorf("mxrelay: spool: %w", err)
 	}
 	slices.Sort(names)
+	// Files a Client was writing when it stopped: never accepted.
+	tmps, _ := filepath.Glob(filepath.Join(s.dir, spoolMsgGlob+tmpSuffix))
+	for _, path := range tmps {
+		if isSpoolName(strings.TrimSuffix(filepath.Base(path), tmpSuffix)) {
+			os.Remove(path)
+		}
+	}
 	var left []*spooled
 	for _, path := range names {
 		if !isSpoolName(filepath.Base(path)) {
@@ -329,12 +337,13 @@ func parseTrailer(b []byte) (int64, bool) {
 	return n, err == nil && n >= 0
 }
 
-// store writes a new .msg file with hdr and the body read from r, checks
-// the body as newBody does, and makes the file and its name durable. The
-// body returned reads from the file.
+// store writes hdr and the body read from r to a new file named
+// <name>.tmp, checks the body as newBody does and fsyncs the file. The
+// body returned reads from the file. Nothing reads a .tmp file: commit
+// gives it its name, which accepts the email.
 func (s *spool) store(hdr *spoolHeader, r io.Reader, fix bool, maxLine int) (*body, string, error) {
 	name := fmt.Sprintf("%016x-%06d.msg", time.Now().UnixNano(), s.n.Add(1)%1e6)
-	path := filepath.Join(s.dir, name)
+	path := filepath.Join(s.dir, name+tmpSuffix)
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_RDWR, 0o600)
 	if err != nil {
 		return nil, "", fmt.Errorf("mxrelay: spool: %w", err)
@@ -359,16 +368,31 @@ func (s *spool) store(hdr *spoolHeader, r io.Reader, fix bool, maxLine int) (*bo
 	if err == nil {
 		err = f.Sync()
 	}
-	if err == nil {
-		err = syncDir(s.dir)
-	}
 	if err != nil {
 		b.release()
 		return nil, "", fmt.Errorf("mxrelay: spool: %w", err)
 	}
-	b.temp = false // the spool removes it with the result
 	b.r = io.NewSectionReader(f, off, b.size)
 	return b, name, nil
+}
+
+// commit gives a file that store wrote its name and makes the name
+// durable: from then on the email is accepted, and the next start sends
+// it. On failure the file is gone and b released.
+func (s *spool) commit(b *body, name string) error {
+	path := filepath.Join(s.dir, name)
+	err := os.Rename(path+tmpSuffix, path)
+	if err == nil {
+		b.temp = false // the spool removes it with the result
+		if err = syncDir(s.dir); err != nil {
+			os.Remove(path)
+		}
+	}
+	if err != nil {
+		b.release()
+		return fmt.Errorf("mxrelay: spool: %w", err)
+	}
+	return nil
 }
 
 // body makes the body of a spooled email found at start.
