@@ -479,7 +479,9 @@ func (c *Client) finish(em *email, err error) {
 	em.body.release()
 	if em.file != "" && !errors.Is(err, ErrSpooled) {
 		// Recorded before anyone can see the result.
-		c.spool.finished(em.file, res)
+		if err := c.spool.finished(em.file, res); err != nil {
+			c.log.Error("mxrelay: the result could not be recorded: the email stays in the spool for the next Client", "email", em.id, "err", err)
+		}
 	}
 	close(em.handle.done)
 	if res.Err == nil {

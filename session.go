@@ -378,9 +378,11 @@ func (s *smtpSession) send(em *email) error {
 			// On disk before the end of data is on the wire: a restart
 			// after a crash knows the server may have the email.
 			if err := c.spool.ended(em.file); err != nil {
+				// Not sent: a restart could not tell that the server
+				// may have it. Handed back like Close does.
 				c.mu.Lock()
 				em.state = stateEnvelope
-				em.canceled = err
+				em.canceled = fmt.Errorf("%w: %w", ErrSpooled, err)
 				c.mu.Unlock()
 				return false
 			}

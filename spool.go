@@ -42,10 +42,11 @@ const (
 	tmpSuffix    = ".tmp" // a .msg file being written, not yet accepted
 )
 
-// ErrSpooled is wrapped, with ErrClosed, by the result of an email that
-// Close handed back while Options.SpoolDir is set: the email stays in the
-// spool and the next Client on the same SpoolDir sends it. Do not submit it
-// again yourself.
+// ErrSpooled is wrapped by the result of an email that stays in
+// Options.SpoolDir for the next Client on the same directory, which sends
+// it: one that Close handed back (with ErrClosed), or one whose end of
+// data was not sent because the spool's journal could not be written (a
+// full disk). Do not submit it again yourself.
 var ErrSpooled = errors.New("mxrelay: kept in the spool for the next Client")
 
 // spoolHeader is the envelope line of a .msg file.
@@ -89,7 +90,6 @@ type spool struct {
 	mu      sync.Mutex
 	journal *os.File
 	size    int64
-	err     error // the first journal write error, reported once
 }
 
 // spooled is an email found in the spool at start.
@@ -411,8 +411,10 @@ func (s *spool) ended(file string) error {
 }
 
 // finished records a result and removes its file. An email handed back by
-// Close keeps its file and gets no record.
-func (s *spool) finished(file string, res *Result) {
+// Close keeps its file and gets no record. When the record cannot be
+// written the file stays too: the next start sends the email again, or,
+// if its end of data was recorded, fails it as an unknown outcome.
+func (s *spool) finished(file string, res *Result) error {
 	r := SpoolResult{
 		File: file, EmailID: res.EmailID, Delivered: res.Err == nil,
 		MaybeDelivered: res.MaybeDelivered, Attempts: res.Attempts,
@@ -435,13 +437,16 @@ func (s *spool) finished(file string, res *Result) {
 	defer s.mu.Unlock()
 	// The record first: a crash before the removal leaves a file that the
 	// next start knows to be finished, never one it would send again.
-	s.appendLocked(append(append([]byte("R "), line...), '\n'))
+	if err := s.appendLocked(append(append([]byte("R "), line...), '\n')); err != nil {
+		return err
+	}
 	os.Remove(filepath.Join(s.dir, file))
 	if s.size > maxJournal {
 		if _, err := s.compact(); err != nil {
-			s.noteLocked(err)
+			return fmt.Errorf("mxrelay: spool journal: %w", err)
 		}
 	}
+	return nil
 }
 
 func (s *spool) append(line []byte) error {
@@ -452,7 +457,7 @@ func (s *spool) append(line []byte) error {
 
 func (s *spool) appendLocked(line []byte) error {
 	if s.journal == nil {
-		return s.noteLocked(errors.New("journal is closed"))
+		return errors.New("mxrelay: spool journal: closed")
 	}
 	n, err := s.journal.Write(line)
 	s.size += int64(n)
@@ -460,18 +465,9 @@ func (s *spool) appendLocked(line []byte) error {
 		err = s.journal.Sync()
 	}
 	if err != nil {
-		return s.noteLocked(err)
+		return fmt.Errorf("mxrelay: spool journal: %w", err)
 	}
 	return nil
-}
-
-// noteLocked returns err as a spool error, remembering the first one.
-func (s *spool) noteLocked(err error) error {
-	err = fmt.Errorf("mxrelay: spool journal: %w", err)
-	if s.err == nil {
-		s.err = err
-	}
-	return err
 }
 
 func (s *spool) close() {

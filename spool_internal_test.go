@@ -2,6 +2,7 @@ package mxrelay
 
 import (
 	"context"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -56,4 +57,59 @@ func TestSpoolEnqueueRefusedByCloseIsNeverSent(t *testing.T) {
 	}
 	require.NoError(t, c2.Close(ctx))
 	require.Empty(t, relay.Mailbox(), "an email refused with ErrClosed was sent")
+}
+
+// breakJournal makes every later journal write of s fail, as a full disk
+// or a lost file system would.
+func breakJournal(s *spool) {
+	s.mu.Lock()
+	s.journal.Close()
+	s.mu.Unlock()
+}
+
+// TestSpoolResultNotWrittenKeepsTheFile: a result that cannot be written
+// to the journal must not cost the email its file, or the email would be
+// neither finished on disk nor sent again.
+func TestSpoolResultNotWrittenKeepsTheFile(t *testing.T) {
+	dir := t.TempDir()
+	s, left, err := openSpool(dir, false)
+	require.NoError(t, err)
+	require.Empty(t, left)
+	defer s.close()
+	b, name, err := s.store(&spoolHeader{ID: "x", From: "a@example.com", To: []string{"b@example.com"}}, strings.NewReader("Subject: x\r\n\r\n.\r\n"), false, 0)
+	require.NoError(t, err)
+	require.NoError(t, s.commit(b, name))
+	b.release()
+	breakJournal(s)
+	require.Error(t, s.finished(name, &Result{EmailID: "x", Attempts: 1}))
+	require.FileExists(t, filepath.Join(dir, name), "the file went without its result on disk")
+}
+
+// TestSpoolJournalFailureHandsBack: when the end-of-data marker cannot be
+// written the email does not go (a restart could not know it might have)
+// and it stays in the spool with ErrSpooled, for the next Client.
+func TestSpoolJournalFailureHandsBack(t *testing.T) {
+	relay := relaytest.NewServer(nil)
+	defer relay.Close()
+	dir := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c, err := New(relay.URL, relay.APIKey, &Options{SpoolDir: dir})
+	require.NoError(t, err)
+	breakJournal(c.spool)
+	_, err = c.Send(ctx, spoolTestEmail("kept"))
+	require.ErrorIs(t, err, ErrSpooled)
+	require.NoError(t, c.Close(ctx))
+	require.Empty(t, relay.Mailbox())
+	files, _ := filepath.Glob(filepath.Join(dir, "*.msg"))
+	require.Len(t, files, 1)
+
+	c, err = New(relay.URL, relay.APIKey, &Options{SpoolDir: dir})
+	require.NoError(t, err)
+	require.Len(t, c.Recovered(), 1)
+	res, err := c.Recovered()[0].Wait(ctx)
+	require.NoError(t, err)
+	require.False(t, res.MaybeDelivered)
+	require.NoError(t, c.Close(ctx))
+	require.Len(t, relay.Mailbox(), 1)
 }
