@@ -102,6 +102,9 @@ func New(relayURL, apiKey string, opts *Options) (*Client, error) {
 			return nil, err
 		}
 		c.spool = sp
+		if len(sp.bad) > 0 {
+			c.log.Error("mxrelay: damaged files in the spool were set aside, not sent", "dir", o.SpoolDir, "files", sp.bad)
+		}
 		c.replay(left)
 	}
 	go c.run()

@@ -40,6 +40,8 @@ const (
 	maxJournal   = 16 << 20 // compacted past this size
 	spoolMsgGlob = "*.msg"
 	tmpSuffix    = ".tmp" // a .msg file being written, not yet accepted
+	badSuffix    = ".bad" // a .msg file found damaged, set aside
+	maxEnvelope  = 64 << 20
 )
 
 // ErrSpooled is wrapped by the result of an email that stays in
@@ -90,6 +92,8 @@ type spool struct {
 	mu      sync.Mutex
 	journal *os.File
 	size    int64
+
+	bad []string // damaged files set aside at start
 }
 
 // spooled is an email found in the spool at start.
@@ -152,9 +156,11 @@ func (s *spool) start() ([]*spooled, error) {
 		}
 		sp, err := readSpooled(path)
 		if err != nil {
-			// Not whole: the Client stopped before Enqueue returned, so
-			// the email was never accepted.
-			os.Remove(path)
+			// A file only has its name once it is whole: this one was
+			// damaged since. Set aside for a human, neither sent nor lost.
+			if os.Rename(path, path+badSuffix) == nil {
+				s.bad = append(s.bad, filepath.Base(path)+badSuffix)
+			}
 			continue
 		}
 		sp.ends = ends[sp.file]
@@ -293,36 +299,45 @@ func readSpooled(path string) (*spooled, error) {
 	return sp, nil
 }
 
+// parseSpooled checks the trailer first, so that a file that is not ours
+// is refused without being read; the envelope line is at most
+// maxEnvelope octets.
 func parseSpooled(f *os.File) (*spooled, error) {
 	st, err := f.Stat()
 	if err != nil {
 		return nil, err
 	}
-	br := bufio.NewReader(io.NewSectionReader(f, 0, st.Size()))
-	magic, err := br.ReadString('\n')
-	if err != nil || magic != spoolMagic {
-		return nil, errors.New("not a version 1 spool file")
-	}
-	hline, err := br.ReadBytes('\n')
-	if err != nil {
-		return nil, err
-	}
-	sp := &spooled{off: int64(len(magic) + len(hline))}
-	if err := json.Unmarshal(hline, &sp.hdr); err != nil {
-		return nil, err
+	size := st.Size()
+	if size < int64(len(spoolMagic))+2+trailerLen {
+		return nil, errors.New("too short")
 	}
 	var tr [trailerLen]byte
-	if st.Size() < sp.off+trailerLen {
-		return nil, errors.New("no trailer")
-	}
-	if _, err := f.ReadAt(tr[:], st.Size()-trailerLen); err != nil {
+	if _, err := f.ReadAt(tr[:], size-trailerLen); err != nil {
 		return nil, err
 	}
 	n, ok := parseTrailer(tr[:])
-	if !ok || sp.off+n+trailerLen != st.Size() {
+	if !ok || n > size-trailerLen-int64(len(spoolMagic))-2 {
 		return nil, errors.New("bad trailer")
 	}
-	sp.size = n
+	off := size - trailerLen - n // where the body starts
+	if off-int64(len(spoolMagic)) > maxEnvelope {
+		return nil, errors.New("envelope too long")
+	}
+	head := make([]byte, off)
+	if _, err := f.ReadAt(head, 0); err != nil {
+		return nil, err
+	}
+	hline, ok := bytes.CutPrefix(head, []byte(spoolMagic))
+	if !ok {
+		return nil, errors.New("not a version 1 spool file")
+	}
+	if bytes.IndexByte(hline, '\n') != len(hline)-1 {
+		return nil, errors.New("bad envelope line")
+	}
+	sp := &spooled{off: off, size: n}
+	if err := json.Unmarshal(hline, &sp.hdr); err != nil {
+		return nil, err
+	}
 	return sp, nil
 }
 

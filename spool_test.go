@@ -2,6 +2,7 @@ package mxrelay_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -274,4 +275,34 @@ func TestSpoolJournalStaysInItsDirectory(t *testing.T) {
 	j, err := os.ReadFile(filepath.Join(dir, "journal"))
 	require.NoError(t, err)
 	assert.NotContains(t, string(j), "..", "names that are not the spool's are dropped")
+}
+
+// TestSpoolSetsACorruptFileAside: a .msg file only gets its name once it
+// is whole and fsync'd, so one that does not parse was damaged afterwards:
+// it is an accepted email, and it is set aside (.bad), not deleted, nor
+// sent. Garbage that is large, without any newline, is refused without
+// being read whole.
+func TestSpoolSetsACorruptFileAside(t *testing.T) {
+	s := newRelay(t, nil)
+	dir := t.TempDir()
+	handBack(t, s, dir, "whole", "damaged")
+	files := spoolFiles(t, dir)
+	data, err := os.ReadFile(files[1])
+	require.NoError(t, err)
+	data[len(data)-3] ^= 1 // a digit of the trailer
+	require.NoError(t, os.WriteFile(files[1], data, 0o600))
+	garbage := filepath.Join(dir, "0000000000000000-000001.msg")
+	require.NoError(t, os.WriteFile(garbage, bytes.Repeat([]byte("x"), 8<<20), 0o600))
+
+	c := newClient(t, s, &mxrelay.Options{SpoolDir: dir})
+	rec := c.Recovered()
+	require.Len(t, rec, 1)
+	_, err = rec[0].Wait(ctxT(t))
+	require.NoError(t, err)
+	assert.Equal(t, []string{"whole"}, subjects(s))
+	assert.Empty(t, spoolFiles(t, dir))
+	kept, err := os.ReadFile(files[1] + ".bad")
+	require.NoError(t, err, "a damaged email was deleted")
+	assert.Equal(t, data, kept)
+	assert.FileExists(t, garbage+".bad")
 }
