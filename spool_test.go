@@ -154,6 +154,19 @@ func TestSpoolEndOfDataMarker(t *testing.T) {
 	}
 }
 
+// recoverOnly starts a Client on dir and checks that it recovers and
+// sends exactly the email with the subject want, and leaves no .msg file.
+func recoverOnly(t *testing.T, s *relaytest.Server, dir, want string) {
+	t.Helper()
+	c := newClient(t, s, &mxrelay.Options{SpoolDir: dir})
+	rec := c.Recovered()
+	require.Len(t, rec, 1)
+	_, err := rec[0].Wait(ctxT(t))
+	require.NoError(t, err)
+	assert.Equal(t, []string{want}, subjects(s))
+	assert.Empty(t, spoolFiles(t, dir))
+}
+
 func TestSpoolDropsATornFile(t *testing.T) {
 	s := newRelay(t, nil)
 	dir := t.TempDir()
@@ -161,16 +174,14 @@ func TestSpoolDropsATornFile(t *testing.T) {
 	files := spoolFiles(t, dir)
 	st, err := os.Stat(files[1])
 	require.NoError(t, err)
-	// A crash in the middle of Enqueue: the trailer never made it.
-	require.NoError(t, os.Truncate(files[1], st.Size()-3))
+	// A crash in the middle of Enqueue: the trailer never made it, and
+	// the file never got its name.
+	torn := files[1] + ".tmp"
+	require.NoError(t, os.Rename(files[1], torn))
+	require.NoError(t, os.Truncate(torn, st.Size()-3))
 
-	c := newClient(t, s, &mxrelay.Options{SpoolDir: dir})
-	rec := c.Recovered()
-	require.Len(t, rec, 1)
-	_, err = rec[0].Wait(ctxT(t))
-	require.NoError(t, err)
-	assert.Equal(t, []string{"whole"}, subjects(s))
-	assert.Empty(t, spoolFiles(t, dir))
+	recoverOnly(t, s, dir, "whole")
+	assert.NoFileExists(t, torn)
 }
 
 func TestSpoolDeadlineSurvivesARestart(t *testing.T) {
@@ -294,13 +305,7 @@ func TestSpoolSetsACorruptFileAside(t *testing.T) {
 	garbage := filepath.Join(dir, "0000000000000000-000001.msg")
 	require.NoError(t, os.WriteFile(garbage, bytes.Repeat([]byte("x"), 8<<20), 0o600))
 
-	c := newClient(t, s, &mxrelay.Options{SpoolDir: dir})
-	rec := c.Recovered()
-	require.Len(t, rec, 1)
-	_, err = rec[0].Wait(ctxT(t))
-	require.NoError(t, err)
-	assert.Equal(t, []string{"whole"}, subjects(s))
-	assert.Empty(t, spoolFiles(t, dir))
+	recoverOnly(t, s, dir, "whole")
 	kept, err := os.ReadFile(files[1] + ".bad")
 	require.NoError(t, err, "a damaged email was deleted")
 	assert.Equal(t, data, kept)
