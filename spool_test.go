@@ -311,3 +311,48 @@ func TestSpoolSetsACorruptFileAside(t *testing.T) {
 	assert.Equal(t, data, kept)
 	assert.FileExists(t, garbage+".bad")
 }
+
+// openIn counts this process's open file descriptors on files under dir.
+func openIn(t *testing.T, dir string) []string {
+	t.Helper()
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skip("no /proc/self/fd")
+	}
+	var out []string
+	for _, fd := range fds {
+		target, err := os.Readlink(filepath.Join("/proc/self/fd", fd.Name()))
+		if err == nil && strings.HasPrefix(target, dir+string(filepath.Separator)) {
+			out = append(out, target)
+		}
+	}
+	return out
+}
+
+// TestSpoolClosesItsFiles: after Close, nothing in the spool is open: not
+// the lock, the journal, nor the files of emails delivered, failed,
+// recovered or handed back.
+func TestSpoolClosesItsFiles(t *testing.T) {
+	s := newRelay(t, nil)
+	dir := t.TempDir()
+	handBack(t, s, dir, "one", "two")
+	require.Empty(t, openIn(t, dir), "after a Close that handed back")
+
+	c, err := mxrelay.New(s.URL, s.APIKey, fast(&mxrelay.Options{SpoolDir: dir}))
+	require.NoError(t, err)
+	open := openIn(t, dir)
+	require.NotEmpty(t, open)
+	_, err = mxrelay.New(s.URL, s.APIKey, &mxrelay.Options{SpoolDir: dir})
+	require.ErrorContains(t, err, "in use by another Client")
+	require.ElementsMatch(t, open, openIn(t, dir), "a New that failed left files open")
+	for _, h := range c.Recovered() {
+		_, err := h.Wait(ctxT(t))
+		require.NoError(t, err)
+	}
+	_, err = c.Send(ctxT(t), mail("three"))
+	require.NoError(t, err)
+	_, err = c.Send(ctxT(t), mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: strings.NewReader("bare\n")})
+	require.Error(t, err)
+	require.NoError(t, c.Close(ctxT(t)))
+	assert.Empty(t, openIn(t, dir), "after a Close that sent everything")
+}
