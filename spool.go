@@ -475,6 +475,17 @@ func (s *spool) appendLocked(line []byte) error {
 		return errors.New("mxrelay: spool journal: closed")
 	}
 	n, err := s.journal.Write(line)
+	if err != nil && n > 0 {
+		// A partial line (a full disk): cut it off, or the next record
+		// would be glued to it and lost. If that fails too, no record
+		// can be trusted: the journal is closed, and every email is
+		// handed back or keeps its file.
+		if s.journal.Truncate(s.size) != nil {
+			s.journal.Close()
+			s.journal = nil
+		}
+		n = 0
+	}
 	s.size += int64(n)
 	if err == nil && s.syncAll {
 		err = s.journal.Sync()
