@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -134,6 +135,7 @@ type email struct {
 	accepted  []string
 	rejected  []RecipientError
 	unknown   bool  // an attempt ended with an unknown outcome
+	ended     bool  // an end-of-data marker is in the spool's journal, its outcome not yet
 	canceled  error // why it was withdrawn, once Cancel or its context asked
 	abort     func()
 	session   string
@@ -295,6 +297,15 @@ func (c *Client) replay(left []*spooled) {
 			attempts: sp.ends,
 			unknown:  sp.ends > 0,
 		}
+		if p := sp.progress; p != nil {
+			// Resumed where the last answered end of data left it.
+			em.attempts += p.Attempts
+			em.unknown = em.unknown || p.Unknown
+			em.pending, em.accepted = p.Pending, p.Accepted
+			for _, to := range slices.Sorted(maps.Keys(p.Rejected)) {
+				em.rejected = append(em.rejected, RecipientError{Address: to, Err: errors.New(p.Rejected[to])})
+			}
+		}
 		var timeout time.Duration
 		if !h.Deadline.IsZero() {
 			timeout = max(time.Until(h.Deadline), time.Nanosecond)
@@ -432,6 +443,9 @@ func (c *Client) finish(em *email, err error) {
 		return
 	}
 	wasInflight := em.state == stateEnvelope || em.state == stateReply
+	// Kept in the spool, even when some recipients have it: the others
+	// are the next Client's.
+	handedBack := errors.Is(err, ErrSpooled)
 	em.state = stateDone
 	if wasInflight {
 		c.inflight--
@@ -480,7 +494,7 @@ func (c *Client) finish(em *email, err error) {
 	c.mu.Unlock()
 
 	em.body.release()
-	if em.file != "" && !errors.Is(err, ErrSpooled) {
+	if em.file != "" && !handedBack {
 		// Recorded before anyone can see the result.
 		if err := c.spool.finished(em.file, res); err != nil {
 			c.log.Error("mxrelay: the result could not be recorded: the email stays in the spool for the next Client", "email", em.id, "err", err)

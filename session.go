@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -386,6 +387,9 @@ func (s *smtpSession) send(em *email) error {
 				c.mu.Unlock()
 				return false
 			}
+			c.mu.Lock()
+			em.ended = true
+			c.mu.Unlock()
 		}
 		return true
 	}
@@ -534,6 +538,38 @@ func (s *smtpSession) incomplete(em *email, res *smtpc.Result, canceled error) {
 	}
 }
 
+// recordProgress writes em's progress to the spool's journal before it
+// goes back to the queue, if an end of data was written since the last
+// record: a restart then resumes from it instead of taking that end of
+// data for an unknown outcome. Nothing else touches em meanwhile: it is
+// out of the queue.
+func (w *worker) recordProgress(em *email) {
+	c := w.c
+	c.mu.Lock()
+	if !em.ended || em.attempts > em.cfg.retries || em.canceled != nil {
+		c.mu.Unlock()
+		return // nothing new, or it is about to be finished
+	}
+	p := &spoolProgress{File: em.file, Attempts: em.attempts, Unknown: em.unknown,
+		Accepted: slices.Clone(em.accepted), Pending: slices.Clone(em.pending)}
+	for _, r := range em.rejected {
+		if p.Rejected == nil {
+			p.Rejected = map[string]string{}
+		}
+		p.Rejected[r.Address] = r.Err.Error()
+	}
+	c.mu.Unlock()
+	if err := c.spool.progressed(p); err != nil {
+		// The marker stays unanswered: a restart takes the email for an
+		// unknown outcome, which is safe.
+		c.log.Error("mxrelay: spool journal", "email", em.id, "err", err)
+		return
+	}
+	c.mu.Lock()
+	em.ended = false
+	c.mu.Unlock()
+}
+
 func addresses(rs []RecipientError) []string {
 	out := make([]string, 0, len(rs))
 	for _, r := range rs {
@@ -558,6 +594,9 @@ func (s *smtpSession) explain(err error) error {
 // email is not retried they end in Result.Rejected.
 func (w *worker) retryOrFail(em *email, cause error, rejected []RecipientError) bool {
 	c := w.c
+	if em.file != "" {
+		w.recordProgress(em)
+	}
 	c.mu.Lock()
 	if em.attempts > em.cfg.retries || em.canceled != nil {
 		em.rejected = append(em.rejected, rejected...)

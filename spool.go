@@ -27,6 +27,8 @@ import (
 //	                      returns, never changed, removed with its result
 //	journal               "B <n>": results.log's length when it began;
 //	                      "E <file>" before an end of data is written,
+//	                      "D <json>" when an email goes back to the queue
+//	                      after an end of data (where it stands),
 //	                      "R <json>" when a result is out (before the .msg
 //	                      file is removed); rewritten at start
 //	results.log           the "R" lines of earlier journals, appended at each
@@ -96,14 +98,34 @@ type spool struct {
 	bad []string // damaged files set aside at start
 }
 
+// spoolProgress is a "D" line of the journal: where an email stood when
+// it went back to the queue for a retry after an end of data whose reply
+// came (or, with RetryUnknown, did not: Unknown). A start resumes from
+// the last one, counting the "E" lines after it as unknown outcomes.
+type spoolProgress struct {
+	File     string            `json:"file"`
+	Attempts int               `json:"attempts"`
+	Unknown  bool              `json:"unknown,omitempty"`
+	Accepted []string          `json:"accepted,omitempty"`
+	Rejected map[string]string `json:"rejected,omitempty"`
+	Pending  []string          `json:"pending"`
+}
+
+// journalState is what the journal says of one file still in the spool.
+type journalState struct {
+	progress []byte // the last "D" line's JSON, if any
+	ends     int    // "E" lines after it
+}
+
 // spooled is an email found in the spool at start.
 type spooled struct {
-	file string
-	hdr  spoolHeader
-	f    *os.File
-	off  int64 // where the body starts
-	size int64
-	ends int // end-of-data markers: attempts that may have reached the server
+	file     string
+	hdr      spoolHeader
+	f        *os.File
+	off      int64 // where the body starts
+	size     int64
+	progress *spoolProgress // the last "D" line, if any
+	ends     int            // end-of-data markers after it: attempts that may have reached the server
 }
 
 // openSpool takes the directory's lock, reads what a previous Client left,
@@ -133,7 +155,7 @@ func openSpool(dir string, syncAll bool) (*spool, []*spooled, error) {
 func (s *spool) start() ([]*spooled, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	ends, err := s.compact()
+	states, err := s.compact()
 	if err != nil {
 		return nil, err
 	}
@@ -163,24 +185,34 @@ func (s *spool) start() ([]*spooled, error) {
 			}
 			continue
 		}
-		sp.ends = ends[sp.file]
+		st := states[sp.file]
+		sp.ends = st.ends
+		if st.progress != nil {
+			var p spoolProgress
+			if json.Unmarshal(st.progress, &p) == nil {
+				sp.progress = &p
+			} else {
+				sp.ends++ // not readable: at least as uncertain as an E
+			}
+		}
 		left = append(left, sp)
 	}
 	return left, nil
 }
 
 // compact moves the journal's results to results.log, removes the .msg
-// files that have one, and rewrites the journal with the end-of-data
-// markers of the files still there. It returns the markers per file.
+// files that have one, and rewrites the journal with the last progress
+// line and the end-of-data markers after it of each file still there,
+// which it returns.
 //
 // It can be cut anywhere and run again: the journal's first line says how
 // long results.log was when the journal began, so a second run first cuts
 // results.log back to that length, and only the rename of the new journal
 // makes the move count.
-func (s *spool) compact() (map[string]int, error) {
-	fail := func(err error) (map[string]int, error) { return nil, fmt.Errorf("mxrelay: spool: %w", err) }
+func (s *spool) compact() (map[string]journalState, error) {
+	fail := func(err error) (map[string]journalState, error) { return nil, fmt.Errorf("mxrelay: spool: %w", err) }
 	jpath := filepath.Join(s.dir, journalName)
-	ends := map[string]int{}
+	states := map[string]journalState{}
 	var results []byte
 	base := int64(-1) // results.log's length when the journal began
 	data, err := os.ReadFile(jpath)
@@ -197,7 +229,14 @@ func (s *spool) compact() (map[string]int, error) {
 			base, _ = strconv.ParseInt(string(arg), 10, 64)
 		case "E":
 			if isSpoolName(string(arg)) {
-				ends[string(arg)]++
+				st := states[string(arg)]
+				st.ends++
+				states[string(arg)] = st
+			}
+		case "D":
+			var p spoolProgress
+			if json.Unmarshal(arg, &p) == nil && isSpoolName(p.File) {
+				states[p.File] = journalState{progress: slices.Clone(arg)}
 			}
 		case "R":
 			// A result naming anything but one of our files is not ours:
@@ -205,7 +244,7 @@ func (s *spool) compact() (map[string]int, error) {
 			var r SpoolResult
 			if json.Unmarshal(arg, &r) == nil && isSpoolName(r.File) {
 				results = append(append(results, arg...), '\n')
-				delete(ends, r.File)
+				delete(states, r.File)
 				os.Remove(filepath.Join(s.dir, r.File))
 			}
 		}
@@ -236,12 +275,15 @@ func (s *spool) compact() (map[string]int, error) {
 		return fail(err)
 	}
 	nj := fmt.Appendf(nil, "B %d\n", base+int64(len(results)))
-	for file, n := range ends {
+	for file, st := range states {
 		if _, err := os.Stat(filepath.Join(s.dir, file)); err != nil {
-			delete(ends, file)
+			delete(states, file)
 			continue
 		}
-		for range n {
+		if st.progress != nil {
+			nj = fmt.Appendf(nj, "D %s\n", st.progress)
+		}
+		for range st.ends {
 			nj = fmt.Appendf(nj, "E %s\n", file)
 		}
 	}
@@ -264,7 +306,7 @@ func (s *spool) compact() (map[string]int, error) {
 		return fail(err)
 	}
 	s.journal, s.size = j, int64(len(nj))
-	return ends, nil
+	return states, nil
 }
 
 // isSpoolName reports whether name is the name of a .msg file as store
@@ -423,6 +465,13 @@ func (sp *spooled) body(fix bool, maxLine int) (*body, error) {
 // ended records that file's end of data is about to be written.
 func (s *spool) ended(file string) error {
 	return s.append([]byte("E " + file + "\n"))
+}
+
+// progressed records where em stands as it goes back to the queue after
+// an end of data.
+func (s *spool) progressed(p *spoolProgress) error {
+	line, _ := json.Marshal(p)
+	return s.append(append(append([]byte("D "), line...), '\n'))
 }
 
 // finished records a result and removes its file. An email handed back by

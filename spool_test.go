@@ -356,3 +356,71 @@ func TestSpoolClosesItsFiles(t *testing.T) {
 	require.NoError(t, c.Close(ctxT(t)))
 	assert.Empty(t, openIn(t, dir), "after a Close that sent everything")
 }
+
+// TestSpoolRemembersAnsweredEndOfData: an end of data whose reply came
+// (a 4xx to it, or a 250 with some recipients still to retry) is not an
+// unknown outcome after a restart: the email is retried for what is left,
+// and a recipient that has it does not get it again.
+func TestSpoolRemembersAnsweredEndOfData(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		fault relaytest.Fault
+		to    []string
+	}{
+		{"4xx to the end of data", relaytest.Fault{Kind: relaytest.ReplaceReply, Command: ".", Reply: "451 4.3.0 try again"}, []string{"b@example.com"}},
+		{"one recipient 4xx", relaytest.Fault{Kind: relaytest.ReplaceReply, Command: "RCPT", Recipient: "c@example.com", Reply: "450 4.2.1 busy"}, []string{"b@example.com", "c@example.com"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newRelay(t, nil)
+			dir := t.TempDir()
+			s.Inject(tc.fault)
+			retrying := make(chan struct{}, 1)
+			c, err := mxrelay.New(s.URL, s.APIKey, fast(&mxrelay.Options{SpoolDir: dir, RetryInterval: time.Hour, MaxRetryInterval: time.Hour,
+				OnEvent: func(e mxrelay.Event) {
+					if e.Type == mxrelay.EventEmailRetrying {
+						retrying <- struct{}{}
+					}
+				}}))
+			require.NoError(t, err)
+			h, err := c.Enqueue(mail("answered", tc.to...))
+			require.NoError(t, err)
+			<-retrying
+			ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+			defer cancel()
+			require.Error(t, c.Close(ctx))
+			res, err := h.Wait(ctxT(t))
+			if len(tc.to) == 1 {
+				require.ErrorIs(t, err, mxrelay.ErrSpooled)
+			} else {
+				// Delivered to b: a delivery, with c handed back.
+				require.NoError(t, err)
+				require.Len(t, res.Rejected, 1)
+				assert.Equal(t, "c@example.com", res.Rejected[0].Address)
+				assert.ErrorIs(t, res.Rejected[0].Err, mxrelay.ErrSpooled)
+			}
+			require.Empty(t, spoolResults(t, dir), "handed back: no result on disk yet")
+
+			c = newClient(t, s, &mxrelay.Options{SpoolDir: dir})
+			rec := c.Recovered()
+			require.Len(t, rec, 1)
+			res, err = rec[0].Wait(ctxT(t))
+			require.NoError(t, err, "an answered end of data is not an unknown outcome")
+			assert.False(t, res.MaybeDelivered)
+			assert.ElementsMatch(t, tc.to, res.Accepted)
+			assert.Equal(t, 2, res.Attempts)
+			got := map[string]int{}
+			for _, m := range s.Mailbox() {
+				for _, to := range m.To {
+					got[to]++
+				}
+			}
+			for _, to := range tc.to {
+				assert.Equal(t, 1, got[to], "%s: copies", to)
+			}
+			r := spoolResults(t, dir)
+			require.Len(t, r, 1)
+			assert.True(t, r[0].Delivered)
+			assert.ElementsMatch(t, tc.to, r[0].Accepted)
+		})
+	}
+}
