@@ -39,17 +39,31 @@ func TestSpoolSurvivesSIGKILL(t *testing.T) {
 	if os.Getenv("MXRELAY_SPOOL_CHILD") != "" {
 		t.Skip("in the child")
 	}
-	for _, retry := range []bool{false, true} {
-		t.Run(map[bool]string{false: "unknown fails", true: "RetryUnknown"}[retry], func(t *testing.T) {
-			crashRun(t, retry)
+	for _, v := range []struct {
+		name     string
+		retry    bool
+		sessions int
+	}{
+		{"unknown fails", false, 1},
+		{"RetryUnknown", true, 1},
+		{"3 sessions, 4xx", false, 3},
+	} {
+		t.Run(v.name, func(t *testing.T) {
+			crashRun(t, v.retry, v.sessions)
 		})
 	}
 }
 
-func crashRun(t *testing.T, retryUnknown bool) {
+func crashRun(t *testing.T, retryUnknown bool, sessions int) {
 	// Latency keeps a window of transactions in flight, so that kills
 	// land between end of data and its reply too.
 	s := newRelay(t, &relaytest.Options{Latency: relaytest.Latency{ToClient: 2 * time.Millisecond}})
+	if sessions > 1 {
+		// Emails delivered to b and retried for c, and ends of data
+		// refused for now, across the kills.
+		s.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: "RCPT", Recipient: "c@example.com", Reply: "450 4.2.1 busy", Times: *crashEmails / 8})
+		s.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: ".", Reply: "451 4.3.0 try again", Times: *crashEmails / 8})
+	}
 	dir := t.TempDir()
 	seed := rand.Uint64()
 	r := rand.New(rand.NewPCG(seed, 7))
@@ -71,6 +85,7 @@ func crashRun(t *testing.T, retryUnknown bool) {
 			"MXRELAY_SPOOL_FROM="+strconv.Itoa(next),
 			"MXRELAY_SPOOL_TO="+strconv.Itoa(*crashEmails),
 			"MXRELAY_SPOOL_RETRY_UNKNOWN="+strconv.FormatBool(retryUnknown),
+			"MXRELAY_SPOOL_SESSIONS="+strconv.Itoa(sessions),
 		)
 		out, err := cmd.StdoutPipe()
 		require.NoError(t, err)
@@ -132,9 +147,14 @@ func crashRun(t *testing.T, retryUnknown bool) {
 	for _, res := range spoolResults(t, dir) {
 		results[res.EmailID] = append(results[res.EmailID], res)
 	}
-	inBox := map[string]int{}
-	for _, sub := range subjects(s) {
-		inBox[sub]++
+	inBox := map[string]int{} // the most copies any recipient of the email has
+	copies := map[[2]string]int{}
+	for _, m := range s.Mailbox() {
+		for _, to := range m.To {
+			k := [2]string{subjectOf(m.Data), to}
+			copies[k]++
+			inBox[k[0]] = max(inBox[k[0]], copies[k])
+		}
 	}
 	var delivered, failed, unknown, dups int
 	for id := range tried {
@@ -183,11 +203,13 @@ func TestSpoolChild(t *testing.T) {
 	from, _ := strconv.Atoi(env("MXRELAY_SPOOL_FROM"))
 	to, _ := strconv.Atoi(env("MXRELAY_SPOOL_TO"))
 	retry, _ := strconv.ParseBool(env("MXRELAY_SPOOL_RETRY_UNKNOWN"))
+	sessions, _ := strconv.Atoi(env("MXRELAY_SPOOL_SESSIONS"))
 	c, err := mxrelay.New(env("MXRELAY_SPOOL_URL"), env("MXRELAY_SPOOL_KEY"), fast(&mxrelay.Options{
-		SpoolDir:            env("MXRELAY_SPOOL_DIR"),
-		RetryUnknown:        retry,
-		MaxQueueSize:        50,
-		MaxEmailsPerSession: 40,
+		SpoolDir:              env("MXRELAY_SPOOL_DIR"),
+		RetryUnknown:          retry,
+		MaxConcurrentSessions: sessions,
+		MaxQueueSize:          50,
+		MaxEmailsPerSession:   40,
 	}))
 	require.NoError(t, err)
 	say := func(verb, id string) { fmt.Fprintf(os.Stdout, "%s %s\n", verb, id) }
