@@ -166,7 +166,9 @@ func (c *Client) newID() string {
 
 // Enqueue validates e and queues it without waiting for it to be sent. It
 // fails with an error matching ErrInvalidEmail, ErrQueueFull, ErrClosed or
-// ErrAuthFailed, in which case nothing was accepted. A body that cannot be
+// ErrAuthFailed, or, with Options.SpoolDir, with the error that kept the
+// email from being written there (a full disk), in which case nothing was
+// accepted. A body that cannot be
 // read twice is copied to a temporary file first (see Email.Body).
 func (c *Client) Enqueue(e Email, opts ...SendOption) (*Handle, error) {
 	cfg := sendConfig{priority: PriorityNormal, retries: -1, timeout: c.opts.Timeout}

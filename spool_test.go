@@ -8,6 +8,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -423,4 +424,49 @@ func TestSpoolRemembersAnsweredEndOfData(t *testing.T) {
 			assert.ElementsMatch(t, tc.to, r[0].Accepted)
 		})
 	}
+}
+
+// TestSpoolRulesOfTheNextLife: an email accepted under FixLineEndings
+// and found by a Client without it breaks that Client's rules: it fails at
+// once with ErrInvalidEmail and one result, and is not sent.
+func TestSpoolRulesOfTheNextLife(t *testing.T) {
+	s := newRelay(t, nil)
+	dir := t.TempDir()
+	s.SetDown(true)
+	c, err := mxrelay.New(s.URL, s.APIKey, fast(&mxrelay.Options{SpoolDir: dir, FixLineEndings: true, ReconnectInterval: time.Hour}))
+	require.NoError(t, err)
+	_, err = c.Enqueue(mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: strings.NewReader("Subject: bare\n\nLF\n")})
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	require.Error(t, c.Close(ctx))
+	s.SetDown(false)
+
+	c = newClient(t, s, &mxrelay.Options{SpoolDir: dir})
+	require.Len(t, c.Recovered(), 1)
+	_, err = c.Recovered()[0].Wait(ctxT(t))
+	require.ErrorIs(t, err, mxrelay.ErrInvalidEmail)
+	require.ErrorIs(t, err, mxrelay.ErrBareLineEnding)
+	assert.Empty(t, s.Mailbox())
+	assert.Empty(t, spoolFiles(t, dir))
+	require.Len(t, spoolResults(t, dir), 1)
+}
+
+// TestSpoolOverRawTunnel: the spool's markers and results are the same
+// through a raw tunnel.
+func TestSpoolOverRawTunnel(t *testing.T) {
+	s := newRelay(t, &relaytest.Options{RawTunnel: true})
+	dir := t.TempDir()
+	c := newClient(t, s, &mxrelay.Options{SpoolDir: dir, RawTunnel: true})
+	for i := range 5 {
+		_, err := c.Send(ctxT(t), mail("t"+strconv.Itoa(i)))
+		require.NoError(t, err)
+	}
+	require.NoError(t, c.Close(ctxT(t)))
+	assert.Empty(t, spoolFiles(t, dir))
+	res := spoolResults(t, dir)
+	require.Len(t, res, 5)
+	j, err := os.ReadFile(filepath.Join(dir, "journal"))
+	require.NoError(t, err)
+	assert.Equal(t, 5, strings.Count(string(j), "\nE "), "an end-of-data marker per email")
 }
