@@ -499,7 +499,7 @@ func (c *Client) finish(em *email, err error) {
 	if em.file != "" && !handedBack {
 		// Recorded before anyone can see the result.
 		if err := c.spool.finished(em.file, res); err != nil {
-			c.log.Error("mxrelay: the result could not be recorded: the email stays in the spool for the next Client", "email", em.id, "err", err)
+			c.log.Error("mxrelay: spool", "email", em.id, "err", err)
 		}
 	}
 	close(em.handle.done)

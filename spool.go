@@ -39,12 +39,15 @@ const (
 	journalName  = "journal"
 	resultsName  = "results.log"
 	lockName     = "lock"
-	maxJournal   = 16 << 20 // compacted past this size
 	spoolMsgGlob = "*.msg"
 	tmpSuffix    = ".tmp" // a .msg file being written, not yet accepted
 	badSuffix    = ".bad" // a .msg file found damaged, set aside
 	maxEnvelope  = 64 << 20
 )
+
+// maxJournal is the journal size past which a result compacts it; a
+// variable for tests.
+var maxJournal int64 = 16 << 20
 
 // ErrSpooled is wrapped by the result of an email that stays in
 // Options.SpoolDir for the next Client on the same directory, which sends
@@ -287,25 +290,27 @@ func (s *spool) compact() (map[string]journalState, error) {
 			nj = fmt.Appendf(nj, "E %s\n", file)
 		}
 	}
+	// The old journal stays in use until the new one has its name, so
+	// that a compaction that fails at run time costs nothing.
 	tmp := jpath + ".tmp"
 	if err := writeSynced(tmp, nj); err != nil {
 		return fail(err)
 	}
-	if s.journal != nil {
-		s.journal.Close()
-		s.journal = nil
-	}
-	if err := os.Rename(tmp, jpath); err != nil {
-		return fail(err)
-	}
-	if err := syncDir(s.dir); err != nil {
-		return fail(err)
-	}
-	j, err := os.OpenFile(jpath, os.O_WRONLY|os.O_APPEND, 0o600)
+	j, err := os.OpenFile(tmp, os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return fail(err)
 	}
+	if err := os.Rename(tmp, jpath); err != nil {
+		j.Close()
+		return fail(err)
+	}
+	if s.journal != nil {
+		s.journal.Close()
+	}
 	s.journal, s.size = j, int64(len(nj))
+	if err := syncDir(s.dir); err != nil {
+		return fail(err)
+	}
 	return states, nil
 }
 
@@ -502,12 +507,12 @@ func (s *spool) finished(file string, res *Result) error {
 	// The record first: a crash before the removal leaves a file that the
 	// next start knows to be finished, never one it would send again.
 	if err := s.appendLocked(append(append([]byte("R "), line...), '\n')); err != nil {
-		return err
+		return fmt.Errorf("%w: the result is not recorded and the email stays in the spool", err)
 	}
 	os.Remove(filepath.Join(s.dir, file))
 	if s.size > maxJournal {
 		if _, err := s.compact(); err != nil {
-			return fmt.Errorf("mxrelay: spool journal: %w", err)
+			return fmt.Errorf("%w (compacting the journal; the result is recorded)", err)
 		}
 	}
 	return nil

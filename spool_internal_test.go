@@ -2,8 +2,10 @@ package mxrelay
 
 import (
 	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -134,4 +136,53 @@ func FuzzParseSpooled(f *testing.F) {
 		require.Equal(t, int64(len(data)), sp.off+sp.size+trailerLen)
 		require.True(t, strings.HasPrefix(string(data), spoolMagic))
 	})
+}
+
+// TestSpoolCompactsWhileRunning: the journal is compacted at run time
+// while other emails are in flight (their markers must be carried over),
+// and every result is recorded exactly once.
+func TestSpoolCompactsWhileRunning(t *testing.T) {
+	defer func(n int64) { maxJournal = n }(maxJournal)
+	maxJournal = 2 << 10
+	relay := relaytest.NewServer(&relaytest.Options{Latency: relaytest.Latency{ToClient: time.Millisecond}})
+	defer relay.Close()
+	dir := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c, err := New(relay.URL, relay.APIKey, &Options{SpoolDir: dir, MaxConcurrentSessions: 2})
+	require.NoError(t, err)
+	var hs []*Handle
+	for i := range 60 {
+		h, err := c.Enqueue(spoolTestEmail("m" + strconv.Itoa(i)))
+		require.NoError(t, err)
+		hs = append(hs, h)
+	}
+	for _, h := range hs {
+		_, err := h.Wait(ctx)
+		require.NoError(t, err)
+	}
+	require.NoError(t, c.Close(ctx))
+	log, err := os.ReadFile(filepath.Join(dir, resultsName))
+	require.NoError(t, err)
+	require.NotEmpty(t, log, "no compaction ran")
+
+	c, err = New(relay.URL, relay.APIKey, &Options{SpoolDir: dir})
+	require.NoError(t, err)
+	require.Empty(t, c.Recovered())
+	require.NoError(t, c.Close(ctx))
+	log, err = os.ReadFile(filepath.Join(dir, resultsName))
+	require.NoError(t, err)
+	ids := map[string]int{}
+	for line := range strings.Lines(string(log)) {
+		var r SpoolResult
+		require.NoError(t, json.Unmarshal([]byte(line), &r))
+		ids[r.EmailID]++
+	}
+	require.Len(t, ids, 60)
+	for id, n := range ids {
+		require.Equal(t, 1, n, id)
+	}
+	files, _ := filepath.Glob(filepath.Join(dir, "*.msg*"))
+	require.Empty(t, files)
+	require.Len(t, relay.Mailbox(), 60)
 }
