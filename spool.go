@@ -215,30 +215,65 @@ func (s *spool) start() ([]*spooled, error) {
 func (s *spool) compact() (map[string]journalState, error) {
 	fail := func(err error) (map[string]journalState, error) { return nil, fmt.Errorf("mxrelay: spool: %w", err) }
 	jpath := filepath.Join(s.dir, journalName)
+	// Only the lines of files still there matter: the journal is read a
+	// line at a time and nothing else is kept, however long it is.
+	names, err := filepath.Glob(filepath.Join(s.dir, spoolMsgGlob))
+	if err != nil {
+		return fail(err)
+	}
 	states := map[string]journalState{}
-	var results []byte
-	base := int64(-1) // results.log's length when the journal began
-	data, err := os.ReadFile(jpath)
+	present := map[string]bool{}
+	for _, path := range names {
+		present[filepath.Base(path)] = true
+	}
+	jf, err := os.Open(jpath)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fail(err)
 	}
-	for line := range bytes.Lines(data) {
-		if !bytes.HasSuffix(line, []byte("\n")) {
-			break // a torn last line: the write that made it never returned
-		}
-		verb, arg, _ := bytes.Cut(bytes.TrimSuffix(line, []byte("\n")), []byte(" "))
+	var lines *journalReader
+	if jf != nil {
+		defer jf.Close()
+		lines = &journalReader{br: bufio.NewReaderSize(jf, 64<<10)}
+	}
+	base := int64(-1) // results.log's length when the journal began
+	first, ok := lines.next()
+	if verb, arg, _ := bytes.Cut(first, []byte(" ")); ok && string(verb) == "B" {
+		base, _ = strconv.ParseInt(string(arg), 10, 64)
+	}
+	rf, err := os.OpenFile(filepath.Join(s.dir, resultsName), os.O_CREATE|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fail(err)
+	}
+	defer rf.Close()
+	st, err := rf.Stat()
+	if err != nil {
+		return fail(err)
+	}
+	// Without a B line, or after someone cut results.log shorter, there
+	// is nothing of ours to take back.
+	if base < 0 || base > st.Size() {
+		base = st.Size()
+	}
+	if err := rf.Truncate(base); err != nil {
+		return fail(err)
+	}
+	if _, err := rf.Seek(base, io.SeekStart); err != nil {
+		return fail(err)
+	}
+	results := &countingWriter{w: rf}
+	rw := bufio.NewWriterSize(results, 64<<10)
+	for line, ok := first, ok; ok; line, ok = lines.next() {
+		verb, arg, _ := bytes.Cut(line, []byte(" "))
 		switch string(verb) {
-		case "B":
-			base, _ = strconv.ParseInt(string(arg), 10, 64)
 		case "E":
-			if isSpoolName(string(arg)) {
+			if present[string(arg)] {
 				st := states[string(arg)]
 				st.ends++
 				states[string(arg)] = st
 			}
 		case "D":
 			var p spoolProgress
-			if json.Unmarshal(arg, &p) == nil && isSpoolName(p.File) {
+			if json.Unmarshal(arg, &p) == nil && present[p.File] {
 				states[p.File] = journalState{progress: slices.Clone(arg)}
 			}
 		case "R":
@@ -246,28 +281,20 @@ func (s *spool) compact() (map[string]journalState, error) {
 			// it must not make us remove a file elsewhere.
 			var r SpoolResult
 			if json.Unmarshal(arg, &r) == nil && isSpoolName(r.File) {
-				results = append(append(results, arg...), '\n')
+				rw.Write(arg)
+				rw.WriteByte('\n')
 				delete(states, r.File)
-				os.Remove(filepath.Join(s.dir, r.File))
+				if present[r.File] {
+					delete(present, r.File)
+					os.Remove(filepath.Join(s.dir, r.File))
+				}
 			}
 		}
 	}
-	rf, err := os.OpenFile(filepath.Join(s.dir, resultsName), os.O_CREATE|os.O_WRONLY, 0o600)
-	if err != nil {
-		return fail(err)
+	if lines != nil && lines.err != nil {
+		return fail(lines.err)
 	}
-	st, err := rf.Stat()
-	if err == nil {
-		// Without a B line, or after someone cut results.log shorter,
-		// there is nothing of ours to take back.
-		if base < 0 || base > st.Size() {
-			base = st.Size()
-		}
-		err = rf.Truncate(base)
-	}
-	if err == nil {
-		_, err = rf.WriteAt(results, base)
-	}
+	err = rw.Flush()
 	if err == nil {
 		err = rf.Sync()
 	}
@@ -277,12 +304,8 @@ func (s *spool) compact() (map[string]journalState, error) {
 	if err != nil {
 		return fail(err)
 	}
-	nj := fmt.Appendf(nil, "B %d\n", base+int64(len(results)))
+	nj := fmt.Appendf(nil, "B %d\n", base+results.n)
 	for file, st := range states {
-		if _, err := os.Stat(filepath.Join(s.dir, file)); err != nil {
-			delete(states, file)
-			continue
-		}
 		if st.progress != nil {
 			nj = fmt.Appendf(nj, "D %s\n", st.progress)
 		}
@@ -312,6 +335,66 @@ func (s *spool) compact() (map[string]journalState, error) {
 		return fail(err)
 	}
 	return states, nil
+}
+
+// maxJournalLine is the longest journal line read; a longer one is
+// skipped (no record the client writes comes near it).
+const maxJournalLine = 64 << 20
+
+// journalReader reads the journal's complete lines, without their
+// newline. A last line without its newline was being written when the
+// process died: it ends the journal.
+type journalReader struct {
+	br   *bufio.Reader
+	line []byte
+	err  error // a read error other than the end of the journal
+}
+
+// next returns the next line, or false at the end. It is nil-safe: a
+// nil reader is an empty journal.
+func (j *journalReader) next() ([]byte, bool) {
+	if j == nil {
+		return nil, false
+	}
+	for {
+		j.line = j.line[:0]
+		long := false
+		for {
+			frag, err := j.br.ReadSlice('\n')
+			if !long {
+				if len(j.line)+len(frag) > maxJournalLine {
+					long, j.line = true, nil
+				} else {
+					j.line = append(j.line, frag...)
+				}
+			}
+			if err == bufio.ErrBufferFull {
+				continue
+			}
+			if err != nil {
+				if err != io.EOF {
+					j.err = err
+				}
+				return nil, false // the end, or a torn last line
+			}
+			break
+		}
+		if !long {
+			return j.line[:len(j.line)-1], true
+		}
+	}
+}
+
+// countingWriter counts the bytes written through it.
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
 }
 
 // isSpoolName reports whether name is the name of a .msg file as store

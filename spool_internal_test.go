@@ -1,10 +1,14 @@
 package mxrelay
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -185,4 +189,39 @@ func TestSpoolCompactsWhileRunning(t *testing.T) {
 	files, _ := filepath.Glob(filepath.Join(dir, "*.msg*"))
 	require.Empty(t, files)
 	require.Len(t, relay.Mailbox(), 60)
+}
+
+// TestSpoolHugeJournalIsStreamed: a start reads the journal line by line
+// and keeps only what concerns files still there, so a huge or hostile
+// journal (here 32 MiB of markers naming files that do not exist, and a
+// line with no end) does not cost its size in memory.
+func TestSpoolHugeJournalIsStreamed(t *testing.T) {
+	dir := t.TempDir()
+	f, err := os.Create(filepath.Join(dir, journalName))
+	require.NoError(t, err)
+	w := bufio.NewWriter(f)
+	w.WriteString("B 0\n")
+	for i := 0; w.Buffered()+int(must(f.Seek(0, io.SeekCurrent))) < 32<<20; i++ {
+		fmt.Fprintf(w, "E %016x-%06d.msg\n", i, i%1e6)
+	}
+	w.WriteString("R " + strings.Repeat("x", 1<<20)) // no newline
+	require.NoError(t, w.Flush())
+	require.NoError(t, f.Close())
+
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	s, left, err := openSpool(dir, false)
+	runtime.ReadMemStats(&after)
+	require.NoError(t, err)
+	defer s.close()
+	require.Empty(t, left)
+	require.Less(t, after.TotalAlloc-before.TotalAlloc, uint64(16<<20), "bytes allocated to read a 33 MiB journal")
+	require.Less(t, s.size, int64(1<<10), "the new journal keeps nothing of it")
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
 }
