@@ -195,7 +195,9 @@ type Options struct {
 	// whose end of data the previous Client may have written is not sent
 	// again unless RetryUnknown: it fails as an unknown outcome. Emails
 	// that Close hands back stay in the spool (ErrSpooled). The format and
-	// the cost are in docs/spool.md. Zero: the queue is in memory only.
+	// the cost are in docs/spool.md. A relative path is taken relative to
+	// the working directory when New runs. Zero: the queue is in memory
+	// only.
 	SpoolDir string
 	// SpoolSyncAll also fsyncs each end-of-data marker and each result
 	// before going on. Without it they are written before the step they

@@ -134,6 +134,11 @@ type spooled struct {
 // openSpool takes the directory's lock, reads what a previous Client left,
 // compacts the journal and returns the emails to send again, oldest first.
 func openSpool(dir string, syncAll bool) (*spool, []*spooled, error) {
+	// Relative to the working directory of now, not of each later call.
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, nil, fmt.Errorf("mxrelay: spool: %w", err)
+	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, nil, fmt.Errorf("mxrelay: spool: %w", err)
 	}

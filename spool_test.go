@@ -470,3 +470,37 @@ func TestSpoolOverRawTunnel(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, 5, strings.Count(string(j), "\nE "), "an end-of-data marker per email")
 }
+
+// TestSpoolDirIsRelativeToWhereNewRan: a relative SpoolDir names the
+// directory as of New; a process that changes directory afterwards (as a
+// daemon does) still uses that one.
+func TestSpoolDirIsRelativeToWhereNewRan(t *testing.T) {
+	s := newRelay(t, nil)
+	root := t.TempDir()
+	t.Chdir(root)
+	c := newClient(t, s, &mxrelay.Options{SpoolDir: "spool"})
+	t.Chdir(t.TempDir())
+	_, err := c.Send(ctxT(t), mail("moved"))
+	require.NoError(t, err)
+	require.NoError(t, c.Close(ctxT(t)))
+	assert.Len(t, spoolResults(t, filepath.Join(root, "spool")), 1)
+	assert.NoDirExists(t, "spool")
+}
+
+// TestSpoolPermissions: the directory it makes is 0700 and its files
+// 0600: emails are private.
+func TestSpoolPermissions(t *testing.T) {
+	s := newRelay(t, nil)
+	dir := filepath.Join(t.TempDir(), "spool")
+	handBack(t, s, dir, "private")
+	st, err := os.Stat(dir)
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o700), st.Mode().Perm(), "directory")
+	entries, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	for _, e := range entries {
+		info, err := e.Info()
+		require.NoError(t, err)
+		assert.Zero(t, info.Mode().Perm()&0o077, "%s: %v", e.Name(), info.Mode())
+	}
+}
