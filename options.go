@@ -199,8 +199,8 @@ type Options struct {
 	// the working directory when New runs. Zero: the queue is in memory
 	// only.
 	SpoolDir string
-	// SpoolSyncAll also fsyncs each end-of-data marker and each result
-	// before going on. Without it they are written before the step they
+	// SpoolSyncAll also fsyncs each end-of-data marker, each progress
+	// record and each result before going on. Without it they are written before the step they
 	// record and survive the process's crash (SIGKILL, panic, OOM), but a
 	// power loss may take the last of them: an email may then be sent
 	// again without MaybeDelivered. Costs one fsync per email sent.
