@@ -528,20 +528,30 @@ func (s *spool) store(hdr *spoolHeader, r io.Reader, fix bool, maxLine int) (*bo
 
 // commit gives a file that store wrote its name and makes the name
 // durable: from then on the email is accepted, and the next start sends
-// it. On failure the file is gone and b released.
+// it. On failure the file is gone and b's file closed.
 func (s *spool) commit(b *body, name string) error {
 	path := filepath.Join(s.dir, name)
+	// Closed across the rename: Windows cannot rename an open file.
+	_, off, n := b.r.(*io.SectionReader).Outer()
+	b.file.Close()
 	err := os.Rename(path+tmpSuffix, path)
-	if err == nil {
-		b.temp = false // the spool removes it with the result
-		if err = syncDir(s.dir); err != nil {
-			os.Remove(path)
-		}
-	}
 	if err != nil {
-		b.release()
+		os.Remove(path + tmpSuffix)
 		return fmt.Errorf("mxrelay: spool: %w", err)
 	}
+	f, err := os.Open(path)
+	if err == nil {
+		err = syncDir(s.dir)
+	}
+	if err != nil {
+		if f != nil {
+			f.Close()
+		}
+		os.Remove(path)
+		return fmt.Errorf("mxrelay: spool: %w", err)
+	}
+	b.file, b.temp = f, false // the spool removes it with the result
+	b.r = io.NewSectionReader(f, off, n)
 	return nil
 }
 
