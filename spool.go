@@ -184,7 +184,15 @@ func (s *spool) start() ([]*spooled, error) {
 		if !isSpoolName(filepath.Base(path)) {
 			continue // not one of ours: left alone
 		}
-		sp, err := readSpooled(path)
+		var sp *spooled
+		fi, err := os.Lstat(path)
+		if err == nil && !fi.Mode().IsRegular() {
+			// A FIFO would block the open, a link leads elsewhere.
+			err = errors.New("not a regular file")
+		}
+		if err == nil {
+			sp, err = readSpooled(path)
+		}
 		if err != nil {
 			// A file only has its name once it is whole: this one was
 			// damaged since. Set aside for a human, neither sent nor lost.

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -61,4 +62,37 @@ func TestSpoolFullDiskRefusesTheEmail(t *testing.T) {
 	_, err = c.Send(context.Background(), spoolTestEmail("fits"))
 	require.NoError(t, err)
 	require.Len(t, relay.Mailbox(), 1)
+}
+
+// TestSpoolSetsAsideWhatIsNotAFile: a .msg name that is a FIFO (or a
+// symlink, a directory) is not ours: opening a FIFO would block New for
+// ever. It is set aside, unopened.
+func TestSpoolSetsAsideWhatIsNotAFile(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "0000000000000001-000001.msg")
+	require.NoError(t, syscall.Mkfifo(fifo, 0o600))
+	link := filepath.Join(dir, "0000000000000001-000002.msg")
+	require.NoError(t, os.Symlink("/dev/null", link))
+	opened := make(chan error, 1)
+	go func() {
+		s, _, err := openSpool(dir, false)
+		if err == nil {
+			s.close()
+		}
+		opened <- err
+	}()
+	select {
+	case err := <-opened:
+		require.NoError(t, err)
+	case <-time.After(10 * time.Second):
+		// Unblock the open so that the goroutine ends.
+		if w, err := os.OpenFile(fifo, os.O_WRONLY, 0); err == nil {
+			w.Close()
+		}
+		<-opened
+		t.Fatal("New blocked opening a FIFO named like an email")
+	}
+	require.FileExists(t, fifo+".bad")
+	_, err := os.Lstat(link + ".bad")
+	require.NoError(t, err)
 }
