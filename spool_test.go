@@ -6,10 +6,13 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -503,4 +506,71 @@ func TestSpoolPermissions(t *testing.T) {
 		require.NoError(t, err)
 		assert.Zero(t, info.Mode().Perm()&0o077, "%s: %v", e.Name(), info.Mode())
 	}
+}
+
+// TestSpoolEnqueueRacingClose: Enqueues from several goroutines race
+// Close; then a new Client takes the directory. Every email accepted has
+// its result (sent, or handed back and sent by the new Client), and no
+// email refused is ever sent.
+func TestSpoolEnqueueRacingClose(t *testing.T) {
+	s := newRelay(t, nil)
+	dir := t.TempDir()
+	c, err := mxrelay.New(s.URL, s.APIKey, fast(&mxrelay.Options{SpoolDir: dir}))
+	require.NoError(t, err)
+	var mu sync.Mutex
+	accepted, refused := map[string]*mxrelay.Handle{}, map[string]bool{}
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Go(func() {
+			for i := range 40 {
+				id := fmt.Sprintf("g%d-%d", g, i)
+				e := mail(id)
+				e.ID = id
+				h, err := c.Enqueue(e)
+				mu.Lock()
+				if err != nil {
+					assert.ErrorIs(t, err, mxrelay.ErrClosed)
+					refused[id] = true
+				} else {
+					accepted[id] = h
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	for {
+		mu.Lock()
+		n := len(accepted)
+		mu.Unlock()
+		if n >= 20 {
+			break
+		}
+		runtime.Gosched()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Millisecond)
+	defer cancel()
+	c.Close(ctx)
+	wg.Wait()
+	handedBack := 0
+	for _, h := range accepted {
+		_, err := h.Wait(ctxT(t))
+		if errors.Is(err, mxrelay.ErrSpooled) {
+			handedBack++
+		}
+	}
+
+	c = newClient(t, s, &mxrelay.Options{SpoolDir: dir})
+	require.Len(t, c.Recovered(), handedBack)
+	for _, h := range c.Recovered() {
+		_, err := h.Wait(ctxT(t))
+		require.NoError(t, err)
+	}
+	require.NoError(t, c.Close(ctxT(t)))
+	for _, sub := range subjects(s) {
+		assert.False(t, refused[sub], "%s: refused, yet sent", sub)
+		assert.NotNil(t, accepted[sub], "%s: sent, never accepted", sub)
+	}
+	assert.Equal(t, len(accepted), len(spoolResults(t, dir)), "one result per accepted email")
+	assert.Empty(t, spoolFiles(t, dir))
+	t.Logf("%d accepted (%d handed back), %d refused", len(accepted), handedBack, len(refused))
 }
