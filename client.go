@@ -272,7 +272,7 @@ func (c *Client) queue(em *email, timeout time.Duration, reserved bool) error {
 	c.stats.EmailsQueued++
 	if timeout > 0 {
 		em.timer = time.AfterFunc(timeout, func() {
-			c.cancel(em, fmt.Errorf("%w: %w: email timeout of %v", ErrCanceled, context.DeadlineExceeded, timeout))
+			c.cancel(em, fmt.Errorf("%w: %w: email timeout of %v", ErrCanceled, context.DeadlineExceeded, em.cfg.timeout))
 		})
 	}
 	c.mu.Unlock()
@@ -311,6 +311,7 @@ func (c *Client) replay(left []*spooled) {
 		var timeout time.Duration
 		if !h.Deadline.IsZero() {
 			timeout = max(time.Until(h.Deadline), time.Nanosecond)
+			em.cfg.timeout = h.Deadline.Sub(h.Queued) // as given, for the error
 		}
 		b, err := sp.body(c.opts.FixLineEndings, c.opts.maxLine())
 		if b == nil {

@@ -210,6 +210,7 @@ func TestSpoolDeadlineSurvivesARestart(t *testing.T) {
 	require.Len(t, rec, 1)
 	_, err = rec[0].Wait(ctxT(t))
 	require.ErrorIs(t, err, context.DeadlineExceeded)
+	assert.ErrorContains(t, err, "email timeout of 50ms", "the timeout given, not what was left of it")
 	assert.Empty(t, subjects(s))
 }
 
