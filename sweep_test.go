@@ -103,11 +103,11 @@ type traffic struct {
 
 // recordSweep sends the batch once with no fault and returns its one
 // channel's traffic.
-func recordSweep(t *testing.T, lockstep bool) traffic {
+func recordSweep(t *testing.T, m sweepMode) traffic {
 	var mu sync.Mutex
 	var tr traffic
 	channels := map[[2]int]bool{}
-	s := newRelay(t, &relaytest.Options{OnSMTPData: func(d relaytest.SMTPData) {
+	s := newRelay(t, &relaytest.Options{HideExtensions: m.hide, OnSMTPData: func(d relaytest.SMTPData) {
 		mu.Lock()
 		defer mu.Unlock()
 		channels[[2]int{d.Conn, d.Channel}] = true
@@ -117,7 +117,7 @@ func recordSweep(t *testing.T, lockstep bool) traffic {
 			tr.up = append(tr.up, d.Data...)
 		}
 	}})
-	_, n := sweepRun(t, s, sweepOptions(lockstep), "recorded")
+	_, n := sweepRun(t, s, sweepOptions(m.lockstep), "recorded")
 	require.Equal(t, len(sweepSizes), n.delivered)
 	mu.Lock()
 	defer mu.Unlock()
@@ -200,24 +200,20 @@ func parseTraffic(t *testing.T, tr traffic) []smtpStep {
 
 // sweepPoints returns the cut points of a stream of n bytes: with every,
 // each of 0 to n. Otherwise the offsets next to a boundary (marks: where
-// a line or a body starts or ends; a cut is before the mark, exactly at it
-// or just after), and between boundaries one offset in lineStride, or in
-// bodyStride inside a body.
+// a line or a body starts or ends; a cut just before the mark, exactly at
+// it, or just after), and inside bodies one offset in 64 KiB.
 func sweepPoints(n int, marks []int, bodies [][2]int, every bool) []int {
-	const near, lineStride, bodyStride = 1, 16, 64 << 10
+	const near, bodyStride = 1, 64 << 10
 	var out []int
 	for k := 0; k <= n; k++ {
 		keep := every || k == n
 		for _, m := range marks {
 			keep = keep || (k >= m-near && k <= m+near)
 		}
-		stride, from := lineStride, 0
 		for _, b := range bodies {
-			if k >= b[0] && k < b[1] {
-				stride, from = bodyStride, b[0]
-			}
+			keep = keep || (k >= b[0] && k < b[1] && (k-b[0])%bodyStride == 0)
 		}
-		if keep || (k-from)%stride == 0 {
+		if keep {
 			out = append(out, k)
 		}
 	}
@@ -233,6 +229,19 @@ func lineStarts(b []byte, from, to int) []int {
 		}
 	}
 	return out
+}
+
+// sweepMode is how the client sends the swept batch.
+type sweepMode struct {
+	name     string
+	lockstep bool     // Options.DisablePipelining
+	hide     []string // extensions the relay hides
+}
+
+var sweepModes = []sweepMode{
+	{name: "pipelined BDAT"},
+	{name: "lock-step BDAT", lockstep: true},
+	{name: "pipelined DATA", hide: []string{"CHUNKING"}}, // the body dot-stuffed
 }
 
 // TestCutAtEveryByte records the SMTP traffic of a batch of five emails
@@ -252,29 +261,30 @@ func lineStarts(b []byte, from, to int) []int {
 // A run costs about 0.1 s under -race (the batch is 350 KB), so the
 // default run does not cut after every byte: it cuts next to every
 // boundary (the byte before, at and after the start and end of each
-// command line, reply line and body), one byte in 16 inside command and
-// reply lines, and one in 64 KiB inside bodies (the client cannot tell
-// which body byte it was cut after). -sweep.every cuts after every byte:
-// some 350,000 runs per mode for the client's direction, hours under
-// -race.
+// command line, reply line and body, of each dot-leading body line, and
+// of the final "." of DATA), and one byte in 64 KiB inside bodies: about
+// 230 runs per mode. A cut inside a line is not different, for the
+// client, from one a byte after the line's start or before its end, nor
+// is one inside a body from another. -sweep.every cuts after every byte:
+// some 1,200 runs per mode for the replies, minutes, and 350,000 per mode
+// for the client's bytes, hours under -race.
 //
 // Beyond the rule, the recorded traffic says when an email cannot be
 // unknown: the client writes an end of data only after the replies it
-// waits for (in lock-step, the previous command's; pipelined, EHLO's), so
-// a cut before that reply was complete, or before the relay had the whole
-// command it answers, leaves that email not sent, hence retried and
-// delivered. And since Retries is ample and the only fault is the one
-// cut, every email is delivered or unknown: none fails otherwise.
+// waits for (in lock-step, the previous command's; for DATA, the 354;
+// pipelined BDAT, EHLO's), so a cut before that reply was complete, or
+// before the relay had the whole command it answers, leaves that email
+// not sent, hence retried and delivered. And since Retries is ample and
+// the only fault is the one cut, every email is delivered or unknown:
+// none fails otherwise.
 func TestCutAtEveryByte(t *testing.T) {
 	if testing.Short() {
 		t.Skip("the sweep sends thousands of batches")
 	}
-	for _, mode := range []struct {
-		name     string
-		lockstep bool
-	}{{"pipelined", false}, {"lock-step", true}} {
+	for _, mode := range sweepModes {
 		t.Run(mode.name, func(t *testing.T) {
-			tr := recordSweep(t, mode.lockstep)
+			t.Parallel() // each mode is CPU-bound and single-threaded, mostly
+			tr := recordSweep(t, mode)
 			steps := parseTraffic(t, tr)
 			var bodies [][2]int
 			upMarks := []int{0}
@@ -288,6 +298,14 @@ func TestCutAtEveryByte(t *testing.T) {
 				if st.body != [2]int{} {
 					bodies = append(bodies, st.body)
 					upMarks = append(upMarks, st.body[0], st.body[1])
+					for _, l := range lineStarts(tr.up, st.body[0], st.body[1]) {
+						if l < len(tr.up) && tr.up[l] == '.' {
+							upMarks = append(upMarks, l, l+1) // a dot-leading line, stuffed for DATA
+						}
+					}
+					if st.verb == "." {
+						upMarks = append(upMarks, st.body[1]-3) // the final ".\r\n"
+					}
 				}
 				if st.verb == "EHLO" {
 					ehlo = j
@@ -296,7 +314,7 @@ func TestCutAtEveryByte(t *testing.T) {
 					continue
 				}
 				prev := steps[j-1]
-				if !mode.lockstep {
+				if !mode.lockstep && st.verb == "BDAT" {
 					prev = steps[ehlo]
 				}
 				gateUp[st.email] = prev.end()
@@ -317,7 +335,7 @@ func TestCutAtEveryByte(t *testing.T) {
 				for _, k := range dir.points {
 					tag := fmt.Sprintf("%c%07d", dir.name[3], k)
 					t.Run(fmt.Sprintf("%s/after=%d", dir.name, k), func(t *testing.T) {
-						s := newRelay(t, nil)
+						s := newRelay(t, &relaytest.Options{HideExtensions: mode.hide})
 						s.Inject(relaytest.Fault{Kind: relaytest.DropAfterBytes, Bytes: int64(k), FromServer: dir.fromServer})
 						all, n := sweepRun(t, s, sweepOptions(mode.lockstep), tag)
 						assert.Empty(t, s.Faults(), "the first channel took the fault")
