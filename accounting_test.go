@@ -91,6 +91,9 @@ type faultRun struct {
 	emails     int
 	faultEvery int  // one fault per this many emails ended, on average
 	chunking   bool // false: the relay hides CHUNKING, the client sends DATA
+	// closeAfter, if positive, closes the client with a context already
+	// ended once that many emails have ended: the rest are handed back.
+	closeAfter int
 	opts       mxrelay.Options
 }
 
@@ -161,6 +164,18 @@ func accountingRun(t *testing.T, fr faultRun) tally {
 		if r.IntN(10) == 0 {
 			time.Sleep(time.Millisecond)
 		}
+	}
+	if fr.closeAfter > 0 {
+		deadline := time.Now().Add(5 * time.Minute)
+		for st := c.Stats(); int(st.EmailsProcessed+st.EmailsFailed) < fr.closeAfter; st = c.Stats() {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d emails ended, not %d: %+v", st.EmailsProcessed+st.EmailsFailed, fr.closeAfter, st)
+			}
+			time.Sleep(time.Millisecond)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		assert.ErrorIs(t, c.Close(ctx), context.Canceled, "emails handed back")
 	}
 	waitAll(t, 5*time.Minute, all)
 	halt()
