@@ -42,6 +42,9 @@ var sweepBodies = sync.OnceValue(func() []string {
 	return bodies
 })
 
+// sweepTag tags the recorded batch; the tag of every run is as long.
+const sweepTag = "recorded"
+
 // sweepEmails returns the swept batch, its subjects tagged with tag. Every
 // tag must have the same length, so that every run writes the same bytes
 // at the same offsets as the recorded one.
@@ -101,27 +104,42 @@ type traffic struct {
 	up, down []byte // client to upstream, upstream to client
 }
 
+// firstChannel records the SMTP traffic of a relay's first channel, for
+// relaytest.Options.OnSMTPData.
+type firstChannel struct {
+	mu     sync.Mutex
+	tr     traffic
+	others bool // another channel carried bytes
+}
+
+func (f *firstChannel) on(d relaytest.SMTPData) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	switch {
+	case d.Conn != 1 || d.Channel != 1:
+		f.others = true
+	case d.FromServer:
+		f.tr.down = append(f.tr.down, d.Data...)
+	default:
+		f.tr.up = append(f.tr.up, d.Data...)
+	}
+}
+
+func (f *firstChannel) traffic() (traffic, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.tr, f.others
+}
+
 // recordSweep sends the batch once with no fault and returns its one
 // channel's traffic.
 func recordSweep(t *testing.T, m sweepMode) traffic {
-	var mu sync.Mutex
-	var tr traffic
-	channels := map[[2]int]bool{}
-	s := newRelay(t, &relaytest.Options{HideExtensions: m.hide, OnSMTPData: func(d relaytest.SMTPData) {
-		mu.Lock()
-		defer mu.Unlock()
-		channels[[2]int{d.Conn, d.Channel}] = true
-		if d.FromServer {
-			tr.down = append(tr.down, d.Data...)
-		} else {
-			tr.up = append(tr.up, d.Data...)
-		}
-	}})
-	_, n := sweepRun(t, s, sweepOptions(m.lockstep), "recorded")
+	var rec firstChannel
+	s := newRelay(t, &relaytest.Options{HideExtensions: m.hide, OnSMTPData: rec.on})
+	_, n := sweepRun(t, s, sweepOptions(m.lockstep), sweepTag)
 	require.Equal(t, len(sweepSizes), n.delivered)
-	mu.Lock()
-	defer mu.Unlock()
-	require.Len(t, channels, 1, "the batch went in one session")
+	tr, others := rec.traffic()
+	require.False(t, others, "the batch went in one session")
 	return tr
 }
 
@@ -344,10 +362,20 @@ func TestCutAtEveryByte(t *testing.T) {
 				for _, k := range dir.points {
 					tag := fmt.Sprintf("%c%07d", dir.name[3], k)
 					t.Run(fmt.Sprintf("%s/after=%d", dir.name, k), func(t *testing.T) {
-						s := newRelay(t, &relaytest.Options{HideExtensions: mode.hide})
+						var first firstChannel
+						s := newRelay(t, &relaytest.Options{HideExtensions: mode.hide, OnSMTPData: first.on})
 						s.Inject(relaytest.Fault{Kind: relaytest.DropAfterBytes, Bytes: int64(k), FromServer: dir.fromServer})
 						all, n := sweepRun(t, s, sweepOptions(mode.lockstep), tag)
 						assert.Empty(t, s.Faults(), "the first channel took the fault")
+						// The first channel carried the recorded bytes, up to
+						// the cut, which came after exactly k: the offsets
+						// (and the gates below) mean what the recording says.
+						cut, _ := first.traffic()
+						want := traffic{up: bytes.ReplaceAll(tr.up, []byte(sweepTag+"-"), []byte(tag+"-")), down: tr.down}
+						got := map[bool][]byte{false: cut.up, true: cut.down}[dir.fromServer]
+						assert.Len(t, got, min(k, len(map[bool][]byte{false: want.up, true: want.down}[dir.fromServer])))
+						assert.True(t, bytes.HasPrefix(want.up, cut.up), "the client's bytes are the recorded ones")
+						assert.True(t, bytes.HasPrefix(want.down, cut.down), "the replies are the recorded ones")
 						assert.Zero(t, n.failed+n.givenBack, "one cut and ample retries: delivered or unknown")
 						for i, m := range all {
 							if k < dir.gate[i] {
