@@ -90,7 +90,11 @@ func subjects(s *relaytest.Server) []string {
 	return out
 }
 
+// subjectOf returns the Subject of a message, from its header.
 func subjectOf(data []byte) string {
+	if i := bytes.Index(data, []byte("\r\n\r\n")); i >= 0 {
+		data = data[:i+2]
+	}
 	for _, line := range strings.Split(string(data), "\r\n") {
 		if v, ok := strings.CutPrefix(line, "Subject: "); ok {
 			return v

@@ -253,6 +253,7 @@ func (ch *channel) tapClient(p []byte) (out []byte, act int) {
 		}
 		ch.upCount += int64(len(p))
 	}
+	ch.observe(false, p)
 	if ch.mode != modeCommand && len(ch.line) > 0 {
 		// The reply tap switched modes while a partial line was held (a
 		// client that did not wait for 354): those bytes belong to the new
@@ -623,6 +624,7 @@ func (ch *channel) emitLocked(b []byte) {
 		ch.failLocked("upstream sent bytes that are not valid UTF-8: they cannot travel in a JSON data message (use a binary channel)")
 		return
 	}
+	ch.observe(true, b)
 	for len(b) > 0 {
 		n := len(b)
 		if ch.binary {
@@ -651,6 +653,21 @@ func (ch *channel) emitLocked(b []byte) {
 		ch.dead = true
 		ch.c.send(outFrame{abort: true})
 	}
+}
+
+// observe reports SMTP bytes to Options.OnSMTPData. Called with mu held,
+// which keeps each direction in order.
+func (ch *channel) observe(fromServer bool, p []byte) {
+	on := ch.c.s.opts.OnSMTPData
+	if on == nil || len(p) == 0 {
+		return
+	}
+	defer func() {
+		if v := recover(); v != nil {
+			ch.log.Error("relaytest: OnSMTPData panicked", "panic", v)
+		}
+	}()
+	on(SMTPData{Conn: ch.c.id, Channel: ch.id, FromServer: fromServer, Data: bytes.Clone(p)})
 }
 
 // hideExtensions removes the lines of an EHLO reply whose keyword is in

@@ -98,6 +98,30 @@ type Options struct {
 	// ran). It is called from the SMTP session's goroutine; a panic in it is
 	// recovered and logged.
 	OnMessage func(Message)
+	// OnSMTPData, if set, is called with the SMTP bytes of every channel in
+	// the unit Fault.DropAfterBytes counts: the SMTP stream of one channel,
+	// without WebSocket framing, JSON encoding or control messages. Bytes
+	// from the client are reported as they arrive, before the relay parses
+	// them; bytes to the client as they are queued for it, after faults
+	// have changed them. A stream cut by DropAfterBytes is reported up to
+	// the cut. It is called from the relay's goroutines, in order within
+	// one direction of a channel, and must not call the Server's methods
+	// that wait for connections (Close, CloseClientConnections); a panic in
+	// it is recovered and logged. Nil: not called.
+	OnSMTPData func(SMTPData)
+}
+
+// SMTPData is a piece of the SMTP stream of a channel, for
+// Options.OnSMTPData.
+type SMTPData struct {
+	// Conn numbers the relay's WebSockets from 1 in the order they were
+	// accepted; Channel numbers the channels of one WebSocket from 1.
+	Conn, Channel int
+	// FromServer is the direction: false from the client to the upstream,
+	// true from the upstream (or the relay's own replies) to the client.
+	FromServer bool
+	// Data is the caller's to keep.
+	Data []byte
 }
 
 // Latency is an injected delay per direction, applied to every frame the

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -614,4 +615,40 @@ func TestDisableBinary(t *testing.T) {
 	require.NoError(t, c.expect(wire.TypeChannelReady).Unmarshal(&r))
 	assert.False(t, r.Binary)
 	assert.Equal(t, "220", code(c.reply()))
+}
+
+// OnSMTPData reports each channel's SMTP stream in the unit DropAfterBytes
+// counts: a cut after k bytes is seen as the first k bytes of the stream.
+func TestOnSMTPData(t *testing.T) {
+	var mu sync.Mutex
+	got := map[bool][]byte{}
+	var ids []SMTPData
+	s := NewServer(&Options{OnSMTPData: func(d SMTPData) {
+		mu.Lock()
+		defer mu.Unlock()
+		got[d.FromServer] = append(got[d.FromServer], d.Data...)
+		ids = append(ids, SMTPData{Conn: d.Conn, Channel: d.Channel})
+		if string(d.Data) == "NOOP\r\n" {
+			panic("recovered and logged")
+		}
+	}})
+	defer s.Close()
+	s.Inject(Fault{Kind: DropAfterBytes, Bytes: int64(len("NOOP\r\nEHL"))})
+	c := dial(t, s)
+	c.auth(s.APIKey)
+	greeting := c.open(true)
+	noop := c.cmd("NOOP")
+	assert.Equal(t, "250", code(noop))
+	c.write("EHLO x\r\n")
+	_, _, ok := c.allData()
+	assert.False(t, ok, "cut")
+	c.expectClose(cutStatus)
+
+	mu.Lock()
+	defer mu.Unlock()
+	assert.Equal(t, "NOOP\r\nEHL", string(got[false]), "up to the cut")
+	assert.Equal(t, greeting+noop, string(got[true]))
+	for _, id := range ids {
+		assert.Equal(t, SMTPData{Conn: 1, Channel: 1}, id)
+	}
 }
