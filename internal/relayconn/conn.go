@@ -118,10 +118,11 @@ type Conn struct {
 
 	closeReq chan closeRequest // buffered 1: the first request wins
 
-	mu   sync.Mutex
-	ch   *Channel // current channel, until SMTP_CHANNEL_CLOSED
-	dead chan struct{}
-	err  error // why the connection ended
+	mu    sync.Mutex
+	ch    *Channel // current channel, until SMTP_CHANNEL_CLOSED
+	dead  chan struct{}
+	err   error // why the connection ended
+	cause error // why a close was asked for, before err is set
 }
 
 type closeRequest struct {
@@ -209,6 +210,11 @@ func (c *Conn) fail(err error) {
 		c.mu.Unlock()
 		return
 	}
+	if c.cause != nil {
+		// A close was asked for this reason: the reader's "closed"
+		// that may come first is its consequence.
+		err = c.cause
+	}
 	c.err = err
 	ch := c.ch
 	c.ch = nil
@@ -235,6 +241,13 @@ func (c *Conn) shutdown(code websocket.StatusCode, reason string, err error) {
 }
 
 func (c *Conn) request(req closeRequest, err error) {
+	// The reason is claimed before the request, so that the reader, which
+	// fails as soon as the closer acts, reports it and not "closed".
+	c.mu.Lock()
+	if c.err == nil && c.cause == nil {
+		c.cause = err
+	}
+	c.mu.Unlock()
 	// The request goes first: once fail wakes the waiters, the owner may
 	// call Close, and the status we chose must win over its 1000.
 	select {
