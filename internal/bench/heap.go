@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"os"
 	"runtime"
 	"runtime/metrics"
 	"time"
@@ -25,6 +26,14 @@ func QueueHeap(c Client, m Mail, n int) (float64, error) {
 	defer relay.Close()
 	relay.SetDown(true)
 	o := c.Options(n + 1)
+	if c.Spool {
+		dir, err := os.MkdirTemp("", "mxbench-spool-*")
+		if err != nil {
+			return 0, err
+		}
+		defer os.RemoveAll(dir)
+		o.SpoolDir = dir
+	}
 	o.ReconnectInterval = time.Hour // no second try during the measurement
 	client, err := mxrelay.New(relay.URL, relay.APIKey, &o)
 	if err != nil {
