@@ -21,15 +21,30 @@ import (
 
 var sweepEvery = flag.Bool("sweep.every", false, "TestCutAtEveryByte cuts after every byte, inside the bodies too")
 
-// sweepSizes are the body sizes of the swept batch: almost nothing, 1 KiB,
-// 40 KiB, 300 KiB (two BDAT chunks, several frames), and a short body made
-// of dot-leading lines.
-var sweepSizes = []int{0, 1 << 10, 40 << 10, 300 << 10, -1}
+var sweepSizesFlag = flag.String("sweep.sizes", "0,1024,40960,307200,-1",
+	"body sizes of TestCutAtEveryByte's batch, comma-separated; -1 is a body of dot-leading lines")
+
+// sweepSizes are the body sizes of the swept batch, by default: almost
+// nothing, 1 KiB, 40 KiB, 300 KiB (two BDAT chunks, several frames), and a
+// short body made of dot-leading lines. .ci/run also sweeps every byte of
+// a batch of small ones (-sweep.sizes 0,100,400,1000,-1), whose client
+// bytes are few enough to cut after each.
+var sweepSizes = sync.OnceValue(func() []int {
+	var sizes []int
+	for _, f := range strings.Split(*sweepSizesFlag, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil {
+			panic(fmt.Sprintf("-sweep.sizes: %v", err))
+		}
+		sizes = append(sizes, n)
+	}
+	return sizes
+})
 
 // sweepBodies are the bodies of the swept batch, after their header.
 var sweepBodies = sync.OnceValue(func() []string {
 	var bodies []string
-	for _, size := range sweepSizes {
+	for _, size := range sweepSizes() {
 		var b strings.Builder
 		if size < 0 {
 			b.WriteString(".\r\n..\r\n.hidden line\r\n. \r\n.\r\n")
@@ -67,7 +82,7 @@ func sweepEmails(tag string) ([]mxrelay.Email, []string) {
 func sweepOptions(lockstep bool) *mxrelay.Options {
 	return &mxrelay.Options{
 		DisablePipelining:    lockstep,
-		MaxEmailsPerSession:  len(sweepSizes),
+		MaxEmailsPerSession:  len(sweepSizes()),
 		BatchWait:            10 * time.Second,
 		Retries:              10,
 		RetryInterval:        time.Millisecond,
@@ -137,7 +152,7 @@ func recordSweep(t *testing.T, m sweepMode) traffic {
 	var rec firstChannel
 	s := newRelay(t, &relaytest.Options{HideExtensions: m.hide, OnSMTPData: rec.on})
 	_, n := sweepRun(t, s, sweepOptions(m.lockstep), sweepTag)
-	require.Equal(t, len(sweepSizes), n.delivered)
+	require.Equal(t, len(sweepSizes()), n.delivered)
 	tr, others := rec.traffic()
 	require.False(t, others, "the batch went in one session")
 	return tr
@@ -317,10 +332,10 @@ func TestCutAtEveryByte(t *testing.T) {
 			upMarks := []int{0}
 			// gate[i]: the bytes of each stream that must have passed before
 			// the client may write email i's end of data.
-			gateUp := make([]int, len(sweepSizes))
-			gateDown := make([]int, len(sweepSizes))
+			gateUp := make([]int, len(sweepSizes()))
+			gateDown := make([]int, len(sweepSizes()))
 			// answered[i]: the end of email i's reply to its end of data.
-			answered := make([]int, len(sweepSizes))
+			answered := make([]int, len(sweepSizes()))
 			ehlo := -1
 			for j, st := range steps {
 				upMarks = append(upMarks, st.cmd[0], st.cmd[1])
