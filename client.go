@@ -335,8 +335,8 @@ func (c *Client) replay(left []*spooled) {
 // Recovered returns the Handles of the emails that New found in
 // Options.SpoolDir, accepted by a previous Client and not finished: they
 // are sent again (or, if their end of data may have reached the server
-// and RetryUnknown is off, failed at once as unknown outcomes). Empty
-// without a spool.
+// and RetryUnknown is off, failed at once as unknown outcomes). They are
+// queued even past MaxQueueSize. Empty without a spool.
 func (c *Client) Recovered() []*Handle { return slices.Clone(c.recovered) }
 
 // refusal is why no email can be accepted now, or nil. c.mu is held.
