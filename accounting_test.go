@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"runtime/pprof"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -213,23 +214,40 @@ func waitAll(t testing.TB, d time.Duration, all []sentEmail) {
 // endings counts, by email ID, the events that end an email
 // (EventEmailProcessed, EventEmailFailed): one each, for one Result each.
 type endings struct {
-	mu sync.Mutex
-	n  map[string]int
+	mu      sync.Mutex
+	n       map[string]int
+	retries map[string][]string // why each attempt before the last failed
 }
 
 // watchEndings sets o.OnEvent (and an EventBuffer that loses nothing in
 // these runs) to count the endings.
 func watchEndings(o *mxrelay.Options) *endings {
-	e := &endings{n: map[string]int{}}
+	e := &endings{n: map[string]int{}, retries: map[string][]string{}}
 	o.EventBuffer = 1 << 20
 	o.OnEvent = func(ev mxrelay.Event) {
-		if ev.Type == mxrelay.EventEmailProcessed || ev.Type == mxrelay.EventEmailFailed {
+		switch ev.Type {
+		case mxrelay.EventEmailProcessed, mxrelay.EventEmailFailed:
 			e.mu.Lock()
 			e.n[ev.EmailID]++
+			e.mu.Unlock()
+		case mxrelay.EventEmailRetrying:
+			e.mu.Lock()
+			e.retries[ev.EmailID] = append(e.retries[ev.EmailID], fmt.Sprintf("attempt %d in %s: %v", ev.Attempt, ev.SessionID, ev.Err))
 			e.mu.Unlock()
 		}
 	}
 	return e
+}
+
+// history says why an email's earlier attempts failed, for a failing
+// assertion's message.
+func (e *endings) history(id string) string {
+	if e == nil {
+		return "no events recorded"
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return strings.Join(e.retries[id], "; ")
 }
 
 // tally is the split of a run's results.
@@ -323,7 +341,7 @@ func checkAccounting(t testing.TB, c *mxrelay.Client, s *relaytest.Server, all [
 			n.duplicates += max(k-1, 0)
 			switch {
 			case accepted[rcpt] && !res.MaybeDelivered:
-				assert.Equal(t, 1, k, "%s to %s delivered once", m.subject, rcpt)
+				assert.Equal(t, 1, k, "%s to %s delivered once (%d attempts, last in %s; %s)", m.subject, rcpt, res.Attempts, res.SessionID, ends.history(m.h.ID()))
 			case accepted[rcpt]:
 				assert.GreaterOrEqual(t, k, 1, "%s to %s reported delivered, so the mailbox has it", m.subject, rcpt)
 				assert.LessOrEqual(t, k, copies, "%s to %s", m.subject, rcpt)

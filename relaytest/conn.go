@@ -502,7 +502,6 @@ func (c *conn) dropChannel() {
 	ch.unwatch()
 	_ = ch.up.Close()
 	<-ch.done
-	c.s.forgetStored(ch.addr)
 }
 
 // data handles SMTP bytes from the client.

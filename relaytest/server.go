@@ -177,7 +177,8 @@ type Server struct {
 	mailbox    []stored
 	stats      Stats
 	nextID     uint64
-	storedBy   map[string][]uint64 // IDs of stored messages awaiting their 2xx reply, by upstream connection (relay side local address)
+	storedBy   map[int][]uint64 // IDs of stored messages awaiting their 2xx reply, by upstream connection
+	seqByAddr  map[string]int   // the upstream connection now from each relay-side address
 }
 
 // Stats counts what a Server saw since it started.
@@ -239,7 +240,8 @@ func NewUnstartedServer(opts *Options) *Server {
 		tunnels:   make(map[net.Conn]context.CancelFunc),
 		accepting: make(map[chan struct{}]struct{}),
 		upConns:   make(map[*trackedConn]struct{}),
-		storedBy:  make(map[string][]uint64),
+		storedBy:  make(map[int][]uint64),
+		seqByAddr: make(map[string]int),
 	}
 }
 

@@ -54,11 +54,17 @@ func (s *Server) Mailbox() []Message {
 	return out
 }
 
-func (s *Server) deliver(addr string, m Message) {
+// deliver stores m, received on the upstream connection seq from addr.
+func (s *Server) deliver(addr string, seq int, m Message) {
 	s.mu.Lock()
 	s.nextID++
 	s.mailbox = append(s.mailbox, stored{id: s.nextID, m: m})
-	s.storedBy[addr] = append(s.storedBy[addr], s.nextID)
+	// Paired with a reply only while seq is the connection from addr: go-smtp
+	// may finish a BDAT message after the relay closed the connection,
+	// when its port may already serve another one.
+	if cur, ok := s.seqByAddr[addr]; ok && cur == seq {
+		s.storedBy[seq] = append(s.storedBy[seq], s.nextID)
+	}
 	s.mu.Unlock()
 	s.log.Info("relaytest: message received", "from", m.From, "to", m.To, "bytes", len(m.Data), "session", m.Session)
 	if s.opts.OnMessage == nil {
@@ -87,11 +93,12 @@ type stored struct {
 func (s *Server) takeStored(addr string) (uint64, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	ids := s.storedBy[addr]
-	if len(ids) == 0 {
+	seq, ok := s.seqByAddr[addr]
+	ids := s.storedBy[seq]
+	if !ok || len(ids) == 0 {
 		return 0, false
 	}
-	s.storedBy[addr] = ids[1:]
+	s.storedBy[seq] = ids[1:]
 	return ids[0], true
 }
 
@@ -103,11 +110,24 @@ func (s *Server) withdraw(id uint64) {
 	s.mailbox = slices.DeleteFunc(s.mailbox, func(sm stored) bool { return sm.id == id })
 }
 
-// forgetStored drops the pairing state of a finished upstream connection.
-func (s *Server) forgetStored(addr string) {
+// sessionStarted makes seq the upstream connection from addr. The relay
+// knows its connections by their address, which the kernel may give to a
+// new connection as soon as the old one is closed.
+func (s *Server) sessionStarted(addr string, seq int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	delete(s.storedBy, addr)
+	s.seqByAddr[addr] = seq
+}
+
+// sessionEnded drops the pairing state of a finished upstream connection,
+// unless its address already belongs to a newer one.
+func (s *Server) sessionEnded(addr string, seq int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.storedBy, seq)
+	if s.seqByAddr[addr] == seq {
+		delete(s.seqByAddr, addr)
+	}
 }
 
 // startSMTP starts the in-process upstream on a loopback port.
@@ -209,7 +229,9 @@ func (b *backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
 	if tc == nil {
 		return nil, errors.New("relaytest: untracked connection")
 	}
-	return &session{s: b.s, conn: tc, addr: c.Conn().RemoteAddr().String(), seq: tc.seq}, nil
+	se := &session{s: b.s, conn: tc, addr: c.Conn().RemoteAddr().String(), seq: tc.seq}
+	b.s.sessionStarted(se.addr, se.seq)
+	return se, nil
 }
 
 var errTruncated = &smtp.SMTPError{
@@ -328,7 +350,7 @@ func (se *session) Data(r io.Reader) error {
 		Received:    time.Now(),
 	}
 	se.mu.Unlock()
-	se.s.deliver(se.addr, m)
+	se.s.deliver(se.addr, se.seq, m)
 	return nil
 }
 
@@ -339,7 +361,10 @@ func (se *session) Reset() {
 	se.mu.Unlock()
 }
 
-func (se *session) Logout() error { return nil }
+func (se *session) Logout() error {
+	se.s.sessionEnded(se.addr, se.seq)
+	return nil
+}
 
 // loginServer is the server side of the LOGIN mechanism
 // (draft-murchison-sasl-login): "Username:" and "Password:" challenges.

@@ -194,3 +194,40 @@ func selfSigned(t *testing.T, host string) (tls.Certificate, *x509.CertPool) {
 	require.NoError(t, err)
 	return cert, pool
 }
+
+// TestPairingSurvivesAReusedPort: the relay pairs a reply to an end of
+// data with the message stored through its upstream connection, which it
+// knows by the connection's local address. go-smtp may store a BDAT
+// message after the relay closed that connection, when the kernel may
+// already have given the port to the next one (on loopback, at once). The
+// late message must not be paired with the new connection's first reply:
+// a fault replacing that reply would withdraw the wrong message, and the
+// mailbox would keep one the client was told was refused (TestChaos saw
+// such a duplicate about once in twenty runs).
+func TestPairingSurvivesAReusedPort(t *testing.T) {
+	s := NewUnstartedServer(nil)
+	const addr = "127.0.0.1:40000"
+	s.sessionStarted(addr, 1)
+	s.deliver(addr, 1, Message{From: "first"})
+	id1, ok := s.takeStored(addr)
+	require.True(t, ok)
+
+	// The relay closes connection 1; connection 2 gets the same port
+	// before go-smtp's goroutine for 1 stores its last message.
+	s.sessionStarted(addr, 2)
+	s.deliver(addr, 1, Message{From: "late"})
+	s.sessionEnded(addr, 1) // Logout of 1 must not undo 2
+	_, ok = s.takeStored(addr)
+	assert.False(t, ok, "the late message of connection 1 is not connection 2's")
+
+	s.deliver(addr, 2, Message{From: "second"})
+	id2, ok := s.takeStored(addr)
+	require.True(t, ok)
+	assert.Greater(t, id2, id1)
+	s.withdraw(id2)
+	var from []string
+	for _, m := range s.Mailbox() {
+		from = append(from, m.From)
+	}
+	assert.Equal(t, []string{"first", "late"}, from, "the withdrawn message is connection 2's")
+}
