@@ -551,13 +551,8 @@ func (w *worker) recordProgress(em *email) {
 		return // nothing new, or it is about to be finished
 	}
 	p := &spoolProgress{File: em.file, Attempts: em.attempts, Unknown: em.unknown,
-		Accepted: slices.Clone(em.accepted), Pending: slices.Clone(em.pending)}
-	for _, r := range em.rejected {
-		if p.Rejected == nil {
-			p.Rejected = map[string]string{}
-		}
-		p.Rejected[r.Address] = r.Err.Error()
-	}
+		Accepted: slices.Clone(em.accepted), Pending: slices.Clone(em.pending),
+		Rejected: rejectedText(em.rejected)}
 	c.mu.Unlock()
 	if err := c.spool.progressed(p); err != nil {
 		// The marker stays unanswered: a restart takes the email for an

@@ -603,12 +603,7 @@ func (s *spool) finished(file string, res *Result) error {
 	if res.Reply.Code != 0 {
 		r.Reply = strconv.Itoa(res.Reply.Code) + " " + res.Reply.Message
 	}
-	for _, rj := range res.Rejected {
-		if r.Rejected == nil {
-			r.Rejected = map[string]string{}
-		}
-		r.Rejected[rj.Address] = rj.Err.Error()
-	}
+	r.Rejected = rejectedText(res.Rejected)
 	line, _ := json.Marshal(r)
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -624,6 +619,19 @@ func (s *spool) finished(file string, res *Result) error {
 		}
 	}
 	return nil
+}
+
+// rejectedText is how the spool records refused recipients: each
+// address with its error's text; nil for none.
+func rejectedText(rs []RecipientError) map[string]string {
+	var m map[string]string
+	for _, r := range rs {
+		if m == nil {
+			m = map[string]string{}
+		}
+		m[r.Address] = r.Err.Error()
+	}
+	return m
 }
 
 func (s *spool) append(line []byte) error {
