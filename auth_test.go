@@ -27,7 +27,7 @@ func selfSigned(t *testing.T) (*tls.Config, *x509.CertPool) {
 func TestSMTPAuth(t *testing.T) {
 	s := newRelay(t, &relaytest.Options{Users: map[string]string{"alice": "s3cret-pw"}})
 	t.Run("good credentials", func(t *testing.T) {
-		c := newClient(t, s, &mxrelay.Options{Username: "alice", Password: "s3cret-pw"})
+		c := newClient(t, s, &mxrelay.Options{Username: "alice", Password: "s3cret-pw", PasswordInClear: true})
 		_, err := c.Send(ctxT(t), mail("authed"))
 		require.NoError(t, err)
 		box := s.Mailbox()
@@ -35,7 +35,7 @@ func TestSMTPAuth(t *testing.T) {
 		assert.Equal(t, "alice", box[0].User)
 	})
 	t.Run("bad credentials fail the waiting emails", func(t *testing.T) {
-		c := newClient(t, s, &mxrelay.Options{Username: "alice", Password: "wrong"})
+		c := newClient(t, s, &mxrelay.Options{Username: "alice", Password: "wrong", PasswordInClear: true})
 		_, err := c.Send(ctxT(t), mail("refused"))
 		var se *mxrelay.SMTPError
 		require.ErrorAs(t, err, &se)
@@ -54,7 +54,7 @@ func TestSMTPAuth(t *testing.T) {
 func TestSMTPAuthLogin(t *testing.T) {
 	s := newRelay(t, &relaytest.Options{Users: map[string]string{"dave": "pw-login"}, AuthMechanisms: []string{"LOGIN"}})
 	logs := &logBuffer{}
-	c := newClient(t, s, &mxrelay.Options{Username: "dave", Password: "pw-login", Logger: logs.logger()})
+	c := newClient(t, s, &mxrelay.Options{Username: "dave", Password: "pw-login", PasswordInClear: true, Logger: logs.logger()})
 	_, err := c.Send(ctxT(t), mail("login"))
 	require.NoError(t, err)
 	require.Len(t, s.Mailbox(), 1)
@@ -67,7 +67,7 @@ func TestSMTPAuthLogin(t *testing.T) {
 
 	t.Run("no mechanism we speak", func(t *testing.T) {
 		s := newRelay(t, &relaytest.Options{Users: map[string]string{"dave": "pw"}, AuthMechanisms: []string{"CRAM-MD5"}})
-		c := newClient(t, s, &mxrelay.Options{Username: "dave", Password: "pw", MaxReconnectAttempts: 5})
+		c := newClient(t, s, &mxrelay.Options{Username: "dave", Password: "pw", PasswordInClear: true, MaxReconnectAttempts: 5})
 		_, err := c.Send(ctxT(t), mail("x"))
 		require.Error(t, err)
 		assert.Equal(t, 1, s.Stats().Channels, "permanent: not retried")
@@ -92,14 +92,14 @@ func TestStartTLS(t *testing.T) {
 
 	t.Run("opportunistic without STARTTLS offered goes on in clear", func(t *testing.T) {
 		plain := newRelay(t, nil)
-		c := newClient(t, plain, &mxrelay.Options{StartTLS: mxrelay.StartTLSOpportunistic})
+		c := newClient(t, plain, &mxrelay.Options{StartTLS: mxrelay.StartTLSOpportunistic, TLSConfig: &tls.Config{ServerName: "mx.test"}})
 		_, err := c.Send(ctxT(t), mail("clear"))
 		require.NoError(t, err)
 	})
 	t.Run("required without STARTTLS offered sends nothing", func(t *testing.T) {
 		plain := newRelay(t, &relaytest.Options{Users: map[string]string{"bob": "pw"}})
 		logs := &logBuffer{}
-		c := newClient(t, plain, &mxrelay.Options{StartTLS: mxrelay.StartTLSRequired, Username: "bob", Password: "pw", Logger: logs.logger()})
+		c := newClient(t, plain, &mxrelay.Options{StartTLS: mxrelay.StartTLSRequired, TLSConfig: &tls.Config{ServerName: "mx.test"}, Username: "bob", Password: "pw", Logger: logs.logger()})
 		_, err := c.Send(ctxT(t), mail("never"))
 		require.Error(t, err)
 		assert.Empty(t, plain.Mailbox())
@@ -124,7 +124,7 @@ func TestDebugLogsHideSecrets(t *testing.T) {
 		t.Run(tc.body, func(t *testing.T) {
 			s := newRelay(t, &relaytest.Options{APIKeys: []string{apiKey}, Users: map[string]string{"carol": password}, HideExtensions: tc.hide})
 			logs := &logBuffer{}
-			c, err := mxrelay.New(s.URL, apiKey, fast(&mxrelay.Options{Username: "carol", Password: password, Logger: logs.logger(), LocalName: "mx-client.example"}))
+			c, err := mxrelay.New(s.URL, apiKey, fast(&mxrelay.Options{Username: "carol", Password: password, PasswordInClear: true, Logger: logs.logger(), LocalName: "mx-client.example"}))
 			require.NoError(t, err)
 			_, err = c.Send(ctxT(t), mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: strings.NewReader(msg("secret body text XYZZY"))})
 			require.NoError(t, err)
@@ -165,9 +165,10 @@ func TestNoAuthWithoutRequiredTLS(t *testing.T) {
 		{name: "handshake fails on the certificate", offer: true, permanent: true, starttls: func(c *upConn) bool {
 			return c.startTLS(serverTLS)
 		}, clientTLS: &tls.Config{ServerName: "mx.test"}},
-		// Any handshake failure under StartTLSRequired is permanent, as
-		// documented, even a connection that ended.
-		{name: "220 then the connection ends", offer: true, permanent: true, starttls: func(c *upConn) bool {
+		// Only a certificate that does not verify is permanent: a
+		// connection that ends in the handshake is retried (and AUTH is
+		// still never sent in clear).
+		{name: "220 then the connection ends", offer: true, starttls: func(c *upConn) bool {
 			c.say("220 2.0.0 go ahead")
 			c.Close()
 			return false
@@ -215,6 +216,9 @@ func TestNoAuthWithoutRequiredTLS(t *testing.T) {
 				}
 			})
 			s := newRelay(t, &relaytest.Options{UpstreamAddr: u.addr})
+			if tc.clientTLS == nil {
+				tc.clientTLS = &tls.Config{ServerName: "mx.test"}
+			}
 			c := newClient(t, s, &mxrelay.Options{StartTLS: mxrelay.StartTLSRequired, TLSConfig: tc.clientTLS, Username: "erin", Password: "pw-needs-tls", MaxReconnectAttempts: 2})
 			_, err := c.Send(ctxT(t), mail("over tls only"))
 			if tc.delivered {

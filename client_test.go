@@ -3,6 +3,7 @@ package mxrelay_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -186,12 +187,35 @@ func TestNewValidatesOptions(t *testing.T) {
 		{name: "user without password", url: "wss://x/smtp", key: "k", o: mxrelay.Options{Username: "u"}},
 		{name: "bad local name", url: "wss://x/smtp", key: "k", o: mxrelay.Options{LocalName: "a b"}},
 		{name: "bad starttls", url: "wss://x/smtp", key: "k", o: mxrelay.Options{StartTLS: 9}},
+		{name: "ws:// to a remote host", url: "ws://relay.example.com/smtp", key: "k"},
+		{name: "ws:// to a remote address", url: "ws://192.0.2.1:8080/smtp", key: "k"},
+		{name: "STARTTLS without TLSConfig", url: "wss://x/smtp", key: "k", o: mxrelay.Options{StartTLS: mxrelay.StartTLSRequired}},
+		{name: "STARTTLS without ServerName", url: "wss://x/smtp", key: "k", o: mxrelay.Options{StartTLS: mxrelay.StartTLSOpportunistic, TLSConfig: &tls.Config{}}},
+		{name: "AUTH without STARTTLS", url: "wss://x/smtp", key: "k", o: mxrelay.Options{Username: "u", Password: "p"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, err := mxrelay.New(tc.url, tc.key, &tc.o)
 			require.Error(t, err)
 			assert.Nil(t, c)
 			assert.True(t, strings.HasPrefix(err.Error(), "mxrelay: "), err.Error())
+		})
+	}
+	for _, tc := range []struct {
+		name, url string
+		o         mxrelay.Options
+	}{
+		{name: "ws:// to localhost", url: "ws://localhost:8080/smtp"},
+		{name: "ws:// to 127.0.0.1", url: "ws://127.0.0.1:8080/smtp"},
+		{name: "ws:// to ::1", url: "ws://[::1]:8080/smtp"},
+		{name: "ws:// to a remote host, allowed", url: "ws://relay.example.com/smtp", o: mxrelay.Options{APIKeyInClear: true}},
+		{name: "STARTTLS with a name", url: "wss://x/smtp", o: mxrelay.Options{StartTLS: mxrelay.StartTLSRequired, TLSConfig: &tls.Config{ServerName: "mx.example.com"}}},
+		{name: "AUTH under STARTTLS", url: "wss://x/smtp", o: mxrelay.Options{Username: "u", Password: "p", StartTLS: mxrelay.StartTLSRequired, TLSConfig: &tls.Config{ServerName: "mx.example.com"}}},
+		{name: "AUTH in clear, allowed", url: "wss://x/smtp", o: mxrelay.Options{Username: "u", Password: "p", PasswordInClear: true}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := mxrelay.New(tc.url, "k", &tc.o)
+			require.NoError(t, err)
+			require.NoError(t, c.Close(context.Background()))
 		})
 	}
 	o := mxrelay.Options{}

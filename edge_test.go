@@ -104,13 +104,13 @@ func TestStartTLSOverJSONChannel(t *testing.T) {
 	serverTLS, pool := selfSigned(t)
 	s := newRelay(t, &relaytest.Options{DisableBinary: true, TLSConfig: serverTLS})
 	t.Run("opportunistic goes on in clear", func(t *testing.T) {
-		c := newClient(t, s, &mxrelay.Options{StartTLS: mxrelay.StartTLSOpportunistic})
+		c := newClient(t, s, &mxrelay.Options{StartTLS: mxrelay.StartTLSOpportunistic, TLSConfig: &tls.Config{ServerName: "mx.test"}})
 		_, err := c.Send(ctxT(t), mail("clear over json"))
 		require.NoError(t, err)
 	})
 	t.Run("required fails at once", func(t *testing.T) {
 		before := s.Stats().Channels
-		c := newClient(t, s, &mxrelay.Options{StartTLS: mxrelay.StartTLSRequired, TLSConfig: &tls.Config{RootCAs: pool}, MaxReconnectAttempts: 5})
+		c := newClient(t, s, &mxrelay.Options{StartTLS: mxrelay.StartTLSRequired, TLSConfig: &tls.Config{RootCAs: pool, ServerName: "mx.test"}, MaxReconnectAttempts: 5})
 		_, err := c.Send(ctxT(t), mail("never"))
 		require.Error(t, err)
 		var ce *mxrelay.ConnectError
@@ -166,7 +166,7 @@ func TestMultiLineGreeting(t *testing.T) {
 	addr, received := fakeSMTP(t)
 	s := newRelay(t, &relaytest.Options{UpstreamAddr: addr})
 	for _, mode := range []mxrelay.StartTLS{mxrelay.StartTLSNever, mxrelay.StartTLSOpportunistic} {
-		c := newClient(t, s, &mxrelay.Options{StartTLS: mode})
+		c := newClient(t, s, &mxrelay.Options{StartTLS: mode, TLSConfig: &tls.Config{ServerName: "mx.test"}})
 		_, err := c.Send(ctxT(t), mail("greeted"))
 		require.NoError(t, err, "mode %d", mode)
 	}

@@ -114,7 +114,7 @@ func TestTransportSendMailAuth(t *testing.T) {
 
 	t.Run("no STARTTLS: PlainAuth refuses a clear connection but to localhost", func(t *testing.T) {
 		clear := newRelay(t, &relaytest.Options{Users: users})
-		tr := newTransport(t, clear, &mxrelay.Options{Username: "alice", Password: "pw-alice"})
+		tr := newTransport(t, clear, &mxrelay.Options{Username: "alice", Password: "pw-alice", PasswordInClear: true})
 		err := tr.SendMail("smtp.example.com:587", smtp.PlainAuth("", "alice", "pw-alice", "smtp.example.com"), "a@example.com", to, body)
 		require.ErrorContains(t, err, "unencrypted connection")
 		assert.Empty(t, clear.Mailbox())

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
+	"strings"
 	"time"
 
 	"github.com/mxrelay/mxrelay/internal/smtpc"
@@ -62,6 +64,10 @@ type Options struct {
 	// behind something that does. Queue, sessions, pipelining and results
 	// are the same. Zero: the mxrelay protocol.
 	RawTunnel bool
+	// APIKeyInClear allows a ws:// relay URL whose host is not a loopback
+	// address: the API key and the SMTP dialogue then cross the network
+	// as readable text. Zero: New refuses such a URL (use wss://).
+	APIKeyInClear bool
 	// DisableBinary stops the client from asking for binary data frames.
 	// Zero: the client asks for them and falls back to JSON text frames when
 	// the relay does not agree.
@@ -71,13 +77,25 @@ type Options struct {
 	LocalName string
 	// Username and Password are SMTP AUTH credentials for the upstream
 	// server. Zero: no AUTH. With credentials the client uses PLAIN, or LOGIN
-	// when the server does not offer PLAIN.
+	// when the server does not offer PLAIN, and only on a session that
+	// STARTTLS protects end to end (see PasswordInClear): New refuses
+	// credentials with StartTLSNever, and a session on which STARTTLS did
+	// not run fails before AUTH, permanently.
 	Username string
 	Password string
+	// PasswordInClear lets AUTH run on a session that STARTTLS does not
+	// protect: the password then crosses the relay, and the relay's own
+	// connection to the upstream, as readable text. For a relay and an
+	// upstream on a network you trust (a test relay on loopback). Zero:
+	// AUTH only under STARTTLS.
+	PasswordInClear bool
 	// StartTLS is the STARTTLS policy. Zero: StartTLSNever.
 	StartTLS StartTLS
-	// TLSConfig configures STARTTLS. Nil: the system roots, and the server
-	// name taken from the upstream's greeting is not known, so set ServerName.
+	// TLSConfig configures STARTTLS. With StartTLSOpportunistic or
+	// StartTLSRequired it is required and its ServerName must be set: the
+	// upstream's certificate is checked against that name, the server the
+	// caller means to reach, never against a name the relay or the server
+	// announce. Its RootCAs nil means the system roots.
 	TLSConfig *tls.Config
 
 	// FixLineEndings makes every bare CR and bare LF in a body a CRLF as it
@@ -292,6 +310,15 @@ func (o Options) validate(relayURL, apiKey string) error {
 	if apiKey == "" && !o.RawTunnel {
 		return errors.New("mxrelay: API key is empty")
 	}
+	if u.Scheme == "ws" && !o.APIKeyInClear && !isLoopback(u.Hostname()) {
+		return fmt.Errorf("mxrelay: relay URL %q is ws:// to a host that is not loopback: the API key would cross the network in clear (use wss://, or set Options.APIKeyInClear)", relayURL)
+	}
+	if o.StartTLS != StartTLSNever && (o.TLSConfig == nil || o.TLSConfig.ServerName == "") {
+		return errors.New("mxrelay: STARTTLS needs Options.TLSConfig with ServerName set: the name the upstream's certificate is checked against (the greeting's name is chosen by the party TLS protects against)")
+	}
+	if o.Username != "" && o.StartTLS == StartTLSNever && !o.PasswordInClear {
+		return errors.New("mxrelay: SMTP AUTH without STARTTLS would send the password in clear through the relay: set StartTLS (with TLSConfig.ServerName), or Options.PasswordInClear")
+	}
 	switch {
 	case o.MaxQueueSize < 0:
 		return errors.New("mxrelay: MaxQueueSize is negative")
@@ -329,6 +356,16 @@ func (o Options) validate(relayURL, apiKey string) error {
 		return err
 	}
 	return nil
+}
+
+// isLoopback reports whether host (a URL's host name, without brackets)
+// is "localhost" or a loopback address.
+func isLoopback(host string) bool {
+	if strings.EqualFold(host, "localhost") || strings.HasSuffix(strings.ToLower(host), ".localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 func checkLocalName(s string) error {

@@ -1,6 +1,7 @@
 package mxrelay_test
 
 import (
+	"crypto/tls"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -14,7 +15,7 @@ import (
 // temporary either, so that a caller does not resend in vain.
 func TestPermanentSetupIsNotTemporary(t *testing.T) {
 	s := newRelay(t, nil)
-	c := newClient(t, s, &mxrelay.Options{StartTLS: mxrelay.StartTLSRequired, MaxReconnectAttempts: 5})
+	c := newClient(t, s, &mxrelay.Options{StartTLS: mxrelay.StartTLSRequired, TLSConfig: &tls.Config{ServerName: "mx.test"}, MaxReconnectAttempts: 5})
 	_, err := c.Send(ctxT(t), mail("never"))
 	var ee *mxrelay.EmailError
 	require.ErrorAs(t, err, &ee)

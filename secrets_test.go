@@ -1,6 +1,7 @@
 package mxrelay_test
 
 import (
+	"crypto/tls"
 	"encoding/base64"
 	"fmt"
 	"net/url"
@@ -70,8 +71,8 @@ func TestSecretsNeverLeakOnFailure(t *testing.T) {
 		{name: "cut during AUTH LOGIN", relay: relaytest.Options{APIKeys: []string{apiKey}}, upstream: cutAt("LOGIN", passwordLine, "")},
 		{name: "AUTH LOGIN: 250 to the password", relay: relaytest.Options{APIKeys: []string{apiKey}}, upstream: cutAt("LOGIN", passwordLine, "250 fine")},
 		{name: "AUTH PLAIN: malformed reply", relay: relaytest.Options{APIKeys: []string{apiKey}}, upstream: cutAt("PLAIN", "AUTH PLAIN", "2x5 what")},
-		{name: "STARTTLS required, untrusted certificate", relay: relaytest.Options{APIKeys: []string{apiKey}, Users: map[string]string{user: password}, TLSConfig: serverTLS}, opts: mxrelay.Options{StartTLS: mxrelay.StartTLSRequired}},
-		{name: "STARTTLS required, not offered", relay: relaytest.Options{APIKeys: []string{apiKey}, Users: map[string]string{user: password}}, opts: mxrelay.Options{StartTLS: mxrelay.StartTLSRequired}},
+		{name: "STARTTLS required, untrusted certificate", relay: relaytest.Options{APIKeys: []string{apiKey}, Users: map[string]string{user: password}, TLSConfig: serverTLS}, opts: mxrelay.Options{StartTLS: mxrelay.StartTLSRequired, TLSConfig: &tls.Config{ServerName: "mx.test"}}},
+		{name: "STARTTLS required, not offered", relay: relaytest.Options{APIKeys: []string{apiKey}, Users: map[string]string{user: password}}, opts: mxrelay.Options{StartTLS: mxrelay.StartTLSRequired, TLSConfig: &tls.Config{ServerName: "mx.test"}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ro := tc.relay
@@ -83,6 +84,7 @@ func TestSecretsNeverLeakOnFailure(t *testing.T) {
 			rec := &recorder{}
 			o := tc.opts
 			o.Username, o.Password, o.Logger, o.OnEvent, o.MaxReconnectAttempts = user, password, logs.logger(), rec.on, 2
+			o.PasswordInClear = o.StartTLS == mxrelay.StartTLSNever
 			c, err := mxrelay.New(s.URL, apiKey, fast(&o))
 			require.NoError(t, err)
 			res, err := c.Send(ctxT(t), mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: strings.NewReader(msg("x"))})

@@ -269,6 +269,7 @@ func (s *smtpSession) handshake(ctx context.Context) error {
 	if err := sc.Hello(o.LocalName); err != nil {
 		return fmt.Errorf("mxrelay: SMTP %w", err)
 	}
+	secure := false
 	switch {
 	case o.StartTLS == StartTLSNever:
 	case !s.ch.Binary() && o.StartTLS == StartTLSRequired:
@@ -284,21 +285,16 @@ func (s *smtpSession) handshake(ctx context.Context) error {
 		if cfg == nil {
 			cfg = &tls.Config{}
 		}
-		if cfg.ServerName == "" {
-			// Without a name from the caller, check the certificate against
-			// the name the server gave in its greeting.
-			cfg.ServerName = sc.ServerName()
-		}
 		if err := sc.StartTLS(ctx, cfg, o.LocalName); err != nil {
-			var se *SMTPError
-			if o.StartTLS == StartTLSRequired && !errors.As(err, &se) {
-				return fmt.Errorf("%w: %w", errPermanentSetup, err)
-			}
-			return fmt.Errorf("mxrelay: %w", err)
+			return startTLSErr(err)
 		}
+		secure = true
 	}
 	if o.Username == "" {
 		return nil
+	}
+	if !secure && !o.PasswordInClear {
+		return fmt.Errorf("%w: STARTTLS did not run, and SMTP AUTH would send the password in clear (Options.PasswordInClear allows it)", errPermanentSetup)
 	}
 	mechs, _ := sc.Ext("AUTH")
 	var a sasl.Client
@@ -318,6 +314,19 @@ func (s *smtpSession) handshake(ctx context.Context) error {
 		return fmt.Errorf("mxrelay: SMTP %w", err)
 	}
 	return nil
+}
+
+// startTLSErr classifies a failed STARTTLS: a certificate that does not
+// verify, or a 5xx to STARTTLS, is permanent (it will not fix itself); a
+// cut, a timeout, a 4xx or a broken handshake is temporary, as Postfix
+// defers it.
+func startTLSErr(err error) error {
+	var cve *tls.CertificateVerificationError
+	var se *SMTPError
+	if errors.As(err, &cve) || errors.As(err, &se) && se.Code/100 == 5 {
+		return fmt.Errorf("%w: %w", errPermanentSetup, err)
+	}
+	return fmt.Errorf("mxrelay: %w", err)
 }
 
 func hasWord(list, w string) bool {

@@ -16,7 +16,7 @@ import (
 // websockify-style tunnel, with the key as a bearer token.
 func TestRawTunnel(t *testing.T) {
 	s := newRelay(t, &relaytest.Options{RawTunnel: true, Users: map[string]string{"app": "pw"}})
-	c := newClient(t, s, &mxrelay.Options{RawTunnel: true, Username: "app", Password: "pw", MaxEmailsPerSession: 50, BatchWait: time.Second})
+	c := newClient(t, s, &mxrelay.Options{RawTunnel: true, Username: "app", Password: "pw", PasswordInClear: true, MaxEmailsPerSession: 50, BatchWait: time.Second})
 	res := enqueueBatch(t, c, 40)
 	for i, r := range res {
 		require.NoError(t, r.Err, "email %d", i)

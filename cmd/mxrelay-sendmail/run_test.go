@@ -257,9 +257,9 @@ func TestExitCodes(t *testing.T) {
 		{name: "EX_CONFIG: no key", env: func(e map[string]string) { delete(e, "MXRELAY_API_KEY") }, args: []string{"a@example.com"}, want: exConfig, stderr: "MXRELAY_API_KEY"},
 		{name: "EX_CONFIG: not a WebSocket URL", env: func(e map[string]string) { e["MXRELAY_URL"] = "http://relay.example.com/smtp" }, args: []string{"a@example.com"}, want: exConfig, stderr: "scheme"},
 		{name: "EX_CONFIG: API key refused", env: func(e map[string]string) { e["MXRELAY_API_KEY"] = "wrong-key" }, args: []string{"a@example.com"}, want: exConfig, stderr: "refused the API key"},
-		{name: "EX_CONFIG: SMTP credentials refused", relay: &relaytest.Options{Users: map[string]string{"app": "right"}},
-			env:  func(e map[string]string) { e["MXRELAY_SMTP_USERNAME"], e["MXRELAY_SMTP_PASSWORD"] = "app", "wrong" },
-			args: []string{"a@example.com"}, want: exConfig, stderr: "535"},
+		{name: "EX_CONFIG: SMTP credentials without STARTTLS", relay: &relaytest.Options{Users: map[string]string{"app": "right"}},
+			env:  func(e map[string]string) { e["MXRELAY_SMTP_USERNAME"], e["MXRELAY_SMTP_PASSWORD"] = "app", "right" },
+			args: []string{"a@example.com"}, want: exConfig, stderr: "password in clear"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := newRelay(t, tc.relay)
