@@ -40,6 +40,11 @@ type Channel struct {
 
 	wmu     sync.Mutex // serialises writes and holds a split rune
 	pending []byte
+	// wctx bounds the channel's data writes; Abort cancels it, which
+	// interrupts a frame write in progress (and so the connection: a frame
+	// cut short cannot be followed by another).
+	wctx    context.Context
+	wcancel context.CancelFunc
 
 	mu     sync.Mutex
 	buf    [][]byte
@@ -55,7 +60,7 @@ type Channel struct {
 }
 
 func newChannel(c *Conn, binary bool) *Channel {
-	return &Channel{
+	ch := &Channel{
 		c:         c,
 		binary:    binary,
 		rd:        newDeadline(),
@@ -64,6 +69,8 @@ func newChannel(c *Conn, binary bool) *Channel {
 		ended:     make(chan struct{}),
 		closeDone: make(chan struct{}),
 	}
+	ch.wctx, ch.wcancel = context.WithCancel(c.wctx)
+	return ch
 }
 
 // Binary reports whether the channel carries raw binary frames; false means
@@ -286,7 +293,7 @@ func (ch *Channel) sendFrame(typ websocket.MessageType, frame []byte, n int) err
 		return err // known dead before the write: nothing of it left
 	}
 	ch.written.Add(int64(n))
-	ctx := ch.c.wctx
+	ctx := ch.wctx
 	if t := ch.wd.get(); !t.IsZero() {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithDeadline(ctx, t)
@@ -321,6 +328,16 @@ func (ch *Channel) Close() error {
 		close(ch.closeDone)
 	}
 	return nil
+}
+
+// Abort is Close for a channel that must end now: a frame write in
+// progress (to a relay that stopped reading, say) is interrupted, which
+// ends the whole connection, since the rest of a frame cut short can never
+// be sent. With no write in progress it is Close. Safe to call more than
+// once and concurrently with Read, Write and Close.
+func (ch *Channel) Abort() {
+	ch.Close()
+	ch.wcancel()
 }
 
 // sendClose writes SMTP_CHANNEL_CLOSE once no write is in progress,

@@ -118,8 +118,12 @@ type Conn struct {
 
 	closeReq chan closeRequest // buffered 1: the first request wins
 
-	mu    sync.Mutex
-	ch    *Channel // current channel, until SMTP_CHANNEL_CLOSED
+	mu sync.Mutex
+	ch *Channel // current channel, until SMTP_CHANNEL_CLOSED
+	// last is the channel opened last, ended or not: the next open waits
+	// for its SMTP_CHANNEL_CLOSED and for its own SMTP_CHANNEL_CLOSE to be
+	// written (PROTOCOL.md §3).
+	last  *Channel
 	dead  chan struct{}
 	err   error // why the connection ended
 	cause error // why a close was asked for, before err is set
@@ -380,7 +384,9 @@ func (c *Conn) deadOr(err error) error {
 
 // OpenChannel asks for an SMTP channel and waits for READY or ERROR, at
 // most ChannelTimeout. A previous channel must be closed; OpenChannel first
-// waits for its SMTP_CHANNEL_CLOSED.
+// waits for its SMTP_CHANNEL_CLOSED, and for its SMTP_CHANNEL_CLOSE, if
+// Close sent one, to be written: messages carry no channel identifier, so
+// nothing of the previous channel may follow the next OPEN (PROTOCOL.md §3).
 func (c *Conn) OpenChannel(ctx context.Context) (*Channel, error) {
 	if c.cfg.ChannelTimeout > 0 {
 		var cancel context.CancelFunc
@@ -388,13 +394,14 @@ func (c *Conn) OpenChannel(ctx context.Context) (*Channel, error) {
 		defer cancel()
 	}
 	c.mu.Lock()
-	prev := c.ch
+	prev := c.last
 	c.mu.Unlock()
 	if prev != nil {
 		if err := prev.waitClosed(ctx); err != nil {
 			c.abort(websocket.StatusPolicyViolation, fmt.Errorf("previous channel not closed: %w", ErrTimeout))
 			return nil, c.Err()
 		}
+		prev.wcancel() // it writes nothing more
 	}
 	res := make(chan openResult, 1)
 	c.mu.Lock()
@@ -517,7 +524,7 @@ func (c *Conn) handle(m wire.Message) bool {
 		}
 		nc := newChannel(c, r.Binary)
 		c.mu.Lock()
-		c.ch = nc
+		c.ch, c.last = nc, nc
 		c.opening = nil
 		c.mu.Unlock()
 		opening <- openResult{binary: r.Binary}
@@ -546,7 +553,10 @@ func (c *Conn) handle(m wire.Message) bool {
 			return false
 		}
 		if ch == nil {
-			c.log.Debug("mxrelay: SMTP_CHANNEL_CLOSED with no channel")
+			// With an open waiting for READY, it belongs to the previous
+			// channel (a relay that answered a CLOSE that crossed its own
+			// CLOSED): PROTOCOL.md §3 says to ignore it.
+			c.log.Debug("mxrelay: SMTP_CHANNEL_CLOSED with no channel, ignored")
 			return true
 		}
 		c.endChannel(ch, &channelClosed{reason: r.Reason})
