@@ -112,50 +112,6 @@ func New(relayURL, apiKey string, opts *Options) (*Client, error) {
 	return c, nil
 }
 
-// email is the client's record of an accepted email. Its mutable fields are
-// guarded by Client.mu.
-type email struct {
-	id       string
-	file     string // its file in the spool, if any
-	from     string
-	mailOpts *MailOptions
-	rcptOpts map[string]*RcptOptions
-	pending  []string // recipients not yet decided
-	body     *body
-	cfg      sendConfig
-	seq      uint64
-	queuedAt time.Time
-	handle   *Handle
-	timer    *time.Timer
-
-	state     emailState
-	qidx      int
-	notBefore time.Time
-	attempts  int
-	accepted  []string
-	rejected  []RecipientError
-	unknown   bool  // an attempt ended with an unknown outcome
-	ended     bool  // an end-of-data marker is in the spool's journal, its outcome not yet
-	canceled  error // why it was withdrawn, once Cancel or its context asked
-	abort     func()
-	session   string
-	reply     Reply         // the reply to the delivering end of data
-	txTime    time.Duration // how long the delivering transaction took
-}
-
-type emailState int
-
-const (
-	stateReady    emailState = iota // in the queue, may go now
-	stateDelayed                    // in the queue, waiting for a retry time
-	stateEnvelope                   // in a transaction, before its end of data
-	stateReply                      // its end of data is being sent or was sent
-	stateTaken                      // out of the queue, its result about to be decided
-	stateDone                       // its result is out
-)
-
-func (e *email) urgent() bool { return e.cfg.immediate || e.cfg.priority == PriorityCritical }
-
 func (c *Client) newID() string {
 	var b [8]byte
 	if _, err := rand.Read(b[:]); err != nil {
@@ -209,9 +165,9 @@ func (c *Client) Enqueue(e Email, opts ...SendOption) (*Handle, error) {
 		if cfg.timeout > 0 {
 			hdr.Deadline = em.queuedAt.Add(cfg.timeout)
 		}
-		em.body, em.file, err = c.spool.store(hdr, e.Body, c.opts.FixLineEndings, c.opts.maxLine())
+		em.body, em.file, err = c.spool.store(hdr, e.Body, c.opts.bodyRules(e.MailOptions))
 	} else {
-		em.body, err = newBody(e.Body, c.opts.TempDir, c.opts.FixLineEndings, c.opts.maxLine())
+		em.body, err = newBody(e.Body, c.opts.TempDir, c.opts.bodyRules(e.MailOptions))
 	}
 	if err != nil {
 		c.unreserve()
@@ -313,7 +269,7 @@ func (c *Client) replay(left []*spooled) {
 			timeout = max(time.Until(h.Deadline), time.Nanosecond)
 			em.cfg.timeout = h.Deadline.Sub(h.Queued) // as given, for the error
 		}
-		b, err := sp.body(c.opts.FixLineEndings, c.opts.maxLine())
+		b, err := sp.body(c.opts.bodyRules(h.Mail))
 		if b == nil {
 			b = &body{file: sp.f}
 		}
@@ -390,37 +346,6 @@ func (c *Client) Send(ctx context.Context, e Email, opts ...SendOption) (*Result
 	return h.res, h.res.Err
 }
 
-// cancel withdraws em (see Handle.Cancel).
-func (c *Client) cancel(em *email, cause error) {
-	c.mu.Lock()
-	switch em.state {
-	case stateReady, stateDelayed:
-		c.q.remove(em)
-		em.canceled = cause
-		c.mu.Unlock()
-		c.fail(em, cause)
-		c.kick()
-		return
-	case stateEnvelope:
-		if em.canceled == nil {
-			em.canceled = cause
-		}
-		abort := em.abort
-		c.mu.Unlock()
-		if abort != nil {
-			abort()
-		}
-		return
-	case stateReply, stateTaken:
-		// Too late to withdraw this attempt: its reply decides. Recorded
-		// so that the email is not tried again.
-		if em.canceled == nil {
-			em.canceled = cause
-		}
-	}
-	c.mu.Unlock()
-}
-
 // kick wakes the workers.
 func (c *Client) kick() {
 	c.wakeMu.Lock()
@@ -436,84 +361,6 @@ func (c *Client) wakeChan() <-chan struct{} {
 	defer c.wakeMu.Unlock()
 	return c.wakeC
 }
-
-// finish gives em its Result: delivered when err is nil and a recipient
-// accepted it, failed with err otherwise. Only the first call counts.
-func (c *Client) finish(em *email, err error) {
-	c.mu.Lock()
-	if em.state == stateDone {
-		c.mu.Unlock()
-		return
-	}
-	wasInflight := em.state == stateEnvelope || em.state == stateReply
-	// Kept in the spool, even when some recipients have it: the others
-	// are the next Client's.
-	handedBack := errors.Is(err, ErrSpooled)
-	em.state = stateDone
-	if wasInflight {
-		c.inflight--
-	}
-	now := time.Now()
-	if len(em.accepted) > 0 {
-		// Delivered to some recipients: that is delivery. Those still
-		// undecided end in Rejected with the last cause.
-		decided := map[string]bool{}
-		for _, r := range em.rejected {
-			decided[r.Address] = true
-		}
-		for _, to := range em.pending {
-			if !decided[to] && err != nil {
-				em.rejected = append(em.rejected, RecipientError{Address: to, Err: err})
-			}
-		}
-		err = nil
-	}
-	res := &Result{
-		EmailID:        em.id,
-		Priority:       em.cfg.priority,
-		Accepted:       em.accepted,
-		Rejected:       em.rejected,
-		Attempts:       em.attempts,
-		SessionID:      em.session,
-		MaybeDelivered: em.unknown,
-		Queued:         em.queuedAt,
-		Duration:       now.Sub(em.queuedAt),
-	}
-	if err == nil && len(em.accepted) > 0 {
-		res.Reply = em.reply
-		c.stats.EmailsProcessed++
-		c.sumEmail += em.txTime
-	} else {
-		if err == nil {
-			err = fmt.Errorf("%w: no recipient accepted", ErrInvalidEmail)
-		}
-		res.Err = &EmailError{EmailID: em.id, Attempts: em.attempts, Err: err}
-		c.stats.EmailsFailed++
-	}
-	em.handle.res = res
-	if em.timer != nil {
-		em.timer.Stop()
-	}
-	c.mu.Unlock()
-
-	em.body.release()
-	if em.file != "" && !handedBack {
-		// Recorded before anyone can see the result.
-		if err := c.spool.finished(em.file, res); err != nil {
-			c.log.Error("mxrelay: spool", "email", em.id, "err", err)
-		}
-	}
-	close(em.handle.done)
-	if res.Err == nil {
-		c.events.emit(Event{Type: EventEmailProcessed, SessionID: res.SessionID, EmailID: em.id, Result: res, Duration: em.txTime})
-		c.log.Debug("mxrelay: email delivered", "email", em.id, "attempts", res.Attempts, "rejected", len(res.Rejected))
-	} else {
-		c.events.emit(Event{Type: EventEmailFailed, SessionID: res.SessionID, EmailID: em.id, Result: res, Err: res.Err})
-		c.log.Debug("mxrelay: email failed", "email", em.id, "err", res.Err)
-	}
-}
-
-func (c *Client) fail(em *email, err error) { c.finish(em, err) }
 
 // ConnState is the relay connection's state now; with several workers,
 // the latest change of any of their connections.
@@ -582,9 +429,9 @@ func (c *Client) Close(ctx context.Context) error {
 	c.mu.Unlock()
 	for _, em := range left {
 		if em.file != "" {
-			c.fail(em, fmt.Errorf("%w: %w", ErrClosed, ErrSpooled))
+			c.finish(em, fmt.Errorf("%w: %w", ErrClosed, ErrSpooled))
 		} else {
-			c.fail(em, ErrClosed)
+			c.finish(em, ErrClosed)
 		}
 	}
 	if c.spool != nil && first {
@@ -887,6 +734,6 @@ func (w *worker) failWaiting(err error) {
 	left := c.q.all()
 	c.mu.Unlock()
 	for _, em := range left {
-		c.fail(em, err)
+		c.finish(em, err)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 	"slices"
 	"strings"
 	"time"
@@ -192,11 +193,15 @@ func (h *Handle) Wait(ctx context.Context) (*Result, error) {
 	}
 }
 
-// Cancel withdraws the email if its end of data has not been sent: a queued
-// email leaves the queue, an email in the middle of its transaction has its
-// channel closed (the session's other emails are not affected beyond a new
-// channel). Its result then fails with an error matching ErrCanceled. Once
-// the end of data is sent Cancel does nothing: the reply decides.
+// Cancel withdraws the email if its end of data has not been sent: its
+// result fails at once with an error matching ErrCanceled, whatever the
+// session is doing. A queued email leaves the queue; an email in the middle
+// of its transaction is withdrawn by the session at its next step, and its
+// end of data is never written: in a pipelined BDAT window by RSET before
+// its next chunk, otherwise by closing the session's channel (the
+// session's other emails are then classified as for a lost connection).
+// Once the end of data is sent Cancel does not withdraw it: the reply
+// decides, and no further attempt follows.
 func (h *Handle) Cancel() { h.c.cancel(h.em, ErrCanceled) }
 
 // body is an email's message, readable once per attempt.
@@ -206,21 +211,41 @@ type body struct {
 	size  int64    // bytes to read
 	wire  int64    // bytes as sent (SIZE=): line endings fixed, final CRLF
 	utf8  bool     // valid UTF-8, so it can travel in a JSON channel
+	raw   bool     // BODY=BINARYMIME: sent as it is
 	file  *os.File // a file of ours holding the body, closed by release
-	temp  bool     // file is a temporary copy, removed by release
+	temp  bool     // file still has a name of ours, removed by release
+}
+
+// bodyRules are the checks a body passes at Enqueue and how it is sent.
+type bodyRules struct {
+	fix      bool // Options.FixLineEndings
+	maxLine  int  // longest line; zero: no limit
+	raw      bool // BODY=BINARYMIME: bytes as they are, no line rules
+	utf8Only bool // Options.DisableBinary: only JSON text frames will carry it
+}
+
+// bodyRules are the rules for a body sent with mailOpts.
+func (o *Options) bodyRules(mailOpts *MailOptions) bodyRules {
+	if mailOpts != nil && mailOpts.Body == smtp.BodyBinaryMIME {
+		return bodyRules{raw: true, utf8Only: o.DisableBinary}
+	}
+	return bodyRules{fix: o.FixLineEndings, maxLine: o.maxLine(), utf8Only: o.DisableBinary}
 }
 
 // newBody prepares r for reading at each attempt (see Email.Body), reading
-// it once to refuse bare line endings (unless fix) and lines longer than
-// maxLine (unless zero), and to learn its size as sent.
-func newBody(r io.Reader, tempDir string, fix bool, maxLine int) (*body, error) {
+// it once to check it by the rules (bare line endings, long lines, UTF-8
+// for a client that only speaks JSON text frames) and to learn its size as
+// sent. A body that cannot be read twice is copied to a temporary file in
+// tempDir that has no name once created (on Windows, which cannot unlink
+// an open file, it is removed by release).
+func newBody(r io.Reader, tempDir string, rules bodyRules) (*body, error) {
 	if b, ok := r.(*bytes.Buffer); ok {
 		r = bytes.NewReader(b.Bytes())
 	}
 	if rs, ok := r.(io.ReadSeeker); ok {
 		if start, err := rs.Seek(0, io.SeekCurrent); err == nil {
 			b := &body{r: rs, start: start}
-			if err := b.scan(nil, rs, fix, maxLine); err != nil {
+			if err := b.scan(nil, rs, rules); err != nil {
 				return nil, err
 			}
 			if _, err := rs.Seek(start, io.SeekStart); err != nil {
@@ -234,7 +259,12 @@ func newBody(r io.Reader, tempDir string, fix bool, maxLine int) (*body, error) 
 		return nil, fmt.Errorf("mxrelay: copying the body: %w", err)
 	}
 	b := &body{file: f, temp: true}
-	if err := b.scan(f, r, fix, maxLine); err != nil {
+	if runtime.GOOS != "windows" && os.Remove(f.Name()) == nil {
+		// Read through the descriptor only: a process killed while the
+		// email waits (SIGKILL, the OOM killer) leaves no copy behind.
+		b.temp = false
+	}
+	if err := b.scan(f, r, rules); err != nil {
 		b.release()
 		return nil, err
 	}
@@ -243,9 +273,9 @@ func newBody(r io.Reader, tempDir string, fix bool, maxLine int) (*body, error) 
 }
 
 // scan reads r to its end, copying it to w when w is not nil, and sets
-// the body's size, size as sent and UTF-8 flag.
-func (b *body) scan(w io.Writer, r io.Reader, fix bool, maxLine int) error {
-	sz := smtpc.NewSizer(fix, maxLine)
+// the body's size, size as sent and UTF-8 flag, checked by rules.
+func (b *body) scan(w io.Writer, r io.Reader, rules bodyRules) error {
+	sz := smtpc.NewSizer(rules.fix, rules.maxLine, rules.raw)
 	u8 := &utf8Check{}
 	dst := io.MultiWriter(sz, u8)
 	if w != nil {
@@ -258,7 +288,10 @@ func (b *body) scan(w io.Writer, r io.Reader, fix bool, maxLine int) error {
 	if err != nil {
 		return bodyErr(err)
 	}
-	b.size, b.utf8 = n, u8.valid()
+	b.size, b.utf8, b.raw = n, u8.valid(), rules.raw
+	if rules.utf8Only && !b.utf8 {
+		return ErrNotUTF8
+	}
 	return nil
 }
 

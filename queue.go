@@ -15,7 +15,13 @@ type queue struct {
 	urgent  int // ready emails that skip BatchWait
 }
 
-// An email is in at most one heap at a time; qidx is its index there.
+// An email is in at most one heap at a time: qheap says which, qidx is its
+// index there. The queue writes nothing else of an email.
+const (
+	qNone int8 = iota
+	qReady
+	qDelayed
+)
 
 // fifo orders emails of one priority by their sequence number, so that an
 // email coming back for a retry keeps its place among later ones.
@@ -45,8 +51,7 @@ func popLast(s *[]*email) any {
 	e := old[len(old)-1]
 	old[len(old)-1] = nil
 	*s = old[:len(old)-1]
-	e.qidx = -1
-	e.state = stateTaken
+	e.qidx, e.qheap = -1, qNone
 	return e
 }
 
@@ -64,11 +69,11 @@ func (q *queue) len() int {
 // push adds e, delayed if its notBefore is after now.
 func (q *queue) push(e *email, now time.Time) {
 	if e.notBefore.After(now) {
-		e.state = stateDelayed
+		e.qheap = qDelayed
 		heap.Push(&q.delayed, e)
 		return
 	}
-	e.state = stateReady
+	e.qheap = qReady
 	heap.Push(&q.ready[level(e.cfg.priority)], e)
 	if e.urgent() {
 		q.urgent++
@@ -108,16 +113,15 @@ func (q *queue) pop() *email {
 
 // remove takes e out of the queue wherever it is.
 func (q *queue) remove(e *email) {
-	switch e.state {
-	case stateReady:
+	switch e.qheap {
+	case qReady:
 		heap.Remove(&q.ready[level(e.cfg.priority)], e.qidx)
 		if e.urgent() {
 			q.urgent--
 		}
-	case stateDelayed:
+	case qDelayed:
 		heap.Remove(&q.delayed, e.qidx)
 	}
-	e.state = stateTaken
 }
 
 // nextDue is when the first delayed email becomes ready.

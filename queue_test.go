@@ -42,7 +42,7 @@ func TestQueueRetryKeepsItsPlace(t *testing.T) {
 	require.Equal(t, uint64(1), first.seq)
 	first.notBefore = now.Add(time.Second)
 	q.push(first, now)
-	assert.Equal(t, stateDelayed, first.state)
+	assert.Equal(t, qDelayed, first.qheap)
 	assert.Equal(t, 2, q.readyLen(), "two ready, one delayed")
 	assert.Equal(t, 3, q.len())
 	due, ok := q.nextDue()
@@ -66,7 +66,7 @@ func TestQueueRemoveAnywhere(t *testing.T) {
 	}
 	q.remove(es[2])
 	q.remove(es[4])
-	assert.Equal(t, stateTaken, es[2].state)
+	assert.Equal(t, qNone, es[2].qheap)
 	assert.Equal(t, 4, q.len())
 	_, ok := q.nextDue()
 	assert.False(t, ok)

@@ -27,7 +27,10 @@ type smtpSession struct {
 	ch      stream
 	sc      *smtpc.Client
 	aborted atomic.Bool
-	abort   func() // closes the channel: how a cancelled email is withdrawn
+	abort   func() // ends the channel now: SessionTimeout, or Close giving up
+	// withdraw closes the channel for a cancelled email the session waits
+	// on; its other transactions are classified as for a lost connection.
+	withdraw func()
 }
 
 // session plans, opens and runs one session.
@@ -62,7 +65,7 @@ func (w *worker) session() {
 		return
 	}
 	w.failures = 0
-	stopAbort := context.AfterFunc(ctx, s.abort) // cancel by closing
+	stopAbort := context.AfterFunc(ctx, s.abort) // end by closing
 	defer stopAbort()
 
 	c.mu.Lock()
@@ -77,8 +80,8 @@ func (w *worker) session() {
 		wake := c.wakeChan()
 		em := w.take(s)
 		if em == nil {
-			if s.sc.Outstanding() == 0 {
-				break
+			if s.sc.Unanswered() == 0 {
+				break // QUIT confirms what is answered
 			}
 			// Let the transactions in flight finish; emails queued
 			// meanwhile join this session.
@@ -108,7 +111,7 @@ func (w *worker) session() {
 		broken = fmt.Errorf("mxrelay: session %s: %w", sid, context.Cause(ctx))
 	}
 	if broken == nil && s.aborted.Load() {
-		broken = fmt.Errorf("mxrelay: session %s: channel closed to withdraw a cancelled email", sid)
+		broken = fmt.Errorf("mxrelay: session %s: channel closed (a cancelled email, or the session's end)", sid)
 	}
 	if broken == nil {
 		if err := s.sc.Quit(); err != nil {
@@ -181,11 +184,14 @@ func (w *worker) take(s *smtpSession) *email {
 		w.claim = false
 		c.claimed--
 	}
-	em.state = stateEnvelope
-	em.attempts++
-	em.session = s.id
-	em.abort = s.abort
-	c.inflight++
+	var withdraw func()
+	if !s.sc.Windowed() {
+		// Lock-step, or DATA: the session would wait for a reply to a
+		// transaction nobody wants any more. In a window, the engine
+		// withdraws it with RSET before its next chunk.
+		withdraw = s.withdraw
+	}
+	c.taken(em, s.id, withdraw)
 	return em
 }
 
@@ -238,6 +244,10 @@ func (w *worker) open(ctx context.Context, sid string) (*smtpSession, error) {
 	c.setConnState(StateChannelReady)
 	s := &smtpSession{w: w, c: c, id: sid, ch: ch}
 	s.abort = func() {
+		s.aborted.Store(true)
+		ch.Abort()
+	}
+	s.withdraw = func() {
 		s.aborted.Store(true)
 		ch.Close()
 	}
@@ -338,23 +348,17 @@ func hasWord(list, w string) bool {
 	return false
 }
 
-// send starts em's transaction. Its fate is decided by decide, when the
-// replies are in. A non-nil error means the session cannot go on.
+// send starts em's transaction. Its fate is decided when its replies are
+// in (apply). A non-nil error means the session cannot go on.
 func (s *smtpSession) send(em *email) error {
 	c := s.c
 	start := time.Now()
 	c.mu.Lock()
-	rcpts := append([]string(nil), em.pending...)
+	rcpts := slices.Clone(em.pending)
 	canceled := em.canceled
-	if s.sc.Windowed() {
-		// Nothing waits for a reply inside a pipelined BDAT transaction: a
-		// cancel is seen before the next chunk and withdrawn with RSET,
-		// and the channel stays open for the others in the window.
-		em.abort = nil
-	}
 	c.mu.Unlock()
 	if canceled != nil {
-		c.fail(em, canceled)
+		c.settle(em, verdict{outcome: outFail, err: canceled, left: pending(rcpts, nil), attempt: true}, 0)
 		return nil
 	}
 	r, err := em.body.open()
@@ -366,43 +370,18 @@ func (s *smtpSession) send(em *email) error {
 		tx, err = s.build(em, rcpts)
 	}
 	if err != nil {
-		c.fail(em, err)
+		c.settle(em, verdict{outcome: outFail, err: err, left: pending(rcpts, nil), attempt: true}, 0)
 		return nil
 	}
 	tx.Body = r
+	tx.Raw = em.body.raw
 	tx.Canceled = func() bool {
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		return em.canceled != nil
 	}
-	tx.BeforeEnd = func() bool {
-		c.mu.Lock()
-		if em.canceled != nil {
-			c.mu.Unlock()
-			return false
-		}
-		em.state = stateReply
-		em.abort = nil
-		c.mu.Unlock()
-		if em.file != "" {
-			// On disk before the end of data is on the wire: a restart
-			// after a crash knows the server may have the email.
-			if err := c.spool.ended(em.file); err != nil {
-				// Not sent: a restart could not tell that the server
-				// may have it. Handed back like Close does.
-				c.mu.Lock()
-				em.state = stateEnvelope
-				em.canceled = fmt.Errorf("%w: %w", ErrSpooled, err)
-				c.mu.Unlock()
-				return false
-			}
-			c.mu.Lock()
-			em.ended = true
-			c.mu.Unlock()
-		}
-		return true
-	}
-	tx.Done = func(res *smtpc.Result) { s.decide(em, rcpts, res, start) }
+	tx.BeforeEnd = func() bool { return c.endHandedOn(em) }
+	tx.Done = func(res *smtpc.Result) { s.apply(em, rcpts, res, start) }
 	if err := s.sc.Send(tx); err != nil {
 		return fmt.Errorf("mxrelay: session %s: %w", s.id, s.explain(err))
 	}
@@ -425,153 +404,25 @@ func (s *smtpSession) build(em *email, rcpts []string) (*smtpc.Tx, error) {
 	return tx, nil
 }
 
-// decide gives em its fate from the result of its transaction: delivered
-// only on a 2xx to its own end of data, and per recipient by the replies
-// to its RCPTs.
-func (s *smtpSession) decide(em *email, rcpts []string, res *smtpc.Result, start time.Time) {
-	c := s.c
-	var accepted []string
-	var temp, perm []RecipientError
-	var pending []string
-	for i, to := range rcpts {
-		var e *SMTPError
-		if res.Mail == nil && i < res.RcptAnswered {
-			e = res.Rcpt[i]
-		}
-		switch {
-		case res.Mail != nil || i >= res.RcptAnswered:
-			pending = append(pending, to) // not decided by this attempt
-		case e == nil:
-			accepted = append(accepted, to)
-			pending = append(pending, to)
-		case e.Code/100 == 5:
-			perm = append(perm, RecipientError{Address: to, Err: e})
-		default:
-			temp = append(temp, RecipientError{Address: to, Err: e})
-			pending = append(pending, to)
-		}
-	}
-	// A 5xx to RCPT is final whatever happens to the rest of this
-	// transaction; the others stay pending until the end of data decides.
-	c.mu.Lock()
-	em.rejected = append(em.rejected, perm...)
-	em.pending = pending
-	canceled := em.canceled
-	c.mu.Unlock()
-
-	delivered := res.Err == nil && res.Mail == nil && len(accepted) > 0 &&
-		res.End != nil && res.End.Code/100 == 2
-	switch {
-	case res.Mail != nil && res.Mail.Code/100 == 5:
-		// Refused at MAIL: final for this email, whatever happened to the
-		// connection after.
-		s.refused(em, res.Mail, canceled)
-	case delivered:
-		c.mu.Lock()
-		em.accepted = append(em.accepted, accepted...)
-		em.pending = addresses(temp)
-		em.reply = Reply{Code: res.End.Code, EnhancedCode: res.End.Enhanced, Message: res.End.Message}
-		em.txTime = time.Since(start)
-		c.mu.Unlock()
-		if len(temp) > 0 && s.w.retryOrFail(em, temp[0].Err, temp) {
-			return // delivered to some; the others are retried
-		}
-		c.finish(em, nil)
-	case res.Err != nil:
-		s.incomplete(em, res, canceled)
-	case len(pending) == 0 && len(perm) > 0:
-		c.fail(em, perm[0].Err)
-	case res.Mail != nil:
-		s.refused(em, res.Mail, canceled)
-	case len(accepted) == 0 && len(temp) > 0:
-		s.w.retryOrFail(em, temp[0].Err, temp)
-	case len(accepted) == 0:
-		c.fail(em, &ProtocolError{Err: errors.New("SMTP: no reply to RCPT")})
-	case res.DataCmd != nil:
-		s.refused(em, res.DataCmd, canceled)
-	case res.End != nil:
-		s.refused(em, res.End.Err(), canceled)
-	default:
-		s.w.retryOrFail(em, &ProtocolError{Err: errors.New("SMTP: no reply to the end of data")}, nil)
-	}
-}
-
-// refused decides em's fate after the server refused its transaction.
-func (s *smtpSession) refused(em *email, se *SMTPError, canceled error) {
-	switch {
-	case canceled != nil:
-		// The server answered after the cancel: show both.
-		s.c.fail(em, fmt.Errorf("%w (last attempt: %w)", canceled, se))
-	case se.Code/100 == 5:
-		s.c.fail(em, se)
-	default:
-		s.w.retryOrFail(em, se, nil)
-	}
-}
-
-// incomplete decides em's fate when its transaction did not run to its
-// end: withdrawn, a bad body, an unknown outcome, or a broken connection.
-func (s *smtpSession) incomplete(em *email, res *smtpc.Result, canceled error) {
+// apply decides em's attempt from the engine's result (decide, a pure
+// function) and applies the verdict (Client.settle). It runs once per
+// attempt, on the engine's reader or the session's goroutine.
+func (s *smtpSession) apply(em *email, rcpts []string, res *smtpc.Result, start time.Time) {
 	c := s.c
 	c.mu.Lock()
-	pending := em.pending
-	var rejected error
-	if len(em.rejected) > 0 {
-		rejected = em.rejected[0].Err
+	a := attempt{
+		rcpts:        rcpts,
+		res:          res,
+		canceled:     em.canceled,
+		closing:      c.stopCtx.Err() != nil,
+		lastTry:      em.attempts > em.cfg.retries,
+		retryUnknown: c.opts.RetryUnknown,
 	}
 	c.mu.Unlock()
-	var se *SMTPError
-	switch {
-	case errors.Is(res.Err, smtpc.ErrWithdrawn) && canceled != nil:
-		c.fail(em, canceled)
-	case res.Body != nil:
-		c.fail(em, bodyErr(res.Body))
-	case len(pending) == 0 && rejected != nil:
-		c.fail(em, rejected)
-	case res.Unknown:
-		err := &UnknownOutcomeError{Err: s.explain(res.Err)}
-		c.mu.Lock()
-		em.unknown = true
-		c.mu.Unlock()
-		if c.opts.RetryUnknown {
-			s.w.retryOrFail(em, err, nil)
-		} else {
-			c.fail(em, err)
-		}
-	case canceled != nil:
-		c.fail(em, canceled) // the error is our own closing of the channel
-	case errors.As(res.Err, &se):
-		s.refused(em, se, nil)
-	default:
-		s.w.retryOrFail(em, s.explain(res.Err), nil)
+	if res.Err != nil {
+		a.broke = s.explain(res.Err)
 	}
-}
-
-// recordProgress writes em's progress to the spool's journal before it
-// goes back to the queue, if an end of data was written since the last
-// record: a restart then resumes from it instead of taking that end of
-// data for an unknown outcome. Nothing else touches em meanwhile: it is
-// out of the queue.
-func (w *worker) recordProgress(em *email) {
-	c := w.c
-	c.mu.Lock()
-	if !em.ended || em.attempts > em.cfg.retries || em.canceled != nil {
-		c.mu.Unlock()
-		return // nothing new, or it is about to be finished
-	}
-	p := &spoolProgress{File: em.file, Attempts: em.attempts, Unknown: em.unknown,
-		Accepted: slices.Clone(em.accepted), Pending: slices.Clone(em.pending),
-		Rejected: rejectedText(em.rejected)}
-	c.mu.Unlock()
-	if err := c.spool.progressed(p); err != nil {
-		// The marker stays unanswered: a restart takes the email for an
-		// unknown outcome, which is safe.
-		c.log.Error("mxrelay: spool journal", "email", em.id, "err", err)
-		return
-	}
-	c.mu.Lock()
-	em.ended = false
-	c.mu.Unlock()
+	c.settle(em, decide(a), time.Since(start))
 }
 
 func addresses(rs []RecipientError) []string {
@@ -590,40 +441,4 @@ func (s *smtpSession) explain(err error) error {
 		err = fmt.Errorf("%w (%v)", err, cause)
 	}
 	return err
-}
-
-// retryOrFail puts em back in the queue for a retry after a temporary
-// failure, or fails it when its retries are used up. It reports whether em
-// was queued again. rejected are recipients refused temporarily: when the
-// email is not retried they end in Result.Rejected.
-func (w *worker) retryOrFail(em *email, cause error, rejected []RecipientError) bool {
-	c := w.c
-	if em.file != "" {
-		w.recordProgress(em)
-	}
-	c.mu.Lock()
-	if em.attempts > em.cfg.retries || em.canceled != nil {
-		em.rejected = append(em.rejected, rejected...)
-		if em.canceled != nil {
-			cause = fmt.Errorf("%w (last attempt: %w)", em.canceled, cause)
-		}
-		c.mu.Unlock()
-		c.finish(em, cause) // delivered if some recipient already has it
-		return false
-	}
-	delay := c.retry.Delay(em.attempts)
-	now := time.Now()
-	em.notBefore = now.Add(delay)
-	em.abort = nil
-	c.inflight--
-	// Read before the email is back in the queue: another worker may take
-	// it at once.
-	attempt, session := em.attempts, em.session
-	c.q.push(em, now)
-	c.stats.EmailsRetried++
-	c.mu.Unlock()
-	c.kick()
-	c.log.Warn("mxrelay: email will be retried", "email", em.id, "attempt", attempt, "delay", delay, "err", cause)
-	c.events.emit(Event{Type: EventEmailRetrying, SessionID: session, EmailID: em.id, Attempt: attempt, Duration: delay, Err: cause})
-	return true
 }

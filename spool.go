@@ -501,7 +501,7 @@ func parseTrailer(b []byte) (int64, bool) {
 // <name>.tmp, checks the body as newBody does and fsyncs the file. The
 // body returned reads from the file. Nothing reads a .tmp file: commit
 // gives it its name, which accepts the email.
-func (s *spool) store(hdr *spoolHeader, r io.Reader, fix bool, maxLine int) (*body, string, error) {
+func (s *spool) store(hdr *spoolHeader, r io.Reader, rules bodyRules) (*body, string, error) {
 	name := fmt.Sprintf("%016x-%06d.msg", time.Now().UnixNano(), s.n.Add(1)%1e6)
 	path := filepath.Join(s.dir, name+tmpSuffix)
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_RDWR, 0o600)
@@ -519,7 +519,7 @@ func (s *spool) store(hdr *spoolHeader, r io.Reader, fix bool, maxLine int) (*bo
 	w.Write(hline)
 	w.WriteByte('\n')
 	off := int64(len(spoolMagic) + len(hline) + 1)
-	if err := b.scan(w, r, fix, maxLine); err != nil {
+	if err := b.scan(w, r, rules); err != nil {
 		b.release()
 		return nil, "", err
 	}
@@ -566,9 +566,9 @@ func (s *spool) commit(b *body, name string) error {
 }
 
 // body makes the body of a spooled email found at start.
-func (sp *spooled) body(fix bool, maxLine int) (*body, error) {
+func (sp *spooled) body(rules bodyRules) (*body, error) {
 	b := &body{file: sp.f}
-	if err := b.scan(nil, io.NewSectionReader(sp.f, sp.off, sp.size), fix, maxLine); err != nil {
+	if err := b.scan(nil, io.NewSectionReader(sp.f, sp.off, sp.size), rules); err != nil {
 		return nil, err
 	}
 	b.r = io.NewSectionReader(sp.f, sp.off, sp.size)

@@ -83,7 +83,7 @@ func TestSpoolResultNotWrittenKeepsTheFile(t *testing.T) {
 	require.NoError(t, err)
 	require.Empty(t, left)
 	defer s.close()
-	b, name, err := s.store(&spoolHeader{ID: "x", From: "a@example.com", To: []string{"b@example.com"}}, strings.NewReader("Subject: x\r\n\r\n.\r\n"), false, 0)
+	b, name, err := s.store(&spoolHeader{ID: "x", From: "a@example.com", To: []string{"b@example.com"}}, strings.NewReader("Subject: x\r\n\r\n.\r\n"), bodyRules{})
 	require.NoError(t, err)
 	require.NoError(t, s.commit(b, name))
 	b.release()

@@ -20,6 +20,8 @@ type stream interface {
 	Written() int64
 	// Cause says why the far end ended the stream, or nil.
 	Cause() error
+	// Abort closes the stream now, interrupting a write in progress.
+	Abort()
 }
 
 // tunnel is a raw WebSocket tunnel: the SMTP byte stream in binary frames
@@ -73,6 +75,10 @@ func (t *tunnel) Write(p []byte) (int, error) {
 	t.written.Add(int64(len(p)))
 	return t.Conn.Write(p)
 }
+
+// Abort cuts the tunnel's connection: a write blocked on a gateway that
+// stopped reading returns.
+func (t *tunnel) Abort() { t.ws.CloseNow() }
 
 func (t *tunnel) Binary() bool   { return true }
 func (t *tunnel) Written() int64 { return t.written.Load() }

@@ -30,6 +30,10 @@ type Encoder struct {
 	Fix     bool // make bare CR and bare LF into CRLF instead of refusing them
 	MaxLine int  // the longest line allowed, line end and stuffed dot not counted; zero: no limit
 	Stuff   bool // dot-stuff, for DATA
+	// Raw passes the bytes through as they are, for BODY=BINARYMIME: no
+	// line ending checked or added, no line limit (Fix, MaxLine and Stuff
+	// are ignored).
+	Raw bool
 
 	some    bool  // a byte was seen
 	midLine bool  // the last byte emitted was not the LF of a CRLF
@@ -50,6 +54,9 @@ func (e *Encoder) text(n int, at int64) error {
 
 // Encode appends src, encoded, to dst.
 func (e *Encoder) Encode(dst, src []byte) ([]byte, error) {
+	if e.Raw {
+		return append(dst, src...), nil
+	}
 	e.some = e.some || len(src) > 0
 	for len(src) > 0 {
 		if e.cr {
@@ -107,6 +114,9 @@ func (e *Encoder) Encode(dst, src []byte) ([]byte, error) {
 // Close appends what the end of the body needs: a held-back CR's fate and a
 // final CRLF.
 func (e *Encoder) Close(dst []byte) ([]byte, error) {
+	if e.Raw {
+		return dst, nil
+	}
 	if e.cr {
 		e.cr = false
 		if !e.Fix {
@@ -133,8 +143,10 @@ type Sizer struct {
 
 // NewSizer returns a Sizer for a body encoded without dot-stuffing (SIZE
 // counts the message, not its DATA transparency), with the Encoder's Fix
-// and MaxLine.
-func NewSizer(fix bool, maxLine int) *Sizer { return &Sizer{e: Encoder{Fix: fix, MaxLine: maxLine}} }
+// and MaxLine, or Raw.
+func NewSizer(fix bool, maxLine int, raw bool) *Sizer {
+	return &Sizer{e: Encoder{Fix: fix, MaxLine: maxLine, Raw: raw}}
+}
 
 // Write implements io.Writer; it fails on a bare line ending unless fix,
 // and on a line longer than maxLine.

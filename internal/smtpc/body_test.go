@@ -82,7 +82,7 @@ func TestEncoderLineLimit(t *testing.T) {
 					require.ErrorIs(t, err, tc.err)
 				}
 			}
-			sz := NewSizer(tc.fix, MaxLineLength)
+			sz := NewSizer(tc.fix, MaxLineLength, false)
 			_, err := sz.Write([]byte(tc.body))
 			if err == nil {
 				_, err = sz.Size()
@@ -162,7 +162,7 @@ func FuzzEncoder(f *testing.F) {
 
 		var n int64
 		allocated := alloctest.Bytes(func() {
-			sz := NewSizer(fix, maxLine)
+			sz := NewSizer(fix, maxLine, false)
 			if _, err = sz.Write(body); err == nil {
 				n, err = sz.Size()
 			}

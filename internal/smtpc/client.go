@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-sasl"
@@ -66,9 +67,14 @@ type countConn struct {
 	timeout time.Duration
 	written func() int64
 	handed  int64
+	// started counts the bytes passed to Write, before it returns: the
+	// server may answer a command as soon as its bytes are in a Write. The
+	// reader compares it with each command's end.
+	started *atomic.Int64
 }
 
 func (c *countConn) Write(p []byte) (int, error) {
+	c.started.Add(int64(len(p)))
 	if c.timeout > 0 {
 		c.Conn.SetWriteDeadline(time.Now().Add(c.timeout))
 	}
@@ -98,7 +104,11 @@ func New(nc net.Conn, cfg Config) *Client {
 }
 
 func (c *Client) setConn(nc net.Conn, handed int64) {
-	c.cc = &countConn{Conn: nc, timeout: c.cfg.Timeout, written: c.cfg.Written, handed: handed}
+	started := new(atomic.Int64)
+	if c.cc != nil {
+		started = c.cc.started
+	}
+	c.cc = &countConn{Conn: nc, timeout: c.cfg.Timeout, written: c.cfg.Written, handed: handed, started: started}
 	c.br = bufio.NewReaderSize(c.cc, bufSize)
 	c.bw = bufio.NewWriterSize(c.cc, bufSize)
 	c.rr = replyReader{br: c.br}
@@ -135,6 +145,12 @@ func (c *Client) cmd(want int, line string) (Reply, error) {
 func (c *Client) cmdAs(want int, line, what string) (Reply, error) {
 	if err := checkLine(line); err != nil {
 		return Reply{}, err
+	}
+	if c.br.Buffered() > 0 {
+		// A reply can only answer a command the server has read: these
+		// bytes came before this one was written (a stray, or a reply
+		// sent twice), and would be taken for its answer.
+		return Reply{}, fmt.Errorf("%w: the server sent a reply before %s was written", ErrProtocol, what)
 	}
 	c.bw.WriteString(line)
 	c.bw.WriteString("\r\n")

@@ -1,6 +1,7 @@
 package smtpc
 
 import (
+	"bytes"
 	"cmp"
 	"errors"
 	"fmt"
@@ -27,8 +28,12 @@ type Tx struct {
 	Mail  string   // the MAIL command, from MailCommand
 	Rcpts []string // the RCPT commands, from RcptCommand
 	Body  io.Reader
-	// Canceled, if set, is asked before each BDAT chunk: true withdraws the
-	// transaction (with RSET, so the session goes on).
+	// Raw sends Body as it is, for BODY=BINARYMIME: no line ending
+	// checked or added, no line length limit. BDAT only.
+	Raw bool
+	// Canceled, if set, is asked before the first command and before each
+	// BDAT chunk: true withdraws the transaction (with RSET once something
+	// of it is written, so the session goes on).
 	Canceled func() bool
 	// BeforeEnd, if set, is called right before the end of data is
 	// written: false withdraws the transaction (with BDAT by RSET; with
@@ -40,7 +45,9 @@ type Tx struct {
 
 	seq          uint64
 	pending      int    // replies still owed
+	pushed       int    // replies asked for
 	closed       bool   // every command is written
+	slot         bool   // holds a place in the window: replies are owed
 	finished     bool   // Done was called or is being called
 	endAt        int64  // stream offset of the end of data; -1 before it
 	endN         uint64 // the end of data's place among the replies owed
@@ -59,18 +66,27 @@ type Result struct {
 	// DataCmd is a refusal of DATA (no 354), or of a BDAT chunk before the
 	// last one.
 	DataCmd *smtp.SMTPError
-	// End is the reply to the end of data ("." or BDAT LAST); nil when
-	// there was none. Only End decides whether the message was accepted.
+	// End is the reply to the end of data ("." or BDAT LAST), whatever
+	// its code (a 3xx there is out of SMTP's grammar); nil when there was
+	// none. Only End decides whether the message was accepted.
 	End *Reply
-	// Err is set when the transaction did not run to its end: the
-	// connection failed (or the server closed it with 421), the body could
-	// not be read or had a bare line ending (Body), the Tx withdrew it
-	// (ErrWithdrawn).
+	// Confirmed is set when a reply that can only answer a command written
+	// after this transaction's last one came as that command expects (250
+	// to RSET or NOOP, 221 to QUIT, or 421): the replies before it were in
+	// step with the commands, none shifted by a stray or duplicated reply.
+	// Without it a 2xx to the end of data may be the answer to another
+	// command.
+	Confirmed bool
+	// Err is set when the transaction did not run to its end, or its
+	// replies were not confirmed: the connection failed (or the server
+	// closed it with 421), the body could not be read or had a bare line
+	// ending (Body), the Tx withdrew it (ErrWithdrawn).
 	Err  error
 	Body error
-	// Unknown is set with Err when the end of data was at least partly
-	// handed on and no reply came: the server may have the message.
-	Unknown bool
+	// EndSent is set when the end of data was at least partly handed on in
+	// a way the server processes (not after a 421): with no confirmed
+	// reply to it, the server may have the message.
+	EndSent bool
 }
 
 type kind uint8
@@ -84,12 +100,18 @@ const (
 	kEnd
 	kAbort // RSET that withdraws a transaction, or after a failure
 	kQuit
+	kNoop // NOOP that confirms the transactions before it (Sync)
 )
+
+// strict reports whether the command has one right answer (250, or 221
+// to QUIT), so that any other reply shows the replies out of step.
+func (k kind) strict() bool { return k == kReset || k == kAbort || k == kQuit || k == kNoop }
 
 type expect struct {
 	tx   *Tx
 	kind kind
 	idx  int
+	end  int64 // stream offset just past the command (and its chunk, for BDAT)
 }
 
 // pipeline state, used after Start. The writer side (Send, Wait, Quit,
@@ -102,20 +124,28 @@ type pipe struct {
 	rbuf, cbuf, chunk    []byte
 	sent                 int // transactions started
 
-	mu      sync.Mutex
-	fifo    []expect
-	head    int
-	pushed  uint64 // expectations pushed
-	done    uint64 // replies handled
-	live    map[*Tx]struct{}
-	broken  error
-	closing uint64 // after a 421, the place of the first command not processed; 0: none
+	// syncOwed is set when the last command owed a reply is an end of
+	// data: a strict command after it is what confirms it. Writer only.
+	syncOwed bool
+
+	mu          sync.Mutex
+	fifo        []expect
+	head        int
+	pushed      uint64 // expectations pushed
+	done        uint64 // replies handled
+	live        map[*Tx]struct{}
+	unconfirmed []*Tx  // answered, waiting for an in-step reply after them
+	inStepAt    uint64 // the place of the last strict command answered in step
+	broken      error
+	closing     uint64 // after a 421, the place of the first command not processed; 0: none
 }
 
 const chunkSize = 256 << 10
 
 // Start begins the pipelined phase: from here on replies are read by a
-// goroutine of the client, which ends with Close.
+// goroutine of the client, which ends with Close. Bytes the server sent
+// after its last handshake reply answer nothing the client wrote: the
+// connection is then broken (a protocol error) before anything is sent.
 func (c *Client) Start() {
 	p := &c.p
 	p.pipelining = !c.cfg.NoPipelining && c.Has("PIPELINING")
@@ -132,6 +162,9 @@ func (c *Client) Start() {
 	p.readerDone = make(chan struct{})
 	p.live = map[*Tx]struct{}{}
 	p.rbuf = make([]byte, 32<<10)
+	if n := c.br.Buffered(); n > 0 {
+		c.breakWith(c.strayErr(n))
+	}
 	go c.readLoop()
 }
 
@@ -176,6 +209,13 @@ func (c *Client) readLoop() {
 			return
 		}
 		e := p.fifo[p.head]
+		if c.cc.started.Load() < e.end {
+			// Its command has not been handed to the connection yet: the
+			// server cannot have read it. A stray or early reply.
+			p.mu.Unlock()
+			c.breakWith(fmt.Errorf("%w: reply %d came before its command (%s) was sent", ErrProtocol, r.Code, e.kind))
+			return
+		}
 		p.fifo[p.head] = expect{}
 		p.head++
 		if p.head >= 1024 && p.head*2 >= len(p.fifo) {
@@ -194,22 +234,33 @@ func (c *Client) readLoop() {
 		if r.Code == 421 && p.closing == 0 {
 			p.closing = p.done + 1
 		}
-		err = apply(e, r)
-		tx := e.tx
-		fin := false
-		if tx != nil {
+		inStep, err := apply(e, r)
+		var fin []*Tx
+		if inStep {
+			p.inStepAt = p.done
+			// Every transaction answered before this reply was answered in
+			// step: a shifted stream would have given this command another
+			// command's reply.
+			for _, tx := range p.unconfirmed {
+				tx.res.Confirmed, tx.finished = true, true
+			}
+			fin, p.unconfirmed = p.unconfirmed, nil
+		}
+		if tx := e.tx; tx != nil {
 			tx.pending--
-			fin = tx.closed && tx.pending == 0 && !tx.finished
-			if fin {
-				tx.finished = true
+			if inStep {
+				tx.res.Confirmed = true
+			}
+			if tx.closed && tx.pending == 0 && !tx.finished {
+				fin = c.answered(tx, fin)
 			}
 		}
 		p.mu.Unlock()
-		if fin {
+		for _, tx := range fin {
 			c.finalize(tx)
 		}
-		// Signalled after the result is out, so that a writer woken by it
-		// sees the transaction gone.
+		// Signalled after the results are out, so that a writer woken by
+		// it sees the transactions gone.
 		select {
 		case p.progress <- struct{}{}:
 		default:
@@ -224,47 +275,91 @@ func (c *Client) readLoop() {
 	}
 }
 
-// apply records reply r to the command e stands for; an error means the
-// connection cannot go on.
-func apply(e expect, r Reply) error {
+// strayErr is the error of n bytes waiting after the handshake: the 421
+// they start with, if they do (a server closing, which processes nothing
+// after it), else a protocol error.
+func (c *Client) strayErr(n int) error {
+	b, _ := c.br.Peek(n)
+	if line, _, ok := bytes.Cut(b, []byte("\n")); ok {
+		if code, _, text, err := parseLine(string(bytes.TrimSuffix(line, []byte("\r")))); err == nil && code == 421 {
+			return Reply{Code: code, Message: text}.Err()
+		}
+	}
+	return fmt.Errorf("%w: the server sent a reply after the handshake with no command waiting for it", ErrProtocol)
+}
+
+// answered handles tx, every command written and every reply in: it is
+// finished now if its replies are confirmed (its last command was a strict
+// one, answered in step), else it waits for a confirming reply. It returns
+// fin with tx added when tx is finished. p.mu is held.
+func (c *Client) answered(tx *Tx, fin []*Tx) []*Tx {
+	c.freeSlot(tx) // nothing of it is in flight any more
+	if tx.res.Confirmed || tx.pushed == 0 {
+		tx.finished = true
+		return append(fin, tx)
+	}
+	c.p.unconfirmed = append(c.p.unconfirmed, tx)
+	return fin
+}
+
+// apply records reply r to the command e stands for. inStep reports a
+// strict command answered as it expects; an error means the connection
+// cannot go on.
+func apply(e expect, r Reply) (inStep bool, err error) {
 	class := r.Code / 100
-	want := 2
-	if e.kind == kData {
-		want = 3
-	}
-	if class == 2 || class == 3 {
-		if class != want || e.kind == kData && r.Code != 354 {
-			return fmt.Errorf("%w: reply %d to %s", ErrProtocol, r.Code, e.kind)
-		}
-	}
 	tx := e.tx
-	ok := class == want
 	switch e.kind {
-	case kReset, kAbort, kQuit:
-		if !ok && e.kind != kQuit {
-			return fmt.Errorf("RSET refused: %w", r.Err())
+	case kReset, kAbort, kNoop, kQuit:
+		want := 250
+		if e.kind == kQuit {
+			want = 221
 		}
-	case kMail:
-		if !ok {
-			tx.res.Mail = r.Err()
+		if r.Code == want || r.Code == 421 {
+			return true, nil
 		}
-	case kRcpt:
-		tx.rcptAnswered++
-		if !ok {
-			tx.res.Rcpt[e.idx] = r.Err()
+		return false, fmt.Errorf("%w: reply %d to %s: the replies are out of step with the commands", ErrProtocol, r.Code, e.kind)
+	case kEnd:
+		// Recorded whatever it is: a reply outside the grammar of an end
+		// of data leaves the outcome unknown, not "never sent".
+		tx.res.End = &r
+		tx.res.EndSent = true
+		if class == 3 {
+			return false, fmt.Errorf("%w: reply %d to the end of data", ErrProtocol, r.Code)
 		}
-	case kData, kChunk:
-		if !ok && tx.res.DataCmd == nil {
+	case kData:
+		switch {
+		case r.Code == 354:
+		case class == 2 || class == 3:
+			return false, fmt.Errorf("%w: reply %d to DATA", ErrProtocol, r.Code)
+		case tx.res.DataCmd == nil:
 			tx.res.DataCmd = r.Err()
 		}
-	case kEnd:
-		tx.res.End = &r
+	case kMail, kRcpt, kChunk:
+		if class == 3 {
+			return false, fmt.Errorf("%w: reply %d to %s", ErrProtocol, r.Code, e.kind)
+		}
+		ok := class == 2
+		switch e.kind {
+		case kMail:
+			if !ok {
+				tx.res.Mail = r.Err()
+			}
+		case kRcpt:
+			tx.rcptAnswered++
+			if !ok {
+				tx.res.Rcpt[e.idx] = r.Err()
+			}
+		default:
+			if !ok && tx.res.DataCmd == nil {
+				tx.res.DataCmd = r.Err()
+			}
+		}
 	}
-	return nil
+	return false, nil
 }
 
 func (k kind) String() string {
-	return [...]string{"RSET", "MAIL", "RCPT", "DATA", "BDAT", "end of data", "RSET", "QUIT"}[k]
+	return [...]string{"RSET", "MAIL", "RCPT", "DATA", "BDAT", "end of data", "RSET", "QUIT", "NOOP"}[k]
 }
 
 // breakWith records why the connection cannot go on and closes it, which
@@ -294,29 +389,53 @@ func (c *Client) finalize(tx *Tx) {
 	p := &c.p
 	p.mu.Lock()
 	delete(p.live, tx)
+	c.freeSlot(tx)
 	p.mu.Unlock()
-	<-p.slots
 	tx.res.RcptAnswered = tx.rcptAnswered
 	tx.Done(&tx.res)
 }
 
-// push records that a reply is owed for the command about to be written.
-func (c *Client) push(tx *Tx, k kind, idx int) uint64 {
+// freeSlot gives tx's place in the window back, once. p.mu is held.
+func (c *Client) freeSlot(tx *Tx) {
+	if tx.slot {
+		tx.slot = false
+		<-c.p.slots
+	}
+}
+
+// push records that a reply is owed for a command of n bytes (its chunk
+// included) about to be written: the reader takes a reply for it only
+// once all n bytes are handed to the connection.
+func (c *Client) push(tx *Tx, k kind, idx int, n int) uint64 {
 	p := &c.p
+	end := c.cc.started.Load() + int64(c.bw.Buffered()) + int64(n)
+	switch {
+	case k.strict():
+		p.syncOwed = false
+	case k == kEnd:
+		p.syncOwed = true
+	}
 	p.mu.Lock()
-	p.fifo = append(p.fifo, expect{tx: tx, kind: k, idx: idx})
+	p.fifo = append(p.fifo, expect{tx: tx, kind: k, idx: idx, end: end})
 	p.pushed++
-	n := p.pushed
+	seq := p.pushed
 	if tx != nil {
 		tx.pending++
+		tx.pushed++
 	}
 	p.mu.Unlock()
-	return n
+	return seq
 }
 
 // line pushes an expectation and writes the command.
 func (c *Client) line(tx *Tx, k kind, idx int, cmd string) uint64 {
-	n := c.push(tx, k, idx)
+	return c.lineWith(tx, k, idx, cmd, 0)
+}
+
+// lineWith is line for a command followed by extra bytes (a BDAT chunk)
+// that the caller writes next.
+func (c *Client) lineWith(tx *Tx, k kind, idx int, cmd string, extra int) uint64 {
+	n := c.push(tx, k, idx, len(cmd)+2+extra)
 	c.bw.WriteString(cmd)
 	c.bw.WriteString("\r\n")
 	return n
@@ -376,12 +495,12 @@ func (c *Client) closeTx(tx *Tx) {
 	p := &c.p
 	p.mu.Lock()
 	tx.closed = true
-	fin := tx.pending == 0 && !tx.finished
-	if fin {
-		tx.finished = true
+	var fin []*Tx
+	if tx.pending == 0 && !tx.finished {
+		fin = c.answered(tx, nil)
 	}
 	p.mu.Unlock()
-	if fin {
+	for _, tx := range fin {
 		c.finalize(tx)
 	}
 }
@@ -392,6 +511,27 @@ func (c *Client) Outstanding() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return len(p.live)
+}
+
+// Unanswered is the number of transactions still owed a reply: those
+// without a result but waiting only for a confirming reply (see Sync) are
+// not counted.
+func (c *Client) Unanswered() int {
+	p := &c.p
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.live) - len(p.unconfirmed)
+}
+
+// Sync writes a NOOP when the last transaction ended with its end of data
+// and nothing was written after it, so that its reply confirms the
+// transactions waiting for one (see Result.Confirmed), and flushes. The
+// next transaction's first command, or QUIT, confirms them too.
+func (c *Client) Sync() error {
+	if c.p.syncOwed {
+		c.line(nil, kNoop, 0, "NOOP")
+	}
+	return c.Flush()
 }
 
 // Progress is signalled when a reply was handled.
@@ -408,6 +548,11 @@ func (c *Client) Send(tx *Tx) error {
 	p := &c.p
 	tx.endAt = -1
 	tx.res.Rcpt = make([]*smtp.SMTPError, len(tx.Rcpts))
+	if err := c.Err(); err != nil {
+		tx.res.Err = err
+		tx.Done(&tx.res)
+		return err
+	}
 	if len(p.slots) == cap(p.slots) {
 		// The window is full: hand on what is written, and go on only
 		// when an eighth of it is free again, so that transactions go out
@@ -424,6 +569,7 @@ func (c *Client) Send(tx *Tx) error {
 		}
 	}
 	p.slots <- struct{}{} // only this goroutine takes slots: there is one free
+	tx.slot = true
 	p.mu.Lock()
 	p.live[tx] = struct{}{}
 	tx.seq = p.pushed
@@ -438,10 +584,24 @@ func (c *Client) Send(tx *Tx) error {
 func (c *Client) send(tx *Tx) error {
 	p := &c.p
 	lockstep := !p.pipelining
-	if p.pipelining && p.sent > 0 {
-		// No failure of the transaction before can leak into this one,
-		// already in the pipe behind it.
-		c.line(tx, kReset, 0, "RSET")
+	if tx.Canceled != nil && tx.Canceled() {
+		// Withdrawn before anything of it was written (while it waited
+		// for a slot in the window, say).
+		tx.res.Err = ErrWithdrawn
+		c.closeTx(tx)
+		return nil
+	}
+	if p.sent > 0 && (p.pipelining || p.syncOwed) {
+		// Pipelined: no failure of the transaction before can leak into
+		// this one, already in the pipe behind it. Lock-step: its 250
+		// confirms the transaction before, whose end of data nothing
+		// strict has followed yet.
+		n := c.line(tx, kReset, 0, "RSET")
+		if lockstep {
+			if err := c.await(n); err != nil {
+				return err
+			}
+		}
 	}
 	p.sent++
 	n := c.line(tx, kMail, 0, tx.Mail)
@@ -450,7 +610,7 @@ func (c *Client) send(tx *Tx) error {
 			return err
 		}
 		if tx.res.Mail != nil {
-			return c.abort(tx, lockstep)
+			return c.abort(tx)
 		}
 	}
 	ok := 0
@@ -466,7 +626,7 @@ func (c *Client) send(tx *Tx) error {
 		}
 	}
 	if lockstep && ok == 0 {
-		return c.abort(tx, lockstep)
+		return c.abort(tx)
 	}
 	if p.chunking {
 		return c.sendChunks(tx, lockstep)
@@ -474,23 +634,31 @@ func (c *Client) send(tx *Tx) error {
 	return c.sendData(tx, lockstep)
 }
 
-// abort ends tx without its end of data: in lock-step after a refusal
-// (RSET, as go-smtp's Client does), or to withdraw it.
-func (c *Client) abort(tx *Tx, rset bool) error {
-	if rset {
-		c.line(tx, kAbort, 0, "RSET")
-	}
+// abort ends tx without its end of data, with RSET (as go-smtp's Client
+// does after a refusal): after a refusal, or to withdraw it. The RSET's 250
+// confirms tx's replies.
+func (c *Client) abort(tx *Tx) error {
+	c.line(tx, kAbort, 0, "RSET")
 	c.closeTx(tx)
 	return nil
 }
 
 func (c *Client) sendData(tx *Tx, lockstep bool) error {
+	if tx.Raw {
+		// BINARYMIME needs BDAT (RFC 3030 §3): nothing can carry it here.
+		tx.res.Err = fmt.Errorf("%w: BODY=BINARYMIME without CHUNKING", ErrUnsupported)
+		return c.abort(tx)
+	}
+	if tx.Canceled != nil && tx.Canceled() {
+		tx.res.Err = ErrWithdrawn
+		return c.abort(tx)
+	}
 	n := c.line(tx, kData, 0, "DATA")
 	if err := c.await(n); err != nil {
 		return err
 	}
 	if tx.res.DataCmd != nil {
-		return c.abort(tx, lockstep)
+		return c.abort(tx)
 	}
 	if tx.res.Mail != nil || !anyNil(tx.res.Rcpt) {
 		// 354 although nobody can receive the message (RFC 2920 §3.1 asks
@@ -553,7 +721,7 @@ func (c *Client) copyBody(tx *Tx, enc *Encoder, out func([]byte) error) error {
 }
 
 func (c *Client) sendChunks(tx *Tx, lockstep bool) error {
-	enc := Encoder{Fix: c.cfg.Fix, MaxLine: c.cfg.MaxLine}
+	enc := Encoder{Fix: c.cfg.Fix, MaxLine: c.cfg.MaxLine, Raw: tx.Raw}
 	p := &c.p
 	if p.chunk == nil {
 		p.chunk = make([]byte, 0, chunkSize)
@@ -573,7 +741,7 @@ func (c *Client) sendChunks(tx *Tx, lockstep bool) error {
 			tx.endAt = c.offset()
 			kind, cmd = kEnd, cmd+" LAST"
 		}
-		n := c.line(tx, kind, 0, cmd)
+		n := c.lineWith(tx, kind, 0, cmd, len(chunk))
 		if last {
 			tx.endN = n
 		}
@@ -621,7 +789,7 @@ func (c *Client) sendChunks(tx *Tx, lockstep bool) error {
 	}
 	if err == errAbort {
 		// Chunks written so far are whole commands: RSET withdraws them.
-		return c.abort(tx, true)
+		return c.abort(tx)
 	}
 	if err != nil {
 		return err
@@ -639,20 +807,32 @@ func (c *Client) Wait() error {
 		return err
 	}
 	// A broken connection wins over an empty window: the session must not
-	// QUIT on it.
-	return c.waitFor(func() bool { return c.p.broken == nil && len(c.p.live) == 0 })
+	// QUIT on it. Transactions waiting only for a confirming reply are
+	// confirmed by QUIT's.
+	return c.waitFor(func() bool { return c.p.broken == nil && len(c.p.live) == len(c.p.unconfirmed) })
 }
 
-// Quit sends QUIT (after Start) and waits for its reply.
+// Quit sends QUIT (after Start) and waits for its reply, which confirms
+// the transactions answered before it. An error means QUIT was not
+// answered with 221 (or 421).
 func (c *Client) Quit() error {
 	n := c.line(nil, kQuit, 0, "QUIT")
-	return c.await(n)
+	if err := c.await(n); err != nil {
+		return err
+	}
+	p := &c.p
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.inStepAt < n {
+		return p.broken // the reply to QUIT was not 221 (nor 421)
+	}
+	return nil
 }
 
 // Close closes the connection, waits for the reader, and gives every
-// transaction still without a result its result: unknown when its end of
-// data was handed on (and it was not already refused), else not sent,
-// with the connection's error (or cause when it had none).
+// transaction still without a result its result, with the connection's
+// error (or cause when it had none): EndSent when its end of data was
+// handed on before any 421, Confirmed false.
 func (c *Client) Close(cause error) {
 	p := &c.p
 	if cause == nil {
@@ -671,21 +851,24 @@ func (c *Client) Close(cause error) {
 			left = append(left, tx)
 		}
 	}
+	p.unconfirmed = nil
 	p.mu.Unlock()
 	slices.SortFunc(left, func(a, b *Tx) int { return cmp.Compare(a.seq, b.seq) })
 	for _, tx := range left {
 		if tx.res.Err == nil {
 			tx.res.Err = err
 		}
-		// Not unknown: refused before its end, or its end came after a
-		// 421, past which a server processes nothing (RFC 5321 §3.8).
-		refused := tx.res.Mail != nil || tx.rcptAnswered == len(tx.Rcpts) && !anyNil(tx.res.Rcpt)
-		afterClosing := closing > 0 && tx.endN >= closing
-		if tx.endAt >= 0 && c.cc.handed > tx.endAt && !refused && !afterClosing {
-			tx.res.Unknown = true
-		}
+		c.markSent(tx, closing)
 		c.finalize(tx)
 	}
+}
+
+// markSent sets tx.res.EndSent when its end of data was at least partly
+// handed on and not after a 421 (closing, see pipe), past which a server
+// processes nothing (RFC 5321 §3.8).
+func (c *Client) markSent(tx *Tx, closing uint64) {
+	afterClosing := closing > 0 && tx.endN >= closing
+	tx.res.EndSent = tx.endAt >= 0 && c.cc.handed > tx.endAt && !afterClosing
 }
 
 func anyNil(es []*smtp.SMTPError) bool {

@@ -29,6 +29,11 @@ type Reply struct {
 	Code     int
 	Enhanced smtp.EnhancedCode
 	Message  string
+	// BadEnhanced is set when the text starts with an RFC 3463 status code
+	// whose class is not the reply's ("250 5.0.0"): Enhanced is then zero
+	// and the code stays in Message. RFC 3463 §2 requires the two to agree;
+	// a reply that contradicts itself does not say what happened.
+	BadEnhanced bool
 }
 
 // Err returns the reply as a *smtp.SMTPError.
@@ -92,7 +97,7 @@ func (rr *replyReader) read() (Reply, error) {
 			continue
 		}
 		r := Reply{Code: code}
-		r.Enhanced, rr.lines[0] = parseEnhanced(code, rr.lines[0])
+		r.Enhanced, rr.lines[0], r.BadEnhanced = parseEnhanced(code, rr.lines[0])
 		r.Message = strings.Join(rr.lines, "\n")
 		rr.lines, rr.code = rr.lines[:0], 0
 		return r, nil
@@ -120,26 +125,29 @@ func parseLine(line string) (code int, more bool, text string, err error) {
 }
 
 // parseEnhanced takes an RFC 3463 status code ("2.1.0 ") off the front of
-// text when its class matches the reply's.
-func parseEnhanced(code int, text string) (smtp.EnhancedCode, string) {
-	var ec smtp.EnhancedCode
+// text when its class matches the reply's; bad reports one whose class
+// does not (left in the text).
+func parseEnhanced(code int, text string) (ec smtp.EnhancedCode, rest string, bad bool) {
 	head, rest, ok := strings.Cut(text, " ")
 	if !ok {
 		head, rest = text, ""
 	}
 	parts := strings.Split(head, ".")
 	if len(parts) != 3 {
-		return ec, text
+		return ec, text, false
 	}
 	for i, p := range parts {
 		n, err := strconv.Atoi(p)
-		if err != nil || n < 0 || len(p) > 3 {
-			return smtp.EnhancedCode{}, text
+		if err != nil || n < 0 || len(p) > 3 || p == "" || p[0] == '+' || p[0] == '-' {
+			return smtp.EnhancedCode{}, text, false
 		}
 		ec[i] = n
 	}
-	if ec[0] != code/100 {
-		return smtp.EnhancedCode{}, text
+	if ec[0] != 2 && ec[0] != 4 && ec[0] != 5 {
+		return smtp.EnhancedCode{}, text, false // not a class of RFC 3463
 	}
-	return ec, rest
+	if ec[0] != code/100 {
+		return smtp.EnhancedCode{}, text, true
+	}
+	return ec, rest, false
 }

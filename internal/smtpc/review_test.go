@@ -114,7 +114,9 @@ func TestPipelinedData354AfterAllRefused(t *testing.T) {
 	r := <-out
 	assert.Equal(t, "", got)
 	assert.NotNil(t, r.Rcpt[0])
-	assert.False(t, r.Unknown)
+	require.NotNil(t, r.End)
+	assert.Equal(t, 554, r.End.Code, "refused: its end of data was answered")
+	assert.True(t, r.Confirmed, "QUIT's 221 confirms it")
 }
 
 // A 421 that comes with no command waiting: what is written after it is
@@ -137,5 +139,5 @@ func TestUnsolicited421MeansNotProcessed(t *testing.T) {
 	c.Close(nil)
 	r := <-out
 	require.Error(t, r.Err)
-	assert.False(t, r.Unknown, "after a 421 nothing is processed")
+	assert.False(t, r.EndSent, "after a 421 nothing is processed")
 }
