@@ -140,8 +140,8 @@ type closeRequest struct {
 const closeGrace = time.Second
 
 type openResult struct {
-	binary bool
-	err    error
+	ch  *Channel // the channel READY opened, ended since or not
+	err error
 }
 
 // Dial opens the WebSocket and starts its reader and heartbeat. It does not
@@ -426,14 +426,9 @@ func (c *Conn) OpenChannel(ctx context.Context) (*Channel, error) {
 		if r.err != nil {
 			return nil, r.err
 		}
-		// ready: the channel was installed by the reader
-		c.mu.Lock()
-		ch := c.ch
-		c.mu.Unlock()
-		if ch == nil {
-			return nil, c.deadOr(ErrClosed)
-		}
-		return ch, nil
+		// The channel READY opened, even if the relay has ended it since
+		// (an upstream that greets and hangs up): its bytes are read first.
+		return r.ch, nil
 	case <-c.dead:
 		return nil, c.Err()
 	case <-ctx.Done():
@@ -527,7 +522,7 @@ func (c *Conn) handle(m wire.Message) bool {
 		c.ch, c.last = nc, nc
 		c.opening = nil
 		c.mu.Unlock()
-		opening <- openResult{binary: r.Binary}
+		opening <- openResult{ch: nc}
 	case wire.TypeChannelError:
 		var r wire.ChannelError
 		if err := m.Unmarshal(&r); err != nil {
