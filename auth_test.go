@@ -12,17 +12,11 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay"
-	"github.com/mxrelay/mxrelay/internal/testcert"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
 
 // selfSigned returns a server TLS config for mx.test and a pool trusting it.
-func selfSigned(t *testing.T) (*tls.Config, *x509.CertPool) {
-	t.Helper()
-	cert, pool, err := testcert.New("mx.test")
-	require.NoError(t, err)
-	return &tls.Config{Certificates: []tls.Certificate{cert}}, pool
-}
+func selfSigned(t *testing.T) (*tls.Config, *x509.CertPool) { return selfSignedFor(t, "mx.test") }
 
 func TestSMTPAuth(t *testing.T) {
 	s := newRelay(t, &relaytest.Options{Users: map[string]string{"alice": "s3cret-pw"}})
@@ -181,12 +175,8 @@ func TestNoAuthWithoutRequiredTLS(t *testing.T) {
 			u := newUpstream(t, func(c *upConn) {
 				c.say("220 mx.test ESMTP")
 				secure := false
-				for {
-					l, ok := c.line()
-					if !ok {
-						return
-					}
-					switch verb := strings.ToUpper(strings.Fields(l + " x")[0]); {
+				c.commands(func(verb, l string) bool {
+					switch {
 					case verb == "EHLO" && tc.offer && !secure:
 						c.say("250-mx.test\r\n250-AUTH PLAIN LOGIN\r\n250 STARTTLS")
 					case verb == "EHLO":
@@ -195,7 +185,7 @@ func TestNoAuthWithoutRequiredTLS(t *testing.T) {
 						if secure = tc.starttls(c); !secure {
 							for _, ok := c.line(); ok; _, ok = c.line() {
 							}
-							return
+							return false
 						}
 					case verb == "AUTH":
 						c.say("235 2.7.0 ok")
@@ -203,17 +193,19 @@ func TestNoAuthWithoutRequiredTLS(t *testing.T) {
 						c.say("354 go ahead")
 						for l, ok := c.line(); l != "."; l, ok = c.line() {
 							if !ok {
-								return
+								return false
 							}
 						}
 						c.say("250 2.0.0 queued")
 					case verb == "QUIT":
 						c.say("221 bye")
-						return
+						return false
 					default:
 						c.say("250 ok")
 					}
-				}
+
+					return true
+				})
 			})
 			s := newRelay(t, &relaytest.Options{UpstreamAddr: u.addr})
 			if tc.clientTLS == nil {

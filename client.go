@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	mrand "math/rand/v2"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -713,7 +714,7 @@ func (w *worker) setupFailed(err error) {
 		w.failures = 0
 		return
 	}
-	delay := c.reconnect.Delay(w.failures)
+	delay := w.retryDelay(w.failures)
 	w.lost = false // this wait is the backoff: open must not wait again
 	c.setSessionState(SessionFailed)
 	c.setConnState(StateReconnecting)
@@ -725,6 +726,19 @@ func (w *worker) setupFailed(err error) {
 	case <-t.C:
 	case <-c.stopCtx.Done():
 	}
+}
+
+// retryDelay is the wait before set-up attempt n+1 after n failures in a
+// row: backoff is for failures in a row, so the first retry (after a
+// connection or a channel that worked, or a first failure) goes at once,
+// spread by a jitter of up to a tenth of ReconnectInterval so that many
+// clients of a relay that restarted do not all come back in the same
+// instant; the next ones back off from ReconnectInterval.
+func (w *worker) retryDelay(n int) time.Duration {
+	if n <= 1 {
+		return mrand.N(max(w.c.opts.ReconnectInterval/10, 1))
+	}
+	return w.c.reconnect.Delay(n - 1)
 }
 
 // failWaiting fails every email in the queue with err.

@@ -26,6 +26,12 @@ func enqueueBatch(t *testing.T, c *mxrelay.Client, n int) []*mxrelay.Result {
 		require.NoError(t, err)
 		hs = append(hs, h)
 	}
+	return results(t, hs)
+}
+
+// results waits for the result of every handle, in order.
+func results(t *testing.T, hs []*mxrelay.Handle) []*mxrelay.Result {
+	t.Helper()
 	var out []*mxrelay.Result
 	for _, h := range hs {
 		res, _ := h.Wait(ctxT(t))

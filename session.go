@@ -64,7 +64,6 @@ func (w *worker) session() {
 		w.setupFailed(err)
 		return
 	}
-	w.failures = 0
 	stopAbort := context.AfterFunc(ctx, s.abort) // end by closing
 	defer stopAbort()
 
@@ -98,6 +97,7 @@ func (w *worker) session() {
 		}
 		n++
 		taken = append(taken, em)
+		w.failures = 0 // a session that works ends the failures in a row
 		if broken = s.send(em); broken != nil {
 			break
 		}
@@ -115,7 +115,14 @@ func (w *worker) session() {
 	}
 	if broken == nil {
 		if err := s.sc.Quit(); err != nil {
-			broken = err
+			broken = fmt.Errorf("mxrelay: session %s: QUIT: %w", sid, s.explain(err))
+			if errors.Is(err, smtpc.ErrProtocol) {
+				// Every reply before QUIT's was taken as in step; QUIT's
+				// says they were not. Nothing delivered can be taken back:
+				// say so where an operator looks.
+				c.log.Error("mxrelay: the server's reply to QUIT was out of step with the commands: results of this session may be wrong", "session", sid, "err", err)
+				c.events.emit(Event{Type: EventError, SessionID: sid, Err: broken})
+			}
 		}
 	}
 	s.sc.Close(broken) // every email taken has its fate now
@@ -154,6 +161,12 @@ func (w *worker) session() {
 		c.events.emit(Event{Type: EventSessionFailed, SessionID: sid, Err: broken, Results: results, Duration: d})
 	} else {
 		c.events.emit(Event{Type: EventSessionCompleted, SessionID: sid, Results: results, Duration: d})
+	}
+	if broken != nil && len(taken) == 0 && c.stopCtx.Err() == nil {
+		// It broke before it could take an email (a stray reply after the
+		// handshake, a relay that ends every channel at once): a set-up
+		// that failed, with backoff, not a loop of sessions.
+		w.setupFailed(broken)
 	}
 }
 
@@ -202,7 +215,7 @@ func (w *worker) open(ctx context.Context, sid string) (*smtpSession, error) {
 	if w.conn == nil && w.lost {
 		// The relay ended the last connection: reconnect with backoff.
 		w.lost = false
-		delay := c.reconnect.Delay(max(w.failures, 1))
+		delay := w.retryDelay(w.failures + 1)
 		c.setConnState(StateReconnecting)
 		c.events.emit(Event{Type: EventReconnecting, Attempt: w.failures + 1, Duration: delay})
 		t := time.NewTimer(delay)
@@ -301,7 +314,7 @@ func (s *smtpSession) handshake(ctx context.Context) error {
 		secure = true
 	}
 	if o.Username == "" {
-		return nil
+		return sc.Quiet()
 	}
 	if !secure && !o.PasswordInClear {
 		return fmt.Errorf("%w: STARTTLS did not run, and SMTP AUTH would send the password in clear (Options.PasswordInClear allows it)", errPermanentSetup)
@@ -323,7 +336,7 @@ func (s *smtpSession) handshake(ctx context.Context) error {
 		}
 		return fmt.Errorf("mxrelay: SMTP %w", err)
 	}
-	return nil
+	return sc.Quiet()
 }
 
 // startTLSErr classifies a failed STARTTLS: a certificate that does not

@@ -61,6 +61,17 @@ func newUpstream(t *testing.T, serve func(c *upConn)) *upstream {
 }
 
 // say writes s and CRLF; false when the write failed.
+// commands reads command lines until the client hangs up or each returns
+// false; verb is the line's first word in upper case.
+func (c *upConn) commands(each func(verb, line string) bool) {
+	for {
+		l, ok := c.line()
+		if !ok || !each(strings.ToUpper(strings.Fields(l + " x")[0]), l) {
+			return
+		}
+	}
+}
+
 func (c *upConn) say(s string) bool { return c.write([]byte(s + "\r\n")) }
 
 func (c *upConn) write(p []byte) bool {

@@ -77,8 +77,8 @@ type verdict struct {
 //   - a 4xx is temporary: retried while retries last;
 //   - an end of data that was sent and not answered by a trusted 2xx, 4xx
 //     or 5xx (no reply, a reply out of grammar or of a contradictory
-//     enhanced code, a 2xx not confirmed) leaves the outcome unknown: it
-//     is retried only with RetryUnknown;
+//     enhanced code, a 2xx not confirmed or with an address status) leaves
+//     the outcome unknown: it is retried only with RetryUnknown;
 //   - withdrawn by the caller: fails with the cancellation, unless the
 //     end of data was sent (then the reply decides, and no retry follows);
 //   - interrupted by Close before its end of data: handed back unsent, and
@@ -131,7 +131,7 @@ func decide(a attempt) verdict {
 		// nobody, whatever was said to its data (a refusal for lack of
 		// recipients, as RFC 2920 asks).
 		return a.settle(v, rcptLeft, firstErr(rcptLeft), false)
-	case end != nil && end.Code/100 == 2 && res.Confirmed && !end.BadEnhanced:
+	case end != nil && end.Code/100 == 2 && res.Confirmed && !end.BadEnhanced && !addressStatus(end):
 		v.accepted, v.end = candidates, end
 		return a.settle(v, rcptLeft, firstErr(rcptLeft), false)
 	case end != nil && !end.BadEnhanced && (end.Code/100 == 4 || end.Code/100 == 5):
@@ -196,6 +196,8 @@ func (a attempt) unknownErr() error {
 	switch end := a.res.End; {
 	case end == nil:
 		return &UnknownOutcomeError{Err: a.broke}
+	case end.Code/100 == 2 && addressStatus(end):
+		return &UnknownOutcomeError{Err: &ProtocolError{Err: fmt.Errorf("SMTP: reply %q to the end of data has an address status (RFC 3463 X.1.X), as MAIL's and RCPT's do: the replies may be out of step with the commands", end.String())}}
 	case end.Code/100 == 2 && !end.BadEnhanced:
 		err := a.broke
 		if err == nil {
@@ -206,6 +208,13 @@ func (a attempt) unknownErr() error {
 		return &UnknownOutcomeError{Err: &ProtocolError{Err: fmt.Errorf("SMTP: reply %q to the end of data is outside its grammar", end.String())}}
 	}
 }
+
+// addressStatus reports a reply whose enhanced code is an address status
+// (RFC 3463 §3.2, X.1.X), which answers MAIL or RCPT: to an end of data it
+// means the replies were shifted by stray ones (a server's 2.1.5 to RCPT
+// taken for the message's answer), which a single confirming reply after
+// it cannot always show.
+func addressStatus(r *smtpc.Reply) bool { return r.Enhanced[0] != 0 && r.Enhanced[1] == 1 }
 
 // pending lists addrs as recipients left, with err.
 func pending(addrs []string, err error) []RecipientError {

@@ -48,6 +48,7 @@ type Tx struct {
 	pushed       int    // replies asked for
 	closed       bool   // every command is written
 	slot         bool   // holds a place in the window: replies are owed
+	lastInStep   bool   // its last reply so far answered a strict command in step
 	finished     bool   // Done was called or is being called
 	endAt        int64  // stream offset of the end of data; -1 before it
 	endN         uint64 // the end of data's place among the replies owed
@@ -248,9 +249,10 @@ func (c *Client) readLoop() {
 		}
 		if tx := e.tx; tx != nil {
 			tx.pending--
-			if inStep {
-				tx.res.Confirmed = true
-			}
+			// Its own strict command confirms it only as its last one (a
+			// RSET that withdraws it): the RSET before its MAIL confirms
+			// the transactions before, not its own later replies.
+			tx.lastInStep = inStep
 			if tx.closed && tx.pending == 0 && !tx.finished {
 				fin = c.answered(tx, fin)
 			}
@@ -275,6 +277,16 @@ func (c *Client) readLoop() {
 	}
 }
 
+// Quiet returns an error if the server has sent bytes that no command
+// asked for: to be called at the end of the handshake, when nothing is
+// owed, so that such a session fails before it starts.
+func (c *Client) Quiet() error {
+	if n := c.br.Buffered(); n > 0 {
+		return c.strayErr(n)
+	}
+	return nil
+}
+
 // strayErr is the error of n bytes waiting after the handshake: the 421
 // they start with, if they do (a server closing, which processes nothing
 // after it), else a protocol error.
@@ -294,7 +306,8 @@ func (c *Client) strayErr(n int) error {
 // fin with tx added when tx is finished. p.mu is held.
 func (c *Client) answered(tx *Tx, fin []*Tx) []*Tx {
 	c.freeSlot(tx) // nothing of it is in flight any more
-	if tx.res.Confirmed || tx.pushed == 0 {
+	if tx.lastInStep || tx.pushed == 0 {
+		tx.res.Confirmed = tx.pushed > 0
 		tx.finished = true
 		return append(fin, tx)
 	}

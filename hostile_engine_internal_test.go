@@ -1,0 +1,482 @@
+package mxrelay
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mxrelay/mxrelay/internal/smtpc"
+)
+
+// This file is a harness for the SMTP engine and the verdict together,
+// with no relay in between: a scripted SMTP server on loopback TCP (so
+// that replies arrive as a real network delivers them, sometimes in one
+// read, sometimes not) misbehaves in one way per case, and the engine
+// sends three transactions to it in each of the four modes. The server
+// knows what it did with each message; the verdicts must agree with it:
+//
+//   - delivered (a recipient accepted) only if the server kept the message;
+//   - not delivered and not unknown only if the server did not keep it.
+//
+// An unknown outcome may go either way: that is what it says.
+
+// EngineModes are the four ways the engine sends, chosen by what the
+// server offers (exported for the package's external tests).
+var EngineModes = []struct {
+	Name string
+	Ext  []string
+}{
+	{"pipelined BDAT", []string{"PIPELINING", "CHUNKING"}},
+	{"pipelined DATA", []string{"PIPELINING"}},
+	{"lock-step BDAT", []string{"CHUNKING"}},
+	{"lock-step DATA", nil},
+}
+
+// hostile is one misbehaviour. Each hook returns the writes to make (each
+// a line or lines without the final CRLF; "~20ms" sleeps, "CUT" closes
+// the connection, "STALL" stops reading and writing until the test ends).
+// A nil hook does what an honest server does.
+type hostile struct {
+	name string
+	// greeting replaces "220 ...".
+	greeting []string
+	// ehlo replaces the EHLO reply; it gets the honest one.
+	ehlo func(honest string) []string
+	// reply replaces the reply to a command other than the end of data;
+	// tx counts MAIL commands from 1.
+	reply func(tx int, verb, honest string) []string
+	// end answers the end of data of transaction tx: the writes, and
+	// whether the server keeps the message.
+	end func(tx int) ([]string, bool)
+	// bodyStall stops reading in the middle of the body of transaction 1
+	// (a server that stops reading); the body is then large.
+	bodyStall bool
+	// want, if set, checks what the client made of it.
+	want func(t *testing.T, run *engineRun)
+}
+
+// engineRun is what one run gave: each transaction's verdict (nil when it
+// was never sent) and what the server did.
+type engineRun struct {
+	mode     string
+	verdicts []*verdict
+	results  []*smtpc.Result
+	setupErr error
+	kept     map[int]bool // transaction → the server kept the message
+	ended    map[int]bool // transaction → its end of data reached the server
+}
+
+const engineTxs = 3
+
+func runEngine(t *testing.T, ext []string, h hostile) *engineRun {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	stop := make(chan struct{})
+	run := &engineRun{kept: map[int]bool{}, ended: map[int]bool{}, verdicts: make([]*verdict, engineTxs), results: make([]*smtpc.Result, engineTxs)}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		nc, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer nc.Close()
+		s := &scripted{nc: nc, r: bufio.NewReader(nc), stop: stop}
+		s.serve(ext, h, func(tx int, kept bool) {
+			mu.Lock()
+			run.ended[tx] = true
+			run.kept[tx] = run.kept[tx] || kept
+			mu.Unlock()
+		})
+	}()
+	defer func() {
+		close(stop)
+		ln.Close()
+		wg.Wait()
+	}()
+
+	nc, err := net.Dial("tcp", ln.Addr().String())
+	require.NoError(t, err)
+	sc := smtpc.New(nc, smtpc.Config{Timeout: 500 * time.Millisecond, Window: 8, MaxLine: smtpc.MaxLineLength})
+	if err := sc.Greet(); err != nil {
+		run.setupErr = err
+		nc.Close()
+		return run
+	}
+	if err := sc.Hello("client.test"); err != nil {
+		run.setupErr = err
+		nc.Close()
+		return run
+	}
+	sc.Start()
+	done := make(chan struct{}, engineTxs)
+	sent := 0
+	for i := range engineTxs {
+		body := fmt.Sprintf("Subject: m%d\r\n\r\nbody %d\r\n", i+1, i+1)
+		if h.bodyStall && i == 0 {
+			body = "Subject: m1\r\n\r\n" + strings.Repeat(strings.Repeat("x", 78)+"\r\n", 200_000) // 16 MB: more than the socket buffers
+		}
+		rcpts := []string{"r@example.com"}
+		mail, err := sc.MailCommand("s@example.com", nil, 0, rcpts)
+		require.NoError(t, err)
+		rcpt, err := sc.RcptCommand(rcpts[0], nil)
+		require.NoError(t, err)
+		tx := &smtpc.Tx{Mail: mail, Rcpts: []string{rcpt}, Body: strings.NewReader(body)}
+		tx.Done = func(res *smtpc.Result) {
+			a := attempt{rcpts: rcpts, res: res}
+			if res.Err != nil {
+				a.broke = res.Err
+			}
+			v := decide(a)
+			mu.Lock()
+			if run.verdicts[i] != nil {
+				t.Errorf("transaction %d: a second result", i+1)
+			}
+			run.verdicts[i], run.results[i] = &v, res
+			mu.Unlock()
+			done <- struct{}{}
+		}
+		sent++
+		if sc.Send(tx) != nil {
+			break
+		}
+	}
+	if sc.Wait() == nil {
+		sc.Quit()
+	}
+	sc.Close(nil)
+	for range sent {
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatal("a transaction sent never got its result")
+		}
+	}
+	return run
+}
+
+// scripted is the server's end of one connection.
+type scripted struct {
+	nc   net.Conn
+	r    *bufio.Reader
+	stop chan struct{}
+	cut  bool
+}
+
+// write makes the writes of a hook: false when the connection is to end.
+func (s *scripted) write(ws []string) bool {
+	for _, w := range ws {
+		switch {
+		case w == "CUT":
+			s.cut = true
+			return false
+		case w == "STALL":
+			<-s.stop
+			s.cut = true
+			return false
+		case strings.HasPrefix(w, "~"):
+			d, _ := time.ParseDuration(w[1:])
+			time.Sleep(d)
+		default:
+			if _, err := io.WriteString(s.nc, w+"\r\n"); err != nil {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func (s *scripted) serve(ext []string, h hostile, ended func(tx int, kept bool)) {
+	greeting := h.greeting
+	if greeting == nil {
+		greeting = []string{"220 mx.hostile.test ESMTP"}
+	}
+	if !s.write(greeting) {
+		return
+	}
+	honestEHLO := "250-mx.hostile.test"
+	for _, e := range append(ext, "8BITMIME") {
+		honestEHLO += "\r\n250-" + e
+	}
+	honestEHLO += "\r\n250 ENHANCEDSTATUSCODES"
+	tx := 0
+	answer := func(verb, honest string) bool {
+		if h.reply != nil {
+			return s.write(h.reply(tx, verb, honest))
+		}
+		return s.write([]string{honest})
+	}
+	endOfData := func() bool {
+		ws, kept := []string{"250 2.0.0 queued"}, true
+		if h.end != nil {
+			ws, kept = h.end(tx)
+		}
+		ended(tx, kept)
+		return s.write(ws)
+	}
+	var chunks int
+	for {
+		line, err := s.r.ReadString('\n')
+		if err != nil {
+			return
+		}
+		line = strings.TrimRight(line, "\r\n")
+		verb := strings.ToUpper(strings.Fields(line + " x")[0])
+		switch verb {
+		case "EHLO":
+			ws := []string{honestEHLO}
+			if h.ehlo != nil {
+				ws = h.ehlo(honestEHLO)
+			}
+			if !s.write(ws) {
+				return
+			}
+		case "MAIL":
+			tx++
+			chunks = 0
+			if !answer(verb, "250 2.1.0 sender ok") {
+				return
+			}
+		case "RCPT":
+			if !answer(verb, "250 2.1.5 recipient ok") {
+				return
+			}
+		case "RSET", "NOOP":
+			if !answer(verb, "250 2.0.0 ok") {
+				return
+			}
+		case "DATA":
+			ws := []string{"354 go ahead"}
+			if h.reply != nil {
+				ws = h.reply(tx, verb, ws[0])
+			}
+			if !s.write(ws) {
+				return
+			}
+			if !strings.HasPrefix(ws[len(ws)-1], "354") {
+				continue
+			}
+			if h.bodyStall && tx == 1 {
+				s.write([]string{"STALL"})
+				return
+			}
+			for {
+				l, err := s.r.ReadString('\n')
+				if err != nil {
+					return
+				}
+				if l == ".\r\n" {
+					break
+				}
+			}
+			if !endOfData() {
+				return
+			}
+		case "BDAT":
+			f := strings.Fields(line)
+			n, _ := strconv.Atoi(f[1])
+			if h.bodyStall && tx == 1 {
+				s.write([]string{"STALL"})
+				return
+			}
+			if _, err := io.CopyN(io.Discard, s.r, int64(n)); err != nil {
+				return
+			}
+			chunks++
+			if len(f) > 2 && strings.EqualFold(f[2], "LAST") {
+				if !endOfData() {
+					return
+				}
+			} else if !answer("BDAT", "250 2.0.0 chunk ok") {
+				return
+			}
+		case "QUIT":
+			answer(verb, "221 2.0.0 bye")
+			return
+		default:
+			if !s.write([]string{"500 5.5.2 unknown command"}) {
+				return
+			}
+		}
+	}
+}
+
+// stray returns a reply hook that writes extra before the honest reply
+// to verb in transaction tx (after a pause, so that the extra line crosses
+// the commands already written).
+func stray(atTx int, atVerb string, extra ...string) func(int, string, string) []string {
+	return func(tx int, verb, honest string) []string {
+		if tx == atTx && verb == atVerb {
+			return append(append([]string(nil), extra...), "~30ms", honest)
+		}
+		return []string{honest}
+	}
+}
+
+func hostileCorpus() []hostile {
+	refuseEnd := func(int) ([]string, bool) { return []string{"554 5.6.0 refused"}, false }
+	return []hostile{
+		{name: "honest (control)", want: func(t *testing.T, run *engineRun) {
+			for i, v := range run.verdicts {
+				require.NotNil(t, v, "transaction %d", i+1)
+				assert.Equal(t, []string{"r@example.com"}, v.accepted, "transaction %d: %v", i+1, v.err)
+			}
+		}},
+		{name: "the last EHLO line twice, end of data refused",
+			ehlo: func(honest string) []string { return []string{honest, "250 ENHANCEDSTATUSCODES"} },
+			end:  refuseEnd, want: protocolErrorBeforeAnything},
+		{name: "a 250 before any command",
+			greeting: []string{"220 mx.hostile.test ESMTP", "250 2.0.0 what"},
+			end:      refuseEnd, want: protocolErrorBeforeAnything},
+		{name: "a 250 after the EHLO reply, a moment later",
+			ehlo: func(honest string) []string { return []string{honest, "~30ms", "250 2.0.0 late"} },
+			end:  refuseEnd},
+		{name: "a stray 250 crossing MAIL, end of data refused",
+			reply: stray(1, "MAIL", "250 2.0.0 stray"), end: refuseEnd},
+		{name: "two stray 250s crossing MAIL, end of data refused",
+			reply: stray(1, "MAIL", "250 2.0.0 stray", "250 2.0.0 stray again"), end: refuseEnd},
+		{name: "a stray 250 crossing MAIL, end of data 4xx",
+			reply: stray(1, "MAIL", "250 2.0.0 stray"),
+			end:   func(int) ([]string, bool) { return []string{"451 4.3.0 try later"}, false }},
+		{name: "a stray 250 crossing RCPT, every end refused",
+			reply: stray(2, "RCPT", "250 2.0.0 stray"), end: refuseEnd},
+		{name: "RCPT answered twice",
+			reply: func(tx int, verb, honest string) []string {
+				if verb == "RCPT" && tx == 1 {
+					return []string{honest, honest}
+				}
+				return []string{honest}
+			}, end: refuseEnd},
+		{name: "the end of data answered twice",
+			end: func(tx int) ([]string, bool) { return []string{"250 2.0.0 queued", "250 2.0.0 queued"}, true }},
+		{name: "a reply to a command not sent yet",
+			end: func(tx int) ([]string, bool) {
+				return []string{"250 2.0.0 queued", "250 2.0.0 for the next command"}, true
+			}},
+		{name: "354 to the end of data, message kept",
+			end: func(int) ([]string, bool) { return []string{"354 queued"}, true },
+			want: func(t *testing.T, run *engineRun) {
+				v := run.verdicts[0]
+				require.NotNil(t, v)
+				assert.True(t, v.unknown, "kept, and answered out of grammar: unknown, never 'not sent'")
+			}},
+		{name: "250 with a 5.x.x enhanced code to the end of data",
+			end: func(int) ([]string, bool) { return []string{"250 5.6.0 rejected, or not"}, true },
+			want: func(t *testing.T, run *engineRun) {
+				for i, v := range run.verdicts {
+					if v != nil && run.results[i].End != nil {
+						assert.True(t, v.unknown, "transaction %d: a reply that contradicts itself decides nothing", i+1)
+					}
+				}
+			}},
+		{name: "550 with a 2.x.x enhanced code to the end of data",
+			end: func(int) ([]string, bool) { return []string{"550 2.0.0 queued, or not"}, true }},
+		{name: "250 with a 5.x.x enhanced code to RCPT (the code wins)",
+			reply: func(tx int, verb, honest string) []string {
+				if verb == "RCPT" {
+					return []string{"250 5.1.1 ok, or not"}
+				}
+				return []string{honest}
+			}},
+		{name: "354 to MAIL",
+			reply: func(tx int, verb, honest string) []string {
+				if verb == "MAIL" && tx == 2 {
+					return []string{"354 go ahead"}
+				}
+				return []string{honest}
+			}},
+		{name: "an unsolicited 421 in the middle",
+			reply: func(tx int, verb, honest string) []string {
+				if verb == "RCPT" && tx == 2 {
+					return []string{"421 4.3.2 shutting down", "CUT"}
+				}
+				return []string{honest}
+			}},
+		{name: "cut after the end of data, message kept",
+			end: func(tx int) ([]string, bool) {
+				if tx == 2 {
+					return []string{"CUT"}, true
+				}
+				return []string{"250 2.0.0 queued"}, true
+			}},
+		{name: "cut right after a 250 to the end of data",
+			end: func(tx int) ([]string, bool) {
+				if tx == 1 {
+					return []string{"250 2.0.0 queued", "CUT"}, true
+				}
+				return []string{"250 2.0.0 queued"}, true
+			}},
+		{name: "a server that stops reading in the middle of a body", bodyStall: true,
+			want: func(t *testing.T, run *engineRun) {
+				if v := run.verdicts[0]; v != nil {
+					assert.Empty(t, v.accepted)
+				}
+			}},
+	}
+}
+
+// protocolErrorBeforeAnything: the stray bytes were waiting when the
+// session started, so no transaction was delivered, and none was
+// written.
+func protocolErrorBeforeAnything(t *testing.T, run *engineRun) {
+	if run.setupErr != nil {
+		assert.ErrorIs(t, run.setupErr, smtpc.ErrProtocol)
+		return
+	}
+	for i, v := range run.verdicts {
+		if v == nil {
+			continue
+		}
+		assert.Empty(t, v.accepted, "transaction %d", i+1)
+		assert.False(t, v.unknown, "transaction %d: nothing was written", i+1)
+		assert.True(t, errors.Is(run.results[i].Err, smtpc.ErrProtocol), "transaction %d: %v", i+1, run.results[i].Err)
+	}
+	assert.Empty(t, run.ended, "no end of data reached the server")
+}
+
+func TestHostileUpstreamEngine(t *testing.T) {
+	for _, h := range hostileCorpus() {
+		for _, m := range EngineModes {
+			t.Run(h.name+"/"+m.Name, func(t *testing.T) {
+				t.Parallel()
+				run := runEngine(t, m.Ext, h)
+				checkAgainstServer(t, run)
+				if h.want != nil {
+					h.want(t, run)
+				}
+			})
+		}
+	}
+}
+
+// checkAgainstServer is the rule: delivered only what the server kept;
+// "not delivered" without "unknown" only for what it did not keep.
+func checkAgainstServer(t *testing.T, run *engineRun) {
+	t.Helper()
+	for i, v := range run.verdicts {
+		tx := i + 1
+		if v == nil {
+			assert.False(t, run.kept[tx], "transaction %d was never sent, yet the server kept it", tx)
+			continue
+		}
+		if len(v.accepted) > 0 {
+			assert.True(t, run.kept[tx], "transaction %d: a false delivered (reply %v)", tx, run.results[i].End)
+		}
+		if len(v.accepted) == 0 && !v.unknown {
+			assert.False(t, run.kept[tx], "transaction %d: the server kept it, the client says %v without 'unknown': a silent duplicate if retried (%v)", tx, v.outcome, v.err)
+		}
+	}
+}
