@@ -59,7 +59,7 @@ var (
 	// bytes are not valid UTF-8, so they cannot travel without being changed.
 	// Nothing of the email was sent. Send it over a binary channel, or encode
 	// its 8-bit parts (quoted-printable, base64).
-	ErrNotUTF8 = fmt.Errorf("%w: body is not valid UTF-8 and the relay does not accept binary frames", ErrInvalidEmail)
+	ErrNotUTF8 = fmt.Errorf("%w: body is not valid UTF-8, and only text frames can carry it (Options.DisableBinary, or a relay without binary frames)", ErrInvalidEmail)
 )
 
 // SMTPError is a reply of the upstream SMTP server: its code, its enhanced

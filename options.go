@@ -29,8 +29,12 @@ const (
 	StartTLSOpportunistic
 	// StartTLSRequired runs STARTTLS and refuses to send anything (AUTH
 	// included) when the server does not offer it, the handshake fails, or
-	// the relay only agreed to JSON text frames. These failures are
-	// permanent: the waiting emails fail at once.
+	// the relay only agreed to JSON text frames. A server without
+	// STARTTLS, a 5xx to it, a certificate that does not verify and a
+	// relay without binary frames are permanent: the waiting emails fail
+	// at once. A 4xx to STARTTLS or a connection that ends in the
+	// handshake (a restart, a timeout) is temporary and retried, as
+	// Postfix defers it.
 	StartTLSRequired
 )
 
