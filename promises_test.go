@@ -341,7 +341,7 @@ func TestDisableBinaryRefusesAn8BitBodyAtEnqueue(t *testing.T) {
 // dial, the first one after a connection that worked included.
 func TestFirstRedialAfterAWorkingConnectionGoesAtOnce(t *testing.T) {
 	s := newRelay(t, nil)
-	c := newClient(t, s, &mxrelay.Options{ReconnectInterval: 20 * time.Second, IdleTimeout: time.Minute})
+	c := newClient(t, s, &mxrelay.Options{ReconnectInterval: 20 * time.Second, MaxReconnectInterval: 20 * time.Second, IdleTimeout: time.Minute})
 	_, err := c.Send(ctxT(t), mail("before"))
 	require.NoError(t, err)
 	s.CloseClientConnections()
@@ -357,7 +357,7 @@ func TestFirstRedialAfterAWorkingConnectionGoesAtOnce(t *testing.T) {
 func TestChannelFailureOnALiveConnectionIsRetriedAtOnce(t *testing.T) {
 	s := newRelay(t, nil)
 	s.Inject(relaytest.Fault{Kind: relaytest.FailChannel, Error: "upstream busy"})
-	c := newClient(t, s, &mxrelay.Options{ReconnectInterval: 20 * time.Second})
+	c := newClient(t, s, &mxrelay.Options{ReconnectInterval: 20 * time.Second, MaxReconnectInterval: 20 * time.Second})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	_, err := c.Send(ctx, mail("retried on the same WebSocket"))
@@ -366,11 +366,32 @@ func TestChannelFailureOnALiveConnectionIsRetriedAtOnce(t *testing.T) {
 }
 
 // An email whose last attempt got a 421 before its RCPTs failed with an
-// empty Result.Rejected: the 4xx its recipient got before was lost.
+// empty Result.Rejected: the 4xx its recipient got in the attempt before
+// was lost. The first connection answers RCPT 450, the second MAIL 421.
 func TestRecipientsLastRefusalIsReported(t *testing.T) {
-	s := newRelay(t, nil)
-	s.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: "RCPT", Recipient: "busy@example.com", Reply: "450 4.2.1 mailbox busy"})
-	s.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: "MAIL", Reply: "421 4.3.2 shutting down"})
+	var conns atomic.Int32
+	u := newUpstream(t, func(c *upConn) {
+		n := conns.Add(1)
+		c.say("220 mx.test ESMTP")
+		c.commands(func(verb, l string) bool {
+			switch {
+			case verb == "EHLO":
+				c.say("250-mx.test\r\n250 ENHANCEDSTATUSCODES")
+			case verb == "MAIL" && n > 1:
+				c.say("421 4.3.2 shutting down")
+				return false
+			case verb == "RCPT":
+				c.say("450 4.2.1 mailbox busy")
+			case verb == "QUIT":
+				c.say("221 bye")
+				return false
+			default:
+				c.say("250 2.0.0 ok")
+			}
+			return true
+		})
+	})
+	s := newRelay(t, &relaytest.Options{UpstreamAddr: u.addr})
 	c := newClient(t, s, &mxrelay.Options{DisablePipelining: true})
 	res, err := c.Send(ctxT(t), mail("busy", "busy@example.com"), mxrelay.WithRetries(1))
 	require.Error(t, err)
@@ -414,6 +435,18 @@ func TestStartTLSChecksTheCallersName(t *testing.T) {
 	_, err := c.Send(ctxT(t), mail("x"))
 	var cve *tls.CertificateVerificationError
 	require.ErrorAs(t, err, &cve)
+	assert.False(t, u.saw("AUTH"), "%q", u.transcript())
+
+	// Without a ServerName there is no name of the caller's to check:
+	// New refuses, where the greeting's evil.example was checked and the
+	// password sent to it.
+	c2, err := mxrelay.New(s.URL, s.APIKey, fast(&mxrelay.Options{StartTLS: mxrelay.StartTLSRequired, TLSConfig: &tls.Config{RootCAs: evilPool},
+		Username: "u", Password: "secret-password", MaxReconnectAttempts: 1}))
+	if err == nil {
+		c2.Send(ctxT(t), mail("y"))
+		c2.Close(ctxT(t))
+	}
+	require.Error(t, err, "STARTTLS with no TLSConfig.ServerName")
 	assert.False(t, u.saw("AUTH"), "%q", u.transcript())
 }
 
