@@ -45,11 +45,14 @@ type verdict struct {
 	// was answered 2xx and the end of data 2xx, on replies confirmed in
 	// step.
 	accepted []string
-	// refused are the recipients refused for good by this attempt (5xx
-	// to RCPT, to MAIL, to DATA or to the end of data).
+	// refused are the recipients refused for good one by one by this
+	// attempt (a 5xx to their RCPT). A refusal of the whole message (a
+	// 5xx to MAIL, DATA or the end of data) fails the email with its
+	// recipients in left.
 	refused []RecipientError
-	// left are the recipients not decided, in order, each with the
-	// upstream's own refusal of it in this attempt (a 4xx) or nil.
+	// left are the recipients not decided (those whose RCPT got a 2xx
+	// first), each with the upstream's own refusal of it in this attempt
+	// (a 4xx) or nil.
 	left []RecipientError
 	// err is why the recipients left are left: the cause for a retry,
 	// the failure of the email, or what handed it back.
@@ -179,7 +182,11 @@ func (a attempt) settle(v verdict, left []RecipientError, cause error, unknown b
 		// further attempt. Both causes are shown.
 		v.outcome, v.err = outFail, fmt.Errorf("%w (last attempt: %w)", a.canceled, cause)
 		return v
-	case a.closing:
+	case a.closing && (!v.attempt || (!a.lastTry && temporary(cause))):
+		// Close interrupted it, and it could go again: handed back. An
+		// attempt that counted (its end of data went out) and was the last
+		// one, or that failed for good, fails as it would without Close:
+		// a next Client must not send it past its retries.
 		v.outcome, v.err = outHandBack, fmt.Errorf("%w (last attempt: %w)", ErrClosed, cause)
 		return v
 	case a.lastTry || !temporary(cause):

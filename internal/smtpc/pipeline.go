@@ -676,8 +676,10 @@ func (c *Client) sendData(tx *Tx, lockstep bool) error {
 	if tx.res.Mail != nil || !anyNil(tx.res.Rcpt) {
 		// 354 although nobody can receive the message (RFC 2920 §3.1 asks
 		// for 554 here, older servers say 354): an empty message ends the
-		// DATA, and the server refuses it.
-		c.line(tx, kEnd, 0, ".")
+		// DATA, and the server refuses it. It is an end of data all the
+		// same: where it starts is recorded, so that EndSent tells it.
+		tx.endAt = c.offset()
+		tx.endN = c.line(tx, kEnd, 0, ".")
 		c.closeTx(tx)
 		return nil
 	}
