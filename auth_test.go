@@ -197,9 +197,6 @@ func TestNoAuthWithoutRequiredTLS(t *testing.T) {
 							}
 						}
 						c.say("250 2.0.0 queued")
-					case verb == "QUIT":
-						c.say("221 bye")
-						return false
 					default:
 						c.say("250 ok")
 					}

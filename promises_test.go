@@ -92,9 +92,6 @@ func (s *smtpServe) serve(c *upConn) {
 			} else {
 				c.say("250 2.0.0 chunk")
 			}
-		case "QUIT":
-			c.say("221 2.0.0 bye")
-			return false
 		default:
 			c.say("250 2.0.0 ok")
 		}
@@ -382,9 +379,6 @@ func TestRecipientsLastRefusalIsReported(t *testing.T) {
 				return false
 			case verb == "RCPT":
 				c.say("450 4.2.1 mailbox busy")
-			case verb == "QUIT":
-				c.say("221 bye")
-				return false
 			default:
 				c.say("250 2.0.0 ok")
 			}
@@ -419,9 +413,6 @@ func TestStartTLSChecksTheCallersName(t *testing.T) {
 				if !c.startTLS(evilTLS) {
 					return false
 				}
-			case "QUIT":
-				c.say("221 bye")
-				return false
 			default:
 				c.say("250 ok")
 			}

@@ -61,12 +61,21 @@ func newUpstream(t *testing.T, serve func(c *upConn)) *upstream {
 }
 
 // say writes s and CRLF; false when the write failed.
-// commands reads command lines until the client hangs up or each returns
-// false; verb is the line's first word in upper case.
+// commands reads command lines until the client hangs up, sends QUIT
+// (answered 221) or each returns false; verb is the line's first word in
+// upper case.
 func (c *upConn) commands(each func(verb, line string) bool) {
 	for {
 		l, ok := c.line()
-		if !ok || !each(strings.ToUpper(strings.Fields(l + " x")[0]), l) {
+		if !ok {
+			return
+		}
+		verb := strings.ToUpper(strings.Fields(l + " x")[0])
+		if verb == "QUIT" {
+			c.say("221 2.0.0 bye")
+			return
+		}
+		if !each(verb, l) {
 			return
 		}
 	}
