@@ -80,8 +80,10 @@ type verdict struct {
 //   - a 4xx is temporary: retried while retries last;
 //   - an end of data that was sent and not answered by a trusted 2xx, 4xx
 //     or 5xx (no reply, a reply out of grammar or of a contradictory
-//     enhanced code, a 2xx not confirmed or with an address status) leaves
-//     the outcome unknown: it is retried only with RetryUnknown;
+//     enhanced code, a 2xx not confirmed or with an address status, any
+//     reply at all when the stream broke out of step before a reply
+//     confirmed it) leaves the outcome unknown: it is retried only with
+//     RetryUnknown;
 //   - withdrawn by the caller: fails with the cancellation, unless the
 //     end of data was sent (then the reply decides, and no retry follows);
 //   - interrupted by Close before its end of data: handed back unsent, and
@@ -109,6 +111,13 @@ func decide(a attempt) verdict {
 		v.outcome, v.err, v.attempt = outHandBack, ErrClosed, false
 		v.left = pending(a.rcpts, nil)
 		return v
+	case res.Untrusted && res.EndSent:
+		// The stream was found shifted before its replies were confirmed:
+		// whatever it was answered may be another command's reply.
+		return a.settle(v, pending(a.rcpts, nil), a.unknownErr(), true)
+	case res.Untrusted:
+		// Nothing of it was processed as an email: sent again.
+		return a.settle(v, pending(a.rcpts, nil), a.brokeErr(), false)
 	case res.Mail != nil:
 		return a.settle(v, pending(a.rcpts, nil), res.Mail, false)
 	}
@@ -148,11 +157,15 @@ func decide(a attempt) verdict {
 	case res.DataCmd != nil:
 		return a.settle(v, append(pending(candidates, nil), rcptLeft...), res.DataCmd, false)
 	}
-	cause := a.broke
-	if cause == nil {
-		cause = &ProtocolError{Err: errors.New("SMTP: the transaction ended without its end of data")}
+	return a.settle(v, append(pending(candidates, nil), rcptLeft...), a.brokeErr(), false)
+}
+
+// brokeErr is the cause of an attempt that ended before its end of data.
+func (a attempt) brokeErr() error {
+	if a.broke != nil {
+		return a.broke
 	}
-	return a.settle(v, append(pending(candidates, nil), rcptLeft...), cause, false)
+	return &ProtocolError{Err: errors.New("SMTP: the transaction ended without its end of data")}
 }
 
 // settle decides what becomes of the recipients left by an attempt that

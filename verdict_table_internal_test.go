@@ -371,7 +371,9 @@ func (p *pipeServer) dataBody() bool {
 				}
 				read++
 			}
-			return true
+			// A body of 3 bytes or fewer ("." alone, every RCPT refused)
+			// ends before the cut: read, never answered.
+			return p.s.cut != cutInBody
 		}
 		lineStart = c == '\n'
 	}
@@ -448,7 +450,10 @@ type facts struct {
 	rcpt            [2]replyClass
 	endSent         bool
 	confirmed       bool
-	endText         string
+	// untrusted: a reply broke the grammar before the transaction was
+	// confirmed, so the stream is shifted somewhere: none is its own.
+	untrusted bool
+	endText   string
 }
 
 func factsOf(s script, got served) facts {
@@ -465,7 +470,7 @@ func factsOf(s script, got served) facts {
 			f.end, f.endText = r.class, endReply[r.class]
 		}
 		if breaks(r.class) {
-			f.confirmed = false
+			f.confirmed, f.untrusted = false, true
 			break
 		}
 	}
@@ -586,6 +591,12 @@ func oracle(f facts, fl flags) want {
 			}
 		}
 		return w
+	}
+	// A stream found out of step: no reply is trusted, a refusal no more
+	// than an acceptance.
+	if f.untrusted {
+		allLeft()
+		return settle(cause{unknown: f.endSent})
 	}
 	// MAIL refused: no transaction, whatever followed.
 	if f.mail == rTemp || f.mail == rPerm {

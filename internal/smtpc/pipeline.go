@@ -73,11 +73,16 @@ type Result struct {
 	End *Reply
 	// Confirmed is set when a reply that can only answer a command written
 	// after this transaction's last one came as that command expects (250
-	// to RSET or NOOP, 221 to QUIT, or 421): the replies before it were in
-	// step with the commands, none shifted by a stray or duplicated reply.
-	// Without it a 2xx to the end of data may be the answer to another
-	// command.
+	// to RSET or NOOP with no address status, 221 to QUIT; never a 421,
+	// which any command may get): the replies before it were in step with
+	// the commands, none shifted by a stray or duplicated reply. Without
+	// it a 2xx to the end of data may be the answer to another command.
 	Confirmed bool
+	// Untrusted is set when the connection broke on a protocol error (a
+	// reply out of step or out of grammar) before this transaction's
+	// replies were confirmed: the stream was shifted somewhere, and none
+	// of its replies, refusals included, can be taken for its own.
+	Untrusted bool
 	// Err is set when the transaction did not run to its end, or its
 	// replies were not confirmed: the connection failed (or the server
 	// closed it with 421), the body could not be read or had a bare line
@@ -138,6 +143,7 @@ type pipe struct {
 	unconfirmed []*Tx  // answered, waiting for an in-step reply after them
 	inStepAt    uint64 // the place of the last strict command answered in step
 	broken      error
+	shifted     bool   // the reader found the replies out of step or out of grammar
 	closing     uint64 // after a 421, the place of the first command not processed; 0: none
 }
 
@@ -164,7 +170,7 @@ func (c *Client) Start() {
 	p.live = map[*Tx]struct{}{}
 	p.rbuf = make([]byte, 32<<10)
 	if n := c.br.Buffered(); n > 0 {
-		c.breakWith(c.strayErr(n))
+		c.readerBreak(c.strayErr(n))
 	}
 	go c.readLoop()
 }
@@ -192,7 +198,7 @@ func (c *Client) readLoop() {
 	for {
 		r, err := c.rr.read()
 		if err != nil {
-			c.breakWith(err)
+			c.readerBreak(err)
 			return
 		}
 		p.mu.Lock()
@@ -205,16 +211,24 @@ func (c *Client) readLoop() {
 			if r.Code == 421 {
 				c.breakWith(r.Err())
 			} else {
-				c.breakWith(fmt.Errorf("%w: reply %d with no command waiting for it", ErrProtocol, r.Code))
+				c.readerBreak(fmt.Errorf("%w: reply %d with no command waiting for it", ErrProtocol, r.Code))
 			}
 			return
 		}
 		e := p.fifo[p.head]
 		if c.cc.started.Load() < e.end {
 			// Its command has not been handed to the connection yet: the
-			// server cannot have read it. A stray or early reply.
+			// server cannot have read it. A stray or early reply; a 421
+			// is the server closing, which processes nothing after it.
+			if r.Code == 421 && p.closing == 0 {
+				p.closing = p.done + 1
+			}
 			p.mu.Unlock()
-			c.breakWith(fmt.Errorf("%w: reply %d came before its command (%s) was sent", ErrProtocol, r.Code, e.kind))
+			if r.Code == 421 {
+				c.breakWith(r.Err())
+			} else {
+				c.readerBreak(fmt.Errorf("%w: reply %d came before its command (%s) was sent", ErrProtocol, r.Code, e.kind))
+			}
 			return
 		}
 		p.fifo[p.head] = expect{}
@@ -236,6 +250,12 @@ func (c *Client) readLoop() {
 			p.closing = p.done + 1
 		}
 		inStep, err := apply(e, r)
+		if err == nil && r.Code == 421 {
+			err = r.Err()
+		}
+		// Recorded before the lock is let go: a writer that sees this
+		// reply handled (Quit) sees why the connection ends with it.
+		first := err != nil && c.fail(err, true)
 		var fin []*Tx
 		if inStep {
 			p.inStepAt = p.done
@@ -261,21 +281,23 @@ func (c *Client) readLoop() {
 		for _, tx := range fin {
 			c.finalize(tx)
 		}
+		if first {
+			c.raw.Close()
+		}
 		// Signalled after the results are out, so that a writer woken by
 		// it sees the transactions gone.
 		select {
 		case p.progress <- struct{}{}:
 		default:
 		}
-		if err == nil && r.Code == 421 {
-			err = r.Err()
-		}
 		if err != nil {
-			c.breakWith(err)
 			return
 		}
 	}
 }
+
+// readerBreak is breakWith for what the reader found (see fail).
+func (c *Client) readerBreak(err error) { c.breakAs(err, true) }
 
 // Quiet returns an error if the server has sent bytes that no command
 // asked for: to be called at the end of the handshake, when nothing is
@@ -327,10 +349,21 @@ func apply(e expect, r Reply) (inStep bool, err error) {
 		if e.kind == kQuit {
 			want = 221
 		}
-		if r.Code == want || r.Code == 421 {
-			return true, nil
+		switch {
+		case r.Code == 421:
+			// Any command may get it, the end of data included: it
+			// confirms nothing (the reader breaks the connection on it).
+			return false, nil
+		case r.Code != want:
+			return false, fmt.Errorf("%w: reply %d to %s: the replies are out of step with the commands", ErrProtocol, r.Code, e.kind)
+		case want == 250 && r.Enhanced[0] != 0 && r.Enhanced[1] == 1:
+			// An address status (X.1.X) is what MAIL and RCPT get: the
+			// reply may be theirs, one line late. Some servers answer
+			// RSET so ("250 2.1.5 Flushed"): not an error, but no proof.
+			// (221 answers only QUIT, whatever its text.)
+			return false, nil
 		}
-		return false, fmt.Errorf("%w: reply %d to %s: the replies are out of step with the commands", ErrProtocol, r.Code, e.kind)
+		return true, nil
 	case kEnd:
 		// Recorded whatever it is: a reply outside the grammar of an end
 		// of data leaves the outcome unknown, not "never sent".
@@ -377,17 +410,33 @@ func (k kind) String() string {
 
 // breakWith records why the connection cannot go on and closes it, which
 // unblocks the writer; the first cause wins.
-func (c *Client) breakWith(err error) {
+func (c *Client) breakWith(err error) { c.breakAs(err, false) }
+
+func (c *Client) breakAs(err error, read bool) {
 	p := &c.p
 	p.mu.Lock()
-	first := p.broken == nil
-	if first {
-		p.broken = err
-	}
+	first := c.fail(err, read)
 	p.mu.Unlock()
 	if first {
 		c.raw.Close()
 	}
+}
+
+// fail records err as why the connection cannot go on, the first cause
+// winning, and reports whether it is the first. A protocol error the
+// reader found (read) shows the replies shifted, even when the connection
+// had already broken for another cause (a write that failed, say): the
+// replies not yet confirmed are then not trusted. p.mu is held.
+func (c *Client) fail(err error, read bool) bool {
+	p := &c.p
+	if read && errors.Is(err, ErrProtocol) {
+		p.shifted = true
+	}
+	if p.broken != nil {
+		return false
+	}
+	p.broken = err
+	return true
 }
 
 // Err is why the connection broke, or nil.
@@ -859,10 +908,14 @@ func (c *Client) Close(cause error) {
 	}
 	p.mu.Lock()
 	err, closing := p.broken, p.closing
+	// A reply out of step or out of grammar: the stream shifted somewhere
+	// before it, so no reply not yet confirmed is trusted.
+	shifted := p.shifted
 	var left []*Tx
 	for tx := range p.live {
 		if !tx.finished {
 			tx.finished = true
+			tx.res.Untrusted = shifted
 			left = append(left, tx)
 		}
 	}

@@ -1,0 +1,102 @@
+package smtpc
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// honestBDAT answers every command of a pipelined BDAT session honestly,
+// RSET with rset and QUIT with quit.
+func honestBDAT(rset, quit string) func(f *fake) {
+	return func(f *fake) {
+		f.hello("PIPELINING", "CHUNKING", "ENHANCEDSTATUSCODES")
+		for {
+			l := f.line()
+			switch verb := strings.ToUpper(strings.Fields(l + " x")[0]); verb {
+			case "":
+				return
+			case "MAIL":
+				f.say("250 2.1.0 sender ok")
+			case "RCPT":
+				f.say("250 2.1.5 recipient ok")
+			case "BDAT":
+				f.chunk(l)
+				f.say("250 2.0.0 queued")
+			case "RSET":
+				f.say(rset)
+			case "QUIT":
+				f.say(quit)
+				return
+			default:
+				f.say("250 2.0.0 ok")
+			}
+		}
+	}
+}
+
+// twoTx runs two transactions against honestBDAT(rset, quit) and waits
+// until both are answered.
+func twoTx(t *testing.T, rset, quit string) (*Client, []chan *Result) {
+	nc := newFake(t, honestBDAT(rset, quit))
+	c := startClient(t, nc, Config{Timeout: time.Second, Window: 8})
+	c.Start()
+	var outs []chan *Result
+	for range 2 {
+		outs = append(outs, runTx(t, c, &Tx{Mail: "MAIL FROM:<a@x>", Rcpts: []string{"RCPT TO:<b@x>"}, Body: strings.NewReader("Subject: x\r\n\r\nbody\r\n")}))
+	}
+	require.NoError(t, c.Wait())
+	return c, outs
+}
+
+// A server that answers RSET with an address status (Gmail's "250 2.1.5
+// Flushed") is not out of step, but its RSET confirms nothing: MAIL's
+// or RCPT's reply reads the same. QUIT's 221 confirms both.
+func TestAddressStatusToRSETConfirmsNothing(t *testing.T) {
+	c, outs := twoTx(t, "250 2.1.5 Flushed", "221 2.0.0 bye")
+	p := &c.p
+	p.mu.Lock()
+	unconfirmed := len(p.unconfirmed)
+	p.mu.Unlock()
+	assert.Equal(t, 2, unconfirmed, "the RSET's 2.1.5 confirmed the first transaction")
+	require.NoError(t, c.Quit())
+	c.Close(nil)
+	for _, out := range outs {
+		r := <-out
+		assert.True(t, r.Confirmed, "QUIT's 221 confirms it")
+		assert.False(t, r.Untrusted)
+		require.NotNil(t, r.End)
+		assert.Equal(t, 250, r.End.Code)
+	}
+}
+
+// A 421 may answer any command, an end of data included: to QUIT it
+// confirms nothing (a stray 250 before it would otherwise pass for the
+// end of data's answer).
+func Test421ToQUITConfirmsNothing(t *testing.T) {
+	c, outs := twoTx(t, "250 2.0.0 ok", "421 4.3.2 shutting down")
+	assert.Error(t, c.Quit())
+	c.Close(nil)
+	first, second := <-outs[0], <-outs[1]
+	assert.True(t, first.Confirmed, "the second transaction's RSET confirms the first")
+	assert.False(t, second.Confirmed, "a 421 to QUIT confirmed the transaction before it")
+	assert.True(t, second.EndSent)
+}
+
+// Once a reply shows the stream out of step, nothing not yet confirmed is
+// trusted: here the QUIT gets a 250, so the two 2xx before it and the
+// refusal are anyone's.
+func TestOutOfStepUntrustsTheUnconfirmed(t *testing.T) {
+	c, outs := twoTx(t, "250 2.1.5 Flushed", "250 2.0.0 ok")
+	assert.ErrorIs(t, c.Quit(), ErrProtocol)
+	c.Close(nil)
+	for _, out := range outs {
+		r := <-out
+		assert.False(t, r.Confirmed)
+		assert.True(t, r.Untrusted, "a transaction answered before the shift was found is still trusted")
+		assert.True(t, r.EndSent)
+	}
+}
