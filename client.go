@@ -330,7 +330,11 @@ func (c *Client) unreserve() {
 // a nil Result, the error of Enqueue. When ctx ends first, the email is
 // withdrawn as by Handle.Cancel: Send returns at once if its end of data was
 // not sent yet (the error matches ErrCanceled and ctx's error), and
-// otherwise when the upstream answers it, at most CommandTimeout later.
+// otherwise when the upstream answers it: its reply decides. That reply
+// is awaited like any other, in the order of the window: a server that
+// stays silent for CommandTimeout breaks the session (the outcome is then
+// unknown), but one that answers slowly the emails ahead of it in the
+// window delays it by as much.
 func (c *Client) Send(ctx context.Context, e Email, opts ...SendOption) (*Result, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err

@@ -1,0 +1,165 @@
+package mxrelay_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/relaytest"
+)
+
+// answer is a transaction's end of data answered, and when.
+type answer struct {
+	tx int
+	at time.Time
+}
+
+// dripUpstream reads every command at once, and answers them honestly in
+// order, one reply per gap: a slow server that is never silent for as long
+// as the client's CommandTimeout. endRead receives the number of each
+// transaction whose end of data it has read; answered receives it, with
+// the time, once that end of data's reply is written.
+func dripUpstream(t *testing.T, gap time.Duration, endRead chan<- int, answered chan<- answer) string {
+	t.Helper()
+	stop := make(chan struct{})
+	u := newUpstream(t, func(c *upConn) {
+		replies := make(chan string, 4096)
+		wdone := make(chan struct{})
+		go func() { // the slow writer
+			defer close(wdone)
+			for r := range replies {
+				if !strings.HasPrefix(r, "220") && !strings.HasPrefix(r, "250-") {
+					select {
+					case <-time.After(gap):
+					case <-stop:
+						return
+					}
+				}
+				if !c.say(r) {
+					return
+				}
+				if n, ok := strings.CutPrefix(r, "250 2.0.0 queued "); ok {
+					i, _ := strconv.Atoi(n)
+					select {
+					case answered <- answer{i, time.Now()}:
+					default:
+					}
+				}
+			}
+		}()
+		// Every reply written before the connection closes.
+		defer func() { close(replies); <-wdone }()
+		replies <- "220 mx.test ESMTP"
+		tx := 0
+		for {
+			l, ok := c.line()
+			if !ok {
+				return
+			}
+			f := strings.Fields(l + " x")
+			switch strings.ToUpper(f[0]) {
+			case "EHLO":
+				replies <- "250-mx.test\r\n250-PIPELINING\r\n250-CHUNKING\r\n250 ENHANCEDSTATUSCODES"
+			case "MAIL":
+				tx++
+				replies <- "250 2.1.0 ok"
+			case "RCPT":
+				replies <- "250 2.1.5 ok"
+			case "BDAT":
+				n, _ := strconv.Atoi(f[1])
+				if _, err := io.CopyN(io.Discard, c.r, int64(n)); err != nil {
+					return
+				}
+				if len(f) > 3 { // BDAT n LAST x
+					select {
+					case endRead <- tx:
+					default:
+					}
+					replies <- fmt.Sprint("250 2.0.0 queued ", tx)
+				} else {
+					replies <- "250 2.0.0 chunk"
+				}
+			case "QUIT":
+				replies <- "221 2.0.0 bye"
+				return
+			default:
+				replies <- "250 2.0.0 ok"
+			}
+		}
+	})
+	t.Cleanup(func() { close(stop) }) // runs before the upstream's own
+	return u.addr
+}
+
+// Send's documented promise: when its ctx ends after the email's end of
+// data was sent, the reply decides, and Send returns when it comes. The
+// red team found the old wording ("at most CommandTimeout later") false:
+// the reply timeout is re-armed by every reply of the window, so a server
+// answering a full window slowly (one reply each 150 ms, never silent for
+// CommandTimeout = 600 ms) keeps a cancelled Send waiting for the window
+// ahead of it, many times CommandTimeout. The doc now says so; this holds
+// the rest: the cancel does not lose the verdict (delivered, on its own
+// 250), and Send does not wait past that reply.
+func TestCancelledSendAfterEndOfDataTakesItsReply(t *testing.T) {
+	endRead, answered := make(chan int, 64), make(chan answer, 64)
+	addr := dripUpstream(t, 150*time.Millisecond, endRead, answered)
+	s := newRelay(t, &relaytest.Options{UpstreamAddr: addr})
+	const commandTimeout = 600 * time.Millisecond
+	c := newClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 8, BatchWait: 300 * time.Millisecond, CommandTimeout: commandTimeout})
+	for i := range 7 {
+		_, err := c.Enqueue(mail(fmt.Sprint("before", i)))
+		require.NoError(t, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	type sent struct {
+		res *mxrelay.Result
+		err error
+		at  time.Time
+	}
+	done := make(chan sent, 1)
+	go func() {
+		res, err := c.Send(ctx, mail("last"))
+		done <- sent{res, err, time.Now()}
+	}()
+	// Wait until the server has read the 8th end of data: it is on the wire.
+	deadline := time.After(15 * time.Second)
+	for n := 0; n != 8; {
+		select {
+		case n = <-endRead:
+		case <-deadline:
+			t.Fatal("the 8th end of data never reached the server")
+		}
+	}
+	cancel()
+	var got sent
+	select {
+	case got = <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("Send never returned")
+	}
+	// The 8th reply was written before Send returned, and Send did not
+	// wait for anything after it (the session's QUIT is later).
+	var answeredAt time.Time
+	for answeredAt.IsZero() {
+		select {
+		case a := <-answered:
+			if a.tx == 8 {
+				answeredAt = a.at
+			}
+		default:
+			t.Fatal("Send returned before the server answered its end of data")
+		}
+	}
+	require.NoError(t, got.err, "the end of data was sent: its 250 decides, not the cancel")
+	assert.False(t, got.res.MaybeDelivered)
+	assert.Less(t, got.at.Sub(answeredAt), commandTimeout, "Send waited past its own reply")
+}
