@@ -380,6 +380,7 @@ func (c *Client) Stats() Stats {
 	c.mu.Lock()
 	s := c.stats
 	s.QueueSize = c.q.len()
+	c.q.depth(&s, time.Now())
 	s.InFlight = c.inflight
 	if s.SessionsProcessed > 0 {
 		s.AverageSessionTime = c.sumSess / time.Duration(s.SessionsProcessed)

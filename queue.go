@@ -88,6 +88,33 @@ func (q *queue) promote(now time.Time) {
 	}
 }
 
+// depth fills in the queue's part of Stats. The oldest email of a
+// priority is its FIFO's first (the lowest sequence number, accepted
+// first); the delayed ones are looked at one by one.
+func (q *queue) depth(s *Stats, now time.Time) {
+	var oldest time.Time
+	older := func(e *email) {
+		if oldest.IsZero() || e.queuedAt.Before(oldest) {
+			oldest = e.queuedAt
+		}
+	}
+	s.QueuedByPriority = make(map[Priority]int, numPriorities)
+	for i := range q.ready {
+		s.QueuedByPriority[PriorityLow+Priority(i)] += q.ready[i].Len()
+		if q.ready[i].Len() > 0 {
+			older(q.ready[i][0])
+		}
+	}
+	for _, e := range q.delayed {
+		s.QueuedByPriority[e.cfg.priority]++
+		older(e)
+	}
+	s.Delayed = q.delayed.Len()
+	if !oldest.IsZero() {
+		s.OldestQueued = now.Sub(oldest)
+	}
+}
+
 // readyLen is the number of emails that may go now (after promote).
 func (q *queue) readyLen() int {
 	n := 0

@@ -266,6 +266,12 @@ func (c *Client) finish(em *email, err error) {
 	} else {
 		c.stats.EmailsFailed++
 	}
+	if res.MaybeDelivered {
+		c.stats.EmailsUnknown++
+	}
+	if errors.Is(err, ErrClosed) {
+		c.stats.EmailsHandedBack++
+	}
 	em.handle.res = res
 	if em.timer != nil {
 		em.timer.Stop()

@@ -67,12 +67,25 @@ type Stats struct {
 	EmailsProcessed   int64 // emails delivered
 	EmailsFailed      int64 // emails that failed, including cancelled and handed back at Close
 	EmailsRetried     int64 // retries scheduled
+	// EmailsUnknown counts the emails that ended with MaybeDelivered set
+	// (delivered or failed): an end of data went out and no trusted reply
+	// decided it. EmailsHandedBack counts those Close gave back unsent
+	// (ErrClosed), also counted in EmailsFailed.
+	EmailsUnknown    int64
+	EmailsHandedBack int64
 	// AverageSessionTime is the mean duration of processed sessions;
 	// AverageEmailTime the mean duration of the SMTP transactions of
 	// delivered emails (MAIL to the reply to the end of data).
 	AverageSessionTime time.Duration
 	AverageEmailTime   time.Duration
-	QueueSize          int   // emails waiting, including those waiting for a retry
-	InFlight           int   // emails in a session now
-	EventsDropped      int64 // events lost because OnEvent was too slow
+	QueueSize          int // emails waiting, including those waiting for a retry
+	InFlight           int // emails in a session now
+	// QueuedByPriority is QueueSize by priority, each of the four levels
+	// present; Delayed is how many of them wait for a retry's delay.
+	// OldestQueued is the age of the oldest email waiting (since it was
+	// accepted), 0 when none waits.
+	QueuedByPriority map[Priority]int
+	Delayed          int
+	OldestQueued     time.Duration
+	EventsDropped    int64 // events lost because OnEvent was too slow
 }
