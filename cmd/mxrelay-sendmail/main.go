@@ -14,12 +14,20 @@
 // The message is read up to the end of the input or, without -i (or -oi),
 // up to a line holding only "."; LF and CRLF line ends both become CRLF. A
 // message with a bare CR or a line over 998 octets is refused (65).
-// The recipients are the operands and, with -t, the addresses in the To, Cc
-// and Bcc headers. Bcc headers are always removed. A From and a Date header
-// are added when missing. The envelope sender is -f (or -r), "<>" for none,
+// The header is read as RFC 5322 says, obsolete syntax included ("Bcc :",
+// white space before the colon), field names in any case, folded lines
+// kept with their field. The recipients are the operands and, with -t, the
+// addresses in the To, Cc and Bcc headers, or in the Resent-To, Resent-Cc
+// and Resent-Bcc headers of a message that has a Resent- field, as with
+// sendmail (with -t the operands are added to those, as with Postfix). Bcc
+// and Resent-Bcc headers are always removed. A From and a Date header are
+// added when missing. The envelope sender is -f (or -r), "<>" for none,
 // else the From header's address, else $LOGNAME@domain. A bare user name
 // such as "root" is qualified with --domain, $MXRELAY_DOMAIN or the host
-// name.
+// name; a user or domain name with a character that has no place in an
+// address (CR, LF, a space) is refused (78). Addresses keep their meaning:
+// a quoted local part ("john doe"@example.com) is sent quoted, and an
+// address that cannot be written as an SMTP path is refused (65).
 //
 // sendmail options that mean nothing here are accepted and ignored: -B, -C,
 // -d, -e, -h, -L, -M, -N, -O, -o (but -oi), -p, -R, -V, -X with their
@@ -54,6 +62,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/mxrelay/mxrelay"
 )
@@ -82,7 +91,13 @@ func run(args []string, env func(string) string, stdin io.Reader, stderr io.Writ
 		fmt.Fprint(stderr, usage)
 		return exOK
 	}
-	domain := firstOf(cfg.domain, env("MXRELAY_DOMAIN"), hostname())
+	if hasControl(cfg.fullName) {
+		return fail(exUsage, "-F %q: a control character in the full name", cfg.fullName)
+	}
+	domain, local, err := identity(cfg, env)
+	if err != nil {
+		return fail(exConfig, "%v", err)
+	}
 
 	// The configuration is checked before stdin is read, so that a
 	// misconfigured command fails at once.
@@ -144,7 +159,7 @@ func run(args []string, env func(string) string, stdin io.Reader, stderr io.Writ
 	case err != nil:
 		return fail(exIOErr, "reading the message: %v", err)
 	}
-	email, err := envelope(cfg, msg, env, domain)
+	email, err := envelope(cfg, msg, local, domain)
 	switch {
 	case errors.Is(err, errUsage):
 		return fail(exUsage, "%v", err)
@@ -164,8 +179,9 @@ func run(args []string, env func(string) string, stdin io.Reader, stderr io.Writ
 }
 
 // envelope prepares the email: its recipients, its sender, its header
-// (Bcc removed, From and Date added when missing) and its body.
-func envelope(cfg *config, msg *message, env func(string) string, domain string) (mxrelay.Email, error) {
+// (Bcc and Resent-Bcc removed, From and Date added when missing) and its
+// body. local is the user's own address, for a message without a sender.
+func envelope(cfg *config, msg *message, local, domain string) (mxrelay.Email, error) {
 	var to []string
 	for _, arg := range cfg.recipients {
 		list, err := parseAddresses(arg, domain)
@@ -174,8 +190,9 @@ func envelope(cfg *config, msg *message, env func(string) string, domain string)
 		}
 		to = append(to, list...)
 	}
+	fields := msg.recipientFields()
 	if cfg.extract {
-		list, err := msg.addresses(domain, "To", "Cc", "Bcc")
+		list, err := msg.addresses(domain, fields...)
 		if err != nil {
 			return mxrelay.Email{}, err
 		}
@@ -184,13 +201,12 @@ func envelope(cfg *config, msg *message, env func(string) string, domain string)
 	to = dedupe(to)
 	if len(to) == 0 {
 		if cfg.extract {
-			return mxrelay.Email{}, fmt.Errorf("%w: no recipient: none given and none in the To, Cc or Bcc headers", errUsage)
+			return mxrelay.Email{}, fmt.Errorf("%w: no recipient: none given and none in the %s, %s or %s headers", errUsage, fields[0], fields[1], fields[2])
 		}
 		return mxrelay.Email{}, fmt.Errorf("%w: no recipient given (use -t to read them from the headers)", errUsage)
 	}
-	msg.remove("Bcc")
+	msg.remove(blindFields...)
 
-	local := firstOf(env("LOGNAME"), env("USER"), currentUser()) + "@" + domain
 	var from string
 	switch {
 	case cfg.senderSet:
@@ -208,7 +224,11 @@ func envelope(cfg *config, msg *message, env func(string) string, domain string)
 	if !msg.has("From") {
 		addr := firstOf(from, local)
 		if cfg.fullName != "" {
-			addr = (&mail.Address{Name: cfg.fullName, Address: addr}).String()
+			a, err := mail.ParseAddress(addr) // the path read back: its local part unquoted, as mail.Address wants it
+			if err != nil {
+				return mxrelay.Email{}, fmt.Errorf("%w: sender %q: %w", errData, addr, err)
+			}
+			addr = (&mail.Address{Name: cfg.fullName, Address: a.Address}).String()
 		}
 		msg.add("From", addr)
 	}
@@ -222,6 +242,9 @@ func envelope(cfg *config, msg *message, env func(string) string, domain string)
 // brackets or a display name, a bare user name, or "<>" (or "") for the
 // null sender.
 func senderAddress(s, domain string) (string, error) {
+	if hasControl(s) {
+		return "", fmt.Errorf("%w: sender %q has a control character", errData, s)
+	}
 	s = strings.TrimSpace(s)
 	if s == "" || s == "<>" {
 		return "", nil
@@ -231,6 +254,52 @@ func senderAddress(s, domain string) (string, error) {
 		return "", fmt.Errorf("%w: sender %q is not one address", errData, s)
 	}
 	return list[0], nil
+}
+
+// errConfig is wrapped by errors about the environment or the
+// configuration (EX_CONFIG).
+var errConfig = errors.New("configuration")
+
+// identity returns the domain that qualifies bare user names (--domain,
+// $MXRELAY_DOMAIN, else the host name) and the user's own address
+// ($LOGNAME, $USER, else the account's name, at that domain), which goes
+// into a generated From line and the envelope: each is checked, so that a
+// CR, LF or other character that is not in a user or domain name cannot
+// add header fields or change the address.
+func identity(cfg *config, env func(string) string) (domain, local string, err error) {
+	domain, from := cfg.domain, "--domain"
+	if domain == "" {
+		domain, from = env("MXRELAY_DOMAIN"), "MXRELAY_DOMAIN"
+	}
+	if domain == "" {
+		domain, from = hostname(), "the host name"
+	}
+	if !isDotAtom(domain) || !isASCII(domain) {
+		return "", "", fmt.Errorf("%w: %s %q is not a domain name", errConfig, from, domain)
+	}
+	user, from := env("LOGNAME"), "LOGNAME"
+	if user == "" {
+		user, from = env("USER"), "USER"
+	}
+	if user == "" {
+		user, from = currentUser(), "the user name"
+	}
+	if !isUserName(user) {
+		return "", "", fmt.Errorf("%w: %s %q is not a user name that can be put in an address (set LOGNAME, or give -f)", errConfig, from, user)
+	}
+	local, err = smtpPath(user + "@" + domain)
+	if err != nil {
+		return "", "", fmt.Errorf("%w: %s %q: %w", errConfig, from, user, err)
+	}
+	return domain, local, nil
+}
+
+func hasControl(s string) bool {
+	return strings.ContainsFunc(s, func(r rune) bool { return r < ' ' || r == 0x7f })
+}
+
+func isASCII(s string) bool {
+	return !strings.ContainsFunc(s, func(r rune) bool { return r >= utf8.RuneSelf })
 }
 
 // report tells stderr what happened: nothing on success unless verbose.

@@ -137,3 +137,80 @@ func TestParseAddresses(t *testing.T) {
 		assert.Equal(t, tc.want, got, tc.in)
 	}
 }
+
+// TestBlindFieldsRemoved: every Bcc and Resent-Bcc field goes, whatever
+// its case, with white space before its colon (RFC 5322's obsolete
+// syntax, which Postfix accepts) and with its continuation lines.
+func TestBlindFieldsRemoved(t *testing.T) {
+	in := "From: app@example.com\n" +
+		"Bcc : one@example.com\n" +
+		"To: to@example.com\n" +
+		"bcc\t:two@example.com,\n three@example.com\n" +
+		"Resent-Bcc: four@example.com\n" +
+		"RESENT-BCC  :\n\tfive@example.com\n" +
+		"Bcc:\n" +
+		"Subject: s\n" +
+		"\n" +
+		"body\n"
+	m, err := readMessage(strings.NewReader(in), true)
+	require.NoError(t, err)
+	var names []string
+	for _, f := range m.fields {
+		names = append(names, f.name)
+	}
+	assert.Equal(t, []string{"From", "Bcc", "To", "bcc", "Resent-Bcc", "RESENT-BCC", "Bcc", "Subject"}, names, "each is a field, none starts the body")
+	bcc, err := m.addresses("host.test", "Bcc")
+	require.NoError(t, err)
+	assert.Equal(t, []string{"one@example.com", "two@example.com", "three@example.com"}, bcc)
+
+	m.remove(blindFields...)
+	out, err := io.ReadAll(m.reader())
+	require.NoError(t, err)
+	assert.Equal(t, "From: app@example.com\r\nTo: to@example.com\r\nSubject: s\r\n\r\nbody\r\n", string(out))
+}
+
+func TestFieldName(t *testing.T) {
+	for line, want := range map[string]string{
+		"Subject: x":     "Subject",
+		"Bcc : x":        "Bcc",
+		"Bcc\t \t: x":    "Bcc",
+		"X-Odd_Name!: x": "X-Odd_Name!",
+		"Bcc":            "",
+		": x":            "",
+		" Bcc: x":        "",
+		"B cc: x":        "",
+		"Bcc\x00: x":     "",
+		"Bcc\xc3\xa9: x": "",
+	} {
+		assert.Equal(t, want, fieldName(line), "%q", line)
+	}
+}
+
+func TestSMTPPath(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{in: "a@example.com", want: "a@example.com"},
+		{in: "first.last+tag@example.com", want: "first.last+tag@example.com"},
+		{in: "alice@evil.example@example.com", want: `"alice@evil.example"@example.com`},
+		{in: "john doe@example.com", want: `"john doe"@example.com`},
+		{in: `a"b\c@example.com`, want: `"a\"b\\c"@example.com`},
+		{in: "a..b@example.com", want: `"a..b"@example.com`},
+		{in: ".a@example.com", want: `".a"@example.com`},
+		{in: "jürgen@exämple.com", want: "jürgen@exämple.com"},
+		{in: "a@[192.0.2.1]", want: "a@[192.0.2.1]"},
+		{in: "a\tb@example.com"},
+		{in: "a\x7fb@example.com"},
+		{in: "@example.com"},
+		{in: "a@"},
+		{in: "a@exa mple.com"},
+		{in: "a@[x]y"},
+		{in: "no-at"},
+	} {
+		got, err := smtpPath(tc.in)
+		if tc.want == "" {
+			assert.Error(t, err, "%q", tc.in)
+			continue
+		}
+		require.NoError(t, err, "%q", tc.in)
+		assert.Equal(t, tc.want, got, "%q", tc.in)
+	}
+}

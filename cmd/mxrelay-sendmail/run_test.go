@@ -204,7 +204,7 @@ func TestExitCodes(t *testing.T) {
 			args: []string{"a@example.com"}, want: exDataErr, stderr: "bare CR", unsent: true},
 		{name: "EX_DATAERR: parameter in the sender", args: []string{"-f", "a@b.c> SIZE=1", "a@example.com"}, want: exDataErr, stderr: "sender", unsent: true},
 		{name: "EX_DATAERR: parameter in a recipient", args: []string{"<a@b.c> NOTIFY=NEVER"}, want: exDataErr, stderr: "recipient", unsent: true},
-		{name: "EX_DATAERR: space in a quoted recipient", args: []string{`"a b"@example.com`}, want: exDataErr, stderr: "space", unsent: true},
+		{name: "EX_DATAERR: a recipient that cannot be written as an SMTP path", args: []string{"\"a\tb\"@example.com"}, want: exDataErr, stderr: "cannot be written", unsent: true},
 		{name: "EX_DATAERR: recipient header with CR", stdin: strings.NewReader("To: a@example.com\r> SIZE=1\n\nx\n"), args: []string{"-t"}, want: exDataErr, unsent: true},
 		{name: "EX_DATAERR: 8-bit body, JSON-only relay", relay: &relaytest.Options{DisableBinary: true},
 			stdin: strings.NewReader("Subject: latin1\n\ncaf\xe9\n"), args: []string{"a@example.com"}, want: exDataErr, stderr: "UTF-8"},
