@@ -101,18 +101,35 @@ func TestQuotedLocalPartsKeepTheirQuotes(t *testing.T) {
 	only(t, s)
 }
 
+// refusal is a run of the command that must fail: its environment
+// (added to a base), its arguments, its exit status and a part of what it
+// says on stderr.
+type refusal struct {
+	name   string
+	env    map[string]string
+	args   []string
+	want   int
+	stderr string
+}
+
+// withEnv returns base with extra added.
+func withEnv(base, extra map[string]string) map[string]string {
+	env := map[string]string{}
+	for k, v := range base {
+		env[k] = v
+	}
+	for k, v := range extra {
+		env[k] = v
+	}
+	return env
+}
+
 // TestNoHeaderInjection: what goes into a generated From line or the
 // envelope from the environment or the command line is refused when it
 // holds CR, LF or another character that has no place there.
 func TestNoHeaderInjection(t *testing.T) {
 	const noFrom = "Subject: s\n\nbody\n"
-	for _, tc := range []struct {
-		name   string
-		env    map[string]string
-		args   []string
-		want   int
-		stderr string
-	}{
+	for _, tc := range []refusal{
 		{name: "LOGNAME", env: map[string]string{"LOGNAME": "tester\r\nBcc: spy@evil.example"}, want: exConfig, stderr: "LOGNAME"},
 		{name: "LOGNAME with LF only", env: map[string]string{"LOGNAME": "tester\nX-Injected: 1"}, want: exConfig, stderr: "LOGNAME"},
 		{name: "USER", env: map[string]string{"LOGNAME": "", "USER": "tester\r\nX-Injected: 1"}, want: exConfig, stderr: "USER"},
@@ -126,10 +143,7 @@ func TestNoHeaderInjection(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := newRelay(t, nil)
-			env := relayEnv(s)
-			for k, v := range tc.env {
-				env[k] = v
-			}
+			env := withEnv(relayEnv(s), tc.env)
 			args := append([]string{"-f", "<>"}, tc.args...) // no sender: the From line is made from the user and the domain
 			code, stderr := sendmail(t, env, strings.NewReader(noFrom), append(args, "rcpt@example.com")...)
 			assert.Equal(t, tc.want, code, stderr)

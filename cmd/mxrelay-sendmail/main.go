@@ -7,9 +7,18 @@
 //
 // The relay comes from the environment, MXRELAY_URL and MXRELAY_API_KEY (or
 // MXRELAY_API_KEY_FILE, a file holding the key), or from --url and
-// --api-key-file. The key itself is never taken from the command line.
+// --api-key-file, or from the administrator's configuration file,
+// /etc/mxrelay/sendmail.conf ("url = ...", "api-key-file = ...",
+// "starttls = ...", "tls-server-name = ..."): what the file sets, an
+// option or the environment cannot change (64, 78). The key itself is
+// never taken from the command line; a key file must be a regular file of
+// one line that other users cannot read. Options end at the first
+// recipient or at "--", and --url, --api-key-file and --tls-server-name
+// may be given once, so that an argument appended to the administrator's
+// command line cannot send the mail or the key elsewhere.
 // MXRELAY_SMTP_USERNAME and MXRELAY_SMTP_PASSWORD are credentials for SMTP
-// AUTH with the relay's upstream server.
+// AUTH with the relay's upstream server, refused with --starttls never
+// unless MXRELAY_SMTP_PASSWORD_IN_CLEAR=yes.
 //
 // The message is read up to the end of the input or, without -i (or -oi),
 // up to a line holding only "."; LF and CRLF line ends both become CRLF. A
@@ -35,7 +44,8 @@
 // -bv, -q, -I) are refused: there is no queue and no daemon.
 //
 // The message is delivered or not before the command exits; nothing is
-// queued on disk. It prints nothing on success (-v reports the delivery and
+// queued on disk, and the copy of the message kept for a retry has no
+// name. SIGTERM, SIGINT or SIGHUP withdraws the message and exits with 75. It prints nothing on success (-v reports the delivery and
 // logs the SMTP dialogue, credentials masked). The exit status is from
 // sysexits.h: 0 delivered to every recipient; 64 (EX_USAGE) a bad command
 // line or no recipient; 65 (EX_DATAERR) a malformed message or address; 67
@@ -58,9 +68,11 @@ import (
 	"log/slog"
 	"net/mail"
 	"os"
+	"os/signal"
 	"os/user"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 	"unicode/utf8"
 
@@ -68,15 +80,41 @@ import (
 )
 
 func main() {
-	os.Exit(run(os.Args[1:], os.Getenv, os.Stdin, os.Stderr))
+	// SIGTERM, SIGINT or SIGHUP withdraws the message and exits with
+	// EX_TEMPFAIL: the caller may send it again. The copy of the message
+	// the library holds has no name on disk; nothing is left behind.
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer stop()
+	done := make(chan int, 1)
+	go func() { done <- run(ctx, os.Args[1:], os.Getenv, os.Stdin, os.Stderr) }()
+	select {
+	case code := <-done:
+		os.Exit(code)
+	case <-ctx.Done():
+	}
+	// run sees the end of ctx and returns the outcome; reading stdin it
+	// cannot be interrupted, so it is given a moment only.
+	select {
+	case code := <-done:
+		os.Exit(code)
+	case <-time.After(signalGrace):
+		fmt.Fprintln(os.Stderr, "mxrelay-sendmail: stopped by a signal: the message was not sent")
+		os.Exit(exTempFail)
+	}
 }
 
 // closeTimeout bounds the QUIT and the WebSocket close after the result.
 const closeTimeout = 10 * time.Second
 
+// signalGrace is how long run has, after a signal, to withdraw the message
+// and say what became of it.
+const signalGrace = 2 * time.Second
+
 // run is the command: it reads the message on stdin, sends it and returns
-// the exit status, reporting errors on stderr.
-func run(args []string, env func(string) string, stdin io.Reader, stderr io.Writer) int {
+// the exit status, reporting errors on stderr. The end of ctx (a signal)
+// withdraws the message, if its end of data has not been sent, and the
+// status is EX_TEMPFAIL.
+func run(ctx context.Context, args []string, env func(string) string, stdin io.Reader, stderr io.Writer) int {
 	stderr = &lockedWriter{w: stderr} // the client's logger writes from its own goroutines
 	fail := func(code int, format string, a ...any) int {
 		fmt.Fprintf(stderr, "mxrelay-sendmail: "+format+"\n", a...)
@@ -90,6 +128,20 @@ func run(args []string, env func(string) string, stdin io.Reader, stderr io.Writ
 	if cfg.help {
 		fmt.Fprint(stderr, usage)
 		return exOK
+	}
+	path := firstOf(env(envConfig), configPath)
+	conf, err := readConfig(path)
+	if err == nil {
+		err = applyConfig(cfg, conf, path, env)
+	}
+	if err == nil {
+		err = cfg.checkTLS()
+	}
+	switch {
+	case errors.Is(err, errUsage):
+		return fail(exUsage, "%v", err)
+	case err != nil:
+		return fail(exConfig, "%v", err)
 	}
 	if hasControl(cfg.fullName) {
 		return fail(exUsage, "-F %q: a control character in the full name", cfg.fullName)
@@ -115,10 +167,15 @@ func run(args []string, env func(string) string, stdin io.Reader, stderr io.Writ
 	if err != nil {
 		return fail(exConfig, "%v", err)
 	}
+	inClear, err := passwordInClear(cfg, env)
+	if err != nil {
+		return fail(exConfig, "%v", err)
+	}
 	opts := &mxrelay.Options{
 		LocalName:            cfg.helo,
-		Username:             env("MXRELAY_SMTP_USERNAME"),
-		Password:             env("MXRELAY_SMTP_PASSWORD"),
+		Username:             env(envUsername),
+		Password:             env(envPassword),
+		PasswordInClear:      inClear,
 		StartTLS:             cfg.startTLS,
 		Retries:              cfg.retries,
 		RetryInterval:        time.Second,
@@ -167,7 +224,7 @@ func run(args []string, env func(string) string, stdin io.Reader, stderr io.Writ
 		return fail(exDataErr, "%v", err)
 	}
 
-	ctx, cancel := context.WithTimeout(context.Background(), cfg.timeout)
+	ctx, cancel := context.WithTimeout(ctx, cfg.timeout)
 	defer cancel()
 	res, err := c.Send(ctx, email)
 	if rerr := msg.readErr(); rerr != nil {
@@ -254,6 +311,30 @@ func senderAddress(s, domain string) (string, error) {
 		return "", fmt.Errorf("%w: sender %q is not one address", errData, s)
 	}
 	return list[0], nil
+}
+
+// The environment variables for SMTP AUTH with the relay's upstream.
+const (
+	envUsername        = "MXRELAY_SMTP_USERNAME"
+	envPassword        = "MXRELAY_SMTP_PASSWORD"
+	envPasswordInClear = "MXRELAY_SMTP_PASSWORD_IN_CLEAR"
+)
+
+// passwordInClear reports whether SMTP AUTH may run without STARTTLS. It
+// refuses credentials with --starttls never (the password would cross the
+// relay and its hop to the upstream in clear) unless
+// MXRELAY_SMTP_PASSWORD_IN_CLEAR is "yes".
+func passwordInClear(cfg *config, env func(string) string) (bool, error) {
+	switch v := env(envPasswordInClear); {
+	case v == "yes":
+		return true, nil
+	case v != "":
+		return false, fmt.Errorf("%w: %s=%q: want yes, or leave it unset", errConfig, envPasswordInClear, v)
+	case (env(envUsername) != "" || env(envPassword) != "") && cfg.startTLS == mxrelay.StartTLSNever:
+		return false, fmt.Errorf("%w: %s is set and --starttls is never: SMTP AUTH would send the password in clear; use --starttls=required with --tls-server-name, or set %s=yes",
+			errConfig, envUsername, envPasswordInClear)
+	}
+	return false, nil
 }
 
 // errConfig is wrapped by errors about the environment or the
