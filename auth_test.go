@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -89,6 +90,25 @@ func TestStartTLS(t *testing.T) {
 		c := newClient(t, plain, &mxrelay.Options{StartTLS: mxrelay.StartTLSOpportunistic, TLSConfig: &tls.Config{ServerName: "mx.test"}})
 		_, err := c.Send(ctxT(t), mail("clear"))
 		require.NoError(t, err)
+	})
+	t.Run("opportunistic without STARTTLS offered sends no AUTH", func(t *testing.T) {
+		var mu sync.Mutex
+		var sent strings.Builder
+		plain := newRelay(t, &relaytest.Options{Users: map[string]string{"bob": "pw"}, OnSMTPData: func(d relaytest.SMTPData) {
+			if !d.FromServer {
+				mu.Lock()
+				sent.Write(d.Data)
+				mu.Unlock()
+			}
+		}})
+		c := newClient(t, plain, &mxrelay.Options{StartTLS: mxrelay.StartTLSOpportunistic, TLSConfig: &tls.Config{ServerName: "mx.test"}, Username: "bob", Password: "pw"})
+		_, err := c.Send(ctxT(t), mail("never in clear"))
+		require.Error(t, err)
+		assert.Empty(t, plain.Mailbox())
+		mu.Lock()
+		defer mu.Unlock()
+		assert.Contains(t, sent.String(), "EHLO")
+		assert.NotContains(t, sent.String(), "AUTH", "no password over a channel STARTTLS did not protect")
 	})
 	t.Run("required without STARTTLS offered sends nothing", func(t *testing.T) {
 		plain := newRelay(t, &relaytest.Options{Users: map[string]string{"bob": "pw"}})

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -129,6 +131,27 @@ func TestReadOnceBodyIsSpooledAndRetried(t *testing.T) {
 	assert.Equal(t, 2, res.Attempts, "the first attempt was cut")
 	require.Len(t, s.Mailbox(), 1)
 	assert.Equal(t, body, string(s.Mailbox()[0].Data))
+}
+
+// TestReadOnceBodyCopyHasNoName: the copy of a body that cannot be read
+// twice has no name in TempDir while its email waits, so that a process
+// killed then (SIGKILL, the OOM killer) leaves no message on disk.
+func TestReadOnceBodyCopyHasNoName(t *testing.T) {
+	if runtime.GOOS == "windows" {
+		t.Skip("Windows cannot unlink an open file: the copy is removed with the result")
+	}
+	s := newRelay(t, nil)
+	s.Inject(relaytest.Fault{Kind: relaytest.StallReply, Command: "MAIL"})
+	dir := t.TempDir()
+	c := newClient(t, s, &mxrelay.Options{TempDir: dir})
+	h, err := c.Enqueue(mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: io.MultiReader(strings.NewReader(msg("payroll")))})
+	require.NoError(t, err)
+	left, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	assert.Empty(t, left, "the copy is unlinked as soon as it is made")
+	h.Cancel()
+	_, err = h.Wait(ctxT(t))
+	require.ErrorIs(t, err, mxrelay.ErrCanceled)
 }
 
 func TestBytesBufferIsNotDrained(t *testing.T) {

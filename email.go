@@ -59,6 +59,11 @@ type Email struct {
 	// reverse-path "<>", for bounces.
 	From string
 	// To are the envelope recipients (RCPT TO), at least one.
+	//
+	// From and To are written between the angle brackets as they are, so
+	// they must be SMTP paths: a local part that is not a dot-atom is
+	// quoted ("john doe"@example.com), as RFC 5321 says; net/mail's
+	// Address.Address holds it unquoted.
 	To []string
 	// Body is the message. It is streamed, never read whole into memory. A
 	// body that can seek (*bytes.Reader, *strings.Reader, *os.File on a
@@ -359,13 +364,24 @@ func (u *utf8Check) valid() bool { return !u.bad && u.n == 0 }
 const maxPath = 256
 
 // checkAddress refuses what could not be put in MAIL FROM or RCPT TO as it
-// is: control characters, spaces, angle brackets, a path over 256 octets.
+// is: control characters, a path over 256 octets, and outside a leading
+// quoted local part ("john doe"@example.com, RFC 5321's Quoted-string,
+// which may hold spaces, angle brackets and backslash escapes) spaces and
+// angle brackets.
 func checkAddress(role, a string) error {
 	if len(a)+2 > maxPath {
 		return fmt.Errorf("%w: %s address is %d octets, more than %d", ErrInvalidEmail, role, len(a), maxPath-2)
 	}
-	for i := 0; i < len(a); i++ {
-		switch c := a[i]; {
+	rest := a
+	if strings.HasPrefix(a, `"`) {
+		n, err := quotedLocalPart(a)
+		if err != nil {
+			return fmt.Errorf("%w: %s address %q: %w", ErrInvalidEmail, role, a, err)
+		}
+		rest = a[n:]
+	}
+	for i := 0; i < len(rest); i++ {
+		switch c := rest[i]; {
 		case c < ' ' || c == 0x7f:
 			return fmt.Errorf("%w: %s address %q has a control character", ErrInvalidEmail, role, a)
 		case c == ' ' || c == '<' || c == '>':
@@ -379,6 +395,30 @@ func checkAddress(role, a string) error {
 		return fmt.Errorf("%w: recipient %q is not an address", ErrInvalidEmail, a)
 	}
 	return nil
+}
+
+// quotedLocalPart returns the length of the quoted string a starts with,
+// which must be followed by "@": octets 32 to 126 and UTF-8 between the
+// quotes, a backslash escaping one octet 32 to 126 (RFC 5321 §4.1.2, with
+// RFC 6531's UTF-8).
+func quotedLocalPart(a string) (int, error) {
+	for i := 1; i < len(a); i++ {
+		switch c := a[i]; {
+		case c < ' ' || c == 0x7f:
+			return 0, errors.New("a control character in its quoted local part")
+		case c == '\\':
+			i++
+			if i == len(a) || a[i] < ' ' || a[i] > '~' {
+				return 0, errors.New("a backslash in its quoted local part escapes no printable character")
+			}
+		case c == '"':
+			if !strings.HasPrefix(a[i+1:], "@") {
+				return 0, errors.New("its quoted local part is not followed by @")
+			}
+			return i + 1, nil
+		}
+	}
+	return 0, errors.New("its quoted local part has no closing quote")
 }
 
 func (e *Email) validate() error {

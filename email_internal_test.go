@@ -78,15 +78,18 @@ func unXtext(s string) string {
 }
 
 // FuzzCheckAddress: an address checkAddress accepts cannot break out of
-// its command. It has no CR, LF, NUL or other control, no space, no angle
-// bracket, is valid UTF-8 and at most 254 octets; and the MAIL and RCPT
-// commands the engine builds with it (SMTPUTF8 and DSN offered, NOTIFY and
-// ORCPT asked for) are each one line, whose path reads back as the address
-// and whose parameters are the ones asked for, ORCPT decoding back to the
-// address. MAIL, and RCPT without parameters, fit RFC 5321's 512 octets
-// with CRLF (DSN's parameters may make RCPT longer).
+// its command. It has no CR, LF, NUL or other control, no space or angle
+// bracket outside a leading quoted local part, is valid UTF-8 and at most
+// 254 octets; and the MAIL and RCPT commands the engine builds with it
+// (SMTPUTF8 and DSN offered, NOTIFY and ORCPT asked for) are each one
+// line, whose path, read as a server reads it (a quoted string to its
+// closing quote, then up to a space or ">"), is the address, and whose
+// parameters are the ones asked for, ORCPT decoding back to the address.
+// MAIL, and RCPT without parameters, fit RFC 5321's 512 octets with CRLF
+// (DSN's parameters may make RCPT longer).
 func FuzzCheckAddress(f *testing.F) {
-	for _, s := range []string{"a@example.com", "", "postmaster", "a@b>\r\nRCPT TO:<c@d", "ü@exämple.com", "a b@c", "a@b\x00", strings.Repeat("x", 300) + "@y"} {
+	for _, s := range []string{"a@example.com", "", "postmaster", "a@b>\r\nRCPT TO:<c@d", "ü@exämple.com", "a b@c", "a@b\x00", strings.Repeat("x", 300) + "@y",
+		`"john doe"@example.com`, `"alice@evil.example"@example.com`, `"a>b"@c`, `"a\"b"@c`, `"a"b@c`, `"a`, `"a\`, `"a` + "\r\n" + `"@c`} {
 		f.Add(s, true)
 		f.Add(s, false)
 	}
@@ -102,10 +105,12 @@ func FuzzCheckAddress(f *testing.F) {
 		}
 		require.True(t, utf8.ValidString(a))
 		require.LessOrEqual(t, len(a), maxPath-2)
-		require.False(t, strings.ContainsAny(a, " <>\x7f"), "%q", a)
 		for _, c := range []byte(a) {
 			require.GreaterOrEqual(t, c, byte(' '), "%q", a)
+			require.NotEqual(t, byte(0x7f), c, "%q", a)
 		}
+		_, tail := splitQuoted(a)
+		require.False(t, strings.ContainsAny(tail, " <>"), "outside the quotes: %q", a)
 
 		var cmd string
 		var want []string
@@ -132,9 +137,10 @@ func FuzzCheckAddress(f *testing.F) {
 		verb, rest, ok := strings.Cut(cmd, "<")
 		require.True(t, ok)
 		require.Equal(t, want[0], verb)
-		path, params, ok := strings.Cut(rest, ">")
-		require.True(t, ok)
+		path, params := serverPath(rest)
 		require.Equal(t, a, path, "the path reads back as the address")
+		params, ok = strings.CutPrefix(params, ">")
+		require.True(t, ok, "%q", cmd)
 		fields := strings.Split(params, " ")[1:] // parameters are separated by SP
 		require.Len(t, fields, len(want)-1, "%q", params)
 		for i, p := range fields {
@@ -144,6 +150,61 @@ func FuzzCheckAddress(f *testing.F) {
 			require.Equal(t, a, unXtext(strings.TrimPrefix(fields[1], want[2])))
 		}
 	})
+}
+
+func TestCheckAddressQuotedLocalPart(t *testing.T) {
+	for _, a := range []string{
+		`"john doe"@example.com`,
+		`"alice@evil.example"@example.com`,
+		`"a\"b\\c"@example.com`,
+		`"<a>"@example.com`,
+		`"jürgen müller"@example.com`,
+	} {
+		require.NoError(t, checkAddress("recipient", a), a)
+		require.NoError(t, checkAddress("sender", a), a)
+	}
+	for _, a := range []string{
+		`"john doe"@example.com x`,
+		`"unterminated@example.com`,
+		`"no at"example.com`,
+		`"a\`,
+		`"tab\` + "\t" + `"@example.com`,
+		`"cr` + "\r" + `"@example.com`,
+		`"lf` + "\n" + `"@example.com`,
+		`"del` + "\x7f" + `"@example.com`,
+		`"ok"@exa<mple.com`,
+		`"ok"@example.com>`,
+		`"bad` + "\xff" + `"@example.com`,
+	} {
+		require.ErrorIs(t, checkAddress("recipient", a), ErrInvalidEmail, "%q", a)
+	}
+}
+
+// serverPath reads a path from s as a server does: a leading quoted
+// string up to its closing quote (a backslash escapes one octet), then up
+// to a space or ">". It returns the path and what follows it.
+func serverPath(s string) (path, rest string) {
+	quoted, tail := splitQuoted(s)
+	j := strings.IndexAny(tail, " >")
+	if j < 0 {
+		return s, ""
+	}
+	return quoted + tail[:j], tail[j:]
+}
+
+// splitQuoted splits the leading quoted string, if any, off s.
+func splitQuoted(s string) (quoted, tail string) {
+	if !strings.HasPrefix(s, `"`) {
+		return "", s
+	}
+	i := 1
+	for ; i < len(s) && s[i] != '"'; i++ {
+		if s[i] == '\\' {
+			i++
+		}
+	}
+	i = min(i+1, len(s))
+	return s[:i], s[i:]
 }
 
 // Regression: waitForWork decided "nothing left" from a look at the queue

@@ -3,7 +3,7 @@ package mxrelay
 import (
 	"errors"
 	"fmt"
-	"os"
+	"io"
 	"strings"
 )
 
@@ -15,12 +15,22 @@ const (
 	EnvAPIKeyFile = "MXRELAY_API_KEY_FILE" // a file holding the API key
 )
 
+// maxKeyFile bounds an API key file: a key is a line, far shorter.
+const maxKeyFile = 4 << 10
+
 // RelayFromEnv returns the relay URL and the API key that the environment
 // names, read through getenv (os.Getenv, or a stub in tests): the URL from
 // MXRELAY_URL, the key from MXRELAY_API_KEY or, when that is empty, from the
-// file named by MXRELAY_API_KEY_FILE, white space around it removed. A key
-// file keeps the key out of the environment of every child process; never
-// put a key on a command line, where other users of the machine can read it.
+// file named by MXRELAY_API_KEY_FILE. A key file keeps the key out of the
+// environment of every child process; never put a key on a command line,
+// where other users of the machine can read it.
+//
+// The key file must be a regular file of at most 4 KiB holding one
+// non-empty line (white space around it is removed), and, on Unix, not
+// readable by every user (mode 0600 or 0640, as ssh wants of its keys): a
+// device, a FIFO (opened without blocking), a file of several lines or one
+// anybody can read is refused, so that a mistaken or injected file name
+// neither hangs the process nor sends some other file's content as a key.
 //
 // It fails when the URL or the key is missing or the file cannot be read.
 // It does not check the URL: New does.
@@ -37,13 +47,48 @@ func RelayFromEnv(getenv func(string) string) (relayURL, apiKey string, err erro
 	if file == "" {
 		return "", "", fmt.Errorf("mxrelay: neither %s nor %s is set", EnvAPIKey, EnvAPIKeyFile)
 	}
-	b, err := os.ReadFile(file)
+	apiKey, err = readKeyFile(file)
 	if err != nil {
-		return "", "", fmt.Errorf("mxrelay: reading the API key: %w", err)
-	}
-	apiKey = strings.TrimSpace(string(b))
-	if apiKey == "" {
-		return "", "", errors.New("mxrelay: the API key file " + file + " is empty")
+		return "", "", err
 	}
 	return relayURL, apiKey, nil
+}
+
+// readKeyFile reads the API key from the file name, checked as
+// RelayFromEnv says.
+func readKeyFile(name string) (string, error) {
+	f, err := openKeyFile(name)
+	if err != nil {
+		return "", fmt.Errorf("mxrelay: reading the API key: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return "", fmt.Errorf("mxrelay: reading the API key: %w", err)
+	}
+	bad := func(why string) error { return fmt.Errorf("mxrelay: the API key file %s %s", name, why) }
+	switch {
+	case !fi.Mode().IsRegular():
+		return "", bad("is not a regular file")
+	case fi.Size() > maxKeyFile:
+		return "", bad(fmt.Sprintf("is larger than a key can be (%d bytes, more than %d)", fi.Size(), maxKeyFile))
+	case worldReadable(fi):
+		return "", bad("is readable by every user: make it readable by its owner only (chmod 600)")
+	}
+	b, err := io.ReadAll(io.LimitReader(f, maxKeyFile+1))
+	if err != nil {
+		return "", fmt.Errorf("mxrelay: reading the API key: %w", err)
+	}
+	if len(b) > maxKeyFile {
+		return "", bad(fmt.Sprintf("is larger than a key can be (more than %d bytes)", maxKeyFile))
+	}
+	line := strings.TrimSuffix(string(b), "\n")
+	if strings.ContainsAny(line, "\n") {
+		return "", bad("has more than one line: it must hold the key alone")
+	}
+	key := strings.TrimSpace(line)
+	if key == "" {
+		return "", errors.New("mxrelay: the API key file " + name + " is empty")
+	}
+	return key, nil
 }

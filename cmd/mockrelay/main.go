@@ -11,7 +11,8 @@
 // accepts, and runs until SIGINT or SIGTERM, when it closes cleanly.
 //
 // It listens only on loopback addresses unless -allow-remote is given: it
-// is a test tool with a well-known default key.
+// is a test tool with a well-known default key, which -allow-remote
+// refuses: it needs a -key of your own.
 package main
 
 import (
@@ -71,6 +72,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if err := checkLoopback(*addr); err != nil {
 			return err
 		}
+	}
+	keySet := false
+	fs.Visit(func(f *flag.Flag) { keySet = keySet || f.Name == "key" })
+	if *allowRemote && (!keySet || *key == relaytest.DefaultAPIKey) {
+		return errors.New("-allow-remote needs -key with a key of your own: the default key is published, and anyone could use the relay (with -upstream, to send mail through your SMTP server)")
 	}
 
 	level := slog.LevelInfo

@@ -113,6 +113,24 @@ func TestRefusesRemote(t *testing.T) {
 	}
 }
 
+func TestAllowRemoteNeedsItsOwnKey(t *testing.T) {
+	for _, args := range [][]string{
+		{"-allow-remote", "-addr", "127.0.0.1:0"},
+		{"-allow-remote", "-addr", "127.0.0.1:0", "-upstream", "127.0.0.1:25"},
+		{"-allow-remote", "-addr", "127.0.0.1:0", "-key", relaytest.DefaultAPIKey},
+	} {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel() // a relay that starts stops at once
+		var stdout syncBuffer
+		err := run(ctx, args, &stdout, &syncBuffer{})
+		assert.ErrorContains(t, err, "-allow-remote needs -key", "%q", args)
+		assert.NotContains(t, stdout.String(), "relay URL", "%q: it never listened", args)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	assert.NoError(t, run(ctx, []string{"-allow-remote", "-addr", "127.0.0.1:0", "-key", "a-key-of-my-own-0123"}, &syncBuffer{}, &syncBuffer{}))
+}
+
 func TestBadFlags(t *testing.T) {
 	assert.Error(t, run(context.Background(), []string{"-nope"}, &syncBuffer{}, &syncBuffer{}))
 	assert.Error(t, run(context.Background(), []string{"extra"}, &syncBuffer{}, &syncBuffer{}))

@@ -21,15 +21,16 @@ type config struct {
 	recipients []string // the operands
 	ignored    []string // options accepted and ignored, for -v
 
-	url      string
-	keyFile  string
-	helo     string
-	startTLS mxrelay.StartTLS
-	tlsName  string
-	timeout  time.Duration
-	retries  int
-	domain   string
-	help     bool
+	url         string
+	keyFile     string
+	helo        string
+	startTLS    mxrelay.StartTLS
+	startTLSSet bool
+	tlsName     string
+	timeout     time.Duration
+	retries     int
+	domain      string
+	help        bool
 }
 
 const (
@@ -53,8 +54,13 @@ func usageErr(format string, a ...any) error {
 }
 
 // parseArgs reads sendmail's command line: one-letter options, alone or
-// grouped ("-ti"), in any order among the recipients, up to "--"; and this
-// command's own options, spelled with two dashes.
+// grouped ("-ti"), and this command's own options, spelled with two
+// dashes, then the recipients. Options end at the first operand or at
+// "--", as with POSIX getopt and Postfix's sendmail, so that a word
+// appended after the administrator's command line ("--url=...") is not
+// an option; an operand that starts with "-" is refused unless it comes
+// after "--". --url, --api-key-file and --tls-server-name may be given
+// once only.
 func parseArgs(args []string) (*config, error) {
 	cfg := &config{timeout: defaultTimeout, retries: defaultRetries}
 	i := 0
@@ -109,13 +115,37 @@ func parseArgs(args []string) (*config, error) {
 				break
 			}
 		default:
-			cfg.recipients = append(cfg.recipients, a)
+			for _, op := range args[i:] {
+				if strings.HasPrefix(op, "-") {
+					return nil, usageErr("%q after the recipient %q: options end at the first recipient, so it is neither an option nor a recipient (a recipient that starts with \"-\" goes after --)", op, a)
+				}
+			}
+			cfg.recipients = append(cfg.recipients, args[i:]...)
+			i = len(args)
 		}
 	}
-	if cfg.startTLS != mxrelay.StartTLSNever && cfg.tlsName == "" {
-		return nil, usageErr("--starttls needs --tls-server-name, the name the SMTP server's certificate is checked against")
-	}
 	return cfg, nil
+}
+
+// checkTLS refuses --starttls without the name to check the server's
+// certificate against.
+func (cfg *config) checkTLS() error {
+	if cfg.startTLS != mxrelay.StartTLSNever && cfg.tlsName == "" {
+		return usageErr("--starttls needs --tls-server-name, the name the SMTP server's certificate is checked against")
+	}
+	return nil
+}
+
+// once sets *dst to value, refusing a second value for the option.
+func once(dst *string, name, value string) error {
+	if *dst != "" {
+		return usageErr("--%s given twice: it names where the mail and the API key go, and may be given once only", name)
+	}
+	if value == "" {
+		return usageErr("--%s needs a value", name)
+	}
+	*dst = value
+	return nil
 }
 
 func (cfg *config) setFlag(c byte) error {
@@ -167,15 +197,16 @@ func longTakesValue(name string) bool {
 func (cfg *config) setLong(name, value string) error {
 	switch name {
 	case "url":
-		cfg.url = value
+		return once(&cfg.url, name, value)
 	case "api-key-file":
-		cfg.keyFile = value
+		return once(&cfg.keyFile, name, value)
 	case "api-key", "key":
 		return usageErr("--%s: the API key is never taken from the command line, where other users can read it: set %s, or %s to a file holding it",
 			name, mxrelay.EnvAPIKey, mxrelay.EnvAPIKeyFile)
 	case "helo":
 		cfg.helo = value
 	case "starttls":
+		cfg.startTLSSet = true
 		switch value {
 		case "never":
 			cfg.startTLS = mxrelay.StartTLSNever
@@ -187,7 +218,7 @@ func (cfg *config) setLong(name, value string) error {
 			return usageErr("--starttls %q: want never, opportunistic or required", value)
 		}
 	case "tls-server-name":
-		cfg.tlsName = value
+		return once(&cfg.tlsName, name, value)
 	case "timeout":
 		d, err := time.ParseDuration(value)
 		if err != nil || d <= 0 {
@@ -215,6 +246,7 @@ const usage = `usage: mxrelay-sendmail [-t] [-i] [-f sender] [-F full name] [sen
 Reads a message on standard input and sends it through an mxrelay relay.
 
   -t              also send to the addresses in the To, Cc and Bcc headers
+                  (Resent-To, Resent-Cc, Resent-Bcc in a resent message)
   -i, -oi         a line holding only "." does not end the message
   -f, -r sender   envelope sender (default: the From header's address, else user@domain)
   -F name         full name for a From header added to a message without one
@@ -229,6 +261,12 @@ Reads a message on standard input and sends it through an mxrelay relay.
   --timeout DURATION     give up after this long (default: 2m)
   --retries N            retries after a temporary failure (default: 3)
 
-SMTP AUTH with the upstream: $MXRELAY_SMTP_USERNAME and $MXRELAY_SMTP_PASSWORD.
+Options end at the first recipient (or at --); --url, --api-key-file and
+--tls-server-name may be given once. Settings in /etc/mxrelay/sendmail.conf
+(url, api-key-file, starttls, tls-server-name) cannot be changed by options
+or the environment.
+
+SMTP AUTH with the upstream: $MXRELAY_SMTP_USERNAME and $MXRELAY_SMTP_PASSWORD,
+under --starttls (or with $MXRELAY_SMTP_PASSWORD_IN_CLEAR=yes).
 Accepted and ignored: -B -C -d -e -h -L -M -N -O -o<x> -p -R -V -X (with their argument), -c -G -m -n -s -U -x, -bm.
 `

@@ -32,12 +32,12 @@ func TestParseArgs(t *testing.T) {
 			want: config{sender: "<>", senderSet: true, recipients: []string{"a@example.com"}}},
 		{name: "cron", args: []string{"-FCronDaemon", "-i", "-B8BITMIME", "-oem", "root"},
 			want: config{fullName: "CronDaemon", ignoreDots: true, recipients: []string{"root"}, ignored: []string{"-B8BITMIME", "-oem"}}},
-		{name: "options after operands, and --", args: []string{"a@example.com", "-t", "--", "-not-an-option@example.com"},
-			want: config{extract: true, recipients: []string{"a@example.com", "-not-an-option@example.com"}}},
+		{name: "-- ends the options", args: []string{"-t", "--", "-not-an-option@example.com", "--url=x@example.com"},
+			want: config{extract: true, recipients: []string{"-not-an-option@example.com", "--url=x@example.com"}}},
 		{name: "harmless flags", args: []string{"-U", "-m", "-n", "-bm", "-N", "never", "-Rhdrs", "-Venvid", "-odi"},
 			want: config{ignored: []string{"-U", "-m", "-n", "-Nnever", "-Rhdrs", "-Venvid", "-odi"}}},
 		{name: "long options", args: []string{"--url", "wss://relay.example.com/smtp", "--api-key-file=/run/key", "--timeout=30s", "--retries", "5", "--helo", "app.example.com", "--domain=example.com", "--starttls=required", "--tls-server-name", "smtp.example.com", "-v"},
-			want: config{url: "wss://relay.example.com/smtp", keyFile: "/run/key", timeout: 30 * time.Second, retries: 5, helo: "app.example.com", domain: "example.com", startTLS: mxrelay.StartTLSRequired, tlsName: "smtp.example.com", verbose: true}},
+			want: config{url: "wss://relay.example.com/smtp", keyFile: "/run/key", timeout: 30 * time.Second, retries: 5, helo: "app.example.com", domain: "example.com", startTLS: mxrelay.StartTLSRequired, startTLSSet: true, tlsName: "smtp.example.com", verbose: true}},
 		{name: "help", args: []string{"--help"},
 			want: config{help: true}},
 	} {
@@ -73,8 +73,18 @@ func TestParseArgsErrors(t *testing.T) {
 		{"--timeout=-1s"},
 		{"--retries=-1"},
 		{"--starttls=maybe"},
-		{"--starttls=required"},
 		{"--url"},
+		{"--url="},
+		// Options end at the first operand: an option appended after the
+		// administrator's command line is an operand, and refused.
+		{"a@example.com", "-t"},
+		{"a@example.com", "--url=wss://evil.example/smtp"},
+		{"-t", "a@example.com", "--api-key-file=/etc/shadow"},
+		{"a@example.com", "--", "b@example.com"},
+		// Where the mail and the key go is said once.
+		{"--url=wss://relay.example.com/smtp", "--url=wss://evil.example/smtp"},
+		{"--api-key-file=/run/key", "--api-key-file", "/etc/passwd"},
+		{"--tls-server-name=mx.example.com", "--tls-server-name=evil.example"},
 	} {
 		_, err := parseArgs(args)
 		assert.ErrorIs(t, err, errUsage, "%q", args)

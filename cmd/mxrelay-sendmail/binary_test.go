@@ -7,11 +7,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/mxrelay/mxrelay/internal/interop"
+	"github.com/mxrelay/mxrelay/relaytest"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -34,7 +37,8 @@ func TestBinary(t *testing.T) {
 	require.NoError(t, err, "%s", out)
 
 	s := newRelay(t, nil)
-	env := append(os.Environ(), "MXRELAY_URL="+s.URL, "MXRELAY_API_KEY="+s.APIKey, "BIN="+bin)
+	noConfig := envConfig + "=/nonexistent/mxrelay-sendmail.conf" // not the machine's
+	env := append(os.Environ(), "MXRELAY_URL="+s.URL, "MXRELAY_API_KEY="+s.APIKey, "BIN="+bin, noConfig)
 
 	t.Run("a shell pipeline with -t", func(t *testing.T) {
 		before := len(s.Mailbox())
@@ -53,7 +57,7 @@ func TestBinary(t *testing.T) {
 
 	t.Run("the exit status", func(t *testing.T) {
 		cmd := exec.Command(bin, "a@example.com")
-		cmd.Env = []string{"PATH=" + os.Getenv("PATH")} // no relay configured
+		cmd.Env = []string{"PATH=" + os.Getenv("PATH"), noConfig} // no relay configured
 		cmd.Stdin = bytes.NewReader([]byte("Subject: x\n\nx\n"))
 		var stderr bytes.Buffer
 		cmd.Stderr = &stderr
@@ -61,6 +65,51 @@ func TestBinary(t *testing.T) {
 		require.ErrorAs(t, cmd.Run(), &ee)
 		assert.Equal(t, exConfig, ee.ExitCode())
 		assert.Contains(t, stderr.String(), "MXRELAY_URL is not set")
+	})
+
+	t.Run("a signal while it waits: exit 75, nothing left in TMPDIR", func(t *testing.T) {
+		if runtime.GOOS == "windows" {
+			t.Skip("no SIGTERM to send")
+		}
+		mailSent := make(chan struct{}, 1)
+		stalled := newRelay(t, &relaytest.Options{OnSMTPData: func(d relaytest.SMTPData) {
+			if !d.FromServer && bytes.Contains(d.Data, []byte("MAIL FROM")) {
+				select {
+				case mailSent <- struct{}{}:
+				default:
+				}
+			}
+		}})
+		stalled.Inject(relaytest.Fault{Kind: relaytest.StallReply, Command: "MAIL", Times: -1})
+		for _, sig := range []os.Signal{syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP} {
+			t.Run(sig.String(), func(t *testing.T) {
+				tmp := t.TempDir()
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				defer cancel()
+				cmd := exec.CommandContext(ctx, bin, "--retries=0", "a@example.com")
+				cmd.Env = append(os.Environ(), "MXRELAY_URL="+stalled.URL, "MXRELAY_API_KEY="+stalled.APIKey, "TMPDIR="+tmp, noConfig)
+				cmd.Stdin = strings.NewReader("Subject: payroll\n\nSalary: 1,000,000\n") // a pipe: copied, since it cannot be read twice
+				var stderr bytes.Buffer
+				cmd.Stderr = &stderr
+				require.NoError(t, cmd.Start())
+				select {
+				case <-mailSent:
+				case <-ctx.Done():
+					t.Fatalf("the command never sent MAIL: %s", stderr.String())
+				}
+				left, err := os.ReadDir(tmp)
+				require.NoError(t, err)
+				assert.Empty(t, left, "the copy of the message has no name while it waits")
+				require.NoError(t, cmd.Process.Signal(sig))
+				var ee *exec.ExitError
+				require.ErrorAs(t, cmd.Wait(), &ee)
+				assert.Equal(t, exTempFail, ee.ExitCode(), "%s", stderr.String())
+				left, err = os.ReadDir(tmp)
+				require.NoError(t, err)
+				assert.Empty(t, left)
+			})
+		}
+		assert.Empty(t, stalled.Mailbox())
 	})
 
 	t.Run("go-mail's WriteToSendmail", func(t *testing.T) {

@@ -7,19 +7,36 @@
 //
 // The relay comes from the environment, MXRELAY_URL and MXRELAY_API_KEY (or
 // MXRELAY_API_KEY_FILE, a file holding the key), or from --url and
-// --api-key-file. The key itself is never taken from the command line.
+// --api-key-file, or from the administrator's configuration file,
+// /etc/mxrelay/sendmail.conf ("url = ...", "api-key-file = ...",
+// "starttls = ...", "tls-server-name = ..."): what the file sets, an
+// option or the environment cannot change (64, 78). The key itself is
+// never taken from the command line; a key file must be a regular file of
+// one line that other users cannot read. Options end at the first
+// recipient or at "--", and --url, --api-key-file and --tls-server-name
+// may be given once, so that an argument appended to the administrator's
+// command line cannot send the mail or the key elsewhere.
 // MXRELAY_SMTP_USERNAME and MXRELAY_SMTP_PASSWORD are credentials for SMTP
-// AUTH with the relay's upstream server.
+// AUTH with the relay's upstream server, refused with --starttls never
+// unless MXRELAY_SMTP_PASSWORD_IN_CLEAR=yes.
 //
 // The message is read up to the end of the input or, without -i (or -oi),
 // up to a line holding only "."; LF and CRLF line ends both become CRLF. A
 // message with a bare CR or a line over 998 octets is refused (65).
-// The recipients are the operands and, with -t, the addresses in the To, Cc
-// and Bcc headers. Bcc headers are always removed. A From and a Date header
-// are added when missing. The envelope sender is -f (or -r), "<>" for none,
+// The header is read as RFC 5322 says, obsolete syntax included ("Bcc :",
+// white space before the colon), field names in any case, folded lines
+// kept with their field. The recipients are the operands and, with -t, the
+// addresses in the To, Cc and Bcc headers, or in the Resent-To, Resent-Cc
+// and Resent-Bcc headers of a message that has a Resent- field, as with
+// sendmail (with -t the operands are added to those, as with Postfix). Bcc
+// and Resent-Bcc headers are always removed. A From and a Date header are
+// added when missing. The envelope sender is -f (or -r), "<>" for none,
 // else the From header's address, else $LOGNAME@domain. A bare user name
 // such as "root" is qualified with --domain, $MXRELAY_DOMAIN or the host
-// name.
+// name; a user or domain name with a character that has no place in an
+// address (CR, LF, a space) is refused (78). Addresses keep their meaning:
+// a quoted local part ("john doe"@example.com) is sent quoted, and an
+// address that cannot be written as an SMTP path is refused (65).
 //
 // sendmail options that mean nothing here are accepted and ignored: -B, -C,
 // -d, -e, -h, -L, -M, -N, -O, -o (but -oi), -p, -R, -V, -X with their
@@ -27,7 +44,8 @@
 // -bv, -q, -I) are refused: there is no queue and no daemon.
 //
 // The message is delivered or not before the command exits; nothing is
-// queued on disk. It prints nothing on success (-v reports the delivery and
+// queued on disk, and the copy of the message kept for a retry has no
+// name. SIGTERM, SIGINT or SIGHUP withdraws the message and exits with 75. It prints nothing on success (-v reports the delivery and
 // logs the SMTP dialogue, credentials masked). The exit status is from
 // sysexits.h: 0 delivered to every recipient; 64 (EX_USAGE) a bad command
 // line or no recipient; 65 (EX_DATAERR) a malformed message or address; 67
@@ -50,24 +68,53 @@ import (
 	"log/slog"
 	"net/mail"
 	"os"
+	"os/signal"
 	"os/user"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"github.com/mxrelay/mxrelay"
 )
 
 func main() {
-	os.Exit(run(os.Args[1:], os.Getenv, os.Stdin, os.Stderr))
+	// SIGTERM, SIGINT or SIGHUP withdraws the message and exits with
+	// EX_TEMPFAIL: the caller may send it again. The copy of the message
+	// the library holds has no name on disk; nothing is left behind.
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer stop()
+	done := make(chan int, 1)
+	go func() { done <- run(ctx, os.Args[1:], os.Getenv, os.Stdin, os.Stderr) }()
+	select {
+	case code := <-done:
+		os.Exit(code)
+	case <-ctx.Done():
+	}
+	// run sees the end of ctx and returns the outcome; reading stdin it
+	// cannot be interrupted, so it is given a moment only.
+	select {
+	case code := <-done:
+		os.Exit(code)
+	case <-time.After(signalGrace):
+		fmt.Fprintln(os.Stderr, "mxrelay-sendmail: stopped by a signal: the message was not sent")
+		os.Exit(exTempFail)
+	}
 }
 
 // closeTimeout bounds the QUIT and the WebSocket close after the result.
 const closeTimeout = 10 * time.Second
 
+// signalGrace is how long run has, after a signal, to withdraw the message
+// and say what became of it.
+const signalGrace = 2 * time.Second
+
 // run is the command: it reads the message on stdin, sends it and returns
-// the exit status, reporting errors on stderr.
-func run(args []string, env func(string) string, stdin io.Reader, stderr io.Writer) int {
+// the exit status, reporting errors on stderr. The end of ctx (a signal)
+// withdraws the message, if its end of data has not been sent, and the
+// status is EX_TEMPFAIL.
+func run(ctx context.Context, args []string, env func(string) string, stdin io.Reader, stderr io.Writer) int {
 	stderr = &lockedWriter{w: stderr} // the client's logger writes from its own goroutines
 	fail := func(code int, format string, a ...any) int {
 		fmt.Fprintf(stderr, "mxrelay-sendmail: "+format+"\n", a...)
@@ -82,7 +129,27 @@ func run(args []string, env func(string) string, stdin io.Reader, stderr io.Writ
 		fmt.Fprint(stderr, usage)
 		return exOK
 	}
-	domain := firstOf(cfg.domain, env("MXRELAY_DOMAIN"), hostname())
+	path := firstOf(env(envConfig), configPath)
+	conf, err := readConfig(path)
+	if err == nil {
+		err = applyConfig(cfg, conf, path, env)
+	}
+	if err == nil {
+		err = cfg.checkTLS()
+	}
+	switch {
+	case errors.Is(err, errUsage):
+		return fail(exUsage, "%v", err)
+	case err != nil:
+		return fail(exConfig, "%v", err)
+	}
+	if hasControl(cfg.fullName) {
+		return fail(exUsage, "-F %q: a control character in the full name", cfg.fullName)
+	}
+	domain, local, err := identity(cfg, env)
+	if err != nil {
+		return fail(exConfig, "%v", err)
+	}
 
 	// The configuration is checked before stdin is read, so that a
 	// misconfigured command fails at once.
@@ -100,10 +167,15 @@ func run(args []string, env func(string) string, stdin io.Reader, stderr io.Writ
 	if err != nil {
 		return fail(exConfig, "%v", err)
 	}
+	inClear, err := passwordInClear(cfg, env)
+	if err != nil {
+		return fail(exConfig, "%v", err)
+	}
 	opts := &mxrelay.Options{
 		LocalName:            cfg.helo,
-		Username:             env("MXRELAY_SMTP_USERNAME"),
-		Password:             env("MXRELAY_SMTP_PASSWORD"),
+		Username:             env(envUsername),
+		Password:             env(envPassword),
+		PasswordInClear:      inClear,
 		StartTLS:             cfg.startTLS,
 		Retries:              cfg.retries,
 		RetryInterval:        time.Second,
@@ -144,7 +216,7 @@ func run(args []string, env func(string) string, stdin io.Reader, stderr io.Writ
 	case err != nil:
 		return fail(exIOErr, "reading the message: %v", err)
 	}
-	email, err := envelope(cfg, msg, env, domain)
+	email, err := envelope(cfg, msg, local, domain)
 	switch {
 	case errors.Is(err, errUsage):
 		return fail(exUsage, "%v", err)
@@ -152,7 +224,7 @@ func run(args []string, env func(string) string, stdin io.Reader, stderr io.Writ
 		return fail(exDataErr, "%v", err)
 	}
 
-	ctx, cancel := context.WithTimeout(context.Background(), cfg.timeout)
+	ctx, cancel := context.WithTimeout(ctx, cfg.timeout)
 	defer cancel()
 	res, err := c.Send(ctx, email)
 	if rerr := msg.readErr(); rerr != nil {
@@ -164,8 +236,9 @@ func run(args []string, env func(string) string, stdin io.Reader, stderr io.Writ
 }
 
 // envelope prepares the email: its recipients, its sender, its header
-// (Bcc removed, From and Date added when missing) and its body.
-func envelope(cfg *config, msg *message, env func(string) string, domain string) (mxrelay.Email, error) {
+// (Bcc and Resent-Bcc removed, From and Date added when missing) and its
+// body. local is the user's own address, for a message without a sender.
+func envelope(cfg *config, msg *message, local, domain string) (mxrelay.Email, error) {
 	var to []string
 	for _, arg := range cfg.recipients {
 		list, err := parseAddresses(arg, domain)
@@ -174,8 +247,9 @@ func envelope(cfg *config, msg *message, env func(string) string, domain string)
 		}
 		to = append(to, list...)
 	}
+	fields := msg.recipientFields()
 	if cfg.extract {
-		list, err := msg.addresses(domain, "To", "Cc", "Bcc")
+		list, err := msg.addresses(domain, fields...)
 		if err != nil {
 			return mxrelay.Email{}, err
 		}
@@ -184,13 +258,12 @@ func envelope(cfg *config, msg *message, env func(string) string, domain string)
 	to = dedupe(to)
 	if len(to) == 0 {
 		if cfg.extract {
-			return mxrelay.Email{}, fmt.Errorf("%w: no recipient: none given and none in the To, Cc or Bcc headers", errUsage)
+			return mxrelay.Email{}, fmt.Errorf("%w: no recipient: none given and none in the %s, %s or %s headers", errUsage, fields[0], fields[1], fields[2])
 		}
 		return mxrelay.Email{}, fmt.Errorf("%w: no recipient given (use -t to read them from the headers)", errUsage)
 	}
-	msg.remove("Bcc")
+	msg.remove(blindFields...)
 
-	local := firstOf(env("LOGNAME"), env("USER"), currentUser()) + "@" + domain
 	var from string
 	switch {
 	case cfg.senderSet:
@@ -208,7 +281,11 @@ func envelope(cfg *config, msg *message, env func(string) string, domain string)
 	if !msg.has("From") {
 		addr := firstOf(from, local)
 		if cfg.fullName != "" {
-			addr = (&mail.Address{Name: cfg.fullName, Address: addr}).String()
+			a, err := mail.ParseAddress(addr) // the path read back: its local part unquoted, as mail.Address wants it
+			if err != nil {
+				return mxrelay.Email{}, fmt.Errorf("%w: sender %q: %w", errData, addr, err)
+			}
+			addr = (&mail.Address{Name: cfg.fullName, Address: a.Address}).String()
 		}
 		msg.add("From", addr)
 	}
@@ -222,6 +299,9 @@ func envelope(cfg *config, msg *message, env func(string) string, domain string)
 // brackets or a display name, a bare user name, or "<>" (or "") for the
 // null sender.
 func senderAddress(s, domain string) (string, error) {
+	if hasControl(s) {
+		return "", fmt.Errorf("%w: sender %q has a control character", errData, s)
+	}
 	s = strings.TrimSpace(s)
 	if s == "" || s == "<>" {
 		return "", nil
@@ -231,6 +311,76 @@ func senderAddress(s, domain string) (string, error) {
 		return "", fmt.Errorf("%w: sender %q is not one address", errData, s)
 	}
 	return list[0], nil
+}
+
+// The environment variables for SMTP AUTH with the relay's upstream.
+const (
+	envUsername        = "MXRELAY_SMTP_USERNAME"
+	envPassword        = "MXRELAY_SMTP_PASSWORD"
+	envPasswordInClear = "MXRELAY_SMTP_PASSWORD_IN_CLEAR"
+)
+
+// passwordInClear reports whether SMTP AUTH may run without STARTTLS. It
+// refuses credentials with --starttls never (the password would cross the
+// relay and its hop to the upstream in clear) unless
+// MXRELAY_SMTP_PASSWORD_IN_CLEAR is "yes".
+func passwordInClear(cfg *config, env func(string) string) (bool, error) {
+	switch v := env(envPasswordInClear); {
+	case v == "yes":
+		return true, nil
+	case v != "":
+		return false, fmt.Errorf("%w: %s=%q: want yes, or leave it unset", errConfig, envPasswordInClear, v)
+	case (env(envUsername) != "" || env(envPassword) != "") && cfg.startTLS == mxrelay.StartTLSNever:
+		return false, fmt.Errorf("%w: %s is set and --starttls is never: SMTP AUTH would send the password in clear; use --starttls=required with --tls-server-name, or set %s=yes",
+			errConfig, envUsername, envPasswordInClear)
+	}
+	return false, nil
+}
+
+// errConfig is wrapped by errors about the environment or the
+// configuration (EX_CONFIG).
+var errConfig = errors.New("configuration")
+
+// identity returns the domain that qualifies bare user names (--domain,
+// $MXRELAY_DOMAIN, else the host name) and the user's own address
+// ($LOGNAME, $USER, else the account's name, at that domain), which goes
+// into a generated From line and the envelope: each is checked, so that a
+// CR, LF or other character that is not in a user or domain name cannot
+// add header fields or change the address.
+func identity(cfg *config, env func(string) string) (domain, local string, err error) {
+	domain, from := cfg.domain, "--domain"
+	if domain == "" {
+		domain, from = env("MXRELAY_DOMAIN"), "MXRELAY_DOMAIN"
+	}
+	if domain == "" {
+		domain, from = hostname(), "the host name"
+	}
+	if !isDotAtom(domain) || !isASCII(domain) {
+		return "", "", fmt.Errorf("%w: %s %q is not a domain name", errConfig, from, domain)
+	}
+	user, from := env("LOGNAME"), "LOGNAME"
+	if user == "" {
+		user, from = env("USER"), "USER"
+	}
+	if user == "" {
+		user, from = currentUser(), "the user name"
+	}
+	if !isUserName(user) {
+		return "", "", fmt.Errorf("%w: %s %q is not a user name that can be put in an address (set LOGNAME, or give -f)", errConfig, from, user)
+	}
+	local, err = smtpPath(user + "@" + domain)
+	if err != nil {
+		return "", "", fmt.Errorf("%w: %s %q: %w", errConfig, from, user, err)
+	}
+	return domain, local, nil
+}
+
+func hasControl(s string) bool {
+	return strings.ContainsFunc(s, func(r rune) bool { return r < ' ' || r == 0x7f })
+}
+
+func isASCII(s string) bool {
+	return !strings.ContainsFunc(s, func(r rune) bool { return r >= utf8.RuneSelf })
 }
 
 // report tells stderr what happened: nothing on success unless verbose.

@@ -8,7 +8,9 @@ import (
 	"io"
 	"mime"
 	"net/mail"
+	"slices"
 	"strings"
+	"unicode/utf8"
 )
 
 // maxHeader bounds the header section, which is held in memory (the body is
@@ -165,10 +167,17 @@ func readMessage(r io.Reader, dotEnds bool) (*message, error) {
 	}
 }
 
-// fieldName returns the name of the header field that line starts, or "".
+// fieldName returns the name of the header field that line starts, or "":
+// a name of printable ASCII other than ':', then the colon, white space
+// allowed before it (RFC 5322 §4.5.3's obsolete syntax, which Postfix and
+// mail readers accept: "Bcc : x" is a Bcc field).
 func fieldName(line string) string {
 	name, _, ok := strings.Cut(line, ":")
-	if !ok || name == "" {
+	if !ok {
+		return ""
+	}
+	name = strings.TrimRight(name, " \t")
+	if name == "" {
 		return ""
 	}
 	for i := 0; i < len(name); i++ {
@@ -184,45 +193,59 @@ func (m *message) readErr() error { return m.lr.err }
 
 // has reports whether the message has a field with this name.
 func (m *message) has(name string) bool {
-	for _, f := range m.fields {
-		if strings.EqualFold(f.name, name) {
-			return true
-		}
-	}
-	return false
+	return slices.ContainsFunc(m.fields, func(f field) bool { return f.is(name) })
 }
 
-// remove removes every field with this name, continuation lines included.
-func (m *message) remove(name string) {
-	kept := m.fields[:0]
-	for _, f := range m.fields {
-		if !strings.EqualFold(f.name, name) {
-			kept = append(kept, f)
-		}
-	}
-	m.fields = kept
+// remove removes every field with one of these names, whatever its case,
+// continuation lines included.
+func (m *message) remove(names ...string) {
+	m.fields = slices.DeleteFunc(m.fields, func(f field) bool { return f.is(names...) })
 }
+
+// is reports whether the field has one of these names, whatever its case.
+func (f field) is(names ...string) bool {
+	return slices.ContainsFunc(names, func(n string) bool { return strings.EqualFold(f.name, n) })
+}
+
+// resent reports whether the message has a Resent-* field: it is being
+// resent, and its Resent-To, Resent-Cc and Resent-Bcc name the recipients
+// (RFC 5322 §3.6.6).
+func (m *message) resent() bool {
+	return slices.ContainsFunc(m.fields, func(f field) bool {
+		return len(f.name) > len("Resent-") && strings.EqualFold(f.name[:len("Resent-")], "Resent-")
+	})
+}
+
+// recipientFields are the names of the fields -t reads recipients from.
+func (m *message) recipientFields() []string {
+	if m.resent() {
+		return []string{"Resent-To", "Resent-Cc", "Resent-Bcc"}
+	}
+	return []string{"To", "Cc", "Bcc"}
+}
+
+// blindFields are removed from every message: they name the recipients
+// the others must not see.
+var blindFields = []string{"Bcc", "Resent-Bcc"}
 
 // add adds a field at the end of the header.
 func (m *message) add(name, value string) {
 	m.fields = append(m.fields, field{name: name, lines: []string{name + ": " + value}})
 }
 
-// addresses returns the addresses in the fields with these names, bare
-// user names qualified with domain.
+// addresses returns the addresses in the fields with these names, as
+// SMTP paths, bare user names qualified with domain.
 func (m *message) addresses(domain string, names ...string) ([]string, error) {
 	var out []string
 	for _, f := range m.fields {
-		for _, n := range names {
-			if !strings.EqualFold(f.name, n) {
-				continue
-			}
-			list, err := parseAddresses(f.value(), domain)
-			if err != nil {
-				return nil, fmt.Errorf("%w: %s header: %w", errData, f.name, err)
-			}
-			out = append(out, list...)
+		if !f.is(names...) {
+			continue
 		}
+		list, err := parseAddresses(f.value(), domain)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s header: %w", errData, f.name, err)
+		}
+		out = append(out, list...)
 	}
 	return out, nil
 }
@@ -248,39 +271,117 @@ var addressParser = mail.AddressParser{WordDecoder: &mime.WordDecoder{
 
 // parseAddresses returns the addresses of an RFC 5322 address list (groups
 // and display names allowed), or of a list of bare user names ("root",
-// "alice, bob"), which are qualified with domain.
+// "alice, bob"), which are qualified with domain, each written as an SMTP
+// path (smtpPath).
 func parseAddresses(list, domain string) ([]string, error) {
 	if strings.TrimSpace(list) == "" {
 		return nil, nil
 	}
-	addrs, err := addressParser.ParseList(list)
-	if err == nil {
-		var out []string
-		for _, a := range addrs {
-			out = append(out, a.Address)
+	var addrs []string
+	parsed, err := addressParser.ParseList(list)
+	for _, a := range parsed {
+		addrs = append(addrs, a.Address)
+	}
+	if err != nil {
+		for _, p := range strings.Split(list, ",") {
+			p = strings.TrimSpace(p)
+			if p == "" {
+				continue
+			}
+			if !isUserName(p) {
+				return nil, fmt.Errorf("%q: %w", list, err)
+			}
+			addrs = append(addrs, p+"@"+domain)
 		}
-		return out, nil
 	}
 	var out []string
-	for _, p := range strings.Split(list, ",") {
-		p = strings.TrimSpace(p)
-		if p == "" {
-			continue
+	for _, a := range addrs {
+		p, err := smtpPath(a)
+		if err != nil {
+			return nil, err
 		}
-		if !isUserName(p) {
-			return nil, fmt.Errorf("%q: %w", list, err)
-		}
-		out = append(out, p+"@"+domain)
+		out = append(out, p)
 	}
 	return out, nil
 }
 
-// isUserName reports whether s can be a bare user name: an atom of RFC 5322
-// without '@'.
+// smtpPath writes an address as net/mail holds it, its local part
+// unquoted, as the path of MAIL or RCPT (RFC 5321 §4.1.2): a local part
+// that is not a dot-atom is quoted again, so that "alice@evil.example"@
+// example.com stays one mailbox at example.com. An address that cannot be
+// written so (a control character, an empty local part, a domain that is
+// neither a dot-atom nor an address literal) is refused.
+func smtpPath(addr string) (string, error) {
+	at := strings.LastIndexByte(addr, '@')
+	if at < 0 {
+		return "", fmt.Errorf("%q is not an address", addr)
+	}
+	local, domain := addr[:at], addr[at+1:]
+	if !isDotAtom(domain) && !isAddressLiteral(domain) {
+		return "", fmt.Errorf("%q: the domain %q cannot be written in an SMTP path", addr, domain)
+	}
+	if isDotAtom(local) {
+		return addr, nil
+	}
+	if local == "" {
+		return "", fmt.Errorf("%q has an empty local part", addr)
+	}
+	var b strings.Builder
+	b.WriteByte('"')
+	for i := 0; i < len(local); i++ {
+		switch c := local[i]; {
+		case c < ' ' || c == 0x7f:
+			return "", fmt.Errorf("%q: a control character in the local part cannot be written in an SMTP path", addr)
+		case c == '"' || c == '\\':
+			b.WriteByte('\\')
+			b.WriteByte(c)
+		default:
+			b.WriteByte(c)
+		}
+	}
+	b.WriteString(`"@`)
+	b.WriteString(domain)
+	return b.String(), nil
+}
+
+// isAtext reports whether c is atext (RFC 5322 §3.2.3), UTF-8 octets
+// included (RFC 6532).
+func isAtext(c byte) bool {
+	return c >= 0x80 || c > ' ' && c < 0x7f && strings.IndexByte(`()<>[]:;@\,."`, c) < 0
+}
+
+// isDotAtom reports whether s is a dot-atom: atoms joined by single dots.
+func isDotAtom(s string) bool {
+	if s == "" || s[0] == '.' || s[len(s)-1] == '.' || strings.Contains(s, "..") || !utf8.ValidString(s) {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] != '.' && !isAtext(s[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// isAddressLiteral reports whether s is a domain literal of printable
+// ASCII without brackets or backslash inside ("[192.0.2.1]").
+func isAddressLiteral(s string) bool {
+	if len(s) < 3 || s[0] != '[' || s[len(s)-1] != ']' {
+		return false
+	}
+	for i := 1; i < len(s)-1; i++ {
+		if c := s[i]; c <= ' ' || c > '~' || c == '[' || c == ']' || c == '\\' {
+			return false
+		}
+	}
+	return true
+}
+
+// isUserName reports whether s can be a bare user name: atext of RFC 5322
+// and dots, ASCII only.
 func isUserName(s string) bool {
 	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c <= ' ' || c > '~' || strings.IndexByte(`()<>[]:;@\,"`, c) >= 0 {
+		if s[i] >= 0x80 || s[i] != '.' && !isAtext(s[i]) {
 			return false
 		}
 	}

@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"errors"
 	"io"
+	"net/mail"
+	"slices"
 	"strings"
 	"testing"
 	"testing/iotest"
@@ -136,4 +138,242 @@ func TestParseAddresses(t *testing.T) {
 		require.NoError(t, err, tc.in)
 		assert.Equal(t, tc.want, got, tc.in)
 	}
+}
+
+// TestBlindFieldsRemoved: every Bcc and Resent-Bcc field goes, whatever
+// its case, with white space before its colon (RFC 5322's obsolete
+// syntax, which Postfix accepts) and with its continuation lines.
+func TestBlindFieldsRemoved(t *testing.T) {
+	in := "From: app@example.com\n" +
+		"Bcc : one@example.com\n" +
+		"To: to@example.com\n" +
+		"bcc\t:two@example.com,\n three@example.com\n" +
+		"Resent-Bcc: four@example.com\n" +
+		"RESENT-BCC  :\n\tfive@example.com\n" +
+		"Bcc:\n" +
+		"Subject: s\n" +
+		"\n" +
+		"body\n"
+	m, err := readMessage(strings.NewReader(in), true)
+	require.NoError(t, err)
+	var names []string
+	for _, f := range m.fields {
+		names = append(names, f.name)
+	}
+	assert.Equal(t, []string{"From", "Bcc", "To", "bcc", "Resent-Bcc", "RESENT-BCC", "Bcc", "Subject"}, names, "each is a field, none starts the body")
+	bcc, err := m.addresses("host.test", "Bcc")
+	require.NoError(t, err)
+	assert.Equal(t, []string{"one@example.com", "two@example.com", "three@example.com"}, bcc)
+
+	m.remove(blindFields...)
+	out, err := io.ReadAll(m.reader())
+	require.NoError(t, err)
+	assert.Equal(t, "From: app@example.com\r\nTo: to@example.com\r\nSubject: s\r\n\r\nbody\r\n", string(out))
+}
+
+func TestFieldName(t *testing.T) {
+	for line, want := range map[string]string{
+		"Subject: x":     "Subject",
+		"Bcc : x":        "Bcc",
+		"Bcc\t \t: x":    "Bcc",
+		"X-Odd_Name!: x": "X-Odd_Name!",
+		"Bcc":            "",
+		": x":            "",
+		" Bcc: x":        "",
+		"B cc: x":        "",
+		"Bcc\x00: x":     "",
+		"Bcc\xc3\xa9: x": "",
+	} {
+		assert.Equal(t, want, fieldName(line), "%q", line)
+	}
+}
+
+func TestSMTPPath(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{in: "a@example.com", want: "a@example.com"},
+		{in: "first.last+tag@example.com", want: "first.last+tag@example.com"},
+		{in: "alice@evil.example@example.com", want: `"alice@evil.example"@example.com`},
+		{in: "john doe@example.com", want: `"john doe"@example.com`},
+		{in: `a"b\c@example.com`, want: `"a\"b\\c"@example.com`},
+		{in: "a..b@example.com", want: `"a..b"@example.com`},
+		{in: ".a@example.com", want: `".a"@example.com`},
+		{in: "jürgen@exämple.com", want: "jürgen@exämple.com"},
+		{in: "a@[192.0.2.1]", want: "a@[192.0.2.1]"},
+		{in: "a\tb@example.com"},
+		{in: "a\x7fb@example.com"},
+		{in: "@example.com"},
+		{in: "a@"},
+		{in: "a@exa mple.com"},
+		{in: "a@[x]y"},
+		{in: "no-at"},
+	} {
+		got, err := smtpPath(tc.in)
+		if tc.want == "" {
+			assert.Error(t, err, "%q", tc.in)
+			continue
+		}
+		require.NoError(t, err, "%q", tc.in)
+		assert.Equal(t, tc.want, got, "%q", tc.in)
+	}
+}
+
+// FuzzHeader: whatever the message, under -t no Bcc or Resent-Bcc field
+// and none of their addresses (unless another field names them) is in
+// what is sent; every address of the recipient fields is in the envelope
+// as an SMTP path, quoting kept; the body is what followed the header,
+// line ends made CRLF.
+func FuzzHeader(f *testing.F) {
+	for _, s := range []string{
+		"To: a@example.com\nBcc : b@example.com\nSubject: s\n\nbody\n",
+		"To: a@example.com\nbcc:\n c@example.com\n\nBcc: text\n",
+		"Resent-To: r@example.com\nRESENT-BCC\t: h@example.com\nTo: a@example.com\n\nx",
+		"To: \"alice@evil.example\"@example.com, \"john doe\"@example.com\n\nx\n",
+		"From x\nTo: a@example.com\nnot a field\nBcc: b@example.com\n\nx\n",
+		"To: a@example.com\r\nBcc: b@example.com,\r\n\t\"q x\"@example.com\r\n\r\n.\r\nbody",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, in string) {
+		m, err := readMessage(strings.NewReader(in), false)
+		if err != nil {
+			return
+		}
+		var blind []string
+		kept := ""
+		for _, fl := range m.fields {
+			if fl.is(blindFields...) {
+				if list, err := addressParser.ParseList(fl.value()); err == nil {
+					for _, a := range list {
+						blind = append(blind, a.Address)
+					}
+				}
+			} else {
+				kept += strings.Join(fl.lines, "\n") + "\n"
+			}
+		}
+		var want []string
+		for _, fl := range m.fields {
+			if !fl.is(m.recipientFields()...) {
+				continue
+			}
+			list, err := addressParser.ParseList(fl.value())
+			if err != nil {
+				continue // bare user names, or refused
+			}
+			for _, a := range list {
+				p, err := smtpPath(a.Address)
+				if err != nil {
+					return // refused: nothing is sent
+				}
+				want = append(want, p)
+			}
+		}
+
+		email, err := envelope(&config{extract: true}, m, "tester@host.test", "host.test")
+		if err != nil {
+			return
+		}
+		for _, w := range want {
+			assert.True(t, slices.ContainsFunc(email.To, func(to string) bool { return strings.EqualFold(to, w) }), "%q not in the envelope %q", w, email.To)
+		}
+		b, err := io.ReadAll(email.Body)
+		require.NoError(t, err)
+		out := string(b)
+		header, body := "", strings.TrimPrefix(out, "\r\n")
+		if !strings.HasPrefix(out, "\r\n") {
+			var ok bool
+			header, body, ok = strings.Cut(out, "\r\n\r\n")
+			require.True(t, ok, "%q", out)
+		}
+		for _, line := range strings.Split(header, "\r\n") {
+			name, _, _ := strings.Cut(line, ":")
+			name = strings.ToLower(strings.TrimRight(name, " \t"))
+			assert.False(t, name == "bcc" || name == "resent-bcc", "a blind field was sent: %q", line)
+		}
+		for _, a := range blind {
+			if a != "" && !strings.Contains(kept, a) {
+				assert.NotContains(t, header, a, "a Bcc address was sent")
+			}
+		}
+		assert.Equal(t, crlf(bodyOf(in)), body, "the body is unchanged")
+	})
+}
+
+// bodyOf returns what follows the header of in, as RFC 5322 reads it: the
+// header ends at an empty line, or before a line that is neither a field
+// (a name, white space allowed before the colon) nor a continuation; a
+// leading mbox "From " line is not part of either.
+func bodyOf(in string) string {
+	rest := in
+	first, prev := true, false
+	for rest != "" {
+		line, after, _ := strings.Cut(rest, "\n")
+		line = strings.TrimSuffix(line, "\r")
+		switch {
+		case first && strings.HasPrefix(line, "From "):
+		case line == "":
+			return after
+		case (line[0] == ' ' || line[0] == '\t') && prev:
+		case isFieldLine(line):
+			prev = true
+		default:
+			return rest
+		}
+		first = false
+		rest = after
+	}
+	return ""
+}
+
+func isFieldLine(line string) bool {
+	name, _, ok := strings.Cut(line, ":")
+	name = strings.TrimRight(name, " \t")
+	return ok && name != "" && !strings.ContainsFunc(name, func(r rune) bool { return r <= ' ' || r > '~' })
+}
+
+// crlf ends every line of s with CRLF, the last one included.
+func crlf(s string) string {
+	if s == "" {
+		return ""
+	}
+	s = strings.TrimSuffix(strings.TrimSuffix(s, "\n"), "\r") // a last line may end with a CR alone
+	s = strings.ReplaceAll(s, "\r\n", "\n")
+	return strings.ReplaceAll(s, "\n", "\r\n") + "\r\n"
+}
+
+// FuzzSMTPPath: an address parsed from a header and written as a MAIL or
+// RCPT path reads back as the same address, quoted local parts included,
+// and the path is one quoted string or dot-atom, "@", a domain, with no
+// control character; or smtpPath refuses it.
+func FuzzSMTPPath(f *testing.F) {
+	for _, s := range []string{
+		"a@example.com", `"alice@evil.example"@example.com`, `"john doe"@example.com`,
+		`"a\"b\\c"@example.com`, `"a..b"@example.com`, "A <\"x y\"@example.com>, b@[192.0.2.1]",
+		"\"tab\tin\"@example.com", "jürgen@exämple.com", `"<a> b"@example.com`,
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, list string) {
+		addrs, err := addressParser.ParseList(list)
+		if err != nil {
+			return
+		}
+		for _, a := range addrs {
+			p, err := smtpPath(a.Address)
+			if err != nil {
+				continue
+			}
+			assert.False(t, strings.ContainsFunc(p, func(r rune) bool { return r < ' ' || r == 0x7f }), "%q", p)
+			back, err := mail.ParseAddress("<" + p + ">")
+			require.NoError(t, err, "%q from %q", p, a.Address)
+			assert.Equal(t, a.Address, back.Address, "%q", p)
+			local, domain := p[:strings.LastIndexByte(p, '@')], p[strings.LastIndexByte(p, '@')+1:]
+			if strings.HasPrefix(local, `"`) {
+				assert.True(t, strings.HasSuffix(local, `"`) && len(local) >= 2, "%q", p)
+			} else {
+				assert.True(t, isDotAtom(local), "%q", p)
+			}
+			assert.True(t, isDotAtom(domain) || isAddressLiteral(domain), "%q", p)
+		}
+	})
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"os"
@@ -31,6 +32,7 @@ func relayEnv(s *relaytest.Server) map[string]string {
 		"MXRELAY_API_KEY": s.APIKey,
 		"MXRELAY_DOMAIN":  "host.test",
 		"LOGNAME":         "tester",
+		envConfig:         "/nonexistent/mxrelay-sendmail.conf", // not the machine's
 	}
 }
 
@@ -39,7 +41,7 @@ func relayEnv(s *relaytest.Server) map[string]string {
 func sendmail(t *testing.T, env map[string]string, stdin io.Reader, args ...string) (int, string) {
 	t.Helper()
 	var stderr bytes.Buffer
-	code := run(args, func(k string) string { return env[k] }, stdin, &stderr)
+	code := run(context.Background(), args, func(k string) string { return env[k] }, stdin, &stderr)
 	return code, stderr.String()
 }
 
@@ -194,6 +196,7 @@ func TestExitCodes(t *testing.T) {
 		{name: "EX_USAGE: unknown option", args: []string{"-Z", "a@example.com"}, want: exUsage, stderr: "unknown option -Z"},
 		{name: "EX_USAGE: no recipient", args: []string{}, want: exUsage, stderr: "no recipient"},
 		{name: "EX_USAGE: -t and no recipient header", args: []string{"-t"}, want: exUsage, stderr: "none in the To, Cc or Bcc headers"},
+		{name: "EX_USAGE: --starttls without --tls-server-name", args: []string{"--starttls=required", "a@example.com"}, want: exUsage, stderr: "--tls-server-name"},
 		{name: "EX_USAGE: the key on the command line", args: []string{"--api-key", "secret", "a@example.com"}, want: exUsage, stderr: "never taken from the command line"},
 
 		{name: "EX_DATAERR: bad To header", stdin: strings.NewReader("To: <broken\n\nx\n"), args: []string{"-t"}, want: exDataErr, stderr: "To header"},
@@ -204,7 +207,7 @@ func TestExitCodes(t *testing.T) {
 			args: []string{"a@example.com"}, want: exDataErr, stderr: "bare CR", unsent: true},
 		{name: "EX_DATAERR: parameter in the sender", args: []string{"-f", "a@b.c> SIZE=1", "a@example.com"}, want: exDataErr, stderr: "sender", unsent: true},
 		{name: "EX_DATAERR: parameter in a recipient", args: []string{"<a@b.c> NOTIFY=NEVER"}, want: exDataErr, stderr: "recipient", unsent: true},
-		{name: "EX_DATAERR: space in a quoted recipient", args: []string{`"a b"@example.com`}, want: exDataErr, stderr: "space", unsent: true},
+		{name: "EX_DATAERR: a recipient that cannot be written as an SMTP path", args: []string{"\"a\tb\"@example.com"}, want: exDataErr, stderr: "cannot be written", unsent: true},
 		{name: "EX_DATAERR: recipient header with CR", stdin: strings.NewReader("To: a@example.com\r> SIZE=1\n\nx\n"), args: []string{"-t"}, want: exDataErr, unsent: true},
 		{name: "EX_DATAERR: 8-bit body, JSON-only relay", relay: &relaytest.Options{DisableBinary: true},
 			stdin: strings.NewReader("Subject: latin1\n\ncaf\xe9\n"), args: []string{"a@example.com"}, want: exDataErr, stderr: "UTF-8"},
