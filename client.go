@@ -41,6 +41,7 @@ type Client struct {
 	q        queue
 	seq      uint64
 	inflight int
+	busy     bool  // between EventQueueProcessingStarted and Completed
 	reserved int   // places taken by Enqueues reading their body
 	closed   bool  // Close was called: nothing more is accepted
 	authErr  error // the relay refused the key: permanent
@@ -227,6 +228,11 @@ func (c *Client) queue(em *email, timeout time.Duration, reserved bool) error {
 	em.seq = c.seq
 	c.q.push(em, time.Now())
 	c.stats.EmailsQueued++
+	if !c.busy {
+		// Under c.mu, so that started and completed alternate.
+		c.busy = true
+		c.events.emit(Event{Type: EventQueueProcessingStarted, QueueSize: c.q.len()})
+	}
 	if timeout > 0 {
 		em.timer = time.AfterFunc(timeout, func() {
 			c.cancel(em, fmt.Errorf("%w: %w: email timeout of %v", ErrCanceled, context.DeadlineExceeded, em.cfg.timeout))
@@ -235,6 +241,25 @@ func (c *Client) queue(em *email, timeout time.Duration, reserved bool) error {
 	c.mu.Unlock()
 	c.kick()
 	return nil
+}
+
+// drained emits EventQueueProcessingCompleted when every accepted email
+// has its result, once per EventQueueProcessingStarted.
+func (c *Client) drained() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.busy && c.stats.EmailsQueued == c.stats.EmailsProcessed+c.stats.EmailsFailed {
+		c.busy = false
+		c.events.emit(Event{Type: EventQueueProcessingCompleted})
+	}
+}
+
+// QueueSize is how many emails wait to be sent, including those waiting
+// for a retry (the original client's getQueueSize; also in Stats).
+func (c *Client) QueueSize() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.q.len()
 }
 
 // replay queues the emails a previous Client left in the spool, in the

@@ -26,6 +26,9 @@ const (
 	EventReconnecting                          // a set-up failed and will be tried again: Attempt, Duration (delay), Err
 	EventStateChanged                          // the connection state changed: From, To
 	EventError                                 // an error that concerns no single email: Err
+	// Appended, so that the values above keep their numbers.
+	EventQueueProcessingStarted   // the client went from no email to one: QueueSize
+	EventQueueProcessingCompleted // every accepted email has its result: QueueSize (0)
 )
 
 var eventNames = map[EventType]string{
@@ -35,6 +38,7 @@ var eventNames = map[EventType]string{
 	EventConnecting: "connecting", EventConnected: "connected", EventAuthenticated: "authenticated",
 	EventDisconnected: "disconnected", EventReconnecting: "reconnecting",
 	EventStateChanged: "stateChanged", EventError: "error",
+	EventQueueProcessingStarted: "queueProcessingStarted", EventQueueProcessingCompleted: "queueProcessingCompleted",
 }
 
 func (t EventType) String() string {

@@ -3,6 +3,7 @@ package mxrelay_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -27,8 +28,10 @@ func TestEventsAndStates(t *testing.T) {
 
 	types := rec.types()
 	want := []mxrelay.EventType{
+		mxrelay.EventQueueProcessingStarted,
 		mxrelay.EventSessionQueued, mxrelay.EventConnecting, mxrelay.EventConnected, mxrelay.EventAuthenticated,
-		mxrelay.EventSessionStarted, mxrelay.EventEmailProcessed, mxrelay.EventSessionCompleted, mxrelay.EventDisconnected,
+		mxrelay.EventSessionStarted, mxrelay.EventEmailProcessed, mxrelay.EventQueueProcessingCompleted,
+		mxrelay.EventSessionCompleted, mxrelay.EventDisconnected,
 	}
 	var got []mxrelay.EventType
 	for _, ty := range types {
@@ -66,6 +69,48 @@ func TestEventsAndStates(t *testing.T) {
 	assert.Equal(t, "CHANNEL_READY", mxrelay.StateChannelReady.String())
 	assert.Equal(t, "emailProcessed", mxrelay.EventEmailProcessed.String())
 	assert.Equal(t, "PROCESSING", mxrelay.SessionProcessing.String())
+}
+
+// The original client's queue events: started when the client goes from
+// no email to one, completed when every accepted email has its result,
+// alternating, once per busy spell.
+func TestQueueProcessingEvents(t *testing.T) {
+	s := newRelay(t, nil)
+	rec := &recorder{}
+	c := newClient(t, s, &mxrelay.Options{OnEvent: rec.on})
+	for round := range 2 {
+		var hs []*mxrelay.Handle
+		for i := range 5 {
+			h, err := c.Enqueue(mail(fmt.Sprint("round", round, "email", i)))
+			require.NoError(t, err)
+			hs = append(hs, h)
+		}
+		for _, h := range hs {
+			_, err := h.Wait(ctxT(t))
+			require.NoError(t, err)
+		}
+		require.Eventually(t, func() bool { return rec.count(mxrelay.EventQueueProcessingCompleted) == round+1 },
+			5*time.Second, time.Millisecond, "round %d never completed", round)
+	}
+	assert.Zero(t, c.QueueSize())
+	var spells []mxrelay.EventType
+	delivered := 0
+	for _, ty := range rec.types() {
+		switch ty {
+		case mxrelay.EventQueueProcessingStarted, mxrelay.EventQueueProcessingCompleted:
+			spells = append(spells, ty)
+			if ty == mxrelay.EventQueueProcessingCompleted {
+				assert.Equal(t, 5*len(spells)/2, delivered, "completed before every email had its result")
+			}
+		case mxrelay.EventEmailProcessed:
+			delivered++
+		}
+	}
+	assert.Equal(t, []mxrelay.EventType{
+		mxrelay.EventQueueProcessingStarted, mxrelay.EventQueueProcessingCompleted,
+		mxrelay.EventQueueProcessingStarted, mxrelay.EventQueueProcessingCompleted,
+	}, spells)
+	assert.Equal(t, "queueProcessingStarted", mxrelay.EventQueueProcessingStarted.String())
 }
 
 func TestSlowListenerNeverStallsSending(t *testing.T) {

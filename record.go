@@ -298,6 +298,7 @@ func (c *Client) finish(em *email, err error) {
 		c.events.emit(Event{Type: EventEmailFailed, SessionID: res.SessionID, EmailID: em.id, Result: res, Err: res.Err})
 		c.log.Debug("mxrelay: email failed", "email", em.id, "err", res.Err)
 	}
+	c.drained()
 }
 
 // result is em's Result, ending with err. Recipients still undecided end
