@@ -7,8 +7,8 @@
 // version 1 (docs/protocol.md).
 //
 // A Client holds a bounded priority queue (CRITICAL > HIGH > NORMAL > LOW,
-// first in first out within a level) and one session worker: it connects
-// when there is work, sends up to MaxEmailsPerSession emails in one SMTP
+// first in first out within a level) and session workers (one by default,
+// MaxConcurrentSessions in all): each connects when there is work, sends up to MaxEmailsPerSession emails in one SMTP
 // session (EHLO, AUTH, MAIL/RCPT/DATA for each, QUIT), keeps the WebSocket
 // authenticated while work keeps coming, and disconnects when idle. Under
 // it, a reconnect loop with exponential backoff and jitter; over it,
@@ -32,11 +32,13 @@
 //
 // Every email accepted by Send or Enqueue gets exactly one Result: delivered,
 // failed with an *EmailError, or handed back by Close with ErrClosed. An
-// email is reported delivered only when the upstream answered 250 to the end
-// of its data. When the end of data was sent and no reply came, the outcome
-// is unknown: the email fails with an *UnknownOutcomeError (matching
+// email is reported delivered only when the upstream answered 2xx to the end
+// of its data, on a reply a later reply in step confirmed as its own. When
+// the end of data was sent and no trusted reply decided it, the outcome is
+// unknown: the email fails with an *UnknownOutcomeError (matching
 // ErrUnknownOutcome), or with Options.RetryUnknown is retried, and its
-// Result says MaybeDelivered.
+// Result says MaybeDelivered. The README's Guarantees section has the
+// whole table, and what no client can tell.
 //
 // # Drop-ins
 //
@@ -69,6 +71,8 @@
 // It does not build messages (no MIME, no attachments, no headers), sign
 // them (no DKIM) or resolve MX records: compose messages with the library
 // you like and hand the bytes to Email.Body. It does not rewrite bodies: a
-// body goes out as given, dot-stuffed. It keeps nothing on disk except a
-// temporary copy of a body that cannot be read twice.
+// body goes out as given, dot-stuffed. It keeps nothing on disk unless
+// Options.SpoolDir names a durable queue (docs/spool.md), besides a
+// temporary copy of a body that cannot be read twice, unlinked as soon as
+// it is made where the system allows it.
 package mxrelay
