@@ -21,7 +21,7 @@ import (
 // exactly one result per Client that had it; the server holds it zero
 // times if every result says failed without MaybeDelivered, once if one
 // says delivered without MaybeDelivered; more than once only with
-// MaybeDelivered. Held if it passes.
+// MaybeDelivered. Held.
 func TestRedTeam2CloseWithConcurrentSessionsAndSpool(t *testing.T) {
 	for _, m := range mxrelay.EngineModes {
 		for _, d := range []time.Duration{0, 10 * time.Millisecond, 40 * time.Millisecond, 90 * time.Millisecond, 160 * time.Millisecond, 300 * time.Millisecond} {
@@ -125,6 +125,87 @@ func TestRedTeam2CloseWithConcurrentSessionsAndSpool(t *testing.T) {
 					}
 				}
 				assert.Len(t, c2.Recovered(), handedBack, "the next Client recovers exactly the emails handed back")
+			})
+		}
+	}
+}
+
+// Close during a confirmation wait: every end of data answered 250 (kept),
+// the server hangs on QUIT, whose 221 would confirm the last email. Close
+// gets a short context. With SpoolDir and RetryUnknown the last email may
+// be handed back and sent again by the next Client: it must then say
+// MaybeDelivered (the server holds two copies). Held (with RetryUnknown
+// the last email is sent again and says MaybeDelivered, kept twice).
+func TestRedTeam2CloseWhileWaitingForQuitConfirmation(t *testing.T) {
+	for _, m := range mxrelay.EngineModes {
+		for _, retryUnknown := range []bool{false, true} {
+			t.Run(fmt.Sprint(m.Name, "/RetryUnknown=", retryUnknown), func(t *testing.T) {
+				t.Parallel()
+				srv := &rt2Server{ext: m.Ext, enhanced: true}
+				quitSeen := make(chan struct{}, 4)
+				srv.hook = func(c rt2Cmd) ([]string, bool) {
+					if c.conn == 1 && c.verb == "QUIT" {
+						quitSeen <- struct{}{}
+						return []string{"HANG"}, true
+					}
+					return nil, false
+				}
+				u := newUpstream(t, srv.serve)
+				s := newRelay(t, &relaytest.Options{UpstreamAddr: u.addr})
+				dir := t.TempDir()
+				c1, err := mxrelay.New(s.URL, s.APIKey, fast(&mxrelay.Options{SpoolDir: dir, RetryUnknown: retryUnknown,
+					MaxEmailsPerSession: 3, BatchWait: 100 * time.Millisecond, CommandTimeout: 5 * time.Second}))
+				require.NoError(t, err)
+				var hs []*mxrelay.Handle
+				for _, subj := range rt2Subjects {
+					h, err := c1.Enqueue(mail(subj), mxrelay.WithRetries(2))
+					require.NoError(t, err)
+					hs = append(hs, h)
+				}
+				select {
+				case <-quitSeen:
+				case <-time.After(10 * time.Second):
+					t.Fatal("no QUIT")
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+				defer cancel()
+				start := time.Now()
+				_ = c1.Close(ctx)
+				assert.Less(t, time.Since(start), 3*time.Second, "Close waited past its context")
+				byID := map[string]string{}
+				first := map[string]*mxrelay.Result{}
+				for i, h := range hs {
+					res, err := h.Wait(context.Background())
+					t.Logf("c1 email %s: err=%v maybe=%v", rt2Subjects[i], err, res.MaybeDelivered)
+					byID[res.EmailID] = rt2Subjects[i]
+					first[rt2Subjects[i]] = res
+				}
+				c2 := newClient(t, s, &mxrelay.Options{SpoolDir: dir, RetryUnknown: retryUnknown})
+				second := map[string]*mxrelay.Result{}
+				for _, h := range c2.Recovered() {
+					res, err := h.Wait(ctxT(t))
+					t.Logf("c2 email %s: err=%v maybe=%v", byID[res.EmailID], err, res.MaybeDelivered)
+					second[byID[res.EmailID]] = res
+				}
+				require.NoError(t, c2.Close(ctxT(t)))
+				for _, subj := range rt2Subjects {
+					kept := srv.keptN(subj)
+					r := first[subj]
+					if r2 := second[subj]; r2 != nil {
+						r = r2
+					}
+					t.Logf("email %s: final err=%v maybe=%v; server kept %d", subj, r.Err, r.MaybeDelivered, kept)
+					if !r.MaybeDelivered && !first[subj].MaybeDelivered {
+						if r.Err == nil {
+							assert.Equal(t, 1, kept, "email %s delivered, not maybe, kept %d", subj, kept)
+						} else {
+							assert.Zero(t, kept, "email %s failed, not maybe, kept %d", subj, kept)
+						}
+					}
+					if kept > 1 {
+						assert.True(t, r.MaybeDelivered, "email %s kept %d times, the last Result does not say MaybeDelivered", subj, kept)
+					}
+				}
 			})
 		}
 	}
