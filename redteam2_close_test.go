@@ -1,0 +1,212 @@
+package mxrelay_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/relaytest"
+)
+
+// Three concurrent sessions, a spool, a slow honest server (each reply
+// 15 ms late), twelve emails, and Close(ctx) given a context that ends
+// after d, for d across the whole run. Then a second Client on the same
+// spool sends what was handed back. For every email over both clients:
+// exactly one result per Client that had it; the server holds it zero
+// times if every result says failed without MaybeDelivered, once if one
+// says delivered without MaybeDelivered; more than once only with
+// MaybeDelivered. Held.
+func TestRedTeam2CloseWithConcurrentSessionsAndSpool(t *testing.T) {
+	for _, m := range mxrelay.EngineModes {
+		for _, d := range []time.Duration{0, 10 * time.Millisecond, 40 * time.Millisecond, 90 * time.Millisecond, 160 * time.Millisecond, 300 * time.Millisecond} {
+			t.Run(fmt.Sprint(m.Name, "/", d), func(t *testing.T) {
+				t.Parallel()
+				srv := &rt2Server{ext: m.Ext, enhanced: true}
+				srv.hook = func(c rt2Cmd) ([]string, bool) {
+					l := []string{"~15ms", srv.honest(c.verb)}
+					if c.verb == "END" {
+						l = append(l, "KEEP")
+					}
+					return l, true
+				}
+				u := newUpstream(t, srv.serve)
+				s := newRelay(t, &relaytest.Options{UpstreamAddr: u.addr})
+				dir := t.TempDir()
+				c1, err := mxrelay.New(s.URL, s.APIKey, fast(&mxrelay.Options{SpoolDir: dir, MaxConcurrentSessions: 3,
+					MaxEmailsPerSession: 3, BatchWait: 5 * time.Millisecond, CommandTimeout: 2 * time.Second}))
+				require.NoError(t, err)
+				var subs []string
+				var hs []*mxrelay.Handle
+				for i := range 12 {
+					subj := fmt.Sprint("m", i)
+					subs = append(subs, subj)
+					h, err := c1.Enqueue(mail(subj, "a@example.com", "b@example.com"), mxrelay.WithRetries(2))
+					require.NoError(t, err)
+					hs = append(hs, h)
+				}
+				time.Sleep(d)
+				ctx, cancel := context.WithTimeout(context.Background(), time.Millisecond)
+				defer cancel()
+				start := time.Now()
+				_ = c1.Close(ctx)
+				assert.Less(t, time.Since(start), 3*time.Second, "Close waited past its context")
+
+				type fate struct {
+					delivered, failed, maybe, handedBack bool
+					line                                 string
+				}
+				fates := map[string]*fate{}
+				byID := map[string]string{}
+				for i, h := range hs {
+					select {
+					case <-h.Done():
+					default:
+						t.Fatalf("email %s has no result after Close returned", subs[i])
+					}
+					res, err := h.Wait(context.Background())
+					f := &fate{maybe: res.MaybeDelivered, line: fmt.Sprintf("c1: err=%v maybe=%v attempts=%d", err, res.MaybeDelivered, res.Attempts)}
+					switch {
+					case err == nil:
+						f.delivered = true
+					case errors.Is(err, mxrelay.ErrSpooled):
+						f.handedBack = true
+					default:
+						f.failed = true
+					}
+					fates[subs[i]] = f
+					byID[res.EmailID] = subs[i]
+				}
+				c2 := newClient(t, s, &mxrelay.Options{SpoolDir: dir})
+				second := map[string]*mxrelay.Result{}
+				for _, h := range c2.Recovered() {
+					res, _ := h.Wait(ctxT(t))
+					require.NotNil(t, res)
+					subj, ok := byID[res.EmailID]
+					if !assert.True(t, ok, "recovered email %s was not one of c1's", res.EmailID) {
+						continue
+					}
+					assert.True(t, fates[subj].handedBack, "email %s recovered though c1 gave it a final result", subj)
+					second[subj] = res
+				}
+				require.NoError(t, c2.Close(ctxT(t)))
+				for _, subj := range subs {
+					f := fates[subj]
+					kept := srv.keptN(subj)
+					t.Logf("email %s: %s; server kept %d", subj, f.line, kept)
+					switch {
+					case f.delivered && !f.maybe:
+						assert.Equal(t, 1, kept, "email %s delivered, not maybe, kept %d", subj, kept)
+					case f.failed && !f.maybe:
+						assert.Zero(t, kept, "email %s failed, not maybe, kept %d", subj, kept)
+					case f.handedBack:
+						r := second[subj]
+						if !assert.NotNil(t, r, "email %s handed back and not recovered", subj) {
+							continue
+						}
+						t.Logf("email %s: c2: err=%v maybe=%v", subj, r.Err, r.MaybeDelivered)
+						switch {
+						case r.Err == nil && !r.MaybeDelivered && !f.maybe:
+							assert.Equal(t, 1, kept, "email %s handed back then delivered, not maybe, kept %d", subj, kept)
+						case r.Err != nil && !r.MaybeDelivered && !f.maybe:
+							assert.Zero(t, kept, "email %s handed back then failed, not maybe, kept %d", subj, kept)
+						}
+					}
+				}
+				var handedBack int
+				for _, f := range fates {
+					if f.handedBack {
+						handedBack++
+					}
+				}
+				assert.Len(t, c2.Recovered(), handedBack, "the next Client recovers exactly the emails handed back")
+			})
+		}
+	}
+}
+
+// Close during a confirmation wait: every end of data answered 250 (kept),
+// the server hangs on QUIT, whose 221 would confirm the last email. Close
+// gets a short context. With SpoolDir and RetryUnknown the last email may
+// be handed back and sent again by the next Client: it must then say
+// MaybeDelivered (the server holds two copies). Held (with RetryUnknown
+// the last email is sent again and says MaybeDelivered, kept twice).
+func TestRedTeam2CloseWhileWaitingForQuitConfirmation(t *testing.T) {
+	for _, m := range mxrelay.EngineModes {
+		for _, retryUnknown := range []bool{false, true} {
+			t.Run(fmt.Sprint(m.Name, "/RetryUnknown=", retryUnknown), func(t *testing.T) {
+				t.Parallel()
+				srv := &rt2Server{ext: m.Ext, enhanced: true}
+				quitSeen := make(chan struct{}, 4)
+				srv.hook = func(c rt2Cmd) ([]string, bool) {
+					if c.conn == 1 && c.verb == "QUIT" {
+						quitSeen <- struct{}{}
+						return []string{"HANG"}, true
+					}
+					return nil, false
+				}
+				u := newUpstream(t, srv.serve)
+				s := newRelay(t, &relaytest.Options{UpstreamAddr: u.addr})
+				dir := t.TempDir()
+				c1, err := mxrelay.New(s.URL, s.APIKey, fast(&mxrelay.Options{SpoolDir: dir, RetryUnknown: retryUnknown,
+					MaxEmailsPerSession: 3, BatchWait: 100 * time.Millisecond, CommandTimeout: 5 * time.Second}))
+				require.NoError(t, err)
+				var hs []*mxrelay.Handle
+				for _, subj := range rt2Subjects {
+					h, err := c1.Enqueue(mail(subj), mxrelay.WithRetries(2))
+					require.NoError(t, err)
+					hs = append(hs, h)
+				}
+				select {
+				case <-quitSeen:
+				case <-time.After(10 * time.Second):
+					t.Fatal("no QUIT")
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+				defer cancel()
+				start := time.Now()
+				_ = c1.Close(ctx)
+				assert.Less(t, time.Since(start), 3*time.Second, "Close waited past its context")
+				byID := map[string]string{}
+				first := map[string]*mxrelay.Result{}
+				for i, h := range hs {
+					res, err := h.Wait(context.Background())
+					t.Logf("c1 email %s: err=%v maybe=%v", rt2Subjects[i], err, res.MaybeDelivered)
+					byID[res.EmailID] = rt2Subjects[i]
+					first[rt2Subjects[i]] = res
+				}
+				c2 := newClient(t, s, &mxrelay.Options{SpoolDir: dir, RetryUnknown: retryUnknown})
+				second := map[string]*mxrelay.Result{}
+				for _, h := range c2.Recovered() {
+					res, err := h.Wait(ctxT(t))
+					t.Logf("c2 email %s: err=%v maybe=%v", byID[res.EmailID], err, res.MaybeDelivered)
+					second[byID[res.EmailID]] = res
+				}
+				require.NoError(t, c2.Close(ctxT(t)))
+				for _, subj := range rt2Subjects {
+					kept := srv.keptN(subj)
+					r := first[subj]
+					if r2 := second[subj]; r2 != nil {
+						r = r2
+					}
+					t.Logf("email %s: final err=%v maybe=%v; server kept %d", subj, r.Err, r.MaybeDelivered, kept)
+					if !r.MaybeDelivered && !first[subj].MaybeDelivered {
+						if r.Err == nil {
+							assert.Equal(t, 1, kept, "email %s delivered, not maybe, kept %d", subj, kept)
+						} else {
+							assert.Zero(t, kept, "email %s failed, not maybe, kept %d", subj, kept)
+						}
+					}
+					if kept > 1 {
+						assert.True(t, r.MaybeDelivered, "email %s kept %d times, the last Result does not say MaybeDelivered", subj, kept)
+					}
+				}
+			})
+		}
+	}
+}

@@ -1,0 +1,175 @@
+package mxrelay_test
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/relaytest"
+)
+
+var rt2Subjects = []string{"one", "two", "three"}
+
+// rt2Run sends three emails (to a@ and b@) through srv in one session, and
+// checks each against what the server kept. It returns the violations.
+func rt2Run(t *testing.T, srv *rt2Server, o *mxrelay.Options) []string {
+	t.Helper()
+	u := newUpstream(t, srv.serve)
+	s := newRelay(t, &relaytest.Options{UpstreamAddr: u.addr})
+	if o == nil {
+		o = &mxrelay.Options{}
+	}
+	o.MaxEmailsPerSession = len(rt2Subjects)
+	o.BatchWait = 150 * time.Millisecond
+	if o.CommandTimeout == 0 {
+		o.CommandTimeout = 400 * time.Millisecond
+	}
+	c := newClient(t, s, o)
+	var hs []*mxrelay.Handle
+	for _, subj := range rt2Subjects {
+		h, err := c.Enqueue(mail(subj, "a@example.com", "b@example.com"), mxrelay.WithRetries(2))
+		require.NoError(t, err)
+		hs = append(hs, h)
+	}
+	var bad []string
+	for i, h := range hs {
+		res, err := h.Wait(ctxT(t))
+		require.NotNil(t, res)
+		subj := rt2Subjects[i]
+		kept := srv.keptN(subj)
+		line := fmt.Sprintf("email %s: err=%v maybe=%v reply=%q attempts=%d rejected=%v; server kept %d", subj, err, res.MaybeDelivered, res.Reply.Message, res.Attempts, res.Rejected, kept)
+		t.Log(line)
+		switch {
+		case err == nil && !res.MaybeDelivered && kept != 1:
+			bad = append(bad, "delivered (not maybe) but kept "+fmt.Sprint(kept)+": "+line)
+		case err != nil && !res.MaybeDelivered && kept != 0:
+			bad = append(bad, "failed (not maybe) but kept "+fmt.Sprint(kept)+": "+line)
+		}
+	}
+	return bad
+}
+
+// rt2Sweep runs script(k) at each command position k of the first
+// connection, in each engine mode, and reports every violation.
+func rt2Sweep(t *testing.T, positions int, mk func(m string, ext []string, k int) *rt2Server) {
+	for _, m := range mxrelay.EngineModes {
+		t.Run(m.Name, func(t *testing.T) {
+			for k := 1; k <= positions; k++ {
+				t.Run(fmt.Sprint("at ", k), func(t *testing.T) {
+					t.Parallel()
+					for _, b := range rt2Run(t, mk(m.Name, m.Ext, k), nil) {
+						t.Errorf("%s at command %d: %s", m.Name, k, b)
+					}
+				})
+			}
+		})
+	}
+}
+
+// A 421 (then the server closes) in place of the reply to command k of
+// the first connection, at every k: three emails, the server keeping
+// every end of data it answered 250 before. Held.
+func TestRedTeam2_421AtEveryPosition(t *testing.T) {
+	rt2Sweep(t, 18, func(_ string, ext []string, k int) *rt2Server {
+		return &rt2Server{ext: ext, enhanced: true, hook: func(c rt2Cmd) ([]string, bool) {
+			if c.conn == 1 && c.n == k {
+				return []string{"421 4.3.2 shutting down", "CUT"}, true
+			}
+			return nil, false
+		}}
+	})
+}
+
+// One stray "250 2.0.0 ok" written after the reply to command k, at every
+// k, with enhanced codes; b@ of email two is refused 550 5.1.1 on every
+// connection. BROKEN in pipelined BDAT at k = 1..7 (every stray before
+// email two's refusal): email two is reported failed 550 (MaybeDelivered
+// false) though the server kept it. The shift moves b@'s 550 5.1.1 onto
+// the end of data (a refusal is trusted without an address-status check),
+// and email three's RSET, taking the real "250 2.0.0 queued", confirms it.
+// At k = 1..3 email one's end of data even took "250 2.1.5" (an address
+// status: the client makes email one unknown) and yet the stream is not
+// marked shifted, so what follows stays trusted. The other modes held.
+func TestRedTeam2StrayLineAtEveryPosition(t *testing.T) {
+	rt2Sweep(t, 18, func(_ string, ext []string, k int) *rt2Server {
+		srv := &rt2Server{ext: ext, enhanced: true}
+		srv.hook = func(c rt2Cmd) ([]string, bool) {
+			var lines []string
+			switch {
+			case c.verb == "RCPT" && c.tx == 2 && c.rcpt == 1:
+				lines = []string{"550 5.1.1 no such user"}
+			default:
+				lines = []string{srv.honest(c.verb)}
+				if c.verb == "END" {
+					lines = append(lines, "KEEP")
+				}
+			}
+			if c.conn == 1 && c.n == k {
+				lines = append(lines, "250 2.0.0 ok")
+			}
+			return lines, true
+		}
+		return srv
+	})
+}
+
+// The reply to command k of the first connection lost (a relay that drops
+// a frame), at every k; b@ of email two is refused 550 5.1.1. Held (every
+// email whose reply was lost or shifted ends unknown), though under the
+// shift email two's Rejected names a@ for b@'s 550.
+func TestRedTeam2LostReplyAtEveryPosition(t *testing.T) {
+	rt2Sweep(t, 18, func(_ string, ext []string, k int) *rt2Server {
+		srv := &rt2Server{ext: ext, enhanced: true}
+		srv.hook = func(c rt2Cmd) ([]string, bool) {
+			var lines []string
+			switch {
+			case c.verb == "RCPT" && c.tx == 2 && c.rcpt == 1:
+				lines = []string{"550 5.1.1 no such user"}
+			default:
+				lines = []string{srv.honest(c.verb)}
+			}
+			if c.conn == 1 && c.n == k {
+				lines = nil
+			}
+			if c.verb == "END" {
+				lines = append(lines, "KEEP")
+			}
+			return lines, true
+		}
+		return srv
+	})
+}
+
+// QUIT answered otherwise than 221 after the last email (250, an address
+// status, 421, a 5xx, no reply, a hang), the last email's end of data
+// answered 250 (kept) or 554 (not kept), in each mode. Held.
+func TestRedTeam2QuitAnsweredOddly(t *testing.T) {
+	for _, m := range mxrelay.EngineModes {
+		for _, last := range []string{"250 2.0.0 queued", "554 5.7.1 refused"} {
+			for _, quit := range [][]string{{"250 2.0.0 ok"}, {"250 2.1.5 ok"}, {"421 4.3.2 bye"}, {"500 5.5.1 what"}, {"CUT"}, {"HANG"}, {"250 2.0.0 ok", "221 2.0.0 bye"}} {
+				t.Run(fmt.Sprint(m.Name, "/", last[:3], "/", quit), func(t *testing.T) {
+					t.Parallel()
+					srv := &rt2Server{ext: m.Ext, enhanced: true}
+					srv.hook = func(c rt2Cmd) ([]string, bool) {
+						switch {
+						case c.conn == 1 && c.verb == "QUIT":
+							return quit, true
+						case c.conn == 1 && c.verb == "END" && c.tx == 3:
+							if last[0] == '2' {
+								return []string{last, "KEEP"}, true
+							}
+							return []string{last}, true
+						}
+						return nil, false
+					}
+					for _, b := range rt2Run(t, srv, nil) {
+						t.Error(b)
+					}
+				})
+			}
+		}
+	}
+}
