@@ -71,7 +71,7 @@ type verdict struct {
 // decide is the verdict on attempt a. It is a pure function: the session
 // applies the verdict, in one place (smtpSession.apply).
 //
-// The rules, after PROTOCOL.md §6:
+// The rules, after docs/protocol.md §11:
 //   - delivered only on a 2xx to the email's own end of data, on a reply
 //     confirmed in step (see smtpc.Result.Confirmed), and only to the
 //     recipients whose RCPT got a 2xx;
@@ -143,7 +143,7 @@ func decide(a attempt) verdict {
 		// nobody, whatever was said to its data (a refusal for lack of
 		// recipients, as RFC 2920 asks).
 		return a.settle(v, rcptLeft, firstErr(rcptLeft), false)
-	case end != nil && end.Code/100 == 2 && res.Confirmed && !end.BadEnhanced && !addressStatus(end):
+	case end != nil && end.Code/100 == 2 && res.Confirmed && !end.BadEnhanced && !end.AddressStatus():
 		v.accepted, v.end = candidates, end
 		return a.settle(v, rcptLeft, firstErr(rcptLeft), false)
 	case end != nil && !end.BadEnhanced && (end.Code/100 == 4 || end.Code/100 == 5):
@@ -216,8 +216,10 @@ func (a attempt) unknownErr() error {
 	switch end := a.res.End; {
 	case end == nil:
 		return &UnknownOutcomeError{Err: a.broke}
-	case end.Code/100 == 2 && addressStatus(end):
-		return &UnknownOutcomeError{Err: &ProtocolError{Err: fmt.Errorf("SMTP: reply %q to the end of data has an address status (RFC 3463 X.1.X), as MAIL's and RCPT's do: the replies may be out of step with the commands", end.String())}}
+	case a.res.Untrusted && end.AddressStatus():
+		return &UnknownOutcomeError{Err: &ProtocolError{Err: fmt.Errorf("SMTP: reply %q to the end of data has an address status (RFC 3463 X.1.X), as MAIL's and RCPT's do: the replies are out of step with the commands", end.String())}}
+	case a.res.Untrusted && end.Code/100 != 3 && !end.BadEnhanced:
+		return &UnknownOutcomeError{Err: &ProtocolError{Err: fmt.Errorf("SMTP: reply %q to the end of data cannot be trusted: a later reply showed the replies out of step with the commands", end.String())}}
 	case end.Code/100 == 2 && !end.BadEnhanced:
 		err := a.broke
 		if err == nil {
@@ -228,13 +230,6 @@ func (a attempt) unknownErr() error {
 		return &UnknownOutcomeError{Err: &ProtocolError{Err: fmt.Errorf("SMTP: reply %q to the end of data is outside its grammar", end.String())}}
 	}
 }
-
-// addressStatus reports a reply whose enhanced code is an address status
-// (RFC 3463 §3.2, X.1.X), which answers MAIL or RCPT: to an end of data it
-// means the replies were shifted by stray ones (a server's 2.1.5 to RCPT
-// taken for the message's answer), which a single confirming reply after
-// it cannot always show.
-func addressStatus(r *smtpc.Reply) bool { return r.Enhanced[0] != 0 && r.Enhanced[1] == 1 }
 
 // pending lists addrs as recipients left, with err.
 func pending(addrs []string, err error) []RecipientError {

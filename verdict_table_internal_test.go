@@ -34,7 +34,7 @@ import (
 // net.Pipe. A net.Pipe write returns only what the server read, so "the
 // end of data was sent" is exact: the server knows whether it read a byte
 // of it. The expected verdict comes from an oracle (want) written from
-// the rules of PROTOCOL.md §6 and of decide's doc comment, fed with what
+// the rules of docs/protocol.md §11 and of decide's doc comment, fed with what
 // the server did (the replies it wrote, whether it read the end of data,
 // whether it answered a confirming command after it), never with decide's
 // helpers nor with the fields of smtpc.Result. The caller's side (cancel,
@@ -469,7 +469,9 @@ func factsOf(s script, got served) facts {
 		case "END":
 			f.end, f.endText = r.class, endReply[r.class]
 		}
-		if breaks(r.class) {
+		if breaks(r.class) || r.cmd == "END" && r.class == rAddr {
+			// Out of grammar, or an address status to the end of data:
+			// another command's reply, the stream shifted.
 			f.confirmed, f.untrusted = false, true
 			break
 		}

@@ -100,3 +100,26 @@ func TestOutOfStepUntrustsTheUnconfirmed(t *testing.T) {
 		assert.True(t, r.EndSent)
 	}
 }
+
+// A server words each kind of reply the same way all session: a RCPT
+// answered 2.1.5 and then 2.0.0 got another command's reply (a stray
+// line after MAIL, say), so nothing after the shift is trusted.
+func TestChangeOfStyleIsAShift(t *testing.T) {
+	nc := newFake(t, func(f *fake) {
+		f.hello("PIPELINING", "CHUNKING", "ENHANCEDSTATUSCODES")
+		f.line() // MAIL
+		f.say("250 2.1.0 sender ok")
+		f.line()
+		f.say("250 2.1.5 recipient ok")
+		f.line()
+		f.say("250 2.0.0 ok") // another command's reply
+		f.drain()
+	})
+	c := startClient(t, nc, Config{Timeout: time.Second, Window: 8})
+	c.Start()
+	out := runTx(t, c, &Tx{Mail: "MAIL FROM:<a@x>", Rcpts: []string{"RCPT TO:<b@x>", "RCPT TO:<c@x>"}, Body: strings.NewReader("Subject: x\r\n\r\nbody\r\n")})
+	assert.ErrorIs(t, c.Wait(), ErrProtocol)
+	c.Close(nil)
+	r := <-out
+	assert.True(t, r.Untrusted)
+}

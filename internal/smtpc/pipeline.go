@@ -143,8 +143,9 @@ type pipe struct {
 	unconfirmed []*Tx  // answered, waiting for an in-step reply after them
 	inStepAt    uint64 // the place of the last strict command answered in step
 	broken      error
-	shifted     bool   // the reader found the replies out of step or out of grammar
-	closing     uint64 // after a 421, the place of the first command not processed; 0: none
+	shifted     bool             // the reader found the replies out of step or out of grammar
+	style       [kNoop + 1]style // per kind of command, its first 2xx's enhanced code
+	closing     uint64           // after a 421, the place of the first command not processed; 0: none
 }
 
 const chunkSize = 256 << 10
@@ -250,6 +251,11 @@ func (c *Client) readLoop() {
 			p.closing = p.done + 1
 		}
 		inStep, err := apply(e, r)
+		if err == nil {
+			if err = p.style[e.kind.styleKey()].check(e.kind, r); err != nil {
+				inStep = false
+			}
+		}
 		if err == nil && r.Code == 421 {
 			err = r.Err()
 		}
@@ -356,7 +362,7 @@ func apply(e expect, r Reply) (inStep bool, err error) {
 			return false, nil
 		case r.Code != want:
 			return false, fmt.Errorf("%w: reply %d to %s: the replies are out of step with the commands", ErrProtocol, r.Code, e.kind)
-		case want == 250 && r.Enhanced[0] != 0 && r.Enhanced[1] == 1:
+		case want == 250 && r.AddressStatus():
 			// An address status (X.1.X) is what MAIL and RCPT get: the
 			// reply may be theirs, one line late. Some servers answer
 			// RSET so ("250 2.1.5 Flushed"): not an error, but no proof.
@@ -369,8 +375,15 @@ func apply(e expect, r Reply) (inStep bool, err error) {
 		// of data leaves the outcome unknown, not "never sent".
 		tx.res.End = &r
 		tx.res.EndSent = true
-		if class == 3 {
+		switch {
+		case class == 3:
 			return false, fmt.Errorf("%w: reply %d to the end of data", ErrProtocol, r.Code)
+		case r.AddressStatus():
+			// An address status (X.1.X), of any class, is MAIL's or
+			// RCPT's kind of reply: the replies are shifted, and a
+			// refusal borrowed from a RCPT must not stand for the
+			// message any more than a borrowed 250.
+			return false, fmt.Errorf("%w: reply %d %d.%d.%d to the end of data has an address status: the replies are out of step with the commands", ErrProtocol, r.Code, r.Enhanced[0], r.Enhanced[1], r.Enhanced[2])
 		}
 	case kData:
 		switch {
@@ -402,6 +415,38 @@ func apply(e expect, r Reply) (inStep bool, err error) {
 		}
 	}
 	return false, nil
+}
+
+// style is how a server words the 2xx to one kind of command. A server
+// answers each kind the same way all session long (Postfix: MAIL 2.1.0,
+// RCPT 2.1.5, RSET and the end of data 2.0.0; go-smtp: 2.0.0 to all): a
+// 2xx whose enhanced code differs from the first one that kind got is
+// another command's reply, the stream shifted by a stray or lost line.
+type style struct {
+	seen bool
+	enh  smtp.EnhancedCode
+}
+
+func (s *style) check(k kind, r Reply) error {
+	switch {
+	case r.Code/100 != 2:
+		return nil
+	case !s.seen:
+		*s = style{seen: true, enh: r.Enhanced}
+		return nil
+	case r.Enhanced != s.enh:
+		return fmt.Errorf("%w: reply %d %d.%d.%d to %s where it was answered %d.%d.%d before: the replies are out of step with the commands",
+			ErrProtocol, r.Code, r.Enhanced[0], r.Enhanced[1], r.Enhanced[2], k, s.enh[0], s.enh[1], s.enh[2])
+	}
+	return nil
+}
+
+// styleKey is the kind whose style k shares: both RSETs are one command.
+func (k kind) styleKey() kind {
+	if k == kAbort {
+		return kReset
+	}
+	return k
 }
 
 func (k kind) String() string {

@@ -36,6 +36,10 @@ type Reply struct {
 	BadEnhanced bool
 }
 
+// AddressStatus reports an RFC 3463 address status (X.1.X): what MAIL
+// and RCPT are answered with, not RSET, NOOP or an end of data.
+func (r Reply) AddressStatus() bool { return r.Enhanced[0] != 0 && r.Enhanced[1] == 1 }
+
 // Err returns the reply as a *smtp.SMTPError.
 func (r Reply) Err() *smtp.SMTPError {
 	return &smtp.SMTPError{Code: r.Code, EnhancedCode: r.Enhanced, Message: r.Message}
