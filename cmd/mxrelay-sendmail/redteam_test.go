@@ -275,6 +275,36 @@ func TestRedTeamAppendedDomainRedirectsBareNames(t *testing.T) {
 	assert.Equal(t, exUsage, code, "a second --domain is refused")
 }
 
+// TestRedTeamAppendedStartTLSDowngradesWrapper: a wrapper (or
+// git send-email's sendmailCmd) that says "--starttls=required
+// --tls-server-name=smtp.example.com" is downgraded by an appended
+// "--starttls=opportunistic" (or "never"): --tls-server-name may be given
+// once, but --starttls may be given any number of times and the last one
+// wins, so the relay's hop to the upstream goes in clear whenever the
+// upstream, or whoever sits on that path, does not offer STARTTLS. Here
+// the upstream offers no STARTTLS: required refuses (69); the appended
+// option makes it deliver in clear, exit 0. A second --starttls that
+// contradicts the first must be refused, as a second --tls-server-name
+// is.
+func TestRedTeamAppendedStartTLSDowngradesWrapper(t *testing.T) {
+	wrapper := []string{"--starttls=required", "--tls-server-name=smtp.example.com"}
+	in := "To: a@example.com\nSubject: payroll\n\nSalary: 1,000,000\n"
+
+	s := newRelay(t, nil)
+	code, stderr := sendmail(t, relayEnv(s), strings.NewReader(in), append(wrapper, "-t", "-i")...)
+	require.Equal(t, exUnavailable, code, "the upstream offers no STARTTLS: required refuses: %s", stderr)
+
+	for _, mode := range []string{"opportunistic", "never"} {
+		t.Run(mode, func(t *testing.T) {
+			s := newRelay(t, nil)
+			code, stderr := sendmail(t, relayEnv(s), strings.NewReader(in), append(wrapper, "-t", "-i", "-fvisitor@example.com", "--starttls="+mode)...)
+			t.Logf("exit %d, stderr %q, sent in clear: %d", code, stderr, len(s.Mailbox()))
+			assert.Zero(t, len(s.Mailbox()), "the administrator required STARTTLS; the mail went in clear")
+			assert.Equal(t, exUsage, code, "a second --starttls is refused")
+		})
+	}
+}
+
 // TestRedTeamDedupeMergesDistinctMailboxes: dedupe compares whole
 // addresses case-insensitively, but a local part is case-sensitive (RFC
 // 5321 §2.4: only the destination host may fold it), and a quoted one
