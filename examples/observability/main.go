@@ -1,11 +1,11 @@
 // Command observability shows the client's statistics and events exposed
-// the standard library's way (expvar, at /debug/vars) and turned into
-// spans, one per SMTP session and one per email, as an OpenTelemetry
-// tracer would take them, without the root package depending on
-// OpenTelemetry. It starts relaytest, sends a few emails, prints the spans
-// and what /debug/vars shows, and exits.
+// the standard library's way (expvar, at /debug/vars), with no dependency
+// beyond mxrelay. It starts relaytest, sends a few emails, prints what
+// /debug/vars shows, and exits. For OpenTelemetry metrics and spans, see
+// the module github.com/mxrelay/mxrelay/otel and its example:
 //
 //	go run ./examples/observability
+//	cd otel && go run ./example
 package main
 
 import (
@@ -19,54 +19,11 @@ import (
 	"net/http"
 	"os"
 	"strings"
-	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/mxrelay/mxrelay"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
-
-// span is what a tracer needs: a name, a start, an end, attributes and an
-// error. With OpenTelemetry: tracer.Start(ctx, name,
-// trace.WithTimestamp(start)), span.SetAttributes, span.RecordError,
-// span.End(trace.WithTimestamp(end)).
-type span struct {
-	name       string
-	start, end time.Time
-	attrs      map[string]any
-	err        error
-}
-
-// spans turns events into spans: OnEvent gives each event's time, the
-// session and email IDs, durations and results, which is all a span needs.
-type spans struct {
-	mu       sync.Mutex
-	sessions map[string]time.Time // open session spans: their start
-	done     []span
-}
-
-func (s *spans) on(e mxrelay.Event) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	switch e.Type {
-	case mxrelay.EventSessionStarted:
-		s.sessions[e.SessionID] = e.Time
-	case mxrelay.EventSessionCompleted, mxrelay.EventSessionFailed:
-		start, ok := s.sessions[e.SessionID]
-		if !ok {
-			start = e.Time.Add(-e.Duration) // a session that failed to start
-		}
-		delete(s.sessions, e.SessionID)
-		s.done = append(s.done, span{name: "smtp.session", start: start, end: e.Time, err: e.Err,
-			attrs: map[string]any{"session.id": e.SessionID, "emails": len(e.Results)}})
-	case mxrelay.EventEmailProcessed, mxrelay.EventEmailFailed:
-		r := e.Result
-		s.done = append(s.done, span{name: "email", start: r.Queued, end: r.Queued.Add(r.Duration), err: r.Err,
-			attrs: map[string]any{"email.id": r.EmailID, "session.id": r.SessionID, "attempts": r.Attempts,
-				"accepted": len(r.Accepted), "rejected": len(r.Rejected), "reply": r.Reply.Code}})
-	}
-}
 
 // Counters by event type, and the client's Stats, in expvar (published
 // once per process, as expvar wants).
@@ -94,12 +51,8 @@ func run(out io.Writer) error {
 	relay := relaytest.NewServer(nil)
 	defer relay.Close()
 
-	sp := &spans{sessions: map[string]time.Time{}}
 	c, err := mxrelay.New(relay.URL, relay.APIKey, &mxrelay.Options{
-		OnEvent: func(e mxrelay.Event) {
-			events.Add(e.Type.String(), 1)
-			sp.on(e)
-		},
+		OnEvent: func(e mxrelay.Event) { events.Add(e.Type.String(), 1) },
 	})
 	if err != nil {
 		return err
@@ -116,12 +69,6 @@ func run(out io.Writer) error {
 	if err := c.Close(ctx); err != nil {
 		return err
 	}
-
-	sp.mu.Lock()
-	for _, s := range sp.done {
-		fmt.Fprintf(out, "span %-12s %8v %v err=%v\n", s.name, s.end.Sub(s.start).Round(time.Microsecond), s.attrs, s.err)
-	}
-	sp.mu.Unlock()
 
 	// What a scraper sees at /debug/vars (expvar's handler, on loopback).
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

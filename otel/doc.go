@@ -1,0 +1,80 @@
+// Package mxrelayotel reports an mxrelay Client to OpenTelemetry: metrics
+// from its events and its Stats, and a span per SMTP session and per email
+// from its events. It is a module of its own, so that the mxrelay module
+// does not depend on OpenTelemetry (as go-redis keeps redisotel apart).
+//
+// Wire it before New, observe the Client after:
+//
+//	opts := mxrelay.Options{}
+//	inst, err := mxrelayotel.Instrument(&opts, mxrelayotel.Config{})
+//	...
+//	c, err := mxrelay.New(url, key, &opts)
+//	...
+//	err = inst.Observe(c)
+//	...
+//	c.Close(ctx)  // delivers the last events
+//	inst.Close()
+//
+// # Metrics
+//
+// Counters, from the events:
+//
+//	mxrelay.emails.delivered  {email}    mxrelay.email.priority
+//	mxrelay.emails.failed     {email}    mxrelay.email.priority, error.type
+//	mxrelay.emails.unknown    {email}    mxrelay.email.priority: delivered or failed with MaybeDelivered
+//	mxrelay.email.retries     {retry}    retries scheduled
+//	mxrelay.sessions.completed {session} sessions that ended with QUIT
+//	mxrelay.sessions.failed   {session}  sessions that could not start or broke
+//
+// Histograms, in seconds:
+//
+//	mxrelay.email.send.duration         from Enqueue to the result; mxrelay.email.priority, error.type when failed
+//	mxrelay.email.transaction.duration  the delivering SMTP transaction; mxrelay.email.priority
+//
+// Gauges and an observable counter, read from Client.Stats at each
+// collection once Observe is called:
+//
+//	mxrelay.queue.depth        {email}  emails waiting, by mxrelay.email.priority (all four levels)
+//	mxrelay.queue.oldest_age   s        age of the oldest waiting email, 0 when none waits
+//	mxrelay.emails.in_flight   {email}  emails in a session now
+//	mxrelay.events.dropped     {event}  events lost because OnEvent fell behind (the counters above miss them)
+//
+// error.type is the semantic conventions' attribute: the SMTP reply code
+// ("550"), or closed, canceled, timeout, unknown_outcome, connect,
+// auth_failed, invalid_email, or _OTHER. Priorities are low, normal, high
+// and critical.
+//
+// The issue that asked for this package also names the sending rate and
+// the pipelining window: the Client exposes neither yet (no event or Stats
+// field carries them), so there is no metric for them. A rate can be had
+// from the delivered counter (rate() in PromQL).
+//
+// # Traces
+//
+// A span "mxrelay.session" (kind client) per SMTP session, from
+// EventSessionQueued (so it covers dialing, AUTHENTICATE and the channel)
+// to EventSessionCompleted or EventSessionFailed, with an event
+// "mxrelay.session.started" when the SMTP dialogue is ready. Its
+// attributes: mxrelay.session.id, network.protocol.name "smtp",
+// mxrelay.session.emails (ready at its start),
+// mxrelay.session.emails.delivered and .failed; status Error with
+// error.type when it failed.
+//
+// A span "mxrelay.email" per email, from its Queued time to its result, a
+// root span linked to the span of the session of its last attempt. Its
+// attributes: mxrelay.email.id, mxrelay.email.priority,
+// mxrelay.email.attempts, mxrelay.email.maybe_delivered,
+// mxrelay.email.recipients.accepted and .rejected (counts),
+// mxrelay.smtp.reply.code when there is one (the reply to the delivering
+// end of data, or the refusal); status Error with error.type when it
+// failed.
+//
+// Spans carry no address, no message text, no error text (SMTP replies
+// quote addresses) and no credential. Their timestamps are the events'
+// times, so a slow OnEvent does not stretch them.
+//
+// Session spans are kept by session ID, open and recently ended (for the
+// links of late email results), up to Config.MaxSessions: past it the
+// oldest is forgotten, and ended if still open. Close ends those still
+// open.
+package mxrelayotel
