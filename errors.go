@@ -130,7 +130,7 @@ type RelayError struct {
 func (e *RelayError) Error() string { return "mxrelay: " + trimPrefix(e.Err) }
 func (e *RelayError) Unwrap() error { return e.Err }
 
-// ProtocolError means the relay broke PROTOCOL.md, or the upstream SMTP
+// ProtocolError means the relay broke docs/protocol.md, or the upstream SMTP
 // server broke SMTP's grammar (a malformed or unexpected reply); the
 // connection was closed.
 type ProtocolError struct {

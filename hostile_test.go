@@ -19,7 +19,7 @@ import (
 
 // TestHostileUpstream runs an SMTP server that breaks SMTP behind
 // relaytest: each case ends with a *ProtocolError, the email classified by
-// PROTOCOL.md §6, nothing of it sent past the point of breakage, and the
+// docs/protocol.md §11, nothing of it sent past the point of breakage, and the
 // server's connection closed by the client after at most floodBound bytes.
 func TestHostileUpstream(t *testing.T) {
 	ehlo := func(c *upConn, ext ...string) bool {
@@ -162,7 +162,7 @@ func TestHostileUpstream(t *testing.T) {
 }
 
 // TestRelayAfterChannelClosed: a whole session with an unknown message in
-// the middle (ignored, PROTOCOL.md §1), then SMTP data after
+// the middle (ignored, docs/protocol.md §4), then SMTP data after
 // SMTP_CHANNEL_CLOSED. The email delivered stays delivered; the stray data
 // is a protocol error that ends the connection with 1002.
 func TestRelayAfterChannelClosed(t *testing.T) {

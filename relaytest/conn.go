@@ -325,7 +325,7 @@ func (c *conn) handle(f inFrame) bool {
 	}
 	if !utf8.Valid(f.data) {
 		// A JSON string cannot hold these bytes; decoding would replace
-		// them silently, the data loss PROTOCOL.md §4 forbids.
+		// them silently, the data loss docs/protocol.md §7 forbids.
 		c.log.Info("relaytest: text frame is not valid UTF-8")
 		return c.closeWith(websocket.StatusInvalidFramePayloadData, "text frame is not valid UTF-8")
 	}
@@ -520,7 +520,7 @@ func (c *conn) data(p []byte, binary bool) bool {
 }
 
 // tooBigControl reports whether a frame that wire.Decode refused is a
-// well-formed control message over wire.MaxControl, which PROTOCOL.md §1
+// well-formed control message over wire.MaxControl, which docs/protocol.md §4
 // answers with 1009 rather than 1002.
 func tooBigControl(frame []byte) bool {
 	if len(frame) <= wire.MaxControl {

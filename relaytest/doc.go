@@ -1,5 +1,5 @@
 // Package relaytest provides a test relay for the mxrelay WebSocket protocol
-// (PROTOCOL.md), in the spirit of net/http/httptest.
+// (docs/protocol.md), in the spirit of net/http/httptest.
 //
 // A Server listens on a loopback port, accepts WebSockets at /smtp, checks
 // API keys, and for every SMTP channel dials an upstream SMTP server and

@@ -1,5 +1,5 @@
 // Command mockrelay runs a relaytest.Server on its own: an mxrelay
-// WebSocket relay (PROTOCOL.md) in front of an in-memory SMTP server, or of
+// WebSocket relay (docs/protocol.md) in front of an in-memory SMTP server, or of
 // an SMTP server you name, for trying a client by hand.
 //
 //	go run ./cmd/mockrelay [-addr 127.0.0.1:0] [-key KEY] [-upstream host:port]

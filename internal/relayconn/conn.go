@@ -1,6 +1,6 @@
 // Package relayconn is the client side of one mxrelay WebSocket: dial,
 // AUTHENTICATE, the heartbeat, and SMTP channels exposed as net.Conn. It
-// knows PROTOCOL.md and nothing about emails.
+// knows docs/protocol.md and nothing about emails.
 package relayconn
 
 import (
@@ -78,7 +78,7 @@ func (e *ClosedError) Error() string {
 
 func (e *ClosedError) Unwrap() error { return e.Err }
 
-// ProtocolError is a relay that broke PROTOCOL.md. The connection is closed
+// ProtocolError is a relay that broke docs/protocol.md. The connection is closed
 // with status 1002 (or 1009 for a frame over the limits).
 type ProtocolError struct {
 	Err error
@@ -122,7 +122,7 @@ type Conn struct {
 	ch *Channel // current channel, until SMTP_CHANNEL_CLOSED
 	// last is the channel opened last, ended or not: the next open waits
 	// for its SMTP_CHANNEL_CLOSED and for its own SMTP_CHANNEL_CLOSE to be
-	// written (PROTOCOL.md §3).
+	// written (docs/protocol.md §6).
 	last  *Channel
 	dead  chan struct{}
 	err   error // why the connection ended
@@ -386,7 +386,7 @@ func (c *Conn) deadOr(err error) error {
 // most ChannelTimeout. A previous channel must be closed; OpenChannel first
 // waits for its SMTP_CHANNEL_CLOSED, and for its SMTP_CHANNEL_CLOSE, if
 // Close sent one, to be written: messages carry no channel identifier, so
-// nothing of the previous channel may follow the next OPEN (PROTOCOL.md §3).
+// nothing of the previous channel may follow the next OPEN (docs/protocol.md §6).
 func (c *Conn) OpenChannel(ctx context.Context) (*Channel, error) {
 	if c.cfg.ChannelTimeout > 0 {
 		var cancel context.CancelFunc
@@ -550,7 +550,7 @@ func (c *Conn) handle(m wire.Message) bool {
 		if ch == nil {
 			// With an open waiting for READY, it belongs to the previous
 			// channel (a relay that answered a CLOSE that crossed its own
-			// CLOSED): PROTOCOL.md §3 says to ignore it.
+			// CLOSED): docs/protocol.md §6 says to ignore it.
 			c.log.Debug("mxrelay: SMTP_CHANNEL_CLOSED with no channel, ignored")
 			return true
 		}

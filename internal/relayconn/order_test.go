@@ -121,7 +121,7 @@ func readGreeting(t *testing.T, ch *relayconn.Channel) string {
 // Messages carry no channel identifier: an SMTP_CHANNEL_OPEN written
 // before the relay's SMTP_CHANNEL_CLOSED for the last channel could be
 // taken for part of the old one, and a CLOSE written after it would close
-// the new one (PROTOCOL.md §3). The relay here holds its CLOSED back for a
+// the new one (docs/protocol.md §6). The relay here holds its CLOSED back for a
 // while after the CLOSE: nothing may come from the client meanwhile, and
 // the OPEN that follows must open a working channel.
 func TestNextOpenWaitsForTheLastChannelsClosed(t *testing.T) {
@@ -156,7 +156,7 @@ func TestNextOpenWaitsForTheLastChannelsClosed(t *testing.T) {
 
 // A relay that closed a channel on its own and answers a crossing CLOSE
 // with a second CLOSED sends it while the next OPEN waits for READY: it
-// belongs to the previous channel and is ignored (PROTOCOL.md §3). And a
+// belongs to the previous channel and is ignored (docs/protocol.md §6). And a
 // channel the relay had already ended sends no CLOSE.
 func TestClosedWhileOpeningIsTheLastChannels(t *testing.T) {
 	extra := make(chan string, 1)

@@ -1,4 +1,4 @@
-// Package wire is the mxrelay WebSocket protocol, version 1 (PROTOCOL.md):
+// Package wire is the mxrelay WebSocket protocol, version 1 (docs/protocol.md):
 // message types, the subprotocol, close codes, read limits, and the codec
 // for control messages. It knows nothing about emails or SMTP sessions and
 // is shared by the client and by relaytest.
@@ -21,7 +21,7 @@ const Subprotocol = "mxrelay.v1"
 // DefaultPath is the conventional URL path of a relay.
 const DefaultPath = "/smtp"
 
-// Read limits of PROTOCOL.md §1.
+// Read limits of docs/protocol.md §4.
 const (
 	// MaxControl is the largest control message (a text frame whose type is
 	// not one of the SMTP data types).
@@ -52,7 +52,7 @@ const (
 	TypeFromServer           = "SMTP_FROM_SERVER"
 )
 
-// Close codes of PROTOCOL.md §5 that are specific to the protocol.
+// Close codes of docs/protocol.md §9 that are specific to the protocol.
 const (
 	StatusAuthTimeout      websocket.StatusCode = 4001
 	StatusHeartbeatTimeout websocket.StatusCode = 4002
@@ -60,7 +60,7 @@ const (
 )
 
 // ErrProtocol is wrapped by every decoding error: the peer broke
-// PROTOCOL.md and the connection should be closed with status 1002.
+// docs/protocol.md and the connection should be closed with status 1002.
 var ErrProtocol = errors.New("protocol error")
 
 // ErrTooBig is wrapped (with ErrProtocol) by the error of a control message
@@ -358,7 +358,7 @@ const (
 )
 
 // RetryFor maps a close status (-1 when the connection ended without a close
-// frame) to the reaction of PROTOCOL.md §5.
+// frame) to the reaction of docs/protocol.md §9.
 func RetryFor(code websocket.StatusCode) Retry {
 	switch code {
 	case websocket.StatusNormalClosure:
