@@ -130,14 +130,21 @@ func TestPipelined421RetriesWhatCameAfter(t *testing.T) {
 	c := newClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 6, BatchWait: time.Second})
 	res := enqueueBatch(t, c, 6)
 	for i, r := range res {
+		assert.Equal(t, 1, countSubject(s, fmt.Sprint("p", i)))
+		if i < 2 {
+			// Answered 250 before the 421, and kept. relaytest's go-smtp
+			// answers MAIL, RCPT and RSET alike (2.0.0), so no RSET
+			// proves those 250s were theirs (a lost line would read the
+			// same), and the 421 confirms nothing: unknown, honestly.
+			assert.Equal(t, 1, r.Attempts, "email %d", i)
+			if r.Err != nil {
+				assert.True(t, r.MaybeDelivered, "email %d: failed, not maybe, but kept", i)
+			}
+			continue
+		}
 		require.NoError(t, r.Err, "email %d", i)
 		assert.False(t, r.MaybeDelivered, "email %d", i)
-		assert.Equal(t, 1, countSubject(s, fmt.Sprint("p", i)))
-		want := 1
-		if i >= 2 {
-			want = 2
-		}
-		assert.Equal(t, want, r.Attempts, "email %d", i)
+		assert.Equal(t, 2, r.Attempts, "email %d", i)
 	}
 	assert.Equal(t, 2, s.Stats().Channels)
 }

@@ -72,11 +72,12 @@ type Result struct {
 	// none. Only End decides whether the message was accepted.
 	End *Reply
 	// Confirmed is set when a reply that can only answer a command written
-	// after this transaction's last one came as that command expects (250
-	// to RSET or NOOP with no address status, 221 to QUIT; never a 421,
-	// which any command may get): the replies before it were in step with
-	// the commands, none shifted by a stray or duplicated reply. Without
-	// it a 2xx to the end of data may be the answer to another command.
+	// after this transaction's last one came as that command expects: 354
+	// to DATA, 221 to QUIT, or 250 to RSET or NOOP with an enhanced code
+	// MAIL and RCPT are not answered with (see unmistakable); never a
+	// 421, which any command may get. The replies before it were then in
+	// step with the commands, none shifted by a stray, lost or duplicated
+	// line. Without it a 2xx to the end of data may be another command's.
 	Confirmed bool
 	// Untrusted is set when the connection broke on a protocol error (a
 	// reply out of step or out of grammar) before this transaction's
@@ -251,10 +252,11 @@ func (c *Client) readLoop() {
 			p.closing = p.done + 1
 		}
 		inStep, err := apply(e, r)
-		if err == nil {
-			if err = p.style[e.kind.styleKey()].check(e.kind, r); err != nil {
-				inStep = false
-			}
+		if k := e.kind.styleKey(); err == nil && k != kEnd {
+			err = p.style[k].check(e.kind, r)
+		}
+		if err != nil || inStep && (e.kind == kReset || e.kind == kAbort || e.kind == kNoop) && !p.unmistakable(r) {
+			inStep = false
 		}
 		if err == nil && r.Code == 421 {
 			err = r.Err()
@@ -378,16 +380,19 @@ func apply(e expect, r Reply) (inStep bool, err error) {
 		switch {
 		case class == 3:
 			return false, fmt.Errorf("%w: reply %d to the end of data", ErrProtocol, r.Code)
-		case r.AddressStatus():
-			// An address status (X.1.X), of any class, is MAIL's or
-			// RCPT's kind of reply: the replies are shifted, and a
-			// refusal borrowed from a RCPT must not stand for the
-			// message any more than a borrowed 250.
+		case class == 2 && r.AddressStatus():
+			// A 2xx with an address status (X.1.X) is MAIL's or RCPT's
+			// kind of acceptance: the replies are shifted. (A refusal
+			// may honestly carry one: Postfix's header_checks REJECT
+			// keeps the operator's 5.1.x.)
 			return false, fmt.Errorf("%w: reply %d %d.%d.%d to the end of data has an address status: the replies are out of step with the commands", ErrProtocol, r.Code, r.Enhanced[0], r.Enhanced[1], r.Enhanced[2])
 		}
 	case kData:
 		switch {
 		case r.Code == 354:
+			// Only DATA is answered 354: the replies before it were
+			// in step.
+			return true, nil
 		case class == 2 || class == 3:
 			return false, fmt.Errorf("%w: reply %d to DATA", ErrProtocol, r.Code)
 		case tx.res.DataCmd == nil:
@@ -422,6 +427,8 @@ func apply(e expect, r Reply) (inStep bool, err error) {
 // RCPT 2.1.5, RSET and the end of data 2.0.0; go-smtp: 2.0.0 to all): a
 // 2xx whose enhanced code differs from the first one that kind got is
 // another command's reply, the stream shifted by a stray or lost line.
+// Not for the end of data, whose 2xx a before-queue filter words per
+// message (2.0.0, 2.6.0, 2.7.0).
 type style struct {
 	seen bool
 	enh  smtp.EnhancedCode
@@ -439,6 +446,24 @@ func (s *style) check(k kind, r Reply) error {
 			ErrProtocol, r.Code, r.Enhanced[0], r.Enhanced[1], r.Enhanced[2], k, s.enh[0], s.enh[1], s.enh[2])
 	}
 	return nil
+}
+
+// unmistakable reports whether a 250 to RSET or NOOP cannot be MAIL's or
+// RCPT's reply come one line late (a lost line): its enhanced code is
+// one neither of them has been answered with this session. Without
+// enhanced codes, or from a server that words them all alike (go-smtp's
+// 2.0.0), it can be either: then only a 354 to DATA or the 221 to QUIT
+// confirms. p.mu is held.
+func (p *pipe) unmistakable(r Reply) bool {
+	if r.Enhanced[0] == 0 {
+		return false
+	}
+	for _, k := range []kind{kMail, kRcpt} {
+		if st := p.style[k]; st.seen && st.enh == r.Enhanced {
+			return false
+		}
+	}
+	return true
 }
 
 // styleKey is the kind whose style k shares: both RSETs are one command.
