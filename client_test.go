@@ -470,8 +470,16 @@ func Test421MidSessionEndsTheSession(t *testing.T) {
 		require.NoError(t, err)
 		hs = append(hs, h)
 	}
-	for _, h := range hs {
-		_, err := h.Wait(ctxT(t))
+	for i, h := range hs {
+		res, err := h.Wait(ctxT(t))
+		if i < 2 && err != nil {
+			// Answered 250 before the 421, which confirms nothing; and
+			// relaytest's go-smtp words RSET's 250 like MAIL's, so no
+			// RSET proved it either: unknown, honestly (the server has it).
+			assert.ErrorIs(t, err, mxrelay.ErrUnknownOutcome)
+			assert.True(t, res.MaybeDelivered)
+			continue
+		}
 		require.NoError(t, err)
 	}
 	assert.Len(t, s.Mailbox(), 5)
