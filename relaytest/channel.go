@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 	"unicode/utf8"
 
 	"github.com/coder/websocket"
@@ -375,25 +376,17 @@ func (ch *channel) command(line, out []byte) ([]byte, int) {
 		size, last, isBDAT = parseBDAT(arg)
 	}
 
+	if verb == "MAIL" {
+		if reply, ok := ch.c.s.throttled(time.Now()); ok {
+			ch.log.Info("relaytest: throttled", "reply", reply)
+			return ch.replace(verb, reply, out, size, last, isBDAT)
+		}
+	}
 	if f, ok := ch.c.s.takeFault(func(f *Fault) bool { return f.matchCommand(verb, rcpt) }); ok {
 		ch.log.Info("relaytest: fault", "fault", f.Kind, "command", verb)
 		switch f.Kind {
 		case ReplaceReply:
-			reply, code, _ := formatReply(f.Reply)
-			ch.push(&pending{verb: verb, synthetic: reply, closeAfter: code == 421})
-			if code == 421 {
-				// A server that says 421 processes nothing after it (RFC
-				// 5321 §3.8): what the client pipelined behind it is not
-				// forwarded.
-				ch.stalled = true
-				ch.flushSynthetic()
-				return out, actContinue
-			}
-			ch.flushSynthetic()
-			if isBDAT {
-				ch.startChunk(size, last, nil, true)
-			}
-			return out, actContinue
+			return ch.replace(verb, f.Reply, out, size, last, isBDAT)
 		case StallReply:
 			ch.stalled = true
 			return out, actContinue
@@ -421,6 +414,25 @@ func (ch *channel) command(line, out []byte) ([]byte, int) {
 	out = append(out, line...)
 	if isBDAT {
 		ch.startChunk(size, last, e, false)
+	}
+	return out, actContinue
+}
+
+// replace answers a command with reply instead of forwarding it (a BDAT
+// command's chunk is swallowed with it).
+func (ch *channel) replace(verb, reply string, out []byte, size int64, last, isBDAT bool) ([]byte, int) {
+	r, code, _ := formatReply(reply)
+	ch.push(&pending{verb: verb, synthetic: r, closeAfter: code == 421})
+	if code == 421 {
+		// A server that says 421 processes nothing after it (RFC 5321
+		// §3.8): what the client pipelined behind it is not forwarded.
+		ch.stalled = true
+		ch.flushSynthetic()
+		return out, actContinue
+	}
+	ch.flushSynthetic()
+	if isBDAT {
+		ch.startChunk(size, last, nil, true)
 	}
 	return out, actContinue
 }

@@ -1,6 +1,8 @@
 package relaytest
 
 import (
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -382,4 +384,23 @@ func TestInjectPanics(t *testing.T) {
 	} {
 		assert.Panics(t, func() { s.Inject(f) }, "%+v", f)
 	}
+}
+
+// Options.Throttle refuses MAIL past its limit, the transaction goes
+// nowhere, and the relay counts it.
+func TestThrottle(t *testing.T) {
+	s := NewServer(&Options{Throttle: &Throttle{Limit: 2, Per: time.Hour}})
+	defer s.Close()
+	c := dial(t, s)
+	c.auth(s.APIKey)
+	c.open(false)
+	c.cmd("EHLO client.test")
+	for i := range 2 {
+		sendMail(t, c, "a@example.com", []string{"b@example.com"}, fmt.Sprint("accepted ", i, "\r\n"))
+	}
+	assert.Equal(t, "451 4.7.0 Throttling: too many messages, slow down", strings.TrimRight(c.cmd("MAIL FROM:<a@example.com>"), "\r\n"))
+	assert.NotEqual(t, "250", code(c.cmd("RCPT TO:<b@example.com>")), "no transaction after the throttled MAIL")
+	assert.Len(t, s.Mailbox(), 2)
+	assert.Equal(t, 1, s.Stats().Throttled)
+	assert.Panics(t, func() { NewServer(&Options{Throttle: &Throttle{Limit: 1, Reply: "250 ok"}}) })
 }

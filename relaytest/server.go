@@ -88,6 +88,11 @@ type Options struct {
 	// MaxMessageBytes is the in-process server's message size limit,
 	// advertised in EHLO (SIZE). Zero: no limit.
 	MaxMessageBytes int64
+	// Throttle, if set, makes the relay answer as an upstream that limits
+	// its senders (Amazon SES, Gmail, providers at N per second): past
+	// Limit transactions in a window of Per, MAIL is answered Reply and
+	// not forwarded, so the transaction goes nowhere.
+	Throttle *Throttle
 	// Logger receives connection, authentication and channel events at
 	// Info, the SMTP dialogue (verbs and reply codes, never credentials or
 	// bodies) at Debug. nil: silent.
@@ -163,22 +168,24 @@ type Server struct {
 	connWG    sync.WaitGroup // WebSocket handlers
 	closeOnce sync.Once
 
-	mu         sync.Mutex
-	started    bool
-	closed     bool
-	down       bool
-	conns      map[*conn]struct{}
-	tunnels    map[net.Conn]context.CancelFunc // Options.RawTunnel sessions
-	accepting  map[chan struct{}]struct{}      // upgrades in progress; closed when decided
-	restarts   int                             // CloseClientConnections calls
-	upConns    map[*trackedConn]struct{}
-	lastConnID int
-	faults     []*armedFault
-	mailbox    []stored
-	stats      Stats
-	nextID     uint64
-	storedBy   map[int][]uint64 // IDs of stored messages awaiting their 2xx reply, by upstream connection
-	seqByAddr  map[string]int   // the upstream connection now from each relay-side address
+	mu            sync.Mutex
+	throttleStart time.Time // Options.Throttle's window
+	throttleN     int
+	started       bool
+	closed        bool
+	down          bool
+	conns         map[*conn]struct{}
+	tunnels       map[net.Conn]context.CancelFunc // Options.RawTunnel sessions
+	accepting     map[chan struct{}]struct{}      // upgrades in progress; closed when decided
+	restarts      int                             // CloseClientConnections calls
+	upConns       map[*trackedConn]struct{}
+	lastConnID    int
+	faults        []*armedFault
+	mailbox       []stored
+	stats         Stats
+	nextID        uint64
+	storedBy      map[int][]uint64 // IDs of stored messages awaiting their 2xx reply, by upstream connection
+	seqByAddr     map[string]int   // the upstream connection now from each relay-side address
 }
 
 // Stats counts what a Server saw since it started.
@@ -189,6 +196,44 @@ type Stats struct {
 	Channels         int // SMTP_CHANNEL_OPEN answered with READY (SMTP sessions through the relay)
 	UpstreamSessions int // SMTP connections the in-process server accepted
 	Messages         int // messages in the mailbox
+	Throttled        int // MAIL commands refused by Options.Throttle
+}
+
+// Throttle is a sending limit of the upstream (see Options.Throttle).
+type Throttle struct {
+	Limit int           // transactions accepted per window
+	Per   time.Duration // the window; zero: one second
+	// Reply answers a MAIL past the limit. "": "451 4.7.0 Throttling:
+	// too many messages, slow down". A 421 closes the session, as a real
+	// server does after 421.
+	Reply string
+}
+
+// throttled reports whether a MAIL now is past Options.Throttle, and
+// counts it in the window when it is not.
+func (s *Server) throttled(now time.Time) (string, bool) {
+	t := s.opts.Throttle
+	if t == nil {
+		return "", false
+	}
+	per := t.Per
+	if per <= 0 {
+		per = time.Second
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if now.Sub(s.throttleStart) >= per {
+		s.throttleStart, s.throttleN = now, 0
+	}
+	if s.throttleN < t.Limit {
+		s.throttleN++
+		return "", false
+	}
+	s.stats.Throttled++
+	if t.Reply == "" {
+		return "451 4.7.0 Throttling: too many messages, slow down", true
+	}
+	return t.Reply, true
 }
 
 // NewServer starts and returns a new Server. opts may be nil. It panics
@@ -226,6 +271,13 @@ func NewUnstartedServer(opts *Options) *Server {
 	o.Latency.ToClient = max(o.Latency.ToClient, 0)
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if t := o.Throttle; t != nil {
+		c := *t // the caller's stays theirs
+		o.Throttle = &c
+		if _, code, err := formatReply(c.Reply); c.Reply != "" && (err != nil || code < 400) {
+			panic(fmt.Sprintf("relaytest: Options.Throttle.Reply %q: want a 4xx or 5xx reply", c.Reply))
+		}
 	}
 	ln, err := net.Listen("tcp", o.Addr)
 	if err != nil {
