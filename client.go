@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"golang.org/x/time/rate"
 	"log/slog"
 	"maps"
 	mrand "math/rand/v2"
@@ -51,6 +52,8 @@ type Client struct {
 
 	wakeMu   sync.Mutex
 	wakeC    chan struct{}      // closed and replaced when the queue changed
+	roomC    chan struct{}      // closed and replaced when a place in the queue freed up
+	limiter  *rate.Limiter      // Options.RateLimit; nil: none
 	claimed  int                // workers starting a session, not yet holding an email
 	draining chan struct{}      // closed by Close
 	stopCtx  context.Context    // ends when Close gives up waiting
@@ -90,6 +93,8 @@ func New(relayURL, apiKey string, opts *Options) (*Client, error) {
 		retry:     backoff.Policy{Initial: o.RetryInterval, Max: o.MaxRetryInterval, Jitter: 0.2},
 		reconnect: backoff.Policy{Initial: o.ReconnectInterval, Max: o.MaxReconnectInterval, Jitter: 0.2},
 		wakeC:     make(chan struct{}),
+		roomC:     make(chan struct{}),
+		limiter:   o.RateLimit.limiter(),
 		draining:  make(chan struct{}),
 		done:      make(chan struct{}),
 	}
@@ -348,6 +353,7 @@ func (c *Client) unreserve() {
 	c.mu.Lock()
 	c.reserved--
 	c.mu.Unlock()
+	c.freed()
 }
 
 // Send queues e and blocks until its result. It returns the Result and, when
@@ -445,6 +451,7 @@ func (c *Client) Close(ctx context.Context) error {
 	}
 	c.mu.Unlock()
 	c.commitMu.Unlock()
+	c.freed() // EnqueueWait callers get ErrClosed
 	c.kick()
 	var err error
 	select {
@@ -777,6 +784,7 @@ func (w *worker) failWaiting(err error) {
 	c.mu.Lock()
 	left := c.q.all()
 	c.mu.Unlock()
+	c.freed()
 	for _, em := range left {
 		c.finish(em, err)
 	}

@@ -118,6 +118,11 @@ type Options struct {
 	// MaxQueueSize bounds the emails waiting to be sent; Send and Enqueue
 	// return ErrQueueFull past it. Zero: 1000.
 	MaxQueueSize int
+	// RateLimit caps how fast emails are sent, across every session of
+	// the Client (an upstream's quota: Amazon SES's per-second rate, a
+	// provider's 30 a minute). Zero: no limit. Waiting for it is not a
+	// failure and spends no retry; only the email's own timeout runs.
+	RateLimit RateLimit
 	// MaxEmailsPerSession bounds the emails sent in one SMTP session. Zero: 10.
 	MaxEmailsPerSession int
 	// MaxConcurrentSessions is how many SMTP sessions may run at once, each
@@ -324,6 +329,10 @@ func (o Options) validate(relayURL, apiKey string) error {
 		return errors.New("mxrelay: SMTP AUTH without STARTTLS would send the password in clear through the relay: set StartTLS (with TLSConfig.ServerName), or Options.PasswordInClear")
 	}
 	switch {
+	case o.RateLimit.Emails < 0 || o.RateLimit.Per < 0 || o.RateLimit.Burst < 0:
+		return errors.New("mxrelay: RateLimit has a negative field")
+	case o.RateLimit.Emails > 0 && o.RateLimit.Per == 0:
+		return errors.New("mxrelay: RateLimit.Emails is set without Per")
 	case o.MaxQueueSize < 0:
 		return errors.New("mxrelay: MaxQueueSize is negative")
 	case o.MaxEmailsPerSession < 0:

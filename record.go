@@ -121,6 +121,7 @@ func (c *Client) cancel(em *email, cause error) {
 	switch em.state {
 	case stateQueued:
 		c.q.remove(em)
+		c.freed()
 	case stateEnvelope:
 		withdraw, em.withdraw = em.withdraw, nil
 	default:

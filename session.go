@@ -77,6 +77,9 @@ func (w *worker) session() {
 	var taken []*email
 	for n := 0; n < c.opts.MaxEmailsPerSession && ctx.Err() == nil && !s.aborted.Load() && s.sc.Err() == nil; {
 		wake := c.wakeChan()
+		if c.limiter != nil && w.ready() && !w.pace(ctx, s.sc.Flush) {
+			break // the rate limit: the next session goes on
+		}
 		em := w.take(s)
 		if em == nil {
 			if s.sc.Unanswered() == 0 {
@@ -180,6 +183,15 @@ func (h *Handle) result() *Result {
 	}
 }
 
+// ready reports whether an email is ready to be taken.
+func (w *worker) ready() bool {
+	c := w.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.q.promote(time.Now())
+	return c.q.readyLen() > 0
+}
+
 // take pops the next email for s and marks it in flight.
 func (w *worker) take(s *smtpSession) *email {
 	c := w.c
@@ -193,6 +205,7 @@ func (w *worker) take(s *smtpSession) *email {
 	if em == nil {
 		return nil
 	}
+	c.freed()
 	if w.claim {
 		w.claim = false
 		c.claimed--
