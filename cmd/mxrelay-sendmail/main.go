@@ -413,11 +413,19 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 	return l.w.Write(p)
 }
 
+// dedupe removes the second and later copies of each address (SMTP
+// paths). Only the domain is compared without regard to case: a local
+// part is the destination's to interpret (RFC 5321 §2.4), and
+// "Alice@example.com" and "alice@example.com" may be two mailboxes.
 func dedupe(addrs []string) []string {
 	seen := map[string]bool{}
 	out := addrs[:0]
 	for _, a := range addrs {
-		if k := strings.ToLower(a); !seen[k] {
+		k := a
+		if at := strings.LastIndexByte(a, '@'); at >= 0 {
+			k = a[:at] + strings.ToLower(a[at:])
+		}
+		if !seen[k] {
 			seen[k] = true
 			out = append(out, a)
 		}
