@@ -9,13 +9,19 @@
 // MXRELAY_API_KEY_FILE, a file holding the key), or from --url and
 // --api-key-file, or from the administrator's configuration file,
 // /etc/mxrelay/sendmail.conf ("url = ...", "api-key-file = ...",
-// "starttls = ...", "tls-server-name = ..."): what the file sets, an
-// option or the environment cannot change (64, 78). The key itself is
-// never taken from the command line; a key file must be a regular file of
-// one line that other users cannot read. Options end at the first
-// recipient or at "--", and --url, --api-key-file and --tls-server-name
-// may be given once, so that an argument appended to the administrator's
-// command line cannot send the mail or the key elsewhere.
+// "starttls = ...", "tls-server-name = ...", "domain = ..."): what the
+// file sets, an option or the environment cannot change (64, 78). The file
+// must be a regular file that only its owner may write (78);
+// MXRELAY_SENDMAIL_CONFIG names another one only when nothing is at that
+// path (tests). The key itself is never taken from the command line; a
+// key file must be a regular file of one line of printable ASCII that
+// other users cannot read. Options end at the first recipient or at "--";
+// --url, --api-key-file, --tls-server-name, --starttls and --domain may be
+// given once; --url or --api-key-file may not contradict MXRELAY_URL,
+// MXRELAY_API_KEY or MXRELAY_API_KEY_FILE; and --help is honoured alone:
+// so that an argument appended to the administrator's command line cannot
+// send the mail or the key elsewhere, nor make a message vanish with exit
+// 0.
 // MXRELAY_SMTP_USERNAME and MXRELAY_SMTP_PASSWORD are credentials for SMTP
 // AUTH with the relay's upstream server, refused with --starttls never
 // unless MXRELAY_SMTP_PASSWORD_IN_CLEAR=yes.
@@ -164,7 +170,7 @@ func runWith(ctx context.Context, args []string, env func(string) string, stdin 
 		fmt.Fprint(stderr, usage)
 		return exOK
 	}
-	path := firstOf(env(envConfig), configPath)
+	path := configFile(env)
 	conf, err := readConfig(path)
 	if err == nil {
 		err = applyConfig(cfg, conf, path, env)
@@ -407,9 +413,9 @@ var errConfig = errors.New("configuration")
 // CR, LF or other character that is not in a user or domain name cannot
 // add header fields or change the address.
 func identity(cfg *config, env func(string) string) (domain, local string, err error) {
-	domain, from := cfg.domain, "--domain"
+	domain, from := cfg.domain, firstOf(cfg.domainFrom, "--domain")
 	if domain == "" {
-		domain, from = env("MXRELAY_DOMAIN"), "MXRELAY_DOMAIN"
+		domain, from = env(envDomain), envDomain
 	}
 	if domain == "" {
 		domain, from = hostname(), "the host name"
