@@ -26,11 +26,15 @@ const maxKeyFile = 4 << 10
 // where other users of the machine can read it.
 //
 // The key file must be a regular file of at most 4 KiB holding one
-// non-empty line (white space around it is removed), and, on Unix, not
-// readable by every user (mode 0600 or 0640, as ssh wants of its keys): a
-// device, a FIFO (opened without blocking), a file of several lines or one
+// non-empty line (white space around it is removed) of printable ASCII
+// without spaces, and, on Unix, not readable by every user (mode 0600 or
+// 0640, as ssh wants of its keys): a device, a FIFO (opened without
+// blocking), a file whose content is not the size the file system gives
+// (procfs and sysfs files, such as /proc/<pid>/environ, say 0), a file of
+// several lines, a line with a control character or a space, or a file
 // anybody can read is refused, so that a mistaken or injected file name
 // neither hangs the process nor sends some other file's content as a key.
+// The errors never quote the file's content.
 //
 // It fails when the URL or the key is missing or the file cannot be read.
 // It does not check the URL: New does.
@@ -79,16 +83,24 @@ func readKeyFile(name string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("mxrelay: reading the API key: %w", err)
 	}
-	if len(b) > maxKeyFile {
+	switch {
+	case len(b) > maxKeyFile:
 		return "", bad(fmt.Sprintf("is larger than a key can be (more than %d bytes)", maxKeyFile))
+	case int64(len(b)) != fi.Size():
+		// procfs and sysfs files say 0 and hold more; a file being
+		// rewritten is not to be trusted either.
+		return "", bad(fmt.Sprintf("holds %d bytes where the file system says %d: not a plain file (procfs, sysfs?), or it changed while read", len(b), fi.Size()))
 	}
 	line := strings.TrimSuffix(string(b), "\n")
 	if strings.ContainsAny(line, "\n") {
 		return "", bad("has more than one line: it must hold the key alone")
 	}
 	key := strings.TrimSpace(line)
-	if key == "" {
+	switch {
+	case key == "":
 		return "", errors.New("mxrelay: the API key file " + name + " is empty")
+	case strings.ContainsFunc(key, func(r rune) bool { return r <= ' ' || r > '~' }):
+		return "", bad("holds a character that has no place in an API key (a control character, a space or a non-ASCII character): a key is printable ASCII")
 	}
 	return key, nil
 }

@@ -30,6 +30,7 @@ type config struct {
 	timeout     time.Duration
 	retries     int
 	domain      string
+	domainFrom  string // where domain was set, when not by --domain
 	help        bool
 }
 
@@ -59,8 +60,9 @@ func usageErr(format string, a ...any) error {
 // "--", as with POSIX getopt and Postfix's sendmail, so that a word
 // appended after the administrator's command line ("--url=...") is not
 // an option; an operand that starts with "-" is refused unless it comes
-// after "--". --url, --api-key-file and --tls-server-name may be given
-// once only.
+// after "--". --url, --api-key-file, --tls-server-name, --starttls and
+// --domain may be given once only, and --help only alone: an appended
+// --help would keep the message from being sent.
 func parseArgs(args []string) (*config, error) {
 	cfg := &config{timeout: defaultTimeout, retries: defaultRetries}
 	i := 0
@@ -124,6 +126,9 @@ func parseArgs(args []string) (*config, error) {
 			i = len(args)
 		}
 	}
+	if cfg.help && len(args) > 1 {
+		return nil, usageErr("--help is honoured alone: given with other arguments it would keep the message from being sent")
+	}
 	return cfg, nil
 }
 
@@ -139,13 +144,43 @@ func (cfg *config) checkTLS() error {
 // once sets *dst to value, refusing a second value for the option.
 func once(dst *string, name, value string) error {
 	if *dst != "" {
-		return usageErr("--%s given twice: it names where the mail and the API key go, and may be given once only", name)
+		return givenTwice(name)
 	}
 	if value == "" {
 		return usageErr("--%s needs a value", name)
 	}
 	*dst = value
 	return nil
+}
+
+// givenTwice is the error of an option that may be given once only.
+func givenTwice(name string) error {
+	return usageErr("--%s given twice: it may be given once only, so that an argument appended to the command line cannot change it", name)
+}
+
+// given reports whether the command line gave the option for one of the
+// settings of the configuration file, and its value.
+func (cfg *config) given(name string) (bool, string) {
+	switch name {
+	case "url":
+		return cfg.url != "", cfg.url
+	case "api-key-file":
+		return cfg.keyFile != "", cfg.keyFile
+	case "starttls":
+		return cfg.startTLSSet, ""
+	case "tls-server-name":
+		return cfg.tlsName != "", cfg.tlsName
+	case "domain":
+		return cfg.domain != "", cfg.domain
+	}
+	return false, ""
+}
+
+// startTLSModes are the values of --starttls.
+var startTLSModes = map[string]mxrelay.StartTLS{
+	"never":         mxrelay.StartTLSNever,
+	"opportunistic": mxrelay.StartTLSOpportunistic,
+	"required":      mxrelay.StartTLSRequired,
 }
 
 func (cfg *config) setFlag(c byte) error {
@@ -206,17 +241,14 @@ func (cfg *config) setLong(name, value string) error {
 	case "helo":
 		cfg.helo = value
 	case "starttls":
-		cfg.startTLSSet = true
-		switch value {
-		case "never":
-			cfg.startTLS = mxrelay.StartTLSNever
-		case "opportunistic":
-			cfg.startTLS = mxrelay.StartTLSOpportunistic
-		case "required":
-			cfg.startTLS = mxrelay.StartTLSRequired
-		default:
+		mode, ok := startTLSModes[value]
+		switch {
+		case cfg.startTLSSet:
+			return givenTwice(name)
+		case !ok:
 			return usageErr("--starttls %q: want never, opportunistic or required", value)
 		}
+		cfg.startTLS, cfg.startTLSSet = mode, true
 	case "tls-server-name":
 		return once(&cfg.tlsName, name, value)
 	case "timeout":
@@ -232,7 +264,7 @@ func (cfg *config) setLong(name, value string) error {
 		}
 		cfg.retries = n
 	case "domain":
-		cfg.domain = value
+		return once(&cfg.domain, name, value)
 	case "help":
 		cfg.help = true
 	default:
@@ -261,10 +293,12 @@ Reads a message on standard input and sends it through an mxrelay relay.
   --timeout DURATION     give up after this long (default: 2m)
   --retries N            retries after a temporary failure (default: 3)
 
-Options end at the first recipient (or at --); --url, --api-key-file and
---tls-server-name may be given once. Settings in /etc/mxrelay/sendmail.conf
-(url, api-key-file, starttls, tls-server-name) cannot be changed by options
-or the environment.
+Options end at the first recipient (or at --); --url, --api-key-file,
+--tls-server-name, --starttls and --domain may be given once, and --url and
+--api-key-file may not contradict $MXRELAY_URL, $MXRELAY_API_KEY or
+$MXRELAY_API_KEY_FILE. Settings in /etc/mxrelay/sendmail.conf (url,
+api-key-file, starttls, tls-server-name, domain) cannot be changed by
+options or the environment. --help goes alone.
 
 SMTP AUTH with the upstream: $MXRELAY_SMTP_USERNAME and $MXRELAY_SMTP_PASSWORD,
 under --starttls (or with $MXRELAY_SMTP_PASSWORD_IN_CLEAR=yes).

@@ -6,32 +6,60 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"runtime"
 	"slices"
 	"strings"
+	"syscall"
 
 	"github.com/mxrelay/mxrelay"
 )
 
 // configPath is the administrator's configuration file. Set another at
-// build time with -ldflags "-X main.configPath=/path"; the environment's
-// MXRELAY_SENDMAIL_CONFIG names another at run time (for tests: the
-// environment is the caller's, an appended argument cannot set it).
+// build time with -ldflags "-X main.configPath=/path".
 var configPath = "/etc/mxrelay/sendmail.conf"
 
-// envConfig names another configuration file than configPath.
+// envConfig names another configuration file than configPath, for tests
+// and machines without one: it is ignored when configPath exists, so that
+// whoever sets the environment cannot replace the administrator's file.
 const envConfig = "MXRELAY_SENDMAIL_CONFIG"
 
+// configFile returns the configuration file to read: configPath, or the
+// file envConfig names when nothing is at configPath. (Whether configPath
+// exists is asked of the path itself: a dangling link there is the
+// administrator's, and keeps envConfig out.)
+func configFile(env func(string) string) string {
+	if v := env(envConfig); v != "" {
+		if _, err := os.Lstat(configPath); errors.Is(err, fs.ErrNotExist) {
+			return v
+		}
+	}
+	return configPath
+}
+
 // settings are what the configuration file may set: where the mail and
-// the API key go. A setting there cannot be changed by the command line
-// or the environment.
-var settings = []string{"url", "api-key-file", "starttls", "tls-server-name"}
+// the API key go, how the hop to the upstream is protected, and the
+// domain of bare user names. A setting there cannot be changed by the
+// command line or the environment.
+var settings = []string{"url", "api-key-file", "starttls", "tls-server-name", "domain"}
+
+// settingEnv are the environment variables that also give a setting.
+var settingEnv = map[string][]string{
+	"url":          {mxrelay.EnvURL},
+	"api-key-file": {mxrelay.EnvAPIKey, mxrelay.EnvAPIKeyFile},
+	"domain":       {envDomain},
+}
+
+// envDomain qualifies bare user names, when --domain does not.
+const envDomain = "MXRELAY_DOMAIN"
 
 // readConfig reads the configuration file: lines "name = value", blank
 // lines and lines starting with "#" ignored. A missing file is no
-// configuration; one that cannot be read, or that says what it cannot,
-// is an error.
+// configuration; one that cannot be read, that is not a regular file,
+// that anyone but its owner may write (it names where the API key goes),
+// or that says what it cannot, is an error. The checks are made on the
+// opened file, so that it cannot be swapped in between.
 func readConfig(path string) (map[string]string, error) {
-	f, err := os.Open(path)
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0) // a FIFO does not wait for a writer
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
@@ -39,6 +67,15 @@ func readConfig(path string) (map[string]string, error) {
 		return nil, fmt.Errorf("%w: %w", errConfig, err)
 	}
 	defer f.Close()
+	fi, err := f.Stat()
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("%w: %s: %w", errConfig, path, err)
+	case !fi.Mode().IsRegular():
+		return nil, fmt.Errorf("%w: %s is not a regular file", errConfig, path)
+	case runtime.GOOS != "windows" && fi.Mode().Perm()&0o022 != 0:
+		return nil, fmt.Errorf("%w: %s may be written by users other than its owner (mode %v): whoever writes it chooses where the mail and the API key go; make it writable by its owner only (chmod go-w)", errConfig, path, fi.Mode().Perm())
+	}
 	conf := map[string]string{}
 	sc := bufio.NewScanner(f)
 	for n := 1; sc.Scan(); n++ {
@@ -66,52 +103,45 @@ func readConfig(path string) (map[string]string, error) {
 
 // applyConfig puts the configuration file's settings into cfg, refusing
 // a command line option (usage) or an environment variable (config) that
-// would change one of them.
+// would change one of them. A setting the file does not make may come
+// from an option or the environment, but an option may not contradict
+// the environment where it names the relay or the key: an option
+// appended to the administrator's command line must not beat the
+// administrator's MXRELAY_URL or MXRELAY_API_KEY (usage).
 func applyConfig(cfg *config, conf map[string]string, path string, env func(string) string) error {
-	refuse := func(what, name string) error {
-		return fmt.Errorf("%s: %s is set in %s, by the administrator, and cannot be changed", what, name, path)
-	}
-	flag := func(set bool, name string) error {
-		if set {
-			return usageErr("%v", refuse("--"+name, name))
-		}
-		return nil
-	}
-	envs := func(name string, vars ...string) error {
-		for _, v := range vars {
-			if env(v) != "" {
-				return fmt.Errorf("%w: %w", errConfig, refuse(v, name))
-			}
-		}
-		return nil
-	}
 	for _, name := range settings {
-		value, ok := conf[name]
-		if !ok {
+		given, flagValue := cfg.given(name)
+		value, inFile := conf[name]
+		if !inFile {
+			if name == "domain" || !given {
+				continue // --domain beats MXRELAY_DOMAIN, as documented
+			}
+			for _, v := range settingEnv[name] {
+				if e := env(v); e != "" && e != flagValue {
+					return usageErr("--%s contradicts %s, set in the environment: an option cannot change where the mail and the API key go", name, v)
+				}
+			}
 			continue
 		}
-		var err error
-		switch name {
-		case "url":
-			if err = flag(cfg.url != "", name); err == nil {
-				err = envs(name, mxrelay.EnvURL)
-			}
-			cfg.url = value
-		case "api-key-file":
-			if err = flag(cfg.keyFile != "", name); err == nil {
-				err = envs(name, mxrelay.EnvAPIKey, mxrelay.EnvAPIKeyFile)
-			}
-			cfg.keyFile = value
-		case "starttls":
-			if err = flag(cfg.startTLSSet, name); err == nil {
-				err = cfg.setLong(name, value)
-			}
-		case "tls-server-name":
-			err = flag(cfg.tlsName != "", name)
-			cfg.tlsName = value
+		refuse := func(what string) string {
+			return fmt.Sprintf("%s: %s is set in %s, by the administrator, and cannot be changed", what, name, path)
 		}
-		if err != nil {
-			return err
+		if given {
+			return usageErr("%s", refuse("--"+name))
+		}
+		for _, v := range settingEnv[name] {
+			if env(v) != "" {
+				return fmt.Errorf("%w: %s", errConfig, refuse(v))
+			}
+		}
+		if _, ok := startTLSModes[value]; name == "starttls" && !ok {
+			return fmt.Errorf("%w: %s: starttls %q: want never, opportunistic or required", errConfig, path, value)
+		}
+		if err := cfg.setLong(name, value); err != nil {
+			return err // not given twice, not empty: cannot happen
+		}
+		if name == "domain" {
+			cfg.domainFrom = "domain in " + path
 		}
 	}
 	return nil

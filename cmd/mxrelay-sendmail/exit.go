@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 
 	"github.com/mxrelay/mxrelay"
@@ -45,7 +46,10 @@ func exitCode(res *mxrelay.Result, err error) int {
 		return exConfig
 	case errors.Is(err, mxrelay.ErrInvalidEmail):
 		return exDataErr
-	case errors.Is(err, mxrelay.ErrUnknownOutcome), errors.Is(err, mxrelay.ErrCanceled):
+	case errors.Is(err, mxrelay.ErrUnknownOutcome), errors.Is(err, mxrelay.ErrCanceled),
+		errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		// Withdrawn (a signal, the time out), or ctx's error alone from a
+		// Send whose ctx had ended before it began.
 		return exTempFail
 	case errors.As(err, &se):
 		switch {

@@ -9,13 +9,19 @@
 // MXRELAY_API_KEY_FILE, a file holding the key), or from --url and
 // --api-key-file, or from the administrator's configuration file,
 // /etc/mxrelay/sendmail.conf ("url = ...", "api-key-file = ...",
-// "starttls = ...", "tls-server-name = ..."): what the file sets, an
-// option or the environment cannot change (64, 78). The key itself is
-// never taken from the command line; a key file must be a regular file of
-// one line that other users cannot read. Options end at the first
-// recipient or at "--", and --url, --api-key-file and --tls-server-name
-// may be given once, so that an argument appended to the administrator's
-// command line cannot send the mail or the key elsewhere.
+// "starttls = ...", "tls-server-name = ...", "domain = ..."): what the
+// file sets, an option or the environment cannot change (64, 78). The file
+// must be a regular file that only its owner may write (78);
+// MXRELAY_SENDMAIL_CONFIG names another one only when nothing is at that
+// path (tests). The key itself is never taken from the command line; a
+// key file must be a regular file of one line of printable ASCII that
+// other users cannot read. Options end at the first recipient or at "--";
+// --url, --api-key-file, --tls-server-name, --starttls and --domain may be
+// given once; --url or --api-key-file may not contradict MXRELAY_URL,
+// MXRELAY_API_KEY or MXRELAY_API_KEY_FILE; and --help is honoured alone:
+// so that an argument appended to the administrator's command line cannot
+// send the mail or the key elsewhere, nor make a message vanish with exit
+// 0.
 // MXRELAY_SMTP_USERNAME and MXRELAY_SMTP_PASSWORD are credentials for SMTP
 // AUTH with the relay's upstream server, refused with --starttls never
 // unless MXRELAY_SMTP_PASSWORD_IN_CLEAR=yes.
@@ -45,7 +51,10 @@
 //
 // The message is delivered or not before the command exits; nothing is
 // queued on disk, and the copy of the message kept for a retry has no
-// name. SIGTERM, SIGINT or SIGHUP withdraws the message and exits with 75. It prints nothing on success (-v reports the delivery and
+// name. SIGTERM, SIGINT or SIGHUP withdraws the message and exits with 75;
+// once its end of data is sent the reply decides, and when it is not there
+// within two seconds the command says the message may have been delivered
+// (75). It prints nothing on success (-v reports the delivery and
 // logs the SMTP dialogue, credentials masked). The exit status is from
 // sysexits.h: 0 delivered to every recipient; 64 (EX_USAGE) a bad command
 // line or no recipient; 65 (EX_DATAERR) a malformed message or address; 67
@@ -72,6 +81,7 @@ import (
 	"os/user"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unicode/utf8"
@@ -80,28 +90,54 @@ import (
 )
 
 func main() {
-	// SIGTERM, SIGINT or SIGHUP withdraws the message and exits with
-	// EX_TEMPFAIL: the caller may send it again. The copy of the message
+	// SIGTERM, SIGINT or SIGHUP withdraws the message, unless its end of
+	// data was sent, and exits with EX_TEMPFAIL. The copy of the message
 	// the library holds has no name on disk; nothing is left behind.
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
-	defer stop()
+	ctx, cancel := context.WithCancelCause(context.Background())
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	go func() { cancel(fmt.Errorf("%w (%v)", errSignal, <-sigs)) }() // lives as long as the process
+	stderr := &lockedWriter{w: os.Stderr}
+	p := newProgress()
 	done := make(chan int, 1)
-	go func() { done <- run(ctx, os.Args[1:], os.Getenv, os.Stdin, os.Stderr) }()
+	go func() { done <- runWith(ctx, os.Args[1:], os.Getenv, os.Stdin, stderr, p) }()
 	select {
 	case code := <-done:
 		os.Exit(code)
 	case <-ctx.Done():
 	}
 	// run sees the end of ctx and returns the outcome; reading stdin it
-	// cannot be interrupted, so it is given a moment only.
+	// cannot be interrupted, waiting for the reply to an end of data it
+	// should not be, and closing after the outcome it need not be: it is
+	// given a moment only.
 	select {
 	case code := <-done:
 		os.Exit(code)
+	case code := <-p.reported: // the outcome is known and said; the QUIT can go
+		os.Exit(code)
 	case <-time.After(signalGrace):
-		fmt.Fprintln(os.Stderr, "mxrelay-sendmail: stopped by a signal: the message was not sent")
-		os.Exit(exTempFail)
 	}
+	if p.handedOver.Load() {
+		// The library returns at once from a withdrawn email whose end
+		// of data was not sent: this one's was, and its reply is late.
+		fmt.Fprintf(stderr, "mxrelay-sendmail: %v while the reply to the end of data was awaited: the message may have been delivered: check before sending it again\n", context.Cause(ctx))
+	} else {
+		fmt.Fprintf(stderr, "mxrelay-sendmail: %v: the message was not sent\n", context.Cause(ctx))
+	}
+	os.Exit(exTempFail)
 }
+
+// errSignal is the cause of the end of main's context.
+var errSignal = errors.New("stopped by a signal")
+
+// progress is how far run got with the message, for main to say what a
+// signal left behind when run does not return within signalGrace.
+type progress struct {
+	handedOver atomic.Bool // the library has the message: it may send its end of data
+	reported   chan int    // the exit status, once the outcome is reported; buffered
+}
+
+func newProgress() *progress { return &progress{reported: make(chan int, 1)} }
 
 // closeTimeout bounds the QUIT and the WebSocket close after the result.
 const closeTimeout = 10 * time.Second
@@ -115,6 +151,11 @@ const signalGrace = 2 * time.Second
 // withdraws the message, if its end of data has not been sent, and the
 // status is EX_TEMPFAIL.
 func run(ctx context.Context, args []string, env func(string) string, stdin io.Reader, stderr io.Writer) int {
+	return runWith(ctx, args, env, stdin, stderr, newProgress())
+}
+
+// runWith is run, telling p how far it got.
+func runWith(ctx context.Context, args []string, env func(string) string, stdin io.Reader, stderr io.Writer, p *progress) int {
 	stderr = &lockedWriter{w: stderr} // the client's logger writes from its own goroutines
 	fail := func(code int, format string, a ...any) int {
 		fmt.Fprintf(stderr, "mxrelay-sendmail: "+format+"\n", a...)
@@ -129,7 +170,7 @@ func run(ctx context.Context, args []string, env func(string) string, stdin io.R
 		fmt.Fprint(stderr, usage)
 		return exOK
 	}
-	path := firstOf(env(envConfig), configPath)
+	path := configFile(env)
 	conf, err := readConfig(path)
 	if err == nil {
 		err = applyConfig(cfg, conf, path, env)
@@ -224,15 +265,39 @@ func run(ctx context.Context, args []string, env func(string) string, stdin io.R
 		return fail(exDataErr, "%v", err)
 	}
 
+	if ctx.Err() != nil { // a signal came while the message was read
+		return fail(exTempFail, "%v: the message was not sent", context.Cause(ctx))
+	}
 	ctx, cancel := context.WithTimeout(ctx, cfg.timeout)
 	defer cancel()
-	res, err := c.Send(ctx, email)
+	res, err := send(ctx, c, email, p)
 	if rerr := msg.readErr(); rerr != nil {
 		return fail(exIOErr, "reading the message: %v (nothing was sent)", rerr)
 	}
 	code := exitCode(res, err)
 	report(stderr, cfg.verbose, res, err, code)
+	p.reported <- code // before the deferred Close, which a stalled QUIT holds up
 	return code
+}
+
+// send hands email to c and waits for its result, as Client.Send does,
+// telling p once the library has it (Enqueue reads the rest of stdin):
+// from then on the end of ctx withdraws the email only if its end of data
+// has not been sent, and otherwise the reply decides.
+func send(ctx context.Context, c *mxrelay.Client, email mxrelay.Email, p *progress) (*mxrelay.Result, error) {
+	h, err := c.Enqueue(email)
+	if err != nil {
+		return nil, err
+	}
+	p.handedOver.Store(true)
+	stop := context.AfterFunc(ctx, h.Cancel)
+	defer stop()
+	<-h.Done()
+	res, err := h.Wait(context.Background())
+	if errors.Is(err, mxrelay.ErrCanceled) && ctx.Err() != nil {
+		err = fmt.Errorf("%w: %w", err, context.Cause(ctx)) // the time out, or the signal
+	}
+	return res, err
 }
 
 // envelope prepares the email: its recipients, its sender, its header
@@ -348,9 +413,9 @@ var errConfig = errors.New("configuration")
 // CR, LF or other character that is not in a user or domain name cannot
 // add header fields or change the address.
 func identity(cfg *config, env func(string) string) (domain, local string, err error) {
-	domain, from := cfg.domain, "--domain"
+	domain, from := cfg.domain, firstOf(cfg.domainFrom, "--domain")
 	if domain == "" {
-		domain, from = env("MXRELAY_DOMAIN"), "MXRELAY_DOMAIN"
+		domain, from = env(envDomain), envDomain
 	}
 	if domain == "" {
 		domain, from = hostname(), "the host name"
@@ -413,11 +478,19 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 	return l.w.Write(p)
 }
 
+// dedupe removes the second and later copies of each address (SMTP
+// paths). Only the domain is compared without regard to case: a local
+// part is the destination's to interpret (RFC 5321 §2.4), and
+// "Alice@example.com" and "alice@example.com" may be two mailboxes.
 func dedupe(addrs []string) []string {
 	seen := map[string]bool{}
 	out := addrs[:0]
 	for _, a := range addrs {
-		if k := strings.ToLower(a); !seen[k] {
+		k := a
+		if at := strings.LastIndexByte(a, '@'); at >= 0 {
+			k = a[:at] + strings.ToLower(a[at:])
+		}
+		if !seen[k] {
 			seen[k] = true
 			out = append(out, a)
 		}

@@ -147,7 +147,7 @@ func readMessage(r io.Reader, dotEnds bool) (*message, error) {
 		}
 		line := string(cur)
 		cur = cur[:0]
-		if first && strings.HasPrefix(line, "From ") {
+		if first && isMboxFrom(line) {
 			first = false
 			continue
 		}
@@ -165,6 +165,14 @@ func readMessage(r io.Reader, dotEnds bool) (*message, error) {
 			return m, nil
 		}
 	}
+}
+
+// isMboxFrom reports whether line is an mbox "From " line ("From " and an
+// address and a date), not a From field written with white space before
+// its colon ("From : alice@example.com", RFC 5322's obsolete syntax).
+func isMboxFrom(line string) bool {
+	rest, ok := strings.CutPrefix(line, "From ")
+	return ok && !strings.HasPrefix(strings.TrimLeft(rest, " \t"), ":")
 }
 
 // fieldName returns the name of the header field that line starts, or "":
