@@ -114,7 +114,7 @@ func applyConfig(cfg *config, conf map[string]string, path string, env func(stri
 		value, inFile := conf[name]
 		if !inFile {
 			if name == "domain" || !given {
-				continue // --domain beats MXRELAY_DOMAIN, as documented
+				continue // --domain against MXRELAY_DOMAIN: identity, once the name is checked
 			}
 			for _, v := range settingEnv[name] {
 				if e := env(v); e != "" && e != flagValue {

@@ -188,7 +188,10 @@ func runWith(ctx context.Context, args []string, env func(string) string, stdin 
 		return fail(exUsage, "-F %q: a control character in the full name", cfg.fullName)
 	}
 	domain, local, err := identity(cfg, env)
-	if err != nil {
+	switch {
+	case errors.Is(err, errUsage):
+		return fail(exUsage, "%v", err)
+	case err != nil:
 		return fail(exConfig, "%v", err)
 	}
 
@@ -422,6 +425,11 @@ func identity(cfg *config, env func(string) string) (domain, local string, err e
 	}
 	if !isDotAtom(domain) || !isASCII(domain) {
 		return "", "", fmt.Errorf("%w: %s %q is not a domain name", errConfig, from, domain)
+	}
+	if e := env(envDomain); cfg.domainFrom == "" && cfg.domain != "" && e != "" && !strings.EqualFold(e, cfg.domain) {
+		// An appended --domain must not send bare names elsewhere than
+		// the administrator's MXRELAY_DOMAIN says.
+		return "", "", usageErr("--domain contradicts %s, set in the environment: an option cannot change where bare names go", envDomain)
 	}
 	user, from := env("LOGNAME"), "LOGNAME"
 	if user == "" {

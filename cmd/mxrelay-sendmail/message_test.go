@@ -310,7 +310,8 @@ func bodyOf(in string) string {
 		line, after, _ := strings.Cut(rest, "\n")
 		line = strings.TrimSuffix(line, "\r")
 		switch {
-		case first && strings.HasPrefix(line, "From "):
+		case first && strings.HasPrefix(line, "From ") && !strings.HasPrefix(strings.TrimLeft(line[len("From"):], " \t"), ":"):
+			// An mbox line; "From :" is a From field (obsolete syntax).
 		case line == "":
 			return after
 		case (line[0] == ' ' || line[0] == '\t') && prev:

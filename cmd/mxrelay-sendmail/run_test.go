@@ -147,7 +147,9 @@ func TestRecipientOperands(t *testing.T) {
 		"a@example.com, B <b@example.com>", "root", "A@example.com")
 	require.Equal(t, exOK, code, stderr)
 	m := only(t, s)
-	assert.Equal(t, []string{"a@example.com", "b@example.com", "root@host.test"}, m.To)
+	// A@example.com is not a@example.com: a local part is case-sensitive
+	// (RFC 5321 §2.4); only a domain may be folded.
+	assert.Equal(t, []string{"a@example.com", "b@example.com", "root@host.test", "A@example.com"}, m.To)
 	assert.True(t, strings.HasPrefix(string(m.Data), "From: tester@host.test\r\nDate: "), string(m.Data))
 	assert.True(t, strings.HasSuffix(string(m.Data), "\r\n\r\nhello without a header\r\n"), string(m.Data))
 }
@@ -190,8 +192,10 @@ func TestExitCodes(t *testing.T) {
 	}{
 		{name: "key from a file", env: func(e map[string]string) { delete(e, "MXRELAY_API_KEY"); e["MXRELAY_API_KEY_FILE"] = keyFile },
 			args: []string{"a@example.com"}, want: exOK, received: 1},
-		{name: "key file on the command line", env: func(e map[string]string) { e["MXRELAY_API_KEY"] = "wrong" },
+		{name: "key file on the command line", env: func(e map[string]string) { delete(e, "MXRELAY_API_KEY") },
 			args: []string{"--api-key-file", keyFile, "a@example.com"}, want: exOK, received: 1},
+		{name: "EX_USAGE: a key file contradicting MXRELAY_API_KEY", env: func(e map[string]string) { e["MXRELAY_API_KEY"] = "other" },
+			args: []string{"--api-key-file", keyFile, "a@example.com"}, want: exUsage},
 
 		{name: "EX_USAGE: unknown option", args: []string{"-Z", "a@example.com"}, want: exUsage, stderr: "unknown option -Z"},
 		{name: "EX_USAGE: no recipient", args: []string{}, want: exUsage, stderr: "no recipient"},
