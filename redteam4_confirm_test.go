@@ -1,0 +1,403 @@
+package mxrelay_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/relaytest"
+)
+
+// Red team, fourth round: the confirmation that now often waits for QUIT.
+
+// rt4Style is how an honest server words its replies.
+type rt4Style struct {
+	name string
+	word func(verb string) string // nil: rt2Server's Postfix-worded honest replies
+}
+
+var rt4Styles = []rt4Style{
+	{"go-smtp", goSMTPStyle},
+	{"Postfix", nil},
+}
+
+// rt4Hook makes srv answer in style st, with over (if not nil) taking a
+// command first: its lines, ok=true, replace the honest reply.
+func rt4Hook(srv *rt2Server, st rt4Style, over func(c rt2Cmd) ([]string, bool)) {
+	srv.enhanced = true
+	srv.hook = func(c rt2Cmd) ([]string, bool) {
+		if over != nil {
+			if lines, ok := over(c); ok {
+				return lines, true
+			}
+		}
+		if st.word == nil {
+			return nil, false
+		}
+		lines := []string{st.word(c.verb)}
+		if c.verb == "END" {
+			lines = append(lines, "KEEP")
+		}
+		return lines, true
+	}
+}
+
+// rt4Result is what became of one email.
+type rt4Result struct {
+	subj  string
+	err   error
+	maybe bool
+	kept  int
+	took  time.Duration
+}
+
+func (r rt4Result) String() string {
+	return fmt.Sprintf("email %s: err=%v maybe=%v kept=%d took=%v", r.subj, r.err, r.maybe, r.kept, r.took.Round(10*time.Millisecond))
+}
+
+// rt4Tally counts, over results, the honestly kept emails that did not
+// end delivered (the honest-server problem), and the broken promises.
+func rt4Tally(t *testing.T, rs []rt4Result) (keptNotDelivered int, broken []string) {
+	t.Helper()
+	for _, r := range rs {
+		switch {
+		case r.err == nil && !r.maybe && r.kept != 1:
+			broken = append(broken, "delivered (not maybe) but kept "+fmt.Sprint(r.kept)+": "+r.String())
+		case r.err != nil && !r.maybe && r.kept != 0:
+			broken = append(broken, "failed (not maybe) but kept "+fmt.Sprint(r.kept)+": "+r.String())
+		case r.kept == 1 && r.err != nil:
+			keptNotDelivered++
+		}
+	}
+	return
+}
+
+// HONEST-SERVER PROBLEM (and a promise about cancelled Sends). With
+// go-smtp-worded replies (relaytest's own upstream: 2.0.0 to every
+// command) nothing but QUIT's 221 (or, with DATA, the next 354) confirms a
+// 2xx to an end of data. An email A answered 250 (kept) therefore waits
+// for the emails queued behind it in the same session. Send's doc: a
+// cancelled Send returns "when the upstream answers it ... one that
+// answers slowly the emails ahead of it in the window delays it by as
+// much". Here A's Send has a 400 ms context; A is answered at once; the
+// email behind it (B) is answered after 3 s (a slow content filter). A's
+// Send returns only after B's reply: delayed by an email *behind* it.
+// Postfix-worded: B's RSET (2.0.0) confirms A at once.
+func TestRedTeam4CancelledSendWaitsForEmailsBehindIt(t *testing.T) {
+	for _, st := range rt4Styles {
+		for _, m := range mxrelay.EngineModes {
+			t.Run(st.name+"/"+m.Name, func(t *testing.T) {
+				t.Parallel()
+				srv := &rt2Server{ext: m.Ext}
+				rt4Hook(srv, st, func(c rt2Cmd) ([]string, bool) {
+					if c.conn == 1 && c.tx == 2 && c.verb == "END" {
+						lines := []string{"~3s", srv.honest("END")}
+						if st.word != nil {
+							lines[1] = st.word("END")
+						}
+						return append(lines, "KEEP"), true
+					}
+					return nil, false
+				})
+				u := newUpstream(t, srv.serve)
+				s := newRelay(t, &relaytest.Options{UpstreamAddr: u.addr})
+				c := newClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 5, BatchWait: 100 * time.Millisecond,
+					CommandTimeout: 6 * time.Second})
+				type out struct {
+					res  *mxrelay.Result
+					err  error
+					took time.Duration
+				}
+				done := make(chan out, 1)
+				go func() {
+					ctx, cancel := context.WithTimeout(context.Background(), 400*time.Millisecond)
+					defer cancel()
+					start := time.Now()
+					res, err := c.Send(ctx, mail("one"), mxrelay.WithRetries(0))
+					done <- out{res, err, time.Since(start)}
+				}()
+				time.Sleep(20 * time.Millisecond)
+				hb, err := c.Enqueue(mail("two"), mxrelay.WithRetries(0))
+				require.NoError(t, err)
+				o := <-done
+				require.NotNil(t, o.res)
+				t.Logf("A: err=%v maybe=%v took=%v; kept %d", o.err, o.res.MaybeDelivered, o.took.Round(10*time.Millisecond), srv.keptN("one"))
+				_, _ = hb.Wait(ctxT(t))
+				assert.Less(t, o.took, 1500*time.Millisecond,
+					"a Send whose context ended, answered 250 at once, returned only after the email behind it was answered")
+				assert.NoError(t, o.err, "A was kept by an honest server")
+			})
+		}
+	}
+}
+
+// HONEST-SERVER PROBLEM. SessionTimeout ends a long session of an honest
+// but slow server (120 ms per end of data). With go-smtp-worded replies
+// every email answered 250 since the session began is still unconfirmed
+// (only the 221 would confirm it): all of them end unknown, failed with
+// MaybeDelivered, though the server kept each once. Postfix-worded: each
+// next RSET confirms, and at most the email in flight is unknown.
+func TestRedTeam4SessionTimeoutMakesHonestDeliveriesUnknown(t *testing.T) {
+	for _, st := range rt4Styles {
+		for _, m := range mxrelay.EngineModes {
+			t.Run(st.name+"/"+m.Name, func(t *testing.T) {
+				t.Parallel()
+				srv := &rt2Server{ext: m.Ext}
+				rt4Hook(srv, st, func(c rt2Cmd) ([]string, bool) {
+					if c.verb == "END" {
+						w := srv.honest("END")
+						if st.word != nil {
+							w = st.word("END")
+						}
+						return []string{"~120ms", w, "KEEP"}, true
+					}
+					return nil, false
+				})
+				u := newUpstream(t, srv.serve)
+				s := newRelay(t, &relaytest.Options{UpstreamAddr: u.addr})
+				c := newClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 100, BatchWait: 100 * time.Millisecond,
+					SessionTimeout: 1500 * time.Millisecond, CommandTimeout: 3 * time.Second})
+				rs := rt4SendAll(t, c, srv, 24, 0)
+				bad, broken := rt4Tally(t, rs)
+				for _, b := range broken {
+					t.Error(b)
+				}
+				t.Logf("%s/%s: %d emails kept by the server but not reported delivered", st.name, m.Name, bad)
+				assert.LessOrEqual(t, bad, 1, "a SessionTimeout turned honest deliveries unknown")
+			})
+		}
+	}
+}
+
+// rt4SendAll enqueues n emails ("e0".."e<n-1>") with retries, waits for
+// each, and reports them.
+func rt4SendAll(t *testing.T, c *mxrelay.Client, srv *rt2Server, n, retries int, opts ...mxrelay.SendOption) []rt4Result {
+	t.Helper()
+	var hs []*mxrelay.Handle
+	start := time.Now()
+	for i := range n {
+		h, err := c.Enqueue(mail(fmt.Sprint("e", i)), append([]mxrelay.SendOption{mxrelay.WithRetries(retries)}, opts...)...)
+		require.NoError(t, err)
+		hs = append(hs, h)
+	}
+	var rs []rt4Result
+	for i, h := range hs {
+		res, err := h.Wait(ctxT(t))
+		require.NotNil(t, res)
+		r := rt4Result{subj: fmt.Sprint("e", i), err: err, maybe: res.MaybeDelivered, kept: srv.keptN(fmt.Sprint("e", i)), took: time.Since(start)}
+		if r.err != nil || r.maybe || r.kept != 1 {
+			t.Log(r)
+		}
+		rs = append(rs, r)
+	}
+	return rs
+}
+
+// HONEST-SERVER PROBLEM. Close(ctx) whose context ends while a session
+// runs: with go-smtp-worded replies every email answered 250 in that
+// session is unconfirmed and ends failed, MaybeDelivered (RetryUnknown
+// off), though the server kept it; Postfix-worded, the RSETs confirmed
+// them. Close could QUIT (one round trip) instead of cutting.
+func TestRedTeam4CloseCtxMakesHonestDeliveriesUnknown(t *testing.T) {
+	for _, st := range rt4Styles {
+		for _, m := range mxrelay.EngineModes {
+			t.Run(st.name+"/"+m.Name, func(t *testing.T) {
+				t.Parallel()
+				srv := &rt2Server{ext: m.Ext}
+				rt4Hook(srv, st, func(c rt2Cmd) ([]string, bool) {
+					if c.verb == "END" {
+						w := srv.honest("END")
+						if st.word != nil {
+							w = st.word("END")
+						}
+						return []string{"~60ms", w, "KEEP"}, true
+					}
+					return nil, false
+				})
+				u := newUpstream(t, srv.serve)
+				s := newRelay(t, &relaytest.Options{UpstreamAddr: u.addr})
+				c, err := mxrelay.New(s.URL, s.APIKey, fast(&mxrelay.Options{MaxEmailsPerSession: 100, BatchWait: 50 * time.Millisecond}))
+				require.NoError(t, err)
+				var hs []*mxrelay.Handle
+				for i := range 30 {
+					h, err := c.Enqueue(mail(fmt.Sprint("e", i)), mxrelay.WithRetries(2))
+					require.NoError(t, err)
+					hs = append(hs, h)
+				}
+				time.Sleep(700 * time.Millisecond)
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
+				defer cancel()
+				start := time.Now()
+				_ = c.Close(ctx)
+				assert.Less(t, time.Since(start), 2*time.Second)
+				var rs []rt4Result
+				for i, h := range hs {
+					res, err := h.Wait(ctxT(t))
+					r := rt4Result{subj: fmt.Sprint("e", i), err: err, maybe: res.MaybeDelivered, kept: srv.keptN(fmt.Sprint("e", i))}
+					rs = append(rs, r)
+				}
+				bad, broken := rt4Tally(t, rs)
+				for _, b := range broken {
+					t.Error(b)
+				}
+				t.Logf("%s/%s: %d emails kept but not reported delivered", st.name, m.Name, bad)
+				assert.LessOrEqual(t, bad, 1, "Close(ctx) turned honest deliveries unknown")
+			})
+		}
+	}
+}
+
+// HONEST-SERVER PROBLEM. Lock-step: cancelling email B while its
+// envelope is out closes the channel (session.withdraw). Email A before
+// it, answered 250 and kept, was not yet confirmed with go-smtp-worded
+// replies (B's RSET proves nothing; only a 354 or the 221 would): A ends
+// unknown because of another email's cancel.
+func TestRedTeam4LockstepCancelMakesPreviousUnknown(t *testing.T) {
+	for _, st := range rt4Styles {
+		for _, m := range mxrelay.EngineModes[2:] {
+			t.Run(st.name+"/"+m.Name, func(t *testing.T) {
+				t.Parallel()
+				srv := &rt2Server{ext: m.Ext}
+				rcptB := make(chan struct{}, 1)
+				rt4Hook(srv, st, func(c rt2Cmd) ([]string, bool) {
+					if c.conn == 1 && c.tx == 2 && c.verb == "RCPT" {
+						rcptB <- struct{}{}
+						w := srv.honest("RCPT")
+						if st.word != nil {
+							w = st.word("RCPT")
+						}
+						return []string{"~1s", w}, true
+					}
+					return nil, false
+				})
+				u := newUpstream(t, srv.serve)
+				s := newRelay(t, &relaytest.Options{UpstreamAddr: u.addr})
+				c := newClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 5, BatchWait: 100 * time.Millisecond})
+				ha, err := c.Enqueue(mail("one"), mxrelay.WithRetries(0))
+				require.NoError(t, err)
+				hb, err := c.Enqueue(mail("two"), mxrelay.WithRetries(0))
+				require.NoError(t, err)
+				select {
+				case <-rcptB:
+				case <-time.After(5 * time.Second):
+					t.Fatal("no RCPT of email two")
+				}
+				hb.Cancel()
+				resA, errA := ha.Wait(ctxT(t))
+				_, errB := hb.Wait(ctxT(t))
+				t.Logf("A: err=%v maybe=%v kept=%d; B: err=%v", errA, resA.MaybeDelivered, srv.keptN("one"), errB)
+				assert.ErrorIs(t, errB, mxrelay.ErrCanceled)
+				require.Equal(t, 1, srv.keptN("one"))
+				assert.NoError(t, errA, "A, kept by an honest server, ends unknown because B was cancelled")
+			})
+		}
+	}
+}
+
+// Honest run: 40 sequential Sends through relaytest (go-smtp) in each
+// mode: all delivered, none maybe, none slow.
+func TestRedTeam4SequentialHonestRelaytest(t *testing.T) {
+	modes := []struct {
+		name string
+		hide []string
+	}{
+		{"pipelined BDAT", nil},
+		{"pipelined DATA", []string{"CHUNKING"}},
+		{"lock-step BDAT", []string{"PIPELINING"}},
+		{"lock-step DATA", []string{"PIPELINING", "CHUNKING"}},
+	}
+	for _, m := range modes {
+		t.Run(m.name, func(t *testing.T) {
+			t.Parallel()
+			s := newRelay(t, &relaytest.Options{HideExtensions: m.hide})
+			c := newClient(t, s, nil)
+			var worst time.Duration
+			for i := range 40 {
+				start := time.Now()
+				res, err := c.Send(ctxT(t), mail(fmt.Sprint("s", i)))
+				d := time.Since(start)
+				worst = max(worst, d)
+				require.NoError(t, err)
+				require.False(t, res.MaybeDelivered)
+			}
+			assert.Len(t, s.Mailbox(), 40)
+			t.Logf("%s: slowest Send %v; sessions %d", m.name, worst, c.Stats().SessionsProcessed)
+			assert.Less(t, worst, time.Second)
+		})
+	}
+}
+
+// Concurrent honest run: 200 emails from 20 goroutines, two concurrent
+// sessions, relaytest (go-smtp): all delivered once, none maybe.
+func TestRedTeam4ConcurrentSessionsHonest(t *testing.T) {
+	for _, hide := range [][]string{nil, {"CHUNKING"}, {"PIPELINING"}, {"PIPELINING", "CHUNKING"}} {
+		t.Run(strings.Join(hide, "+"), func(t *testing.T) {
+			t.Parallel()
+			s := newRelay(t, &relaytest.Options{HideExtensions: hide})
+			c := newClient(t, s, &mxrelay.Options{MaxConcurrentSessions: 3, MaxEmailsPerSession: 7})
+			var wg sync.WaitGroup
+			var mu sync.Mutex
+			var bad []string
+			for g := range 20 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for i := range 10 {
+						subj := fmt.Sprint("g", g, "-", i)
+						res, err := c.Send(ctxT(t), mail(subj))
+						if err != nil || res.MaybeDelivered {
+							mu.Lock()
+							bad = append(bad, fmt.Sprintf("%s: err=%v maybe=%v", subj, err, res != nil && res.MaybeDelivered))
+							mu.Unlock()
+						}
+					}
+				}()
+			}
+			wg.Wait()
+			assert.Empty(t, bad)
+			seen := map[string]int{}
+			for _, sj := range subjects(s) {
+				seen[sj]++
+			}
+			assert.Len(t, seen, 200)
+			for sj, n := range seen {
+				assert.Equal(t, 1, n, sj)
+			}
+		})
+	}
+}
+
+// HONEST-SERVER PROBLEM, its cost with RetryUnknown: the emails a
+// SessionTimeout left unconfirmed (go-smtp-worded, pipelined BDAT) are
+// sent again and the honest server holds two copies of each. Each is
+// flagged MaybeDelivered (the promise holds); the duplicates are counted.
+func TestRedTeam4SessionTimeoutRetryUnknownDuplicates(t *testing.T) {
+	srv := &rt2Server{ext: mxrelay.EngineModes[0].Ext}
+	rt4Hook(srv, rt4Styles[0], func(c rt2Cmd) ([]string, bool) {
+		if c.verb == "END" {
+			return []string{"~120ms", goSMTPStyle("END"), "KEEP"}, true
+		}
+		return nil, false
+	})
+	u := newUpstream(t, srv.serve)
+	s := newRelay(t, &relaytest.Options{UpstreamAddr: u.addr})
+	c := newClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 100, BatchWait: 100 * time.Millisecond,
+		SessionTimeout: 1500 * time.Millisecond, CommandTimeout: 3 * time.Second, RetryUnknown: true})
+	rs := rt4SendAll(t, c, srv, 16, 2)
+	dups := 0
+	for _, r := range rs {
+		if r.kept > 1 {
+			dups++
+			assert.True(t, r.maybe, "kept twice, not flagged: %v", r)
+		}
+	}
+	t.Logf("%d of %d emails kept twice by an honest server", dups, len(rs))
+	assert.Zero(t, dups, "an honest server got duplicates")
+}
