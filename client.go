@@ -361,11 +361,13 @@ func (c *Client) unreserve() {
 // a nil Result, the error of Enqueue. When ctx ends first, the email is
 // withdrawn as by Handle.Cancel: Send returns at once if its end of data was
 // not sent yet (the error matches ErrCanceled and ctx's error), and
-// otherwise when the upstream answers it: its reply decides. That reply
-// is awaited like any other, in the order of the window: a server that
-// stays silent for CommandTimeout breaks the session (the outcome is then
-// unknown), but one that answers slowly the emails ahead of it in the
-// window delays it by as much.
+// otherwise when its reply is in and confirmed (see the README's
+// Guarantees): its reply decides. Replies come in the order of the window,
+// so a server that answers slowly the emails already in flight delays it
+// by as much; and when the server words all its replies alike, the reply
+// that confirms it is QUIT's, after every email in flight: the session
+// then takes no more emails and ends. A server silent for CommandTimeout
+// breaks the session, and the outcome is unknown.
 func (c *Client) Send(ctx context.Context, e Email, opts ...SendOption) (*Result, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -435,9 +437,11 @@ func (c *Client) setConnState(s ConnState) {
 func (c *Client) setSessionState(s SessionState) { c.sessState.Store(int32(s)) }
 
 // Close stops accepting emails and keeps sending what is queued until ctx
-// ends; then it closes the session in progress and fails every email left
-// with ErrClosed (its Result says so, so the caller can resubmit it). It
-// sends QUIT, closes the channel and the WebSocket, and returns when no
+// ends; then the session in progress takes no more emails, its replies in
+// flight get up to a second more (QUIT's 221, after them, confirms the
+// 250s of a server that words all its replies alike), and every email
+// left fails with ErrClosed (its Result says so, so the caller can
+// resubmit it). It sends QUIT, closes the channel and the WebSocket, and returns when no
 // goroutine of the client runs, except that it waits for an OnEvent call in
 // progress. It returns ctx's error if emails were handed back unsent. Safe
 // to call more than once.

@@ -183,8 +183,10 @@ type Options struct {
 	// CommandTimeout bounds the wait for each SMTP reply, including the
 	// greeting and the reply to the end of data. Zero: 1m.
 	CommandTimeout time.Duration
-	// SessionTimeout bounds one SMTP session, from the channel open to QUIT;
-	// past it the channel is closed and the emails in it are retried. Zero: 5m.
+	// SessionTimeout bounds how long one SMTP session takes emails, from
+	// the channel open; past it the session takes no more, the replies in
+	// flight get CommandTimeout to come, and it ends with QUIT (the emails
+	// not sent go in the next session). Zero: 5m.
 	SessionTimeout time.Duration
 	// Timeout is each email's deadline from Enqueue, unless Send is given
 	// WithTimeout. Zero: none (the Send context still applies).

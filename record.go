@@ -44,7 +44,10 @@ type email struct {
 	unknown     bool  // an attempt ended with an unknown outcome
 	ended       bool  // an end-of-data marker is in the spool's journal, its outcome not yet
 	canceled    error // why it was withdrawn, once Cancel or its context asked
-	inTx        bool  // a session's engine holds it, and reads its body
+	// hurry, set while a session holds it, asks that session to take no
+	// more emails and end with QUIT, whose reply confirms what waits.
+	hurry func()
+	inTx  bool // a session's engine holds it, and reads its body
 	// withdraw, set while a lock-step session waits on it, ends that
 	// session so that it does not wait for a reply that no longer matters.
 	withdraw func()
@@ -67,12 +70,12 @@ func (e *email) urgent() bool { return e.cfg.immediate || e.cfg.priority == Prio
 // taken marks em, just popped from the queue, as in a transaction of
 // session sid; withdraw, if not nil, ends the session should em be
 // cancelled before its end of data. c.mu is held.
-func (c *Client) taken(em *email, sid string, withdraw func()) {
+func (c *Client) taken(em *email, sid string, withdraw, hurry func()) {
 	em.state = stateEnvelope
 	em.attempts++
 	em.session = sid
 	em.inTx = true
-	em.withdraw = withdraw
+	em.withdraw, em.hurry = withdraw, hurry
 	c.inflight++
 }
 
@@ -125,7 +128,13 @@ func (c *Client) cancel(em *email, cause error) {
 	case stateEnvelope:
 		withdraw, em.withdraw = em.withdraw, nil
 	default:
+		// Its end of data is out: its reply, or the one confirming it,
+		// decides. The session hurries to it rather than take more.
+		hurry := em.hurry
 		c.mu.Unlock()
+		if hurry != nil {
+			hurry()
+		}
 		return
 	}
 	c.mu.Unlock()
@@ -140,7 +149,7 @@ func (c *Client) cancel(em *email, cause error) {
 // hand-back or its result.
 func (c *Client) settle(em *email, v verdict, txTime time.Duration) {
 	c.mu.Lock()
-	em.inTx, em.withdraw = false, nil
+	em.inTx, em.withdraw, em.hurry = false, nil, nil
 	if em.state == stateDone {
 		// Finished meanwhile (cancelled, or Close): only the body was
 		// still ours to release.

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -28,6 +29,10 @@ type smtpSession struct {
 	sc      *smtpc.Client
 	aborted atomic.Bool
 	abort   func() // ends the channel now: SessionTimeout, or Close giving up
+	// hurried is set when a caller waits for an email of the session past
+	// its end of data (its Send was cancelled): the session takes no more
+	// and ends with QUIT, whose 221 confirms it.
+	hurried atomic.Bool
 	// withdraw closes the channel for a cancelled email the session waits
 	// on; its other transactions are classified as for a lost connection.
 	withdraw func()
@@ -64,8 +69,30 @@ func (w *worker) session() {
 		w.setupFailed(err)
 		return
 	}
-	stopAbort := context.AfterFunc(ctx, s.abort) // end by closing
-	defer stopAbort()
+	// At SessionTimeout or when Close gives up, the session takes no more
+	// emails, and the replies in flight get quitGrace to come before the
+	// channel is closed: QUIT's 221, after them, is what confirms a 250
+	// from a server that words all its replies alike. Cut, every such 250
+	// of the session would be unknown.
+	var graceMu sync.Mutex
+	var grace *time.Timer
+	stopAbort := context.AfterFunc(ctx, func() {
+		if s.sc.Err() != nil {
+			s.abort()
+			return
+		}
+		graceMu.Lock()
+		grace = time.AfterFunc(c.quitGrace(), s.abort)
+		graceMu.Unlock()
+	})
+	defer func() {
+		stopAbort()
+		graceMu.Lock()
+		if grace != nil {
+			grace.Stop()
+		}
+		graceMu.Unlock()
+	}()
 
 	c.mu.Lock()
 	ready := min(c.q.readyLen(), c.opts.MaxEmailsPerSession)
@@ -75,7 +102,7 @@ func (w *worker) session() {
 	c.log.Debug("mxrelay: session started", "session", sid, "mode", s.sc.Mode())
 	var broken error
 	var taken []*email
-	for n := 0; n < c.opts.MaxEmailsPerSession && ctx.Err() == nil && !s.aborted.Load() && s.sc.Err() == nil; {
+	for n := 0; n < c.opts.MaxEmailsPerSession && ctx.Err() == nil && !s.aborted.Load() && !s.hurried.Load() && s.sc.Err() == nil; {
 		wake := c.wakeChan()
 		if c.limiter != nil && w.ready() && !w.pace(ctx, s.sc.Flush) {
 			break // the rate limit: the next session goes on
@@ -110,12 +137,10 @@ func (w *worker) session() {
 			broken = fmt.Errorf("mxrelay: session %s: %w", sid, s.explain(err))
 		}
 	}
-	if broken == nil && ctx.Err() != nil {
-		broken = fmt.Errorf("mxrelay: session %s: %w", sid, context.Cause(ctx))
-	}
 	if broken == nil && s.aborted.Load() {
 		broken = fmt.Errorf("mxrelay: session %s: channel closed (a cancelled email, or the session's end)", sid)
 	}
+	ended := ctx.Err() // QUIT still goes out: its 221 confirms what waits
 	if broken == nil {
 		if err := s.sc.Quit(); err != nil {
 			broken = fmt.Errorf("mxrelay: session %s: QUIT: %w", sid, s.explain(err))
@@ -127,6 +152,9 @@ func (w *worker) session() {
 				c.events.emit(Event{Type: EventError, SessionID: sid, Err: broken})
 			}
 		}
+	}
+	if broken == nil && ended != nil {
+		broken = fmt.Errorf("mxrelay: session %s: %w", sid, context.Cause(ctx))
 	}
 	s.sc.Close(broken) // every email taken has its fate now
 	var results []*Result
@@ -183,6 +211,22 @@ func (h *Handle) result() *Result {
 	}
 }
 
+// hurry asks the session to end with QUIT (see hurried).
+func (s *smtpSession) hurry() {
+	s.hurried.Store(true)
+	s.c.kick()
+}
+
+// quitGrace is how long a session past its SessionTimeout waits for the
+// replies in flight and QUIT's: CommandTimeout, as for any reply; past
+// Close's deadline, at most a second more.
+func (c *Client) quitGrace() time.Duration {
+	if c.stopCtx.Err() != nil {
+		return min(c.opts.CommandTimeout, time.Second)
+	}
+	return c.opts.CommandTimeout
+}
+
 // ready reports whether an email is ready to be taken.
 func (w *worker) ready() bool {
 	c := w.c
@@ -217,7 +261,7 @@ func (w *worker) take(s *smtpSession) *email {
 		// withdraws it with RSET before its next chunk.
 		withdraw = s.withdraw
 	}
-	c.taken(em, s.id, withdraw)
+	c.taken(em, s.id, withdraw, s.hurry)
 	return em
 }
 
@@ -274,6 +318,11 @@ func (w *worker) open(ctx context.Context, sid string) (*smtpSession, error) {
 		ch.Abort()
 	}
 	s.withdraw = func() {
+		if s.sc.Unconfirmed() > 0 {
+			// Closing would leave the emails answered before it unknown:
+			// the engine withdraws this one at its next step, with RSET.
+			return
+		}
 		s.aborted.Store(true)
 		ch.Close()
 	}

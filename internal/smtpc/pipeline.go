@@ -655,6 +655,15 @@ func (c *Client) Unanswered() int {
 	return len(p.live) - len(p.unconfirmed)
 }
 
+// Unconfirmed is how many transactions have every reply and wait only for
+// a reply that confirms them (see Result.Confirmed).
+func (c *Client) Unconfirmed() int {
+	p := &c.p
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.unconfirmed)
+}
+
 // Sync writes a NOOP when the last transaction ended with its end of data
 // and nothing was written after it, so that its reply confirms the
 // transactions waiting for one (see Result.Confirmed), and flushes. The
