@@ -70,14 +70,15 @@ func (w *worker) session() {
 		return
 	}
 	// At SessionTimeout or when Close gives up, the session takes no more
-	// emails, and the replies in flight get quitGrace to come before the
-	// channel is closed: QUIT's 221, after them, is what confirms a 250
-	// from a server that words all its replies alike. Cut, every such 250
-	// of the session would be unknown.
+	// emails. When emails answered 250 wait for confirmation, the replies
+	// in flight get quitGrace to come before the channel is closed: QUIT's
+	// 221, after them, is what confirms a 250 from a server that words all
+	// its replies alike, and cut, every such 250 would be unknown. With
+	// none waiting, the channel is closed at once (a stalled server).
 	var graceMu sync.Mutex
 	var grace *time.Timer
 	stopAbort := context.AfterFunc(ctx, func() {
-		if s.sc.Err() != nil {
+		if s.sc.Err() != nil || s.sc.Unconfirmed() == 0 {
 			s.abort()
 			return
 		}
