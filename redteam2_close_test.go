@@ -11,7 +11,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay"
-	"github.com/mxrelay/mxrelay/relaytest"
 )
 
 // Three concurrent sessions, a spool, a slow honest server (each reply
@@ -35,21 +34,13 @@ func TestRedTeam2CloseWithConcurrentSessionsAndSpool(t *testing.T) {
 					}
 					return l, true
 				}
-				u := newUpstream(t, srv.serve)
-				s := newRelay(t, &relaytest.Options{UpstreamAddr: u.addr})
+				s := rtRelay(t, srv.serve)
 				dir := t.TempDir()
 				c1, err := mxrelay.New(s.URL, s.APIKey, fast(&mxrelay.Options{SpoolDir: dir, MaxConcurrentSessions: 3,
 					MaxEmailsPerSession: 3, BatchWait: 5 * time.Millisecond, CommandTimeout: 2 * time.Second}))
 				require.NoError(t, err)
-				var subs []string
-				var hs []*mxrelay.Handle
-				for i := range 12 {
-					subj := fmt.Sprint("m", i)
-					subs = append(subs, subj)
-					h, err := c1.Enqueue(mail(subj, "a@example.com", "b@example.com"), mxrelay.WithRetries(2))
-					require.NoError(t, err)
-					hs = append(hs, h)
-				}
+				subs := rtNumbered("m", 12)
+				hs := rtEnqueue(t, c1, subs, rtMailTo("a@example.com", "b@example.com"), mxrelay.WithRetries(2))
 				time.Sleep(d)
 				ctx, cancel := context.WithTimeout(context.Background(), time.Millisecond)
 				defer cancel()
@@ -150,18 +141,12 @@ func TestRedTeam2CloseWhileWaitingForQuitConfirmation(t *testing.T) {
 					}
 					return nil, false
 				}
-				u := newUpstream(t, srv.serve)
-				s := newRelay(t, &relaytest.Options{UpstreamAddr: u.addr})
+				s := rtRelay(t, srv.serve)
 				dir := t.TempDir()
 				c1, err := mxrelay.New(s.URL, s.APIKey, fast(&mxrelay.Options{SpoolDir: dir, RetryUnknown: retryUnknown,
 					MaxEmailsPerSession: 3, BatchWait: 100 * time.Millisecond, CommandTimeout: 5 * time.Second}))
 				require.NoError(t, err)
-				var hs []*mxrelay.Handle
-				for _, subj := range rt2Subjects {
-					h, err := c1.Enqueue(mail(subj), mxrelay.WithRetries(2))
-					require.NoError(t, err)
-					hs = append(hs, h)
-				}
+				hs := rtEnqueue(t, c1, rt2Subjects, rtMailTo(), mxrelay.WithRetries(2))
 				select {
 				case <-quitSeen:
 				case <-time.After(10 * time.Second):

@@ -9,7 +9,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay"
-	"github.com/mxrelay/mxrelay/relaytest"
 )
 
 // rt2Check asserts the promises for one email against what the server
@@ -66,15 +65,9 @@ func TestRedTeam2StrayLineMovesRcptRefusalOntoEnd(t *testing.T) {
 					}
 					return nil, false
 				}
-				u := newUpstream(t, srv.serve)
-				s := newRelay(t, &relaytest.Options{UpstreamAddr: u.addr})
+				s := rtRelay(t, srv.serve)
 				c := newClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 2, BatchWait: 200 * time.Millisecond, CommandTimeout: time.Second})
-				var hs []*mxrelay.Handle
-				for _, subj := range []string{"one", "two"} {
-					h, err := c.Enqueue(mail(subj, "a@example.com", "b@example.com"), mxrelay.WithRetries(3))
-					require.NoError(t, err)
-					hs = append(hs, h)
-				}
+				hs := rtEnqueue(t, c, []string{"one", "two"}, rtMailTo("a@example.com", "b@example.com"), mxrelay.WithRetries(3))
 				for i, h := range hs {
 					res, err := h.Wait(ctxT(t))
 					require.NotNil(t, res)

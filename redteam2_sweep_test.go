@@ -5,50 +5,21 @@ import (
 	"testing"
 	"time"
 
-	"github.com/stretchr/testify/require"
-
 	"github.com/mxrelay/mxrelay"
-	"github.com/mxrelay/mxrelay/relaytest"
 )
-
-var rt2Subjects = []string{"one", "two", "three"}
 
 // rt2Run sends three emails (to a@ and b@) through srv in one session, and
 // checks each against what the server kept. It returns the violations.
 func rt2Run(t *testing.T, srv *rt2Server, o *mxrelay.Options) []string {
 	t.Helper()
-	u := newUpstream(t, srv.serve)
-	s := newRelay(t, &relaytest.Options{UpstreamAddr: u.addr})
-	if o == nil {
-		o = &mxrelay.Options{}
-	}
-	o.MaxEmailsPerSession = len(rt2Subjects)
-	o.BatchWait = 150 * time.Millisecond
-	if o.CommandTimeout == 0 {
-		o.CommandTimeout = 400 * time.Millisecond
-	}
-	c := newClient(t, s, o)
-	var hs []*mxrelay.Handle
-	for _, subj := range rt2Subjects {
-		h, err := c.Enqueue(mail(subj, "a@example.com", "b@example.com"), mxrelay.WithRetries(2))
-		require.NoError(t, err)
-		hs = append(hs, h)
-	}
 	var bad []string
-	for i, h := range hs {
-		res, err := h.Wait(ctxT(t))
-		require.NotNil(t, res)
-		subj := rt2Subjects[i]
-		kept := srv.keptN(subj)
-		line := fmt.Sprintf("email %s: err=%v maybe=%v reply=%q attempts=%d rejected=%v; server kept %d", subj, err, res.MaybeDelivered, res.Reply.Message, res.Attempts, res.Rejected, kept)
+	rtSession(t, srv, o, 400*time.Millisecond, rtMailTo("a@example.com", "b@example.com"), 2, func(out rt3Outcome, res *mxrelay.Result) {
+		line := fmt.Sprintf("email %s: err=%v maybe=%v reply=%q attempts=%d rejected=%v; server kept %d", out.subj, out.err, out.maybe, res.Reply.Message, res.Attempts, res.Rejected, out.kept)
 		t.Log(line)
-		switch {
-		case err == nil && !res.MaybeDelivered && kept != 1:
-			bad = append(bad, "delivered (not maybe) but kept "+fmt.Sprint(kept)+": "+line)
-		case err != nil && !res.MaybeDelivered && kept != 0:
-			bad = append(bad, "failed (not maybe) but kept "+fmt.Sprint(kept)+": "+line)
+		if b := out.broken(line); b != "" {
+			bad = append(bad, b)
 		}
-	}
+	})
 	return bad
 }
 
@@ -83,6 +54,28 @@ func TestRedTeam2_421AtEveryPosition(t *testing.T) {
 	})
 }
 
+// rt2RefusingB is an honest server, with enhanced codes, that refuses
+// b@ of email two 550 5.1.1 on every connection, and whose lines for
+// command k of the first connection are edit's of them. Each end of data
+// is kept.
+func rt2RefusingB(ext []string, k int, edit func(lines []string) []string) *rt2Server {
+	srv := &rt2Server{ext: ext, enhanced: true}
+	srv.hook = func(c rt2Cmd) ([]string, bool) {
+		lines := []string{srv.honest(c.verb)}
+		if c.verb == "RCPT" && c.tx == 2 && c.rcpt == 1 {
+			lines = []string{"550 5.1.1 no such user"}
+		}
+		if c.conn == 1 && c.n == k {
+			lines = edit(lines)
+		}
+		if c.verb == "END" {
+			lines = append(lines, "KEEP")
+		}
+		return lines, true
+	}
+	return srv
+}
+
 // One stray "250 2.0.0 ok" written after the reply to command k, at every
 // k, with enhanced codes; b@ of email two is refused 550 5.1.1 on every
 // connection. BROKEN in pipelined BDAT at k = 1..7 (every stray before
@@ -95,24 +88,7 @@ func TestRedTeam2_421AtEveryPosition(t *testing.T) {
 // marked shifted, so what follows stays trusted. The other modes held.
 func TestRedTeam2StrayLineAtEveryPosition(t *testing.T) {
 	rt2Sweep(t, 18, func(_ string, ext []string, k int) *rt2Server {
-		srv := &rt2Server{ext: ext, enhanced: true}
-		srv.hook = func(c rt2Cmd) ([]string, bool) {
-			var lines []string
-			switch {
-			case c.verb == "RCPT" && c.tx == 2 && c.rcpt == 1:
-				lines = []string{"550 5.1.1 no such user"}
-			default:
-				lines = []string{srv.honest(c.verb)}
-				if c.verb == "END" {
-					lines = append(lines, "KEEP")
-				}
-			}
-			if c.conn == 1 && c.n == k {
-				lines = append(lines, "250 2.0.0 ok")
-			}
-			return lines, true
-		}
-		return srv
+		return rt2RefusingB(ext, k, func(lines []string) []string { return append(lines, "250 2.0.0 ok") })
 	})
 }
 
@@ -122,24 +98,7 @@ func TestRedTeam2StrayLineAtEveryPosition(t *testing.T) {
 // shift email two's Rejected names a@ for b@'s 550.
 func TestRedTeam2LostReplyAtEveryPosition(t *testing.T) {
 	rt2Sweep(t, 18, func(_ string, ext []string, k int) *rt2Server {
-		srv := &rt2Server{ext: ext, enhanced: true}
-		srv.hook = func(c rt2Cmd) ([]string, bool) {
-			var lines []string
-			switch {
-			case c.verb == "RCPT" && c.tx == 2 && c.rcpt == 1:
-				lines = []string{"550 5.1.1 no such user"}
-			default:
-				lines = []string{srv.honest(c.verb)}
-			}
-			if c.conn == 1 && c.n == k {
-				lines = nil
-			}
-			if c.verb == "END" {
-				lines = append(lines, "KEEP")
-			}
-			return lines, true
-		}
-		return srv
+		return rt2RefusingB(ext, k, func([]string) []string { return nil })
 	})
 }
 

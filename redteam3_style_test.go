@@ -1,61 +1,19 @@
 package mxrelay_test
 
 import (
-	"fmt"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
-	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay"
-	"github.com/mxrelay/mxrelay/relaytest"
 )
-
-// rt3Outcome is what became of one email of rt3Run.
-type rt3Outcome struct {
-	subj  string
-	err   error
-	maybe bool
-	kept  int
-}
-
-func (o rt3Outcome) String() string {
-	return fmt.Sprintf("email %s: err=%v maybe=%v; server kept %d", o.subj, o.err, o.maybe, o.kept)
-}
-
-// delivered reports a clean delivery: no error, not maybe.
-func (o rt3Outcome) delivered() bool { return o.err == nil && !o.maybe }
-
-// failedClean reports a clean failure: an error, not maybe.
-func (o rt3Outcome) failedClean() bool { return o.err != nil && !o.maybe }
 
 // rt3Run sends the three emails of rt2Subjects (to a@ and b@) in one
 // session through srv, no retry, and returns what became of each.
 func rt3Run(t *testing.T, srv *rt2Server) []rt3Outcome {
 	t.Helper()
-	u := newUpstream(t, srv.serve)
-	s := newRelay(t, &relaytest.Options{UpstreamAddr: u.addr})
-	c := newClient(t, s, &mxrelay.Options{
-		MaxEmailsPerSession: len(rt2Subjects),
-		BatchWait:           150 * time.Millisecond,
-		CommandTimeout:      400 * time.Millisecond,
-	})
-	var hs []*mxrelay.Handle
-	for _, subj := range rt2Subjects {
-		h, err := c.Enqueue(mail(subj, "a@example.com", "b@example.com"), mxrelay.WithRetries(0))
-		require.NoError(t, err)
-		hs = append(hs, h)
-	}
-	var out []rt3Outcome
-	for i, h := range hs {
-		res, err := h.Wait(ctxT(t))
-		require.NotNil(t, res)
-		o := rt3Outcome{subj: rt2Subjects[i], err: err, maybe: res.MaybeDelivered, kept: srv.keptN(rt2Subjects[i])}
-		t.Log(o)
-		out = append(out, o)
-	}
-	return out
+	return rtOutcomes(t, srv, nil, 400*time.Millisecond, rtMailTo("a@example.com", "b@example.com"))
 }
 
 // rt3Promises reports the emails whose result contradicts what the
@@ -63,11 +21,8 @@ func rt3Run(t *testing.T, srv *rt2Server) []rt3Outcome {
 func rt3Promises(outs []rt3Outcome) []string {
 	var bad []string
 	for _, o := range outs {
-		switch {
-		case o.delivered() && o.kept != 1:
-			bad = append(bad, "delivered (not maybe) but kept "+fmt.Sprint(o.kept)+": "+o.String())
-		case o.failedClean() && o.kept != 0:
-			bad = append(bad, "failed (not maybe) but kept "+fmt.Sprint(o.kept)+": "+o.String())
+		if b := o.broken(o.String()); b != "" {
+			bad = append(bad, b)
 		}
 	}
 	return bad

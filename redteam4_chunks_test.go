@@ -6,10 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/stretchr/testify/require"
-
 	"github.com/mxrelay/mxrelay"
-	"github.com/mxrelay/mxrelay/relaytest"
 )
 
 // bigMail is mail with a body of about 600 KiB: three BDAT chunks.
@@ -26,32 +23,7 @@ func bigMail(subject string) mxrelay.Email {
 // rt4RunBig is rt3Run with bodies of several BDAT chunks and options o.
 func rt4RunBig(t *testing.T, srv *rt2Server, o *mxrelay.Options) []rt3Outcome {
 	t.Helper()
-	u := newUpstream(t, srv.serve)
-	s := newRelay(t, &relaytest.Options{UpstreamAddr: u.addr})
-	if o == nil {
-		o = &mxrelay.Options{}
-	}
-	o.MaxEmailsPerSession = len(rt2Subjects)
-	o.BatchWait = 150 * time.Millisecond
-	if o.CommandTimeout == 0 {
-		o.CommandTimeout = 800 * time.Millisecond
-	}
-	c := newClient(t, s, o)
-	var hs []*mxrelay.Handle
-	for _, subj := range rt2Subjects {
-		h, err := c.Enqueue(bigMail(subj), mxrelay.WithRetries(0))
-		require.NoError(t, err)
-		hs = append(hs, h)
-	}
-	var out []rt3Outcome
-	for i, h := range hs {
-		res, err := h.Wait(ctxT(t))
-		require.NotNil(t, res)
-		o := rt3Outcome{subj: rt2Subjects[i], err: err, maybe: res.MaybeDelivered, kept: srv.keptN(rt2Subjects[i])}
-		t.Log(o)
-		out = append(out, o)
-	}
-	return out
+	return rtOutcomes(t, srv, o, 800*time.Millisecond, bigMail)
 }
 
 // Multi-chunk bodies (three BDAT chunks each) with a shift next to a
@@ -133,10 +105,7 @@ func TestRedTeam4ShiftBetweenChunks(t *testing.T) {
 				t.Run(sc.name+"/"+st.name+"/"+mode.Name, func(t *testing.T) {
 					srv := &rt2Server{ext: mode.Ext}
 					chunk = 0
-					w := st.word
-					if w == nil {
-						w = srv.honest
-					}
+					w := func(verb string) string { return st.reply(srv, verb) }
 					srv.enhanced = true
 					rt4Hook(srv, st, func(c rt2Cmd) ([]string, bool) { return sc.over(w, c) })
 					for _, b := range rt3Promises(rt4RunBig(t, srv, nil)) {

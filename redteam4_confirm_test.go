@@ -28,6 +28,27 @@ var rt4Styles = []rt4Style{
 	{"Postfix", nil},
 }
 
+// reply is srv's honest reply to verb, worded in style st.
+func (st rt4Style) reply(srv *rt2Server, verb string) string {
+	if st.word != nil {
+		return st.word(verb)
+	}
+	return srv.honest(verb)
+}
+
+// rt4EachStyle runs f, in parallel, as the subtest "<style>/<mode>" for
+// each style of rt4Styles and each of modes.
+func rt4EachStyle(t *testing.T, modes []rtMode, f func(t *testing.T, st rt4Style, m rtMode)) {
+	for _, st := range rt4Styles {
+		for _, m := range modes {
+			t.Run(st.name+"/"+m.Name, func(t *testing.T) {
+				t.Parallel()
+				f(t, st, m)
+			})
+		}
+	}
+}
+
 // rt4Hook makes srv answer in style st, with over (if not nil) taking a
 // command first: its lines, ok=true, replace the honest reply.
 func rt4Hook(srv *rt2Server, st rt4Style, over func(c rt2Cmd) ([]string, bool)) {
@@ -49,34 +70,45 @@ func rt4Hook(srv *rt2Server, st rt4Style, over func(c rt2Cmd) ([]string, bool)) 
 	}
 }
 
-// rt4Result is what became of one email.
+// rt4SlowEnds makes srv answer in style st, each end of data after delay
+// (a "~" line), and keep it.
+func rt4SlowEnds(srv *rt2Server, st rt4Style, delay string) {
+	rt4Hook(srv, st, func(c rt2Cmd) ([]string, bool) {
+		if c.verb == "END" {
+			return []string{delay, st.reply(srv, "END"), "KEEP"}, true
+		}
+		return nil, false
+	})
+}
+
+// rt4Result is what became of one email, and when since the first was
+// enqueued (rt4SendAll).
 type rt4Result struct {
-	subj  string
-	err   error
-	maybe bool
-	kept  int
-	took  time.Duration
+	rt3Outcome
+	took time.Duration
 }
 
 func (r rt4Result) String() string {
 	return fmt.Sprintf("email %s: err=%v maybe=%v kept=%d took=%v", r.subj, r.err, r.maybe, r.kept, r.took.Round(10*time.Millisecond))
 }
 
-// rt4Tally counts, over results, the honestly kept emails that did not
-// end delivered (the honest-server problem), and the broken promises.
-func rt4Tally(t *testing.T, rs []rt4Result) (keptNotDelivered int, broken []string) {
+// rt4Tally reports each broken promise of results as an error and counts
+// the honestly kept emails that did not end delivered (the honest-server
+// problem).
+func rt4Tally(t *testing.T, rs []rt4Result) (keptNotDelivered int) {
 	t.Helper()
+	var broken []string
 	for _, r := range rs {
-		switch {
-		case r.err == nil && !r.maybe && r.kept != 1:
-			broken = append(broken, "delivered (not maybe) but kept "+fmt.Sprint(r.kept)+": "+r.String())
-		case r.err != nil && !r.maybe && r.kept != 0:
-			broken = append(broken, "failed (not maybe) but kept "+fmt.Sprint(r.kept)+": "+r.String())
-		case r.kept == 1 && r.err != nil:
+		if b := r.broken(r.String()); b != "" {
+			broken = append(broken, b)
+		} else if r.kept == 1 && r.err != nil {
 			keptNotDelivered++
 		}
 	}
-	return
+	for _, b := range broken {
+		t.Error(b)
+	}
+	return keptNotDelivered
 }
 
 // HONEST-SERVER PROBLEM (and a promise about cancelled Sends). With
@@ -99,63 +131,53 @@ func rt4Tally(t *testing.T, rs []rt4Result) (keptNotDelivered int, broken []stri
 // reply that confirms it, after the emails already in flight. Held here:
 // A delivered, not maybe, by QUIT's 221 right after B's reply.
 func TestRedTeam4CancelledSendWaitsForEmailsBehindIt(t *testing.T) {
-	for _, st := range rt4Styles {
-		for _, m := range mxrelay.EngineModes {
-			t.Run(st.name+"/"+m.Name, func(t *testing.T) {
-				t.Parallel()
-				srv := &rt2Server{ext: m.Ext}
-				rt4Hook(srv, st, func(c rt2Cmd) ([]string, bool) {
-					if c.conn == 1 && c.tx == 2 && c.verb == "END" {
-						lines := []string{"~3s", srv.honest("END")}
-						if st.word != nil {
-							lines[1] = st.word("END")
-						}
-						return append(lines, "KEEP"), true
-					}
-					return nil, false
-				})
-				u := newUpstream(t, srv.serve)
-				s := newRelay(t, &relaytest.Options{UpstreamAddr: u.addr})
-				c := newClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 5, BatchWait: 100 * time.Millisecond,
-					CommandTimeout: 6 * time.Second})
-				type out struct {
-					res  *mxrelay.Result
-					err  error
-					took time.Duration
-				}
-				done := make(chan out, 1)
-				go func() {
-					ctx, cancel := context.WithTimeout(context.Background(), 400*time.Millisecond)
-					defer cancel()
-					start := time.Now()
-					res, err := c.Send(ctx, mail("one"), mxrelay.WithRetries(0))
-					done <- out{res, err, time.Since(start)}
-				}()
-				time.Sleep(20 * time.Millisecond)
-				hb, err := c.Enqueue(mail("two"), mxrelay.WithRetries(0))
-				require.NoError(t, err)
-				time.Sleep(600 * time.Millisecond) // A's context has ended
-				hc, err := c.Enqueue(mail("three"), mxrelay.WithRetries(0))
-				require.NoError(t, err)
-				o := <-done
-				require.NotNil(t, o.res)
-				t.Logf("A: err=%v maybe=%v took=%v; kept %d", o.err, o.res.MaybeDelivered, o.took.Round(10*time.Millisecond), srv.keptN("one"))
-				resB, _ := hb.Wait(ctxT(t))
-				resC, _ := hc.Wait(ctxT(t))
-				if st.word == nil { // Postfix-worded: B's RSET confirms A at once
-					assert.Less(t, o.took, 1500*time.Millisecond, "confirmed by B's RSET, yet A's Send waited")
-				}
-				assert.Less(t, o.took, 4500*time.Millisecond, "A waited past the reply that confirms it")
-				assert.NoError(t, o.err, "A was kept by an honest server")
-				assert.False(t, o.res.MaybeDelivered)
-				if o.took > 400*time.Millisecond {
-					// A's context ended while A waited for confirmation (in
-					// the BDAT modes; with DATA, B's 354 confirmed A first).
-					assert.NotEqual(t, resB.SessionID, resC.SessionID, "the session took an email after A's Send was cancelled")
-				}
-			})
+	rt4EachStyle(t, mxrelay.EngineModes, func(t *testing.T, st rt4Style, m rtMode) {
+		srv := &rt2Server{ext: m.Ext}
+		rt4Hook(srv, st, func(c rt2Cmd) ([]string, bool) {
+			if c.conn == 1 && c.tx == 2 && c.verb == "END" {
+				return []string{"~3s", st.reply(srv, "END"), "KEEP"}, true
+			}
+			return nil, false
+		})
+		s := rtRelay(t, srv.serve)
+		c := newClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 5, BatchWait: 100 * time.Millisecond,
+			CommandTimeout: 6 * time.Second})
+		type out struct {
+			res  *mxrelay.Result
+			err  error
+			took time.Duration
 		}
-	}
+		done := make(chan out, 1)
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 400*time.Millisecond)
+			defer cancel()
+			start := time.Now()
+			res, err := c.Send(ctx, mail("one"), mxrelay.WithRetries(0))
+			done <- out{res, err, time.Since(start)}
+		}()
+		time.Sleep(20 * time.Millisecond)
+		hb, err := c.Enqueue(mail("two"), mxrelay.WithRetries(0))
+		require.NoError(t, err)
+		time.Sleep(600 * time.Millisecond) // A's context has ended
+		hc, err := c.Enqueue(mail("three"), mxrelay.WithRetries(0))
+		require.NoError(t, err)
+		o := <-done
+		require.NotNil(t, o.res)
+		t.Logf("A: err=%v maybe=%v took=%v; kept %d", o.err, o.res.MaybeDelivered, o.took.Round(10*time.Millisecond), srv.keptN("one"))
+		resB, _ := hb.Wait(ctxT(t))
+		resC, _ := hc.Wait(ctxT(t))
+		if st.word == nil { // Postfix-worded: B's RSET confirms A at once
+			assert.Less(t, o.took, 1500*time.Millisecond, "confirmed by B's RSET, yet A's Send waited")
+		}
+		assert.Less(t, o.took, 4500*time.Millisecond, "A waited past the reply that confirms it")
+		assert.NoError(t, o.err, "A was kept by an honest server")
+		assert.False(t, o.res.MaybeDelivered)
+		if o.took > 400*time.Millisecond {
+			// A's context ended while A waited for confirmation (in
+			// the BDAT modes; with DATA, B's 354 confirmed A first).
+			assert.NotEqual(t, resB.SessionID, resC.SessionID, "the session took an email after A's Send was cancelled")
+		}
+	})
 }
 
 // HONEST-SERVER PROBLEM. SessionTimeout ends a long session of an honest
@@ -165,58 +187,32 @@ func TestRedTeam4CancelledSendWaitsForEmailsBehindIt(t *testing.T) {
 // MaybeDelivered, though the server kept each once. Postfix-worded: each
 // next RSET confirms, and at most the email in flight is unknown.
 func TestRedTeam4SessionTimeoutMakesHonestDeliveriesUnknown(t *testing.T) {
-	for _, st := range rt4Styles {
-		for _, m := range mxrelay.EngineModes {
-			t.Run(st.name+"/"+m.Name, func(t *testing.T) {
-				t.Parallel()
-				srv := &rt2Server{ext: m.Ext}
-				rt4Hook(srv, st, func(c rt2Cmd) ([]string, bool) {
-					if c.verb == "END" {
-						w := srv.honest("END")
-						if st.word != nil {
-							w = st.word("END")
-						}
-						return []string{"~120ms", w, "KEEP"}, true
-					}
-					return nil, false
-				})
-				u := newUpstream(t, srv.serve)
-				s := newRelay(t, &relaytest.Options{UpstreamAddr: u.addr})
-				c := newClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 100, BatchWait: 100 * time.Millisecond,
-					SessionTimeout: 1500 * time.Millisecond, CommandTimeout: 3 * time.Second})
-				rs := rt4SendAll(t, c, srv, 24, 0)
-				bad, broken := rt4Tally(t, rs)
-				for _, b := range broken {
-					t.Error(b)
-				}
-				t.Logf("%s/%s: %d emails kept by the server but not reported delivered", st.name, m.Name, bad)
-				assert.LessOrEqual(t, bad, 1, "a SessionTimeout turned honest deliveries unknown")
-			})
-		}
-	}
+	rt4EachStyle(t, mxrelay.EngineModes, func(t *testing.T, st rt4Style, m rtMode) {
+		srv := &rt2Server{ext: m.Ext}
+		rt4SlowEnds(srv, st, "~120ms")
+		c := newClient(t, rtRelay(t, srv.serve), &mxrelay.Options{MaxEmailsPerSession: 100, BatchWait: 100 * time.Millisecond,
+			SessionTimeout: 1500 * time.Millisecond, CommandTimeout: 3 * time.Second})
+		bad := rt4Tally(t, rt4SendAll(t, c, srv, 24, 0))
+		t.Logf("%s/%s: %d emails kept by the server but not reported delivered", st.name, m.Name, bad)
+		assert.LessOrEqual(t, bad, 1, "a SessionTimeout turned honest deliveries unknown")
+	})
 }
 
 // rt4SendAll enqueues n emails ("e0".."e<n-1>") with retries, waits for
 // each, and reports them.
 func rt4SendAll(t *testing.T, c *mxrelay.Client, srv *rt2Server, n, retries int, opts ...mxrelay.SendOption) []rt4Result {
 	t.Helper()
-	var hs []*mxrelay.Handle
+	subjs := rtNumbered("e", n)
 	start := time.Now()
-	for i := range n {
-		h, err := c.Enqueue(mail(fmt.Sprint("e", i)), append([]mxrelay.SendOption{mxrelay.WithRetries(retries)}, opts...)...)
-		require.NoError(t, err)
-		hs = append(hs, h)
-	}
+	hs := rtEnqueue(t, c, subjs, rtMailTo(), append([]mxrelay.SendOption{mxrelay.WithRetries(retries)}, opts...)...)
 	var rs []rt4Result
-	for i, h := range hs {
-		res, err := h.Wait(ctxT(t))
-		require.NotNil(t, res)
-		r := rt4Result{subj: fmt.Sprint("e", i), err: err, maybe: res.MaybeDelivered, kept: srv.keptN(fmt.Sprint("e", i)), took: time.Since(start)}
+	rtWait(t, srv, subjs, hs, func(o rt3Outcome, _ *mxrelay.Result) {
+		r := rt4Result{o, time.Since(start)}
 		if r.err != nil || r.maybe || r.kept != 1 {
 			t.Log(r)
 		}
 		rs = append(rs, r)
-	}
+	})
 	return rs
 }
 
@@ -229,52 +225,26 @@ func rt4SendAll(t *testing.T, c *mxrelay.Client, srv *rt2Server, n, retries int,
 // longer than that to drain is still cut, and its 250s stay unknown: the
 // 221 can only come after every reply before it.)
 func TestRedTeam4CloseCtxMakesHonestDeliveriesUnknown(t *testing.T) {
-	for _, st := range rt4Styles {
-		for _, m := range mxrelay.EngineModes {
-			t.Run(st.name+"/"+m.Name, func(t *testing.T) {
-				t.Parallel()
-				srv := &rt2Server{ext: m.Ext}
-				rt4Hook(srv, st, func(c rt2Cmd) ([]string, bool) {
-					if c.verb == "END" {
-						w := srv.honest("END")
-						if st.word != nil {
-							w = st.word("END")
-						}
-						return []string{"~20ms", w, "KEEP"}, true
-					}
-					return nil, false
-				})
-				u := newUpstream(t, srv.serve)
-				s := newRelay(t, &relaytest.Options{UpstreamAddr: u.addr})
-				c, err := mxrelay.New(s.URL, s.APIKey, fast(&mxrelay.Options{MaxEmailsPerSession: 100, BatchWait: 50 * time.Millisecond}))
-				require.NoError(t, err)
-				var hs []*mxrelay.Handle
-				for i := range 30 {
-					h, err := c.Enqueue(mail(fmt.Sprint("e", i)), mxrelay.WithRetries(2))
-					require.NoError(t, err)
-					hs = append(hs, h)
-				}
-				time.Sleep(300 * time.Millisecond)
-				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
-				defer cancel()
-				start := time.Now()
-				_ = c.Close(ctx)
-				assert.Less(t, time.Since(start), 2*time.Second)
-				var rs []rt4Result
-				for i, h := range hs {
-					res, err := h.Wait(ctxT(t))
-					r := rt4Result{subj: fmt.Sprint("e", i), err: err, maybe: res.MaybeDelivered, kept: srv.keptN(fmt.Sprint("e", i))}
-					rs = append(rs, r)
-				}
-				bad, broken := rt4Tally(t, rs)
-				for _, b := range broken {
-					t.Error(b)
-				}
-				t.Logf("%s/%s: %d emails kept but not reported delivered", st.name, m.Name, bad)
-				assert.LessOrEqual(t, bad, 1, "Close(ctx) turned honest deliveries unknown")
-			})
-		}
-	}
+	rt4EachStyle(t, mxrelay.EngineModes, func(t *testing.T, st rt4Style, m rtMode) {
+		srv := &rt2Server{ext: m.Ext}
+		rt4SlowEnds(srv, st, "~20ms")
+		s := rtRelay(t, srv.serve)
+		c, err := mxrelay.New(s.URL, s.APIKey, fast(&mxrelay.Options{MaxEmailsPerSession: 100, BatchWait: 50 * time.Millisecond}))
+		require.NoError(t, err)
+		subjs := rtNumbered("e", 30)
+		hs := rtEnqueue(t, c, subjs, rtMailTo(), mxrelay.WithRetries(2))
+		time.Sleep(300 * time.Millisecond)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
+		defer cancel()
+		start := time.Now()
+		_ = c.Close(ctx)
+		assert.Less(t, time.Since(start), 2*time.Second)
+		var rs []rt4Result
+		rtWait(t, srv, subjs, hs, func(o rt3Outcome, _ *mxrelay.Result) { rs = append(rs, rt4Result{rt3Outcome: o}) })
+		bad := rt4Tally(t, rs)
+		t.Logf("%s/%s: %d emails kept but not reported delivered", st.name, m.Name, bad)
+		assert.LessOrEqual(t, bad, 1, "Close(ctx) turned honest deliveries unknown")
+	})
 }
 
 // HONEST-SERVER PROBLEM. Lock-step: cancelling email B while its
@@ -283,45 +253,35 @@ func TestRedTeam4CloseCtxMakesHonestDeliveriesUnknown(t *testing.T) {
 // replies (B's RSET proves nothing; only a 354 or the 221 would): A ends
 // unknown because of another email's cancel.
 func TestRedTeam4LockstepCancelMakesPreviousUnknown(t *testing.T) {
-	for _, st := range rt4Styles {
-		for _, m := range mxrelay.EngineModes[2:] {
-			t.Run(st.name+"/"+m.Name, func(t *testing.T) {
-				t.Parallel()
-				srv := &rt2Server{ext: m.Ext}
-				rcptB := make(chan struct{}, 1)
-				rt4Hook(srv, st, func(c rt2Cmd) ([]string, bool) {
-					if c.conn == 1 && c.tx == 2 && c.verb == "RCPT" {
-						rcptB <- struct{}{}
-						w := srv.honest("RCPT")
-						if st.word != nil {
-							w = st.word("RCPT")
-						}
-						return []string{"~1s", w}, true
-					}
-					return nil, false
-				})
-				u := newUpstream(t, srv.serve)
-				s := newRelay(t, &relaytest.Options{UpstreamAddr: u.addr})
-				c := newClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 5, BatchWait: 100 * time.Millisecond})
-				ha, err := c.Enqueue(mail("one"), mxrelay.WithRetries(0))
-				require.NoError(t, err)
-				hb, err := c.Enqueue(mail("two"), mxrelay.WithRetries(0))
-				require.NoError(t, err)
-				select {
-				case <-rcptB:
-				case <-time.After(5 * time.Second):
-					t.Fatal("no RCPT of email two")
-				}
-				hb.Cancel()
-				resA, errA := ha.Wait(ctxT(t))
-				_, errB := hb.Wait(ctxT(t))
-				t.Logf("A: err=%v maybe=%v kept=%d; B: err=%v", errA, resA.MaybeDelivered, srv.keptN("one"), errB)
-				assert.ErrorIs(t, errB, mxrelay.ErrCanceled)
-				require.Equal(t, 1, srv.keptN("one"))
-				assert.NoError(t, errA, "A, kept by an honest server, ends unknown because B was cancelled")
-			})
+	rt4EachStyle(t, mxrelay.EngineModes[2:], func(t *testing.T, st rt4Style, m rtMode) {
+		srv := &rt2Server{ext: m.Ext}
+		rcptB := make(chan struct{}, 1)
+		rt4Hook(srv, st, func(c rt2Cmd) ([]string, bool) {
+			if c.conn == 1 && c.tx == 2 && c.verb == "RCPT" {
+				rcptB <- struct{}{}
+				return []string{"~1s", st.reply(srv, "RCPT")}, true
+			}
+			return nil, false
+		})
+		s := rtRelay(t, srv.serve)
+		c := newClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 5, BatchWait: 100 * time.Millisecond})
+		ha, err := c.Enqueue(mail("one"), mxrelay.WithRetries(0))
+		require.NoError(t, err)
+		hb, err := c.Enqueue(mail("two"), mxrelay.WithRetries(0))
+		require.NoError(t, err)
+		select {
+		case <-rcptB:
+		case <-time.After(5 * time.Second):
+			t.Fatal("no RCPT of email two")
 		}
-	}
+		hb.Cancel()
+		resA, errA := ha.Wait(ctxT(t))
+		_, errB := hb.Wait(ctxT(t))
+		t.Logf("A: err=%v maybe=%v kept=%d; B: err=%v", errA, resA.MaybeDelivered, srv.keptN("one"), errB)
+		assert.ErrorIs(t, errB, mxrelay.ErrCanceled)
+		require.Equal(t, 1, srv.keptN("one"))
+		assert.NoError(t, errA, "A, kept by an honest server, ends unknown because B was cancelled")
+	})
 }
 
 // Honest run: 40 sequential Sends through relaytest (go-smtp) in each
@@ -403,15 +363,8 @@ func TestRedTeam4ConcurrentSessionsHonest(t *testing.T) {
 // flagged MaybeDelivered (the promise holds); the duplicates are counted.
 func TestRedTeam4SessionTimeoutRetryUnknownDuplicates(t *testing.T) {
 	srv := &rt2Server{ext: mxrelay.EngineModes[0].Ext}
-	rt4Hook(srv, rt4Styles[0], func(c rt2Cmd) ([]string, bool) {
-		if c.verb == "END" {
-			return []string{"~120ms", goSMTPStyle("END"), "KEEP"}, true
-		}
-		return nil, false
-	})
-	u := newUpstream(t, srv.serve)
-	s := newRelay(t, &relaytest.Options{UpstreamAddr: u.addr})
-	c := newClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 100, BatchWait: 100 * time.Millisecond,
+	rt4SlowEnds(srv, rt4Styles[0], "~120ms")
+	c := newClient(t, rtRelay(t, srv.serve), &mxrelay.Options{MaxEmailsPerSession: 100, BatchWait: 100 * time.Millisecond,
 		SessionTimeout: 1500 * time.Millisecond, CommandTimeout: 3 * time.Second, RetryUnknown: true})
 	rs := rt4SendAll(t, c, srv, 16, 2)
 	dups := 0

@@ -12,7 +12,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay"
-	"github.com/mxrelay/mxrelay/relaytest"
 )
 
 // Close(ctx) with a short context while a pipelined window is in flight,
@@ -45,19 +44,13 @@ func TestRedTeamCloseMidWindowWithSpool(t *testing.T) {
 					}
 					return nil, false
 				}
-				u := newUpstream(t, srv.serve)
-				s := newRelay(t, &relaytest.Options{UpstreamAddr: u.addr})
+				s := rtRelay(t, srv.serve)
 				dir := t.TempDir()
 				c1, err := mxrelay.New(s.URL, s.APIKey, fast(&mxrelay.Options{SpoolDir: dir, RetryUnknown: retryUnknown,
 					MaxEmailsPerSession: 4, BatchWait: 200 * time.Millisecond, CommandTimeout: time.Minute}))
 				require.NoError(t, err)
 				subjects := []string{"a", "b", "c", "d"}
-				var hs []*mxrelay.Handle
-				for _, subj := range subjects {
-					h, err := c1.Enqueue(mail(subj), mxrelay.WithRetries(2))
-					require.NoError(t, err)
-					hs = append(hs, h)
-				}
+				hs := rtEnqueue(t, c1, subjects, rtMailTo(), mxrelay.WithRetries(2))
 				// Pipelined DATA has one end of data in flight at a time: wait
 				// for the first only.
 				want := 1

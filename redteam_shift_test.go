@@ -1,10 +1,6 @@
 package mxrelay_test
 
 import (
-	"io"
-	"strconv"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -12,173 +8,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay"
-	"github.com/mxrelay/mxrelay/relaytest"
 )
-
-// rtServer is a red-team scripted upstream. It speaks enough SMTP for the
-// four engine modes and lets a hook decide the bytes written for each
-// command. It knows what it did with each message (kept, by Subject).
-type rtServer struct {
-	ext      []string
-	enhanced bool // advertise ENHANCEDSTATUSCODES and use enhanced codes
-	// hook returns the lines to write for a command (verb is "END" for an
-	// end of data, whose subject is then set). ok=false means: do the
-	// honest thing. A line "CUT" closes the connection; "KEEP" marks the
-	// message kept (an honest END keeps it on its own).
-	hook func(conn, tx int, verb, subject string) (lines []string, ok bool)
-
-	mu    sync.Mutex
-	conns int
-	kept  map[string]int
-	ends  map[string]int
-}
-
-func (s *rtServer) keptN(subject string) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.kept[subject]
-}
-
-func (s *rtServer) endsN(subject string) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.ends[subject]
-}
-
-func (s *rtServer) honest(verb string) string {
-	e := func(code, rest string) string {
-		if s.enhanced {
-			return code + " " + rest
-		}
-		_, text, _ := strings.Cut(rest, " ")
-		return code + " " + text
-	}
-	switch verb {
-	case "MAIL":
-		return e("250", "2.1.0 sender ok")
-	case "RCPT":
-		return e("250", "2.1.5 recipient ok")
-	case "RSET", "NOOP":
-		return e("250", "2.0.0 ok")
-	case "CHUNK":
-		return e("250", "2.0.0 chunk ok")
-	case "END":
-		return e("250", "2.0.0 queued")
-	}
-	return "250 ok"
-}
-
-func (s *rtServer) serve(c *upConn) {
-	s.mu.Lock()
-	s.conns++
-	conn := s.conns
-	if s.kept == nil {
-		s.kept, s.ends = map[string]int{}, map[string]int{}
-	}
-	s.mu.Unlock()
-	tx := 0
-	c.say("220 mx.test ESMTP")
-	// do writes the hook's lines, or honest; false ends the connection.
-	do := func(verb, subject, honest string) bool {
-		lines, ok := []string(nil), false
-		if s.hook != nil {
-			lines, ok = s.hook(conn, tx, verb, subject)
-		}
-		if !ok {
-			lines = []string{honest}
-			if verb == "END" {
-				lines = append(lines, "KEEP")
-			}
-		}
-		var out strings.Builder
-		for _, l := range lines {
-			switch l {
-			case "KEEP":
-				s.mu.Lock()
-				s.kept[subject]++
-				s.mu.Unlock()
-			case "CUT":
-				c.write([]byte(out.String()))
-				return false
-			default:
-				out.WriteString(l + "\r\n")
-			}
-		}
-		if out.Len() > 0 {
-			c.write([]byte(out.String()))
-		}
-		return true
-	}
-	end := func(body string) bool {
-		subject := subjectOf([]byte(body))
-		s.mu.Lock()
-		s.ends[subject]++
-		s.mu.Unlock()
-		return do("END", subject, s.honest("END"))
-	}
-	var chunks strings.Builder
-	c.commands(func(verb, l string) bool {
-		switch verb {
-		case "EHLO":
-			h := "250-mx.test\r\n"
-			for _, e := range s.ext {
-				h += "250-" + e + "\r\n"
-			}
-			if s.enhanced {
-				h += "250-ENHANCEDSTATUSCODES\r\n"
-			}
-			h += "250 8BITMIME"
-			c.say(h)
-			return true
-		case "MAIL":
-			tx++
-			chunks.Reset()
-		case "DATA":
-			if !do("DATA", "", "354 go ahead") {
-				return false
-			}
-			var body strings.Builder
-			for {
-				l, ok := c.line()
-				if !ok {
-					return false
-				}
-				if l == "." {
-					break
-				}
-				body.WriteString(strings.TrimPrefix(l, ".") + "\r\n")
-			}
-			return end(body.String())
-		case "BDAT":
-			f := strings.Fields(l)
-			n, _ := strconv.Atoi(f[1])
-			buf := make([]byte, n)
-			if _, err := io.ReadFull(c.r, buf); err != nil {
-				return false
-			}
-			chunks.Write(buf)
-			if len(f) > 2 {
-				return end(chunks.String())
-			}
-			return do("CHUNK", "", s.honest("CHUNK"))
-		}
-		return do(verb, "", s.honest(verb))
-	})
-}
-
-// firstConn is a hook for rtServer that scripts the first connection
-// only, one command at a time.
-func firstConn(hook func(tx int, verb string) ([]string, bool)) func(conn, tx int, verb, subject string) ([]string, bool) {
-	var mu sync.Mutex
-	return func(conn, tx int, verb, _ string) ([]string, bool) {
-		mu.Lock()
-		defer mu.Unlock()
-		if conn != 1 {
-			return nil, false
-		}
-		return hook(tx, verb)
-	}
-}
 
 // The guarantee (README, Guarantees): delivered only on a 2xx "that can
 // only be the answer to it ... so that one stray line cannot shift the
@@ -212,15 +42,9 @@ func TestRedTeamStrayLineThen421ConfirmsAFalseDelivery(t *testing.T) {
 				}
 				return nil, false
 			})
-			u := newUpstream(t, srv.serve)
-			s := newRelay(t, &relaytest.Options{UpstreamAddr: u.addr})
+			s := rtRelay(t, srv.serve)
 			c := newClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 2, BatchWait: 200 * time.Millisecond})
-			var hs []*mxrelay.Handle
-			for _, subj := range []string{"one", "two"} {
-				h, err := c.Enqueue(mail(subj), mxrelay.WithRetries(3))
-				require.NoError(t, err)
-				hs = append(hs, h)
-			}
+			hs := rtEnqueue(t, c, []string{"one", "two"}, rtMailTo(), mxrelay.WithRetries(3))
 			res, err := hs[0].Wait(ctxT(t))
 			require.NotNil(t, res)
 			t.Logf("email 1: err=%v maybe=%v attempts=%d; server kept %d, ends %d", err, res.MaybeDelivered, res.Attempts, srv.keptN("one"), srv.endsN("one"))
@@ -261,15 +85,9 @@ func TestRedTeamRepeatedFrameConfirmsAFalseDelivery(t *testing.T) {
 		}
 		return nil, false
 	})
-	u := newUpstream(t, srv.serve)
-	s := newRelay(t, &relaytest.Options{UpstreamAddr: u.addr})
+	s := rtRelay(t, srv.serve)
 	c := newClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 3, BatchWait: 200 * time.Millisecond})
-	var hs []*mxrelay.Handle
-	for _, subj := range []string{"one", "two", "three"} {
-		h, err := c.Enqueue(mail(subj), mxrelay.WithRetries(3))
-		require.NoError(t, err)
-		hs = append(hs, h)
-	}
+	hs := rtEnqueue(t, c, []string{"one", "two", "three"}, rtMailTo(), mxrelay.WithRetries(3))
 	for i, h := range hs {
 		res, err := h.Wait(ctxT(t))
 		require.NotNil(t, res)
@@ -303,15 +121,9 @@ func TestRedTeamLostEndReplyConfirmsAFalseDelivery(t *testing.T) {
 				}
 				return nil, false
 			}
-			u := newUpstream(t, srv.serve)
-			s := newRelay(t, &relaytest.Options{UpstreamAddr: u.addr})
+			s := rtRelay(t, srv.serve)
 			c := newClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 3, BatchWait: 200 * time.Millisecond, CommandTimeout: time.Second})
-			var hs []*mxrelay.Handle
-			for _, subj := range []string{"one", "two", "three"} {
-				h, err := c.Enqueue(mail(subj), mxrelay.WithRetries(3))
-				require.NoError(t, err)
-				hs = append(hs, h)
-			}
+			hs := rtEnqueue(t, c, []string{"one", "two", "three"}, rtMailTo(), mxrelay.WithRetries(3))
 			res, err := hs[0].Wait(ctxT(t))
 			require.NotNil(t, res)
 			t.Logf("email 1: err=%v maybe=%v reply=%+v; server kept %d", err, res.MaybeDelivered, res.Reply, srv.keptN("one"))

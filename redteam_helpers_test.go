@@ -1,0 +1,395 @@
+package mxrelay_test
+
+import (
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/relaytest"
+)
+
+// The red team's shared pieces: the scripted upstreams, and the helpers
+// that send emails through them and judge what became of each against
+// what the server kept.
+
+// rt2Cmd is one command the red-team server read, for its hook.
+type rt2Cmd struct {
+	conn int    // connection, from 1
+	n    int    // command number in the connection, from 1 (EHLO excluded)
+	tx   int    // transaction (MAIL count) in the connection, from 1
+	verb string // MAIL, RCPT, RSET, NOOP, QUIT, DATA, CHUNK, END, ...
+	rcpt int    // for RCPT: its index in the transaction, from 0
+	subj string // for END: the message's Subject
+}
+
+// rt2Server is rtServer with QUIT scriptable as well, each command
+// numbered, and RCPTs indexed. hook returns the lines to write ("CUT"
+// closes, "KEEP" marks the message kept, "~Nms" sleeps, "HANG" stops
+// answering until the client hangs up); ok=false does the honest thing,
+// an honest END keeping the message.
+type rt2Server struct {
+	ext      []string
+	enhanced bool
+	rset     string // the honest RSET reply; default 250 2.0.0 ok
+	hook     func(c rt2Cmd) (lines []string, ok bool)
+
+	mu    sync.Mutex
+	conns int
+	kept  map[string]int
+	ends  map[string]int
+}
+
+func (s *rt2Server) keptN(subject string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.kept[subject]
+}
+
+func (s *rt2Server) endsN(subject string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ends[subject]
+}
+
+func (s *rt2Server) honest(verb string) string {
+	e := func(code, rest string) string {
+		if s.enhanced {
+			return code + " " + rest
+		}
+		_, text, _ := strings.Cut(rest, " ")
+		return code + " " + text
+	}
+	switch verb {
+	case "MAIL":
+		return e("250", "2.1.0 sender ok")
+	case "RCPT":
+		return e("250", "2.1.5 recipient ok")
+	case "RSET":
+		if s.rset != "" {
+			return s.rset
+		}
+		return e("250", "2.0.0 ok")
+	case "NOOP":
+		return e("250", "2.0.0 ok")
+	case "CHUNK":
+		return e("250", "2.0.0 chunk ok")
+	case "END":
+		return e("250", "2.0.0 queued")
+	case "DATA":
+		return "354 go ahead"
+	case "QUIT":
+		return e("221", "2.0.0 bye")
+	}
+	return "250 ok"
+}
+
+func (s *rt2Server) serve(c *upConn) {
+	s.mu.Lock()
+	s.conns++
+	conn := s.conns
+	if s.kept == nil {
+		s.kept, s.ends = map[string]int{}, map[string]int{}
+	}
+	s.mu.Unlock()
+	cmd := rt2Cmd{conn: conn}
+	c.say("220 mx.test ESMTP")
+	hang := false
+	// do writes the hook's lines, or the honest one; false ends.
+	do := func(verb string) bool {
+		cmd.n++
+		cmd.verb = verb
+		lines, ok := []string(nil), false
+		if s.hook != nil && !hang {
+			lines, ok = s.hook(cmd)
+		}
+		if hang {
+			return true
+		}
+		if !ok {
+			lines = []string{s.honest(verb)}
+			if verb == "END" {
+				lines = append(lines, "KEEP")
+			}
+		}
+		var out strings.Builder
+		flush := func() {
+			if out.Len() > 0 {
+				c.write([]byte(out.String()))
+				out.Reset()
+			}
+		}
+		for _, l := range lines {
+			switch {
+			case l == "KEEP":
+				s.mu.Lock()
+				s.kept[cmd.subj]++
+				s.mu.Unlock()
+			case l == "CUT":
+				flush()
+				return false
+			case l == "HANG":
+				flush()
+				hang = true
+				return true
+			case strings.HasPrefix(l, "~"):
+				flush()
+				d, _ := time.ParseDuration(l[1:])
+				time.Sleep(d)
+			default:
+				out.WriteString(l + "\r\n")
+			}
+		}
+		flush()
+		return true
+	}
+	end := func(body string) bool {
+		cmd.subj = subjectOf([]byte(body))
+		s.mu.Lock()
+		s.ends[cmd.subj]++
+		s.mu.Unlock()
+		return do("END")
+	}
+	var chunks strings.Builder
+	for {
+		l, ok := c.line()
+		if !ok {
+			return
+		}
+		verb := strings.ToUpper(strings.Fields(l + " x")[0])
+		switch verb {
+		case "EHLO":
+			h := "250-mx.test\r\n"
+			for _, e := range s.ext {
+				h += "250-" + e + "\r\n"
+			}
+			if s.enhanced {
+				h += "250-ENHANCEDSTATUSCODES\r\n"
+			}
+			h += "250 8BITMIME"
+			c.say(h)
+			continue
+		case "MAIL":
+			cmd.tx++
+			cmd.rcpt = -1
+			cmd.subj = ""
+			chunks.Reset()
+		case "RCPT":
+			cmd.rcpt++
+		case "QUIT":
+			do("QUIT")
+			return
+		case "DATA":
+			if !do("DATA") {
+				return
+			}
+			var body strings.Builder
+			for {
+				l, ok := c.line()
+				if !ok {
+					return
+				}
+				if l == "." {
+					break
+				}
+				body.WriteString(strings.TrimPrefix(l, ".") + "\r\n")
+			}
+			if !end(body.String()) {
+				return
+			}
+			continue
+		case "BDAT":
+			f := strings.Fields(l)
+			n, _ := strconv.Atoi(f[1])
+			buf := make([]byte, n)
+			if _, err := io.ReadFull(c.r, buf); err != nil {
+				return
+			}
+			chunks.Write(buf)
+			if len(f) > 2 {
+				if !end(chunks.String()) {
+					return
+				}
+			} else if !do("CHUNK") {
+				return
+			}
+			continue
+		}
+		if !do(verb) {
+			return
+		}
+	}
+}
+
+// rtServer is the first round's scripted upstream: rt2Server behind a
+// hook given the connection, the transaction, the verb and (for an end of
+// data) the Subject. Its hook returns the lines to write (a line "CUT"
+// closes the connection, "KEEP" marks the message kept); ok=false does
+// the honest thing, an honest END keeping the message. QUIT is not
+// scripted: it is answered "221 2.0.0 bye".
+type rtServer struct {
+	ext      []string
+	enhanced bool // advertise ENHANCEDSTATUSCODES and use enhanced codes
+	hook     func(conn, tx int, verb, subject string) (lines []string, ok bool)
+
+	once sync.Once
+	srv  rt2Server
+}
+
+// inner is the rt2Server that does the work, made on first use.
+func (s *rtServer) inner() *rt2Server {
+	s.once.Do(func() {
+		s.srv.ext, s.srv.enhanced = s.ext, s.enhanced
+		s.srv.hook = func(c rt2Cmd) ([]string, bool) {
+			if c.verb == "QUIT" {
+				return []string{"221 2.0.0 bye"}, true
+			}
+			if s.hook == nil {
+				return nil, false
+			}
+			subject := ""
+			if c.verb == "END" {
+				subject = c.subj
+			}
+			return s.hook(c.conn, c.tx, c.verb, subject)
+		}
+	})
+	return &s.srv
+}
+
+func (s *rtServer) serve(c *upConn)          { s.inner().serve(c) }
+func (s *rtServer) keptN(subject string) int { return s.inner().keptN(subject) }
+func (s *rtServer) endsN(subject string) int { return s.inner().endsN(subject) }
+
+// firstConn is a hook for rtServer that scripts the first connection
+// only, one command at a time.
+func firstConn(hook func(tx int, verb string) ([]string, bool)) func(conn, tx int, verb, subject string) ([]string, bool) {
+	var mu sync.Mutex
+	return func(conn, tx int, verb, _ string) ([]string, bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		if conn != 1 {
+			return nil, false
+		}
+		return hook(tx, verb)
+	}
+}
+
+// rtMode is one of mxrelay.EngineModes.
+type rtMode = struct {
+	Name string
+	Ext  []string
+}
+
+// rtRelay starts an upstream served by serve and a relay in front of it.
+func rtRelay(t *testing.T, serve func(c *upConn)) *relaytest.Server {
+	t.Helper()
+	u := newUpstream(t, serve)
+	return newRelay(t, &relaytest.Options{UpstreamAddr: u.addr})
+}
+
+// rtMailTo makes, for a Subject, mail to the recipients to (none: b@).
+func rtMailTo(to ...string) func(subject string) mxrelay.Email {
+	return func(subject string) mxrelay.Email { return mail(subject, to...) }
+}
+
+// rtNumbered is the subjects prefix0 .. prefix<n-1>.
+func rtNumbered(prefix string, n int) []string {
+	var subjs []string
+	for i := range n {
+		subjs = append(subjs, fmt.Sprint(prefix, i))
+	}
+	return subjs
+}
+
+// rtEnqueue enqueues, with opts, the email mk makes for each subject.
+func rtEnqueue(t *testing.T, c *mxrelay.Client, subjects []string, mk func(subject string) mxrelay.Email, opts ...mxrelay.SendOption) []*mxrelay.Handle {
+	t.Helper()
+	var hs []*mxrelay.Handle
+	for _, subj := range subjects {
+		h, err := c.Enqueue(mk(subj), opts...)
+		require.NoError(t, err)
+		hs = append(hs, h)
+	}
+	return hs
+}
+
+// rtWait waits for each of hs in turn, the email of subjects[i], and
+// gives each what became of it, with what srv kept of it, as it ends.
+func rtWait(t *testing.T, srv *rt2Server, subjects []string, hs []*mxrelay.Handle, each func(o rt3Outcome, res *mxrelay.Result)) {
+	t.Helper()
+	for i, h := range hs {
+		res, err := h.Wait(ctxT(t))
+		require.NotNil(t, res)
+		each(rt3Outcome{subj: subjects[i], err: err, maybe: res.MaybeDelivered, kept: srv.keptN(subjects[i])}, res)
+	}
+}
+
+var rt2Subjects = []string{"one", "two", "three"}
+
+// rtSession sends the emails of rt2Subjects, each made by mk, with
+// WithRetries(retries), in one session through srv, and gives each what
+// became of it as it ends. Options o (nil: none) get the session's size,
+// BatchWait 150 ms and, unless o sets one, CommandTimeout timeout.
+func rtSession(t *testing.T, srv *rt2Server, o *mxrelay.Options, timeout time.Duration, mk func(subject string) mxrelay.Email, retries int, each func(o rt3Outcome, res *mxrelay.Result)) {
+	t.Helper()
+	s := rtRelay(t, srv.serve)
+	if o == nil {
+		o = &mxrelay.Options{}
+	}
+	o.MaxEmailsPerSession = len(rt2Subjects)
+	o.BatchWait = 150 * time.Millisecond
+	if o.CommandTimeout == 0 {
+		o.CommandTimeout = timeout
+	}
+	c := newClient(t, s, o)
+	rtWait(t, srv, rt2Subjects, rtEnqueue(t, c, rt2Subjects, mk, mxrelay.WithRetries(retries)), each)
+}
+
+// rtOutcomes is rtSession with no retry: what became of each email, each
+// logged.
+func rtOutcomes(t *testing.T, srv *rt2Server, o *mxrelay.Options, timeout time.Duration, mk func(subject string) mxrelay.Email) []rt3Outcome {
+	t.Helper()
+	var out []rt3Outcome
+	rtSession(t, srv, o, timeout, mk, 0, func(o rt3Outcome, _ *mxrelay.Result) {
+		t.Log(o)
+		out = append(out, o)
+	})
+	return out
+}
+
+// rt3Outcome is what became of one email.
+type rt3Outcome struct {
+	subj  string
+	err   error
+	maybe bool
+	kept  int
+}
+
+func (o rt3Outcome) String() string {
+	return fmt.Sprintf("email %s: err=%v maybe=%v; server kept %d", o.subj, o.err, o.maybe, o.kept)
+}
+
+// delivered reports a clean delivery: no error, not maybe.
+func (o rt3Outcome) delivered() bool { return o.err == nil && !o.maybe }
+
+// failedClean reports a clean failure: an error, not maybe.
+func (o rt3Outcome) failedClean() bool { return o.err != nil && !o.maybe }
+
+// broken says how o's result contradicts what the server kept (the
+// README's Guarantees), described as line; "" if it does not.
+func (o rt3Outcome) broken(line string) string {
+	switch {
+	case o.delivered() && o.kept != 1:
+		return "delivered (not maybe) but kept " + fmt.Sprint(o.kept) + ": " + line
+	case o.failedClean() && o.kept != 0:
+		return "failed (not maybe) but kept " + fmt.Sprint(o.kept) + ": " + line
+	}
+	return ""
+}
