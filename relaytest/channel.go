@@ -58,7 +58,8 @@ type channel struct {
 	log    *slog.Logger
 	done   chan struct{} // closed when readUpstream returns
 
-	mu sync.Mutex
+	mu   sync.Mutex
+	quit bool // the upstream answered QUIT 221: its hang-up is the normal end
 	// ended: a terminal SMTP_CHANNEL_CLOSED or SMTP_CHANNEL_ERROR was queued,
 	// or the client closed the channel. Nothing more is forwarded.
 	ended bool
@@ -200,8 +201,11 @@ func (ch *channel) readUpstream() {
 				ch.rbuf = nil
 			}
 			reason := "upstream closed the connection"
-			if !errors.Is(err, io.EOF) {
+			switch {
+			case !errors.Is(err, io.EOF):
 				reason = "upstream connection failed: " + err.Error()
+			case ch.quit:
+				reason = "session ended with QUIT" // the normal end, not a failure
 			}
 			ch.endLocked(reason)
 			ch.mu.Unlock()
@@ -588,6 +592,8 @@ func (ch *channel) reply(b []byte) {
 		ch.sasl = true
 	case e.verb == "STARTTLS" && code == 220:
 		ch.mode = modeOpaque
+	case e.verb == "QUIT" && code == 221:
+		ch.quit = true
 	}
 	ch.emitLocked(out)
 	if e.closeAfter {

@@ -4,6 +4,21 @@
 //
 //	go run ./cmd/mockrelay [-addr 127.0.0.1:0] [-key KEY] [-upstream host:port]
 //	                       [-binary=true] [-latency 0] [-v] [-allow-remote]
+//	                       [-fault [N@]KIND[:ARG[:ARG]]]... [-throttle N/PER[:REPLY]]
+//
+// -fault arms one of relaytest's faults, to try a failure path by hand;
+// it may be repeated, and fires once unless N@ says how often (-1@:
+// forever). KIND is a relaytest.FaultKind name; its arguments:
+//
+//	ReplaceReply:COMMAND:REPLY   -fault 'ReplaceReply:RCPT:550 5.1.1 no such user'
+//	StallReply:COMMAND           -fault StallReply:.   (the end of data)
+//	CloseWebSocket:COMMAND[:CODE]
+//	DropAfterBytes:N[:from-server]
+//	DropAfterRcpt, DropAfterFinalDot, RejectAuth, IgnoreAuth,
+//	DropAfterAuthenticate, FailChannel, IgnoreChannel
+//
+// -throttle makes the relay answer as an upstream with a sending limit:
+// past N transactions per PER, MAIL gets 451 4.7.0 (or REPLY).
 //
 // It prints the relay URL and the API key, logs connections,
 // authentications and channels (-v: the SMTP dialogue too, never
@@ -28,9 +43,12 @@ import (
 	"net/mail"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/coder/websocket"
 
 	"github.com/mxrelay/mxrelay/relaytest"
 )
@@ -59,6 +77,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	latency := fs.Duration("latency", 0, "delay added to every frame, in each direction")
 	verbose := fs.Bool("v", false, "log the SMTP dialogue (debug level)")
 	allowRemote := fs.Bool("allow-remote", false, "allow listening on a non-loopback address")
+	var faults []relaytest.Fault
+	fs.Func("fault", "arm a fault: `[N@]KIND[:ARG[:ARG]]` (repeatable; see the package doc)", func(v string) error {
+		f, err := parseFault(v)
+		faults = append(faults, f)
+		return err
+	})
+	var throttle *relaytest.Throttle
+	fs.Func("throttle", "upstream sending limit: `N/PER[:REPLY]`, e.g. 100/1s", func(v string) (err error) {
+		throttle, err = parseThrottle(v)
+		return err
+	})
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -92,10 +121,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		DisableBinary: !*binary,
 		Latency:       relaytest.Latency{ToServer: *latency, ToClient: *latency},
 		Logger:        logger,
+		Throttle:      throttle,
 		OnMessage:     func(m relaytest.Message) { printMessage(stdout, m) },
 	})
 	if err != nil {
 		return err
+	}
+	for _, f := range faults {
+		if err := inject(srv, f); err != nil {
+			srv.Close()
+			return err
+		}
 	}
 	fmt.Fprintf(stdout, "relay URL: %s\nAPI key:   %s\nupstream:  %s\n", srv.URL, srv.APIKey, srv.SMTPAddr)
 
@@ -108,14 +144,89 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
-// newServer turns relaytest's panic on a listen failure into an error.
+// newServer turns relaytest's panic on a listen failure or a bad option
+// into an error.
 func newServer(opts *relaytest.Options) (srv *relaytest.Server, err error) {
-	defer func() {
-		if v := recover(); v != nil {
-			err = fmt.Errorf("%v", v)
-		}
-	}()
+	defer recovered(&err)
 	return relaytest.NewServer(opts), nil
+}
+
+// inject arms f, turning relaytest's panic on a malformed fault into an
+// error.
+func inject(srv *relaytest.Server, f relaytest.Fault) (err error) {
+	defer recovered(&err)
+	srv.Inject(f)
+	return nil
+}
+
+func recovered(err *error) {
+	if v := recover(); v != nil {
+		*err = fmt.Errorf("%v", v)
+	}
+}
+
+// parseFault reads -fault's [N@]KIND[:ARG[:ARG]].
+func parseFault(v string) (relaytest.Fault, error) {
+	var f relaytest.Fault
+	if n, rest, ok := strings.Cut(v, "@"); ok && !strings.Contains(n, ":") {
+		times, err := strconv.Atoi(n)
+		if err != nil || times < -1 {
+			return f, fmt.Errorf("%q: N@ wants a count, or -1 for forever", v)
+		}
+		f.Times, v = times, rest
+	}
+	parts := strings.SplitN(v, ":", 3)
+	for k := relaytest.RejectAuth; k <= relaytest.CloseWebSocket; k++ {
+		if strings.EqualFold(k.String(), parts[0]) {
+			f.Kind = k
+		}
+	}
+	if f.Kind == 0 {
+		return f, fmt.Errorf("%q: unknown fault kind %q", v, parts[0])
+	}
+	arg := func(i int) string {
+		if i < len(parts) {
+			return parts[i]
+		}
+		return ""
+	}
+	switch f.Kind {
+	case relaytest.DropAfterBytes:
+		n, err := strconv.ParseInt(arg(1), 10, 64)
+		if err != nil || n < 0 {
+			return f, fmt.Errorf("%q: DropAfterBytes:N wants a byte count", v)
+		}
+		f.Bytes, f.FromServer = n, arg(2) == "from-server"
+		if arg(2) != "" && !f.FromServer {
+			return f, fmt.Errorf("%q: the direction is from-server, or none", v)
+		}
+	case relaytest.CloseWebSocket:
+		f.Command = arg(1)
+		if arg(2) != "" {
+			code, err := strconv.Atoi(arg(2))
+			if err != nil {
+				return f, fmt.Errorf("%q: CODE wants a close status", v)
+			}
+			f.Code = websocket.StatusCode(code)
+		}
+	case relaytest.ReplaceReply:
+		f.Command, f.Reply = arg(1), arg(2)
+	default:
+		f.Command = arg(1)
+	}
+	return f, nil
+}
+
+// parseThrottle reads -throttle's N/PER[:REPLY].
+func parseThrottle(v string) (*relaytest.Throttle, error) {
+	rate, reply, _ := strings.Cut(v, ":")
+	n, per, ok := strings.Cut(rate, "/")
+	limit, err := strconv.Atoi(n)
+	d, err2 := time.ParseDuration(per)
+	if !ok || err != nil || err2 != nil || limit < 0 || d <= 0 {
+		return nil, fmt.Errorf("%q: want N/PER, e.g. 100/1s", v)
+	}
+	return &relaytest.Throttle{Limit: limit, Per: d, Reply: reply}, nil
 }
 
 // checkLoopback refuses an address that is not on a loopback interface.

@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
+	"github.com/mxrelay/mxrelay"
 	"github.com/mxrelay/mxrelay/internal/wire"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
@@ -141,4 +142,63 @@ func TestPrintMessage(t *testing.T) {
 	var b bytes.Buffer
 	printMessage(&b, relaytest.Message{From: "a@x", To: []string{"b@x"}, Data: []byte("no header line"), Session: 2, User: "u"})
 	assert.Contains(t, b.String(), "from=<a@x> to=<b@x> size=14 session=2 user=u subject=(no subject)")
+}
+
+func TestParseFault(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want relaytest.Fault
+	}{
+		{"ReplaceReply:RCPT:550 5.1.1 <b@x>: no such user", relaytest.Fault{Kind: relaytest.ReplaceReply, Command: "RCPT", Reply: "550 5.1.1 <b@x>: no such user"}},
+		{"-1@StallReply:.", relaytest.Fault{Kind: relaytest.StallReply, Command: ".", Times: -1}},
+		{"3@dropafterfinaldot", relaytest.Fault{Kind: relaytest.DropAfterFinalDot, Times: 3}},
+		{"DropAfterBytes:1000:from-server", relaytest.Fault{Kind: relaytest.DropAfterBytes, Bytes: 1000, FromServer: true}},
+		{"CloseWebSocket:MAIL:4003", relaytest.Fault{Kind: relaytest.CloseWebSocket, Command: "MAIL", Code: 4003}},
+	} {
+		got, err := parseFault(tc.in)
+		require.NoError(t, err, tc.in)
+		assert.Equal(t, tc.want, got, tc.in)
+	}
+	for _, bad := range []string{"Nope", "x@StallReply", "DropAfterBytes:lots", "DropAfterBytes:1:sideways", "CloseWebSocket:MAIL:loud", "-2@RejectAuth"} {
+		_, err := parseFault(bad)
+		assert.Error(t, err, bad)
+	}
+	th, err := parseThrottle("100/1s:421 4.7.0 slow down")
+	require.NoError(t, err)
+	assert.Equal(t, &relaytest.Throttle{Limit: 100, Per: time.Second, Reply: "421 4.7.0 slow down"}, th)
+	for _, bad := range []string{"100", "x/1s", "100/soon", "100/0s"} {
+		_, err := parseThrottle(bad)
+		assert.Error(t, err, bad)
+	}
+}
+
+// -fault arms the fault on the running relay; a malformed one is refused
+// before the relay starts; a QUIT is not reported as a failure.
+func TestRunWithFault(t *testing.T) {
+	var out, errOut syncBuffer
+	err := run(context.Background(), []string{"-fault", "ReplaceReply:RCPT:354 go ahead"}, &out, &errOut)
+	require.Error(t, err, "a 3xx ReplaceReply is malformed for relaytest")
+
+	var stdout, stderr syncBuffer
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"-key", "mock-key-123456", "-fault", "ReplaceReply:RCPT:550 5.1.1 no such user"}, &stdout, &stderr)
+	}()
+	url := waitFor(t, &stdout, regexp.MustCompile(`relay URL: (\S+)`))[1]
+	c, err := mxrelay.New(url, "mock-key-123456", nil)
+	require.NoError(t, err)
+	sctx, scancel := context.WithTimeout(ctx, 10*time.Second)
+	defer scancel()
+	_, err = c.Send(sctx, mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: strings.NewReader("Subject: x\r\n\r\nx\r\n")})
+	var se *mxrelay.SMTPError
+	require.ErrorAs(t, err, &se)
+	assert.Equal(t, 550, se.Code)
+	require.NoError(t, c.Close(sctx))
+	cancel()
+	require.NoError(t, <-done)
+	assert.Contains(t, stderr.String(), "session ended with QUIT")
+	assert.NotContains(t, stderr.String(), "upstream closed the connection", "a QUIT read as a failure")
 }
