@@ -1,0 +1,501 @@
+package mxrelay_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mxrelay/mxrelay"
+)
+
+// Red team, fifth round: the drain at SessionTimeout and Close, the
+// lock-step withdraw that no longer closes, and the hurried session.
+
+// rt5Signal is a channel a hook signals on without blocking.
+func rt5Signal() chan struct{} { return make(chan struct{}, 16) }
+
+func rt5Notify(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// rt5Stall is a hook's way to stall a reply (rt2Server's HANG cannot
+// stall QUIT: the server hangs up after it): it blocks until the test
+// ends.
+func rt5Stall(t *testing.T) func() {
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	return func() { <-release }
+}
+
+func rt5Await(t *testing.T, ch chan struct{}, what string) {
+	t.Helper()
+	select {
+	case <-ch:
+	case <-time.After(8 * time.Second):
+		t.Fatalf("timed out waiting for %s", what)
+	}
+}
+
+// rt5Close closes c with a context of d and reports how long it took.
+func rt5Close(c *mxrelay.Client, d time.Duration) (time.Duration, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	start := time.Now()
+	err := c.Close(ctx)
+	return time.Since(start), err
+}
+
+// BREAK. Close's bound after a SessionTimeout drain. Close's doc: past ctx the
+// session in progress gets "up to a second more". A session whose
+// SessionTimeout passed while a 250 waits for confirmation (go-smtp
+// wording, the server silent on QUIT) is draining with a grace of
+// CommandTimeout; Close's ctx ending afterwards does not shorten it:
+// context.AfterFunc on the session's ctx has already run, quitGrace was
+// computed then (not past Close's deadline), and nothing else watches
+// Close's stop. Close returns only when QUIT's CommandTimeout passes.
+func TestRedTeam5CloseAfterSessionTimeoutDrainExceedsBound(t *testing.T) {
+	for _, m := range mxrelay.EngineModes {
+		t.Run(m.Name, func(t *testing.T) {
+			t.Parallel()
+			srv := &rt2Server{ext: m.Ext}
+			st := rt4Styles[0] // go-smtp: only the 221 confirms in the BDAT modes
+			quit := rt5Signal()
+			var stall func()
+			rt4Hook(srv, st, func(c rt2Cmd) ([]string, bool) {
+				if c.conn != 1 {
+					return nil, false
+				}
+				switch c.verb {
+				case "END":
+					return []string{"~300ms", st.reply(srv, "END"), "KEEP"}, true
+				case "QUIT":
+					rt5Notify(quit)
+					stall()
+					return []string{"CUT"}, true
+				}
+				return nil, false
+			})
+			s := rtRelay(t, srv.serve)
+			stall = rt5Stall(t)
+			c, err := mxrelay.New(s.URL, s.APIKey, fast(&mxrelay.Options{MaxEmailsPerSession: 5, BatchWait: 10 * time.Millisecond,
+				SessionTimeout: 500 * time.Millisecond, CommandTimeout: 6 * time.Second}))
+			require.NoError(t, err)
+			h, err := c.Enqueue(mail("one"), mxrelay.WithRetries(0))
+			require.NoError(t, err)
+			rt5Await(t, quit, "QUIT")
+			time.Sleep(700 * time.Millisecond) // SessionTimeout has passed, QUIT unanswered
+			took, _ := rt5Close(c, 100*time.Millisecond)
+			res, errOne := h.Wait(context.Background())
+			t.Logf("%s: Close took %v; one: err=%v maybe=%v kept=%d", m.Name, took.Round(10*time.Millisecond), errOne, res.MaybeDelivered, srv.keptN("one"))
+			assert.Less(t, took, 100*time.Millisecond+time.Second+400*time.Millisecond,
+				"Close(100ms) waited past its context plus the second its doc allows")
+		})
+	}
+}
+
+// BREAK. Close's drain and an email before its end of data. The README row:
+// "Close's context ends during a transaction, before its end of data:
+// handed back, ErrClosed (with SpoolDir, ErrSpooled and its file kept)".
+// Email one is answered 250 (go-smtp wording: unconfirmed until a 354 or
+// the 221); email two's RCPT reply is slow. Close's context ends while
+// email two waits for it, before its end of data. The drain lets the
+// reply come and then the engine writes email two's end of data
+// (endHandedOn does not look at Close); the server never answers it and
+// the grace cuts: email two ends unknown (failed, MaybeDelivered, charged
+// an attempt, its spool file gone) instead of handed back. The server
+// never kept it, so an email Close should have handed back is lost to a
+// maybe. In lock-step BDAT email one, whose 250 only QUIT's 221 would have
+// confirmed within the grace, ends unknown as well: the drain spent the
+// grace on email two's end of data instead of QUIT.
+func TestRedTeam5CloseDrainWritesEndOfDataOfEnvelopeEmail(t *testing.T) {
+	for _, m := range mxrelay.EngineModes[1:] { // pipelined BDAT writes the end with the envelope
+		t.Run(m.Name, func(t *testing.T) {
+			t.Parallel()
+			srv := &rt2Server{ext: m.Ext}
+			st := rt4Styles[0]
+			rcpt2 := rt5Signal()
+			rt4Hook(srv, st, func(c rt2Cmd) ([]string, bool) {
+				if c.conn != 1 || c.tx != 2 {
+					return nil, false
+				}
+				switch c.verb {
+				case "RCPT":
+					rt5Notify(rcpt2)
+					return []string{"~400ms", st.reply(srv, "RCPT")}, true
+				case "END":
+					return []string{"HANG"}, true
+				}
+				return nil, false
+			})
+			s := rtRelay(t, srv.serve)
+			dir := t.TempDir()
+			c1, err := mxrelay.New(s.URL, s.APIKey, fast(&mxrelay.Options{SpoolDir: dir, MaxEmailsPerSession: 5,
+				BatchWait: 100 * time.Millisecond, CommandTimeout: 5 * time.Second}))
+			require.NoError(t, err)
+			hs := rtEnqueue(t, c1, []string{"one", "two"}, rtMailTo(), mxrelay.WithRetries(2))
+			rt5Await(t, rcpt2, "email two's RCPT")
+			took, _ := rt5Close(c1, 50*time.Millisecond)
+			res1, err1 := hs[0].Wait(context.Background())
+			res2, err2 := hs[1].Wait(context.Background())
+			t.Logf("%s: Close took %v; one: err=%v maybe=%v; two: err=%v maybe=%v attempts=%d ends seen by server=%d kept=%d",
+				m.Name, took.Round(10*time.Millisecond), err1, res1.MaybeDelivered, err2, res2.MaybeDelivered, res2.Attempts,
+				srv.endsN("two"), srv.keptN("two"))
+			c2 := newClient(t, s, &mxrelay.Options{SpoolDir: dir})
+			t.Logf("recovered by the next Client: %d", len(c2.Recovered()))
+			assert.NoError(t, err1, "one was kept and confirmed within the grace")
+			assert.Zero(t, srv.endsN("two"), "Close's drain wrote the end of data of an email Close had interrupted before it")
+			assert.ErrorIs(t, err2, mxrelay.ErrClosed, "two was before its end of data when Close's context ended: handed back")
+			assert.ErrorIs(t, err2, mxrelay.ErrSpooled)
+			assert.False(t, res2.MaybeDelivered)
+		})
+	}
+}
+
+// The same at SessionTimeout: the row says "the emails not taken go in
+// the next session", and the drain waits for "the replies in flight".
+// Email two, taken but before its end of data, has its end of data written
+// during the drain; the server stalls on it; after CommandTimeout email
+// two is unknown (not retried, MaybeDelivered), where before the change it
+// was cut before its end of data and retried as never sent. BREAK of the
+// row "the emails not taken go in the next session" in spirit: its end of
+// data was not sent when SessionTimeout passed, yet it never gets a next
+// session (the core promise holds: it says MaybeDelivered).
+func TestRedTeam5SessionTimeoutDrainWritesEndOfData(t *testing.T) {
+	for _, m := range mxrelay.EngineModes[1:] {
+		t.Run(m.Name, func(t *testing.T) {
+			t.Parallel()
+			srv := &rt2Server{ext: m.Ext}
+			st := rt4Styles[0]
+			rt4Hook(srv, st, func(c rt2Cmd) ([]string, bool) {
+				if c.conn != 1 || c.tx != 2 {
+					return nil, false
+				}
+				switch c.verb {
+				case "RCPT":
+					return []string{"~600ms", st.reply(srv, "RCPT")}, true
+				case "END":
+					return []string{"HANG"}, true
+				}
+				return nil, false
+			})
+			s := rtRelay(t, srv.serve)
+			c := newClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 5, BatchWait: 100 * time.Millisecond,
+				SessionTimeout: 400 * time.Millisecond, CommandTimeout: 1500 * time.Millisecond})
+			hs := rtEnqueue(t, c, []string{"one", "two"}, rtMailTo(), mxrelay.WithRetries(2))
+			for i, h := range hs {
+				res, err := h.Wait(ctxT(t))
+				subj := []string{"one", "two"}[i]
+				o := rt3Outcome{subj: subj, err: err, maybe: res.MaybeDelivered, kept: srv.keptN(subj)}
+				t.Logf("%s: %v attempts=%d ends=%d", m.Name, o, res.Attempts, srv.endsN(subj))
+				if b := o.broken(o.String()); b != "" {
+					t.Error(b)
+				}
+			}
+			assert.Equal(t, 1, srv.keptN("two"), "two, taken before its end of data when SessionTimeout passed, did not go in the next session")
+		})
+	}
+}
+
+// HELD. Lock-step withdraw while a 250 waits for confirmation, then a
+// server that never answers again. Send's doc: a Send cancelled before its end
+// of data returns at once. The session must not outlive CommandTimeout.
+func TestRedTeam5LockstepWithdrawThenSilence(t *testing.T) {
+	for _, m := range mxrelay.EngineModes[1:] {
+		t.Run(m.Name, func(t *testing.T) {
+			t.Parallel()
+			srv := &rt2Server{ext: m.Ext}
+			st := rt4Styles[0]
+			mail2 := rt5Signal()
+			rt4Hook(srv, st, func(c rt2Cmd) ([]string, bool) {
+				if c.conn == 1 && c.tx == 2 && c.verb == "MAIL" {
+					rt5Notify(mail2)
+					return []string{"HANG"}, true
+				}
+				return nil, false
+			})
+			s := rtRelay(t, srv.serve)
+			c, err := mxrelay.New(s.URL, s.APIKey, fast(&mxrelay.Options{MaxEmailsPerSession: 5,
+				BatchWait: 100 * time.Millisecond, CommandTimeout: 1500 * time.Millisecond}))
+			require.NoError(t, err)
+			ha, err := c.Enqueue(mail("one"), mxrelay.WithRetries(0))
+			require.NoError(t, err)
+			type out struct {
+				res  *mxrelay.Result
+				err  error
+				took time.Duration
+			}
+			done := make(chan out, 1)
+			ctx, cancel := context.WithCancel(context.Background())
+			go func() {
+				start := time.Now()
+				res, err := c.Send(ctx, mail("two"), mxrelay.WithRetries(0))
+				done <- out{res, err, time.Since(start)}
+			}()
+			rt5Await(t, mail2, "email two's MAIL")
+			cancelAt := time.Now()
+			cancel()
+			var o out
+			select {
+			case o = <-done:
+			case <-time.After(5 * time.Second):
+				t.Fatal("the cancelled Send did not return")
+			}
+			sinceCancel := time.Since(cancelAt)
+			resA, errA := ha.Wait(ctxT(t))
+			t.Logf("%s: two: err=%v returned %v after cancel; one: err=%v maybe=%v kept=%d", m.Name, o.err,
+				sinceCancel.Round(time.Millisecond), errA, resA.MaybeDelivered, srv.keptN("one"))
+			assert.ErrorIs(t, o.err, mxrelay.ErrCanceled)
+			assert.Less(t, sinceCancel, 300*time.Millisecond, "cancelled before its end of data, Send waited")
+			a := rt3Outcome{subj: "one", err: errA, maybe: resA.MaybeDelivered, kept: srv.keptN("one")}
+			if b := a.broken(a.String()); b != "" {
+				t.Error(b)
+			}
+			took, _ := rt5Close(c, 3*time.Second)
+			assert.Less(t, took, 2*time.Second, "the session outlived CommandTimeout")
+		})
+	}
+}
+
+// HELD (the grace is per session, in parallel). MaxConcurrentSessions 3, each session's 250 waiting for QUIT's 221,
+// which never comes: Close(100ms) must not sum the graces.
+func TestRedTeam5CloseGraceConcurrentSessions(t *testing.T) {
+	for _, m := range []rtMode{mxrelay.EngineModes[0], mxrelay.EngineModes[2]} {
+		t.Run(m.Name, func(t *testing.T) {
+			t.Parallel()
+			srv := &rt2Server{ext: m.Ext}
+			st := rt4Styles[0]
+			quit := rt5Signal()
+			var stall func()
+			rt4Hook(srv, st, func(c rt2Cmd) ([]string, bool) {
+				if c.verb == "QUIT" {
+					rt5Notify(quit)
+					stall()
+					return []string{"CUT"}, true
+				}
+				return nil, false
+			})
+			s := rtRelay(t, srv.serve)
+			stall = rt5Stall(t)
+			c, err := mxrelay.New(s.URL, s.APIKey, fast(&mxrelay.Options{MaxConcurrentSessions: 3, MaxEmailsPerSession: 1,
+				BatchWait: 5 * time.Millisecond, CommandTimeout: 8 * time.Second}))
+			require.NoError(t, err)
+			subjs := rtNumbered("c", 3)
+			hs := rtEnqueue(t, c, subjs, rtMailTo(), mxrelay.WithRetries(0))
+			for range 3 {
+				rt5Await(t, quit, "QUIT")
+			}
+			took, _ := rt5Close(c, 100*time.Millisecond)
+			t.Logf("%s: Close took %v", m.Name, took.Round(10*time.Millisecond))
+			for i, h := range hs {
+				res, err := h.Wait(context.Background())
+				o := rt3Outcome{subj: subjs[i], err: err, maybe: res.MaybeDelivered, kept: srv.keptN(subjs[i])}
+				t.Log(o)
+				if b := o.broken(o.String()); b != "" {
+					t.Error(b)
+				}
+			}
+			assert.Less(t, took, 100*time.Millisecond+time.Second+400*time.Millisecond, "Close summed or exceeded the grace")
+		})
+	}
+}
+
+// BREAK. Events after a drained SessionTimeout. events.go: sessionCompleted is
+// "it ended with QUIT", sessionFailed "it could not start or broke". A
+// session past SessionTimeout that drained and got QUIT's 221, every
+// email delivered, is reported sessionFailed (and counted in
+// Stats.SessionsFailed), its cause the deadline.
+func TestRedTeam5DrainedSessionTimeoutReportedFailed(t *testing.T) {
+	srv := &rt2Server{ext: mxrelay.EngineModes[0].Ext}
+	st := rt4Styles[0]
+	rt4Hook(srv, st, func(c rt2Cmd) ([]string, bool) {
+		if c.conn == 1 && c.tx == 2 && c.verb == "END" {
+			return []string{"~500ms", st.reply(srv, "END"), "KEEP"}, true
+		}
+		return nil, false
+	})
+	s := rtRelay(t, srv.serve)
+	var mu sync.Mutex
+	var evs []mxrelay.Event
+	c := newClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 5, BatchWait: 10 * time.Millisecond,
+		SessionTimeout: 300 * time.Millisecond, CommandTimeout: 3 * time.Second,
+		OnEvent: func(e mxrelay.Event) {
+			if e.Type == mxrelay.EventSessionCompleted || e.Type == mxrelay.EventSessionFailed {
+				mu.Lock()
+				evs = append(evs, e)
+				mu.Unlock()
+			}
+		}})
+	for _, h := range rtEnqueue(t, c, []string{"one", "two"}, rtMailTo(), mxrelay.WithRetries(0)) {
+		res, err := h.Wait(ctxT(t))
+		require.NoError(t, err)
+		require.False(t, res.MaybeDelivered)
+	}
+	time.Sleep(200 * time.Millisecond)
+	mu.Lock()
+	defer mu.Unlock()
+	require.NotEmpty(t, evs)
+	for _, e := range evs {
+		t.Logf("event %v session=%s err=%v results=%d", e.Type, e.SessionID, e.Err, len(e.Results))
+	}
+	st2 := c.Stats()
+	t.Logf("stats: processed %d failed %d", st2.SessionsProcessed, st2.SessionsFailed)
+	assert.Equal(t, mxrelay.EventSessionCompleted, evs[0].Type, "a session that ended with QUIT's 221, all delivered, reported failed")
+	assert.False(t, errors.Is(evs[0].Err, context.DeadlineExceeded), fmt.Sprint(evs[0].Err))
+}
+
+// BREAK. The withdraw's new check looks only at emails answered and waiting for
+// confirmation (Unconfirmed), not at emails whose end of data is out and
+// whose reply is on its way. Pipelined DATA (withdraw is set: not
+// Windowed) sends email two's envelope before email one's end of data is
+// answered; cancelling two then closes the channel, and one, answered
+// 250 and kept by an honest server a moment later, ends unknown because
+// another email was cancelled (the problem 457b68e meant to end).
+func TestRedTeam5WithdrawCutsReplyInFlight(t *testing.T) {
+	for _, st := range rt4Styles {
+		t.Run(st.name, func(t *testing.T) {
+			t.Parallel()
+			m := mxrelay.EngineModes[1] // pipelined DATA
+			srv := &rt2Server{ext: m.Ext}
+			end1 := rt5Signal()
+			rt4Hook(srv, st, func(c rt2Cmd) ([]string, bool) {
+				if c.conn == 1 && c.tx == 1 && c.verb == "END" {
+					rt5Notify(end1)
+					return []string{"KEEP", "~400ms", st.reply(srv, "END")}, true
+				}
+				return nil, false
+			})
+			s := rtRelay(t, srv.serve)
+			c := newClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 5, BatchWait: 100 * time.Millisecond,
+				CommandTimeout: 3 * time.Second})
+			hs := rtEnqueue(t, c, []string{"one", "two"}, rtMailTo(), mxrelay.WithRetries(0))
+			rt5Await(t, end1, "email one's end of data")
+			time.Sleep(150 * time.Millisecond) // two's envelope is out, one's reply not yet
+			hs[1].Cancel()
+			res1, err1 := hs[0].Wait(ctxT(t))
+			_, err2 := hs[1].Wait(ctxT(t))
+			t.Logf("one: err=%v maybe=%v kept=%d; two: err=%v", err1, res1.MaybeDelivered, srv.keptN("one"), err2)
+			assert.ErrorIs(t, err2, mxrelay.ErrCanceled)
+			require.Equal(t, 1, srv.keptN("one"))
+			assert.NoError(t, err1, "one, kept and answered 250 by an honest server, ends unknown because two was cancelled")
+		})
+	}
+}
+
+// Close with SpoolDir during a drain: both emails answered within the
+// grace and confirmed by QUIT's 221 are delivered once; the next Client
+// on the spool recovers neither and sends nothing again. Held in the BDAT
+// modes. BREAK in the DATA modes, against README's row "Close's context
+// ends during a transaction ... After its end of data the reply decides:
+// the session takes no more emails and gives the replies in flight up to
+// a second more": there email two's 354 confirmed email one, so when
+// Close's ctx ends nothing is Unconfirmed and the channel is cut at once
+// (0b26a54's condition; Close's doc in client.go says so, the README row
+// was not updated): email two, whose 250 comes 300 ms later, ends
+// unknown and MaybeDelivered although the server kept it once.
+func TestRedTeam5CloseDrainSpoolDeliveredOnce(t *testing.T) {
+	for _, m := range mxrelay.EngineModes {
+		t.Run(m.Name, func(t *testing.T) {
+			t.Parallel()
+			srv := &rt2Server{ext: m.Ext}
+			st := rt4Styles[0]
+			end2 := rt5Signal()
+			rt4Hook(srv, st, func(c rt2Cmd) ([]string, bool) {
+				if c.conn == 1 && c.tx == 2 && c.verb == "END" {
+					rt5Notify(end2)
+					return []string{"KEEP", "~300ms", st.reply(srv, "END")}, true
+				}
+				return nil, false
+			})
+			s := rtRelay(t, srv.serve)
+			dir := t.TempDir()
+			c1, err := mxrelay.New(s.URL, s.APIKey, fast(&mxrelay.Options{SpoolDir: dir, MaxEmailsPerSession: 5,
+				BatchWait: 100 * time.Millisecond, CommandTimeout: 3 * time.Second}))
+			require.NoError(t, err)
+			subjs := []string{"one", "two"}
+			hs := rtEnqueue(t, c1, subjs, rtMailTo(), mxrelay.WithRetries(2))
+			rt5Await(t, end2, "email two's end of data")
+			took, _ := rt5Close(c1, 10*time.Millisecond)
+			t.Logf("Close took %v", took.Round(10*time.Millisecond))
+			assert.Less(t, took, 10*time.Millisecond+time.Second+400*time.Millisecond)
+			for i, h := range hs {
+				res, err := h.Wait(context.Background())
+				o := rt3Outcome{subj: subjs[i], err: err, maybe: res.MaybeDelivered, kept: srv.keptN(subjs[i])}
+				t.Log(o)
+				assert.True(t, o.delivered(), "answered and confirmed within the grace: %v", o)
+			}
+			c2 := newClient(t, s, &mxrelay.Options{SpoolDir: dir})
+			assert.Empty(t, c2.Recovered(), "the next Client recovered an email c1 delivered")
+			require.NoError(t, c2.Close(ctxT(t)))
+			for _, subj := range subjs {
+				assert.Equal(t, 1, srv.keptN(subj), subj)
+			}
+		})
+	}
+}
+
+// HELD. A Send cancelled after its end of data hurries its session; Close comes
+// while it drains, and the emails queued behind go nowhere (Close). Each
+// email ends exactly once, the cancelled one by its reply, the others
+// handed back, and Close keeps its bound.
+func TestRedTeam5HurryThenClose(t *testing.T) {
+	for _, m := range mxrelay.EngineModes {
+		t.Run(m.Name, func(t *testing.T) {
+			t.Parallel()
+			srv := &rt2Server{ext: m.Ext}
+			st := rt4Styles[0]
+			end1 := rt5Signal()
+			rt4Hook(srv, st, func(c rt2Cmd) ([]string, bool) {
+				if c.conn == 1 && c.tx == 1 && c.verb == "END" {
+					rt5Notify(end1)
+					return []string{"KEEP", "~300ms", st.reply(srv, "END")}, true
+				}
+				return nil, false
+			})
+			s := rtRelay(t, srv.serve)
+			dir := t.TempDir()
+			c1, err := mxrelay.New(s.URL, s.APIKey, fast(&mxrelay.Options{SpoolDir: dir, MaxEmailsPerSession: 5,
+				BatchWait: 10 * time.Millisecond, CommandTimeout: 3 * time.Second}))
+			require.NoError(t, err)
+			ctx, cancel := context.WithCancel(context.Background())
+			type out struct {
+				res *mxrelay.Result
+				err error
+			}
+			done := make(chan out, 1)
+			go func() {
+				res, err := c1.Send(ctx, mail("one"), mxrelay.WithRetries(2))
+				done <- out{res, err}
+			}()
+			rt5Await(t, end1, "email one's end of data")
+			cancel()
+			time.Sleep(50 * time.Millisecond) // the cancel reaches the session (hurry)
+			later := rtEnqueue(t, c1, rtNumbered("l", 3), rtMailTo(), mxrelay.WithRetries(2))
+			took, _ := rt5Close(c1, 10*time.Millisecond)
+			o := <-done
+			t.Logf("Close took %v; one: err=%v maybe=%v kept=%d", took.Round(10*time.Millisecond), o.err, o.res.MaybeDelivered, srv.keptN("one"))
+			assert.Less(t, took, 10*time.Millisecond+time.Second+400*time.Millisecond)
+			a := rt3Outcome{subj: "one", err: o.err, maybe: o.res.MaybeDelivered, kept: srv.keptN("one")}
+			if b := a.broken(a.String()); b != "" {
+				t.Error(b)
+			}
+			for i, h := range later {
+				res, err := h.Wait(context.Background())
+				subj := fmt.Sprint("l", i)
+				lo := rt3Outcome{subj: subj, err: err, maybe: res.MaybeDelivered, kept: srv.keptN(subj)}
+				t.Log(lo)
+				if b := lo.broken(lo.String()); b != "" {
+					t.Error(b)
+				}
+			}
+		})
+	}
+}
