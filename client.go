@@ -437,10 +437,11 @@ func (c *Client) setConnState(s ConnState) {
 func (c *Client) setSessionState(s SessionState) { c.sessState.Store(int32(s)) }
 
 // Close stops accepting emails and keeps sending what is queued until ctx
-// ends; then the session in progress takes no more emails and, if emails
-// answered 250 wait for confirmation, its replies in flight get up to a
-// second more (QUIT's 221, after them, confirms the 250s of a server that
-// words all its replies alike); every email
+// ends; then the session in progress takes no more emails and writes no
+// more ends of data, and if emails whose end of data is out have no
+// result yet, their replies get up to a second more (QUIT's 221, after
+// them, confirms the 250s of a server that words all its replies alike);
+// every email
 // left fails with ErrClosed (its Result says so, so the caller can
 // resubmit it). It sends QUIT, closes the channel and the WebSocket, and returns when no
 // goroutine of the client runs, except that it waits for an OnEvent call in

@@ -184,11 +184,11 @@ type Options struct {
 	// greeting and the reply to the end of data. Zero: 1m.
 	CommandTimeout time.Duration
 	// SessionTimeout bounds how long one SMTP session takes emails, from
-	// the channel open; past it the session takes no more. If emails
-	// answered 250 wait for the reply that confirms them, the replies in
-	// flight get CommandTimeout to come and the session ends with QUIT;
-	// otherwise the channel is closed at once. The emails not sent go in
-	// the next session. Zero: 5m.
+	// the channel open; past it the session takes no more and writes no
+	// more ends of data. If emails whose end of data is out have no result
+	// yet, their replies get CommandTimeout to come and the session ends
+	// with QUIT, whose 221 confirms them; otherwise the channel is closed
+	// at once. The emails not finished go in the next session. Zero: 5m.
 	SessionTimeout time.Duration
 	// Timeout is each email's deadline from Enqueue, unless Send is given
 	// WithTimeout. Zero: none (the Send context still applies).

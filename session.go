@@ -29,6 +29,10 @@ type smtpSession struct {
 	sc      *smtpc.Client
 	aborted atomic.Bool
 	abort   func() // ends the channel now: SessionTimeout, or Close giving up
+	// draining is set past SessionTimeout or Close's deadline: no end of
+	// data is written any more (the email goes in the next session, or is
+	// handed back), only the replies of those already out are awaited.
+	draining atomic.Bool
 	// hurried is set when a caller waits for an email of the session past
 	// its end of data (its Send was cancelled): the session takes no more
 	// and ends with QUIT, whose 221 confirms it.
@@ -70,25 +74,39 @@ func (w *worker) session() {
 		return
 	}
 	// At SessionTimeout or when Close gives up, the session takes no more
-	// emails. When emails answered 250 wait for confirmation, the replies
-	// in flight get quitGrace to come before the channel is closed: QUIT's
-	// 221, after them, is what confirms a 250 from a server that words all
-	// its replies alike, and cut, every such 250 would be unknown. With
-	// none waiting, the channel is closed at once (a stalled server).
+	// emails and writes no more ends of data (draining). When emails whose
+	// end of data is out have no result yet, their replies get quitGrace
+	// to come before the channel is closed: QUIT's 221, after them, is
+	// what confirms a 250 from a server that words all its replies alike,
+	// and cut, each would be unknown. With none, the channel is closed at
+	// once (a stalled server). Close giving up later shortens the grace.
 	var graceMu sync.Mutex
 	var grace *time.Timer
+	over := false // the session is done: a grace started now would outlive it
 	stopAbort := context.AfterFunc(ctx, func() {
-		if s.sc.Err() != nil || s.sc.Unconfirmed() == 0 {
+		s.draining.Store(true)
+		if s.sc.Err() != nil || s.sc.Settling() == 0 {
 			s.abort()
 			return
 		}
 		graceMu.Lock()
-		grace = time.AfterFunc(c.quitGrace(), s.abort)
+		if !over {
+			grace = time.AfterFunc(c.quitGrace(), s.abort)
+		}
+		graceMu.Unlock()
+	})
+	stopShorten := context.AfterFunc(c.stopCtx, func() {
+		graceMu.Lock()
+		if grace != nil {
+			grace.Reset(c.quitGrace())
+		}
 		graceMu.Unlock()
 	})
 	defer func() {
 		stopAbort()
+		stopShorten()
 		graceMu.Lock()
+		over = true
 		if grace != nil {
 			grace.Stop()
 		}
@@ -141,7 +159,8 @@ func (w *worker) session() {
 	if broken == nil && s.aborted.Load() {
 		broken = fmt.Errorf("mxrelay: session %s: channel closed (a cancelled email, or the session's end)", sid)
 	}
-	ended := ctx.Err() // QUIT still goes out: its 221 confirms what waits
+	// Past SessionTimeout or Close's deadline QUIT still goes out: its 221
+	// confirms what waits, and the session ended with QUIT, as it should.
 	if broken == nil {
 		if err := s.sc.Quit(); err != nil {
 			broken = fmt.Errorf("mxrelay: session %s: QUIT: %w", sid, s.explain(err))
@@ -153,9 +172,6 @@ func (w *worker) session() {
 				c.events.emit(Event{Type: EventError, SessionID: sid, Err: broken})
 			}
 		}
-	}
-	if broken == nil && ended != nil {
-		broken = fmt.Errorf("mxrelay: session %s: %w", sid, context.Cause(ctx))
 	}
 	s.sc.Close(broken) // every email taken has its fate now
 	var results []*Result
@@ -319,9 +335,9 @@ func (w *worker) open(ctx context.Context, sid string) (*smtpSession, error) {
 		ch.Abort()
 	}
 	s.withdraw = func() {
-		if s.sc.Unconfirmed() > 0 {
-			// Closing would leave the emails answered before it unknown:
-			// the engine withdraws this one at its next step, with RSET.
+		if s.sc.Settling() > 0 {
+			// Closing would leave the emails whose end of data is out
+			// unknown: the engine withdraws this one at its next step.
 			return
 		}
 		s.aborted.Store(true)
@@ -456,7 +472,7 @@ func (s *smtpSession) send(em *email) error {
 		defer c.mu.Unlock()
 		return em.canceled != nil
 	}
-	tx.BeforeEnd = func() bool { return c.endHandedOn(em) }
+	tx.BeforeEnd = func() bool { return !s.draining.Load() && c.endHandedOn(em) }
 	tx.Done = func(res *smtpc.Result) { s.apply(em, rcpts, res, start) }
 	if err := s.sc.Send(tx); err != nil {
 		return fmt.Errorf("mxrelay: session %s: %w", s.id, s.explain(err))

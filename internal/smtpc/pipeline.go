@@ -655,13 +655,21 @@ func (c *Client) Unanswered() int {
 	return len(p.live) - len(p.unconfirmed)
 }
 
-// Unconfirmed is how many transactions have every reply and wait only for
-// a reply that confirms them (see Result.Confirmed).
-func (c *Client) Unconfirmed() int {
+// Settling is how many transactions have every command written, the end
+// of data included, and no result yet: their replies are on the way, or
+// they wait for a reply that confirms them (see Result.Confirmed). Cut
+// now, each would be an unknown outcome.
+func (c *Client) Settling() int {
 	p := &c.p
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return len(p.unconfirmed)
+	n := 0
+	for tx := range p.live {
+		if tx.closed && !tx.finished {
+			n++
+		}
+	}
+	return n
 }
 
 // Sync writes a NOOP when the last transaction ended with its end of data
