@@ -10,15 +10,21 @@
 // --api-key-file, or from the administrator's configuration file,
 // /etc/mxrelay/sendmail.conf ("url = ...", "api-key-file = ...",
 // "starttls = ...", "tls-server-name = ...", "domain = ..."): what the
-// file sets, an option or the environment cannot change (64, 78). The file
-// must be a regular file that only its owner may write (78);
+// file sets, an option or the environment cannot change (64, 78).
+// MXRELAY_STARTTLS, MXRELAY_TLS_SERVER_NAME and MXRELAY_DOMAIN give the
+// other three in the environment. Once the relay is configured (url in the
+// file, or MXRELAY_URL), those five settings come from the file or the
+// environment only, and an option for one is refused unless it repeats
+// what they say (64); a user who gives --url with neither may give them
+// all. The file must be a regular file that only its owner may write
+// (78);
 // MXRELAY_SENDMAIL_CONFIG names another one only when nothing is at that
 // path (tests). The key itself is never taken from the command line; a
 // key file must be a regular file of one line of printable ASCII that
 // other users cannot read. Options end at the first recipient or at "--";
 // --url, --api-key-file, --tls-server-name, --starttls and --domain may be
-// given once; --url or --api-key-file may not contradict MXRELAY_URL,
-// MXRELAY_API_KEY or MXRELAY_API_KEY_FILE; and --help is honoured alone:
+// given once, and may not contradict their environment variables; and
+// --help is honoured alone:
 // so that an argument appended to the administrator's command line cannot
 // send the mail or the key elsewhere, nor make a message vanish with exit
 // 0.
@@ -410,26 +416,19 @@ func passwordInClear(cfg *config, env func(string) string) (bool, error) {
 var errConfig = errors.New("configuration")
 
 // identity returns the domain that qualifies bare user names (--domain,
-// $MXRELAY_DOMAIN, else the host name) and the user's own address
+// the configuration's domain or $MXRELAY_DOMAIN, as applyConfig chose,
+// else the host name) and the user's own address
 // ($LOGNAME, $USER, else the account's name, at that domain), which goes
 // into a generated From line and the envelope: each is checked, so that a
 // CR, LF or other character that is not in a user or domain name cannot
 // add header fields or change the address.
 func identity(cfg *config, env func(string) string) (domain, local string, err error) {
-	domain, from := cfg.domain, firstOf(cfg.domainFrom, "--domain")
-	if domain == "" {
-		domain, from = env(envDomain), envDomain
-	}
+	domain, from := cfg.domain, cfg.origin("domain")
 	if domain == "" {
 		domain, from = hostname(), "the host name"
 	}
-	if !isDotAtom(domain) || !isASCII(domain) {
-		return "", "", fmt.Errorf("%w: %s %q is not a domain name", errConfig, from, domain)
-	}
-	if e := env(envDomain); cfg.domainFrom == "" && cfg.domain != "" && e != "" && !strings.EqualFold(e, cfg.domain) {
-		// An appended --domain must not send bare names elsewhere than
-		// the administrator's MXRELAY_DOMAIN says.
-		return "", "", usageErr("--domain contradicts %s, set in the environment: an option cannot change where bare names go", envDomain)
+	if err := checkDomain(from, domain); err != nil {
+		return "", "", err
 	}
 	user, from := env("LOGNAME"), "LOGNAME"
 	if user == "" {
@@ -446,6 +445,15 @@ func identity(cfg *config, env func(string) string) (domain, local string, err e
 		return "", "", fmt.Errorf("%w: %s %q: %w", errConfig, from, user, err)
 	}
 	return domain, local, nil
+}
+
+// checkDomain refuses a domain for bare user names that is not a domain
+// name (config); from says where it was set.
+func checkDomain(from, domain string) error {
+	if !isDotAtom(domain) || !isASCII(domain) {
+		return fmt.Errorf("%w: %s %q is not a domain name", errConfig, from, domain)
+	}
+	return nil
 }
 
 func hasControl(s string) bool {
