@@ -60,7 +60,8 @@
 // name. SIGTERM, SIGINT or SIGHUP withdraws the message and exits with 75;
 // once its end of data is sent the reply decides, and when it is not there
 // within two seconds the command says the message may have been delivered
-// (75). It prints nothing on success (-v reports the delivery and
+// (75). --timeout ends the send the same way, after the end of data too,
+// and no reply is awaited longer than it. It prints nothing on success (-v reports the delivery and
 // logs the SMTP dialogue, credentials masked). The exit status is from
 // sysexits.h: 0 delivered to every recipient; 64 (EX_USAGE) a bad command
 // line or no recipient; 65 (EX_DATAERR) a malformed message or address; 67
@@ -123,18 +124,33 @@ func main() {
 		os.Exit(code)
 	case <-time.After(signalGrace):
 	}
-	if p.handedOver.Load() {
-		// The library returns at once from a withdrawn email whose end
-		// of data was not sent: this one's was, and its reply is late.
-		fmt.Fprintf(stderr, "mxrelay-sendmail: %v while the reply to the end of data was awaited: the message may have been delivered: check before sending it again\n", context.Cause(ctx))
-	} else {
-		fmt.Fprintf(stderr, "mxrelay-sendmail: %v: the message was not sent\n", context.Cause(ctx))
-	}
+	// The library returns at once from a withdrawn email whose end of
+	// data was not sent: once it had the message, its end of data went
+	// out, and the reply is late.
+	fmt.Fprintf(stderr, "mxrelay-sendmail: %s\n", withdrawn(context.Cause(ctx), p.handedOver.Load()))
 	os.Exit(exTempFail)
 }
 
-// errSignal is the cause of the end of main's context.
-var errSignal = errors.New("stopped by a signal")
+// errSignal is the cause of the end of main's context; errTimedOut, of
+// the end of --timeout.
+var (
+	errSignal   = errors.New("stopped by a signal")
+	errTimedOut = errors.New("timed out")
+)
+
+// errNoReply is send's error when the email was withdrawn after its end
+// of data and the reply did not come within signalGrace.
+var errNoReply = errors.New("no reply to the end of data")
+
+// withdrawn says what the end of the command's context, for cause (a
+// signal, the time out), left of the message: not sent, or, when its end
+// of data went out and the reply is not known, perhaps delivered.
+func withdrawn(cause error, endOfData bool) string {
+	if endOfData {
+		return fmt.Sprintf("%v while the reply to the end of data was awaited: the message may have been delivered: check before sending it again", cause)
+	}
+	return fmt.Sprintf("%v: the message was not sent", cause)
+}
 
 // progress is how far run got with the message, for main to say what a
 // signal left behind when run does not return within signalGrace.
@@ -145,11 +161,14 @@ type progress struct {
 
 func newProgress() *progress { return &progress{reported: make(chan int, 1)} }
 
+// libraryCommandTimeout is Options.CommandTimeout's default.
+const libraryCommandTimeout = time.Minute
+
 // closeTimeout bounds the QUIT and the WebSocket close after the result.
 const closeTimeout = 10 * time.Second
 
-// signalGrace is how long run has, after a signal, to withdraw the message
-// and say what became of it.
+// signalGrace is how long run has, after a signal or the time out, to
+// withdraw the message and say what became of it.
 const signalGrace = 2 * time.Second
 
 // run is the command: it reads the message on stdin, sends it and returns
@@ -237,6 +256,11 @@ func runWith(ctx context.Context, args []string, env func(string) string, stdin 
 		// "not sent" (EX_TEMPFAIL, safe to retry), not "unknown".
 		DisablePipelining: true,
 	}
+	if cfg.timeout < libraryCommandTimeout {
+		// A reply, that to the end of data included, is not awaited
+		// longer than the command may take.
+		opts.CommandTimeout = cfg.timeout
+	}
 	if cfg.retries == 0 {
 		opts.Retries = -1 // Options' zero means the default
 	}
@@ -275,16 +299,24 @@ func runWith(ctx context.Context, args []string, env func(string) string, stdin 
 	}
 
 	if ctx.Err() != nil { // a signal came while the message was read
-		return fail(exTempFail, "%v: the message was not sent", context.Cause(ctx))
+		return fail(exTempFail, "%s", withdrawn(context.Cause(ctx), false))
 	}
-	ctx, cancel := context.WithTimeout(ctx, cfg.timeout)
+	ctx, cancel := context.WithTimeoutCause(ctx, cfg.timeout, fmt.Errorf("%w after %v", errTimedOut, cfg.timeout))
 	defer cancel()
 	res, err := send(ctx, c, email, p)
 	if rerr := msg.readErr(); rerr != nil {
 		return fail(exIOErr, "reading the message: %v (nothing was sent)", rerr)
 	}
-	code := exitCode(res, err)
-	report(stderr, cfg.verbose, res, err, code)
+	var code int
+	switch {
+	case errors.Is(err, errNoReply):
+		code = fail(exTempFail, "%s", withdrawn(context.Cause(ctx), true))
+	case errors.Is(err, mxrelay.ErrCanceled) && ctx.Err() != nil:
+		code = fail(exTempFail, "%s", withdrawn(context.Cause(ctx), false))
+	default:
+		code = exitCode(res, err)
+		report(stderr, cfg.verbose, res, err, code)
+	}
 	p.reported <- code // before the deferred Close, which a stalled QUIT holds up
 	return code
 }
@@ -292,7 +324,10 @@ func runWith(ctx context.Context, args []string, env func(string) string, stdin 
 // send hands email to c and waits for its result, as Client.Send does,
 // telling p once the library has it (Enqueue reads the rest of stdin):
 // from then on the end of ctx withdraws the email only if its end of data
-// has not been sent, and otherwise the reply decides.
+// has not been sent, and otherwise the reply decides. When ctx ends by
+// the time out (errTimedOut), the reply is given signalGrace, as main
+// gives it after a signal, and then send returns errNoReply: the outcome
+// is unknown.
 func send(ctx context.Context, c *mxrelay.Client, email mxrelay.Email, p *progress) (*mxrelay.Result, error) {
 	h, err := c.Enqueue(email)
 	if err != nil {
@@ -301,12 +336,20 @@ func send(ctx context.Context, c *mxrelay.Client, email mxrelay.Email, p *progre
 	p.handedOver.Store(true)
 	stop := context.AfterFunc(ctx, h.Cancel)
 	defer stop()
-	<-h.Done()
-	res, err := h.Wait(context.Background())
-	if errors.Is(err, mxrelay.ErrCanceled) && ctx.Err() != nil {
-		err = fmt.Errorf("%w: %w", err, context.Cause(ctx)) // the time out, or the signal
+	select {
+	case <-h.Done():
+	case <-ctx.Done():
+		if !errors.Is(context.Cause(ctx), errTimedOut) {
+			<-h.Done() // a signal: main decides when to stop waiting
+			break
+		}
+		select {
+		case <-h.Done():
+		case <-time.After(signalGrace):
+			return nil, errNoReply
+		}
 	}
-	return res, err
+	return h.Wait(context.Background())
 }
 
 // envelope prepares the email: its recipients, its sender, its header

@@ -10,10 +10,12 @@ import (
 	"strings"
 	"testing"
 	"testing/iotest"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/mxrelay/mxrelay"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
 
@@ -265,7 +267,7 @@ func TestExitCodes(t *testing.T) {
 			setup: func(s *relaytest.Server) {
 				s.Inject(relaytest.Fault{Kind: relaytest.StallReply, Command: "MAIL"})
 			},
-			args: []string{"--timeout=300ms", "a@example.com"}, want: exTempFail, stderr: "cancel"},
+			args: []string{"--timeout=300ms", "a@example.com"}, want: exTempFail, stderr: "timed out after 300ms: the message was not sent"},
 
 		{name: "EX_CONFIG: no relay URL", env: func(e map[string]string) { delete(e, "MXRELAY_URL") }, args: []string{"a@example.com"}, want: exConfig, stderr: "MXRELAY_URL"},
 		{name: "EX_CONFIG: no key", env: func(e map[string]string) { delete(e, "MXRELAY_API_KEY") }, args: []string{"a@example.com"}, want: exConfig, stderr: "MXRELAY_API_KEY"},
@@ -304,4 +306,26 @@ func TestExitCodes(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestSendGivesUpAfterTheTimeOut: when the time out passes after the end
+// of data and the library, whose CommandTimeout is longer, is still
+// waiting for its reply, send stops waiting after signalGrace: the
+// outcome is unknown (errNoReply), and the command does not hang.
+func TestSendGivesUpAfterTheTimeOut(t *testing.T) {
+	s := newRelay(t, nil)
+	s.Inject(relaytest.Fault{Kind: relaytest.StallReply, Command: ".", Times: -1})
+	c, err := mxrelay.New(s.URL, s.APIKey, &mxrelay.Options{DisablePipelining: true, Retries: -1})
+	require.NoError(t, err)
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		defer cancel()
+		c.Close(ctx)
+	}()
+	ctx, cancel := context.WithTimeoutCause(context.Background(), 300*time.Millisecond, errTimedOut)
+	defer cancel()
+	start := time.Now()
+	_, err = send(ctx, c, mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: strings.NewReader("Subject: s\r\n\r\nx\r\n")}, newProgress())
+	require.ErrorIs(t, err, errNoReply)
+	assert.Less(t, time.Since(start), 300*time.Millisecond+signalGrace+time.Second)
 }
