@@ -41,7 +41,10 @@
 // addresses in the To, Cc and Bcc headers, or in the Resent-To, Resent-Cc
 // and Resent-Bcc headers of a message that has a Resent- field, as with
 // sendmail (with -t the operands are added to those, as with Postfix). Bcc
-// and Resent-Bcc headers are always removed. A From and a Date header are
+// and Resent-Bcc headers are always removed. A line that is not a header
+// field ends the header, and the body starts there; a Bcc or Resent-Bcc
+// field after it, before the first empty line, is refused (65) rather
+// than sent as text. A From and a Date header are
 // added when missing. The envelope sender is -f (or -r), "<>" for none,
 // else the From header's address, else $LOGNAME@domain. A bare user name
 // such as "root" is qualified with --domain, $MXRELAY_DOMAIN or the host
@@ -304,7 +307,10 @@ func runWith(ctx context.Context, args []string, env func(string) string, stdin 
 	ctx, cancel := context.WithTimeoutCause(ctx, cfg.timeout, fmt.Errorf("%w after %v", errTimedOut, cfg.timeout))
 	defer cancel()
 	res, err := send(ctx, c, email, p)
-	if rerr := msg.readErr(); rerr != nil {
+	switch rerr := msg.readErr(); { // Enqueue copies the body before anything is sent
+	case errors.Is(rerr, errData):
+		return fail(exDataErr, "%v (nothing was sent)", rerr)
+	case rerr != nil:
 		return fail(exIOErr, "reading the message: %v (nothing was sent)", rerr)
 	}
 	var code int
