@@ -62,8 +62,9 @@ const (
 // lines and lines starting with "#" ignored. A missing file is no
 // configuration; one that cannot be read, that is not a regular file,
 // that anyone but its owner may write (it names where the API key goes),
-// or that says what it cannot, is an error. The checks are made on the
-// opened file, so that it cannot be swapped in between.
+// that someone else could replace (checkConfigPath), or that says what
+// it cannot, is an error. The checks of the file are made on the opened
+// file, so that it cannot be swapped in between.
 func readConfig(path string) (map[string]string, error) {
 	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0) // a FIFO does not wait for a writer
 	if errors.Is(err, fs.ErrNotExist) {
@@ -81,6 +82,9 @@ func readConfig(path string) (map[string]string, error) {
 		return nil, fmt.Errorf("%w: %s is not a regular file", errConfig, path)
 	case runtime.GOOS != "windows" && fi.Mode().Perm()&0o022 != 0:
 		return nil, fmt.Errorf("%w: %s may be written by users other than its owner (mode %v): whoever writes it chooses where the mail and the API key go; make it writable by its owner only (chmod go-w)", errConfig, path, fi.Mode().Perm())
+	}
+	if err := checkConfigPath(path, fi); err != nil {
+		return nil, err
 	}
 	conf := map[string]string{}
 	sc := bufio.NewScanner(f)

@@ -16,7 +16,10 @@
 // file, or MXRELAY_URL), those five settings come from the file or the
 // environment only, and an option for one is refused unless it repeats
 // what they say (64); a user who gives --url with neither may give them
-// all. The file must be a regular file that only its owner may write
+// all. The file must be a regular file, owned by root or by the user
+// running the command, that only its owner may write, in directories
+// (on its path as given and with links resolved) owned by root or that
+// user that no one else may write unless they are sticky, like /tmp
 // (78);
 // MXRELAY_SENDMAIL_CONFIG names another one only when nothing is at that
 // path (tests). The key itself is never taken from the command line; a
