@@ -30,7 +30,7 @@ type config struct {
 	timeout     time.Duration
 	retries     int
 	domain      string
-	domainFrom  string // where domain was set, when not by --domain
+	from        map[string]string // where a setting was set, when not by its option
 	help        bool
 }
 
@@ -132,13 +132,24 @@ func parseArgs(args []string) (*config, error) {
 	return cfg, nil
 }
 
-// checkTLS refuses --starttls without the name to check the server's
-// certificate against.
+// checkTLS refuses STARTTLS without the name to check the server's
+// certificate against: a usage error when --starttls asked for it, a
+// configuration error when the file or the environment did.
 func (cfg *config) checkTLS() error {
-	if cfg.startTLS != mxrelay.StartTLSNever && cfg.tlsName == "" {
-		return usageErr("--starttls needs --tls-server-name, the name the SMTP server's certificate is checked against")
+	if cfg.startTLS == mxrelay.StartTLSNever || cfg.tlsName != "" {
+		return nil
 	}
-	return nil
+	const why = "the name the SMTP server's certificate is checked against"
+	if from := cfg.origin("starttls"); from != "--starttls" {
+		return fmt.Errorf("%w: %s asks for STARTTLS without tls-server-name (or %s), %s", errConfig, from, envTLSServerName, why)
+	}
+	return usageErr("--starttls needs --tls-server-name, %s", why)
+}
+
+// origin says where the setting name was set: its option, unless the
+// configuration file or the environment set it.
+func (cfg *config) origin(name string) string {
+	return firstOf(cfg.from[name], "--"+name)
 }
 
 // once sets *dst to value, refusing a second value for the option.
@@ -167,7 +178,12 @@ func (cfg *config) given(name string) (bool, string) {
 	case "api-key-file":
 		return cfg.keyFile != "", cfg.keyFile
 	case "starttls":
-		return cfg.startTLSSet, ""
+		for mode, v := range startTLSModes {
+			if cfg.startTLSSet && v == cfg.startTLS {
+				return true, mode
+			}
+		}
+		return false, ""
 	case "tls-server-name":
 		return cfg.tlsName != "", cfg.tlsName
 	case "domain":
@@ -286,19 +302,21 @@ Reads a message on standard input and sends it through an mxrelay relay.
 
   --url URL              relay URL (default: $MXRELAY_URL)
   --api-key-file FILE    file holding the API key (default: $MXRELAY_API_KEY, then $MXRELAY_API_KEY_FILE)
-  --starttls MODE        never, opportunistic or required (default: never)
-  --tls-server-name NAME the SMTP server's name in its certificate (for --starttls)
+  --starttls MODE        never, opportunistic or required (default: $MXRELAY_STARTTLS, else never)
+  --tls-server-name NAME the SMTP server's name in its certificate (default: $MXRELAY_TLS_SERVER_NAME)
   --helo NAME            the EHLO name (default: localhost)
   --domain DOMAIN        qualifies bare user names (default: $MXRELAY_DOMAIN, else the host name)
-  --timeout DURATION     give up after this long (default: 2m)
+  --timeout DURATION     give up after this long, even waiting for the reply to the end of data (default: 2m)
   --retries N            retries after a temporary failure (default: 3)
 
 Options end at the first recipient (or at --); --url, --api-key-file,
---tls-server-name, --starttls and --domain may be given once, and --url and
---api-key-file may not contradict $MXRELAY_URL, $MXRELAY_API_KEY or
-$MXRELAY_API_KEY_FILE. Settings in /etc/mxrelay/sendmail.conf (url,
-api-key-file, starttls, tls-server-name, domain) cannot be changed by
-options or the environment. --help goes alone.
+--tls-server-name, --starttls and --domain may be given once, and may not
+contradict their environment variables. Settings in
+/etc/mxrelay/sendmail.conf (url, api-key-file, starttls, tls-server-name,
+domain) cannot be changed by options or the environment. Once the
+administrator has configured the relay (url in that file, or $MXRELAY_URL),
+those five come from the file or the environment only: an option for one
+must repeat what they say. --help goes alone.
 
 SMTP AUTH with the upstream: $MXRELAY_SMTP_USERNAME and $MXRELAY_SMTP_PASSWORD,
 under --starttls (or with $MXRELAY_SMTP_PASSWORD_IN_CLEAR=yes).

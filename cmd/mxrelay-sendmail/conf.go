@@ -44,20 +44,27 @@ var settings = []string{"url", "api-key-file", "starttls", "tls-server-name", "d
 
 // settingEnv are the environment variables that also give a setting.
 var settingEnv = map[string][]string{
-	"url":          {mxrelay.EnvURL},
-	"api-key-file": {mxrelay.EnvAPIKey, mxrelay.EnvAPIKeyFile},
-	"domain":       {envDomain},
+	"url":             {mxrelay.EnvURL},
+	"api-key-file":    {mxrelay.EnvAPIKey, mxrelay.EnvAPIKeyFile},
+	"starttls":        {envStartTLS},
+	"tls-server-name": {envTLSServerName},
+	"domain":          {envDomain},
 }
 
-// envDomain qualifies bare user names, when --domain does not.
-const envDomain = "MXRELAY_DOMAIN"
+// The environment variables of the settings that are this command's own.
+const (
+	envStartTLS      = "MXRELAY_STARTTLS"        // --starttls
+	envTLSServerName = "MXRELAY_TLS_SERVER_NAME" // --tls-server-name
+	envDomain        = "MXRELAY_DOMAIN"          // --domain: qualifies bare user names
+)
 
 // readConfig reads the configuration file: lines "name = value", blank
 // lines and lines starting with "#" ignored. A missing file is no
 // configuration; one that cannot be read, that is not a regular file,
 // that anyone but its owner may write (it names where the API key goes),
-// or that says what it cannot, is an error. The checks are made on the
-// opened file, so that it cannot be swapped in between.
+// that someone else could replace (checkConfigPath), or that says what
+// it cannot, is an error. The checks of the file are made on the opened
+// file, so that it cannot be swapped in between.
 func readConfig(path string) (map[string]string, error) {
 	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0) // a FIFO does not wait for a writer
 	if errors.Is(err, fs.ErrNotExist) {
@@ -75,6 +82,9 @@ func readConfig(path string) (map[string]string, error) {
 		return nil, fmt.Errorf("%w: %s is not a regular file", errConfig, path)
 	case runtime.GOOS != "windows" && fi.Mode().Perm()&0o022 != 0:
 		return nil, fmt.Errorf("%w: %s may be written by users other than its owner (mode %v): whoever writes it chooses where the mail and the API key go; make it writable by its owner only (chmod go-w)", errConfig, path, fi.Mode().Perm())
+	}
+	if err := checkConfigPath(path, fi); err != nil {
+		return nil, err
 	}
 	conf := map[string]string{}
 	sc := bufio.NewScanner(f)
@@ -101,48 +111,97 @@ func readConfig(path string) (map[string]string, error) {
 	return conf, nil
 }
 
-// applyConfig puts the configuration file's settings into cfg, refusing
-// a command line option (usage) or an environment variable (config) that
-// would change one of them. A setting the file does not make may come
-// from an option or the environment, but an option may not contradict
-// the environment where it names the relay or the key: an option
-// appended to the administrator's command line must not beat the
-// administrator's MXRELAY_URL or MXRELAY_API_KEY (usage).
+// applyConfig puts the configuration file's and the environment's
+// settings into cfg. A setting in the file cannot be changed: an option
+// for it is refused (usage), and so is an environment variable for it
+// (config). Otherwise an option may not contradict the environment
+// (usage); and once the administrator has configured the relay (the file
+// sets url, or MXRELAY_URL is set), an option may only repeat what the
+// file or the environment says, so that an option appended to the
+// administrator's command line cannot choose a setting the administrator
+// left to its default (usage). Without a configured relay (a user giving
+// --url by hand) the options may set what the environment does not. A
+// --domain that is not a domain name is refused (config) before it is
+// compared with anything.
 func applyConfig(cfg *config, conf map[string]string, path string, env func(string) string) error {
+	relayBy := ""
+	switch {
+	case conf["url"] != "":
+		relayBy = "url in " + path
+	case env(mxrelay.EnvURL) != "":
+		relayBy = mxrelay.EnvURL
+	}
 	for _, name := range settings {
 		given, flagValue := cfg.given(name)
-		value, inFile := conf[name]
-		if !inFile {
-			if name == "domain" || !given {
-				continue // --domain against MXRELAY_DOMAIN: identity, once the name is checked
+		if name == "domain" && given {
+			if err := checkDomain("--domain", flagValue); err != nil {
+				return err
+			}
+		}
+		if value, inFile := conf[name]; inFile {
+			refuse := func(what string) string {
+				return fmt.Sprintf("%s: %s is set in %s, by the administrator, and cannot be changed", what, name, path)
+			}
+			if given {
+				return usageErr("%s", refuse("--"+name))
 			}
 			for _, v := range settingEnv[name] {
-				if e := env(v); e != "" && e != flagValue {
-					return usageErr("--%s contradicts %s, set in the environment: an option cannot change where the mail and the API key go", name, v)
+				if env(v) != "" {
+					return fmt.Errorf("%w: %s", errConfig, refuse(v))
 				}
+			}
+			if err := cfg.setFrom(name, value, name+" in "+path); err != nil {
+				return err
 			}
 			continue
 		}
-		refuse := func(what string) string {
-			return fmt.Sprintf("%s: %s is set in %s, by the administrator, and cannot be changed", what, name, path)
-		}
-		if given {
-			return usageErr("%s", refuse("--"+name))
-		}
+		configured := false
 		for _, v := range settingEnv[name] {
-			if env(v) != "" {
-				return fmt.Errorf("%w: %s", errConfig, refuse(v))
+			e := env(v)
+			if e == "" {
+				continue
+			}
+			configured = true
+			if given && !sameSetting(name, e, flagValue) {
+				return usageErr("--%s contradicts %s, set in the environment: an option cannot change what the administrator configured", name, v)
+			}
+			if !given && name != "url" && name != "api-key-file" { // the relay and the key: RelayFromEnv reads them
+				if err := cfg.setFrom(name, e, v); err != nil {
+					return err
+				}
 			}
 		}
-		if _, ok := startTLSModes[value]; name == "starttls" && !ok {
-			return fmt.Errorf("%w: %s: starttls %q: want never, opportunistic or required", errConfig, path, value)
-		}
-		if err := cfg.setLong(name, value); err != nil {
-			return err // not given twice, not empty: cannot happen
-		}
-		if name == "domain" {
-			cfg.domainFrom = "domain in " + path
+		if given && !configured && relayBy != "" {
+			return usageErr("--%s: the relay is configured (%s), so an option cannot change what the administrator configured; %s is set in the configuration file or with %s",
+				name, relayBy, name, strings.Join(settingEnv[name], " or "))
 		}
 	}
 	return nil
+}
+
+// setFrom sets the setting name to value, read from the configuration
+// file or the environment (from says which), refusing a value that
+// cannot be (config).
+func (cfg *config) setFrom(name, value, from string) error {
+	if _, ok := startTLSModes[value]; name == "starttls" && !ok {
+		return fmt.Errorf("%w: %s %q: want never, opportunistic or required", errConfig, from, value)
+	}
+	if err := cfg.setLong(name, value); err != nil {
+		return err // not given twice, not empty: cannot happen
+	}
+	if cfg.from == nil {
+		cfg.from = map[string]string{}
+	}
+	cfg.from[name] = from
+	return nil
+}
+
+// sameSetting reports whether an option's value for the setting name
+// says what the administrator's does: names of hosts and domains are
+// compared without regard to case.
+func sameSetting(name, admin, option string) bool {
+	if name == "domain" || name == "tls-server-name" {
+		return strings.EqualFold(admin, option)
+	}
+	return admin == option
 }

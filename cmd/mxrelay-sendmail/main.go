@@ -10,15 +10,24 @@
 // --api-key-file, or from the administrator's configuration file,
 // /etc/mxrelay/sendmail.conf ("url = ...", "api-key-file = ...",
 // "starttls = ...", "tls-server-name = ...", "domain = ..."): what the
-// file sets, an option or the environment cannot change (64, 78). The file
-// must be a regular file that only its owner may write (78);
+// file sets, an option or the environment cannot change (64, 78).
+// MXRELAY_STARTTLS, MXRELAY_TLS_SERVER_NAME and MXRELAY_DOMAIN give the
+// other three in the environment. Once the relay is configured (url in the
+// file, or MXRELAY_URL), those five settings come from the file or the
+// environment only, and an option for one is refused unless it repeats
+// what they say (64); a user who gives --url with neither may give them
+// all. The file must be a regular file, owned by root or by the user
+// running the command, that only its owner may write, in directories
+// (on its path as given and with links resolved) owned by root or that
+// user that no one else may write unless they are sticky, like /tmp
+// (78);
 // MXRELAY_SENDMAIL_CONFIG names another one only when nothing is at that
 // path (tests). The key itself is never taken from the command line; a
 // key file must be a regular file of one line of printable ASCII that
 // other users cannot read. Options end at the first recipient or at "--";
 // --url, --api-key-file, --tls-server-name, --starttls and --domain may be
-// given once; --url or --api-key-file may not contradict MXRELAY_URL,
-// MXRELAY_API_KEY or MXRELAY_API_KEY_FILE; and --help is honoured alone:
+// given once, and may not contradict their environment variables; and
+// --help is honoured alone:
 // so that an argument appended to the administrator's command line cannot
 // send the mail or the key elsewhere, nor make a message vanish with exit
 // 0.
@@ -35,7 +44,10 @@
 // addresses in the To, Cc and Bcc headers, or in the Resent-To, Resent-Cc
 // and Resent-Bcc headers of a message that has a Resent- field, as with
 // sendmail (with -t the operands are added to those, as with Postfix). Bcc
-// and Resent-Bcc headers are always removed. A From and a Date header are
+// and Resent-Bcc headers are always removed. A line that is not a header
+// field ends the header, and the body starts there; a Bcc or Resent-Bcc
+// field after it, before the first empty line, is refused (65) rather
+// than sent as text. A From and a Date header are
 // added when missing. The envelope sender is -f (or -r), "<>" for none,
 // else the From header's address, else $LOGNAME@domain. A bare user name
 // such as "root" is qualified with --domain, $MXRELAY_DOMAIN or the host
@@ -54,7 +66,8 @@
 // name. SIGTERM, SIGINT or SIGHUP withdraws the message and exits with 75;
 // once its end of data is sent the reply decides, and when it is not there
 // within two seconds the command says the message may have been delivered
-// (75). It prints nothing on success (-v reports the delivery and
+// (75). --timeout ends the send the same way, after the end of data too,
+// and no reply is awaited longer than it. It prints nothing on success (-v reports the delivery and
 // logs the SMTP dialogue, credentials masked). The exit status is from
 // sysexits.h: 0 delivered to every recipient; 64 (EX_USAGE) a bad command
 // line or no recipient; 65 (EX_DATAERR) a malformed message or address; 67
@@ -117,18 +130,33 @@ func main() {
 		os.Exit(code)
 	case <-time.After(signalGrace):
 	}
-	if p.handedOver.Load() {
-		// The library returns at once from a withdrawn email whose end
-		// of data was not sent: this one's was, and its reply is late.
-		fmt.Fprintf(stderr, "mxrelay-sendmail: %v while the reply to the end of data was awaited: the message may have been delivered: check before sending it again\n", context.Cause(ctx))
-	} else {
-		fmt.Fprintf(stderr, "mxrelay-sendmail: %v: the message was not sent\n", context.Cause(ctx))
-	}
+	// The library returns at once from a withdrawn email whose end of
+	// data was not sent: once it had the message, its end of data went
+	// out, and the reply is late.
+	fmt.Fprintf(stderr, "mxrelay-sendmail: %s\n", withdrawn(context.Cause(ctx), p.handedOver.Load()))
 	os.Exit(exTempFail)
 }
 
-// errSignal is the cause of the end of main's context.
-var errSignal = errors.New("stopped by a signal")
+// errSignal is the cause of the end of main's context; errTimedOut, of
+// the end of --timeout.
+var (
+	errSignal   = errors.New("stopped by a signal")
+	errTimedOut = errors.New("timed out")
+)
+
+// errNoReply is send's error when the email was withdrawn after its end
+// of data and the reply did not come within signalGrace.
+var errNoReply = errors.New("no reply to the end of data")
+
+// withdrawn says what the end of the command's context, for cause (a
+// signal, the time out), left of the message: not sent, or, when its end
+// of data went out and the reply is not known, perhaps delivered.
+func withdrawn(cause error, endOfData bool) string {
+	if endOfData {
+		return fmt.Sprintf("%v while the reply to the end of data was awaited: the message may have been delivered: check before sending it again", cause)
+	}
+	return fmt.Sprintf("%v: the message was not sent", cause)
+}
 
 // progress is how far run got with the message, for main to say what a
 // signal left behind when run does not return within signalGrace.
@@ -139,11 +167,14 @@ type progress struct {
 
 func newProgress() *progress { return &progress{reported: make(chan int, 1)} }
 
+// libraryCommandTimeout is Options.CommandTimeout's default.
+const libraryCommandTimeout = time.Minute
+
 // closeTimeout bounds the QUIT and the WebSocket close after the result.
 const closeTimeout = 10 * time.Second
 
-// signalGrace is how long run has, after a signal, to withdraw the message
-// and say what became of it.
+// signalGrace is how long run has, after a signal or the time out, to
+// withdraw the message and say what became of it.
 const signalGrace = 2 * time.Second
 
 // run is the command: it reads the message on stdin, sends it and returns
@@ -231,6 +262,11 @@ func runWith(ctx context.Context, args []string, env func(string) string, stdin 
 		// "not sent" (EX_TEMPFAIL, safe to retry), not "unknown".
 		DisablePipelining: true,
 	}
+	if cfg.timeout < libraryCommandTimeout {
+		// A reply, that to the end of data included, is not awaited
+		// longer than the command may take.
+		opts.CommandTimeout = cfg.timeout
+	}
 	if cfg.retries == 0 {
 		opts.Retries = -1 // Options' zero means the default
 	}
@@ -269,16 +305,27 @@ func runWith(ctx context.Context, args []string, env func(string) string, stdin 
 	}
 
 	if ctx.Err() != nil { // a signal came while the message was read
-		return fail(exTempFail, "%v: the message was not sent", context.Cause(ctx))
+		return fail(exTempFail, "%s", withdrawn(context.Cause(ctx), false))
 	}
-	ctx, cancel := context.WithTimeout(ctx, cfg.timeout)
+	ctx, cancel := context.WithTimeoutCause(ctx, cfg.timeout, fmt.Errorf("%w after %v", errTimedOut, cfg.timeout))
 	defer cancel()
 	res, err := send(ctx, c, email, p)
-	if rerr := msg.readErr(); rerr != nil {
+	switch rerr := msg.readErr(); { // Enqueue copies the body before anything is sent
+	case errors.Is(rerr, errData):
+		return fail(exDataErr, "%v (nothing was sent)", rerr)
+	case rerr != nil:
 		return fail(exIOErr, "reading the message: %v (nothing was sent)", rerr)
 	}
-	code := exitCode(res, err)
-	report(stderr, cfg.verbose, res, err, code)
+	var code int
+	switch {
+	case errors.Is(err, errNoReply):
+		code = fail(exTempFail, "%s", withdrawn(context.Cause(ctx), true))
+	case errors.Is(err, mxrelay.ErrCanceled) && ctx.Err() != nil:
+		code = fail(exTempFail, "%s", withdrawn(context.Cause(ctx), false))
+	default:
+		code = exitCode(res, err)
+		report(stderr, cfg.verbose, res, err, code)
+	}
 	p.reported <- code // before the deferred Close, which a stalled QUIT holds up
 	return code
 }
@@ -286,7 +333,10 @@ func runWith(ctx context.Context, args []string, env func(string) string, stdin 
 // send hands email to c and waits for its result, as Client.Send does,
 // telling p once the library has it (Enqueue reads the rest of stdin):
 // from then on the end of ctx withdraws the email only if its end of data
-// has not been sent, and otherwise the reply decides.
+// has not been sent, and otherwise the reply decides. When ctx ends by
+// the time out (errTimedOut), the reply is given signalGrace, as main
+// gives it after a signal, and then send returns errNoReply: the outcome
+// is unknown.
 func send(ctx context.Context, c *mxrelay.Client, email mxrelay.Email, p *progress) (*mxrelay.Result, error) {
 	h, err := c.Enqueue(email)
 	if err != nil {
@@ -295,12 +345,20 @@ func send(ctx context.Context, c *mxrelay.Client, email mxrelay.Email, p *progre
 	p.handedOver.Store(true)
 	stop := context.AfterFunc(ctx, h.Cancel)
 	defer stop()
-	<-h.Done()
-	res, err := h.Wait(context.Background())
-	if errors.Is(err, mxrelay.ErrCanceled) && ctx.Err() != nil {
-		err = fmt.Errorf("%w: %w", err, context.Cause(ctx)) // the time out, or the signal
+	select {
+	case <-h.Done():
+	case <-ctx.Done():
+		if !errors.Is(context.Cause(ctx), errTimedOut) {
+			<-h.Done() // a signal: main decides when to stop waiting
+			break
+		}
+		select {
+		case <-h.Done():
+		case <-time.After(signalGrace):
+			return nil, errNoReply
+		}
 	}
-	return res, err
+	return h.Wait(context.Background())
 }
 
 // envelope prepares the email: its recipients, its sender, its header
@@ -410,26 +468,19 @@ func passwordInClear(cfg *config, env func(string) string) (bool, error) {
 var errConfig = errors.New("configuration")
 
 // identity returns the domain that qualifies bare user names (--domain,
-// $MXRELAY_DOMAIN, else the host name) and the user's own address
+// the configuration's domain or $MXRELAY_DOMAIN, as applyConfig chose,
+// else the host name) and the user's own address
 // ($LOGNAME, $USER, else the account's name, at that domain), which goes
 // into a generated From line and the envelope: each is checked, so that a
 // CR, LF or other character that is not in a user or domain name cannot
 // add header fields or change the address.
 func identity(cfg *config, env func(string) string) (domain, local string, err error) {
-	domain, from := cfg.domain, firstOf(cfg.domainFrom, "--domain")
-	if domain == "" {
-		domain, from = env(envDomain), envDomain
-	}
+	domain, from := cfg.domain, cfg.origin("domain")
 	if domain == "" {
 		domain, from = hostname(), "the host name"
 	}
-	if !isDotAtom(domain) || !isASCII(domain) {
-		return "", "", fmt.Errorf("%w: %s %q is not a domain name", errConfig, from, domain)
-	}
-	if e := env(envDomain); cfg.domainFrom == "" && cfg.domain != "" && e != "" && !strings.EqualFold(e, cfg.domain) {
-		// An appended --domain must not send bare names elsewhere than
-		// the administrator's MXRELAY_DOMAIN says.
-		return "", "", usageErr("--domain contradicts %s, set in the environment: an option cannot change where bare names go", envDomain)
+	if err := checkDomain(from, domain); err != nil {
+		return "", "", err
 	}
 	user, from := env("LOGNAME"), "LOGNAME"
 	if user == "" {
@@ -446,6 +497,15 @@ func identity(cfg *config, env func(string) string) (domain, local string, err e
 		return "", "", fmt.Errorf("%w: %s %q: %w", errConfig, from, user, err)
 	}
 	return domain, local, nil
+}
+
+// checkDomain refuses a domain for bare user names that is not a domain
+// name (config); from says where it was set.
+func checkDomain(from, domain string) error {
+	if !isDotAtom(domain) || !isASCII(domain) {
+		return fmt.Errorf("%w: %s %q is not a domain name", errConfig, from, domain)
+	}
+	return nil
 }
 
 func hasControl(s string) bool {

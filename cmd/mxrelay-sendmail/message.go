@@ -80,16 +80,31 @@ type bodyReader struct {
 	lr    *lineReader
 	buf   []byte
 	store []byte
+	// endedAt is the line that ended the header early, when one did: up
+	// to the first empty line, a Bcc or Resent-Bcc field is then an
+	// error, since it would go to every recipient as body text.
+	endedAt string
 }
 
 func (b *bodyReader) Read(p []byte) (int, error) {
 	for len(b.buf) == 0 {
+		lineStart := !b.lr.midLine
 		piece, eol, ok := b.lr.next()
 		if !ok {
 			if b.lr.err != nil {
 				return 0, b.lr.err
 			}
 			return 0, io.EOF
+		}
+		if b.endedAt != "" && lineStart {
+			switch name := fieldName(string(piece)); {
+			case len(piece) == 0:
+				b.endedAt = "" // the empty line: what follows is text
+			case isBlind(name):
+				b.lr.err = fmt.Errorf("%w: a %s field after the line %.60q, which is not a header field and so ended the header: it would be sent to every recipient as text", errData, name, b.endedAt)
+				b.lr.done = true
+				return 0, b.lr.err
+			}
 		}
 		b.store = append(b.store[:0], piece...)
 		if eol {
@@ -126,7 +141,9 @@ type message struct {
 // readMessage reads the header section of the message on r and prepares
 // its body for reading. A leading mbox "From " line is dropped. When a line
 // that is not a header field comes before any empty line, the body starts
-// there (sendmail accepts a message without a header).
+// there (sendmail accepts a message without a header), and a Bcc or
+// Resent-Bcc field after it but before the first empty line makes reading
+// the body fail (errData) rather than send the field as text.
 func readMessage(r io.Reader, dotEnds bool) (*message, error) {
 	lr := newLineReader(r, dotEnds)
 	m := &message{lr: lr, body: &bodyReader{lr: lr}}
@@ -161,7 +178,7 @@ func readMessage(r io.Reader, dotEnds bool) (*message, error) {
 		case fieldName(line) != "":
 			m.fields = append(m.fields, field{name: fieldName(line), lines: []string{line}})
 		default:
-			m.body = io.MultiReader(strings.NewReader(line+"\r\n"), m.body)
+			m.body = io.MultiReader(strings.NewReader(line+"\r\n"), &bodyReader{lr: lr, endedAt: line})
 			return m, nil
 		}
 	}
@@ -235,6 +252,9 @@ func (m *message) recipientFields() []string {
 // blindFields are removed from every message: they name the recipients
 // the others must not see.
 var blindFields = []string{"Bcc", "Resent-Bcc"}
+
+// isBlind reports whether a field of this name is one of blindFields.
+func isBlind(name string) bool { return field{name: name}.is(blindFields...) }
 
 // add adds a field at the end of the header.
 func (m *message) add(name, value string) {

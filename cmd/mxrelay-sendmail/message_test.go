@@ -234,6 +234,7 @@ func FuzzHeader(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, in string) {
+		wantBody, refused := bodyOf(in)
 		m, err := readMessage(strings.NewReader(in), false)
 		if err != nil {
 			return
@@ -277,6 +278,10 @@ func FuzzHeader(f *testing.F) {
 			assert.True(t, slices.ContainsFunc(email.To, func(to string) bool { return strings.EqualFold(to, w) }), "%q not in the envelope %q", w, email.To)
 		}
 		b, err := io.ReadAll(email.Body)
+		if refused {
+			require.ErrorIs(t, err, errData, "a blind field after the header ended early is refused")
+			return
+		}
 		require.NoError(t, err)
 		out := string(b)
 		header, body := "", strings.TrimPrefix(out, "\r\n")
@@ -295,15 +300,17 @@ func FuzzHeader(f *testing.F) {
 				assert.NotContains(t, header, a, "a Bcc address was sent")
 			}
 		}
-		assert.Equal(t, crlf(bodyOf(in)), body, "the body is unchanged")
+		assert.Equal(t, crlf(wantBody), body, "the body is unchanged")
 	})
 }
 
 // bodyOf returns what follows the header of in, as RFC 5322 reads it: the
 // header ends at an empty line, or before a line that is neither a field
 // (a name, white space allowed before the colon) nor a continuation; a
-// leading mbox "From " line is not part of either.
-func bodyOf(in string) string {
+// leading mbox "From " line is not part of either. refused is whether the
+// message must be refused: the header ended early, and a Bcc or
+// Resent-Bcc field comes before the first empty line.
+func bodyOf(in string) (body string, refused bool) {
 	rest := in
 	first, prev := true, false
 	for rest != "" {
@@ -313,23 +320,45 @@ func bodyOf(in string) string {
 		case first && strings.HasPrefix(line, "From ") && !strings.HasPrefix(strings.TrimLeft(line[len("From"):], " \t"), ":"):
 			// An mbox line; "From :" is a From field (obsolete syntax).
 		case line == "":
-			return after
+			return after, false
 		case (line[0] == ' ' || line[0] == '\t') && prev:
-		case isFieldLine(line):
+		case fieldLineName(line) != "":
 			prev = true
 		default:
-			return rest
+			return rest, blindBeforeEmptyLine(after)
 		}
 		first = false
 		rest = after
 	}
-	return ""
+	return "", false
 }
 
-func isFieldLine(line string) bool {
+// fieldLineName is the name of the field line starts, or "".
+func fieldLineName(line string) string {
 	name, _, ok := strings.Cut(line, ":")
 	name = strings.TrimRight(name, " \t")
-	return ok && name != "" && !strings.ContainsFunc(name, func(r rune) bool { return r <= ' ' || r > '~' })
+	if !ok || strings.ContainsFunc(name, func(r rune) bool { return r <= ' ' || r > '~' }) {
+		return ""
+	}
+	return name
+}
+
+// blindBeforeEmptyLine reports whether a Bcc or Resent-Bcc field line
+// comes in text before its first empty line.
+func blindBeforeEmptyLine(text string) bool {
+	for text != "" {
+		line, after, _ := strings.Cut(text, "\n")
+		line = strings.TrimSuffix(line, "\r")
+		name := strings.ToLower(fieldLineName(line))
+		switch {
+		case line == "":
+			return false
+		case name == "bcc" || name == "resent-bcc":
+			return true
+		}
+		text = after
+	}
+	return false
 }
 
 // crlf ends every line of s with CRLF, the last one included.
@@ -377,4 +406,33 @@ func FuzzSMTPPath(f *testing.F) {
 			assert.True(t, isDotAtom(domain) || isAddressLiteral(domain), "%q", p)
 		}
 	})
+}
+
+// TestBlindFieldAfterEarlyEnd: when a line that is not a field ends the
+// header, a Bcc or Resent-Bcc field before the first empty line (any case,
+// white space before the colon) makes the body unreadable (errData); one
+// after the empty line is text.
+func TestBlindFieldAfterEarlyEnd(t *testing.T) {
+	for _, tc := range []struct {
+		name, in string
+		refused  bool
+	}{
+		{name: "Bcc", in: "To: a@example.com\nnot a field\nBcc: b@example.com\n\nx\n", refused: true},
+		{name: "Resent-Bcc, obsolete syntax", in: "To: a@example.com\nnot a field\nmore\nRESENT-BCC\t: b@example.com\n\nx\n", refused: true},
+		{name: "no header at all", in: "cron output\nbcc: b@example.com\n", refused: true},
+		{name: "after the empty line", in: "To: a@example.com\nnot a field\n\nBcc: b@example.com\n", refused: false},
+		{name: "folded, not a field", in: "To: a@example.com\nnot a field\n Bcc: b@example.com\n", refused: false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m, err := readMessage(strings.NewReader(tc.in), true)
+			require.NoError(t, err)
+			_, err = io.ReadAll(m.reader())
+			if tc.refused {
+				require.ErrorIs(t, err, errData)
+				assert.ErrorIs(t, m.readErr(), errData)
+			} else {
+				require.NoError(t, err)
+			}
+		})
+	}
 }

@@ -290,18 +290,28 @@ func TestRedTeamAppendedDomainRedirectsBareNames(t *testing.T) {
 // option makes it deliver in clear, exit 0. A second --starttls that
 // contradicts the first must be refused, as a second --tls-server-name
 // is.
+//
+// (The wrapper names the relay with --url: with the relay in the
+// environment, MXRELAY_URL, no option may set --starttls at all, and
+// TestRedTeam2AppendedStartTLSChangesPolicy covers that.)
 func TestRedTeamAppendedStartTLSDowngradesWrapper(t *testing.T) {
-	wrapper := []string{"--starttls=required", "--tls-server-name=smtp.example.com"}
 	in := "To: a@example.com\nSubject: payroll\n\nSalary: 1,000,000\n"
+	wrapped := func(s *relaytest.Server) (map[string]string, []string) {
+		env := relayEnv(s)
+		delete(env, "MXRELAY_URL")
+		return env, []string{"--url=" + s.URL, "--starttls=required", "--tls-server-name=smtp.example.com"}
+	}
 
 	s := newRelay(t, nil)
-	code, stderr := sendmail(t, relayEnv(s), strings.NewReader(in), append(wrapper, "-t", "-i")...)
+	env, wrapper := wrapped(s)
+	code, stderr := sendmail(t, env, strings.NewReader(in), append(wrapper, "-t", "-i")...)
 	require.Equal(t, exUnavailable, code, "the upstream offers no STARTTLS: required refuses: %s", stderr)
 
 	for _, mode := range []string{"opportunistic", "never"} {
 		t.Run(mode, func(t *testing.T) {
 			s := newRelay(t, nil)
-			code, stderr := sendmail(t, relayEnv(s), strings.NewReader(in), append(wrapper, "-t", "-i", "-fvisitor@example.com", "--starttls="+mode)...)
+			env, wrapper := wrapped(s)
+			code, stderr := sendmail(t, env, strings.NewReader(in), append(wrapper, "-t", "-i", "-fvisitor@example.com", "--starttls="+mode)...)
 			t.Logf("exit %d, stderr %q, sent in clear: %d", code, stderr, len(s.Mailbox()))
 			assert.Zero(t, len(s.Mailbox()), "the administrator required STARTTLS; the mail went in clear")
 			assert.Equal(t, exUsage, code, "a second --starttls is refused")

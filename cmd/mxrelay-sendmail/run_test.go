@@ -10,10 +10,12 @@ import (
 	"strings"
 	"testing"
 	"testing/iotest"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/mxrelay/mxrelay"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
 
@@ -183,6 +185,7 @@ func TestExitCodes(t *testing.T) {
 		relay    *relaytest.Options
 		setup    func(*relaytest.Server)
 		env      func(map[string]string)
+		byHand   bool // no MXRELAY_URL: --url names the relay, as a user running the command by hand does
 		stdin    io.Reader
 		args     []string
 		want     int
@@ -192,15 +195,20 @@ func TestExitCodes(t *testing.T) {
 	}{
 		{name: "key from a file", env: func(e map[string]string) { delete(e, "MXRELAY_API_KEY"); e["MXRELAY_API_KEY_FILE"] = keyFile },
 			args: []string{"a@example.com"}, want: exOK, received: 1},
-		{name: "key file on the command line", env: func(e map[string]string) { delete(e, "MXRELAY_API_KEY") },
+		{name: "key file on the command line", env: func(e map[string]string) { delete(e, "MXRELAY_API_KEY") }, byHand: true,
 			args: []string{"--api-key-file", keyFile, "a@example.com"}, want: exOK, received: 1},
-		{name: "EX_USAGE: a key file contradicting MXRELAY_API_KEY", env: func(e map[string]string) { e["MXRELAY_API_KEY"] = "other" },
-			args: []string{"--api-key-file", keyFile, "a@example.com"}, want: exUsage},
+		{name: "EX_USAGE: a key file contradicting MXRELAY_API_KEY", env: func(e map[string]string) { e["MXRELAY_API_KEY"] = "other" }, byHand: true,
+			args: []string{"--api-key-file", keyFile, "a@example.com"}, want: exUsage, stderr: "MXRELAY_API_KEY"},
+		{name: "EX_USAGE: a key file under the administrator's MXRELAY_URL", env: func(e map[string]string) { delete(e, "MXRELAY_API_KEY") },
+			args: []string{"--api-key-file", keyFile, "a@example.com"}, want: exUsage, stderr: "cannot change what the administrator configured"},
+		{name: "EX_USAGE: --starttls under the administrator's MXRELAY_URL", args: []string{"--starttls=never", "a@example.com"}, want: exUsage, stderr: envStartTLS},
+		{name: "the administrator's --starttls repeated", env: func(e map[string]string) { e[envStartTLS] = "never" },
+			args: []string{"--starttls=never", "a@example.com"}, want: exOK, received: 1},
 
 		{name: "EX_USAGE: unknown option", args: []string{"-Z", "a@example.com"}, want: exUsage, stderr: "unknown option -Z"},
 		{name: "EX_USAGE: no recipient", args: []string{}, want: exUsage, stderr: "no recipient"},
 		{name: "EX_USAGE: -t and no recipient header", args: []string{"-t"}, want: exUsage, stderr: "none in the To, Cc or Bcc headers"},
-		{name: "EX_USAGE: --starttls without --tls-server-name", args: []string{"--starttls=required", "a@example.com"}, want: exUsage, stderr: "--tls-server-name"},
+		{name: "EX_USAGE: --starttls without --tls-server-name", byHand: true, args: []string{"--starttls=required", "a@example.com"}, want: exUsage, stderr: "--tls-server-name"},
 		{name: "EX_USAGE: the key on the command line", args: []string{"--api-key", "secret", "a@example.com"}, want: exUsage, stderr: "never taken from the command line"},
 
 		{name: "EX_DATAERR: bad To header", stdin: strings.NewReader("To: <broken\n\nx\n"), args: []string{"-t"}, want: exDataErr, stderr: "To header"},
@@ -234,7 +242,8 @@ func TestExitCodes(t *testing.T) {
 			args: []string{"a@example.com"}, want: exUnavailable, stderr: "sender blocked"},
 
 		{name: "EX_UNAVAILABLE: STARTTLS required and not offered",
-			args: []string{"--starttls=required", "--tls-server-name=mx.test", "a@example.com"}, want: exUnavailable, stderr: "STARTTLS"},
+			env:  func(e map[string]string) { e[envStartTLS], e[envTLSServerName] = "required", "mx.test" },
+			args: []string{"a@example.com"}, want: exUnavailable, stderr: "STARTTLS"},
 
 		{name: "EX_IOERR: stdin fails in the header", stdin: failingReader("Subject: x\n", errStdin), args: []string{"a@example.com"}, want: exIOErr, stderr: "stdin broke"},
 		{name: "EX_IOERR: stdin fails in the body", stdin: failingReader("Subject: x\n\nbody\n", errStdin), args: []string{"a@example.com"}, want: exIOErr, stderr: "nothing was sent"},
@@ -258,12 +267,14 @@ func TestExitCodes(t *testing.T) {
 			setup: func(s *relaytest.Server) {
 				s.Inject(relaytest.Fault{Kind: relaytest.StallReply, Command: "MAIL"})
 			},
-			args: []string{"--timeout=300ms", "a@example.com"}, want: exTempFail, stderr: "cancel"},
+			args: []string{"--timeout=300ms", "a@example.com"}, want: exTempFail, stderr: "timed out after 300ms: the message was not sent"},
 
 		{name: "EX_CONFIG: no relay URL", env: func(e map[string]string) { delete(e, "MXRELAY_URL") }, args: []string{"a@example.com"}, want: exConfig, stderr: "MXRELAY_URL"},
 		{name: "EX_CONFIG: no key", env: func(e map[string]string) { delete(e, "MXRELAY_API_KEY") }, args: []string{"a@example.com"}, want: exConfig, stderr: "MXRELAY_API_KEY"},
 		{name: "EX_CONFIG: not a WebSocket URL", env: func(e map[string]string) { e["MXRELAY_URL"] = "http://relay.example.com/smtp" }, args: []string{"a@example.com"}, want: exConfig, stderr: "scheme"},
 		{name: "EX_CONFIG: API key refused", env: func(e map[string]string) { e["MXRELAY_API_KEY"] = "wrong-key" }, args: []string{"a@example.com"}, want: exConfig, stderr: "refused the API key"},
+		{name: "EX_CONFIG: MXRELAY_STARTTLS not a mode", env: func(e map[string]string) { e[envStartTLS] = "maybe" }, args: []string{"a@example.com"}, want: exConfig, stderr: envStartTLS, unsent: true},
+		{name: "EX_CONFIG: MXRELAY_STARTTLS without a TLS name", env: func(e map[string]string) { e[envStartTLS] = "required" }, args: []string{"a@example.com"}, want: exConfig, stderr: envTLSServerName, unsent: true},
 		{name: "EX_CONFIG: SMTP credentials without STARTTLS", relay: &relaytest.Options{Users: map[string]string{"app": "right"}},
 			env:  func(e map[string]string) { e["MXRELAY_SMTP_USERNAME"], e["MXRELAY_SMTP_PASSWORD"] = "app", "right" },
 			args: []string{"a@example.com"}, want: exConfig, stderr: "password in clear"},
@@ -277,11 +288,16 @@ func TestExitCodes(t *testing.T) {
 			if tc.env != nil {
 				tc.env(env)
 			}
+			args := tc.args
+			if tc.byHand {
+				args = append([]string{"--url=" + env["MXRELAY_URL"]}, args...)
+				delete(env, "MXRELAY_URL")
+			}
 			stdin := tc.stdin
 			if stdin == nil {
 				stdin = strings.NewReader(good)
 			}
-			code, stderr := sendmail(t, env, stdin, tc.args...)
+			code, stderr := sendmail(t, env, stdin, args...)
 			assert.Equal(t, tc.want, code, stderr)
 			assert.Contains(t, stderr, tc.stderr)
 			assert.Len(t, s.Mailbox(), tc.received)
@@ -290,4 +306,26 @@ func TestExitCodes(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestSendGivesUpAfterTheTimeOut: when the time out passes after the end
+// of data and the library, whose CommandTimeout is longer, is still
+// waiting for its reply, send stops waiting after signalGrace: the
+// outcome is unknown (errNoReply), and the command does not hang.
+func TestSendGivesUpAfterTheTimeOut(t *testing.T) {
+	s := newRelay(t, nil)
+	s.Inject(relaytest.Fault{Kind: relaytest.StallReply, Command: ".", Times: -1})
+	c, err := mxrelay.New(s.URL, s.APIKey, &mxrelay.Options{DisablePipelining: true, Retries: -1})
+	require.NoError(t, err)
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		defer cancel()
+		c.Close(ctx)
+	}()
+	ctx, cancel := context.WithTimeoutCause(context.Background(), 300*time.Millisecond, errTimedOut)
+	defer cancel()
+	start := time.Now()
+	_, err = send(ctx, c, mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: strings.NewReader("Subject: s\r\n\r\nx\r\n")}, newProgress())
+	require.ErrorIs(t, err, errNoReply)
+	assert.Less(t, time.Since(start), 300*time.Millisecond+signalGrace+time.Second)
 }
