@@ -83,25 +83,31 @@ func (w *worker) session() {
 	var graceMu sync.Mutex
 	var grace *time.Timer
 	over := false // the session is done: a grace started now would outlive it
+	closeGrace := func() {
+		// Close gave up: a second in all, whatever the drain had.
+		graceMu.Lock()
+		defer graceMu.Unlock()
+		switch {
+		case over:
+		case grace == nil:
+			grace = time.AfterFunc(c.closeGrace(), s.abort)
+		default:
+			grace.Reset(c.closeGrace())
+		}
+	}
 	stopAbort := context.AfterFunc(ctx, func() {
 		s.draining.Store(true)
 		if s.sc.Err() != nil || s.sc.Settling() == 0 {
 			s.abort()
 			return
 		}
-		graceMu.Lock()
-		if !over {
-			grace = time.AfterFunc(c.quitGrace(), s.abort)
+		// Past SessionTimeout each reply still has CommandTimeout, the
+		// engine's own bound; past Close's deadline, closeGrace.
+		if c.stopCtx.Err() != nil {
+			closeGrace()
 		}
-		graceMu.Unlock()
 	})
-	stopShorten := context.AfterFunc(c.stopCtx, func() {
-		graceMu.Lock()
-		if grace != nil {
-			grace.Reset(c.quitGrace())
-		}
-		graceMu.Unlock()
-	})
+	stopShorten := context.AfterFunc(c.stopCtx, closeGrace)
 	defer func() {
 		stopAbort()
 		stopShorten()
@@ -234,15 +240,9 @@ func (s *smtpSession) hurry() {
 	s.c.kick()
 }
 
-// quitGrace is how long a session past its SessionTimeout waits for the
-// replies in flight and QUIT's: CommandTimeout, as for any reply; past
-// Close's deadline, at most a second more.
-func (c *Client) quitGrace() time.Duration {
-	if c.stopCtx.Err() != nil {
-		return min(c.opts.CommandTimeout, time.Second)
-	}
-	return c.opts.CommandTimeout
-}
+// closeGrace is how long a session past Close's deadline still waits for
+// the replies of the ends of data already out, and QUIT's, in all.
+func (c *Client) closeGrace() time.Duration { return min(c.opts.CommandTimeout, time.Second) }
 
 // ready reports whether an email is ready to be taken.
 func (w *worker) ready() bool {
@@ -472,7 +472,13 @@ func (s *smtpSession) send(em *email) error {
 		defer c.mu.Unlock()
 		return em.canceled != nil
 	}
-	tx.BeforeEnd = func() bool { return !s.draining.Load() && c.endHandedOn(em) }
+	tx.BeforeEnd = func() bool {
+		// A draining session writes no new end of data: the email goes in
+		// the next session, or is handed back. (With DATA the engine can
+		// only stop it by closing; the replies before it are all in by
+		// then, the 354 having confirmed them, so the cut loses none.)
+		return !s.draining.Load() && c.endHandedOn(em)
+	}
 	tx.Done = func(res *smtpc.Result) { s.apply(em, rcpts, res, start) }
 	if err := s.sc.Send(tx); err != nil {
 		return fmt.Errorf("mxrelay: session %s: %w", s.id, s.explain(err))
@@ -502,19 +508,26 @@ func (s *smtpSession) build(em *email, rcpts []string) (*smtpc.Tx, error) {
 func (s *smtpSession) apply(em *email, rcpts []string, res *smtpc.Result, start time.Time) {
 	c := s.c
 	c.mu.Lock()
+	// Stopped before its end of data by a session past its SessionTimeout:
+	// the email goes in the next session, and the attempt does not count.
+	drained := s.draining.Load() && em.canceled == nil && !res.EndSent && errors.Is(res.Err, smtpc.ErrWithdrawn)
 	a := attempt{
 		rcpts:        rcpts,
 		res:          res,
 		canceled:     em.canceled,
 		closing:      c.stopCtx.Err() != nil,
-		lastTry:      em.attempts > em.cfg.retries,
+		lastTry:      em.attempts > em.cfg.retries && !drained,
 		retryUnknown: c.opts.RetryUnknown,
 	}
 	c.mu.Unlock()
 	if res.Err != nil {
 		a.broke = s.explain(res.Err)
 	}
-	c.settle(em, decide(a), time.Since(start))
+	v := decide(a)
+	if drained {
+		v.attempt = false
+	}
+	c.settle(em, v, time.Since(start))
 }
 
 func addresses(rs []RecipientError) []string {

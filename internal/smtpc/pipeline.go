@@ -655,8 +655,8 @@ func (c *Client) Unanswered() int {
 	return len(p.live) - len(p.unconfirmed)
 }
 
-// Settling is how many transactions have every command written, the end
-// of data included, and no result yet: their replies are on the way, or
+// Settling is how many transactions have their end of data written, or
+// being written, and no result yet: their replies are on the way, or
 // they wait for a reply that confirms them (see Result.Confirmed). Cut
 // now, each would be an unknown outcome.
 func (c *Client) Settling() int {
@@ -665,7 +665,7 @@ func (c *Client) Settling() int {
 	defer p.mu.Unlock()
 	n := 0
 	for tx := range p.live {
-		if tx.closed && !tx.finished {
+		if tx.endAt >= 0 && !tx.finished { // its end of data is being written, or out
 			n++
 		}
 	}
