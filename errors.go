@@ -216,3 +216,31 @@ func certErr(err error) error {
 
 // errPermanentSetup marks a set-up failure that retrying cannot fix.
 var errPermanentSetup = errors.New("mxrelay: session set-up failed permanently")
+
+// PartialError is what the drop-ins (SendMail, Transport.SendMail,
+// Sender.Send) return for an email delivered to some recipients and
+// refused for others: net/smtp and gomail fail a send when a recipient is
+// refused, and code written for them checks the error, not a Result.
+// Result tells who got the message (Accepted) and who did not
+// (Rejected); errors.As finds the first refusal's *SMTPError.
+type PartialError struct {
+	Result *Result
+}
+
+func (e *PartialError) Error() string {
+	r := e.Result
+	return fmt.Sprintf("mxrelay: delivered to %d recipient(s), not to %d: %s: %v",
+		len(r.Accepted), len(r.Rejected), r.Rejected[0].Address, r.Rejected[0].Err)
+}
+
+// Unwrap returns the first refusal.
+func (e *PartialError) Unwrap() error { return e.Result.Rejected[0].Err }
+
+// dropInErr is the error a drop-in returns for Send's outcome: a
+// *PartialError when the email reached some recipients and not all.
+func dropInErr(res *Result, err error) error {
+	if err == nil && res != nil && len(res.Rejected) > 0 {
+		return &PartialError{Result: res}
+	}
+	return err
+}

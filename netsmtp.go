@@ -44,9 +44,11 @@ import (
 //
 // msg is an RFC 5322 message. Bare LF line ends are turned into CRLF, as
 // net/smtp does; a message that has none is sent in place, not copied.
-// SendMail returns nil when the email was delivered to at least one
-// recipient, and otherwise the error of the configuration, of a, or of
-// Client.Send (an *EmailError).
+// SendMail returns nil when the email was delivered to every recipient; a
+// *PartialError when it reached some and not others (net/smtp fails the
+// send on a refused recipient, so code written for it checks the error;
+// the error says who got it); otherwise the error of the configuration,
+// of a, or of Client.Send (an *EmailError).
 func SendMail(addr string, a smtp.Auth, from string, to []string, msg []byte) error {
 	return sendMail(os.Getenv, nil, addr, a, from, to, msg)
 }
@@ -88,9 +90,9 @@ func sendMail(getenv func(string) string, base *tls.Config, addr string, a smtp.
 		return err
 	}
 	ctx := context.Background()
-	_, err = c.Send(ctx, Email{From: from, To: to, Body: bytes.NewReader(crlf(msg))})
+	res, err := c.Send(ctx, Email{From: from, To: to, Body: bytes.NewReader(crlf(msg))})
 	c.Close(ctx) // nothing is queued: Close only ends the session
-	return err
+	return dropInErr(res, err)
 }
 
 // checkAuth refuses an Auth (of Transport.SendMail) that is not made of the

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -173,4 +174,45 @@ func TestRelayFromEnv(t *testing.T) {
 			assert.Equal(t, tc.wantKey, key)
 		})
 	}
+}
+
+// A recipient refused and another accepted: net/smtp and gomail fail
+// such a send, so the drop-ins return a *PartialError, which says who got
+// it and unwraps to the refusal.
+func TestDropInsReportAPartialRefusal(t *testing.T) {
+	check := func(t *testing.T, err error, s *relaytest.Server) {
+		t.Helper()
+		var pe *mxrelay.PartialError
+		require.ErrorAs(t, err, &pe)
+		assert.Equal(t, []string{"b@example.com"}, pe.Result.Accepted)
+		require.Len(t, pe.Result.Rejected, 1)
+		assert.Equal(t, "nobody@example.com", pe.Result.Rejected[0].Address)
+		var se *mxrelay.SMTPError
+		require.ErrorAs(t, err, &se)
+		assert.Equal(t, 550, se.Code)
+		assert.Contains(t, err.Error(), "nobody@example.com")
+		assert.Len(t, s.Mailbox(), 1, "delivered to the one accepted")
+	}
+	refusing := func(t *testing.T) *relaytest.Server {
+		s := newRelay(t, nil)
+		s.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: "RCPT", Recipient: "nobody@example.com", Reply: "550 5.1.1 no such user"})
+		return s
+	}
+	to := []string{"b@example.com", "nobody@example.com"}
+	t.Run("SendMail", func(t *testing.T) {
+		s := refusing(t)
+		t.Setenv(mxrelay.EnvURL, s.URL)
+		t.Setenv(mxrelay.EnvAPIKey, s.APIKey)
+		check(t, mxrelay.SendMail("smtp.example.com:25", nil, "a@example.com", to, []byte(msg("partial"))), s)
+	})
+	t.Run("Transport", func(t *testing.T) {
+		s := refusing(t)
+		tr := newTransport(t, s, nil)
+		check(t, tr.SendMail("smtp.example.com:25", nil, "a@example.com", to, []byte(msg("partial"))), s)
+	})
+	t.Run("Sender", func(t *testing.T) {
+		s := refusing(t)
+		c := newClient(t, s, nil)
+		check(t, mxrelay.NewSender(c).Send("a@example.com", to, strings.NewReader(msg("partial"))), s)
+	})
 }

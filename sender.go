@@ -40,8 +40,10 @@ func NewSender(c *Client, opts ...SendOption) *Sender {
 // wneessen/go-mail's GetSender and GetRecipients return them: one pair
 // around an address is removed.
 //
-// Send returns nil when the email was delivered to at least one recipient.
-// Otherwise it returns the error of Client.Send: an *EmailError, or an
+// Send returns nil when the email was delivered to every recipient, a
+// *PartialError (who got it, who did not) when it reached some and not
+// others, as gomail fails a send on a refused recipient. Otherwise it
+// returns the error of Client.Send: an *EmailError, or an
 // error of Enqueue, which wraps msg.WriteTo's error when writing the
 // message failed (nothing is sent then).
 func (s *Sender) Send(from string, to []string, msg io.WriterTo) error {
@@ -51,8 +53,7 @@ func (s *Sender) Send(from string, to []string, msg io.WriterTo) error {
 		to[i] = unbracket(to[i])
 	}
 	if r, ok := msg.(io.Reader); ok {
-		_, err := s.c.Send(context.Background(), Email{From: from, To: to, Body: r}, s.opts...)
-		return err
+		return dropInErr(s.c.Send(context.Background(), Email{From: from, To: to, Body: r}, s.opts...))
 	}
 	pr, pw := io.Pipe()
 	written := make(chan struct{})
@@ -61,12 +62,12 @@ func (s *Sender) Send(from string, to []string, msg io.WriterTo) error {
 		_, err := msg.WriteTo(pw)
 		pw.CloseWithError(err) // nil: the reader sees io.EOF
 	}()
-	_, err := s.c.Send(context.Background(), Email{From: from, To: to, Body: pr}, s.opts...)
+	res, err := s.c.Send(context.Background(), Email{From: from, To: to, Body: pr}, s.opts...)
 	// Enqueue reads the pipe to its end unless it refused the email first;
 	// then WriteTo is still writing and must be stopped.
 	pr.CloseWithError(errNotRead)
 	<-written
-	return err
+	return dropInErr(res, err)
 }
 
 // unbracket removes one pair of angle brackets around an address.

@@ -117,10 +117,10 @@ func (t *Transport) SendMail(addr string, a smtp.Auth, from string, to []string,
 // an RFC 5322 message; bare LF line ends are turned into CRLF, as net/smtp
 // does. A message that has none is not copied, so it must not change until
 // SendMailContext returns. It returns nil when the email was delivered to
-// at least one recipient, and otherwise an *EmailError.
+// every recipient, a *PartialError when it reached some and not others,
+// and otherwise an *EmailError.
 func (t *Transport) SendMailContext(ctx context.Context, from string, to []string, msg []byte) error {
-	_, err := t.Send(ctx, Email{From: from, To: to, Body: bytes.NewReader(crlf(msg))})
-	return err
+	return dropInErr(t.Send(ctx, Email{From: from, To: to, Body: bytes.NewReader(crlf(msg))}))
 }
 
 // Close closes the Transport's Client, waiting for queued emails until ctx
