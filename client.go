@@ -747,7 +747,7 @@ func (w *worker) setupFailed(err error) {
 		return
 	}
 	if w.failures >= c.opts.MaxReconnectAttempts {
-		cerr := &ConnectError{Attempts: w.failures, Err: err}
+		cerr := &ConnectError{Attempts: w.failures, URL: c.url, Err: err}
 		w.disconnect(nil)
 		c.setConnState(StateFailed)
 		c.setSessionState(SessionIdle)

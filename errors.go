@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"net/url"
 
 	"github.com/emersion/go-smtp"
 
@@ -79,6 +80,11 @@ type EmailError struct {
 }
 
 func (e *EmailError) Error() string {
+	if e.Attempts == 0 {
+		// Nothing of it reached a server (the relay unreachable, Close):
+		// one count, the cause's, is enough.
+		return fmt.Sprintf("mxrelay: email %s not sent: %s", e.EmailID, trimPrefix(e.Err))
+	}
 	return fmt.Sprintf("mxrelay: email %s not delivered after %d attempt(s): %s", e.EmailID, e.Attempts, trimPrefix(e.Err))
 }
 
@@ -110,11 +116,23 @@ func (e *UnknownOutcomeError) Is(target error) bool { return target == ErrUnknow
 // the SMTP greeting kept failing. Err is the last cause.
 type ConnectError struct {
 	Attempts int
+	URL      string // the relay's URL, as configured (ws:// or wss://)
 	Err      error
 }
 
 func (e *ConnectError) Error() string {
-	return fmt.Sprintf("mxrelay: relay unreachable after %d attempt(s): %s", e.Attempts, trimPrefix(e.Err))
+	// The WebSocket library words a failed dial as an HTTP request
+	// ("Get \"http://...\": dial tcp ..."): say the relay's own URL, and
+	// what failed under it.
+	cause := trimPrefix(e.Err)
+	var ue *url.Error
+	if errors.As(e.Err, &ue) {
+		cause = ue.Err.Error()
+	}
+	if e.URL == "" {
+		return fmt.Sprintf("mxrelay: relay unreachable after %d attempt(s): %s", e.Attempts, cause)
+	}
+	return fmt.Sprintf("mxrelay: relay %s unreachable after %d attempt(s): %s", e.URL, e.Attempts, cause)
 }
 
 func (e *ConnectError) Unwrap() error { return e.Err }

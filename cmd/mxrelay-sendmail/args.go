@@ -65,6 +65,12 @@ func usageErr(format string, a ...any) error {
 // --help would keep the message from being sent.
 func parseArgs(args []string) (*config, error) {
 	cfg := &config{timeout: defaultTimeout, retries: defaultRetries}
+	if len(args) == 1 && args[0] == "-h" {
+		// sendmail's -h takes a hop count; alone, it can only be a
+		// person asking for the usage.
+		cfg.help = true
+		return cfg, nil
+	}
 	i := 0
 	// nextWord is the argument of option opt given as the next word.
 	nextWord := func(opt string) (string, error) {

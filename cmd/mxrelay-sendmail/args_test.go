@@ -90,3 +90,13 @@ func TestParseArgsErrors(t *testing.T) {
 		assert.ErrorIs(t, err, errUsage, "%q", args)
 	}
 }
+
+// -h alone shows the usage (sendmail's -h N, a hop count, still parses).
+func TestDashHAloneIsHelp(t *testing.T) {
+	cfg, err := parseArgs([]string{"-h"})
+	require.NoError(t, err)
+	assert.True(t, cfg.help)
+	cfg, err = parseArgs([]string{"-h", "5", "a@example.com"})
+	require.NoError(t, err)
+	assert.False(t, cfg.help)
+}
