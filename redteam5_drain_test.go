@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/relaytest"
 )
 
 // Red team, fifth round: the drain at SessionTimeout and Close, the
@@ -45,6 +46,73 @@ func rt5Await(t *testing.T, ch chan struct{}, what string) {
 	}
 }
 
+// rt5Client is a Client of s with options o made fast, not closed when
+// the test ends (the test closes it).
+func rt5Client(t *testing.T, s *relaytest.Server, o *mxrelay.Options) *mxrelay.Client {
+	t.Helper()
+	c, err := mxrelay.New(s.URL, s.APIKey, fast(o))
+	require.NoError(t, err)
+	return c
+}
+
+// rt5QuitStalls scripts srv in style st, with script (if not nil) taking a
+// command first, except QUIT on connection conn (0: on every one): that
+// one is signalled on quit and stalled until the test ends, then cut. It
+// starts srv behind a relay and returns the relay and quit.
+func rt5QuitStalls(t *testing.T, srv *rt2Server, st rt4Style, conn int, script func(c rt2Cmd) ([]string, bool)) (*relaytest.Server, chan struct{}) {
+	t.Helper()
+	quit := rt5Signal()
+	var stall func()
+	rt4Hook(srv, st, func(c rt2Cmd) ([]string, bool) {
+		if c.verb == "QUIT" && (conn == 0 || c.conn == conn) {
+			rt5Notify(quit)
+			stall()
+			return []string{"CUT"}, true
+		}
+		if script != nil {
+			return script(c)
+		}
+		return nil, false
+	})
+	s := rtRelay(t, srv.serve)
+	stall = rt5Stall(t)
+	return s, quit
+}
+
+// rt5SlowEnd is a script for rt4Hook: on the first connection, email tx's
+// end of data is signalled on end, kept, and answered in style st after
+// delay ("~300ms").
+func rt5SlowEnd(srv *rt2Server, st rt4Style, end chan struct{}, tx int, delay string) func(c rt2Cmd) ([]string, bool) {
+	return func(c rt2Cmd) ([]string, bool) {
+		if c.conn == 1 && c.tx == tx && c.verb == "END" {
+			rt5Notify(end)
+			return []string{"KEEP", delay, st.reply(srv, "END")}, true
+		}
+		return nil, false
+	}
+}
+
+// rt5SlowRcpt is a script for rt4Hook: on the first connection, email
+// two's RCPT is signalled on rcpt (nil: not) and answered in style st
+// after delay ("~300ms"); with hangEnd, its end of data is never answered.
+func rt5SlowRcpt(srv *rt2Server, st rt4Style, rcpt chan struct{}, delay string, hangEnd bool) func(c rt2Cmd) ([]string, bool) {
+	return func(c rt2Cmd) ([]string, bool) {
+		if c.conn != 1 || c.tx != 2 {
+			return nil, false
+		}
+		switch {
+		case c.verb == "RCPT":
+			if rcpt != nil {
+				rt5Notify(rcpt)
+			}
+			return []string{delay, st.reply(srv, "RCPT")}, true
+		case c.verb == "END" && hangEnd:
+			return []string{"HANG"}, true
+		}
+		return nil, false
+	}
+}
+
 // rt5Close closes c with a context of d and reports how long it took.
 func rt5Close(c *mxrelay.Client, d time.Duration) (time.Duration, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
@@ -68,27 +136,14 @@ func TestRedTeam5CloseAfterSessionTimeoutDrainExceedsBound(t *testing.T) {
 			t.Parallel()
 			srv := &rt2Server{ext: m.Ext}
 			st := rt4Styles[0] // go-smtp: only the 221 confirms in the BDAT modes
-			quit := rt5Signal()
-			var stall func()
-			rt4Hook(srv, st, func(c rt2Cmd) ([]string, bool) {
-				if c.conn != 1 {
-					return nil, false
-				}
-				switch c.verb {
-				case "END":
+			s, quit := rt5QuitStalls(t, srv, st, 1, func(c rt2Cmd) ([]string, bool) {
+				if c.conn == 1 && c.verb == "END" {
 					return []string{"~300ms", st.reply(srv, "END"), "KEEP"}, true
-				case "QUIT":
-					rt5Notify(quit)
-					stall()
-					return []string{"CUT"}, true
 				}
 				return nil, false
 			})
-			s := rtRelay(t, srv.serve)
-			stall = rt5Stall(t)
-			c, err := mxrelay.New(s.URL, s.APIKey, fast(&mxrelay.Options{MaxEmailsPerSession: 5, BatchWait: 10 * time.Millisecond,
-				SessionTimeout: 500 * time.Millisecond, CommandTimeout: 6 * time.Second}))
-			require.NoError(t, err)
+			c := rt5Client(t, s, &mxrelay.Options{MaxEmailsPerSession: 5, BatchWait: 10 * time.Millisecond,
+				SessionTimeout: 500 * time.Millisecond, CommandTimeout: 6 * time.Second})
 			h, err := c.Enqueue(mail("one"), mxrelay.WithRetries(0))
 			require.NoError(t, err)
 			rt5Await(t, quit, "QUIT")
@@ -123,24 +178,11 @@ func TestRedTeam5CloseDrainWritesEndOfDataOfEnvelopeEmail(t *testing.T) {
 			srv := &rt2Server{ext: m.Ext}
 			st := rt4Styles[0]
 			rcpt2 := rt5Signal()
-			rt4Hook(srv, st, func(c rt2Cmd) ([]string, bool) {
-				if c.conn != 1 || c.tx != 2 {
-					return nil, false
-				}
-				switch c.verb {
-				case "RCPT":
-					rt5Notify(rcpt2)
-					return []string{"~400ms", st.reply(srv, "RCPT")}, true
-				case "END":
-					return []string{"HANG"}, true
-				}
-				return nil, false
-			})
+			rt4Hook(srv, st, rt5SlowRcpt(srv, st, rcpt2, "~400ms", true))
 			s := rtRelay(t, srv.serve)
 			dir := t.TempDir()
-			c1, err := mxrelay.New(s.URL, s.APIKey, fast(&mxrelay.Options{SpoolDir: dir, MaxEmailsPerSession: 5,
-				BatchWait: 100 * time.Millisecond, CommandTimeout: 5 * time.Second}))
-			require.NoError(t, err)
+			c1 := rt5Client(t, s, &mxrelay.Options{SpoolDir: dir, MaxEmailsPerSession: 5,
+				BatchWait: 100 * time.Millisecond, CommandTimeout: 5 * time.Second})
 			hs := rtEnqueue(t, c1, []string{"one", "two"}, rtMailTo(), mxrelay.WithRetries(2))
 			rt5Await(t, rcpt2, "email two's RCPT")
 			took, _ := rt5Close(c1, 50*time.Millisecond)
@@ -175,18 +217,7 @@ func TestRedTeam5SessionTimeoutDrainWritesEndOfData(t *testing.T) {
 			t.Parallel()
 			srv := &rt2Server{ext: m.Ext}
 			st := rt4Styles[0]
-			rt4Hook(srv, st, func(c rt2Cmd) ([]string, bool) {
-				if c.conn != 1 || c.tx != 2 {
-					return nil, false
-				}
-				switch c.verb {
-				case "RCPT":
-					return []string{"~600ms", st.reply(srv, "RCPT")}, true
-				case "END":
-					return []string{"HANG"}, true
-				}
-				return nil, false
-			})
+			rt4Hook(srv, st, rt5SlowRcpt(srv, st, nil, "~600ms", true))
 			s := rtRelay(t, srv.serve)
 			c := newClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 5, BatchWait: 100 * time.Millisecond,
 				SessionTimeout: 400 * time.Millisecond, CommandTimeout: 1500 * time.Millisecond})
@@ -194,11 +225,9 @@ func TestRedTeam5SessionTimeoutDrainWritesEndOfData(t *testing.T) {
 			for i, h := range hs {
 				res, err := h.Wait(ctxT(t))
 				subj := []string{"one", "two"}[i]
-				o := rt3Outcome{subj: subj, err: err, maybe: res.MaybeDelivered, kept: srv.keptN(subj)}
+				o := rt3Of(srv, subj, res, err)
 				t.Logf("%s: %v attempts=%d ends=%d", m.Name, o, res.Attempts, srv.endsN(subj))
-				if b := o.broken(o.String()); b != "" {
-					t.Error(b)
-				}
+				o.check(t)
 			}
 			assert.Equal(t, 1, srv.keptN("two"), "two, taken before its end of data when SessionTimeout passed, did not go in the next session")
 		})
@@ -223,9 +252,8 @@ func TestRedTeam5LockstepWithdrawThenSilence(t *testing.T) {
 				return nil, false
 			})
 			s := rtRelay(t, srv.serve)
-			c, err := mxrelay.New(s.URL, s.APIKey, fast(&mxrelay.Options{MaxEmailsPerSession: 5,
-				BatchWait: 100 * time.Millisecond, CommandTimeout: 1500 * time.Millisecond}))
-			require.NoError(t, err)
+			c := rt5Client(t, s, &mxrelay.Options{MaxEmailsPerSession: 5,
+				BatchWait: 100 * time.Millisecond, CommandTimeout: 1500 * time.Millisecond})
 			ha, err := c.Enqueue(mail("one"), mxrelay.WithRetries(0))
 			require.NoError(t, err)
 			type out struct {
@@ -255,10 +283,8 @@ func TestRedTeam5LockstepWithdrawThenSilence(t *testing.T) {
 				sinceCancel.Round(time.Millisecond), errA, resA.MaybeDelivered, srv.keptN("one"))
 			assert.ErrorIs(t, o.err, mxrelay.ErrCanceled)
 			assert.Less(t, sinceCancel, 300*time.Millisecond, "cancelled before its end of data, Send waited")
-			a := rt3Outcome{subj: "one", err: errA, maybe: resA.MaybeDelivered, kept: srv.keptN("one")}
-			if b := a.broken(a.String()); b != "" {
-				t.Error(b)
-			}
+			a := rt3Of(srv, "one", resA, errA)
+			a.check(t)
 			took, _ := rt5Close(c, 3*time.Second)
 			assert.Less(t, took, 2*time.Second, "the session outlived CommandTimeout")
 		})
@@ -273,21 +299,9 @@ func TestRedTeam5CloseGraceConcurrentSessions(t *testing.T) {
 			t.Parallel()
 			srv := &rt2Server{ext: m.Ext}
 			st := rt4Styles[0]
-			quit := rt5Signal()
-			var stall func()
-			rt4Hook(srv, st, func(c rt2Cmd) ([]string, bool) {
-				if c.verb == "QUIT" {
-					rt5Notify(quit)
-					stall()
-					return []string{"CUT"}, true
-				}
-				return nil, false
-			})
-			s := rtRelay(t, srv.serve)
-			stall = rt5Stall(t)
-			c, err := mxrelay.New(s.URL, s.APIKey, fast(&mxrelay.Options{MaxConcurrentSessions: 3, MaxEmailsPerSession: 1,
-				BatchWait: 5 * time.Millisecond, CommandTimeout: 8 * time.Second}))
-			require.NoError(t, err)
+			s, quit := rt5QuitStalls(t, srv, st, 0, nil)
+			c := rt5Client(t, s, &mxrelay.Options{MaxConcurrentSessions: 3, MaxEmailsPerSession: 1,
+				BatchWait: 5 * time.Millisecond, CommandTimeout: 8 * time.Second})
 			subjs := rtNumbered("c", 3)
 			hs := rtEnqueue(t, c, subjs, rtMailTo(), mxrelay.WithRetries(0))
 			for range 3 {
@@ -297,11 +311,9 @@ func TestRedTeam5CloseGraceConcurrentSessions(t *testing.T) {
 			t.Logf("%s: Close took %v", m.Name, took.Round(10*time.Millisecond))
 			for i, h := range hs {
 				res, err := h.Wait(context.Background())
-				o := rt3Outcome{subj: subjs[i], err: err, maybe: res.MaybeDelivered, kept: srv.keptN(subjs[i])}
+				o := rt3Of(srv, subjs[i], res, err)
 				t.Log(o)
-				if b := o.broken(o.String()); b != "" {
-					t.Error(b)
-				}
+				o.check(t)
 			}
 			assert.Less(t, took, 100*time.Millisecond+time.Second+400*time.Millisecond, "Close summed or exceeded the grace")
 		})
@@ -366,13 +378,7 @@ func TestRedTeam5WithdrawCutsReplyInFlight(t *testing.T) {
 			m := mxrelay.EngineModes[1] // pipelined DATA
 			srv := &rt2Server{ext: m.Ext}
 			end1 := rt5Signal()
-			rt4Hook(srv, st, func(c rt2Cmd) ([]string, bool) {
-				if c.conn == 1 && c.tx == 1 && c.verb == "END" {
-					rt5Notify(end1)
-					return []string{"KEEP", "~400ms", st.reply(srv, "END")}, true
-				}
-				return nil, false
-			})
+			rt4Hook(srv, st, rt5SlowEnd(srv, st, end1, 1, "~400ms"))
 			s := rtRelay(t, srv.serve)
 			c := newClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 5, BatchWait: 100 * time.Millisecond,
 				CommandTimeout: 3 * time.Second})
@@ -408,18 +414,11 @@ func TestRedTeam5CloseDrainSpoolDeliveredOnce(t *testing.T) {
 			srv := &rt2Server{ext: m.Ext}
 			st := rt4Styles[0]
 			end2 := rt5Signal()
-			rt4Hook(srv, st, func(c rt2Cmd) ([]string, bool) {
-				if c.conn == 1 && c.tx == 2 && c.verb == "END" {
-					rt5Notify(end2)
-					return []string{"KEEP", "~300ms", st.reply(srv, "END")}, true
-				}
-				return nil, false
-			})
+			rt4Hook(srv, st, rt5SlowEnd(srv, st, end2, 2, "~300ms"))
 			s := rtRelay(t, srv.serve)
 			dir := t.TempDir()
-			c1, err := mxrelay.New(s.URL, s.APIKey, fast(&mxrelay.Options{SpoolDir: dir, MaxEmailsPerSession: 5,
-				BatchWait: 100 * time.Millisecond, CommandTimeout: 3 * time.Second}))
-			require.NoError(t, err)
+			c1 := rt5Client(t, s, &mxrelay.Options{SpoolDir: dir, MaxEmailsPerSession: 5,
+				BatchWait: 100 * time.Millisecond, CommandTimeout: 3 * time.Second})
 			subjs := []string{"one", "two"}
 			hs := rtEnqueue(t, c1, subjs, rtMailTo(), mxrelay.WithRetries(2))
 			rt5Await(t, end2, "email two's end of data")
@@ -428,7 +427,7 @@ func TestRedTeam5CloseDrainSpoolDeliveredOnce(t *testing.T) {
 			assert.Less(t, took, 10*time.Millisecond+time.Second+400*time.Millisecond)
 			for i, h := range hs {
 				res, err := h.Wait(context.Background())
-				o := rt3Outcome{subj: subjs[i], err: err, maybe: res.MaybeDelivered, kept: srv.keptN(subjs[i])}
+				o := rt3Of(srv, subjs[i], res, err)
 				t.Log(o)
 				assert.True(t, o.delivered(), "answered and confirmed within the grace: %v", o)
 			}
@@ -453,18 +452,11 @@ func TestRedTeam5HurryThenClose(t *testing.T) {
 			srv := &rt2Server{ext: m.Ext}
 			st := rt4Styles[0]
 			end1 := rt5Signal()
-			rt4Hook(srv, st, func(c rt2Cmd) ([]string, bool) {
-				if c.conn == 1 && c.tx == 1 && c.verb == "END" {
-					rt5Notify(end1)
-					return []string{"KEEP", "~300ms", st.reply(srv, "END")}, true
-				}
-				return nil, false
-			})
+			rt4Hook(srv, st, rt5SlowEnd(srv, st, end1, 1, "~300ms"))
 			s := rtRelay(t, srv.serve)
 			dir := t.TempDir()
-			c1, err := mxrelay.New(s.URL, s.APIKey, fast(&mxrelay.Options{SpoolDir: dir, MaxEmailsPerSession: 5,
-				BatchWait: 10 * time.Millisecond, CommandTimeout: 3 * time.Second}))
-			require.NoError(t, err)
+			c1 := rt5Client(t, s, &mxrelay.Options{SpoolDir: dir, MaxEmailsPerSession: 5,
+				BatchWait: 10 * time.Millisecond, CommandTimeout: 3 * time.Second})
 			ctx, cancel := context.WithCancel(context.Background())
 			type out struct {
 				res *mxrelay.Result
@@ -483,18 +475,14 @@ func TestRedTeam5HurryThenClose(t *testing.T) {
 			o := <-done
 			t.Logf("Close took %v; one: err=%v maybe=%v kept=%d", took.Round(10*time.Millisecond), o.err, o.res.MaybeDelivered, srv.keptN("one"))
 			assert.Less(t, took, 10*time.Millisecond+time.Second+400*time.Millisecond)
-			a := rt3Outcome{subj: "one", err: o.err, maybe: o.res.MaybeDelivered, kept: srv.keptN("one")}
-			if b := a.broken(a.String()); b != "" {
-				t.Error(b)
-			}
+			a := rt3Of(srv, "one", o.res, o.err)
+			a.check(t)
 			for i, h := range later {
 				res, err := h.Wait(context.Background())
 				subj := fmt.Sprint("l", i)
-				lo := rt3Outcome{subj: subj, err: err, maybe: res.MaybeDelivered, kept: srv.keptN(subj)}
+				lo := rt3Of(srv, subj, res, err)
 				t.Log(lo)
-				if b := lo.broken(lo.String()); b != "" {
-					t.Error(b)
-				}
+				lo.check(t)
 			}
 		})
 	}

@@ -67,9 +67,7 @@ func TestRedTeam6DrainGraceIsTotalNotPerReply(t *testing.T) {
 	var bad []string
 	rtWait(t, srv, subjs, hs, func(o rt3Outcome, res *mxrelay.Result) {
 		t.Logf("%v attempts=%d", o, res.Attempts)
-		if b := o.broken(o.String()); b != "" {
-			t.Error(b)
-		}
+		o.check(t)
 		if !o.delivered() {
 			bad = append(bad, o.String())
 		}
@@ -95,12 +93,7 @@ func TestRedTeam6SessionTimeoutWithdrawnChargedAttempt(t *testing.T) {
 			t.Parallel()
 			srv := &rt2Server{ext: m.Ext}
 			st := rt4Styles[0] // go-smtp: one waits for confirmation, so the session drains
-			rt4Hook(srv, st, func(c rt2Cmd) ([]string, bool) {
-				if c.conn == 1 && c.tx == 2 && c.verb == "RCPT" {
-					return []string{"~600ms", st.reply(srv, "RCPT")}, true
-				}
-				return nil, false
-			})
+			rt4Hook(srv, st, rt5SlowRcpt(srv, st, nil, "~600ms", false))
 			s := rtRelay(t, srv.serve)
 			ev := &rt6Events{}
 			c := newClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 5, BatchWait: 100 * time.Millisecond,
@@ -111,9 +104,7 @@ func TestRedTeam6SessionTimeoutWithdrawnChargedAttempt(t *testing.T) {
 			var twoRes *mxrelay.Result
 			rtWait(t, srv, subjs, hs, func(o rt3Outcome, res *mxrelay.Result) {
 				t.Logf("%s: %v attempts=%d ends=%d", m.Name, o, res.Attempts, srv.endsN(o.subj))
-				if b := o.broken(o.String()); b != "" {
-					t.Error(b)
-				}
+				o.check(t)
 				if o.subj == "two" {
 					two, twoRes = o, res
 				}
@@ -145,16 +136,14 @@ func TestRedTeam6DataDrainRefusalSessionEvent(t *testing.T) {
 			st := rt4Styles[0]
 			quits := 0
 			var mu sync.Mutex
+			slow := rt5SlowRcpt(srv, st, nil, "~600ms", false)
 			rt4Hook(srv, st, func(c rt2Cmd) ([]string, bool) {
 				if c.verb == "QUIT" && c.conn == 1 {
 					mu.Lock()
 					quits++
 					mu.Unlock()
 				}
-				if c.conn == 1 && c.tx == 2 && c.verb == "RCPT" {
-					return []string{"~600ms", st.reply(srv, "RCPT")}, true
-				}
-				return nil, false
+				return slow(c)
 			})
 			s := rtRelay(t, srv.serve)
 			ev := &rt6Events{}
@@ -188,21 +177,9 @@ func TestRedTeam6CloseTwiceConcurrently(t *testing.T) {
 			t.Parallel()
 			srv := &rt2Server{ext: m.Ext}
 			st := rt4Styles[0]
-			quit := rt5Signal()
-			var stall func()
-			rt4Hook(srv, st, func(c rt2Cmd) ([]string, bool) {
-				if c.verb == "QUIT" {
-					rt5Notify(quit)
-					stall()
-					return []string{"CUT"}, true
-				}
-				return nil, false
-			})
-			s := rtRelay(t, srv.serve)
-			stall = rt5Stall(t)
-			c, err := mxrelay.New(s.URL, s.APIKey, fast(&mxrelay.Options{MaxEmailsPerSession: 1,
-				BatchWait: 5 * time.Millisecond, CommandTimeout: 6 * time.Second}))
-			require.NoError(t, err)
+			s, quit := rt5QuitStalls(t, srv, st, 0, nil)
+			c := rt5Client(t, s, &mxrelay.Options{MaxEmailsPerSession: 1,
+				BatchWait: 5 * time.Millisecond, CommandTimeout: 6 * time.Second})
 			h, err := c.Enqueue(mail("one"), mxrelay.WithRetries(0))
 			require.NoError(t, err)
 			rt5Await(t, quit, "QUIT")
@@ -219,10 +196,8 @@ func TestRedTeam6CloseTwiceConcurrently(t *testing.T) {
 				short.Round(10*time.Millisecond), errOne, res.MaybeDelivered, srv.keptN("one"))
 			assert.Less(t, short, 100*time.Millisecond+time.Second+400*time.Millisecond)
 			assert.Less(t, l, 3*time.Second+time.Second+400*time.Millisecond)
-			o := rt3Outcome{subj: "one", err: errOne, maybe: res.MaybeDelivered, kept: srv.keptN("one")}
-			if b := o.broken(o.String()); b != "" {
-				t.Error(b)
-			}
+			o := rt3Of(srv, "one", res, errOne)
+			o.check(t)
 		})
 	}
 }
@@ -238,18 +213,11 @@ func TestRedTeam6CloseDrainRefusedSpoolLastTry(t *testing.T) {
 			srv := &rt2Server{ext: m.Ext}
 			st := rt4Styles[0]
 			rcpt2 := rt5Signal()
-			rt4Hook(srv, st, func(c rt2Cmd) ([]string, bool) {
-				if c.conn == 1 && c.tx == 2 && c.verb == "RCPT" {
-					rt5Notify(rcpt2)
-					return []string{"~300ms", st.reply(srv, "RCPT")}, true
-				}
-				return nil, false
-			})
+			rt4Hook(srv, st, rt5SlowRcpt(srv, st, rcpt2, "~300ms", false))
 			s := rtRelay(t, srv.serve)
 			dir := t.TempDir()
-			c1, err := mxrelay.New(s.URL, s.APIKey, fast(&mxrelay.Options{SpoolDir: dir, MaxEmailsPerSession: 5,
-				BatchWait: 100 * time.Millisecond, CommandTimeout: 3 * time.Second}))
-			require.NoError(t, err)
+			c1 := rt5Client(t, s, &mxrelay.Options{SpoolDir: dir, MaxEmailsPerSession: 5,
+				BatchWait: 100 * time.Millisecond, CommandTimeout: 3 * time.Second})
 			hs := rtEnqueue(t, c1, []string{"one", "two"}, rtMailTo(), mxrelay.WithRetries(0))
 			rt5Await(t, rcpt2, "two's RCPT")
 			took, _ := rt5Close(c1, 50*time.Millisecond)
@@ -267,7 +235,7 @@ func TestRedTeam6CloseDrainRefusedSpoolLastTry(t *testing.T) {
 			rec := c2.Recovered()
 			t.Logf("recovered %d", len(rec))
 			require.Len(t, rec, 1)
-			_, err = rec[0].Wait(ctxT(t))
+			_, err := rec[0].Wait(ctxT(t))
 			assert.NoError(t, err)
 			assert.Equal(t, 1, srv.keptN("one"))
 			assert.Equal(t, 1, srv.keptN("two"))

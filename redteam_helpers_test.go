@@ -376,6 +376,20 @@ func (o rt3Outcome) String() string {
 	return fmt.Sprintf("email %s: err=%v maybe=%v; server kept %d", o.subj, o.err, o.maybe, o.kept)
 }
 
+// rt3Of is what became of the email subj, its result res and err, with
+// what srv kept of it.
+func rt3Of(srv *rt2Server, subj string, res *mxrelay.Result, err error) rt3Outcome {
+	return rt3Outcome{subj: subj, err: err, maybe: res.MaybeDelivered, kept: srv.keptN(subj)}
+}
+
+// check fails t where o's result contradicts what the server kept.
+func (o rt3Outcome) check(t *testing.T) {
+	t.Helper()
+	if b := o.broken(o.String()); b != "" {
+		t.Error(b)
+	}
+}
+
 // delivered reports a clean delivery: no error, not maybe.
 func (o rt3Outcome) delivered() bool { return o.err == nil && !o.maybe }
 

@@ -41,17 +41,24 @@ func rcptPaths(stream string) []string {
 	return out
 }
 
-func TestObsoleteBccLeaksNothing(t *testing.T) {
+// sendOneT sends in with -t through a new relay, requires exit 0 and
+// returns the one message the relay got.
+func sendOneT(t *testing.T, in string) relaytest.Message {
+	t.Helper()
 	s := newRelay(t, nil)
+	code, stderr := sendmail(t, relayEnv(s), strings.NewReader(in), "-t")
+	require.Equal(t, exOK, code, stderr)
+	return only(t, s)
+}
+
+func TestObsoleteBccLeaksNothing(t *testing.T) {
 	in := "From: app@example.com\n" +
 		"To: to@example.com\n" +
 		"Bcc : secret@example.com\n" +
 		"Subject: payroll\n" +
 		"\n" +
 		"body\n"
-	code, stderr := sendmail(t, relayEnv(s), strings.NewReader(in), "-t")
-	require.Equal(t, exOK, code, stderr)
-	m := only(t, s)
+	m := sendOneT(t, in)
 	assert.Equal(t, []string{"to@example.com", "secret@example.com"}, m.To, "the Bcc recipient gets a copy")
 	assert.NotContains(t, string(m.Data), "secret", "the Bcc field is not sent")
 	assert.Contains(t, string(m.Data), "Subject: payroll\r\n", "the header after it is a header, not body")
@@ -59,7 +66,6 @@ func TestObsoleteBccLeaksNothing(t *testing.T) {
 }
 
 func TestResentRecipients(t *testing.T) {
-	s := newRelay(t, nil)
 	in := "Resent-From: forwarder@example.com\n" +
 		"Resent-To: new@example.com\n" +
 		"Resent-Cc: copy@example.com\n" +
@@ -70,9 +76,7 @@ func TestResentRecipients(t *testing.T) {
 		"Subject: resent\n" +
 		"\n" +
 		"body\n"
-	code, stderr := sendmail(t, relayEnv(s), strings.NewReader(in), "-t")
-	require.Equal(t, exOK, code, stderr)
-	m := only(t, s)
+	m := sendOneT(t, in)
 	assert.Equal(t, []string{"new@example.com", "copy@example.com", "hidden@example.com"}, m.To,
 		"a resent message goes to its Resent-To, Resent-Cc and Resent-Bcc, as with sendmail")
 	data := string(m.Data)

@@ -36,6 +36,22 @@ func rt2Start(t *testing.T, bin string, s *relaytest.Server, stdin string, args 
 	return cmd, stderr
 }
 
+// rt2StalledTimeout runs the built command with --timeout=1s and
+// --retries=0 through a relay that never answers command, waits for it
+// at most 8 s, logs how it ended, and returns the relay, its exit status,
+// how long it ran and what it wrote on stderr.
+func rt2StalledTimeout(t *testing.T, command string) (*relaytest.Server, int, time.Duration, *lockedBuffer) {
+	t.Helper()
+	bin := rtBuild(t)
+	s := newRelay(t, nil)
+	s.Inject(relaytest.Fault{Kind: relaytest.StallReply, Command: command, Times: -1})
+	start := time.Now()
+	cmd, stderr := rt2Start(t, bin, s, "Subject: s\n\nx\n", "--timeout=1s", "--retries=0", "a@example.com")
+	code, took := rt2WaitFor(cmd, start, 8*time.Second)
+	t.Logf("exit %d after %v, stderr %q", code, took.Round(time.Millisecond), stderr.String())
+	return s, code, took, stderr
+}
+
 // lockedBuffer is a bytes.Buffer written by exec's copying goroutine and
 // read by the test.
 type lockedBuffer struct {
@@ -132,13 +148,7 @@ func TestRedTeam2AppendedStartTLSChangesPolicy(t *testing.T) {
 // stop waiting itself, as main does after a signal ("may have been
 // delivered", 75), or set Options.CommandTimeout from --timeout.
 func TestRedTeam2TimeoutIgnoredAfterEndOfData(t *testing.T) {
-	bin := rtBuild(t)
-	s := newRelay(t, nil)
-	s.Inject(relaytest.Fault{Kind: relaytest.StallReply, Command: ".", Times: -1})
-	start := time.Now()
-	cmd, stderr := rt2Start(t, bin, s, "Subject: s\n\nx\n", "--timeout=1s", "--retries=0", "a@example.com")
-	code, took := rt2WaitFor(cmd, start, 8*time.Second)
-	t.Logf("exit %d after %v, stderr %q", code, took.Round(time.Millisecond), stderr.String())
+	_, code, took, stderr := rt2StalledTimeout(t, ".")
 	assert.Less(t, took, 6*time.Second, "--timeout=1s: the command gives up after about that long")
 	assert.Equal(t, exTempFail, code)
 	if code == exTempFail {
@@ -149,13 +159,7 @@ func TestRedTeam2TimeoutIgnoredAfterEndOfData(t *testing.T) {
 // TestRedTeam2TimeoutBeforeEndOfDataHeld (held): the same --timeout=1s
 // with MAIL stalled ends in about a second, 75, nothing claimed delivered.
 func TestRedTeam2TimeoutBeforeEndOfDataHeld(t *testing.T) {
-	bin := rtBuild(t)
-	s := newRelay(t, nil)
-	s.Inject(relaytest.Fault{Kind: relaytest.StallReply, Command: "MAIL", Times: -1})
-	start := time.Now()
-	cmd, stderr := rt2Start(t, bin, s, "Subject: s\n\nx\n", "--timeout=1s", "--retries=0", "a@example.com")
-	code, took := rt2WaitFor(cmd, start, 8*time.Second)
-	t.Logf("exit %d after %v, stderr %q", code, took.Round(time.Millisecond), stderr.String())
+	s, code, took, stderr := rt2StalledTimeout(t, "MAIL")
 	assert.Equal(t, exTempFail, code)
 	assert.Less(t, took, 4*time.Second)
 	assert.NotContains(t, stderr.String(), "may have been delivered")
@@ -200,11 +204,8 @@ func TestRedTeam2BccAfterNonHeaderLineLeaks(t *testing.T) {
 // value (a raw UTF-8 Subject) do not end the header: the Bcc after it is
 // removed and its recipient gets a copy.
 func TestRedTeam2BccAfterEightBitValueHeld(t *testing.T) {
-	s := newRelay(t, nil)
 	in := "To: to@example.com\nSubject: Grüße\nBcc: secret@example.com\n\nbody\n"
-	code, stderr := sendmail(t, relayEnv(s), strings.NewReader(in), "-t")
-	require.Equal(t, exOK, code, stderr)
-	m := only(t, s)
+	m := sendOneT(t, in)
 	assert.Equal(t, []string{"to@example.com", "secret@example.com"}, m.To)
 	assert.NotContains(t, string(m.Data), "secret")
 }
@@ -227,16 +228,13 @@ func TestRedTeam2BareCRHeld(t *testing.T) {
 // with white space before the colon: the recipients are read, the
 // Resent-Bcc fields removed.
 func TestRedTeam2ResentFormsHeld(t *testing.T) {
-	s := newRelay(t, nil)
 	in := "Resent-From: fwd@example.com\n" +
 		"resent-to: new@example.com,\n\tnew2@example.com\n" +
 		"Resent-Bcc :\n hidden@example.com\n" +
 		"RESENT-BCC\t:hidden2@example.com\n" +
 		"To: old@example.com\n" +
 		"Subject: s\n\nbody\n"
-	code, stderr := sendmail(t, relayEnv(s), strings.NewReader(in), "-t")
-	require.Equal(t, exOK, code, stderr)
-	m := only(t, s)
+	m := sendOneT(t, in)
 	assert.Equal(t, []string{"new@example.com", "new2@example.com", "hidden@example.com", "hidden2@example.com"}, m.To)
 	assert.NotContains(t, string(m.Data), "hidden")
 }

@@ -345,11 +345,8 @@ func TestRedTeamDedupeMergesDistinctMailboxes(t *testing.T) {
 // becomes tester@host.test instead of alice@example.com. An mbox From_
 // line has no colon after "From"; a field does.
 func TestRedTeamObsoleteFromFieldFirstIsDropped(t *testing.T) {
-	s := newRelay(t, nil)
 	in := "From : Alice <alice@example.com>\nTo: to@example.com\nSubject: s\n\nbody\n"
-	code, stderr := sendmail(t, relayEnv(s), strings.NewReader(in), "-t")
-	require.Equal(t, exOK, code, stderr)
-	m := only(t, s)
+	m := sendOneT(t, in)
 	t.Logf("MAIL FROM %q, data %q", m.From, m.Data)
 	assert.Equal(t, "alice@example.com", m.From, "the envelope sender is the From field's address")
 	assert.True(t, strings.HasPrefix(string(m.Data), "From : Alice <alice@example.com>\r\n"), "the author's From field is kept")
