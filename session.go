@@ -75,11 +75,11 @@ func (w *worker) session() {
 	}
 	// At SessionTimeout or when Close gives up, the session takes no more
 	// emails and writes no more ends of data (draining). When emails whose
-	// end of data is out have no result yet, their replies get quitGrace
-	// to come before the channel is closed: QUIT's 221, after them, is
-	// what confirms a 250 from a server that words all its replies alike,
-	// and cut, each would be unknown. With none, the channel is closed at
-	// once (a stalled server). Close giving up later shortens the grace.
+	// end of data is out have no result yet, their replies may still come
+	// (each within CommandTimeout; past Close's deadline, closeGrace in
+	// all) before QUIT, whose 221 confirms a 250 from a server that words
+	// all its replies alike; cut, each would be unknown. With none, the
+	// channel is closed at once (a stalled server).
 	var graceMu sync.Mutex
 	var grace *time.Timer
 	over := false // the session is done: a grace started now would outlive it
@@ -508,26 +508,20 @@ func (s *smtpSession) build(em *email, rcpts []string) (*smtpc.Tx, error) {
 func (s *smtpSession) apply(em *email, rcpts []string, res *smtpc.Result, start time.Time) {
 	c := s.c
 	c.mu.Lock()
-	// Stopped before its end of data by a session past its SessionTimeout:
-	// the email goes in the next session, and the attempt does not count.
-	drained := s.draining.Load() && em.canceled == nil && !res.EndSent && errors.Is(res.Err, smtpc.ErrWithdrawn)
 	a := attempt{
 		rcpts:        rcpts,
 		res:          res,
 		canceled:     em.canceled,
 		closing:      c.stopCtx.Err() != nil,
-		lastTry:      em.attempts > em.cfg.retries && !drained,
+		draining:     s.draining.Load(),
+		lastTry:      em.attempts > em.cfg.retries,
 		retryUnknown: c.opts.RetryUnknown,
 	}
 	c.mu.Unlock()
 	if res.Err != nil {
 		a.broke = s.explain(res.Err)
 	}
-	v := decide(a)
-	if drained {
-		v.attempt = false
-	}
-	c.settle(em, v, time.Since(start))
+	c.settle(em, decide(a), time.Since(start))
 }
 
 func addresses(rs []RecipientError) []string {

@@ -18,6 +18,9 @@ type attempt struct {
 	broke    error
 	canceled error // why the caller withdrew the email, if it did
 	closing  bool  // Close gave up while the transaction ran
+	// draining: the session was past its SessionTimeout (or Close's
+	// deadline) and wrote no new end of data.
+	draining bool
 	// lastTry is set when no attempt may follow: the email's retries are
 	// used up.
 	lastTry      bool
@@ -87,10 +90,17 @@ type verdict struct {
 //   - withdrawn by the caller: fails with the cancellation, unless the
 //     end of data was sent (then the reply decides, and no retry follows);
 //   - interrupted by Close before its end of data: handed back unsent, and
-//     not counted as an attempt.
+//     not counted as an attempt; stopped there by a session past its
+//     SessionTimeout: sent again, not counted either.
 func decide(a attempt) verdict {
 	res := a.res
 	v := verdict{attempt: true}
+	if a.draining && a.canceled == nil && !res.EndSent && errors.Is(res.Err, smtpc.ErrWithdrawn) {
+		// The session stopped it before its end of data, not the server
+		// nor the caller: it goes in the next session, and the attempt
+		// does not count.
+		v.attempt, a.lastTry = false, false
+	}
 	if res.Body != nil {
 		v.outcome, v.err = outFail, bodyErr(res.Body)
 		v.left = pending(a.rcpts, nil)
