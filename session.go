@@ -224,16 +224,6 @@ func (w *worker) session() {
 	}
 }
 
-// result is the email's result once it is out, else nil.
-func (h *Handle) result() *Result {
-	select {
-	case <-h.done:
-		return h.res
-	default:
-		return nil
-	}
-}
-
 // hurry asks the session to end with QUIT (see hurried).
 func (s *smtpSession) hurry() {
 	s.hurried.Store(true)
@@ -243,115 +233,6 @@ func (s *smtpSession) hurry() {
 // closeGrace is how long a session past Close's deadline still waits for
 // the replies of the ends of data already out, and QUIT's, in all.
 func (c *Client) closeGrace() time.Duration { return min(c.opts.CommandTimeout, time.Second) }
-
-// ready reports whether an email is ready to be taken.
-func (w *worker) ready() bool {
-	c := w.c
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.q.promote(time.Now())
-	return c.q.readyLen() > 0
-}
-
-// take pops the next email for s and marks it in flight.
-func (w *worker) take(s *smtpSession) *email {
-	c := w.c
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.stopCtx.Err() != nil {
-		return nil
-	}
-	c.q.promote(time.Now())
-	em := c.q.pop()
-	if em == nil {
-		return nil
-	}
-	c.freed()
-	if w.claim {
-		w.claim = false
-		c.claimed--
-	}
-	var withdraw func()
-	if !s.sc.Windowed() {
-		// Lock-step, or DATA: the session would wait for a reply to a
-		// transaction nobody wants any more. In a window, the engine
-		// withdraws it with RSET before its next chunk.
-		withdraw = s.withdraw
-	}
-	c.taken(em, s.id, withdraw, s.hurry)
-	return em
-}
-
-// open makes sure the relay connection is up, opens a channel and runs the
-// SMTP greeting, EHLO, STARTTLS and AUTH.
-func (w *worker) open(ctx context.Context, sid string) (*smtpSession, error) {
-	c := w.c
-	if w.conn == nil && w.lost {
-		// The relay ended the last connection: reconnect with backoff.
-		w.lost = false
-		delay := w.retryDelay(w.failures + 1)
-		c.setConnState(StateReconnecting)
-		c.events.emit(Event{Type: EventReconnecting, Attempt: w.failures + 1, Duration: delay})
-		t := time.NewTimer(delay)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			return nil, context.Cause(ctx)
-		}
-	}
-	var ch stream
-	if c.opts.RawTunnel {
-		c.setConnState(StateConnecting)
-		c.events.emit(Event{Type: EventConnecting})
-		t, err := c.dialTunnel(ctx)
-		if err != nil {
-			c.setConnState(StateDisconnected)
-			return nil, err
-		}
-		c.events.emit(Event{Type: EventConnected})
-		ch = t
-	} else {
-		if err := w.connect(ctx); err != nil {
-			w.disconnect(err)
-			return nil, err
-		}
-		c.setConnState(StateChannelOpening)
-		rc, err := w.conn.OpenChannel(ctx)
-		if err != nil {
-			select {
-			case <-w.conn.Done():
-				w.disconnect(w.conn.Err())
-			default:
-			}
-			return nil, relayErr(err)
-		}
-		ch = rc
-	}
-	c.setConnState(StateChannelReady)
-	s := &smtpSession{w: w, c: c, id: sid, ch: ch}
-	s.abort = func() {
-		s.aborted.Store(true)
-		ch.Abort()
-	}
-	s.withdraw = func() {
-		if s.sc.Settling() > 0 {
-			// Closing would leave the emails whose end of data is out
-			// unknown: the engine withdraws this one at its next step.
-			return
-		}
-		s.aborted.Store(true)
-		ch.Close()
-	}
-	stop := context.AfterFunc(ctx, s.abort)
-	defer stop()
-	if err := s.handshake(ctx); err != nil {
-		s.sc.Close(err)
-		c.setConnState(StateChannelClosed)
-		return nil, s.explain(err)
-	}
-	return s, nil
-}
 
 // handshake runs greeting, EHLO, STARTTLS and AUTH.
 func (s *smtpSession) handshake(ctx context.Context) error {

@@ -1,0 +1,262 @@
+package mxrelay
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Send queues e and blocks until its result. It returns the Result and, when
+// the email was not delivered, an *EmailError (also in Result.Err); or, with
+// a nil Result, the error of Enqueue. When ctx ends first, the email is
+// withdrawn as by Handle.Cancel: Send returns at once if its end of data was
+// not sent yet (the error matches ErrCanceled and ctx's error), and
+// otherwise when its reply is in and confirmed (see the README's
+// Guarantees): its reply decides. Replies come in the order of the window,
+// so a server that answers slowly the emails already in flight delays it
+// by as much; and when the server words all its replies alike, the reply
+// that confirms it is QUIT's, after every email in flight: the session
+// then takes no more emails and ends. A server silent for CommandTimeout
+// breaks the session, and the outcome is unknown.
+func (c *Client) Send(ctx context.Context, e Email, opts ...SendOption) (*Result, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	h, err := c.Enqueue(e, opts...)
+	if err != nil {
+		return nil, err
+	}
+	stop := context.AfterFunc(ctx, func() {
+		c.cancel(h.em, fmt.Errorf("%w: %w", ErrCanceled, context.Cause(ctx)))
+	})
+	defer stop()
+	<-h.done
+	return h.res, h.res.Err
+}
+
+// Enqueue validates e and queues it without waiting for it to be sent. It
+// fails with an error matching ErrInvalidEmail, ErrQueueFull, ErrClosed or
+// ErrAuthFailed, or, with Options.SpoolDir, with the error that kept the
+// email from being written there (a full disk), in which case nothing was
+// accepted. A body that cannot be
+// read twice is copied to a temporary file first (see Email.Body).
+func (c *Client) Enqueue(e Email, opts ...SendOption) (*Handle, error) {
+	cfg := sendConfig{priority: PriorityNormal, retries: -1, timeout: c.opts.Timeout}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	if !cfg.priority.valid() {
+		return nil, fmt.Errorf("%w: unknown priority %d", ErrInvalidEmail, int(cfg.priority))
+	}
+	if cfg.retries < 0 {
+		cfg.retries = c.opts.Retries
+	}
+	if err := e.validate(); err != nil {
+		return nil, err
+	}
+	if err := c.reserve(); err != nil {
+		return nil, err
+	}
+	em := &email{
+		id:       e.ID,
+		from:     e.From,
+		pending:  append([]string(nil), e.To...),
+		cfg:      cfg,
+		qidx:     -1,
+		mailOpts: e.MailOptions,
+		rcptOpts: e.RcptOptions,
+		queuedAt: time.Now(),
+	}
+	if em.id == "" {
+		em.id = c.newID()
+	}
+	var err error
+	if c.spool != nil {
+		hdr := &spoolHeader{
+			ID: em.id, From: e.From, To: e.To, Mail: e.MailOptions, Rcpt: e.RcptOptions,
+			Priority: cfg.priority, Retries: cfg.retries, Immediate: cfg.immediate, Queued: em.queuedAt,
+		}
+		if cfg.timeout > 0 {
+			hdr.Deadline = em.queuedAt.Add(cfg.timeout)
+		}
+		em.body, em.file, err = c.spool.store(hdr, e.Body, c.opts.bodyRules(e.MailOptions))
+	} else {
+		em.body, err = newBody(e.Body, c.opts.TempDir, c.opts.bodyRules(e.MailOptions))
+	}
+	if err != nil {
+		c.unreserve()
+		return nil, err
+	}
+	if testHookStored != nil {
+		testHookStored()
+	}
+	if em.file != "" {
+		// Accepted once its file has its name. Close waits for a commit
+		// in progress and none starts after it, so that an email is
+		// never both refused and in the spool for the next Client.
+		c.commitMu.RLock()
+		defer c.commitMu.RUnlock()
+		c.mu.Lock()
+		err = c.refusal()
+		c.mu.Unlock()
+		if err == nil {
+			err = c.spool.commit(em.body, em.file)
+		} else {
+			em.body.release()
+		}
+		if err != nil {
+			c.unreserve()
+			return nil, err
+		}
+	}
+	if err := c.queue(em, cfg.timeout, true); err != nil {
+		em.body.release()
+		return nil, err
+	}
+	c.log.Debug("mxrelay: email queued", "email", em.id, "priority", cfg.priority.String())
+	return em.handle, nil
+}
+
+// EnqueueWait is Enqueue that, when the queue is full, waits for room
+// instead of failing with ErrQueueFull. When ctx ends first it returns an
+// error matching ErrQueueFull and ctx's cause; nothing is queued.
+func (c *Client) EnqueueWait(ctx context.Context, e Email, opts ...SendOption) (*Handle, error) {
+	for {
+		room := c.roomChan()
+		h, err := c.Enqueue(e, opts...)
+		if !errors.Is(err, ErrQueueFull) {
+			return h, err
+		}
+		select {
+		case <-room:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w: %w", ErrQueueFull, context.Cause(ctx))
+		}
+	}
+}
+
+// queue accepts em, unless the client was closed. reserved says it holds
+// a place taken by reserve. timeout, if positive, is how long it may wait
+// for its end of data.
+func (c *Client) queue(em *email, timeout time.Duration, reserved bool) error {
+	em.handle = &Handle{c: c, em: em, done: make(chan struct{})}
+	c.mu.Lock()
+	if reserved {
+		c.reserved--
+	}
+	// An email in the spool was checked before its file was committed,
+	// and is queued whatever happened since: it is accepted.
+	if err := c.refusal(); err != nil && em.file == "" {
+		c.mu.Unlock()
+		return err
+	}
+	c.seq++
+	em.seq = c.seq
+	c.q.push(em, time.Now())
+	c.stats.EmailsQueued++
+	if !c.busy {
+		// Under c.mu, so that started and completed alternate.
+		c.busy = true
+		c.events.emit(Event{Type: EventQueueProcessingStarted, QueueSize: c.q.len()})
+	}
+	if timeout > 0 {
+		em.timer = time.AfterFunc(timeout, func() {
+			c.cancel(em, fmt.Errorf("%w: %w: email timeout of %v", ErrCanceled, context.DeadlineExceeded, em.cfg.timeout))
+		})
+	}
+	c.mu.Unlock()
+	c.kick()
+	return nil
+}
+
+// reserve takes a place in the queue for an email being read, or says
+// why there is none.
+func (c *Client) reserve() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.refusal(); err != nil {
+		return err
+	}
+	if c.q.len()+c.reserved >= c.opts.MaxQueueSize {
+		return ErrQueueFull
+	}
+	c.reserved++
+	return nil
+}
+
+func (c *Client) unreserve() {
+	c.mu.Lock()
+	c.reserved--
+	c.mu.Unlock()
+	c.freed()
+}
+
+// refusal is why no email can be accepted now, or nil. c.mu is held.
+func (c *Client) refusal() error {
+	if c.closed {
+		return ErrClosed
+	}
+	return c.authErr
+}
+
+// roomChan is closed when a place in the queue frees up. Take it before
+// trying Enqueue, so that a place freed in between is not missed.
+func (c *Client) roomChan() <-chan struct{} {
+	c.wakeMu.Lock()
+	defer c.wakeMu.Unlock()
+	return c.roomC
+}
+
+// freed wakes the EnqueueWait callers: a place in the queue is free.
+func (c *Client) freed() {
+	c.wakeMu.Lock()
+	close(c.roomC)
+	c.roomC = make(chan struct{})
+	c.wakeMu.Unlock()
+}
+
+// drained emits EventQueueProcessingCompleted when every accepted email
+// has its result, once per EventQueueProcessingStarted.
+func (c *Client) drained() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.busy && c.stats.EmailsQueued == c.stats.EmailsProcessed+c.stats.EmailsFailed {
+		c.busy = false
+		c.events.emit(Event{Type: EventQueueProcessingCompleted})
+	}
+}
+
+// QueueSize is how many emails wait to be sent, including those waiting
+// for a retry (the original client's getQueueSize; also in Stats).
+func (c *Client) QueueSize() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.q.len()
+}
+
+// kick wakes the workers.
+func (c *Client) kick() {
+	c.wakeMu.Lock()
+	close(c.wakeC)
+	c.wakeC = make(chan struct{})
+	c.wakeMu.Unlock()
+}
+
+// wakeChan is closed by the next kick. Take it before looking at the
+// queue, so that a change in between is not missed.
+func (c *Client) wakeChan() <-chan struct{} {
+	c.wakeMu.Lock()
+	defer c.wakeMu.Unlock()
+	return c.wakeC
+}
+
+func (c *Client) newID() string {
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return fmt.Sprintf("m%d", c.ids.Add(1))
+	}
+	return hex.EncodeToString(b[:])
+}
