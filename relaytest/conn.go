@@ -435,8 +435,7 @@ func (c *conn) openChannel(m wire.Message) bool {
 		return c.sendControl(wire.TypeChannelError, wire.ChannelError{Error: msg})
 	}
 
-	d := net.Dialer{Timeout: dialTimeout}
-	up, err := d.DialContext(c.ctx, "tcp", c.s.SMTPAddr)
+	up, err := c.s.dialUpstream(c.ctx)
 	if err != nil {
 		if c.ctx.Err() != nil {
 			return false

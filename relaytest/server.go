@@ -40,15 +40,15 @@ const dialTimeout = 10 * time.Second
 // Options configures a Server. A nil *Options and the zero value of every
 // field are useful; the Server works on a copy.
 type Options struct {
-	// Addr is the TCP address the relay listens on. "" means 127.0.0.1:0
-	// (loopback, a free port). The package does not refuse other
-	// addresses; cmd/mockrelay does unless asked.
+	// Addr is the address the relay listens on, on Network (TCP unless
+	// set). "" means 127.0.0.1:0 (loopback, a free port). The package
+	// does not refuse other addresses; cmd/mockrelay does unless asked.
 	Addr string
 	// APIKeys are the accepted keys; empty means only DefaultAPIKey.
 	APIKeys []string
 	// UpstreamAddr is the host:port of an SMTP server to forward channels
-	// to. "" starts the in-process go-smtp server, whose accepted messages
-	// are in Mailbox.
+	// to, reached through Network. "" starts the in-process go-smtp
+	// server, whose accepted messages are in Mailbox.
 	UpstreamAddr string
 	// Users (in-process server only) maps SMTP AUTH users to passwords.
 	// Non-empty: AUTH PLAIN and LOGIN are offered and required before
@@ -114,6 +114,40 @@ type Options struct {
 	// that wait for connections (Close, CloseClientConnections); a panic in
 	// it is recovered and logged. Nil: not called.
 	OnSMTPData func(SMTPData)
+	// Network, if set, carries every connection of the Server: the relay
+	// listens on it at Addr, the in-process upstream listens on it, and
+	// the relay reaches UpstreamAddr through it. It is for a network in
+	// memory, so that a Server, its upstream and a client can run inside
+	// a testing/synctest bubble (a goroutine blocked on a real socket
+	// keeps the bubble's clock from advancing); the client then dials
+	// through it too, with an http.Client whose Transport's DialContext is
+	// the Network's. Nil: TCP.
+	Network Network
+}
+
+// Network is what a Server listens on and dials through
+// (Options.Network). Its methods must be safe for concurrent use; network
+// is always "tcp".
+type Network interface {
+	Listen(network, address string) (net.Listener, error)
+	DialContext(ctx context.Context, network, address string) (net.Conn, error)
+}
+
+// tcp is the host's network.
+type tcp struct{}
+
+func (tcp) Listen(network, address string) (net.Listener, error) { return net.Listen(network, address) }
+
+func (tcp) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	var d net.Dialer
+	return d.DialContext(ctx, network, address)
+}
+
+// dialUpstream connects to the upstream, within dialTimeout.
+func (s *Server) dialUpstream(ctx context.Context) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, dialTimeout)
+	defer cancel()
+	return s.opts.Network.DialContext(ctx, "tcp", s.SMTPAddr)
 }
 
 // SMTPData is a piece of the SMTP stream of a channel, for
@@ -279,7 +313,10 @@ func NewUnstartedServer(opts *Options) *Server {
 			panic(fmt.Sprintf("relaytest: Options.Throttle.Reply %q: want a 4xx or 5xx reply", c.Reply))
 		}
 	}
-	ln, err := net.Listen("tcp", o.Addr)
+	if o.Network == nil {
+		o.Network = tcp{}
+	}
+	ln, err := o.Network.Listen("tcp", o.Addr)
 	if err != nil {
 		panic(fmt.Sprintf("relaytest: failed to listen on %s: %v", o.Addr, err))
 	}

@@ -3,7 +3,6 @@ package relaytest
 import (
 	"context"
 	"io"
-	"net"
 	"net/http"
 	"slices"
 	"strings"
@@ -29,8 +28,7 @@ func (s *Server) serveTunnel(w http.ResponseWriter, r *http.Request, restarts in
 		return
 	}
 	ws.SetReadLimit(-1) // a raw tunnel: frames of any size, streamed
-	d := net.Dialer{Timeout: dialTimeout}
-	up, err := d.DialContext(r.Context(), "tcp", s.SMTPAddr)
+	up, err := s.dialUpstream(r.Context())
 	if err != nil {
 		ws.Close(websocket.StatusTryAgainLater, "upstream unreachable")
 		return

@@ -132,9 +132,10 @@ func (s *Server) sessionEnded(addr string, seq int) {
 	}
 }
 
-// startSMTP starts the in-process upstream on a loopback port.
+// startSMTP starts the in-process upstream on a loopback port of
+// Options.Network.
 func (s *Server) startSMTP() {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := s.opts.Network.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		panic(fmt.Sprintf("relaytest: failed to listen for the SMTP server: %v", err))
 	}
