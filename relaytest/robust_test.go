@@ -1,13 +1,13 @@
 package relaytest
 
 import (
-	"net"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
 	"github.com/stretchr/testify/require"
+
+	"github.com/mxrelay/mxrelay/internal/fakesmtp"
 )
 
 func TestInvalidUTF8TextFrameIsRefused(t *testing.T) {
@@ -24,28 +24,12 @@ func TestInvalidUTF8TextFrameIsRefused(t *testing.T) {
 // TestCloseWithADeafUpstream: an external upstream that greets and then
 // never reads fills the TCP buffers; Close must still return.
 func TestCloseWithADeafUpstream(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	var wg sync.WaitGroup
-	stop := make(chan struct{})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		conn, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer conn.Close()
-		conn.Write([]byte("220 deaf.test ESMTP\r\n"))
-		<-stop
-	}()
-	defer func() {
-		close(stop)
-		ln.Close()
-		wg.Wait()
-	}()
+	deaf := fakesmtp.Listen(t, func(c *fakesmtp.Conn) {
+		c.Raw("220 deaf.test ESMTP\r\n")
+		c.Stall()
+	})
 
-	s := NewServer(&Options{UpstreamAddr: ln.Addr().String()})
+	s := NewServer(&Options{UpstreamAddr: deaf.Addr})
 	c := dial(t, s)
 	c.auth(s.APIKey)
 	c.open(true)

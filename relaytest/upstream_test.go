@@ -6,7 +6,6 @@ import (
 	"crypto/x509"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/coder/websocket"
@@ -15,6 +14,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/mxrelay/mxrelay/internal/fakesmtp"
 	"github.com/mxrelay/mxrelay/internal/testcert"
 	"github.com/mxrelay/mxrelay/internal/wire"
 )
@@ -64,38 +64,12 @@ func TestUpstreamUnreachable(t *testing.T) {
 	assert.Equal(t, 0, s.Stats().Channels)
 }
 
-// fakeUpstream serves each connection with serve, on loopback; its
-// goroutines end before the test does.
-func fakeUpstream(t *testing.T, serve func(net.Conn)) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Go(func() {
-				defer c.Close()
-				serve(c)
-			})
-		}
-	})
-	t.Cleanup(func() {
-		ln.Close()
-		wg.Wait()
-	})
-	return ln.Addr().String()
-}
-
 func TestUpstreamNotUTF8(t *testing.T) {
 	const greeting = "220 caf\xe9 ESMTP\r\n" // Latin-1
-	addr := fakeUpstream(t, func(c net.Conn) {
-		_, _ = c.Write([]byte(greeting))
-		_, _ = c.Read(make([]byte, 1)) // until the relay hangs up
-	})
+	addr := fakesmtp.Listen(t, func(c *fakesmtp.Conn) {
+		c.Raw(greeting)
+		c.Byte() // until the relay hangs up
+	}).Addr
 	s := NewServer(&Options{UpstreamAddr: addr})
 	defer s.Close()
 
@@ -112,9 +86,9 @@ func TestUpstreamNotUTF8(t *testing.T) {
 }
 
 func TestUpstreamHangsUpMidReply(t *testing.T) {
-	addr := fakeUpstream(t, func(c net.Conn) {
-		_, _ = c.Write([]byte("220 ok\r\n421-going"))
-	})
+	addr := fakesmtp.Listen(t, func(c *fakesmtp.Conn) {
+		c.Raw("220 ok\r\n421-going")
+	}).Addr
 	s := NewServer(&Options{UpstreamAddr: addr})
 	defer s.Close()
 	c := dial(t, s)
@@ -133,10 +107,10 @@ func TestLargeReplyChunked(t *testing.T) {
 	// A reply larger than a JSON data message can hold, with multi-byte
 	// characters across the chunk boundary.
 	reply := strings.Repeat("220-"+strings.Repeat("é", 1000)+"\r\n", 300) + "220 end\r\n"
-	addr := fakeUpstream(t, func(c net.Conn) {
-		_, _ = c.Write([]byte(reply))
-		_, _ = c.Read(make([]byte, 1))
-	})
+	addr := fakesmtp.Listen(t, func(c *fakesmtp.Conn) {
+		c.Raw(reply)
+		c.Byte()
+	}).Addr
 	for _, binary := range []bool{false, true} {
 		s := NewServer(&Options{UpstreamAddr: addr})
 		c := dial(t, s)

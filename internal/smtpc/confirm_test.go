@@ -7,41 +7,29 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/mxrelay/mxrelay/internal/fakesmtp"
 )
 
-// honestBDAT answers every command of a pipelined BDAT session honestly,
-// RSET with rset and QUIT with quit.
-func honestBDAT(rset, quit string) func(f *fake) {
-	return func(f *fake) {
-		f.hello("PIPELINING", "CHUNKING", "ENHANCEDSTATUSCODES")
-		for {
-			l := f.line()
-			switch verb := strings.ToUpper(strings.Fields(l + " x")[0]); verb {
-			case "":
-				return
-			case "MAIL":
-				f.say("250 2.1.0 sender ok")
-			case "RCPT":
-				f.say("250 2.1.5 recipient ok")
-			case "BDAT":
-				f.chunk(l)
-				f.say("250 2.0.0 queued")
+// honestBDAT is an honest pipelined BDAT server that answers RSET with
+// rset and QUIT with quit.
+func honestBDAT(rset, quit string) *fakesmtp.Session {
+	return &fakesmtp.Session{Ext: []string{"PIPELINING", "CHUNKING"}, Enhanced: true,
+		Answer: func(cmd fakesmtp.Cmd) ([]string, bool) {
+			switch cmd.Verb {
 			case "RSET":
-				f.say(rset)
+				return []string{rset}, true
 			case "QUIT":
-				f.say(quit)
-				return
-			default:
-				f.say("250 2.0.0 ok")
+				return []string{quit}, true
 			}
-		}
-	}
+			return nil, false
+		}}
 }
 
 // twoTx runs two transactions against honestBDAT(rset, quit) and waits
 // until both are answered.
 func twoTx(t *testing.T, rset, quit string) (*Client, []chan *Result) {
-	nc := newFake(t, honestBDAT(rset, quit))
+	nc, _ := fakesmtp.Pipe(t, honestBDAT(rset, quit).Serve)
 	c := startClient(t, nc, Config{Timeout: time.Second, Window: 8})
 	c.Start()
 	var outs []chan *Result
@@ -105,15 +93,15 @@ func TestOutOfStepUntrustsTheUnconfirmed(t *testing.T) {
 // answered 2.1.5 and then 2.0.0 got another command's reply (a stray
 // line after MAIL, say), so nothing after the shift is trusted.
 func TestChangeOfStyleIsAShift(t *testing.T) {
-	nc := newFake(t, func(f *fake) {
-		f.hello("PIPELINING", "CHUNKING", "ENHANCEDSTATUSCODES")
-		f.line() // MAIL
-		f.say("250 2.1.0 sender ok")
-		f.line()
-		f.say("250 2.1.5 recipient ok")
-		f.line()
-		f.say("250 2.0.0 ok") // another command's reply
-		f.drain()
+	nc, _ := fakesmtp.Pipe(t, func(srv *fakesmtp.Conn) {
+		srv.Hello("PIPELINING", "CHUNKING", "ENHANCEDSTATUSCODES")
+		srv.Line() // MAIL
+		srv.Say("250 2.1.0 sender ok")
+		srv.Line()
+		srv.Say("250 2.1.5 recipient ok")
+		srv.Line()
+		srv.Say("250 2.0.0 ok") // another command's reply
+		srv.Drain()
 	})
 	c := startClient(t, nc, Config{Timeout: time.Second, Window: 8})
 	c.Start()

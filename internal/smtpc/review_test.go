@@ -7,6 +7,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/mxrelay/mxrelay/internal/fakesmtp"
 )
 
 // emptyResp is a SASL mechanism whose answer to the server's challenge is
@@ -20,13 +22,14 @@ func (emptyResp) Next([]byte) ([]byte, error)    { return []byte{}, nil }
 // not skipped, or both ends wait for each other.
 func TestAuthEmptyResponseIsSent(t *testing.T) {
 	got := make(chan string, 1)
-	nc := newFake(t, func(f *fake) {
-		f.hello("AUTH X-EMPTY")
-		f.line() // AUTH X-EMPTY
-		f.say("334 ")
-		got <- f.line()
-		f.say("235 2.7.0 ok")
-		f.drain()
+	nc, _ := fakesmtp.Pipe(t, func(srv *fakesmtp.Conn) {
+		srv.Hello("AUTH X-EMPTY")
+		srv.Line() // AUTH X-EMPTY
+		srv.Say("334 ")
+		l, _ := srv.Line()
+		got <- l
+		srv.Say("235 2.7.0 ok")
+		srv.Drain()
 	})
 	c := startClient(t, nc, Config{})
 	var err error
@@ -55,23 +58,23 @@ func runTx(t *testing.T, c *Client, tx *Tx) chan *Result {
 // Lock-step BDAT: after a refused chunk no further chunk goes out; RSET.
 func TestLockstepBDATStopsAfterRefusedChunk(t *testing.T) {
 	var cmds []string
-	nc := newFake(t, func(f *fake) {
-		f.hello("CHUNKING")
+	nc, _ := fakesmtp.Pipe(t, func(srv *fakesmtp.Conn) {
+		srv.Hello("CHUNKING")
 		for {
-			l := f.line()
-			if l == "" {
+			l, ok := srv.Line()
+			if !ok {
 				return
 			}
 			cmds = append(cmds, strings.Fields(l)[0])
 			switch {
 			case strings.HasPrefix(l, "BDAT"):
-				f.chunk(l)
-				f.say("552 5.3.4 too big")
+				srv.Chunk(l)
+				srv.Say("552 5.3.4 too big")
 			case l == "QUIT":
-				f.say("221 bye")
+				srv.Say("221 bye")
 				return
 			default:
-				f.say("250 ok")
+				srv.Say("250 ok")
 			}
 		}
 	})
@@ -92,18 +95,18 @@ func TestLockstepBDATStopsAfterRefusedChunk(t *testing.T) {
 // (just the end), never the body.
 func TestPipelinedData354AfterAllRefused(t *testing.T) {
 	var got string
-	nc := newFake(t, func(f *fake) {
-		f.hello("PIPELINING")
-		f.line()
-		f.line()
-		f.line() // MAIL RCPT DATA
-		f.say("250 ok")
-		f.say("550 no")
-		f.say("354 go")
-		got = f.dataBody()
-		f.say("554 no valid recipients")
-		f.line()
-		f.say("221 bye")
+	nc, _ := fakesmtp.Pipe(t, func(srv *fakesmtp.Conn) {
+		srv.Hello("PIPELINING")
+		srv.Line()
+		srv.Line()
+		srv.Line() // MAIL RCPT DATA
+		srv.Say("250 ok")
+		srv.Say("550 no")
+		srv.Say("354 go")
+		got, _ = srv.Body()
+		srv.Say("554 no valid recipients")
+		srv.Line()
+		srv.Say("221 bye")
 	})
 	c := startClient(t, nc, Config{Timeout: time.Second})
 	c.Start()
@@ -123,11 +126,11 @@ func TestPipelinedData354AfterAllRefused(t *testing.T) {
 // not processed by the server, so it is "not sent", never unknown.
 func TestUnsolicited421MeansNotProcessed(t *testing.T) {
 	said := make(chan struct{})
-	nc := newFake(t, func(f *fake) {
-		f.hello("PIPELINING", "CHUNKING")
-		f.say("421 4.3.2 shutting down")
+	nc, _ := fakesmtp.Pipe(t, func(srv *fakesmtp.Conn) {
+		srv.Hello("PIPELINING", "CHUNKING")
+		srv.Say("421 4.3.2 shutting down")
 		close(said)
-		f.drain()
+		srv.Drain()
 	})
 	c := startClient(t, nc, Config{Timeout: time.Second, Window: 8})
 	c.Start()

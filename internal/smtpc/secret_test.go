@@ -8,6 +8,8 @@ import (
 	"github.com/emersion/go-sasl"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/mxrelay/mxrelay/internal/fakesmtp"
 )
 
 // An unexpected reply to a SASL response must not name the response in
@@ -23,13 +25,13 @@ func TestAuthErrorsNeverQuoteTheResponse(t *testing.T) {
 		{"3xx that is not a challenge", "354 go ahead"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			nc := newFake(t, func(f *fake) {
-				f.hello("AUTH LOGIN")
-				f.line() // AUTH LOGIN <user>
-				f.say("334 UGFzc3dvcmQ6")
-				f.line() // the password
-				f.say(tc.reply)
-				f.drain()
+			nc, _ := fakesmtp.Pipe(t, func(srv *fakesmtp.Conn) {
+				srv.Hello("AUTH LOGIN")
+				srv.Line() // AUTH LOGIN <user>
+				srv.Say("334 UGFzc3dvcmQ6")
+				srv.Line() // the password
+				srv.Say(tc.reply)
+				srv.Drain()
 			})
 			c := startClient(t, nc, Config{})
 			var err error
