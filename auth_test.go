@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/internal/fakesmtp"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
 
@@ -165,66 +166,63 @@ func TestNoAuthWithoutRequiredTLS(t *testing.T) {
 	serverTLS, pool := selfSigned(t)
 	for _, tc := range []struct {
 		name      string
-		offer     bool                 // STARTTLS in EHLO
-		starttls  func(c *upConn) bool // answers STARTTLS; true: TLS is up
-		permanent bool                 // no reconnect attempts
-		delivered bool                 // the control case
+		offer     bool                        // STARTTLS in EHLO
+		starttls  func(c *fakesmtp.Conn) bool // answers STARTTLS; true: TLS is up
+		permanent bool                        // no reconnect attempts
+		delivered bool                        // the control case
 		clientTLS *tls.Config
 	}{
 		{name: "server lacks STARTTLS", permanent: true},
-		{name: "454 to STARTTLS", offer: true, starttls: func(c *upConn) bool {
-			c.say("454 4.7.0 TLS not available")
+		{name: "454 to STARTTLS", offer: true, starttls: func(c *fakesmtp.Conn) bool {
+			c.Say("454 4.7.0 TLS not available")
 			return false
 		}},
-		{name: "handshake fails on the certificate", offer: true, permanent: true, starttls: func(c *upConn) bool {
-			return c.startTLS(serverTLS)
+		{name: "handshake fails on the certificate", offer: true, permanent: true, starttls: func(c *fakesmtp.Conn) bool {
+			return c.StartTLS(serverTLS)
 		}, clientTLS: &tls.Config{ServerName: "mx.test"}},
 		// Only a certificate that does not verify is permanent: a
 		// connection that ends in the handshake is retried (and AUTH is
 		// still never sent in clear).
-		{name: "220 then the connection ends", offer: true, starttls: func(c *upConn) bool {
-			c.say("220 2.0.0 go ahead")
+		{name: "220 then the connection ends", offer: true, starttls: func(c *fakesmtp.Conn) bool {
+			c.Say("220 2.0.0 go ahead")
 			c.Close()
 			return false
 		}},
-		{name: "control: TLS up, AUTH sent under it", offer: true, delivered: true, starttls: func(c *upConn) bool {
-			return c.startTLS(serverTLS)
+		{name: "control: TLS up, AUTH sent under it", offer: true, delivered: true, starttls: func(c *fakesmtp.Conn) bool {
+			return c.StartTLS(serverTLS)
 		}, clientTLS: &tls.Config{ServerName: "mx.test", RootCAs: pool}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			u := newUpstream(t, func(c *upConn) {
-				c.say("220 mx.test ESMTP")
+			u := fakesmtp.Listen(t, func(c *fakesmtp.Conn) {
+				c.Say("220 mx.test ESMTP")
 				secure := false
-				c.commands(func(verb, l string) bool {
+				c.Commands(func(verb, l string) bool {
 					switch {
 					case verb == "EHLO" && tc.offer && !secure:
-						c.say("250-mx.test\r\n250-AUTH PLAIN LOGIN\r\n250 STARTTLS")
+						c.Say("250-mx.test\r\n250-AUTH PLAIN LOGIN\r\n250 STARTTLS")
 					case verb == "EHLO":
-						c.say("250-mx.test\r\n250 AUTH PLAIN LOGIN")
+						c.Say("250-mx.test\r\n250 AUTH PLAIN LOGIN")
 					case verb == "STARTTLS":
 						if secure = tc.starttls(c); !secure {
-							for _, ok := c.line(); ok; _, ok = c.line() {
-							}
+							c.Drain()
 							return false
 						}
 					case verb == "AUTH":
-						c.say("235 2.7.0 ok")
+						c.Say("235 2.7.0 ok")
 					case verb == "DATA":
-						c.say("354 go ahead")
-						for l, ok := c.line(); l != "."; l, ok = c.line() {
-							if !ok {
-								return false
-							}
+						c.Say("354 go ahead")
+						if _, ok := c.Body(); !ok {
+							return false
 						}
-						c.say("250 2.0.0 queued")
+						c.Say("250 2.0.0 queued")
 					default:
-						c.say("250 ok")
+						c.Say("250 ok")
 					}
 
 					return true
 				})
 			})
-			s := newRelay(t, &relaytest.Options{UpstreamAddr: u.addr})
+			s := newRelay(t, &relaytest.Options{UpstreamAddr: u.Addr})
 			if tc.clientTLS == nil {
 				tc.clientTLS = &tls.Config{ServerName: "mx.test"}
 			}
@@ -232,12 +230,12 @@ func TestNoAuthWithoutRequiredTLS(t *testing.T) {
 			_, err := c.Send(ctxT(t), mail("over tls only"))
 			if tc.delivered {
 				require.NoError(t, err)
-				assert.True(t, u.saw("AUTH PLAIN"), "the transcript sees AUTH when it is sent: %q", u.transcript())
+				assert.True(t, u.Saw("AUTH PLAIN"), "the transcript sees AUTH when it is sent: %q", u.Transcript())
 				return
 			}
 			require.Error(t, err)
-			assert.False(t, u.saw("AUTH"), "no AUTH: %q", u.transcript())
-			assert.False(t, u.saw("MAIL"), "nothing sent: %q", u.transcript())
+			assert.False(t, u.Saw("AUTH"), "no AUTH: %q", u.Transcript())
+			assert.False(t, u.Saw("MAIL"), "nothing sent: %q", u.Transcript())
 			var ce *mxrelay.ConnectError
 			assert.Equal(t, !tc.permanent, errors.As(err, &ce), "%v", err)
 		})

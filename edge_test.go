@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/internal/fakesmtp"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
 
@@ -126,36 +127,34 @@ func TestStartTLSOverJSONChannel(t *testing.T) {
 func fakeSMTP(t *testing.T) (string, func() int) {
 	var mu sync.Mutex
 	got := 0
-	u := newUpstream(t, func(c *upConn) {
-		c.say("220-mx.fake.test first line\r\n220-second line\r\n220 mx.fake.test ESMTP")
+	u := fakesmtp.Listen(t, func(c *fakesmtp.Conn) {
+		c.Say("220-mx.fake.test first line\r\n220-second line\r\n220 mx.fake.test ESMTP")
 		for {
-			line, ok := c.line()
+			line, ok := c.Line()
 			if !ok {
 				return
 			}
 			switch strings.ToUpper(strings.Fields(line + " x")[0]) {
 			case "EHLO":
-				c.say("250-mx.fake.test\r\n250 PIPELINING")
+				c.Say("250-mx.fake.test\r\n250 PIPELINING")
 			case "DATA":
-				c.say("354 go")
-				for l, ok := c.line(); l != "."; l, ok = c.line() {
-					if !ok {
-						return
-					}
+				c.Say("354 go")
+				if _, ok := c.Body(); !ok {
+					return
 				}
 				mu.Lock()
 				got++
 				mu.Unlock()
-				c.say("250 2.0.0 queued")
+				c.Say("250 2.0.0 queued")
 			case "QUIT":
-				c.say("221 bye")
+				c.Say("221 bye")
 				return
 			default:
-				c.say("250 ok")
+				c.Say("250 ok")
 			}
 		}
 	})
-	return u.addr, func() int {
+	return u.Addr, func() int {
 		mu.Lock()
 		defer mu.Unlock()
 		return got

@@ -1,10 +1,7 @@
 package mxrelay
 
 import (
-	"bufio"
 	"context"
-	"io"
-	"net"
 	"strconv"
 	"strings"
 	"sync"
@@ -15,6 +12,7 @@ import (
 	"github.com/emersion/go-smtp"
 	"github.com/stretchr/testify/require"
 
+	"github.com/mxrelay/mxrelay/internal/fakesmtp"
 	"github.com/mxrelay/mxrelay/internal/smtpc"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
@@ -38,25 +36,11 @@ func FuzzUTF8Check(f *testing.F) {
 // EHLO reply, for building commands; the server is gone once it has.
 func engineOffering(tb testing.TB, exts ...string) *smtpc.Client {
 	tb.Helper()
-	cc, sc := net.Pipe()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		defer sc.Close()
-		io.WriteString(sc, "220 fuzz.test ESMTP\r\n")
-		if _, err := bufio.NewReader(sc).ReadString('\n'); err != nil {
-			return
-		}
-		reply := "250-fuzz.test\r\n"
-		for _, e := range exts {
-			reply += "250-" + e + "\r\n"
-		}
-		io.WriteString(sc, reply+"250 HELP\r\n")
-	}()
+	cc, srv := fakesmtp.Pipe(tb, func(c *fakesmtp.Conn) { c.Hello(append(exts, "HELP")...) })
 	c := smtpc.New(cc, smtpc.Config{})
 	require.NoError(tb, c.Greet())
 	require.NoError(tb, c.Hello("localhost"))
-	<-done
+	srv.Close()
 	cc.Close()
 	return c
 }

@@ -1,12 +1,9 @@
 package mxrelay
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
-	"io"
 	"net"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -15,6 +12,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/mxrelay/mxrelay/internal/fakesmtp"
 	"github.com/mxrelay/mxrelay/internal/smtpc"
 )
 
@@ -42,10 +40,11 @@ var EngineModes = []struct {
 	{"lock-step DATA", nil},
 }
 
-// hostile is one misbehaviour. Each hook returns the writes to make (each
-// a line or lines without the final CRLF; "~20ms" sleeps, "CUT" closes
-// the connection, "STALL" stops reading and writing until the test ends).
-// A nil hook does what an honest server does.
+// hostile is one misbehaviour. Each hook returns the writes to make, as
+// fakesmtp's Play takes them (a line or lines without the final CRLF;
+// "AWAIT" waits for the client's next command, "CUT" closes the
+// connection, "STALL" stops reading and writing until the test ends). A
+// nil hook does what an honest server does.
 type hostile struct {
 	name string
 	// greeting replaces "220 ...".
@@ -80,35 +79,17 @@ const engineTxs = 3
 
 func runEngine(t *testing.T, ext []string, h hostile) *engineRun {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	stop := make(chan struct{})
 	run := &engineRun{kept: map[int]bool{}, ended: map[int]bool{}, verdicts: make([]*verdict, engineTxs), results: make([]*smtpc.Result, engineTxs)}
 	var mu sync.Mutex
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		nc, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer nc.Close()
-		s := &scripted{nc: nc, r: bufio.NewReader(nc), stop: stop}
-		s.serve(ext, h, func(tx int, kept bool) {
-			mu.Lock()
-			run.ended[tx] = true
-			run.kept[tx] = run.kept[tx] || kept
-			mu.Unlock()
-		})
-	}()
-	defer func() {
-		close(stop)
-		ln.Close()
-		wg.Wait()
-	}()
+	srv := fakesmtp.Listen(t, h.session(ext, func(tx int, kept bool) {
+		mu.Lock()
+		run.ended[tx] = true
+		run.kept[tx] = run.kept[tx] || kept
+		mu.Unlock()
+	}).Serve)
+	defer srv.Close()
 
-	nc, err := net.Dial("tcp", ln.Addr().String())
+	nc, err := net.Dial("tcp", srv.Addr)
 	require.NoError(t, err)
 	sc := smtpc.New(nc, smtpc.Config{Timeout: 500 * time.Millisecond, Window: 8, MaxLine: smtpc.MaxLineLength})
 	if err := sc.Greet(); err != nil {
@@ -168,159 +149,54 @@ func runEngine(t *testing.T, ext []string, h hostile) *engineRun {
 	return run
 }
 
-// scripted is the server's end of one connection.
-type scripted struct {
-	nc   net.Conn
-	r    *bufio.Reader
-	stop chan struct{}
-	cut  bool
-}
-
-// write makes the writes of a hook: false when the connection is to end.
-func (s *scripted) write(ws []string) bool {
-	for _, w := range ws {
-		switch {
-		case w == "CUT":
-			s.cut = true
-			return false
-		case w == "STALL":
-			<-s.stop
-			s.cut = true
-			return false
-		case strings.HasPrefix(w, "~"):
-			d, _ := time.ParseDuration(w[1:])
-			time.Sleep(d)
-		default:
-			if _, err := io.WriteString(s.nc, w+"\r\n"); err != nil {
-				return false
-			}
-		}
-	}
-	return true
-}
-
-func (s *scripted) serve(ext []string, h hostile, ended func(tx int, kept bool)) {
-	greeting := h.greeting
-	if greeting == nil {
-		greeting = []string{"220 mx.hostile.test ESMTP"}
-	}
-	if !s.write(greeting) {
-		return
-	}
-	honestEHLO := "250-mx.hostile.test"
-	for _, e := range append(ext, "8BITMIME") {
-		honestEHLO += "\r\n250-" + e
-	}
-	honestEHLO += "\r\n250 ENHANCEDSTATUSCODES"
-	tx := 0
-	answer := func(verb, honest string) bool {
-		if h.reply != nil {
-			return s.write(h.reply(tx, verb, honest))
-		}
-		return s.write([]string{honest})
-	}
-	endOfData := func() bool {
-		ws, kept := []string{"250 2.0.0 queued"}, true
-		if h.end != nil {
-			ws, kept = h.end(tx)
-		}
-		ended(tx, kept)
-		return s.write(ws)
-	}
-	var chunks int
-	for {
-		line, err := s.r.ReadString('\n')
-		if err != nil {
-			return
-		}
-		line = strings.TrimRight(line, "\r\n")
-		verb := strings.ToUpper(strings.Fields(line + " x")[0])
-		switch verb {
-		case "EHLO":
-			ws := []string{honestEHLO}
-			if h.ehlo != nil {
-				ws = h.ehlo(honestEHLO)
-			}
-			if !s.write(ws) {
-				return
-			}
-		case "MAIL":
-			tx++
-			chunks = 0
-			if !answer(verb, "250 2.1.0 sender ok") {
-				return
-			}
-		case "RCPT":
-			if !answer(verb, "250 2.1.5 recipient ok") {
-				return
-			}
-		case "RSET", "NOOP":
-			if !answer(verb, "250 2.0.0 ok") {
-				return
-			}
-		case "DATA":
-			ws := []string{"354 go ahead"}
-			if h.reply != nil {
-				ws = h.reply(tx, verb, ws[0])
-			}
-			if !s.write(ws) {
-				return
-			}
-			if !strings.HasPrefix(ws[len(ws)-1], "354") {
-				continue
-			}
-			if h.bodyStall && tx == 1 {
-				s.write([]string{"STALL"})
-				return
-			}
-			for {
-				l, err := s.r.ReadString('\n')
-				if err != nil {
-					return
+// session is the honest server with h's misbehaviour, telling ended of
+// each end of data it read and whether it kept the message.
+func (h hostile) session(ext []string, ended func(tx int, kept bool)) *fakesmtp.Session {
+	return &fakesmtp.Session{Greeting: h.greeting, Ext: ext, Enhanced: true,
+		Answer: func(cmd fakesmtp.Cmd) ([]string, bool) {
+			switch cmd.Verb {
+			case "EHLO":
+				if h.ehlo != nil {
+					return h.ehlo(cmd.Honest), true
 				}
-				if l == ".\r\n" {
-					break
+			case "BDAT":
+				if h.bodyStall && cmd.Tx == 1 {
+					return []string{"STALL"}, true
+				}
+			case "DATA":
+				if h.bodyStall && cmd.Tx == 1 {
+					return []string{cmd.Honest, "STALL"}, true
+				}
+				if h.reply != nil {
+					return h.reply(cmd.Tx, cmd.Verb, cmd.Honest), true
+				}
+			case "CHUNK":
+				if h.reply != nil {
+					return h.reply(cmd.Tx, "BDAT", cmd.Honest), true
+				}
+			case "END":
+				ws, kept := []string{cmd.Honest}, true
+				if h.end != nil {
+					ws, kept = h.end(cmd.Tx)
+				}
+				ended(cmd.Tx, kept)
+				return ws, true
+			default:
+				if h.reply != nil {
+					return h.reply(cmd.Tx, cmd.Verb, cmd.Honest), true
 				}
 			}
-			if !endOfData() {
-				return
-			}
-		case "BDAT":
-			f := strings.Fields(line)
-			n, _ := strconv.Atoi(f[1])
-			if h.bodyStall && tx == 1 {
-				s.write([]string{"STALL"})
-				return
-			}
-			if _, err := io.CopyN(io.Discard, s.r, int64(n)); err != nil {
-				return
-			}
-			chunks++
-			if len(f) > 2 && strings.EqualFold(f[2], "LAST") {
-				if !endOfData() {
-					return
-				}
-			} else if !answer("BDAT", "250 2.0.0 chunk ok") {
-				return
-			}
-		case "QUIT":
-			answer(verb, "221 2.0.0 bye")
-			return
-		default:
-			if !s.write([]string{"500 5.5.2 unknown command"}) {
-				return
-			}
-		}
-	}
+			return nil, false
+		}}
 }
 
 // stray returns a reply hook that writes extra before the honest reply
-// to verb in transaction tx (after a pause, so that the extra line crosses
-// the commands already written).
+// to verb in transaction tx, and the honest reply only once the client
+// has sent its next command: it crosses the commands already written.
 func stray(atTx int, atVerb string, extra ...string) func(int, string, string) []string {
 	return func(tx int, verb, honest string) []string {
 		if tx == atTx && verb == atVerb {
-			return append(append([]string(nil), extra...), "~30ms", honest)
+			return append(append([]string(nil), extra...), "AWAIT", honest)
 		}
 		return []string{honest}
 	}
@@ -341,8 +217,8 @@ func hostileCorpus() []hostile {
 		{name: "a 250 before any command",
 			greeting: []string{"220 mx.hostile.test ESMTP", "250 2.0.0 what"},
 			end:      refuseEnd, want: protocolErrorBeforeAnything},
-		{name: "a 250 after the EHLO reply, a moment later",
-			ehlo: func(honest string) []string { return []string{honest, "~30ms", "250 2.0.0 late"} },
+		{name: "a 250 after the EHLO reply, once the client sent its next command",
+			ehlo: func(honest string) []string { return []string{honest, "AWAIT", "250 2.0.0 late"} },
 			end:  refuseEnd},
 		{name: "a stray 250 crossing MAIL, end of data refused",
 			reply: stray(1, "MAIL", "250 2.0.0 stray"), end: refuseEnd},

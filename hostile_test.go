@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/internal/fakesmtp"
 	"github.com/mxrelay/mxrelay/internal/wire"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
@@ -22,38 +23,22 @@ import (
 // docs/protocol.md §11, nothing of it sent past the point of breakage, and the
 // server's connection closed by the client after at most floodBound bytes.
 func TestHostileUpstream(t *testing.T) {
-	ehlo := func(c *upConn, ext ...string) bool {
-		if !c.say("220 mx.hostile.test ESMTP") {
-			return false
-		}
-		if _, ok := c.line(); !ok {
-			return false
-		}
-		return c.say(strings.Join(append([]string{"250-mx.hostile.test"}, ext...), "\r\n250-") + "\r\n250 8BITMIME")
-	}
+	ehlo := func(c *fakesmtp.Conn, ext ...string) bool { return c.Hello(append(ext, "8BITMIME")...) }
 	// toEnd answers the envelope, reads the body and returns at its ".".
-	toEnd := func(c *upConn) bool {
+	toEnd := func(c *fakesmtp.Conn) bool {
 		for {
-			l, ok := c.line()
+			l, ok := c.Line()
 			if !ok {
 				return false
 			}
 			if strings.HasPrefix(l, "DATA") {
 				break
 			}
-			c.say("250 2.1.0 ok")
+			c.Say("250 2.1.0 ok")
 		}
-		c.say("354 go ahead")
-		for l, ok := c.line(); l != "."; l, ok = c.line() {
-			if !ok {
-				return false
-			}
-		}
-		return true
-	}
-	drain := func(c *upConn) {
-		for _, ok := c.line(); ok; _, ok = c.line() {
-		}
+		c.Say("354 go ahead")
+		_, ok := c.Body()
+		return ok
 	}
 	type phase int
 	const (
@@ -63,78 +48,78 @@ func TestHostileUpstream(t *testing.T) {
 	)
 	for _, tc := range []struct {
 		name  string
-		serve func(c *upConn)
+		serve func(c *fakesmtp.Conn)
 		phase phase
 	}{
-		{"greeting: a line with no CRLF, endless", func(c *upConn) {
-			c.write([]byte("220 "))
-			c.flood(chunk64("x"))
+		{"greeting: a line with no CRLF, endless", func(c *fakesmtp.Conn) {
+			c.Raw("220 ")
+			c.Flood(chunk64("x"))
 		}, setup},
-		{"EHLO: an endless multi-line reply", func(c *upConn) {
-			c.say("220 mx.hostile.test ESMTP")
-			c.line()
-			c.flood(chunk64("250-PIPELINING\r\n"))
+		{"EHLO: an endless multi-line reply", func(c *fakesmtp.Conn) {
+			c.Say("220 mx.hostile.test ESMTP")
+			c.Line()
+			c.Flood(chunk64("250-PIPELINING\r\n"))
 		}, setup},
-		{"greeting: reply code 099", func(c *upConn) {
-			c.say("099 mx.hostile.test hello")
-			drain(c)
+		{"greeting: reply code 099", func(c *fakesmtp.Conn) {
+			c.Say("099 mx.hostile.test hello")
+			c.Drain()
 		}, setup},
-		{"EHLO: reply code abc", func(c *upConn) {
-			c.say("220 mx.hostile.test ESMTP")
-			c.line()
-			c.say("abc mx.hostile.test")
-			drain(c)
+		{"EHLO: reply code abc", func(c *fakesmtp.Conn) {
+			c.Say("220 mx.hostile.test ESMTP")
+			c.Line()
+			c.Say("abc mx.hostile.test")
+			c.Drain()
 		}, setup},
-		{"EHLO: a 3xx", func(c *upConn) {
-			c.say("220 mx.hostile.test ESMTP")
-			c.line()
-			c.say("354 go ahead")
-			drain(c)
+		{"EHLO: a 3xx", func(c *fakesmtp.Conn) {
+			c.Say("220 mx.hostile.test ESMTP")
+			c.Line()
+			c.Say("354 go ahead")
+			c.Drain()
 		}, setup},
-		{"354 to MAIL, lock-step", func(c *upConn) {
+		{"354 to MAIL, lock-step", func(c *fakesmtp.Conn) {
 			ehlo(c)
-			c.line() // MAIL
-			c.say("354 go ahead")
-			drain(c)
+			c.Line() // MAIL
+			c.Say("354 go ahead")
+			c.Drain()
 		}, notSent},
-		{"354 to MAIL, pipelined", func(c *upConn) {
+		{"354 to MAIL, pipelined", func(c *fakesmtp.Conn) {
 			ehlo(c, "PIPELINING")
-			c.line() // MAIL
-			c.say("354 go ahead")
-			drain(c)
+			c.Line() // MAIL
+			c.Say("354 go ahead")
+			c.Drain()
 		}, notSent},
-		{"RCPT: a line with no CRLF, endless", func(c *upConn) {
+		{"RCPT: a line with no CRLF, endless", func(c *fakesmtp.Conn) {
 			ehlo(c)
-			c.line()
-			c.say("250 2.1.0 ok")
-			c.line()
-			c.write([]byte("250 "))
-			c.flood(chunk64("x"))
+			c.Line()
+			c.Say("250 2.1.0 ok")
+			c.Line()
+			c.Raw("250 ")
+			c.Flood(chunk64("x"))
 		}, notSent},
-		{"end of data: reply code 099", func(c *upConn) {
+		{"end of data: reply code 099", func(c *fakesmtp.Conn) {
 			ehlo(c)
 			if toEnd(c) {
-				c.say("099 queued, perhaps")
+				c.Say("099 queued, perhaps")
 			}
-			drain(c)
+			c.Drain()
 		}, unknown},
-		{"end of data: a line with no CRLF, endless", func(c *upConn) {
+		{"end of data: a line with no CRLF, endless", func(c *fakesmtp.Conn) {
 			ehlo(c)
 			if toEnd(c) {
-				c.write([]byte("250 "))
-				c.flood(chunk64("x"))
+				c.Raw("250 ")
+				c.Flood(chunk64("x"))
 			}
 		}, unknown},
-		{"end of data: an endless multi-line reply", func(c *upConn) {
+		{"end of data: an endless multi-line reply", func(c *fakesmtp.Conn) {
 			ehlo(c, "PIPELINING")
 			if toEnd(c) {
-				c.flood(chunk64("250-queued\r\n"))
+				c.Flood(chunk64("250-queued\r\n"))
 			}
 		}, unknown},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			u := newUpstream(t, tc.serve)
-			s := newRelay(t, &relaytest.Options{UpstreamAddr: u.addr})
+			u := fakesmtp.Listen(t, tc.serve)
+			s := newRelay(t, &relaytest.Options{UpstreamAddr: u.Addr})
 			c := newClient(t, s, &mxrelay.Options{MaxReconnectAttempts: 1})
 			res, err := c.Send(ctxT(t), mail("hostile"), mxrelay.WithRetries(0))
 			require.Error(t, err)
@@ -145,13 +130,13 @@ func TestHostileUpstream(t *testing.T) {
 			assert.Equal(t, tc.phase == unknown, errors.Is(err, mxrelay.ErrUnknownOutcome), "%v", err)
 			assert.Equal(t, tc.phase == unknown, res.MaybeDelivered)
 			if tc.phase != unknown {
-				assert.False(t, u.saw("Subject:"), "no byte of the body went out: %q", u.transcript())
+				assert.False(t, u.Saw("Subject:"), "no byte of the body went out: %q", u.Transcript())
 			}
 			if tc.phase == setup {
-				assert.False(t, u.saw("MAIL"), "%q", u.transcript())
+				assert.False(t, u.Saw("MAIL"), "%q", u.Transcript())
 			}
 			select {
-			case n := <-u.ended:
+			case n := <-u.Ended():
 				t.Logf("the upstream wrote %d bytes", n)
 				assert.Less(t, n, int64(floodBound), "the client hung up on the flood")
 			case <-ctxT(t).Done():

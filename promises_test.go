@@ -7,7 +7,6 @@ import (
 	"crypto/x509"
 	"fmt"
 	"io"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -19,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/internal/fakesmtp"
 	"github.com/mxrelay/mxrelay/internal/testcert"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
@@ -27,77 +27,46 @@ import (
 // misbehaving in a way our own test relay never does once broke (issue
 // "Every reply accounted for").
 
-// smtpServe is a scripted upstream that speaks enough SMTP for the
-// client's four modes: ehlo writes the reply to EHLO, end answers each end
-// of data (and says whether the message is kept), counted in kept.
+// smtpServe is a fakesmtp.Session for the client's four modes, worded as
+// go-smtp words its replies (2.0.0 to MAIL and RCPT): greeting replaces
+// the greeting, ehlo the reply to EHLO (given the honest one), and end
+// answers each end of data and says whether the message is kept, counted
+// in kept.
 type smtpServe struct {
 	greeting string
 	ext      []string
-	ehlo     func(c *upConn, honest string)
-	end      func(c *upConn) bool
+	ehlo     func(honest string) []string
+	end      func() ([]string, bool)
 	kept     atomic.Int64
 	ends     atomic.Int64
 }
 
-func (s *smtpServe) serve(c *upConn) {
-	greeting := s.greeting
-	if greeting == "" {
-		greeting = "220 mx.test ESMTP"
-	}
-	c.say(greeting)
-	honest := "250-mx.test\r\n250-8BITMIME\r\n"
-	for _, e := range s.ext {
-		honest += "250-" + e + "\r\n"
-	}
-	honest += "250 ENHANCEDSTATUSCODES"
-	endOfData := func() bool {
-		s.ends.Add(1)
-		if s.end == nil {
-			s.kept.Add(1)
-			return c.say("250 2.0.0 queued")
-		}
-		if s.end(c) {
-			s.kept.Add(1)
-		}
-		return true
-	}
-	c.commands(func(verb, l string) bool {
-		switch verb {
+func (s *smtpServe) serve(c *fakesmtp.Conn) {
+	sess := &fakesmtp.Session{Ext: s.ext, Enhanced: true, Answer: func(cmd fakesmtp.Cmd) ([]string, bool) {
+		switch cmd.Verb {
 		case "EHLO":
 			if s.ehlo != nil {
-				s.ehlo(c, honest)
-			} else {
-				c.say(honest)
+				return s.ehlo(cmd.Honest), true
 			}
-		case "DATA":
-			c.say("354 go ahead")
-			for l, ok := c.line(); l != "."; l, ok = c.line() {
-				if !ok {
-					return false
-				}
+		case "MAIL", "RCPT":
+			return []string{"250 2.0.0 ok"}, true
+		case "END":
+			s.ends.Add(1)
+			writes, kept := []string{cmd.Honest}, true
+			if s.end != nil {
+				writes, kept = s.end()
 			}
-			if !endOfData() {
-				return false
+			if kept {
+				s.kept.Add(1)
 			}
-		case "BDAT":
-			f := strings.Fields(l)
-			n, _ := strconv.Atoi(f[1])
-			if _, err := io.CopyN(io.Discard, c.r, int64(n)); err != nil {
-				return false
-			}
-			if len(f) > 2 {
-				if !endOfData() {
-					return false
-				}
-			} else {
-				c.say("250 2.0.0 chunk")
-			}
-		default:
-			c.say("250 2.0.0 ok")
+			return writes, true
 		}
-
-		return true
-	})
+		return nil, false
+	}}
+	if s.greeting != "" {
+		sess.Greeting = []string{s.greeting}
+	}
+	sess.Serve(c)
 }
 
 func sendAll(t *testing.T, c *mxrelay.Client, n int, opts ...mxrelay.SendOption) []*mxrelay.Result {
@@ -118,17 +87,17 @@ func TestStrayReplyIsNoDelivery(t *testing.T) {
 	for _, variant := range []struct {
 		name     string
 		greeting string
-		ehlo     func(c *upConn, honest string)
+		ehlo     func(honest string) []string
 	}{
-		{name: "the last EHLO line twice", ehlo: func(c *upConn, honest string) { c.say(honest + "\r\n250 ENHANCEDSTATUSCODES") }},
+		{name: "the last EHLO line twice", ehlo: func(honest string) []string { return []string{honest + "\r\n250 ENHANCEDSTATUSCODES"} }},
 		{name: "a 250 before any command", greeting: "220 mx.test ESMTP\r\n250 2.0.0 hello again"},
 	} {
 		for _, m := range mxrelay.EngineModes {
 			t.Run(variant.name+"/"+m.Name, func(t *testing.T) {
 				srv := &smtpServe{greeting: variant.greeting, ext: m.Ext, ehlo: variant.ehlo,
-					end: func(c *upConn) bool { c.say("554 5.6.0 refused"); return false }}
-				u := newUpstream(t, srv.serve)
-				s := newRelay(t, &relaytest.Options{UpstreamAddr: u.addr})
+					end: func() ([]string, bool) { return []string{"554 5.6.0 refused"}, false }}
+				u := fakesmtp.Listen(t, srv.serve)
+				s := newRelay(t, &relaytest.Options{UpstreamAddr: u.Addr})
 				c := newClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 40, BatchWait: 100 * time.Millisecond, MaxReconnectAttempts: 2})
 				for i, res := range sendAll(t, c, 40, mxrelay.WithRetries(0)) {
 					assert.Error(t, res.Err, "email %d reported delivered; the server kept %d", i, srv.kept.Load())
@@ -146,9 +115,9 @@ func TestStrayReplyIsNoDelivery(t *testing.T) {
 func TestOutOfGrammarEndOfDataIsUnknown(t *testing.T) {
 	for _, m := range mxrelay.EngineModes {
 		t.Run(m.Name, func(t *testing.T) {
-			srv := &smtpServe{ext: m.Ext, end: func(c *upConn) bool { c.say("354 queued"); return true }}
-			u := newUpstream(t, srv.serve)
-			s := newRelay(t, &relaytest.Options{UpstreamAddr: u.addr})
+			srv := &smtpServe{ext: m.Ext, end: func() ([]string, bool) { return []string{"354 queued"}, true }}
+			u := fakesmtp.Listen(t, srv.serve)
+			s := newRelay(t, &relaytest.Options{UpstreamAddr: u.Addr})
 			c := newClient(t, s, nil)
 			res, err := c.Send(ctxT(t), mail("once"))
 			require.ErrorIs(t, err, mxrelay.ErrUnknownOutcome)
@@ -192,30 +161,26 @@ func TestCloseHandsBackASpooledEmailMidTransaction(t *testing.T) {
 
 // stallingUpstream reads commands until a DATA or BDAT, then stops reading:
 // a large body fills the buffers, and the client's write blocks.
-func stallingUpstream(t *testing.T) (*upstream, chan struct{}) {
+func stallingUpstream(t *testing.T) (*fakesmtp.Server, chan struct{}) {
 	stalled := make(chan struct{})
 	var once sync.Once
-	release := make(chan struct{})
-	u := newUpstream(t, func(c *upConn) {
-		c.say("220 mx.test ESMTP")
-		c.commands(func(verb, l string) bool {
+	u := fakesmtp.Listen(t, func(c *fakesmtp.Conn) {
+		c.Say("220 mx.test ESMTP")
+		c.Commands(func(verb, l string) bool {
 			switch verb {
 			case "EHLO":
-				c.say("250-mx.test\r\n250-PIPELINING\r\n250 CHUNKING")
+				c.Say("250-mx.test\r\n250-PIPELINING\r\n250 CHUNKING")
 			case "BDAT", "DATA":
 				once.Do(func() { close(stalled) })
-				<-release
+				c.Stall() // until the test ends
 				return false
 			default:
-				c.say("250 2.0.0 ok")
+				c.Say("250 2.0.0 ok")
 			}
 
 			return true
 		})
 	})
-	// Registered after newUpstream's, so it runs first: the upstream's
-	// cleanup waits for this handler.
-	t.Cleanup(func() { close(release) })
 	return u, stalled
 }
 
@@ -232,7 +197,7 @@ func bigBody() io.Reader {
 // write in progress.
 func TestCancelAndCloseDoNotWaitBehindAStuckWrite(t *testing.T) {
 	u, stalled := stallingUpstream(t)
-	s := newRelay(t, &relaytest.Options{UpstreamAddr: u.addr})
+	s := newRelay(t, &relaytest.Options{UpstreamAddr: u.Addr})
 	c, err := mxrelay.New(s.URL, s.APIKey, fast(&mxrelay.Options{CommandTimeout: 30 * time.Second}))
 	require.NoError(t, err)
 	defer c.Close(context.Background())
@@ -367,25 +332,25 @@ func TestChannelFailureOnALiveConnectionIsRetriedAtOnce(t *testing.T) {
 // was lost. The first connection answers RCPT 450, the second MAIL 421.
 func TestRecipientsLastRefusalIsReported(t *testing.T) {
 	var conns atomic.Int32
-	u := newUpstream(t, func(c *upConn) {
+	u := fakesmtp.Listen(t, func(c *fakesmtp.Conn) {
 		n := conns.Add(1)
-		c.say("220 mx.test ESMTP")
-		c.commands(func(verb, l string) bool {
+		c.Say("220 mx.test ESMTP")
+		c.Commands(func(verb, l string) bool {
 			switch {
 			case verb == "EHLO":
-				c.say("250-mx.test\r\n250 ENHANCEDSTATUSCODES")
+				c.Say("250-mx.test\r\n250 ENHANCEDSTATUSCODES")
 			case verb == "MAIL" && n > 1:
-				c.say("421 4.3.2 shutting down")
+				c.Say("421 4.3.2 shutting down")
 				return false
 			case verb == "RCPT":
-				c.say("450 4.2.1 mailbox busy")
+				c.Say("450 4.2.1 mailbox busy")
 			default:
-				c.say("250 2.0.0 ok")
+				c.Say("250 2.0.0 ok")
 			}
 			return true
 		})
 	})
-	s := newRelay(t, &relaytest.Options{UpstreamAddr: u.addr})
+	s := newRelay(t, &relaytest.Options{UpstreamAddr: u.Addr})
 	c := newClient(t, s, &mxrelay.Options{DisablePipelining: true})
 	res, err := c.Send(ctxT(t), mail("busy", "busy@example.com"), mxrelay.WithRetries(1))
 	require.Error(t, err)
@@ -403,30 +368,30 @@ func TestRecipientsLastRefusalIsReported(t *testing.T) {
 // AUTH.
 func TestStartTLSChecksTheCallersName(t *testing.T) {
 	evilTLS, evilPool := selfSignedFor(t, "evil.example")
-	u := newUpstream(t, func(c *upConn) {
-		c.say("220 evil.example ESMTP")
-		c.commands(func(verb, l string) bool {
+	u := fakesmtp.Listen(t, func(c *fakesmtp.Conn) {
+		c.Say("220 evil.example ESMTP")
+		c.Commands(func(verb, l string) bool {
 			switch verb {
 			case "EHLO":
-				c.say("250-evil.example\r\n250-AUTH PLAIN\r\n250 STARTTLS")
+				c.Say("250-evil.example\r\n250-AUTH PLAIN\r\n250 STARTTLS")
 			case "STARTTLS":
-				if !c.startTLS(evilTLS) {
+				if !c.StartTLS(evilTLS) {
 					return false
 				}
 			default:
-				c.say("250 ok")
+				c.Say("250 ok")
 			}
 
 			return true
 		})
 	})
-	s := newRelay(t, &relaytest.Options{UpstreamAddr: u.addr})
+	s := newRelay(t, &relaytest.Options{UpstreamAddr: u.Addr})
 	c := newClient(t, s, &mxrelay.Options{StartTLS: mxrelay.StartTLSRequired, TLSConfig: &tls.Config{ServerName: "mx.example.com", RootCAs: evilPool},
 		Username: "u", Password: "secret-password", MaxReconnectAttempts: 1})
 	_, err := c.Send(ctxT(t), mail("x"))
 	var cve *tls.CertificateVerificationError
 	require.ErrorAs(t, err, &cve)
-	assert.False(t, u.saw("AUTH"), "%q", u.transcript())
+	assert.False(t, u.Saw("AUTH"), "%q", u.Transcript())
 
 	// Without a ServerName there is no name of the caller's to check:
 	// New refuses, where the greeting's evil.example was checked and the
@@ -438,7 +403,7 @@ func TestStartTLSChecksTheCallersName(t *testing.T) {
 		c2.Close(ctxT(t))
 	}
 	require.Error(t, err, "STARTTLS with no TLSConfig.ServerName")
-	assert.False(t, u.saw("AUTH"), "%q", u.transcript())
+	assert.False(t, u.Saw("AUTH"), "%q", u.Transcript())
 }
 
 // selfSignedFor returns a server TLS config for host and a pool that

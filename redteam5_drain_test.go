@@ -28,15 +28,6 @@ func rt5Notify(ch chan struct{}) {
 	}
 }
 
-// rt5Stall is a hook's way to stall a reply (rt2Server's HANG cannot
-// stall QUIT: the server hangs up after it): it blocks until the test
-// ends.
-func rt5Stall(t *testing.T) func() {
-	release := make(chan struct{})
-	t.Cleanup(func() { close(release) })
-	return func() { <-release }
-}
-
 func rt5Await(t *testing.T, ch chan struct{}, what string) {
 	t.Helper()
 	select {
@@ -62,21 +53,17 @@ func rt5Client(t *testing.T, s *relaytest.Server, o *mxrelay.Options) *mxrelay.C
 func rt5QuitStalls(t *testing.T, srv *rt2Server, st rt4Style, conn int, script func(c rt2Cmd) ([]string, bool)) (*relaytest.Server, chan struct{}) {
 	t.Helper()
 	quit := rt5Signal()
-	var stall func()
 	rt4Hook(srv, st, func(c rt2Cmd) ([]string, bool) {
 		if c.verb == "QUIT" && (conn == 0 || c.conn == conn) {
 			rt5Notify(quit)
-			stall()
-			return []string{"CUT"}, true
+			return []string{"STALL"}, true
 		}
 		if script != nil {
 			return script(c)
 		}
 		return nil, false
 	})
-	s := rtRelay(t, srv.serve)
-	stall = rt5Stall(t)
-	return s, quit
+	return rtRelay(t, srv.serve), quit
 }
 
 // rt5SlowEnd is a script for rt4Hook: on the first connection, email tx's

@@ -8,6 +8,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/internal/fakesmtp"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
 
@@ -19,41 +20,41 @@ func TestRedTeamNoAuthInClearWhenSTARTTLSFails(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
 		ext      string
-		starttls func(c *upConn) bool
+		starttls func(c *fakesmtp.Conn) bool
 	}{
 		{name: "STARTTLS stripped from EHLO", ext: "250-mx.test\r\n250-AUTH PLAIN LOGIN\r\n250 PIPELINING"},
 		{name: "STARTTLS refused 454", ext: "250-mx.test\r\n250-AUTH PLAIN LOGIN\r\n250 STARTTLS",
-			starttls: func(c *upConn) bool { return c.say("454 4.7.0 TLS not available") }},
+			starttls: func(c *fakesmtp.Conn) bool { return c.Say("454 4.7.0 TLS not available") }},
 		{name: "220 then cleartext", ext: "250-mx.test\r\n250-AUTH PLAIN LOGIN\r\n250 STARTTLS",
-			starttls: func(c *upConn) bool { return c.say("220 go ahead\r\n250 injected") }},
+			starttls: func(c *fakesmtp.Conn) bool { return c.Say("220 go ahead\r\n250 injected") }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			u := newUpstream(t, func(c *upConn) {
-				c.say("220 mx.test ESMTP")
-				c.commands(func(verb, l string) bool {
+			u := fakesmtp.Listen(t, func(c *fakesmtp.Conn) {
+				c.Say("220 mx.test ESMTP")
+				c.Commands(func(verb, l string) bool {
 					switch verb {
 					case "EHLO":
-						c.say(tc.ext)
+						c.Say(tc.ext)
 					case "STARTTLS":
 						if tc.starttls == nil {
-							c.say("502 no")
+							c.Say("502 no")
 							return true
 						}
 						return tc.starttls(c)
 					case "AUTH":
-						c.say("235 ok")
+						c.Say("235 ok")
 					default:
-						c.say("250 ok")
+						c.Say("250 ok")
 					}
 					return true
 				})
 			})
-			s := newRelay(t, &relaytest.Options{UpstreamAddr: u.addr})
+			s := newRelay(t, &relaytest.Options{UpstreamAddr: u.Addr})
 			c := newClient(t, s, &mxrelay.Options{StartTLS: mxrelay.StartTLSOpportunistic,
 				TLSConfig: &tls.Config{ServerName: "mx.example.com"}, Username: "u", Password: "pw", MaxReconnectAttempts: 1})
 			_, err := c.Send(ctxT(t), mail("x"), mxrelay.WithRetries(0))
 			require.Error(t, err)
-			assert.False(t, u.saw("AUTH"), "AUTH sent in clear: %q", u.transcript())
+			assert.False(t, u.Saw("AUTH"), "AUTH sent in clear: %q", u.Transcript())
 		})
 	}
 }

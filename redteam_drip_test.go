@@ -3,7 +3,6 @@ package mxrelay_test
 import (
 	"context"
 	"fmt"
-	"io"
 	"strconv"
 	"strings"
 	"testing"
@@ -13,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/internal/fakesmtp"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
 
@@ -30,7 +30,7 @@ type answer struct {
 func dripUpstream(t *testing.T, gap time.Duration, endRead chan<- int, answered chan<- answer) string {
 	t.Helper()
 	stop := make(chan struct{})
-	u := newUpstream(t, func(c *upConn) {
+	u := fakesmtp.Listen(t, func(c *fakesmtp.Conn) {
 		replies := make(chan string, 4096)
 		wdone := make(chan struct{})
 		go func() { // the slow writer
@@ -43,7 +43,7 @@ func dripUpstream(t *testing.T, gap time.Duration, endRead chan<- int, answered 
 						return
 					}
 				}
-				if !c.say(r) {
+				if !c.Say(r) {
 					return
 				}
 				if n, ok := strings.CutPrefix(r, "250 2.0.0 queued "); ok {
@@ -60,7 +60,7 @@ func dripUpstream(t *testing.T, gap time.Duration, endRead chan<- int, answered 
 		replies <- "220 mx.test ESMTP"
 		tx := 0
 		for {
-			l, ok := c.line()
+			l, ok := c.Line()
 			if !ok {
 				return
 			}
@@ -74,8 +74,7 @@ func dripUpstream(t *testing.T, gap time.Duration, endRead chan<- int, answered 
 			case "RCPT":
 				replies <- "250 2.1.5 ok"
 			case "BDAT":
-				n, _ := strconv.Atoi(f[1])
-				if _, err := io.CopyN(io.Discard, c.r, int64(n)); err != nil {
+				if _, ok := c.Chunk(l); !ok {
 					return
 				}
 				if len(f) > 3 { // BDAT n LAST x
@@ -96,7 +95,7 @@ func dripUpstream(t *testing.T, gap time.Duration, endRead chan<- int, answered 
 		}
 	})
 	t.Cleanup(func() { close(stop) }) // runs before the upstream's own
-	return u.addr
+	return u.Addr
 }
 
 // Send's documented promise: when its ctx ends after the email's end of

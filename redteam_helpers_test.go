@@ -2,9 +2,6 @@ package mxrelay_test
 
 import (
 	"fmt"
-	"io"
-	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -12,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/internal/fakesmtp"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
 
@@ -30,10 +28,11 @@ type rt2Cmd struct {
 }
 
 // rt2Server is rtServer with QUIT scriptable as well, each command
-// numbered, and RCPTs indexed. hook returns the lines to write ("CUT"
-// closes, "KEEP" marks the message kept, "~Nms" sleeps, "HANG" stops
-// answering until the client hangs up); ok=false does the honest thing,
-// an honest END keeping the message.
+// numbered, and RCPTs indexed: a fakesmtp.Session whose hook returns the
+// writes (as fakesmtp's Play takes them: "CUT" closes, "~Nms" pauses,
+// "STALL" stops until the test ends; and "KEEP" marks the message kept,
+// "HANG" stops answering until the client hangs up); ok=false does the
+// honest thing, an honest END keeping the message.
 type rt2Server struct {
 	ext      []string
 	enhanced bool
@@ -58,181 +57,75 @@ func (s *rt2Server) endsN(subject string) int {
 	return s.ends[subject]
 }
 
+// honest is an honest server's reply to verb, in s's wording.
 func (s *rt2Server) honest(verb string) string {
-	e := func(code, rest string) string {
-		if s.enhanced {
-			return code + " " + rest
-		}
-		_, text, _ := strings.Cut(rest, " ")
-		return code + " " + text
+	if verb == "RSET" && s.rset != "" {
+		return s.rset
 	}
-	switch verb {
-	case "MAIL":
-		return e("250", "2.1.0 sender ok")
-	case "RCPT":
-		return e("250", "2.1.5 recipient ok")
-	case "RSET":
-		if s.rset != "" {
-			return s.rset
-		}
-		return e("250", "2.0.0 ok")
-	case "NOOP":
-		return e("250", "2.0.0 ok")
-	case "CHUNK":
-		return e("250", "2.0.0 chunk ok")
-	case "END":
-		return e("250", "2.0.0 queued")
-	case "DATA":
-		return "354 go ahead"
-	case "QUIT":
-		return e("221", "2.0.0 bye")
-	}
-	return "250 ok"
+	return fakesmtp.Honest(verb, s.enhanced)
 }
 
-func (s *rt2Server) serve(c *upConn) {
+func (s *rt2Server) serve(c *fakesmtp.Conn) {
 	s.mu.Lock()
 	s.conns++
-	conn := s.conns
+	cmd := rt2Cmd{conn: s.conns}
 	if s.kept == nil {
 		s.kept, s.ends = map[string]int{}, map[string]int{}
 	}
 	s.mu.Unlock()
-	cmd := rt2Cmd{conn: conn}
-	c.say("220 mx.test ESMTP")
 	hang := false
-	// do writes the hook's lines, or the honest one; false ends.
-	do := func(verb string) bool {
-		cmd.n++
-		cmd.verb = verb
-		lines, ok := []string(nil), false
-		if s.hook != nil && !hang {
-			lines, ok = s.hook(cmd)
-		}
-		if hang {
-			return true
-		}
-		if !ok {
-			lines = []string{s.honest(verb)}
-			if verb == "END" {
-				lines = append(lines, "KEEP")
-			}
-		}
-		var out strings.Builder
-		flush := func() {
-			if out.Len() > 0 {
-				c.write([]byte(out.String()))
-				out.Reset()
-			}
-		}
-		for _, l := range lines {
-			switch {
-			case l == "KEEP":
+	sess := &fakesmtp.Session{Ext: s.ext, Enhanced: s.enhanced,
+		Directive: func(w string) (handled, more bool) {
+			switch w {
+			case "KEEP":
 				s.mu.Lock()
 				s.kept[cmd.subj]++
 				s.mu.Unlock()
-			case l == "CUT":
-				flush()
-				return false
-			case l == "HANG":
-				flush()
+				return true, true
+			case "HANG":
 				hang = true
-				return true
-			case strings.HasPrefix(l, "~"):
-				flush()
-				d, _ := time.ParseDuration(l[1:])
-				time.Sleep(d)
-			default:
-				out.WriteString(l + "\r\n")
+				return true, false
 			}
-		}
-		flush()
-		return true
-	}
-	end := func(body string) bool {
-		cmd.subj = subjectOf([]byte(body))
-		s.mu.Lock()
-		s.ends[cmd.subj]++
-		s.mu.Unlock()
-		return do("END")
-	}
-	var chunks strings.Builder
-	for {
-		l, ok := c.line()
-		if !ok {
-			return
-		}
-		verb := strings.ToUpper(strings.Fields(l + " x")[0])
-		switch verb {
-		case "EHLO":
-			h := "250-mx.test\r\n"
-			for _, e := range s.ext {
-				h += "250-" + e + "\r\n"
+			return false, false
+		},
+		Answer: func(fc fakesmtp.Cmd) ([]string, bool) {
+			switch fc.Verb {
+			case "EHLO", "BDAT": // not scripted; a BDAT is its CHUNK or END
+				return nil, false
+			case "MAIL":
+				cmd.tx, cmd.subj = fc.Tx, ""
+			case "RCPT":
+				cmd.rcpt = fc.Rcpt
+			case "END":
+				cmd.subj = subjectOf([]byte(fc.Message))
+				s.mu.Lock()
+				s.ends[cmd.subj]++
+				s.mu.Unlock()
 			}
-			if s.enhanced {
-				h += "250-ENHANCEDSTATUSCODES\r\n"
+			cmd.n++
+			cmd.verb = fc.Verb
+			if hang {
+				return nil, true
 			}
-			h += "250 8BITMIME"
-			c.say(h)
-			continue
-		case "MAIL":
-			cmd.tx++
-			cmd.rcpt = -1
-			cmd.subj = ""
-			chunks.Reset()
-		case "RCPT":
-			cmd.rcpt++
-		case "QUIT":
-			do("QUIT")
-			return
-		case "DATA":
-			if !do("DATA") {
-				return
-			}
-			var body strings.Builder
-			for {
-				l, ok := c.line()
-				if !ok {
-					return
+			if s.hook != nil {
+				if lines, ok := s.hook(cmd); ok {
+					return lines, true
 				}
-				if l == "." {
-					break
-				}
-				body.WriteString(strings.TrimPrefix(l, ".") + "\r\n")
 			}
-			if !end(body.String()) {
-				return
+			lines := []string{s.honest(fc.Verb)}
+			if fc.Verb == "END" {
+				lines = append(lines, "KEEP")
 			}
-			continue
-		case "BDAT":
-			f := strings.Fields(l)
-			n, _ := strconv.Atoi(f[1])
-			buf := make([]byte, n)
-			if _, err := io.ReadFull(c.r, buf); err != nil {
-				return
-			}
-			chunks.Write(buf)
-			if len(f) > 2 {
-				if !end(chunks.String()) {
-					return
-				}
-			} else if !do("CHUNK") {
-				return
-			}
-			continue
-		}
-		if !do(verb) {
-			return
-		}
-	}
+			return lines, true
+		}}
+	sess.Serve(c)
 }
 
 // rtServer is the first round's scripted upstream: rt2Server behind a
 // hook given the connection, the transaction, the verb and (for an end of
-// data) the Subject. Its hook returns the lines to write (a line "CUT"
-// closes the connection, "KEEP" marks the message kept); ok=false does
-// the honest thing, an honest END keeping the message. QUIT is not
-// scripted: it is answered "221 2.0.0 bye".
+// data) the Subject. Its hook returns the writes, as rt2Server's do;
+// ok=false does the honest thing, an honest END keeping the message. QUIT
+// is not scripted: it is answered "221 2.0.0 bye".
 type rtServer struct {
 	ext      []string
 	enhanced bool // advertise ENHANCEDSTATUSCODES and use enhanced codes
@@ -263,7 +156,7 @@ func (s *rtServer) inner() *rt2Server {
 	return &s.srv
 }
 
-func (s *rtServer) serve(c *upConn)          { s.inner().serve(c) }
+func (s *rtServer) serve(c *fakesmtp.Conn)   { s.inner().serve(c) }
 func (s *rtServer) keptN(subject string) int { return s.inner().keptN(subject) }
 func (s *rtServer) endsN(subject string) int { return s.inner().endsN(subject) }
 
@@ -288,10 +181,10 @@ type rtMode = struct {
 }
 
 // rtRelay starts an upstream served by serve and a relay in front of it.
-func rtRelay(t *testing.T, serve func(c *upConn)) *relaytest.Server {
+func rtRelay(t *testing.T, serve func(c *fakesmtp.Conn)) *relaytest.Server {
 	t.Helper()
-	u := newUpstream(t, serve)
-	return newRelay(t, &relaytest.Options{UpstreamAddr: u.addr})
+	u := fakesmtp.Listen(t, serve)
+	return newRelay(t, &relaytest.Options{UpstreamAddr: u.Addr})
 }
 
 // rtMailTo makes, for a Subject, mail to the recipients to (none: b@).

@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/internal/fakesmtp"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
 
@@ -33,25 +34,25 @@ func TestSecretsNeverLeakOnFailure(t *testing.T) {
 	// cutAt ends the connection when the client sends a line starting
 	// with prefix, after answering what comes before like a server
 	// offering AUTH mech; reply, if set, answers that line instead.
-	cutAt := func(mech, prefix, reply string) func(c *upConn) {
-		return func(c *upConn) {
-			c.say("220 mx.test ESMTP")
+	cutAt := func(mech, prefix, reply string) func(c *fakesmtp.Conn) {
+		return func(c *fakesmtp.Conn) {
+			c.Say("220 mx.test ESMTP")
 			for {
-				l, ok := c.line()
+				l, ok := c.Line()
 				if !ok {
 					return
 				}
 				switch {
 				case strings.HasPrefix(l, prefix) && reply != "":
-					c.say(reply)
+					c.Say(reply)
 				case strings.HasPrefix(l, prefix):
 					return
 				case strings.HasPrefix(l, "EHLO"):
-					c.say("250-mx.test\r\n250 AUTH " + mech)
+					c.Say("250-mx.test\r\n250 AUTH " + mech)
 				case strings.HasPrefix(l, "AUTH LOGIN"):
-					c.say("334 UGFzc3dvcmQ6")
+					c.Say("334 UGFzc3dvcmQ6")
 				default:
-					c.say("250 ok")
+					c.Say("250 ok")
 				}
 			}
 		}
@@ -60,7 +61,7 @@ func TestSecretsNeverLeakOnFailure(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
 		relay    relaytest.Options
-		upstream func(c *upConn)
+		upstream func(c *fakesmtp.Conn)
 		opts     mxrelay.Options
 	}{
 		{name: "relay refuses the key", relay: relaytest.Options{APIKeys: []string{"another-key"}}},
@@ -77,7 +78,7 @@ func TestSecretsNeverLeakOnFailure(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			ro := tc.relay
 			if tc.upstream != nil {
-				ro.UpstreamAddr = newUpstream(t, tc.upstream).addr
+				ro.UpstreamAddr = fakesmtp.Listen(t, tc.upstream).Addr
 			}
 			s := newRelay(t, &ro)
 			logs := &logBuffer{}

@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/internal/fakesmtp"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
 
@@ -44,23 +45,23 @@ func TestStatsQueueDepthAndHandedBack(t *testing.T) {
 // An email whose end of data went out and was never answered counts as
 // an unknown outcome.
 func TestStatsCountsUnknownOutcomes(t *testing.T) {
-	u := newUpstream(t, func(c *upConn) {
-		c.say("220 mx.test ESMTP")
-		c.commands(func(verb, _ string) bool {
+	u := fakesmtp.Listen(t, func(c *fakesmtp.Conn) {
+		c.Say("220 mx.test ESMTP")
+		c.Commands(func(verb, _ string) bool {
 			switch verb {
 			case "DATA":
-				c.say("354 go ahead")
+				c.Say("354 go ahead")
 				for {
-					l, ok := c.line()
+					l, ok := c.Line()
 					if !ok || l == "." {
 						return false // read, never answered
 					}
 				}
 			}
-			return c.say("250 ok")
+			return c.Say("250 ok")
 		})
 	})
-	s := newRelay(t, &relaytest.Options{UpstreamAddr: u.addr})
+	s := newRelay(t, &relaytest.Options{UpstreamAddr: u.Addr})
 	c := newClient(t, s, nil)
 	res, err := c.Send(ctxT(t), mail("cut"))
 	require.Error(t, err)

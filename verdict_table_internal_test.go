@@ -4,17 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"maps"
-	"net"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/mxrelay/mxrelay/internal/fakesmtp"
 	"github.com/mxrelay/mxrelay/internal/smtpc"
 )
 
@@ -199,46 +197,29 @@ type servedReply struct {
 	class replyClass
 }
 
-// pipeServer reads exactly what it needs from a net.Pipe, a byte at a
-// time, so that the client's write stops where the server stopped.
+// pipeServer reads exactly what it needs from a fakesmtp.Pipe (Exact),
+// so that the client's write stops where the server stopped.
 type pipeServer struct {
-	nc  net.Conn
+	c   *fakesmtp.Conn
 	s   script
 	got served
-	one [1]byte
-}
-
-func (p *pipeServer) byte() (byte, error) {
-	_, err := io.ReadFull(p.nc, p.one[:])
-	return p.one[0], err
 }
 
 // line reads a line; first, if set, sees its first byte.
-func (p *pipeServer) line(first func(byte)) (string, error) {
-	var b []byte
-	for {
-		c, err := p.byte()
-		if err != nil {
-			return "", err
+func (p *pipeServer) line(first func(byte)) (string, bool) {
+	if first != nil {
+		b, ok := p.c.Peek()
+		if !ok {
+			return "", false
 		}
-		if len(b) == 0 && first != nil {
-			first(c)
-		}
-		b = append(b, c)
-		if c == '\n' {
-			return strings.TrimRight(string(b), "\r\n"), nil
-		}
+		first(b)
 	}
-}
-
-func (p *pipeServer) say(s string) bool {
-	_, err := io.WriteString(p.nc, s+"\r\n")
-	return err == nil
+	return p.c.Line()
 }
 
 // reply writes cmd's reply and records it.
 func (p *pipeServer) reply(cmd string, idx int, c replyClass, text string) bool {
-	if !p.say(text) {
+	if !p.c.Say(text) {
 		return false
 	}
 	p.got.replies = append(p.got.replies, servedReply{cmd: cmd, idx: idx, class: c})
@@ -250,17 +231,7 @@ const bigChunks = 2 // a body of two BDAT chunks, for a cut inside the first
 func (p *pipeServer) serve() {
 	s := p.s
 	ext := EngineModes[s.mode].Ext
-	if !p.say("220 mx.verdict.test ESMTP") {
-		return
-	}
-	if _, err := p.line(nil); err != nil { // EHLO
-		return
-	}
-	ehlo := "250-mx.verdict.test"
-	for _, e := range ext {
-		ehlo += "\r\n250-" + e
-	}
-	if !p.say(ehlo + "\r\n250 ENHANCEDSTATUSCODES") {
+	if !p.c.Hello(append(ext, "ENHANCEDSTATUSCODES")...) {
 		return
 	}
 	if s.cut == cutBeforeMail {
@@ -280,8 +251,8 @@ func (p *pipeServer) serve() {
 		}
 	}
 	for {
-		l, err := p.line(first)
-		if err != nil {
+		l, ok := p.line(first)
+		if !ok {
 			return
 		}
 		f := strings.Fields(l)
@@ -313,15 +284,15 @@ func (p *pipeServer) serve() {
 		case "BDAT":
 			n, _ := strconv.Atoi(f[1])
 			if bdatBig && chunks == 0 {
-				io.ReadFull(p.nc, make([]byte, 1000))
+				p.c.Read(1000)
 				return
 			}
-			if _, err := io.ReadFull(p.nc, make([]byte, n)); err != nil {
+			if _, ok := p.c.Read(n); !ok {
 				return
 			}
 			chunks++
 			if len(f) < 3 {
-				if !p.say("250 2.0.0 chunk ok") {
+				if !p.c.Say("250 2.0.0 chunk ok") {
 					return
 				}
 				continue
@@ -331,17 +302,17 @@ func (p *pipeServer) serve() {
 			}
 			endAnswered = true
 		case "RSET", "NOOP":
-			if !p.say("250 2.0.0 ok") {
+			if !p.c.Say("250 2.0.0 ok") {
 				return
 			}
 			p.got.confirmed = p.got.confirmed || endAnswered
 		case "QUIT":
-			if p.say("221 2.0.0 bye") {
+			if p.c.Say("221 2.0.0 bye") {
 				p.got.confirmed = p.got.confirmed || endAnswered
 			}
 			return
 		default:
-			p.say("500 5.5.2 what")
+			p.c.Say("500 5.5.2 what")
 		}
 	}
 }
@@ -354,8 +325,8 @@ func (p *pipeServer) dataBody() bool {
 		if p.s.cut == cutInBody && read == 3 {
 			return false
 		}
-		c, err := p.byte()
-		if err != nil {
+		c, ok := p.c.Byte()
+		if !ok {
 			return false
 		}
 		read++
@@ -366,7 +337,7 @@ func (p *pipeServer) dataBody() bool {
 				if p.s.cut == cutInBody && read == 3 {
 					return false
 				}
-				if c, err = p.byte(); err != nil {
+				if c, ok = p.c.Byte(); !ok {
 					return false
 				}
 				read++
@@ -394,19 +365,12 @@ var verdictRcpts = []string{"a@example.com", "b@example.com"}
 // runScript runs one transaction of s through the engine and returns its
 // result and what the server did.
 func runScript(t *testing.T, s script) (*smtpc.Result, served) {
-	cc, sc := net.Pipe()
-	srv := &pipeServer{nc: sc, s: s}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		defer sc.Close()
+	srv := &pipeServer{s: s}
+	cc, fake := fakesmtp.Pipe(t, func(c *fakesmtp.Conn) {
+		c.Exact()
+		srv.c = c
 		srv.serve()
-	}()
-	defer func() {
-		cc.Close()
-		wg.Wait()
-	}()
+	})
 	c := smtpc.New(cc, smtpc.Config{Timeout: 5 * time.Second, Window: 8, MaxLine: smtpc.MaxLineLength})
 	require.NoError(t, c.Greet(), "%v", s)
 	require.NoError(t, c.Hello("client.test"), "%v", s)
@@ -437,7 +401,7 @@ func runScript(t *testing.T, s script) (*smtpc.Result, served) {
 	}
 	require.Empty(t, results, "%v: a second result", s)
 	cc.Close()
-	wg.Wait()
+	fake.Close() // the script has returned
 	return res, srv.got
 }
 
