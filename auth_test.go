@@ -50,7 +50,7 @@ func TestSMTPAuth(t *testing.T) {
 func TestSMTPAuthLogin(t *testing.T) {
 	s := newRelay(t, &relaytest.Options{Users: map[string]string{"dave": "pw-login"}, AuthMechanisms: []string{"LOGIN"}})
 	logs := &logBuffer{}
-	c := newClient(t, s, &mxrelay.Options{Username: "dave", Password: "pw-login", PasswordInClear: true, Logger: logs.logger()})
+	c := newClient(t, s, &mxrelay.Options{Username: "dave", Password: "pw-login", PasswordInClear: true, Logger: logs.Logger()})
 	_, err := c.Send(ctxT(t), mail("login"))
 	require.NoError(t, err)
 	require.Len(t, s.Mailbox(), 1)
@@ -76,7 +76,7 @@ func TestStartTLS(t *testing.T) {
 	clientTLS := &tls.Config{RootCAs: pool, ServerName: "mx.test"}
 
 	logs := &logBuffer{}
-	c := newClient(t, s, &mxrelay.Options{StartTLS: mxrelay.StartTLSRequired, TLSConfig: clientTLS, Username: "bob", Password: "pw-over-tls", Logger: logs.logger(), LocalName: "client.test"})
+	c := newClient(t, s, &mxrelay.Options{StartTLS: mxrelay.StartTLSRequired, TLSConfig: clientTLS, Username: "bob", Password: "pw-over-tls", Logger: logs.Logger(), LocalName: "client.test"})
 	_, err := c.Send(ctxT(t), mail("encrypted"))
 	require.NoError(t, err)
 	require.Len(t, s.Mailbox(), 1)
@@ -114,7 +114,7 @@ func TestStartTLS(t *testing.T) {
 	t.Run("required without STARTTLS offered sends nothing", func(t *testing.T) {
 		plain := newRelay(t, &relaytest.Options{Users: map[string]string{"bob": "pw"}})
 		logs := &logBuffer{}
-		c := newClient(t, plain, &mxrelay.Options{StartTLS: mxrelay.StartTLSRequired, TLSConfig: &tls.Config{ServerName: "mx.test"}, Username: "bob", Password: "pw", Logger: logs.logger()})
+		c := newClient(t, plain, &mxrelay.Options{StartTLS: mxrelay.StartTLSRequired, TLSConfig: &tls.Config{ServerName: "mx.test"}, Username: "bob", Password: "pw", Logger: logs.Logger()})
 		_, err := c.Send(ctxT(t), mail("never"))
 		require.Error(t, err)
 		assert.Empty(t, plain.Mailbox())
@@ -139,7 +139,7 @@ func TestDebugLogsHideSecrets(t *testing.T) {
 		t.Run(tc.body, func(t *testing.T) {
 			s := newRelay(t, &relaytest.Options{APIKeys: []string{apiKey}, Users: map[string]string{"carol": password}, HideExtensions: tc.hide})
 			logs := &logBuffer{}
-			c, err := mxrelay.New(s.URL, apiKey, fast(&mxrelay.Options{Username: "carol", Password: password, PasswordInClear: true, Logger: logs.logger(), LocalName: "mx-client.example"}))
+			c, err := mxrelay.New(s.URL, apiKey, fast(&mxrelay.Options{Username: "carol", Password: password, PasswordInClear: true, Logger: logs.Logger(), LocalName: "mx-client.example"}))
 			require.NoError(t, err)
 			_, err = c.Send(ctxT(t), mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: strings.NewReader(msg("secret body text XYZZY"))})
 			require.NoError(t, err)

@@ -254,7 +254,7 @@ func TestNewValidatesOptions(t *testing.T) {
 func TestAuthRejectedIsPermanent(t *testing.T) {
 	s := newRelay(t, &relaytest.Options{APIKeys: []string{"right-key-0000000000"}})
 	rec := &recorder{}
-	c, err := mxrelay.New(s.URL, "wrong-key-0000000000", fast(&mxrelay.Options{OnEvent: rec.on, MaxReconnectAttempts: 5}))
+	c, err := mxrelay.New(s.URL, "wrong-key-0000000000", fast(&mxrelay.Options{OnEvent: rec.On, MaxReconnectAttempts: 5}))
 	require.NoError(t, err)
 	defer c.Close(context.Background())
 
@@ -288,7 +288,7 @@ func TestChannelErrorIsRetried(t *testing.T) {
 	s := newRelay(t, nil)
 	s.Inject(relaytest.Fault{Kind: relaytest.FailChannel, Error: "upstream unreachable"})
 	rec := &recorder{}
-	c := newClient(t, s, &mxrelay.Options{OnEvent: rec.on})
+	c := newClient(t, s, &mxrelay.Options{OnEvent: rec.On})
 	res, err := c.Send(ctxT(t), mail("after channel error"))
 	require.NoError(t, err)
 	assert.Equal(t, 1, res.Attempts, "a set-up failure costs the email no attempt")
@@ -416,13 +416,13 @@ func TestPermanentAndTemporaryReplies(t *testing.T) {
 		{"421 to end of data", ".", "421 4.3.2 shutting down", true, 2},
 	} {
 		for _, m := range modes {
-			if m.chunking != (tc.command != "DATA") {
+			if m.Chunking != (tc.command != "DATA") {
 				continue
 			}
-			t.Run(m.name+"/"+tc.name, func(t *testing.T) {
-				s := newRelay(t, &relaytest.Options{HideExtensions: m.hide})
+			t.Run(m.Name+"/"+tc.name, func(t *testing.T) {
+				s := newRelay(t, &relaytest.Options{HideExtensions: m.Hide})
 				s.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: tc.command, Reply: tc.reply})
-				c := newClient(t, s, &mxrelay.Options{DisablePipelining: m.lockstep})
+				c := newClient(t, s, &mxrelay.Options{DisablePipelining: m.Lockstep})
 				res, err := c.Send(ctxT(t), mail(tc.name))
 				assert.Equal(t, tc.attempts, res.Attempts)
 				if tc.delivered {
@@ -440,20 +440,6 @@ func TestPermanentAndTemporaryReplies(t *testing.T) {
 			})
 		}
 	}
-}
-
-// modes are the four ways the engine sends, chosen by what the upstream
-// offers (relaytest hides extensions) and by DisablePipelining.
-var modes = []struct {
-	name     string
-	hide     []string
-	lockstep bool
-	chunking bool
-}{
-	{"pipelined BDAT", nil, false, true},
-	{"pipelined DATA", []string{"CHUNKING"}, false, false},
-	{"lock-step BDAT", nil, true, true},
-	{"lock-step DATA", []string{"CHUNKING", "PIPELINING"}, false, false},
 }
 
 func Test421MidSessionEndsTheSession(t *testing.T) {
@@ -590,7 +576,7 @@ func TestQueueFull(t *testing.T) {
 func TestReconnectAfterRelayRestart(t *testing.T) {
 	s := newRelay(t, nil)
 	rec := &recorder{}
-	c := newClient(t, s, &mxrelay.Options{OnEvent: rec.on, IdleTimeout: time.Minute})
+	c := newClient(t, s, &mxrelay.Options{OnEvent: rec.On, IdleTimeout: time.Minute})
 	_, err := c.Send(ctxT(t), mail("before"))
 	require.NoError(t, err)
 	s.CloseClientConnections()
@@ -603,14 +589,14 @@ func TestReconnectAfterRelayRestart(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, []string{"before", "after"}, subjects(s))
 	assert.GreaterOrEqual(t, s.Stats().Connections, 2)
-	assert.GreaterOrEqual(t, rec.count(mxrelay.EventDisconnected), 1)
+	assert.GreaterOrEqual(t, rec.Count(mxrelay.EventDisconnected), 1)
 }
 
 func TestReconnectAttemptsRunOut(t *testing.T) {
 	s := newRelay(t, nil)
 	s.SetDown(true)
 	rec := &recorder{}
-	c := newClient(t, s, &mxrelay.Options{MaxReconnectAttempts: 3, OnEvent: rec.on})
+	c := newClient(t, s, &mxrelay.Options{MaxReconnectAttempts: 3, OnEvent: rec.On})
 	res, err := c.Send(ctxT(t), mail("unreachable"))
 	var ce *mxrelay.ConnectError
 	require.ErrorAs(t, err, &ce)
@@ -618,7 +604,7 @@ func TestReconnectAttemptsRunOut(t *testing.T) {
 	assert.NotNil(t, ce.Err, "the last cause is kept")
 	assert.Equal(t, 0, res.Attempts, "no transaction was started")
 	assert.Equal(t, mxrelay.StateFailed, c.ConnState())
-	assert.Equal(t, 2, rec.count(mxrelay.EventReconnecting))
+	assert.Equal(t, 2, rec.Count(mxrelay.EventReconnecting))
 
 	s.SetDown(false)
 	_, err = c.Send(ctxT(t), mail("new cycle"))
@@ -702,7 +688,7 @@ func TestCancellation(t *testing.T) {
 		s := newRelay(t, &relaytest.Options{HideExtensions: []string{"CHUNKING"}})
 		s.Inject(relaytest.Fault{Kind: relaytest.StallReply, Command: "DATA"})
 		logs := &logBuffer{}
-		c := newClient(t, s, &mxrelay.Options{CommandTimeout: time.Minute, Logger: logs.logger()})
+		c := newClient(t, s, &mxrelay.Options{CommandTimeout: time.Minute, Logger: logs.Logger()})
 		h, err := c.Enqueue(mail("withdrawn"))
 		require.NoError(t, err)
 		// DATA was written; the relay swallows it and never answers.
@@ -791,7 +777,7 @@ func TestCloseDuringStalledSession(t *testing.T) {
 func TestIdleDisconnect(t *testing.T) {
 	s := newRelay(t, nil)
 	rec := &recorder{}
-	c := newClient(t, s, &mxrelay.Options{IdleTimeout: 30 * time.Millisecond, OnEvent: rec.on})
+	c := newClient(t, s, &mxrelay.Options{IdleTimeout: 30 * time.Millisecond, OnEvent: rec.On})
 	_, err := c.Send(ctxT(t), mail("one"))
 	require.NoError(t, err)
 	require.Eventually(t, func() bool { return c.ConnState() == mxrelay.StateDisconnected }, 5*time.Second, 5*time.Millisecond)
@@ -833,7 +819,7 @@ func TestCancelAfterEndOfDataIsNotWithdrawn(t *testing.T) {
 	s := newRelay(t, &relaytest.Options{HideExtensions: []string{"CHUNKING"}})
 	s.Inject(relaytest.Fault{Kind: relaytest.StallReply, Command: "."})
 	logs := &logBuffer{}
-	c := newClient(t, s, &mxrelay.Options{CommandTimeout: 300 * time.Millisecond, Logger: logs.logger()})
+	c := newClient(t, s, &mxrelay.Options{CommandTimeout: 300 * time.Millisecond, Logger: logs.Logger()})
 	h, err := c.Enqueue(mail("past the point of no return"))
 	require.NoError(t, err)
 	// The transcript logs the end of data once it is written.
@@ -848,7 +834,7 @@ func TestCancelAfterEndOfDataIsNotWithdrawn(t *testing.T) {
 func TestCloseSendsQuit(t *testing.T) {
 	s := newRelay(t, nil)
 	logs := &logBuffer{}
-	c := newClient(t, s, &mxrelay.Options{Logger: logs.logger(), IdleTimeout: time.Hour})
+	c := newClient(t, s, &mxrelay.Options{Logger: logs.Logger(), IdleTimeout: time.Hour})
 	_, err := c.Send(ctxT(t), mail("q"))
 	require.NoError(t, err)
 	require.NoError(t, c.Close(ctxT(t)))
@@ -912,16 +898,16 @@ func TestReconnectBackoffFollowsTheCloseCode(t *testing.T) {
 			s := newRelay(t, nil)
 			s.Inject(relaytest.Fault{Kind: relaytest.CloseWebSocket, Command: "MAIL", Code: tc.code})
 			rec := &recorder{}
-			c := newClient(t, s, &mxrelay.Options{OnEvent: rec.on, DisablePipelining: true})
+			c := newClient(t, s, &mxrelay.Options{OnEvent: rec.On, DisablePipelining: true})
 			res, err := c.Send(ctxT(t), mail("closed under it"))
 			require.NoError(t, err)
 			assert.Equal(t, 2, res.Attempts)
 			require.NoError(t, c.Close(ctxT(t)))
 			assert.Equal(t, 2, s.Stats().Connections)
 			if tc.backoff {
-				assert.Equal(t, 1, rec.count(mxrelay.EventReconnecting), "reconnect with backoff")
+				assert.Equal(t, 1, rec.Count(mxrelay.EventReconnecting), "reconnect with backoff")
 			} else {
-				assert.Zero(t, rec.count(mxrelay.EventReconnecting), "1000: reconnect at once, there is work")
+				assert.Zero(t, rec.Count(mxrelay.EventReconnecting), "1000: reconnect at once, there is work")
 			}
 		})
 	}
@@ -932,7 +918,7 @@ func TestPermanentRecipientRefusalIsNotRetried(t *testing.T) {
 	s.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: "RCPT", Recipient: "gone@example.com", Reply: "550 5.1.1 no such user"})
 	s.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: ".", Reply: "451 4.3.0 try later"})
 	logs := &logBuffer{}
-	c := newClient(t, s, &mxrelay.Options{Logger: logs.logger()})
+	c := newClient(t, s, &mxrelay.Options{Logger: logs.Logger()})
 	res, err := c.Send(ctxT(t), mail("retry without the refused one", "ok@example.com", "gone@example.com"))
 	require.NoError(t, err)
 	assert.Equal(t, 2, res.Attempts)

@@ -73,7 +73,7 @@ func TestDifferentialAgainstGoSMTP(t *testing.T) {
 	}
 	variants := []variant{{name: "JSON pipelined BDAT", noBin: true}, {name: "window 1", window: 1}}
 	for _, m := range modes {
-		variants = append(variants, variant{name: m.name, hide: m.hide, lock: m.lockstep})
+		variants = append(variants, variant{name: m.Name, hide: m.Hide, lock: m.Lockstep})
 	}
 	for _, v := range variants {
 		t.Run(v.name, func(t *testing.T) {

@@ -22,7 +22,7 @@ func TestLateCancelStopsRetries(t *testing.T) {
 	s := newRelay(t, &relaytest.Options{Latency: relaytest.Latency{ToClient: 150 * time.Millisecond}, HideExtensions: []string{"CHUNKING"}})
 	s.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: ".", Reply: "451 4.3.0 try later"})
 	logs := &logBuffer{}
-	c := newClient(t, s, &mxrelay.Options{Logger: logs.logger()})
+	c := newClient(t, s, &mxrelay.Options{Logger: logs.Logger()})
 	h, err := c.Enqueue(mail("cancelled while its reply travels"))
 	require.NoError(t, err)
 	require.Eventually(t, func() bool { return strings.Contains(logs.String(), "dir=C line=.\n") }, 10*time.Second, time.Millisecond)

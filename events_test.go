@@ -20,13 +20,13 @@ import (
 func TestEventsAndStates(t *testing.T) {
 	s := newRelay(t, nil)
 	rec := &recorder{}
-	c, err := mxrelay.New(s.URL, s.APIKey, fast(&mxrelay.Options{OnEvent: rec.on}))
+	c, err := mxrelay.New(s.URL, s.APIKey, fast(&mxrelay.Options{OnEvent: rec.On}))
 	require.NoError(t, err)
 	res, err := c.Send(ctxT(t), mail("events"))
 	require.NoError(t, err)
 	require.NoError(t, c.Close(ctxT(t)))
 
-	types := rec.types()
+	types := rec.Types()
 	want := []mxrelay.EventType{
 		mxrelay.EventQueueProcessingStarted,
 		mxrelay.EventSessionQueued, mxrelay.EventConnecting, mxrelay.EventConnected, mxrelay.EventAuthenticated,
@@ -42,8 +42,7 @@ func TestEventsAndStates(t *testing.T) {
 	assert.Equal(t, want, got)
 
 	var states []mxrelay.ConnState
-	rec.mu.Lock()
-	for _, e := range rec.events {
+	for _, e := range rec.Events() {
 		switch e.Type {
 		case mxrelay.EventStateChanged:
 			states = append(states, e.To)
@@ -60,7 +59,6 @@ func TestEventsAndStates(t *testing.T) {
 		}
 		assert.False(t, e.Time.IsZero())
 	}
-	rec.mu.Unlock()
 	assert.Equal(t, []mxrelay.ConnState{
 		mxrelay.StateConnecting, mxrelay.StateConnected, mxrelay.StateAuthenticating, mxrelay.StateAuthenticated,
 		mxrelay.StateChannelOpening, mxrelay.StateChannelReady, mxrelay.StateChannelClosed, mxrelay.StateAuthenticated,
@@ -77,7 +75,7 @@ func TestEventsAndStates(t *testing.T) {
 func TestQueueProcessingEvents(t *testing.T) {
 	s := newRelay(t, nil)
 	rec := &recorder{}
-	c := newClient(t, s, &mxrelay.Options{OnEvent: rec.on})
+	c := newClient(t, s, &mxrelay.Options{OnEvent: rec.On})
 	for round := range 2 {
 		var hs []*mxrelay.Handle
 		for i := range 5 {
@@ -89,13 +87,13 @@ func TestQueueProcessingEvents(t *testing.T) {
 			_, err := h.Wait(ctxT(t))
 			require.NoError(t, err)
 		}
-		require.Eventually(t, func() bool { return rec.count(mxrelay.EventQueueProcessingCompleted) == round+1 },
+		require.Eventually(t, func() bool { return rec.Count(mxrelay.EventQueueProcessingCompleted) == round+1 },
 			5*time.Second, time.Millisecond, "round %d never completed", round)
 	}
 	assert.Zero(t, c.QueueSize())
 	var spells []mxrelay.EventType
 	delivered := 0
-	for _, ty := range rec.types() {
+	for _, ty := range rec.Types() {
 		switch ty {
 		case mxrelay.EventQueueProcessingStarted, mxrelay.EventQueueProcessingCompleted:
 			spells = append(spells, ty)
@@ -136,7 +134,7 @@ func TestPanickingListenerIsContained(t *testing.T) {
 	s := newRelay(t, nil)
 	logs := &logBuffer{}
 	c, err := mxrelay.New(s.URL, s.APIKey, fast(&mxrelay.Options{
-		Logger:  logs.logger(),
+		Logger:  logs.Logger(),
 		OnEvent: func(mxrelay.Event) { panic("listener bug") },
 	}))
 	require.NoError(t, err)
@@ -153,13 +151,13 @@ func TestRetryEvents(t *testing.T) {
 	s.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: "MAIL", Reply: "451 4.3.0 later"})
 	s.Inject(relaytest.Fault{Kind: relaytest.FailChannel})
 	rec := &recorder{}
-	c := newClient(t, s, &mxrelay.Options{OnEvent: rec.on})
+	c := newClient(t, s, &mxrelay.Options{OnEvent: rec.On})
 	_, err := c.Send(ctxT(t), mail("retry"))
 	require.NoError(t, err)
 	require.NoError(t, c.Close(ctxT(t)))
-	assert.Equal(t, 1, rec.count(mxrelay.EventEmailRetrying))
-	assert.Equal(t, 1, rec.count(mxrelay.EventReconnecting))
-	assert.GreaterOrEqual(t, rec.count(mxrelay.EventSessionFailed), 1)
+	assert.Equal(t, 1, rec.Count(mxrelay.EventEmailRetrying))
+	assert.Equal(t, 1, rec.Count(mxrelay.EventReconnecting))
+	assert.GreaterOrEqual(t, rec.Count(mxrelay.EventSessionFailed), 1)
 }
 
 func TestHeartbeatDetectsADeadRelay(t *testing.T) {
@@ -175,7 +173,7 @@ func TestHeartbeatDetectsADeadRelay(t *testing.T) {
 		}
 	})
 	defer close(release)
-	c, err := mxrelay.New(f.url(), "key", fast(&mxrelay.Options{
+	c, err := mxrelay.New(f.WSURL(), "key", fast(&mxrelay.Options{
 		DisableBinary: true, MaxReconnectAttempts: 1,
 		HeartbeatInterval: 50 * time.Millisecond, HeartbeatTimeout: 100 * time.Millisecond,
 		CommandTimeout: time.Minute,

@@ -100,7 +100,7 @@ func TestRelayFloods(t *testing.T) {
 			})
 			// A long IdleTimeout: the flood must end for what it is, not
 			// because the client went idle.
-			c, err := mxrelay.New(f.url(), "key", fast(&mxrelay.Options{MaxReconnectAttempts: 1, DisableBinary: true, IdleTimeout: time.Minute}))
+			c, err := mxrelay.New(f.WSURL(), "key", fast(&mxrelay.Options{MaxReconnectAttempts: 1, DisableBinary: true, IdleTimeout: time.Minute}))
 			require.NoError(t, err)
 			defer c.Close(context.Background())
 			_, err = c.Send(ctxT(t), mail("x"))

@@ -207,18 +207,16 @@ func TestRelayAfterChannelClosed(t *testing.T) {
 		}
 	})
 	rec := &recorder{}
-	c, err := mxrelay.New(f.url(), "key", fast(&mxrelay.Options{DisableBinary: true, IdleTimeout: time.Minute, OnEvent: rec.on}))
+	c, err := mxrelay.New(f.WSURL(), "key", fast(&mxrelay.Options{DisableBinary: true, IdleTimeout: time.Minute, OnEvent: rec.On}))
 	require.NoError(t, err)
 	defer c.Close(context.Background())
 	res, err := c.Send(ctxT(t), mail("delivered"))
 	require.NoError(t, err, "the unknown message was ignored")
 	assert.False(t, res.MaybeDelivered)
-	require.Eventually(t, func() bool { return len(f.closeCodes()) == 1 }, 10*time.Second, 5*time.Millisecond)
-	assert.Equal(t, websocket.StatusProtocolError, f.closeCodes()[0])
-	require.Eventually(t, func() bool { return rec.count(mxrelay.EventDisconnected) == 1 }, 10*time.Second, 5*time.Millisecond)
-	rec.mu.Lock()
-	events := append([]mxrelay.Event(nil), rec.events...)
-	rec.mu.Unlock()
+	require.Eventually(t, func() bool { return len(f.CloseCodes()) == 1 }, 10*time.Second, 5*time.Millisecond)
+	assert.Equal(t, websocket.StatusProtocolError, f.CloseCodes()[0])
+	require.Eventually(t, func() bool { return rec.Count(mxrelay.EventDisconnected) == 1 }, 10*time.Second, 5*time.Millisecond)
+	events := rec.Events()
 	for _, e := range events {
 		if e.Type == mxrelay.EventDisconnected {
 			var pe *mxrelay.ProtocolError

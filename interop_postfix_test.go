@@ -193,7 +193,7 @@ func TestInteropPostfix(t *testing.T) {
 	t.Run("through the relay", func(t *testing.T) {
 		relay := newRelay(t, &relaytest.Options{UpstreamAddr: smtpd})
 		logs := &logBuffer{}
-		c := newClient(t, relay, &mxrelay.Options{MaxEmailsPerSession: 20, BatchWait: time.Second, CommandTimeout: 30 * time.Second, Logger: logs.logger()})
+		c := newClient(t, relay, &mxrelay.Options{MaxEmailsPerSession: 20, BatchWait: time.Second, CommandTimeout: 30 * time.Second, Logger: logs.Logger()})
 		run(t, "relay", c)
 		assert.Contains(t, logs.String(), `mode="pipelined BDAT`, "Postfix offers PIPELINING and CHUNKING, and they are used")
 	})

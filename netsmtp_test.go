@@ -4,10 +4,8 @@ import (
 	"crypto/tls"
 	"errors"
 	"net/smtp"
-	"net/url"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 
@@ -28,19 +26,6 @@ var (
 	_ sendMailFunc = mxrelay.SendMail
 	_ sendMailFunc = (*mxrelay.Transport)(nil).SendMail
 )
-
-// newTransport returns a Transport for s, closed when the test ends.
-func newTransport(t *testing.T, s *relaytest.Server, o *mxrelay.Options) *mxrelay.Transport {
-	t.Helper()
-	u, err := url.Parse(s.URL)
-	require.NoError(t, err)
-	port, err := strconv.Atoi(u.Port())
-	require.NoError(t, err)
-	tr, err := mxrelay.NewTransport(s.APIKey, mxrelay.TransportOptions{Host: u.Hostname(), Port: port, Insecure: true, Options: *fast(o)})
-	require.NoError(t, err)
-	t.Cleanup(func() { tr.Close(ctxT(t)) })
-	return tr
-}
 
 func TestTransportSendMailLineEnds(t *testing.T) {
 	s := newRelay(t, nil)

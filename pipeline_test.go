@@ -16,41 +16,16 @@ import (
 	"github.com/mxrelay/mxrelay/relaytest"
 )
 
-// enqueueBatch queues n emails, the i-th to r<i>@example.com with subject
-// p<i>, and waits for all their results.
-func enqueueBatch(t *testing.T, c *mxrelay.Client, n int) []*mxrelay.Result {
-	t.Helper()
-	var hs []*mxrelay.Handle
-	for i := range n {
-		h, err := c.Enqueue(mail(fmt.Sprint("p", i), fmt.Sprintf("r%d@example.com", i)))
-		require.NoError(t, err)
-		hs = append(hs, h)
-	}
-	return results(t, hs)
-}
-
-// results waits for the result of every handle, in order.
-func results(t *testing.T, hs []*mxrelay.Handle) []*mxrelay.Result {
-	t.Helper()
-	var out []*mxrelay.Result
-	for _, h := range hs {
-		res, _ := h.Wait(ctxT(t))
-		require.NotNil(t, res)
-		out = append(out, res)
-	}
-	return out
-}
-
 // In a window of transactions written without waiting, each reply is
 // matched to its own email: a refusal of one affects no other.
 func TestPipelinedRepliesAreAttributedToTheirEmail(t *testing.T) {
 	for _, m := range modes {
-		t.Run(m.name, func(t *testing.T) {
-			s := newRelay(t, &relaytest.Options{HideExtensions: m.hide})
+		t.Run(m.Name, func(t *testing.T) {
+			s := newRelay(t, &relaytest.Options{HideExtensions: m.Hide})
 			s.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: "RCPT", Recipient: "r3@example.com", Reply: "550 5.1.1 no such user"})
 			s.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: "RCPT", Recipient: "r5@example.com", Reply: "450 4.2.1 busy"})
 			s.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: "RCPT", Recipient: "r8@example.com", Reply: "550 5.1.1 gone"})
-			c := newClient(t, s, &mxrelay.Options{DisablePipelining: m.lockstep, MaxEmailsPerSession: 12, BatchWait: time.Second})
+			c := newClient(t, s, &mxrelay.Options{DisablePipelining: m.Lockstep, MaxEmailsPerSession: 12, BatchWait: time.Second})
 			res := enqueueBatch(t, c, 12)
 			for i, r := range res {
 				switch i {

@@ -136,7 +136,7 @@ func TestCloseHandsBackASpooledEmailMidTransaction(t *testing.T) {
 	s.Inject(relaytest.Fault{Kind: relaytest.StallReply, Command: "RCPT"})
 	dir := t.TempDir()
 	logs := &logBuffer{}
-	c, err := mxrelay.New(s.URL, s.APIKey, fast(&mxrelay.Options{SpoolDir: dir, DisablePipelining: true, CommandTimeout: time.Minute, Logger: logs.logger()}))
+	c, err := mxrelay.New(s.URL, s.APIKey, fast(&mxrelay.Options{SpoolDir: dir, DisablePipelining: true, CommandTimeout: time.Minute, Logger: logs.Logger()}))
 	require.NoError(t, err)
 	h, err := c.Enqueue(mail("interrupted"), mxrelay.WithRetries(0))
 	require.NoError(t, err)
@@ -241,7 +241,7 @@ func TestCancelWhileWaitingForTheWindow(t *testing.T) {
 	s := newRelay(t, nil)
 	s.Inject(relaytest.Fault{Kind: relaytest.StallReply, Command: "."})
 	logs := &logBuffer{}
-	c := newClient(t, s, &mxrelay.Options{PipelineWindow: 1, CommandTimeout: 30 * time.Second, MaxEmailsPerSession: 5, Logger: logs.logger()})
+	c := newClient(t, s, &mxrelay.Options{PipelineWindow: 1, CommandTimeout: 30 * time.Second, MaxEmailsPerSession: 5, Logger: logs.Logger()})
 	first, err := c.Enqueue(mail("first"))
 	require.NoError(t, err)
 	require.Eventually(t, func() bool { return strings.Contains(logs.String(), "BDAT") && strings.Contains(logs.String(), "LAST") }, 10*time.Second, time.Millisecond)

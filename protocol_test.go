@@ -21,77 +21,6 @@ import (
 	"github.com/mxrelay/mxrelay/internal/wire"
 )
 
-// fakeRelay is a hand-written relay whose behaviour after accepting the
-// WebSocket is the test's script. It records the close status it got.
-type fakeRelay struct {
-	*httptest.Server
-	mu      sync.Mutex
-	closes  []websocket.StatusCode
-	conns   int
-	subprot string
-}
-
-func newFakeRelay(t *testing.T, subprotocols []string, script func(ctx context.Context, ws *websocket.Conn)) *fakeRelay {
-	f := &fakeRelay{}
-	var wg sync.WaitGroup
-	f.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{Subprotocols: subprotocols})
-		if err != nil {
-			return
-		}
-		wg.Add(1)
-		defer wg.Done()
-		f.mu.Lock()
-		f.conns++
-		f.mu.Unlock()
-		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
-		defer cancel()
-		script(ctx, ws)
-		// Read until the client closes, to learn its close status.
-		for {
-			if _, _, err := ws.Read(ctx); err != nil {
-				f.mu.Lock()
-				f.closes = append(f.closes, websocket.CloseStatus(err))
-				f.mu.Unlock()
-				ws.CloseNow()
-				return
-			}
-		}
-	}))
-	t.Cleanup(func() {
-		f.Server.CloseClientConnections()
-		f.Server.Close()
-		wg.Wait()
-	})
-	return f
-}
-
-func (f *fakeRelay) url() string { return "ws" + strings.TrimPrefix(f.Server.URL, "http") + "/smtp" }
-
-func (f *fakeRelay) closeCodes() []websocket.StatusCode {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return append([]websocket.StatusCode(nil), f.closes...)
-}
-
-func send(ctx context.Context, ws *websocket.Conn, typ string, data any) {
-	ws.Write(ctx, websocket.MessageText, wire.MustEncode(typ, data))
-}
-
-// authOK reads AUTHENTICATE and accepts it.
-func authOK(ctx context.Context, ws *websocket.Conn) bool {
-	_, p, err := ws.Read(ctx)
-	if err != nil {
-		return false
-	}
-	m, err := wire.Decode(p)
-	if err != nil || m.Type != wire.TypeAuthenticate {
-		return false
-	}
-	send(ctx, ws, wire.TypeAuthenticateResponse, wire.AuthenticateResponse{Success: true})
-	return true
-}
-
 func TestRelayProtocolErrors(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
@@ -164,7 +93,7 @@ func TestRelayProtocolErrors(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFakeRelay(t, []string{wire.Subprotocol}, tc.script)
-			c, err := mxrelay.New(f.url(), "key", fast(&mxrelay.Options{MaxReconnectAttempts: 2, DisableBinary: true}))
+			c, err := mxrelay.New(f.WSURL(), "key", fast(&mxrelay.Options{MaxReconnectAttempts: 2, DisableBinary: true}))
 			require.NoError(t, err)
 			defer c.Close(context.Background())
 			_, err = c.Send(ctxT(t), mail("x"))
@@ -172,12 +101,12 @@ func TestRelayProtocolErrors(t *testing.T) {
 			require.ErrorAs(t, err, &ce)
 			var pe *mxrelay.ProtocolError
 			assert.ErrorAs(t, err, &pe, "%v", err)
-			require.Eventually(t, func() bool { return len(f.closeCodes()) == 2 }, 5*time.Second, 5*time.Millisecond)
+			require.Eventually(t, func() bool { return len(f.CloseCodes()) == 2 }, 5*time.Second, 5*time.Millisecond)
 			want := tc.code
 			if want == 0 {
 				want = websocket.StatusProtocolError
 			}
-			for _, code := range f.closeCodes() {
+			for _, code := range f.CloseCodes() {
 				assert.Equal(t, want, code)
 			}
 		})
@@ -194,7 +123,7 @@ func TestRelayUnknownTypesAreIgnored(t *testing.T) {
 		ws.Write(ctx, websocket.MessageText, []byte(`{"type":"AUTHENTICATE_RESPONSE","data":{"success":false,"error":"nope","extra":1},"more":true}`))
 		ws.Close(wire.StatusAuthFailed, "bad key")
 	})
-	c, err := mxrelay.New(f.url(), "key", fast(nil))
+	c, err := mxrelay.New(f.WSURL(), "key", fast(nil))
 	require.NoError(t, err)
 	defer c.Close(context.Background())
 	_, err = c.Send(ctxT(t), mail("x"))
@@ -207,14 +136,12 @@ func TestRelayCloses4003(t *testing.T) {
 		ws.Read(ctx)
 		ws.Close(wire.StatusAuthFailed, "authentication failed")
 	})
-	c, err := mxrelay.New(f.url(), "key", fast(nil))
+	c, err := mxrelay.New(f.WSURL(), "key", fast(nil))
 	require.NoError(t, err)
 	defer c.Close(context.Background())
 	_, err = c.Send(ctxT(t), mail("x"))
 	require.ErrorIs(t, err, mxrelay.ErrAuthFailed)
-	f.mu.Lock()
-	assert.Equal(t, 1, f.conns, "4003 is permanent: no reconnect")
-	f.mu.Unlock()
+	assert.Equal(t, 1, f.Conns(), "4003 is permanent: no reconnect")
 }
 
 func TestRelayWithoutSubprotocolIsAccepted(t *testing.T) {
@@ -223,7 +150,7 @@ func TestRelayWithoutSubprotocolIsAccepted(t *testing.T) {
 		ws.Read(ctx)
 		send(ctx, ws, wire.TypeChannelError, wire.ChannelError{Error: "no upstream"})
 	})
-	c, err := mxrelay.New(f.url(), "key", fast(&mxrelay.Options{MaxReconnectAttempts: 1}))
+	c, err := mxrelay.New(f.WSURL(), "key", fast(&mxrelay.Options{MaxReconnectAttempts: 1}))
 	require.NoError(t, err)
 	defer c.Close(context.Background())
 	_, err = c.Send(ctxT(t), mail("x"))
@@ -238,7 +165,7 @@ func TestRelayCloseCodes(t *testing.T) {
 			f := newFakeRelay(t, []string{wire.Subprotocol}, func(ctx context.Context, ws *websocket.Conn) {
 				ws.Close(code, "bye")
 			})
-			c, err := mxrelay.New(f.url(), "key", fast(&mxrelay.Options{MaxReconnectAttempts: 3}))
+			c, err := mxrelay.New(f.WSURL(), "key", fast(&mxrelay.Options{MaxReconnectAttempts: 3}))
 			require.NoError(t, err)
 			defer c.Close(context.Background())
 			_, err = c.Send(ctxT(t), mail("x"))

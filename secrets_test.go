@@ -84,7 +84,7 @@ func TestSecretsNeverLeakOnFailure(t *testing.T) {
 			logs := &logBuffer{}
 			rec := &recorder{}
 			o := tc.opts
-			o.Username, o.Password, o.Logger, o.OnEvent, o.MaxReconnectAttempts = user, password, logs.logger(), rec.on, 2
+			o.Username, o.Password, o.Logger, o.OnEvent, o.MaxReconnectAttempts = user, password, logs.Logger(), rec.On, 2
 			o.PasswordInClear = o.StartTLS == mxrelay.StartTLSNever
 			c, err := mxrelay.New(s.URL, apiKey, fast(&o))
 			require.NoError(t, err)
@@ -96,8 +96,7 @@ func TestSecretsNeverLeakOnFailure(t *testing.T) {
 			if res != nil {
 				seen = append(seen, res.Err.Error())
 			}
-			rec.mu.Lock()
-			for _, e := range rec.events {
+			for _, e := range rec.Events() {
 				if e.Err != nil {
 					seen = append(seen, e.Err.Error())
 				}
@@ -105,7 +104,6 @@ func TestSecretsNeverLeakOnFailure(t *testing.T) {
 					seen = append(seen, e.Result.Err.Error())
 				}
 			}
-			rec.mu.Unlock()
 			all := strings.Join(seen, "\n")
 			for _, secret := range secrets {
 				assert.NotContains(t, all, secret)

@@ -1,10 +1,8 @@
 package mxrelay_test
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -22,44 +20,6 @@ import (
 	"github.com/mxrelay/mxrelay"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
-
-// spoolFiles lists the .msg files left in dir.
-func spoolFiles(t *testing.T, dir string) []string {
-	t.Helper()
-	names, err := filepath.Glob(filepath.Join(dir, "*.msg"))
-	require.NoError(t, err)
-	return names
-}
-
-// spoolResults reads every result record in dir: results.log, then the
-// journal's.
-func spoolResults(t *testing.T, dir string) []mxrelay.SpoolResult {
-	t.Helper()
-	var out []mxrelay.SpoolResult
-	for _, name := range []string{"results.log", "journal"} {
-		f, err := os.Open(filepath.Join(dir, name))
-		if errors.Is(err, os.ErrNotExist) {
-			continue
-		}
-		require.NoError(t, err)
-		sc := bufio.NewScanner(f)
-		sc.Buffer(nil, 1<<20)
-		for sc.Scan() {
-			line := sc.Text()
-			if name == "journal" {
-				var ok bool
-				if line, ok = strings.CutPrefix(line, "R "); !ok {
-					continue
-				}
-			}
-			var r mxrelay.SpoolResult
-			require.NoError(t, json.Unmarshal([]byte(line), &r), line)
-			out = append(out, r)
-		}
-		f.Close()
-	}
-	return out
-}
 
 // handBack fills a spool with emails that a relay which is down cannot
 // take, and closes the client: they stay in the spool.

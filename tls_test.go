@@ -66,7 +66,7 @@ func TestRelayCertificate(t *testing.T) {
 			s, u, conns := wssRelay(t, &relaytest.Options{RawTunnel: tc.opts.RawTunnel}, tc.cert)
 			logs := &logBuffer{}
 			o := tc.opts
-			o.Logger, o.MaxReconnectAttempts = logs.logger(), 5
+			o.Logger, o.MaxReconnectAttempts = logs.Logger(), 5
 			c, err := mxrelay.New(u, s.APIKey, fast(&o))
 			require.NoError(t, err)
 			defer c.Close(context.Background())
@@ -106,7 +106,7 @@ func TestRelayCertificate(t *testing.T) {
 			t.Run(tc.name, func(t *testing.T) {
 				logs := &logBuffer{}
 				o := tc.opts
-				o.Logger = logs.logger()
+				o.Logger = logs.Logger()
 				c, err := mxrelay.New(tc.url, tc.s.APIKey, fast(&o))
 				require.NoError(t, err)
 				for _, subject := range []string{"one", "two"} {
@@ -122,7 +122,7 @@ func TestRelayCertificate(t *testing.T) {
 
 	t.Run("STARTTLS TLSConfig that skips the check warns too", func(t *testing.T) {
 		logs := &logBuffer{}
-		c, err := mxrelay.New("ws://127.0.0.1:1/smtp", "key", &mxrelay.Options{Logger: logs.logger(), StartTLS: mxrelay.StartTLSRequired, TLSConfig: &tls.Config{InsecureSkipVerify: true, ServerName: "mx.test"}})
+		c, err := mxrelay.New("ws://127.0.0.1:1/smtp", "key", &mxrelay.Options{Logger: logs.Logger(), StartTLS: mxrelay.StartTLSRequired, TLSConfig: &tls.Config{InsecureSkipVerify: true, ServerName: "mx.test"}})
 		require.NoError(t, err)
 		require.NoError(t, c.Close(context.Background()))
 		assert.Equal(t, 1, strings.Count(logs.String(), "certificates are not checked"))

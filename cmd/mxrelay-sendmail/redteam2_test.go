@@ -7,12 +7,10 @@ package main
 // record attacks that failed, so that they keep failing.
 
 import (
-	"bytes"
 	"encoding/base64"
 	"os"
 	"os/exec"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -20,6 +18,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/mxrelay/mxrelay/internal/testkit"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
 
@@ -52,24 +51,9 @@ func rt2StalledTimeout(t *testing.T, command string) (*relaytest.Server, int, ti
 	return s, code, took, stderr
 }
 
-// lockedBuffer is a bytes.Buffer written by exec's copying goroutine and
-// read by the test.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
+// lockedBuffer is a buffer written by exec's copying goroutine and read by
+// the test.
+type lockedBuffer = testkit.LogBuffer
 
 // rt2WaitFor waits at most d for cmd, killing it then, and returns its exit
 // status (-1 when it had to be killed) and how long it ran since start.

@@ -1,0 +1,184 @@
+// Package testkit holds the helpers that the root package's tests and the
+// robustness suites in test/ share: options with short intervals, a
+// relaytest relay and a Client closed (and checked) when the test ends,
+// emails by Subject, an event recorder, a log buffer, a hand-written
+// relay, the spool's files. It is for tests only.
+package testkit
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/url"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/relaytest"
+)
+
+// Fast returns o (a new Options if nil) with every interval it leaves zero
+// short, so that tests exercise retries and reconnects without sleeping
+// through production defaults.
+func Fast(o *mxrelay.Options) *mxrelay.Options {
+	if o == nil {
+		o = &mxrelay.Options{}
+	}
+	set := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	set(&o.RetryInterval, 5*time.Millisecond)
+	set(&o.MaxRetryInterval, 20*time.Millisecond)
+	set(&o.ReconnectInterval, 5*time.Millisecond)
+	set(&o.MaxReconnectInterval, 20*time.Millisecond)
+	set(&o.AuthTimeout, 2*time.Second)
+	set(&o.ChannelTimeout, 2*time.Second)
+	set(&o.CommandTimeout, 3*time.Second)
+	set(&o.SessionTimeout, 30*time.Second)
+	set(&o.IdleTimeout, time.Second)
+	return o
+}
+
+// NewRelay starts a relaytest.Server configured by o (nil: defaults),
+// closed when the test ends.
+func NewRelay(t testing.TB, o *relaytest.Options) *relaytest.Server {
+	t.Helper()
+	s := relaytest.NewServer(o)
+	t.Cleanup(s.Close)
+	return s
+}
+
+// NewClient returns a client of s with options Fast(o). When the test ends
+// the client is closed and checked to have given every email a result.
+func NewClient(t testing.TB, s *relaytest.Server, o *mxrelay.Options) *mxrelay.Client {
+	t.Helper()
+	c, err := mxrelay.New(s.URL, s.APIKey, Fast(o))
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c.Close(ctx)
+		st := c.Stats()
+		if st.EmailsQueued != st.EmailsProcessed+st.EmailsFailed {
+			t.Errorf("accounting after Close: queued %d != delivered %d + failed %d", st.EmailsQueued, st.EmailsProcessed, st.EmailsFailed)
+		}
+	})
+	return c
+}
+
+// Ctx is a context that ends after 20 seconds, or when the test ends.
+func Ctx(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// Msg is a message from a@ to b@example.com with the Subject subject.
+func Msg(subject string) string {
+	return "From: a@example.com\r\nTo: b@example.com\r\nSubject: " + subject + "\r\n\r\nHello, " + subject + ".\r\n"
+}
+
+// Mail is Msg(subject) from a@example.com to the recipients to (none:
+// b@example.com).
+func Mail(subject string, to ...string) mxrelay.Email {
+	if len(to) == 0 {
+		to = []string{"b@example.com"}
+	}
+	return mxrelay.Email{From: "a@example.com", To: to, Body: strings.NewReader(Msg(subject))}
+}
+
+// Subjects lists the Subject of each message in s's mailbox, in order.
+func Subjects(s *relaytest.Server) []string {
+	var out []string
+	for _, m := range s.Mailbox() {
+		out = append(out, SubjectOf(m.Data))
+	}
+	return out
+}
+
+// SubjectOf returns the Subject of a message, from its header.
+func SubjectOf(data []byte) string {
+	if i := bytes.Index(data, []byte("\r\n\r\n")); i >= 0 {
+		data = data[:i+2]
+	}
+	for _, line := range strings.Split(string(data), "\r\n") {
+		if v, ok := strings.CutPrefix(line, "Subject: "); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+// CountSubject is how many messages in s's mailbox have the Subject
+// subject.
+func CountSubject(s *relaytest.Server, subject string) int {
+	n := 0
+	for _, got := range Subjects(s) {
+		if got == subject {
+			n++
+		}
+	}
+	return n
+}
+
+// EnqueueBatch queues n emails, the i-th to r<i>@example.com with subject
+// p<i>, and waits for all their results.
+func EnqueueBatch(t testing.TB, c *mxrelay.Client, n int) []*mxrelay.Result {
+	t.Helper()
+	var hs []*mxrelay.Handle
+	for i := range n {
+		h, err := c.Enqueue(Mail(fmt.Sprint("p", i), fmt.Sprintf("r%d@example.com", i)))
+		require.NoError(t, err)
+		hs = append(hs, h)
+	}
+	return Results(t, hs)
+}
+
+// Results waits for the result of every handle, in order.
+func Results(t testing.TB, hs []*mxrelay.Handle) []*mxrelay.Result {
+	t.Helper()
+	var out []*mxrelay.Result
+	for _, h := range hs {
+		res, _ := h.Wait(Ctx(t))
+		require.NotNil(t, res)
+		out = append(out, res)
+	}
+	return out
+}
+
+// NewTransport returns a Transport for s with options Fast(o), closed when
+// the test ends.
+func NewTransport(t testing.TB, s *relaytest.Server, o *mxrelay.Options) *mxrelay.Transport {
+	t.Helper()
+	u, err := url.Parse(s.URL)
+	require.NoError(t, err)
+	port, err := strconv.Atoi(u.Port())
+	require.NoError(t, err)
+	tr, err := mxrelay.NewTransport(s.APIKey, mxrelay.TransportOptions{Host: u.Hostname(), Port: port, Insecure: true, Options: *Fast(o)})
+	require.NoError(t, err)
+	t.Cleanup(func() { tr.Close(Ctx(t)) })
+	return tr
+}
+
+// Mode is one of the four ways the engine sends, chosen by what the
+// upstream offers (relaytest hides extensions) and by DisablePipelining.
+type Mode struct {
+	Name     string
+	Hide     []string // relaytest.Options.HideExtensions
+	Lockstep bool     // mxrelay.Options.DisablePipelining
+	Chunking bool     // BDAT is used
+}
+
+// Modes are the four Modes.
+var Modes = []Mode{
+	{"pipelined BDAT", nil, false, true},
+	{"pipelined DATA", []string{"CHUNKING"}, false, false},
+	{"lock-step BDAT", nil, true, true},
+	{"lock-step DATA", []string{"CHUNKING", "PIPELINING"}, false, false},
+}
