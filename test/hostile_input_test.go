@@ -1,4 +1,4 @@
-package mxrelay_test
+package test
 
 import (
 	"fmt"
@@ -325,7 +325,7 @@ func TestHostileAddressesAreRefusedBeforeConnecting(t *testing.T) {
 				assert.ErrorIs(t, err, mxrelay.ErrInvalidEmail, "SendMail")
 				err = tr.SendMail("smtp.example.com:587", nil, from, []string{to}, []byte(body))
 				assert.ErrorIs(t, err, mxrelay.ErrInvalidEmail, "Transport.SendMail")
-				err = sender.Send(from, []string{to}, &writerTo{chunks: []string{body}})
+				err = sender.Send(from, []string{to}, strings.NewReader(body))
 				assert.ErrorIs(t, err, mxrelay.ErrInvalidEmail, "Sender.Send")
 			})
 		}
@@ -367,7 +367,7 @@ func TestDropInsRefuseHostileBodies(t *testing.T) {
 			assert.ErrorIs(t, err, tc.err, "SendMail")
 			err = tr.SendMail("smtp.example.com:587", nil, "a@example.com", to, []byte(tc.body))
 			assert.ErrorIs(t, err, tc.err, "Transport.SendMail")
-			err = sender.Send("a@example.com", to, &writerTo{chunks: []string{tc.body}})
+			err = sender.Send("a@example.com", to, strings.NewReader(tc.body))
 			assert.ErrorIs(t, err, tc.err, "Sender.Send")
 		})
 	}

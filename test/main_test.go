@@ -1,0 +1,17 @@
+// Package test holds the long robustness suites, named by what they
+// prove: the cut at every byte (sweep), random faults (chaos,
+// accounting), the client against net/smtp (differential), hostile
+// relays, upstreams and input, floods, crashes with a spool, and interop
+// with software we did not write. Each runs on the public API, with the
+// helpers of internal/testkit; `go test ./test` runs them all.
+package test
+
+import (
+	"testing"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
