@@ -1,12 +1,14 @@
 // Package memnet is a network in memory for tests: listeners and dialers
-// whose connections are net.Pipe pairs. A relay, its upstream and a client
-// on one Network can run inside a testing/synctest bubble, where a real
-// socket would keep the fake clock from advancing (a goroutine blocked on
-// a socket is not durably blocked; one blocked on a pipe is).
+// whose connections are pairs of buffered pipes. A relay, its upstream and
+// a client on one Network can run inside a testing/synctest bubble, where
+// a real socket would keep the fake clock from advancing (a goroutine
+// blocked on a socket is not durably blocked; one blocked on a memnet
+// connection is).
 //
-// A net.Pipe has no buffer: a Write returns once the other end has read
-// every byte of it, so a peer that stops reading stops the writer at
-// once, where TCP would first fill its buffers.
+// Each direction of a connection buffers BufferSize bytes, as a socket's
+// buffers do: a Write returns once its bytes are in the buffer, and blocks
+// while the buffer is full, so a peer that stops reading stops the writer
+// after that much.
 package memnet
 
 import (
@@ -79,10 +81,10 @@ func (n *Network) DialContext(ctx context.Context, network, address string) (net
 	if l == nil {
 		return nil, refused
 	}
-	c, s := net.Pipe()
+	c, s := newPair(local, l.addr)
 	select {
-	case l.conns <- &conn{Conn: s, local: l.addr, remote: local}:
-		return &conn{Conn: c, local: local, remote: l.addr}, nil
+	case l.conns <- s:
+		return c, nil
 	case <-l.done:
 		return nil, refused
 	case <-ctx.Done():
@@ -127,15 +129,6 @@ func (l *listener) Close() error {
 }
 
 func (l *listener) Addr() net.Addr { return l.addr }
-
-// conn is one end of a pipe, with the addresses of a TCP connection.
-type conn struct {
-	net.Conn
-	local, remote net.Addr
-}
-
-func (c *conn) LocalAddr() net.Addr  { return c.local }
-func (c *conn) RemoteAddr() net.Addr { return c.remote }
 
 // addr is 127.0.0.1 and a port.
 type addr int
