@@ -2,7 +2,9 @@
 // robustness suites in test/ share: options with short intervals, a
 // relaytest relay and a Client closed (and checked) when the test ends,
 // emails by Subject, an event recorder, a log buffer, a hand-written
-// relay, the spool's files. It is for tests only.
+// relay, the spool's files, and Bubble, which runs a test under
+// testing/synctest with its relay, upstream and client in memory. It is
+// for tests only.
 package testkit
 
 import (
@@ -45,20 +47,33 @@ func Fast(o *mxrelay.Options) *mxrelay.Options {
 	return o
 }
 
-// NewRelay starts a relaytest.Server configured by o (nil: defaults),
-// closed when the test ends.
+// NewRelay starts a relaytest.Server configured by o (nil: defaults), in a
+// Bubble on its network in memory. It is closed when the test ends.
 func NewRelay(t testing.TB, o *relaytest.Options) *relaytest.Server {
 	t.Helper()
+	n := network(t)
+	if n != nil {
+		var in relaytest.Options
+		if o != nil {
+			in = *o
+		}
+		in.Network, o = n, &in
+	}
 	s := relaytest.NewServer(o)
+	if n != nil {
+		inMem.Store(s, n)
+		t.Cleanup(func() { inMem.Delete(s) })
+	}
 	t.Cleanup(s.Close)
 	return s
 }
 
-// NewClient returns a client of s with options Fast(o). When the test ends
-// the client is closed and checked to have given every email a result.
+// NewClient returns a client of s with options ClientOptions(s, o). When
+// the test ends the client is closed and checked to have given every
+// email a result.
 func NewClient(t testing.TB, s *relaytest.Server, o *mxrelay.Options) *mxrelay.Client {
 	t.Helper()
-	c, err := mxrelay.New(s.URL, s.APIKey, Fast(o))
+	c, err := mxrelay.New(s.URL, s.APIKey, ClientOptions(s, o))
 	require.NoError(t, err)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -152,15 +167,15 @@ func Results(t testing.TB, hs []*mxrelay.Handle) []*mxrelay.Result {
 	return out
 }
 
-// NewTransport returns a Transport for s with options Fast(o), closed when
-// the test ends.
+// NewTransport returns a Transport for s with options ClientOptions(s, o),
+// closed when the test ends.
 func NewTransport(t testing.TB, s *relaytest.Server, o *mxrelay.Options) *mxrelay.Transport {
 	t.Helper()
 	u, err := url.Parse(s.URL)
 	require.NoError(t, err)
 	port, err := strconv.Atoi(u.Port())
 	require.NoError(t, err)
-	tr, err := mxrelay.NewTransport(s.APIKey, mxrelay.TransportOptions{Host: u.Hostname(), Port: port, Insecure: true, Options: *Fast(o)})
+	tr, err := mxrelay.NewTransport(s.APIKey, mxrelay.TransportOptions{Host: u.Hostname(), Port: port, Insecure: true, Options: *ClientOptions(s, o)})
 	require.NoError(t, err)
 	t.Cleanup(func() { tr.Close(Ctx(t)) })
 	return tr
