@@ -576,20 +576,24 @@ func TestQueueFull(t *testing.T) {
 func TestReconnectAfterRelayRestart(t *testing.T) {
 	s := newRelay(t, nil)
 	rec := &recorder{}
-	c := newClient(t, s, &mxrelay.Options{OnEvent: rec.On, IdleTimeout: time.Minute})
+	// The relay comes back once a set-up has failed while it was down.
+	onEvent := func(e mxrelay.Event) {
+		rec.On(e)
+		if e.Type == mxrelay.EventReconnecting {
+			s.SetDown(false)
+		}
+	}
+	c := newClient(t, s, &mxrelay.Options{OnEvent: onEvent, IdleTimeout: time.Minute})
 	_, err := c.Send(ctxT(t), mail("before"))
 	require.NoError(t, err)
 	s.CloseClientConnections()
 	s.SetDown(true)
-	go func() {
-		time.Sleep(50 * time.Millisecond)
-		s.SetDown(false)
-	}()
 	_, err = c.Send(ctxT(t), mail("after"))
 	require.NoError(t, err)
 	assert.Equal(t, []string{"before", "after"}, subjects(s))
 	assert.GreaterOrEqual(t, s.Stats().Connections, 2)
 	assert.GreaterOrEqual(t, rec.Count(mxrelay.EventDisconnected), 1)
+	assert.GreaterOrEqual(t, rec.Count(mxrelay.EventReconnecting), 1)
 }
 
 func TestReconnectAttemptsRunOut(t *testing.T) {
@@ -757,13 +761,25 @@ func TestCloseHandsBackWhatIsLeft(t *testing.T) {
 }
 
 func TestCloseDuringStalledSession(t *testing.T) {
-	s := newRelay(t, nil)
+	rcpt := make(chan struct{})
+	var once sync.Once
+	var sent logBuffer // what the client sent upstream
+	s := newRelay(t, &relaytest.Options{OnSMTPData: func(d relaytest.SMTPData) {
+		if !d.FromServer {
+			sent.Write(d.Data)
+			if strings.Contains(sent.String(), "RCPT TO:") {
+				once.Do(func() { close(rcpt) })
+			}
+		}
+	}})
 	s.Inject(relaytest.Fault{Kind: relaytest.StallReply, Command: "RCPT"})
 	c := newClient(t, s, &mxrelay.Options{CommandTimeout: time.Minute})
 	h, err := c.Enqueue(mail("stuck"))
 	require.NoError(t, err)
-	for s.Stats().Channels == 0 {
-		time.Sleep(5 * time.Millisecond)
+	select {
+	case <-rcpt: // the session waits for the stalled reply
+	case <-ctxT(t).Done():
+		t.Fatal("RCPT never reached the relay")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
@@ -787,12 +803,14 @@ func TestIdleDisconnect(t *testing.T) {
 }
 
 func TestNoConnectionWithoutWork(t *testing.T) {
-	s := newRelay(t, nil)
-	c := newClient(t, s, nil)
-	time.Sleep(50 * time.Millisecond)
-	assert.Zero(t, s.Stats().Connections)
-	assert.Equal(t, mxrelay.StateDisconnected, c.ConnState())
-	assert.Equal(t, mxrelay.SessionIdle, c.SessionState())
+	bubble(t, func(t *testing.T) {
+		s := newRelay(t, nil)
+		c := newClient(t, s, nil)
+		time.Sleep(time.Hour) // on the bubble's clock: every timer of the client's has had its chance
+		assert.Zero(t, s.Stats().Connections)
+		assert.Equal(t, mxrelay.StateDisconnected, c.ConnState())
+		assert.Equal(t, mxrelay.SessionIdle, c.SessionState())
+	})
 }
 
 func TestErrorsAreTyped(t *testing.T) {

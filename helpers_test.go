@@ -23,6 +23,9 @@ var (
 	spoolFiles   = testkit.SpoolFiles
 	spoolResults = testkit.SpoolResults
 	modes        = testkit.Modes
+	bubble       = testkit.Bubble
+	newUpstream  = testkit.NewUpstream
+	clientOpts   = testkit.ClientOptions
 )
 
 type (

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -164,7 +165,7 @@ func TestCloseHandsBackASpooledEmailMidTransaction(t *testing.T) {
 func stallingUpstream(t *testing.T) (*fakesmtp.Server, chan struct{}) {
 	stalled := make(chan struct{})
 	var once sync.Once
-	u := fakesmtp.Listen(t, func(c *fakesmtp.Conn) {
+	u := newUpstream(t, func(c *fakesmtp.Conn) {
 		c.Say("220 mx.test ESMTP")
 		c.Commands(func(verb, l string) bool {
 			switch verb {
@@ -196,9 +197,13 @@ func bigBody() io.Reader {
 // context waited as long: closing a channel did not interrupt a frame
 // write in progress.
 func TestCancelAndCloseDoNotWaitBehindAStuckWrite(t *testing.T) {
+	bubble(t, testCancelAndCloseDoNotWaitBehindAStuckWrite)
+}
+
+func testCancelAndCloseDoNotWaitBehindAStuckWrite(t *testing.T) {
 	u, stalled := stallingUpstream(t)
 	s := newRelay(t, &relaytest.Options{UpstreamAddr: u.Addr})
-	c, err := mxrelay.New(s.URL, s.APIKey, fast(&mxrelay.Options{CommandTimeout: 30 * time.Second}))
+	c, err := mxrelay.New(s.URL, s.APIKey, clientOpts(s, &mxrelay.Options{CommandTimeout: 30 * time.Second}))
 	require.NoError(t, err)
 	defer c.Close(context.Background())
 
@@ -209,7 +214,7 @@ func TestCancelAndCloseDoNotWaitBehindAStuckWrite(t *testing.T) {
 		done <- err
 	}()
 	<-stalled
-	time.Sleep(300 * time.Millisecond) // let the buffers fill: the client is now blocked in a write
+	synctest.Wait() // the buffers are full: the client is blocked in a write
 	cancel()
 	select {
 	case err := <-done:
@@ -237,21 +242,24 @@ func TestCancelAndCloseDoNotWaitBehindAStuckWrite(t *testing.T) {
 // An email cancelled while it waited for a slot in the pipeline window
 // returned only when the window moved: up to CommandTimeout behind a
 // stalled upstream.
-func TestCancelWhileWaitingForTheWindow(t *testing.T) {
+func TestCancelWhileWaitingForTheWindow(t *testing.T) { bubble(t, testCancelWhileWaitingForTheWindow) }
+
+func testCancelWhileWaitingForTheWindow(t *testing.T) {
 	s := newRelay(t, nil)
 	s.Inject(relaytest.Fault{Kind: relaytest.StallReply, Command: "."})
 	logs := &logBuffer{}
 	c := newClient(t, s, &mxrelay.Options{PipelineWindow: 1, CommandTimeout: 30 * time.Second, MaxEmailsPerSession: 5, Logger: logs.Logger()})
 	first, err := c.Enqueue(mail("first"))
 	require.NoError(t, err)
-	require.Eventually(t, func() bool { return strings.Contains(logs.String(), "BDAT") && strings.Contains(logs.String(), "LAST") }, 10*time.Second, time.Millisecond)
+	synctest.Wait() // first's end of data is out, its reply stalled
+	require.True(t, strings.Contains(logs.String(), "BDAT") && strings.Contains(logs.String(), "LAST"), "%s", logs.String())
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
 		_, err := c.Send(ctx, mail("second"))
 		done <- err
 	}()
-	time.Sleep(100 * time.Millisecond) // taken by the session, waiting for the window
+	synctest.Wait() // taken by the session, waiting for the window
 	cancel()
 	select {
 	case err := <-done:
