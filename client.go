@@ -119,7 +119,8 @@ var testHookStored func()
 
 // replay queues the emails a previous Client left in the spool, in the
 // order they were accepted. One whose end of data may have reached the
-// server is an unknown outcome: it fails at once unless RetryUnknown.
+// server is an unknown outcome: it fails at once unless RetryUnknown. One
+// whose timeout has passed fails at once with it.
 func (c *Client) replay(left []*spooled) {
 	for _, sp := range left {
 		h := sp.hdr
@@ -146,8 +147,10 @@ func (c *Client) replay(left []*spooled) {
 			}
 		}
 		var timeout time.Duration
+		expired := false
 		if !h.Deadline.IsZero() {
-			timeout = max(time.Until(h.Deadline), time.Nanosecond)
+			timeout = time.Until(h.Deadline)
+			expired = timeout <= 0
 			em.cfg.timeout = h.Deadline.Sub(h.Queued) // as given, for the error
 		}
 		b, err := sp.body(c.opts.bodyRules(h.Mail))
@@ -162,6 +165,10 @@ func (c *Client) replay(left []*spooled) {
 			c.cancel(em, err)
 		case em.unknown && !c.opts.RetryUnknown:
 			c.cancel(em, &UnknownOutcomeError{Err: errors.New("the previous Client stopped after this email's end of data was written")})
+		case expired:
+			// Failed now: a timer, however short, could lose the race
+			// against a session that takes the email first.
+			c.cancel(em, timedOut(em))
 		}
 	}
 	if len(left) > 0 {

@@ -163,13 +163,17 @@ func (c *Client) queue(em *email, timeout time.Duration, reserved bool) error {
 		c.events.emit(Event{Type: EventQueueProcessingStarted, QueueSize: c.q.len()})
 	}
 	if timeout > 0 {
-		em.timer = time.AfterFunc(timeout, func() {
-			c.cancel(em, fmt.Errorf("%w: %w: email timeout of %v", ErrCanceled, context.DeadlineExceeded, em.cfg.timeout))
-		})
+		em.timer = time.AfterFunc(timeout, func() { c.cancel(em, timedOut(em)) })
 	}
 	c.mu.Unlock()
 	c.kick()
 	return nil
+}
+
+// timedOut is the error of an email whose own timeout (WithTimeout,
+// Options.Timeout) passed before its end of data.
+func timedOut(em *email) error {
+	return fmt.Errorf("%w: %w: email timeout of %v", ErrCanceled, context.DeadlineExceeded, em.cfg.timeout)
 }
 
 // reserve takes a place in the queue for an email being read, or says
