@@ -3,7 +3,6 @@ package test
 import (
 	"bufio"
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"math/rand/v2"
@@ -219,17 +218,9 @@ func TestSpoolChild(t *testing.T) {
 		say("T", id)
 		e := mail(id, "b@example.com", "c@example.com")
 		e.ID = id
-		for {
-			h, err := c.Enqueue(e, mxrelay.WithPriority(mxrelay.Priority(i%4-1)))
-			if errors.Is(err, mxrelay.ErrQueueFull) {
-				time.Sleep(time.Millisecond)
-				e.Body = strings.NewReader(msg(id))
-				continue
-			}
-			require.NoError(t, err)
-			handles = append(handles, h)
-			break
-		}
+		h, err := c.EnqueueWait(context.Background(), e, mxrelay.WithPriority(mxrelay.Priority(i%4-1)))
+		require.NoError(t, err)
+		handles = append(handles, h)
 		say("A", id)
 	}
 	for _, h := range handles {
