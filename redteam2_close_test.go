@@ -24,8 +24,7 @@ import (
 func TestRedTeam2CloseWithConcurrentSessionsAndSpool(t *testing.T) {
 	for _, m := range mxrelay.EngineModes {
 		for _, d := range []time.Duration{0, 10 * time.Millisecond, 40 * time.Millisecond, 90 * time.Millisecond, 160 * time.Millisecond, 300 * time.Millisecond} {
-			t.Run(fmt.Sprint(m.Name, "/", d), func(t *testing.T) {
-				t.Parallel()
+			rtRun(t, fmt.Sprint(m.Name, "/", d), func(t *testing.T) {
 				srv := &rt2Server{ext: m.Ext, enhanced: true}
 				srv.hook = func(c rt2Cmd) ([]string, bool) {
 					l := []string{"~15ms", srv.honest(c.verb)}
@@ -36,12 +35,12 @@ func TestRedTeam2CloseWithConcurrentSessionsAndSpool(t *testing.T) {
 				}
 				s := rtRelay(t, srv.serve)
 				dir := t.TempDir()
-				c1, err := mxrelay.New(s.URL, s.APIKey, fast(&mxrelay.Options{SpoolDir: dir, MaxConcurrentSessions: 3,
+				c1, err := mxrelay.New(s.URL, s.APIKey, clientOpts(s, &mxrelay.Options{SpoolDir: dir, MaxConcurrentSessions: 3,
 					MaxEmailsPerSession: 3, BatchWait: 5 * time.Millisecond, CommandTimeout: 2 * time.Second}))
 				require.NoError(t, err)
 				subs := rtNumbered("m", 12)
 				hs := rtEnqueue(t, c1, subs, rtMailTo("a@example.com", "b@example.com"), mxrelay.WithRetries(2))
-				time.Sleep(d)
+				time.Sleep(d) // on the bubble's clock: Close comes d into the run
 				ctx, cancel := context.WithTimeout(context.Background(), time.Millisecond)
 				defer cancel()
 				start := time.Now()

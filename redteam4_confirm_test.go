@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/stretchr/testify/assert"
@@ -36,15 +37,12 @@ func (st rt4Style) reply(srv *rt2Server, verb string) string {
 	return srv.honest(verb)
 }
 
-// rt4EachStyle runs f, in parallel, as the subtest "<style>/<mode>" for
-// each style of rt4Styles and each of modes.
+// rt4EachStyle runs f, in parallel and in a Bubble (rtRun), as the
+// subtest "<style>/<mode>" for each style of rt4Styles and each of modes.
 func rt4EachStyle(t *testing.T, modes []rtMode, f func(t *testing.T, st rt4Style, m rtMode)) {
 	for _, st := range rt4Styles {
 		for _, m := range modes {
-			t.Run(st.name+"/"+m.Name, func(t *testing.T) {
-				t.Parallel()
-				f(t, st, m)
-			})
+			rtRun(t, st.name+"/"+m.Name, func(t *testing.T) { f(t, st, m) })
 		}
 	}
 }
@@ -155,7 +153,7 @@ func TestRedTeam4CancelledSendWaitsForEmailsBehindIt(t *testing.T) {
 			res, err := c.Send(ctx, mail("one"), mxrelay.WithRetries(0))
 			done <- out{res, err, time.Since(start)}
 		}()
-		time.Sleep(20 * time.Millisecond)
+		synctest.Wait() // A is queued, its session waits out BatchWait
 		hb, err := c.Enqueue(mail("two"), mxrelay.WithRetries(0))
 		require.NoError(t, err)
 		time.Sleep(600 * time.Millisecond) // A's context has ended
@@ -229,11 +227,11 @@ func TestRedTeam4CloseCtxMakesHonestDeliveriesUnknown(t *testing.T) {
 		srv := &rt2Server{ext: m.Ext}
 		rt4SlowEnds(srv, st, "~20ms")
 		s := rtRelay(t, srv.serve)
-		c, err := mxrelay.New(s.URL, s.APIKey, fast(&mxrelay.Options{MaxEmailsPerSession: 100, BatchWait: 50 * time.Millisecond}))
+		c, err := mxrelay.New(s.URL, s.APIKey, clientOpts(s, &mxrelay.Options{MaxEmailsPerSession: 100, BatchWait: 50 * time.Millisecond}))
 		require.NoError(t, err)
 		subjs := rtNumbered("e", 30)
 		hs := rtEnqueue(t, c, subjs, rtMailTo(), mxrelay.WithRetries(2))
-		time.Sleep(300 * time.Millisecond)
+		time.Sleep(300 * time.Millisecond) // on the bubble's clock: Close comes mid-run
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
 		defer cancel()
 		start := time.Now()
@@ -362,6 +360,10 @@ func TestRedTeam4ConcurrentSessionsHonest(t *testing.T) {
 // sent again and the honest server holds two copies of each. Each is
 // flagged MaybeDelivered (the promise holds); the duplicates are counted.
 func TestRedTeam4SessionTimeoutRetryUnknownDuplicates(t *testing.T) {
+	bubble(t, testRedTeam4SessionTimeoutRetryUnknownDuplicates)
+}
+
+func testRedTeam4SessionTimeoutRetryUnknownDuplicates(t *testing.T) {
 	srv := &rt2Server{ext: mxrelay.EngineModes[0].Ext}
 	rt4SlowEnds(srv, rt4Styles[0], "~120ms")
 	c := newClient(t, rtRelay(t, srv.serve), &mxrelay.Options{MaxEmailsPerSession: 100, BatchWait: 100 * time.Millisecond,

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/stretchr/testify/assert"
@@ -41,7 +42,7 @@ func rt5Await(t *testing.T, ch chan struct{}, what string) {
 // the test ends (the test closes it).
 func rt5Client(t *testing.T, s *relaytest.Server, o *mxrelay.Options) *mxrelay.Client {
 	t.Helper()
-	c, err := mxrelay.New(s.URL, s.APIKey, fast(o))
+	c, err := mxrelay.New(s.URL, s.APIKey, clientOpts(s, o))
 	require.NoError(t, err)
 	return c
 }
@@ -119,8 +120,7 @@ func rt5Close(c *mxrelay.Client, d time.Duration) (time.Duration, error) {
 // Close's stop. Close returns only when QUIT's CommandTimeout passes.
 func TestRedTeam5CloseAfterSessionTimeoutDrainExceedsBound(t *testing.T) {
 	for _, m := range mxrelay.EngineModes {
-		t.Run(m.Name, func(t *testing.T) {
-			t.Parallel()
+		rtRun(t, m.Name, func(t *testing.T) {
 			srv := &rt2Server{ext: m.Ext}
 			st := rt4Styles[0] // go-smtp: only the 221 confirms in the BDAT modes
 			s, quit := rt5QuitStalls(t, srv, st, 1, func(c rt2Cmd) ([]string, bool) {
@@ -160,8 +160,7 @@ func TestRedTeam5CloseAfterSessionTimeoutDrainExceedsBound(t *testing.T) {
 // grace on email two's end of data instead of QUIT.
 func TestRedTeam5CloseDrainWritesEndOfDataOfEnvelopeEmail(t *testing.T) {
 	for _, m := range mxrelay.EngineModes[1:] { // pipelined BDAT writes the end with the envelope
-		t.Run(m.Name, func(t *testing.T) {
-			t.Parallel()
+		rtRun(t, m.Name, func(t *testing.T) {
 			srv := &rt2Server{ext: m.Ext}
 			st := rt4Styles[0]
 			rcpt2 := rt5Signal()
@@ -175,13 +174,14 @@ func TestRedTeam5CloseDrainWritesEndOfDataOfEnvelopeEmail(t *testing.T) {
 			took, _ := rt5Close(c1, 50*time.Millisecond)
 			res1, err1 := hs[0].Wait(context.Background())
 			res2, err2 := hs[1].Wait(context.Background())
+			ends2 := srv.endsN("two") // before the next Client sends it
 			t.Logf("%s: Close took %v; one: err=%v maybe=%v; two: err=%v maybe=%v attempts=%d ends seen by server=%d kept=%d",
 				m.Name, took.Round(10*time.Millisecond), err1, res1.MaybeDelivered, err2, res2.MaybeDelivered, res2.Attempts,
-				srv.endsN("two"), srv.keptN("two"))
+				ends2, srv.keptN("two"))
 			c2 := newClient(t, s, &mxrelay.Options{SpoolDir: dir})
 			t.Logf("recovered by the next Client: %d", len(c2.Recovered()))
 			assert.NoError(t, err1, "one was kept and confirmed within the grace")
-			assert.Zero(t, srv.endsN("two"), "Close's drain wrote the end of data of an email Close had interrupted before it")
+			assert.Zero(t, ends2, "Close's drain wrote the end of data of an email Close had interrupted before it")
 			assert.ErrorIs(t, err2, mxrelay.ErrClosed, "two was before its end of data when Close's context ended: handed back")
 			assert.ErrorIs(t, err2, mxrelay.ErrSpooled)
 			assert.False(t, res2.MaybeDelivered)
@@ -200,8 +200,7 @@ func TestRedTeam5CloseDrainWritesEndOfDataOfEnvelopeEmail(t *testing.T) {
 // session (the core promise holds: it says MaybeDelivered).
 func TestRedTeam5SessionTimeoutDrainWritesEndOfData(t *testing.T) {
 	for _, m := range mxrelay.EngineModes[1:] {
-		t.Run(m.Name, func(t *testing.T) {
-			t.Parallel()
+		rtRun(t, m.Name, func(t *testing.T) {
 			srv := &rt2Server{ext: m.Ext}
 			st := rt4Styles[0]
 			rt4Hook(srv, st, rt5SlowRcpt(srv, st, nil, "~600ms", true))
@@ -313,6 +312,10 @@ func TestRedTeam5CloseGraceConcurrentSessions(t *testing.T) {
 // email delivered, is reported sessionFailed (and counted in
 // Stats.SessionsFailed), its cause the deadline.
 func TestRedTeam5DrainedSessionTimeoutReportedFailed(t *testing.T) {
+	bubble(t, testRedTeam5DrainedSessionTimeoutReportedFailed)
+}
+
+func testRedTeam5DrainedSessionTimeoutReportedFailed(t *testing.T) {
 	srv := &rt2Server{ext: mxrelay.EngineModes[0].Ext}
 	st := rt4Styles[0]
 	rt4Hook(srv, st, func(c rt2Cmd) ([]string, bool) {
@@ -338,7 +341,7 @@ func TestRedTeam5DrainedSessionTimeoutReportedFailed(t *testing.T) {
 		require.NoError(t, err)
 		require.False(t, res.MaybeDelivered)
 	}
-	time.Sleep(200 * time.Millisecond)
+	synctest.Wait() // the session's last event is out
 	mu.Lock()
 	defer mu.Unlock()
 	require.NotEmpty(t, evs)
@@ -360,8 +363,7 @@ func TestRedTeam5DrainedSessionTimeoutReportedFailed(t *testing.T) {
 // another email was cancelled (the problem 457b68e meant to end).
 func TestRedTeam5WithdrawCutsReplyInFlight(t *testing.T) {
 	for _, st := range rt4Styles {
-		t.Run(st.name, func(t *testing.T) {
-			t.Parallel()
+		rtRun(t, st.name, func(t *testing.T) {
 			m := mxrelay.EngineModes[1] // pipelined DATA
 			srv := &rt2Server{ext: m.Ext}
 			end1 := rt5Signal()
@@ -396,8 +398,7 @@ func TestRedTeam5WithdrawCutsReplyInFlight(t *testing.T) {
 // unknown and MaybeDelivered although the server kept it once.
 func TestRedTeam5CloseDrainSpoolDeliveredOnce(t *testing.T) {
 	for _, m := range mxrelay.EngineModes {
-		t.Run(m.Name, func(t *testing.T) {
-			t.Parallel()
+		rtRun(t, m.Name, func(t *testing.T) {
 			srv := &rt2Server{ext: m.Ext}
 			st := rt4Styles[0]
 			end2 := rt5Signal()
@@ -434,8 +435,7 @@ func TestRedTeam5CloseDrainSpoolDeliveredOnce(t *testing.T) {
 // handed back, and Close keeps its bound.
 func TestRedTeam5HurryThenClose(t *testing.T) {
 	for _, m := range mxrelay.EngineModes {
-		t.Run(m.Name, func(t *testing.T) {
-			t.Parallel()
+		rtRun(t, m.Name, func(t *testing.T) {
 			srv := &rt2Server{ext: m.Ext}
 			st := rt4Styles[0]
 			end1 := rt5Signal()
@@ -456,7 +456,7 @@ func TestRedTeam5HurryThenClose(t *testing.T) {
 			}()
 			rt5Await(t, end1, "email one's end of data")
 			cancel()
-			time.Sleep(50 * time.Millisecond) // the cancel reaches the session (hurry)
+			synctest.Wait() // the cancel has reached the session (hurry)
 			later := rtEnqueue(t, c1, rtNumbered("l", 3), rtMailTo(), mxrelay.WithRetries(2))
 			took, _ := rt5Close(c1, 10*time.Millisecond)
 			o := <-done

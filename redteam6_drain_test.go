@@ -4,6 +4,7 @@ import (
 	"context"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/stretchr/testify/assert"
@@ -50,6 +51,10 @@ func (r *rt6Events) first() (mxrelay.Event, bool) {
 // although every reply came within CommandTimeout of the one before it,
 // as the session's own read deadline allows outside a drain.
 func TestRedTeam6DrainGraceIsTotalNotPerReply(t *testing.T) {
+	bubble(t, testRedTeam6DrainGraceIsTotalNotPerReply)
+}
+
+func testRedTeam6DrainGraceIsTotalNotPerReply(t *testing.T) {
 	m := mxrelay.EngineModes[0]
 	srv := &rt2Server{ext: m.Ext}
 	st := rt4Styles[1] // Postfix: RSET and QUIT confirm
@@ -89,8 +94,7 @@ func TestRedTeam6DrainGraceIsTotalNotPerReply(t *testing.T) {
 // failed.
 func TestRedTeam6SessionTimeoutWithdrawnChargedAttempt(t *testing.T) {
 	for _, m := range mxrelay.EngineModes[1:] {
-		t.Run(m.Name, func(t *testing.T) {
-			t.Parallel()
+		rtRun(t, m.Name, func(t *testing.T) {
 			srv := &rt2Server{ext: m.Ext}
 			st := rt4Styles[0] // go-smtp: one waits for confirmation, so the session drains
 			rt4Hook(srv, st, rt5SlowRcpt(srv, st, nil, "~600ms", false))
@@ -130,8 +134,7 @@ func TestRedTeam6SessionTimeoutWithdrawnChargedAttempt(t *testing.T) {
 // are delivered once, neither maybe.
 func TestRedTeam6DataDrainRefusalSessionEvent(t *testing.T) {
 	for _, m := range []rtMode{mxrelay.EngineModes[1], mxrelay.EngineModes[3]} {
-		t.Run(m.Name, func(t *testing.T) {
-			t.Parallel()
+		rtRun(t, m.Name, func(t *testing.T) {
 			srv := &rt2Server{ext: m.Ext}
 			st := rt4Styles[0]
 			quits := 0
@@ -173,8 +176,7 @@ func TestRedTeam6DataDrainRefusalSessionEvent(t *testing.T) {
 // plus a second.
 func TestRedTeam6CloseTwiceConcurrently(t *testing.T) {
 	for _, m := range []rtMode{mxrelay.EngineModes[0], mxrelay.EngineModes[3]} {
-		t.Run(m.Name, func(t *testing.T) {
-			t.Parallel()
+		rtRun(t, m.Name, func(t *testing.T) {
 			srv := &rt2Server{ext: m.Ext}
 			st := rt4Styles[0]
 			s, quit := rt5QuitStalls(t, srv, st, 0, nil)
@@ -188,7 +190,7 @@ func TestRedTeam6CloseTwiceConcurrently(t *testing.T) {
 				d, _ := rt5Close(c, 3*time.Second)
 				long <- d
 			}()
-			time.Sleep(50 * time.Millisecond)
+			synctest.Wait() // the first Close is under way
 			short, _ := rt5Close(c, 100*time.Millisecond)
 			l := <-long
 			res, errOne := h.Wait(context.Background())
@@ -208,8 +210,7 @@ func TestRedTeam6CloseTwiceConcurrently(t *testing.T) {
 // the email before it delivered, and a next Client sends it once.
 func TestRedTeam6CloseDrainRefusedSpoolLastTry(t *testing.T) {
 	for _, m := range mxrelay.EngineModes[1:] {
-		t.Run(m.Name, func(t *testing.T) {
-			t.Parallel()
+		rtRun(t, m.Name, func(t *testing.T) {
 			srv := &rt2Server{ext: m.Ext}
 			st := rt4Styles[0]
 			rcpt2 := rt5Signal()

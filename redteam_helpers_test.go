@@ -180,11 +180,22 @@ type rtMode = struct {
 	Ext  []string
 }
 
-// rtRelay starts an upstream served by serve and a relay in front of it.
+// rtRelay starts an upstream served by serve and a relay in front of it
+// (in memory in a Bubble).
 func rtRelay(t *testing.T, serve func(c *fakesmtp.Conn)) *relaytest.Server {
 	t.Helper()
-	u := fakesmtp.Listen(t, serve)
+	u := newUpstream(t, serve)
 	return newRelay(t, &relaytest.Options{UpstreamAddr: u.Addr})
+}
+
+// rtRun runs f as the parallel subtest name, in a Bubble: the red team's
+// slow servers ("~300ms"), timeouts and Close deadlines run on its
+// clock, and the durations the tests check are exact.
+func rtRun(t *testing.T, name string, f func(t *testing.T)) {
+	t.Run(name, func(t *testing.T) {
+		t.Parallel()
+		bubble(t, f)
+	})
 }
 
 // rtMailTo makes, for a Subject, mail to the recipients to (none: b@).
