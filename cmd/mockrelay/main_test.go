@@ -27,18 +27,17 @@ func TestMain(m *testing.M) {
 // syncBuffer is a buffer that run's goroutines and the test share.
 type syncBuffer = testkit.LogBuffer
 
-// waitFor polls out until re matches, and returns the submatches.
+// waitFor waits (5 s at most) until re matches out, and returns the
+// submatches.
 func waitFor(t *testing.T, out *syncBuffer, re *regexp.Regexp) []string {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) {
-		if m := re.FindStringSubmatch(out.String()); m != nil {
-			return m
-		}
-		time.Sleep(10 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var m []string
+	if !out.Await(ctx, func(s string) bool { m = re.FindStringSubmatch(s); return m != nil }) {
+		t.Fatalf("no %v in output:\n%s", re, out.String())
 	}
-	t.Fatalf("no %v in output:\n%s", re, out.String())
-	return nil
+	return m
 }
 
 func TestRun(t *testing.T) {

@@ -2,6 +2,7 @@ package testkit
 
 import (
 	"bytes"
+	"context"
 	"log/slog"
 	"sync"
 
@@ -50,16 +51,43 @@ func (r *Recorder) Count(t mxrelay.EventType) int {
 }
 
 // LogBuffer is an io.Writer that keeps what is written, safe for
-// concurrent use; Logger logs to it.
+// concurrent use; Logger logs to it. The zero value is ready to use.
 type LogBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
+	mu      sync.Mutex
+	buf     bytes.Buffer
+	written chan struct{} // closed (and replaced) by each Write
 }
 
 func (l *LogBuffer) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.written != nil {
+		close(l.written)
+		l.written = nil
+	}
 	return l.buf.Write(p)
+}
+
+// Await waits until what was written so far satisfies ok, and reports
+// whether it did before ctx ended.
+func (l *LogBuffer) Await(ctx context.Context, ok func(written string) bool) bool {
+	for {
+		l.mu.Lock()
+		if ok(l.buf.String()) {
+			l.mu.Unlock()
+			return true
+		}
+		if l.written == nil {
+			l.written = make(chan struct{})
+		}
+		written := l.written
+		l.mu.Unlock()
+		select {
+		case <-written:
+		case <-ctx.Done():
+			return false
+		}
+	}
 }
 
 // String is everything written so far.
