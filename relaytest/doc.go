@@ -1,9 +1,11 @@
 // Package relaytest provides a test relay for the mxrelay WebSocket protocol
 // (docs/protocol.md), in the spirit of net/http/httptest.
 //
-// A Server listens on a loopback port, accepts WebSockets at /smtp, checks
-// API keys, and for every SMTP channel dials an upstream SMTP server and
-// forwards the byte stream both ways, in JSON text or in binary frames. The
+// A Server listens on a loopback port (or on Options.Network, a network
+// of the caller's: one in memory lets a test run under testing/synctest),
+// accepts WebSockets at /smtp, checks API keys, and for every SMTP channel
+// dials an upstream SMTP server and forwards the byte stream both ways, in
+// JSON text or in binary frames. The
 // upstream is either an in-process go-smtp server that keeps what it
 // accepts in a mailbox, or an SMTP server the caller names.
 //
