@@ -58,6 +58,7 @@ type LogBuffer struct {
 	written chan struct{} // closed (and replaced) by each Write
 }
 
+// Write appends p; it does not fail.
 func (l *LogBuffer) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
