@@ -7,7 +7,8 @@
 // version 1 (docs/protocol.md).
 //
 // A Client holds a bounded priority queue (CRITICAL > HIGH > NORMAL > LOW,
-// first in first out within a level) and session workers (one by default,
+// first in first out within a level, retries in turns with fresh mail, never
+// ahead of it) and session workers (one by default,
 // MaxConcurrentSessions in all): each connects when there is work, sends up to MaxEmailsPerSession emails in one SMTP
 // session (EHLO, AUTH, MAIL/RCPT/DATA for each, QUIT), keeps the WebSocket
 // authenticated while work keeps coming, and disconnects when idle. Under

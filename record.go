@@ -27,7 +27,7 @@ type email struct {
 	timer    *time.Timer
 
 	// Owned by the queue.
-	qheap     int8 // which of the queue's heaps holds it: qNone, qReady, qDelayed
+	qheap     int8 // which of the queue's heaps holds it: qNone, qFresh, qRetry, qDelayed
 	qidx      int
 	notBefore time.Time // not to be tried before, after a temporary failure
 
