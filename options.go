@@ -145,6 +145,19 @@ type Options struct {
 	// emails and emails sent with Immediate skip the wait. Zero: no wait
 	// (emails that arrive while a session runs join it anyway).
 	BatchWait time.Duration
+	// Linger is how long a session whose emails all have their results
+	// stays open with an empty queue, waiting for the next email, which
+	// then goes out at once: MAIL, RCPT and BDAT in one write, with the
+	// greeting, EHLO and AUTH done. Keep it under the upstream's idle
+	// timeout (RFC 5321 asks for at least 5 minutes; a busy Postfix may
+	// cut it to 10 s): a session the upstream ends while it lingers is
+	// not a failure, and the next email opens another. A session lingers
+	// only where a NOOP's 250 confirms the replies before it (a server
+	// that words it unlike MAIL's and RCPT's, as Postfix, Exim with
+	// enhanced codes and Exchange do); against a server that answers every
+	// command alike (go-smtp, relaytest) only QUIT confirms, and the
+	// session ends with the queue. Zero: 10s. Negative: none.
+	Linger time.Duration
 	// IdleTimeout is how long the authenticated WebSocket stays open with an
 	// empty queue before the client disconnects. Zero: 30s. Negative:
 	// disconnect as soon as the queue is empty.
@@ -277,6 +290,7 @@ func (o Options) withDefaults() Options {
 		o.PipelineWindow = 256
 	}
 	def(&o.IdleTimeout, 30*time.Second)
+	def(&o.Linger, 10*time.Second)
 	if o.Retries == 0 {
 		o.Retries = 3
 	} else if o.Retries < 0 {

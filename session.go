@@ -40,6 +40,37 @@ type smtpSession struct {
 	// withdraw closes the channel for a cancelled email the session waits
 	// on; its other transactions are classified as for a lost connection.
 	withdraw func()
+	// idleEnd is set when the far end ended the session while it lingered
+	// with nothing in flight (see linger).
+	idleEnd bool
+}
+
+// linger keeps a session whose emails all have their results open for
+// the next email, until Options.Linger has passed since the last one was
+// taken (then false: the session ends with QUIT). It returns true when the
+// queue changed, to look for an email. Meanwhile the worker counts as
+// starting a session, so that other workers leave the next email to it. A
+// session ended by the far end meanwhile (a 421 at the upstream's idle
+// timeout, a cut) sets idleEnd and returns false.
+func (s *smtpSession) linger(ctx context.Context, wake <-chan struct{}, last time.Time) bool {
+	c, w := s.c, s.w
+	left := c.opts.Linger - time.Since(last)
+	if left <= 0 || s.sc.Err() != nil {
+		return false
+	}
+	w.claimNext()
+	t := time.NewTimer(left)
+	defer t.Stop()
+	select {
+	case <-wake:
+		return true
+	case <-s.sc.Broken():
+		s.idleEnd = true
+	case <-t.C:
+	case <-ctx.Done():
+	case <-c.draining:
+	}
+	return false
 }
 
 // session plans, opens and runs one session.
@@ -127,6 +158,7 @@ func (w *worker) session() {
 	c.log.Debug("mxrelay: session started", "session", sid, "mode", s.sc.Mode())
 	var broken error
 	var taken []*email
+	lastTaken := time.Now()
 	for n := 0; n < c.opts.MaxEmailsPerSession && ctx.Err() == nil && !s.aborted.Load() && !s.hurried.Load() && s.sc.Err() == nil; {
 		wake := c.wakeChan()
 		if c.limiter != nil && w.ready() && !w.pace(ctx, s.sc.Flush) {
@@ -134,12 +166,35 @@ func (w *worker) session() {
 		}
 		em := w.take(s)
 		if em == nil {
+			lingers := c.opts.Linger > 0 && s.sc.SyncConfirms()
+			if lingers {
+				// This session takes the next email: other workers leave
+				// it to it (a result may reach its Send, and the next
+				// Send come, before this session is back here).
+				w.claimNext()
+			}
 			if s.sc.Unanswered() == 0 {
-				break // QUIT confirms what is answered
+				if s.sc.Settling() == 0 {
+					if s.linger(ctx, wake, lastTaken) {
+						continue
+					}
+					break
+				}
+				if !lingers || s.sc.Owed() == 0 {
+					break // QUIT confirms what is answered
+				}
+				// The NOOP's reply is on the way: it may confirm them.
 			}
 			// Let the transactions in flight finish; emails queued
-			// meanwhile join this session.
-			if err := s.sc.Flush(); err != nil {
+			// meanwhile join this session. A session that may linger asks
+			// for a NOOP after the last end of data, in the same write:
+			// its 250, when worded unlike MAIL's and RCPT's, confirms them
+			// without QUIT.
+			flush := s.sc.Flush
+			if lingers {
+				flush = s.sc.Sync
+			}
+			if err := flush(); err != nil {
 				break
 			}
 			select {
@@ -150,6 +205,7 @@ func (w *worker) session() {
 			}
 			continue
 		}
+		lastTaken = time.Now()
 		n++
 		taken = append(taken, em)
 		w.failures = 0 // a session that works ends the failures in a row
@@ -157,7 +213,13 @@ func (w *worker) session() {
 			break
 		}
 	}
-	if broken == nil {
+	if broken == nil && s.idleEnd {
+		// The upstream (a 421, its idle timeout) or the relay ended the
+		// session while it lingered with nothing in flight: every email
+		// taken has its result. Not a failure: the next email opens
+		// another, without backoff.
+		c.log.Debug("mxrelay: lingering session ended by the far end", "session", sid, "err", s.sc.Err())
+	} else if broken == nil {
 		if err := s.sc.Wait(); err != nil {
 			broken = fmt.Errorf("mxrelay: session %s: %w", sid, s.explain(err))
 		}
@@ -167,7 +229,7 @@ func (w *worker) session() {
 	}
 	// Past SessionTimeout or Close's deadline QUIT still goes out: its 221
 	// confirms what waits, and the session ended with QUIT, as it should.
-	if broken == nil {
+	if broken == nil && !s.idleEnd {
 		if err := s.sc.Quit(); err != nil {
 			broken = fmt.Errorf("mxrelay: session %s: QUIT: %w", sid, s.explain(err))
 			if errors.Is(err, smtpc.ErrProtocol) {
@@ -197,6 +259,9 @@ func (w *worker) session() {
 		select {
 		case <-w.conn.Done():
 			w.disconnect(w.conn.Err())
+			if s.idleEnd {
+				w.lost = false // no email waited on it: reconnect at once
+			}
 		default:
 			c.setConnState(StateAuthenticated)
 		}

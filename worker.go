@@ -54,6 +54,17 @@ func (w *worker) unclaim() {
 	}
 }
 
+// claimNext counts the worker, whose session waits for the next email, as
+// starting a session (see unclaim).
+func (w *worker) claimNext() {
+	if !w.claim {
+		w.c.mu.Lock()
+		w.c.claimed++
+		w.claim = true
+		w.c.mu.Unlock()
+	}
+}
+
 // testHookIdle, when set by a test, runs each time waitForWork has looked
 // at the queue and found nothing to start.
 var testHookIdle func()

@@ -147,6 +147,7 @@ type pipe struct {
 	shifted     bool             // the reader found the replies out of step or out of grammar
 	style       [kNoop + 1]style // per kind of command, its first 2xx's enhanced code
 	closing     uint64           // after a 421, the place of the first command not processed; 0: none
+	noopBlind   bool             // a NOOP's 250 was worded as MAIL's or RCPT's: NOOP confirms nothing
 }
 
 const chunkSize = 256 << 10
@@ -256,6 +257,9 @@ func (c *Client) readLoop() {
 			err = p.style[k].check(e.kind, r)
 		}
 		if err != nil || inStep && (e.kind == kReset || e.kind == kAbort || e.kind == kNoop) && !p.unmistakable(r) {
+			if inStep && e.kind == kNoop {
+				p.noopBlind = true
+			}
 			inStep = false
 		}
 		if err == nil && r.Code == 421 {
@@ -637,6 +641,15 @@ func (c *Client) closeTx(tx *Tx) {
 	}
 }
 
+// Owed is the number of replies the server still owes, whatever their
+// commands (a NOOP's included).
+func (c *Client) Owed() int {
+	p := &c.p
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.fifo) - p.head
+}
+
 // Outstanding is the number of transactions without a result.
 func (c *Client) Outstanding() int {
 	p := &c.p
@@ -681,6 +694,16 @@ func (c *Client) Sync() error {
 		c.line(nil, kNoop, 0, "NOOP")
 	}
 	return c.Flush()
+}
+
+// SyncConfirms reports whether Sync's NOOP may confirm what waits: false
+// once a NOOP's 250 this session was worded as MAIL's or RCPT's (a server
+// that answers every command alike, see unmistakable).
+func (c *Client) SyncConfirms() bool {
+	p := &c.p
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return !p.noopBlind
 }
 
 // Progress is signalled when a reply was handled.
