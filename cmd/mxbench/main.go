@@ -1,21 +1,29 @@
 // Command mxbench measures how many emails per second go through the
-// mxrelay client, and what plain SMTP clients achieve on the same links.
+// mxrelay client, what it costs the client in CPU time and allocations,
+// and what other SMTP clients achieve on the same links.
 //
-// In one process it starts a discarding SMTP server, relaytest in front of
-// it with an injected round-trip time (RTT), and a TCP proxy with the same
-// RTT; then, for each RTT, it sends emails through:
+// In a child process (mxbench itself, run again with a hidden first
+// argument) it starts a discarding SMTP server, relaytest in front of it
+// with an injected round-trip time (RTT), and a TCP proxy with the same
+// RTT; then, for each RTT, it sends emails from its own process through:
 //
-//	(a) our client, binary frames, JSON frames, and binary frames to an
-//	    upstream that offers PIPELINING but not CHUNKING;
+//	(a) our client, binary frames, JSON frames, binary frames with a
+//	    SpoolDir, and binary frames to an upstream that offers PIPELINING
+//	    but not CHUNKING;
 //	(b) go-smtp's Client, lock-step, through the same relay;
 //	(c) go-smtp's Client, lock-step, over TCP to the same SMTP server;
 //
 // then our client with 1 to 4 concurrent sessions at one RTT, and one large
 // message. It prints a table: emails/s (median of the runs), latency
-// percentiles, heap per queued email and the ratios of (a) to (b) and (c).
-// Every run is checked (each email delivered at its first attempt, the
-// server received exactly those messages); a row whose run failed shows
-// the error, never a number. It asserts nothing about speed.
+// percentiles, heap per queued email, the ratios of (a) to (b) and (c),
+// and for every row the client's CPU time and allocations per email. The servers being in the child,
+// the CPU time (getrusage) and the allocations (runtime.MemStats) are the
+// client's alone. Every run is checked (each email delivered at its first
+// attempt, the server received exactly those messages); a row whose run
+// failed shows the error, never a number. It asserts nothing about speed.
+// The child ends with the table, with a failed row, at ^C (after the rows
+// in progress) and when mxbench panics or is killed (its standard input
+// closes).
 //
 // Usage:
 //
@@ -31,21 +39,28 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/mxrelay/mxrelay/internal/bench"
 )
 
 func main() {
-	os.Exit(run(context.Background(), os.Args, os.Stdout, os.Stderr))
+	bench.ServeIfChild()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	context.AfterFunc(ctx, stop) // a second ^C kills at once
+	code := run(ctx, os.Args, os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
 }
 
 // run is the command: it returns the exit status (0 all rows measured, 1 a
-// row failed, 2 bad flags).
+// row failed or ctx ended, 2 bad flags).
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	cfg, err := parseFlags(args[1:], stderr)
 	if errors.Is(err, flag.ErrHelp) {
@@ -57,6 +72,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	start := time.Now()
 	rep, err := bench.Run(ctx, cfg, func(s string) { fmt.Fprintln(stderr, "mxbench:", s) })
+	if ctx.Err() != nil {
+		fmt.Fprintln(stderr, "mxbench: interrupted: no table")
+		return 1
+	}
 	if err != nil {
 		fmt.Fprintln(stderr, "mxbench:", err)
 		return 1
@@ -95,9 +114,10 @@ func parseFlags(args []string, stderr io.Writer) (bench.Config, error) {
 	fs.DurationVar(&cfg.Timeout, "timeout", 2*time.Minute, "bound on each run")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: mxbench [flags]\n\n"+
-			"Measures emails/s through the mxrelay client (a), go-smtp lock-step through the\n"+
-			"same relay (b) and go-smtp lock-step over TCP (c), at injected round-trip times,\n"+
-			"in one process on loopback, and prints a table. Asserts nothing about speed.\n\nFlags:\n")
+			"Measures emails/s and the client's CPU time and allocations per email through\n"+
+			"the mxrelay client (a), go-smtp lock-step through the same relay (b) and go-smtp\n"+
+			"lock-step over TCP (c), at injected round-trip times, on loopback, the servers\n"+
+			"in a child process, and prints a table. Asserts nothing about speed.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
