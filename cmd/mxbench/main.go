@@ -7,6 +7,9 @@
 // with an injected round-trip time (RTT), and a TCP proxy with the same
 // RTT; then, for each RTT, it sends emails from its own process through:
 //
+//	the floor: a minimal hand-written client that pipelines whole BDAT
+//	    transactions, 256 at most unanswered, through the relay, and
+//	    does nothing else: the reference for every other row;
 //	(a) our client, binary frames, JSON frames, binary frames with a
 //	    SpoolDir, and binary frames to an upstream that offers PIPELINING
 //	    but not CHUNKING;
@@ -16,7 +19,8 @@
 // then our client with 1 to 4 concurrent sessions at one RTT, and one large
 // message. It prints a table: emails/s (median of the runs), latency
 // percentiles, heap per queued email, the ratios of (a) to (b) and (c),
-// and for every row the client's CPU time and allocations per email. The servers being in the child,
+// and for every row its rate and its CPU time per email against the
+// floor's, and its allocations per email. The servers being in the child,
 // the CPU time (getrusage) and the allocations (runtime.MemStats) are the
 // client's alone. Every run is checked (each email delivered at its first
 // attempt, the server received exactly those messages); a row whose run
@@ -98,13 +102,13 @@ func parseFlags(args []string, stderr io.Writer) (bench.Config, error) {
 	fs := flag.NewFlagSet("mxbench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Var((*durations)(&cfg.RTTs), "rtt", "injected round-trip `times`, comma-separated (0 is no latency)")
-	fs.IntVar(&cfg.N, "n", 2000, "emails per run of our client, at most (see -budget)")
+	fs.IntVar(&cfg.N, "n", 2000, "emails per run of our client and of the floor, at most (see -budget)")
 	fs.IntVar(&cfg.LockstepN, "lockstep-n", 20, "emails per run of go-smtp's lock-step Client, (b) and (c)")
 	size := byteSize(cfg.Size)
 	fs.Var(&size, "size", "message `size` (bytes, or with a KiB or MiB suffix)")
 	fs.IntVar(&cfg.Rcpts, "rcpts", 1, "recipients per email")
 	fs.IntVar(&cfg.Runs, "runs", 3, "runs per row; the table shows the median rate")
-	fs.DurationVar(&cfg.Budget, "budget", time.Second, "longest a run of our client should take: a pilot estimates the rate and a run sends fewer than -n emails when -n would not fit (the table says how many); 0 always sends -n")
+	fs.DurationVar(&cfg.Budget, "budget", time.Second, "longest a run of our client or the floor should take: a pilot estimates the rate and a run sends fewer than -n emails when -n would not fit (the table says how many); 0 always sends -n")
 	fs.DurationVar(&cfg.ScaleRTT, "scale-rtt", 10*time.Millisecond, "RTT of the concurrent-sessions rows")
 	fs.Var((*ints)(&cfg.Sessions), "sessions", "MaxConcurrentSessions `values` for the scaling rows, comma-separated (empty: none)")
 	fs.IntVar(&cfg.Window, "window", 0, "our client's PipelineWindow (0: the client's default)")
@@ -115,9 +119,10 @@ func parseFlags(args []string, stderr io.Writer) (bench.Config, error) {
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: mxbench [flags]\n\n"+
 			"Measures emails/s and the client's CPU time and allocations per email through\n"+
-			"the mxrelay client (a), go-smtp lock-step through the same relay (b) and go-smtp\n"+
-			"lock-step over TCP (c), at injected round-trip times, on loopback, the servers\n"+
-			"in a child process, and prints a table. Asserts nothing about speed.\n\nFlags:\n")
+			"a minimal pipelined BDAT client (the floor), the mxrelay client (a), go-smtp\n"+
+			"lock-step through the same relay (b) and go-smtp lock-step over TCP (c), at\n"+
+			"injected round-trip times, on loopback, the servers in a child process, and\n"+
+			"prints a table. Asserts nothing about speed.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {

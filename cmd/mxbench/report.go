@@ -19,10 +19,10 @@ func printReport(w io.Writer, rep *bench.Report, cmdline string, elapsed time.Du
 	if cfg.Rcpts > 1 {
 		rcpt += "s"
 	}
-	fmt.Fprintf(w, "mxbench: emails through the mxrelay client, go-smtp via the relay, and go-smtp over TCP\n")
+	fmt.Fprintf(w, "mxbench: emails through the floor, the mxrelay client, go-smtp via the relay, and go-smtp over TCP\n")
 	fmt.Fprintf(w, "machine: %s\n", machine())
 	fmt.Fprintf(w, "command: %s\n", cmdline)
-	fmt.Fprintf(w, "emails:  %d bytes, %d %s; median of %d runs; (a) up to %d emails a run (-n, -budget), (b) and (c) %d\n\n",
+	fmt.Fprintf(w, "emails:  %d bytes, %d %s; median of %d runs; the floor and (a) up to %d emails a run (-n, -budget), (b) and (c) %d\n\n",
 		cfg.Size, cfg.Rcpts, rcpt, cfg.Runs, cfg.N, cfg.LockstepN)
 
 	var errs []error
@@ -97,9 +97,9 @@ func table(w io.Writer, fill func(io.Writer)) {
 	}
 }
 
-// usageHeader names the columns after (a)/(c): the client's usage per
-// email.
-const usageHeader = "CPU/email\tallocs/email\talloc B/email"
+// usageHeader names the columns after (a)/(c): the row against the floor,
+// and the client's usage per email.
+const usageHeader = "rate ×floor\tCPU/email\tCPU ×floor\tallocs/email\talloc B/email"
 
 // rowsHeader names the columns of the main table.
 const rowsHeader = "RTT\tpath\temails×runs\temails/s\tp50\tp99\theap/queued email\t(a)/(b)\t(a)/(c)\t" + usageHeader
@@ -108,7 +108,7 @@ const rowsHeader = "RTT\tpath\temails×runs\temails/s\tp50\tp99\theap/queued ema
 // B/email; a failed row gets its failure's reference and no figure.
 func rowCells(rep *bench.Report, row bench.Row, failed func(error) string) string {
 	if row.Err != nil {
-		return strings.Join([]string{"-", failed(row.Err), "-", "-", "-", "-", "-", "-", "-", "-"}, "\t")
+		return strings.Join([]string{"-", failed(row.Err), "-", "-", "-", "-", "-", "-", "-", "-", "-", "-"}, "\t")
 	}
 	heap, vsB, vsC := "-", "-", "-"
 	if row.Path.Ours() {
@@ -120,14 +120,20 @@ func rowCells(rep *bench.Report, row bench.Row, failed func(error) string) strin
 			vsC = fmt.Sprintf("%.1f×", r)
 		}
 	}
-	cpu := "-"
+	vsFloor, cpu, cpuVsFloor := "-", "-", "-"
+	if r, ok := rep.Ratio(row, bench.Floor); ok {
+		vsFloor = fmt.Sprintf("%.2f×", r)
+	}
 	if row.CPUPerEmail >= 0 {
 		cpu = fmt.Sprintf("%.1f µs", float64(row.CPUPerEmail)/float64(time.Microsecond))
+	}
+	if r, ok := rep.CPURatio(row, bench.Floor); ok {
+		cpuVsFloor = fmt.Sprintf("%.2f×", r)
 	}
 	return strings.Join([]string{
 		fmt.Sprintf("%d×%d", row.N, len(row.Samples)),
 		rate(row.Rate), duration(row.P50), duration(row.P99), heap, vsB, vsC,
-		cpu, fmt.Sprintf("%.1f", row.AllocsPerEmail), fmt.Sprintf("%.0f B", row.BytesPerEmail),
+		vsFloor, cpu, cpuVsFloor, fmt.Sprintf("%.1f", row.AllocsPerEmail), fmt.Sprintf("%.0f B", row.BytesPerEmail),
 	}, "\t")
 }
 
@@ -154,15 +160,21 @@ How it is measured (all on loopback; the figures are relative to each other):
   relay is relaytest, each frame delayed by RTT/2 in each direction; (c) goes through a TCP proxy
   delaying each direction by RTT/2 without limiting bandwidth; * at 0 RTT (c) connects to the server
   directly, no proxy. Every client runs in this process, one row at a time.
+- The floor is a minimal client written for this benchmark: one SMTP session through the relay (binary
+  frames) pipelining whole transactions, MAIL, RCPT, BDAT with the message and LAST, at most 256
+  unanswered, and nothing else (no queue, no results, no events); it checks every reply (2xx, or the
+  run fails). rate ×floor and CPU ×floor compare each row with the floor at the same RTT.
 - (a) is mxrelay.New with MaxEmailsPerSession 1000 (-per-session) and a queue big enough, the rest at
   its defaults (-window sets PipelineWindow); "upstream without CHUNKING" offers PIPELINING only.
   A run enqueues its emails at once: emails/s is their number over the time from the first Enqueue
   to the last result, on a WebSocket already authenticated (the channel, greeting and EHLO count);
   latency is from an email's Enqueue call to its result, its wait in the queue included. When -n
-  emails would not fit in -budget at the rate a pilot showed, a run sends fewer (emails×runs).
+  emails would not fit in -budget at the rate a pilot showed, a run of (a) or of the floor sends
+  fewer (emails×runs).
 - (b) is go-smtp's Client in one session through the same relay (binary frames), MAIL, RCPT, DATA and
   the end of data each waiting for its reply; (c) the same over TCP. emails/s is from the channel open
   (or the TCP dial) to the last reply; latency from an email's MAIL to the reply to its end of data.
+  The floor is timed the same way, its latency from an email's MAIL to the reply to its BDAT.
 - CPU/email: this process's user and system CPU time (getrusage, every thread, the garbage collector
   included) over a run, per email; allocs/email and alloc B/email: MemStats.Mallocs and TotalAlloc over
   the same run. With the servers in the child, that is the client's alone, with the run's own

@@ -6,8 +6,8 @@
 // connection the same round-trip time, in this process or in a child
 // process (StartEnv) so that the client's own CPU time and allocations can
 // be told apart. The Run functions send a batch of emails through one path
-// (our client, or go-smtp lock-step), check that every one arrived, and
-// time them and meter them.
+// (our client, go-smtp lock-step, or the floor: a minimal pipelined BDAT
+// client), check that every one arrived, and time them and meter them.
 // Nothing here asserts anything about speed.
 package bench
 

@@ -47,6 +47,7 @@ const (
 	OursSpool                      // (a) binary, with a SpoolDir
 	LockstepRelay                  // (b) go-smtp's Client through the relay (binary frames)
 	LockstepDirect                 // (c) go-smtp's Client over TCP to the sink
+	Floor                          // the floor (RunFloor) through the relay (binary frames)
 )
 
 // Ours reports whether p is our client.
@@ -83,7 +84,7 @@ type LargeRow struct {
 // Report is what Run measured.
 type Report struct {
 	Config  Config
-	Rows    []Row // per RTT: the (a) rows, then (b) and (c)
+	Rows    []Row // per RTT: the floor, the (a) rows, then (b) and (c)
 	Scaling []Row // our client at ScaleRTT, per MaxConcurrentSessions
 	Large   []LargeRow
 }
@@ -107,12 +108,27 @@ func (r *Report) Failed() int {
 // Ratio is row's rate over the rate of the baseline path at the same RTT,
 // and false when either is missing or failed.
 func (r *Report) Ratio(row Row, baseline Path) (float64, bool) {
+	return r.ratio(row, baseline, func(x Row) float64 { return x.Rate })
+}
+
+// CPURatio is row's CPU time per email over the baseline path's at the
+// same RTT, and false when either is missing, failed or not measured.
+func (r *Report) CPURatio(row Row, baseline Path) (float64, bool) {
+	if row.CPUPerEmail <= 0 {
+		return 0, false
+	}
+	return r.ratio(row, baseline, func(x Row) float64 { return float64(x.CPUPerEmail) })
+}
+
+// ratio is figure(row) over figure of the baseline path's row at the same
+// RTT, when neither failed and the baseline's figure is positive.
+func (r *Report) ratio(row Row, baseline Path, figure func(Row) float64) (float64, bool) {
 	if row.Err != nil {
 		return 0, false
 	}
 	for _, b := range r.Rows {
-		if b.Path == baseline && b.RTT == row.RTT && b.Err == nil {
-			return row.Rate / b.Rate, true
+		if b.Path == baseline && b.RTT == row.RTT && b.Err == nil && figure(b) > 0 {
+			return figure(row) / figure(b), true
 		}
 	}
 	return 0, false
@@ -165,6 +181,7 @@ func Run(ctx context.Context, cfg Config, progress func(string)) (*Report, error
 	}
 	for _, rtt := range cfg.RTTs {
 		err := withEnv(rtt, Chunking, func(e *Env) {
+			add(&rep.Rows, func() Row { return floorRow(ctx, cfg, e, m) })
 			add(&rep.Rows, func() Row { return oursRow(ctx, cfg, e, OursBinary, 0, m) })
 			add(&rep.Rows, func() Row { return oursRow(ctx, cfg, e, OursJSON, 0, m) })
 			add(&rep.Rows, func() Row { return oursRow(ctx, cfg, e, OursSpool, 0, m) })
@@ -221,6 +238,7 @@ func label(p Path, sessions int) string {
 		OursSpool:          "(a) ours, binary, SpoolDir (one Enqueue at a time)",
 		LockstepRelay:      "(b) go-smtp lock-step via relay",
 		LockstepDirect:     "(c) go-smtp lock-step, TCP",
+		Floor:              fmt.Sprintf("floor: pipelined BDAT, window %d", FloorWindow),
 	}[p]
 	if sessions > 0 {
 		s += fmt.Sprintf(", %d session", sessions)
@@ -317,6 +335,27 @@ func lockstepRow(ctx context.Context, cfg Config, e *Env, p Path, m Mail) (row R
 	row.measure(ctx, cfg, func(ctx context.Context) (Sample, error) {
 		return RunLockstep(ctx, dial, e.Sink, m, cfg.LockstepN)
 	})
+	return row
+}
+
+// floorRow measures the floor through the relay, binary frames, each run
+// a session on one WebSocket: a pilot, then cfg.Runs runs.
+func floorRow(ctx context.Context, cfg Config, e *Env, m Mail) (row Row) {
+	row = Row{RTT: e.RTT, Path: Floor, Label: label(Floor, 0)}
+	defer row.name()
+	dial, end, err := relayDialer(ctx, e)
+	if err != nil {
+		row.Err = err
+		return row
+	}
+	defer end()
+	run := func(ctx context.Context, n int) (Sample, error) { return RunFloor(ctx, dial, e.Sink, m, n) }
+	row.N, row.Err = calibrate(ctx, cfg, run)
+	if row.Err != nil {
+		row.Err = fmt.Errorf("pilot: %w", row.Err)
+		return row
+	}
+	row.measure(ctx, cfg, func(ctx context.Context) (Sample, error) { return run(ctx, row.N) })
 	return row
 }
 
