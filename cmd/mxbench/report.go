@@ -162,8 +162,9 @@ How it is measured (all on loopback; the figures are relative to each other):
   directly, no proxy. Every client runs in this process, one row at a time.
 - The floor is a minimal client written for this benchmark: one SMTP session through the relay (binary
   frames) pipelining whole transactions, MAIL, RCPT, BDAT with the message and LAST, at most 256
-  unanswered, and nothing else (no queue, no results, no events); it checks every reply (2xx, or the
-  run fails). rate ×floor and CPU ×floor compare each row with the floor at the same RTT.
+  unanswered, its 64 KiB buffer flushed when the window is full, and nothing else (no queue, no
+  results, no events); it checks every reply (2xx, or the run fails). rate ×floor and CPU ×floor
+  compare each row with the floor at the same RTT.
 - (a) is mxrelay.New with MaxEmailsPerSession 1000 (-per-session) and a queue big enough, the rest at
   its defaults (-window sets PipelineWindow); "upstream without CHUNKING" offers PIPELINING only.
   A run enqueues its emails at once: emails/s is their number over the time from the first Enqueue
