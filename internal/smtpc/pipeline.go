@@ -170,7 +170,9 @@ func (c *Client) Start() {
 	p.slots = make(chan struct{}, w)
 	p.progress = make(chan struct{}, 1)
 	p.readerDone = make(chan struct{})
+	p.mu.Lock() // Settling and Outstanding may be asked from another goroutine already
 	p.live = map[*Tx]struct{}{}
+	p.mu.Unlock()
 	p.rbuf = make([]byte, 32<<10)
 	if n := c.br.Buffered(); n > 0 {
 		c.readerBreak(c.strayErr(n))
