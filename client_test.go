@@ -40,6 +40,7 @@ func TestSendDelivers(t *testing.T) {
 			res, err := c.Send(ctxT(t), mxrelay.Email{ID: "e1", From: "a@example.com", To: []string{"b@example.com", "c@example.com"}, Body: strings.NewReader(body)})
 			require.NoError(t, err)
 			assert.True(t, res.Delivered())
+			assert.Equal(t, mxrelay.OutcomeDelivered, res.Outcome)
 			assert.Equal(t, "e1", res.EmailID)
 			assert.Equal(t, []string{"b@example.com", "c@example.com"}, res.Accepted)
 			assert.Empty(t, res.Rejected)
@@ -334,6 +335,7 @@ func TestDropAfterFinalDot(t *testing.T) {
 		require.ErrorIs(t, err, mxrelay.ErrUnknownOutcome)
 		var ue *mxrelay.UnknownOutcomeError
 		require.ErrorAs(t, err, &ue)
+		assert.Equal(t, mxrelay.OutcomeUnknown, res.Outcome)
 		assert.True(t, res.MaybeDelivered)
 		assert.Equal(t, 1, res.Attempts)
 		assert.Equal(t, 1, countSubject(s, "maybe"), "the upstream did get it")
@@ -347,6 +349,7 @@ func TestDropAfterFinalDot(t *testing.T) {
 		c := newClient(t, s, &mxrelay.Options{RetryUnknown: true})
 		res, err := c.Send(ctxT(t), mail("twice"))
 		require.NoError(t, err)
+		assert.Equal(t, mxrelay.OutcomeDelivered, res.Outcome, "delivered, though an earlier attempt may have delivered it too")
 		assert.True(t, res.MaybeDelivered)
 		assert.Equal(t, 2, res.Attempts)
 		assert.Equal(t, 2, countSubject(s, "twice"), "a retried unknown outcome may duplicate, and the result says so")
@@ -360,6 +363,7 @@ func TestRecipientReplies(t *testing.T) {
 	c := newClient(t, s, nil)
 	res, err := c.Send(ctxT(t), mail("partial", "ok@example.com", "gone@example.com", "busy@example.com"))
 	require.NoError(t, err, "delivered to the accepted recipients")
+	assert.Equal(t, mxrelay.OutcomeDelivered, res.Outcome, "delivered to some, refused for others")
 	assert.ElementsMatch(t, []string{"ok@example.com", "busy@example.com"}, res.Accepted)
 	require.Len(t, res.Rejected, 1)
 	assert.Equal(t, "gone@example.com", res.Rejected[0].Address)
@@ -378,6 +382,7 @@ func TestRecipientReplies(t *testing.T) {
 		var se *mxrelay.SMTPError
 		require.ErrorAs(t, err, &se)
 		assert.Equal(t, 550, se.Code)
+		assert.Equal(t, mxrelay.OutcomeFailed, res.Outcome)
 		assert.Len(t, res.Rejected, 1)
 		assert.Equal(t, 1, res.Attempts, "5xx is not retried")
 	})
@@ -763,11 +768,13 @@ func TestCloseHandsBackWhatIsLeft(t *testing.T) {
 		res, err := h.Wait(ctxT(t))
 		require.ErrorIs(t, err, mxrelay.ErrClosed)
 		assert.False(t, res.Delivered())
+		assert.Equal(t, mxrelay.OutcomeHandedBack, res.Outcome)
 	}
 	_, err = c.Enqueue(mail("late"))
 	require.ErrorIs(t, err, mxrelay.ErrClosed)
 	st := c.Stats()
 	assert.EqualValues(t, 5, st.EmailsFailed)
+	assert.EqualValues(t, 5, st.EmailsHandedBack)
 }
 
 func TestCloseDuringStalledSession(t *testing.T) {

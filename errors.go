@@ -240,7 +240,8 @@ var errPermanentSetup = errors.New("mxrelay: session set-up failed permanently")
 // refused for others: net/smtp and gomail fail a send when a recipient is
 // refused, and code written for them checks the error, not a Result.
 // Result tells who got the message (Accepted) and who did not
-// (Rejected); errors.As finds the first refusal's *SMTPError.
+// (Rejected); errors.As finds the first refusal (a RecipientError) and its
+// *SMTPError.
 type PartialError struct {
 	Result *Result
 }
@@ -251,8 +252,8 @@ func (e *PartialError) Error() string {
 		len(r.Accepted), len(r.Rejected), r.Rejected[0].Address, r.Rejected[0].Err)
 }
 
-// Unwrap returns the first refusal.
-func (e *PartialError) Unwrap() error { return e.Result.Rejected[0].Err }
+// Unwrap returns the first refusal, Result.Rejected[0].
+func (e *PartialError) Unwrap() error { return e.Result.Rejected[0] }
 
 // dropInErr is the error a drop-in returns for Send's outcome: a
 // *PartialError when the email reached some recipients and not all.

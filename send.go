@@ -30,7 +30,7 @@ func (c *Client) Send(ctx context.Context, e Email, opts ...SendOption) (*Result
 		return nil, err
 	}
 	stop := context.AfterFunc(ctx, func() {
-		c.cancel(h.em, fmt.Errorf("%w: %w", ErrCanceled, context.Cause(ctx)))
+		c.cancel(h.em, OutcomeFailed, fmt.Errorf("%w: %w", ErrCanceled, context.Cause(ctx)))
 	})
 	defer stop()
 	<-h.done
@@ -164,7 +164,7 @@ func (c *Client) queue(em *email, timeout time.Duration, reserved bool) error {
 	}
 	if timeout > 0 {
 		em.timer = time.AfterFunc(timeout, func() {
-			c.cancel(em, fmt.Errorf("%w: %w: email timeout of %v", ErrCanceled, context.DeadlineExceeded, em.cfg.timeout))
+			c.cancel(em, OutcomeFailed, fmt.Errorf("%w: %w: email timeout of %v", ErrCanceled, context.DeadlineExceeded, em.cfg.timeout))
 		})
 	}
 	c.mu.Unlock()

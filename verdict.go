@@ -141,9 +141,9 @@ func decide(a attempt) verdict {
 		case e == nil:
 			candidates = append(candidates, to)
 		case e.Code/100 == 5:
-			v.refused = append(v.refused, RecipientError{Address: to, Err: e})
+			v.refused = append(v.refused, recipientError(to, e))
 		default:
-			rcptLeft = append(rcptLeft, RecipientError{Address: to, Err: e})
+			rcptLeft = append(rcptLeft, recipientError(to, e))
 		}
 	}
 	end := res.End
@@ -245,7 +245,7 @@ func (a attempt) unknownErr() error {
 func pending(addrs []string, err error) []RecipientError {
 	out := make([]RecipientError, len(addrs))
 	for i, a := range addrs {
-		out[i] = RecipientError{Address: a, Err: err}
+		out[i] = recipientError(a, err)
 	}
 	return out
 }
