@@ -688,6 +688,19 @@ func TestTimeouts(t *testing.T) {
 		assert.False(t, res.Delivered())
 		assert.Equal(t, 0, c.Stats().QueueSize, "withdrawn from the queue")
 	})
+	t.Run("Email.Timeout, and the Options' for an email without one", func(t *testing.T) {
+		s := newRelay(t, nil)
+		s.SetDown(true)
+		c := newClient(t, s, &mxrelay.Options{MaxReconnectAttempts: 1000, Timeout: 50 * time.Millisecond})
+		e := mail("late field")
+		e.Timeout = 20 * time.Millisecond
+		res, err := c.Send(ctxT(t), e)
+		require.ErrorIs(t, err, context.DeadlineExceeded)
+		require.ErrorIs(t, err, mxrelay.ErrCanceled)
+		assert.Equal(t, mxrelay.OutcomeFailed, res.Outcome)
+		_, err = c.Send(ctxT(t), mail("late default"))
+		require.ErrorIs(t, err, context.DeadlineExceeded)
+	})
 }
 
 func TestCancellation(t *testing.T) {

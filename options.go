@@ -151,7 +151,8 @@ type Options struct {
 	IdleTimeout time.Duration
 
 	// Retries is how many times an email is retried after a temporary
-	// failure, unless Send is given WithRetries. Zero: 3. Negative: none.
+	// failure, unless its Email.Retries (or WithRetries) says otherwise.
+	// Zero: 3. Negative: none.
 	Retries int
 	// RetryInterval is the first delay before an email is retried; it doubles
 	// with each attempt, with jitter, up to MaxRetryInterval. Zero: 1s.

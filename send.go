@@ -37,26 +37,20 @@ func (c *Client) Send(ctx context.Context, e Email, opts ...SendOption) (*Result
 	return h.res, h.res.Err
 }
 
-// Enqueue validates e and queues it without waiting for it to be sent. It
-// fails with an error matching ErrInvalidEmail, ErrQueueFull, ErrClosed or
+// Enqueue applies opts to e (see SendOption), validates it and queues it
+// without waiting for it to be sent. It fails with an error matching ErrInvalidEmail, ErrQueueFull, ErrClosed or
 // ErrAuthFailed, or, with Options.SpoolDir, with the error that kept the
 // email from being written there (a full disk), in which case nothing was
 // accepted. A body that cannot be
 // read twice is copied to a temporary file first (see Email.Body).
 func (c *Client) Enqueue(e Email, opts ...SendOption) (*Handle, error) {
-	cfg := sendConfig{priority: PriorityNormal, retries: -1, timeout: c.opts.Timeout}
 	for _, o := range opts {
-		o(&cfg)
-	}
-	if !cfg.priority.valid() {
-		return nil, fmt.Errorf("%w: unknown priority %d", ErrInvalidEmail, int(cfg.priority))
-	}
-	if cfg.retries < 0 {
-		cfg.retries = c.opts.Retries
+		o(&e)
 	}
 	if err := e.validate(); err != nil {
 		return nil, err
 	}
+	cfg := c.opts.sendConfig(&e)
 	if err := c.reserve(); err != nil {
 		return nil, err
 	}
