@@ -191,11 +191,11 @@ func (c *Client) Stats() Stats {
 	s.QueueSize = c.q.len()
 	c.q.depth(&s, time.Now())
 	s.InFlight = c.inflight
-	if s.SessionsProcessed > 0 {
-		s.AverageSessionTime = c.sumSess / time.Duration(s.SessionsProcessed)
+	if s.SessionsCompleted > 0 {
+		s.AverageSessionTime = c.sumSess / time.Duration(s.SessionsCompleted)
 	}
-	if s.EmailsProcessed > 0 {
-		s.AverageEmailTime = c.sumEmail / time.Duration(s.EmailsProcessed)
+	if s.EmailsDelivered > 0 {
+		s.AverageEmailTime = c.sumEmail / time.Duration(s.EmailsDelivered)
 	}
 	c.mu.Unlock()
 	s.EventsDropped = c.events.droppedCount()

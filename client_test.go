@@ -54,7 +54,7 @@ func TestSendDelivers(t *testing.T) {
 			assert.Equal(t, []string{"b@example.com", "c@example.com"}, box[0].To)
 			assert.Equal(t, body, string(box[0].Data), "the upstream gets the exact bytes, dot-stuffing undone")
 			st := c.Stats()
-			assert.EqualValues(t, 1, st.EmailsProcessed)
+			assert.EqualValues(t, 1, st.EmailsDelivered)
 			assert.EqualValues(t, 0, st.EmailsFailed)
 		})
 	}
@@ -298,7 +298,7 @@ func TestChannelErrorIsRetried(t *testing.T) {
 	require.NoError(t, c.Close(ctxT(t))) // the session's QUIT comes after the result
 	st := c.Stats()
 	assert.EqualValues(t, 1, st.SessionsFailed)
-	assert.EqualValues(t, 1, st.SessionsProcessed)
+	assert.EqualValues(t, 1, st.SessionsCompleted)
 }
 
 func TestDropAfterRcptRetries(t *testing.T) {
@@ -517,8 +517,8 @@ func TestBatchingIntoSessions(t *testing.T) {
 	assert.Equal(t, 1, st.Connections, "the WebSocket stays authenticated between sessions")
 	assert.Equal(t, 3, st.UpstreamSessions)
 	cs := c.Stats()
-	assert.EqualValues(t, 3, cs.SessionsProcessed)
-	assert.EqualValues(t, 25, cs.EmailsProcessed)
+	assert.EqualValues(t, 3, cs.SessionsCompleted)
+	assert.EqualValues(t, 25, cs.EmailsDelivered)
 	assert.Greater(t, cs.AverageSessionTime, time.Duration(0))
 	assert.Greater(t, cs.AverageEmailTime, time.Duration(0))
 }
@@ -691,7 +691,7 @@ func TestTimeouts(t *testing.T) {
 	t.Run("Email.Timeout, and the Options' for an email without one", func(t *testing.T) {
 		s := newRelay(t, nil)
 		s.SetDown(true)
-		c := newClient(t, s, &mxrelay.Options{MaxReconnectAttempts: 1000, Timeout: 50 * time.Millisecond})
+		c := newClient(t, s, &mxrelay.Options{MaxReconnectAttempts: 1000, EmailTimeout: 50 * time.Millisecond})
 		e := mail("late field")
 		e.Timeout = 20 * time.Millisecond
 		res, err := c.Send(ctxT(t), e)
@@ -916,7 +916,7 @@ func TestCloseWaitsForARetry(t *testing.T) {
 	c := newClient(t, s, &mxrelay.Options{RetryInterval: 100 * time.Millisecond, MaxRetryInterval: 100 * time.Millisecond})
 	h, err := c.Enqueue(mail("retried during Close"))
 	require.NoError(t, err)
-	require.Eventually(t, func() bool { return c.Stats().EmailsRetried == 1 }, 10*time.Second, time.Millisecond)
+	require.Eventually(t, func() bool { return c.Stats().RetriesScheduled == 1 }, 10*time.Second, time.Millisecond)
 	require.NoError(t, c.Close(ctxT(t)), "Close keeps sending what is queued, delayed retries included")
 	res, err := h.Wait(ctxT(t))
 	require.NoError(t, err)

@@ -157,7 +157,7 @@ func (o *Options) sendConfig(e *Email) sendConfig {
 	}
 	switch {
 	case e.Timeout == 0:
-		cfg.timeout = o.Timeout
+		cfg.timeout = o.EmailTimeout
 	case e.Timeout < 0:
 		cfg.timeout = 0
 	}

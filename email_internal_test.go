@@ -248,7 +248,7 @@ func TestCloseRightAfterEnqueueStillSends(t *testing.T) {
 // An email's settings come from its fields, the SendOptions over them,
 // and the Client's Options for the fields left at zero.
 func TestSendConfigResolvesPerEmailSettings(t *testing.T) {
-	o := Options{Retries: 3, Timeout: time.Minute}
+	o := Options{Retries: 3, EmailTimeout: time.Minute}
 	for _, tc := range []struct {
 		name  string
 		email Email

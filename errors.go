@@ -40,8 +40,8 @@ var (
 
 	// ErrCanceled is wrapped by the error of an email withdrawn before its
 	// end of data was sent: by Handle.Cancel, by the end of its Send context
-	// (the context's error is wrapped too) or by its Timeout
-	// (context.DeadlineExceeded is wrapped too).
+	// (the context's error is wrapped too) or by its deadline, Email.Timeout
+	// or Options.EmailTimeout (context.DeadlineExceeded is wrapped too).
 	ErrCanceled = errors.New("mxrelay: email cancelled")
 
 	// ErrBareLineEnding is wrapped (with ErrInvalidEmail) by the error of a

@@ -117,7 +117,7 @@ func ExampleClient_Close() {
 		log.Fatal(err)
 	}
 	st := c.Stats()
-	fmt.Println("delivered", st.EmailsProcessed, "failed", st.EmailsFailed, "sessions", st.SessionsProcessed)
+	fmt.Println("delivered", st.EmailsDelivered, "failed", st.EmailsFailed, "sessions", st.SessionsCompleted)
 	// Output:
 	// delivered 5 failed 0 sessions 1
 }
@@ -197,7 +197,7 @@ func ExampleClient_Stats() {
 	}
 	c.Close(context.Background())
 	st := c.Stats()
-	fmt.Println("queued", st.EmailsQueued, "delivered", st.EmailsProcessed, "sessions", st.SessionsProcessed, "in queue", st.QueueSize)
+	fmt.Println("queued", st.EmailsQueued, "delivered", st.EmailsDelivered, "sessions", st.SessionsCompleted, "in queue", st.QueueSize)
 	// Output:
 	// queued 4 delivered 4 sessions 1 in queue 0
 }

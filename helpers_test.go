@@ -69,8 +69,8 @@ func newClient(t *testing.T, s *relaytest.Server, o *mxrelay.Options) *mxrelay.C
 		defer cancel()
 		c.Close(ctx)
 		st := c.Stats()
-		if st.EmailsQueued != st.EmailsProcessed+st.EmailsFailed {
-			t.Errorf("accounting after Close: queued %d != delivered %d + failed %d", st.EmailsQueued, st.EmailsProcessed, st.EmailsFailed)
+		if st.EmailsQueued != st.EmailsDelivered+st.EmailsFailed {
+			t.Errorf("accounting after Close: queued %d != delivered %d + failed %d", st.EmailsQueued, st.EmailsDelivered, st.EmailsFailed)
 		}
 		if st.EmailsUnknown+st.EmailsHandedBack > st.EmailsFailed || st.EmailsUnknown > st.EmailsMaybeDelivered {
 			t.Errorf("accounting after Close: unknown %d + handed back %d > failed %d, or unknown > maybe delivered %d", st.EmailsUnknown, st.EmailsHandedBack, st.EmailsFailed, st.EmailsMaybeDelivered)

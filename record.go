@@ -226,7 +226,7 @@ func (c *Client) requeue(em *email, cause error) {
 	// it at once.
 	attempt, session := em.attempts, em.session
 	c.q.push(em, now)
-	c.stats.EmailsRetried++
+	c.stats.RetriesScheduled++
 	c.mu.Unlock()
 	c.kick()
 	c.log.Warn("mxrelay: email will be retried", "email", em.id, "attempt", attempt, "delay", delay, "err", cause)
@@ -310,7 +310,7 @@ func (c *Client) finish(em *email, out Outcome, err error) {
 func (c *Client) count(res *Result, txTime time.Duration) {
 	switch res.Outcome {
 	case OutcomeDelivered:
-		c.stats.EmailsProcessed++
+		c.stats.EmailsDelivered++
 		c.sumEmail += txTime
 	case OutcomeUnknown:
 		c.stats.EmailsUnknown++

@@ -19,7 +19,7 @@ type counters struct {
 }
 
 func countersOf(st mxrelay.Stats) counters {
-	return counters{st.EmailsProcessed, st.EmailsFailed, st.EmailsUnknown, st.EmailsHandedBack, st.EmailsMaybeDelivered}
+	return counters{st.EmailsDelivered, st.EmailsFailed, st.EmailsUnknown, st.EmailsHandedBack, st.EmailsMaybeDelivered}
 }
 
 // Each outcome, produced through the public API: Outcome, Err,

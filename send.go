@@ -217,7 +217,7 @@ func (c *Client) freed() {
 func (c *Client) drained() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.busy && c.stats.EmailsQueued == c.stats.EmailsProcessed+c.stats.EmailsFailed {
+	if c.busy && c.stats.EmailsQueued == c.stats.EmailsDelivered+c.stats.EmailsFailed {
 		c.busy = false
 		c.events.emit(Event{Type: EventQueueProcessingCompleted})
 	}

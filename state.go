@@ -58,20 +58,20 @@ func (s SessionState) String() string {
 }
 
 // Stats are the client's counters. Sessions are SMTP sessions; emails are
-// counted once, by their final Result's Outcome: EmailsProcessed +
+// counted once, by their final Result's Outcome: EmailsDelivered +
 // EmailsFailed is how many have ended, and EmailsUnknown and
 // EmailsHandedBack are the parts of EmailsFailed with those outcomes.
 type Stats struct {
 	SessionsQueued    int64 // sessions planned
-	SessionsProcessed int64 // sessions that ended with QUIT
+	SessionsCompleted int64 // sessions that ended with QUIT
 	SessionsFailed    int64 // sessions that could not start or broke
 	EmailsQueued      int64 // emails accepted by Send and Enqueue
-	EmailsProcessed   int64 // emails delivered (OutcomeDelivered)
+	EmailsDelivered   int64 // emails delivered (OutcomeDelivered)
 	// EmailsFailed counts the emails not delivered: OutcomeFailed,
 	// OutcomeUnknown and OutcomeHandedBack, as EventEmailFailed reports
 	// them.
-	EmailsFailed  int64
-	EmailsRetried int64 // retries scheduled
+	EmailsFailed     int64
+	RetriesScheduled int64 // retries scheduled
 	// EmailsUnknown counts the emails that ended with OutcomeUnknown: the
 	// final attempt's end of data went out and no trusted reply decided
 	// it. EmailsHandedBack counts those that ended with OutcomeHandedBack
