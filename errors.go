@@ -258,7 +258,7 @@ func (e *PartialError) Unwrap() error { return e.Result.Rejected[0] }
 // dropInErr is the error a drop-in returns for Send's outcome: a
 // *PartialError when the email reached some recipients and not all.
 func dropInErr(res *Result, err error) error {
-	if err == nil && res != nil && len(res.Rejected) > 0 {
+	if res != nil && res.Outcome == OutcomeDelivered && len(res.Rejected) > 0 {
 		return &PartialError{Result: res}
 	}
 	return err
