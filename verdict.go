@@ -27,7 +27,10 @@ type attempt struct {
 	retryUnknown bool // Options.RetryUnknown
 }
 
-// outcome is what becomes of the email after an attempt.
+// outcome is what becomes of the email after an attempt: what the record
+// does next. It is not the Result's Outcome, which record.go's result
+// sets from it (outFail with unknown set is OutcomeUnknown, outHandBack
+// is OutcomeHandedBack, and any recipient accepted makes it delivered).
 type outcome int
 
 const (
