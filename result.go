@@ -57,6 +57,7 @@ const (
 	OutcomeHandedBack
 )
 
+// String is the outcome's name: DELIVERED, FAILED, UNKNOWN, HANDED_BACK.
 func (o Outcome) String() string {
 	switch o {
 	case OutcomeDelivered:
@@ -99,6 +100,7 @@ func recipientError(to string, err error) RecipientError {
 	return r
 }
 
+// Error names the recipient and the cause.
 func (e RecipientError) Error() string {
 	return "mxrelay: not delivered to " + e.Address + ": " + trimPrefix(e.Err)
 }
