@@ -82,18 +82,27 @@ func ExampleClient_Send_errors() {
 	}
 	defer c.Close(context.Background())
 
-	_, err = c.Send(context.Background(), mxrelay.Email{
+	res, err := c.Send(context.Background(), mxrelay.Email{
 		From: "app@example.com",
 		To:   []string{"nobody@example.com"},
 		Body: strings.NewReader("Subject: x\r\n\r\nx\r\n"),
 	})
+	if res == nil {
+		log.Fatal(err) // not accepted: invalid, queue full, closed
+	}
+	fmt.Println("outcome:", res.Outcome)
 	var ee *mxrelay.EmailError
 	var se *mxrelay.SMTPError
 	if errors.As(err, &ee) && errors.As(err, &se) {
 		fmt.Println("attempts:", ee.Attempts, "temporary:", ee.Temporary(), "code:", se.Code, se.EnhancedCode)
 	}
+	for _, r := range res.Rejected { // each refusal's reply, without errors.As
+		fmt.Println("refused for", r.Address, r.Code, r.EnhancedCode, r.Message)
+	}
 	// Output:
+	// outcome: FAILED
 	// attempts: 1 temporary: false code: 550 [5 1 1]
+	// refused for nobody@example.com 550 [5 1 1] no such user
 }
 
 func ExampleClient_Close() {
