@@ -137,7 +137,7 @@ func accountingRun(t *testing.T, fr faultRun) tally {
 			case <-time.After(time.Duration(200+rf.IntN(1500)) * time.Microsecond):
 			}
 			st := c.Stats()
-			if len(s.Faults()) >= 2 || int(st.EmailsProcessed+st.EmailsFailed) < next {
+			if len(s.Faults()) >= 2 || int(st.EmailsDelivered+st.EmailsFailed) < next {
 				continue
 			}
 			next += 1 + rf.IntN(2*fr.faultEvery-1)
@@ -168,9 +168,9 @@ func accountingRun(t *testing.T, fr faultRun) tally {
 	}
 	if fr.closeAfter > 0 {
 		deadline := time.Now().Add(5 * time.Minute)
-		for st := c.Stats(); int(st.EmailsProcessed+st.EmailsFailed) < fr.closeAfter; st = c.Stats() {
+		for st := c.Stats(); int(st.EmailsDelivered+st.EmailsFailed) < fr.closeAfter; st = c.Stats() {
 			if time.Now().After(deadline) {
-				t.Fatalf("%d emails ended, not %d: %+v", st.EmailsProcessed+st.EmailsFailed, fr.closeAfter, st)
+				t.Fatalf("%d emails ended, not %d: %+v", st.EmailsDelivered+st.EmailsFailed, fr.closeAfter, st)
 			}
 			time.Sleep(time.Millisecond)
 		}
@@ -354,7 +354,7 @@ func checkAccounting(t testing.TB, c *mxrelay.Client, s *relaytest.Server, all [
 	}
 	st := c.Stats()
 	assert.EqualValues(t, len(all), st.EmailsQueued)
-	assert.EqualValues(t, n.delivered, st.EmailsProcessed)
+	assert.EqualValues(t, n.delivered, st.EmailsDelivered)
 	assert.EqualValues(t, n.failed+n.unknown+n.givenBack, st.EmailsFailed)
 	assert.Zero(t, st.QueueSize)
 	assert.Zero(t, st.InFlight)

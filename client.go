@@ -142,7 +142,7 @@ func (c *Client) replay(left []*spooled) {
 			em.unknown = em.unknown || p.Unknown
 			em.pending, em.accepted = p.Pending, p.Accepted
 			for _, to := range slices.Sorted(maps.Keys(p.Rejected)) {
-				em.rejected = append(em.rejected, RecipientError{Address: to, Err: errors.New(p.Rejected[to])})
+				em.rejected = append(em.rejected, recipientError(to, errors.New(p.Rejected[to])))
 			}
 		}
 		var timeout time.Duration
@@ -159,9 +159,9 @@ func (c *Client) replay(left []*spooled) {
 		c.recovered = append(c.recovered, em.handle)
 		switch {
 		case err != nil:
-			c.cancel(em, err)
+			c.cancel(em, OutcomeFailed, err)
 		case em.unknown && !c.opts.RetryUnknown:
-			c.cancel(em, &UnknownOutcomeError{Err: errors.New("the previous Client stopped after this email's end of data was written")})
+			c.cancel(em, OutcomeUnknown, &UnknownOutcomeError{Err: errors.New("the previous Client stopped after this email's end of data was written")})
 		}
 	}
 	if len(left) > 0 {
@@ -191,11 +191,11 @@ func (c *Client) Stats() Stats {
 	s.QueueSize = c.q.len()
 	c.q.depth(&s, time.Now())
 	s.InFlight = c.inflight
-	if s.SessionsProcessed > 0 {
-		s.AverageSessionTime = c.sumSess / time.Duration(s.SessionsProcessed)
+	if s.SessionsCompleted > 0 {
+		s.AverageSessionTime = c.sumSess / time.Duration(s.SessionsCompleted)
 	}
-	if s.EmailsProcessed > 0 {
-		s.AverageEmailTime = c.sumEmail / time.Duration(s.EmailsProcessed)
+	if s.EmailsDelivered > 0 {
+		s.AverageEmailTime = c.sumEmail / time.Duration(s.EmailsDelivered)
 	}
 	c.mu.Unlock()
 	s.EventsDropped = c.events.droppedCount()
@@ -249,9 +249,9 @@ func (c *Client) Close(ctx context.Context) error {
 	c.mu.Unlock()
 	for _, em := range left {
 		if em.file != "" {
-			c.finish(em, fmt.Errorf("%w: %w", ErrClosed, ErrSpooled))
+			c.finish(em, OutcomeHandedBack, fmt.Errorf("%w: %w", ErrClosed, ErrSpooled))
 		} else {
-			c.finish(em, ErrClosed)
+			c.finish(em, OutcomeHandedBack, ErrClosed)
 		}
 	}
 	if c.spool != nil && first {

@@ -31,14 +31,15 @@
 //
 // # Guarantees
 //
-// Every email accepted by Send or Enqueue gets exactly one Result: delivered,
-// failed with an *EmailError, or handed back by Close with ErrClosed. An
-// email is reported delivered only when the upstream answered 2xx to the end
-// of its data, on a reply a later reply in step confirmed as its own. When
-// the end of data was sent and no trusted reply decided it, the outcome is
-// unknown: the email fails with an *UnknownOutcomeError (matching
-// ErrUnknownOutcome), or with Options.RetryUnknown is retried, and its
-// Result says MaybeDelivered. The README's Guarantees section has the
+// Every email accepted by Send or Enqueue gets exactly one Result, whose
+// Outcome says how it ended: delivered, failed with an *EmailError,
+// unknown, or handed back by Close with ErrClosed. An email is reported
+// delivered only when the upstream answered 2xx to the end of its data, on
+// a reply a later reply in step confirmed as its own. When the end of data
+// was sent and no trusted reply decided it, the outcome is unknown: the
+// email ends with an *UnknownOutcomeError (matching ErrUnknownOutcome), or
+// with Options.RetryUnknown is retried, and its Result says
+// MaybeDelivered. The README's Guarantees section has the
 // whole table, and what no client can tell.
 //
 // # Drop-ins

@@ -16,8 +16,8 @@ const (
 	EventSessionStarted                        // its SMTP dialogue is ready: EmailCount ready emails
 	EventSessionCompleted                      // it ended with QUIT: Results, Duration
 	EventSessionFailed                         // it could not start or broke: Err, Duration
-	EventEmailProcessed                        // an email was delivered: Result, Duration (its transaction)
-	EventEmailFailed                           // an email failed for good: Result, Err
+	EventEmailProcessed                        // an email was delivered (OutcomeDelivered; the original's emailProcessed): Result, Duration (its transaction)
+	EventEmailFailed                           // an email ended undelivered (OutcomeFailed, OutcomeUnknown, OutcomeHandedBack): Result, Err
 	EventEmailRetrying                         // an email will be retried: Attempt, Duration (delay), Err
 	EventConnecting                            // dialing the relay
 	EventConnected                             // the WebSocket is open

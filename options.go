@@ -164,7 +164,8 @@ type Options struct {
 	IdleTimeout time.Duration
 
 	// Retries is how many times an email is retried after a temporary
-	// failure, unless Send is given WithRetries. Zero: 3. Negative: none.
+	// failure, unless its Email.Retries (or WithRetries) says otherwise.
+	// Zero: 3. Negative: none.
 	Retries int
 	// RetryInterval is the first delay before an email is retried; it doubles
 	// with each attempt, with jitter, up to MaxRetryInterval. Zero: 1s.
@@ -203,9 +204,12 @@ type Options struct {
 	// with QUIT, whose 221 confirms them; otherwise the channel is closed
 	// at once. The emails not finished go in the next session. Zero: 5m.
 	SessionTimeout time.Duration
-	// Timeout is each email's deadline from Enqueue, unless Send is given
-	// WithTimeout. Zero: none (the Send context still applies).
-	Timeout time.Duration
+	// EmailTimeout is each email's deadline from Enqueue, unless its
+	// Email.Timeout (or WithTimeout) says otherwise: past it, an email that
+	// has not reached the end of its data is withdrawn and fails with an
+	// error matching ErrCanceled and context.DeadlineExceeded. Zero: none
+	// (the Send context still applies).
+	EmailTimeout time.Duration
 	// HeartbeatInterval is how often the client pings the relay. Zero: 30s.
 	// Negative: no heartbeat.
 	HeartbeatInterval time.Duration
@@ -376,7 +380,7 @@ func (o Options) validate(relayURL, apiKey string) error {
 		"RetryInterval": o.RetryInterval, "MaxRetryInterval": o.MaxRetryInterval,
 		"ReconnectInterval": o.ReconnectInterval, "MaxReconnectInterval": o.MaxReconnectInterval,
 		"DialTimeout": o.DialTimeout, "AuthTimeout": o.AuthTimeout, "ChannelTimeout": o.ChannelTimeout,
-		"CommandTimeout": o.CommandTimeout, "SessionTimeout": o.SessionTimeout, "Timeout": o.Timeout,
+		"CommandTimeout": o.CommandTimeout, "SessionTimeout": o.SessionTimeout, "EmailTimeout": o.EmailTimeout,
 		"HeartbeatTimeout": o.HeartbeatTimeout,
 	} {
 		if d < 0 {

@@ -271,7 +271,7 @@ func (w *worker) session() {
 	if broken != nil {
 		c.stats.SessionsFailed++
 	} else {
-		c.stats.SessionsProcessed++
+		c.stats.SessionsCompleted++
 		c.sumSess += d
 	}
 	c.mu.Unlock()

@@ -27,7 +27,10 @@ type attempt struct {
 	retryUnknown bool // Options.RetryUnknown
 }
 
-// outcome is what becomes of the email after an attempt.
+// outcome is what becomes of the email after an attempt: what the record
+// does next. It is not the Result's Outcome, which record.go's result
+// sets from it (outFail with unknown set is OutcomeUnknown, outHandBack
+// is OutcomeHandedBack, and any recipient accepted makes it delivered).
 type outcome int
 
 const (
@@ -141,9 +144,9 @@ func decide(a attempt) verdict {
 		case e == nil:
 			candidates = append(candidates, to)
 		case e.Code/100 == 5:
-			v.refused = append(v.refused, RecipientError{Address: to, Err: e})
+			v.refused = append(v.refused, recipientError(to, e))
 		default:
-			rcptLeft = append(rcptLeft, RecipientError{Address: to, Err: e})
+			rcptLeft = append(rcptLeft, recipientError(to, e))
 		}
 	}
 	end := res.End
@@ -245,7 +248,7 @@ func (a attempt) unknownErr() error {
 func pending(addrs []string, err error) []RecipientError {
 	out := make([]RecipientError, len(addrs))
 	for i, a := range addrs {
-		out[i] = RecipientError{Address: a, Err: err}
+		out[i] = recipientError(a, err)
 	}
 	return out
 }

@@ -468,6 +468,6 @@ func (w *worker) failWaiting(err error) {
 	c.mu.Unlock()
 	c.freed()
 	for _, em := range left {
-		c.finish(em, err)
+		c.finish(em, OutcomeFailed, err)
 	}
 }
