@@ -42,7 +42,7 @@ func TestLingeringSessionTakesTheNextEmail(t *testing.T) {
 					first = res.SessionID
 				}
 				assert.Equal(t, first, res.SessionID)
-				assert.Zero(t, c.Stats().SessionsProcessed, "the session is still open")
+				assert.Zero(t, c.Stats().SessionsCompleted, "the session is still open")
 			}
 			assert.Equal(t, int64(1), sink.Stats().Sessions-before, "one SMTP session for all five Sends")
 			assert.Zero(t, c.Stats().SessionsFailed)
@@ -71,7 +71,7 @@ func TestLingerEnds(t *testing.T) {
 		}
 	}
 	assert.Equal(t, int64(2), sink.Stats().Sessions)
-	assert.Equal(t, int64(2), c.Stats().SessionsProcessed)
+	assert.Equal(t, int64(2), c.Stats().SessionsCompleted)
 }
 
 // The upstream ends a lingering session (its idle timeout): not a
@@ -131,5 +131,5 @@ func TestCloseEndsALingeringSession(t *testing.T) {
 	_, err = c.Send(ctxT(t), mail("then close"))
 	require.NoError(t, err)
 	require.NoError(t, c.Close(ctxT(t)))
-	assert.Equal(t, int64(1), c.Stats().SessionsProcessed)
+	assert.Equal(t, int64(1), c.Stats().SessionsCompleted)
 }
