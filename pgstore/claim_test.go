@@ -175,28 +175,33 @@ func TestStaleHolderWritesAreRefused(t *testing.T) {
 			return errs[0]
 		}},
 	}
-	for _, w := range writes {
-		t.Run(w.name, func(t *testing.T) {
-			f, st, c := heldEmail(t)
-			stale := c.Token
-			f.expire("e1")
-			holder := claim(t, st, "w2", 1)[0].Token
-			before := f.count(`SELECT ends FROM {s}.email WHERE id = 'e1'`)
+	// Taken over by another process, or by the same one (its session
+	// stuck past the lease while another of its workers claimed again):
+	// the attempt alone fences then.
+	for _, by := range []string{"w2", "w1"} {
+		for _, w := range writes {
+			t.Run(w.name+" taken over by "+by, func(t *testing.T) {
+				f, st, c := heldEmail(t)
+				stale := c.Token
+				f.expire("e1")
+				holder := claim(t, st, by, 1)[0].Token
+				before := f.count(`SELECT ends FROM {s}.email WHERE id = 'e1'`)
 
-			err := w.write(st, stale)
-			var fe *store.FencedError
-			require.ErrorAs(t, err, &fe)
-			assert.EqualValues(t, 2, fe.Attempt)
-			assert.Equal(t, "w2", fe.Owner)
+				err := w.write(st, stale)
+				var fe *store.FencedError
+				require.ErrorAs(t, err, &fe)
+				assert.EqualValues(t, 2, fe.Attempt)
+				assert.Equal(t, by, fe.Owner)
 
-			assert.Equal(t, before, f.count(`SELECT ends FROM {s}.email WHERE id = 'e1'`), "nothing recorded")
-			assert.Equal(t, 1, f.count(`SELECT count(*) FROM {s}.email WHERE id = 'e1' AND owner = 'w2' AND finished_at IS NULL AND progress IS NULL`),
-				"the new holder's claim is untouched")
-			// Same attempt, other owner: refused too.
-			err = w.write(st, store.Token{ID: "e1", Owner: "w1", Attempt: holder.Attempt})
-			require.ErrorIs(t, err, store.ErrFenced)
-			require.NoError(t, w.write(st, holder), "the holder's own write goes through")
-		})
+				assert.Equal(t, before, f.count(`SELECT ends FROM {s}.email WHERE id = 'e1'`), "nothing recorded")
+				assert.Equal(t, 1, f.count(`SELECT count(*) FROM {s}.email WHERE id = 'e1' AND owner = $1 AND finished_at IS NULL AND progress IS NULL`, by),
+					"the new holder's claim is untouched")
+				// The holder's attempt with another owner: refused too.
+				err = w.write(st, store.Token{ID: "e1", Owner: "w3", Attempt: holder.Attempt})
+				require.ErrorIs(t, err, store.ErrFenced)
+				require.NoError(t, w.write(st, holder), "the holder's own write goes through")
+			})
+		}
 	}
 }
 

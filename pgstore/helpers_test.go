@@ -54,9 +54,15 @@ type fixture struct {
 	admin  *pgxpool.Pool // for the test's own SQL (moving time, counting rows)
 }
 
+// newFixture is a fixture on the shared cluster.
 func newFixture(t testing.TB) *fixture {
 	t.Helper()
-	c := pgtest.Shared(t)
+	return newFixtureOn(t, pgtest.Shared(t))
+}
+
+// newFixtureOn is a fixture on cluster c.
+func newFixtureOn(t testing.TB, c *pgtest.Cluster) *fixture {
+	t.Helper()
 	f := &fixture{t: t, conn: c.ConnString(), schema: schemaFor(t)}
 	f.admin = newPool(t, f.conn)
 	t.Cleanup(func() {

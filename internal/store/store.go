@@ -230,8 +230,9 @@ type Token struct {
 
 // Claimed is an email handed to a claim holder.
 type Claimed struct {
-	Token
 	Envelope
+	// Token is this claim's fencing token, for the holder's writes.
+	Token  Token
 	Queued time.Time // when it was accepted
 	// Meta is the meta given to Draft.Commit, as given: the Client keeps
 	// there what it learnt of the body while it was written (its size as
