@@ -108,8 +108,8 @@ type Store interface {
 	// token is spent. A *FencedError means nothing was written.
 	Requeue(ctx context.Context, tok Token, p *Progress, notBefore time.Time) error
 
-	// HandBack releases the email unfinished, ready now for any claimer,
-	// without counting an attempt: the holder is closing. With p it
+	// HandBack releases the email unfinished, ready now for any claimer:
+	// the holder is closing, or took more than it can send. With p it
 	// records p as Requeue does; with nil p the email keeps its last
 	// progress and its unanswered Ending records, which a later claim then
 	// reports as unknown outcomes. A *FencedError means nothing was
