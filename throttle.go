@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+
+	"github.com/mxrelay/mxrelay/internal/smtpc"
 )
 
 // Throttle says how the client answers an upstream that asks it to slow
@@ -47,10 +49,17 @@ func slowDown(err error, texts []string) bool {
 	}
 	switch se.Code {
 	case 421, 450, 451, 452, 454:
+		if mentions(se.Message, notThrottle) {
+			return false
+		}
 		return se.EnhancedCode[0] == 4 && se.EnhancedCode[1] == 7 || mentions(se.Message, throttleWords)
 	}
 	return se.Code/100 == 5 && mentions(se.Message, texts)
 }
+
+// notThrottle are texts of replies that say "later" for another reason
+// than the rate: greylisting is per sender and recipient.
+var notThrottle = []string{"greylist", "graylist"}
 
 func mentions(msg string, words []string) bool {
 	msg = strings.ToLower(msg)
@@ -64,13 +73,19 @@ func mentions(msg string, words []string) bool {
 
 // feedback lowers the client's sending rate and its concurrency when the
 // upstream asks it to slow down, and raises them again while replies are
-// clean: AIMD, as TCP's congestion control. A cut halves the rate (from
-// the rate measured over the last seconds when none was set) and the
-// sessions allowed, once per round: replies to emails sent before the last
-// cut were asked at the old rate and do not cut again. Each clean second
-// after a cut adds a twentieth of the rate the client had when it was cut,
-// and a session; back at that rate (or at Options.RateLimit), the
-// client is unthrottled.
+// clean, as TCP's congestion control does (a multiplicative decrease, and
+// CUBIC's way back: fast towards the rate that was refused, slow past it).
+//
+// A cut takes the rate to 70% of the lower of the rate in effect (the
+// rate measured over the last seconds, when none was set) and what the
+// upstream accepted over the last second, and halves the sessions
+// allowed, once per round:
+// replies to emails sent before the last cut were asked at the old rate
+// and do not cut again. Each clean second after a cut the rate climbs
+// three quarters of the way back to the rate that was refused; within 5%
+// of it, it probes past it by 2%, 4%, 8%... a second, and a session comes
+// back each step. Back at the rate it had before the first cut (or at
+// Options.RateLimit), the client is unthrottled.
 type feedback struct {
 	min     rate.Limit
 	base    rate.Limit // Options.RateLimit, or rate.Inf
@@ -79,14 +94,18 @@ type feedback struct {
 	lim     *rate.Limiter // shared by every session; rate.Inf when unthrottled
 	onRate  func(rate.Limit)
 
-	mu       sync.Mutex
-	cur      rate.Limit // rate.Inf: not throttled
-	target   rate.Limit // what a raise climbs back to
-	conc     int        // sessions allowed
-	lastCut  time.Time
-	lastStep time.Time
-	cuts     int64
-	meter    meter
+	mu        sync.Mutex
+	cur       rate.Limit // rate.Inf: not throttled
+	target    rate.Limit // the rate before the first cut: unthrottled again there
+	refused   rate.Limit // the rate of the last cut
+	probe     float64    // past refused: the next step's growth
+	conc      int        // sessions allowed
+	lastCut   time.Time
+	lastStep  time.Time
+	cuts      int64
+	sends     meter // emails taken by sessions
+	firstSend time.Time
+	accepts   meter // clean replies
 }
 
 func newFeedback(r RateLimit, t Throttle, maxConc int, onRate func(rate.Limit)) *feedback {
@@ -112,27 +131,37 @@ func (f *feedback) limited() bool {
 // sent counts an email taken by a session at now, for the measured rate.
 func (f *feedback) sent(now time.Time) {
 	f.mu.Lock()
-	f.meter.add(now)
+	if f.firstSend.IsZero() {
+		f.firstSend = now
+	}
+	f.sends.add(now)
 	f.mu.Unlock()
 }
 
 // cut is a "slow down" reply at now to an email sent at sentAt. It
-// reports whether it lowered the rate (false: the email was sent before
-// the last cut, which already answered its round).
+// reports whether it lowered the rate: not for an email sent before the
+// last cut (that cut answered its round), nor within a second of it
+// (upstreams count their limits per second or longer: until the interval
+// is over, a refusal says nothing about the lower rate).
 func (f *feedback) cut(now, sentAt time.Time) bool {
 	f.mu.Lock()
-	if !f.lastCut.IsZero() && sentAt.Before(f.lastCut) {
+	if !f.lastCut.IsZero() && (sentAt.Before(f.lastCut) || now.Sub(f.lastCut) < time.Second) {
 		f.mu.Unlock()
 		return false
 	}
 	r := f.cur
 	if r == rate.Inf {
-		r = f.meter.rate(now)
+		// The rate sent at: over the last 3 s, or since the first email
+		// when that is less.
+		span := min(3*time.Second, now.Sub(f.firstSend))
+		r = rate.Limit(float64(f.sends.count(now, 3*time.Second)) / max(span.Seconds(), 0.01))
 	}
-	if f.target == 0 || f.cur == f.base {
-		f.target = min(max(r, f.min), f.base)
+	if f.cur == f.base {
+		f.target = max(r, f.min)
 	}
-	f.cur = max(r/2, f.min)
+	r = max(min(r, rate.Limit(f.accepts.count(now, time.Second))), f.min)
+	f.refused, f.probe = r, 0.02
+	f.cur = max(r*beta, f.min)
 	f.conc = max(f.conc/2, 1)
 	f.lastCut, f.lastStep = now, now
 	f.cuts++
@@ -148,16 +177,22 @@ func (f *feedback) cut(now, sentAt time.Time) bool {
 // the last step, the rate and the sessions allowed go up one step.
 func (f *feedback) clean(now time.Time) {
 	f.mu.Lock()
+	f.accepts.add(now)
 	if f.cur == f.base || now.Sub(f.lastStep) < time.Second {
 		f.mu.Unlock()
 		return
 	}
 	f.lastStep = now
-	f.cur += max(f.target/20, f.min)
+	if f.cur < f.refused*0.95 {
+		f.cur += (f.refused - f.cur) * 3 / 4
+	} else {
+		f.cur += max(f.cur*rate.Limit(f.probe), f.min)
+		f.probe *= 2
+	}
 	f.conc = min(f.conc+1, f.maxConc)
 	burst := 1
 	if f.cur >= f.target {
-		f.cur, f.conc, f.target, burst = f.base, f.maxConc, 0, f.burst
+		f.cur, f.conc, burst = f.base, f.maxConc, f.burst
 	}
 	cur := f.cur
 	f.lim.SetLimitAt(now, cur)
@@ -173,46 +208,85 @@ func (f *feedback) sessions() int {
 	return f.conc
 }
 
-// state is the current rate (0: not throttled) and the cuts so far.
-func (f *feedback) state() (float64, int64) {
+// throttled is the rate feedback holds the client to (0: none, the
+// client sends at Options.RateLimit or unlimited) and the cuts so far.
+func (f *feedback) throttled() (float64, int64) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.cur == rate.Inf {
+	if f.cur == f.base {
 		return 0, f.cuts
 	}
 	return float64(f.cur), f.cuts
 }
 
-// meter measures the sending rate over the last few seconds: it keeps the
-// times of the last sends in a ring.
+// beta is the multiplicative decrease, CUBIC's: a cut keeps 70% of the
+// rate, so that the saw-tooth around an upstream's limit averages over 90%
+// of it.
+const beta = 0.7
+
+// meter counts events in buckets of a tenth of a second, over the last
+// 3.2 seconds.
 type meter struct {
-	t    [512]time.Time
-	next int
+	at [32]int64 // the tenth of a second each bucket counts
+	n  [32]int
 }
 
-// meterSpan is how far back the measured rate looks.
-const meterSpan = 3 * time.Second
+const meterTick = 100 * time.Millisecond
 
 func (m *meter) add(now time.Time) {
-	m.t[m.next] = now
-	m.next = (m.next + 1) % len(m.t)
+	t := now.UnixNano() / int64(meterTick)
+	i := t % int64(len(m.at))
+	if m.at[i] != t {
+		m.at[i], m.n[i] = t, 0
+	}
+	m.n[i]++
 }
 
-// rate is the sends per second since the oldest send kept within
-// meterSpan of now; zero when there is none.
-func (m *meter) rate(now time.Time) rate.Limit {
+// count is the events in the span (at most 3.1 s) before now, to a tenth
+// of a second: the bucket the span starts in counts whole.
+func (m *meter) count(now time.Time, span time.Duration) int {
+	t := now.UnixNano() / int64(meterTick)
 	n := 0
-	var oldest time.Time
-	for _, t := range m.t {
-		if !t.IsZero() && now.Sub(t) < meterSpan {
-			n++
-			if oldest.IsZero() || t.Before(oldest) {
-				oldest = t
-			}
+	for k := int64(0); k <= int64(span/meterTick) && k < int64(len(m.at)); k++ {
+		if i := (t - k) % int64(len(m.at)); m.at[i] == t-k {
+			n += m.n[i]
 		}
 	}
-	if n == 0 {
-		return 0
+	return n
+}
+
+// maxFreeTries bounds the attempts of one email that a "slow down" refusal
+// may take without spending a retry: against an upstream that never lets
+// anything through, an email still ends.
+const maxFreeTries = 8
+
+// slowed reports whether any reply of an attempt asked the client to slow
+// down: to MAIL, a RCPT, DATA or a chunk, the end of data, or a 421 that
+// ended the session.
+func slowed(res *smtpc.Result, texts []string) bool {
+	for _, e := range []*SMTPError{res.Mail, res.DataCmd} {
+		if e != nil && slowDown(e, texts) {
+			return true
+		}
 	}
-	return rate.Limit(float64(n) / max(now.Sub(oldest).Seconds(), 0.01))
+	for _, e := range res.Rcpt[:res.RcptAnswered] {
+		if e != nil && slowDown(e, texts) {
+			return true
+		}
+	}
+	if end := res.End; end != nil && end.Code/100 != 2 && slowDown(end.Err(), texts) {
+		return true
+	}
+	return res.Err != nil && slowDown(res.Err, texts)
+}
+
+// rateChanged tells the logs and OnEvent that throttle feedback changed
+// the sending rate (rate.Inf: unthrottled).
+func (c *Client) rateChanged(r rate.Limit) {
+	v := float64(r)
+	if r == rate.Inf {
+		v = 0
+	}
+	c.log.Info("mxrelay: sending rate changed by the upstream's replies", "emailsPerSecond", v)
+	c.events.emit(Event{Type: EventRateChanged, Rate: v})
 }
