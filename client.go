@@ -11,8 +11,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/time/rate"
-
 	"github.com/mxrelay/mxrelay/internal/backoff"
 )
 
@@ -47,7 +45,7 @@ type Client struct {
 	wakeMu   sync.Mutex
 	wakeC    chan struct{}      // closed and replaced when the queue changed
 	roomC    chan struct{}      // closed and replaced when a place in the queue freed up
-	limiter  *rate.Limiter      // Options.RateLimit; nil: none
+	fb       *feedback          // Options.RateLimit and Throttle: the limiter every session waits for
 	claimed  int                // workers starting a session, not yet holding an email
 	draining chan struct{}      // closed by Close
 	stopCtx  context.Context    // ends when Close gives up waiting
@@ -88,7 +86,6 @@ func New(relayURL, apiKey string, opts *Options) (*Client, error) {
 		reconnect: backoff.Policy{Initial: o.ReconnectInterval, Max: o.MaxReconnectInterval, Jitter: 0.2},
 		wakeC:     make(chan struct{}),
 		roomC:     make(chan struct{}),
-		limiter:   o.RateLimit.limiter(),
 		draining:  make(chan struct{}),
 		done:      make(chan struct{}),
 	}
@@ -96,6 +93,7 @@ func New(relayURL, apiKey string, opts *Options) (*Client, error) {
 		c.log.Warn("mxrelay: TLS certificates are not checked: for tests only", "unchecked", off)
 	}
 	c.events = newDispatcher(o.OnEvent, o.EventBuffer, o.Logger)
+	c.fb = newFeedback(o.RateLimit, o.Throttle, o.MaxConcurrentSessions, c.rateChanged)
 	c.stopCtx, c.stop = context.WithCancel(context.Background())
 	if o.SpoolDir != "" {
 		sp, left, err := openSpool(o.SpoolDir, o.SpoolSyncAll)
@@ -199,6 +197,7 @@ func (c *Client) Stats() Stats {
 	}
 	c.mu.Unlock()
 	s.EventsDropped = c.events.droppedCount()
+	s.SendRate, s.ThrottleCuts = c.fb.throttled()
 	return s
 }
 

@@ -1,6 +1,7 @@
 package mxrelay_test
 
 import (
+	"context"
 	"fmt"
 	"testing"
 	"time"
@@ -132,4 +133,17 @@ func TestCloseEndsALingeringSession(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, c.Close(ctxT(t)))
 	assert.Equal(t, int64(1), c.Stats().SessionsCompleted)
+}
+
+// A retry whose delay ends while its session lingers goes in that session
+// at once, not after Linger.
+func TestLingeringSessionTakesADueRetry(t *testing.T) {
+	s := newRelay(t, nil)
+	s.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: "MAIL", Reply: "451 4.3.0 try again"})
+	c := newClient(t, s, &mxrelay.Options{Linger: time.Hour, RetryInterval: 20 * time.Millisecond})
+	ctx, cancel := context.WithTimeout(ctxT(t), 5*time.Second)
+	defer cancel()
+	res, err := c.Send(ctx, mail("retried while lingering"))
+	require.NoError(t, err)
+	assert.Equal(t, 2, res.Attempts)
 }

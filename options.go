@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -123,6 +124,13 @@ type Options struct {
 	// provider's 30 a minute). Zero: no limit. Waiting for it is not a
 	// failure and spends no retry; only the email's own timeout runs.
 	RateLimit RateLimit
+	// Throttle is how the client answers an upstream that asks it to slow
+	// down (421, 450, 451, 452 or 454 with 4.7.x or a throttling text; a
+	// 5xx with one of Throttle.Texts): the sending rate and the sessions
+	// allowed go down, and come back while replies are clean; an email
+	// refused that way goes again without spending its retries while the
+	// client has slowed down for it (8 times at most). On by default.
+	Throttle Throttle
 	// MaxEmailsPerSession bounds the emails sent in one SMTP session. Zero: 10.
 	MaxEmailsPerSession int
 	// MaxConcurrentSessions is how many SMTP sessions may run at once, each
@@ -295,6 +303,10 @@ func (o Options) withDefaults() Options {
 	}
 	def(&o.IdleTimeout, 30*time.Second)
 	def(&o.Linger, 10*time.Second)
+	if o.Throttle.Texts == nil {
+		o.Throttle.Texts = DefaultThrottleTexts
+	}
+	o.Throttle.Texts = slices.Clone(o.Throttle.Texts)
 	if o.Retries == 0 {
 		o.Retries = 3
 	} else if o.Retries < 0 {
@@ -351,6 +363,8 @@ func (o Options) validate(relayURL, apiKey string) error {
 		return errors.New("mxrelay: SMTP AUTH without STARTTLS would send the password in clear through the relay: set StartTLS (with TLSConfig.ServerName), or Options.PasswordInClear")
 	}
 	switch {
+	case o.Throttle.MinRate < 0:
+		return errors.New("mxrelay: Throttle.MinRate is negative")
 	case o.RateLimit.Emails < 0 || o.RateLimit.Per < 0 || o.RateLimit.Burst < 0:
 		return errors.New("mxrelay: RateLimit has a negative field")
 	case o.RateLimit.Emails > 0 && o.RateLimit.Per == 0:

@@ -34,9 +34,12 @@ type email struct {
 	// Owned by the transitions below.
 	state    emailState
 	attempts int
-	pending  []string // recipients not yet decided
-	accepted []string
-	rejected []RecipientError
+	// freeTries are the attempts refused by a "slow down" that spent no
+	// retry (at most maxFreeTries).
+	freeTries int
+	pending   []string // recipients not yet decided
+	accepted  []string
+	rejected  []RecipientError
 	// refusedLast is, per recipient not yet decided, the upstream's last
 	// temporary refusal of it (a 4xx to its RCPT), reported if the email
 	// ends without it.
@@ -191,8 +194,14 @@ func (c *Client) settle(em *email, v verdict, txTime time.Duration) {
 	c.mu.Unlock()
 
 	switch {
+	case v.outcome == outRetry && v.slow && em.freeTries < maxFreeTries:
+		// The upstream asked to slow down and the client did: this try
+		// was the client's haste, not the email's fault. The limiter
+		// paces it; it spends no retry.
+		em.freeTries++
+		c.requeue(em, v.err, 0)
 	case v.outcome == outRetry:
-		c.requeue(em, v.err)
+		c.requeue(em, v.err, c.retry.Delay(em.attempts-em.freeTries))
 	case v.outcome == outHandBack:
 		err := v.err
 		if em.file != "" {
@@ -208,7 +217,7 @@ func (c *Client) settle(em *email, v verdict, txTime time.Duration) {
 
 // requeue puts em back in the queue for a retry after cause, recording
 // its progress in the spool first.
-func (c *Client) requeue(em *email, cause error) {
+func (c *Client) requeue(em *email, cause error, delay time.Duration) {
 	if em.file != "" {
 		c.recordProgress(em)
 	}
@@ -217,7 +226,6 @@ func (c *Client) requeue(em *email, cause error) {
 		c.mu.Unlock()
 		return
 	}
-	delay := c.retry.Delay(em.attempts)
 	now := time.Now()
 	em.notBefore = now.Add(delay)
 	em.state = stateQueued

@@ -48,7 +48,7 @@ type smtpSession struct {
 // linger keeps a session whose emails all have their results open for
 // the next email, until Options.Linger has passed since the last one was
 // taken (then false: the session ends with QUIT). It returns true when the
-// queue changed, to look for an email. Meanwhile the worker counts as
+// queue changed or a retry's delay is over, to look for an email. Meanwhile the worker counts as
 // starting a session, so that other workers leave the next email to it. A
 // session ended by the far end meanwhile (a 421 at the upstream's idle
 // timeout, a cut) sets idleEnd and returns false.
@@ -61,8 +61,20 @@ func (s *smtpSession) linger(ctx context.Context, wake <-chan struct{}, last tim
 	w.claimNext()
 	t := time.NewTimer(left)
 	defer t.Stop()
+	// A retry waiting for its delay is taken when it is due.
+	c.mu.Lock()
+	next, delayed := c.q.nextDue()
+	c.mu.Unlock()
+	var due <-chan time.Time
+	if delayed {
+		dt := time.NewTimer(time.Until(next))
+		defer dt.Stop()
+		due = dt.C
+	}
 	select {
 	case <-wake:
+		return true
+	case <-due:
 		return true
 	case <-s.sc.Broken():
 		s.idleEnd = true
@@ -161,7 +173,7 @@ func (w *worker) session() {
 	lastTaken := time.Now()
 	for n := 0; n < c.opts.MaxEmailsPerSession && ctx.Err() == nil && !s.aborted.Load() && !s.hurried.Load() && s.sc.Err() == nil; {
 		wake := c.wakeChan()
-		if c.limiter != nil && w.ready() && !w.pace(ctx, s.sc.Flush) {
+		if c.fb.limited() && w.ready() && !w.pace(ctx, s.sc.Flush) {
 			break // the rate limit: the next session goes on
 		}
 		em := w.take(s)
@@ -399,6 +411,7 @@ func (s *smtpSession) send(em *email) error {
 		c.settle(em, verdict{outcome: outFail, err: canceled, left: pending(rcpts, nil), attempt: true}, 0)
 		return nil
 	}
+	c.fb.sent(start)
 	r, err := em.body.open()
 	if err == nil && !s.ch.Binary() && !em.body.utf8 {
 		err = ErrNotUTF8 // checked at Enqueue, with the line endings
@@ -453,6 +466,8 @@ func (s *smtpSession) build(em *email, rcpts []string) (*smtpc.Tx, error) {
 // attempt, on the engine's reader or the session's goroutine.
 func (s *smtpSession) apply(em *email, rcpts []string, res *smtpc.Result, start time.Time) {
 	c := s.c
+	th := &c.opts.Throttle
+	slow := !th.Disable && slowed(res, th.Texts)
 	c.mu.Lock()
 	a := attempt{
 		rcpts:        rcpts,
@@ -460,14 +475,28 @@ func (s *smtpSession) apply(em *email, rcpts []string, res *smtpc.Result, start 
 		canceled:     em.canceled,
 		closing:      c.stopCtx.Err() != nil,
 		draining:     s.draining.Load(),
-		lastTry:      em.attempts > em.cfg.retries,
+		lastTry:      em.attempts-em.freeTries > em.cfg.retries,
 		retryUnknown: c.opts.RetryUnknown,
+		slow:         slow,
+	}
+	if !th.Disable {
+		a.throttleTexts = th.Texts
+	}
+	if slow && em.freeTries < maxFreeTries {
+		a.lastTry = false // it goes again, free (see settle)
 	}
 	c.mu.Unlock()
 	if res.Err != nil {
 		a.broke = s.explain(res.Err)
 	}
-	c.settle(em, decide(a), time.Since(start))
+	now := time.Now()
+	switch {
+	case slow:
+		c.fb.cut(now, start)
+	case res.End != nil:
+		c.fb.clean(now)
+	}
+	c.settle(em, decide(a), now.Sub(start))
 }
 
 func addresses(rs []RecipientError) []string {

@@ -98,4 +98,9 @@ type Stats struct {
 	Delayed          int
 	OldestQueued     time.Duration
 	EventsDropped    int64 // events lost because OnEvent was too slow
+	// SendRate is the rate, in emails per second, that throttle feedback
+	// holds the client to now (see Options.Throttle), 0 when it does not;
+	// ThrottleCuts counts the times an upstream's "slow down" lowered it.
+	SendRate     float64
+	ThrottleCuts int64
 }

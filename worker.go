@@ -233,11 +233,7 @@ func (w *worker) take(s *smtpSession) *email {
 // end rather than wait: its context would run out first, or ended. The
 // token is taken only when it returns true.
 func (w *worker) pace(ctx context.Context, flush func() error) bool {
-	l := w.c.limiter
-	if l == nil {
-		return true
-	}
-	r := l.Reserve()
+	r := w.c.fb.lim.Reserve()
 	d := r.Delay()
 	if d == 0 {
 		return true
