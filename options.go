@@ -140,9 +140,16 @@ type Options struct {
 	// PipelineWindow bounds the transactions a session keeps in flight
 	// (written, end of data not yet answered) when the upstream offers
 	// PIPELINING and CHUNKING. Zero: 256, enough to keep a 50 ms link busy
-	// at about 5,000 emails/s (see the README). Without CHUNKING a pipelined
-	// session has one email's end of data in flight at a time.
+	// at about 5,000 emails/s (see the README). Within it the window
+	// adapts: it starts at 32 and holds what the link needs, twice the
+	// highest reply rate measured times the shortest round trip (the
+	// bandwidth-delay product), never under 32, so that a cut leaves no
+	// more emails unknown than the link needed in flight. Without CHUNKING
+	// a pipelined session has one email's end of data in flight at a time.
 	PipelineWindow int
+	// FixedWindow keeps PipelineWindow transactions in flight whatever the
+	// link needs (the window does not adapt).
+	FixedWindow bool
 	// DisablePipelining sends lock-step (one command, wait for its reply)
 	// even when the upstream offers PIPELINING; BDAT is still used when
 	// offered. For servers whose PIPELINING is broken.

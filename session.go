@@ -317,6 +317,7 @@ func (s *smtpSession) handshake(ctx context.Context) error {
 	s.sc = smtpc.New(smtplog.Wrap(s.ch, s.c.log, "session", s.id), smtpc.Config{
 		Timeout:      o.CommandTimeout,
 		Window:       o.PipelineWindow,
+		FixedWindow:  o.FixedWindow,
 		NoPipelining: o.DisablePipelining,
 		Fix:          o.FixLineEndings,
 		MaxLine:      o.maxLine(),
