@@ -11,8 +11,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/time/rate"
-
 	"github.com/mxrelay/mxrelay/internal/backoff"
 )
 
@@ -47,7 +45,7 @@ type Client struct {
 	wakeMu   sync.Mutex
 	wakeC    chan struct{}      // closed and replaced when the queue changed
 	roomC    chan struct{}      // closed and replaced when a place in the queue freed up
-	limiter  *rate.Limiter      // Options.RateLimit; nil: none
+	fb       *feedback          // Options.RateLimit and Throttle: the limiter every session waits for
 	claimed  int                // workers starting a session, not yet holding an email
 	draining chan struct{}      // closed by Close
 	stopCtx  context.Context    // ends when Close gives up waiting
@@ -88,7 +86,6 @@ func New(relayURL, apiKey string, opts *Options) (*Client, error) {
 		reconnect: backoff.Policy{Initial: o.ReconnectInterval, Max: o.MaxReconnectInterval, Jitter: 0.2},
 		wakeC:     make(chan struct{}),
 		roomC:     make(chan struct{}),
-		limiter:   o.RateLimit.limiter(),
 		draining:  make(chan struct{}),
 		done:      make(chan struct{}),
 	}
@@ -96,6 +93,7 @@ func New(relayURL, apiKey string, opts *Options) (*Client, error) {
 		c.log.Warn("mxrelay: TLS certificates are not checked: for tests only", "unchecked", off)
 	}
 	c.events = newDispatcher(o.OnEvent, o.EventBuffer, o.Logger)
+	c.fb = newFeedback(o.RateLimit, o.Throttle, o.MaxConcurrentSessions, c.rateChanged)
 	c.stopCtx, c.stop = context.WithCancel(context.Background())
 	if o.SpoolDir != "" {
 		sp, left, err := openSpool(o.SpoolDir, o.SpoolSyncAll)
@@ -143,7 +141,7 @@ func (c *Client) replay(left []*spooled) {
 			em.unknown = em.unknown || p.Unknown
 			em.pending, em.accepted = p.Pending, p.Accepted
 			for _, to := range slices.Sorted(maps.Keys(p.Rejected)) {
-				em.rejected = append(em.rejected, RecipientError{Address: to, Err: errors.New(p.Rejected[to])})
+				em.rejected = append(em.rejected, recipientError(to, errors.New(p.Rejected[to])))
 			}
 		}
 		var timeout time.Duration
@@ -162,13 +160,13 @@ func (c *Client) replay(left []*spooled) {
 		c.recovered = append(c.recovered, em.handle)
 		switch {
 		case err != nil:
-			c.cancel(em, err)
+			c.cancel(em, OutcomeFailed, err)
 		case em.unknown && !c.opts.RetryUnknown:
-			c.cancel(em, &UnknownOutcomeError{Err: errors.New("the previous Client stopped after this email's end of data was written")})
+			c.cancel(em, OutcomeUnknown, &UnknownOutcomeError{Err: errors.New("the previous Client stopped after this email's end of data was written")})
 		case expired:
 			// Failed now: a timer, however short, could lose the race
 			// against a session that takes the email first.
-			c.cancel(em, timedOut(em))
+			c.cancel(em, OutcomeFailed, timedOut(em))
 		}
 	}
 	if len(left) > 0 {
@@ -198,14 +196,15 @@ func (c *Client) Stats() Stats {
 	s.QueueSize = c.q.len()
 	c.q.depth(&s, time.Now())
 	s.InFlight = c.inflight
-	if s.SessionsProcessed > 0 {
-		s.AverageSessionTime = c.sumSess / time.Duration(s.SessionsProcessed)
+	if s.SessionsCompleted > 0 {
+		s.AverageSessionTime = c.sumSess / time.Duration(s.SessionsCompleted)
 	}
-	if s.EmailsProcessed > 0 {
-		s.AverageEmailTime = c.sumEmail / time.Duration(s.EmailsProcessed)
+	if s.EmailsDelivered > 0 {
+		s.AverageEmailTime = c.sumEmail / time.Duration(s.EmailsDelivered)
 	}
 	c.mu.Unlock()
 	s.EventsDropped = c.events.droppedCount()
+	s.SendRate, s.ThrottleCuts = c.fb.throttled()
 	return s
 }
 
@@ -256,9 +255,9 @@ func (c *Client) Close(ctx context.Context) error {
 	c.mu.Unlock()
 	for _, em := range left {
 		if em.file != "" {
-			c.finish(em, fmt.Errorf("%w: %w", ErrClosed, ErrSpooled))
+			c.finish(em, OutcomeHandedBack, fmt.Errorf("%w: %w", ErrClosed, ErrSpooled))
 		} else {
-			c.finish(em, ErrClosed)
+			c.finish(em, OutcomeHandedBack, ErrClosed)
 		}
 	}
 	if c.spool != nil && first {

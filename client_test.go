@@ -40,6 +40,7 @@ func TestSendDelivers(t *testing.T) {
 			res, err := c.Send(ctxT(t), mxrelay.Email{ID: "e1", From: "a@example.com", To: []string{"b@example.com", "c@example.com"}, Body: strings.NewReader(body)})
 			require.NoError(t, err)
 			assert.True(t, res.Delivered())
+			assert.Equal(t, mxrelay.OutcomeDelivered, res.Outcome)
 			assert.Equal(t, "e1", res.EmailID)
 			assert.Equal(t, []string{"b@example.com", "c@example.com"}, res.Accepted)
 			assert.Empty(t, res.Rejected)
@@ -53,7 +54,7 @@ func TestSendDelivers(t *testing.T) {
 			assert.Equal(t, []string{"b@example.com", "c@example.com"}, box[0].To)
 			assert.Equal(t, body, string(box[0].Data), "the upstream gets the exact bytes, dot-stuffing undone")
 			st := c.Stats()
-			assert.EqualValues(t, 1, st.EmailsProcessed)
+			assert.EqualValues(t, 1, st.EmailsDelivered)
 			assert.EqualValues(t, 0, st.EmailsFailed)
 		})
 	}
@@ -297,7 +298,7 @@ func TestChannelErrorIsRetried(t *testing.T) {
 	require.NoError(t, c.Close(ctxT(t))) // the session's QUIT comes after the result
 	st := c.Stats()
 	assert.EqualValues(t, 1, st.SessionsFailed)
-	assert.EqualValues(t, 1, st.SessionsProcessed)
+	assert.EqualValues(t, 1, st.SessionsCompleted)
 }
 
 func TestDropAfterRcptRetries(t *testing.T) {
@@ -334,6 +335,7 @@ func TestDropAfterFinalDot(t *testing.T) {
 		require.ErrorIs(t, err, mxrelay.ErrUnknownOutcome)
 		var ue *mxrelay.UnknownOutcomeError
 		require.ErrorAs(t, err, &ue)
+		assert.Equal(t, mxrelay.OutcomeUnknown, res.Outcome)
 		assert.True(t, res.MaybeDelivered)
 		assert.Equal(t, 1, res.Attempts)
 		assert.Equal(t, 1, countSubject(s, "maybe"), "the upstream did get it")
@@ -347,6 +349,7 @@ func TestDropAfterFinalDot(t *testing.T) {
 		c := newClient(t, s, &mxrelay.Options{RetryUnknown: true})
 		res, err := c.Send(ctxT(t), mail("twice"))
 		require.NoError(t, err)
+		assert.Equal(t, mxrelay.OutcomeDelivered, res.Outcome, "delivered, though an earlier attempt may have delivered it too")
 		assert.True(t, res.MaybeDelivered)
 		assert.Equal(t, 2, res.Attempts)
 		assert.Equal(t, 2, countSubject(s, "twice"), "a retried unknown outcome may duplicate, and the result says so")
@@ -360,6 +363,7 @@ func TestRecipientReplies(t *testing.T) {
 	c := newClient(t, s, nil)
 	res, err := c.Send(ctxT(t), mail("partial", "ok@example.com", "gone@example.com", "busy@example.com"))
 	require.NoError(t, err, "delivered to the accepted recipients")
+	assert.Equal(t, mxrelay.OutcomeDelivered, res.Outcome, "delivered to some, refused for others")
 	assert.ElementsMatch(t, []string{"ok@example.com", "busy@example.com"}, res.Accepted)
 	require.Len(t, res.Rejected, 1)
 	assert.Equal(t, "gone@example.com", res.Rejected[0].Address)
@@ -378,6 +382,7 @@ func TestRecipientReplies(t *testing.T) {
 		var se *mxrelay.SMTPError
 		require.ErrorAs(t, err, &se)
 		assert.Equal(t, 550, se.Code)
+		assert.Equal(t, mxrelay.OutcomeFailed, res.Outcome)
 		assert.Len(t, res.Rejected, 1)
 		assert.Equal(t, 1, res.Attempts, "5xx is not retried")
 	})
@@ -498,8 +503,8 @@ func TestBatchingIntoSessions(t *testing.T) {
 	assert.Equal(t, 1, st.Connections, "the WebSocket stays authenticated between sessions")
 	assert.Equal(t, 3, st.UpstreamSessions)
 	cs := c.Stats()
-	assert.EqualValues(t, 3, cs.SessionsProcessed)
-	assert.EqualValues(t, 25, cs.EmailsProcessed)
+	assert.EqualValues(t, 3, cs.SessionsCompleted)
+	assert.EqualValues(t, 25, cs.EmailsDelivered)
 	assert.Greater(t, cs.AverageSessionTime, time.Duration(0))
 	assert.Greater(t, cs.AverageEmailTime, time.Duration(0))
 }
@@ -673,6 +678,19 @@ func TestTimeouts(t *testing.T) {
 		assert.False(t, res.Delivered())
 		assert.Equal(t, 0, c.Stats().QueueSize, "withdrawn from the queue")
 	})
+	t.Run("Email.Timeout, and the Options' for an email without one", func(t *testing.T) {
+		s := newRelay(t, nil)
+		s.SetDown(true)
+		c := newClient(t, s, &mxrelay.Options{MaxReconnectAttempts: 1000, EmailTimeout: 50 * time.Millisecond})
+		e := mail("late field")
+		e.Timeout = 20 * time.Millisecond
+		res, err := c.Send(ctxT(t), e)
+		require.ErrorIs(t, err, context.DeadlineExceeded)
+		require.ErrorIs(t, err, mxrelay.ErrCanceled)
+		assert.Equal(t, mxrelay.OutcomeFailed, res.Outcome)
+		_, err = c.Send(ctxT(t), mail("late default"))
+		require.ErrorIs(t, err, context.DeadlineExceeded)
+	})
 }
 
 func TestCancellation(t *testing.T) {
@@ -753,11 +771,13 @@ func TestCloseHandsBackWhatIsLeft(t *testing.T) {
 		res, err := h.Wait(ctxT(t))
 		require.ErrorIs(t, err, mxrelay.ErrClosed)
 		assert.False(t, res.Delivered())
+		assert.Equal(t, mxrelay.OutcomeHandedBack, res.Outcome)
 	}
 	_, err = c.Enqueue(mail("late"))
 	require.ErrorIs(t, err, mxrelay.ErrClosed)
 	st := c.Stats()
 	assert.EqualValues(t, 5, st.EmailsFailed)
+	assert.EqualValues(t, 5, st.EmailsHandedBack)
 }
 
 func TestCloseDuringStalledSession(t *testing.T) {
@@ -900,7 +920,7 @@ func TestCloseWaitsForARetry(t *testing.T) {
 	c := newClient(t, s, &mxrelay.Options{RetryInterval: 100 * time.Millisecond, MaxRetryInterval: 100 * time.Millisecond})
 	h, err := c.Enqueue(mail("retried during Close"))
 	require.NoError(t, err)
-	require.Eventually(t, func() bool { return c.Stats().EmailsRetried == 1 }, 10*time.Second, time.Millisecond)
+	require.Eventually(t, func() bool { return c.Stats().RetriesScheduled == 1 }, 10*time.Second, time.Millisecond)
 	require.NoError(t, c.Close(ctxT(t)), "Close keeps sending what is queued, delayed retries included")
 	res, err := h.Wait(ctxT(t))
 	require.NoError(t, err)

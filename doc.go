@@ -7,7 +7,8 @@
 // version 1 (docs/protocol.md).
 //
 // A Client holds a bounded priority queue (CRITICAL > HIGH > NORMAL > LOW,
-// first in first out within a level) and session workers (one by default,
+// first in first out within a level, retries in turns with fresh mail, never
+// ahead of it) and session workers (one by default,
 // MaxConcurrentSessions in all): each connects when there is work, sends up to MaxEmailsPerSession emails in one SMTP
 // session (EHLO, AUTH, MAIL/RCPT/DATA for each, QUIT), keeps the WebSocket
 // authenticated while work keeps coming, and disconnects when idle. Under
@@ -30,14 +31,15 @@
 //
 // # Guarantees
 //
-// Every email accepted by Send or Enqueue gets exactly one Result: delivered,
-// failed with an *EmailError, or handed back by Close with ErrClosed. An
-// email is reported delivered only when the upstream answered 2xx to the end
-// of its data, on a reply a later reply in step confirmed as its own. When
-// the end of data was sent and no trusted reply decided it, the outcome is
-// unknown: the email fails with an *UnknownOutcomeError (matching
-// ErrUnknownOutcome), or with Options.RetryUnknown is retried, and its
-// Result says MaybeDelivered. The README's Guarantees section has the
+// Every email accepted by Send or Enqueue gets exactly one Result, whose
+// Outcome says how it ended: delivered, failed with an *EmailError,
+// unknown, or handed back by Close with ErrClosed. An email is reported
+// delivered only when the upstream answered 2xx to the end of its data, on
+// a reply a later reply in step confirmed as its own. When the end of data
+// was sent and no trusted reply decided it, the outcome is unknown: the
+// email ends with an *UnknownOutcomeError (matching ErrUnknownOutcome), or
+// with Options.RetryUnknown is retried, and its Result says
+// MaybeDelivered. The README's Guarantees section has the
 // whole table, and what no client can tell.
 //
 // # Drop-ins

@@ -42,9 +42,13 @@ func (p Priority) String() string {
 
 func (p Priority) valid() bool { return p >= PriorityLow && p <= PriorityCritical }
 
-// Email is one message and its envelope. The library does not build
-// messages: Body holds the RFC 5322 bytes (headers, blank line, body) that
-// the caller composed with the library of its choice.
+// Email is one message, its envelope and how to send it. The library does
+// not build messages: Body holds the RFC 5322 bytes (headers, blank line,
+// body) that the caller composed with the library of its choice. Every
+// per-email setting is a field here (ID, MailOptions, RcptOptions,
+// Priority, Retries, Timeout, Immediate); the SendOptions set the same
+// fields. Send and Enqueue check them (an unknown Priority is refused
+// with ErrInvalidEmail).
 type Email struct {
 	// ID names the email in results, events and logs. Zero: a random ID.
 	ID string
@@ -75,6 +79,21 @@ type Email struct {
 	// RcptOptions are RCPT parameters per recipient in To: DSN's NOTIFY and
 	// ORCPT. RRVS, DELIVERBY and MT-PRIORITY are refused.
 	RcptOptions map[string]*RcptOptions
+
+	// Priority orders the queue (see Priority). Zero: PriorityNormal.
+	Priority Priority
+	// Retries is how many times the email is retried after a temporary
+	// failure. Zero: Options.Retries. Negative: none.
+	Retries int
+	// Timeout is the email's deadline, counted from Enqueue. Past it, an
+	// email that has not reached the end of its data is withdrawn and
+	// fails with an error matching ErrCanceled and
+	// context.DeadlineExceeded; one whose end of data is out is decided
+	// by its reply. Zero: Options.EmailTimeout. Negative: none.
+	Timeout time.Duration
+	// Immediate lets a new session start for this email without waiting
+	// for Options.BatchWait. CRITICAL emails are always immediate.
+	Immediate bool
 }
 
 // MailOptions and RcptOptions are go-smtp's types, so that code written
@@ -84,33 +103,66 @@ type (
 	RcptOptions = smtp.RcptOptions
 )
 
-// SendOption adjusts how one email is sent.
-type SendOption func(*sendConfig)
+// SendOption sets one of an Email's per-email fields. Given to Send,
+// Enqueue, EnqueueWait or NewSender, the options are applied in order to
+// the caller's Email (a copy) after its own fields: when both say
+// something, the option wins.
+type SendOption func(*Email)
 
+// WithPriority is the same as setting Email.Priority to p.
+func WithPriority(p Priority) SendOption { return func(e *Email) { e.Priority = p } }
+
+// WithRetries is the same as setting Email.Retries to n retries, except
+// that zero, like a negative n, means none: Email.Retries becomes -1.
+// (Email.Retries's own zero is Options.Retries.)
+func WithRetries(n int) SendOption {
+	return func(e *Email) { e.Retries = positiveOrNone(n) }
+}
+
+// WithTimeout is the same as setting Email.Timeout to d, except that zero,
+// like a negative d, means no deadline: Email.Timeout becomes -1.
+// (Email.Timeout's own zero is Options.EmailTimeout.)
+func WithTimeout(d time.Duration) SendOption {
+	return func(e *Email) { e.Timeout = positiveOrNone(d) }
+}
+
+// Immediate is the same as setting Email.Immediate.
+func Immediate() SendOption { return func(e *Email) { e.Immediate = true } }
+
+// positiveOrNone is v, or -1 (none) when v is not positive.
+func positiveOrNone[T int | time.Duration](v T) T {
+	if v <= 0 {
+		return -1
+	}
+	return v
+}
+
+// sendConfig is an email's per-email settings, resolved against the
+// Client's Options.
 type sendConfig struct {
 	priority  Priority
-	retries   int // -1: Options.Retries
-	timeout   time.Duration
+	retries   int           // how many retries, >= 0
+	timeout   time.Duration // the deadline from Enqueue; 0: none
 	immediate bool
 }
 
-// WithPriority sets the email's priority. Default: PriorityNormal.
-func WithPriority(p Priority) SendOption { return func(c *sendConfig) { c.priority = p } }
-
-// WithRetries sets how many times the email is retried after a temporary
-// failure. Default: Options.Retries. Negative n means none.
-func WithRetries(n int) SendOption {
-	return func(c *sendConfig) { c.retries = max(n, 0) }
+// sendConfig resolves e's per-email settings against o, defaults applied.
+func (o *Options) sendConfig(e *Email) sendConfig {
+	cfg := sendConfig{priority: e.Priority, retries: e.Retries, timeout: e.Timeout, immediate: e.Immediate}
+	switch {
+	case e.Retries == 0:
+		cfg.retries = o.Retries
+	case e.Retries < 0:
+		cfg.retries = 0
+	}
+	switch {
+	case e.Timeout == 0:
+		cfg.timeout = o.EmailTimeout
+	case e.Timeout < 0:
+		cfg.timeout = 0
+	}
+	return cfg
 }
-
-// WithTimeout sets the email's deadline, counted from Enqueue. Past it, an
-// email that has not reached the end of its data is withdrawn and fails
-// with an error matching context.DeadlineExceeded. Default: Options.Timeout.
-func WithTimeout(d time.Duration) SendOption { return func(c *sendConfig) { c.timeout = d } }
-
-// Immediate lets a new session start for this email without waiting for
-// Options.BatchWait. CRITICAL emails are always immediate.
-func Immediate() SendOption { return func(c *sendConfig) { c.immediate = true } }
 
 // maxPath is the longest reverse- or forward-path of RFC 5321 §4.5.3.1.3,
 // angle brackets included.
@@ -175,6 +227,9 @@ func quotedLocalPart(a string) (int, error) {
 }
 
 func (e *Email) validate() error {
+	if !e.Priority.valid() {
+		return fmt.Errorf("%w: unknown priority %d", ErrInvalidEmail, int(e.Priority))
+	}
 	if err := checkAddress("sender", e.From); err != nil {
 		return err
 	}

@@ -228,3 +228,36 @@ func TestCloseRightAfterEnqueueStillSends(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, res.Delivered())
 }
+
+// An email's settings come from its fields, the SendOptions over them,
+// and the Client's Options for the fields left at zero.
+func TestSendConfigResolvesPerEmailSettings(t *testing.T) {
+	o := Options{Retries: 3, EmailTimeout: time.Minute}
+	for _, tc := range []struct {
+		name  string
+		email Email
+		opts  []SendOption
+		want  sendConfig
+	}{
+		{"zero fields: the Options", Email{}, nil, sendConfig{priority: PriorityNormal, retries: 3, timeout: time.Minute}},
+		{"fields", Email{Priority: PriorityHigh, Retries: 5, Timeout: time.Second, Immediate: true}, nil,
+			sendConfig{priority: PriorityHigh, retries: 5, timeout: time.Second, immediate: true}},
+		{"negative fields: none", Email{Retries: -1, Timeout: -1}, nil, sendConfig{}},
+		{"options over fields", Email{Priority: PriorityLow, Retries: 5, Timeout: time.Second},
+			[]SendOption{WithPriority(PriorityCritical), WithRetries(1), WithTimeout(time.Hour), Immediate()},
+			sendConfig{priority: PriorityCritical, retries: 1, timeout: time.Hour, immediate: true}},
+		{"zero in an option: none", Email{Retries: 5, Timeout: time.Second},
+			[]SendOption{WithRetries(0), WithTimeout(0)}, sendConfig{}},
+		{"negative in an option: none", Email{}, []SendOption{WithRetries(-2), WithTimeout(-time.Second)}, sendConfig{}},
+		{"the last option wins", Email{}, []SendOption{WithPriority(PriorityLow), WithPriority(PriorityHigh)},
+			sendConfig{priority: PriorityHigh, retries: 3, timeout: time.Minute}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := tc.email
+			for _, opt := range tc.opts {
+				opt(&e)
+			}
+			require.Equal(t, tc.want, o.sendConfig(&e))
+		})
+	}
+}

@@ -40,8 +40,8 @@ var (
 
 	// ErrCanceled is wrapped by the error of an email withdrawn before its
 	// end of data was sent: by Handle.Cancel, by the end of its Send context
-	// (the context's error is wrapped too) or by its Timeout
-	// (context.DeadlineExceeded is wrapped too).
+	// (the context's error is wrapped too) or by its deadline, Email.Timeout
+	// or Options.EmailTimeout (context.DeadlineExceeded is wrapped too).
 	ErrCanceled = errors.New("mxrelay: email cancelled")
 
 	// ErrBareLineEnding is wrapped (with ErrInvalidEmail) by the error of a
@@ -240,7 +240,8 @@ var errPermanentSetup = errors.New("mxrelay: session set-up failed permanently")
 // refused for others: net/smtp and gomail fail a send when a recipient is
 // refused, and code written for them checks the error, not a Result.
 // Result tells who got the message (Accepted) and who did not
-// (Rejected); errors.As finds the first refusal's *SMTPError.
+// (Rejected); errors.As finds the first refusal (a RecipientError) and its
+// *SMTPError.
 type PartialError struct {
 	Result *Result
 }
@@ -251,13 +252,13 @@ func (e *PartialError) Error() string {
 		len(r.Accepted), len(r.Rejected), r.Rejected[0].Address, r.Rejected[0].Err)
 }
 
-// Unwrap returns the first refusal.
-func (e *PartialError) Unwrap() error { return e.Result.Rejected[0].Err }
+// Unwrap returns the first refusal, Result.Rejected[0].
+func (e *PartialError) Unwrap() error { return e.Result.Rejected[0] }
 
 // dropInErr is the error a drop-in returns for Send's outcome: a
 // *PartialError when the email reached some recipients and not all.
 func dropInErr(res *Result, err error) error {
-	if err == nil && res != nil && len(res.Rejected) > 0 {
+	if res != nil && res.Outcome == OutcomeDelivered && len(res.Rejected) > 0 {
 		return &PartialError{Result: res}
 	}
 	return err

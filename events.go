@@ -16,8 +16,8 @@ const (
 	EventSessionStarted                        // its SMTP dialogue is ready: EmailCount ready emails
 	EventSessionCompleted                      // it ended with QUIT: Results, Duration
 	EventSessionFailed                         // it could not start or broke: Err, Duration
-	EventEmailProcessed                        // an email was delivered: Result, Duration (its transaction)
-	EventEmailFailed                           // an email failed for good: Result, Err
+	EventEmailProcessed                        // an email was delivered (OutcomeDelivered; the original's emailProcessed): Result, Duration (its transaction)
+	EventEmailFailed                           // an email ended undelivered (OutcomeFailed, OutcomeUnknown, OutcomeHandedBack): Result, Err
 	EventEmailRetrying                         // an email will be retried: Attempt, Duration (delay), Err
 	EventConnecting                            // dialing the relay
 	EventConnected                             // the WebSocket is open
@@ -29,6 +29,7 @@ const (
 	// Appended, so that the values above keep their numbers.
 	EventQueueProcessingStarted   // the client went from no email to one: QueueSize
 	EventQueueProcessingCompleted // every accepted email has its result: QueueSize (0)
+	EventRateChanged              // throttle feedback changed the sending rate: Rate (0: unthrottled)
 )
 
 var eventNames = map[EventType]string{
@@ -39,6 +40,7 @@ var eventNames = map[EventType]string{
 	EventDisconnected: "disconnected", EventReconnecting: "reconnecting",
 	EventStateChanged: "stateChanged", EventError: "error",
 	EventQueueProcessingStarted: "queueProcessingStarted", EventQueueProcessingCompleted: "queueProcessingCompleted",
+	EventRateChanged: "rateChanged",
 }
 
 func (t EventType) String() string {
@@ -63,6 +65,9 @@ type Event struct {
 	Attempt    int
 	From, To   ConnState
 	Err        error
+	// Rate is EventRateChanged's new rate in emails per second; 0 when
+	// the client is no longer throttled.
+	Rate float64
 }
 
 // dispatcher hands events to the user's callback on a goroutine of its own,

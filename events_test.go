@@ -124,7 +124,7 @@ func TestSlowListenerNeverStallsSending(t *testing.T) {
 		require.NoError(t, err)
 	}
 	st := c.Stats()
-	assert.EqualValues(t, 40, st.EmailsProcessed)
+	assert.EqualValues(t, 40, st.EmailsDelivered)
 	assert.Greater(t, st.EventsDropped, int64(0), "events past the buffer were dropped and counted")
 	close(release)
 	require.NoError(t, c.Close(ctxT(t)))

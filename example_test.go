@@ -82,18 +82,27 @@ func ExampleClient_Send_errors() {
 	}
 	defer c.Close(context.Background())
 
-	_, err = c.Send(context.Background(), mxrelay.Email{
+	res, err := c.Send(context.Background(), mxrelay.Email{
 		From: "app@example.com",
 		To:   []string{"nobody@example.com"},
 		Body: strings.NewReader("Subject: x\r\n\r\nx\r\n"),
 	})
+	if res == nil {
+		log.Fatal(err) // not accepted: invalid, queue full, closed
+	}
+	fmt.Println("outcome:", res.Outcome)
 	var ee *mxrelay.EmailError
 	var se *mxrelay.SMTPError
 	if errors.As(err, &ee) && errors.As(err, &se) {
 		fmt.Println("attempts:", ee.Attempts, "temporary:", ee.Temporary(), "code:", se.Code, se.EnhancedCode)
 	}
+	for _, r := range res.Rejected { // each refusal's reply, without errors.As
+		fmt.Println("refused for", r.Address, r.Code, r.EnhancedCode, r.Message)
+	}
 	// Output:
+	// outcome: FAILED
 	// attempts: 1 temporary: false code: 550 [5 1 1]
+	// refused for nobody@example.com 550 [5 1 1] no such user
 }
 
 func ExampleClient_Close() {
@@ -117,7 +126,7 @@ func ExampleClient_Close() {
 		log.Fatal(err)
 	}
 	st := c.Stats()
-	fmt.Println("delivered", st.EmailsProcessed, "failed", st.EmailsFailed, "sessions", st.SessionsProcessed)
+	fmt.Println("delivered", st.EmailsDelivered, "failed", st.EmailsFailed, "sessions", st.SessionsCompleted)
 	// Output:
 	// delivered 5 failed 0 sessions 1
 }
@@ -197,7 +206,7 @@ func ExampleClient_Stats() {
 	}
 	c.Close(context.Background())
 	st := c.Stats()
-	fmt.Println("queued", st.EmailsQueued, "delivered", st.EmailsProcessed, "sessions", st.SessionsProcessed, "in queue", st.QueueSize)
+	fmt.Println("queued", st.EmailsQueued, "delivered", st.EmailsDelivered, "sessions", st.SessionsCompleted, "in queue", st.QueueSize)
 	// Output:
 	// queued 4 delivered 4 sessions 1 in queue 0
 }

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -123,6 +124,13 @@ type Options struct {
 	// provider's 30 a minute). Zero: no limit. Waiting for it is not a
 	// failure and spends no retry; only the email's own timeout runs.
 	RateLimit RateLimit
+	// Throttle is how the client answers an upstream that asks it to slow
+	// down (421, 450, 451, 452 or 454 with 4.7.x or a throttling text; a
+	// 5xx with one of Throttle.Texts): the sending rate and the sessions
+	// allowed go down, and come back while replies are clean; an email
+	// refused that way goes again without spending its retries while the
+	// client has slowed down for it (8 times at most). On by default.
+	Throttle Throttle
 	// MaxEmailsPerSession bounds the emails sent in one SMTP session. Zero: 10.
 	MaxEmailsPerSession int
 	// MaxConcurrentSessions is how many SMTP sessions may run at once, each
@@ -132,9 +140,16 @@ type Options struct {
 	// PipelineWindow bounds the transactions a session keeps in flight
 	// (written, end of data not yet answered) when the upstream offers
 	// PIPELINING and CHUNKING. Zero: 256, enough to keep a 50 ms link busy
-	// at about 5,000 emails/s (see the README). Without CHUNKING a pipelined
-	// session has one email's end of data in flight at a time.
+	// at about 5,000 emails/s (see the README). Within it the window
+	// adapts: it starts at 32 and holds what the link needs, twice the
+	// highest reply rate measured times the shortest round trip (the
+	// bandwidth-delay product), never under 32, so that a cut leaves no
+	// more emails unknown than the link needed in flight. Without CHUNKING
+	// a pipelined session has one email's end of data in flight at a time.
 	PipelineWindow int
+	// FixedWindow keeps PipelineWindow transactions in flight whatever the
+	// link needs (the window does not adapt).
+	FixedWindow bool
 	// DisablePipelining sends lock-step (one command, wait for its reply)
 	// even when the upstream offers PIPELINING; BDAT is still used when
 	// offered. For servers whose PIPELINING is broken.
@@ -145,13 +160,27 @@ type Options struct {
 	// emails and emails sent with Immediate skip the wait. Zero: no wait
 	// (emails that arrive while a session runs join it anyway).
 	BatchWait time.Duration
+	// Linger is how long a session whose emails all have their results
+	// stays open with an empty queue, waiting for the next email, which
+	// then goes out at once: MAIL, RCPT and BDAT in one write, with the
+	// greeting, EHLO and AUTH done. Keep it under the upstream's idle
+	// timeout (RFC 5321 asks for at least 5 minutes; a busy Postfix may
+	// cut it to 10 s): a session the upstream ends while it lingers is
+	// not a failure, and the next email opens another. A session lingers
+	// only where a NOOP's 250 confirms the replies before it (a server
+	// that words it unlike MAIL's and RCPT's, as Postfix, Exim with
+	// enhanced codes and Exchange do); against a server that answers every
+	// command alike (go-smtp, relaytest) only QUIT confirms, and the
+	// session ends with the queue. Zero: 10s. Negative: none.
+	Linger time.Duration
 	// IdleTimeout is how long the authenticated WebSocket stays open with an
 	// empty queue before the client disconnects. Zero: 30s. Negative:
 	// disconnect as soon as the queue is empty.
 	IdleTimeout time.Duration
 
 	// Retries is how many times an email is retried after a temporary
-	// failure, unless Send is given WithRetries. Zero: 3. Negative: none.
+	// failure, unless its Email.Retries (or WithRetries) says otherwise.
+	// Zero: 3. Negative: none.
 	Retries int
 	// RetryInterval is the first delay before an email is retried; it doubles
 	// with each attempt, with jitter, up to MaxRetryInterval. Zero: 1s.
@@ -190,9 +219,12 @@ type Options struct {
 	// with QUIT, whose 221 confirms them; otherwise the channel is closed
 	// at once. The emails not finished go in the next session. Zero: 5m.
 	SessionTimeout time.Duration
-	// Timeout is each email's deadline from Enqueue, unless Send is given
-	// WithTimeout. Zero: none (the Send context still applies).
-	Timeout time.Duration
+	// EmailTimeout is each email's deadline from Enqueue, unless its
+	// Email.Timeout (or WithTimeout) says otherwise: past it, an email that
+	// has not reached the end of its data is withdrawn and fails with an
+	// error matching ErrCanceled and context.DeadlineExceeded. Zero: none
+	// (the Send context still applies).
+	EmailTimeout time.Duration
 	// HeartbeatInterval is how often the client pings the relay. Zero: 30s.
 	// Negative: no heartbeat.
 	HeartbeatInterval time.Duration
@@ -277,6 +309,11 @@ func (o Options) withDefaults() Options {
 		o.PipelineWindow = 256
 	}
 	def(&o.IdleTimeout, 30*time.Second)
+	def(&o.Linger, 10*time.Second)
+	if o.Throttle.Texts == nil {
+		o.Throttle.Texts = DefaultThrottleTexts
+	}
+	o.Throttle.Texts = slices.Clone(o.Throttle.Texts)
 	if o.Retries == 0 {
 		o.Retries = 3
 	} else if o.Retries < 0 {
@@ -333,6 +370,8 @@ func (o Options) validate(relayURL, apiKey string) error {
 		return errors.New("mxrelay: SMTP AUTH without STARTTLS would send the password in clear through the relay: set StartTLS (with TLSConfig.ServerName), or Options.PasswordInClear")
 	}
 	switch {
+	case o.Throttle.MinRate < 0:
+		return errors.New("mxrelay: Throttle.MinRate is negative")
 	case o.RateLimit.Emails < 0 || o.RateLimit.Per < 0 || o.RateLimit.Burst < 0:
 		return errors.New("mxrelay: RateLimit has a negative field")
 	case o.RateLimit.Emails > 0 && o.RateLimit.Per == 0:
@@ -362,7 +401,7 @@ func (o Options) validate(relayURL, apiKey string) error {
 		"RetryInterval": o.RetryInterval, "MaxRetryInterval": o.MaxRetryInterval,
 		"ReconnectInterval": o.ReconnectInterval, "MaxReconnectInterval": o.MaxReconnectInterval,
 		"DialTimeout": o.DialTimeout, "AuthTimeout": o.AuthTimeout, "ChannelTimeout": o.ChannelTimeout,
-		"CommandTimeout": o.CommandTimeout, "SessionTimeout": o.SessionTimeout, "Timeout": o.Timeout,
+		"CommandTimeout": o.CommandTimeout, "SessionTimeout": o.SessionTimeout, "EmailTimeout": o.EmailTimeout,
 		"HeartbeatTimeout": o.HeartbeatTimeout,
 	} {
 		if d < 0 {

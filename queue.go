@@ -5,26 +5,39 @@ import (
 	"time"
 )
 
-// queue holds the emails waiting to be sent: a FIFO per priority of the
+// queue holds the emails waiting to be sent: per priority, a lane of the
 // emails that may go now, and the emails waiting for a retry time. It knows
 // nothing of sessions or transports. It is not safe for concurrent use: the
 // Client guards it with its mutex.
 type queue struct {
-	ready   [numPriorities]fifo
+	ready   [numPriorities]lane
 	delayed delayHeap
 	urgent  int // ready emails that skip BatchWait
 }
+
+// lane holds the ready emails of one priority in two FIFOs, as Postfix
+// keeps an active and a deferred queue: fresh mail (never attempted) and
+// retries. A retry never goes ahead of fresh mail accepted after it; when
+// both wait, they take turns, fresh first, so that neither mail a server
+// keeps refusing nor a flood of new mail holds the other back.
+type lane struct {
+	fresh, retry fifo
+	retryNext    bool // the next pop takes a retry, if one waits
+}
+
+func (l *lane) len() int { return l.fresh.Len() + l.retry.Len() }
 
 // An email is in at most one heap at a time: qheap says which, qidx is its
 // index there. The queue writes nothing else of an email.
 const (
 	qNone int8 = iota
-	qReady
+	qFresh
+	qRetry
 	qDelayed
 )
 
-// fifo orders emails of one priority by their sequence number, so that an
-// email coming back for a retry keeps its place among later ones.
+// fifo orders emails by their sequence number: the order they were
+// accepted in.
 type fifo []*email
 
 func (h fifo) Len() int           { return len(h) }
@@ -59,11 +72,7 @@ func level(p Priority) int { return int(p - PriorityLow) }
 
 // len is the number of emails in the queue, ready or delayed.
 func (q *queue) len() int {
-	n := q.delayed.Len()
-	for i := range q.ready {
-		n += q.ready[i].Len()
-	}
-	return n
+	return q.delayed.Len() + q.readyLen()
 }
 
 // push adds e, delayed if its notBefore is after now.
@@ -73,8 +82,14 @@ func (q *queue) push(e *email, now time.Time) {
 		heap.Push(&q.delayed, e)
 		return
 	}
-	e.qheap = qReady
-	heap.Push(&q.ready[level(e.cfg.priority)], e)
+	l := &q.ready[level(e.cfg.priority)]
+	if e.attempts > 0 {
+		e.qheap = qRetry
+		heap.Push(&l.retry, e)
+	} else {
+		e.qheap = qFresh
+		heap.Push(&l.fresh, e)
+	}
 	if e.urgent() {
 		q.urgent++
 	}
@@ -88,9 +103,9 @@ func (q *queue) promote(now time.Time) {
 	}
 }
 
-// depth fills in the queue's part of Stats. The oldest email of a
-// priority is its FIFO's first (the lowest sequence number, accepted
-// first); the delayed ones are looked at one by one.
+// depth fills in the queue's part of Stats. The oldest email of a lane's
+// FIFO is its first (the lowest sequence number, accepted first); the
+// delayed ones are looked at one by one.
 func (q *queue) depth(s *Stats, now time.Time) {
 	var oldest time.Time
 	older := func(e *email) {
@@ -100,9 +115,12 @@ func (q *queue) depth(s *Stats, now time.Time) {
 	}
 	s.QueuedByPriority = make(map[Priority]int, numPriorities)
 	for i := range q.ready {
-		s.QueuedByPriority[PriorityLow+Priority(i)] += q.ready[i].Len()
-		if q.ready[i].Len() > 0 {
-			older(q.ready[i][0])
+		l := &q.ready[i]
+		s.QueuedByPriority[PriorityLow+Priority(i)] += l.len()
+		for _, f := range []fifo{l.fresh, l.retry} {
+			if f.Len() > 0 {
+				older(f[0])
+			}
 		}
 	}
 	for _, e := range q.delayed {
@@ -119,16 +137,16 @@ func (q *queue) depth(s *Stats, now time.Time) {
 func (q *queue) readyLen() int {
 	n := 0
 	for i := range q.ready {
-		n += q.ready[i].Len()
+		n += q.ready[i].len()
 	}
 	return n
 }
 
-// pop takes the first ready email of the highest priority, or nil.
+// pop takes the next ready email of the highest priority (see lane), or
+// nil.
 func (q *queue) pop() *email {
 	for i := numPriorities - 1; i >= 0; i-- {
-		if q.ready[i].Len() > 0 {
-			e := heap.Pop(&q.ready[i]).(*email)
+		if e := q.ready[i].pop(); e != nil {
 			if e.urgent() {
 				q.urgent--
 			}
@@ -138,11 +156,29 @@ func (q *queue) pop() *email {
 	return nil
 }
 
+// pop takes fresh mail and retries in turns, fresh first, or nil.
+func (l *lane) pop() *email {
+	switch {
+	case l.fresh.Len() > 0 && (l.retry.Len() == 0 || !l.retryNext):
+		l.retryNext = l.retry.Len() > 0
+		return heap.Pop(&l.fresh).(*email)
+	case l.retry.Len() > 0:
+		l.retryNext = false
+		return heap.Pop(&l.retry).(*email)
+	}
+	return nil
+}
+
 // remove takes e out of the queue wherever it is.
 func (q *queue) remove(e *email) {
 	switch e.qheap {
-	case qReady:
-		heap.Remove(&q.ready[level(e.cfg.priority)], e.qidx)
+	case qFresh, qRetry:
+		l := &q.ready[level(e.cfg.priority)]
+		if e.qheap == qFresh {
+			heap.Remove(&l.fresh, e.qidx)
+		} else {
+			heap.Remove(&l.retry, e.qidx)
+		}
 		if e.urgent() {
 			q.urgent--
 		}

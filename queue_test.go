@@ -32,7 +32,7 @@ func TestQueuePriorityThenFIFO(t *testing.T) {
 	assert.Equal(t, 0, q.len())
 }
 
-func TestQueueRetryKeepsItsPlace(t *testing.T) {
+func TestQueueRetryWaitsBehindFreshMail(t *testing.T) {
 	var q queue
 	now := time.Now()
 	for i := uint64(1); i <= 3; i++ {
@@ -40,6 +40,7 @@ func TestQueueRetryKeepsItsPlace(t *testing.T) {
 	}
 	first := q.pop()
 	require.Equal(t, uint64(1), first.seq)
+	first.attempts = 1
 	first.notBefore = now.Add(time.Second)
 	q.push(first, now)
 	assert.Equal(t, qDelayed, first.qheap)
@@ -50,7 +51,51 @@ func TestQueueRetryKeepsItsPlace(t *testing.T) {
 	assert.Equal(t, now.Add(time.Second), due)
 
 	q.promote(now.Add(time.Second))
-	assert.Equal(t, []uint64{1, 2, 3}, popAll(&q), "a retried email goes before later ones once due")
+	assert.Equal(t, qRetry, first.qheap, "a due retry waits in its level's retry lane")
+	assert.Equal(t, []uint64{2, 1, 3}, popAll(&q), "fresh mail first, then turns")
+}
+
+// A server that keeps refusing some recipients must not hold fresh mail
+// back behind their retries (Postfix's deferred queue), nor fresh mail
+// starve the retries: when both wait, they take turns, fresh first.
+func TestQueueFreshAndRetriesTakeTurns(t *testing.T) {
+	var q queue
+	now := time.Now()
+	for i := uint64(1); i <= 4; i++ { // accepted first, each tried once
+		e := qe(i, PriorityNormal)
+		e.attempts = 1
+		q.push(e, now)
+	}
+	for i := uint64(5); i <= 10; i++ {
+		q.push(qe(i, PriorityNormal), now)
+	}
+	assert.Equal(t, []uint64{5, 1, 6, 2, 7, 3, 8, 4, 9, 10}, popAll(&q))
+
+	// Only retries, or only fresh mail: each in its order.
+	for i := uint64(1); i <= 3; i++ {
+		e := qe(i, PriorityHigh)
+		e.attempts = 2
+		q.push(e, now)
+	}
+	assert.Equal(t, []uint64{1, 2, 3}, popAll(&q))
+}
+
+// Priority still comes first: a HIGH retry goes before NORMAL fresh mail,
+// and an email withdrawn from a lane leaves the turns as they were.
+func TestQueueLanesKeepPriorityAndRemove(t *testing.T) {
+	var q queue
+	now := time.Now()
+	r := qe(1, PriorityHigh)
+	r.attempts = 1
+	q.push(r, now)
+	q.push(qe(2, PriorityNormal), now)
+	gone := qe(3, PriorityHigh)
+	gone.attempts = 1
+	q.push(gone, now)
+	q.remove(gone)
+	assert.Equal(t, qNone, gone.qheap)
+	assert.Equal(t, 2, q.len())
+	assert.Equal(t, []uint64{1, 2}, popAll(&q))
 }
 
 func TestQueueRemoveAnywhere(t *testing.T) {

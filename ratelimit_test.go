@@ -40,7 +40,7 @@ func TestRateLimitIsSharedBySessions(t *testing.T) {
 // The same upstream without a limit: the test above can fail.
 func TestWithoutRateLimitTheUpstreamThrottles(t *testing.T) {
 	s := newRelay(t, &relaytest.Options{Throttle: &relaytest.Throttle{Limit: 5, Per: time.Hour}})
-	c := newClient(t, s, &mxrelay.Options{MaxConcurrentSessions: 3})
+	c := newClient(t, s, &mxrelay.Options{MaxConcurrentSessions: 3, Throttle: mxrelay.Throttle{Disable: true}})
 	var hs []*mxrelay.Handle
 	for i := range 12 {
 		h, err := c.Enqueue(mail(fmt.Sprint("unpaced ", i)), mxrelay.WithRetries(0))

@@ -27,23 +27,27 @@ type email struct {
 	timer    *time.Timer
 
 	// Owned by the queue.
-	qheap     int8 // which of the queue's heaps holds it: qNone, qReady, qDelayed
+	qheap     int8 // which of the queue's heaps holds it: qNone, qFresh, qRetry, qDelayed
 	qidx      int
 	notBefore time.Time // not to be tried before, after a temporary failure
 
 	// Owned by the transitions below.
 	state    emailState
 	attempts int
-	pending  []string // recipients not yet decided
-	accepted []string
-	rejected []RecipientError
+	// freeTries are the attempts refused by a "slow down" that spent no
+	// retry (at most maxFreeTries).
+	freeTries int
+	pending   []string // recipients not yet decided
+	accepted  []string
+	rejected  []RecipientError
 	// refusedLast is, per recipient not yet decided, the upstream's last
 	// temporary refusal of it (a 4xx to its RCPT), reported if the email
 	// ends without it.
 	refusedLast map[string]error
-	unknown     bool  // an attempt ended with an unknown outcome
-	ended       bool  // an end-of-data marker is in the spool's journal, its outcome not yet
-	canceled    error // why it was withdrawn, once Cancel or its context asked
+	unknown     bool    // an attempt ended with an unknown outcome
+	ended       bool    // an end-of-data marker is in the spool's journal, its outcome not yet
+	canceled    error   // why it was withdrawn, once Cancel or its context asked
+	canceledAs  Outcome // the outcome canceled gives it, if no recipient has it
 	// hurry, set while a session holds it, asks that session to take no
 	// more emails and end with QUIT, whose reply confirms what waits.
 	hurry func()
@@ -102,7 +106,7 @@ func (c *Client) endHandedOn(em *email) bool {
 	if err != nil {
 		// Not sent: a restart could not tell that the server may have it.
 		em.state = stateEnvelope
-		em.canceled = fmt.Errorf("%w: %w", ErrSpooled, err)
+		em.canceled, em.canceledAs = fmt.Errorf("%w: %w", ErrSpooled, err), OutcomeHandedBack
 		return false
 	}
 	em.ended = true
@@ -110,15 +114,17 @@ func (c *Client) endHandedOn(em *email) bool {
 }
 
 // cancel withdraws em (see Handle.Cancel). An email whose end of data was
-// not handed on ends at once, failed with cause: in the queue it leaves
+// not handed on ends at once with cause, as out (OutcomeFailed, or
+// OutcomeUnknown for an email the spool gave back after its end of data
+// may have been written): in the queue it leaves
 // the queue; in a transaction, the session withdraws it at its next step
 // (before the next command or chunk, or by closing the channel in the
 // middle of a DATA body) and never writes its end of data. Once the end of
 // data is handed on, the reply decides, but no further attempt follows.
-func (c *Client) cancel(em *email, cause error) {
+func (c *Client) cancel(em *email, out Outcome, cause error) {
 	c.mu.Lock()
 	if em.canceled == nil {
-		em.canceled = cause
+		em.canceled, em.canceledAs = cause, out
 	}
 	var withdraw func()
 	switch em.state {
@@ -138,7 +144,7 @@ func (c *Client) cancel(em *email, cause error) {
 		return
 	}
 	c.mu.Unlock()
-	c.finish(em, em.canceled)
+	c.finish(em, em.canceledAs, em.canceled)
 	if withdraw != nil {
 		withdraw()
 	}
@@ -187,23 +193,31 @@ func (c *Client) settle(em *email, v verdict, txTime time.Duration) {
 	}
 	c.mu.Unlock()
 
-	switch v.outcome {
-	case outRetry:
-		c.requeue(em, v.err)
-	case outHandBack:
+	switch {
+	case v.outcome == outRetry && v.slow && em.freeTries < maxFreeTries:
+		// The upstream asked to slow down and the client did: this try
+		// was the client's haste, not the email's fault. The limiter
+		// paces it; it spends no retry.
+		em.freeTries++
+		c.requeue(em, v.err, 0)
+	case v.outcome == outRetry:
+		c.requeue(em, v.err, c.retry.Delay(em.attempts-em.freeTries))
+	case v.outcome == outHandBack:
 		err := v.err
 		if em.file != "" {
 			err = fmt.Errorf("%w: %w", err, ErrSpooled)
 		}
-		c.finish(em, err)
+		c.finish(em, OutcomeHandedBack, err)
+	case v.unknown:
+		c.finish(em, OutcomeUnknown, v.err)
 	default:
-		c.finish(em, v.err)
+		c.finish(em, OutcomeFailed, v.err)
 	}
 }
 
 // requeue puts em back in the queue for a retry after cause, recording
 // its progress in the spool first.
-func (c *Client) requeue(em *email, cause error) {
+func (c *Client) requeue(em *email, cause error, delay time.Duration) {
 	if em.file != "" {
 		c.recordProgress(em)
 	}
@@ -212,7 +226,6 @@ func (c *Client) requeue(em *email, cause error) {
 		c.mu.Unlock()
 		return
 	}
-	delay := c.retry.Delay(em.attempts)
 	now := time.Now()
 	em.notBefore = now.Add(delay)
 	em.state = stateQueued
@@ -221,7 +234,7 @@ func (c *Client) requeue(em *email, cause error) {
 	// it at once.
 	attempt, session := em.attempts, em.session
 	c.q.push(em, now)
-	c.stats.EmailsRetried++
+	c.stats.RetriesScheduled++
 	c.mu.Unlock()
 	c.kick()
 	c.log.Warn("mxrelay: email will be retried", "email", em.id, "attempt", attempt, "delay", delay, "err", cause)
@@ -255,33 +268,22 @@ func (c *Client) recordProgress(em *email) {
 }
 
 // finish gives em its Result: delivered when a recipient accepted it,
-// failed with err otherwise. Only the first call counts. An email handed
-// back (err wraps ErrSpooled) keeps its spool file for the next Client.
-func (c *Client) finish(em *email, err error) {
+// otherwise ended with err as out (OutcomeFailed, OutcomeUnknown or
+// OutcomeHandedBack). Only the first call counts. An email handed back
+// with a spool file keeps it for the next Client.
+func (c *Client) finish(em *email, out Outcome, err error) {
 	c.mu.Lock()
 	if em.state == stateDone {
 		c.mu.Unlock()
 		return
 	}
 	wasInflight := em.state == stateEnvelope || em.state == stateReply
-	handedBack := errors.Is(err, ErrSpooled)
 	em.state = stateDone
 	if wasInflight {
 		c.inflight--
 	}
-	res := c.result(em, err)
-	if res.Err == nil {
-		c.stats.EmailsProcessed++
-		c.sumEmail += em.txTime
-	} else {
-		c.stats.EmailsFailed++
-	}
-	if res.MaybeDelivered {
-		c.stats.EmailsUnknown++
-	}
-	if errors.Is(err, ErrClosed) {
-		c.stats.EmailsHandedBack++
-	}
+	res := c.result(em, out, err)
+	c.count(res, em.txTime)
 	em.handle.res = res
 	if em.timer != nil {
 		em.timer.Stop()
@@ -294,27 +296,48 @@ func (c *Client) finish(em *email, err error) {
 	if release {
 		em.body.release()
 	}
-	if em.file != "" && !handedBack {
+	if em.file != "" && out != OutcomeHandedBack {
 		// Recorded before anyone can see the result.
 		if err := c.spool.finished(em.file, res); err != nil {
 			c.log.Error("mxrelay: spool", "email", em.id, "err", err)
 		}
 	}
 	close(em.handle.done)
-	if res.Err == nil {
+	if res.Outcome == OutcomeDelivered {
 		c.events.emit(Event{Type: EventEmailProcessed, SessionID: res.SessionID, EmailID: em.id, Result: res, Duration: em.txTime})
 		c.log.Debug("mxrelay: email delivered", "email", em.id, "attempts", res.Attempts, "rejected", len(res.Rejected))
 	} else {
 		c.events.emit(Event{Type: EventEmailFailed, SessionID: res.SessionID, EmailID: em.id, Result: res, Err: res.Err})
-		c.log.Debug("mxrelay: email failed", "email", em.id, "err", res.Err)
+		c.log.Debug("mxrelay: email ended undelivered", "email", em.id, "outcome", res.Outcome.String(), "err", res.Err)
 	}
 	c.drained()
 }
 
-// result is em's Result, ending with err. Recipients still undecided end
-// in Rejected with the upstream's last refusal of them, or, for an email
-// delivered to others, with err. c.mu is held.
-func (c *Client) result(em *email, err error) *Result {
+// count adds res to the Stats counters; txTime is its delivering
+// transaction's. c.mu is held.
+func (c *Client) count(res *Result, txTime time.Duration) {
+	switch res.Outcome {
+	case OutcomeDelivered:
+		c.stats.EmailsDelivered++
+		c.sumEmail += txTime
+	case OutcomeUnknown:
+		c.stats.EmailsUnknown++
+	case OutcomeHandedBack:
+		c.stats.EmailsHandedBack++
+	}
+	if res.Outcome != OutcomeDelivered {
+		c.stats.EmailsFailed++
+	}
+	if res.MaybeDelivered {
+		c.stats.EmailsMaybeDelivered++
+	}
+}
+
+// result is em's Result, ending with err as out unless a recipient has
+// it: the one place a Result's Outcome is set. Recipients still undecided
+// end in Rejected with the upstream's last refusal of them, or, for an
+// email delivered to others, with err. c.mu is held.
+func (c *Client) result(em *email, out Outcome, err error) *Result {
 	delivered := len(em.accepted) > 0
 	rejected := slices.Clone(em.rejected)
 	decided := map[string]bool{}
@@ -326,16 +349,17 @@ func (c *Client) result(em *email, err error) *Result {
 		switch {
 		case decided[to]:
 		case delivered && err != nil && last != nil && !errors.Is(err, last):
-			rejected = append(rejected, RecipientError{Address: to, Err: fmt.Errorf("%w (last refused with: %w)", err, last)})
+			rejected = append(rejected, recipientError(to, fmt.Errorf("%w (last refused with: %w)", err, last)))
 		case delivered && err != nil:
-			rejected = append(rejected, RecipientError{Address: to, Err: err})
+			rejected = append(rejected, recipientError(to, err))
 		case last != nil:
-			rejected = append(rejected, RecipientError{Address: to, Err: last})
+			rejected = append(rejected, recipientError(to, last))
 		}
 	}
 	res := &Result{
 		EmailID:        em.id,
 		Priority:       em.cfg.priority,
+		Outcome:        out,
 		Accepted:       em.accepted,
 		Rejected:       rejected,
 		Attempts:       em.attempts,
@@ -346,8 +370,9 @@ func (c *Client) result(em *email, err error) *Result {
 	}
 	switch {
 	case delivered:
-		res.Reply = em.reply
+		res.Outcome, res.Reply = OutcomeDelivered, em.reply
 	case err == nil:
+		res.Outcome = OutcomeFailed
 		res.Err = &EmailError{EmailID: em.id, Attempts: em.attempts, Err: fmt.Errorf("%w: no recipient accepted", ErrInvalidEmail)}
 	default:
 		res.Err = &EmailError{EmailID: em.id, Attempts: em.attempts, Err: err}

@@ -71,7 +71,7 @@ func TestRedTeamCancelAndCloseAtEveryStall(t *testing.T) {
 				assert.Equal(t, 0, countSubject(s, "queued behind"))
 			}
 			st := c.Stats()
-			assert.Equal(t, st.EmailsQueued, st.EmailsProcessed+st.EmailsFailed)
+			assert.Equal(t, st.EmailsQueued, st.EmailsDelivered+st.EmailsFailed)
 		})
 	}
 }

@@ -2,6 +2,8 @@ package mxrelay
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"time"
 )
 
@@ -12,25 +14,116 @@ type Reply struct {
 	Message      string
 }
 
-// RecipientError is a recipient the email was not delivered to: the
-// upstream's refusal (an *SMTPError: 5xx, or 4xx once retries ran out), or,
-// for an email delivered to other recipients, the failure of the last
-// attempt for this one.
-type RecipientError struct {
-	Address string
-	Err     error
+// Outcome is how an email ended: the one field of a Result to branch on.
+// Err, MaybeDelivered and Delivered agree with it (see each value), and
+// Stats counts the emails by it. The zero Outcome is in no Result.
+type Outcome int
+
+// The outcomes.
+const (
+	// OutcomeDelivered: the upstream answered 2xx to the email's own end
+	// of data, on a reply that can only be its answer, for at least one
+	// recipient. Err is nil and Delivered reports true. An email delivered
+	// to some recipients and refused for others is delivered: the others
+	// are in Rejected. MaybeDelivered may be true too: an earlier attempt's
+	// end of data went out with no trusted reply, the email was retried
+	// (Options.RetryUnknown) and delivered, so it may have arrived twice.
+	OutcomeDelivered Outcome = iota + 1
+	// OutcomeFailed: not delivered, and nothing more will be tried: a 5xx,
+	// a 4xx once the retries ran out, every recipient refused, an invalid
+	// email, a withdrawal before its end of data (Handle.Cancel, the end of
+	// Send's context, Email.Timeout), a relay that stayed unreachable
+	// (*ConnectError) or refused the key (ErrAuthFailed). Err is an
+	// *EmailError with the cause. MaybeDelivered true means an earlier
+	// attempt, retried with Options.RetryUnknown, may have delivered it.
+	OutcomeFailed
+	// OutcomeUnknown: the final attempt's end of data was sent (at least
+	// in part) and no trusted reply decided it, and it is not tried again
+	// (without Options.RetryUnknown, after a cancel, or with the retries
+	// used up): the upstream may have the email. Err is an *EmailError
+	// matching ErrUnknownOutcome; MaybeDelivered is true. Check before
+	// sending it again.
+	OutcomeUnknown
+	// OutcomeHandedBack: not sent, and given back: Close stopped before the
+	// email could go (Err matches ErrClosed), or, with Options.SpoolDir, it
+	// stays in the spool for the next Client on the directory, which sends
+	// it (Err matches ErrSpooled: do not submit it again yourself; this is
+	// also the outcome of an email whose end of data was not sent because
+	// the spool's journal could not be written). Without a spool it is for
+	// the caller to send again. MaybeDelivered says whether an earlier
+	// attempt may have delivered it. When the attempt Close interrupted
+	// ended unknown (with Options.RetryUnknown), Err matches
+	// ErrUnknownOutcome as well: Outcome, not errors.Is, says which.
+	OutcomeHandedBack
+)
+
+// String is the outcome's name: DELIVERED, FAILED, UNKNOWN, HANDED_BACK.
+func (o Outcome) String() string {
+	switch o {
+	case OutcomeDelivered:
+		return "DELIVERED"
+	case OutcomeFailed:
+		return "FAILED"
+	case OutcomeUnknown:
+		return "UNKNOWN"
+	case OutcomeHandedBack:
+		return "HANDED_BACK"
+	}
+	return fmt.Sprintf("Outcome(%d)", int(o))
 }
+
+// RecipientError is a recipient the email was not delivered to, and why:
+// the upstream's refusal (an *SMTPError: 5xx, or 4xx once retries ran
+// out), or, for an email delivered to other recipients, the failure of the
+// last attempt for this one (an *UnknownOutcomeError, ErrClosed, ...). It
+// is an error; Unwrap returns Err. Code, EnhancedCode and Message are the
+// SMTP reply of the refusal, the *SMTPError in Err (the one errors.As
+// finds), so that a caller reads them without errors.As; they are zero
+// when Err holds no SMTP reply, and for a refusal that a previous Client
+// recorded in Options.SpoolDir (the spool keeps its text only, in Err).
+type RecipientError struct {
+	Address      string
+	Code         int
+	EnhancedCode [3]int // zero when the server sent none
+	Message      string
+	Err          error
+}
+
+// recipientError is the RecipientError of to for err, with the SMTP reply
+// err carries.
+func recipientError(to string, err error) RecipientError {
+	r := RecipientError{Address: to, Err: err}
+	var se *SMTPError
+	if errors.As(err, &se) {
+		r.Code, r.EnhancedCode, r.Message = se.Code, se.EnhancedCode, se.Message
+	}
+	return r
+}
+
+// Error names the recipient and the cause.
+func (e RecipientError) Error() string {
+	return "mxrelay: not delivered to " + e.Address + ": " + trimPrefix(e.Err)
+}
+
+// Unwrap returns Err.
+func (e RecipientError) Unwrap() error { return e.Err }
 
 // Result is what happened to one email. Exactly one Result is produced for
 // every email that Send or Enqueue accepted.
 type Result struct {
 	EmailID  string
 	Priority Priority
+	// Outcome is how the email ended: delivered, failed, unknown or handed
+	// back (see Outcome's values for what each says of the other fields).
+	Outcome Outcome
 	// Accepted are the recipients the email was delivered to.
 	Accepted []string
-	// Rejected are the recipients the upstream refused, permanently (5xx)
-	// or after the email's retries ran out (4xx). An email delivered to some
-	// recipients and refused for others has Err == nil and both lists set.
+	// Rejected are the recipients the email did not reach: those the
+	// upstream refused, permanently (5xx) or after the email's retries ran
+	// out (4xx), and, for an email delivered to others, those whose last
+	// attempt failed otherwise. An email delivered to some recipients and
+	// refused for others has Outcome OutcomeDelivered, Err == nil and both
+	// lists set.
 	Rejected []RecipientError
 	// Reply is the upstream's reply to the end of data of the delivering
 	// attempt; zero when the email was not delivered.
@@ -39,23 +132,24 @@ type Result struct {
 	Attempts int
 	// SessionID is the session of the last attempt.
 	SessionID string
-	// MaybeDelivered is true when an attempt ended with its end of data sent
-	// and no reply: the upstream may have the email even if Err is set, and
-	// if it was retried (Options.RetryUnknown) it may have been delivered
-	// twice.
+	// MaybeDelivered is true when an attempt, the last one or an earlier
+	// one, ended with its end of data sent and no trusted reply: the
+	// upstream may have the email whatever Outcome says, and if it was
+	// retried (Options.RetryUnknown) it may have been delivered twice. It
+	// is always true with OutcomeUnknown.
 	MaybeDelivered bool
 	// Queued is when Enqueue accepted the email; Duration is from then to
 	// this result.
 	Queued   time.Time
 	Duration time.Duration
-	// Err is nil when the email was delivered (the upstream answered 250 to
-	// its end of data), and an *EmailError otherwise.
+	// Err is nil when the email was delivered (Outcome OutcomeDelivered),
+	// and an *EmailError otherwise.
 	Err error
 }
 
 // Delivered reports whether the upstream accepted the email for at least
-// one recipient.
-func (r *Result) Delivered() bool { return r.Err == nil }
+// one recipient: Outcome is OutcomeDelivered.
+func (r *Result) Delivered() bool { return r.Outcome == OutcomeDelivered }
 
 // Handle follows one email accepted by Enqueue. Its methods are safe for
 // concurrent use.
@@ -93,7 +187,7 @@ func (h *Handle) Wait(ctx context.Context) (*Result, error) {
 // session's other emails are then classified as for a lost connection).
 // Once the end of data is sent Cancel does not withdraw it: the reply
 // decides, and no further attempt follows.
-func (h *Handle) Cancel() { h.c.cancel(h.em, ErrCanceled) }
+func (h *Handle) Cancel() { h.c.cancel(h.em, OutcomeFailed, ErrCanceled) }
 
 // result is the email's result once it is out, else nil.
 func (h *Handle) result() *Result {

@@ -30,33 +30,27 @@ func (c *Client) Send(ctx context.Context, e Email, opts ...SendOption) (*Result
 		return nil, err
 	}
 	stop := context.AfterFunc(ctx, func() {
-		c.cancel(h.em, fmt.Errorf("%w: %w", ErrCanceled, context.Cause(ctx)))
+		c.cancel(h.em, OutcomeFailed, fmt.Errorf("%w: %w", ErrCanceled, context.Cause(ctx)))
 	})
 	defer stop()
 	<-h.done
 	return h.res, h.res.Err
 }
 
-// Enqueue validates e and queues it without waiting for it to be sent. It
-// fails with an error matching ErrInvalidEmail, ErrQueueFull, ErrClosed or
+// Enqueue applies opts to e (see SendOption), validates it and queues it
+// without waiting for it to be sent. It fails with an error matching ErrInvalidEmail, ErrQueueFull, ErrClosed or
 // ErrAuthFailed, or, with Options.SpoolDir, with the error that kept the
 // email from being written there (a full disk), in which case nothing was
 // accepted. A body that cannot be
 // read twice is copied to a temporary file first (see Email.Body).
 func (c *Client) Enqueue(e Email, opts ...SendOption) (*Handle, error) {
-	cfg := sendConfig{priority: PriorityNormal, retries: -1, timeout: c.opts.Timeout}
 	for _, o := range opts {
-		o(&cfg)
-	}
-	if !cfg.priority.valid() {
-		return nil, fmt.Errorf("%w: unknown priority %d", ErrInvalidEmail, int(cfg.priority))
-	}
-	if cfg.retries < 0 {
-		cfg.retries = c.opts.Retries
+		o(&e)
 	}
 	if err := e.validate(); err != nil {
 		return nil, err
 	}
+	cfg := c.opts.sendConfig(&e)
 	if err := c.reserve(); err != nil {
 		return nil, err
 	}
@@ -163,15 +157,15 @@ func (c *Client) queue(em *email, timeout time.Duration, reserved bool) error {
 		c.events.emit(Event{Type: EventQueueProcessingStarted, QueueSize: c.q.len()})
 	}
 	if timeout > 0 {
-		em.timer = time.AfterFunc(timeout, func() { c.cancel(em, timedOut(em)) })
+		em.timer = time.AfterFunc(timeout, func() { c.cancel(em, OutcomeFailed, timedOut(em)) })
 	}
 	c.mu.Unlock()
 	c.kick()
 	return nil
 }
 
-// timedOut is the error of an email whose own timeout (WithTimeout,
-// Options.Timeout) passed before its end of data.
+// timedOut is the error of an email whose own timeout (Email.Timeout,
+// Options.EmailTimeout) passed before its end of data.
 func timedOut(em *email) error {
 	return fmt.Errorf("%w: %w: email timeout of %v", ErrCanceled, context.DeadlineExceeded, em.cfg.timeout)
 }
@@ -227,7 +221,7 @@ func (c *Client) freed() {
 func (c *Client) drained() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.busy && c.stats.EmailsQueued == c.stats.EmailsProcessed+c.stats.EmailsFailed {
+	if c.busy && c.stats.EmailsQueued == c.stats.EmailsDelivered+c.stats.EmailsFailed {
 		c.busy = false
 		c.events.emit(Event{Type: EventQueueProcessingCompleted})
 	}

@@ -27,7 +27,7 @@ func NewSender(c *Client, opts ...SendOption) *Sender {
 
 // Send sends msg from from to the recipients in to and waits for the
 // result, as Client.Send does with a context that never ends: the Client's
-// Options.Timeout, or a WithTimeout given to NewSender, bounds the wait.
+// Options.EmailTimeout, or a WithTimeout given to NewSender, bounds the wait.
 //
 // The message is written out once, by msg.WriteTo on a goroutine of Send's,
 // through a pipe into the Client's copy of the body: a temporary file in

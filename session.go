@@ -40,6 +40,49 @@ type smtpSession struct {
 	// withdraw closes the channel for a cancelled email the session waits
 	// on; its other transactions are classified as for a lost connection.
 	withdraw func()
+	// idleEnd is set when the far end ended the session while it lingered
+	// with nothing in flight (see linger).
+	idleEnd bool
+}
+
+// linger keeps a session whose emails all have their results open for
+// the next email, until Options.Linger has passed since the last one was
+// taken (then false: the session ends with QUIT). It returns true when the
+// queue changed or a retry's delay is over, to look for an email. Meanwhile the worker counts as
+// starting a session, so that other workers leave the next email to it. A
+// session ended by the far end meanwhile (a 421 at the upstream's idle
+// timeout, a cut) sets idleEnd and returns false.
+func (s *smtpSession) linger(ctx context.Context, wake <-chan struct{}, last time.Time) bool {
+	c, w := s.c, s.w
+	left := c.opts.Linger - time.Since(last)
+	if left <= 0 || s.sc.Err() != nil {
+		return false
+	}
+	w.claimNext()
+	t := time.NewTimer(left)
+	defer t.Stop()
+	// A retry waiting for its delay is taken when it is due.
+	c.mu.Lock()
+	next, delayed := c.q.nextDue()
+	c.mu.Unlock()
+	var due <-chan time.Time
+	if delayed {
+		dt := time.NewTimer(time.Until(next))
+		defer dt.Stop()
+		due = dt.C
+	}
+	select {
+	case <-wake:
+		return true
+	case <-due:
+		return true
+	case <-s.sc.Broken():
+		s.idleEnd = true
+	case <-t.C:
+	case <-ctx.Done():
+	case <-c.draining:
+	}
+	return false
 }
 
 // session plans, opens and runs one session.
@@ -127,19 +170,43 @@ func (w *worker) session() {
 	c.log.Debug("mxrelay: session started", "session", sid, "mode", s.sc.Mode())
 	var broken error
 	var taken []*email
+	lastTaken := time.Now()
 	for n := 0; n < c.opts.MaxEmailsPerSession && ctx.Err() == nil && !s.aborted.Load() && !s.hurried.Load() && s.sc.Err() == nil; {
 		wake := c.wakeChan()
-		if c.limiter != nil && w.ready() && !w.pace(ctx, s.sc.Flush) {
+		if c.fb.limited() && w.ready() && !w.pace(ctx, s.sc.Flush) {
 			break // the rate limit: the next session goes on
 		}
 		em := w.take(s)
 		if em == nil {
+			lingers := c.opts.Linger > 0 && s.sc.SyncConfirms()
+			if lingers {
+				// This session takes the next email: other workers leave
+				// it to it (a result may reach its Send, and the next
+				// Send come, before this session is back here).
+				w.claimNext()
+			}
 			if s.sc.Unanswered() == 0 {
-				break // QUIT confirms what is answered
+				if s.sc.Settling() == 0 {
+					if s.linger(ctx, wake, lastTaken) {
+						continue
+					}
+					break
+				}
+				if !lingers || s.sc.Owed() == 0 {
+					break // QUIT confirms what is answered
+				}
+				// The NOOP's reply is on the way: it may confirm them.
 			}
 			// Let the transactions in flight finish; emails queued
-			// meanwhile join this session.
-			if err := s.sc.Flush(); err != nil {
+			// meanwhile join this session. A session that may linger asks
+			// for a NOOP after the last end of data, in the same write:
+			// its 250, when worded unlike MAIL's and RCPT's, confirms them
+			// without QUIT.
+			flush := s.sc.Flush
+			if lingers {
+				flush = s.sc.Sync
+			}
+			if err := flush(); err != nil {
 				break
 			}
 			select {
@@ -150,6 +217,7 @@ func (w *worker) session() {
 			}
 			continue
 		}
+		lastTaken = time.Now()
 		n++
 		taken = append(taken, em)
 		w.failures = 0 // a session that works ends the failures in a row
@@ -157,7 +225,13 @@ func (w *worker) session() {
 			break
 		}
 	}
-	if broken == nil {
+	if broken == nil && s.idleEnd {
+		// The upstream (a 421, its idle timeout) or the relay ended the
+		// session while it lingered with nothing in flight: every email
+		// taken has its result. Not a failure: the next email opens
+		// another, without backoff.
+		c.log.Debug("mxrelay: lingering session ended by the far end", "session", sid, "err", s.sc.Err())
+	} else if broken == nil {
 		if err := s.sc.Wait(); err != nil {
 			broken = fmt.Errorf("mxrelay: session %s: %w", sid, s.explain(err))
 		}
@@ -167,7 +241,7 @@ func (w *worker) session() {
 	}
 	// Past SessionTimeout or Close's deadline QUIT still goes out: its 221
 	// confirms what waits, and the session ended with QUIT, as it should.
-	if broken == nil {
+	if broken == nil && !s.idleEnd {
 		if err := s.sc.Quit(); err != nil {
 			broken = fmt.Errorf("mxrelay: session %s: QUIT: %w", sid, s.explain(err))
 			if errors.Is(err, smtpc.ErrProtocol) {
@@ -197,6 +271,9 @@ func (w *worker) session() {
 		select {
 		case <-w.conn.Done():
 			w.disconnect(w.conn.Err())
+			if s.idleEnd {
+				w.lost = false // no email waited on it: reconnect at once
+			}
 		default:
 			c.setConnState(StateAuthenticated)
 		}
@@ -206,7 +283,7 @@ func (w *worker) session() {
 	if broken != nil {
 		c.stats.SessionsFailed++
 	} else {
-		c.stats.SessionsProcessed++
+		c.stats.SessionsCompleted++
 		c.sumSess += d
 	}
 	c.mu.Unlock()
@@ -240,6 +317,7 @@ func (s *smtpSession) handshake(ctx context.Context) error {
 	s.sc = smtpc.New(smtplog.Wrap(s.ch, s.c.log, "session", s.id), smtpc.Config{
 		Timeout:      o.CommandTimeout,
 		Window:       o.PipelineWindow,
+		FixedWindow:  o.FixedWindow,
 		NoPipelining: o.DisablePipelining,
 		Fix:          o.FixLineEndings,
 		MaxLine:      o.maxLine(),
@@ -334,6 +412,7 @@ func (s *smtpSession) send(em *email) error {
 		c.settle(em, verdict{outcome: outFail, err: canceled, left: pending(rcpts, nil), attempt: true}, 0)
 		return nil
 	}
+	c.fb.sent(start)
 	r, err := em.body.open()
 	if err == nil && !s.ch.Binary() && !em.body.utf8 {
 		err = ErrNotUTF8 // checked at Enqueue, with the line endings
@@ -388,6 +467,8 @@ func (s *smtpSession) build(em *email, rcpts []string) (*smtpc.Tx, error) {
 // attempt, on the engine's reader or the session's goroutine.
 func (s *smtpSession) apply(em *email, rcpts []string, res *smtpc.Result, start time.Time) {
 	c := s.c
+	th := &c.opts.Throttle
+	slow := !th.Disable && slowed(res, th.Texts)
 	c.mu.Lock()
 	a := attempt{
 		rcpts:        rcpts,
@@ -395,14 +476,28 @@ func (s *smtpSession) apply(em *email, rcpts []string, res *smtpc.Result, start 
 		canceled:     em.canceled,
 		closing:      c.stopCtx.Err() != nil,
 		draining:     s.draining.Load(),
-		lastTry:      em.attempts > em.cfg.retries,
+		lastTry:      em.attempts-em.freeTries > em.cfg.retries,
 		retryUnknown: c.opts.RetryUnknown,
+		slow:         slow,
+	}
+	if !th.Disable {
+		a.throttleTexts = th.Texts
+	}
+	if slow && em.freeTries < maxFreeTries {
+		a.lastTry = false // it goes again, free (see settle)
 	}
 	c.mu.Unlock()
 	if res.Err != nil {
 		a.broke = s.explain(res.Err)
 	}
-	c.settle(em, decide(a), time.Since(start))
+	now := time.Now()
+	switch {
+	case slow:
+		c.fb.cut(now, start)
+	case res.End != nil:
+		c.fb.clean(now)
+	}
+	c.settle(em, decide(a), now.Sub(start))
 }
 
 func addresses(rs []RecipientError) []string {

@@ -58,21 +58,31 @@ func (s SessionState) String() string {
 }
 
 // Stats are the client's counters. Sessions are SMTP sessions; emails are
-// counted once, by their final result.
+// counted once, by their final Result's Outcome: EmailsDelivered +
+// EmailsFailed is how many have ended, and EmailsUnknown and
+// EmailsHandedBack are the parts of EmailsFailed with those outcomes.
 type Stats struct {
 	SessionsQueued    int64 // sessions planned
-	SessionsProcessed int64 // sessions that ended with QUIT
+	SessionsCompleted int64 // sessions that ended with QUIT
 	SessionsFailed    int64 // sessions that could not start or broke
 	EmailsQueued      int64 // emails accepted by Send and Enqueue
-	EmailsProcessed   int64 // emails delivered
-	EmailsFailed      int64 // emails that failed, including cancelled and handed back at Close
-	EmailsRetried     int64 // retries scheduled
-	// EmailsUnknown counts the emails that ended with MaybeDelivered set
-	// (delivered or failed): an end of data went out and no trusted reply
-	// decided it. EmailsHandedBack counts those Close gave back unsent
-	// (ErrClosed), also counted in EmailsFailed.
-	EmailsUnknown    int64
-	EmailsHandedBack int64
+	EmailsDelivered   int64 // emails delivered (OutcomeDelivered)
+	// EmailsFailed counts the emails not delivered: OutcomeFailed,
+	// OutcomeUnknown and OutcomeHandedBack, as EventEmailFailed reports
+	// them.
+	EmailsFailed     int64
+	RetriesScheduled int64 // retries scheduled
+	// EmailsUnknown counts the emails that ended with OutcomeUnknown: the
+	// final attempt's end of data went out and no trusted reply decided
+	// it. EmailsHandedBack counts those that ended with OutcomeHandedBack
+	// (Close gave them back unsent, or they stay in the spool for the next
+	// Client). EmailsMaybeDelivered counts the emails whose Result says
+	// MaybeDelivered, whatever their outcome: every unknown one, and those
+	// delivered, failed or handed back after an earlier attempt's unknown
+	// end of data (Options.RetryUnknown), which the upstream may hold twice.
+	EmailsUnknown        int64
+	EmailsHandedBack     int64
+	EmailsMaybeDelivered int64
 	// AverageSessionTime is the mean duration of processed sessions;
 	// AverageEmailTime the mean duration of the SMTP transactions of
 	// delivered emails (MAIL to the reply to the end of data).
@@ -88,4 +98,9 @@ type Stats struct {
 	Delayed          int
 	OldestQueued     time.Duration
 	EventsDropped    int64 // events lost because OnEvent was too slow
+	// SendRate is the rate, in emails per second, that throttle feedback
+	// holds the client to now (see Options.Throttle), 0 when it does not;
+	// ThrottleCuts counts the times an upstream's "slow down" lowered it.
+	SendRate     float64
+	ThrottleCuts int64
 }

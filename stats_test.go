@@ -65,9 +65,11 @@ func TestStatsCountsUnknownOutcomes(t *testing.T) {
 	c := newClient(t, s, nil)
 	res, err := c.Send(ctxT(t), mail("cut"))
 	require.Error(t, err)
+	assert.Equal(t, mxrelay.OutcomeUnknown, res.Outcome)
 	assert.True(t, res.MaybeDelivered)
 	st := c.Stats()
 	assert.Equal(t, int64(1), st.EmailsUnknown)
 	assert.Equal(t, int64(1), st.EmailsFailed)
+	assert.Equal(t, int64(1), st.EmailsMaybeDelivered)
 	assert.Zero(t, st.EmailsHandedBack)
 }

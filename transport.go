@@ -102,9 +102,10 @@ func NewTransport(apiKey string, opts TransportOptions) (*Transport, error) {
 //     to any host but localhost. Another mechanism, other credentials or a
 //     refusal by a fail before anything is sent.
 //
-// msg is an RFC 5322 message; see SendMailContext. SendMail returns nil when
-// the email was delivered to at least one recipient, and otherwise an
-// *EmailError or the error of a.
+// msg is an RFC 5322 message; see SendMailContext. SendMail returns what
+// SendMailContext returns (nil when the email was delivered to every
+// recipient, a *PartialError when it reached some and not others, an
+// *EmailError otherwise), or the error of a.
 func (t *Transport) SendMail(addr string, a smtp.Auth, from string, to []string, msg []byte) error {
 	if err := t.checkAuth(addr, a); err != nil {
 		return err

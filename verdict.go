@@ -25,9 +25,23 @@ type attempt struct {
 	// used up.
 	lastTry      bool
 	retryUnknown bool // Options.RetryUnknown
+	// slow is set when a reply of the attempt asked the client to slow
+	// down (see slowDown); throttleTexts are the texts that make a 5xx
+	// such a reply, temporary (nil: throttle feedback off).
+	slow          bool
+	throttleTexts []string
 }
 
-// outcome is what becomes of the email after an attempt.
+// throttled5xx reports whether err is a 5xx the upstream sends to mean
+// "slow down": temporary, not final.
+func (a attempt) throttled5xx(err error) bool {
+	return a.throttleTexts != nil && slowDown(err, a.throttleTexts)
+}
+
+// outcome is what becomes of the email after an attempt: what the record
+// does next. It is not the Result's Outcome, which record.go's result
+// sets from it (outFail with unknown set is OutcomeUnknown, outHandBack
+// is OutcomeHandedBack, and any recipient accepted makes it delivered).
 type outcome int
 
 const (
@@ -69,6 +83,9 @@ type verdict struct {
 	// attempt reports whether the attempt counts (Result.Attempts): an
 	// attempt Close interrupted before its end of data does not.
 	attempt bool
+	// slow: the upstream asked the client to slow down; a retry then
+	// spends no retry while the email has free tries (record.go).
+	slow bool
 }
 
 // decide is the verdict on attempt a. It is a pure function: the session
@@ -94,7 +111,7 @@ type verdict struct {
 //     SessionTimeout: sent again, not counted either.
 func decide(a attempt) verdict {
 	res := a.res
-	v := verdict{attempt: true}
+	v := verdict{attempt: true, slow: a.slow}
 	if a.draining && a.canceled == nil && !res.EndSent && errors.Is(res.Err, smtpc.ErrWithdrawn) {
 		// The session stopped it before its end of data, not the server
 		// nor the caller: it goes in the next session, and the attempt
@@ -140,10 +157,10 @@ func decide(a attempt) verdict {
 			rcptLeft = append(rcptLeft, RecipientError{Address: to})
 		case e == nil:
 			candidates = append(candidates, to)
-		case e.Code/100 == 5:
-			v.refused = append(v.refused, RecipientError{Address: to, Err: e})
+		case e.Code/100 == 5 && !a.throttled5xx(e):
+			v.refused = append(v.refused, recipientError(to, e))
 		default:
-			rcptLeft = append(rcptLeft, RecipientError{Address: to, Err: e})
+			rcptLeft = append(rcptLeft, recipientError(to, e))
 		}
 	}
 	end := res.End
@@ -185,7 +202,7 @@ func (a attempt) settle(v verdict, left []RecipientError, cause error, unknown b
 	v.left, v.unknown = left, unknown && len(left) > 0
 	var se *SMTPError
 	switch {
-	case len(left) > 0 && errors.As(cause, &se) && se.Code/100 == 5 && !unknown:
+	case len(left) > 0 && errors.As(cause, &se) && se.Code/100 == 5 && !unknown && !a.throttled5xx(cause):
 		// Refused as a whole (MAIL, DATA, the end of data): the email
 		// fails with it; the recipients are not refused one by one.
 		v.outcome, v.err = outFail, cause
@@ -212,7 +229,7 @@ func (a attempt) settle(v verdict, left []RecipientError, cause error, unknown b
 		// a next Client must not send it past its retries.
 		v.outcome, v.err = outHandBack, fmt.Errorf("%w (last attempt: %w)", ErrClosed, cause)
 		return v
-	case a.lastTry || !temporary(cause):
+	case a.lastTry || !temporary(cause) && !a.throttled5xx(cause):
 		v.outcome, v.err = outFail, cause
 		return v
 	}
@@ -245,7 +262,7 @@ func (a attempt) unknownErr() error {
 func pending(addrs []string, err error) []RecipientError {
 	out := make([]RecipientError, len(addrs))
 	for i, a := range addrs {
-		out[i] = RecipientError{Address: a, Err: err}
+		out[i] = recipientError(a, err)
 	}
 	return out
 }

@@ -54,6 +54,17 @@ func (w *worker) unclaim() {
 	}
 }
 
+// claimNext counts the worker, whose session waits for the next email, as
+// starting a session (see unclaim).
+func (w *worker) claimNext() {
+	if !w.claim {
+		w.c.mu.Lock()
+		w.c.claimed++
+		w.claim = true
+		w.c.mu.Unlock()
+	}
+}
+
 // testHookIdle, when set by a test, runs each time waitForWork has looked
 // at the queue and found nothing to start.
 var testHookIdle func()
@@ -222,11 +233,7 @@ func (w *worker) take(s *smtpSession) *email {
 // end rather than wait: its context would run out first, or ended. The
 // token is taken only when it returns true.
 func (w *worker) pace(ctx context.Context, flush func() error) bool {
-	l := w.c.limiter
-	if l == nil {
-		return true
-	}
-	r := l.Reserve()
+	r := w.c.fb.lim.Reserve()
 	d := r.Delay()
 	if d == 0 {
 		return true
@@ -457,6 +464,6 @@ func (w *worker) failWaiting(err error) {
 	c.mu.Unlock()
 	c.freed()
 	for _, em := range left {
-		c.finish(em, err)
+		c.finish(em, OutcomeFailed, err)
 	}
 }

@@ -19,9 +19,10 @@
 //
 // Counters, from the events:
 //
-//	mxrelay.emails.delivered  {email}    mxrelay.email.priority
-//	mxrelay.emails.failed     {email}    mxrelay.email.priority, error.type
-//	mxrelay.emails.unknown    {email}    mxrelay.email.priority: delivered or failed with MaybeDelivered
+//	mxrelay.emails.delivered  {email}    mxrelay.email.priority: Outcome delivered
+//	mxrelay.emails.failed     {email}    mxrelay.email.priority, error.type, mxrelay.email.outcome: not delivered
+//	mxrelay.emails.unknown    {email}    mxrelay.email.priority: Outcome unknown
+//	mxrelay.emails.maybe_delivered {email} mxrelay.email.priority: any outcome with MaybeDelivered
 //	mxrelay.email.retries     {retry}    retries scheduled
 //	mxrelay.sessions.completed {session} sessions that ended with QUIT
 //	mxrelay.sessions.failed   {session}  sessions that could not start or broke
@@ -39,10 +40,13 @@
 //	mxrelay.emails.in_flight   {email}  emails in a session now
 //	mxrelay.events.dropped     {event}  events lost because OnEvent fell behind (the counters above miss them)
 //
-// error.type is the semantic conventions' attribute: the SMTP reply code
-// ("550"), or closed, canceled, timeout, unknown_outcome, connect,
-// auth_failed, invalid_email, or _OTHER. Priorities are low, normal, high
-// and critical.
+// These follow the Result's Outcome and count as Client.Stats does
+// (EmailsDelivered, EmailsFailed, EmailsUnknown, EmailsMaybeDelivered).
+// mxrelay.email.outcome is failed, unknown or handed_back. error.type is
+// the semantic conventions' attribute: unknown_outcome for an unknown
+// outcome, closed for an email handed back, otherwise the SMTP reply code
+// ("550"), or canceled, timeout, connect, auth_failed, invalid_email, or
+// _OTHER. Priorities are low, normal, high and critical.
 //
 // The issue that asked for this package also names the sending rate and
 // the pipelining window: the Client exposes neither yet (no event or Stats
@@ -63,11 +67,12 @@
 // A span "mxrelay.email" per email, from its Queued time to its result, a
 // root span linked to the span of the session of its last attempt. Its
 // attributes: mxrelay.email.id, mxrelay.email.priority,
-// mxrelay.email.attempts, mxrelay.email.maybe_delivered,
+// mxrelay.email.attempts, mxrelay.email.outcome (delivered, failed,
+// unknown, handed_back), mxrelay.email.maybe_delivered,
 // mxrelay.email.recipients.accepted and .rejected (counts),
 // mxrelay.smtp.reply.code when there is one (the reply to the delivering
-// end of data, or the refusal); status Error with error.type when it
-// failed.
+// end of data, or the refusal); status Error with error.type when it was
+// not delivered.
 //
 // Spans carry no address, no message text, no error text (SMTP replies
 // quote addresses) and no credential. Their timestamps are the events'

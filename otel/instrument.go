@@ -133,6 +133,7 @@ const (
 	keyPriority       = attribute.Key("mxrelay.email.priority")
 	keyEmailID        = attribute.Key("mxrelay.email.id")
 	keyAttempts       = attribute.Key("mxrelay.email.attempts")
+	keyOutcome        = attribute.Key("mxrelay.email.outcome")
 	keyMaybeDelivered = attribute.Key("mxrelay.email.maybe_delivered")
 	keyAccepted       = attribute.Key("mxrelay.email.recipients.accepted")
 	keyRejected       = attribute.Key("mxrelay.email.recipients.rejected")
@@ -146,6 +147,23 @@ const (
 // priority is p's attribute: low, normal, high, critical.
 func priority(p mxrelay.Priority) attribute.KeyValue {
 	return keyPriority.String(strings.ToLower(p.String()))
+}
+
+// outcome is o's attribute: delivered, failed, unknown, handed_back.
+func outcome(o mxrelay.Outcome) attribute.KeyValue {
+	return keyOutcome.String(strings.ToLower(o.String()))
+}
+
+// resultErrorType is error.type for an email not delivered: unknown_outcome
+// or closed (handed back) by its Outcome, otherwise its error's.
+func resultErrorType(r *mxrelay.Result) attribute.KeyValue {
+	switch r.Outcome {
+	case mxrelay.OutcomeUnknown:
+		return semconv.ErrorTypeKey.String("unknown_outcome")
+	case mxrelay.OutcomeHandedBack:
+		return semconv.ErrorTypeKey.String("closed")
+	}
+	return errorType(r.Err)
 }
 
 // errorType classifies err for error.type, with few values: the SMTP reply

@@ -17,9 +17,9 @@ var durationBuckets = []float64{.005, .01, .025, .05, .075, .1, .25, .5, .75, 1,
 type instruments struct {
 	meter metric.Meter
 
-	delivered, failed, unknown, retries metric.Int64Counter
-	sessionsCompleted, sessionsFailed   metric.Int64Counter
-	sendDuration, txDuration            metric.Float64Histogram
+	delivered, failed, unknown, maybe, retries metric.Int64Counter
+	sessionsCompleted, sessionsFailed          metric.Int64Counter
+	sendDuration, txDuration                   metric.Float64Histogram
 
 	depth, inFlight metric.Int64ObservableGauge
 	oldest          metric.Float64ObservableGauge
@@ -46,8 +46,9 @@ func newInstruments(meter metric.Meter) (instruments, error) {
 		return g
 	}
 	m.delivered = counter("mxrelay.emails.delivered", "{email}", "Emails the upstream accepted for at least one recipient.")
-	m.failed = counter("mxrelay.emails.failed", "{email}", "Emails that failed for good, including those cancelled and handed back at Close.")
-	m.unknown = counter("mxrelay.emails.unknown", "{email}", "Emails, delivered or failed, whose end of data went out with no trusted reply: they may have been delivered.")
+	m.failed = counter("mxrelay.emails.failed", "{email}", "Emails not delivered: failed, unknown or handed back (mxrelay.email.outcome).")
+	m.unknown = counter("mxrelay.emails.unknown", "{email}", "Emails whose outcome is unknown: the last end of data went out with no trusted reply.")
+	m.maybe = counter("mxrelay.emails.maybe_delivered", "{email}", "Emails, whatever their outcome, of which an end of data went out with no trusted reply: they may have been delivered, perhaps twice.")
 	m.retries = counter("mxrelay.email.retries", "{retry}", "Retries scheduled after a temporary failure.")
 	m.sessionsCompleted = counter("mxrelay.sessions.completed", "{session}", "SMTP sessions that ended with QUIT.")
 	m.sessionsFailed = counter("mxrelay.sessions.failed", "{session}", "SMTP sessions that could not start or broke.")
@@ -75,17 +76,20 @@ func (i *Instrumentation) recordMetrics(ctx context.Context, e mxrelay.Event) {
 			return
 		}
 		attrs := metric.WithAttributes(i.with(priority(r.Priority))...)
-		if r.Err == nil {
+		switch r.Outcome {
+		case mxrelay.OutcomeDelivered:
 			m.delivered.Add(ctx, 1, attrs)
 			m.txDuration.Record(ctx, e.Duration.Seconds(), attrs)
 			m.sendDuration.Record(ctx, r.Duration.Seconds(), attrs)
-		} else {
-			failed := metric.WithAttributes(i.with(priority(r.Priority), errorType(r.Err))...)
-			m.failed.Add(ctx, 1, failed)
-			m.sendDuration.Record(ctx, r.Duration.Seconds(), failed)
+		default:
+			m.failed.Add(ctx, 1, metric.WithAttributes(i.with(priority(r.Priority), resultErrorType(r), outcome(r.Outcome))...))
+			m.sendDuration.Record(ctx, r.Duration.Seconds(), metric.WithAttributes(i.with(priority(r.Priority), resultErrorType(r))...))
+		}
+		if r.Outcome == mxrelay.OutcomeUnknown {
+			m.unknown.Add(ctx, 1, attrs)
 		}
 		if r.MaybeDelivered {
-			m.unknown.Add(ctx, 1, attrs)
+			m.maybe.Add(ctx, 1, attrs)
 		}
 	case mxrelay.EventEmailRetrying:
 		m.retries.Add(ctx, 1, metric.WithAttributes(i.with()...))

@@ -19,6 +19,7 @@ import (
 const (
 	keyPriority  = attribute.Key("mxrelay.email.priority")
 	keyErrorType = attribute.Key("error.type")
+	keyOutcome   = attribute.Key("mxrelay.email.outcome")
 )
 
 func TestCountersAndHistograms(t *testing.T) {
@@ -30,7 +31,9 @@ func TestCountersAndHistograms(t *testing.T) {
 	assert.Equal(t, map[string]int64{"normal": 1, "high": 1, "low": 1, "critical": 1}, points(t, m["mxrelay.emails.delivered"], keyPriority))
 	assert.Equal(t, map[string]int64{"high": 1}, points(t, m["mxrelay.emails.failed"], keyPriority))
 	assert.Equal(t, map[string]int64{"550": 1}, points(t, m["mxrelay.emails.failed"], keyErrorType))
+	assert.Equal(t, map[string]int64{"failed": 1}, points(t, m["mxrelay.emails.failed"], keyOutcome))
 	assert.NotContains(t, m, "mxrelay.emails.unknown", "nothing was maybe delivered")
+	assert.NotContains(t, m, "mxrelay.emails.maybe_delivered")
 	assert.Equal(t, map[string]int64{"": 1}, points(t, m["mxrelay.email.retries"], ""))
 	assert.Equal(t, map[string]int64{"": 2}, points(t, m["mxrelay.sessions.completed"], ""), "the batch, then the retry")
 	assert.NotContains(t, m, "mxrelay.sessions.failed")
@@ -103,7 +106,9 @@ func TestGauges(t *testing.T) {
 	// The stalled email's end of data went out with its MAIL (pipelined
 	// BDAT): it may have been delivered.
 	assert.Equal(t, map[string]int64{"closed": 3, "unknown_outcome": 1}, points(t, m["mxrelay.emails.failed"], keyErrorType))
+	assert.Equal(t, map[string]int64{"handed_back": 3, "unknown": 1}, points(t, m["mxrelay.emails.failed"], keyOutcome))
 	assert.Equal(t, map[string]int64{"critical": 1}, points(t, m["mxrelay.emails.unknown"], keyPriority))
+	assert.Equal(t, map[string]int64{"critical": 1}, points(t, m["mxrelay.emails.maybe_delivered"], keyPriority))
 	assert.Equal(t, map[string]int64{"": 1}, points(t, m["mxrelay.sessions.failed"], ""), "the stalled session")
 
 	// Close unregisters the gauges.

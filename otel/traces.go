@@ -38,7 +38,7 @@ func (i *Instrumentation) recordSpans(e mxrelay.Event) {
 		}
 		ok := 0
 		for _, r := range e.Results {
-			if r.Err == nil {
+			if r.Outcome == mxrelay.OutcomeDelivered {
 				ok++
 			}
 		}
@@ -71,6 +71,7 @@ func (i *Instrumentation) emailSpan(r *mxrelay.Result) {
 		keyEmailID.String(r.EmailID),
 		priority(r.Priority),
 		keyAttempts.Int(r.Attempts),
+		outcome(r.Outcome),
 		keyMaybeDelivered.Bool(r.MaybeDelivered),
 		keyAccepted.Int(len(r.Accepted)),
 		keyRejected.Int(len(r.Rejected)),
@@ -83,16 +84,18 @@ func (i *Instrumentation) emailSpan(r *mxrelay.Result) {
 		opts = append(opts, trace.WithLinks(trace.Link{SpanContext: sc, Attributes: []attribute.KeyValue{keySessionID.String(r.SessionID)}}))
 	}
 	_, s := i.tracer.Start(context.Background(), EmailSpanName, opts...)
-	if r.Err != nil {
-		failed(s, r.Err)
+	if r.Outcome != mxrelay.OutcomeDelivered {
+		failedAs(s, resultErrorType(r))
 	}
 	s.End(trace.WithTimestamp(r.Queued.Add(r.Duration)))
 }
 
 // failed marks s as failed with err's error.type: never err's text, where
 // SMTP replies quote addresses.
-func failed(s trace.Span, err error) {
-	t := errorType(err)
+func failed(s trace.Span, err error) { failedAs(s, errorType(err)) }
+
+// failedAs marks s as failed with error.type t.
+func failedAs(s trace.Span, t attribute.KeyValue) {
 	s.SetAttributes(t)
 	s.SetStatus(codes.Error, t.Value.AsString())
 }

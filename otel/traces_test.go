@@ -118,7 +118,7 @@ func TestSessionSpansBounded(t *testing.T) {
 	assert.Equal(t, "auth_failed", s2.Status().Description)
 
 	// An email of the ended s2 still links to it.
-	res := &mxrelay.Result{EmailID: "e1", SessionID: "s2", Queued: at(0), Duration: 20 * time.Millisecond, Attempts: 1,
+	res := &mxrelay.Result{EmailID: "e1", SessionID: "s2", Outcome: mxrelay.OutcomeHandedBack, Queued: at(0), Duration: 20 * time.Millisecond, Attempts: 1,
 		Err: &mxrelay.EmailError{EmailID: "e1", Attempts: 1, Err: mxrelay.ErrClosed}}
 	o.OnEvent(mxrelay.Event{Type: mxrelay.EventEmailFailed, EmailID: "e1", SessionID: "s2", Result: res, Err: res.Err, Time: at(20)})
 	emails := tm.spansNamed(mxrelayotel.EmailSpanName)
@@ -126,6 +126,7 @@ func TestSessionSpansBounded(t *testing.T) {
 	require.Len(t, emails[0].Links(), 1)
 	assert.Equal(t, s2.SpanContext(), emails[0].Links()[0].SpanContext)
 	assert.Equal(t, "closed", emails[0].Status().Description)
+	assert.Equal(t, "handed_back", attrs(emails[0])["mxrelay.email.outcome"].AsString())
 	_, hasCode := attrs(emails[0])["mxrelay.smtp.reply.code"]
 	assert.False(t, hasCode, "no reply decided it")
 

@@ -137,7 +137,7 @@ func accountingRun(t *testing.T, fr faultRun) tally {
 			case <-time.After(time.Duration(200+rf.IntN(1500)) * time.Microsecond):
 			}
 			st := c.Stats()
-			if len(s.Faults()) >= 2 || int(st.EmailsProcessed+st.EmailsFailed) < next {
+			if len(s.Faults()) >= 2 || int(st.EmailsDelivered+st.EmailsFailed) < next {
 				continue
 			}
 			next += 1 + rf.IntN(2*fr.faultEvery-1)
@@ -363,7 +363,7 @@ func checkAccounting(t testing.TB, c *mxrelay.Client, s *relaytest.Server, all [
 	}
 	st := c.Stats()
 	assert.EqualValues(t, len(all), st.EmailsQueued)
-	assert.EqualValues(t, n.delivered, st.EmailsProcessed)
+	assert.EqualValues(t, n.delivered, st.EmailsDelivered)
 	assert.EqualValues(t, n.failed+n.unknown+n.givenBack, st.EmailsFailed)
 	assert.Zero(t, st.QueueSize)
 	assert.Zero(t, st.InFlight)

@@ -1,21 +1,33 @@
 // Command mxbench measures how many emails per second go through the
-// mxrelay client, and what plain SMTP clients achieve on the same links.
+// mxrelay client, what it costs the client in CPU time and allocations,
+// and what other SMTP clients achieve on the same links.
 //
-// In one process it starts a discarding SMTP server, relaytest in front of
-// it with an injected round-trip time (RTT), and a TCP proxy with the same
-// RTT; then, for each RTT, it sends emails through:
+// In a child process (mxbench itself, run again with a hidden first
+// argument) it starts a discarding SMTP server, relaytest in front of it
+// with an injected round-trip time (RTT), and a TCP proxy with the same
+// RTT; then, for each RTT, it sends emails from its own process through:
 //
-//	(a) our client, binary frames, JSON frames, and binary frames to an
-//	    upstream that offers PIPELINING but not CHUNKING;
+//	the floor: a minimal hand-written client that pipelines whole BDAT
+//	    transactions, 256 at most unanswered, through the relay, and
+//	    does nothing else: the reference for every other row;
+//	(a) our client, binary frames, JSON frames, binary frames with a
+//	    SpoolDir, and binary frames to an upstream that offers PIPELINING
+//	    but not CHUNKING;
 //	(b) go-smtp's Client, lock-step, through the same relay;
 //	(c) go-smtp's Client, lock-step, over TCP to the same SMTP server;
 //
 // then our client with 1 to 4 concurrent sessions at one RTT, and one large
 // message. It prints a table: emails/s (median of the runs), latency
-// percentiles, heap per queued email and the ratios of (a) to (b) and (c).
-// Every run is checked (each email delivered at its first attempt, the
-// server received exactly those messages); a row whose run failed shows
-// the error, never a number. It asserts nothing about speed.
+// percentiles, heap per queued email, the ratios of (a) to (b) and (c),
+// and for every row its rate and its CPU time per email against the
+// floor's, and its allocations per email. The servers being in the child,
+// the CPU time (getrusage) and the allocations (runtime.MemStats) are the
+// client's alone. Every run is checked (each email delivered at its first
+// attempt, the server received exactly those messages); a row whose run
+// failed shows the error, never a number. It asserts nothing about speed.
+// The child ends with the table, with a failed row, at ^C (after the rows
+// in progress) and when mxbench panics or is killed (its standard input
+// closes).
 //
 // Usage:
 //
@@ -31,21 +43,28 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/mxrelay/mxrelay/internal/bench"
 )
 
 func main() {
-	os.Exit(run(context.Background(), os.Args, os.Stdout, os.Stderr))
+	bench.ServeIfChild()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	context.AfterFunc(ctx, stop) // a second ^C kills at once
+	code := run(ctx, os.Args, os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
 }
 
 // run is the command: it returns the exit status (0 all rows measured, 1 a
-// row failed, 2 bad flags).
+// row failed or ctx ended, 2 bad flags).
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	cfg, err := parseFlags(args[1:], stderr)
 	if errors.Is(err, flag.ErrHelp) {
@@ -57,6 +76,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	start := time.Now()
 	rep, err := bench.Run(ctx, cfg, func(s string) { fmt.Fprintln(stderr, "mxbench:", s) })
+	if ctx.Err() != nil {
+		fmt.Fprintln(stderr, "mxbench: interrupted: no table")
+		return 1
+	}
 	if err != nil {
 		fmt.Fprintln(stderr, "mxbench:", err)
 		return 1
@@ -79,13 +102,13 @@ func parseFlags(args []string, stderr io.Writer) (bench.Config, error) {
 	fs := flag.NewFlagSet("mxbench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Var((*durations)(&cfg.RTTs), "rtt", "injected round-trip `times`, comma-separated (0 is no latency)")
-	fs.IntVar(&cfg.N, "n", 2000, "emails per run of our client, at most (see -budget)")
+	fs.IntVar(&cfg.N, "n", 2000, "emails per run of our client and of the floor, at most (see -budget)")
 	fs.IntVar(&cfg.LockstepN, "lockstep-n", 20, "emails per run of go-smtp's lock-step Client, (b) and (c)")
 	size := byteSize(cfg.Size)
 	fs.Var(&size, "size", "message `size` (bytes, or with a KiB or MiB suffix)")
 	fs.IntVar(&cfg.Rcpts, "rcpts", 1, "recipients per email")
 	fs.IntVar(&cfg.Runs, "runs", 3, "runs per row; the table shows the median rate")
-	fs.DurationVar(&cfg.Budget, "budget", time.Second, "longest a run of our client should take: a pilot estimates the rate and a run sends fewer than -n emails when -n would not fit (the table says how many); 0 always sends -n")
+	fs.DurationVar(&cfg.Budget, "budget", time.Second, "longest a run of our client or the floor should take: a pilot estimates the rate and a run sends fewer than -n emails when -n would not fit (the table says how many); 0 always sends -n")
 	fs.DurationVar(&cfg.ScaleRTT, "scale-rtt", 10*time.Millisecond, "RTT of the concurrent-sessions rows")
 	fs.Var((*ints)(&cfg.Sessions), "sessions", "MaxConcurrentSessions `values` for the scaling rows, comma-separated (empty: none)")
 	fs.IntVar(&cfg.Window, "window", 0, "our client's PipelineWindow (0: the client's default)")
@@ -95,9 +118,11 @@ func parseFlags(args []string, stderr io.Writer) (bench.Config, error) {
 	fs.DurationVar(&cfg.Timeout, "timeout", 2*time.Minute, "bound on each run")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: mxbench [flags]\n\n"+
-			"Measures emails/s through the mxrelay client (a), go-smtp lock-step through the\n"+
-			"same relay (b) and go-smtp lock-step over TCP (c), at injected round-trip times,\n"+
-			"in one process on loopback, and prints a table. Asserts nothing about speed.\n\nFlags:\n")
+			"Measures emails/s and the client's CPU time and allocations per email through\n"+
+			"a minimal pipelined BDAT client (the floor), the mxrelay client (a), go-smtp\n"+
+			"lock-step through the same relay (b) and go-smtp lock-step over TCP (c), at\n"+
+			"injected round-trip times, on loopback, the servers in a child process, and\n"+
+			"prints a table. Asserts nothing about speed.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {

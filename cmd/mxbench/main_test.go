@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"os"
+	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -16,7 +19,10 @@ import (
 	"github.com/mxrelay/mxrelay/internal/bench"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	bench.ServeIfChild() // the rows' servers run in this test binary, as in mxbench
+	goleak.VerifyTestMain(m)
+}
 
 // TestTinyRun runs the whole command with tiny parameters: every row is
 // there, with figures, and nothing failed.
@@ -48,6 +54,67 @@ func TestTinyRun(t *testing.T) {
 	// Each (a) row has its heap per email and both ratios.
 	assert.Regexp(t, `\(a\) ours, JSON +20×1 +\S+ +\S+ +\S+ +\d+ B +[0-9.]+× +[0-9.]+×`, s)
 	assert.Contains(t, errOut.String(), "mxbench: large message, go-smtp, TCP:")
+	// Every row has the client's usage per email and its ratios to the floor.
+	assert.Regexp(t, `0s +floor: pipelined BDAT, window 256 +20×1 +`+number+`.* 1\.00× +`+number+` µs +1\.00× +`+number+` +`+number+` B\n`, s)
+	for _, row := range []string{`\(a\) ours, binary`, `\(a\) ours, JSON`, `\(a\) ours, binary, upstream without CHUNKING`,
+		`\(b\) go-smtp lock-step via relay`, `\(c\) go-smtp lock-step, TCP`} {
+		assert.Regexp(t, row+` +\d+×1 .* `+number+`× +`+number+` µs +`+number+`× +`+number+` +`+number+` B\n`, s)
+	}
+	assert.Empty(t, children(t), "the servers' processes are gone")
+}
+
+// children lists the processes whose parent is this one, from /proc
+// (skipping the test where there is none).
+func children(t *testing.T) []string {
+	t.Helper()
+	stats, err := filepath.Glob("/proc/[0-9]*/stat")
+	if err != nil || len(stats) == 0 {
+		t.Skip("no /proc to list child processes")
+	}
+	var kids []string
+	for _, f := range stats {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue // it ended meanwhile
+		}
+		// pid (comm) state ppid ...: comm may hold spaces and parentheses.
+		_, rest, ok := strings.Cut(string(b), ") ")
+		fields := strings.Fields(rest)
+		if !ok || len(fields) < 2 {
+			continue
+		}
+		if ppid, _ := strconv.Atoi(fields[1]); ppid == os.Getpid() {
+			kids = append(kids, string(b))
+		}
+	}
+	return kids
+}
+
+// cancelOnWrite is stderr that cancels the run at its first line, as ^C
+// does through signal.NotifyContext.
+type cancelOnWrite struct {
+	bytes.Buffer
+	cancel func()
+}
+
+func (w *cancelOnWrite) Write(p []byte) (int, error) {
+	w.cancel()
+	return w.Buffer.Write(p)
+}
+
+// TestInterrupted: a run whose context ends (^C) stops after the rows in
+// progress, prints no table, and leaves no process of its servers behind.
+func TestInterrupted(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var out bytes.Buffer
+	errOut := &cancelOnWrite{cancel: cancel}
+	args := []string{"mxbench", "-rtt", "0,2ms", "-n", "20", "-lockstep-n", "2", "-runs", "1", "-sessions", "", "-large", "0"}
+	assert.Equal(t, 1, run(ctx, args, &out, errOut))
+	assert.Contains(t, errOut.String(), "mxbench: interrupted: no table")
+	assert.NotContains(t, errOut.String(), "2ms floor", "no row after the interruption")
+	assert.Empty(t, out.String())
+	assert.Empty(t, children(t), "the servers' processes are gone")
 }
 
 func TestFlags(t *testing.T) {

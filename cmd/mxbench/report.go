@@ -19,10 +19,10 @@ func printReport(w io.Writer, rep *bench.Report, cmdline string, elapsed time.Du
 	if cfg.Rcpts > 1 {
 		rcpt += "s"
 	}
-	fmt.Fprintf(w, "mxbench: emails through the mxrelay client, go-smtp via the relay, and go-smtp over TCP\n")
+	fmt.Fprintf(w, "mxbench: emails through the floor, the mxrelay client, go-smtp via the relay, and go-smtp over TCP\n")
 	fmt.Fprintf(w, "machine: %s\n", machine())
 	fmt.Fprintf(w, "command: %s\n", cmdline)
-	fmt.Fprintf(w, "emails:  %d bytes, %d %s; median of %d runs; (a) up to %d emails a run (-n, -budget), (b) and (c) %d\n\n",
+	fmt.Fprintf(w, "emails:  %d bytes, %d %s; median of %d runs; the floor and (a) up to %d emails a run (-n, -budget), (b) and (c) %d\n\n",
 		cfg.Size, cfg.Rcpts, rcpt, cfg.Runs, cfg.N, cfg.LockstepN)
 
 	var errs []error
@@ -32,10 +32,11 @@ func printReport(w io.Writer, rep *bench.Report, cmdline string, elapsed time.Du
 	}
 
 	table(w, func(tw io.Writer) {
-		fmt.Fprintln(tw, "RTT\tpath\temails×runs\temails/s\tp50\tp99\theap/queued email\t(a)/(b)\t(a)/(c)")
+		fmt.Fprintln(tw, rowsHeader)
 		for i, row := range rep.Rows {
 			if i > 0 && row.RTT != rep.Rows[i-1].RTT {
-				fmt.Fprintln(tw, "\t\t\t\t\t\t\t\t")
+				// Tabs, not an empty line: the columns stay aligned across RTTs.
+				fmt.Fprintln(tw, strings.Repeat("\t", strings.Count(rowsHeader, "\t")))
 			}
 			rtt := row.RTT.String()
 			if row.Path == bench.LockstepDirect && row.RTT == 0 {
@@ -48,7 +49,7 @@ func printReport(w io.Writer, rep *bench.Report, cmdline string, elapsed time.Du
 	if len(rep.Scaling) > 0 {
 		fmt.Fprintf(w, "\n(a) ours, binary, at %v RTT, by MaxConcurrentSessions\n", cfg.ScaleRTT)
 		table(w, func(tw io.Writer) {
-			fmt.Fprintln(tw, "sessions\temails×runs\temails/s\tp50\tp99\theap/queued email\t(a)/(b)\t(a)/(c)\tvs first")
+			fmt.Fprintln(tw, "sessions\temails×runs\temails/s\tp50\tp99\theap/queued email\t(a)/(b)\t(a)/(c)\t"+usageHeader+"\tvs first")
 			first := rep.Scaling[0]
 			for _, row := range rep.Scaling {
 				vs := "-"
@@ -96,11 +97,18 @@ func table(w io.Writer, fill func(io.Writer)) {
 	}
 }
 
-// rowCells formats a row's measurements, from emails×runs to (a)/(c); a
-// failed row gets its failure's reference and no figure.
+// usageHeader names the columns after (a)/(c): the row against the floor,
+// and the client's usage per email.
+const usageHeader = "rate ×floor\tCPU/email\tCPU ×floor\tallocs/email\talloc B/email"
+
+// rowsHeader names the columns of the main table.
+const rowsHeader = "RTT\tpath\temails×runs\temails/s\tp50\tp99\theap/queued email\t(a)/(b)\t(a)/(c)\t" + usageHeader
+
+// rowCells formats a row's measurements, from emails×runs to the alloc
+// B/email; a failed row gets its failure's reference and no figure.
 func rowCells(rep *bench.Report, row bench.Row, failed func(error) string) string {
 	if row.Err != nil {
-		return strings.Join([]string{"-", failed(row.Err), "-", "-", "-", "-", "-"}, "\t")
+		return strings.Join([]string{"-", failed(row.Err), "-", "-", "-", "-", "-", "-", "-", "-", "-", "-"}, "\t")
 	}
 	heap, vsB, vsC := "-", "-", "-"
 	if row.Path.Ours() {
@@ -112,9 +120,20 @@ func rowCells(rep *bench.Report, row bench.Row, failed func(error) string) strin
 			vsC = fmt.Sprintf("%.1f×", r)
 		}
 	}
+	vsFloor, cpu, cpuVsFloor := "-", "-", "-"
+	if r, ok := rep.Ratio(row, bench.Floor); ok {
+		vsFloor = fmt.Sprintf("%.2f×", r)
+	}
+	if row.CPUPerEmail >= 0 {
+		cpu = fmt.Sprintf("%.1f µs", float64(row.CPUPerEmail)/float64(time.Microsecond))
+	}
+	if r, ok := rep.CPURatio(row, bench.Floor); ok {
+		cpuVsFloor = fmt.Sprintf("%.2f×", r)
+	}
 	return strings.Join([]string{
 		fmt.Sprintf("%d×%d", row.N, len(row.Samples)),
 		rate(row.Rate), duration(row.P50), duration(row.P99), heap, vsB, vsC,
+		vsFloor, cpu, cpuVsFloor, fmt.Sprintf("%.1f", row.AllocsPerEmail), fmt.Sprintf("%.0f B", row.BytesPerEmail),
 	}, "\t")
 }
 
@@ -136,19 +155,31 @@ func duration(d time.Duration) string {
 }
 
 const notes = `
-How it is measured (all on loopback, in this one process; the figures are relative to each other):
-- The SMTP server is internal/smtpsink, which discards data. The relay is relaytest, each frame delayed
-  by RTT/2 in each direction. (c) goes through a TCP proxy delaying each direction by RTT/2 without
-  limiting bandwidth; * at 0 RTT (c) connects to the server directly, no proxy.
+How it is measured (all on loopback; the figures are relative to each other):
+- The servers run in a child process: the SMTP server is internal/smtpsink, which discards data; the
+  relay is relaytest, each frame delayed by RTT/2 in each direction; (c) goes through a TCP proxy
+  delaying each direction by RTT/2 without limiting bandwidth; * at 0 RTT (c) connects to the server
+  directly, no proxy. Every client runs in this process, one row at a time.
+- The floor is a minimal client written for this benchmark: one SMTP session through the relay (binary
+  frames) pipelining whole transactions, MAIL, RCPT, BDAT with the message and LAST, at most 256
+  unanswered, its 64 KiB buffer flushed when the window is full, and nothing else (no queue, no
+  results, no events); it checks every reply (2xx, or the run fails). rate ×floor and CPU ×floor
+  compare each row with the floor at the same RTT.
 - (a) is mxrelay.New with MaxEmailsPerSession 1000 (-per-session) and a queue big enough, the rest at
   its defaults (-window sets PipelineWindow); "upstream without CHUNKING" offers PIPELINING only.
   A run enqueues its emails at once: emails/s is their number over the time from the first Enqueue
   to the last result, on a WebSocket already authenticated (the channel, greeting and EHLO count);
   latency is from an email's Enqueue call to its result, its wait in the queue included. When -n
-  emails would not fit in -budget at the rate a pilot showed, a run sends fewer (emails×runs).
+  emails would not fit in -budget at the rate a pilot showed, a run of (a) or of the floor sends
+  fewer (emails×runs).
 - (b) is go-smtp's Client in one session through the same relay (binary frames), MAIL, RCPT, DATA and
   the end of data each waiting for its reply; (c) the same over TCP. emails/s is from the channel open
   (or the TCP dial) to the last reply; latency from an email's MAIL to the reply to its end of data.
+  The floor is timed the same way, its latency from an email's MAIL to the reply to its BDAT.
+- CPU/email: this process's user and system CPU time (getrusage, every thread, the garbage collector
+  included) over a run, per email; allocs/email and alloc B/email: MemStats.Mallocs and TotalAlloc over
+  the same run. With the servers in the child, that is the client's alone, with the run's own
+  bookkeeping. Each is the median over the runs; each run starts after a garbage collection.
 - Every run is checked: each email delivered to every recipient at its first attempt, and the server
   received exactly those messages and bytes. A failed row shows FAILED and its error, never a number.
 - heap/queued email: the live heap after a GC (MemStats.HeapAlloc) before and after enqueueing -n emails
@@ -156,5 +187,5 @@ How it is measured (all on loopback, in this one process; the figures are relati
   were allocated before.
 - Large message: a body generated as it is read (io.ReadSeeker, no copy), binary frames. Peak heap is
   the highest runtime/metrics heap-objects bytes, sampled every 2 ms, above the heap after a GC just
-  before the send: the whole process (client, relay and server), garbage not yet collected included.
+  before the send: this process's (the client's), garbage not yet collected included.
 `

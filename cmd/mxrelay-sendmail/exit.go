@@ -23,15 +23,24 @@ const (
 
 // exitCode maps the outcome of Client.Send to an exit status. A message
 // that reached some recipients and not others is not a success: the status
-// is that of the refused recipients, and stderr says who got it.
+// is that of the refused recipients, and stderr says who got it. An
+// unknown outcome (the message may have been delivered) and a message
+// handed back unsent are EX_TEMPFAIL.
 func exitCode(res *mxrelay.Result, err error) int {
-	if res != nil && len(res.Rejected) > 0 {
-		for _, r := range res.Rejected {
-			if permanent(r.Err) {
-				return exNoUser
+	if res != nil {
+		switch {
+		case len(res.Rejected) > 0:
+			for _, r := range res.Rejected {
+				if r.Code/100 == 5 {
+					return exNoUser
+				}
 			}
+			return exTempFail
+		case res.Outcome == mxrelay.OutcomeDelivered:
+			return exOK
+		case res.Outcome == mxrelay.OutcomeUnknown, res.Outcome == mxrelay.OutcomeHandedBack:
+			return exTempFail
 		}
-		return exTempFail
 	}
 	if err == nil {
 		return exOK
@@ -46,7 +55,7 @@ func exitCode(res *mxrelay.Result, err error) int {
 		return exConfig
 	case errors.Is(err, mxrelay.ErrInvalidEmail):
 		return exDataErr
-	case errors.Is(err, mxrelay.ErrUnknownOutcome), errors.Is(err, mxrelay.ErrCanceled),
+	case errors.Is(err, mxrelay.ErrCanceled),
 		errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		// Withdrawn (a signal, the time out), or ctx's error alone from a
 		// Send whose ctx had ended before it began.
@@ -70,10 +79,4 @@ func exitCode(res *mxrelay.Result, err error) int {
 		return exUnavailable
 	}
 	return exSoftware
-}
-
-// permanent reports whether a recipient's refusal is a 5xx reply.
-func permanent(err error) bool {
-	var se *mxrelay.SMTPError
-	return errors.As(err, &se) && se.Code/100 == 5
 }

@@ -21,7 +21,9 @@ func TestExitCode(t *testing.T) {
 	rejected := func(errs ...error) *mxrelay.Result {
 		res := &mxrelay.Result{}
 		for i, err := range errs {
-			res.Rejected = append(res.Rejected, mxrelay.RecipientError{Address: fmt.Sprintf("r%d@example.com", i), Err: err})
+			var se *mxrelay.SMTPError
+			errors.As(err, &se) // as the library fills Code from the refusal
+			res.Rejected = append(res.Rejected, mxrelay.RecipientError{Address: fmt.Sprintf("r%d@example.com", i), Code: se.Code, Err: err})
 		}
 		return res
 	}
@@ -31,15 +33,16 @@ func TestExitCode(t *testing.T) {
 		err  error
 		want int
 	}{
-		{name: "delivered", res: &mxrelay.Result{Accepted: []string{"a@example.com"}}, want: exOK},
+		{name: "delivered", res: &mxrelay.Result{Outcome: mxrelay.OutcomeDelivered, Accepted: []string{"a@example.com"}}, want: exOK},
 		{name: "every recipient refused", res: rejected(smtpErr(550)), err: failed(smtpErr(550)), want: exNoUser},
-		{name: "one of two refused", res: &mxrelay.Result{Accepted: []string{"a@example.com"}, Rejected: rejected(smtpErr(550)).Rejected}, want: exNoUser},
+		{name: "one of two refused", res: &mxrelay.Result{Outcome: mxrelay.OutcomeDelivered, Accepted: []string{"a@example.com"}, Rejected: rejected(smtpErr(550)).Rejected}, want: exNoUser},
 		{name: "recipients deferred past the retries", res: rejected(smtpErr(450), smtpErr(452)), err: failed(smtpErr(450)), want: exTempFail},
 		{name: "deferred and refused", res: rejected(smtpErr(450), smtpErr(550)), err: failed(smtpErr(450)), want: exNoUser},
 		{name: "API key refused", err: fmt.Errorf("%w: bad key", mxrelay.ErrAuthFailed), want: exConfig},
 		{name: "invalid email", err: fmt.Errorf("%w: no recipient", mxrelay.ErrInvalidEmail), want: exDataErr},
 		{name: "not UTF-8 for a JSON relay", err: failed(mxrelay.ErrNotUTF8), want: exDataErr},
-		{name: "unknown outcome", err: failed(&mxrelay.UnknownOutcomeError{Err: errors.New("lost")}), want: exTempFail},
+		{name: "unknown outcome", res: &mxrelay.Result{Outcome: mxrelay.OutcomeUnknown, MaybeDelivered: true}, err: failed(&mxrelay.UnknownOutcomeError{Err: errors.New("lost")}), want: exTempFail},
+		{name: "handed back", res: &mxrelay.Result{Outcome: mxrelay.OutcomeHandedBack}, err: failed(mxrelay.ErrClosed), want: exTempFail},
 		{name: "timed out", err: failed(fmt.Errorf("%w: %w", mxrelay.ErrCanceled, context.DeadlineExceeded)), want: exTempFail},
 		{name: "451 to MAIL", err: failed(smtpErr(451)), want: exTempFail},
 		{name: "554 to DATA", err: failed(smtpErr(554)), want: exUnavailable},

@@ -528,7 +528,7 @@ func report(w io.Writer, verbose bool, res *mxrelay.Result, err error, code int)
 	}
 	if err != nil {
 		fmt.Fprintf(w, "mxrelay-sendmail: not delivered: %v\n", err)
-		if errors.Is(err, mxrelay.ErrUnknownOutcome) {
+		if res != nil && res.MaybeDelivered {
 			fmt.Fprintln(w, "mxrelay-sendmail: the message may have been delivered: check before sending it again")
 		}
 	}

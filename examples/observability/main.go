@@ -91,6 +91,6 @@ func run(out io.Writer) error {
 		return err
 	}
 	fmt.Fprintf(out, "/debug/vars: %d emails delivered, %d sessions; events %v\n",
-		vars.Mxrelay.EmailsProcessed, vars.Mxrelay.SessionsProcessed, vars.Events)
+		vars.Mxrelay.EmailsDelivered, vars.Mxrelay.SessionsCompleted, vars.Events)
 	return nil
 }

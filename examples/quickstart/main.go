@@ -8,7 +8,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log"
 	"os"
@@ -94,19 +93,14 @@ func run() error {
 		if res == nil {
 			return err
 		}
-		outcome := "delivered"
+		outcome := res.Outcome.String()
 		if err != nil {
-			outcome = "FAILED: " + err.Error()
+			outcome += ": " + err.Error()
 			failures++
 		}
 		var rejected []string
 		for _, r := range res.Rejected {
-			code := "?"
-			var se *mxrelay.SMTPError
-			if errors.As(r.Err, &se) {
-				code = fmt.Sprint(se.Code)
-			}
-			rejected = append(rejected, fmt.Sprintf("%s (%s)", r.Address, code))
+			rejected = append(rejected, fmt.Sprintf("%s (%d)", r.Address, r.Code))
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d %s\n", res.EmailID, res.Priority, outcome,
 			strings.Join(res.Accepted, ","), strings.Join(rejected, ","), res.Attempts, res.Reply.Code, res.Reply.Message)
@@ -118,7 +112,7 @@ func run() error {
 	}
 	st := client.Stats()
 	fmt.Printf("\nstats: %d sessions (%d failed), %d emails delivered, %d failed, %d retries; average session %v, average email %v\n",
-		st.SessionsProcessed, st.SessionsFailed, st.EmailsProcessed, st.EmailsFailed, st.EmailsRetried,
+		st.SessionsCompleted, st.SessionsFailed, st.EmailsDelivered, st.EmailsFailed, st.RetriesScheduled,
 		st.AverageSessionTime.Round(time.Microsecond), st.AverageEmailTime.Round(time.Microsecond))
 	rs := relay.Stats()
 	fmt.Printf("relay: %d WebSocket connection(s), %d SMTP session(s), %d message(s) in the mailbox\n", rs.Connections, rs.Channels, len(relay.Mailbox()))

@@ -3,8 +3,11 @@
 // implementation serves both. An Env is the set-up of one measurement: a
 // discarding SMTP server (internal/smtpsink), relaytest in front of it with
 // an injected round-trip time, and a latency proxy giving a plain SMTP
-// connection the same round-trip time. The Run functions send a batch of
-// emails through one path, check that every one arrived, and time them.
+// connection the same round-trip time, in this process or in a child
+// process (StartEnv) so that the client's own CPU time and allocations can
+// be told apart. The Run functions send a batch of emails through one path
+// (our client, go-smtp lock-step, or the floor: a minimal pipelined BDAT
+// client), check that every one arrived, and time them and meter them.
 // Nothing here asserts anything about speed.
 package bench
 
@@ -12,6 +15,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"time"
 
@@ -40,55 +44,92 @@ func (u Upstream) String() string {
 	return "PIPELINING and CHUNKING"
 }
 
-// Env is a sink, a relay in front of it and a latency proxy to it, all on
-// loopback, for one round-trip time.
-type Env struct {
-	RTT  time.Duration
-	Sink *smtpsink.Server
-	// Relay forwards to Sink, each frame delayed by RTT/2 in each
-	// direction. It grants binary frames when asked.
-	Relay *relaytest.Server
-	// DirectAddr is where a plain SMTP client connects to reach Sink with
-	// the same RTT: the latency proxy, or Sink itself when RTT is 0.
-	DirectAddr string
-
-	proxy  *latencyproxy.Proxy
-	spools []string // SpoolDirs of the clients, removed by Close
+// Counter tells what a discarding SMTP server accepted: *smtpsink.Server in
+// this process, or the sink of a child process (StartEnv), asked over its
+// pipe. A count below zero means the sink could not be asked; no run passes
+// its check then.
+type Counter interface {
+	Stats() smtpsink.Stats
 }
 
-// NewEnv starts an Env. The caller must Close it.
+// Env is a sink, a relay in front of it and a latency proxy to it, all on
+// loopback, for one round-trip time: in this process (NewEnv), or in a
+// child process (StartEnv), so that this process's CPU time and
+// allocations are the client's alone.
+type Env struct {
+	RTT time.Duration
+	// Sink counts the messages the sink accepted.
+	Sink Counter
+	// RelayURL and APIKey reach the relay, which forwards to the sink, each
+	// frame delayed by RTT/2 in each direction, and grants binary frames
+	// when asked.
+	RelayURL, APIKey string
+	// Relay is the relay of an Env in this process (NewEnv), for tests
+	// that inject faults; nil when the servers are in a child.
+	Relay *relaytest.Server
+	// DirectAddr is where a plain SMTP client connects to reach the sink
+	// with the same RTT: the latency proxy, or the sink itself when RTT is
+	// 0.
+	DirectAddr string
+	// Addrs are all the addresses the servers listen on, until Close.
+	Addrs []string
+
+	stop   func() error // stops the servers and waits for them
+	spools []string     // SpoolDirs of the clients, removed by Close
+}
+
+// NewEnv starts an Env in this process. The caller must Close it.
 func NewEnv(rtt time.Duration, up Upstream) (*Env, error) {
 	sink, err := smtpsink.New(&smtpsink.Options{DisableChunking: up == PipeliningOnly})
 	if err != nil {
 		return nil, err
 	}
-	e := &Env{RTT: rtt, Sink: sink, DirectAddr: sink.Addr}
+	var proxy *latencyproxy.Proxy
+	direct := sink.Addr
 	if rtt > 0 {
-		e.proxy, err = latencyproxy.New(sink.Addr, rtt/2)
+		proxy, err = latencyproxy.New(sink.Addr, rtt/2)
 		if err != nil {
 			sink.Close()
 			return nil, err
 		}
-		e.DirectAddr = e.proxy.Addr
+		direct = proxy.Addr
 	}
-	e.Relay = relaytest.NewServer(&relaytest.Options{
+	relay := relaytest.NewServer(&relaytest.Options{
 		UpstreamAddr: sink.Addr,
 		Latency:      relaytest.Latency{ToServer: rtt / 2, ToClient: rtt / 2},
 	})
+	u, err := url.Parse(relay.URL)
+	if err != nil {
+		panic("bench: relaytest's URL does not parse: " + err.Error())
+	}
+	e := &Env{
+		RTT: rtt, Sink: sink, RelayURL: relay.URL, APIKey: relay.APIKey, Relay: relay,
+		DirectAddr: direct, Addrs: []string{u.Host, sink.Addr},
+	}
+	if proxy != nil {
+		e.Addrs = append(e.Addrs, proxy.Addr)
+	}
+	e.stop = func() error {
+		relay.Close()
+		if proxy != nil {
+			proxy.Close()
+		}
+		return sink.Close()
+	}
 	return e, nil
 }
 
-// Close stops the relay, the proxy and the sink, and waits for their
-// goroutines.
-func (e *Env) Close() {
+// Close stops the relay, the proxy and the sink (the child process of an
+// Env from StartEnv: killed if it does not end in time) and waits for
+// them.
+func (e *Env) Close() { _ = e.close() }
+
+// close is Close, and says why the servers did not stop cleanly.
+func (e *Env) close() error {
 	for _, d := range e.spools {
 		os.RemoveAll(d)
 	}
-	e.Relay.Close()
-	if e.proxy != nil {
-		e.proxy.Close()
-	}
-	e.Sink.Close()
+	return e.stop()
 }
 
 // Client is how our client is configured for a run: as a user who wants
@@ -134,7 +175,7 @@ func (e *Env) NewClient(c Client, queue int) (*mxrelay.Client, error) {
 		e.spools = append(e.spools, d)
 		o.SpoolDir = d
 	}
-	return mxrelay.New(e.Relay.URL, e.Relay.APIKey, &o)
+	return mxrelay.New(e.RelayURL, e.APIKey, &o)
 }
 
 // closeClient closes c, handing back within 10s what a failed run left
@@ -150,8 +191,8 @@ func closeClient(c *mxrelay.Client) {
 // frames. The caller must Close it.
 func (e *Env) DialRelay(ctx context.Context, binary bool) (*relayconn.Conn, error) {
 	c, err := relayconn.Dial(ctx, relayconn.Config{
-		URL:            e.Relay.URL,
-		APIKey:         e.Relay.APIKey,
+		URL:            e.RelayURL,
+		APIKey:         e.APIKey,
 		Binary:         binary,
 		AuthTimeout:    10 * time.Second,
 		ChannelTimeout: 10 * time.Second,

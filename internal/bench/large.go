@@ -17,7 +17,8 @@ type Large struct {
 	Elapsed time.Duration
 	// PeakHeap is the highest heap (bytes in heap objects, live or not yet
 	// collected, sampled every 2 ms) above the heap after a collection
-	// before the send, for the whole process: client, relay and sink.
+	// before the send, for the whole process: the client's, and the relay's
+	// and the sink's too when they run in this process (NewEnv).
 	PeakHeap uint64
 }
 

@@ -6,4 +6,7 @@ import (
 	"go.uber.org/goleak"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	ServeIfChild() // StartEnv runs this test binary for the servers
+	goleak.VerifyTestMain(m)
+}

@@ -45,6 +45,8 @@ type Sample struct {
 	// Latency is each email's time from its Send (or Enqueue) call to its
 	// result.
 	Latency []time.Duration
+	// Usage is what this process spent over the same span as Elapsed.
+	Usage Usage
 }
 
 // Rate is emails per second.
@@ -52,8 +54,11 @@ func (s Sample) Rate() float64 { return float64(s.N) / s.Elapsed.Seconds() }
 
 // expectDelta checks that the sink accepted exactly n more messages of the
 // mail's size since before.
-func expectDelta(sink *smtpsink.Server, before smtpsink.Stats, n int, size int64) error {
+func expectDelta(sink Counter, before smtpsink.Stats, n int, size int64) error {
 	after := sink.Stats()
+	if before.Messages < 0 || after.Messages < 0 {
+		return errors.New("bench: the sink did not say what it received")
+	}
 	msgs, octets := after.Messages-before.Messages, after.Bytes-before.Bytes
 	if msgs != int64(n) || octets != int64(n)*size {
 		return fmt.Errorf("bench: the sink received %d messages (%d octets), want %d (%d octets)", msgs, octets, n, int64(n)*size)
@@ -66,9 +71,11 @@ func expectDelta(sink *smtpsink.Server, before smtpsink.Stats, n int, size int64
 // attempt, and the sink must have received exactly those n messages;
 // otherwise the run fails. Elapsed runs from the first Enqueue call to the last result; an email's
 // latency from its own Enqueue call to its result (its time in the queue
-// included).
-func RunOurs(ctx context.Context, c *mxrelay.Client, sink *smtpsink.Server, m Mail, n int) (Sample, error) {
+// included). Usage runs from before the first Enqueue call to the last
+// result.
+func RunOurs(ctx context.Context, c *mxrelay.Client, sink Counter, m Mail, n int) (Sample, error) {
 	before := sink.Stats()
+	meter := startMeter()
 	calls := make([]time.Time, 0, n)
 	handles := make([]*mxrelay.Handle, 0, n)
 	var err error
@@ -109,6 +116,7 @@ func RunOurs(ctx context.Context, c *mxrelay.Client, sink *smtpsink.Server, m Ma
 			last = done
 		}
 	}
+	s.Usage = meter.stop()
 	if err != nil {
 		return Sample{}, fmt.Errorf("%d of %d emails failed; first: %w", failed, n, err)
 	}
@@ -123,10 +131,11 @@ func RunOurs(ctx context.Context, c *mxrelay.Client, sink *smtpsink.Server, m Ma
 // a connection from dial: MAIL, RCPT, DATA and the end of data, each waiting
 // for its reply. Elapsed runs from the dial (the session's set-up, greeting
 // and EHLO included, as in RunOurs) to the last reply; an email's latency
-// from its MAIL to the reply to its end of data. The sink must have
-// received exactly those n messages.
-func RunLockstep(ctx context.Context, dial Dialer, sink *smtpsink.Server, m Mail, n int) (Sample, error) {
+// from its MAIL to the reply to its end of data; Usage over the same span
+// as Elapsed. The sink must have received exactly those n messages.
+func RunLockstep(ctx context.Context, dial Dialer, sink Counter, m Mail, n int) (Sample, error) {
 	before := sink.Stats()
+	meter := startMeter()
 	start := time.Now()
 	c, end, err := openSMTP(ctx, dial)
 	if err != nil {
@@ -142,6 +151,7 @@ func RunLockstep(ctx context.Context, dial Dialer, sink *smtpsink.Server, m Mail
 		s.Latency = append(s.Latency, time.Since(t))
 	}
 	s.Elapsed = time.Since(start)
+	s.Usage = meter.stop()
 	if err := c.Quit(); err != nil {
 		return Sample{}, fmt.Errorf("bench: QUIT: %w", err)
 	}

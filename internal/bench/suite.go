@@ -4,10 +4,10 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"os"
+	"runtime"
 	"slices"
 	"time"
-
-	"github.com/mxrelay/mxrelay"
 )
 
 // Config is a whole benchmark: what cmd/mxbench runs.
@@ -31,6 +31,10 @@ type Config struct {
 	PerSession int           // Options.MaxEmailsPerSession; zero: 1000
 	LargeSize  int64         // the large message; zero: none
 	Timeout    time.Duration // bound on each run
+	// Start starts the servers of each Env. Nil: StartEnv with the
+	// running program, which must then call ServeIfChild, so that the
+	// figures of this process are the client's alone.
+	Start func(rtt time.Duration, up Upstream) (*Env, error)
 }
 
 // Path is a way of sending.
@@ -43,6 +47,7 @@ const (
 	OursSpool                      // (a) binary, with a SpoolDir
 	LockstepRelay                  // (b) go-smtp's Client through the relay (binary frames)
 	LockstepDirect                 // (c) go-smtp's Client over TCP to the sink
+	Floor                          // the floor (RunFloor) through the relay (binary frames)
 )
 
 // Ours reports whether p is our client.
@@ -60,7 +65,13 @@ type Row struct {
 	P50, P99 time.Duration // over the emails of all runs
 	// HeapPerEmail is our client's heap per queued email (QueueHeap).
 	HeapPerEmail float64
-	Err          error // the row failed: no figure of it holds
+	// CPUPerEmail, AllocsPerEmail and BytesPerEmail are the medians over
+	// the runs of Usage per email: this process's CPU time (negative where
+	// it is not measured), heap objects and heap bytes allocated.
+	CPUPerEmail    time.Duration
+	AllocsPerEmail float64
+	BytesPerEmail  float64
+	Err            error // the row failed: no figure of it holds
 }
 
 // LargeRow is the large message through one path.
@@ -73,7 +84,7 @@ type LargeRow struct {
 // Report is what Run measured.
 type Report struct {
 	Config  Config
-	Rows    []Row // per RTT: the (a) rows, then (b) and (c)
+	Rows    []Row // per RTT: the floor, the (a) rows, then (b) and (c)
 	Scaling []Row // our client at ScaleRTT, per MaxConcurrentSessions
 	Large   []LargeRow
 }
@@ -97,48 +108,96 @@ func (r *Report) Failed() int {
 // Ratio is row's rate over the rate of the baseline path at the same RTT,
 // and false when either is missing or failed.
 func (r *Report) Ratio(row Row, baseline Path) (float64, bool) {
+	return r.ratio(row, baseline, func(x Row) float64 { return x.Rate })
+}
+
+// CPURatio is row's CPU time per email over the baseline path's at the
+// same RTT, and false when either is missing, failed or not measured.
+func (r *Report) CPURatio(row Row, baseline Path) (float64, bool) {
+	if row.CPUPerEmail <= 0 {
+		return 0, false
+	}
+	return r.ratio(row, baseline, func(x Row) float64 { return float64(x.CPUPerEmail) })
+}
+
+// ratio is figure(row) over figure of the baseline path's row at the same
+// RTT, when neither failed and the baseline's figure is positive.
+func (r *Report) ratio(row Row, baseline Path, figure func(Row) float64) (float64, bool) {
 	if row.Err != nil {
 		return 0, false
 	}
 	for _, b := range r.Rows {
-		if b.Path == baseline && b.RTT == row.RTT && b.Err == nil {
-			return row.Rate / b.Rate, true
+		if b.Path == baseline && b.RTT == row.RTT && b.Err == nil && figure(b) > 0 {
+			return figure(row) / figure(b), true
 		}
 	}
 	return 0, false
 }
 
 // Run measures everything cfg asks for, row after row, and calls progress
-// with each finished row's summary. A failed row has its Err set and the
-// next rows still run.
+// with each finished row's summary, and with anything wrong in stopping
+// an Env's servers. A failed row has its Err set and the next rows still
+// run. When ctx ends, Run stops after the row in progress, which fails,
+// and returns ctx's error. Every Env it started is closed (its child
+// process ended and reaped) when it returns or panics.
 func Run(ctx context.Context, cfg Config, progress func(string)) (*Report, error) {
 	m, err := NewMail(cfg.Size, cfg.Rcpts)
 	if err != nil {
 		return nil, err
 	}
+	start := cfg.Start
+	if start == nil {
+		exe, err := os.Executable()
+		if err != nil {
+			return nil, fmt.Errorf("bench: finding this program to run its servers: %w", err)
+		}
+		start = func(rtt time.Duration, up Upstream) (*Env, error) { return StartEnv(exe, rtt, up) }
+	}
+	withEnv := func(rtt time.Duration, up Upstream, f func(*Env)) error {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("bench: %w", err)
+		}
+		e, err := start(rtt, up)
+		if err != nil {
+			return err
+		}
+		defer func() {
+			if err := e.close(); err != nil {
+				progress(err.Error())
+			}
+		}()
+		f(e)
+		return nil
+	}
 	rep := &Report{Config: cfg}
-	add := func(rows *[]Row, row Row) {
+	// add measures a row, unless ctx has ended.
+	add := func(rows *[]Row, measure func() Row) {
+		if ctx.Err() != nil {
+			return
+		}
+		row := measure()
 		*rows = append(*rows, row)
 		progress(row.summary())
 	}
 	for _, rtt := range cfg.RTTs {
 		err := withEnv(rtt, Chunking, func(e *Env) {
-			add(&rep.Rows, oursRow(ctx, cfg, e, OursBinary, 0, m))
-			add(&rep.Rows, oursRow(ctx, cfg, e, OursJSON, 0, m))
-			add(&rep.Rows, oursRow(ctx, cfg, e, OursSpool, 0, m))
+			add(&rep.Rows, func() Row { return floorRow(ctx, cfg, e, m) })
+			add(&rep.Rows, func() Row { return oursRow(ctx, cfg, e, OursBinary, 0, m) })
+			add(&rep.Rows, func() Row { return oursRow(ctx, cfg, e, OursJSON, 0, m) })
+			add(&rep.Rows, func() Row { return oursRow(ctx, cfg, e, OursSpool, 0, m) })
 		})
 		if err != nil {
 			return nil, err
 		}
 		err = withEnv(rtt, PipeliningOnly, func(e *Env) {
-			add(&rep.Rows, oursRow(ctx, cfg, e, OursPipeliningOnly, 0, m))
+			add(&rep.Rows, func() Row { return oursRow(ctx, cfg, e, OursPipeliningOnly, 0, m) })
 		})
 		if err != nil {
 			return nil, err
 		}
 		err = withEnv(rtt, Chunking, func(e *Env) {
-			add(&rep.Rows, lockstepRow(ctx, cfg, e, LockstepRelay, m))
-			add(&rep.Rows, lockstepRow(ctx, cfg, e, LockstepDirect, m))
+			add(&rep.Rows, func() Row { return lockstepRow(ctx, cfg, e, LockstepRelay, m) })
+			add(&rep.Rows, func() Row { return lockstepRow(ctx, cfg, e, LockstepDirect, m) })
 		})
 		if err != nil {
 			return nil, err
@@ -147,7 +206,7 @@ func Run(ctx context.Context, cfg Config, progress func(string)) (*Report, error
 	if len(cfg.Sessions) > 0 {
 		err := withEnv(cfg.ScaleRTT, Chunking, func(e *Env) {
 			for _, k := range cfg.Sessions {
-				add(&rep.Scaling, oursRow(ctx, cfg, e, OursBinary, k, m))
+				add(&rep.Scaling, func() Row { return oursRow(ctx, cfg, e, OursBinary, k, m) })
 			}
 		})
 		if err != nil {
@@ -165,17 +224,10 @@ func Run(ctx context.Context, cfg Config, progress func(string)) (*Report, error
 			return nil, err
 		}
 	}
-	return rep, nil
-}
-
-func withEnv(rtt time.Duration, up Upstream, f func(*Env)) error {
-	e, err := NewEnv(rtt, up)
-	if err != nil {
-		return err
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("bench: %w", err)
 	}
-	defer e.Close()
-	f(e)
-	return nil
+	return rep, nil
 }
 
 func label(p Path, sessions int) string {
@@ -186,6 +238,7 @@ func label(p Path, sessions int) string {
 		OursSpool:          "(a) ours, binary, SpoolDir (one Enqueue at a time)",
 		LockstepRelay:      "(b) go-smtp lock-step via relay",
 		LockstepDirect:     "(c) go-smtp lock-step, TCP",
+		Floor:              fmt.Sprintf("floor: pipelined BDAT, window %d", FloorWindow),
 	}[p]
 	if sessions > 0 {
 		s += fmt.Sprintf(", %d session", sessions)
@@ -204,11 +257,7 @@ const minHeapEmails = 1000
 // then cfg.Runs runs on one client.
 func oursRow(ctx context.Context, cfg Config, e *Env, p Path, sessions int, m Mail) (row Row) {
 	row = Row{RTT: e.RTT, Path: p, Sessions: sessions, Label: label(p, sessions)}
-	defer func() {
-		if row.Err != nil {
-			row.Err = fmt.Errorf("%s at %v: %w", row.Label, row.RTT, row.Err)
-		}
-	}()
+	defer row.name()
 	cl := Client{JSON: p == OursJSON, Spool: p == OursSpool, Sessions: sessions, Window: cfg.Window, PerSession: cfg.PerSession}
 	row.HeapPerEmail, row.Err = QueueHeap(cl, m, max(cfg.N, minHeapEmails))
 	if row.Err != nil {
@@ -220,7 +269,9 @@ func oursRow(ctx context.Context, cfg Config, e *Env, p Path, sessions int, m Ma
 		return row
 	}
 	defer closeClient(c)
-	row.N, row.Err = calibrate(ctx, cfg, c, e, m)
+	row.N, row.Err = calibrate(ctx, cfg, func(ctx context.Context, n int) (Sample, error) {
+		return RunOurs(ctx, c, e.Sink, m, n)
+	})
 	if row.Err != nil {
 		row.Err = fmt.Errorf("pilot: %w", row.Err)
 		return row
@@ -235,15 +286,20 @@ func oursRow(ctx context.Context, cfg Config, e *Env, p Path, sessions int, m Ma
 // budget or reaches cfg.N, and returns how many emails a run can send
 // within the budget at the rate the last bursts showed. The bursts also
 // bring the client's connection up before the timed runs.
-func calibrate(ctx context.Context, cfg Config, c *mxrelay.Client, e *Env, m Mail) (int, error) {
+func calibrate(ctx context.Context, cfg Config, run func(ctx context.Context, n int) (Sample, error)) (int, error) {
+	runOne := func(n int) (Sample, error) {
+		rctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+		defer cancel()
+		return run(rctx, n)
+	}
 	if cfg.Budget <= 0 {
 		// Still one email, so that the runs start with the WebSocket up.
-		_, err := runOne(ctx, cfg, c, e, m, 1)
+		_, err := runOne(1)
 		return cfg.N, err
 	}
 	prevN, prevT := 0, time.Duration(0)
 	for k := min(cfg.N, 4); ; k = min(cfg.N, 4*k) {
-		s, err := runOne(ctx, cfg, c, e, m, k)
+		s, err := runOne(k)
 		if err != nil {
 			return 0, err
 		}
@@ -263,34 +319,61 @@ func calibrate(ctx context.Context, cfg Config, c *mxrelay.Client, e *Env, m Mai
 	}
 }
 
-func runOne(ctx context.Context, cfg Config, c *mxrelay.Client, e *Env, m Mail, n int) (Sample, error) {
-	rctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
-	defer cancel()
-	return RunOurs(rctx, c, e.Sink, m, n)
-}
-
 // lockstepRow measures go-smtp's Client through the relay or over TCP.
 func lockstepRow(ctx context.Context, cfg Config, e *Env, p Path, m Mail) (row Row) {
 	row = Row{RTT: e.RTT, Path: p, Label: label(p, 0), N: cfg.LockstepN}
-	defer func() {
-		if row.Err != nil {
-			row.Err = fmt.Errorf("%s at %v: %w", row.Label, row.RTT, row.Err)
-		}
-	}()
+	defer row.name()
 	dial := e.Direct()
 	if p == LockstepRelay {
-		conn, err := e.DialRelay(ctx, true)
-		if err != nil {
-			row.Err = err
+		var end func()
+		dial, end, row.Err = relayDialer(ctx, e)
+		if row.Err != nil {
 			return row
 		}
-		defer conn.Close(1000, "")
-		dial = RelayChannels(conn)
+		defer end()
 	}
 	row.measure(ctx, cfg, func(ctx context.Context) (Sample, error) {
 		return RunLockstep(ctx, dial, e.Sink, m, cfg.LockstepN)
 	})
 	return row
+}
+
+// floorRow measures the floor through the relay, binary frames, each run
+// a session on one WebSocket: a pilot, then cfg.Runs runs.
+func floorRow(ctx context.Context, cfg Config, e *Env, m Mail) (row Row) {
+	row = Row{RTT: e.RTT, Path: Floor, Label: label(Floor, 0)}
+	defer row.name()
+	dial, end, err := relayDialer(ctx, e)
+	if err != nil {
+		row.Err = err
+		return row
+	}
+	defer end()
+	run := func(ctx context.Context, n int) (Sample, error) { return RunFloor(ctx, dial, e.Sink, m, n) }
+	row.N, row.Err = calibrate(ctx, cfg, run)
+	if row.Err != nil {
+		row.Err = fmt.Errorf("pilot: %w", row.Err)
+		return row
+	}
+	row.measure(ctx, cfg, func(ctx context.Context) (Sample, error) { return run(ctx, row.N) })
+	return row
+}
+
+// relayDialer opens an authenticated WebSocket to the Env's relay, binary
+// frames, and returns a Dialer of channels on it; end closes it.
+func relayDialer(ctx context.Context, e *Env) (dial Dialer, end func(), err error) {
+	conn, err := e.DialRelay(ctx, true)
+	if err != nil {
+		return nil, nil, err
+	}
+	return RelayChannels(conn), func() { conn.Close(1000, "") }, nil
+}
+
+// name prefixes a failed row's error with the row's label and RTT.
+func (r *Row) name() {
+	if r.Err != nil {
+		r.Err = fmt.Errorf("%s at %v: %w", r.Label, r.RTT, r.Err)
+	}
 }
 
 // largeRows sends the large message through our client (binary) and with
@@ -317,10 +400,13 @@ func largeRows(ctx context.Context, cfg Config, e *Env, m Mail) []LargeRow {
 	return []LargeRow{ours, direct}
 }
 
-// measure runs cfg.Runs runs, each bounded by cfg.Timeout, and sets the
-// row's figures, or its Err at the first run that fails.
+// measure runs cfg.Runs runs, each bounded by cfg.Timeout and after a
+// garbage collection (so that a run does not pay for the garbage of what
+// came before), and sets the row's figures, or its Err at the first run
+// that fails.
 func (r *Row) measure(ctx context.Context, cfg Config, run func(context.Context) (Sample, error)) {
 	for i := range cfg.Runs {
+		runtime.GC()
 		rctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 		s, err := run(rctx)
 		cancel()
@@ -333,24 +419,36 @@ func (r *Row) measure(ctx context.Context, cfg Config, run func(context.Context)
 	r.summarize()
 }
 
-// summarize sets the median rate and the latency percentiles.
+// summarize sets the median rate, the latency percentiles and the medians
+// of the usage per email.
 func (r *Row) summarize() {
-	var rates []float64
+	var rates, cpu, allocs, bytes []float64
 	var lat []time.Duration
 	for _, s := range r.Samples {
 		rates = append(rates, s.Rate())
 		lat = append(lat, s.Latency...)
+		n := float64(s.N)
+		cpu = append(cpu, float64(s.Usage.CPU)/n)
+		allocs = append(allocs, float64(s.Usage.Mallocs)/n)
+		bytes = append(bytes, float64(s.Usage.Bytes)/n)
 	}
 	r.Rate = Median(rates)
 	r.P50 = Percentile(lat, 50)
 	r.P99 = Percentile(lat, 99)
+	r.CPUPerEmail = time.Duration(Median(cpu))
+	if slices.ContainsFunc(r.Samples, func(s Sample) bool { return s.Usage.CPU < 0 }) {
+		r.CPUPerEmail = -1
+	}
+	r.AllocsPerEmail = Median(allocs)
+	r.BytesPerEmail = Median(bytes)
 }
 
 func (r Row) summary() string {
 	if r.Err != nil {
 		return "FAILED: " + r.Err.Error()
 	}
-	return fmt.Sprintf("%v %s: %d emails × %d runs, %.0f emails/s", r.RTT, r.Label, r.N, len(r.Samples), r.Rate)
+	return fmt.Sprintf("%v %s: %d emails × %d runs, %.0f emails/s, %.1f µs CPU and %.1f allocations an email",
+		r.RTT, r.Label, r.N, len(r.Samples), r.Rate, float64(r.CPUPerEmail)/1e3, r.AllocsPerEmail)
 }
 
 func (l LargeRow) summary() string {

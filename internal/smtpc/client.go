@@ -27,8 +27,10 @@ type Config struct {
 	// was flushed or the previous reply arrived, and each write.
 	Timeout time.Duration
 	// Window bounds the transactions in flight when the server offers
-	// PIPELINING and CHUNKING. Zero: 1.
-	Window int
+	// PIPELINING and CHUNKING. Zero: 1. Within it, the number in flight
+	// follows what the link needs (see window), unless FixedWindow.
+	Window      int
+	FixedWindow bool
 	// NoPipelining waits for each reply before the next command.
 	NoPipelining bool
 	// Fix turns bare CR and bare LF in bodies into CRLF instead of

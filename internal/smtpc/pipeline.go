@@ -44,14 +44,15 @@ type Tx struct {
 	Done func(*Result)
 
 	seq          uint64
-	pending      int    // replies still owed
-	pushed       int    // replies asked for
-	closed       bool   // every command is written
-	slot         bool   // holds a place in the window: replies are owed
-	lastInStep   bool   // its last reply so far answered a strict command in step
-	finished     bool   // Done was called or is being called
-	endAt        int64  // stream offset of the end of data; -1 before it
-	endN         uint64 // the end of data's place among the replies owed
+	pending      int       // replies still owed
+	pushed       int       // replies asked for
+	closed       bool      // every command is written
+	slot         bool      // holds a place in the window: replies are owed
+	lastInStep   bool      // its last reply so far answered a strict command in step
+	flushedAt    time.Time // when its end of data was flushed (windowed only; p.mu)
+	finished     bool      // Done was called or is being called
+	endAt        int64     // stream offset of the end of data; -1 before it
+	endN         uint64    // the end of data's place among the replies owed
 	rcptAnswered int
 	res          Result
 }
@@ -134,6 +135,10 @@ type pipe struct {
 	// syncOwed is set when the last command owed a reply is an end of
 	// data: a strict command after it is what confirms it. Writer only.
 	syncOwed bool
+	// unflushed are the transactions whose BDAT LAST is written and not
+	// yet flushed: Flush stamps their flushedAt. Writer only.
+	unflushed []*Tx
+	win       window
 
 	mu          sync.Mutex
 	fifo        []expect
@@ -147,6 +152,7 @@ type pipe struct {
 	shifted     bool             // the reader found the replies out of step or out of grammar
 	style       [kNoop + 1]style // per kind of command, its first 2xx's enhanced code
 	closing     uint64           // after a 421, the place of the first command not processed; 0: none
+	noopBlind   bool             // a NOOP's 250 was worded as MAIL's or RCPT's: NOOP confirms nothing
 }
 
 const chunkSize = 256 << 10
@@ -167,9 +173,12 @@ func (c *Client) Start() {
 		w = 2 // one end of data in flight with the next transaction's commands
 	}
 	p.slots = make(chan struct{}, w)
+	p.win.init(w, c.cfg.FixedWindow || !(p.pipelining && p.chunking))
 	p.progress = make(chan struct{}, 1)
 	p.readerDone = make(chan struct{})
+	p.mu.Lock() // Settling and Outstanding may be asked from another goroutine already
 	p.live = map[*Tx]struct{}{}
+	p.mu.Unlock()
 	p.rbuf = make([]byte, 32<<10)
 	if n := c.br.Buffered(); n > 0 {
 		c.readerBreak(c.strayErr(n))
@@ -181,7 +190,10 @@ func (c *Client) Start() {
 func (c *Client) Mode() string {
 	switch p := &c.p; {
 	case p.pipelining && p.chunking:
-		return "pipelined BDAT, window " + strconv.Itoa(cap(p.slots))
+		if p.win.fixed {
+			return "pipelined BDAT, window " + strconv.Itoa(cap(p.slots))
+		}
+		return "pipelined BDAT, adaptive window up to " + strconv.Itoa(cap(p.slots))
 	case p.pipelining:
 		return "pipelined DATA"
 	case p.chunking:
@@ -256,6 +268,9 @@ func (c *Client) readLoop() {
 			err = p.style[k].check(e.kind, r)
 		}
 		if err != nil || inStep && (e.kind == kReset || e.kind == kAbort || e.kind == kNoop) && !p.unmistakable(r) {
+			if inStep && e.kind == kNoop {
+				p.noopBlind = true
+			}
 			inStep = false
 		}
 		if err == nil && r.Code == 421 {
@@ -335,6 +350,9 @@ func (c *Client) strayErr(n int) error {
 // one, answered in step), else it waits for a confirming reply. It returns
 // fin with tx added when tx is finished. p.mu is held.
 func (c *Client) answered(tx *Tx, fin []*Tx) []*Tx {
+	if !tx.flushedAt.IsZero() {
+		c.p.win.sample(time.Now(), tx.flushedAt, len(c.p.slots))
+	}
 	c.freeSlot(tx) // nothing of it is in flight any more
 	if tx.lastInStep || tx.pushed == 0 {
 		tx.res.Confirmed = tx.pushed > 0
@@ -575,8 +593,18 @@ func (c *Client) lineWith(tx *Tx, k kind, idx int, cmd string, extra int) uint64
 
 // Flush hands the buffered commands on and arms the reply timeout.
 func (c *Client) Flush() error {
-	err := c.bw.Flush()
 	p := &c.p
+	if len(p.unflushed) > 0 {
+		now := time.Now()
+		p.mu.Lock()
+		for _, tx := range p.unflushed {
+			tx.flushedAt = now
+		}
+		p.mu.Unlock()
+		clear(p.unflushed)
+		p.unflushed = p.unflushed[:0]
+	}
+	err := c.bw.Flush()
 	p.mu.Lock()
 	if c.cfg.Timeout > 0 && p.head < len(p.fifo) {
 		c.cc.SetReadDeadline(time.Now().Add(c.cfg.Timeout))
@@ -637,6 +665,15 @@ func (c *Client) closeTx(tx *Tx) {
 	}
 }
 
+// Owed is the number of replies the server still owes, whatever their
+// commands (a NOOP's included).
+func (c *Client) Owed() int {
+	p := &c.p
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.fifo) - p.head
+}
+
 // Outstanding is the number of transactions without a result.
 func (c *Client) Outstanding() int {
 	p := &c.p
@@ -683,6 +720,16 @@ func (c *Client) Sync() error {
 	return c.Flush()
 }
 
+// SyncConfirms reports whether Sync's NOOP may confirm what waits: false
+// once a NOOP's 250 this session was worded as MAIL's or RCPT's (a server
+// that answers every command alike, see unmistakable).
+func (c *Client) SyncConfirms() bool {
+	p := &c.p
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return !p.noopBlind
+}
+
 // Progress is signalled when a reply was handled.
 func (c *Client) Progress() <-chan struct{} { return c.p.progress }
 
@@ -702,13 +749,13 @@ func (c *Client) Send(tx *Tx) error {
 		tx.Done(&tx.res)
 		return err
 	}
-	if len(p.slots) == cap(p.slots) {
+	if lim := p.win.get(); len(p.slots) >= lim {
 		// The window is full: hand on what is written, and go on only
 		// when an eighth of it is free again, so that transactions go out
 		// in batches rather than one per reply (a frame, a write each).
 		err := c.Flush()
 		if err == nil {
-			free := cap(p.slots) - max(1, cap(p.slots)/8)
+			free := lim - max(1, lim/8)
 			err = c.waitFor(func() bool { return len(p.slots) <= free })
 		}
 		if err != nil {
@@ -891,6 +938,9 @@ func (c *Client) sendChunks(tx *Tx, lockstep bool) error {
 			}
 			tx.endAt = c.offset()
 			kind, cmd = kEnd, cmd+" LAST"
+			if !c.p.win.fixed {
+				c.p.unflushed = append(c.p.unflushed, tx)
+			}
 		}
 		n := c.lineWith(tx, kind, 0, cmd, len(chunk))
 		if last {

@@ -10,6 +10,7 @@ package testkit
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net/url"
 	"strconv"
@@ -68,23 +69,84 @@ func NewRelay(t testing.TB, o *relaytest.Options) *relaytest.Server {
 	return s
 }
 
-// NewClient returns a client of s with options ClientOptions(s, o). When
-// the test ends the client is closed and checked to have given every
-// email a result.
+// NewClient returns a client of s with options ClientOptions(s, o). Every
+// Result it gives out in an event is checked (CheckResult); when the test
+// ends the client is closed and checked to have given every email a
+// result.
 func NewClient(t testing.TB, s *relaytest.Server, o *mxrelay.Options) *mxrelay.Client {
 	t.Helper()
-	c, err := mxrelay.New(s.URL, s.APIKey, ClientOptions(s, o))
+	o = ClientOptions(s, o)
+	user := o.OnEvent
+	o.OnEvent = func(e mxrelay.Event) {
+		if e.Result != nil {
+			CheckResult(t, e.Result)
+		}
+		if user != nil {
+			user(e)
+		}
+	}
+	c, err := mxrelay.New(s.URL, s.APIKey, o)
 	require.NoError(t, err)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		c.Close(ctx)
 		st := c.Stats()
-		if st.EmailsQueued != st.EmailsProcessed+st.EmailsFailed {
-			t.Errorf("accounting after Close: queued %d != delivered %d + failed %d", st.EmailsQueued, st.EmailsProcessed, st.EmailsFailed)
+		if st.EmailsQueued != st.EmailsDelivered+st.EmailsFailed {
+			t.Errorf("accounting after Close: queued %d != delivered %d + failed %d", st.EmailsQueued, st.EmailsDelivered, st.EmailsFailed)
+		}
+		if st.EmailsUnknown+st.EmailsHandedBack > st.EmailsFailed || st.EmailsUnknown > st.EmailsMaybeDelivered {
+			t.Errorf("accounting after Close: unknown %d + handed back %d > failed %d, or unknown > maybe delivered %d", st.EmailsUnknown, st.EmailsHandedBack, st.EmailsFailed, st.EmailsMaybeDelivered)
 		}
 	})
 	return c
+}
+
+// CheckResult fails t unless res's fields agree with its Outcome, and each
+// refused recipient's reply fields with its error.
+func CheckResult(t testing.TB, res *mxrelay.Result) {
+	t.Helper()
+	var ee *mxrelay.EmailError
+	isEmailErr := errors.As(res.Err, &ee)
+	closed := errors.Is(res.Err, mxrelay.ErrClosed) || errors.Is(res.Err, mxrelay.ErrSpooled)
+	unknown := errors.Is(res.Err, mxrelay.ErrUnknownOutcome)
+	var bad string
+	switch res.Outcome {
+	case mxrelay.OutcomeDelivered:
+		if res.Err != nil || !res.Delivered() || len(res.Accepted) == 0 || res.Reply.Code/100 != 2 {
+			bad = "delivered with an error, no recipient or no 2xx"
+		}
+	case mxrelay.OutcomeFailed:
+		if !isEmailErr || res.Delivered() || len(res.Accepted) > 0 || unknown || closed {
+			bad = "failed, yet delivered, unknown or handed back"
+		}
+	case mxrelay.OutcomeUnknown:
+		if !isEmailErr || res.Delivered() || len(res.Accepted) > 0 || !unknown || !res.MaybeDelivered || closed {
+			bad = "unknown without ErrUnknownOutcome or MaybeDelivered"
+		}
+	case mxrelay.OutcomeHandedBack:
+		if !isEmailErr || res.Delivered() || len(res.Accepted) > 0 || !closed {
+			bad = "handed back without ErrClosed or ErrSpooled"
+		}
+	default:
+		bad = "no outcome"
+	}
+	if res.Outcome != mxrelay.OutcomeDelivered && res.Reply != (mxrelay.Reply{}) {
+		bad = "a reply for an email not delivered"
+	}
+	if bad != "" {
+		t.Errorf("email %s: %s: outcome %v, err %v, maybe %v, accepted %v, reply %+v", res.EmailID, bad, res.Outcome, res.Err, res.MaybeDelivered, res.Accepted, res.Reply)
+	}
+	for _, r := range res.Rejected {
+		var se *mxrelay.SMTPError
+		var want mxrelay.RecipientError
+		if errors.As(r.Err, &se) {
+			want = mxrelay.RecipientError{Code: se.Code, EnhancedCode: se.EnhancedCode, Message: se.Message}
+		}
+		if r.Err == nil || r.Code != want.Code || r.EnhancedCode != want.EnhancedCode || r.Message != want.Message {
+			t.Errorf("email %s: recipient %s: reply fields %d %v %q, error %v", res.EmailID, r.Address, r.Code, r.EnhancedCode, r.Message, r.Err)
+		}
+	}
 }
 
 // Ctx is a context that ends after 20 seconds, or when the test ends.

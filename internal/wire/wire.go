@@ -295,7 +295,10 @@ func appendJSONString(b, s []byte) []byte {
 	return append(b, '"')
 }
 
-// DecodeData returns the SMTP bytes of a data message.
+// DecodeData returns the SMTP bytes of a data message. Data that
+// encoding/json would take with a silent replacement by U+FFFD (bytes that
+// are not UTF-8, an escaped lone surrogate such as "\ud800") is refused
+// with ErrProtocol: a replaced byte is data loss (the protocol's section 4).
 func DecodeData(m Message) ([]byte, error) {
 	if m.text != nil {
 		return m.text, nil
@@ -304,7 +307,59 @@ func DecodeData(m Message) ([]byte, error) {
 	if err := json.Unmarshal(m.Data, &s); err != nil || m.Data == nil {
 		return nil, fmt.Errorf("%w: %s data is not a JSON string", ErrProtocol, m.Type)
 	}
+	if err := exactString(m.Data); err != nil {
+		return nil, fmt.Errorf("%w: %s data %v", ErrProtocol, m.Type, err)
+	}
 	return []byte(s), nil
+}
+
+// exactString reports whether raw, a valid JSON string, decodes without a
+// replacement: valid UTF-8, and every \u escape of a surrogate one of a
+// high-low pair.
+func exactString(raw []byte) error {
+	if !utf8.Valid(raw) {
+		return errors.New("is not valid UTF-8")
+	}
+	low := func(r rune) bool { return r >= 0xdc00 && r <= 0xdfff }
+	for i := 0; i < len(raw); i++ {
+		if raw[i] != '\\' {
+			continue
+		}
+		i++ // the escaped character; valid JSON has one
+		if raw[i] != 'u' {
+			continue
+		}
+		r := hex4(raw[i+1:])
+		i += 4
+		switch {
+		case low(r):
+			return errors.New("holds a lone low surrogate escape")
+		case r >= 0xd800 && r <= 0xdbff:
+			if i+6 >= len(raw) || raw[i+1] != '\\' || raw[i+2] != 'u' || !low(hex4(raw[i+3:])) {
+				return errors.New("holds a lone high surrogate escape")
+			}
+			i += 6
+		}
+	}
+	return nil
+}
+
+// hex4 reads the four hexadecimal digits at the start of b (valid JSON
+// after \u has them).
+func hex4(b []byte) rune {
+	var r rune
+	for _, c := range b[:4] {
+		r <<= 4
+		switch {
+		case c >= '0' && c <= '9':
+			r |= rune(c - '0')
+		case c >= 'a' && c <= 'f':
+			r |= rune(c - 'a' + 10)
+		default:
+			r |= rune(c - 'A' + 10)
+		}
+	}
+	return r
 }
 
 // Unmarshal decodes the data of a control message into v. Absent data

@@ -191,3 +191,32 @@ func FuzzDecode(f *testing.F) {
 		require.Equal(t, str, string(p), "what encoding/json reads")
 	})
 }
+
+// encoding/json replaces what a JSON string cannot mean exactly with
+// U+FFFD and says nothing: DecodeData refuses it instead (the protocol's
+// "silent replacement of bytes is data loss"), and keeps every exact
+// escape, surrogate pairs included.
+func TestDecodeDataRefusesReplacement(t *testing.T) {
+	for _, tc := range []struct {
+		data string
+		want string // "" refused
+	}{
+		{`"250 ok\r\n"`, "250 ok\r\n"},
+		{`"\ud83d\ude00 \u00e9 \\ud800"`, "\U0001F600 é \\ud800"},
+		{`"a\ud800"`, ""},
+		{`"a\ud800b"`, ""},
+		{`"\ud800\u0041"`, ""},
+		{`"\ude00"`, ""},
+		{`"x\uDBFF\uDFFFy"`, "x\U0010FFFFy"},
+		{"\"\xff\"", ""},
+		{"\"\xed\xa0\x80\"", ""}, // a surrogate in UTF-8: not UTF-8
+	} {
+		got, err := DecodeData(Message{Type: TypeFromServer, Data: json.RawMessage(tc.data)})
+		if tc.want == "" {
+			require.ErrorIs(t, err, ErrProtocol, "%s", tc.data)
+			continue
+		}
+		require.NoError(t, err, "%s", tc.data)
+		require.Equal(t, tc.want, string(got), "%s", tc.data)
+	}
+}

@@ -20,7 +20,7 @@ func TestExample(t *testing.T) {
 	assert.Equal(t, 3, strings.Count(got, "span mxrelay.session links=0 status=Unset "), got)
 	assert.Contains(t, got, "status=Error mxrelay.email.id=", got)
 	assert.Contains(t, got, "metric mxrelay.emails.delivered 2{mxrelay.email.priority=normal}", got)
-	assert.Contains(t, got, "metric mxrelay.emails.failed 1{error.type=550 mxrelay.email.priority=normal}", got)
+	assert.Contains(t, got, "metric mxrelay.emails.failed 1{error.type=550 mxrelay.email.outcome=failed mxrelay.email.priority=normal}", got)
 	assert.Contains(t, got, "metric mxrelay.email.send.duration count=1{error.type=550 mxrelay.email.priority=normal} count=2{mxrelay.email.priority=normal}", got)
 	assert.Contains(t, got, "metric mxrelay.queue.depth 0{mxrelay.email.priority=critical}", got)
 }

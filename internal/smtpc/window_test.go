@@ -1,0 +1,83 @@
+package smtpc
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+)
+
+// feed answers n transactions, one every gap, each rtt after its flush,
+// with the window full (inFlight = the limit) when full is set.
+func feed(w *window, at time.Time, n int, gap, rtt time.Duration, full bool) time.Time {
+	for range n {
+		at = at.Add(gap)
+		in := 1
+		if full {
+			in = w.get()
+		}
+		w.sample(at, at.Add(-rtt), in)
+	}
+	return at
+}
+
+func TestWindowStartsSmallAndGrowsWhileItHoldsTheRateBack(t *testing.T) {
+	var w window
+	w.init(256, false)
+	assert.Equal(t, minWindow, w.get())
+	// 50 ms round trips, replies as fast as the window allows: a full
+	// window of 32 gives 640/s, which needs 2 × 640 × 0.05 = 64.
+	at := time.Unix(0, 0)
+	for _, want := range []int{64, 128, 256, 256} {
+		lim := w.get()
+		at = feed(&w, at, 64, 50*time.Millisecond/time.Duration(lim), 50*time.Millisecond, true)
+		assert.Equal(t, want, w.get())
+	}
+}
+
+func TestWindowShrinksToWhatTheLinkNeeds(t *testing.T) {
+	var w window
+	w.init(256, false)
+	w.lim.Store(256)
+	// A server that answers 1,000 a second over a 2 ms link: 2 × 1000 ×
+	// 0.002 = 4 would do; the window keeps its floor of 32.
+	feed(&w, time.Unix(0, 0), 64, time.Millisecond, 2*time.Millisecond, true)
+	assert.Equal(t, minWindow, w.get())
+	// 10,000 a second over 10 ms: 200.
+	var w2 window
+	w2.init(256, false)
+	w2.lim.Store(256)
+	feed(&w2, time.Unix(100, 0), 64, 100*time.Microsecond, 10*time.Millisecond, true)
+	assert.Equal(t, 200, w2.get())
+}
+
+// A caller that sends one email at a time does not grow the window: the
+// rate it measures is the caller's, not the link's.
+func TestWindowKeptWhenTheCallerHoldsTheRateBack(t *testing.T) {
+	var w window
+	w.init(256, false)
+	feed(&w, time.Unix(0, 0), 64, 10*time.Microsecond, 50*time.Millisecond, false)
+	assert.Equal(t, minWindow, w.get())
+}
+
+func TestWindowBounds(t *testing.T) {
+	var small window
+	small.init(8, false)
+	assert.Equal(t, 8, small.get(), "never over Window")
+	feed(&small, time.Unix(0, 0), 64, time.Microsecond, time.Second, true)
+	assert.Equal(t, 8, small.get())
+
+	var fixed window
+	fixed.init(256, true)
+	assert.Equal(t, 256, fixed.get())
+	feed(&fixed, time.Unix(0, 0), 64, time.Millisecond, time.Microsecond, true)
+	assert.Equal(t, 256, fixed.get(), "FixedWindow: as configured")
+
+	var burst window // replies read in one instant: no rate, no change
+	burst.init(256, false)
+	at := time.Unix(0, 0)
+	for range 64 {
+		burst.sample(at, at.Add(-time.Millisecond), 32)
+	}
+	assert.Equal(t, minWindow, burst.get())
+}

@@ -1,0 +1,292 @@
+package mxrelay
+
+import (
+	"errors"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/mxrelay/mxrelay/internal/smtpc"
+)
+
+// Throttle says how the client answers an upstream that asks it to slow
+// down. The zero Throttle is throttle feedback on, with the default texts.
+type Throttle struct {
+	// Disable turns throttle feedback off: a "slow down" reply is then a
+	// temporary failure like any other.
+	Disable bool
+	// Texts are the reply texts, matched case-insensitively as substrings,
+	// that mark a 5xx reply as a request to slow down (providers answer
+	// "too many emails per second" with a 5xx): such a reply is temporary.
+	// Nil: DefaultThrottleTexts. Empty, not nil: no 5xx is.
+	Texts []string
+	// MinRate is the lowest rate, in emails per second, that feedback lowers
+	// the client to. Zero: one email a second.
+	MinRate float64
+}
+
+// DefaultThrottleTexts are the texts that mark a 5xx reply as a request to
+// slow down when Throttle.Texts is nil: what Amazon SES, Microsoft 365 and
+// providers' own MTAs are seen to send.
+var DefaultThrottleTexts = []string{
+	"too many emails per second", "too many messages", "rate limit",
+	"throttl", "sending rate", "slow down",
+}
+
+// throttleWords mark a 4xx as a request to slow down when its enhanced
+// code does not (4.7.x does).
+var throttleWords = []string{"throttl", "rate limit", "too many", "too fast", "slow down", "sending rate", "try again later"}
+
+// slowDown reports whether err is a reply that asks the client to slow
+// down: a 421, 450, 451, 452 or 454 with an enhanced code 4.7.x or a
+// throttling text, or a 5xx with one of texts (see Throttle.Texts).
+func slowDown(err error, texts []string) bool {
+	var se *SMTPError
+	if !errors.As(err, &se) {
+		return false
+	}
+	switch se.Code {
+	case 421, 450, 451, 452, 454:
+		if mentions(se.Message, notThrottle) {
+			return false
+		}
+		return se.EnhancedCode[0] == 4 && se.EnhancedCode[1] == 7 || mentions(se.Message, throttleWords)
+	}
+	return se.Code/100 == 5 && mentions(se.Message, texts)
+}
+
+// notThrottle are texts of replies that say "later" for another reason
+// than the rate: greylisting is per sender and recipient.
+var notThrottle = []string{"greylist", "graylist"}
+
+func mentions(msg string, words []string) bool {
+	msg = strings.ToLower(msg)
+	for _, w := range words {
+		if w != "" && strings.Contains(msg, strings.ToLower(w)) {
+			return true
+		}
+	}
+	return false
+}
+
+// feedback lowers the client's sending rate and its concurrency when the
+// upstream asks it to slow down, and raises them again while replies are
+// clean, as TCP's congestion control does (a multiplicative decrease, and
+// CUBIC's way back: fast towards the rate that was refused, slow past it).
+//
+// A cut takes the rate to 70% of the lower of the rate in effect (the
+// rate measured over the last seconds, when none was set) and what the
+// upstream accepted over the last second, and halves the sessions
+// allowed, once per round:
+// replies to emails sent before the last cut were asked at the old rate
+// and do not cut again. Each clean second after a cut the rate climbs
+// three quarters of the way back to the rate that was refused; within 5%
+// of it, it probes past it by 2%, 4%, 8%... a second, and a session comes
+// back each step. Back at the rate it had before the first cut (or at
+// Options.RateLimit), the client is unthrottled.
+type feedback struct {
+	min     rate.Limit
+	base    rate.Limit // Options.RateLimit, or rate.Inf
+	burst   int        // Options.RateLimit's burst
+	maxConc int
+	lim     *rate.Limiter // shared by every session; rate.Inf when unthrottled
+	onRate  func(rate.Limit)
+
+	mu        sync.Mutex
+	cur       rate.Limit // rate.Inf: not throttled
+	target    rate.Limit // the rate before the first cut: unthrottled again there
+	refused   rate.Limit // the rate of the last cut
+	probe     float64    // past refused: the next step's growth
+	conc      int        // sessions allowed
+	lastCut   time.Time
+	lastStep  time.Time
+	cuts      int64
+	sends     meter // emails taken by sessions
+	firstSend time.Time
+	accepts   meter // clean replies
+}
+
+func newFeedback(r RateLimit, t Throttle, maxConc int, onRate func(rate.Limit)) *feedback {
+	f := &feedback{min: rate.Limit(t.MinRate), base: rate.Inf, burst: 1, maxConc: maxConc, onRate: onRate, conc: maxConc}
+	if f.min <= 0 {
+		f.min = 1
+	}
+	if l := r.limiter(); l != nil {
+		f.base, f.burst = l.Limit(), l.Burst()
+	}
+	f.cur = f.base
+	f.lim = rate.NewLimiter(f.base, f.burst)
+	return f
+}
+
+// limited reports whether sessions must wait for the limiter.
+func (f *feedback) limited() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.cur != rate.Inf
+}
+
+// sent counts an email taken by a session at now, for the measured rate.
+func (f *feedback) sent(now time.Time) {
+	f.mu.Lock()
+	if f.firstSend.IsZero() {
+		f.firstSend = now
+	}
+	f.sends.add(now)
+	f.mu.Unlock()
+}
+
+// cut is a "slow down" reply at now to an email sent at sentAt. It
+// reports whether it lowered the rate: not for an email sent before the
+// last cut (that cut answered its round), nor within a second of it
+// (upstreams count their limits per second or longer: until the interval
+// is over, a refusal says nothing about the lower rate).
+func (f *feedback) cut(now, sentAt time.Time) bool {
+	f.mu.Lock()
+	if !f.lastCut.IsZero() && (sentAt.Before(f.lastCut) || now.Sub(f.lastCut) < time.Second) {
+		f.mu.Unlock()
+		return false
+	}
+	r := f.cur
+	if r == rate.Inf {
+		// The rate sent at: over the last 3 s, or since the first email
+		// when that is less.
+		span := min(3*time.Second, now.Sub(f.firstSend))
+		r = rate.Limit(float64(f.sends.count(now, 3*time.Second)) / max(span.Seconds(), 0.01))
+	}
+	if f.cur == f.base {
+		f.target = max(r, f.min)
+	}
+	r = max(min(r, rate.Limit(f.accepts.count(now, time.Second))), f.min)
+	f.refused, f.probe = r, 0.02
+	f.cur = max(r*beta, f.min)
+	f.conc = max(f.conc/2, 1)
+	f.lastCut, f.lastStep = now, now
+	f.cuts++
+	cur := f.cur
+	f.lim.SetLimitAt(now, cur)
+	f.lim.SetBurstAt(now, 1)
+	f.mu.Unlock()
+	f.onRate(cur)
+	return true
+}
+
+// clean is a reply at now that did not ask to slow down: a second after
+// the last step, the rate and the sessions allowed go up one step.
+func (f *feedback) clean(now time.Time) {
+	f.mu.Lock()
+	f.accepts.add(now)
+	if f.cur == f.base || now.Sub(f.lastStep) < time.Second {
+		f.mu.Unlock()
+		return
+	}
+	f.lastStep = now
+	if f.cur < f.refused*0.95 {
+		f.cur += (f.refused - f.cur) * 3 / 4
+	} else {
+		f.cur += max(f.cur*rate.Limit(f.probe), f.min)
+		f.probe *= 2
+	}
+	f.conc = min(f.conc+1, f.maxConc)
+	burst := 1
+	if f.cur >= f.target {
+		f.cur, f.conc, burst = f.base, f.maxConc, f.burst
+	}
+	cur := f.cur
+	f.lim.SetLimitAt(now, cur)
+	f.lim.SetBurstAt(now, burst)
+	f.mu.Unlock()
+	f.onRate(cur)
+}
+
+// sessions is how many sessions may run now.
+func (f *feedback) sessions() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.conc
+}
+
+// throttled is the rate feedback holds the client to (0: none, the
+// client sends at Options.RateLimit or unlimited) and the cuts so far.
+func (f *feedback) throttled() (float64, int64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.cur == f.base {
+		return 0, f.cuts
+	}
+	return float64(f.cur), f.cuts
+}
+
+// beta is the multiplicative decrease, CUBIC's: a cut keeps 70% of the
+// rate, so that the saw-tooth around an upstream's limit averages over 90%
+// of it.
+const beta = 0.7
+
+// meter counts events in buckets of a tenth of a second, over the last
+// 3.2 seconds.
+type meter struct {
+	at [32]int64 // the tenth of a second each bucket counts
+	n  [32]int
+}
+
+const meterTick = 100 * time.Millisecond
+
+func (m *meter) add(now time.Time) {
+	t := now.UnixNano() / int64(meterTick)
+	i := t % int64(len(m.at))
+	if m.at[i] != t {
+		m.at[i], m.n[i] = t, 0
+	}
+	m.n[i]++
+}
+
+// count is the events in the span (at most 3.1 s) before now, to a tenth
+// of a second: the bucket the span starts in counts whole.
+func (m *meter) count(now time.Time, span time.Duration) int {
+	t := now.UnixNano() / int64(meterTick)
+	n := 0
+	for k := int64(0); k <= int64(span/meterTick) && k < int64(len(m.at)); k++ {
+		if i := (t - k) % int64(len(m.at)); m.at[i] == t-k {
+			n += m.n[i]
+		}
+	}
+	return n
+}
+
+// maxFreeTries bounds the attempts of one email that a "slow down" refusal
+// may take without spending a retry: against an upstream that never lets
+// anything through, an email still ends.
+const maxFreeTries = 8
+
+// slowed reports whether any reply of an attempt asked the client to slow
+// down: to MAIL, a RCPT, DATA or a chunk, the end of data, or a 421 that
+// ended the session.
+func slowed(res *smtpc.Result, texts []string) bool {
+	for _, e := range []*SMTPError{res.Mail, res.DataCmd} {
+		if e != nil && slowDown(e, texts) {
+			return true
+		}
+	}
+	for _, e := range res.Rcpt[:res.RcptAnswered] {
+		if e != nil && slowDown(e, texts) {
+			return true
+		}
+	}
+	if end := res.End; end != nil && end.Code/100 != 2 && slowDown(end.Err(), texts) {
+		return true
+	}
+	return res.Err != nil && slowDown(res.Err, texts)
+}
+
+// rateChanged tells the logs and OnEvent that throttle feedback changed
+// the sending rate (rate.Inf: unthrottled).
+func (c *Client) rateChanged(r rate.Limit) {
+	v := float64(r)
+	if r == rate.Inf {
+		v = 0
+	}
+	c.log.Info("mxrelay: sending rate changed by the upstream's replies", "emailsPerSecond", v)
+	c.events.emit(Event{Type: EventRateChanged, Rate: v})
+}
