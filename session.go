@@ -14,6 +14,7 @@ import (
 
 	"github.com/emersion/go-sasl"
 
+	"github.com/mxrelay/mxrelay/internal/relayconn"
 	"github.com/mxrelay/mxrelay/internal/smtpc"
 	"github.com/mxrelay/mxrelay/internal/smtplog"
 )
@@ -25,7 +26,7 @@ type smtpSession struct {
 	w       *worker
 	c       *Client
 	id      string
-	ch      stream
+	ch      relayconn.Stream
 	sc      *smtpc.Client
 	aborted atomic.Bool
 	abort   func() // ends the channel now: SessionTimeout, or Close giving up
@@ -264,19 +265,16 @@ func (w *worker) session() {
 	}
 	s.ch.Close()
 	c.setConnState(StateChannelClosed)
-	switch {
-	case c.opts.RawTunnel:
-		c.setConnState(StateDisconnected) // a tunnel lives for one session
-	case w.conn != nil:
-		select {
-		case <-w.conn.Done():
-			w.disconnect(w.conn.Err())
-			if s.idleEnd {
-				w.lost = false // no email waited on it: reconnect at once
-			}
-		default:
-			c.setConnState(StateAuthenticated)
-		}
+	// The connection goes on, unless it ended meanwhile or none is kept
+	// (a tunnel lives for one session).
+	w.reap()
+	if s.idleEnd {
+		w.lost = false // no email waited on it: reconnect at once
+	}
+	if w.d.Done() != nil {
+		c.setConnState(StateAuthenticated)
+	} else {
+		c.setConnState(StateDisconnected)
 	}
 	d := time.Since(start)
 	c.mu.Lock()

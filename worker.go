@@ -7,16 +7,16 @@ import (
 	"sync"
 	"time"
 
-	"github.com/coder/websocket"
 	"github.com/mxrelay/mxrelay/internal/relayconn"
 	"github.com/mxrelay/mxrelay/internal/wire"
 )
 
-// worker is the state of one session worker's goroutine: it owns a relay
-// connection and runs SMTP sessions on it, one at a time.
+// worker is the state of one session worker's goroutine: it owns a
+// dialer, and the relay connection the dialer keeps, and runs SMTP
+// sessions on the streams it opens, one at a time.
 type worker struct {
 	c        *Client
-	conn     *relayconn.Conn
+	d        relayconn.Dialer
 	failures int  // set-up failures in a row
 	lost     bool // the last connection was lost, not closed by us
 	claim    bool // counted in Client.claimed
@@ -31,7 +31,7 @@ func (c *Client) run() {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			w := &worker{c: c}
+			w := c.newWorker()
 			defer w.disconnect(nil)
 			for w.waitForWork() {
 				w.batchWait()
@@ -41,6 +41,27 @@ func (c *Client) run() {
 		}()
 	}
 	wg.Wait()
+}
+
+// newWorker returns a worker whose dialer reports its steps to it.
+func (c *Client) newWorker() *worker {
+	w := &worker{c: c}
+	w.d = relayconn.NewDialer(relayconn.Config{
+		URL:               c.url,
+		APIKey:            c.apiKey,
+		HTTPClient:        c.opts.HTTPClient,
+		Header:            c.opts.Header,
+		Binary:            !c.opts.DisableBinary,
+		RawTunnel:         c.opts.RawTunnel,
+		DialTimeout:       c.opts.DialTimeout,
+		AuthTimeout:       c.opts.AuthTimeout,
+		ChannelTimeout:    c.opts.ChannelTimeout,
+		HeartbeatInterval: max(c.opts.HeartbeatInterval, 0),
+		HeartbeatTimeout:  c.opts.HeartbeatTimeout,
+		Logger:            c.log,
+		Step:              w.step,
+	})
+	return w
 }
 
 // unclaim ends the worker's claim on a ready email, once its session holds
@@ -75,7 +96,7 @@ var testHookIdle func()
 func (w *worker) waitForWork() bool {
 	c := w.c
 	var idle <-chan time.Time
-	if w.conn != nil {
+	if w.d.Done() != nil {
 		if c.opts.IdleTimeout < 0 {
 			ch := make(chan time.Time)
 			close(ch)
@@ -131,10 +152,6 @@ func (w *worker) waitForWork() bool {
 			due.Reset(next.Sub(now))
 			dueC = due.C
 		}
-		var dead <-chan struct{}
-		if w.conn != nil {
-			dead = w.conn.Done()
-		}
 		select {
 		case <-wake:
 		case <-draining:
@@ -145,8 +162,8 @@ func (w *worker) waitForWork() bool {
 				w.disconnect(nil)
 				idle = nil
 			}
-		case <-dead:
-			w.disconnect(w.conn.Err())
+		case <-w.d.Done():
+			w.disconnect(w.d.Err())
 			idle = nil
 		}
 	}
@@ -258,11 +275,11 @@ func (w *worker) pace(ctx context.Context, flush func() error) bool {
 	}
 }
 
-// open makes sure the relay connection is up, opens a channel and runs the
-// SMTP greeting, EHLO, STARTTLS and AUTH.
+// open makes sure the relay connection is up, opens a stream and runs
+// the SMTP handshake (greeting, EHLO, STARTTLS and AUTH).
 func (w *worker) open(ctx context.Context, sid string) (*smtpSession, error) {
 	c := w.c
-	if w.conn == nil && w.lost {
+	if w.d.Done() == nil && w.lost {
 		// The relay ended the last connection: reconnect with backoff.
 		w.lost = false
 		delay := w.retryDelay(w.failures + 1)
@@ -276,33 +293,14 @@ func (w *worker) open(ctx context.Context, sid string) (*smtpSession, error) {
 			return nil, context.Cause(ctx)
 		}
 	}
-	var ch stream
-	if c.opts.RawTunnel {
-		c.setConnState(StateConnecting)
-		c.events.emit(Event{Type: EventConnecting})
-		t, err := c.dialTunnel(ctx)
-		if err != nil {
-			c.setConnState(StateDisconnected)
-			return nil, err
+	w.reap()
+	ch, err := w.d.Open(ctx)
+	if err != nil {
+		w.reap()
+		if cerr := certErr(err); cerr != nil {
+			return nil, cerr
 		}
-		c.events.emit(Event{Type: EventConnected})
-		ch = t
-	} else {
-		if err := w.connect(ctx); err != nil {
-			w.disconnect(err)
-			return nil, err
-		}
-		c.setConnState(StateChannelOpening)
-		rc, err := w.conn.OpenChannel(ctx)
-		if err != nil {
-			select {
-			case <-w.conn.Done():
-				w.disconnect(w.conn.Err())
-			default:
-			}
-			return nil, relayErr(err)
-		}
-		ch = rc
+		return nil, relayErr(err)
 	}
 	c.setConnState(StateChannelReady)
 	s := &smtpSession{w: w, c: c, id: sid, ch: ch}
@@ -329,67 +327,49 @@ func (w *worker) open(ctx context.Context, sid string) (*smtpSession, error) {
 	return s, nil
 }
 
-// connect makes sure an authenticated WebSocket is open.
-func (w *worker) connect(ctx context.Context) error {
+// step turns a step of the dialer into the connection's state and events.
+func (w *worker) step(st relayconn.Step) {
 	c := w.c
-	if w.conn != nil {
-		select {
-		case <-w.conn.Done():
-			w.disconnect(w.conn.Err())
-		default:
-			return nil
-		}
+	switch st {
+	case relayconn.StepConnecting:
+		c.setConnState(StateConnecting)
+		c.events.emit(Event{Type: EventConnecting})
+	case relayconn.StepConnected:
+		c.setConnState(StateConnected)
+		c.events.emit(Event{Type: EventConnected})
+	case relayconn.StepAuthenticating:
+		c.setConnState(StateAuthenticating)
+	case relayconn.StepAuthenticated:
+		c.setConnState(StateAuthenticated)
+		c.events.emit(Event{Type: EventAuthenticated})
+		c.log.Debug("mxrelay: authenticated", "relay", c.url, "key", wire.MaskKey(c.apiKey))
+	case relayconn.StepChannelOpening:
+		c.setConnState(StateChannelOpening)
 	}
-	c.setConnState(StateConnecting)
-	c.events.emit(Event{Type: EventConnecting})
-	dctx, cancel := context.WithTimeout(ctx, c.opts.DialTimeout)
-	defer cancel()
-	conn, err := relayconn.Dial(dctx, relayconn.Config{
-		URL:               c.url,
-		APIKey:            c.apiKey,
-		HTTPClient:        c.opts.HTTPClient,
-		Header:            c.opts.Header,
-		Binary:            !c.opts.DisableBinary,
-		AuthTimeout:       c.opts.AuthTimeout,
-		ChannelTimeout:    c.opts.ChannelTimeout,
-		HeartbeatInterval: max(c.opts.HeartbeatInterval, 0),
-		HeartbeatTimeout:  c.opts.HeartbeatTimeout,
-		Logger:            c.log,
-	})
-	if err != nil {
-		if cerr := certErr(err); cerr != nil {
-			return cerr
-		}
-		return relayErr(err)
-	}
-	w.conn = conn
-	c.setConnState(StateConnected)
-	c.events.emit(Event{Type: EventConnected})
-	c.setConnState(StateAuthenticating)
-	if err := conn.Authenticate(ctx); err != nil {
-		return relayErr(err)
-	}
-	c.setConnState(StateAuthenticated)
-	c.events.emit(Event{Type: EventAuthenticated})
-	c.log.Debug("mxrelay: authenticated", "relay", c.url, "key", wire.MaskKey(c.apiKey))
-	return nil
 }
 
-// disconnect closes the WebSocket, if any. cause is why it ended when the
-// relay or the network ended it; nil when the client chose to.
+// reap disconnects the kept connection if it has ended, saying why.
+func (w *worker) reap() {
+	select {
+	case <-w.d.Done():
+		w.disconnect(w.d.Err())
+	default:
+	}
+}
+
+// disconnect closes the kept connection, if any. cause is why it ended
+// when the relay or the network ended it; nil when the client chose to.
 func (w *worker) disconnect(cause error) {
-	if w.conn == nil {
+	if w.d.Done() == nil {
 		return
 	}
-	w.conn.Close(websocket.StatusNormalClosure, "")
-	w.conn = nil
+	w.d.Close()
 	c := w.c
 	if cause != nil {
-		cause = relayErr(cause)
 		// A relay that closed normally (1000) is reconnected to when there
 		// is work, without waiting; any other end calls for backoff.
-		var re *RelayError
-		w.lost = !errors.As(cause, &re) || wire.RetryFor(websocket.StatusCode(re.Code)) != wire.RetryIfWork
+		w.lost = relayconn.RetryFor(cause) != wire.RetryIfWork
+		cause = relayErr(cause)
 	}
 	if ConnState(c.connState.Load()) != StateFailed {
 		c.setConnState(StateDisconnected)

@@ -1,4 +1,4 @@
-package mxrelay
+package relayconn
 
 import (
 	"context"
@@ -10,22 +10,9 @@ import (
 	"github.com/coder/websocket"
 )
 
-// stream is what a session speaks SMTP over: a channel of the mxrelay
-// protocol, or a raw tunnel (Options.RawTunnel).
-type stream interface {
-	net.Conn
-	// Binary reports whether any byte may travel (false: UTF-8 only).
-	Binary() bool
-	// Written counts the bytes handed to the WebSocket so far.
-	Written() int64
-	// Cause says why the far end ended the stream, or nil.
-	Cause() error
-	// Abort closes the stream now, interrupting a write in progress.
-	Abort()
-}
-
 // tunnel is a raw WebSocket tunnel: the SMTP byte stream in binary frames
-// from the first byte, as Debian's websockify carries a TCP connection.
+// from the first byte, as Debian's websockify carries a TCP connection
+// (docs/protocol.md §13). One tunnel is one session.
 type tunnel struct {
 	net.Conn
 	ws      *websocket.Conn
@@ -33,19 +20,18 @@ type tunnel struct {
 }
 
 // dialTunnel opens one tunnel. The API key, when there is one, travels as
-// "Authorization: Bearer <key>" on the upgrade request.
-func (c *Client) dialTunnel(ctx context.Context) (*tunnel, error) {
-	dctx, cancel := context.WithTimeout(ctx, c.opts.DialTimeout)
-	defer cancel()
+// "Authorization: Bearer <key>" on the upgrade request; a 401 or 403 to it
+// is an *AuthError. Other failures are the dial's error.
+func dialTunnel(ctx context.Context, cfg Config) (*tunnel, error) {
 	h := http.Header{}
-	for k, v := range c.opts.Header {
+	for k, v := range cfg.Header {
 		h[k] = v
 	}
-	if c.apiKey != "" {
-		h.Set("Authorization", "Bearer "+c.apiKey)
+	if cfg.APIKey != "" {
+		h.Set("Authorization", "Bearer "+cfg.APIKey)
 	}
-	ws, resp, err := websocket.Dial(dctx, c.url, &websocket.DialOptions{
-		HTTPClient:   c.opts.HTTPClient,
+	ws, resp, err := websocket.Dial(ctx, cfg.URL, &websocket.DialOptions{
+		HTTPClient:   cfg.HTTPClient,
 		HTTPHeader:   h,
 		Subprotocols: []string{"binary"}, // websockify's name for raw bytes
 	})
@@ -54,12 +40,9 @@ func (c *Client) dialTunnel(ctx context.Context) (*tunnel, error) {
 	}
 	if err != nil {
 		if resp != nil && (resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden) {
-			return nil, fmt.Errorf("%w: the tunnel answered %s", ErrAuthFailed, resp.Status)
+			return nil, &AuthError{Message: "the tunnel answered " + resp.Status}
 		}
-		if cerr := certErr(err); cerr != nil {
-			return nil, cerr
-		}
-		return nil, &RelayError{Code: -1, Reason: "dial", Err: fmt.Errorf("tunnel: %w", err)}
+		return nil, fmt.Errorf("tunnel: %w", err)
 	}
 	// The frames are unbounded in a raw tunnel; the SMTP reader bounds
 	// what it keeps (a line, a reply).
@@ -80,7 +63,10 @@ func (t *tunnel) Write(p []byte) (int, error) {
 // stopped reading returns.
 func (t *tunnel) Abort() { t.ws.CloseNow() }
 
-func (t *tunnel) Binary() bool   { return true }
+// Binary is true: a tunnel carries any byte.
+func (t *tunnel) Binary() bool { return true }
+
+// Written counts the bytes handed to the WebSocket so far.
 func (t *tunnel) Written() int64 { return t.written.Load() }
 
 // Cause is nil: a raw tunnel has no message saying why it ended.
