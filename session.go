@@ -319,6 +319,7 @@ func (s *smtpSession) handshake(ctx context.Context) error {
 		NoPipelining: o.DisablePipelining,
 		Fix:          o.FixLineEndings,
 		MaxLine:      o.maxLine(),
+		UTF8Only:     !s.ch.Binary(),
 		Written:      s.ch.Written,
 	})
 	sc := s.sc
