@@ -2,17 +2,13 @@ package mxrelay
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/emersion/go-sasl"
 
 	"github.com/mxrelay/mxrelay/internal/relayconn"
 	"github.com/mxrelay/mxrelay/internal/smtpc"
@@ -309,7 +305,9 @@ func (s *smtpSession) hurry() {
 // the replies of the ends of data already out, and QUIT's, in all.
 func (c *Client) closeGrace() time.Duration { return min(c.opts.CommandTimeout, time.Second) }
 
-// handshake runs greeting, EHLO, STARTTLS and AUTH.
+// handshake runs greeting, EHLO, STARTTLS and AUTH as the options say
+// (smtpc.Client.Handshake), and gives a failure the package's words: one
+// that retrying cannot fix is a permanent set-up failure.
 func (s *smtpSession) handshake(ctx context.Context) error {
 	o := s.c.opts
 	s.sc = smtpc.New(smtplog.Wrap(s.ch, s.c.log, "session", s.id), smtpc.Config{
@@ -322,80 +320,31 @@ func (s *smtpSession) handshake(ctx context.Context) error {
 		UTF8Only:     !s.ch.Binary(),
 		Written:      s.ch.Written,
 	})
-	sc := s.sc
-	if err := sc.Greet(); err != nil {
-		return fmt.Errorf("mxrelay: SMTP %w", err)
-	}
-	if err := sc.Hello(o.LocalName); err != nil {
-		return fmt.Errorf("mxrelay: SMTP %w", err)
-	}
-	secure := false
+	err := s.sc.Handshake(ctx, smtpc.Policy{
+		LocalName:       o.LocalName,
+		StartTLS:        tlsPolicy[o.StartTLS],
+		TLSConfig:       o.TLSConfig,
+		Username:        o.Username,
+		Password:        o.Password,
+		PasswordInClear: o.PasswordInClear,
+		TLSSkipped: func() {
+			s.c.log.Warn("mxrelay: STARTTLS skipped: the relay only agreed to JSON text frames, which cannot carry TLS", "session", s.id)
+		},
+	})
 	switch {
-	case o.StartTLS == StartTLSNever:
-	case !s.ch.Binary() && o.StartTLS == StartTLSRequired:
-		// TLS records are not UTF-8: they cannot travel in JSON strings.
-		return fmt.Errorf("%w: STARTTLS needs binary frames and the relay only agreed to JSON text", errPermanentSetup)
-	case !s.ch.Binary():
-		s.c.log.Warn("mxrelay: STARTTLS skipped: the relay only agreed to JSON text frames, which cannot carry TLS", "session", s.id)
-	case !sc.Has("STARTTLS") && o.StartTLS == StartTLSRequired:
-		return fmt.Errorf("%w: the SMTP server does not offer STARTTLS", errPermanentSetup)
-	case !sc.Has("STARTTLS"):
-	default:
-		cfg := o.TLSConfig.Clone()
-		if cfg == nil {
-			cfg = &tls.Config{}
-		}
-		if err := sc.StartTLS(ctx, cfg, o.LocalName); err != nil {
-			return startTLSErr(err)
-		}
-		secure = true
+	case err == nil:
+		return nil
+	case errors.Is(err, smtpc.ErrPermanent):
+		return fmt.Errorf("%w: SMTP %w", errPermanentSetup, err)
 	}
-	if o.Username == "" {
-		return sc.Quiet()
-	}
-	if !secure && !o.PasswordInClear {
-		return fmt.Errorf("%w: STARTTLS did not run, and SMTP AUTH would send the password in clear (Options.PasswordInClear allows it)", errPermanentSetup)
-	}
-	mechs, _ := sc.Ext("AUTH")
-	var a sasl.Client
-	switch {
-	case hasWord(mechs, sasl.Plain):
-		a = sasl.NewPlainClient("", o.Username, o.Password)
-	case hasWord(mechs, sasl.Login):
-		a = sasl.NewLoginClient(o.Username, o.Password)
-	default:
-		return fmt.Errorf("%w: the SMTP server offers neither AUTH PLAIN nor AUTH LOGIN", errPermanentSetup)
-	}
-	if err := sc.Auth(a); err != nil {
-		var se *SMTPError
-		if errors.As(err, &se) && se.Code/100 == 5 {
-			return fmt.Errorf("%w: SMTP %w", errPermanentSetup, err)
-		}
-		return fmt.Errorf("mxrelay: SMTP %w", err)
-	}
-	return sc.Quiet()
+	return fmt.Errorf("mxrelay: SMTP %w", err)
 }
 
-// startTLSErr classifies a failed STARTTLS: a certificate that does not
-// verify, or a 5xx to STARTTLS, is permanent (it will not fix itself); a
-// cut, a timeout, a 4xx or a broken handshake is temporary, as Postfix
-// defers it.
-func startTLSErr(err error) error {
-	var cve *tls.CertificateVerificationError
-	var se *SMTPError
-	if errors.As(err, &cve) || errors.As(err, &se) && se.Code/100 == 5 {
-		return fmt.Errorf("%w: %w", errPermanentSetup, err)
-	}
-	return fmt.Errorf("mxrelay: %w", err)
-}
-
-func hasWord(list, w string) bool {
-	for _, f := range strings.Fields(list) {
-		if strings.EqualFold(f, w) {
-			return true
-		}
-	}
-	return false
+// tlsPolicy is the engine's name for each StartTLS policy.
+var tlsPolicy = map[StartTLS]smtpc.TLSPolicy{
+	StartTLSNever:         smtpc.TLSNever,
+	StartTLSOpportunistic: smtpc.TLSIfOffered,
+	StartTLSRequired:      smtpc.TLSRequired,
 }
 
 // send starts em's transaction. Its fate is decided when its replies are

@@ -1,5 +1,6 @@
 // Package smtpc is mxrelay's SMTP client engine: the greeting, EHLO,
-// STARTTLS and AUTH in lock-step, then transactions pipelined per RFC 2920
+// STARTTLS and AUTH in lock-step, as a Policy says (Handshake), then
+// transactions pipelined per RFC 2920
 // and, when the server offers CHUNKING, sent with BDAT per RFC 3030 with a
 // window of whole transactions in flight. Every reply is matched to its
 // command in order, and every transaction gets exactly one result, decided
