@@ -12,7 +12,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay"
-	"github.com/mxrelay/mxrelay/internal/relayconn"
 	"github.com/mxrelay/mxrelay/internal/wire"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
@@ -185,6 +184,6 @@ func TestHeartbeatDetectsADeadRelay(t *testing.T) {
 	_, err = c.Send(ctxT(t), mail("x"))
 	// Only the heartbeat can time out here: the relay answered AUTHENTICATE
 	// and the channel open, and the command timeout is a minute.
-	require.ErrorIs(t, err, relayconn.ErrTimeout)
+	require.ErrorIs(t, err, mxrelay.ErrTimeout)
 	assert.False(t, errors.Is(err, mxrelay.ErrAuthFailed))
 }

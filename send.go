@@ -158,7 +158,7 @@ func (c *Client) queue(em *email, timeout time.Duration, reserved bool) error {
 	}
 	if timeout > 0 {
 		em.timer = time.AfterFunc(timeout, func() {
-			c.cancel(em, OutcomeFailed, fmt.Errorf("%w: %w: email timeout of %v", ErrCanceled, context.DeadlineExceeded, em.cfg.timeout))
+			c.cancel(em, OutcomeFailed, classify(fmt.Errorf("%w: %w: email timeout of %v", ErrCanceled, context.DeadlineExceeded, em.cfg.timeout)))
 		})
 	}
 	c.mu.Unlock()

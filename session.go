@@ -22,6 +22,7 @@ type smtpSession struct {
 	w       *worker
 	c       *Client
 	id      string
+	ctx     context.Context // ends at SessionTimeout, or when Close gives up
 	ch      relayconn.Stream
 	sc      *smtpc.Client
 	aborted atomic.Bool
@@ -102,7 +103,8 @@ func (w *worker) session() {
 		}
 	}()
 
-	ctx, cancel := context.WithTimeout(c.stopCtx, c.opts.SessionTimeout)
+	ctx, cancel := context.WithTimeoutCause(c.stopCtx, c.opts.SessionTimeout,
+		fmt.Errorf("session timeout of %v: %w", c.opts.SessionTimeout, context.DeadlineExceeded))
 	defer cancel()
 	s, err := w.open(ctx, sid)
 	if err != nil {
@@ -234,7 +236,7 @@ func (w *worker) session() {
 		}
 	}
 	if broken == nil && s.aborted.Load() {
-		broken = fmt.Errorf("mxrelay: session %s: channel closed (a cancelled email, or the session's end)", sid)
+		broken = fmt.Errorf("mxrelay: session %s: %w", sid, s.explain(errors.New("channel closed (a cancelled email, or the session's end)")))
 	}
 	// Past SessionTimeout or Close's deadline QUIT still goes out: its 221
 	// confirms what waits, and the session ended with QUIT, as it should.
@@ -457,9 +459,13 @@ func addresses(rs []RecipientError) []string {
 }
 
 // explain gives a failure of the channel its package type (RelayError,
-// ProtocolError, ErrAuthFailed) and, when the relay ended the channel, why.
+// ProtocolError, ErrAuthFailed, ErrTimeout) and says why the channel
+// ended: the session cut it at SessionTimeout, or the relay ended it.
 func (s *smtpSession) explain(err error) error {
-	err = relayErr(err)
+	if cause := context.Cause(s.ctx); s.aborted.Load() && errors.Is(cause, context.DeadlineExceeded) && !errors.Is(err, cause) {
+		err = fmt.Errorf("%w (%w)", err, cause)
+	}
+	err = classify(err)
 	if cause := s.ch.Cause(); cause != nil && !errors.Is(err, cause) {
 		err = fmt.Errorf("%w (%v)", err, cause)
 	}

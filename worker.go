@@ -290,7 +290,7 @@ func (w *worker) open(ctx context.Context, sid string) (*smtpSession, error) {
 		case <-t.C:
 		case <-ctx.Done():
 			t.Stop()
-			return nil, context.Cause(ctx)
+			return nil, classify(context.Cause(ctx))
 		}
 	}
 	w.reap()
@@ -300,10 +300,10 @@ func (w *worker) open(ctx context.Context, sid string) (*smtpSession, error) {
 		if cerr := certErr(err); cerr != nil {
 			return nil, cerr
 		}
-		return nil, relayErr(err)
+		return nil, classify(err)
 	}
 	c.setConnState(StateChannelReady)
-	s := &smtpSession{w: w, c: c, id: sid, ch: ch}
+	s := &smtpSession{w: w, c: c, id: sid, ctx: ctx, ch: ch}
 	s.abort = func() {
 		s.aborted.Store(true)
 		ch.Abort()
@@ -369,7 +369,7 @@ func (w *worker) disconnect(cause error) {
 		// A relay that closed normally (1000) is reconnected to when there
 		// is work, without waiting; any other end calls for backoff.
 		w.lost = relayconn.RetryFor(cause) != wire.RetryIfWork
-		cause = relayErr(cause)
+		cause = classify(cause)
 	}
 	if ConnState(c.connState.Load()) != StateFailed {
 		c.setConnState(StateDisconnected)

@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"sync/atomic"
+	"time"
 
 	"github.com/coder/websocket"
 )
@@ -17,6 +19,10 @@ type tunnel struct {
 	net.Conn
 	ws      *websocket.Conn
 	written atomic.Int64
+	// The deadlines set: coder/websocket's net.Conn ends a read or write
+	// in progress at its deadline with "context canceled", which Read and
+	// Write turn back into os.ErrDeadlineExceeded.
+	rd, wd atomic.Pointer[time.Time]
 }
 
 // dialTunnel opens one tunnel. The API key, when there is one, travels as
@@ -56,7 +62,38 @@ func (t *tunnel) Write(p []byte) (int, error) {
 	// Counted before the write: a frame that fails part-way may still have
 	// reached the gateway, and an end of data must then count as sent.
 	t.written.Add(int64(len(p)))
-	return t.Conn.Write(p)
+	n, err := t.Conn.Write(p)
+	return n, passed(&t.wd, "write", err)
+}
+
+func (t *tunnel) Read(p []byte) (int, error) {
+	n, err := t.Conn.Read(p)
+	return n, passed(&t.rd, "read", err)
+}
+
+// passed returns, for the error of an operation whose deadline d has
+// passed, os.ErrDeadlineExceeded, as a net.Conn says a deadline passed;
+// otherwise err.
+func passed(d *atomic.Pointer[time.Time], op string, err error) error {
+	if at := d.Load(); err != nil && at != nil && !at.IsZero() && !time.Now().Before(*at) {
+		return fmt.Errorf("tunnel %s: %w", op, os.ErrDeadlineExceeded)
+	}
+	return err
+}
+
+func (t *tunnel) SetDeadline(at time.Time) error {
+	t.SetReadDeadline(at)
+	return t.SetWriteDeadline(at)
+}
+
+func (t *tunnel) SetReadDeadline(at time.Time) error {
+	t.rd.Store(&at)
+	return t.Conn.SetReadDeadline(at)
+}
+
+func (t *tunnel) SetWriteDeadline(at time.Time) error {
+	t.wd.Store(&at)
+	return t.Conn.SetWriteDeadline(at)
 }
 
 // Abort cuts the tunnel's connection: a write blocked on a gateway that
