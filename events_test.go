@@ -40,12 +40,32 @@ func TestEventsAndStates(t *testing.T) {
 	}
 	assert.Equal(t, want, got)
 
+	// Every change of state is announced by one event: connecting,
+	// connected and authenticated for theirs, stateChanged for the others;
+	// each goes from the state the last one went to.
 	var states []mxrelay.ConnState
+	from := mxrelay.StateDisconnected
 	rec.mu.Lock()
 	for _, e := range rec.events {
 		switch e.Type {
-		case mxrelay.EventStateChanged:
+		case mxrelay.EventStateChanged, mxrelay.EventConnecting, mxrelay.EventConnected, mxrelay.EventAuthenticated:
+			assert.Equal(t, from, e.From, "%v to %v", e.Type, e.To)
+			assert.NotEqual(t, e.From, e.To)
+			from = e.To
 			states = append(states, e.To)
+			assert.Equal(t, 1, e.Worker)
+		}
+		switch e.Type {
+		case mxrelay.EventConnecting:
+			assert.Equal(t, mxrelay.StateConnecting, e.To)
+		case mxrelay.EventConnected:
+			assert.Equal(t, mxrelay.StateConnected, e.To)
+		case mxrelay.EventAuthenticated:
+			assert.Equal(t, mxrelay.StateAuthenticating, e.From)
+			assert.Equal(t, mxrelay.StateAuthenticated, e.To)
+		case mxrelay.EventStateChanged:
+			assert.NotContains(t, []mxrelay.ConnState{mxrelay.StateConnecting, mxrelay.StateConnected}, e.To, "announced twice")
+			assert.False(t, e.From == mxrelay.StateAuthenticating && e.To == mxrelay.StateAuthenticated, "announced twice")
 		case mxrelay.EventEmailProcessed:
 			assert.Equal(t, res.EmailID, e.EmailID)
 			assert.Same(t, res, e.Result)

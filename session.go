@@ -92,14 +92,12 @@ func (w *worker) session() {
 	c.stats.SessionsQueued++
 	qsize := c.q.len()
 	c.mu.Unlock()
-	c.events.emit(Event{Type: EventSessionQueued, SessionID: sid, QueueSize: qsize})
-	c.setSessionState(SessionProcessing)
-	c.sessions.Add(1)
+	w.emit(Event{Type: EventSessionQueued, SessionID: sid, QueueSize: qsize})
+	w.setSession(SessionProcessing)
 	defer func() {
-		// With MaxConcurrentSessions > 1 the state is PROCESSING while any
-		// session runs. A failed set-up leaves FAILED in place.
-		if c.sessions.Add(-1) == 0 {
-			c.sessState.CompareAndSwap(int32(SessionProcessing), int32(SessionIdle))
+		// A failed set-up leaves FAILED in place.
+		if w.sessionState() == SessionProcessing {
+			w.setSession(SessionIdle)
 		}
 	}()
 
@@ -111,7 +109,7 @@ func (w *worker) session() {
 		c.mu.Lock()
 		c.stats.SessionsFailed++
 		c.mu.Unlock()
-		c.events.emit(Event{Type: EventSessionFailed, SessionID: sid, Err: err, Duration: time.Since(start)})
+		w.emit(Event{Type: EventSessionFailed, SessionID: sid, Err: err, Duration: time.Since(start)})
 		w.setupFailed(err)
 		return
 	}
@@ -164,7 +162,7 @@ func (w *worker) session() {
 	c.mu.Lock()
 	ready := min(c.q.readyLen(), c.opts.MaxEmailsPerSession)
 	c.mu.Unlock()
-	c.events.emit(Event{Type: EventSessionStarted, SessionID: sid, EmailCount: ready})
+	w.emit(Event{Type: EventSessionStarted, SessionID: sid, EmailCount: ready})
 	s.sc.Start()
 	c.log.Debug("mxrelay: session started", "session", sid, "mode", s.sc.Mode())
 	var broken error
@@ -248,7 +246,7 @@ func (w *worker) session() {
 				// says they were not. Nothing delivered can be taken back:
 				// say so where an operator looks.
 				c.log.Error("mxrelay: the server's reply to QUIT was out of step with the commands: results of this session may be wrong", "session", sid, "err", err)
-				c.events.emit(Event{Type: EventError, SessionID: sid, Err: broken})
+				w.emit(Event{Type: EventError, SessionID: sid, Err: broken})
 			}
 		}
 	}
@@ -262,7 +260,7 @@ func (w *worker) session() {
 		}
 	}
 	s.ch.Close()
-	c.setConnState(StateChannelClosed)
+	w.setConn(StateChannelClosed)
 	// The connection goes on, unless it ended meanwhile or none is kept
 	// (a tunnel lives for one session).
 	w.reap()
@@ -270,9 +268,9 @@ func (w *worker) session() {
 		w.lost = false // no email waited on it: reconnect at once
 	}
 	if w.d.Done() != nil {
-		c.setConnState(StateAuthenticated)
+		w.setConn(StateAuthenticated)
 	} else {
-		c.setConnState(StateDisconnected)
+		w.setConn(StateDisconnected)
 	}
 	d := time.Since(start)
 	c.mu.Lock()
@@ -285,9 +283,9 @@ func (w *worker) session() {
 	c.mu.Unlock()
 	if broken != nil {
 		c.log.Debug("mxrelay: session broke", "session", sid, "err", broken)
-		c.events.emit(Event{Type: EventSessionFailed, SessionID: sid, Err: broken, Results: results, Duration: d})
+		w.emit(Event{Type: EventSessionFailed, SessionID: sid, Err: broken, Results: results, Duration: d})
 	} else {
-		c.events.emit(Event{Type: EventSessionCompleted, SessionID: sid, Results: results, Duration: d})
+		w.emit(Event{Type: EventSessionCompleted, SessionID: sid, Results: results, Duration: d})
 	}
 	if broken != nil && len(taken) == 0 && c.stopCtx.Err() == nil {
 		// It broke before it could take an email (a stray reply after the

@@ -5,6 +5,7 @@ import (
 	"errors"
 	mrand "math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mxrelay/mxrelay/internal/relayconn"
@@ -16,10 +17,14 @@ import (
 // sessions on the streams it opens, one at a time.
 type worker struct {
 	c        *Client
+	n        int // its number, from 1
 	d        relayconn.Dialer
 	failures int  // set-up failures in a row
 	lost     bool // the last connection was lost, not closed by us
 	claim    bool // counted in Client.claimed
+	// Its states: written by its goroutine only (setConn, setSession),
+	// read by Client.ConnState, SessionState and Workers.
+	conn, sess atomic.Int32
 }
 
 // run starts the session workers, MaxConcurrentSessions of them, and
@@ -27,11 +32,10 @@ type worker struct {
 func (c *Client) run() {
 	defer close(c.done)
 	var wg sync.WaitGroup
-	for range c.opts.MaxConcurrentSessions {
+	for _, w := range c.workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			w := c.newWorker()
 			defer w.disconnect(nil)
 			for w.waitForWork() {
 				w.batchWait()
@@ -43,9 +47,9 @@ func (c *Client) run() {
 	wg.Wait()
 }
 
-// newWorker returns a worker whose dialer reports its steps to it.
-func (c *Client) newWorker() *worker {
-	w := &worker{c: c}
+// newWorker returns worker number n, whose dialer reports its steps to it.
+func (c *Client) newWorker(n int) *worker {
+	w := &worker{c: c, n: n}
 	w.d = relayconn.NewDialer(relayconn.Config{
 		URL:               c.url,
 		APIKey:            c.apiKey,
@@ -283,8 +287,8 @@ func (w *worker) open(ctx context.Context, sid string) (*smtpSession, error) {
 		// The relay ended the last connection: reconnect with backoff.
 		w.lost = false
 		delay := w.retryDelay(w.failures + 1)
-		c.setConnState(StateReconnecting)
-		c.events.emit(Event{Type: EventReconnecting, Attempt: w.failures + 1, Duration: delay})
+		w.setConn(StateReconnecting)
+		w.emit(Event{Type: EventReconnecting, Attempt: w.failures + 1, Duration: delay})
 		t := time.NewTimer(delay)
 		select {
 		case <-t.C:
@@ -302,7 +306,7 @@ func (w *worker) open(ctx context.Context, sid string) (*smtpSession, error) {
 		}
 		return nil, classify(err)
 	}
-	c.setConnState(StateChannelReady)
+	w.setConn(StateChannelReady)
 	s := &smtpSession{w: w, c: c, id: sid, ctx: ctx, ch: ch}
 	s.abort = func() {
 		s.aborted.Store(true)
@@ -321,31 +325,52 @@ func (w *worker) open(ctx context.Context, sid string) (*smtpSession, error) {
 	defer stop()
 	if err := s.handshake(ctx); err != nil {
 		s.sc.Close(err)
-		c.setConnState(StateChannelClosed)
+		w.setConn(StateChannelClosed)
 		return nil, s.explain(err)
 	}
 	return s, nil
 }
 
-// step turns a step of the dialer into the connection's state and events.
+// stepState is the connection state each step of the dialer enters.
+var stepState = map[relayconn.Step]ConnState{
+	relayconn.StepConnecting:     StateConnecting,
+	relayconn.StepConnected:      StateConnected,
+	relayconn.StepAuthenticating: StateAuthenticating,
+	relayconn.StepAuthenticated:  StateAuthenticated,
+	relayconn.StepChannelOpening: StateChannelOpening,
+}
+
+// step turns a step of the dialer into the connection's state.
 func (w *worker) step(st relayconn.Step) {
-	c := w.c
-	switch st {
-	case relayconn.StepConnecting:
-		c.setConnState(StateConnecting)
-		c.events.emit(Event{Type: EventConnecting})
-	case relayconn.StepConnected:
-		c.setConnState(StateConnected)
-		c.events.emit(Event{Type: EventConnected})
-	case relayconn.StepAuthenticating:
-		c.setConnState(StateAuthenticating)
-	case relayconn.StepAuthenticated:
-		c.setConnState(StateAuthenticated)
-		c.events.emit(Event{Type: EventAuthenticated})
-		c.log.Debug("mxrelay: authenticated", "relay", c.url, "key", wire.MaskKey(c.apiKey))
-	case relayconn.StepChannelOpening:
-		c.setConnState(StateChannelOpening)
+	w.setConn(stepState[st])
+	if st == relayconn.StepAuthenticated {
+		w.c.log.Debug("mxrelay: authenticated", "worker", w.n, "relay", w.c.url, "key", wire.MaskKey(w.c.apiKey))
 	}
+}
+
+// setConn moves the worker's connection to state s, and announces the
+// change, once (see announcement). It is the one writer of w.conn.
+func (w *worker) setConn(s ConnState) {
+	old := ConnState(w.conn.Swap(int32(s)))
+	if old == s {
+		return
+	}
+	w.c.log.Debug("mxrelay: connection state", "worker", w.n, "from", old.String(), "to", s.String())
+	w.emit(Event{Type: announcement(old, s), From: old, To: s})
+}
+
+func (w *worker) connState() ConnState { return ConnState(w.conn.Load()) }
+
+// setSession sets the worker's session state. It is the one writer of
+// w.sess.
+func (w *worker) setSession(s SessionState) { w.sess.Store(int32(s)) }
+
+func (w *worker) sessionState() SessionState { return SessionState(w.sess.Load()) }
+
+// emit sends e, an event of this worker's, saying so.
+func (w *worker) emit(e Event) {
+	e.Worker = w.n
+	w.c.events.emit(e)
 }
 
 // reap disconnects the kept connection if it has ended, saying why.
@@ -364,17 +389,16 @@ func (w *worker) disconnect(cause error) {
 		return
 	}
 	w.d.Close()
-	c := w.c
 	if cause != nil {
 		// A relay that closed normally (1000) is reconnected to when there
 		// is work, without waiting; any other end calls for backoff.
 		w.lost = relayconn.RetryFor(cause) != wire.RetryIfWork
 		cause = classify(cause)
 	}
-	if ConnState(c.connState.Load()) != StateFailed {
-		c.setConnState(StateDisconnected)
+	if w.connState() != StateFailed {
+		w.setConn(StateDisconnected)
 	}
-	c.events.emit(Event{Type: EventDisconnected, Err: cause})
+	w.emit(Event{Type: EventDisconnected, Err: cause})
 }
 
 // setupFailed handles a session that could not start: a permanent cause
@@ -385,15 +409,15 @@ func (w *worker) setupFailed(err error) {
 	w.failures++
 	if permanentConnErr(err) {
 		w.disconnect(nil)
-		c.setConnState(StateFailed)
-		c.setSessionState(SessionIdle)
+		w.setConn(StateFailed)
+		w.setSession(SessionIdle)
 		if errors.Is(err, ErrAuthFailed) {
 			c.mu.Lock()
 			c.authErr = err
 			c.mu.Unlock()
 		}
 		c.log.Error("mxrelay: session set-up failed permanently", "err", err)
-		c.events.emit(Event{Type: EventError, Err: err})
+		w.emit(Event{Type: EventError, Err: err})
 		w.failWaiting(err)
 		w.failures = 0
 		return
@@ -401,20 +425,20 @@ func (w *worker) setupFailed(err error) {
 	if w.failures >= c.opts.MaxReconnectAttempts {
 		cerr := &ConnectError{Attempts: w.failures, URL: c.url, Err: err}
 		w.disconnect(nil)
-		c.setConnState(StateFailed)
-		c.setSessionState(SessionIdle)
+		w.setConn(StateFailed)
+		w.setSession(SessionIdle)
 		c.log.Error("mxrelay: giving up on the relay", "attempts", w.failures, "err", err)
-		c.events.emit(Event{Type: EventError, Err: cerr})
+		w.emit(Event{Type: EventError, Err: cerr})
 		w.failWaiting(cerr)
 		w.failures = 0
 		return
 	}
 	delay := w.retryDelay(w.failures)
 	w.lost = false // this wait is the backoff: open must not wait again
-	c.setSessionState(SessionFailed)
-	c.setConnState(StateReconnecting)
+	w.setSession(SessionFailed)
+	w.setConn(StateReconnecting)
 	c.log.Warn("mxrelay: session set-up failed, retrying", "attempt", w.failures, "delay", delay, "err", err)
-	c.events.emit(Event{Type: EventReconnecting, Attempt: w.failures, Duration: delay, Err: err})
+	w.emit(Event{Type: EventReconnecting, Attempt: w.failures, Duration: delay, Err: err})
 	t := time.NewTimer(delay)
 	defer t.Stop()
 	select {
