@@ -96,7 +96,10 @@ func TestEventsAndStates(t *testing.T) {
 func TestQueueProcessingEvents(t *testing.T) {
 	s := newRelay(t, nil)
 	rec := &recorder{}
-	c := newClient(t, s, &mxrelay.Options{OnEvent: rec.on})
+	// A session starts when the five emails of a round are queued, so
+	// that none is delivered before the last is enqueued (which would end
+	// the busy spell early).
+	c := newClient(t, s, &mxrelay.Options{OnEvent: rec.on, BatchWait: time.Minute, MaxEmailsPerSession: 5})
 	for round := range 2 {
 		var hs []*mxrelay.Handle
 		for i := range 5 {
