@@ -170,6 +170,9 @@ func (w *worker) session() {
 	lastTaken := time.Now()
 	for n := 0; n < c.opts.MaxEmailsPerSession && ctx.Err() == nil && !s.aborted.Load() && !s.hurried.Load() && s.sc.Err() == nil; {
 		wake := c.wakeChan()
+		if w.n > c.fb.sessions() {
+			break // throttle feedback allows fewer sessions now
+		}
 		if c.fb.limited() && w.ready() && !w.pace(ctx, s.sc.Flush) {
 			break // the rate limit: the next session goes on
 		}

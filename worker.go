@@ -120,8 +120,9 @@ func (w *worker) waitForWork() bool {
 		now := time.Now()
 		c.q.promote(now)
 		// Other workers already starting a session will take the first
-		// ready emails: start one more only for emails beyond those.
-		ready := c.q.readyLen() > c.claimed
+		// ready emails: start one more only for emails beyond those, and
+		// only while throttle feedback allows this many sessions.
+		ready := c.q.readyLen() > c.claimed && w.n <= c.fb.sessions()
 		if ready {
 			c.claimed++
 			w.claim = true
@@ -394,6 +395,12 @@ func (w *worker) disconnect(cause error) {
 		// is work, without waiting; any other end calls for backoff.
 		w.lost = relayconn.RetryFor(cause) != wire.RetryIfWork
 		cause = classify(cause)
+		var re *RelayError
+		if errors.As(cause, &re) && re.Code == statusPolicy && !w.c.opts.Throttle.Disable {
+			// The relay's policy: a rate limit, as a rule. Slow down.
+			now := time.Now()
+			w.c.fb.cut(now, now)
+		}
 	}
 	if w.connState() != StateFailed {
 		w.setConn(StateDisconnected)
