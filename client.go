@@ -56,10 +56,8 @@ type Client struct {
 	commitMu  sync.RWMutex // read-held by an Enqueue committing to the spool
 	recovered []*Handle    // the emails the spool gave back at New
 
-	connState atomic.Int32
-	sessState atomic.Int32
-	sessions  atomic.Int32 // sessions running now
-	ids       atomic.Uint64
+	workers []*worker // MaxConcurrentSessions of them, made by New
+	ids     atomic.Uint64
 }
 
 // New returns a Client for the relay at relayURL (ws:// or wss://, for
@@ -95,6 +93,9 @@ func New(relayURL, apiKey string, opts *Options) (*Client, error) {
 	c.events = newDispatcher(o.OnEvent, o.EventBuffer, o.Logger)
 	c.fb = newFeedback(o.RateLimit, o.Throttle, o.MaxConcurrentSessions, c.rateChanged)
 	c.stopCtx, c.stop = context.WithCancel(context.Background())
+	for n := range o.MaxConcurrentSessions {
+		c.workers = append(c.workers, c.newWorker(n+1))
+	}
 	if o.SpoolDir != "" {
 		sp, left, err := openSpool(o.SpoolDir, o.SpoolSyncAll)
 		if err != nil {
@@ -181,13 +182,44 @@ func (c *Client) replay(left []*spooled) {
 // queued even past MaxQueueSize. Empty without a spool.
 func (c *Client) Recovered() []*Handle { return slices.Clone(c.recovered) }
 
-// ConnState is the relay connection's state now; with several workers,
-// the latest change of any of their connections.
-func (c *Client) ConnState() ConnState { return ConnState(c.connState.Load()) }
+// ConnState is the relay connection's state now (the original client's
+// getConnectionState). With several workers (MaxConcurrentSessions > 1)
+// each has a connection of its own, and ConnState is the most advanced of
+// their states, in the order FAILED < DISCONNECTED < RECONNECTING <
+// CHANNEL_CLOSED < CONNECTING < CONNECTED < AUTHENTICATING <
+// AUTHENTICATED < CHANNEL_OPENING < CHANNEL_READY: CHANNEL_READY while any
+// worker runs a session, FAILED only when every worker failed. Workers
+// has each worker's own.
+func (c *Client) ConnState() ConnState {
+	states := make([]ConnState, len(c.workers))
+	for i, w := range c.workers {
+		states[i] = w.connState()
+	}
+	return mostAdvanced(states)
+}
 
-// SessionState is the session worker's state now; with several workers,
-// PROCESSING while any of them runs a session.
-func (c *Client) SessionState() SessionState { return SessionState(c.sessState.Load()) }
+// SessionState is the session worker's state now (the original client's
+// getSessionState). With several workers it is PROCESSING while any of
+// them runs a session, else FAILED if any of them failed to set one up
+// and will try again, else IDLE. Workers has each worker's own.
+func (c *Client) SessionState() SessionState {
+	states := make([]SessionState, len(c.workers))
+	for i, w := range c.workers {
+		states[i] = w.sessionState()
+	}
+	return busiest(states)
+}
+
+// Workers returns the states of each session worker now, in the order of
+// their numbers, MaxConcurrentSessions of them. Connection events say
+// which worker they come from (Event.Worker).
+func (c *Client) Workers() []WorkerState {
+	out := make([]WorkerState, len(c.workers))
+	for i, w := range c.workers {
+		out[i] = WorkerState{Worker: w.n, ConnState: w.connState(), SessionState: w.sessionState()}
+	}
+	return out
+}
 
 // Stats returns a snapshot of the counters.
 func (c *Client) Stats() Stats {
@@ -207,16 +239,6 @@ func (c *Client) Stats() Stats {
 	s.SendRate, s.ThrottleCuts = c.fb.throttled()
 	return s
 }
-
-func (c *Client) setConnState(s ConnState) {
-	old := ConnState(c.connState.Swap(int32(s)))
-	if old != s {
-		c.log.Debug("mxrelay: connection state", "from", old.String(), "to", s.String())
-		c.events.emit(Event{Type: EventStateChanged, From: old, To: s})
-	}
-}
-
-func (c *Client) setSessionState(s SessionState) { c.sessState.Store(int32(s)) }
 
 // Close stops accepting emails and keeps sending what is queued until ctx
 // ends; then the session in progress takes no more emails and writes no

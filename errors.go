@@ -1,10 +1,13 @@
 package mxrelay
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
+	"os"
 
 	"github.com/emersion/go-smtp"
 
@@ -55,6 +58,22 @@ var (
 	// Options.AllowLongLines. RFC 5322 §2.1.1 and RFC 5321 §4.5.3.1.6 forbid
 	// them; servers truncate, split or refuse them.
 	ErrLineTooLong = smtpc.ErrLineTooLong
+
+	// ErrTimeout is matched by the error of every timeout the client
+	// imposes: DialTimeout (the WebSocket handshake), AuthTimeout (no
+	// AUTHENTICATE_RESPONSE), ChannelTimeout (no SMTP_CHANNEL_READY),
+	// HeartbeatTimeout (no pong), CommandTimeout (an SMTP reply or a write
+	// that did not complete in time, the STARTTLS handshake), SessionTimeout
+	// (a session that had not started, or was cut, when it passed) and an
+	// email's own timeout (Email.Timeout, Options.EmailTimeout; with
+	// ErrCanceled). It is matched where the user sees the error: Result.Err
+	// and Send's error (through *EmailError, *ConnectError,
+	// *UnknownOutcomeError) and the Err of events. Such an error also matches what it matched
+	// before: context.DeadlineExceeded, os.ErrDeadlineExceeded, a net.Error
+	// whose Timeout reports true. The deadline of a context the caller
+	// passes (Send's, Close's) is the caller's, not the client's: its
+	// errors match context.DeadlineExceeded and not ErrTimeout.
+	ErrTimeout = errors.New("mxrelay: timed out")
 
 	// ErrNotUTF8 means the relay only speaks JSON text frames and the email's
 	// bytes are not valid UTF-8, so they cannot travel without being changed.
@@ -194,24 +213,53 @@ func temporary(err error) bool {
 // errBody is wrapped by errors reading an email's body.
 var errBody = errors.New("mxrelay: reading the body")
 
-// relayErr turns an error of the relay connection into the package's types.
-func relayErr(err error) error {
+// classify gives an error of the machinery (the relay connection, the
+// SMTP engine, a stream) the package's types, and marks a timeout so that
+// it matches ErrTimeout. It is the one place that marks timeouts: every
+// error a user may see passes through it, and so do those of the
+// client's own timers (SessionTimeout, an email's timeout). It may be
+// applied twice.
+func classify(err error) error {
+	timeout := isTimeout(err)
 	var ae *relayconn.AuthError
 	var ce *relayconn.ClosedError
 	var pe *relayconn.ProtocolError
 	var che *relayconn.ChannelError
 	switch {
 	case errors.As(err, &ae):
-		return fmt.Errorf("%w: %s", ErrAuthFailed, ae.Message)
+		err = fmt.Errorf("%w: %s", ErrAuthFailed, ae.Message)
 	case errors.As(err, &pe), errors.Is(err, smtpc.ErrProtocol):
-		return &ProtocolError{Err: err}
+		err = &ProtocolError{Err: err}
 	case errors.As(err, &ce):
-		return &RelayError{Code: int(ce.Code), Reason: ce.Reason, Err: err}
+		err = &RelayError{Code: int(ce.Code), Reason: ce.Reason, Err: err}
 	case errors.As(err, &che):
-		return &RelayError{Code: -1, Reason: che.Message, Err: err}
+		err = &RelayError{Code: -1, Reason: che.Message, Err: err}
+	}
+	if timeout && !errors.Is(err, ErrTimeout) {
+		err = timeoutError{err}
 	}
 	return err
 }
+
+// isTimeout reports whether err is a timeout in any of the ways the
+// machinery says so: relayconn's ErrTimeout (AuthTimeout, ChannelTimeout,
+// the heartbeat), a context deadline (DialTimeout, the TLS handshake, a
+// timer of the client), a deadline of a net.Conn (CommandTimeout), a
+// net.Error that says it timed out.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, relayconn.ErrTimeout) ||
+		errors.Is(err, context.DeadlineExceeded) ||
+		errors.Is(err, os.ErrDeadlineExceeded) ||
+		errors.As(err, &ne) && ne.Timeout()
+}
+
+// timeoutError marks a timeout: it matches ErrTimeout, and everything
+// the error it holds matches. Its message is that error's.
+type timeoutError struct{ error }
+
+func (e timeoutError) Unwrap() error        { return e.error }
+func (e timeoutError) Is(target error) bool { return target == ErrTimeout }
 
 // permanentConnErr reports whether a session set-up failure must not be
 // retried: a refused key, a relay that speaks another protocol, SMTP

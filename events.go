@@ -19,13 +19,17 @@ const (
 	EventEmailProcessed                        // an email was delivered (OutcomeDelivered; the original's emailProcessed): Result, Duration (its transaction)
 	EventEmailFailed                           // an email ended undelivered (OutcomeFailed, OutcomeUnknown, OutcomeHandedBack): Result, Err
 	EventEmailRetrying                         // an email will be retried: Attempt, Duration (delay), Err
-	EventConnecting                            // dialing the relay
-	EventConnected                             // the WebSocket is open
-	EventAuthenticated                         // the relay accepted the API key
+	EventConnecting                            // dialing the relay: the state entered CONNECTING (From, To)
+	EventConnected                             // the WebSocket is open: the state entered CONNECTED (From, To)
+	EventAuthenticated                         // the relay accepted the API key: AUTHENTICATING to AUTHENTICATED (From, To)
 	EventDisconnected                          // the WebSocket closed: Err (nil when the client closed it)
 	EventReconnecting                          // a set-up failed and will be tried again: Attempt, Duration (delay), Err
-	EventStateChanged                          // the connection state changed: From, To
-	EventError                                 // an error that concerns no single email: Err
+	// EventStateChanged announces every change of a worker's connection
+	// state (From, To) that the three events above do not: each change
+	// is announced by exactly one event. The connection's way back to
+	// AUTHENTICATED when a channel closed is an EventStateChanged.
+	EventStateChanged
+	EventError // an error that concerns no single email: Err
 	// Appended, so that the values above keep their numbers.
 	EventQueueProcessingStarted   // the client went from no email to one: QueueSize
 	EventQueueProcessingCompleted // every accepted email has its result: QueueSize (0)
@@ -50,11 +54,31 @@ func (t EventType) String() string {
 	return fmt.Sprintf("EventType(%d)", int(t))
 }
 
+// announcement is the event that announces a connection's change from
+// state from to state to: each change has one.
+func announcement(from, to ConnState) EventType {
+	switch {
+	case to == StateConnecting:
+		return EventConnecting
+	case to == StateConnected:
+		return EventConnected
+	case to == StateAuthenticated && from == StateAuthenticating:
+		return EventAuthenticated
+	}
+	return EventStateChanged
+}
+
 // Event is something that happened in the client. Which fields are set
 // depends on Type (see the constants).
 type Event struct {
-	Type       EventType
-	Time       time.Time
+	Type EventType
+	Time time.Time
+	// Worker is the session worker the event comes from, from 1 to
+	// MaxConcurrentSessions (as in Client.Workers): set on connection
+	// events (connecting to stateChanged, error) and session events
+	// (sessionQueued to sessionFailed); zero on the events of emails, of
+	// the queue and of the rate.
+	Worker     int
 	SessionID  string
 	EmailID    string
 	QueueSize  int

@@ -12,7 +12,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay"
-	"github.com/mxrelay/mxrelay/internal/relayconn"
 	"github.com/mxrelay/mxrelay/internal/wire"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
@@ -41,11 +40,31 @@ func TestEventsAndStates(t *testing.T) {
 	}
 	assert.Equal(t, want, got)
 
+	// Every change of state is announced by one event: connecting,
+	// connected and authenticated for theirs, stateChanged for the others;
+	// each goes from the state the last one went to.
 	var states []mxrelay.ConnState
+	from := mxrelay.StateDisconnected
 	for _, e := range rec.Events() {
 		switch e.Type {
-		case mxrelay.EventStateChanged:
+		case mxrelay.EventStateChanged, mxrelay.EventConnecting, mxrelay.EventConnected, mxrelay.EventAuthenticated:
+			assert.Equal(t, from, e.From, "%v to %v", e.Type, e.To)
+			assert.NotEqual(t, e.From, e.To)
+			from = e.To
 			states = append(states, e.To)
+			assert.Equal(t, 1, e.Worker)
+		}
+		switch e.Type {
+		case mxrelay.EventConnecting:
+			assert.Equal(t, mxrelay.StateConnecting, e.To)
+		case mxrelay.EventConnected:
+			assert.Equal(t, mxrelay.StateConnected, e.To)
+		case mxrelay.EventAuthenticated:
+			assert.Equal(t, mxrelay.StateAuthenticating, e.From)
+			assert.Equal(t, mxrelay.StateAuthenticated, e.To)
+		case mxrelay.EventStateChanged:
+			assert.NotContains(t, []mxrelay.ConnState{mxrelay.StateConnecting, mxrelay.StateConnected}, e.To, "announced twice")
+			assert.False(t, e.From == mxrelay.StateAuthenticating && e.To == mxrelay.StateAuthenticated, "announced twice")
 		case mxrelay.EventEmailProcessed:
 			assert.Equal(t, res.EmailID, e.EmailID)
 			assert.Same(t, res, e.Result)
@@ -75,7 +94,10 @@ func TestEventsAndStates(t *testing.T) {
 func TestQueueProcessingEvents(t *testing.T) {
 	s := newRelay(t, nil)
 	rec := &recorder{}
-	c := newClient(t, s, &mxrelay.Options{OnEvent: rec.On})
+	// A session starts when the five emails of a round are queued, so
+	// that none is delivered before the last is enqueued (which would end
+	// the busy spell early).
+	c := newClient(t, s, &mxrelay.Options{OnEvent: rec.On, BatchWait: time.Minute, MaxEmailsPerSession: 5})
 	for round := range 2 {
 		var hs []*mxrelay.Handle
 		for i := range 5 {
@@ -183,6 +205,6 @@ func TestHeartbeatDetectsADeadRelay(t *testing.T) {
 	_, err = c.Send(ctxT(t), mail("x"))
 	// Only the heartbeat can time out here: the relay answered AUTHENTICATE
 	// and the channel open, and the command timeout is a minute.
-	require.ErrorIs(t, err, relayconn.ErrTimeout)
+	require.ErrorIs(t, err, mxrelay.ErrTimeout)
 	assert.False(t, errors.Is(err, mxrelay.ErrAuthFailed))
 }

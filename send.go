@@ -167,7 +167,7 @@ func (c *Client) queue(em *email, timeout time.Duration, reserved bool) error {
 // timedOut is the error of an email whose own timeout (Email.Timeout,
 // Options.EmailTimeout) passed before its end of data.
 func timedOut(em *email) error {
-	return fmt.Errorf("%w: %w: email timeout of %v", ErrCanceled, context.DeadlineExceeded, em.cfg.timeout)
+	return classify(fmt.Errorf("%w: %w: email timeout of %v", ErrCanceled, context.DeadlineExceeded, em.cfg.timeout))
 }
 
 // reserve takes a place in the queue for an email being read, or says

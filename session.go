@@ -2,18 +2,15 @@ package mxrelay
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/emersion/go-sasl"
-
+	"github.com/mxrelay/mxrelay/internal/relayconn"
 	"github.com/mxrelay/mxrelay/internal/smtpc"
 	"github.com/mxrelay/mxrelay/internal/smtplog"
 )
@@ -25,7 +22,8 @@ type smtpSession struct {
 	w       *worker
 	c       *Client
 	id      string
-	ch      stream
+	ctx     context.Context // ends at SessionTimeout, or when Close gives up
+	ch      relayconn.Stream
 	sc      *smtpc.Client
 	aborted atomic.Bool
 	abort   func() // ends the channel now: SessionTimeout, or Close giving up
@@ -94,25 +92,24 @@ func (w *worker) session() {
 	c.stats.SessionsQueued++
 	qsize := c.q.len()
 	c.mu.Unlock()
-	c.events.emit(Event{Type: EventSessionQueued, SessionID: sid, QueueSize: qsize})
-	c.setSessionState(SessionProcessing)
-	c.sessions.Add(1)
+	w.emit(Event{Type: EventSessionQueued, SessionID: sid, QueueSize: qsize})
+	w.setSession(SessionProcessing)
 	defer func() {
-		// With MaxConcurrentSessions > 1 the state is PROCESSING while any
-		// session runs. A failed set-up leaves FAILED in place.
-		if c.sessions.Add(-1) == 0 {
-			c.sessState.CompareAndSwap(int32(SessionProcessing), int32(SessionIdle))
+		// A failed set-up leaves FAILED in place.
+		if w.sessionState() == SessionProcessing {
+			w.setSession(SessionIdle)
 		}
 	}()
 
-	ctx, cancel := context.WithTimeout(c.stopCtx, c.opts.SessionTimeout)
+	ctx, cancel := context.WithTimeoutCause(c.stopCtx, c.opts.SessionTimeout,
+		fmt.Errorf("session timeout of %v: %w", c.opts.SessionTimeout, context.DeadlineExceeded))
 	defer cancel()
 	s, err := w.open(ctx, sid)
 	if err != nil {
 		c.mu.Lock()
 		c.stats.SessionsFailed++
 		c.mu.Unlock()
-		c.events.emit(Event{Type: EventSessionFailed, SessionID: sid, Err: err, Duration: time.Since(start)})
+		w.emit(Event{Type: EventSessionFailed, SessionID: sid, Err: err, Duration: time.Since(start)})
 		w.setupFailed(err)
 		return
 	}
@@ -165,7 +162,7 @@ func (w *worker) session() {
 	c.mu.Lock()
 	ready := min(c.q.readyLen(), c.opts.MaxEmailsPerSession)
 	c.mu.Unlock()
-	c.events.emit(Event{Type: EventSessionStarted, SessionID: sid, EmailCount: ready})
+	w.emit(Event{Type: EventSessionStarted, SessionID: sid, EmailCount: ready})
 	s.sc.Start()
 	c.log.Debug("mxrelay: session started", "session", sid, "mode", s.sc.Mode())
 	var broken error
@@ -173,6 +170,9 @@ func (w *worker) session() {
 	lastTaken := time.Now()
 	for n := 0; n < c.opts.MaxEmailsPerSession && ctx.Err() == nil && !s.aborted.Load() && !s.hurried.Load() && s.sc.Err() == nil; {
 		wake := c.wakeChan()
+		if w.n > c.fb.sessions() {
+			break // throttle feedback allows fewer sessions now
+		}
 		if c.fb.limited() && w.ready() && !w.pace(ctx, s.sc.Flush) {
 			break // the rate limit: the next session goes on
 		}
@@ -237,7 +237,7 @@ func (w *worker) session() {
 		}
 	}
 	if broken == nil && s.aborted.Load() {
-		broken = fmt.Errorf("mxrelay: session %s: channel closed (a cancelled email, or the session's end)", sid)
+		broken = fmt.Errorf("mxrelay: session %s: %w", sid, s.explain(errors.New("channel closed (a cancelled email, or the session's end)")))
 	}
 	// Past SessionTimeout or Close's deadline QUIT still goes out: its 221
 	// confirms what waits, and the session ended with QUIT, as it should.
@@ -249,7 +249,7 @@ func (w *worker) session() {
 				// says they were not. Nothing delivered can be taken back:
 				// say so where an operator looks.
 				c.log.Error("mxrelay: the server's reply to QUIT was out of step with the commands: results of this session may be wrong", "session", sid, "err", err)
-				c.events.emit(Event{Type: EventError, SessionID: sid, Err: broken})
+				w.emit(Event{Type: EventError, SessionID: sid, Err: broken})
 			}
 		}
 	}
@@ -263,20 +263,17 @@ func (w *worker) session() {
 		}
 	}
 	s.ch.Close()
-	c.setConnState(StateChannelClosed)
-	switch {
-	case c.opts.RawTunnel:
-		c.setConnState(StateDisconnected) // a tunnel lives for one session
-	case w.conn != nil:
-		select {
-		case <-w.conn.Done():
-			w.disconnect(w.conn.Err())
-			if s.idleEnd {
-				w.lost = false // no email waited on it: reconnect at once
-			}
-		default:
-			c.setConnState(StateAuthenticated)
-		}
+	w.setConn(StateChannelClosed)
+	// The connection goes on, unless it ended meanwhile or none is kept
+	// (a tunnel lives for one session).
+	w.reap()
+	if s.idleEnd {
+		w.lost = false // no email waited on it: reconnect at once
+	}
+	if w.d.Done() != nil {
+		w.setConn(StateAuthenticated)
+	} else {
+		w.setConn(StateDisconnected)
 	}
 	d := time.Since(start)
 	c.mu.Lock()
@@ -289,9 +286,9 @@ func (w *worker) session() {
 	c.mu.Unlock()
 	if broken != nil {
 		c.log.Debug("mxrelay: session broke", "session", sid, "err", broken)
-		c.events.emit(Event{Type: EventSessionFailed, SessionID: sid, Err: broken, Results: results, Duration: d})
+		w.emit(Event{Type: EventSessionFailed, SessionID: sid, Err: broken, Results: results, Duration: d})
 	} else {
-		c.events.emit(Event{Type: EventSessionCompleted, SessionID: sid, Results: results, Duration: d})
+		w.emit(Event{Type: EventSessionCompleted, SessionID: sid, Results: results, Duration: d})
 	}
 	if broken != nil && len(taken) == 0 && c.stopCtx.Err() == nil {
 		// It broke before it could take an email (a stray reply after the
@@ -311,7 +308,9 @@ func (s *smtpSession) hurry() {
 // the replies of the ends of data already out, and QUIT's, in all.
 func (c *Client) closeGrace() time.Duration { return min(c.opts.CommandTimeout, time.Second) }
 
-// handshake runs greeting, EHLO, STARTTLS and AUTH.
+// handshake runs greeting, EHLO, STARTTLS and AUTH as the options say
+// (smtpc.Client.Handshake), and gives a failure the package's words: one
+// that retrying cannot fix is a permanent set-up failure.
 func (s *smtpSession) handshake(ctx context.Context) error {
 	o := s.c.opts
 	s.sc = smtpc.New(smtplog.Wrap(s.ch, s.c.log, "session", s.id), smtpc.Config{
@@ -321,82 +320,34 @@ func (s *smtpSession) handshake(ctx context.Context) error {
 		NoPipelining: o.DisablePipelining,
 		Fix:          o.FixLineEndings,
 		MaxLine:      o.maxLine(),
+		UTF8Only:     !s.ch.Binary(),
 		Written:      s.ch.Written,
 	})
-	sc := s.sc
-	if err := sc.Greet(); err != nil {
-		return fmt.Errorf("mxrelay: SMTP %w", err)
-	}
-	if err := sc.Hello(o.LocalName); err != nil {
-		return fmt.Errorf("mxrelay: SMTP %w", err)
-	}
-	secure := false
+	err := s.sc.Handshake(ctx, smtpc.Policy{
+		LocalName:       o.LocalName,
+		StartTLS:        tlsPolicy[o.StartTLS],
+		TLSConfig:       o.TLSConfig,
+		Username:        o.Username,
+		Password:        o.Password,
+		PasswordInClear: o.PasswordInClear,
+		TLSSkipped: func() {
+			s.c.log.Warn("mxrelay: STARTTLS skipped: the relay only agreed to JSON text frames, which cannot carry TLS", "session", s.id)
+		},
+	})
 	switch {
-	case o.StartTLS == StartTLSNever:
-	case !s.ch.Binary() && o.StartTLS == StartTLSRequired:
-		// TLS records are not UTF-8: they cannot travel in JSON strings.
-		return fmt.Errorf("%w: STARTTLS needs binary frames and the relay only agreed to JSON text", errPermanentSetup)
-	case !s.ch.Binary():
-		s.c.log.Warn("mxrelay: STARTTLS skipped: the relay only agreed to JSON text frames, which cannot carry TLS", "session", s.id)
-	case !sc.Has("STARTTLS") && o.StartTLS == StartTLSRequired:
-		return fmt.Errorf("%w: the SMTP server does not offer STARTTLS", errPermanentSetup)
-	case !sc.Has("STARTTLS"):
-	default:
-		cfg := o.TLSConfig.Clone()
-		if cfg == nil {
-			cfg = &tls.Config{}
-		}
-		if err := sc.StartTLS(ctx, cfg, o.LocalName); err != nil {
-			return startTLSErr(err)
-		}
-		secure = true
+	case err == nil:
+		return nil
+	case errors.Is(err, smtpc.ErrPermanent):
+		return fmt.Errorf("%w: SMTP %w", errPermanentSetup, err)
 	}
-	if o.Username == "" {
-		return sc.Quiet()
-	}
-	if !secure && !o.PasswordInClear {
-		return fmt.Errorf("%w: STARTTLS did not run, and SMTP AUTH would send the password in clear (Options.PasswordInClear allows it)", errPermanentSetup)
-	}
-	mechs, _ := sc.Ext("AUTH")
-	var a sasl.Client
-	switch {
-	case hasWord(mechs, sasl.Plain):
-		a = sasl.NewPlainClient("", o.Username, o.Password)
-	case hasWord(mechs, sasl.Login):
-		a = sasl.NewLoginClient(o.Username, o.Password)
-	default:
-		return fmt.Errorf("%w: the SMTP server offers neither AUTH PLAIN nor AUTH LOGIN", errPermanentSetup)
-	}
-	if err := sc.Auth(a); err != nil {
-		var se *SMTPError
-		if errors.As(err, &se) && se.Code/100 == 5 {
-			return fmt.Errorf("%w: SMTP %w", errPermanentSetup, err)
-		}
-		return fmt.Errorf("mxrelay: SMTP %w", err)
-	}
-	return sc.Quiet()
+	return fmt.Errorf("mxrelay: SMTP %w", err)
 }
 
-// startTLSErr classifies a failed STARTTLS: a certificate that does not
-// verify, or a 5xx to STARTTLS, is permanent (it will not fix itself); a
-// cut, a timeout, a 4xx or a broken handshake is temporary, as Postfix
-// defers it.
-func startTLSErr(err error) error {
-	var cve *tls.CertificateVerificationError
-	var se *SMTPError
-	if errors.As(err, &cve) || errors.As(err, &se) && se.Code/100 == 5 {
-		return fmt.Errorf("%w: %w", errPermanentSetup, err)
-	}
-	return fmt.Errorf("mxrelay: %w", err)
-}
-
-func hasWord(list, w string) bool {
-	for _, f := range strings.Fields(list) {
-		if strings.EqualFold(f, w) {
-			return true
-		}
-	}
-	return false
+// tlsPolicy is the engine's name for each StartTLS policy.
+var tlsPolicy = map[StartTLS]smtpc.TLSPolicy{
+	StartTLSNever:         smtpc.TLSNever,
+	StartTLSOpportunistic: smtpc.TLSIfOffered,
+	StartTLSRequired:      smtpc.TLSRequired,
 }
 
 // send starts em's transaction. Its fate is decided when its replies are
@@ -509,9 +460,13 @@ func addresses(rs []RecipientError) []string {
 }
 
 // explain gives a failure of the channel its package type (RelayError,
-// ProtocolError, ErrAuthFailed) and, when the relay ended the channel, why.
+// ProtocolError, ErrAuthFailed, ErrTimeout) and says why the channel
+// ended: the session cut it at SessionTimeout, or the relay ended it.
 func (s *smtpSession) explain(err error) error {
-	err = relayErr(err)
+	if cause := context.Cause(s.ctx); s.aborted.Load() && errors.Is(cause, context.DeadlineExceeded) && !errors.Is(err, cause) {
+		err = fmt.Errorf("%w (%w)", err, cause)
+	}
+	err = classify(err)
 	if cause := s.ch.Cause(); cause != nil && !errors.Is(err, cause) {
 		err = fmt.Errorf("%w (%v)", err, cause)
 	}

@@ -35,7 +35,27 @@ func (s ConnState) String() string {
 	return fmt.Sprintf("ConnState(%d)", int32(s))
 }
 
-// SessionState is the state of the session worker.
+// connRank orders the connection states from the least advanced to the
+// most, for Client.ConnState's aggregate.
+var connRank = [...]int{
+	StateFailed: 0, StateDisconnected: 1, StateReconnecting: 2, StateChannelClosed: 3,
+	StateConnecting: 4, StateConnected: 5, StateAuthenticating: 6, StateAuthenticated: 7,
+	StateChannelOpening: 8, StateChannelReady: 9,
+}
+
+// mostAdvanced is the most advanced of states (see Client.ConnState);
+// FAILED for none.
+func mostAdvanced(states []ConnState) ConnState {
+	best := StateFailed
+	for _, s := range states {
+		if connRank[s] > connRank[best] {
+			best = s
+		}
+	}
+	return best
+}
+
+// SessionState is the state of a session worker.
 type SessionState int32
 
 // The session states.
@@ -44,6 +64,28 @@ const (
 	SessionProcessing                     // a session runs
 	SessionFailed                         // a session failed and will be retried
 )
+
+// busiest is the aggregate of states (see Client.SessionState): PROCESSING
+// if any is, else FAILED if any is, else IDLE.
+func busiest(states []SessionState) SessionState {
+	out := SessionIdle
+	for _, s := range states {
+		switch {
+		case s == SessionProcessing:
+			return SessionProcessing
+		case s == SessionFailed:
+			out = SessionFailed
+		}
+	}
+	return out
+}
+
+// WorkerState is one session worker's states (Client.Workers).
+type WorkerState struct {
+	Worker       int          // its number, from 1 to MaxConcurrentSessions, as in Event.Worker
+	ConnState    ConnState    // the state of its relay connection
+	SessionState SessionState // the state of its session
+}
 
 func (s SessionState) String() string {
 	switch s {

@@ -255,6 +255,11 @@ func (m *meter) count(now time.Time, span time.Duration) int {
 	return n
 }
 
+// statusPolicy is the WebSocket close code 1008, policy violation: what a
+// relay closes with when the client goes over its rate limit (the
+// protocol's section 5).
+const statusPolicy = 1008
+
 // maxFreeTries bounds the attempts of one email that a "slow down" refusal
 // may take without spending a retry: against an upstream that never lets
 // anything through, an email still ends.
@@ -289,4 +294,5 @@ func (c *Client) rateChanged(r rate.Limit) {
 	}
 	c.log.Info("mxrelay: sending rate changed by the upstream's replies", "emailsPerSecond", v)
 	c.events.emit(Event{Type: EventRateChanged, Rate: v})
+	c.kick() // a worker held back by the sessions allowed may start now
 }

@@ -1,10 +1,14 @@
 package mxrelay
 
 import (
+	"context"
 	"fmt"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/mxrelay/mxrelay/relaytest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/time/rate"
@@ -166,4 +170,38 @@ func TestFeedbackAgainstAThrottlingUpstream(t *testing.T) {
 	t.Logf("accepted %d, refused %d", accepted, refused)
 	assert.GreaterOrEqual(t, accepted, 2700, "at least 90%% of 100/s over 30 s")
 	assert.Less(t, refused, accepted/20)
+}
+
+// While throttle feedback allows one session, only the first worker of
+// four starts sessions, and a running session of another ends.
+func TestThrottledSessionsCap(t *testing.T) {
+	s := relaytest.NewServer(nil)
+	defer s.Close()
+	var mu sync.Mutex
+	workers := map[int]bool{}
+	c, err := New(s.URL, s.APIKey, &Options{MaxConcurrentSessions: 4, MaxEmailsPerSession: 2, OnEvent: func(e Event) {
+		if e.Type == EventSessionStarted {
+			mu.Lock()
+			workers[e.Worker] = true
+			mu.Unlock()
+		}
+	}})
+	require.NoError(t, err)
+	c.fb.mu.Lock()
+	c.fb.conc = 1
+	c.fb.mu.Unlock()
+	var hs []*Handle
+	for i := range 20 {
+		h, err := c.Enqueue(Email{From: "a@example.com", To: []string{"b@example.com"}, Body: strings.NewReader(fmt.Sprintf("Subject: %d\r\n\r\nx\r\n", i))})
+		require.NoError(t, err)
+		hs = append(hs, h)
+	}
+	for _, h := range hs {
+		_, err := h.Wait(context.Background())
+		require.NoError(t, err)
+	}
+	require.NoError(t, c.Close(context.Background()))
+	mu.Lock()
+	defer mu.Unlock()
+	assert.Equal(t, map[int]bool{1: true}, workers)
 }

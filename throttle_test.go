@@ -118,3 +118,15 @@ func TestThrottledForeverStillEnds(t *testing.T) {
 	assert.Equal(t, 10, res.Attempts, "8 free tries, the first attempt and one retry")
 	assert.Equal(t, mxrelay.OutcomeFailed, res.Outcome)
 }
+
+// A relay that closes with 1008 (policy violation: its rate limit) makes
+// the client slow down, and the email goes again.
+func TestRelayPolicyCloseSlowsDown(t *testing.T) {
+	s := newRelay(t, nil)
+	s.Inject(relaytest.Fault{Kind: relaytest.CloseWebSocket, Command: "EHLO", Code: 1008})
+	c := newClient(t, s, nil)
+	_, err := c.Send(ctxT(t), mail("policy"))
+	require.NoError(t, err)
+	assert.EqualValues(t, 1, c.Stats().ThrottleCuts)
+	assert.Positive(t, c.Stats().SendRate)
+}

@@ -5,21 +5,26 @@ import (
 	"errors"
 	mrand "math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
-	"github.com/coder/websocket"
 	"github.com/mxrelay/mxrelay/internal/relayconn"
 	"github.com/mxrelay/mxrelay/internal/wire"
 )
 
-// worker is the state of one session worker's goroutine: it owns a relay
-// connection and runs SMTP sessions on it, one at a time.
+// worker is the state of one session worker's goroutine: it owns a
+// dialer, and the relay connection the dialer keeps, and runs SMTP
+// sessions on the streams it opens, one at a time.
 type worker struct {
 	c        *Client
-	conn     *relayconn.Conn
+	n        int // its number, from 1
+	d        relayconn.Dialer
 	failures int  // set-up failures in a row
 	lost     bool // the last connection was lost, not closed by us
 	claim    bool // counted in Client.claimed
+	// Its states: written by its goroutine only (setConn, setSession),
+	// read by Client.ConnState, SessionState and Workers.
+	conn, sess atomic.Int32
 }
 
 // run starts the session workers, MaxConcurrentSessions of them, and
@@ -27,11 +32,10 @@ type worker struct {
 func (c *Client) run() {
 	defer close(c.done)
 	var wg sync.WaitGroup
-	for range c.opts.MaxConcurrentSessions {
+	for _, w := range c.workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			w := &worker{c: c}
 			defer w.disconnect(nil)
 			for w.waitForWork() {
 				w.batchWait()
@@ -41,6 +45,27 @@ func (c *Client) run() {
 		}()
 	}
 	wg.Wait()
+}
+
+// newWorker returns worker number n, whose dialer reports its steps to it.
+func (c *Client) newWorker(n int) *worker {
+	w := &worker{c: c, n: n}
+	w.d = relayconn.NewDialer(relayconn.Config{
+		URL:               c.url,
+		APIKey:            c.apiKey,
+		HTTPClient:        c.opts.HTTPClient,
+		Header:            c.opts.Header,
+		Binary:            !c.opts.DisableBinary,
+		RawTunnel:         c.opts.RawTunnel,
+		DialTimeout:       c.opts.DialTimeout,
+		AuthTimeout:       c.opts.AuthTimeout,
+		ChannelTimeout:    c.opts.ChannelTimeout,
+		HeartbeatInterval: max(c.opts.HeartbeatInterval, 0),
+		HeartbeatTimeout:  c.opts.HeartbeatTimeout,
+		Logger:            c.log,
+		Step:              w.step,
+	})
+	return w
 }
 
 // unclaim ends the worker's claim on a ready email, once its session holds
@@ -75,7 +100,7 @@ var testHookIdle func()
 func (w *worker) waitForWork() bool {
 	c := w.c
 	var idle <-chan time.Time
-	if w.conn != nil {
+	if w.d.Done() != nil {
 		if c.opts.IdleTimeout < 0 {
 			ch := make(chan time.Time)
 			close(ch)
@@ -95,8 +120,9 @@ func (w *worker) waitForWork() bool {
 		now := time.Now()
 		c.q.promote(now)
 		// Other workers already starting a session will take the first
-		// ready emails: start one more only for emails beyond those.
-		ready := c.q.readyLen() > c.claimed
+		// ready emails: start one more only for emails beyond those, and
+		// only while throttle feedback allows this many sessions.
+		ready := c.q.readyLen() > c.claimed && w.n <= c.fb.sessions()
 		if ready {
 			c.claimed++
 			w.claim = true
@@ -131,10 +157,6 @@ func (w *worker) waitForWork() bool {
 			due.Reset(next.Sub(now))
 			dueC = due.C
 		}
-		var dead <-chan struct{}
-		if w.conn != nil {
-			dead = w.conn.Done()
-		}
 		select {
 		case <-wake:
 		case <-draining:
@@ -145,8 +167,8 @@ func (w *worker) waitForWork() bool {
 				w.disconnect(nil)
 				idle = nil
 			}
-		case <-dead:
-			w.disconnect(w.conn.Err())
+		case <-w.d.Done():
+			w.disconnect(w.d.Err())
 			idle = nil
 		}
 	}
@@ -258,54 +280,35 @@ func (w *worker) pace(ctx context.Context, flush func() error) bool {
 	}
 }
 
-// open makes sure the relay connection is up, opens a channel and runs the
-// SMTP greeting, EHLO, STARTTLS and AUTH.
+// open makes sure the relay connection is up, opens a stream and runs
+// the SMTP handshake (greeting, EHLO, STARTTLS and AUTH).
 func (w *worker) open(ctx context.Context, sid string) (*smtpSession, error) {
 	c := w.c
-	if w.conn == nil && w.lost {
+	if w.d.Done() == nil && w.lost {
 		// The relay ended the last connection: reconnect with backoff.
 		w.lost = false
 		delay := w.retryDelay(w.failures + 1)
-		c.setConnState(StateReconnecting)
-		c.events.emit(Event{Type: EventReconnecting, Attempt: w.failures + 1, Duration: delay})
+		w.setConn(StateReconnecting)
+		w.emit(Event{Type: EventReconnecting, Attempt: w.failures + 1, Duration: delay})
 		t := time.NewTimer(delay)
 		select {
 		case <-t.C:
 		case <-ctx.Done():
 			t.Stop()
-			return nil, context.Cause(ctx)
+			return nil, classify(context.Cause(ctx))
 		}
 	}
-	var ch stream
-	if c.opts.RawTunnel {
-		c.setConnState(StateConnecting)
-		c.events.emit(Event{Type: EventConnecting})
-		t, err := c.dialTunnel(ctx)
-		if err != nil {
-			c.setConnState(StateDisconnected)
-			return nil, err
+	w.reap()
+	ch, err := w.d.Open(ctx)
+	if err != nil {
+		w.reap()
+		if cerr := certErr(err); cerr != nil {
+			return nil, cerr
 		}
-		c.events.emit(Event{Type: EventConnected})
-		ch = t
-	} else {
-		if err := w.connect(ctx); err != nil {
-			w.disconnect(err)
-			return nil, err
-		}
-		c.setConnState(StateChannelOpening)
-		rc, err := w.conn.OpenChannel(ctx)
-		if err != nil {
-			select {
-			case <-w.conn.Done():
-				w.disconnect(w.conn.Err())
-			default:
-			}
-			return nil, relayErr(err)
-		}
-		ch = rc
+		return nil, classify(err)
 	}
-	c.setConnState(StateChannelReady)
-	s := &smtpSession{w: w, c: c, id: sid, ch: ch}
+	w.setConn(StateChannelReady)
+	s := &smtpSession{w: w, c: c, id: sid, ctx: ctx, ch: ch}
 	s.abort = func() {
 		s.aborted.Store(true)
 		ch.Abort()
@@ -323,78 +326,86 @@ func (w *worker) open(ctx context.Context, sid string) (*smtpSession, error) {
 	defer stop()
 	if err := s.handshake(ctx); err != nil {
 		s.sc.Close(err)
-		c.setConnState(StateChannelClosed)
+		w.setConn(StateChannelClosed)
 		return nil, s.explain(err)
 	}
 	return s, nil
 }
 
-// connect makes sure an authenticated WebSocket is open.
-func (w *worker) connect(ctx context.Context) error {
-	c := w.c
-	if w.conn != nil {
-		select {
-		case <-w.conn.Done():
-			w.disconnect(w.conn.Err())
-		default:
-			return nil
-		}
-	}
-	c.setConnState(StateConnecting)
-	c.events.emit(Event{Type: EventConnecting})
-	dctx, cancel := context.WithTimeout(ctx, c.opts.DialTimeout)
-	defer cancel()
-	conn, err := relayconn.Dial(dctx, relayconn.Config{
-		URL:               c.url,
-		APIKey:            c.apiKey,
-		HTTPClient:        c.opts.HTTPClient,
-		Header:            c.opts.Header,
-		Binary:            !c.opts.DisableBinary,
-		AuthTimeout:       c.opts.AuthTimeout,
-		ChannelTimeout:    c.opts.ChannelTimeout,
-		HeartbeatInterval: max(c.opts.HeartbeatInterval, 0),
-		HeartbeatTimeout:  c.opts.HeartbeatTimeout,
-		Logger:            c.log,
-	})
-	if err != nil {
-		if cerr := certErr(err); cerr != nil {
-			return cerr
-		}
-		return relayErr(err)
-	}
-	w.conn = conn
-	c.setConnState(StateConnected)
-	c.events.emit(Event{Type: EventConnected})
-	c.setConnState(StateAuthenticating)
-	if err := conn.Authenticate(ctx); err != nil {
-		return relayErr(err)
-	}
-	c.setConnState(StateAuthenticated)
-	c.events.emit(Event{Type: EventAuthenticated})
-	c.log.Debug("mxrelay: authenticated", "relay", c.url, "key", wire.MaskKey(c.apiKey))
-	return nil
+// stepState is the connection state each step of the dialer enters.
+var stepState = map[relayconn.Step]ConnState{
+	relayconn.StepConnecting:     StateConnecting,
+	relayconn.StepConnected:      StateConnected,
+	relayconn.StepAuthenticating: StateAuthenticating,
+	relayconn.StepAuthenticated:  StateAuthenticated,
+	relayconn.StepChannelOpening: StateChannelOpening,
 }
 
-// disconnect closes the WebSocket, if any. cause is why it ended when the
-// relay or the network ended it; nil when the client chose to.
-func (w *worker) disconnect(cause error) {
-	if w.conn == nil {
+// step turns a step of the dialer into the connection's state.
+func (w *worker) step(st relayconn.Step) {
+	w.setConn(stepState[st])
+	if st == relayconn.StepAuthenticated {
+		w.c.log.Debug("mxrelay: authenticated", "worker", w.n, "relay", w.c.url, "key", wire.MaskKey(w.c.apiKey))
+	}
+}
+
+// setConn moves the worker's connection to state s, and announces the
+// change, once (see announcement). It is the one writer of w.conn.
+func (w *worker) setConn(s ConnState) {
+	old := ConnState(w.conn.Swap(int32(s)))
+	if old == s {
 		return
 	}
-	w.conn.Close(websocket.StatusNormalClosure, "")
-	w.conn = nil
-	c := w.c
+	w.c.log.Debug("mxrelay: connection state", "worker", w.n, "from", old.String(), "to", s.String())
+	w.emit(Event{Type: announcement(old, s), From: old, To: s})
+}
+
+func (w *worker) connState() ConnState { return ConnState(w.conn.Load()) }
+
+// setSession sets the worker's session state. It is the one writer of
+// w.sess.
+func (w *worker) setSession(s SessionState) { w.sess.Store(int32(s)) }
+
+func (w *worker) sessionState() SessionState { return SessionState(w.sess.Load()) }
+
+// emit sends e, an event of this worker's, saying so.
+func (w *worker) emit(e Event) {
+	e.Worker = w.n
+	w.c.events.emit(e)
+}
+
+// reap disconnects the kept connection if it has ended, saying why.
+func (w *worker) reap() {
+	select {
+	case <-w.d.Done():
+		w.disconnect(w.d.Err())
+	default:
+	}
+}
+
+// disconnect closes the kept connection, if any. cause is why it ended
+// when the relay or the network ended it; nil when the client chose to.
+func (w *worker) disconnect(cause error) {
+	if w.d.Done() == nil {
+		return
+	}
+	w.d.Close()
 	if cause != nil {
-		cause = relayErr(cause)
 		// A relay that closed normally (1000) is reconnected to when there
 		// is work, without waiting; any other end calls for backoff.
+		w.lost = relayconn.RetryFor(cause) != wire.RetryIfWork
+		cause = classify(cause)
 		var re *RelayError
-		w.lost = !errors.As(cause, &re) || wire.RetryFor(websocket.StatusCode(re.Code)) != wire.RetryIfWork
+		if errors.As(cause, &re) && re.Code == statusPolicy && !w.c.opts.Throttle.Disable {
+			// The relay's policy: a rate limit, as a rule. Slow down.
+			now := time.Now()
+			w.c.fb.cut(now, now)
+		}
 	}
-	if ConnState(c.connState.Load()) != StateFailed {
-		c.setConnState(StateDisconnected)
+	if w.connState() != StateFailed {
+		w.setConn(StateDisconnected)
 	}
-	c.events.emit(Event{Type: EventDisconnected, Err: cause})
+	w.emit(Event{Type: EventDisconnected, Err: cause})
 }
 
 // setupFailed handles a session that could not start: a permanent cause
@@ -405,15 +416,15 @@ func (w *worker) setupFailed(err error) {
 	w.failures++
 	if permanentConnErr(err) {
 		w.disconnect(nil)
-		c.setConnState(StateFailed)
-		c.setSessionState(SessionIdle)
+		w.setConn(StateFailed)
+		w.setSession(SessionIdle)
 		if errors.Is(err, ErrAuthFailed) {
 			c.mu.Lock()
 			c.authErr = err
 			c.mu.Unlock()
 		}
 		c.log.Error("mxrelay: session set-up failed permanently", "err", err)
-		c.events.emit(Event{Type: EventError, Err: err})
+		w.emit(Event{Type: EventError, Err: err})
 		w.failWaiting(err)
 		w.failures = 0
 		return
@@ -421,20 +432,20 @@ func (w *worker) setupFailed(err error) {
 	if w.failures >= c.opts.MaxReconnectAttempts {
 		cerr := &ConnectError{Attempts: w.failures, URL: c.url, Err: err}
 		w.disconnect(nil)
-		c.setConnState(StateFailed)
-		c.setSessionState(SessionIdle)
+		w.setConn(StateFailed)
+		w.setSession(SessionIdle)
 		c.log.Error("mxrelay: giving up on the relay", "attempts", w.failures, "err", err)
-		c.events.emit(Event{Type: EventError, Err: cerr})
+		w.emit(Event{Type: EventError, Err: cerr})
 		w.failWaiting(cerr)
 		w.failures = 0
 		return
 	}
 	delay := w.retryDelay(w.failures)
 	w.lost = false // this wait is the backoff: open must not wait again
-	c.setSessionState(SessionFailed)
-	c.setConnState(StateReconnecting)
+	w.setSession(SessionFailed)
+	w.setConn(StateReconnecting)
 	c.log.Warn("mxrelay: session set-up failed, retrying", "attempt", w.failures, "delay", delay, "err", err)
-	c.events.emit(Event{Type: EventReconnecting, Attempt: w.failures, Duration: delay, Err: err})
+	w.emit(Event{Type: EventReconnecting, Attempt: w.failures, Duration: delay, Err: err})
 	t := time.NewTimer(delay)
 	defer t.Stop()
 	select {

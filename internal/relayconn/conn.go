@@ -1,6 +1,8 @@
-// Package relayconn is the client side of one mxrelay WebSocket: dial,
-// AUTHENTICATE, the heartbeat, and SMTP channels exposed as net.Conn. It
-// knows docs/protocol.md and nothing about emails.
+// Package relayconn is the client side of the relay: the mxrelay
+// WebSocket (dial, AUTHENTICATE, the heartbeat, and SMTP channels exposed
+// as net.Conn) and the raw tunnel, both behind one Dialer that hands out
+// streams ready for SMTP. It knows docs/protocol.md and nothing about
+// emails.
 package relayconn
 
 import (
@@ -19,14 +21,22 @@ import (
 	"github.com/mxrelay/mxrelay/internal/wire"
 )
 
-// Config describes one connection. Zero durations disable the timer they
-// name; the caller (the root package) fills in defaults.
+// Config describes the connections of a Dialer, or one connection (Dial).
+// Zero durations disable the timer they name; the caller (the root
+// package) fills in defaults.
 type Config struct {
-	URL               string
-	APIKey            string
-	HTTPClient        *http.Client
-	Header            http.Header
-	Binary            bool // ask for binary data frames
+	URL        string
+	APIKey     string
+	HTTPClient *http.Client
+	Header     http.Header
+	Binary     bool // ask for binary data frames
+	// RawTunnel makes NewDialer dial raw tunnels (docs/protocol.md §13)
+	// instead of the mxrelay protocol: the key, if any, goes as a bearer
+	// token, and only DialTimeout of the timers applies.
+	RawTunnel bool
+	// DialTimeout bounds a Dialer's WebSocket handshake; Dial takes its
+	// bound from its context.
+	DialTimeout       time.Duration
 	AuthTimeout       time.Duration
 	ChannelTimeout    time.Duration
 	HeartbeatInterval time.Duration
@@ -35,6 +45,9 @@ type Config struct {
 	// channel; past it the connection stops reading (backpressure).
 	MaxBuffered int
 	Logger      *slog.Logger
+	// Step, if set, hears each step a Dialer takes (see Dialer.Open), on
+	// the goroutine that called Open.
+	Step func(Step)
 }
 
 // AuthError is a refused AUTHENTICATE: success:false or close 4003. It is

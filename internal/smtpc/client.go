@@ -1,5 +1,6 @@
 // Package smtpc is mxrelay's SMTP client engine: the greeting, EHLO,
-// STARTTLS and AUTH in lock-step, then transactions pipelined per RFC 2920
+// STARTTLS and AUTH in lock-step, as a Policy says (Handshake), then
+// transactions pipelined per RFC 2920
 // and, when the server offers CHUNKING, sent with BDAT per RFC 3030 with a
 // window of whole transactions in flight. Every reply is matched to its
 // command in order, and every transaction gets exactly one result, decided
@@ -39,6 +40,11 @@ type Config struct {
 	// MaxLine refuses a body line longer than this many octets (see
 	// Encoder). Zero: no limit.
 	MaxLine int
+	// UTF8Only says the stream carries UTF-8 text only (a JSON channel of
+	// the relay): BDAT chunks end on character boundaries, and STARTTLS,
+	// whose records are not text, cannot run. The caller checks that the
+	// bodies are UTF-8. Zero: any byte may travel.
+	UTF8Only bool
 	// Written, if set, reports bytes the transport under the connection has
 	// handed on: a write that fails after it grew counts as handed on, so
 	// an end of data that may have reached the server is never reported as

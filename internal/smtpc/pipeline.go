@@ -10,9 +10,9 @@ import (
 	"strconv"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/emersion/go-smtp"
-	"github.com/mxrelay/mxrelay/internal/wire"
 )
 
 // ErrWithdrawn is the error of a transaction its Tx withdrew before the
@@ -967,10 +967,13 @@ func (c *Client) sendChunks(tx *Tx, lockstep bool) error {
 			chunk = append(chunk, b[:k]...)
 			b = b[k:]
 			if len(chunk) == chunkSize {
-				// End the chunk on a character boundary: a JSON channel
-				// carries only UTF-8, and a command between the halves of
-				// a character would make the stream invalid.
-				cut := wire.RuneCut(chunk)
+				// On a stream of UTF-8 text, end the chunk on a character
+				// boundary: a command between the halves of a character
+				// would make the stream invalid.
+				cut := len(chunk)
+				if c.cfg.UTF8Only {
+					cut = runeCut(chunk)
+				}
 				carry := append([]byte(nil), chunk[cut:]...)
 				chunk = chunk[:cut]
 				if err := flush(false); err != nil {
@@ -1000,6 +1003,20 @@ func (c *Client) sendChunks(tx *Tx, lockstep bool) error {
 }
 
 var errAbort = errors.New("abort")
+
+// runeCut returns len(b), or, when b ends inside a UTF-8 sequence, where
+// that sequence starts: b[:runeCut(b)] holds whole characters only, if b
+// is UTF-8 at all.
+func runeCut(b []byte) int {
+	i := len(b) - 1
+	for i > 0 && i > len(b)-utf8.UTFMax && !utf8.RuneStart(b[i]) {
+		i--
+	}
+	if i >= 0 && !utf8.FullRune(b[i:]) {
+		return i
+	}
+	return len(b)
+}
 
 // Wait flushes and waits until every transaction has its result, or the
 // connection broke (its error).

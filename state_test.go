@@ -1,0 +1,104 @@
+package mxrelay_test
+
+import (
+	"sync"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/internal/fakesmtp"
+	"github.com/mxrelay/mxrelay/relaytest"
+)
+
+// With two workers, each has its own states, its events say which it is,
+// and each worker's connection events go from the state its last one
+// went to; the client's states aggregate theirs.
+func TestWorkersHaveStatesOfTheirOwn(t *testing.T) {
+	release := make(chan struct{})
+	u := newUpstream(t, func(c *fakesmtp.Conn) {
+		c.Say("220 mx.test ESMTP")
+		c.Commands(func(verb, _ string) bool {
+			switch verb {
+			case "MAIL":
+				<-release // both sessions are held here
+			case "DATA":
+				c.Say("354 go ahead")
+				if _, ok := c.Body(); !ok {
+					return false
+				}
+				return c.Say("250 2.0.0 queued")
+			}
+			return c.Say("250 ok")
+		})
+	})
+	releaseAll := sync.OnceFunc(func() { close(release) })
+	t.Cleanup(releaseAll) // before the upstream's own cleanup, which waits for it
+	s := newRelay(t, &relaytest.Options{UpstreamAddr: u.Addr})
+	rec := &recorder{}
+	started := make(chan int, 2)
+	c := newClient(t, s, &mxrelay.Options{MaxConcurrentSessions: 2, MaxEmailsPerSession: 1, OnEvent: func(e mxrelay.Event) {
+		rec.On(e)
+		if e.Type == mxrelay.EventSessionStarted {
+			started <- e.Worker
+		}
+	}})
+	assert.Equal(t, []mxrelay.WorkerState{
+		{Worker: 1, ConnState: mxrelay.StateDisconnected, SessionState: mxrelay.SessionIdle},
+		{Worker: 2, ConnState: mxrelay.StateDisconnected, SessionState: mxrelay.SessionIdle},
+	}, c.Workers())
+
+	var hs []*mxrelay.Handle
+	for _, subject := range []string{"one", "two"} {
+		h, err := c.Enqueue(mail(subject))
+		require.NoError(t, err)
+		hs = append(hs, h)
+	}
+	ctx := ctxT(t)
+	var workers []int
+	for range 2 {
+		select {
+		case n := <-started:
+			workers = append(workers, n)
+		case <-ctx.Done():
+			t.Fatal("two sessions did not start")
+		}
+	}
+	assert.ElementsMatch(t, []int{1, 2}, workers, "one session per worker")
+	assert.Equal(t, []mxrelay.WorkerState{
+		{Worker: 1, ConnState: mxrelay.StateChannelReady, SessionState: mxrelay.SessionProcessing},
+		{Worker: 2, ConnState: mxrelay.StateChannelReady, SessionState: mxrelay.SessionProcessing},
+	}, c.Workers())
+	assert.Equal(t, mxrelay.StateChannelReady, c.ConnState())
+	assert.Equal(t, mxrelay.SessionProcessing, c.SessionState())
+
+	releaseAll()
+	for _, h := range hs {
+		_, err := h.Wait(ctx)
+		require.NoError(t, err)
+	}
+	require.NoError(t, c.Close(ctx))
+	for _, w := range c.Workers() {
+		assert.Equal(t, mxrelay.StateDisconnected, w.ConnState, "worker %d", w.Worker)
+		assert.Equal(t, mxrelay.SessionIdle, w.SessionState, "worker %d", w.Worker)
+	}
+	assert.Equal(t, mxrelay.StateDisconnected, c.ConnState())
+	assert.Equal(t, mxrelay.SessionIdle, c.SessionState())
+
+	// Each worker's changes form a chain of their own.
+	last := map[int]mxrelay.ConnState{1: mxrelay.StateDisconnected, 2: mxrelay.StateDisconnected}
+	for _, e := range rec.Events() {
+		switch e.Type {
+		case mxrelay.EventConnecting, mxrelay.EventConnected, mxrelay.EventAuthenticated, mxrelay.EventStateChanged:
+			require.Contains(t, last, e.Worker, "%v from no worker", e.Type)
+			assert.Equal(t, last[e.Worker], e.From, "worker %d: %v to %v", e.Worker, e.Type, e.To)
+			last[e.Worker] = e.To
+		case mxrelay.EventDisconnected, mxrelay.EventSessionQueued, mxrelay.EventSessionCompleted:
+			assert.Contains(t, last, e.Worker, "%v from no worker", e.Type)
+		case mxrelay.EventEmailProcessed, mxrelay.EventQueueProcessingStarted, mxrelay.EventQueueProcessingCompleted:
+			assert.Zero(t, e.Worker, "%v is no worker's", e.Type)
+		}
+	}
+	assert.Equal(t, map[int]mxrelay.ConnState{1: mxrelay.StateDisconnected, 2: mxrelay.StateDisconnected}, last)
+}
