@@ -42,6 +42,40 @@
 // MaybeDelivered. The README's Guarantees section has the
 // whole table, and what no client can tell.
 //
+// # Where each step lives
+//
+// The root package's files follow an email's way:
+//
+//   - email.go, body.go: the email as given (its checks, its per-email
+//     settings) and its body, read once at Enqueue and read again at each
+//     attempt;
+//   - send.go: Send, Enqueue and EnqueueWait, the way into the queue;
+//   - record.go: the email record, the one writer of an email's state,
+//     from accepted to its result;
+//   - queue.go: the bounded priority queue, fresh mail and retries in
+//     lanes of their own;
+//   - pace.go: how fast emails go (Options.RateLimit) and throttle
+//     feedback (Options.Throttle);
+//   - worker.go: a session worker, waiting for work, opening a session
+//     through its dialer, backing off;
+//   - session.go: one SMTP session over one stream: taking emails,
+//     lingering for the next, draining at its deadline, QUIT;
+//   - verdict.go: the outcome of one attempt, a pure function of its
+//     replies;
+//   - result.go: what the caller gets back, Result and Handle;
+//   - client.go: the Client's lifecycle (New, Close), Stats and states;
+//   - spool.go: the durable queue of Options.SpoolDir (docs/spool.md);
+//   - events.go, state.go, errors.go, options.go: events, states and
+//     Stats, errors, options;
+//   - netsmtp.go, transport.go, sender.go, env.go: the drop-ins.
+//
+// Under them, internal/relayconn holds both transports behind one dialer
+// (the mxrelay protocol's WebSocket and its channels, or a raw tunnel),
+// internal/smtpc the SMTP engine (the handshake policy, pipelined
+// transactions, the adaptive window, which replies are confirmed) and
+// internal/wire the protocol's messages. docs/architecture.md follows an
+// email through them, with who owns each goroutine.
+//
 // # Drop-ins
 //
 // SendMail, and Transport's SendMail method, take the arguments of net/smtp's
