@@ -14,6 +14,7 @@ import (
 
 	"github.com/mxrelay/mxrelay"
 	"github.com/mxrelay/mxrelay/internal/fakesmtp"
+	"github.com/mxrelay/mxrelay/internal/testkit"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
 
@@ -21,37 +22,37 @@ import (
 func selfSigned(t *testing.T) (*tls.Config, *x509.CertPool) { return selfSignedFor(t, "mx.test") }
 
 func TestSMTPAuth(t *testing.T) {
-	s := newRelay(t, &relaytest.Options{Users: map[string]string{"alice": "s3cret-pw"}})
+	s := testkit.NewRelay(t, &relaytest.Options{Users: map[string]string{"alice": "s3cret-pw"}})
 	t.Run("good credentials", func(t *testing.T) {
-		c := newClient(t, s, &mxrelay.Options{Username: "alice", Password: "s3cret-pw", PasswordInClear: true})
-		_, err := c.Send(ctxT(t), mail("authed"))
+		c := testkit.NewClient(t, s, &mxrelay.Options{Username: "alice", Password: "s3cret-pw", PasswordInClear: true})
+		_, err := c.Send(testkit.Ctx(t), testkit.Mail("authed"))
 		require.NoError(t, err)
 		box := s.Mailbox()
 		require.Len(t, box, 1)
 		assert.Equal(t, "alice", box[0].User)
 	})
 	t.Run("bad credentials fail the waiting emails", func(t *testing.T) {
-		c := newClient(t, s, &mxrelay.Options{Username: "alice", Password: "wrong", PasswordInClear: true})
-		_, err := c.Send(ctxT(t), mail("refused"))
+		c := testkit.NewClient(t, s, &mxrelay.Options{Username: "alice", Password: "wrong", PasswordInClear: true})
+		_, err := c.Send(testkit.Ctx(t), testkit.Mail("refused"))
 		var se *mxrelay.SMTPError
 		require.ErrorAs(t, err, &se)
 		assert.Equal(t, 5, se.Code/100)
-		assert.Equal(t, 0, countSubject(s, "refused"))
+		assert.Equal(t, 0, testkit.CountSubject(s, "refused"))
 	})
 	t.Run("no credentials, server requires them", func(t *testing.T) {
-		c := newClient(t, s, nil)
-		_, err := c.Send(ctxT(t), mail("anonymous"))
+		c := testkit.NewClient(t, s, nil)
+		_, err := c.Send(testkit.Ctx(t), testkit.Mail("anonymous"))
 		var se *mxrelay.SMTPError
 		require.ErrorAs(t, err, &se)
-		assert.Equal(t, 0, countSubject(s, "anonymous"))
+		assert.Equal(t, 0, testkit.CountSubject(s, "anonymous"))
 	})
 }
 
 func TestSMTPAuthLogin(t *testing.T) {
-	s := newRelay(t, &relaytest.Options{Users: map[string]string{"dave": "pw-login"}, AuthMechanisms: []string{"LOGIN"}})
-	logs := &logBuffer{}
-	c := newClient(t, s, &mxrelay.Options{Username: "dave", Password: "pw-login", PasswordInClear: true, Logger: logs.Logger()})
-	_, err := c.Send(ctxT(t), mail("login"))
+	s := testkit.NewRelay(t, &relaytest.Options{Users: map[string]string{"dave": "pw-login"}, AuthMechanisms: []string{"LOGIN"}})
+	logs := &testkit.LogBuffer{}
+	c := testkit.NewClient(t, s, &mxrelay.Options{Username: "dave", Password: "pw-login", PasswordInClear: true, Logger: logs.Logger()})
+	_, err := c.Send(testkit.Ctx(t), testkit.Mail("login"))
 	require.NoError(t, err)
 	require.Len(t, s.Mailbox(), 1)
 	assert.Equal(t, "dave", s.Mailbox()[0].User)
@@ -62,9 +63,9 @@ func TestSMTPAuthLogin(t *testing.T) {
 	}
 
 	t.Run("no mechanism we speak", func(t *testing.T) {
-		s := newRelay(t, &relaytest.Options{Users: map[string]string{"dave": "pw"}, AuthMechanisms: []string{"CRAM-MD5"}})
-		c := newClient(t, s, &mxrelay.Options{Username: "dave", Password: "pw", PasswordInClear: true, MaxReconnectAttempts: 5})
-		_, err := c.Send(ctxT(t), mail("x"))
+		s := testkit.NewRelay(t, &relaytest.Options{Users: map[string]string{"dave": "pw"}, AuthMechanisms: []string{"CRAM-MD5"}})
+		c := testkit.NewClient(t, s, &mxrelay.Options{Username: "dave", Password: "pw", PasswordInClear: true, MaxReconnectAttempts: 5})
+		_, err := c.Send(testkit.Ctx(t), testkit.Mail("x"))
 		require.Error(t, err)
 		assert.Equal(t, 1, s.Stats().Channels, "permanent: not retried")
 	})
@@ -72,12 +73,12 @@ func TestSMTPAuthLogin(t *testing.T) {
 
 func TestStartTLS(t *testing.T) {
 	serverTLS, pool := selfSigned(t)
-	s := newRelay(t, &relaytest.Options{TLSConfig: serverTLS, Users: map[string]string{"bob": "pw-over-tls"}})
+	s := testkit.NewRelay(t, &relaytest.Options{TLSConfig: serverTLS, Users: map[string]string{"bob": "pw-over-tls"}})
 	clientTLS := &tls.Config{RootCAs: pool, ServerName: "mx.test"}
 
-	logs := &logBuffer{}
-	c := newClient(t, s, &mxrelay.Options{StartTLS: mxrelay.StartTLSRequired, TLSConfig: clientTLS, Username: "bob", Password: "pw-over-tls", Logger: logs.Logger(), LocalName: "client.test"})
-	_, err := c.Send(ctxT(t), mail("encrypted"))
+	logs := &testkit.LogBuffer{}
+	c := testkit.NewClient(t, s, &mxrelay.Options{StartTLS: mxrelay.StartTLSRequired, TLSConfig: clientTLS, Username: "bob", Password: "pw-over-tls", Logger: logs.Logger(), LocalName: "client.test"})
+	_, err := c.Send(testkit.Ctx(t), testkit.Mail("encrypted"))
 	require.NoError(t, err)
 	require.Len(t, s.Mailbox(), 1)
 	assert.Equal(t, "bob", s.Mailbox()[0].User)
@@ -87,23 +88,23 @@ func TestStartTLS(t *testing.T) {
 	assert.NotContains(t, out, "MAIL FROM", "nothing after STARTTLS is logged in clear")
 
 	t.Run("opportunistic without STARTTLS offered goes on in clear", func(t *testing.T) {
-		plain := newRelay(t, nil)
-		c := newClient(t, plain, &mxrelay.Options{StartTLS: mxrelay.StartTLSOpportunistic, TLSConfig: &tls.Config{ServerName: "mx.test"}})
-		_, err := c.Send(ctxT(t), mail("clear"))
+		plain := testkit.NewRelay(t, nil)
+		c := testkit.NewClient(t, plain, &mxrelay.Options{StartTLS: mxrelay.StartTLSOpportunistic, TLSConfig: &tls.Config{ServerName: "mx.test"}})
+		_, err := c.Send(testkit.Ctx(t), testkit.Mail("clear"))
 		require.NoError(t, err)
 	})
 	t.Run("opportunistic without STARTTLS offered sends no AUTH", func(t *testing.T) {
 		var mu sync.Mutex
 		var sent strings.Builder
-		plain := newRelay(t, &relaytest.Options{Users: map[string]string{"bob": "pw"}, OnSMTPData: func(d relaytest.SMTPData) {
+		plain := testkit.NewRelay(t, &relaytest.Options{Users: map[string]string{"bob": "pw"}, OnSMTPData: func(d relaytest.SMTPData) {
 			if !d.FromServer {
 				mu.Lock()
 				sent.Write(d.Data)
 				mu.Unlock()
 			}
 		}})
-		c := newClient(t, plain, &mxrelay.Options{StartTLS: mxrelay.StartTLSOpportunistic, TLSConfig: &tls.Config{ServerName: "mx.test"}, Username: "bob", Password: "pw"})
-		_, err := c.Send(ctxT(t), mail("never in clear"))
+		c := testkit.NewClient(t, plain, &mxrelay.Options{StartTLS: mxrelay.StartTLSOpportunistic, TLSConfig: &tls.Config{ServerName: "mx.test"}, Username: "bob", Password: "pw"})
+		_, err := c.Send(testkit.Ctx(t), testkit.Mail("never in clear"))
 		require.Error(t, err)
 		assert.Empty(t, plain.Mailbox())
 		mu.Lock()
@@ -112,20 +113,20 @@ func TestStartTLS(t *testing.T) {
 		assert.NotContains(t, sent.String(), "AUTH", "no password over a channel STARTTLS did not protect")
 	})
 	t.Run("required without STARTTLS offered sends nothing", func(t *testing.T) {
-		plain := newRelay(t, &relaytest.Options{Users: map[string]string{"bob": "pw"}})
-		logs := &logBuffer{}
-		c := newClient(t, plain, &mxrelay.Options{StartTLS: mxrelay.StartTLSRequired, TLSConfig: &tls.Config{ServerName: "mx.test"}, Username: "bob", Password: "pw", Logger: logs.Logger()})
-		_, err := c.Send(ctxT(t), mail("never"))
+		plain := testkit.NewRelay(t, &relaytest.Options{Users: map[string]string{"bob": "pw"}})
+		logs := &testkit.LogBuffer{}
+		c := testkit.NewClient(t, plain, &mxrelay.Options{StartTLS: mxrelay.StartTLSRequired, TLSConfig: &tls.Config{ServerName: "mx.test"}, Username: "bob", Password: "pw", Logger: logs.Logger()})
+		_, err := c.Send(testkit.Ctx(t), testkit.Mail("never"))
 		require.Error(t, err)
 		assert.Empty(t, plain.Mailbox())
 		assert.NotContains(t, logs.String(), `dir=C line="AUTH`, "no AUTH over a channel that had to be encrypted")
 	})
 	t.Run("bad certificate is refused", func(t *testing.T) {
-		c := newClient(t, s, &mxrelay.Options{StartTLS: mxrelay.StartTLSRequired, TLSConfig: &tls.Config{ServerName: "mx.test"}})
-		_, err := c.Send(ctxT(t), mail("untrusted"))
+		c := testkit.NewClient(t, s, &mxrelay.Options{StartTLS: mxrelay.StartTLSRequired, TLSConfig: &tls.Config{ServerName: "mx.test"}})
+		_, err := c.Send(testkit.Ctx(t), testkit.Mail("untrusted"))
 		var x509err x509.UnknownAuthorityError
 		require.ErrorAs(t, err, &x509err)
-		assert.Equal(t, 0, countSubject(s, "untrusted"))
+		assert.Equal(t, 0, testkit.CountSubject(s, "untrusted"))
 	})
 }
 
@@ -137,13 +138,13 @@ func TestDebugLogsHideSecrets(t *testing.T) {
 		body string
 	}{{nil, "<chunk, "}, {[]string{"CHUNKING"}, "<message body"}} {
 		t.Run(tc.body, func(t *testing.T) {
-			s := newRelay(t, &relaytest.Options{APIKeys: []string{apiKey}, Users: map[string]string{"carol": password}, HideExtensions: tc.hide})
-			logs := &logBuffer{}
-			c, err := mxrelay.New(s.URL, apiKey, fast(&mxrelay.Options{Username: "carol", Password: password, PasswordInClear: true, Logger: logs.Logger(), LocalName: "mx-client.example"}))
+			s := testkit.NewRelay(t, &relaytest.Options{APIKeys: []string{apiKey}, Users: map[string]string{"carol": password}, HideExtensions: tc.hide})
+			logs := &testkit.LogBuffer{}
+			c, err := mxrelay.New(s.URL, apiKey, testkit.Fast(&mxrelay.Options{Username: "carol", Password: password, PasswordInClear: true, Logger: logs.Logger(), LocalName: "mx-client.example"}))
 			require.NoError(t, err)
-			_, err = c.Send(ctxT(t), mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: strings.NewReader(msg("secret body text XYZZY"))})
+			_, err = c.Send(testkit.Ctx(t), mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: strings.NewReader(testkit.Msg("secret body text XYZZY"))})
 			require.NoError(t, err)
-			require.NoError(t, c.Close(ctxT(t)))
+			require.NoError(t, c.Close(testkit.Ctx(t)))
 
 			out := logs.String()
 			assert.Contains(t, out, "MAIL FROM:<a@example.com>", "the dialogue is logged")
@@ -222,12 +223,12 @@ func TestNoAuthWithoutRequiredTLS(t *testing.T) {
 					return true
 				})
 			})
-			s := newRelay(t, &relaytest.Options{UpstreamAddr: u.Addr})
+			s := testkit.NewRelay(t, &relaytest.Options{UpstreamAddr: u.Addr})
 			if tc.clientTLS == nil {
 				tc.clientTLS = &tls.Config{ServerName: "mx.test"}
 			}
-			c := newClient(t, s, &mxrelay.Options{StartTLS: mxrelay.StartTLSRequired, TLSConfig: tc.clientTLS, Username: "erin", Password: "pw-needs-tls", MaxReconnectAttempts: 2})
-			_, err := c.Send(ctxT(t), mail("over tls only"))
+			c := testkit.NewClient(t, s, &mxrelay.Options{StartTLS: mxrelay.StartTLSRequired, TLSConfig: tc.clientTLS, Username: "erin", Password: "pw-needs-tls", MaxReconnectAttempts: 2})
+			_, err := c.Send(testkit.Ctx(t), testkit.Mail("over tls only"))
 			if tc.delivered {
 				require.NoError(t, err)
 				assert.True(t, u.Saw("AUTH PLAIN"), "the transcript sees AUTH when it is sent: %q", u.Transcript())

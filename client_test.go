@@ -20,6 +20,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/internal/testkit"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
 
@@ -34,10 +35,10 @@ func TestSendDelivers(t *testing.T) {
 		{name: "json because the relay refuses binary", relayBinary: false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s := newRelay(t, &relaytest.Options{DisableBinary: !tc.relayBinary})
-			c := newClient(t, s, &mxrelay.Options{DisableBinary: tc.disableBinary})
-			body := msg("hello") + "..leading dot\r\n.\r\nnot the end\r\n"
-			res, err := c.Send(ctxT(t), mxrelay.Email{ID: "e1", From: "a@example.com", To: []string{"b@example.com", "c@example.com"}, Body: strings.NewReader(body)})
+			s := testkit.NewRelay(t, &relaytest.Options{DisableBinary: !tc.relayBinary})
+			c := testkit.NewClient(t, s, &mxrelay.Options{DisableBinary: tc.disableBinary})
+			body := testkit.Msg("hello") + "..leading dot\r\n.\r\nnot the end\r\n"
+			res, err := c.Send(testkit.Ctx(t), mxrelay.Email{ID: "e1", From: "a@example.com", To: []string{"b@example.com", "c@example.com"}, Body: strings.NewReader(body)})
 			require.NoError(t, err)
 			assert.True(t, res.Delivered())
 			assert.Equal(t, mxrelay.OutcomeDelivered, res.Outcome)
@@ -73,9 +74,9 @@ func TestLargeBodyBothEncodings(t *testing.T) {
 	body := b.String()
 	for _, binary := range []bool{true, false} {
 		t.Run(fmt.Sprint("binary=", binary), func(t *testing.T) {
-			s := newRelay(t, &relaytest.Options{DisableBinary: !binary})
-			c := newClient(t, s, nil)
-			_, err := c.Send(ctxT(t), mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: strings.NewReader(body)})
+			s := testkit.NewRelay(t, &relaytest.Options{DisableBinary: !binary})
+			c := testkit.NewClient(t, s, nil)
+			_, err := c.Send(testkit.Ctx(t), mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: strings.NewReader(body)})
 			require.NoError(t, err)
 			box := s.Mailbox()
 			require.Len(t, box, 1)
@@ -85,10 +86,10 @@ func TestLargeBodyBothEncodings(t *testing.T) {
 }
 
 func TestJSONModeRefusesNonUTF8(t *testing.T) {
-	s := newRelay(t, &relaytest.Options{DisableBinary: true})
-	c := newClient(t, s, nil)
+	s := testkit.NewRelay(t, &relaytest.Options{DisableBinary: true})
+	c := testkit.NewClient(t, s, nil)
 	latin1 := "Subject: caf\xe9\r\n\r\nna\xefve\r\n"
-	res, err := c.Send(ctxT(t), mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: strings.NewReader(latin1)})
+	res, err := c.Send(testkit.Ctx(t), mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: strings.NewReader(latin1)})
 	require.ErrorIs(t, err, mxrelay.ErrNotUTF8)
 	require.ErrorIs(t, err, mxrelay.ErrInvalidEmail)
 	var ee *mxrelay.EmailError
@@ -98,36 +99,36 @@ func TestJSONModeRefusesNonUTF8(t *testing.T) {
 	assert.Empty(t, s.Mailbox())
 
 	// The session goes on: the next email is delivered.
-	_, err = c.Send(ctxT(t), mail("after"))
+	_, err = c.Send(testkit.Ctx(t), testkit.Mail("after"))
 	require.NoError(t, err)
-	assert.Equal(t, []string{"after"}, subjects(s))
+	assert.Equal(t, []string{"after"}, testkit.Subjects(s))
 }
 
 func TestBinaryModeCarries8Bit(t *testing.T) {
-	s := newRelay(t, nil)
-	c := newClient(t, s, nil)
+	s := testkit.NewRelay(t, nil)
+	c := testkit.NewClient(t, s, nil)
 	latin1 := "Subject: caf\xe9\r\n\r\nna\xefve \x00\xff\r\n"
-	_, err := c.Send(ctxT(t), mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: strings.NewReader(latin1)})
+	_, err := c.Send(testkit.Ctx(t), mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: strings.NewReader(latin1)})
 	require.NoError(t, err)
 	require.Len(t, s.Mailbox(), 1)
 	assert.Equal(t, latin1, string(s.Mailbox()[0].Data))
 }
 
 func TestReadOnceBodyIsSpooledAndRetried(t *testing.T) {
-	s := newRelay(t, nil)
+	s := testkit.NewRelay(t, nil)
 	// Cut the connection early in the body. Pipelined, the client may have
 	// written the whole body and its end of data into the socket before it
 	// notices (an unknown outcome, then), so RetryUnknown: the relay cut
 	// after 200 bytes, the server cannot have the email either way.
 	s.Inject(relaytest.Fault{Kind: relaytest.DropAfterBytes, Bytes: 200})
-	c := newClient(t, s, &mxrelay.Options{TempDir: t.TempDir(), RetryUnknown: true})
-	body := msg("once") + strings.Repeat(strings.Repeat("x", 70)+"\r\n", 30000)
+	c := testkit.NewClient(t, s, &mxrelay.Options{TempDir: t.TempDir(), RetryUnknown: true})
+	body := testkit.Msg("once") + strings.Repeat(strings.Repeat("x", 70)+"\r\n", 30000)
 	pr, pw := io.Pipe()
 	go func() {
 		io.WriteString(pw, body)
 		pw.Close()
 	}()
-	res, err := c.Send(ctxT(t), mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: io.MultiReader(pr)})
+	res, err := c.Send(testkit.Ctx(t), mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: io.MultiReader(pr)})
 	require.NoError(t, err)
 	assert.Equal(t, 2, res.Attempts, "the first attempt was cut")
 	require.Len(t, s.Mailbox(), 1)
@@ -141,32 +142,32 @@ func TestReadOnceBodyCopyHasNoName(t *testing.T) {
 	if runtime.GOOS == "windows" {
 		t.Skip("Windows cannot unlink an open file: the copy is removed with the result")
 	}
-	s := newRelay(t, nil)
+	s := testkit.NewRelay(t, nil)
 	s.Inject(relaytest.Fault{Kind: relaytest.StallReply, Command: "MAIL"})
 	dir := t.TempDir()
-	c := newClient(t, s, &mxrelay.Options{TempDir: dir})
-	h, err := c.Enqueue(mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: io.MultiReader(strings.NewReader(msg("payroll")))})
+	c := testkit.NewClient(t, s, &mxrelay.Options{TempDir: dir})
+	h, err := c.Enqueue(mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: io.MultiReader(strings.NewReader(testkit.Msg("payroll")))})
 	require.NoError(t, err)
 	left, err := os.ReadDir(dir)
 	require.NoError(t, err)
 	assert.Empty(t, left, "the copy is unlinked as soon as it is made")
 	h.Cancel()
-	_, err = h.Wait(ctxT(t))
+	_, err = h.Wait(testkit.Ctx(t))
 	require.ErrorIs(t, err, mxrelay.ErrCanceled)
 }
 
 func TestBytesBufferIsNotDrained(t *testing.T) {
-	s := newRelay(t, nil)
-	c := newClient(t, s, nil)
-	buf := bytes.NewBufferString(msg("buffer"))
-	_, err := c.Send(ctxT(t), mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: buf})
+	s := testkit.NewRelay(t, nil)
+	c := testkit.NewClient(t, s, nil)
+	buf := bytes.NewBufferString(testkit.Msg("buffer"))
+	_, err := c.Send(testkit.Ctx(t), mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: buf})
 	require.NoError(t, err)
-	assert.Equal(t, msg("buffer"), buf.String())
+	assert.Equal(t, testkit.Msg("buffer"), buf.String())
 }
 
 func TestInvalidEmails(t *testing.T) {
-	s := newRelay(t, nil)
-	c := newClient(t, s, nil)
+	s := testkit.NewRelay(t, nil)
+	c := testkit.NewClient(t, s, nil)
 	long := strings.Repeat("a", 250) + "@example.com"
 	for _, tc := range []struct {
 		name string
@@ -183,16 +184,16 @@ func TestInvalidEmails(t *testing.T) {
 		{"not an address", mxrelay.Email{From: "a@example.com", To: []string{"bob"}, Body: strings.NewReader("x")}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			res, err := c.Send(ctxT(t), tc.e)
+			res, err := c.Send(testkit.Ctx(t), tc.e)
 			require.ErrorIs(t, err, mxrelay.ErrInvalidEmail)
 			assert.Nil(t, res)
 		})
 	}
-	_, err := c.Enqueue(mail("x"), mxrelay.WithPriority(mxrelay.Priority(7)))
+	_, err := c.Enqueue(testkit.Mail("x"), mxrelay.WithPriority(mxrelay.Priority(7)))
 	require.ErrorIs(t, err, mxrelay.ErrInvalidEmail)
 	assert.Zero(t, s.Stats().Connections, "nothing invalid makes the client connect")
 	// The null reverse-path is valid.
-	_, err = c.Send(ctxT(t), mxrelay.Email{From: "", To: []string{"b@example.com"}, Body: strings.NewReader(msg("bounce"))})
+	_, err = c.Send(testkit.Ctx(t), mxrelay.Email{From: "", To: []string{"b@example.com"}, Body: strings.NewReader(testkit.Msg("bounce"))})
 	require.NoError(t, err)
 }
 
@@ -248,120 +249,120 @@ func TestNewValidatesOptions(t *testing.T) {
 	assert.Equal(t, mxrelay.Options{}, o, "defaults are applied to a copy")
 	require.NoError(t, c.Close(context.Background()))
 	require.NoError(t, c.Close(context.Background()), "Close twice is safe")
-	_, err = c.Enqueue(mail("late"))
+	_, err = c.Enqueue(testkit.Mail("late"))
 	require.ErrorIs(t, err, mxrelay.ErrClosed)
 }
 
 func TestAuthRejectedIsPermanent(t *testing.T) {
-	s := newRelay(t, &relaytest.Options{APIKeys: []string{"right-key-0000000000"}})
-	rec := &recorder{}
-	c, err := mxrelay.New(s.URL, "wrong-key-0000000000", fast(&mxrelay.Options{OnEvent: rec.On, MaxReconnectAttempts: 5}))
+	s := testkit.NewRelay(t, &relaytest.Options{APIKeys: []string{"right-key-0000000000"}})
+	rec := &testkit.Recorder{}
+	c, err := mxrelay.New(s.URL, "wrong-key-0000000000", testkit.Fast(&mxrelay.Options{OnEvent: rec.On, MaxReconnectAttempts: 5}))
 	require.NoError(t, err)
 	defer c.Close(context.Background())
 
-	h1, err := c.Enqueue(mail("one"))
+	h1, err := c.Enqueue(testkit.Mail("one"))
 	require.NoError(t, err)
-	h2, err := c.Enqueue(mail("two"))
+	h2, err := c.Enqueue(testkit.Mail("two"))
 	require.NoError(t, err)
 	for _, h := range []*mxrelay.Handle{h1, h2} {
-		res, err := h.Wait(ctxT(t))
+		res, err := h.Wait(testkit.Ctx(t))
 		require.ErrorIs(t, err, mxrelay.ErrAuthFailed)
 		assert.False(t, res.Delivered())
 	}
 	assert.Equal(t, 1, s.Stats().AuthFailures, "the same key is not tried again")
 	assert.Equal(t, mxrelay.StateFailed, c.ConnState())
-	_, err = c.Send(ctxT(t), mail("three"))
+	_, err = c.Send(testkit.Ctx(t), testkit.Mail("three"))
 	require.ErrorIs(t, err, mxrelay.ErrAuthFailed)
 	assert.Equal(t, 1, s.Stats().Connections)
 	assert.Empty(t, s.Mailbox())
 }
 
 func TestRejectAuthFault(t *testing.T) {
-	s := newRelay(t, nil)
+	s := testkit.NewRelay(t, nil)
 	s.Inject(relaytest.Fault{Kind: relaytest.RejectAuth, Error: "key revoked"})
-	c := newClient(t, s, nil)
-	_, err := c.Send(ctxT(t), mail("x"))
+	c := testkit.NewClient(t, s, nil)
+	_, err := c.Send(testkit.Ctx(t), testkit.Mail("x"))
 	require.ErrorIs(t, err, mxrelay.ErrAuthFailed)
 	assert.Contains(t, err.Error(), "key revoked")
 }
 
 func TestChannelErrorIsRetried(t *testing.T) {
-	s := newRelay(t, nil)
+	s := testkit.NewRelay(t, nil)
 	s.Inject(relaytest.Fault{Kind: relaytest.FailChannel, Error: "upstream unreachable"})
-	rec := &recorder{}
-	c := newClient(t, s, &mxrelay.Options{OnEvent: rec.On})
-	res, err := c.Send(ctxT(t), mail("after channel error"))
+	rec := &testkit.Recorder{}
+	c := testkit.NewClient(t, s, &mxrelay.Options{OnEvent: rec.On})
+	res, err := c.Send(testkit.Ctx(t), testkit.Mail("after channel error"))
 	require.NoError(t, err)
 	assert.Equal(t, 1, res.Attempts, "a set-up failure costs the email no attempt")
 	assert.Equal(t, 1, s.Stats().Connections, "a channel error does not cost the WebSocket")
-	assert.Equal(t, []string{"after channel error"}, subjects(s))
-	require.NoError(t, c.Close(ctxT(t))) // the session's QUIT comes after the result
+	assert.Equal(t, []string{"after channel error"}, testkit.Subjects(s))
+	require.NoError(t, c.Close(testkit.Ctx(t))) // the session's QUIT comes after the result
 	st := c.Stats()
 	assert.EqualValues(t, 1, st.SessionsFailed)
 	assert.EqualValues(t, 1, st.SessionsCompleted)
 }
 
 func TestDropAfterRcptRetries(t *testing.T) {
-	s := newRelay(t, nil)
+	s := testkit.NewRelay(t, nil)
 	s.Inject(relaytest.Fault{Kind: relaytest.DropAfterRcpt})
-	c := newClient(t, s, &mxrelay.Options{DisablePipelining: true})
-	res, err := c.Send(ctxT(t), mail("dropped once"))
+	c := testkit.NewClient(t, s, &mxrelay.Options{DisablePipelining: true})
+	res, err := c.Send(testkit.Ctx(t), testkit.Mail("dropped once"))
 	require.NoError(t, err)
 	assert.Equal(t, 2, res.Attempts)
 	assert.False(t, res.MaybeDelivered, "the drop came before the end of data")
-	assert.Equal(t, 1, countSubject(s, "dropped once"))
+	assert.Equal(t, 1, testkit.CountSubject(s, "dropped once"))
 	assert.Equal(t, 2, s.Stats().Connections, "the client reconnected")
 }
 
 // Pipelined, the end of data goes out with the RCPT: a drop before the
 // RCPT's reply leaves the outcome unknown, never "not sent".
 func TestDropAfterPipelinedRcptIsUnknown(t *testing.T) {
-	s := newRelay(t, nil)
+	s := testkit.NewRelay(t, nil)
 	s.Inject(relaytest.Fault{Kind: relaytest.DropAfterRcpt})
-	c := newClient(t, s, nil)
-	res, err := c.Send(ctxT(t), mail("dropped in the pipe"))
+	c := testkit.NewClient(t, s, nil)
+	res, err := c.Send(testkit.Ctx(t), testkit.Mail("dropped in the pipe"))
 	require.ErrorIs(t, err, mxrelay.ErrUnknownOutcome)
 	assert.True(t, res.MaybeDelivered)
 	assert.Equal(t, 1, res.Attempts)
-	assert.Equal(t, 0, countSubject(s, "dropped in the pipe"), "the relay cut before forwarding the data")
+	assert.Equal(t, 0, testkit.CountSubject(s, "dropped in the pipe"), "the relay cut before forwarding the data")
 }
 
 func TestDropAfterFinalDot(t *testing.T) {
 	t.Run("unknown outcome fails by default", func(t *testing.T) {
-		s := newRelay(t, nil)
+		s := testkit.NewRelay(t, nil)
 		s.Inject(relaytest.Fault{Kind: relaytest.DropAfterFinalDot})
-		c := newClient(t, s, nil)
-		res, err := c.Send(ctxT(t), mail("maybe"))
+		c := testkit.NewClient(t, s, nil)
+		res, err := c.Send(testkit.Ctx(t), testkit.Mail("maybe"))
 		require.ErrorIs(t, err, mxrelay.ErrUnknownOutcome)
 		var ue *mxrelay.UnknownOutcomeError
 		require.ErrorAs(t, err, &ue)
 		assert.Equal(t, mxrelay.OutcomeUnknown, res.Outcome)
 		assert.True(t, res.MaybeDelivered)
 		assert.Equal(t, 1, res.Attempts)
-		assert.Equal(t, 1, countSubject(s, "maybe"), "the upstream did get it")
+		assert.Equal(t, 1, testkit.CountSubject(s, "maybe"), "the upstream did get it")
 		// The next email goes through a new connection.
-		_, err = c.Send(ctxT(t), mail("next"))
+		_, err = c.Send(testkit.Ctx(t), testkit.Mail("next"))
 		require.NoError(t, err)
 	})
 	t.Run("retried when allowed", func(t *testing.T) {
-		s := newRelay(t, nil)
+		s := testkit.NewRelay(t, nil)
 		s.Inject(relaytest.Fault{Kind: relaytest.DropAfterFinalDot})
-		c := newClient(t, s, &mxrelay.Options{RetryUnknown: true})
-		res, err := c.Send(ctxT(t), mail("twice"))
+		c := testkit.NewClient(t, s, &mxrelay.Options{RetryUnknown: true})
+		res, err := c.Send(testkit.Ctx(t), testkit.Mail("twice"))
 		require.NoError(t, err)
 		assert.Equal(t, mxrelay.OutcomeDelivered, res.Outcome, "delivered, though an earlier attempt may have delivered it too")
 		assert.True(t, res.MaybeDelivered)
 		assert.Equal(t, 2, res.Attempts)
-		assert.Equal(t, 2, countSubject(s, "twice"), "a retried unknown outcome may duplicate, and the result says so")
+		assert.Equal(t, 2, testkit.CountSubject(s, "twice"), "a retried unknown outcome may duplicate, and the result says so")
 	})
 }
 
 func TestRecipientReplies(t *testing.T) {
-	s := newRelay(t, nil)
+	s := testkit.NewRelay(t, nil)
 	s.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: "RCPT", Recipient: "gone@example.com", Reply: "550 5.1.1 <gone@example.com>: no such user", Times: -1})
 	s.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: "RCPT", Recipient: "busy@example.com", Reply: "450 4.2.1 mailbox busy"})
-	c := newClient(t, s, nil)
-	res, err := c.Send(ctxT(t), mail("partial", "ok@example.com", "gone@example.com", "busy@example.com"))
+	c := testkit.NewClient(t, s, nil)
+	res, err := c.Send(testkit.Ctx(t), testkit.Mail("partial", "ok@example.com", "gone@example.com", "busy@example.com"))
 	require.NoError(t, err, "delivered to the accepted recipients")
 	assert.Equal(t, mxrelay.OutcomeDelivered, res.Outcome, "delivered to some, refused for others")
 	assert.ElementsMatch(t, []string{"ok@example.com", "busy@example.com"}, res.Accepted)
@@ -378,7 +379,7 @@ func TestRecipientReplies(t *testing.T) {
 	assert.Equal(t, []string{"busy@example.com"}, box[1].To)
 
 	t.Run("all rejected fails with the reply", func(t *testing.T) {
-		res, err := c.Send(ctxT(t), mail("nobody", "gone@example.com"))
+		res, err := c.Send(testkit.Ctx(t), testkit.Mail("nobody", "gone@example.com"))
 		var se *mxrelay.SMTPError
 		require.ErrorAs(t, err, &se)
 		assert.Equal(t, 550, se.Code)
@@ -388,7 +389,7 @@ func TestRecipientReplies(t *testing.T) {
 	})
 	t.Run("temporary rejection runs out of retries", func(t *testing.T) {
 		s.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: "RCPT", Recipient: "full@example.com", Reply: "452 4.2.2 over quota", Times: -1})
-		res, err := c.Send(ctxT(t), mail("full", "full@example.com"), mxrelay.WithRetries(2))
+		res, err := c.Send(testkit.Ctx(t), testkit.Mail("full", "full@example.com"), mxrelay.WithRetries(2))
 		var ee *mxrelay.EmailError
 		require.ErrorAs(t, err, &ee)
 		assert.True(t, ee.Temporary())
@@ -420,27 +421,27 @@ func TestPermanentAndTemporaryReplies(t *testing.T) {
 		{"421 to RCPT", "RCPT", "421 4.3.2 shutting down", true, 2},
 		{"421 to end of data", ".", "421 4.3.2 shutting down", true, 2},
 	} {
-		for _, m := range modes {
+		for _, m := range testkit.Modes {
 			if m.Chunking != (tc.command != "DATA") {
 				continue
 			}
 			t.Run(m.Name+"/"+tc.name, func(t *testing.T) {
-				s := newRelay(t, &relaytest.Options{HideExtensions: m.Hide})
+				s := testkit.NewRelay(t, &relaytest.Options{HideExtensions: m.Hide})
 				s.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: tc.command, Reply: tc.reply})
-				c := newClient(t, s, &mxrelay.Options{DisablePipelining: m.Lockstep})
-				res, err := c.Send(ctxT(t), mail(tc.name))
+				c := testkit.NewClient(t, s, &mxrelay.Options{DisablePipelining: m.Lockstep})
+				res, err := c.Send(testkit.Ctx(t), testkit.Mail(tc.name))
 				assert.Equal(t, tc.attempts, res.Attempts)
 				if tc.delivered {
 					require.NoError(t, err)
-					assert.Equal(t, 1, countSubject(s, tc.name))
+					assert.Equal(t, 1, testkit.CountSubject(s, tc.name))
 					return
 				}
 				var se *mxrelay.SMTPError
 				require.ErrorAs(t, err, &se)
 				assert.Equal(t, tc.reply[:3], fmt.Sprint(se.Code))
-				assert.Equal(t, 0, countSubject(s, tc.name))
+				assert.Equal(t, 0, testkit.CountSubject(s, tc.name))
 				// RSET keeps the session usable for the next email.
-				_, err = c.Send(ctxT(t), mail("next"))
+				_, err = c.Send(testkit.Ctx(t), testkit.Mail("next"))
 				require.NoError(t, err)
 			})
 		}
@@ -448,8 +449,8 @@ func TestPermanentAndTemporaryReplies(t *testing.T) {
 }
 
 func Test421MidSessionEndsTheSession(t *testing.T) {
-	s := newRelay(t, nil)
-	c := newClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 10, BatchWait: 5 * time.Second})
+	s := testkit.NewRelay(t, nil)
+	c := testkit.NewClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 10, BatchWait: 5 * time.Second})
 	// The fifth email's RCPT gets 421 after the first two were delivered... in
 	// queue order the RCPT of r2 comes third.
 	var hs []*mxrelay.Handle
@@ -457,12 +458,12 @@ func Test421MidSessionEndsTheSession(t *testing.T) {
 		if i == 4 {
 			s.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: "RCPT", Recipient: "r2@example.com", Reply: "421 4.3.2 closing"})
 		}
-		h, err := c.Enqueue(mail(fmt.Sprint("m", i), fmt.Sprintf("r%d@example.com", i)))
+		h, err := c.Enqueue(testkit.Mail(fmt.Sprint("m", i), fmt.Sprintf("r%d@example.com", i)))
 		require.NoError(t, err)
 		hs = append(hs, h)
 	}
 	for i, h := range hs {
-		res, err := h.Wait(ctxT(t))
+		res, err := h.Wait(testkit.Ctx(t))
 		if i < 2 && err != nil {
 			// Answered 250 before the 421, which confirms nothing; and
 			// relaytest's go-smtp words RSET's 250 like MAIL's, so no
@@ -478,16 +479,16 @@ func Test421MidSessionEndsTheSession(t *testing.T) {
 }
 
 func TestBatchingIntoSessions(t *testing.T) {
-	s := newRelay(t, nil)
-	c := newClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 10, BatchWait: 10 * time.Second})
+	s := testkit.NewRelay(t, nil)
+	c := testkit.NewClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 10, BatchWait: 10 * time.Second})
 	var hs []*mxrelay.Handle
 	for i := range 25 {
-		h, err := c.Enqueue(mail(fmt.Sprint("b", i)))
+		h, err := c.Enqueue(testkit.Mail(fmt.Sprint("b", i)))
 		require.NoError(t, err)
 		hs = append(hs, h)
 	}
 	// The last 5 do not fill a session: Close flushes them without waiting out BatchWait.
-	ctx := ctxT(t)
+	ctx := testkit.Ctx(t)
 	for _, h := range hs[:20] {
 		_, err := h.Wait(ctx)
 		require.NoError(t, err)
@@ -510,52 +511,52 @@ func TestBatchingIntoSessions(t *testing.T) {
 }
 
 func TestPriorityOrder(t *testing.T) {
-	s := newRelay(t, nil)
-	c := newClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 8, BatchWait: 10 * time.Second})
+	s := testkit.NewRelay(t, nil)
+	c := testkit.NewClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 8, BatchWait: 10 * time.Second})
 	prios := []mxrelay.Priority{mxrelay.PriorityLow, mxrelay.PriorityNormal, mxrelay.PriorityHigh, mxrelay.PriorityNormal,
 		mxrelay.PriorityLow, mxrelay.PriorityHigh, mxrelay.PriorityNormal, mxrelay.PriorityCritical}
 	var hs []*mxrelay.Handle
 	for i, p := range prios {
-		h, err := c.Enqueue(mail(fmt.Sprintf("%d-%s", i, p)), mxrelay.WithPriority(p))
+		h, err := c.Enqueue(testkit.Mail(fmt.Sprintf("%d-%s", i, p)), mxrelay.WithPriority(p))
 		require.NoError(t, err)
 		hs = append(hs, h)
 	}
 	for _, h := range hs {
-		_, err := h.Wait(ctxT(t))
+		_, err := h.Wait(testkit.Ctx(t))
 		require.NoError(t, err)
 	}
-	assert.Equal(t, []string{"7-CRITICAL", "2-HIGH", "5-HIGH", "1-NORMAL", "3-NORMAL", "6-NORMAL", "0-LOW", "4-LOW"}, subjects(s))
+	assert.Equal(t, []string{"7-CRITICAL", "2-HIGH", "5-HIGH", "1-NORMAL", "3-NORMAL", "6-NORMAL", "0-LOW", "4-LOW"}, testkit.Subjects(s))
 	assert.Equal(t, 1, s.Stats().Channels)
 }
 
 func TestImmediateSkipsBatchWait(t *testing.T) {
-	s := newRelay(t, nil)
-	c := newClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 10, BatchWait: time.Hour})
-	h, err := c.Enqueue(mail("waits"))
+	s := testkit.NewRelay(t, nil)
+	c := testkit.NewClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 10, BatchWait: time.Hour})
+	h, err := c.Enqueue(testkit.Mail("waits"))
 	require.NoError(t, err)
-	_, err = c.Send(ctxT(t), mail("now"), mxrelay.Immediate())
+	_, err = c.Send(testkit.Ctx(t), testkit.Mail("now"), mxrelay.Immediate())
 	require.NoError(t, err, "Immediate started the session despite an hour of BatchWait")
-	_, err = h.Wait(ctxT(t))
+	_, err = h.Wait(testkit.Ctx(t))
 	require.NoError(t, err, "the waiting email joined the session")
-	_, err = c.Send(ctxT(t), mail("critical"), mxrelay.WithPriority(mxrelay.PriorityCritical))
+	_, err = c.Send(testkit.Ctx(t), testkit.Mail("critical"), mxrelay.WithPriority(mxrelay.PriorityCritical))
 	require.NoError(t, err, "CRITICAL skips BatchWait too")
 }
 
 func TestEmailsQueuedDuringASessionJoinIt(t *testing.T) {
-	s := newRelay(t, &relaytest.Options{Latency: relaytest.Latency{ToClient: 20 * time.Millisecond}})
-	c := newClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 10})
-	first, err := c.Enqueue(mail("first"))
+	s := testkit.NewRelay(t, &relaytest.Options{Latency: relaytest.Latency{ToClient: 20 * time.Millisecond}})
+	c := testkit.NewClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 10})
+	first, err := c.Enqueue(testkit.Mail("first"))
 	require.NoError(t, err)
 	var hs []*mxrelay.Handle
 	for i := range 4 {
-		h, err := c.Enqueue(mail(fmt.Sprint("join", i)))
+		h, err := c.Enqueue(testkit.Mail(fmt.Sprint("join", i)))
 		require.NoError(t, err)
 		hs = append(hs, h)
 	}
-	r1, err := first.Wait(ctxT(t))
+	r1, err := first.Wait(testkit.Ctx(t))
 	require.NoError(t, err)
 	for _, h := range hs {
-		r, err := h.Wait(ctxT(t))
+		r, err := h.Wait(testkit.Ctx(t))
 		require.NoError(t, err)
 		assert.Equal(t, r1.SessionID, r.SessionID)
 	}
@@ -563,24 +564,24 @@ func TestEmailsQueuedDuringASessionJoinIt(t *testing.T) {
 }
 
 func TestQueueFull(t *testing.T) {
-	s := newRelay(t, nil)
+	s := testkit.NewRelay(t, nil)
 	s.SetDown(true)
-	c := newClient(t, s, &mxrelay.Options{MaxQueueSize: 3, ReconnectInterval: time.Hour, MaxReconnectAttempts: 100})
+	c := testkit.NewClient(t, s, &mxrelay.Options{MaxQueueSize: 3, ReconnectInterval: time.Hour, MaxReconnectAttempts: 100})
 	for i := range 3 {
-		_, err := c.Enqueue(mail(fmt.Sprint(i)))
+		_, err := c.Enqueue(testkit.Mail(fmt.Sprint(i)))
 		require.NoError(t, err)
 	}
-	_, err := c.Enqueue(mail("one too many"))
+	_, err := c.Enqueue(testkit.Mail("one too many"))
 	require.ErrorIs(t, err, mxrelay.ErrQueueFull)
-	res, err := c.Send(ctxT(t), mail("also"))
+	res, err := c.Send(testkit.Ctx(t), testkit.Mail("also"))
 	require.ErrorIs(t, err, mxrelay.ErrQueueFull)
 	assert.Nil(t, res)
 	assert.Equal(t, 3, c.Stats().QueueSize)
 }
 
 func TestReconnectAfterRelayRestart(t *testing.T) {
-	s := newRelay(t, nil)
-	rec := &recorder{}
+	s := testkit.NewRelay(t, nil)
+	rec := &testkit.Recorder{}
 	// The relay comes back once a set-up has failed while it was down.
 	onEvent := func(e mxrelay.Event) {
 		rec.On(e)
@@ -588,25 +589,25 @@ func TestReconnectAfterRelayRestart(t *testing.T) {
 			s.SetDown(false)
 		}
 	}
-	c := newClient(t, s, &mxrelay.Options{OnEvent: onEvent, IdleTimeout: time.Minute})
-	_, err := c.Send(ctxT(t), mail("before"))
+	c := testkit.NewClient(t, s, &mxrelay.Options{OnEvent: onEvent, IdleTimeout: time.Minute})
+	_, err := c.Send(testkit.Ctx(t), testkit.Mail("before"))
 	require.NoError(t, err)
 	s.CloseClientConnections()
 	s.SetDown(true)
-	_, err = c.Send(ctxT(t), mail("after"))
+	_, err = c.Send(testkit.Ctx(t), testkit.Mail("after"))
 	require.NoError(t, err)
-	assert.Equal(t, []string{"before", "after"}, subjects(s))
+	assert.Equal(t, []string{"before", "after"}, testkit.Subjects(s))
 	assert.GreaterOrEqual(t, s.Stats().Connections, 2)
 	assert.GreaterOrEqual(t, rec.Count(mxrelay.EventDisconnected), 1)
 	assert.GreaterOrEqual(t, rec.Count(mxrelay.EventReconnecting), 1)
 }
 
 func TestReconnectAttemptsRunOut(t *testing.T) {
-	s := newRelay(t, nil)
+	s := testkit.NewRelay(t, nil)
 	s.SetDown(true)
-	rec := &recorder{}
-	c := newClient(t, s, &mxrelay.Options{MaxReconnectAttempts: 3, OnEvent: rec.On})
-	res, err := c.Send(ctxT(t), mail("unreachable"))
+	rec := &testkit.Recorder{}
+	c := testkit.NewClient(t, s, &mxrelay.Options{MaxReconnectAttempts: 3, OnEvent: rec.On})
+	res, err := c.Send(testkit.Ctx(t), testkit.Mail("unreachable"))
 	var ce *mxrelay.ConnectError
 	require.ErrorAs(t, err, &ce)
 	assert.Equal(t, 3, ce.Attempts)
@@ -616,136 +617,136 @@ func TestReconnectAttemptsRunOut(t *testing.T) {
 	assert.Equal(t, 2, rec.Count(mxrelay.EventReconnecting))
 
 	s.SetDown(false)
-	_, err = c.Send(ctxT(t), mail("new cycle"))
+	_, err = c.Send(testkit.Ctx(t), testkit.Mail("new cycle"))
 	require.NoError(t, err, "the next Send starts a new cycle")
 }
 
 func TestTimeouts(t *testing.T) {
 	t.Run("AuthTimeout", func(t *testing.T) {
-		s := newRelay(t, nil)
+		s := testkit.NewRelay(t, nil)
 		s.Inject(relaytest.Fault{Kind: relaytest.IgnoreAuth})
-		c := newClient(t, s, &mxrelay.Options{AuthTimeout: 100 * time.Millisecond})
-		_, err := c.Send(ctxT(t), mail("x"))
+		c := testkit.NewClient(t, s, &mxrelay.Options{AuthTimeout: 100 * time.Millisecond})
+		_, err := c.Send(testkit.Ctx(t), testkit.Mail("x"))
 		require.NoError(t, err)
 		assert.Equal(t, 2, s.Stats().Connections)
 	})
 	t.Run("ChannelTimeout", func(t *testing.T) {
-		s := newRelay(t, nil)
+		s := testkit.NewRelay(t, nil)
 		s.Inject(relaytest.Fault{Kind: relaytest.IgnoreChannel})
-		c := newClient(t, s, &mxrelay.Options{ChannelTimeout: 100 * time.Millisecond})
-		_, err := c.Send(ctxT(t), mail("x"))
+		c := testkit.NewClient(t, s, &mxrelay.Options{ChannelTimeout: 100 * time.Millisecond})
+		_, err := c.Send(testkit.Ctx(t), testkit.Mail("x"))
 		require.NoError(t, err)
 	})
 	t.Run("CommandTimeout", func(t *testing.T) {
-		s := newRelay(t, nil)
+		s := testkit.NewRelay(t, nil)
 		s.Inject(relaytest.Fault{Kind: relaytest.StallReply, Command: "RCPT"})
-		c := newClient(t, s, &mxrelay.Options{CommandTimeout: 200 * time.Millisecond, DisablePipelining: true})
-		res, err := c.Send(ctxT(t), mail("stalled once"))
+		c := testkit.NewClient(t, s, &mxrelay.Options{CommandTimeout: 200 * time.Millisecond, DisablePipelining: true})
+		res, err := c.Send(testkit.Ctx(t), testkit.Mail("stalled once"))
 		require.NoError(t, err)
 		assert.Equal(t, 2, res.Attempts)
-		assert.Equal(t, 1, countSubject(s, "stalled once"))
+		assert.Equal(t, 1, testkit.CountSubject(s, "stalled once"))
 	})
 	t.Run("CommandTimeout in a pipelined transaction is unknown", func(t *testing.T) {
-		s := newRelay(t, nil)
+		s := testkit.NewRelay(t, nil)
 		s.Inject(relaytest.Fault{Kind: relaytest.StallReply, Command: "RCPT"})
-		c := newClient(t, s, &mxrelay.Options{CommandTimeout: 200 * time.Millisecond})
-		res, err := c.Send(ctxT(t), mail("stalled in the pipe"))
+		c := testkit.NewClient(t, s, &mxrelay.Options{CommandTimeout: 200 * time.Millisecond})
+		res, err := c.Send(testkit.Ctx(t), testkit.Mail("stalled in the pipe"))
 		require.ErrorIs(t, err, mxrelay.ErrUnknownOutcome, "its end of data was written with the RCPT")
 		assert.True(t, res.MaybeDelivered)
 	})
 	t.Run("CommandTimeout at end of data is unknown", func(t *testing.T) {
-		s := newRelay(t, nil)
+		s := testkit.NewRelay(t, nil)
 		s.Inject(relaytest.Fault{Kind: relaytest.StallReply, Command: "."})
-		c := newClient(t, s, &mxrelay.Options{CommandTimeout: 200 * time.Millisecond})
-		res, err := c.Send(ctxT(t), mail("stalled dot"))
+		c := testkit.NewClient(t, s, &mxrelay.Options{CommandTimeout: 200 * time.Millisecond})
+		res, err := c.Send(testkit.Ctx(t), testkit.Mail("stalled dot"))
 		require.ErrorIs(t, err, mxrelay.ErrUnknownOutcome)
 		assert.True(t, res.MaybeDelivered)
 	})
 	t.Run("SessionTimeout", func(t *testing.T) {
-		s := newRelay(t, nil)
+		s := testkit.NewRelay(t, nil)
 		s.Inject(relaytest.Fault{Kind: relaytest.StallReply, Command: "MAIL"})
-		c := newClient(t, s, &mxrelay.Options{SessionTimeout: 200 * time.Millisecond, CommandTimeout: time.Minute, DisablePipelining: true})
-		res, err := c.Send(ctxT(t), mail("slow session"))
+		c := testkit.NewClient(t, s, &mxrelay.Options{SessionTimeout: 200 * time.Millisecond, CommandTimeout: time.Minute, DisablePipelining: true})
+		res, err := c.Send(testkit.Ctx(t), testkit.Mail("slow session"))
 		require.NoError(t, err)
 		assert.Equal(t, 2, res.Attempts)
 	})
 	t.Run("email Timeout while queued", func(t *testing.T) {
-		s := newRelay(t, nil)
+		s := testkit.NewRelay(t, nil)
 		s.SetDown(true)
-		c := newClient(t, s, &mxrelay.Options{MaxReconnectAttempts: 1000})
-		res, err := c.Send(ctxT(t), mail("late"), mxrelay.WithTimeout(50*time.Millisecond))
+		c := testkit.NewClient(t, s, &mxrelay.Options{MaxReconnectAttempts: 1000})
+		res, err := c.Send(testkit.Ctx(t), testkit.Mail("late"), mxrelay.WithTimeout(50*time.Millisecond))
 		require.ErrorIs(t, err, context.DeadlineExceeded)
 		assert.False(t, res.Delivered())
 		assert.Equal(t, 0, c.Stats().QueueSize, "withdrawn from the queue")
 	})
 	t.Run("Email.Timeout, and the Options' for an email without one", func(t *testing.T) {
-		s := newRelay(t, nil)
+		s := testkit.NewRelay(t, nil)
 		s.SetDown(true)
-		c := newClient(t, s, &mxrelay.Options{MaxReconnectAttempts: 1000, EmailTimeout: 50 * time.Millisecond})
-		e := mail("late field")
+		c := testkit.NewClient(t, s, &mxrelay.Options{MaxReconnectAttempts: 1000, EmailTimeout: 50 * time.Millisecond})
+		e := testkit.Mail("late field")
 		e.Timeout = 20 * time.Millisecond
-		res, err := c.Send(ctxT(t), e)
+		res, err := c.Send(testkit.Ctx(t), e)
 		require.ErrorIs(t, err, context.DeadlineExceeded)
 		require.ErrorIs(t, err, mxrelay.ErrCanceled)
 		assert.Equal(t, mxrelay.OutcomeFailed, res.Outcome)
-		_, err = c.Send(ctxT(t), mail("late default"))
+		_, err = c.Send(testkit.Ctx(t), testkit.Mail("late default"))
 		require.ErrorIs(t, err, context.DeadlineExceeded)
 	})
 }
 
 func TestCancellation(t *testing.T) {
 	t.Run("while queued", func(t *testing.T) {
-		s := newRelay(t, nil)
+		s := testkit.NewRelay(t, nil)
 		s.SetDown(true)
-		c := newClient(t, s, &mxrelay.Options{MaxReconnectAttempts: 1000})
+		c := testkit.NewClient(t, s, &mxrelay.Options{MaxReconnectAttempts: 1000})
 		ctx, cancel := context.WithCancel(context.Background())
 		time.AfterFunc(20*time.Millisecond, cancel)
-		res, err := c.Send(ctx, mail("cancelled"))
+		res, err := c.Send(ctx, testkit.Mail("cancelled"))
 		require.ErrorIs(t, err, mxrelay.ErrCanceled)
 		require.ErrorIs(t, err, context.Canceled)
 		assert.Equal(t, 0, res.Attempts)
 		assert.Equal(t, 0, c.Stats().QueueSize)
 	})
 	t.Run("in its transaction", func(t *testing.T) {
-		s := newRelay(t, &relaytest.Options{HideExtensions: []string{"CHUNKING"}})
+		s := testkit.NewRelay(t, &relaytest.Options{HideExtensions: []string{"CHUNKING"}})
 		s.Inject(relaytest.Fault{Kind: relaytest.StallReply, Command: "DATA"})
-		logs := &logBuffer{}
-		c := newClient(t, s, &mxrelay.Options{CommandTimeout: time.Minute, Logger: logs.Logger()})
-		h, err := c.Enqueue(mail("withdrawn"))
+		logs := &testkit.LogBuffer{}
+		c := testkit.NewClient(t, s, &mxrelay.Options{CommandTimeout: time.Minute, Logger: logs.Logger()})
+		h, err := c.Enqueue(testkit.Mail("withdrawn"))
 		require.NoError(t, err)
 		// DATA was written; the relay swallows it and never answers.
 		require.Eventually(t, func() bool { return strings.Contains(logs.String(), "dir=C line=DATA") }, 10*time.Second, time.Millisecond)
 		h.Cancel()
-		res, err := h.Wait(ctxT(t))
+		res, err := h.Wait(testkit.Ctx(t))
 		require.ErrorIs(t, err, mxrelay.ErrCanceled)
 		assert.Equal(t, 1, res.Attempts)
 		assert.Empty(t, s.Mailbox())
-		_, err = c.Send(ctxT(t), mail("next"))
+		_, err = c.Send(testkit.Ctx(t), testkit.Mail("next"))
 		require.NoError(t, err)
 	})
 	t.Run("context already done", func(t *testing.T) {
-		s := newRelay(t, nil)
-		c := newClient(t, s, nil)
+		s := testkit.NewRelay(t, nil)
+		c := testkit.NewClient(t, s, nil)
 		ctx, cancel := context.WithCancel(context.Background())
 		cancel()
-		_, err := c.Send(ctx, mail("x"))
+		_, err := c.Send(ctx, testkit.Mail("x"))
 		require.ErrorIs(t, err, context.Canceled)
 		assert.Zero(t, c.Stats().EmailsQueued)
 	})
 }
 
 func TestCloseDrainsTheQueue(t *testing.T) {
-	s := newRelay(t, nil)
-	c := newClient(t, s, nil)
+	s := testkit.NewRelay(t, nil)
+	c := testkit.NewClient(t, s, nil)
 	var hs []*mxrelay.Handle
 	for i := range 30 {
-		h, err := c.Enqueue(mail(fmt.Sprint(i)))
+		h, err := c.Enqueue(testkit.Mail(fmt.Sprint(i)))
 		require.NoError(t, err)
 		hs = append(hs, h)
 	}
-	require.NoError(t, c.Close(ctxT(t)))
+	require.NoError(t, c.Close(testkit.Ctx(t)))
 	for _, h := range hs {
-		res, err := h.Wait(ctxT(t))
+		res, err := h.Wait(testkit.Ctx(t))
 		require.NoError(t, err)
 		assert.True(t, res.Delivered())
 	}
@@ -754,12 +755,12 @@ func TestCloseDrainsTheQueue(t *testing.T) {
 }
 
 func TestCloseHandsBackWhatIsLeft(t *testing.T) {
-	s := newRelay(t, nil)
+	s := testkit.NewRelay(t, nil)
 	s.SetDown(true)
-	c := newClient(t, s, &mxrelay.Options{MaxReconnectAttempts: 1000})
+	c := testkit.NewClient(t, s, &mxrelay.Options{MaxReconnectAttempts: 1000})
 	var hs []*mxrelay.Handle
 	for i := range 5 {
-		h, err := c.Enqueue(mail(fmt.Sprint(i)))
+		h, err := c.Enqueue(testkit.Mail(fmt.Sprint(i)))
 		require.NoError(t, err)
 		hs = append(hs, h)
 	}
@@ -768,12 +769,12 @@ func TestCloseHandsBackWhatIsLeft(t *testing.T) {
 	err := c.Close(ctx)
 	require.ErrorIs(t, err, context.DeadlineExceeded)
 	for _, h := range hs {
-		res, err := h.Wait(ctxT(t))
+		res, err := h.Wait(testkit.Ctx(t))
 		require.ErrorIs(t, err, mxrelay.ErrClosed)
 		assert.False(t, res.Delivered())
 		assert.Equal(t, mxrelay.OutcomeHandedBack, res.Outcome)
 	}
-	_, err = c.Enqueue(mail("late"))
+	_, err = c.Enqueue(testkit.Mail("late"))
 	require.ErrorIs(t, err, mxrelay.ErrClosed)
 	st := c.Stats()
 	assert.EqualValues(t, 5, st.EmailsFailed)
@@ -783,8 +784,8 @@ func TestCloseHandsBackWhatIsLeft(t *testing.T) {
 func TestCloseDuringStalledSession(t *testing.T) {
 	rcpt := make(chan struct{})
 	var once sync.Once
-	var sent logBuffer // what the client sent upstream
-	s := newRelay(t, &relaytest.Options{OnSMTPData: func(d relaytest.SMTPData) {
+	var sent testkit.LogBuffer // what the client sent upstream
+	s := testkit.NewRelay(t, &relaytest.Options{OnSMTPData: func(d relaytest.SMTPData) {
 		if !d.FromServer {
 			sent.Write(d.Data)
 			if strings.Contains(sent.String(), "RCPT TO:") {
@@ -793,39 +794,39 @@ func TestCloseDuringStalledSession(t *testing.T) {
 		}
 	}})
 	s.Inject(relaytest.Fault{Kind: relaytest.StallReply, Command: "RCPT"})
-	c := newClient(t, s, &mxrelay.Options{CommandTimeout: time.Minute})
-	h, err := c.Enqueue(mail("stuck"))
+	c := testkit.NewClient(t, s, &mxrelay.Options{CommandTimeout: time.Minute})
+	h, err := c.Enqueue(testkit.Mail("stuck"))
 	require.NoError(t, err)
 	select {
 	case <-rcpt: // the session waits for the stalled reply
-	case <-ctxT(t).Done():
+	case <-testkit.Ctx(t).Done():
 		t.Fatal("RCPT never reached the relay")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	require.Error(t, c.Close(ctx))
-	res, err := h.Wait(ctxT(t))
+	res, err := h.Wait(testkit.Ctx(t))
 	require.Error(t, err)
 	assert.False(t, res.Delivered())
 	assert.Empty(t, s.Mailbox())
 }
 
 func TestIdleDisconnect(t *testing.T) {
-	s := newRelay(t, nil)
-	rec := &recorder{}
-	c := newClient(t, s, &mxrelay.Options{IdleTimeout: 30 * time.Millisecond, OnEvent: rec.On})
-	_, err := c.Send(ctxT(t), mail("one"))
+	s := testkit.NewRelay(t, nil)
+	rec := &testkit.Recorder{}
+	c := testkit.NewClient(t, s, &mxrelay.Options{IdleTimeout: 30 * time.Millisecond, OnEvent: rec.On})
+	_, err := c.Send(testkit.Ctx(t), testkit.Mail("one"))
 	require.NoError(t, err)
 	require.Eventually(t, func() bool { return c.ConnState() == mxrelay.StateDisconnected }, 5*time.Second, 5*time.Millisecond)
-	_, err = c.Send(ctxT(t), mail("two"))
+	_, err = c.Send(testkit.Ctx(t), testkit.Mail("two"))
 	require.NoError(t, err)
 	assert.Equal(t, 2, s.Stats().Connections, "it connected again for new work")
 }
 
 func TestNoConnectionWithoutWork(t *testing.T) {
-	bubble(t, func(t *testing.T) {
-		s := newRelay(t, nil)
-		c := newClient(t, s, nil)
+	testkit.Bubble(t, func(t *testing.T) {
+		s := testkit.NewRelay(t, nil)
+		c := testkit.NewClient(t, s, nil)
 		time.Sleep(time.Hour) // on the bubble's clock: every timer of the client's has had its chance
 		assert.Zero(t, s.Stats().Connections)
 		assert.Equal(t, mxrelay.StateDisconnected, c.ConnState())
@@ -834,10 +835,10 @@ func TestNoConnectionWithoutWork(t *testing.T) {
 }
 
 func TestErrorsAreTyped(t *testing.T) {
-	s := newRelay(t, nil)
+	s := testkit.NewRelay(t, nil)
 	s.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: "MAIL", Reply: "553 5.1.8 bad sender"})
-	c := newClient(t, s, nil)
-	_, err := c.Send(ctxT(t), mail("x"))
+	c := testkit.NewClient(t, s, nil)
+	_, err := c.Send(testkit.Ctx(t), testkit.Mail("x"))
 	var ee *mxrelay.EmailError
 	require.ErrorAs(t, err, &ee)
 	assert.NotEmpty(t, ee.EmailID)
@@ -854,28 +855,28 @@ func TestErrorsAreTyped(t *testing.T) {
 }
 
 func TestCancelAfterEndOfDataIsNotWithdrawn(t *testing.T) {
-	s := newRelay(t, &relaytest.Options{HideExtensions: []string{"CHUNKING"}})
+	s := testkit.NewRelay(t, &relaytest.Options{HideExtensions: []string{"CHUNKING"}})
 	s.Inject(relaytest.Fault{Kind: relaytest.StallReply, Command: "."})
-	logs := &logBuffer{}
-	c := newClient(t, s, &mxrelay.Options{CommandTimeout: 300 * time.Millisecond, Logger: logs.Logger()})
-	h, err := c.Enqueue(mail("past the point of no return"))
+	logs := &testkit.LogBuffer{}
+	c := testkit.NewClient(t, s, &mxrelay.Options{CommandTimeout: 300 * time.Millisecond, Logger: logs.Logger()})
+	h, err := c.Enqueue(testkit.Mail("past the point of no return"))
 	require.NoError(t, err)
 	// The transcript logs the end of data once it is written.
 	require.Eventually(t, func() bool { return strings.Contains(logs.String(), "dir=C line=.\n") }, 10*time.Second, time.Millisecond)
 	h.Cancel()
-	res, err := h.Wait(ctxT(t))
+	res, err := h.Wait(testkit.Ctx(t))
 	require.ErrorIs(t, err, mxrelay.ErrUnknownOutcome, "the reply (here: its absence) decides, not the cancel")
 	assert.False(t, errors.Is(err, mxrelay.ErrCanceled))
 	assert.True(t, res.MaybeDelivered)
 }
 
 func TestCloseSendsQuit(t *testing.T) {
-	s := newRelay(t, nil)
-	logs := &logBuffer{}
-	c := newClient(t, s, &mxrelay.Options{Logger: logs.Logger(), IdleTimeout: time.Hour})
-	_, err := c.Send(ctxT(t), mail("q"))
+	s := testkit.NewRelay(t, nil)
+	logs := &testkit.LogBuffer{}
+	c := testkit.NewClient(t, s, &mxrelay.Options{Logger: logs.Logger(), IdleTimeout: time.Hour})
+	_, err := c.Send(testkit.Ctx(t), testkit.Mail("q"))
 	require.NoError(t, err)
-	require.NoError(t, c.Close(ctxT(t)))
+	require.NoError(t, c.Close(testkit.Ctx(t)))
 	out := logs.String()
 	assert.Contains(t, out, `dir=C line=QUIT`)
 	assert.Contains(t, out, `dir=S line="221`)
@@ -896,13 +897,13 @@ func (rt *recordingTransport) RoundTrip(r *http.Request) (*http.Response, error)
 }
 
 func TestHTTPClientAndHeaderAreUsed(t *testing.T) {
-	s := newRelay(t, nil)
+	s := testkit.NewRelay(t, nil)
 	rt := &recordingTransport{}
-	c := newClient(t, s, &mxrelay.Options{
+	c := testkit.NewClient(t, s, &mxrelay.Options{
 		HTTPClient: &http.Client{Transport: rt},
 		Header:     http.Header{"X-Tenant": []string{"acme"}},
 	})
-	_, err := c.Send(ctxT(t), mail("via custom client"))
+	_, err := c.Send(testkit.Ctx(t), testkit.Mail("via custom client"))
 	require.NoError(t, err)
 	rt.mu.Lock()
 	defer rt.mu.Unlock()
@@ -915,14 +916,14 @@ func TestHTTPClientAndHeaderAreUsed(t *testing.T) {
 }
 
 func TestCloseWaitsForARetry(t *testing.T) {
-	s := newRelay(t, nil)
+	s := testkit.NewRelay(t, nil)
 	s.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: "MAIL", Reply: "451 4.3.0 later"})
-	c := newClient(t, s, &mxrelay.Options{RetryInterval: 100 * time.Millisecond, MaxRetryInterval: 100 * time.Millisecond})
-	h, err := c.Enqueue(mail("retried during Close"))
+	c := testkit.NewClient(t, s, &mxrelay.Options{RetryInterval: 100 * time.Millisecond, MaxRetryInterval: 100 * time.Millisecond})
+	h, err := c.Enqueue(testkit.Mail("retried during Close"))
 	require.NoError(t, err)
 	require.Eventually(t, func() bool { return c.Stats().RetriesScheduled == 1 }, 10*time.Second, time.Millisecond)
-	require.NoError(t, c.Close(ctxT(t)), "Close keeps sending what is queued, delayed retries included")
-	res, err := h.Wait(ctxT(t))
+	require.NoError(t, c.Close(testkit.Ctx(t)), "Close keeps sending what is queued, delayed retries included")
+	res, err := h.Wait(testkit.Ctx(t))
 	require.NoError(t, err)
 	assert.Equal(t, 2, res.Attempts)
 }
@@ -933,14 +934,14 @@ func TestReconnectBackoffFollowsTheCloseCode(t *testing.T) {
 		backoff bool
 	}{{websocket.StatusNormalClosure, false}, {websocket.StatusGoingAway, true}, {websocket.StatusTryAgainLater, true}} {
 		t.Run(tc.code.String(), func(t *testing.T) {
-			s := newRelay(t, nil)
+			s := testkit.NewRelay(t, nil)
 			s.Inject(relaytest.Fault{Kind: relaytest.CloseWebSocket, Command: "MAIL", Code: tc.code})
-			rec := &recorder{}
-			c := newClient(t, s, &mxrelay.Options{OnEvent: rec.On, DisablePipelining: true})
-			res, err := c.Send(ctxT(t), mail("closed under it"))
+			rec := &testkit.Recorder{}
+			c := testkit.NewClient(t, s, &mxrelay.Options{OnEvent: rec.On, DisablePipelining: true})
+			res, err := c.Send(testkit.Ctx(t), testkit.Mail("closed under it"))
 			require.NoError(t, err)
 			assert.Equal(t, 2, res.Attempts)
-			require.NoError(t, c.Close(ctxT(t)))
+			require.NoError(t, c.Close(testkit.Ctx(t)))
 			assert.Equal(t, 2, s.Stats().Connections)
 			if tc.backoff {
 				assert.Equal(t, 1, rec.Count(mxrelay.EventReconnecting), "reconnect with backoff")
@@ -952,12 +953,12 @@ func TestReconnectBackoffFollowsTheCloseCode(t *testing.T) {
 }
 
 func TestPermanentRecipientRefusalIsNotRetried(t *testing.T) {
-	s := newRelay(t, nil)
+	s := testkit.NewRelay(t, nil)
 	s.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: "RCPT", Recipient: "gone@example.com", Reply: "550 5.1.1 no such user"})
 	s.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: ".", Reply: "451 4.3.0 try later"})
-	logs := &logBuffer{}
-	c := newClient(t, s, &mxrelay.Options{Logger: logs.Logger()})
-	res, err := c.Send(ctxT(t), mail("retry without the refused one", "ok@example.com", "gone@example.com"))
+	logs := &testkit.LogBuffer{}
+	c := testkit.NewClient(t, s, &mxrelay.Options{Logger: logs.Logger()})
+	res, err := c.Send(testkit.Ctx(t), testkit.Mail("retry without the refused one", "ok@example.com", "gone@example.com"))
 	require.NoError(t, err)
 	assert.Equal(t, 2, res.Attempts)
 	assert.Equal(t, []string{"ok@example.com"}, res.Accepted)

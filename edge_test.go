@@ -15,19 +15,20 @@ import (
 
 	"github.com/mxrelay/mxrelay"
 	"github.com/mxrelay/mxrelay/internal/fakesmtp"
+	"github.com/mxrelay/mxrelay/internal/testkit"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
 
 func TestLateCancelStopsRetries(t *testing.T) {
-	s := newRelay(t, &relaytest.Options{Latency: relaytest.Latency{ToClient: 150 * time.Millisecond}, HideExtensions: []string{"CHUNKING"}})
+	s := testkit.NewRelay(t, &relaytest.Options{Latency: relaytest.Latency{ToClient: 150 * time.Millisecond}, HideExtensions: []string{"CHUNKING"}})
 	s.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: ".", Reply: "451 4.3.0 try later"})
-	logs := &logBuffer{}
-	c := newClient(t, s, &mxrelay.Options{Logger: logs.Logger()})
-	h, err := c.Enqueue(mail("cancelled while its reply travels"))
+	logs := &testkit.LogBuffer{}
+	c := testkit.NewClient(t, s, &mxrelay.Options{Logger: logs.Logger()})
+	h, err := c.Enqueue(testkit.Mail("cancelled while its reply travels"))
 	require.NoError(t, err)
 	require.Eventually(t, func() bool { return strings.Contains(logs.String(), "dir=C line=.\n") }, 10*time.Second, time.Millisecond)
 	h.Cancel()
-	res, err := h.Wait(ctxT(t))
+	res, err := h.Wait(testkit.Ctx(t))
 	require.ErrorIs(t, err, mxrelay.ErrCanceled, "not retried after the cancel")
 	var se *mxrelay.SMTPError
 	require.ErrorAs(t, err, &se, "the server's answer is kept")
@@ -56,44 +57,44 @@ func TestCancelDoesNotHurtTheNextEmail(t *testing.T) {
 	t.Run("cancel while its body is read", func(t *testing.T) {
 		// Pipelined BDAT: a is withdrawn with RSET before its last chunk;
 		// b, behind it on the same channel, must not suffer.
-		s := newRelay(t, nil)
-		c := newClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 10, BatchWait: time.Hour})
-		g := &gatedReader{Reader: strings.NewReader(msg("a")), started: make(chan struct{}), gate: make(chan struct{})}
+		s := testkit.NewRelay(t, nil)
+		c := testkit.NewClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 10, BatchWait: time.Hour})
+		g := &gatedReader{Reader: strings.NewReader(testkit.Msg("a")), started: make(chan struct{}), gate: make(chan struct{})}
 		a, err := c.Enqueue(mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: g}, mxrelay.WithPriority(mxrelay.PriorityHigh))
 		require.NoError(t, err)
-		b, err := c.Enqueue(mail("b"), mxrelay.WithRetries(0), mxrelay.Immediate())
+		b, err := c.Enqueue(testkit.Mail("b"), mxrelay.WithRetries(0), mxrelay.Immediate())
 		require.NoError(t, err)
 		<-g.started
 		a.Cancel()
 		close(g.gate)
-		_, err = a.Wait(ctxT(t))
+		_, err = a.Wait(testkit.Ctx(t))
 		require.ErrorIs(t, err, mxrelay.ErrCanceled)
-		res, err := b.Wait(ctxT(t))
+		res, err := b.Wait(testkit.Ctx(t))
 		require.NoError(t, err, "the next email goes through, without losing an attempt")
 		assert.Equal(t, 1, res.Attempts)
-		assert.Equal(t, []string{"b"}, subjects(s))
+		assert.Equal(t, []string{"b"}, testkit.Subjects(s))
 		assert.Equal(t, 1, s.Stats().Channels, "withdrawn by RSET: the channel stayed open")
 	})
 	t.Run("an email that cannot travel in JSON", func(t *testing.T) {
-		s := newRelay(t, &relaytest.Options{DisableBinary: true})
-		c := newClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 10, BatchWait: time.Hour})
+		s := testkit.NewRelay(t, &relaytest.Options{DisableBinary: true})
+		c := testkit.NewClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 10, BatchWait: time.Hour})
 		a, err := c.Enqueue(mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: strings.NewReader("Subject: caf\xe9\r\n\r\n.\r\n")}, mxrelay.WithPriority(mxrelay.PriorityHigh))
 		require.NoError(t, err)
-		b, err := c.Enqueue(mail("b"), mxrelay.WithRetries(0), mxrelay.Immediate())
+		b, err := c.Enqueue(testkit.Mail("b"), mxrelay.WithRetries(0), mxrelay.Immediate())
 		require.NoError(t, err)
-		_, err = a.Wait(ctxT(t))
+		_, err = a.Wait(testkit.Ctx(t))
 		require.ErrorIs(t, err, mxrelay.ErrNotUTF8)
-		res, err := b.Wait(ctxT(t))
+		res, err := b.Wait(testkit.Ctx(t))
 		require.NoError(t, err)
 		assert.Equal(t, 1, res.Attempts)
 	})
 }
 
 func TestEmailTimeoutMatchesErrCanceled(t *testing.T) {
-	s := newRelay(t, nil)
+	s := testkit.NewRelay(t, nil)
 	s.SetDown(true)
-	c := newClient(t, s, &mxrelay.Options{MaxReconnectAttempts: 1000})
-	_, err := c.Send(ctxT(t), mail("late"), mxrelay.WithTimeout(20*time.Millisecond))
+	c := testkit.NewClient(t, s, &mxrelay.Options{MaxReconnectAttempts: 1000})
+	_, err := c.Send(testkit.Ctx(t), testkit.Mail("late"), mxrelay.WithTimeout(20*time.Millisecond))
 	require.ErrorIs(t, err, mxrelay.ErrCanceled)
 	require.ErrorIs(t, err, context.DeadlineExceeded)
 	var ee *mxrelay.EmailError
@@ -103,21 +104,21 @@ func TestEmailTimeoutMatchesErrCanceled(t *testing.T) {
 
 func TestStartTLSOverJSONChannel(t *testing.T) {
 	serverTLS, pool := selfSigned(t)
-	s := newRelay(t, &relaytest.Options{DisableBinary: true, TLSConfig: serverTLS})
+	s := testkit.NewRelay(t, &relaytest.Options{DisableBinary: true, TLSConfig: serverTLS})
 	t.Run("opportunistic goes on in clear", func(t *testing.T) {
-		c := newClient(t, s, &mxrelay.Options{StartTLS: mxrelay.StartTLSOpportunistic, TLSConfig: &tls.Config{ServerName: "mx.test"}})
-		_, err := c.Send(ctxT(t), mail("clear over json"))
+		c := testkit.NewClient(t, s, &mxrelay.Options{StartTLS: mxrelay.StartTLSOpportunistic, TLSConfig: &tls.Config{ServerName: "mx.test"}})
+		_, err := c.Send(testkit.Ctx(t), testkit.Mail("clear over json"))
 		require.NoError(t, err)
 	})
 	t.Run("required fails at once", func(t *testing.T) {
 		before := s.Stats().Channels
-		c := newClient(t, s, &mxrelay.Options{StartTLS: mxrelay.StartTLSRequired, TLSConfig: &tls.Config{RootCAs: pool, ServerName: "mx.test"}, MaxReconnectAttempts: 5})
-		_, err := c.Send(ctxT(t), mail("never"))
+		c := testkit.NewClient(t, s, &mxrelay.Options{StartTLS: mxrelay.StartTLSRequired, TLSConfig: &tls.Config{RootCAs: pool, ServerName: "mx.test"}, MaxReconnectAttempts: 5})
+		_, err := c.Send(testkit.Ctx(t), testkit.Mail("never"))
 		require.Error(t, err)
 		var ce *mxrelay.ConnectError
 		assert.False(t, errors.As(err, &ce), "permanent, not retried until the attempts run out")
 		assert.Equal(t, before+1, s.Stats().Channels)
-		assert.Equal(t, 0, countSubject(s, "never"))
+		assert.Equal(t, 0, testkit.CountSubject(s, "never"))
 	})
 }
 
@@ -163,10 +164,10 @@ func fakeSMTP(t *testing.T) (string, func() int) {
 
 func TestMultiLineGreeting(t *testing.T) {
 	addr, received := fakeSMTP(t)
-	s := newRelay(t, &relaytest.Options{UpstreamAddr: addr})
+	s := testkit.NewRelay(t, &relaytest.Options{UpstreamAddr: addr})
 	for _, mode := range []mxrelay.StartTLS{mxrelay.StartTLSNever, mxrelay.StartTLSOpportunistic} {
-		c := newClient(t, s, &mxrelay.Options{StartTLS: mode, TLSConfig: &tls.Config{ServerName: "mx.test"}})
-		_, err := c.Send(ctxT(t), mail("greeted"))
+		c := testkit.NewClient(t, s, &mxrelay.Options{StartTLS: mode, TLSConfig: &tls.Config{ServerName: "mx.test"}})
+		_, err := c.Send(testkit.Ctx(t), testkit.Mail("greeted"))
 		require.NoError(t, err, "mode %d", mode)
 	}
 	assert.Equal(t, 2, received())
@@ -190,25 +191,25 @@ func (f *failingBody) Read(p []byte) (int, error) {
 }
 
 func TestBodyReadErrorNeverEndsTheData(t *testing.T) {
-	s := newRelay(t, nil)
-	c := newClient(t, s, nil)
-	body := msg("broken body") + strings.Repeat("line of the body\r\n", 2000)
-	res, err := c.Send(ctxT(t), mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: &failingBody{Reader: strings.NewReader(body), failAt: 10000}})
+	s := testkit.NewRelay(t, nil)
+	c := testkit.NewClient(t, s, nil)
+	body := testkit.Msg("broken body") + strings.Repeat("line of the body\r\n", 2000)
+	res, err := c.Send(testkit.Ctx(t), mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: &failingBody{Reader: strings.NewReader(body), failAt: 10000}})
 	require.Error(t, err)
 	var ee *mxrelay.EmailError
 	require.ErrorAs(t, err, &ee)
 	assert.False(t, ee.Temporary(), "the caller's reader failed: retrying would not help")
 	assert.False(t, res.MaybeDelivered)
 	assert.Empty(t, s.Mailbox(), "a partial body is never ended with a dot")
-	_, err = c.Send(ctxT(t), mail("after"))
+	_, err = c.Send(testkit.Ctx(t), testkit.Mail("after"))
 	require.NoError(t, err)
-	assert.Equal(t, []string{"after"}, subjects(s))
+	assert.Equal(t, []string{"after"}, testkit.Subjects(s))
 }
 
 func TestUnspoolableBodyIsRefused(t *testing.T) {
-	s := newRelay(t, nil)
-	c := newClient(t, s, &mxrelay.Options{TempDir: "/nonexistent/mxrelay-test"})
-	_, err := c.Enqueue(mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: io.MultiReader(strings.NewReader(msg("x")))})
+	s := testkit.NewRelay(t, nil)
+	c := testkit.NewClient(t, s, &mxrelay.Options{TempDir: "/nonexistent/mxrelay-test"})
+	_, err := c.Enqueue(mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: io.MultiReader(strings.NewReader(testkit.Msg("x")))})
 	require.Error(t, err)
 	assert.Zero(t, c.Stats().EmailsQueued, "nothing accepted")
 }

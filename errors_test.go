@@ -17,6 +17,7 @@ import (
 
 	"github.com/mxrelay/mxrelay"
 	"github.com/mxrelay/mxrelay/internal/fakesmtp"
+	"github.com/mxrelay/mxrelay/internal/testkit"
 	"github.com/mxrelay/mxrelay/internal/wire"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
@@ -54,7 +55,7 @@ func silentRelay(t *testing.T) string {
 // silentUpstream is an SMTP server that greets (or not) and then reads
 // commands and answers none.
 func silentUpstream(t *testing.T, greet bool) string {
-	return newUpstream(t, func(c *fakesmtp.Conn) {
+	return testkit.NewUpstream(t, func(c *fakesmtp.Conn) {
 		if greet {
 			c.Say("220 mx.test ESMTP")
 		}
@@ -96,14 +97,14 @@ func TestEveryTimeoutMatchesErrTimeout(t *testing.T) {
 			event: mxrelay.EventSessionFailed, also: []error{context.DeadlineExceeded}},
 		{name: "AuthTimeout: a relay that never answers AUTHENTICATE",
 			url: func(t *testing.T) (string, string) {
-				return newFakeRelay(t, []string{wire.Subprotocol}, waitForClient).WSURL(), "key"
+				return testkit.NewFakeRelay(t, []string{wire.Subprotocol}, waitForClient).WSURL(), "key"
 			},
 			opts:  mxrelay.Options{AuthTimeout: 100 * time.Millisecond},
 			event: mxrelay.EventDisconnected},
 		{name: "ChannelTimeout: a relay that never opens the channel",
 			url: func(t *testing.T) (string, string) {
-				return newFakeRelay(t, []string{wire.Subprotocol}, func(ctx context.Context, ws *websocket.Conn) {
-					authOK(ctx, ws)
+				return testkit.NewFakeRelay(t, []string{wire.Subprotocol}, func(ctx context.Context, ws *websocket.Conn) {
+					testkit.AuthOK(ctx, ws)
 					waitForClient(ctx, ws) // SMTP_CHANNEL_OPEN, unanswered
 				}).WSURL(), "key"
 			},
@@ -112,10 +113,10 @@ func TestEveryTimeoutMatchesErrTimeout(t *testing.T) {
 		{name: "HeartbeatTimeout: a relay that never pongs",
 			url: func(t *testing.T) (string, string) {
 				release := make(chan struct{})
-				f := newFakeRelay(t, []string{wire.Subprotocol}, func(ctx context.Context, ws *websocket.Conn) {
-					authOK(ctx, ws)
+				f := testkit.NewFakeRelay(t, []string{wire.Subprotocol}, func(ctx context.Context, ws *websocket.Conn) {
+					testkit.AuthOK(ctx, ws)
 					ws.Read(ctx) // SMTP_CHANNEL_OPEN
-					send(ctx, ws, wire.TypeChannelReady, nil)
+					testkit.SendFrame(ctx, ws, wire.TypeChannelReady, nil)
 					// Reads nothing more, so pings go unanswered.
 					select {
 					case <-release:
@@ -129,21 +130,21 @@ func TestEveryTimeoutMatchesErrTimeout(t *testing.T) {
 			event: mxrelay.EventSessionFailed},
 		{name: "CommandTimeout: an SMTP server that never answers EHLO",
 			url: func(t *testing.T) (string, string) {
-				s := newRelay(t, &relaytest.Options{UpstreamAddr: silentUpstream(t, true)})
+				s := testkit.NewRelay(t, &relaytest.Options{UpstreamAddr: silentUpstream(t, true)})
 				return s.URL, s.APIKey
 			},
 			opts:  mxrelay.Options{CommandTimeout: 100 * time.Millisecond},
 			event: mxrelay.EventSessionFailed, also: []error{os.ErrDeadlineExceeded}},
 		{name: "CommandTimeout: over a raw tunnel",
 			url: func(t *testing.T) (string, string) {
-				s := newRelay(t, &relaytest.Options{RawTunnel: true, UpstreamAddr: silentUpstream(t, true)})
+				s := testkit.NewRelay(t, &relaytest.Options{RawTunnel: true, UpstreamAddr: silentUpstream(t, true)})
 				return s.URL, s.APIKey
 			},
 			opts:  mxrelay.Options{CommandTimeout: 100 * time.Millisecond, RawTunnel: true},
 			event: mxrelay.EventSessionFailed, also: []error{os.ErrDeadlineExceeded}},
 		{name: "CommandTimeout: the end of data never answered",
 			url: func(t *testing.T) (string, string) {
-				u := newUpstream(t, func(c *fakesmtp.Conn) {
+				u := testkit.NewUpstream(t, func(c *fakesmtp.Conn) {
 					c.Say("220 mx.test ESMTP")
 					c.Commands(func(verb, _ string) bool {
 						if verb == "DATA" {
@@ -155,7 +156,7 @@ func TestEveryTimeoutMatchesErrTimeout(t *testing.T) {
 						return c.Say("250 ok")
 					})
 				})
-				s := newRelay(t, &relaytest.Options{UpstreamAddr: u.Addr})
+				s := testkit.NewRelay(t, &relaytest.Options{UpstreamAddr: u.Addr})
 				return s.URL, s.APIKey
 			},
 			opts:  mxrelay.Options{CommandTimeout: 100 * time.Millisecond},
@@ -163,7 +164,7 @@ func TestEveryTimeoutMatchesErrTimeout(t *testing.T) {
 		{name: "CommandTimeout: a write to a server that stopped reading",
 			url: func(t *testing.T) (string, string) {
 				u, _ := stallingUpstream(t)
-				s := newRelay(t, &relaytest.Options{UpstreamAddr: u.Addr})
+				s := testkit.NewRelay(t, &relaytest.Options{UpstreamAddr: u.Addr})
 				return s.URL, s.APIKey
 			},
 			opts:  mxrelay.Options{CommandTimeout: 300 * time.Millisecond},
@@ -171,14 +172,14 @@ func TestEveryTimeoutMatchesErrTimeout(t *testing.T) {
 			event: mxrelay.EventSessionFailed},
 		{name: "SessionTimeout: an SMTP server that never greets",
 			url: func(t *testing.T) (string, string) {
-				s := newRelay(t, &relaytest.Options{UpstreamAddr: silentUpstream(t, false)})
+				s := testkit.NewRelay(t, &relaytest.Options{UpstreamAddr: silentUpstream(t, false)})
 				return s.URL, s.APIKey
 			},
 			opts:  mxrelay.Options{SessionTimeout: 150 * time.Millisecond, CommandTimeout: time.Minute},
 			event: mxrelay.EventSessionFailed, also: []error{context.DeadlineExceeded}},
 		{name: "the email's own timeout, while the relay is down",
 			url: func(t *testing.T) (string, string) {
-				s := newRelay(t, nil)
+				s := testkit.NewRelay(t, nil)
 				s.SetDown(true)
 				return s.URL, s.APIKey
 			},
@@ -188,20 +189,20 @@ func TestEveryTimeoutMatchesErrTimeout(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			u, key := tc.url(t)
-			rec := &recorder{}
+			rec := &testkit.Recorder{}
 			o := tc.opts
 			o.OnEvent = rec.On
 			if o.MaxReconnectAttempts == 0 {
 				o.MaxReconnectAttempts = 1
 			}
-			c, err := mxrelay.New(u, key, fast(&o))
+			c, err := mxrelay.New(u, key, testkit.Fast(&o))
 			require.NoError(t, err)
-			e := mail("timed out")
+			e := testkit.Mail("timed out")
 			if tc.body != nil {
 				e.Body = tc.body()
 			}
-			res, err := c.Send(ctxT(t), e, append(tc.send, mxrelay.WithRetries(0))...)
-			require.NoError(t, c.Close(ctxT(t)))
+			res, err := c.Send(testkit.Ctx(t), e, append(tc.send, mxrelay.WithRetries(0))...)
+			require.NoError(t, c.Close(testkit.Ctx(t)))
 
 			require.ErrorIs(t, err, mxrelay.ErrTimeout)
 			require.NotNil(t, res)
@@ -228,30 +229,30 @@ func TestEveryTimeoutMatchesErrTimeout(t *testing.T) {
 // a 5xx, a cancelled Send, a connection refused.
 func TestOnlyTimeoutsMatchErrTimeout(t *testing.T) {
 	t.Run("refused key", func(t *testing.T) {
-		s := newRelay(t, nil)
-		c, err := mxrelay.New(s.URL, "wrong", fast(nil))
+		s := testkit.NewRelay(t, nil)
+		c, err := mxrelay.New(s.URL, "wrong", testkit.Fast(nil))
 		require.NoError(t, err)
-		defer c.Close(ctxT(t))
-		_, err = c.Send(ctxT(t), mail("x"))
+		defer c.Close(testkit.Ctx(t))
+		_, err = c.Send(testkit.Ctx(t), testkit.Mail("x"))
 		require.ErrorIs(t, err, mxrelay.ErrAuthFailed)
 		assert.False(t, errors.Is(err, mxrelay.ErrTimeout), "%v", err)
 	})
 	t.Run("5xx", func(t *testing.T) {
-		s := newRelay(t, nil)
+		s := testkit.NewRelay(t, nil)
 		s.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: "MAIL", Reply: "550 5.7.1 no"})
-		c := newClient(t, s, nil)
-		_, err := c.Send(ctxT(t), mail("x"))
+		c := testkit.NewClient(t, s, nil)
+		_, err := c.Send(testkit.Ctx(t), testkit.Mail("x"))
 		var se *mxrelay.SMTPError
 		require.ErrorAs(t, err, &se)
 		assert.False(t, errors.Is(err, mxrelay.ErrTimeout), "%v", err)
 	})
 	t.Run("the caller's own deadline", func(t *testing.T) {
-		s := newRelay(t, nil)
+		s := testkit.NewRelay(t, nil)
 		s.SetDown(true)
-		c := newClient(t, s, &mxrelay.Options{MaxReconnectAttempts: 1000})
-		ctx, cancel := context.WithTimeout(ctxT(t), 50*time.Millisecond)
+		c := testkit.NewClient(t, s, &mxrelay.Options{MaxReconnectAttempts: 1000})
+		ctx, cancel := context.WithTimeout(testkit.Ctx(t), 50*time.Millisecond)
 		defer cancel()
-		_, err := c.Send(ctx, mail("x"))
+		_, err := c.Send(ctx, testkit.Mail("x"))
 		require.ErrorIs(t, err, context.DeadlineExceeded)
 		assert.False(t, errors.Is(err, mxrelay.ErrTimeout), "%v", err)
 	})
@@ -260,10 +261,10 @@ func TestOnlyTimeoutsMatchErrTimeout(t *testing.T) {
 		require.NoError(t, err)
 		u := "ws://" + ln.Addr().String() + "/smtp"
 		ln.Close()
-		c, err := mxrelay.New(u, "key", fast(&mxrelay.Options{MaxReconnectAttempts: 1}))
+		c, err := mxrelay.New(u, "key", testkit.Fast(&mxrelay.Options{MaxReconnectAttempts: 1}))
 		require.NoError(t, err)
-		defer c.Close(ctxT(t))
-		_, err = c.Send(ctxT(t), mail("x"))
+		defer c.Close(testkit.Ctx(t))
+		_, err = c.Send(testkit.Ctx(t), testkit.Mail("x"))
 		var ce *mxrelay.ConnectError
 		require.ErrorAs(t, err, &ce)
 		assert.False(t, errors.Is(err, mxrelay.ErrTimeout), "%v", err)

@@ -12,18 +12,19 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/internal/testkit"
 	"github.com/mxrelay/mxrelay/internal/wire"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
 
 func TestEventsAndStates(t *testing.T) {
-	s := newRelay(t, nil)
-	rec := &recorder{}
-	c, err := mxrelay.New(s.URL, s.APIKey, fast(&mxrelay.Options{OnEvent: rec.On}))
+	s := testkit.NewRelay(t, nil)
+	rec := &testkit.Recorder{}
+	c, err := mxrelay.New(s.URL, s.APIKey, testkit.Fast(&mxrelay.Options{OnEvent: rec.On}))
 	require.NoError(t, err)
-	res, err := c.Send(ctxT(t), mail("events"))
+	res, err := c.Send(testkit.Ctx(t), testkit.Mail("events"))
 	require.NoError(t, err)
-	require.NoError(t, c.Close(ctxT(t)))
+	require.NoError(t, c.Close(testkit.Ctx(t)))
 
 	types := rec.Types()
 	want := []mxrelay.EventType{
@@ -92,21 +93,21 @@ func TestEventsAndStates(t *testing.T) {
 // no email to one, completed when every accepted email has its result,
 // alternating, once per busy spell.
 func TestQueueProcessingEvents(t *testing.T) {
-	s := newRelay(t, nil)
-	rec := &recorder{}
+	s := testkit.NewRelay(t, nil)
+	rec := &testkit.Recorder{}
 	// A session starts when the five emails of a round are queued, so
 	// that none is delivered before the last is enqueued (which would end
 	// the busy spell early).
-	c := newClient(t, s, &mxrelay.Options{OnEvent: rec.On, BatchWait: time.Minute, MaxEmailsPerSession: 5})
+	c := testkit.NewClient(t, s, &mxrelay.Options{OnEvent: rec.On, BatchWait: time.Minute, MaxEmailsPerSession: 5})
 	for round := range 2 {
 		var hs []*mxrelay.Handle
 		for i := range 5 {
-			h, err := c.Enqueue(mail(fmt.Sprint("round", round, "email", i)))
+			h, err := c.Enqueue(testkit.Mail(fmt.Sprint("round", round, "email", i)))
 			require.NoError(t, err)
 			hs = append(hs, h)
 		}
 		for _, h := range hs {
-			_, err := h.Wait(ctxT(t))
+			_, err := h.Wait(testkit.Ctx(t))
 			require.NoError(t, err)
 		}
 		require.Eventually(t, func() bool { return rec.Count(mxrelay.EventQueueProcessingCompleted) == round+1 },
@@ -134,49 +135,49 @@ func TestQueueProcessingEvents(t *testing.T) {
 }
 
 func TestSlowListenerNeverStallsSending(t *testing.T) {
-	s := newRelay(t, nil)
+	s := testkit.NewRelay(t, nil)
 	release := make(chan struct{})
-	c, err := mxrelay.New(s.URL, s.APIKey, fast(&mxrelay.Options{
+	c, err := mxrelay.New(s.URL, s.APIKey, testkit.Fast(&mxrelay.Options{
 		EventBuffer: 4,
 		OnEvent:     func(mxrelay.Event) { <-release },
 	}))
 	require.NoError(t, err)
 	for i := range 40 {
-		_, err := c.Send(ctxT(t), mail(string(rune('a'+i%26))))
+		_, err := c.Send(testkit.Ctx(t), testkit.Mail(string(rune('a'+i%26))))
 		require.NoError(t, err)
 	}
 	st := c.Stats()
 	assert.EqualValues(t, 40, st.EmailsDelivered)
 	assert.Greater(t, st.EventsDropped, int64(0), "events past the buffer were dropped and counted")
 	close(release)
-	require.NoError(t, c.Close(ctxT(t)))
+	require.NoError(t, c.Close(testkit.Ctx(t)))
 }
 
 func TestPanickingListenerIsContained(t *testing.T) {
-	s := newRelay(t, nil)
-	logs := &logBuffer{}
-	c, err := mxrelay.New(s.URL, s.APIKey, fast(&mxrelay.Options{
+	s := testkit.NewRelay(t, nil)
+	logs := &testkit.LogBuffer{}
+	c, err := mxrelay.New(s.URL, s.APIKey, testkit.Fast(&mxrelay.Options{
 		Logger:  logs.Logger(),
 		OnEvent: func(mxrelay.Event) { panic("listener bug") },
 	}))
 	require.NoError(t, err)
 	for range 3 {
-		_, err := c.Send(ctxT(t), mail("p"))
+		_, err := c.Send(testkit.Ctx(t), testkit.Mail("p"))
 		require.NoError(t, err)
 	}
-	require.NoError(t, c.Close(ctxT(t)))
+	require.NoError(t, c.Close(testkit.Ctx(t)))
 	assert.Contains(t, logs.String(), "OnEvent panicked")
 }
 
 func TestRetryEvents(t *testing.T) {
-	s := newRelay(t, nil)
+	s := testkit.NewRelay(t, nil)
 	s.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: "MAIL", Reply: "451 4.3.0 later"})
 	s.Inject(relaytest.Fault{Kind: relaytest.FailChannel})
-	rec := &recorder{}
-	c := newClient(t, s, &mxrelay.Options{OnEvent: rec.On})
-	_, err := c.Send(ctxT(t), mail("retry"))
+	rec := &testkit.Recorder{}
+	c := testkit.NewClient(t, s, &mxrelay.Options{OnEvent: rec.On})
+	_, err := c.Send(testkit.Ctx(t), testkit.Mail("retry"))
 	require.NoError(t, err)
-	require.NoError(t, c.Close(ctxT(t)))
+	require.NoError(t, c.Close(testkit.Ctx(t)))
 	assert.Equal(t, 1, rec.Count(mxrelay.EventEmailRetrying))
 	assert.Equal(t, 1, rec.Count(mxrelay.EventReconnecting))
 	assert.GreaterOrEqual(t, rec.Count(mxrelay.EventSessionFailed), 1)
@@ -184,10 +185,10 @@ func TestRetryEvents(t *testing.T) {
 
 func TestHeartbeatDetectsADeadRelay(t *testing.T) {
 	release := make(chan struct{})
-	f := newFakeRelay(t, []string{wire.Subprotocol}, func(ctx context.Context, ws *websocket.Conn) {
-		authOK(ctx, ws)
+	f := testkit.NewFakeRelay(t, []string{wire.Subprotocol}, func(ctx context.Context, ws *websocket.Conn) {
+		testkit.AuthOK(ctx, ws)
 		ws.Read(ctx) // SMTP_CHANNEL_OPEN
-		send(ctx, ws, wire.TypeChannelReady, nil)
+		testkit.SendFrame(ctx, ws, wire.TypeChannelReady, nil)
 		// Then neither reads (so pings go unanswered) nor sends a greeting.
 		select {
 		case <-release:
@@ -195,14 +196,14 @@ func TestHeartbeatDetectsADeadRelay(t *testing.T) {
 		}
 	})
 	defer close(release)
-	c, err := mxrelay.New(f.WSURL(), "key", fast(&mxrelay.Options{
+	c, err := mxrelay.New(f.WSURL(), "key", testkit.Fast(&mxrelay.Options{
 		DisableBinary: true, MaxReconnectAttempts: 1,
 		HeartbeatInterval: 50 * time.Millisecond, HeartbeatTimeout: 100 * time.Millisecond,
 		CommandTimeout: time.Minute,
 	}))
 	require.NoError(t, err)
 	defer c.Close(context.Background())
-	_, err = c.Send(ctxT(t), mail("x"))
+	_, err = c.Send(testkit.Ctx(t), testkit.Mail("x"))
 	// Only the heartbeat can time out here: the relay answered AUTHENTICATE
 	// and the channel open, and the command timeout is a minute.
 	require.ErrorIs(t, err, mxrelay.ErrTimeout)

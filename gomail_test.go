@@ -17,6 +17,7 @@ import (
 	gomail "gopkg.in/mail.v2"
 
 	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/internal/testkit"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
 
@@ -94,8 +95,8 @@ func attachmentBytes(n int) []byte {
 }
 
 func TestGomailSend(t *testing.T) {
-	s := newRelay(t, nil)
-	c := newClient(t, s, nil)
+	s := testkit.NewRelay(t, nil)
+	c := testkit.NewClient(t, s, nil)
 	data := attachmentBytes(100 << 10)
 	const subject = "Grüße aus Köln ✓"
 	const text = "Hello from gomail.\r\n.\r\nA lone dot above, and after it more text.\r\n"
@@ -130,8 +131,8 @@ func TestGomailSend(t *testing.T) {
 }
 
 func TestGomailSendError(t *testing.T) {
-	s := newRelay(t, nil)
-	c := newClient(t, s, nil)
+	s := testkit.NewRelay(t, nil)
+	c := testkit.NewClient(t, s, nil)
 	m := gomail.NewMessage()
 	m.SetHeader("From", "app@example.com")
 	m.SetHeader("To", "b@example.com")

@@ -9,6 +9,7 @@ import (
 	gomail "github.com/wneessen/go-mail"
 
 	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/internal/testkit"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
 
@@ -23,8 +24,8 @@ func TestGoMailMsg(t *testing.T) {
 
 	for _, binary := range []bool{true, false} {
 		t.Run(map[bool]string{true: "binary", false: "json"}[binary], func(t *testing.T) {
-			s := newRelay(t, &relaytest.Options{DisableBinary: !binary})
-			c := newClient(t, s, nil)
+			s := testkit.NewRelay(t, &relaytest.Options{DisableBinary: !binary})
+			c := testkit.NewClient(t, s, nil)
 
 			m := gomail.NewMsg()
 			require.NoError(t, m.FromFormat("Zoë App", "app@example.com"))

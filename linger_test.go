@@ -11,6 +11,7 @@ import (
 
 	"github.com/mxrelay/mxrelay"
 	"github.com/mxrelay/mxrelay/internal/smtpsink"
+	"github.com/mxrelay/mxrelay/internal/testkit"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
 
@@ -22,7 +23,7 @@ func newSinkRelay(t *testing.T, o *smtpsink.Options) (*relaytest.Server, *smtpsi
 	sink, err := smtpsink.New(o)
 	require.NoError(t, err)
 	t.Cleanup(func() { sink.Close() })
-	return newRelay(t, &relaytest.Options{UpstreamAddr: sink.Addr}), sink
+	return testkit.NewRelay(t, &relaytest.Options{UpstreamAddr: sink.Addr}), sink
 }
 
 // A Send on a lingering session goes out in the session the last one
@@ -33,10 +34,10 @@ func TestLingeringSessionTakesTheNextEmail(t *testing.T) {
 	for _, sessions := range []int{1, 3} {
 		t.Run(fmt.Sprint(sessions, " workers"), func(t *testing.T) {
 			before := sink.Stats().Sessions
-			c := newClient(t, s, &mxrelay.Options{Linger: time.Minute, MaxConcurrentSessions: sessions})
+			c := testkit.NewClient(t, s, &mxrelay.Options{Linger: time.Minute, MaxConcurrentSessions: sessions})
 			var first string
 			for i := range 5 {
-				res, err := c.Send(ctxT(t), mail(fmt.Sprint("warm ", i)))
+				res, err := c.Send(testkit.Ctx(t), testkit.Mail(fmt.Sprint("warm ", i)))
 				require.NoError(t, err)
 				assert.True(t, res.Delivered())
 				if i == 0 {
@@ -56,18 +57,18 @@ func TestLingeringSessionTakesTheNextEmail(t *testing.T) {
 func TestLingerEnds(t *testing.T) {
 	s, sink := newSinkRelay(t, nil)
 	ev := make(chan mxrelay.Event, 64)
-	c := newClient(t, s, &mxrelay.Options{Linger: 50 * time.Millisecond, OnEvent: func(e mxrelay.Event) {
+	c := testkit.NewClient(t, s, &mxrelay.Options{Linger: 50 * time.Millisecond, OnEvent: func(e mxrelay.Event) {
 		if e.Type == mxrelay.EventSessionCompleted {
 			ev <- e
 		}
 	}})
 	for i := range 2 {
-		_, err := c.Send(ctxT(t), mail(fmt.Sprint("linger ", i)))
+		_, err := c.Send(testkit.Ctx(t), testkit.Mail(fmt.Sprint("linger ", i)))
 		require.NoError(t, err)
 		select {
 		case e := <-ev:
 			assert.Len(t, e.Results, 1)
-		case <-ctxT(t).Done():
+		case <-testkit.Ctx(t).Done():
 			t.Fatal("the session did not end after Linger")
 		}
 	}
@@ -81,7 +82,7 @@ func TestLingeringSessionEndedByTheUpstream(t *testing.T) {
 	s, sink := newSinkRelay(t, &smtpsink.Options{IdleTimeout: 100 * time.Millisecond})
 	var reconnecting, failed int
 	done := make(chan struct{}, 8)
-	c := newClient(t, s, &mxrelay.Options{Linger: time.Minute, OnEvent: func(e mxrelay.Event) {
+	c := testkit.NewClient(t, s, &mxrelay.Options{Linger: time.Minute, OnEvent: func(e mxrelay.Event) {
 		switch e.Type {
 		case mxrelay.EventReconnecting:
 			reconnecting++
@@ -91,16 +92,16 @@ func TestLingeringSessionEndedByTheUpstream(t *testing.T) {
 			done <- struct{}{}
 		}
 	}})
-	_, err := c.Send(ctxT(t), mail("first"))
+	_, err := c.Send(testkit.Ctx(t), testkit.Mail("first"))
 	require.NoError(t, err)
 	select {
 	case <-done: // the sink's idle timeout closed it
-	case <-ctxT(t).Done():
+	case <-testkit.Ctx(t).Done():
 		t.Fatal("the session was not ended by the upstream")
 	}
-	_, err = c.Send(ctxT(t), mail("second"))
+	_, err = c.Send(testkit.Ctx(t), testkit.Mail("second"))
 	require.NoError(t, err)
-	require.NoError(t, c.Close(ctxT(t)))
+	require.NoError(t, c.Close(testkit.Ctx(t)))
 	st := c.Stats()
 	assert.Zero(t, st.SessionsFailed)
 	assert.Zero(t, reconnecting)
@@ -113,11 +114,11 @@ func TestLingeringSessionEndedByTheUpstream(t *testing.T) {
 // upstream) a NOOP confirms nothing: the session does not linger, and a
 // Send's result comes with QUIT's 221, long before Linger.
 func TestNoLingerWhereOnlyQuitConfirms(t *testing.T) {
-	s := newRelay(t, nil)
-	c := newClient(t, s, &mxrelay.Options{Linger: time.Hour})
+	s := testkit.NewRelay(t, nil)
+	c := testkit.NewClient(t, s, &mxrelay.Options{Linger: time.Hour})
 	var sessions []string
 	for i := range 2 {
-		res, err := c.Send(ctxT(t), mail(fmt.Sprint("cold ", i)))
+		res, err := c.Send(testkit.Ctx(t), testkit.Mail(fmt.Sprint("cold ", i)))
 		require.NoError(t, err)
 		sessions = append(sessions, res.SessionID)
 	}
@@ -127,23 +128,23 @@ func TestNoLingerWhereOnlyQuitConfirms(t *testing.T) {
 // Close ends a lingering session at once, with QUIT.
 func TestCloseEndsALingeringSession(t *testing.T) {
 	s, _ := newSinkRelay(t, nil)
-	c, err := mxrelay.New(s.URL, s.APIKey, fast(&mxrelay.Options{Linger: time.Hour}))
+	c, err := mxrelay.New(s.URL, s.APIKey, testkit.Fast(&mxrelay.Options{Linger: time.Hour}))
 	require.NoError(t, err)
-	_, err = c.Send(ctxT(t), mail("then close"))
+	_, err = c.Send(testkit.Ctx(t), testkit.Mail("then close"))
 	require.NoError(t, err)
-	require.NoError(t, c.Close(ctxT(t)))
+	require.NoError(t, c.Close(testkit.Ctx(t)))
 	assert.Equal(t, int64(1), c.Stats().SessionsCompleted)
 }
 
 // A retry whose delay ends while its session lingers goes in that session
 // at once, not after Linger.
 func TestLingeringSessionTakesADueRetry(t *testing.T) {
-	s := newRelay(t, nil)
+	s := testkit.NewRelay(t, nil)
 	s.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: "MAIL", Reply: "451 4.3.0 try again"})
-	c := newClient(t, s, &mxrelay.Options{Linger: time.Hour, RetryInterval: 20 * time.Millisecond})
-	ctx, cancel := context.WithTimeout(ctxT(t), 5*time.Second)
+	c := testkit.NewClient(t, s, &mxrelay.Options{Linger: time.Hour, RetryInterval: 20 * time.Millisecond})
+	ctx, cancel := context.WithTimeout(testkit.Ctx(t), 5*time.Second)
 	defer cancel()
-	res, err := c.Send(ctx, mail("retried while lingering"))
+	res, err := c.Send(ctx, testkit.Mail("retried while lingering"))
 	require.NoError(t, err)
 	assert.Equal(t, 2, res.Attempts)
 }

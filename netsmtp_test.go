@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/internal/testkit"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
 
@@ -28,8 +29,8 @@ var (
 )
 
 func TestTransportSendMailLineEnds(t *testing.T) {
-	s := newRelay(t, nil)
-	tr := newTransport(t, s, nil)
+	s := testkit.NewRelay(t, nil)
+	tr := testkit.NewTransport(t, s, nil)
 	var send sendMailFunc = tr.SendMail // the one line that changes
 
 	require.NoError(t, send("smtp.example.com:25", nil, "a@example.com", []string{"b@example.com"}, []byte("Subject: lf\n\n.\nlast line without end")))
@@ -59,12 +60,12 @@ func (a loginAuth) Next(fromServer []byte, more bool) ([]byte, error) {
 func TestTransportSendMailAuth(t *testing.T) {
 	serverTLS, pool := selfSigned(t)
 	users := map[string]string{"alice": "pw-alice"}
-	s := newRelay(t, &relaytest.Options{TLSConfig: serverTLS, Users: users})
-	tr := newTransport(t, s, &mxrelay.Options{
+	s := testkit.NewRelay(t, &relaytest.Options{TLSConfig: serverTLS, Users: users})
+	tr := testkit.NewTransport(t, s, &mxrelay.Options{
 		StartTLS: mxrelay.StartTLSRequired, TLSConfig: &tls.Config{RootCAs: pool, ServerName: "mx.test"},
 		Username: "alice", Password: "pw-alice",
 	})
-	body := []byte(msg("auth"))
+	body := []byte(testkit.Msg("auth"))
 	to := []string{"b@example.com"}
 
 	for _, tc := range []struct {
@@ -99,8 +100,8 @@ func TestTransportSendMailAuth(t *testing.T) {
 	}
 
 	t.Run("no STARTTLS: PlainAuth refuses a clear connection but to localhost", func(t *testing.T) {
-		clear := newRelay(t, &relaytest.Options{Users: users})
-		tr := newTransport(t, clear, &mxrelay.Options{Username: "alice", Password: "pw-alice", PasswordInClear: true})
+		clear := testkit.NewRelay(t, &relaytest.Options{Users: users})
+		tr := testkit.NewTransport(t, clear, &mxrelay.Options{Username: "alice", Password: "pw-alice", PasswordInClear: true})
 		err := tr.SendMail("smtp.example.com:587", smtp.PlainAuth("", "alice", "pw-alice", "smtp.example.com"), "a@example.com", to, body)
 		require.ErrorContains(t, err, "unencrypted connection")
 		assert.Empty(t, clear.Mailbox())
@@ -111,17 +112,17 @@ func TestTransportSendMailAuth(t *testing.T) {
 }
 
 func TestSendMailFromEnvironment(t *testing.T) {
-	s := newRelay(t, nil)
+	s := testkit.NewRelay(t, nil)
 	t.Setenv(mxrelay.EnvURL, s.URL)
 	t.Setenv(mxrelay.EnvAPIKey, s.APIKey)
-	require.NoError(t, mxrelay.SendMail("smtp.example.com:25", nil, "a@example.com", []string{"b@example.com", "c@example.com"}, []byte(msg("env"))))
+	require.NoError(t, mxrelay.SendMail("smtp.example.com:25", nil, "a@example.com", []string{"b@example.com", "c@example.com"}, []byte(testkit.Msg("env"))))
 	box := s.Mailbox()
 	require.Len(t, box, 1)
 	assert.Equal(t, []string{"b@example.com", "c@example.com"}, box[0].To)
-	assert.Equal(t, msg("env"), string(box[0].Data))
+	assert.Equal(t, testkit.Msg("env"), string(box[0].Data))
 
 	s.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: "RCPT", Reply: "550 5.1.1 no such user"})
-	err := mxrelay.SendMail("smtp.example.com:25", nil, "a@example.com", []string{"nobody@example.com"}, []byte(msg("refused")))
+	err := mxrelay.SendMail("smtp.example.com:25", nil, "a@example.com", []string{"nobody@example.com"}, []byte(testkit.Msg("refused")))
 	var se *mxrelay.SMTPError
 	require.ErrorAs(t, err, &se)
 	assert.Equal(t, 550, se.Code)
@@ -179,7 +180,7 @@ func TestDropInsReportAPartialRefusal(t *testing.T) {
 		assert.Len(t, s.Mailbox(), 1, "delivered to the one accepted")
 	}
 	refusing := func(t *testing.T) *relaytest.Server {
-		s := newRelay(t, nil)
+		s := testkit.NewRelay(t, nil)
 		s.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: "RCPT", Recipient: "nobody@example.com", Reply: "550 5.1.1 no such user"})
 		return s
 	}
@@ -188,16 +189,16 @@ func TestDropInsReportAPartialRefusal(t *testing.T) {
 		s := refusing(t)
 		t.Setenv(mxrelay.EnvURL, s.URL)
 		t.Setenv(mxrelay.EnvAPIKey, s.APIKey)
-		check(t, mxrelay.SendMail("smtp.example.com:25", nil, "a@example.com", to, []byte(msg("partial"))), s)
+		check(t, mxrelay.SendMail("smtp.example.com:25", nil, "a@example.com", to, []byte(testkit.Msg("partial"))), s)
 	})
 	t.Run("Transport", func(t *testing.T) {
 		s := refusing(t)
-		tr := newTransport(t, s, nil)
-		check(t, tr.SendMail("smtp.example.com:25", nil, "a@example.com", to, []byte(msg("partial"))), s)
+		tr := testkit.NewTransport(t, s, nil)
+		check(t, tr.SendMail("smtp.example.com:25", nil, "a@example.com", to, []byte(testkit.Msg("partial"))), s)
 	})
 	t.Run("Sender", func(t *testing.T) {
 		s := refusing(t)
-		c := newClient(t, s, nil)
-		check(t, mxrelay.NewSender(c).Send("a@example.com", to, strings.NewReader(msg("partial"))), s)
+		c := testkit.NewClient(t, s, nil)
+		check(t, mxrelay.NewSender(c).Send("a@example.com", to, strings.NewReader(testkit.Msg("partial"))), s)
 	})
 }

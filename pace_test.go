@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/internal/testkit"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
 
@@ -18,19 +19,19 @@ import (
 // Client limited to 10 a second. With a limiter per session (30 a second
 // in all), or none, the upstream answers 451.
 func TestRateLimitIsSharedBySessions(t *testing.T) {
-	s := newRelay(t, &relaytest.Options{Throttle: &relaytest.Throttle{Limit: 5, Per: 250 * time.Millisecond}})
-	c := newClient(t, s, &mxrelay.Options{
+	s := testkit.NewRelay(t, &relaytest.Options{Throttle: &relaytest.Throttle{Limit: 5, Per: 250 * time.Millisecond}})
+	c := testkit.NewClient(t, s, &mxrelay.Options{
 		MaxConcurrentSessions: 3,
 		RateLimit:             mxrelay.RateLimit{Emails: 10, Per: time.Second},
 	})
 	var hs []*mxrelay.Handle
 	for i := range 24 {
-		h, err := c.Enqueue(mail(fmt.Sprint("paced ", i)), mxrelay.WithRetries(0))
+		h, err := c.Enqueue(testkit.Mail(fmt.Sprint("paced ", i)), mxrelay.WithRetries(0))
 		require.NoError(t, err)
 		hs = append(hs, h)
 	}
 	for _, h := range hs {
-		_, err := h.Wait(ctxT(t))
+		_, err := h.Wait(testkit.Ctx(t))
 		require.NoError(t, err)
 	}
 	assert.Zero(t, s.Stats().Throttled, "the upstream had to throttle")
@@ -39,16 +40,16 @@ func TestRateLimitIsSharedBySessions(t *testing.T) {
 
 // The same upstream without a limit: the test above can fail.
 func TestWithoutRateLimitTheUpstreamThrottles(t *testing.T) {
-	s := newRelay(t, &relaytest.Options{Throttle: &relaytest.Throttle{Limit: 5, Per: time.Hour}})
-	c := newClient(t, s, &mxrelay.Options{MaxConcurrentSessions: 3, Throttle: mxrelay.Throttle{Disable: true}})
+	s := testkit.NewRelay(t, &relaytest.Options{Throttle: &relaytest.Throttle{Limit: 5, Per: time.Hour}})
+	c := testkit.NewClient(t, s, &mxrelay.Options{MaxConcurrentSessions: 3, Throttle: mxrelay.Throttle{Disable: true}})
 	var hs []*mxrelay.Handle
 	for i := range 12 {
-		h, err := c.Enqueue(mail(fmt.Sprint("unpaced ", i)), mxrelay.WithRetries(0))
+		h, err := c.Enqueue(testkit.Mail(fmt.Sprint("unpaced ", i)), mxrelay.WithRetries(0))
 		require.NoError(t, err)
 		hs = append(hs, h)
 	}
 	for _, h := range hs {
-		h.Wait(ctxT(t))
+		h.Wait(testkit.Ctx(t))
 	}
 	assert.Equal(t, 7, s.Stats().Throttled)
 }
@@ -63,26 +64,26 @@ func TestRateLimitValidation(t *testing.T) {
 // EnqueueWait waits for room instead of failing, gives up with its
 // context, and ends with ErrClosed when the Client closes.
 func TestEnqueueWait(t *testing.T) {
-	s := newRelay(t, nil)
+	s := testkit.NewRelay(t, nil)
 	s.SetDown(true) // nothing leaves the queue by sending
 	c, err := mxrelay.New(s.URL, s.APIKey, &mxrelay.Options{MaxQueueSize: 2, ReconnectInterval: time.Hour})
 	require.NoError(t, err)
-	first, err := c.Enqueue(mail("one"))
+	first, err := c.Enqueue(testkit.Mail("one"))
 	require.NoError(t, err)
-	_, err = c.Enqueue(mail("two"))
+	_, err = c.Enqueue(testkit.Mail("two"))
 	require.NoError(t, err)
-	_, err = c.Enqueue(mail("three"))
+	_, err = c.Enqueue(testkit.Mail("three"))
 	require.ErrorIs(t, err, mxrelay.ErrQueueFull)
 
 	short, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 	defer cancel()
-	_, err = c.EnqueueWait(short, mail("three"))
+	_, err = c.EnqueueWait(short, testkit.Mail("three"))
 	require.ErrorIs(t, err, mxrelay.ErrQueueFull)
 	require.ErrorIs(t, err, context.DeadlineExceeded)
 
 	got := make(chan error, 1)
 	go func() {
-		_, err := c.EnqueueWait(ctxT(t), mail("three"))
+		_, err := c.EnqueueWait(testkit.Ctx(t), testkit.Mail("three"))
 		got <- err
 	}()
 	select {
@@ -95,7 +96,7 @@ func TestEnqueueWait(t *testing.T) {
 	assert.Equal(t, 2, c.QueueSize())
 
 	go func() {
-		_, err := c.EnqueueWait(ctxT(t), mail("four"))
+		_, err := c.EnqueueWait(testkit.Ctx(t), testkit.Mail("four"))
 		got <- err
 	}()
 	ctx, cancelClose := context.WithCancel(context.Background())
@@ -110,13 +111,13 @@ func sendThrottled(t *testing.T, c *mxrelay.Client, n int, opts ...mxrelay.SendO
 	t.Helper()
 	var hs []*mxrelay.Handle
 	for i := range n {
-		h, err := c.Enqueue(mail(fmt.Sprint("throttled ", i)), opts...)
+		h, err := c.Enqueue(testkit.Mail(fmt.Sprint("throttled ", i)), opts...)
 		require.NoError(t, err)
 		hs = append(hs, h)
 	}
 	failed := 0
 	for _, h := range hs {
-		if _, err := h.Wait(ctxT(t)); err != nil {
+		if _, err := h.Wait(testkit.Ctx(t)); err != nil {
 			failed++
 		}
 	}
@@ -128,9 +129,9 @@ func sendThrottled(t *testing.T, c *mxrelay.Client, n int, opts ...mxrelay.SendO
 // every email with one retry each; without it, emails run out of retries.
 func TestThrottleFeedbackSlowsDownAndDelivers(t *testing.T) {
 	throttle := &relaytest.Throttle{Limit: 20, Per: 200 * time.Millisecond}
-	s := newRelay(t, &relaytest.Options{Throttle: throttle})
+	s := testkit.NewRelay(t, &relaytest.Options{Throttle: throttle})
 	var rates []float64
-	c := newClient(t, s, &mxrelay.Options{MaxQueueSize: 300, OnEvent: func(e mxrelay.Event) {
+	c := testkit.NewClient(t, s, &mxrelay.Options{MaxQueueSize: 300, OnEvent: func(e mxrelay.Event) {
 		if e.Type == mxrelay.EventRateChanged {
 			rates = append(rates, e.Rate)
 		}
@@ -139,11 +140,11 @@ func TestThrottleFeedbackSlowsDownAndDelivers(t *testing.T) {
 	st := c.Stats()
 	assert.Positive(t, st.ThrottleCuts)
 	assert.Len(t, s.Mailbox(), 200, "no duplicate, none lost")
-	require.NoError(t, c.Close(ctxT(t)))
+	require.NoError(t, c.Close(testkit.Ctx(t)))
 	assert.NotEmpty(t, rates, "rateChanged announced the cuts")
 
-	off := newRelay(t, &relaytest.Options{Throttle: throttle})
-	c2 := newClient(t, off, &mxrelay.Options{MaxQueueSize: 300, Throttle: mxrelay.Throttle{Disable: true}})
+	off := testkit.NewRelay(t, &relaytest.Options{Throttle: throttle})
+	c2 := testkit.NewClient(t, off, &mxrelay.Options{MaxQueueSize: 300, Throttle: mxrelay.Throttle{Disable: true}})
 	assert.Positive(t, sendThrottled(t, c2, 200, mxrelay.WithRetries(1)), "without feedback the retries run out")
 	assert.Zero(t, c2.Stats().ThrottleCuts)
 }
@@ -160,10 +161,10 @@ func TestThrottle5xxTextsAreTemporary(t *testing.T) {
 		{"no texts", []string{}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s := newRelay(t, nil)
+			s := testkit.NewRelay(t, nil)
 			s.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: ".", Reply: "554 5.7.1 Too many emails per second, slow down"})
-			c := newClient(t, s, &mxrelay.Options{Throttle: mxrelay.Throttle{Texts: tc.texts}})
-			res, err := c.Send(ctxT(t), mail("five hundred"))
+			c := testkit.NewClient(t, s, &mxrelay.Options{Throttle: mxrelay.Throttle{Texts: tc.texts}})
+			res, err := c.Send(testkit.Ctx(t), testkit.Mail("five hundred"))
 			if tc.failed {
 				require.Error(t, err)
 				assert.Equal(t, 1, res.Attempts)
@@ -178,10 +179,10 @@ func TestThrottle5xxTextsAreTemporary(t *testing.T) {
 // Greylisting says "later" for a sender and recipient, not for the rate:
 // retried as any 4xx, and the rate is left alone.
 func TestGreylistingIsNotThrottling(t *testing.T) {
-	s := newRelay(t, nil)
+	s := testkit.NewRelay(t, nil)
 	s.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: "RCPT", Reply: "451 4.7.1 Greylisted, please try again later"})
-	c := newClient(t, s, nil)
-	res, err := c.Send(ctxT(t), mail("grey"))
+	c := testkit.NewClient(t, s, nil)
+	res, err := c.Send(testkit.Ctx(t), testkit.Mail("grey"))
 	require.NoError(t, err)
 	assert.Equal(t, 2, res.Attempts)
 	assert.Zero(t, c.Stats().ThrottleCuts)
@@ -190,10 +191,10 @@ func TestGreylistingIsNotThrottling(t *testing.T) {
 // A "slow down" refusal spends no retry while the client slows down for
 // it: an email with no retries at all still goes again.
 func TestThrottledAttemptSpendsNoRetry(t *testing.T) {
-	s := newRelay(t, nil)
+	s := testkit.NewRelay(t, nil)
 	s.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: "MAIL", Reply: "451 4.7.0 Throttling: too many messages"})
-	c := newClient(t, s, nil)
-	res, err := c.Send(ctxT(t), mail("free try"), mxrelay.WithRetries(0))
+	c := testkit.NewClient(t, s, nil)
+	res, err := c.Send(testkit.Ctx(t), testkit.Mail("free try"), mxrelay.WithRetries(0))
 	require.NoError(t, err)
 	assert.Equal(t, 2, res.Attempts)
 	assert.EqualValues(t, 1, c.Stats().ThrottleCuts)
@@ -202,10 +203,10 @@ func TestThrottledAttemptSpendsNoRetry(t *testing.T) {
 // An upstream that never lets anything through: the email still ends,
 // after its free tries and its retries.
 func TestThrottledForeverStillEnds(t *testing.T) {
-	s := newRelay(t, nil)
+	s := testkit.NewRelay(t, nil)
 	s.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: "MAIL", Reply: "451 4.7.0 Throttling", Times: -1})
-	c := newClient(t, s, &mxrelay.Options{Throttle: mxrelay.Throttle{MinRate: 1000}})
-	res, err := c.Send(ctxT(t), mail("never"), mxrelay.WithRetries(1))
+	c := testkit.NewClient(t, s, &mxrelay.Options{Throttle: mxrelay.Throttle{MinRate: 1000}})
+	res, err := c.Send(testkit.Ctx(t), testkit.Mail("never"), mxrelay.WithRetries(1))
 	require.Error(t, err)
 	assert.Equal(t, 10, res.Attempts, "8 free tries, the first attempt and one retry")
 	assert.Equal(t, mxrelay.OutcomeFailed, res.Outcome)
@@ -214,10 +215,10 @@ func TestThrottledForeverStillEnds(t *testing.T) {
 // A relay that closes with 1008 (policy violation: its rate limit) makes
 // the client slow down, and the email goes again.
 func TestRelayPolicyCloseSlowsDown(t *testing.T) {
-	s := newRelay(t, nil)
+	s := testkit.NewRelay(t, nil)
 	s.Inject(relaytest.Fault{Kind: relaytest.CloseWebSocket, Command: "EHLO", Code: 1008})
-	c := newClient(t, s, nil)
-	_, err := c.Send(ctxT(t), mail("policy"))
+	c := testkit.NewClient(t, s, nil)
+	_, err := c.Send(testkit.Ctx(t), testkit.Mail("policy"))
 	require.NoError(t, err)
 	assert.EqualValues(t, 1, c.Stats().ThrottleCuts)
 	assert.Positive(t, c.Stats().SendRate)

@@ -21,6 +21,7 @@ import (
 	"github.com/mxrelay/mxrelay"
 	"github.com/mxrelay/mxrelay/internal/fakesmtp"
 	"github.com/mxrelay/mxrelay/internal/testcert"
+	"github.com/mxrelay/mxrelay/internal/testkit"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
 
@@ -74,11 +75,11 @@ func sendAll(t *testing.T, c *mxrelay.Client, n int, opts ...mxrelay.SendOption)
 	t.Helper()
 	var hs []*mxrelay.Handle
 	for i := range n {
-		h, err := c.Enqueue(mail(fmt.Sprint("m", i)), opts...)
+		h, err := c.Enqueue(testkit.Mail(fmt.Sprint("m", i)), opts...)
 		require.NoError(t, err)
 		hs = append(hs, h)
 	}
-	return results(t, hs)
+	return testkit.Results(t, hs)
 }
 
 // One reply line too many shifted every later reply by one in the BDAT
@@ -98,8 +99,8 @@ func TestStrayReplyIsNoDelivery(t *testing.T) {
 				srv := &smtpServe{greeting: variant.greeting, ext: m.Ext, ehlo: variant.ehlo,
 					end: func() ([]string, bool) { return []string{"554 5.6.0 refused"}, false }}
 				u := fakesmtp.Listen(t, srv.serve)
-				s := newRelay(t, &relaytest.Options{UpstreamAddr: u.Addr})
-				c := newClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 40, BatchWait: 100 * time.Millisecond, MaxReconnectAttempts: 2})
+				s := testkit.NewRelay(t, &relaytest.Options{UpstreamAddr: u.Addr})
+				c := testkit.NewClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 40, BatchWait: 100 * time.Millisecond, MaxReconnectAttempts: 2})
 				for i, res := range sendAll(t, c, 40, mxrelay.WithRetries(0)) {
 					assert.Error(t, res.Err, "email %d reported delivered; the server kept %d", i, srv.kept.Load())
 					assert.Empty(t, res.Accepted)
@@ -118,9 +119,9 @@ func TestOutOfGrammarEndOfDataIsUnknown(t *testing.T) {
 		t.Run(m.Name, func(t *testing.T) {
 			srv := &smtpServe{ext: m.Ext, end: func() ([]string, bool) { return []string{"354 queued"}, true }}
 			u := fakesmtp.Listen(t, srv.serve)
-			s := newRelay(t, &relaytest.Options{UpstreamAddr: u.Addr})
-			c := newClient(t, s, nil)
-			res, err := c.Send(ctxT(t), mail("once"))
+			s := testkit.NewRelay(t, &relaytest.Options{UpstreamAddr: u.Addr})
+			c := testkit.NewClient(t, s, nil)
+			res, err := c.Send(testkit.Ctx(t), testkit.Mail("once"))
 			require.ErrorIs(t, err, mxrelay.ErrUnknownOutcome)
 			assert.True(t, res.MaybeDelivered)
 			assert.Equal(t, 1, res.Attempts, "not retried as never sent")
@@ -133,30 +134,30 @@ func TestOutOfGrammarEndOfDataIsUnknown(t *testing.T) {
 // end of data charged the attempt, failed the email with "use of closed
 // network connection" and removed its file.
 func TestCloseHandsBackASpooledEmailMidTransaction(t *testing.T) {
-	s := newRelay(t, nil)
+	s := testkit.NewRelay(t, nil)
 	s.Inject(relaytest.Fault{Kind: relaytest.StallReply, Command: "RCPT"})
 	dir := t.TempDir()
-	logs := &logBuffer{}
-	c, err := mxrelay.New(s.URL, s.APIKey, fast(&mxrelay.Options{SpoolDir: dir, DisablePipelining: true, CommandTimeout: time.Minute, Logger: logs.Logger()}))
+	logs := &testkit.LogBuffer{}
+	c, err := mxrelay.New(s.URL, s.APIKey, testkit.Fast(&mxrelay.Options{SpoolDir: dir, DisablePipelining: true, CommandTimeout: time.Minute, Logger: logs.Logger()}))
 	require.NoError(t, err)
-	h, err := c.Enqueue(mail("interrupted"), mxrelay.WithRetries(0))
+	h, err := c.Enqueue(testkit.Mail("interrupted"), mxrelay.WithRetries(0))
 	require.NoError(t, err)
 	require.Eventually(t, func() bool { return strings.Contains(logs.String(), "dir=C line=\"RCPT") }, 10*time.Second, time.Millisecond)
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
 	require.Error(t, c.Close(ctx))
-	res, err := h.Wait(ctxT(t))
+	res, err := h.Wait(testkit.Ctx(t))
 	require.ErrorIs(t, err, mxrelay.ErrClosed)
 	require.ErrorIs(t, err, mxrelay.ErrSpooled)
 	assert.Equal(t, 0, res.Attempts, "an interruption by Close is not an attempt")
-	assert.Empty(t, spoolResults(t, dir))
+	assert.Empty(t, testkit.SpoolResults(t, dir))
 
 	s.ClearFaults()
-	c2 := newClient(t, s, &mxrelay.Options{SpoolDir: dir})
+	c2 := testkit.NewClient(t, s, &mxrelay.Options{SpoolDir: dir})
 	require.Len(t, c2.Recovered(), 1)
-	res, err = c2.Recovered()[0].Wait(ctxT(t))
+	res, err = c2.Recovered()[0].Wait(testkit.Ctx(t))
 	require.NoError(t, err, "the next Client sends it")
-	assert.Equal(t, 1, countSubject(s, "interrupted"))
+	assert.Equal(t, 1, testkit.CountSubject(s, "interrupted"))
 	assert.False(t, res.MaybeDelivered)
 }
 
@@ -165,7 +166,7 @@ func TestCloseHandsBackASpooledEmailMidTransaction(t *testing.T) {
 func stallingUpstream(t *testing.T) (*fakesmtp.Server, chan struct{}) {
 	stalled := make(chan struct{})
 	var once sync.Once
-	u := newUpstream(t, func(c *fakesmtp.Conn) {
+	u := testkit.NewUpstream(t, func(c *fakesmtp.Conn) {
 		c.Say("220 mx.test ESMTP")
 		c.Commands(func(verb, l string) bool {
 			switch verb {
@@ -197,13 +198,13 @@ func bigBody() io.Reader {
 // context waited as long: closing a channel did not interrupt a frame
 // write in progress.
 func TestCancelAndCloseDoNotWaitBehindAStuckWrite(t *testing.T) {
-	bubble(t, testCancelAndCloseDoNotWaitBehindAStuckWrite)
+	testkit.Bubble(t, testCancelAndCloseDoNotWaitBehindAStuckWrite)
 }
 
 func testCancelAndCloseDoNotWaitBehindAStuckWrite(t *testing.T) {
 	u, stalled := stallingUpstream(t)
-	s := newRelay(t, &relaytest.Options{UpstreamAddr: u.Addr})
-	c, err := mxrelay.New(s.URL, s.APIKey, clientOpts(s, &mxrelay.Options{CommandTimeout: 30 * time.Second}))
+	s := testkit.NewRelay(t, &relaytest.Options{UpstreamAddr: u.Addr})
+	c, err := mxrelay.New(s.URL, s.APIKey, testkit.ClientOptions(s, &mxrelay.Options{CommandTimeout: 30 * time.Second}))
 	require.NoError(t, err)
 	defer c.Close(context.Background())
 
@@ -234,7 +235,7 @@ func testCancelAndCloseDoNotWaitBehindAStuckWrite(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Close with a 500 ms context did not return: it waits behind the stuck write")
 	}
-	res, err := h.Wait(ctxT(t))
+	res, err := h.Wait(testkit.Ctx(t))
 	require.Error(t, err)
 	assert.False(t, res.Delivered())
 }
@@ -242,21 +243,23 @@ func testCancelAndCloseDoNotWaitBehindAStuckWrite(t *testing.T) {
 // An email cancelled while it waited for a slot in the pipeline window
 // returned only when the window moved: up to CommandTimeout behind a
 // stalled upstream.
-func TestCancelWhileWaitingForTheWindow(t *testing.T) { bubble(t, testCancelWhileWaitingForTheWindow) }
+func TestCancelWhileWaitingForTheWindow(t *testing.T) {
+	testkit.Bubble(t, testCancelWhileWaitingForTheWindow)
+}
 
 func testCancelWhileWaitingForTheWindow(t *testing.T) {
-	s := newRelay(t, nil)
+	s := testkit.NewRelay(t, nil)
 	s.Inject(relaytest.Fault{Kind: relaytest.StallReply, Command: "."})
-	logs := &logBuffer{}
-	c := newClient(t, s, &mxrelay.Options{PipelineWindow: 1, CommandTimeout: 30 * time.Second, MaxEmailsPerSession: 5, Logger: logs.Logger()})
-	first, err := c.Enqueue(mail("first"))
+	logs := &testkit.LogBuffer{}
+	c := testkit.NewClient(t, s, &mxrelay.Options{PipelineWindow: 1, CommandTimeout: 30 * time.Second, MaxEmailsPerSession: 5, Logger: logs.Logger()})
+	first, err := c.Enqueue(testkit.Mail("first"))
 	require.NoError(t, err)
 	synctest.Wait() // first's end of data is out, its reply stalled
 	require.True(t, strings.Contains(logs.String(), "BDAT") && strings.Contains(logs.String(), "LAST"), "%s", logs.String())
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		_, err := c.Send(ctx, mail("second"))
+		_, err := c.Send(ctx, testkit.Mail("second"))
 		done <- err
 	}()
 	synctest.Wait() // taken by the session, waiting for the window
@@ -268,19 +271,19 @@ func testCancelWhileWaitingForTheWindow(t *testing.T) {
 		t.Fatal("Send did not return when its context was cancelled: it waits for the window")
 	}
 	first.Cancel()
-	assert.Equal(t, 0, countSubject(s, "second"))
+	assert.Equal(t, 0, testkit.CountSubject(s, "second"))
 }
 
 // BODY=BINARYMIME was accepted, but the body was still checked and encoded
 // as text: refused for a bare LF, or with FixLineEndings rewritten.
 func TestBinaryMIMEBodyGoesAsItIs(t *testing.T) {
-	s := newRelay(t, nil)
+	s := testkit.NewRelay(t, nil)
 	body := []byte("Subject: bin\r\n\r\n\x00\x01 bare LF\n bare CR\r no final line end \xff")
 	for _, fix := range []bool{false, true} {
 		t.Run(fmt.Sprint("FixLineEndings=", fix), func(t *testing.T) {
 			before := len(s.Mailbox())
-			c := newClient(t, s, &mxrelay.Options{FixLineEndings: fix})
-			_, err := c.Send(ctxT(t), mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: bytes.NewReader(body),
+			c := testkit.NewClient(t, s, &mxrelay.Options{FixLineEndings: fix})
+			_, err := c.Send(testkit.Ctx(t), mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: bytes.NewReader(body),
 				MailOptions: &mxrelay.MailOptions{Body: smtp.BodyBinaryMIME}})
 			require.NoError(t, err)
 			box := s.Mailbox()
@@ -289,7 +292,7 @@ func TestBinaryMIMEBodyGoesAsItIs(t *testing.T) {
 		})
 	}
 	t.Run("over JSON frames, not UTF-8", func(t *testing.T) {
-		c := newClient(t, s, &mxrelay.Options{DisableBinary: true})
+		c := testkit.NewClient(t, s, &mxrelay.Options{DisableBinary: true})
 		_, err := c.Enqueue(mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: bytes.NewReader(body),
 			MailOptions: &mxrelay.MailOptions{Body: smtp.BodyBinaryMIME}})
 		require.ErrorIs(t, err, mxrelay.ErrNotUTF8)
@@ -299,8 +302,8 @@ func TestBinaryMIMEBodyGoesAsItIs(t *testing.T) {
 // With DisableBinary an 8-bit body was accepted by Enqueue and failed only
 // after connecting, with a message blaming the relay.
 func TestDisableBinaryRefusesAn8BitBodyAtEnqueue(t *testing.T) {
-	s := newRelay(t, nil)
-	c := newClient(t, s, &mxrelay.Options{DisableBinary: true})
+	s := testkit.NewRelay(t, nil)
+	c := testkit.NewClient(t, s, &mxrelay.Options{DisableBinary: true})
 	_, err := c.Enqueue(mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: strings.NewReader("Subject: x\r\n\r\nLatin-1 \xe9\r\n")})
 	require.ErrorIs(t, err, mxrelay.ErrNotUTF8)
 	require.ErrorIs(t, err, mxrelay.ErrInvalidEmail)
@@ -310,27 +313,27 @@ func TestDisableBinaryRefusesAn8BitBodyAtEnqueue(t *testing.T) {
 // Every lost connection cost at least ReconnectInterval before the next
 // dial, the first one after a connection that worked included.
 func TestFirstRedialAfterAWorkingConnectionGoesAtOnce(t *testing.T) {
-	s := newRelay(t, nil)
-	c := newClient(t, s, &mxrelay.Options{ReconnectInterval: 20 * time.Second, MaxReconnectInterval: 20 * time.Second, IdleTimeout: time.Minute})
-	_, err := c.Send(ctxT(t), mail("before"))
+	s := testkit.NewRelay(t, nil)
+	c := testkit.NewClient(t, s, &mxrelay.Options{ReconnectInterval: 20 * time.Second, MaxReconnectInterval: 20 * time.Second, IdleTimeout: time.Minute})
+	_, err := c.Send(testkit.Ctx(t), testkit.Mail("before"))
 	require.NoError(t, err)
 	s.CloseClientConnections()
 	require.Eventually(t, func() bool { return c.ConnState() == mxrelay.StateDisconnected }, 10*time.Second, time.Millisecond)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	_, err = c.Send(ctx, mail("after"))
+	_, err = c.Send(ctx, testkit.Mail("after"))
 	require.NoError(t, err, "the redial after a connection that worked does not wait ReconnectInterval")
 }
 
 // A channel that failed on a live, authenticated WebSocket waited a whole
 // ReconnectInterval before the next open.
 func TestChannelFailureOnALiveConnectionIsRetriedAtOnce(t *testing.T) {
-	s := newRelay(t, nil)
+	s := testkit.NewRelay(t, nil)
 	s.Inject(relaytest.Fault{Kind: relaytest.FailChannel, Error: "upstream busy"})
-	c := newClient(t, s, &mxrelay.Options{ReconnectInterval: 20 * time.Second, MaxReconnectInterval: 20 * time.Second})
+	c := testkit.NewClient(t, s, &mxrelay.Options{ReconnectInterval: 20 * time.Second, MaxReconnectInterval: 20 * time.Second})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	_, err := c.Send(ctx, mail("retried on the same WebSocket"))
+	_, err := c.Send(ctx, testkit.Mail("retried on the same WebSocket"))
 	require.NoError(t, err)
 	assert.Equal(t, 1, s.Stats().Connections, "on the same WebSocket")
 }
@@ -358,9 +361,9 @@ func TestRecipientsLastRefusalIsReported(t *testing.T) {
 			return true
 		})
 	})
-	s := newRelay(t, &relaytest.Options{UpstreamAddr: u.Addr})
-	c := newClient(t, s, &mxrelay.Options{DisablePipelining: true})
-	res, err := c.Send(ctxT(t), mail("busy", "busy@example.com"), mxrelay.WithRetries(1))
+	s := testkit.NewRelay(t, &relaytest.Options{UpstreamAddr: u.Addr})
+	c := testkit.NewClient(t, s, &mxrelay.Options{DisablePipelining: true})
+	res, err := c.Send(testkit.Ctx(t), testkit.Mail("busy", "busy@example.com"), mxrelay.WithRetries(1))
 	require.Error(t, err)
 	assert.Equal(t, 2, res.Attempts)
 	require.Len(t, res.Rejected, 1)
@@ -393,10 +396,10 @@ func TestStartTLSChecksTheCallersName(t *testing.T) {
 			return true
 		})
 	})
-	s := newRelay(t, &relaytest.Options{UpstreamAddr: u.Addr})
-	c := newClient(t, s, &mxrelay.Options{StartTLS: mxrelay.StartTLSRequired, TLSConfig: &tls.Config{ServerName: "mx.example.com", RootCAs: evilPool},
+	s := testkit.NewRelay(t, &relaytest.Options{UpstreamAddr: u.Addr})
+	c := testkit.NewClient(t, s, &mxrelay.Options{StartTLS: mxrelay.StartTLSRequired, TLSConfig: &tls.Config{ServerName: "mx.example.com", RootCAs: evilPool},
 		Username: "u", Password: "secret-password", MaxReconnectAttempts: 1})
-	_, err := c.Send(ctxT(t), mail("x"))
+	_, err := c.Send(testkit.Ctx(t), testkit.Mail("x"))
 	var cve *tls.CertificateVerificationError
 	require.ErrorAs(t, err, &cve)
 	assert.False(t, u.Saw("AUTH"), "%q", u.Transcript())
@@ -404,11 +407,11 @@ func TestStartTLSChecksTheCallersName(t *testing.T) {
 	// Without a ServerName there is no name of the caller's to check:
 	// New refuses, where the greeting's evil.example was checked and the
 	// password sent to it.
-	c2, err := mxrelay.New(s.URL, s.APIKey, fast(&mxrelay.Options{StartTLS: mxrelay.StartTLSRequired, TLSConfig: &tls.Config{RootCAs: evilPool},
+	c2, err := mxrelay.New(s.URL, s.APIKey, testkit.Fast(&mxrelay.Options{StartTLS: mxrelay.StartTLSRequired, TLSConfig: &tls.Config{RootCAs: evilPool},
 		Username: "u", Password: "secret-password", MaxReconnectAttempts: 1}))
 	if err == nil {
-		c2.Send(ctxT(t), mail("y"))
-		c2.Close(ctxT(t))
+		c2.Send(testkit.Ctx(t), testkit.Mail("y"))
+		c2.Close(testkit.Ctx(t))
 	}
 	require.Error(t, err, "STARTTLS with no TLSConfig.ServerName")
 	assert.False(t, u.Saw("AUTH"), "%q", u.Transcript())

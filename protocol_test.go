@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/internal/testkit"
 	"github.com/mxrelay/mxrelay/internal/wire"
 )
 
@@ -28,75 +29,75 @@ func TestRelayProtocolErrors(t *testing.T) {
 		code   websocket.StatusCode // zero: 1002
 	}{
 		{"non-JSON text", func(ctx context.Context, ws *websocket.Conn) {
-			authOK(ctx, ws)
+			testkit.AuthOK(ctx, ws)
 			ws.Write(ctx, websocket.MessageText, []byte("hello"))
 		}, 0},
 		{"JSON without type", func(ctx context.Context, ws *websocket.Conn) {
-			authOK(ctx, ws)
+			testkit.AuthOK(ctx, ws)
 			ws.Write(ctx, websocket.MessageText, []byte(`{"data":{}}`))
 		}, 0},
 		{"type not a string", func(ctx context.Context, ws *websocket.Conn) {
-			authOK(ctx, ws)
+			testkit.AuthOK(ctx, ws)
 			ws.Write(ctx, websocket.MessageText, []byte(`{"type":7}`))
 		}, 0},
 		{"binary frame outside a binary channel", func(ctx context.Context, ws *websocket.Conn) {
-			authOK(ctx, ws)
+			testkit.AuthOK(ctx, ws)
 			ws.Read(ctx) // channel open
-			send(ctx, ws, wire.TypeChannelReady, nil)
+			testkit.SendFrame(ctx, ws, wire.TypeChannelReady, nil)
 			ws.Write(ctx, websocket.MessageBinary, []byte("220 hi\r\n"))
 		}, 0},
 		{"binary agreed but not asked", func(ctx context.Context, ws *websocket.Conn) {
-			authOK(ctx, ws)
+			testkit.AuthOK(ctx, ws)
 			ws.Read(ctx)
-			send(ctx, ws, wire.TypeChannelReady, wire.ChannelOpen{Binary: true})
+			testkit.SendFrame(ctx, ws, wire.TypeChannelReady, wire.ChannelOpen{Binary: true})
 		}, 0},
 		{"control message over 64 KiB", func(ctx context.Context, ws *websocket.Conn) {
-			authOK(ctx, ws)
-			send(ctx, ws, "X_PADDING", strings.Repeat("x", 70<<10))
+			testkit.AuthOK(ctx, ws)
+			testkit.SendFrame(ctx, ws, "X_PADDING", strings.Repeat("x", 70<<10))
 		}, websocket.StatusMessageTooBig},
 		{"duplicate keys: a refusal followed by a success", func(ctx context.Context, ws *websocket.Conn) {
 			ws.Read(ctx) // AUTHENTICATE
 			ws.Write(ctx, websocket.MessageText, []byte(`{"type":"AUTHENTICATE_RESPONSE","data":{"success":false},"data":{"success":true}}`))
 		}, 0},
 		{"duplicate keys: two types", func(ctx context.Context, ws *websocket.Conn) {
-			authOK(ctx, ws)
+			testkit.AuthOK(ctx, ws)
 			ws.Read(ctx) // channel open
 			ws.Write(ctx, websocket.MessageText, []byte(`{"type":"SMTP_CHANNEL_ERROR","type":"SMTP_CHANNEL_READY","data":{"error":"x"}}`))
 		}, 0},
 		{"frame over 1 MiB", func(ctx context.Context, ws *websocket.Conn) {
-			authOK(ctx, ws)
-			send(ctx, ws, wire.TypeFromServer, strings.Repeat("x", 1100<<10))
+			testkit.AuthOK(ctx, ws)
+			testkit.SendFrame(ctx, ws, wire.TypeFromServer, strings.Repeat("x", 1100<<10))
 		}, websocket.StatusMessageTooBig},
 		// The limits hold while a channel is open too (a client reading
 		// the channel through coder/websocket's NetConn would have lifted
 		// them for the whole connection).
 		{"control message over 64 KiB in an open channel", func(ctx context.Context, ws *websocket.Conn) {
-			authOK(ctx, ws)
+			testkit.AuthOK(ctx, ws)
 			ws.Read(ctx) // channel open
-			send(ctx, ws, wire.TypeChannelReady, nil)
-			send(ctx, ws, wire.TypeFromServer, "220 mx ESMTP\r\n")
+			testkit.SendFrame(ctx, ws, wire.TypeChannelReady, nil)
+			testkit.SendFrame(ctx, ws, wire.TypeFromServer, "220 mx ESMTP\r\n")
 			ws.Read(ctx) // EHLO
-			send(ctx, ws, "X_PADDING", strings.Repeat("x", 70<<10))
+			testkit.SendFrame(ctx, ws, "X_PADDING", strings.Repeat("x", 70<<10))
 		}, websocket.StatusMessageTooBig},
 		{"frame over 1 MiB in an open channel", func(ctx context.Context, ws *websocket.Conn) {
-			authOK(ctx, ws)
+			testkit.AuthOK(ctx, ws)
 			ws.Read(ctx)
-			send(ctx, ws, wire.TypeChannelReady, nil)
-			send(ctx, ws, wire.TypeFromServer, "220 mx ESMTP\r\n")
+			testkit.SendFrame(ctx, ws, wire.TypeChannelReady, nil)
+			testkit.SendFrame(ctx, ws, wire.TypeFromServer, "220 mx ESMTP\r\n")
 			ws.Read(ctx)
-			send(ctx, ws, wire.TypeFromServer, "250-"+strings.Repeat("x", 1100<<10))
+			testkit.SendFrame(ctx, ws, wire.TypeFromServer, "250-"+strings.Repeat("x", 1100<<10))
 		}, websocket.StatusMessageTooBig},
 		{"SMTP data with no channel", func(ctx context.Context, ws *websocket.Conn) {
-			authOK(ctx, ws)
-			send(ctx, ws, wire.TypeFromServer, "220 hi\r\n")
+			testkit.AuthOK(ctx, ws)
+			testkit.SendFrame(ctx, ws, wire.TypeFromServer, "220 hi\r\n")
 		}, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			f := newFakeRelay(t, []string{wire.Subprotocol}, tc.script)
-			c, err := mxrelay.New(f.WSURL(), "key", fast(&mxrelay.Options{MaxReconnectAttempts: 2, DisableBinary: true}))
+			f := testkit.NewFakeRelay(t, []string{wire.Subprotocol}, tc.script)
+			c, err := mxrelay.New(f.WSURL(), "key", testkit.Fast(&mxrelay.Options{MaxReconnectAttempts: 2, DisableBinary: true}))
 			require.NoError(t, err)
 			defer c.Close(context.Background())
-			_, err = c.Send(ctxT(t), mail("x"))
+			_, err = c.Send(testkit.Ctx(t), testkit.Mail("x"))
 			var ce *mxrelay.ConnectError
 			require.ErrorAs(t, err, &ce)
 			var pe *mxrelay.ProtocolError
@@ -114,46 +115,46 @@ func TestRelayProtocolErrors(t *testing.T) {
 }
 
 func TestRelayUnknownTypesAreIgnored(t *testing.T) {
-	f := newFakeRelay(t, []string{wire.Subprotocol}, func(ctx context.Context, ws *websocket.Conn) {
+	f := testkit.NewFakeRelay(t, []string{wire.Subprotocol}, func(ctx context.Context, ws *websocket.Conn) {
 		_, _, err := ws.Read(ctx)
 		if err != nil {
 			return
 		}
-		send(ctx, ws, "RELAY_NEWS", map[string]any{"motd": "hi"})
+		testkit.SendFrame(ctx, ws, "RELAY_NEWS", map[string]any{"motd": "hi"})
 		ws.Write(ctx, websocket.MessageText, []byte(`{"type":"AUTHENTICATE_RESPONSE","data":{"success":false,"error":"nope","extra":1},"more":true}`))
 		ws.Close(wire.StatusAuthFailed, "bad key")
 	})
-	c, err := mxrelay.New(f.WSURL(), "key", fast(nil))
+	c, err := mxrelay.New(f.WSURL(), "key", testkit.Fast(nil))
 	require.NoError(t, err)
 	defer c.Close(context.Background())
-	_, err = c.Send(ctxT(t), mail("x"))
+	_, err = c.Send(testkit.Ctx(t), testkit.Mail("x"))
 	require.ErrorIs(t, err, mxrelay.ErrAuthFailed, "the unknown message was skipped and the refusal understood")
 	assert.Contains(t, err.Error(), "nope")
 }
 
 func TestRelayCloses4003(t *testing.T) {
-	f := newFakeRelay(t, nil, func(ctx context.Context, ws *websocket.Conn) {
+	f := testkit.NewFakeRelay(t, nil, func(ctx context.Context, ws *websocket.Conn) {
 		ws.Read(ctx)
 		ws.Close(wire.StatusAuthFailed, "authentication failed")
 	})
-	c, err := mxrelay.New(f.WSURL(), "key", fast(nil))
+	c, err := mxrelay.New(f.WSURL(), "key", testkit.Fast(nil))
 	require.NoError(t, err)
 	defer c.Close(context.Background())
-	_, err = c.Send(ctxT(t), mail("x"))
+	_, err = c.Send(testkit.Ctx(t), testkit.Mail("x"))
 	require.ErrorIs(t, err, mxrelay.ErrAuthFailed)
 	assert.Equal(t, 1, f.Conns(), "4003 is permanent: no reconnect")
 }
 
 func TestRelayWithoutSubprotocolIsAccepted(t *testing.T) {
-	f := newFakeRelay(t, nil, func(ctx context.Context, ws *websocket.Conn) {
-		authOK(ctx, ws)
+	f := testkit.NewFakeRelay(t, nil, func(ctx context.Context, ws *websocket.Conn) {
+		testkit.AuthOK(ctx, ws)
 		ws.Read(ctx)
-		send(ctx, ws, wire.TypeChannelError, wire.ChannelError{Error: "no upstream"})
+		testkit.SendFrame(ctx, ws, wire.TypeChannelError, wire.ChannelError{Error: "no upstream"})
 	})
-	c, err := mxrelay.New(f.WSURL(), "key", fast(&mxrelay.Options{MaxReconnectAttempts: 1}))
+	c, err := mxrelay.New(f.WSURL(), "key", testkit.Fast(&mxrelay.Options{MaxReconnectAttempts: 1}))
 	require.NoError(t, err)
 	defer c.Close(context.Background())
-	_, err = c.Send(ctxT(t), mail("x"))
+	_, err = c.Send(testkit.Ctx(t), testkit.Mail("x"))
 	var re *mxrelay.RelayError
 	require.ErrorAs(t, err, &re, "the relay was spoken to: the channel error came back")
 	assert.Contains(t, err.Error(), "no upstream")
@@ -162,13 +163,13 @@ func TestRelayWithoutSubprotocolIsAccepted(t *testing.T) {
 func TestRelayCloseCodes(t *testing.T) {
 	for _, code := range []websocket.StatusCode{websocket.StatusGoingAway, websocket.StatusInternalError, websocket.StatusTryAgainLater, wire.StatusAuthTimeout} {
 		t.Run(code.String(), func(t *testing.T) {
-			f := newFakeRelay(t, []string{wire.Subprotocol}, func(ctx context.Context, ws *websocket.Conn) {
+			f := testkit.NewFakeRelay(t, []string{wire.Subprotocol}, func(ctx context.Context, ws *websocket.Conn) {
 				ws.Close(code, "bye")
 			})
-			c, err := mxrelay.New(f.WSURL(), "key", fast(&mxrelay.Options{MaxReconnectAttempts: 3}))
+			c, err := mxrelay.New(f.WSURL(), "key", testkit.Fast(&mxrelay.Options{MaxReconnectAttempts: 3}))
 			require.NoError(t, err)
 			defer c.Close(context.Background())
-			_, err = c.Send(ctxT(t), mail("x"))
+			_, err = c.Send(testkit.Ctx(t), testkit.Mail("x"))
 			var ce *mxrelay.ConnectError
 			require.ErrorAs(t, err, &ce, "retried with backoff, then gave up")
 			assert.Equal(t, 3, ce.Attempts)
@@ -201,10 +202,10 @@ func TestRelaySelectingAnotherSubprotocolIsRefused(t *testing.T) {
 		srv.Close()
 		wg.Wait()
 	}()
-	c, err := mxrelay.New("ws"+strings.TrimPrefix(srv.URL, "http")+"/smtp", "key", fast(&mxrelay.Options{MaxReconnectAttempts: 1}))
+	c, err := mxrelay.New("ws"+strings.TrimPrefix(srv.URL, "http")+"/smtp", "key", testkit.Fast(&mxrelay.Options{MaxReconnectAttempts: 1}))
 	require.NoError(t, err)
 	defer c.Close(context.Background())
-	_, err = c.Send(ctxT(t), mail("x"))
+	_, err = c.Send(testkit.Ctx(t), testkit.Mail("x"))
 	var pe *mxrelay.ProtocolError
 	require.ErrorAs(t, err, &pe)
 }

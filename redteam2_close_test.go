@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/internal/testkit"
 )
 
 // Three concurrent sessions, a spool, a slow honest server (each reply
@@ -35,7 +36,7 @@ func TestRedTeam2CloseWithConcurrentSessionsAndSpool(t *testing.T) {
 				}
 				s := rtRelay(t, srv.serve)
 				dir := t.TempDir()
-				c1, err := mxrelay.New(s.URL, s.APIKey, clientOpts(s, &mxrelay.Options{SpoolDir: dir, MaxConcurrentSessions: 3,
+				c1, err := mxrelay.New(s.URL, s.APIKey, testkit.ClientOptions(s, &mxrelay.Options{SpoolDir: dir, MaxConcurrentSessions: 3,
 					MaxEmailsPerSession: 3, BatchWait: 5 * time.Millisecond, CommandTimeout: 2 * time.Second}))
 				require.NoError(t, err)
 				subs := rtNumbered("m", 12)
@@ -72,10 +73,10 @@ func TestRedTeam2CloseWithConcurrentSessionsAndSpool(t *testing.T) {
 					fates[subs[i]] = f
 					byID[res.EmailID] = subs[i]
 				}
-				c2 := newClient(t, s, &mxrelay.Options{SpoolDir: dir})
+				c2 := testkit.NewClient(t, s, &mxrelay.Options{SpoolDir: dir})
 				second := map[string]*mxrelay.Result{}
 				for _, h := range c2.Recovered() {
-					res, _ := h.Wait(ctxT(t))
+					res, _ := h.Wait(testkit.Ctx(t))
 					require.NotNil(t, res)
 					subj, ok := byID[res.EmailID]
 					if !assert.True(t, ok, "recovered email %s was not one of c1's", res.EmailID) {
@@ -84,7 +85,7 @@ func TestRedTeam2CloseWithConcurrentSessionsAndSpool(t *testing.T) {
 					assert.True(t, fates[subj].handedBack, "email %s recovered though c1 gave it a final result", subj)
 					second[subj] = res
 				}
-				require.NoError(t, c2.Close(ctxT(t)))
+				require.NoError(t, c2.Close(testkit.Ctx(t)))
 				for _, subj := range subs {
 					f := fates[subj]
 					kept := srv.keptN(subj)
@@ -142,7 +143,7 @@ func TestRedTeam2CloseWhileWaitingForQuitConfirmation(t *testing.T) {
 				}
 				s := rtRelay(t, srv.serve)
 				dir := t.TempDir()
-				c1, err := mxrelay.New(s.URL, s.APIKey, fast(&mxrelay.Options{SpoolDir: dir, RetryUnknown: retryUnknown,
+				c1, err := mxrelay.New(s.URL, s.APIKey, testkit.Fast(&mxrelay.Options{SpoolDir: dir, RetryUnknown: retryUnknown,
 					MaxEmailsPerSession: 3, BatchWait: 100 * time.Millisecond, CommandTimeout: 5 * time.Second}))
 				require.NoError(t, err)
 				hs := rtEnqueue(t, c1, rt2Subjects, rtMailTo(), mxrelay.WithRetries(2))
@@ -164,14 +165,14 @@ func TestRedTeam2CloseWhileWaitingForQuitConfirmation(t *testing.T) {
 					byID[res.EmailID] = rt2Subjects[i]
 					first[rt2Subjects[i]] = res
 				}
-				c2 := newClient(t, s, &mxrelay.Options{SpoolDir: dir, RetryUnknown: retryUnknown})
+				c2 := testkit.NewClient(t, s, &mxrelay.Options{SpoolDir: dir, RetryUnknown: retryUnknown})
 				second := map[string]*mxrelay.Result{}
 				for _, h := range c2.Recovered() {
-					res, err := h.Wait(ctxT(t))
+					res, err := h.Wait(testkit.Ctx(t))
 					t.Logf("c2 email %s: err=%v maybe=%v", byID[res.EmailID], err, res.MaybeDelivered)
 					second[byID[res.EmailID]] = res
 				}
-				require.NoError(t, c2.Close(ctxT(t)))
+				require.NoError(t, c2.Close(testkit.Ctx(t)))
 				for _, subj := range rt2Subjects {
 					kept := srv.keptN(subj)
 					r := first[subj]

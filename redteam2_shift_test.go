@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/internal/testkit"
 )
 
 // rt2Check asserts the promises for one email against what the server
@@ -66,10 +67,10 @@ func TestRedTeam2StrayLineMovesRcptRefusalOntoEnd(t *testing.T) {
 					return nil, false
 				}
 				s := rtRelay(t, srv.serve)
-				c := newClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 2, BatchWait: 200 * time.Millisecond, CommandTimeout: time.Second})
+				c := testkit.NewClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 2, BatchWait: 200 * time.Millisecond, CommandTimeout: time.Second})
 				hs := rtEnqueue(t, c, []string{"one", "two"}, rtMailTo("a@example.com", "b@example.com"), mxrelay.WithRetries(3))
 				for i, h := range hs {
-					res, err := h.Wait(ctxT(t))
+					res, err := h.Wait(testkit.Ctx(t))
 					require.NotNil(t, res)
 					subj := []string{"one", "two"}[i]
 					rt2Check(t, subj, res, err, srv.keptN(subj))

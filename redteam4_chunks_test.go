@@ -7,12 +7,13 @@ import (
 	"time"
 
 	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/internal/testkit"
 )
 
 // bigMail is mail with a body of about 600 KiB: three BDAT chunks.
 func bigMail(subject string) mxrelay.Email {
 	var b strings.Builder
-	b.WriteString(msg(subject))
+	b.WriteString(testkit.Msg(subject))
 	line := strings.Repeat("x", 98) + "\r\n"
 	for b.Len() < 600<<10 {
 		b.WriteString(line)

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/internal/testkit"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
 
@@ -138,7 +139,7 @@ func TestRedTeam4CancelledSendWaitsForEmailsBehindIt(t *testing.T) {
 			return nil, false
 		})
 		s := rtRelay(t, srv.serve)
-		c := newClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 5, BatchWait: 100 * time.Millisecond,
+		c := testkit.NewClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 5, BatchWait: 100 * time.Millisecond,
 			CommandTimeout: 6 * time.Second})
 		type out struct {
 			res  *mxrelay.Result
@@ -150,20 +151,20 @@ func TestRedTeam4CancelledSendWaitsForEmailsBehindIt(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 400*time.Millisecond)
 			defer cancel()
 			start := time.Now()
-			res, err := c.Send(ctx, mail("one"), mxrelay.WithRetries(0))
+			res, err := c.Send(ctx, testkit.Mail("one"), mxrelay.WithRetries(0))
 			done <- out{res, err, time.Since(start)}
 		}()
 		synctest.Wait() // A is queued, its session waits out BatchWait
-		hb, err := c.Enqueue(mail("two"), mxrelay.WithRetries(0))
+		hb, err := c.Enqueue(testkit.Mail("two"), mxrelay.WithRetries(0))
 		require.NoError(t, err)
 		time.Sleep(600 * time.Millisecond) // A's context has ended
-		hc, err := c.Enqueue(mail("three"), mxrelay.WithRetries(0))
+		hc, err := c.Enqueue(testkit.Mail("three"), mxrelay.WithRetries(0))
 		require.NoError(t, err)
 		o := <-done
 		require.NotNil(t, o.res)
 		t.Logf("A: err=%v maybe=%v took=%v; kept %d", o.err, o.res.MaybeDelivered, o.took.Round(10*time.Millisecond), srv.keptN("one"))
-		resB, _ := hb.Wait(ctxT(t))
-		resC, _ := hc.Wait(ctxT(t))
+		resB, _ := hb.Wait(testkit.Ctx(t))
+		resC, _ := hc.Wait(testkit.Ctx(t))
 		if st.word == nil { // Postfix-worded: B's RSET confirms A at once
 			assert.Less(t, o.took, 1500*time.Millisecond, "confirmed by B's RSET, yet A's Send waited")
 		}
@@ -188,7 +189,7 @@ func TestRedTeam4SessionTimeoutMakesHonestDeliveriesUnknown(t *testing.T) {
 	rt4EachStyle(t, mxrelay.EngineModes, func(t *testing.T, st rt4Style, m rtMode) {
 		srv := &rt2Server{ext: m.Ext}
 		rt4SlowEnds(srv, st, "~120ms")
-		c := newClient(t, rtRelay(t, srv.serve), &mxrelay.Options{MaxEmailsPerSession: 100, BatchWait: 100 * time.Millisecond,
+		c := testkit.NewClient(t, rtRelay(t, srv.serve), &mxrelay.Options{MaxEmailsPerSession: 100, BatchWait: 100 * time.Millisecond,
 			SessionTimeout: 1500 * time.Millisecond, CommandTimeout: 3 * time.Second})
 		bad := rt4Tally(t, rt4SendAll(t, c, srv, 24, 0))
 		t.Logf("%s/%s: %d emails kept by the server but not reported delivered", st.name, m.Name, bad)
@@ -227,7 +228,7 @@ func TestRedTeam4CloseCtxMakesHonestDeliveriesUnknown(t *testing.T) {
 		srv := &rt2Server{ext: m.Ext}
 		rt4SlowEnds(srv, st, "~20ms")
 		s := rtRelay(t, srv.serve)
-		c, err := mxrelay.New(s.URL, s.APIKey, clientOpts(s, &mxrelay.Options{MaxEmailsPerSession: 100, BatchWait: 50 * time.Millisecond}))
+		c, err := mxrelay.New(s.URL, s.APIKey, testkit.ClientOptions(s, &mxrelay.Options{MaxEmailsPerSession: 100, BatchWait: 50 * time.Millisecond}))
 		require.NoError(t, err)
 		subjs := rtNumbered("e", 30)
 		hs := rtEnqueue(t, c, subjs, rtMailTo(), mxrelay.WithRetries(2))
@@ -262,10 +263,10 @@ func TestRedTeam4LockstepCancelMakesPreviousUnknown(t *testing.T) {
 			return nil, false
 		})
 		s := rtRelay(t, srv.serve)
-		c := newClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 5, BatchWait: 100 * time.Millisecond})
-		ha, err := c.Enqueue(mail("one"), mxrelay.WithRetries(0))
+		c := testkit.NewClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 5, BatchWait: 100 * time.Millisecond})
+		ha, err := c.Enqueue(testkit.Mail("one"), mxrelay.WithRetries(0))
 		require.NoError(t, err)
-		hb, err := c.Enqueue(mail("two"), mxrelay.WithRetries(0))
+		hb, err := c.Enqueue(testkit.Mail("two"), mxrelay.WithRetries(0))
 		require.NoError(t, err)
 		select {
 		case <-rcptB:
@@ -273,8 +274,8 @@ func TestRedTeam4LockstepCancelMakesPreviousUnknown(t *testing.T) {
 			t.Fatal("no RCPT of email two")
 		}
 		hb.Cancel()
-		resA, errA := ha.Wait(ctxT(t))
-		_, errB := hb.Wait(ctxT(t))
+		resA, errA := ha.Wait(testkit.Ctx(t))
+		_, errB := hb.Wait(testkit.Ctx(t))
 		t.Logf("A: err=%v maybe=%v kept=%d; B: err=%v", errA, resA.MaybeDelivered, srv.keptN("one"), errB)
 		assert.ErrorIs(t, errB, mxrelay.ErrCanceled)
 		require.Equal(t, 1, srv.keptN("one"))
@@ -297,12 +298,12 @@ func TestRedTeam4SequentialHonestRelaytest(t *testing.T) {
 	for _, m := range modes {
 		t.Run(m.name, func(t *testing.T) {
 			t.Parallel()
-			s := newRelay(t, &relaytest.Options{HideExtensions: m.hide})
-			c := newClient(t, s, nil)
+			s := testkit.NewRelay(t, &relaytest.Options{HideExtensions: m.hide})
+			c := testkit.NewClient(t, s, nil)
 			var worst time.Duration
 			for i := range 40 {
 				start := time.Now()
-				res, err := c.Send(ctxT(t), mail(fmt.Sprint("s", i)))
+				res, err := c.Send(testkit.Ctx(t), testkit.Mail(fmt.Sprint("s", i)))
 				d := time.Since(start)
 				worst = max(worst, d)
 				require.NoError(t, err)
@@ -321,8 +322,8 @@ func TestRedTeam4ConcurrentSessionsHonest(t *testing.T) {
 	for _, hide := range [][]string{nil, {"CHUNKING"}, {"PIPELINING"}, {"PIPELINING", "CHUNKING"}} {
 		t.Run(strings.Join(hide, "+"), func(t *testing.T) {
 			t.Parallel()
-			s := newRelay(t, &relaytest.Options{HideExtensions: hide})
-			c := newClient(t, s, &mxrelay.Options{MaxConcurrentSessions: 3, MaxEmailsPerSession: 7})
+			s := testkit.NewRelay(t, &relaytest.Options{HideExtensions: hide})
+			c := testkit.NewClient(t, s, &mxrelay.Options{MaxConcurrentSessions: 3, MaxEmailsPerSession: 7})
 			var wg sync.WaitGroup
 			var mu sync.Mutex
 			var bad []string
@@ -332,7 +333,7 @@ func TestRedTeam4ConcurrentSessionsHonest(t *testing.T) {
 					defer wg.Done()
 					for i := range 10 {
 						subj := fmt.Sprint("g", g, "-", i)
-						res, err := c.Send(ctxT(t), mail(subj))
+						res, err := c.Send(testkit.Ctx(t), testkit.Mail(subj))
 						if err != nil || res.MaybeDelivered {
 							mu.Lock()
 							bad = append(bad, fmt.Sprintf("%s: err=%v maybe=%v", subj, err, res != nil && res.MaybeDelivered))
@@ -344,7 +345,7 @@ func TestRedTeam4ConcurrentSessionsHonest(t *testing.T) {
 			wg.Wait()
 			assert.Empty(t, bad)
 			seen := map[string]int{}
-			for _, sj := range subjects(s) {
+			for _, sj := range testkit.Subjects(s) {
 				seen[sj]++
 			}
 			assert.Len(t, seen, 200)
@@ -360,13 +361,13 @@ func TestRedTeam4ConcurrentSessionsHonest(t *testing.T) {
 // sent again and the honest server holds two copies of each. Each is
 // flagged MaybeDelivered (the promise holds); the duplicates are counted.
 func TestRedTeam4SessionTimeoutRetryUnknownDuplicates(t *testing.T) {
-	bubble(t, testRedTeam4SessionTimeoutRetryUnknownDuplicates)
+	testkit.Bubble(t, testRedTeam4SessionTimeoutRetryUnknownDuplicates)
 }
 
 func testRedTeam4SessionTimeoutRetryUnknownDuplicates(t *testing.T) {
 	srv := &rt2Server{ext: mxrelay.EngineModes[0].Ext}
 	rt4SlowEnds(srv, rt4Styles[0], "~120ms")
-	c := newClient(t, rtRelay(t, srv.serve), &mxrelay.Options{MaxEmailsPerSession: 100, BatchWait: 100 * time.Millisecond,
+	c := testkit.NewClient(t, rtRelay(t, srv.serve), &mxrelay.Options{MaxEmailsPerSession: 100, BatchWait: 100 * time.Millisecond,
 		SessionTimeout: 1500 * time.Millisecond, CommandTimeout: 3 * time.Second, RetryUnknown: true})
 	rs := rt4SendAll(t, c, srv, 16, 2)
 	dups := 0

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/internal/testkit"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
 
@@ -42,7 +43,7 @@ func rt5Await(t *testing.T, ch chan struct{}, what string) {
 // the test ends (the test closes it).
 func rt5Client(t *testing.T, s *relaytest.Server, o *mxrelay.Options) *mxrelay.Client {
 	t.Helper()
-	c, err := mxrelay.New(s.URL, s.APIKey, clientOpts(s, o))
+	c, err := mxrelay.New(s.URL, s.APIKey, testkit.ClientOptions(s, o))
 	require.NoError(t, err)
 	return c
 }
@@ -131,7 +132,7 @@ func TestRedTeam5CloseAfterSessionTimeoutDrainExceedsBound(t *testing.T) {
 			})
 			c := rt5Client(t, s, &mxrelay.Options{MaxEmailsPerSession: 5, BatchWait: 10 * time.Millisecond,
 				SessionTimeout: 500 * time.Millisecond, CommandTimeout: 6 * time.Second})
-			h, err := c.Enqueue(mail("one"), mxrelay.WithRetries(0))
+			h, err := c.Enqueue(testkit.Mail("one"), mxrelay.WithRetries(0))
 			require.NoError(t, err)
 			rt5Await(t, quit, "QUIT")
 			time.Sleep(700 * time.Millisecond) // SessionTimeout has passed, QUIT unanswered
@@ -178,7 +179,7 @@ func TestRedTeam5CloseDrainWritesEndOfDataOfEnvelopeEmail(t *testing.T) {
 			t.Logf("%s: Close took %v; one: err=%v maybe=%v; two: err=%v maybe=%v attempts=%d ends seen by server=%d kept=%d",
 				m.Name, took.Round(10*time.Millisecond), err1, res1.MaybeDelivered, err2, res2.MaybeDelivered, res2.Attempts,
 				ends2, srv.keptN("two"))
-			c2 := newClient(t, s, &mxrelay.Options{SpoolDir: dir})
+			c2 := testkit.NewClient(t, s, &mxrelay.Options{SpoolDir: dir})
 			t.Logf("recovered by the next Client: %d", len(c2.Recovered()))
 			assert.NoError(t, err1, "one was kept and confirmed within the grace")
 			assert.Zero(t, ends2, "Close's drain wrote the end of data of an email Close had interrupted before it")
@@ -205,11 +206,11 @@ func TestRedTeam5SessionTimeoutDrainWritesEndOfData(t *testing.T) {
 			st := rt4Styles[0]
 			rt4Hook(srv, st, rt5SlowRcpt(srv, st, nil, "~600ms", true))
 			s := rtRelay(t, srv.serve)
-			c := newClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 5, BatchWait: 100 * time.Millisecond,
+			c := testkit.NewClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 5, BatchWait: 100 * time.Millisecond,
 				SessionTimeout: 400 * time.Millisecond, CommandTimeout: 1500 * time.Millisecond})
 			hs := rtEnqueue(t, c, []string{"one", "two"}, rtMailTo(), mxrelay.WithRetries(2))
 			for i, h := range hs {
-				res, err := h.Wait(ctxT(t))
+				res, err := h.Wait(testkit.Ctx(t))
 				subj := []string{"one", "two"}[i]
 				o := rt3Of(srv, subj, res, err)
 				t.Logf("%s: %v attempts=%d ends=%d", m.Name, o, res.Attempts, srv.endsN(subj))
@@ -240,7 +241,7 @@ func TestRedTeam5LockstepWithdrawThenSilence(t *testing.T) {
 			s := rtRelay(t, srv.serve)
 			c := rt5Client(t, s, &mxrelay.Options{MaxEmailsPerSession: 5,
 				BatchWait: 100 * time.Millisecond, CommandTimeout: 1500 * time.Millisecond})
-			ha, err := c.Enqueue(mail("one"), mxrelay.WithRetries(0))
+			ha, err := c.Enqueue(testkit.Mail("one"), mxrelay.WithRetries(0))
 			require.NoError(t, err)
 			type out struct {
 				res  *mxrelay.Result
@@ -251,7 +252,7 @@ func TestRedTeam5LockstepWithdrawThenSilence(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
 			go func() {
 				start := time.Now()
-				res, err := c.Send(ctx, mail("two"), mxrelay.WithRetries(0))
+				res, err := c.Send(ctx, testkit.Mail("two"), mxrelay.WithRetries(0))
 				done <- out{res, err, time.Since(start)}
 			}()
 			rt5Await(t, mail2, "email two's MAIL")
@@ -264,7 +265,7 @@ func TestRedTeam5LockstepWithdrawThenSilence(t *testing.T) {
 				t.Fatal("the cancelled Send did not return")
 			}
 			sinceCancel := time.Since(cancelAt)
-			resA, errA := ha.Wait(ctxT(t))
+			resA, errA := ha.Wait(testkit.Ctx(t))
 			t.Logf("%s: two: err=%v returned %v after cancel; one: err=%v maybe=%v kept=%d", m.Name, o.err,
 				sinceCancel.Round(time.Millisecond), errA, resA.MaybeDelivered, srv.keptN("one"))
 			assert.ErrorIs(t, o.err, mxrelay.ErrCanceled)
@@ -312,7 +313,7 @@ func TestRedTeam5CloseGraceConcurrentSessions(t *testing.T) {
 // email delivered, is reported sessionFailed (and counted in
 // Stats.SessionsFailed), its cause the deadline.
 func TestRedTeam5DrainedSessionTimeoutReportedFailed(t *testing.T) {
-	bubble(t, testRedTeam5DrainedSessionTimeoutReportedFailed)
+	testkit.Bubble(t, testRedTeam5DrainedSessionTimeoutReportedFailed)
 }
 
 func testRedTeam5DrainedSessionTimeoutReportedFailed(t *testing.T) {
@@ -327,7 +328,7 @@ func testRedTeam5DrainedSessionTimeoutReportedFailed(t *testing.T) {
 	s := rtRelay(t, srv.serve)
 	var mu sync.Mutex
 	var evs []mxrelay.Event
-	c := newClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 5, BatchWait: 10 * time.Millisecond,
+	c := testkit.NewClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 5, BatchWait: 10 * time.Millisecond,
 		SessionTimeout: 300 * time.Millisecond, CommandTimeout: 3 * time.Second,
 		OnEvent: func(e mxrelay.Event) {
 			if e.Type == mxrelay.EventSessionCompleted || e.Type == mxrelay.EventSessionFailed {
@@ -337,7 +338,7 @@ func testRedTeam5DrainedSessionTimeoutReportedFailed(t *testing.T) {
 			}
 		}})
 	for _, h := range rtEnqueue(t, c, []string{"one", "two"}, rtMailTo(), mxrelay.WithRetries(0)) {
-		res, err := h.Wait(ctxT(t))
+		res, err := h.Wait(testkit.Ctx(t))
 		require.NoError(t, err)
 		require.False(t, res.MaybeDelivered)
 	}
@@ -369,14 +370,14 @@ func TestRedTeam5WithdrawCutsReplyInFlight(t *testing.T) {
 			end1 := rt5Signal()
 			rt4Hook(srv, st, rt5SlowEnd(srv, st, end1, 1, "~400ms"))
 			s := rtRelay(t, srv.serve)
-			c := newClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 5, BatchWait: 100 * time.Millisecond,
+			c := testkit.NewClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 5, BatchWait: 100 * time.Millisecond,
 				CommandTimeout: 3 * time.Second})
 			hs := rtEnqueue(t, c, []string{"one", "two"}, rtMailTo(), mxrelay.WithRetries(0))
 			rt5Await(t, end1, "email one's end of data")
 			time.Sleep(150 * time.Millisecond) // two's envelope is out, one's reply not yet
 			hs[1].Cancel()
-			res1, err1 := hs[0].Wait(ctxT(t))
-			_, err2 := hs[1].Wait(ctxT(t))
+			res1, err1 := hs[0].Wait(testkit.Ctx(t))
+			_, err2 := hs[1].Wait(testkit.Ctx(t))
 			t.Logf("one: err=%v maybe=%v kept=%d; two: err=%v", err1, res1.MaybeDelivered, srv.keptN("one"), err2)
 			assert.ErrorIs(t, err2, mxrelay.ErrCanceled)
 			require.Equal(t, 1, srv.keptN("one"))
@@ -419,9 +420,9 @@ func TestRedTeam5CloseDrainSpoolDeliveredOnce(t *testing.T) {
 				t.Log(o)
 				assert.True(t, o.delivered(), "answered and confirmed within the grace: %v", o)
 			}
-			c2 := newClient(t, s, &mxrelay.Options{SpoolDir: dir})
+			c2 := testkit.NewClient(t, s, &mxrelay.Options{SpoolDir: dir})
 			assert.Empty(t, c2.Recovered(), "the next Client recovered an email c1 delivered")
-			require.NoError(t, c2.Close(ctxT(t)))
+			require.NoError(t, c2.Close(testkit.Ctx(t)))
 			for _, subj := range subjs {
 				assert.Equal(t, 1, srv.keptN(subj), subj)
 			}
@@ -451,7 +452,7 @@ func TestRedTeam5HurryThenClose(t *testing.T) {
 			}
 			done := make(chan out, 1)
 			go func() {
-				res, err := c1.Send(ctx, mail("one"), mxrelay.WithRetries(2))
+				res, err := c1.Send(ctx, testkit.Mail("one"), mxrelay.WithRetries(2))
 				done <- out{res, err}
 			}()
 			rt5Await(t, end1, "email one's end of data")

@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/internal/testkit"
 )
 
 // Red team, sixth round: the drain of f96e9d0 (draining refuses new ends
@@ -51,7 +52,7 @@ func (r *rt6Events) first() (mxrelay.Event, bool) {
 // although every reply came within CommandTimeout of the one before it,
 // as the session's own read deadline allows outside a drain.
 func TestRedTeam6DrainGraceIsTotalNotPerReply(t *testing.T) {
-	bubble(t, testRedTeam6DrainGraceIsTotalNotPerReply)
+	testkit.Bubble(t, testRedTeam6DrainGraceIsTotalNotPerReply)
 }
 
 func testRedTeam6DrainGraceIsTotalNotPerReply(t *testing.T) {
@@ -65,7 +66,7 @@ func testRedTeam6DrainGraceIsTotalNotPerReply(t *testing.T) {
 		return nil, false
 	})
 	s := rtRelay(t, srv.serve)
-	c := newClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 5, BatchWait: 50 * time.Millisecond,
+	c := testkit.NewClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 5, BatchWait: 50 * time.Millisecond,
 		SessionTimeout: 250 * time.Millisecond, CommandTimeout: time.Second})
 	subjs := rtNumbered("g", 3)
 	hs := rtEnqueue(t, c, subjs, rtMailTo(), mxrelay.WithRetries(0))
@@ -100,7 +101,7 @@ func TestRedTeam6SessionTimeoutWithdrawnChargedAttempt(t *testing.T) {
 			rt4Hook(srv, st, rt5SlowRcpt(srv, st, nil, "~600ms", false))
 			s := rtRelay(t, srv.serve)
 			ev := &rt6Events{}
-			c := newClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 5, BatchWait: 100 * time.Millisecond,
+			c := testkit.NewClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 5, BatchWait: 100 * time.Millisecond,
 				SessionTimeout: 400 * time.Millisecond, CommandTimeout: 1500 * time.Millisecond, OnEvent: ev.on})
 			subjs := []string{"one", "two"}
 			hs := rtEnqueue(t, c, subjs, rtMailTo(), mxrelay.WithRetries(0))
@@ -150,11 +151,11 @@ func TestRedTeam6DataDrainRefusalSessionEvent(t *testing.T) {
 			})
 			s := rtRelay(t, srv.serve)
 			ev := &rt6Events{}
-			c := newClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 5, BatchWait: 100 * time.Millisecond,
+			c := testkit.NewClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 5, BatchWait: 100 * time.Millisecond,
 				SessionTimeout: 400 * time.Millisecond, CommandTimeout: 1500 * time.Millisecond, OnEvent: ev.on})
 			hs := rtEnqueue(t, c, []string{"one", "two"}, rtMailTo(), mxrelay.WithRetries(3))
 			for _, h := range hs {
-				res, err := h.Wait(ctxT(t))
+				res, err := h.Wait(testkit.Ctx(t))
 				require.NoError(t, err)
 				assert.False(t, res.MaybeDelivered)
 			}
@@ -182,7 +183,7 @@ func TestRedTeam6CloseTwiceConcurrently(t *testing.T) {
 			s, quit := rt5QuitStalls(t, srv, st, 0, nil)
 			c := rt5Client(t, s, &mxrelay.Options{MaxEmailsPerSession: 1,
 				BatchWait: 5 * time.Millisecond, CommandTimeout: 6 * time.Second})
-			h, err := c.Enqueue(mail("one"), mxrelay.WithRetries(0))
+			h, err := c.Enqueue(testkit.Mail("one"), mxrelay.WithRetries(0))
 			require.NoError(t, err)
 			rt5Await(t, quit, "QUIT")
 			long := make(chan time.Duration, 1)
@@ -232,11 +233,11 @@ func TestRedTeam6CloseDrainRefusedSpoolLastTry(t *testing.T) {
 			assert.ErrorIs(t, err2, mxrelay.ErrClosed)
 			assert.ErrorIs(t, err2, mxrelay.ErrSpooled)
 			assert.Zero(t, res2.Attempts)
-			c2 := newClient(t, s, &mxrelay.Options{SpoolDir: dir})
+			c2 := testkit.NewClient(t, s, &mxrelay.Options{SpoolDir: dir})
 			rec := c2.Recovered()
 			t.Logf("recovered %d", len(rec))
 			require.Len(t, rec, 1)
-			_, err := rec[0].Wait(ctxT(t))
+			_, err := rec[0].Wait(testkit.Ctx(t))
 			assert.NoError(t, err)
 			assert.Equal(t, 1, srv.keptN("one"))
 			assert.Equal(t, 1, srv.keptN("two"))

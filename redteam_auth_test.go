@@ -9,6 +9,7 @@ import (
 
 	"github.com/mxrelay/mxrelay"
 	"github.com/mxrelay/mxrelay/internal/fakesmtp"
+	"github.com/mxrelay/mxrelay/internal/testkit"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
 
@@ -49,10 +50,10 @@ func TestRedTeamNoAuthInClearWhenSTARTTLSFails(t *testing.T) {
 					return true
 				})
 			})
-			s := newRelay(t, &relaytest.Options{UpstreamAddr: u.Addr})
-			c := newClient(t, s, &mxrelay.Options{StartTLS: mxrelay.StartTLSOpportunistic,
+			s := testkit.NewRelay(t, &relaytest.Options{UpstreamAddr: u.Addr})
+			c := testkit.NewClient(t, s, &mxrelay.Options{StartTLS: mxrelay.StartTLSOpportunistic,
 				TLSConfig: &tls.Config{ServerName: "mx.example.com"}, Username: "u", Password: "pw", MaxReconnectAttempts: 1})
-			_, err := c.Send(ctxT(t), mail("x"), mxrelay.WithRetries(0))
+			_, err := c.Send(testkit.Ctx(t), testkit.Mail("x"), mxrelay.WithRetries(0))
 			require.Error(t, err)
 			assert.False(t, u.Saw("AUTH"), "AUTH sent in clear: %q", u.Transcript())
 		})

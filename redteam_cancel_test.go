@@ -11,6 +11,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/internal/testkit"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
 
@@ -39,12 +40,12 @@ func TestRedTeamCancelAndCloseAtEveryStall(t *testing.T) {
 			s.Inject(tc.fault)
 			o := tc.opts
 			o.CommandTimeout, o.ChannelTimeout = 2*time.Second, 30*time.Second
-			c, err := mxrelay.New(s.URL, s.APIKey, fast(&o))
+			c, err := mxrelay.New(s.URL, s.APIKey, testkit.Fast(&o))
 			require.NoError(t, err)
 			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 			defer cancel()
 			start := time.Now()
-			res, err := c.Send(ctx, mail("stalled"))
+			res, err := c.Send(ctx, testkit.Mail("stalled"))
 			took := time.Since(start)
 			require.Error(t, err)
 			require.NotNil(t, res)
@@ -53,22 +54,22 @@ func TestRedTeamCancelAndCloseAtEveryStall(t *testing.T) {
 				// Only an email whose end of data was sent may wait for it.
 				assert.True(t, res.MaybeDelivered, "%v", err)
 			}
-			h, err := c.Enqueue(mail("queued behind"))
+			h, err := c.Enqueue(testkit.Mail("queued behind"))
 			require.NoError(t, err)
 			cctx, ccancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 			defer ccancel()
 			start = time.Now()
 			c.Close(cctx)
 			assert.Less(t, time.Since(start), 5*time.Second, "Close waited past its context")
-			res2, err := h.Wait(ctxT(t))
+			res2, err := h.Wait(testkit.Ctx(t))
 			require.NotNil(t, res2)
 			// Close drains what it can in its time: delivered once, or
 			// handed back unsent.
 			if err == nil {
-				assert.Equal(t, 1, countSubject(s, "queued behind"))
+				assert.Equal(t, 1, testkit.CountSubject(s, "queued behind"))
 			} else {
 				assert.ErrorIs(t, err, mxrelay.ErrClosed)
-				assert.Equal(t, 0, countSubject(s, "queued behind"))
+				assert.Equal(t, 0, testkit.CountSubject(s, "queued behind"))
 			}
 			st := c.Stats()
 			assert.Equal(t, st.EmailsQueued, st.EmailsDelivered+st.EmailsFailed)

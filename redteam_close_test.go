@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/internal/testkit"
 )
 
 // Close(ctx) with a short context while a pipelined window is in flight,
@@ -46,7 +47,7 @@ func TestRedTeamCloseMidWindowWithSpool(t *testing.T) {
 				}
 				s := rtRelay(t, srv.serve)
 				dir := t.TempDir()
-				c1, err := mxrelay.New(s.URL, s.APIKey, fast(&mxrelay.Options{SpoolDir: dir, RetryUnknown: retryUnknown,
+				c1, err := mxrelay.New(s.URL, s.APIKey, testkit.Fast(&mxrelay.Options{SpoolDir: dir, RetryUnknown: retryUnknown,
 					MaxEmailsPerSession: 4, BatchWait: 200 * time.Millisecond, CommandTimeout: time.Minute}))
 				require.NoError(t, err)
 				subjects := []string{"a", "b", "c", "d"}
@@ -72,7 +73,7 @@ func TestRedTeamCloseMidWindowWithSpool(t *testing.T) {
 
 				handedBack := map[string]bool{}
 				for i, h := range hs {
-					res, err := h.Wait(ctxT(t))
+					res, err := h.Wait(testkit.Ctx(t))
 					require.NotNil(t, res)
 					subj := subjects[i]
 					t.Logf("%s: err=%v maybe=%v attempts=%d kept=%d", subj, err, res.MaybeDelivered, res.Attempts, srv.keptN(subj))
@@ -90,10 +91,10 @@ func TestRedTeamCloseMidWindowWithSpool(t *testing.T) {
 				}
 				// The next Client: every email handed back is sent again;
 				// if the server already has it, the Result says so.
-				c2 := newClient(t, s, &mxrelay.Options{SpoolDir: dir, RetryUnknown: retryUnknown})
+				c2 := testkit.NewClient(t, s, &mxrelay.Options{SpoolDir: dir, RetryUnknown: retryUnknown})
 				got := map[string]bool{}
 				for _, h := range c2.Recovered() {
-					res, err := h.Wait(ctxT(t))
+					res, err := h.Wait(testkit.Ctx(t))
 					require.NotNil(t, res)
 					got[res.EmailID] = true
 					t.Logf("recovered %s: err=%v maybe=%v attempts=%d", res.EmailID, err, res.MaybeDelivered, res.Attempts)
@@ -105,7 +106,7 @@ func TestRedTeamCloseMidWindowWithSpool(t *testing.T) {
 					if srv.keptN(sj) > 1 {
 						maybe := false
 						for _, h := range append(hs, c2.Recovered()...) {
-							if r, _ := h.Wait(ctxT(t)); r != nil && r.MaybeDelivered {
+							if r, _ := h.Wait(testkit.Ctx(t)); r != nil && r.MaybeDelivered {
 								maybe = true
 							}
 						}

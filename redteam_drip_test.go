@@ -13,6 +13,7 @@ import (
 
 	"github.com/mxrelay/mxrelay"
 	"github.com/mxrelay/mxrelay/internal/fakesmtp"
+	"github.com/mxrelay/mxrelay/internal/testkit"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
 
@@ -110,11 +111,11 @@ func dripUpstream(t *testing.T, gap time.Duration, endRead chan<- int, answered 
 func TestCancelledSendAfterEndOfDataTakesItsReply(t *testing.T) {
 	endRead, answered := make(chan int, 64), make(chan answer, 64)
 	addr := dripUpstream(t, 150*time.Millisecond, endRead, answered)
-	s := newRelay(t, &relaytest.Options{UpstreamAddr: addr})
+	s := testkit.NewRelay(t, &relaytest.Options{UpstreamAddr: addr})
 	const commandTimeout = 600 * time.Millisecond
-	c := newClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 8, BatchWait: 300 * time.Millisecond, CommandTimeout: commandTimeout})
+	c := testkit.NewClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 8, BatchWait: 300 * time.Millisecond, CommandTimeout: commandTimeout})
 	for i := range 7 {
-		_, err := c.Enqueue(mail(fmt.Sprint("before", i)))
+		_, err := c.Enqueue(testkit.Mail(fmt.Sprint("before", i)))
 		require.NoError(t, err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -126,7 +127,7 @@ func TestCancelledSendAfterEndOfDataTakesItsReply(t *testing.T) {
 	}
 	done := make(chan sent, 1)
 	go func() {
-		res, err := c.Send(ctx, mail("last"))
+		res, err := c.Send(ctx, testkit.Mail("last"))
 		done <- sent{res, err, time.Now()}
 	}()
 	// Wait until the server has read the 8th end of data: it is on the wire.

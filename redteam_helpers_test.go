@@ -10,6 +10,7 @@ import (
 
 	"github.com/mxrelay/mxrelay"
 	"github.com/mxrelay/mxrelay/internal/fakesmtp"
+	"github.com/mxrelay/mxrelay/internal/testkit"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
 
@@ -97,7 +98,7 @@ func (s *rt2Server) serve(c *fakesmtp.Conn) {
 			case "RCPT":
 				cmd.rcpt = fc.Rcpt
 			case "END":
-				cmd.subj = subjectOf([]byte(fc.Message))
+				cmd.subj = testkit.SubjectOf([]byte(fc.Message))
 				s.mu.Lock()
 				s.ends[cmd.subj]++
 				s.mu.Unlock()
@@ -184,8 +185,8 @@ type rtMode = struct {
 // (in memory in a Bubble).
 func rtRelay(t *testing.T, serve func(c *fakesmtp.Conn)) *relaytest.Server {
 	t.Helper()
-	u := newUpstream(t, serve)
-	return newRelay(t, &relaytest.Options{UpstreamAddr: u.Addr})
+	u := testkit.NewUpstream(t, serve)
+	return testkit.NewRelay(t, &relaytest.Options{UpstreamAddr: u.Addr})
 }
 
 // rtRun runs f as the parallel subtest name, in a Bubble: the red team's
@@ -194,13 +195,13 @@ func rtRelay(t *testing.T, serve func(c *fakesmtp.Conn)) *relaytest.Server {
 func rtRun(t *testing.T, name string, f func(t *testing.T)) {
 	t.Run(name, func(t *testing.T) {
 		t.Parallel()
-		bubble(t, f)
+		testkit.Bubble(t, f)
 	})
 }
 
 // rtMailTo makes, for a Subject, mail to the recipients to (none: b@).
 func rtMailTo(to ...string) func(subject string) mxrelay.Email {
-	return func(subject string) mxrelay.Email { return mail(subject, to...) }
+	return func(subject string) mxrelay.Email { return testkit.Mail(subject, to...) }
 }
 
 // rtNumbered is the subjects prefix0 .. prefix<n-1>.
@@ -229,7 +230,7 @@ func rtEnqueue(t *testing.T, c *mxrelay.Client, subjects []string, mk func(subje
 func rtWait(t *testing.T, srv *rt2Server, subjects []string, hs []*mxrelay.Handle, each func(o rt3Outcome, res *mxrelay.Result)) {
 	t.Helper()
 	for i, h := range hs {
-		res, err := h.Wait(ctxT(t))
+		res, err := h.Wait(testkit.Ctx(t))
 		require.NotNil(t, res)
 		each(rt3Outcome{subj: subjects[i], err: err, maybe: res.MaybeDelivered, kept: srv.keptN(subjects[i])}, res)
 	}
@@ -252,7 +253,7 @@ func rtSession(t *testing.T, srv *rt2Server, o *mxrelay.Options, timeout time.Du
 	if o.CommandTimeout == 0 {
 		o.CommandTimeout = timeout
 	}
-	c := newClient(t, s, o)
+	c := testkit.NewClient(t, s, o)
 	rtWait(t, srv, rt2Subjects, rtEnqueue(t, c, rt2Subjects, mk, mxrelay.WithRetries(retries)), each)
 }
 

@@ -8,6 +8,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/internal/testkit"
 )
 
 // The guarantee (README, Guarantees): delivered only on a 2xx "that can
@@ -43,16 +44,16 @@ func TestRedTeamStrayLineThen421ConfirmsAFalseDelivery(t *testing.T) {
 				return nil, false
 			})
 			s := rtRelay(t, srv.serve)
-			c := newClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 2, BatchWait: 200 * time.Millisecond})
+			c := testkit.NewClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 2, BatchWait: 200 * time.Millisecond})
 			hs := rtEnqueue(t, c, []string{"one", "two"}, rtMailTo(), mxrelay.WithRetries(3))
-			res, err := hs[0].Wait(ctxT(t))
+			res, err := hs[0].Wait(testkit.Ctx(t))
 			require.NotNil(t, res)
 			t.Logf("email 1: err=%v maybe=%v attempts=%d; server kept %d, ends %d", err, res.MaybeDelivered, res.Attempts, srv.keptN("one"), srv.endsN("one"))
 			if err == nil && !res.MaybeDelivered {
 				assert.Equal(t, 1, srv.keptN("one"),
 					"email 1 reported delivered (MaybeDelivered false, reply %+v) but the server kept %d copies", res.Reply, srv.keptN("one"))
 			}
-			_, _ = hs[1].Wait(ctxT(t))
+			_, _ = hs[1].Wait(testkit.Ctx(t))
 		})
 	}
 }
@@ -86,10 +87,10 @@ func TestRedTeamRepeatedFrameConfirmsAFalseDelivery(t *testing.T) {
 		return nil, false
 	})
 	s := rtRelay(t, srv.serve)
-	c := newClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 3, BatchWait: 200 * time.Millisecond})
+	c := testkit.NewClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 3, BatchWait: 200 * time.Millisecond})
 	hs := rtEnqueue(t, c, []string{"one", "two", "three"}, rtMailTo(), mxrelay.WithRetries(3))
 	for i, h := range hs {
-		res, err := h.Wait(ctxT(t))
+		res, err := h.Wait(testkit.Ctx(t))
 		require.NotNil(t, res)
 		subj := []string{"one", "two", "three"}[i]
 		t.Logf("email %s: err=%v maybe=%v reply=%+v attempts=%d; server kept %d, ends %d", subj, err, res.MaybeDelivered, res.Reply, res.Attempts, srv.keptN(subj), srv.endsN(subj))
@@ -122,16 +123,16 @@ func TestRedTeamLostEndReplyConfirmsAFalseDelivery(t *testing.T) {
 				return nil, false
 			}
 			s := rtRelay(t, srv.serve)
-			c := newClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 3, BatchWait: 200 * time.Millisecond, CommandTimeout: time.Second})
+			c := testkit.NewClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 3, BatchWait: 200 * time.Millisecond, CommandTimeout: time.Second})
 			hs := rtEnqueue(t, c, []string{"one", "two", "three"}, rtMailTo(), mxrelay.WithRetries(3))
-			res, err := hs[0].Wait(ctxT(t))
+			res, err := hs[0].Wait(testkit.Ctx(t))
 			require.NotNil(t, res)
 			t.Logf("email 1: err=%v maybe=%v reply=%+v; server kept %d", err, res.MaybeDelivered, res.Reply, srv.keptN("one"))
 			if err == nil && !res.MaybeDelivered {
 				assert.Equal(t, 1, srv.keptN("one"), "email 1 reported delivered on reply %+v, but the server refused it and kept nothing", res.Reply)
 			}
 			for _, h := range hs[1:] {
-				_, _ = h.Wait(ctxT(t))
+				_, _ = h.Wait(testkit.Ctx(t))
 			}
 		})
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/internal/testkit"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
 
@@ -89,7 +90,7 @@ func TestResultOutcome(t *testing.T) {
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s := newRelay(t, nil)
+			s := testkit.NewRelay(t, nil)
 			for _, f := range tc.faults {
 				s.Inject(f)
 			}
@@ -101,8 +102,8 @@ func TestResultOutcome(t *testing.T) {
 				s.SetDown(true)
 				o.ReconnectInterval = time.Hour
 			}
-			c := newClient(t, s, &o)
-			e := mail(tc.name, tc.to...)
+			c := testkit.NewClient(t, s, &o)
+			e := testkit.Mail(tc.name, tc.to...)
 			var res *mxrelay.Result
 			var err error
 			if tc.handBack {
@@ -111,9 +112,9 @@ func TestResultOutcome(t *testing.T) {
 				ctx, cancel := context.WithCancel(context.Background())
 				cancel()
 				require.ErrorIs(t, c.Close(ctx), context.Canceled)
-				res, err = h.Wait(ctxT(t))
+				res, err = h.Wait(testkit.Ctx(t))
 			} else {
-				res, err = c.Send(ctxT(t), e)
+				res, err = c.Send(testkit.Ctx(t), e)
 			}
 			require.NotNil(t, res)
 
@@ -150,10 +151,10 @@ func TestOutcomeString(t *testing.T) {
 
 // A refused recipient is an error, and its reply is in its fields.
 func TestRecipientErrorCarriesTheReply(t *testing.T) {
-	s := newRelay(t, nil)
+	s := testkit.NewRelay(t, nil)
 	s.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: "RCPT", Recipient: "gone@example.com", Reply: "550 5.1.1 no such user"})
-	c := newClient(t, s, nil)
-	res, err := c.Send(ctxT(t), mail("refused", "ok@example.com", "gone@example.com"))
+	c := testkit.NewClient(t, s, nil)
+	res, err := c.Send(testkit.Ctx(t), testkit.Mail("refused", "ok@example.com", "gone@example.com"))
 	require.NoError(t, err)
 	require.Len(t, res.Rejected, 1)
 	r := res.Rejected[0]

@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/internal/testkit"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
 
@@ -21,8 +22,8 @@ func TestSampleMessages(t *testing.T) {
 	require.NoError(t, err)
 	require.NotEmpty(t, files)
 	for _, binary := range []bool{true, false} {
-		s := newRelay(t, &relaytest.Options{DisableBinary: !binary})
-		c := newClient(t, s, nil)
+		s := testkit.NewRelay(t, &relaytest.Options{DisableBinary: !binary})
+		c := testkit.NewClient(t, s, nil)
 		for _, name := range files {
 			t.Run(filepath.Base(name)+map[bool]string{true: "/binary", false: "/json"}[binary], func(t *testing.T) {
 				data, err := os.ReadFile(name)
@@ -31,7 +32,7 @@ func TestSampleMessages(t *testing.T) {
 				require.NoError(t, err)
 				defer f.Close()
 				before := len(s.Mailbox())
-				_, err = c.Send(ctxT(t), mxrelay.Email{From: "app@example.com", To: []string{"user@example.org"}, Body: f})
+				_, err = c.Send(testkit.Ctx(t), mxrelay.Email{From: "app@example.com", To: []string{"user@example.org"}, Body: f})
 				if !binary && !utf8.Valid(data) {
 					require.ErrorIs(t, err, mxrelay.ErrNotUTF8)
 					assert.Len(t, s.Mailbox(), before)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/mxrelay/mxrelay"
 	"github.com/mxrelay/mxrelay/internal/fakesmtp"
+	"github.com/mxrelay/mxrelay/internal/testkit"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
 
@@ -80,17 +81,17 @@ func TestSecretsNeverLeakOnFailure(t *testing.T) {
 			if tc.upstream != nil {
 				ro.UpstreamAddr = fakesmtp.Listen(t, tc.upstream).Addr
 			}
-			s := newRelay(t, &ro)
-			logs := &logBuffer{}
-			rec := &recorder{}
+			s := testkit.NewRelay(t, &ro)
+			logs := &testkit.LogBuffer{}
+			rec := &testkit.Recorder{}
 			o := tc.opts
 			o.Username, o.Password, o.Logger, o.OnEvent, o.MaxReconnectAttempts = user, password, logs.Logger(), rec.On, 2
 			o.PasswordInClear = o.StartTLS == mxrelay.StartTLSNever
-			c, err := mxrelay.New(s.URL, apiKey, fast(&o))
+			c, err := mxrelay.New(s.URL, apiKey, testkit.Fast(&o))
 			require.NoError(t, err)
-			res, err := c.Send(ctxT(t), mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: strings.NewReader(msg("x"))})
+			res, err := c.Send(testkit.Ctx(t), mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: strings.NewReader(testkit.Msg("x"))})
 			require.Error(t, err)
-			c.Close(ctxT(t)) // all events delivered
+			c.Close(testkit.Ctx(t)) // all events delivered
 
 			seen := []string{logs.String(), err.Error(), fmt.Sprintf("%+v", err)}
 			if res != nil {

@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/internal/testkit"
 )
 
 // writerTo is a message that writes itself out in chunks and may fail after
@@ -42,9 +43,9 @@ func (w *writerTo) WriteTo(dst io.Writer) (int64, error) {
 }
 
 func TestSenderStreamsTheMessage(t *testing.T) {
-	s := newRelay(t, nil)
+	s := testkit.NewRelay(t, nil)
 	spool := t.TempDir()
-	c := newClient(t, s, &mxrelay.Options{TempDir: spool})
+	c := testkit.NewClient(t, s, &mxrelay.Options{TempDir: spool})
 	sender := mxrelay.NewSender(c)
 
 	big := strings.Repeat(strings.Repeat("0123456789abcdef", 4)+"\r\n", 4096) // 264 KiB, more than any pipe or buffer holds
@@ -60,8 +61,8 @@ func TestSenderStreamsTheMessage(t *testing.T) {
 }
 
 func TestSenderWriteToFails(t *testing.T) {
-	s := newRelay(t, nil)
-	c := newClient(t, s, nil)
+	s := testkit.NewRelay(t, nil)
+	c := testkit.NewClient(t, s, nil)
 	msg := &writerTo{chunks: []string{"Subject: half\r\n\r\n", "first half\r\n", "second half\r\n"}, failAt: 2}
 	err := mxrelay.NewSender(c).Send("a@example.com", []string{"b@example.com"}, msg)
 	require.ErrorIs(t, err, errDisk)
@@ -70,8 +71,8 @@ func TestSenderWriteToFails(t *testing.T) {
 }
 
 func TestSenderRefusedBeforeReading(t *testing.T) {
-	s := newRelay(t, nil)
-	c := newClient(t, s, nil)
+	s := testkit.NewRelay(t, nil)
+	c := testkit.NewClient(t, s, nil)
 	msg := &writerTo{chunks: []string{"Subject: x\r\n\r\n", "body\r\n"}}
 	err := mxrelay.NewSender(c).Send("a@example.com", []string{"not an address"}, msg)
 	require.ErrorIs(t, err, mxrelay.ErrInvalidEmail)
@@ -79,20 +80,20 @@ func TestSenderRefusedBeforeReading(t *testing.T) {
 }
 
 func TestSenderReader(t *testing.T) {
-	s := newRelay(t, nil)
-	c := newClient(t, s, nil)
-	buf := bytes.NewBufferString(msg("buffer"))
+	s := testkit.NewRelay(t, nil)
+	c := testkit.NewClient(t, s, nil)
+	buf := bytes.NewBufferString(testkit.Msg("buffer"))
 	require.NoError(t, mxrelay.NewSender(c, mxrelay.WithPriority(mxrelay.PriorityHigh)).Send("a@example.com", []string{"b@example.com"}, buf))
 	require.Len(t, s.Mailbox(), 1)
-	assert.Equal(t, msg("buffer"), string(s.Mailbox()[0].Data))
-	assert.Equal(t, msg("buffer"), buf.String(), "read as Email.Body, not drained by WriteTo")
+	assert.Equal(t, testkit.Msg("buffer"), string(s.Mailbox()[0].Data))
+	assert.Equal(t, testkit.Msg("buffer"), buf.String(), "read as Email.Body, not drained by WriteTo")
 }
 
 func TestSenderAngleBrackets(t *testing.T) {
-	s := newRelay(t, nil)
-	c := newClient(t, s, nil)
+	s := testkit.NewRelay(t, nil)
+	c := testkit.NewClient(t, s, nil)
 	to := []string{"<b@example.com>", "c@example.com"}
-	require.NoError(t, mxrelay.NewSender(c).Send("<a@example.com>", to, strings.NewReader(msg("brackets"))))
+	require.NoError(t, mxrelay.NewSender(c).Send("<a@example.com>", to, strings.NewReader(testkit.Msg("brackets"))))
 	require.Len(t, s.Mailbox(), 1)
 	assert.Equal(t, "a@example.com", s.Mailbox()[0].From)
 	assert.Equal(t, []string{"b@example.com", "c@example.com"}, s.Mailbox()[0].To)
@@ -100,12 +101,12 @@ func TestSenderAngleBrackets(t *testing.T) {
 }
 
 func TestSenderClose(t *testing.T) {
-	s := newRelay(t, nil)
-	c := newClient(t, s, nil)
+	s := testkit.NewRelay(t, nil)
+	c := testkit.NewClient(t, s, nil)
 	sender := mxrelay.NewSender(c)
-	require.NoError(t, sender.Send("a@example.com", []string{"b@example.com"}, strings.NewReader(msg("before close"))))
+	require.NoError(t, sender.Send("a@example.com", []string{"b@example.com"}, strings.NewReader(testkit.Msg("before close"))))
 	require.NoError(t, sender.Close())
-	err := sender.Send("a@example.com", []string{"b@example.com"}, strings.NewReader(msg("after close")))
+	err := sender.Send("a@example.com", []string{"b@example.com"}, strings.NewReader(testkit.Msg("after close")))
 	require.ErrorIs(t, err, mxrelay.ErrClosed)
-	assert.Equal(t, []string{"before close"}, subjects(s))
+	assert.Equal(t, []string{"before close"}, testkit.Subjects(s))
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/internal/testkit"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
 
@@ -27,11 +28,11 @@ func handBack(t *testing.T, s *relaytest.Server, dir string, subjects ...string)
 	t.Helper()
 	s.SetDown(true)
 	defer s.SetDown(false)
-	c, err := mxrelay.New(s.URL, s.APIKey, fast(&mxrelay.Options{SpoolDir: dir, ReconnectInterval: time.Hour}))
+	c, err := mxrelay.New(s.URL, s.APIKey, testkit.Fast(&mxrelay.Options{SpoolDir: dir, ReconnectInterval: time.Hour}))
 	require.NoError(t, err)
 	var hs []*mxrelay.Handle
 	for _, sub := range subjects {
-		h, err := c.Enqueue(mail(sub, "b@example.com", "c@example.com"), mxrelay.WithPriority(mxrelay.PriorityHigh))
+		h, err := c.Enqueue(testkit.Mail(sub, "b@example.com", "c@example.com"), mxrelay.WithPriority(mxrelay.PriorityHigh))
 		require.NoError(t, err)
 		hs = append(hs, h)
 	}
@@ -39,44 +40,44 @@ func handBack(t *testing.T, s *relaytest.Server, dir string, subjects ...string)
 	defer cancel()
 	require.Error(t, c.Close(ctx))
 	for _, h := range hs {
-		res, err := h.Wait(ctxT(t))
+		res, err := h.Wait(testkit.Ctx(t))
 		require.ErrorIs(t, err, mxrelay.ErrClosed)
 		require.ErrorIs(t, err, mxrelay.ErrSpooled)
 		assert.False(t, res.MaybeDelivered)
 	}
-	require.Len(t, spoolFiles(t, dir), len(subjects))
-	require.Empty(t, spoolResults(t, dir), "an email handed back has no result in the spool")
+	require.Len(t, testkit.SpoolFiles(t, dir), len(subjects))
+	require.Empty(t, testkit.SpoolResults(t, dir), "an email handed back has no result in the spool")
 }
 
 func TestSpoolKeepsWhatCloseHandsBack(t *testing.T) {
-	s := newRelay(t, nil)
+	s := testkit.NewRelay(t, nil)
 	dir := t.TempDir()
 	handBack(t, s, dir, "one", "two", "three")
 
-	c := newClient(t, s, &mxrelay.Options{SpoolDir: dir})
+	c := testkit.NewClient(t, s, &mxrelay.Options{SpoolDir: dir})
 	rec := c.Recovered()
 	require.Len(t, rec, 3)
 	for i, h := range rec {
-		res, err := h.Wait(ctxT(t))
+		res, err := h.Wait(testkit.Ctx(t))
 		require.NoError(t, err)
 		assert.Equal(t, []string{"b@example.com", "c@example.com"}, res.Accepted)
 		assert.Equal(t, mxrelay.PriorityHigh, res.Priority, "the priority survives")
-		assert.Equal(t, []string{"one", "two", "three"}[i], subjectOf(s.Mailbox()[i].Data), "in the order accepted")
+		assert.Equal(t, []string{"one", "two", "three"}[i], testkit.SubjectOf(s.Mailbox()[i].Data), "in the order accepted")
 	}
-	assert.Empty(t, spoolFiles(t, dir))
-	res := spoolResults(t, dir)
+	assert.Empty(t, testkit.SpoolFiles(t, dir))
+	res := testkit.SpoolResults(t, dir)
 	require.Len(t, res, 3)
 	for _, r := range res {
 		assert.True(t, r.Delivered)
 		assert.Equal(t, 1, r.Attempts)
 	}
-	assert.Equal(t, []string{"one", "two", "three"}, subjects(s))
+	assert.Equal(t, []string{"one", "two", "three"}, testkit.Subjects(s))
 }
 
 func TestSpoolIsLocked(t *testing.T) {
-	s := newRelay(t, nil)
+	s := testkit.NewRelay(t, nil)
 	dir := t.TempDir()
-	newClient(t, s, &mxrelay.Options{SpoolDir: dir})
+	testkit.NewClient(t, s, &mxrelay.Options{SpoolDir: dir})
 	_, err := mxrelay.New(s.URL, s.APIKey, &mxrelay.Options{SpoolDir: dir})
 	require.ErrorContains(t, err, "in use by another Client")
 }
@@ -87,33 +88,33 @@ func TestSpoolIsLocked(t *testing.T) {
 func TestSpoolEndOfDataMarker(t *testing.T) {
 	for _, retry := range []bool{false, true} {
 		t.Run(map[bool]string{false: "fail", true: "RetryUnknown"}[retry], func(t *testing.T) {
-			s := newRelay(t, nil)
+			s := testkit.NewRelay(t, nil)
 			dir := t.TempDir()
 			handBack(t, s, dir, "ended", "not ended")
-			files := spoolFiles(t, dir)
+			files := testkit.SpoolFiles(t, dir)
 			j, err := os.OpenFile(filepath.Join(dir, "journal"), os.O_WRONLY|os.O_APPEND, 0)
 			require.NoError(t, err)
 			_, err = j.WriteString("E " + filepath.Base(files[0]) + "\n")
 			require.NoError(t, err)
 			require.NoError(t, j.Close())
 
-			c := newClient(t, s, &mxrelay.Options{SpoolDir: dir, RetryUnknown: retry})
+			c := testkit.NewClient(t, s, &mxrelay.Options{SpoolDir: dir, RetryUnknown: retry})
 			rec := c.Recovered()
 			require.Len(t, rec, 2)
-			res, err := rec[0].Wait(ctxT(t))
+			res, err := rec[0].Wait(testkit.Ctx(t))
 			require.True(t, res.MaybeDelivered)
 			if retry {
 				require.NoError(t, err)
 				assert.Equal(t, 2, res.Attempts, "the earlier attempt counts")
-				assert.Equal(t, 1, countSubject(s, "ended"))
+				assert.Equal(t, 1, testkit.CountSubject(s, "ended"))
 			} else {
 				require.ErrorIs(t, err, mxrelay.ErrUnknownOutcome)
-				assert.Equal(t, 0, countSubject(s, "ended"), "not sent again")
+				assert.Equal(t, 0, testkit.CountSubject(s, "ended"), "not sent again")
 			}
-			res, err = rec[1].Wait(ctxT(t))
+			res, err = rec[1].Wait(testkit.Ctx(t))
 			require.NoError(t, err)
 			assert.False(t, res.MaybeDelivered)
-			assert.Empty(t, spoolFiles(t, dir))
+			assert.Empty(t, testkit.SpoolFiles(t, dir))
 		})
 	}
 }
@@ -122,20 +123,20 @@ func TestSpoolEndOfDataMarker(t *testing.T) {
 // sends exactly the email with the subject want, and leaves no .msg file.
 func recoverOnly(t *testing.T, s *relaytest.Server, dir, want string) {
 	t.Helper()
-	c := newClient(t, s, &mxrelay.Options{SpoolDir: dir})
+	c := testkit.NewClient(t, s, &mxrelay.Options{SpoolDir: dir})
 	rec := c.Recovered()
 	require.Len(t, rec, 1)
-	_, err := rec[0].Wait(ctxT(t))
+	_, err := rec[0].Wait(testkit.Ctx(t))
 	require.NoError(t, err)
-	assert.Equal(t, []string{want}, subjects(s))
-	assert.Empty(t, spoolFiles(t, dir))
+	assert.Equal(t, []string{want}, testkit.Subjects(s))
+	assert.Empty(t, testkit.SpoolFiles(t, dir))
 }
 
 func TestSpoolDropsATornFile(t *testing.T) {
-	s := newRelay(t, nil)
+	s := testkit.NewRelay(t, nil)
 	dir := t.TempDir()
 	handBack(t, s, dir, "whole", "torn")
-	files := spoolFiles(t, dir)
+	files := testkit.SpoolFiles(t, dir)
 	st, err := os.Stat(files[1])
 	require.NoError(t, err)
 	// A crash in the middle of Enqueue: the trailer never made it, and
@@ -148,60 +149,62 @@ func TestSpoolDropsATornFile(t *testing.T) {
 	assert.NoFileExists(t, torn)
 }
 
-func TestSpoolDeadlineSurvivesARestart(t *testing.T) { bubble(t, testSpoolDeadlineSurvivesARestart) }
+func TestSpoolDeadlineSurvivesARestart(t *testing.T) {
+	testkit.Bubble(t, testSpoolDeadlineSurvivesARestart)
+}
 
 func testSpoolDeadlineSurvivesARestart(t *testing.T) {
-	s := newRelay(t, nil)
+	s := testkit.NewRelay(t, nil)
 	dir := t.TempDir()
 	s.SetDown(true)
-	c, err := mxrelay.New(s.URL, s.APIKey, clientOpts(s, &mxrelay.Options{SpoolDir: dir, ReconnectInterval: time.Hour}))
+	c, err := mxrelay.New(s.URL, s.APIKey, testkit.ClientOptions(s, &mxrelay.Options{SpoolDir: dir, ReconnectInterval: time.Hour}))
 	require.NoError(t, err)
-	_, err = c.Enqueue(mail("late"), mxrelay.WithTimeout(50*time.Millisecond))
+	_, err = c.Enqueue(testkit.Mail("late"), mxrelay.WithTimeout(50*time.Millisecond))
 	require.NoError(t, err)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Millisecond)
 	defer cancel()
 	c.Close(ctx)
 	s.SetDown(false)
-	require.Len(t, spoolFiles(t, dir), 1, "handed back at Close, 1 ms after Enqueue on the bubble's clock")
+	require.Len(t, testkit.SpoolFiles(t, dir), 1, "handed back at Close, 1 ms after Enqueue on the bubble's clock")
 	time.Sleep(60 * time.Millisecond) // past the deadline, counted from Enqueue
 
-	c = newClient(t, s, &mxrelay.Options{SpoolDir: dir})
+	c = testkit.NewClient(t, s, &mxrelay.Options{SpoolDir: dir})
 	rec := c.Recovered()
 	require.Len(t, rec, 1)
-	_, err = rec[0].Wait(ctxT(t))
+	_, err = rec[0].Wait(testkit.Ctx(t))
 	require.ErrorIs(t, err, context.DeadlineExceeded)
 	assert.ErrorContains(t, err, "email timeout of 50ms", "the timeout given, not what was left of it")
-	assert.Empty(t, subjects(s))
+	assert.Empty(t, testkit.Subjects(s))
 }
 
 func TestSpoolRefusesWhatItCannotStore(t *testing.T) {
-	s := newRelay(t, nil)
+	s := testkit.NewRelay(t, nil)
 	dir := t.TempDir()
-	c := newClient(t, s, &mxrelay.Options{SpoolDir: dir})
+	c := testkit.NewClient(t, s, &mxrelay.Options{SpoolDir: dir})
 	_, err := c.Enqueue(mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: strings.NewReader("bare\nLF\r\n")})
 	require.ErrorIs(t, err, mxrelay.ErrBareLineEnding)
-	assert.Empty(t, spoolFiles(t, dir), "a refused email leaves nothing behind")
-	res, err := c.Send(ctxT(t), mail("fine"))
+	assert.Empty(t, testkit.SpoolFiles(t, dir), "a refused email leaves nothing behind")
+	res, err := c.Send(testkit.Ctx(t), testkit.Mail("fine"))
 	require.NoError(t, err)
 	assert.True(t, res.Delivered())
-	assert.Empty(t, spoolFiles(t, dir))
+	assert.Empty(t, testkit.SpoolFiles(t, dir))
 }
 
 // TestSpoolCompactionCanBeRepeated: a compaction cut after it appended to
 // results.log (some of it, or all) but before the new journal replaced
 // the old one runs again at the next start and writes each result once.
 func TestSpoolCompactionCanBeRepeated(t *testing.T) {
-	s := newRelay(t, nil)
+	s := testkit.NewRelay(t, nil)
 	dir := t.TempDir()
 	handBack(t, s, dir, "one", "two")
 	open := func() {
-		c, err := mxrelay.New(s.URL, s.APIKey, fast(&mxrelay.Options{SpoolDir: dir}))
+		c, err := mxrelay.New(s.URL, s.APIKey, testkit.Fast(&mxrelay.Options{SpoolDir: dir}))
 		require.NoError(t, err)
 		for _, h := range c.Recovered() {
-			_, err := h.Wait(ctxT(t))
+			_, err := h.Wait(testkit.Ctx(t))
 			require.NoError(t, err)
 		}
-		require.NoError(t, c.Close(ctxT(t)))
+		require.NoError(t, c.Close(testkit.Ctx(t)))
 	}
 	open() // sends both: two R lines in the journal
 	old, err := os.ReadFile(filepath.Join(dir, "journal"))
@@ -209,7 +212,7 @@ func TestSpoolCompactionCanBeRepeated(t *testing.T) {
 	require.Equal(t, 2, strings.Count(string(old), "\nR "))
 
 	open() // compacts: both move to results.log
-	require.Len(t, spoolResults(t, dir), 2)
+	require.Len(t, testkit.SpoolResults(t, dir), 2)
 	// As if that compaction had stopped before its rename, after writing
 	// results.log and a torn line more.
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "journal"), old, 0o600))
@@ -220,16 +223,16 @@ func TestSpoolCompactionCanBeRepeated(t *testing.T) {
 	require.NoError(t, f.Close())
 
 	open()
-	res := spoolResults(t, dir)
+	res := testkit.SpoolResults(t, dir)
 	require.Len(t, res, 2, "each result once")
-	assert.Equal(t, []string{"one", "two"}, subjects(s))
+	assert.Equal(t, []string{"one", "two"}, testkit.Subjects(s))
 }
 
 // TestSpoolJournalStaysInItsDirectory: the journal names files, and a
 // crafted or corrupted one must not make New remove (or look at) anything
 // outside SpoolDir.
 func TestSpoolJournalStaysInItsDirectory(t *testing.T) {
-	s := newRelay(t, nil)
+	s := testkit.NewRelay(t, nil)
 	root := t.TempDir()
 	dir := filepath.Join(root, "spool")
 	require.NoError(t, os.Mkdir(dir, 0o700))
@@ -244,7 +247,7 @@ func TestSpoolJournalStaysInItsDirectory(t *testing.T) {
 		`R {"file":"..","id":"z","delivered":true}` + "\n"
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "journal"), []byte(journal), 0o600))
 
-	c := newClient(t, s, &mxrelay.Options{SpoolDir: dir})
+	c := testkit.NewClient(t, s, &mxrelay.Options{SpoolDir: dir})
 	assert.Empty(t, c.Recovered())
 	assert.FileExists(t, victim, "a journal line naming ../ removed a file outside SpoolDir")
 	assert.FileExists(t, abs, "a journal line naming an absolute path removed a file outside SpoolDir")
@@ -259,10 +262,10 @@ func TestSpoolJournalStaysInItsDirectory(t *testing.T) {
 // sent. Garbage that is large, without any newline, is refused without
 // being read whole.
 func TestSpoolSetsACorruptFileAside(t *testing.T) {
-	s := newRelay(t, nil)
+	s := testkit.NewRelay(t, nil)
 	dir := t.TempDir()
 	handBack(t, s, dir, "whole", "damaged")
-	files := spoolFiles(t, dir)
+	files := testkit.SpoolFiles(t, dir)
 	data, err := os.ReadFile(files[1])
 	require.NoError(t, err)
 	data[len(data)-3] ^= 1 // a digit of the trailer
@@ -298,12 +301,12 @@ func openIn(t *testing.T, dir string) []string {
 // the lock, the journal, nor the files of emails delivered, failed,
 // recovered or handed back.
 func TestSpoolClosesItsFiles(t *testing.T) {
-	s := newRelay(t, nil)
+	s := testkit.NewRelay(t, nil)
 	dir := t.TempDir()
 	handBack(t, s, dir, "one", "two")
 	require.Empty(t, openIn(t, dir), "after a Close that handed back")
 
-	c, err := mxrelay.New(s.URL, s.APIKey, fast(&mxrelay.Options{SpoolDir: dir}))
+	c, err := mxrelay.New(s.URL, s.APIKey, testkit.Fast(&mxrelay.Options{SpoolDir: dir}))
 	require.NoError(t, err)
 	open := openIn(t, dir)
 	require.NotEmpty(t, open)
@@ -311,14 +314,14 @@ func TestSpoolClosesItsFiles(t *testing.T) {
 	require.ErrorContains(t, err, "in use by another Client")
 	require.ElementsMatch(t, open, openIn(t, dir), "a New that failed left files open")
 	for _, h := range c.Recovered() {
-		_, err := h.Wait(ctxT(t))
+		_, err := h.Wait(testkit.Ctx(t))
 		require.NoError(t, err)
 	}
-	_, err = c.Send(ctxT(t), mail("three"))
+	_, err = c.Send(testkit.Ctx(t), testkit.Mail("three"))
 	require.NoError(t, err)
-	_, err = c.Send(ctxT(t), mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: strings.NewReader("bare\n")})
+	_, err = c.Send(testkit.Ctx(t), mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: strings.NewReader("bare\n")})
 	require.Error(t, err)
-	require.NoError(t, c.Close(ctxT(t)))
+	require.NoError(t, c.Close(testkit.Ctx(t)))
 	assert.Empty(t, openIn(t, dir), "after a Close that sent everything")
 }
 
@@ -336,24 +339,24 @@ func TestSpoolRemembersAnsweredEndOfData(t *testing.T) {
 		{"one recipient 4xx", relaytest.Fault{Kind: relaytest.ReplaceReply, Command: "RCPT", Recipient: "c@example.com", Reply: "450 4.2.1 busy"}, []string{"b@example.com", "c@example.com"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s := newRelay(t, nil)
+			s := testkit.NewRelay(t, nil)
 			dir := t.TempDir()
 			s.Inject(tc.fault)
 			retrying := make(chan struct{}, 1)
-			c, err := mxrelay.New(s.URL, s.APIKey, fast(&mxrelay.Options{SpoolDir: dir, RetryInterval: time.Hour, MaxRetryInterval: time.Hour,
+			c, err := mxrelay.New(s.URL, s.APIKey, testkit.Fast(&mxrelay.Options{SpoolDir: dir, RetryInterval: time.Hour, MaxRetryInterval: time.Hour,
 				OnEvent: func(e mxrelay.Event) {
 					if e.Type == mxrelay.EventEmailRetrying {
 						retrying <- struct{}{}
 					}
 				}}))
 			require.NoError(t, err)
-			h, err := c.Enqueue(mail("answered", tc.to...))
+			h, err := c.Enqueue(testkit.Mail("answered", tc.to...))
 			require.NoError(t, err)
 			<-retrying
 			ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 			defer cancel()
 			require.Error(t, c.Close(ctx))
-			res, err := h.Wait(ctxT(t))
+			res, err := h.Wait(testkit.Ctx(t))
 			if len(tc.to) == 1 {
 				require.ErrorIs(t, err, mxrelay.ErrSpooled)
 			} else {
@@ -363,12 +366,12 @@ func TestSpoolRemembersAnsweredEndOfData(t *testing.T) {
 				assert.Equal(t, "c@example.com", res.Rejected[0].Address)
 				assert.ErrorIs(t, res.Rejected[0].Err, mxrelay.ErrSpooled)
 			}
-			require.Empty(t, spoolResults(t, dir), "handed back: no result on disk yet")
+			require.Empty(t, testkit.SpoolResults(t, dir), "handed back: no result on disk yet")
 
-			c = newClient(t, s, &mxrelay.Options{SpoolDir: dir})
+			c = testkit.NewClient(t, s, &mxrelay.Options{SpoolDir: dir})
 			rec := c.Recovered()
 			require.Len(t, rec, 1)
-			res, err = rec[0].Wait(ctxT(t))
+			res, err = rec[0].Wait(testkit.Ctx(t))
 			require.NoError(t, err, "an answered end of data is not an unknown outcome")
 			assert.False(t, res.MaybeDelivered)
 			assert.ElementsMatch(t, tc.to, res.Accepted)
@@ -382,7 +385,7 @@ func TestSpoolRemembersAnsweredEndOfData(t *testing.T) {
 			for _, to := range tc.to {
 				assert.Equal(t, 1, got[to], "%s: copies", to)
 			}
-			r := spoolResults(t, dir)
+			r := testkit.SpoolResults(t, dir)
 			require.Len(t, r, 1)
 			assert.True(t, r[0].Delivered)
 			assert.ElementsMatch(t, tc.to, r[0].Accepted)
@@ -394,10 +397,10 @@ func TestSpoolRemembersAnsweredEndOfData(t *testing.T) {
 // and found by a Client without it breaks that Client's rules: it fails at
 // once with ErrInvalidEmail and one result, and is not sent.
 func TestSpoolRulesOfTheNextLife(t *testing.T) {
-	s := newRelay(t, nil)
+	s := testkit.NewRelay(t, nil)
 	dir := t.TempDir()
 	s.SetDown(true)
-	c, err := mxrelay.New(s.URL, s.APIKey, fast(&mxrelay.Options{SpoolDir: dir, FixLineEndings: true, ReconnectInterval: time.Hour}))
+	c, err := mxrelay.New(s.URL, s.APIKey, testkit.Fast(&mxrelay.Options{SpoolDir: dir, FixLineEndings: true, ReconnectInterval: time.Hour}))
 	require.NoError(t, err)
 	_, err = c.Enqueue(mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: strings.NewReader("Subject: bare\n\nLF\n")})
 	require.NoError(t, err)
@@ -406,29 +409,29 @@ func TestSpoolRulesOfTheNextLife(t *testing.T) {
 	require.Error(t, c.Close(ctx))
 	s.SetDown(false)
 
-	c = newClient(t, s, &mxrelay.Options{SpoolDir: dir})
+	c = testkit.NewClient(t, s, &mxrelay.Options{SpoolDir: dir})
 	require.Len(t, c.Recovered(), 1)
-	_, err = c.Recovered()[0].Wait(ctxT(t))
+	_, err = c.Recovered()[0].Wait(testkit.Ctx(t))
 	require.ErrorIs(t, err, mxrelay.ErrInvalidEmail)
 	require.ErrorIs(t, err, mxrelay.ErrBareLineEnding)
 	assert.Empty(t, s.Mailbox())
-	assert.Empty(t, spoolFiles(t, dir))
-	require.Len(t, spoolResults(t, dir), 1)
+	assert.Empty(t, testkit.SpoolFiles(t, dir))
+	require.Len(t, testkit.SpoolResults(t, dir), 1)
 }
 
 // TestSpoolOverRawTunnel: the spool's markers and results are the same
 // through a raw tunnel.
 func TestSpoolOverRawTunnel(t *testing.T) {
-	s := newRelay(t, &relaytest.Options{RawTunnel: true})
+	s := testkit.NewRelay(t, &relaytest.Options{RawTunnel: true})
 	dir := t.TempDir()
-	c := newClient(t, s, &mxrelay.Options{SpoolDir: dir, RawTunnel: true})
+	c := testkit.NewClient(t, s, &mxrelay.Options{SpoolDir: dir, RawTunnel: true})
 	for i := range 5 {
-		_, err := c.Send(ctxT(t), mail("t"+strconv.Itoa(i)))
+		_, err := c.Send(testkit.Ctx(t), testkit.Mail("t"+strconv.Itoa(i)))
 		require.NoError(t, err)
 	}
-	require.NoError(t, c.Close(ctxT(t)))
-	assert.Empty(t, spoolFiles(t, dir))
-	res := spoolResults(t, dir)
+	require.NoError(t, c.Close(testkit.Ctx(t)))
+	assert.Empty(t, testkit.SpoolFiles(t, dir))
+	res := testkit.SpoolResults(t, dir)
 	require.Len(t, res, 5)
 	j, err := os.ReadFile(filepath.Join(dir, "journal"))
 	require.NoError(t, err)
@@ -439,22 +442,22 @@ func TestSpoolOverRawTunnel(t *testing.T) {
 // directory as of New; a process that changes directory afterwards (as a
 // daemon does) still uses that one.
 func TestSpoolDirIsRelativeToWhereNewRan(t *testing.T) {
-	s := newRelay(t, nil)
+	s := testkit.NewRelay(t, nil)
 	root := t.TempDir()
 	t.Chdir(root)
-	c := newClient(t, s, &mxrelay.Options{SpoolDir: "spool"})
+	c := testkit.NewClient(t, s, &mxrelay.Options{SpoolDir: "spool"})
 	t.Chdir(t.TempDir())
-	_, err := c.Send(ctxT(t), mail("moved"))
+	_, err := c.Send(testkit.Ctx(t), testkit.Mail("moved"))
 	require.NoError(t, err)
-	require.NoError(t, c.Close(ctxT(t)))
-	assert.Len(t, spoolResults(t, filepath.Join(root, "spool")), 1)
+	require.NoError(t, c.Close(testkit.Ctx(t)))
+	assert.Len(t, testkit.SpoolResults(t, filepath.Join(root, "spool")), 1)
 	assert.NoDirExists(t, "spool")
 }
 
 // TestSpoolPermissions: the directory it makes is 0700 and its files
 // 0600: emails are private.
 func TestSpoolPermissions(t *testing.T) {
-	s := newRelay(t, nil)
+	s := testkit.NewRelay(t, nil)
 	dir := filepath.Join(t.TempDir(), "spool")
 	handBack(t, s, dir, "private")
 	st, err := os.Stat(dir)
@@ -474,9 +477,9 @@ func TestSpoolPermissions(t *testing.T) {
 // its result (sent, or handed back and sent by the new Client), and no
 // email refused is ever sent.
 func TestSpoolEnqueueRacingClose(t *testing.T) {
-	s := newRelay(t, nil)
+	s := testkit.NewRelay(t, nil)
 	dir := t.TempDir()
-	c, err := mxrelay.New(s.URL, s.APIKey, fast(&mxrelay.Options{SpoolDir: dir}))
+	c, err := mxrelay.New(s.URL, s.APIKey, testkit.Fast(&mxrelay.Options{SpoolDir: dir}))
 	require.NoError(t, err)
 	var mu sync.Mutex
 	accepted, refused := map[string]*mxrelay.Handle{}, map[string]bool{}
@@ -485,7 +488,7 @@ func TestSpoolEnqueueRacingClose(t *testing.T) {
 		wg.Go(func() {
 			for i := range 40 {
 				id := fmt.Sprintf("g%d-%d", g, i)
-				e := mail(id)
+				e := testkit.Mail(id)
 				e.ID = id
 				h, err := c.Enqueue(e)
 				mu.Lock()
@@ -514,24 +517,24 @@ func TestSpoolEnqueueRacingClose(t *testing.T) {
 	wg.Wait()
 	handedBack := 0
 	for _, h := range accepted {
-		_, err := h.Wait(ctxT(t))
+		_, err := h.Wait(testkit.Ctx(t))
 		if errors.Is(err, mxrelay.ErrSpooled) {
 			handedBack++
 		}
 	}
 
-	c = newClient(t, s, &mxrelay.Options{SpoolDir: dir})
+	c = testkit.NewClient(t, s, &mxrelay.Options{SpoolDir: dir})
 	require.Len(t, c.Recovered(), handedBack)
 	for _, h := range c.Recovered() {
-		_, err := h.Wait(ctxT(t))
+		_, err := h.Wait(testkit.Ctx(t))
 		require.NoError(t, err)
 	}
-	require.NoError(t, c.Close(ctxT(t)))
-	for _, sub := range subjects(s) {
+	require.NoError(t, c.Close(testkit.Ctx(t)))
+	for _, sub := range testkit.Subjects(s) {
 		assert.False(t, refused[sub], "%s: refused, yet sent", sub)
 		assert.NotNil(t, accepted[sub], "%s: sent, never accepted", sub)
 	}
-	assert.Equal(t, len(accepted), len(spoolResults(t, dir)), "one result per accepted email")
-	assert.Empty(t, spoolFiles(t, dir))
+	assert.Equal(t, len(accepted), len(testkit.SpoolResults(t, dir)), "one result per accepted email")
+	assert.Empty(t, testkit.SpoolFiles(t, dir))
 	t.Logf("%d accepted (%d handed back), %d refused", len(accepted), handedBack, len(refused))
 }

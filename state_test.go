@@ -9,6 +9,7 @@ import (
 
 	"github.com/mxrelay/mxrelay"
 	"github.com/mxrelay/mxrelay/internal/fakesmtp"
+	"github.com/mxrelay/mxrelay/internal/testkit"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
 
@@ -17,7 +18,7 @@ import (
 // went to; the client's states aggregate theirs.
 func TestWorkersHaveStatesOfTheirOwn(t *testing.T) {
 	release := make(chan struct{})
-	u := newUpstream(t, func(c *fakesmtp.Conn) {
+	u := testkit.NewUpstream(t, func(c *fakesmtp.Conn) {
 		c.Say("220 mx.test ESMTP")
 		c.Commands(func(verb, _ string) bool {
 			switch verb {
@@ -35,10 +36,10 @@ func TestWorkersHaveStatesOfTheirOwn(t *testing.T) {
 	})
 	releaseAll := sync.OnceFunc(func() { close(release) })
 	t.Cleanup(releaseAll) // before the upstream's own cleanup, which waits for it
-	s := newRelay(t, &relaytest.Options{UpstreamAddr: u.Addr})
-	rec := &recorder{}
+	s := testkit.NewRelay(t, &relaytest.Options{UpstreamAddr: u.Addr})
+	rec := &testkit.Recorder{}
 	started := make(chan int, 2)
-	c := newClient(t, s, &mxrelay.Options{MaxConcurrentSessions: 2, MaxEmailsPerSession: 1, OnEvent: func(e mxrelay.Event) {
+	c := testkit.NewClient(t, s, &mxrelay.Options{MaxConcurrentSessions: 2, MaxEmailsPerSession: 1, OnEvent: func(e mxrelay.Event) {
 		rec.On(e)
 		if e.Type == mxrelay.EventSessionStarted {
 			started <- e.Worker
@@ -51,11 +52,11 @@ func TestWorkersHaveStatesOfTheirOwn(t *testing.T) {
 
 	var hs []*mxrelay.Handle
 	for _, subject := range []string{"one", "two"} {
-		h, err := c.Enqueue(mail(subject))
+		h, err := c.Enqueue(testkit.Mail(subject))
 		require.NoError(t, err)
 		hs = append(hs, h)
 	}
-	ctx := ctxT(t)
+	ctx := testkit.Ctx(t)
 	var workers []int
 	for range 2 {
 		select {

@@ -10,19 +10,20 @@ import (
 
 	"github.com/mxrelay/mxrelay"
 	"github.com/mxrelay/mxrelay/internal/fakesmtp"
+	"github.com/mxrelay/mxrelay/internal/testkit"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
 
 // Stats tells the queue's depth by priority and the oldest email's age,
 // and counts the emails Close handed back.
 func TestStatsQueueDepthAndHandedBack(t *testing.T) {
-	s := newRelay(t, nil)
+	s := testkit.NewRelay(t, nil)
 	s.SetDown(true)
 	c, err := mxrelay.New(s.URL, s.APIKey, &mxrelay.Options{ReconnectInterval: time.Hour})
 	require.NoError(t, err)
 	for p, n := range map[mxrelay.Priority]int{mxrelay.PriorityLow: 2, mxrelay.PriorityNormal: 3, mxrelay.PriorityCritical: 1} {
 		for range n {
-			_, err := c.Enqueue(mail("queued"), mxrelay.WithPriority(p))
+			_, err := c.Enqueue(testkit.Mail("queued"), mxrelay.WithPriority(p))
 			require.NoError(t, err)
 		}
 	}
@@ -61,9 +62,9 @@ func TestStatsCountsUnknownOutcomes(t *testing.T) {
 			return c.Say("250 ok")
 		})
 	})
-	s := newRelay(t, &relaytest.Options{UpstreamAddr: u.Addr})
-	c := newClient(t, s, nil)
-	res, err := c.Send(ctxT(t), mail("cut"))
+	s := testkit.NewRelay(t, &relaytest.Options{UpstreamAddr: u.Addr})
+	c := testkit.NewClient(t, s, nil)
+	res, err := c.Send(testkit.Ctx(t), testkit.Mail("cut"))
 	require.Error(t, err)
 	assert.Equal(t, mxrelay.OutcomeUnknown, res.Outcome)
 	assert.True(t, res.MaybeDelivered)

@@ -18,6 +18,7 @@ import (
 
 	"github.com/mxrelay/mxrelay"
 	"github.com/mxrelay/mxrelay/internal/testcert"
+	"github.com/mxrelay/mxrelay/internal/testkit"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
 
@@ -27,7 +28,7 @@ import (
 // connections the front accepted.
 func wssRelay(t *testing.T, o *relaytest.Options, cert *tls.Certificate) (*relaytest.Server, string, *atomic.Int32) {
 	t.Helper()
-	s := newRelay(t, o)
+	s := testkit.NewRelay(t, o)
 	back, err := url.Parse("http" + strings.TrimPrefix(s.URL, "ws"))
 	require.NoError(t, err)
 	back.Path = ""
@@ -64,13 +65,13 @@ func TestRelayCertificate(t *testing.T) {
 	} {
 		t.Run(tc.name+" is refused at once", func(t *testing.T) {
 			s, u, conns := wssRelay(t, &relaytest.Options{RawTunnel: tc.opts.RawTunnel}, tc.cert)
-			logs := &logBuffer{}
+			logs := &testkit.LogBuffer{}
 			o := tc.opts
 			o.Logger, o.MaxReconnectAttempts = logs.Logger(), 5
-			c, err := mxrelay.New(u, s.APIKey, fast(&o))
+			c, err := mxrelay.New(u, s.APIKey, testkit.Fast(&o))
 			require.NoError(t, err)
 			defer c.Close(context.Background())
-			res, err := c.Send(ctxT(t), mail("untrusted relay"))
+			res, err := c.Send(testkit.Ctx(t), testkit.Mail("untrusted relay"))
 			var cve *tls.CertificateVerificationError
 			require.ErrorAs(t, err, &cve)
 			var ce *mxrelay.ConnectError
@@ -82,7 +83,7 @@ func TestRelayCertificate(t *testing.T) {
 			assert.NotContains(t, logs.String(), "not checked", "no insecure warning when checking")
 
 			// The next Send tries again: the operator may have fixed it.
-			_, err = c.Send(ctxT(t), mail("again"))
+			_, err = c.Send(testkit.Ctx(t), testkit.Mail("again"))
 			require.ErrorAs(t, err, &cve)
 			assert.Equal(t, int32(2), conns.Load())
 		})
@@ -104,16 +105,16 @@ func TestRelayCertificate(t *testing.T) {
 			{"HTTPClient that skips the check", u, s, mxrelay.Options{HTTPClient: insecure}},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
-				logs := &logBuffer{}
+				logs := &testkit.LogBuffer{}
 				o := tc.opts
 				o.Logger = logs.Logger()
-				c, err := mxrelay.New(tc.url, tc.s.APIKey, fast(&o))
+				c, err := mxrelay.New(tc.url, tc.s.APIKey, testkit.Fast(&o))
 				require.NoError(t, err)
 				for _, subject := range []string{"one", "two"} {
-					_, err := c.Send(ctxT(t), mail(subject))
+					_, err := c.Send(testkit.Ctx(t), testkit.Mail(subject))
 					require.NoError(t, err)
 				}
-				require.NoError(t, c.Close(ctxT(t)))
+				require.NoError(t, c.Close(testkit.Ctx(t)))
 				assert.Equal(t, 1, strings.Count(logs.String(), "certificates are not checked"), "one warning, not one per dial")
 				assert.Contains(t, logs.String(), "level=WARN")
 			})
@@ -121,7 +122,7 @@ func TestRelayCertificate(t *testing.T) {
 	})
 
 	t.Run("STARTTLS TLSConfig that skips the check warns too", func(t *testing.T) {
-		logs := &logBuffer{}
+		logs := &testkit.LogBuffer{}
 		c, err := mxrelay.New("ws://127.0.0.1:1/smtp", "key", &mxrelay.Options{Logger: logs.Logger(), StartTLS: mxrelay.StartTLSRequired, TLSConfig: &tls.Config{InsecureSkipVerify: true, ServerName: "mx.test"}})
 		require.NoError(t, err)
 		require.NoError(t, c.Close(context.Background()))

@@ -7,6 +7,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/internal/testkit"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
 
@@ -40,15 +41,15 @@ func TestRelayURL(t *testing.T) {
 }
 
 func TestTransportSendMail(t *testing.T) {
-	s := newRelay(t, nil)
-	tr := newTransport(t, s, nil)
+	s := testkit.NewRelay(t, nil)
+	tr := testkit.NewTransport(t, s, nil)
 
-	require.NoError(t, tr.SendMail("smtp.example.com:25", nil, "a@example.com", []string{"b@example.com"}, []byte(msg("transport"))))
+	require.NoError(t, tr.SendMail("smtp.example.com:25", nil, "a@example.com", []string{"b@example.com"}, []byte(testkit.Msg("transport"))))
 	require.Len(t, s.Mailbox(), 1)
-	assert.Equal(t, msg("transport"), string(s.Mailbox()[0].Data))
+	assert.Equal(t, testkit.Msg("transport"), string(s.Mailbox()[0].Data))
 
 	s.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: "MAIL", Reply: "554 5.7.1 no"})
-	err := tr.SendMail("smtp.example.com:25", nil, "a@example.com", []string{"b@example.com"}, []byte(msg("refused")))
+	err := tr.SendMail("smtp.example.com:25", nil, "a@example.com", []string{"b@example.com"}, []byte(testkit.Msg("refused")))
 	var se *mxrelay.SMTPError
 	require.ErrorAs(t, err, &se)
 	assert.Equal(t, 554, se.Code)

@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/internal/testkit"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
 
@@ -111,9 +112,9 @@ func accountingRun(t *testing.T, fr faultRun) tally {
 		data, ro.HideExtensions = "DATA", []string{"CHUNKING"}
 	}
 	o := fr.opts
-	s := newRelay(t, ro)
+	s := testkit.NewRelay(t, ro)
 	ends := watchEndings(&o)
-	c := newClient(t, s, &o)
+	c := testkit.NewClient(t, s, &o)
 
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
@@ -159,7 +160,7 @@ func accountingRun(t *testing.T, fr faultRun) tally {
 		}
 		subject := fmt.Sprintf("acct-%d", i)
 		opts := []mxrelay.SendOption{mxrelay.WithPriority(mxrelay.Priority(r.IntN(4) - 1))}
-		h, err := c.Enqueue(mail(subject, to...), opts...)
+		h, err := c.Enqueue(testkit.Mail(subject, to...), opts...)
 		require.NoError(t, err)
 		all = append(all, sentEmail{subject, to, h})
 		if r.IntN(10) == 0 {
@@ -304,7 +305,7 @@ func checkAccounting(t testing.TB, c *mxrelay.Client, s *relaytest.Server, all [
 	got := map[string]int{}
 	for _, msg := range s.Mailbox() {
 		for _, rcpt := range msg.To {
-			got[subjectOf(msg.Data)+" "+rcpt]++
+			got[testkit.SubjectOf(msg.Data)+" "+rcpt]++
 		}
 	}
 	var n tally

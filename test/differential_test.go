@@ -12,6 +12,7 @@ import (
 
 	"github.com/mxrelay/mxrelay"
 	"github.com/mxrelay/mxrelay/internal/relayconn"
+	"github.com/mxrelay/mxrelay/internal/testkit"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
 
@@ -36,18 +37,18 @@ func diffBatch() []diffEmail {
 		big.WriteString(strings.Repeat("é", 37) + "x\r\n")
 	}
 	return []diffEmail{
-		{from: "a@example.com", to: []string{"b@example.com"}, body: msg("plain")},
+		{from: "a@example.com", to: []string{"b@example.com"}, body: testkit.Msg("plain")},
 		{from: "a@example.com", to: []string{"b@example.com"}, body: "Subject: dots\r\n\r\n.\r\n..\r\n.leading\r\n...\r\nlast line without CRLF"},
 		{from: "a@example.com", to: []string{"b@example.com"}, body: ""},
 		{from: "a@example.com", to: []string{"b@example.com"}, body: big.String()},
-		{from: "a@example.com", to: []string{"x@example.com", "y@example.com", "z@example.com"}, body: msg("dsn"),
+		{from: "a@example.com", to: []string{"x@example.com", "y@example.com", "z@example.com"}, body: testkit.Msg("dsn"),
 			mail: &smtp.MailOptions{Return: smtp.DSNReturnHeaders, EnvelopeID: "env+id=1"},
 			rcpt: map[string]*smtp.RcptOptions{
 				"x@example.com": {Notify: []smtp.DSNNotify{smtp.DSNNotifySuccess, smtp.DSNNotifyFailure}},
 				"z@example.com": {Notify: []smtp.DSNNotify{smtp.DSNNotifyNever}, OriginalRecipientType: smtp.DSNAddressTypeRFC822, OriginalRecipient: "orig+z@example.com"},
 			}},
 		{from: "jösé@exämple.com", to: []string{"ü@example.com"}, body: "Subject: =?UTF-8?Q?=C3=BC?=\r\n\r\nGrüße\r\n", utf8: true},
-		{from: "", to: []string{"postmaster@example.com"}, body: msg("bounce")},
+		{from: "", to: []string{"postmaster@example.com"}, body: testkit.Msg("bounce")},
 		{from: "a@example.com", to: []string{"b@example.com"}, body: "Subject: lf\n\nwritten with LF\n.\nonly\n", fixLF: true},
 	}
 }
@@ -59,7 +60,7 @@ func diffBatch() []diffEmail {
 func TestDifferentialAgainstGoSMTP(t *testing.T) {
 	batch := diffBatch()
 
-	ref := newRelay(t, nil)
+	ref := testkit.NewRelay(t, nil)
 	sendWithGoSMTP(t, ref, batch)
 	want := ref.Mailbox()
 	require.Len(t, want, len(batch))
@@ -72,13 +73,13 @@ func TestDifferentialAgainstGoSMTP(t *testing.T) {
 		window int
 	}
 	variants := []variant{{name: "JSON pipelined BDAT", noBin: true}, {name: "window 1", window: 1}}
-	for _, m := range modes {
+	for _, m := range testkit.Modes {
 		variants = append(variants, variant{name: m.Name, hide: m.Hide, lock: m.Lockstep})
 	}
 	for _, v := range variants {
 		t.Run(v.name, func(t *testing.T) {
-			s := newRelay(t, &relaytest.Options{HideExtensions: v.hide, DisableBinary: v.noBin})
-			c := newClient(t, s, &mxrelay.Options{DisablePipelining: v.lock, PipelineWindow: v.window, FixLineEndings: true, MaxEmailsPerSession: len(batch), BatchWait: 10 * time.Second})
+			s := testkit.NewRelay(t, &relaytest.Options{HideExtensions: v.hide, DisableBinary: v.noBin})
+			c := testkit.NewClient(t, s, &mxrelay.Options{DisablePipelining: v.lock, PipelineWindow: v.window, FixLineEndings: true, MaxEmailsPerSession: len(batch), BatchWait: 10 * time.Second})
 			var hs []*mxrelay.Handle
 			for _, e := range batch {
 				h, err := c.Enqueue(mxrelay.Email{From: e.from, To: e.to, Body: strings.NewReader(e.body), MailOptions: e.mail, RcptOptions: e.rcpt})
@@ -86,7 +87,7 @@ func TestDifferentialAgainstGoSMTP(t *testing.T) {
 				hs = append(hs, h)
 			}
 			for _, h := range hs {
-				_, err := h.Wait(ctxT(t))
+				_, err := h.Wait(testkit.Ctx(t))
 				require.NoError(t, err)
 			}
 			got := s.Mailbox()
@@ -108,7 +109,7 @@ func TestDifferentialAgainstGoSMTP(t *testing.T) {
 
 // sendWithGoSMTP sends batch with go-smtp's Client over one channel of s.
 func sendWithGoSMTP(t *testing.T, s *relaytest.Server, batch []diffEmail) {
-	ctx := ctxT(t)
+	ctx := testkit.Ctx(t)
 	conn, err := relayconn.Dial(ctx, relayconn.Config{URL: s.URL, APIKey: s.APIKey, Binary: true})
 	require.NoError(t, err)
 	defer conn.Close(websocket.StatusNormalClosure, "")

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/internal/testkit"
 	"github.com/mxrelay/mxrelay/internal/wire"
 )
 
@@ -37,13 +38,13 @@ func repeat(ctx context.Context, ws *websocket.Conn, frame []byte, wrote *atomic
 // bounded number of bytes, with a *ProtocolError.
 func TestRelayFloods(t *testing.T) {
 	greeted := func(ctx context.Context, ws *websocket.Conn) bool {
-		if !authOK(ctx, ws) {
+		if !testkit.AuthOK(ctx, ws) {
 			return false
 		}
 		if _, _, err := ws.Read(ctx); err != nil { // SMTP_CHANNEL_OPEN
 			return false
 		}
-		send(ctx, ws, wire.TypeChannelReady, nil)
+		testkit.SendFrame(ctx, ws, wire.TypeChannelReady, nil)
 		return ws.Write(ctx, websocket.MessageText, wire.MustEncode(wire.TypeFromServer, "220 mx ESMTP\r\n")) == nil
 	}
 	// Built before the client waits: encoding 10 MiB takes a while under -race.
@@ -53,7 +54,7 @@ func TestRelayFloods(t *testing.T) {
 		flood func(ctx context.Context, ws *websocket.Conn, wrote *atomic.Int64)
 	}{
 		{"a control message that never ends", func(ctx context.Context, ws *websocket.Conn, wrote *atomic.Int64) {
-			if !authOK(ctx, ws) {
+			if !testkit.AuthOK(ctx, ws) {
 				return
 			}
 			w, err := ws.Writer(ctx, websocket.MessageText) // fragmented: no length up front
@@ -70,7 +71,7 @@ func TestRelayFloods(t *testing.T) {
 			}
 		}},
 		{"control messages of 10 MiB, one after another", func(ctx context.Context, ws *websocket.Conn, wrote *atomic.Int64) {
-			if !authOK(ctx, ws) {
+			if !testkit.AuthOK(ctx, ws) {
 				return
 			}
 			repeat(ctx, ws, big, wrote)
@@ -94,21 +95,21 @@ func TestRelayFloods(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var wrote atomic.Int64
 			done := make(chan struct{})
-			f := newFakeRelay(t, []string{wire.Subprotocol}, func(ctx context.Context, ws *websocket.Conn) {
+			f := testkit.NewFakeRelay(t, []string{wire.Subprotocol}, func(ctx context.Context, ws *websocket.Conn) {
 				defer close(done)
 				tc.flood(ctx, ws, &wrote)
 			})
 			// A long IdleTimeout: the flood must end for what it is, not
 			// because the client went idle.
-			c, err := mxrelay.New(f.WSURL(), "key", fast(&mxrelay.Options{MaxReconnectAttempts: 1, DisableBinary: true, IdleTimeout: time.Minute}))
+			c, err := mxrelay.New(f.WSURL(), "key", testkit.Fast(&mxrelay.Options{MaxReconnectAttempts: 1, DisableBinary: true, IdleTimeout: time.Minute}))
 			require.NoError(t, err)
 			defer c.Close(context.Background())
-			_, err = c.Send(ctxT(t), mail("x"))
+			_, err = c.Send(testkit.Ctx(t), testkit.Mail("x"))
 			var pe *mxrelay.ProtocolError
 			require.ErrorAs(t, err, &pe)
 			select {
 			case <-done: // the flood's write failed: the client hung up
-			case <-ctxT(t).Done():
+			case <-testkit.Ctx(t).Done():
 				t.Fatal("the client kept reading the flood")
 			}
 			t.Logf("the relay wrote %d bytes", wrote.Load())

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/internal/testkit"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
 
@@ -23,7 +24,7 @@ type wireTap struct {
 	target string
 	wg     sync.WaitGroup
 	mu     sync.Mutex
-	conns  []*logBuffer // one per connection, in order
+	conns  []*testkit.LogBuffer // one per connection, in order
 }
 
 func newWireTap(t *testing.T, target string) *wireTap {
@@ -47,7 +48,7 @@ func (w *wireTap) serve() {
 		if err != nil {
 			return
 		}
-		rec := &logBuffer{}
+		rec := &testkit.LogBuffer{}
 		w.mu.Lock()
 		w.conns = append(w.conns, rec)
 		w.mu.Unlock()
@@ -56,7 +57,7 @@ func (w *wireTap) serve() {
 	}
 }
 
-func (w *wireTap) pipe(c net.Conn, rec *logBuffer) {
+func (w *wireTap) pipe(c net.Conn, rec *testkit.LogBuffer) {
 	defer w.wg.Done()
 	defer c.Close()
 	up, err := net.Dial("tcp", w.target)
@@ -91,10 +92,10 @@ func (w *wireTap) sent() string {
 // through a wireTap.
 func tappedRelay(t *testing.T, o relaytest.Options) (relay, upstream *relaytest.Server, tap *wireTap) {
 	t.Helper()
-	upstream = newRelay(t, nil)
+	upstream = testkit.NewRelay(t, nil)
 	tap = newWireTap(t, upstream.SMTPAddr)
 	o.UpstreamAddr = tap.ln.Addr().String()
-	return newRelay(t, &o), upstream, tap
+	return testkit.NewRelay(t, &o), upstream, tap
 }
 
 // hasBareLineEnding reports a CR not followed by LF or an LF not preceded
@@ -176,7 +177,7 @@ func TestHostileBodiesOnTheWire(t *testing.T) {
 		} {
 			t.Run(fmt.Sprintf("binary=%v/%s", binary, mode.name), func(t *testing.T) {
 				relay, upstream, tap := tappedRelay(t, relaytest.Options{DisableBinary: !binary, HideExtensions: mode.hide})
-				c := newClient(t, relay, &mxrelay.Options{FixLineEndings: true, MaxEmailsPerSession: len(smuggling)})
+				c := testkit.NewClient(t, relay, &mxrelay.Options{FixLineEndings: true, MaxEmailsPerSession: len(smuggling)})
 				var hs []*mxrelay.Handle
 				for _, tc := range smuggling {
 					h, err := c.Enqueue(mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"},
@@ -185,7 +186,7 @@ func TestHostileBodiesOnTheWire(t *testing.T) {
 					hs = append(hs, h)
 				}
 				for _, h := range hs {
-					_, err := h.Wait(ctxT(t))
+					_, err := h.Wait(testkit.Ctx(t))
 					require.NoError(t, err)
 				}
 				got := map[string]string{}
@@ -225,8 +226,8 @@ func TestHostileBodiesOnTheWire(t *testing.T) {
 // over 998 octets, is refused by Enqueue: the relay never hears of it.
 func TestHostileBodiesAreRefusedBeforeConnecting(t *testing.T) {
 	relay, upstream, tap := tappedRelay(t, relaytest.Options{})
-	strict := newClient(t, relay, nil)
-	fix := newClient(t, relay, &mxrelay.Options{FixLineEndings: true})
+	strict := testkit.NewClient(t, relay, nil)
+	fix := testkit.NewClient(t, relay, &mxrelay.Options{FixLineEndings: true})
 	long := strings.Repeat("x", 999)
 	for _, tc := range []struct {
 		name string
@@ -250,7 +251,7 @@ func TestHostileBodiesAreRefusedBeforeConnecting(t *testing.T) {
 			require.ErrorIs(t, err, mxrelay.ErrInvalidEmail)
 			// A body that can only be read once is refused the same way.
 			e.Body = io.MultiReader(strings.NewReader(tc.body))
-			res, err := tc.c.Send(ctxT(t), e)
+			res, err := tc.c.Send(testkit.Ctx(t), e)
 			require.ErrorIs(t, err, tc.err)
 			assert.Nil(t, res)
 		})
@@ -266,8 +267,8 @@ func TestAllowLongLines(t *testing.T) {
 	for _, hide := range [][]string{nil, {"CHUNKING"}} {
 		t.Run(fmt.Sprint("hide=", hide), func(t *testing.T) {
 			relay, upstream, tap := tappedRelay(t, relaytest.Options{HideExtensions: hide})
-			c := newClient(t, relay, &mxrelay.Options{AllowLongLines: true})
-			_, err := c.Send(ctxT(t), mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: strings.NewReader(body)})
+			c := testkit.NewClient(t, relay, &mxrelay.Options{AllowLongLines: true})
+			_, err := c.Send(testkit.Ctx(t), mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: strings.NewReader(body)})
 			require.NoError(t, err)
 			box := upstream.Mailbox()
 			require.Len(t, box, 1)
@@ -300,15 +301,15 @@ var hostileAddresses = []struct{ name, addr string }{
 // Hostile addresses are refused before connecting, by Send and Enqueue and
 // by every drop-in, as sender and as recipient.
 func TestHostileAddressesAreRefusedBeforeConnecting(t *testing.T) {
-	relay := newRelay(t, nil)
-	c := newClient(t, relay, nil)
-	tr := newTransport(t, relay, nil)
+	relay := testkit.NewRelay(t, nil)
+	c := testkit.NewClient(t, relay, nil)
+	tr := testkit.NewTransport(t, relay, nil)
 	sender := mxrelay.NewSender(c)
 	t.Setenv("MXRELAY_URL", relay.URL)
 	t.Setenv("MXRELAY_API_KEY", relay.APIKey)
 	t.Setenv("MXRELAY_API_KEY_FILE", "")
 	const good = "a@example.com"
-	body := msg("hostile")
+	body := testkit.Msg("hostile")
 	for _, tc := range hostileAddresses {
 		for _, role := range []string{"sender", "recipient"} {
 			from, to := tc.addr, good
@@ -319,7 +320,7 @@ func TestHostileAddressesAreRefusedBeforeConnecting(t *testing.T) {
 				e := mxrelay.Email{From: from, To: []string{to}, Body: strings.NewReader(body)}
 				_, err := c.Enqueue(e)
 				assert.ErrorIs(t, err, mxrelay.ErrInvalidEmail, "Enqueue")
-				_, err = c.Send(ctxT(t), e)
+				_, err = c.Send(testkit.Ctx(t), e)
 				assert.ErrorIs(t, err, mxrelay.ErrInvalidEmail, "Send")
 				err = mxrelay.SendMail("smtp.example.com:587", nil, from, []string{to}, []byte(body))
 				assert.ErrorIs(t, err, mxrelay.ErrInvalidEmail, "SendMail")
@@ -335,7 +336,7 @@ func TestHostileAddressesAreRefusedBeforeConnecting(t *testing.T) {
 
 	// The longest path, 256 octets with its brackets, goes.
 	longest := strings.Repeat("a", 254-len("@example.com")) + "@example.com"
-	_, err := c.Send(ctxT(t), mxrelay.Email{From: longest, To: []string{longest}, Body: strings.NewReader(body)})
+	_, err := c.Send(testkit.Ctx(t), mxrelay.Email{From: longest, To: []string{longest}, Body: strings.NewReader(body)})
 	require.NoError(t, err)
 	box := relay.Mailbox()
 	require.Len(t, box, 1)
@@ -347,9 +348,9 @@ func TestHostileAddressesAreRefusedBeforeConnecting(t *testing.T) {
 // make bare LFs CRLF, as net/smtp does, but refuse a bare CR and a line
 // over 998 octets before connecting.
 func TestDropInsRefuseHostileBodies(t *testing.T) {
-	relay := newRelay(t, nil)
-	tr := newTransport(t, relay, nil)
-	sender := mxrelay.NewSender(newClient(t, relay, nil))
+	relay := testkit.NewRelay(t, nil)
+	tr := testkit.NewTransport(t, relay, nil)
+	sender := mxrelay.NewSender(testkit.NewClient(t, relay, nil))
 	t.Setenv("MXRELAY_URL", relay.URL)
 	t.Setenv("MXRELAY_API_KEY", relay.APIKey)
 	t.Setenv("MXRELAY_API_KEY_FILE", "")

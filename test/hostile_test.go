@@ -14,6 +14,7 @@ import (
 
 	"github.com/mxrelay/mxrelay"
 	"github.com/mxrelay/mxrelay/internal/fakesmtp"
+	"github.com/mxrelay/mxrelay/internal/testkit"
 	"github.com/mxrelay/mxrelay/internal/wire"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
@@ -119,9 +120,9 @@ func TestHostileUpstream(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			u := fakesmtp.Listen(t, tc.serve)
-			s := newRelay(t, &relaytest.Options{UpstreamAddr: u.Addr})
-			c := newClient(t, s, &mxrelay.Options{MaxReconnectAttempts: 1})
-			res, err := c.Send(ctxT(t), mail("hostile"), mxrelay.WithRetries(0))
+			s := testkit.NewRelay(t, &relaytest.Options{UpstreamAddr: u.Addr})
+			c := testkit.NewClient(t, s, &mxrelay.Options{MaxReconnectAttempts: 1})
+			res, err := c.Send(testkit.Ctx(t), testkit.Mail("hostile"), mxrelay.WithRetries(0))
 			require.Error(t, err)
 			var pe *mxrelay.ProtocolError
 			require.ErrorAs(t, err, &pe)
@@ -139,7 +140,7 @@ func TestHostileUpstream(t *testing.T) {
 			case n := <-u.Ended():
 				t.Logf("the upstream wrote %d bytes", n)
 				assert.Less(t, n, int64(floodBound), "the client hung up on the flood")
-			case <-ctxT(t).Done():
+			case <-testkit.Ctx(t).Done():
 				t.Fatal("the client never made the relay hang up on the upstream")
 			}
 		})
@@ -151,13 +152,13 @@ func TestHostileUpstream(t *testing.T) {
 // SMTP_CHANNEL_CLOSED. The email delivered stays delivered; the stray data
 // is a protocol error that ends the connection with 1002.
 func TestRelayAfterChannelClosed(t *testing.T) {
-	f := newFakeRelay(t, []string{wire.Subprotocol}, func(ctx context.Context, ws *websocket.Conn) {
-		if !authOK(ctx, ws) {
+	f := testkit.NewFakeRelay(t, []string{wire.Subprotocol}, func(ctx context.Context, ws *websocket.Conn) {
+		if !testkit.AuthOK(ctx, ws) {
 			return
 		}
 		ws.Read(ctx) // SMTP_CHANNEL_OPEN
-		send(ctx, ws, wire.TypeChannelReady, nil)
-		say := func(s string) { send(ctx, ws, wire.TypeFromServer, s+"\r\n") }
+		testkit.SendFrame(ctx, ws, wire.TypeChannelReady, nil)
+		say := func(s string) { testkit.SendFrame(ctx, ws, wire.TypeFromServer, s+"\r\n") }
 		say("220 mx ESMTP")
 		var pending []byte
 		inData := false
@@ -171,7 +172,7 @@ func TestRelayAfterChannelClosed(t *testing.T) {
 				return
 			}
 			if m.Type == wire.TypeChannelClose {
-				send(ctx, ws, wire.TypeChannelClosed, nil)
+				testkit.SendFrame(ctx, ws, wire.TypeChannelClosed, nil)
 				say("250 2.0.0 stale")
 				return
 			}
@@ -193,7 +194,7 @@ func TestRelayAfterChannelClosed(t *testing.T) {
 					say("250 2.0.0 queued")
 				case inData:
 				case strings.HasPrefix(line, "EHLO"):
-					send(ctx, ws, "RELAY_NOTICE", map[string]any{"text": "maintenance at noon"})
+					testkit.SendFrame(ctx, ws, "RELAY_NOTICE", map[string]any{"text": "maintenance at noon"})
 					say("250 mx")
 				case line == "DATA":
 					inData = true
@@ -206,11 +207,11 @@ func TestRelayAfterChannelClosed(t *testing.T) {
 			}
 		}
 	})
-	rec := &recorder{}
-	c, err := mxrelay.New(f.WSURL(), "key", fast(&mxrelay.Options{DisableBinary: true, IdleTimeout: time.Minute, OnEvent: rec.On}))
+	rec := &testkit.Recorder{}
+	c, err := mxrelay.New(f.WSURL(), "key", testkit.Fast(&mxrelay.Options{DisableBinary: true, IdleTimeout: time.Minute, OnEvent: rec.On}))
 	require.NoError(t, err)
 	defer c.Close(context.Background())
-	res, err := c.Send(ctxT(t), mail("delivered"))
+	res, err := c.Send(testkit.Ctx(t), testkit.Mail("delivered"))
 	require.NoError(t, err, "the unknown message was ignored")
 	assert.False(t, res.MaybeDelivered)
 	require.Eventually(t, func() bool { return len(f.CloseCodes()) == 1 }, 10*time.Second, 5*time.Millisecond)

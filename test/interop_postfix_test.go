@@ -18,6 +18,7 @@ import (
 
 	"github.com/mxrelay/mxrelay"
 	"github.com/mxrelay/mxrelay/internal/interop"
+	"github.com/mxrelay/mxrelay/internal/testkit"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
 
@@ -116,7 +117,7 @@ smtp_discard_ehlo_keywords = dsn
 // Postfix refuses, a 6 MiB attachment, an SMTPUTF8 address, and the
 // PIPELINING and CHUNKING Postfix offers.
 func TestInteropPostfix(t *testing.T) {
-	final := newRelay(t, nil) // its in-process SMTP server is Postfix's next hop
+	final := testkit.NewRelay(t, nil) // its in-process SMTP server is Postfix's next hop
 	smtpd := startPostfix(t, final.SMTPAddr)
 
 	run := func(t *testing.T, tag string, c *mxrelay.Client) {
@@ -134,19 +135,19 @@ func TestInteropPostfix(t *testing.T) {
 			if i%4 == 1 {
 				to = append(to, "refused@example.com")
 			}
-			h, err := c.Enqueue(mail(subj, to...), mxrelay.WithPriority(prios[i%4]))
+			h, err := c.Enqueue(testkit.Mail(subj, to...), mxrelay.WithPriority(prios[i%4]))
 			require.NoError(t, err)
 			all = append(all, sent{h, to, subj})
 		}
-		h, err := c.Enqueue(mxrelay.Email{From: "a@example.com", To: []string{"big@example.com"}, Body: stringsReader(big)})
+		h, err := c.Enqueue(mxrelay.Email{From: "a@example.com", To: []string{"big@example.com"}, Body: strings.NewReader(big)})
 		require.NoError(t, err)
 		all = append(all, sent{h, []string{"big@example.com"}, tag + " big"})
-		h, err = c.Enqueue(mxrelay.Email{From: "jösé@example.com", To: []string{"ü@example.com"}, Body: stringsReader("Subject: " + tag + " utf8\r\n\r\nGrüße\r\n")})
+		h, err = c.Enqueue(mxrelay.Email{From: "jösé@example.com", To: []string{"ü@example.com"}, Body: strings.NewReader("Subject: " + tag + " utf8\r\n\r\nGrüße\r\n")})
 		require.NoError(t, err)
 		all = append(all, sent{h, []string{"ü@example.com"}, tag + " utf8"})
 
 		for _, m := range all {
-			res, err := m.h.Wait(ctxT(t))
+			res, err := m.h.Wait(testkit.Ctx(t))
 			require.NoError(t, err, m.subj)
 			for _, to := range m.to {
 				if to == "refused@example.com" {
@@ -172,14 +173,14 @@ func TestInteropPostfix(t *testing.T) {
 		require.Eventually(t, func() bool {
 			got := 0
 			for _, msg := range final.Mailbox() {
-				if _, ok := want[subjectOf(msg.Data)]; ok {
+				if _, ok := want[testkit.SubjectOf(msg.Data)]; ok {
 					got++
 				}
 			}
 			return got >= len(want)
 		}, 60*time.Second, 100*time.Millisecond, "Postfix relayed every message")
 		for _, msg := range final.Mailbox() {
-			subj := subjectOf(msg.Data)
+			subj := testkit.SubjectOf(msg.Data)
 			if _, ok := want[subj]; !ok {
 				continue
 			}
@@ -191,15 +192,15 @@ func TestInteropPostfix(t *testing.T) {
 	}
 
 	t.Run("through the relay", func(t *testing.T) {
-		relay := newRelay(t, &relaytest.Options{UpstreamAddr: smtpd})
-		logs := &logBuffer{}
-		c := newClient(t, relay, &mxrelay.Options{MaxEmailsPerSession: 20, BatchWait: time.Second, CommandTimeout: 30 * time.Second, Logger: logs.Logger()})
+		relay := testkit.NewRelay(t, &relaytest.Options{UpstreamAddr: smtpd})
+		logs := &testkit.LogBuffer{}
+		c := testkit.NewClient(t, relay, &mxrelay.Options{MaxEmailsPerSession: 20, BatchWait: time.Second, CommandTimeout: 30 * time.Second, Logger: logs.Logger()})
 		run(t, "relay", c)
 		assert.Contains(t, logs.String(), `mode="pipelined BDAT`, "Postfix offers PIPELINING and CHUNKING, and they are used")
 	})
 	t.Run("raw tunnel through websockify", func(t *testing.T) {
 		ws := startWebsockify(t, smtpd)
-		c, err := mxrelay.New("ws://"+ws+"/", "", fast(&mxrelay.Options{RawTunnel: true, MaxEmailsPerSession: 20, BatchWait: time.Second, CommandTimeout: 30 * time.Second}))
+		c, err := mxrelay.New("ws://"+ws+"/", "", testkit.Fast(&mxrelay.Options{RawTunnel: true, MaxEmailsPerSession: 20, BatchWait: time.Second, CommandTimeout: 30 * time.Second}))
 		require.NoError(t, err)
 		defer c.Close(context.Background())
 		run(t, "tunnel", c)

@@ -5,15 +5,16 @@ import (
 	"fmt"
 	"net"
 	"os/exec"
+	"strings"
 	"testing"
 	"time"
-
-	"github.com/mxrelay/mxrelay/internal/interop"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/internal/interop"
+	"github.com/mxrelay/mxrelay/internal/testkit"
 )
 
 // freePort returns a loopback address nobody listens on (for a moment).
@@ -28,20 +29,20 @@ func freePort(t *testing.T) string {
 // Our client in raw tunnel mode through Debian's websockify, in front of
 // relaytest's in-process SMTP server: a gateway we did not write.
 func TestInteropWebsockify(t *testing.T) {
-	up := newRelay(t, nil) // its in-process SMTP server is the target
+	up := testkit.NewRelay(t, nil) // its in-process SMTP server is the target
 	listen := startWebsockify(t, up.SMTPAddr)
 
 	// websockify checks no key: none is sent.
-	c, err := mxrelay.New("ws://"+listen+"/", "", fast(&mxrelay.Options{RawTunnel: true, MaxEmailsPerSession: 50, BatchWait: time.Second}))
+	c, err := mxrelay.New("ws://"+listen+"/", "", testkit.Fast(&mxrelay.Options{RawTunnel: true, MaxEmailsPerSession: 50, BatchWait: time.Second}))
 	require.NoError(t, err)
 	defer c.Close(context.Background())
-	res := enqueueBatch(t, c, 30)
+	res := testkit.EnqueueBatch(t, c, 30)
 	for i, r := range res {
 		require.NoError(t, r.Err, "email %d", i)
-		assert.Equal(t, 1, countSubject(up, fmt.Sprint("p", i)))
+		assert.Equal(t, 1, testkit.CountSubject(up, fmt.Sprint("p", i)))
 	}
-	_, err = c.Send(ctxT(t), mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"},
-		Body: stringsReader("Subject: big\r\n\r\n" + bigLines(300<<10))})
+	_, err = c.Send(testkit.Ctx(t), mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"},
+		Body: strings.NewReader("Subject: big\r\n\r\n" + bigLines(300<<10))})
 	require.NoError(t, err, "a message over a BDAT chunk")
 }
 
@@ -56,7 +57,7 @@ func startWebsockify(t *testing.T, target string) string {
 	listen := freePort(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := exec.CommandContext(ctx, bin, listen, target)
-	out := &logBuffer{}
+	out := &testkit.LogBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	require.NoError(t, cmd.Start())
 	t.Cleanup(func() {

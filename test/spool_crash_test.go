@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/internal/testkit"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
 
@@ -56,7 +57,7 @@ func TestSpoolSurvivesSIGKILL(t *testing.T) {
 func crashRun(t *testing.T, retryUnknown bool, sessions int) {
 	// Latency keeps a window of transactions in flight, so that kills
 	// land between end of data and its reply too.
-	s := newRelay(t, &relaytest.Options{Latency: relaytest.Latency{ToClient: 2 * time.Millisecond}})
+	s := testkit.NewRelay(t, &relaytest.Options{Latency: relaytest.Latency{ToClient: 2 * time.Millisecond}})
 	if sessions > 1 {
 		// Emails delivered to b and retried for c, and ends of data
 		// refused for now, across the kills.
@@ -141,16 +142,16 @@ func crashRun(t *testing.T, retryUnknown bool, sessions int) {
 	}
 
 	// The spool is empty and its records say what became of each email.
-	assert.Empty(t, spoolFiles(t, dir), "every accepted email has its result")
+	assert.Empty(t, testkit.SpoolFiles(t, dir), "every accepted email has its result")
 	results := map[string][]mxrelay.SpoolResult{}
-	for _, res := range spoolResults(t, dir) {
+	for _, res := range testkit.SpoolResults(t, dir) {
 		results[res.EmailID] = append(results[res.EmailID], res)
 	}
 	inBox := map[string]int{} // the most copies any recipient of the email has
 	copies := map[[2]string]int{}
 	for _, m := range s.Mailbox() {
 		for _, to := range m.To {
-			k := [2]string{subjectOf(m.Data), to}
+			k := [2]string{testkit.SubjectOf(m.Data), to}
 			copies[k]++
 			inBox[k[0]] = max(inBox[k[0]], copies[k])
 		}
@@ -203,7 +204,7 @@ func TestSpoolChild(t *testing.T) {
 	to, _ := strconv.Atoi(env("MXRELAY_SPOOL_TO"))
 	retry, _ := strconv.ParseBool(env("MXRELAY_SPOOL_RETRY_UNKNOWN"))
 	sessions, _ := strconv.Atoi(env("MXRELAY_SPOOL_SESSIONS"))
-	c, err := mxrelay.New(env("MXRELAY_SPOOL_URL"), env("MXRELAY_SPOOL_KEY"), fast(&mxrelay.Options{
+	c, err := mxrelay.New(env("MXRELAY_SPOOL_URL"), env("MXRELAY_SPOOL_KEY"), testkit.Fast(&mxrelay.Options{
 		SpoolDir:              env("MXRELAY_SPOOL_DIR"),
 		RetryUnknown:          retry,
 		MaxConcurrentSessions: sessions,
@@ -216,7 +217,7 @@ func TestSpoolChild(t *testing.T) {
 	for i := from; i < to; i++ {
 		id := "e" + strconv.Itoa(i)
 		say("T", id)
-		e := mail(id, "b@example.com", "c@example.com")
+		e := testkit.Mail(id, "b@example.com", "c@example.com")
 		e.ID = id
 		h, err := c.EnqueueWait(context.Background(), e, mxrelay.WithPriority(mxrelay.Priority(i%4-1)))
 		require.NoError(t, err)

@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/internal/testkit"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
 
@@ -97,7 +98,7 @@ func sweepOptions(lockstep bool) *mxrelay.Options {
 func sweepRun(t *testing.T, s *relaytest.Server, o *mxrelay.Options, tag string) ([]sentEmail, tally) {
 	t.Helper()
 	ends := watchEndings(o)
-	c := newClient(t, s, o)
+	c := testkit.NewClient(t, s, o)
 	emails, subjects := sweepEmails(tag)
 	var all []sentEmail
 	for i, e := range emails {
@@ -150,7 +151,7 @@ func (f *firstChannel) traffic() (traffic, bool) {
 // channel's traffic.
 func recordSweep(t *testing.T, m sweepMode) traffic {
 	var rec firstChannel
-	s := newRelay(t, &relaytest.Options{HideExtensions: m.hide, OnSMTPData: rec.on})
+	s := testkit.NewRelay(t, &relaytest.Options{HideExtensions: m.hide, OnSMTPData: rec.on})
 	_, n := sweepRun(t, s, sweepOptions(m.lockstep), sweepTag)
 	require.Equal(t, len(sweepSizes()), n.delivered)
 	tr, others := rec.traffic()
@@ -396,7 +397,7 @@ func TestCutAtEveryByte(t *testing.T) {
 					tag := fmt.Sprintf("%c%07d", dir.name[3], k)
 					t.Run(fmt.Sprintf("%s/after=%d", dir.name, k), func(t *testing.T) {
 						var first firstChannel
-						s := newRelay(t, &relaytest.Options{HideExtensions: mode.hide, OnSMTPData: first.on})
+						s := testkit.NewRelay(t, &relaytest.Options{HideExtensions: mode.hide, OnSMTPData: first.on})
 						s.Inject(relaytest.Fault{Kind: relaytest.DropAfterBytes, Bytes: int64(k), FromServer: dir.fromServer})
 						all, n := sweepRun(t, s, sweepOptions(mode.lockstep), tag)
 						assert.Empty(t, s.Faults(), "the first channel took the fault")
@@ -412,13 +413,13 @@ func TestCutAtEveryByte(t *testing.T) {
 						assert.Zero(t, n.failed+n.givenBack, "one cut and ample retries: delivered or unknown")
 						for i, m := range all {
 							if dir.fromServer && k >= answered[i] {
-								res, err := m.h.Wait(ctxT(t))
+								res, err := m.h.Wait(testkit.Ctx(t))
 								assert.NoError(t, err, "%s: its 250 came before the cut", m.subject)
 								assert.False(t, res.MaybeDelivered, m.subject)
 								assert.Equal(t, 1, res.Attempts, m.subject)
 							}
 							if k < dir.gate[i] {
-								res, err := m.h.Wait(ctxT(t))
+								res, err := m.h.Wait(testkit.Ctx(t))
 								assert.NoError(t, err, "%s: cut before its end of data could be written", m.subject)
 								assert.False(t, res.MaybeDelivered, m.subject)
 							}
