@@ -28,18 +28,6 @@ import (
 //
 // An unknown outcome may go either way: that is what it says.
 
-// EngineModes are the four ways the engine sends, chosen by what the
-// server offers (exported for the package's external tests).
-var EngineModes = []struct {
-	Name string
-	Ext  []string
-}{
-	{"pipelined BDAT", []string{"PIPELINING", "CHUNKING"}},
-	{"pipelined DATA", []string{"PIPELINING"}},
-	{"lock-step BDAT", []string{"CHUNKING"}},
-	{"lock-step DATA", nil},
-}
-
 // hostile is one misbehaviour. Each hook returns the writes to make, as
 // fakesmtp's Play takes them (a line or lines without the final CRLF;
 // "AWAIT" waits for the client's next command, "CUT" closes the
@@ -325,7 +313,7 @@ func protocolErrorBeforeAnything(t *testing.T, run *engineRun) {
 
 func TestHostileUpstreamEngine(t *testing.T) {
 	for _, h := range hostileCorpus() {
-		for _, m := range EngineModes {
+		for _, m := range fakesmtp.EngineModes {
 			t.Run(h.name+"/"+m.Name, func(t *testing.T) {
 				t.Parallel()
 				run := runEngine(t, m.Ext, h)

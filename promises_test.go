@@ -94,7 +94,7 @@ func TestStrayReplyIsNoDelivery(t *testing.T) {
 		{name: "the last EHLO line twice", ehlo: func(honest string) []string { return []string{honest + "\r\n250 ENHANCEDSTATUSCODES"} }},
 		{name: "a 250 before any command", greeting: "220 mx.test ESMTP\r\n250 2.0.0 hello again"},
 	} {
-		for _, m := range mxrelay.EngineModes {
+		for _, m := range fakesmtp.EngineModes {
 			t.Run(variant.name+"/"+m.Name, func(t *testing.T) {
 				srv := &smtpServe{greeting: variant.greeting, ext: m.Ext, ehlo: variant.ehlo,
 					end: func() ([]string, bool) { return []string{"554 5.6.0 refused"}, false }}
@@ -115,7 +115,7 @@ func TestStrayReplyIsNoDelivery(t *testing.T) {
 // the grammar (a 3xx) left the email to be retried as never sent: two
 // copies upstream, and a Result saying delivered, MaybeDelivered false.
 func TestOutOfGrammarEndOfDataIsUnknown(t *testing.T) {
-	for _, m := range mxrelay.EngineModes {
+	for _, m := range fakesmtp.EngineModes {
 		t.Run(m.Name, func(t *testing.T) {
 			srv := &smtpServe{ext: m.Ext, end: func() ([]string, bool) { return []string{"354 queued"}, true }}
 			u := fakesmtp.Listen(t, srv.serve)

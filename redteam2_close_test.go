@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/internal/fakesmtp"
 	"github.com/mxrelay/mxrelay/internal/testkit"
 )
 
@@ -23,7 +24,7 @@ import (
 // says delivered without MaybeDelivered; more than once only with
 // MaybeDelivered. Held.
 func TestRedTeam2CloseWithConcurrentSessionsAndSpool(t *testing.T) {
-	for _, m := range mxrelay.EngineModes {
+	for _, m := range fakesmtp.EngineModes {
 		for _, d := range []time.Duration{0, 10 * time.Millisecond, 40 * time.Millisecond, 90 * time.Millisecond, 160 * time.Millisecond, 300 * time.Millisecond} {
 			rtRun(t, fmt.Sprint(m.Name, "/", d), func(t *testing.T) {
 				srv := &rt2Server{ext: m.Ext, enhanced: true}
@@ -128,7 +129,7 @@ func TestRedTeam2CloseWithConcurrentSessionsAndSpool(t *testing.T) {
 // MaybeDelivered (the server holds two copies). Held (with RetryUnknown
 // the last email is sent again and says MaybeDelivered, kept twice).
 func TestRedTeam2CloseWhileWaitingForQuitConfirmation(t *testing.T) {
-	for _, m := range mxrelay.EngineModes {
+	for _, m := range fakesmtp.EngineModes {
 		for _, retryUnknown := range []bool{false, true} {
 			t.Run(fmt.Sprint(m.Name, "/RetryUnknown=", retryUnknown), func(t *testing.T) {
 				t.Parallel()

@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/internal/fakesmtp"
 	"github.com/mxrelay/mxrelay/internal/testkit"
 )
 
@@ -45,7 +46,7 @@ func rt2Check(t *testing.T, name string, res *mxrelay.Result, err error, kept in
 // BROKEN in pipelined BDAT (both); the other three modes held.
 func TestRedTeam2StrayLineMovesRcptRefusalOntoEnd(t *testing.T) {
 	for _, refusal := range []string{"550 5.1.1 no such user", "452 4.2.2 mailbox full"} {
-		for _, m := range mxrelay.EngineModes {
+		for _, m := range fakesmtp.EngineModes {
 			t.Run(refusal[:3]+"/"+m.Name, func(t *testing.T) {
 				srv := &rtServer{ext: m.Ext, enhanced: true}
 				var mu sync.Mutex

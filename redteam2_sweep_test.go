@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/internal/fakesmtp"
 )
 
 // rt2Run sends three emails (to a@ and b@) through srv in one session, and
@@ -26,7 +27,7 @@ func rt2Run(t *testing.T, srv *rt2Server, o *mxrelay.Options) []string {
 // rt2Sweep runs script(k) at each command position k of the first
 // connection, in each engine mode, and reports every violation.
 func rt2Sweep(t *testing.T, positions int, mk func(m string, ext []string, k int) *rt2Server) {
-	for _, m := range mxrelay.EngineModes {
+	for _, m := range fakesmtp.EngineModes {
 		t.Run(m.Name, func(t *testing.T) {
 			for k := 1; k <= positions; k++ {
 				t.Run(fmt.Sprint("at ", k), func(t *testing.T) {
@@ -106,7 +107,7 @@ func TestRedTeam2LostReplyAtEveryPosition(t *testing.T) {
 // status, 421, a 5xx, no reply, a hang), the last email's end of data
 // answered 250 (kept) or 554 (not kept), in each mode. Held.
 func TestRedTeam2QuitAnsweredOddly(t *testing.T) {
-	for _, m := range mxrelay.EngineModes {
+	for _, m := range fakesmtp.EngineModes {
 		for _, last := range []string{"250 2.0.0 queued", "554 5.7.1 refused"} {
 			for _, quit := range [][]string{{"250 2.0.0 ok"}, {"250 2.1.5 ok"}, {"421 4.3.2 bye"}, {"500 5.5.1 what"}, {"CUT"}, {"HANG"}, {"250 2.0.0 ok", "221 2.0.0 bye"}} {
 				t.Run(fmt.Sprint(m.Name, "/", last[:3], "/", quit), func(t *testing.T) {

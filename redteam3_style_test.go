@@ -6,7 +6,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 
-	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/internal/fakesmtp"
 )
 
 // rt3Run sends the three emails of rt2Subjects (to a@ and b@) in one
@@ -70,7 +70,7 @@ func goSMTPStyle(verb string) string {
 // modes held (email one waits for its own reply and ends unknown).
 func TestRedTeam3LostRefusalUniformStyle(t *testing.T) {
 	for _, st := range []string{"go-smtp 2.0.0", "no enhanced codes"} {
-		for _, m := range mxrelay.EngineModes {
+		for _, m := range fakesmtp.EngineModes {
 			t.Run(st+"/"+m.Name, func(t *testing.T) {
 				t.Parallel()
 				srv := &rt2Server{ext: m.Ext, enhanced: st != "no enhanced codes"}
@@ -108,7 +108,7 @@ func TestRedTeam3LostRefusalUniformStyle(t *testing.T) {
 // two failed with MaybeDelivered false.
 func TestRedTeam3HonestEndRefusalWithAddressStatus(t *testing.T) {
 	for _, refusal := range []string{"550 5.1.1 <b@example.com>: Recipient address rejected by header check", "450 4.1.8 <x@example.com>: Sender address rejected: Domain not found"} {
-		for _, m := range mxrelay.EngineModes {
+		for _, m := range fakesmtp.EngineModes {
 			t.Run(refusal[:3]+"/"+m.Name, func(t *testing.T) {
 				t.Parallel()
 				srv := &rt2Server{ext: m.Ext, enhanced: true}
@@ -143,7 +143,7 @@ func TestRedTeam3HonestEndRefusalWithAddressStatus(t *testing.T) {
 // error: email two ends unknown and what was not yet confirmed with it.
 // Expected: all three delivered.
 func TestRedTeam3HonestEndStyleVaries(t *testing.T) {
-	for _, m := range mxrelay.EngineModes {
+	for _, m := range fakesmtp.EngineModes {
 		t.Run(m.Name, func(t *testing.T) {
 			t.Parallel()
 			srv := &rt2Server{ext: m.Ext, enhanced: true}
@@ -170,7 +170,7 @@ func TestRedTeam3HonestEndStyleVaries(t *testing.T) {
 // local; will forward" for the other: the same enhanced code, so no
 // change of style. Held if every email is delivered.
 func TestRedTeam3Rcpt251SameEnhanced(t *testing.T) {
-	for _, m := range mxrelay.EngineModes {
+	for _, m := range fakesmtp.EngineModes {
 		t.Run(m.Name, func(t *testing.T) {
 			t.Parallel()
 			srv := &rt2Server{ext: m.Ext, enhanced: true}
@@ -202,7 +202,7 @@ func TestRedTeam3Rcpt251SameEnhanced(t *testing.T) {
 // failed cleanly that it kept.
 func TestRedTeam3HonestRcptStyleVaries(t *testing.T) {
 	for _, variant := range []string{"250 2.1.0 recipient ok", "250 recipient ok"} {
-		for _, m := range mxrelay.EngineModes {
+		for _, m := range fakesmtp.EngineModes {
 			t.Run(variant[:9]+"/"+m.Name, func(t *testing.T) {
 				t.Parallel()
 				srv := &rt2Server{ext: m.Ext, enhanced: true}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/internal/fakesmtp"
 	"github.com/mxrelay/mxrelay/internal/testkit"
 )
 
@@ -102,7 +103,7 @@ func TestRedTeam4ShiftBetweenChunks(t *testing.T) {
 	for _, sc := range scripts {
 		for _, st := range rt4Styles {
 			for _, m := range []int{0, 2} {
-				mode := mxrelay.EngineModes[m]
+				mode := fakesmtp.EngineModes[m]
 				t.Run(sc.name+"/"+st.name+"/"+mode.Name, func(t *testing.T) {
 					srv := &rt2Server{ext: mode.Ext}
 					chunk = 0
@@ -124,7 +125,7 @@ func TestRedTeam4ShiftBetweenChunks(t *testing.T) {
 func TestRedTeam4QuitAnswered421OrCut(t *testing.T) {
 	for _, q := range []string{"421", "CUT"} {
 		for _, st := range rt4Styles {
-			for _, m := range mxrelay.EngineModes {
+			for _, m := range fakesmtp.EngineModes {
 				for _, ru := range []bool{false, true} {
 					t.Run(fmt.Sprint(q, "/", st.name, "/", m.Name, "/RetryUnknown=", ru), func(t *testing.T) {
 						t.Parallel()

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/internal/fakesmtp"
 	"github.com/mxrelay/mxrelay/internal/testkit"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
@@ -130,7 +131,7 @@ func rt4Tally(t *testing.T, rs []rt4Result) (keptNotDelivered int) {
 // reply that confirms it, after the emails already in flight. Held here:
 // A delivered, not maybe, by QUIT's 221 right after B's reply.
 func TestRedTeam4CancelledSendWaitsForEmailsBehindIt(t *testing.T) {
-	rt4EachStyle(t, mxrelay.EngineModes, func(t *testing.T, st rt4Style, m rtMode) {
+	rt4EachStyle(t, fakesmtp.EngineModes, func(t *testing.T, st rt4Style, m rtMode) {
 		srv := &rt2Server{ext: m.Ext}
 		rt4Hook(srv, st, func(c rt2Cmd) ([]string, bool) {
 			if c.conn == 1 && c.tx == 2 && c.verb == "END" {
@@ -186,7 +187,7 @@ func TestRedTeam4CancelledSendWaitsForEmailsBehindIt(t *testing.T) {
 // MaybeDelivered, though the server kept each once. Postfix-worded: each
 // next RSET confirms, and at most the email in flight is unknown.
 func TestRedTeam4SessionTimeoutMakesHonestDeliveriesUnknown(t *testing.T) {
-	rt4EachStyle(t, mxrelay.EngineModes, func(t *testing.T, st rt4Style, m rtMode) {
+	rt4EachStyle(t, fakesmtp.EngineModes, func(t *testing.T, st rt4Style, m rtMode) {
 		srv := &rt2Server{ext: m.Ext}
 		rt4SlowEnds(srv, st, "~120ms")
 		c := testkit.NewClient(t, rtRelay(t, srv.serve), &mxrelay.Options{MaxEmailsPerSession: 100, BatchWait: 100 * time.Millisecond,
@@ -224,7 +225,7 @@ func rt4SendAll(t *testing.T, c *mxrelay.Client, srv *rt2Server, n, retries int,
 // longer than that to drain is still cut, and its 250s stay unknown: the
 // 221 can only come after every reply before it.)
 func TestRedTeam4CloseCtxMakesHonestDeliveriesUnknown(t *testing.T) {
-	rt4EachStyle(t, mxrelay.EngineModes, func(t *testing.T, st rt4Style, m rtMode) {
+	rt4EachStyle(t, fakesmtp.EngineModes, func(t *testing.T, st rt4Style, m rtMode) {
 		srv := &rt2Server{ext: m.Ext}
 		rt4SlowEnds(srv, st, "~20ms")
 		s := rtRelay(t, srv.serve)
@@ -252,7 +253,7 @@ func TestRedTeam4CloseCtxMakesHonestDeliveriesUnknown(t *testing.T) {
 // replies (B's RSET proves nothing; only a 354 or the 221 would): A ends
 // unknown because of another email's cancel.
 func TestRedTeam4LockstepCancelMakesPreviousUnknown(t *testing.T) {
-	rt4EachStyle(t, mxrelay.EngineModes[2:], func(t *testing.T, st rt4Style, m rtMode) {
+	rt4EachStyle(t, fakesmtp.EngineModes[2:], func(t *testing.T, st rt4Style, m rtMode) {
 		srv := &rt2Server{ext: m.Ext}
 		rcptB := make(chan struct{}, 1)
 		rt4Hook(srv, st, func(c rt2Cmd) ([]string, bool) {
@@ -365,7 +366,7 @@ func TestRedTeam4SessionTimeoutRetryUnknownDuplicates(t *testing.T) {
 }
 
 func testRedTeam4SessionTimeoutRetryUnknownDuplicates(t *testing.T) {
-	srv := &rt2Server{ext: mxrelay.EngineModes[0].Ext}
+	srv := &rt2Server{ext: fakesmtp.EngineModes[0].Ext}
 	rt4SlowEnds(srv, rt4Styles[0], "~120ms")
 	c := testkit.NewClient(t, rtRelay(t, srv.serve), &mxrelay.Options{MaxEmailsPerSession: 100, BatchWait: 100 * time.Millisecond,
 		SessionTimeout: 1500 * time.Millisecond, CommandTimeout: 3 * time.Second, RetryUnknown: true})

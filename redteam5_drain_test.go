@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/internal/fakesmtp"
 	"github.com/mxrelay/mxrelay/internal/testkit"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
@@ -120,7 +121,7 @@ func rt5Close(c *mxrelay.Client, d time.Duration) (time.Duration, error) {
 // computed then (not past Close's deadline), and nothing else watches
 // Close's stop. Close returns only when QUIT's CommandTimeout passes.
 func TestRedTeam5CloseAfterSessionTimeoutDrainExceedsBound(t *testing.T) {
-	for _, m := range mxrelay.EngineModes {
+	for _, m := range fakesmtp.EngineModes {
 		rtRun(t, m.Name, func(t *testing.T) {
 			srv := &rt2Server{ext: m.Ext}
 			st := rt4Styles[0] // go-smtp: only the 221 confirms in the BDAT modes
@@ -160,7 +161,7 @@ func TestRedTeam5CloseAfterSessionTimeoutDrainExceedsBound(t *testing.T) {
 // confirmed within the grace, ends unknown as well: the drain spent the
 // grace on email two's end of data instead of QUIT.
 func TestRedTeam5CloseDrainWritesEndOfDataOfEnvelopeEmail(t *testing.T) {
-	for _, m := range mxrelay.EngineModes[1:] { // pipelined BDAT writes the end with the envelope
+	for _, m := range fakesmtp.EngineModes[1:] { // pipelined BDAT writes the end with the envelope
 		rtRun(t, m.Name, func(t *testing.T) {
 			srv := &rt2Server{ext: m.Ext}
 			st := rt4Styles[0]
@@ -200,7 +201,7 @@ func TestRedTeam5CloseDrainWritesEndOfDataOfEnvelopeEmail(t *testing.T) {
 // data was not sent when SessionTimeout passed, yet it never gets a next
 // session (the core promise holds: it says MaybeDelivered).
 func TestRedTeam5SessionTimeoutDrainWritesEndOfData(t *testing.T) {
-	for _, m := range mxrelay.EngineModes[1:] {
+	for _, m := range fakesmtp.EngineModes[1:] {
 		rtRun(t, m.Name, func(t *testing.T) {
 			srv := &rt2Server{ext: m.Ext}
 			st := rt4Styles[0]
@@ -225,7 +226,7 @@ func TestRedTeam5SessionTimeoutDrainWritesEndOfData(t *testing.T) {
 // server that never answers again. Send's doc: a Send cancelled before its end
 // of data returns at once. The session must not outlive CommandTimeout.
 func TestRedTeam5LockstepWithdrawThenSilence(t *testing.T) {
-	for _, m := range mxrelay.EngineModes[1:] {
+	for _, m := range fakesmtp.EngineModes[1:] {
 		t.Run(m.Name, func(t *testing.T) {
 			t.Parallel()
 			srv := &rt2Server{ext: m.Ext}
@@ -281,7 +282,7 @@ func TestRedTeam5LockstepWithdrawThenSilence(t *testing.T) {
 // HELD (the grace is per session, in parallel). MaxConcurrentSessions 3, each session's 250 waiting for QUIT's 221,
 // which never comes: Close(100ms) must not sum the graces.
 func TestRedTeam5CloseGraceConcurrentSessions(t *testing.T) {
-	for _, m := range []rtMode{mxrelay.EngineModes[0], mxrelay.EngineModes[2]} {
+	for _, m := range []rtMode{fakesmtp.EngineModes[0], fakesmtp.EngineModes[2]} {
 		t.Run(m.Name, func(t *testing.T) {
 			t.Parallel()
 			srv := &rt2Server{ext: m.Ext}
@@ -317,7 +318,7 @@ func TestRedTeam5DrainedSessionTimeoutReportedFailed(t *testing.T) {
 }
 
 func testRedTeam5DrainedSessionTimeoutReportedFailed(t *testing.T) {
-	srv := &rt2Server{ext: mxrelay.EngineModes[0].Ext}
+	srv := &rt2Server{ext: fakesmtp.EngineModes[0].Ext}
 	st := rt4Styles[0]
 	rt4Hook(srv, st, func(c rt2Cmd) ([]string, bool) {
 		if c.conn == 1 && c.tx == 2 && c.verb == "END" {
@@ -365,7 +366,7 @@ func testRedTeam5DrainedSessionTimeoutReportedFailed(t *testing.T) {
 func TestRedTeam5WithdrawCutsReplyInFlight(t *testing.T) {
 	for _, st := range rt4Styles {
 		rtRun(t, st.name, func(t *testing.T) {
-			m := mxrelay.EngineModes[1] // pipelined DATA
+			m := fakesmtp.EngineModes[1] // pipelined DATA
 			srv := &rt2Server{ext: m.Ext}
 			end1 := rt5Signal()
 			rt4Hook(srv, st, rt5SlowEnd(srv, st, end1, 1, "~400ms"))
@@ -398,7 +399,7 @@ func TestRedTeam5WithdrawCutsReplyInFlight(t *testing.T) {
 // was not updated): email two, whose 250 comes 300 ms later, ends
 // unknown and MaybeDelivered although the server kept it once.
 func TestRedTeam5CloseDrainSpoolDeliveredOnce(t *testing.T) {
-	for _, m := range mxrelay.EngineModes {
+	for _, m := range fakesmtp.EngineModes {
 		rtRun(t, m.Name, func(t *testing.T) {
 			srv := &rt2Server{ext: m.Ext}
 			st := rt4Styles[0]
@@ -435,7 +436,7 @@ func TestRedTeam5CloseDrainSpoolDeliveredOnce(t *testing.T) {
 // email ends exactly once, the cancelled one by its reply, the others
 // handed back, and Close keeps its bound.
 func TestRedTeam5HurryThenClose(t *testing.T) {
-	for _, m := range mxrelay.EngineModes {
+	for _, m := range fakesmtp.EngineModes {
 		rtRun(t, m.Name, func(t *testing.T) {
 			srv := &rt2Server{ext: m.Ext}
 			st := rt4Styles[0]

@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/internal/fakesmtp"
 	"github.com/mxrelay/mxrelay/internal/testkit"
 )
 
@@ -56,7 +57,7 @@ func TestRedTeam6DrainGraceIsTotalNotPerReply(t *testing.T) {
 }
 
 func testRedTeam6DrainGraceIsTotalNotPerReply(t *testing.T) {
-	m := mxrelay.EngineModes[0]
+	m := fakesmtp.EngineModes[0]
 	srv := &rt2Server{ext: m.Ext}
 	st := rt4Styles[1] // Postfix: RSET and QUIT confirm
 	rt4Hook(srv, st, func(c rt2Cmd) ([]string, bool) {
@@ -94,7 +95,7 @@ func testRedTeam6DrainGraceIsTotalNotPerReply(t *testing.T) {
 // to stop a DATA): the session that drained never QUITs and is reported
 // failed.
 func TestRedTeam6SessionTimeoutWithdrawnChargedAttempt(t *testing.T) {
-	for _, m := range mxrelay.EngineModes[1:] {
+	for _, m := range fakesmtp.EngineModes[1:] {
 		rtRun(t, m.Name, func(t *testing.T) {
 			srv := &rt2Server{ext: m.Ext}
 			st := rt4Styles[0] // go-smtp: one waits for confirmation, so the session drains
@@ -134,7 +135,7 @@ func TestRedTeam6SessionTimeoutWithdrawnChargedAttempt(t *testing.T) {
 // the cut loses no verdict. Held: the event says failed, and both emails
 // are delivered once, neither maybe.
 func TestRedTeam6DataDrainRefusalSessionEvent(t *testing.T) {
-	for _, m := range []rtMode{mxrelay.EngineModes[1], mxrelay.EngineModes[3]} {
+	for _, m := range []rtMode{fakesmtp.EngineModes[1], fakesmtp.EngineModes[3]} {
 		rtRun(t, m.Name, func(t *testing.T) {
 			srv := &rt2Server{ext: m.Ext}
 			st := rt4Styles[0]
@@ -176,7 +177,7 @@ func TestRedTeam6DataDrainRefusalSessionEvent(t *testing.T) {
 // 250 waiting for confirmation: each Close returns within its own context
 // plus a second.
 func TestRedTeam6CloseTwiceConcurrently(t *testing.T) {
-	for _, m := range []rtMode{mxrelay.EngineModes[0], mxrelay.EngineModes[3]} {
+	for _, m := range []rtMode{fakesmtp.EngineModes[0], fakesmtp.EngineModes[3]} {
 		rtRun(t, m.Name, func(t *testing.T) {
 			srv := &rt2Server{ext: m.Ext}
 			st := rt4Styles[0]
@@ -210,7 +211,7 @@ func TestRedTeam6CloseTwiceConcurrently(t *testing.T) {
 // must be handed back (ErrClosed, ErrSpooled, file kept, no attempt),
 // the email before it delivered, and a next Client sends it once.
 func TestRedTeam6CloseDrainRefusedSpoolLastTry(t *testing.T) {
-	for _, m := range mxrelay.EngineModes[1:] {
+	for _, m := range fakesmtp.EngineModes[1:] {
 		rtRun(t, m.Name, func(t *testing.T) {
 			srv := &rt2Server{ext: m.Ext}
 			st := rt4Styles[0]

@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/internal/fakesmtp"
 	"github.com/mxrelay/mxrelay/internal/testkit"
 )
 
@@ -22,7 +23,7 @@ import (
 // (the server holds two copies). Without RetryUnknown, the emails fail as
 // unknown. Held at the time of writing: kept as coverage.
 func TestRedTeamCloseMidWindowWithSpool(t *testing.T) {
-	for _, mode := range mxrelay.EngineModes[:2] { // the pipelined ones: several ends in flight
+	for _, mode := range fakesmtp.EngineModes[:2] { // the pipelined ones: several ends in flight
 		for _, retryUnknown := range []bool{false, true} {
 			t.Run(fmt.Sprintf("%s/RetryUnknown=%v", mode.Name, retryUnknown), func(t *testing.T) {
 				srv := &rtServer{ext: mode.Ext, enhanced: true}

@@ -175,7 +175,7 @@ func firstConn(hook func(tx int, verb string) ([]string, bool)) func(conn, tx in
 	}
 }
 
-// rtMode is one of mxrelay.EngineModes.
+// rtMode is one of fakesmtp.EngineModes.
 type rtMode = struct {
 	Name string
 	Ext  []string

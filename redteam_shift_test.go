@@ -8,6 +8,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/internal/fakesmtp"
 	"github.com/mxrelay/mxrelay/internal/testkit"
 )
 
@@ -27,7 +28,7 @@ import (
 // the server holds zero copies. One stray line, no enhanced code check
 // can help (2.0.0 is no address status).
 func TestRedTeamStrayLineThen421ConfirmsAFalseDelivery(t *testing.T) {
-	for _, m := range mxrelay.EngineModes {
+	for _, m := range fakesmtp.EngineModes {
 		t.Run(m.Name, func(t *testing.T) {
 			srv := &rtServer{ext: m.Ext, enhanced: true}
 			held := false
@@ -113,7 +114,7 @@ func TestRedTeamRepeatedFrameConfirmsAFalseDelivery(t *testing.T) {
 // status that can only answer MAIL or RCPT. Email 1 is reported delivered
 // (MaybeDelivered false); the server refused it and holds no copy.
 func TestRedTeamLostEndReplyConfirmsAFalseDelivery(t *testing.T) {
-	for _, m := range mxrelay.EngineModes {
+	for _, m := range fakesmtp.EngineModes {
 		t.Run(m.Name, func(t *testing.T) {
 			srv := &rtServer{ext: m.Ext, enhanced: true}
 			srv.hook = func(conn, tx int, verb, subject string) ([]string, bool) {

@@ -97,14 +97,14 @@ func (c cut) String() string { return cutNames[c] }
 
 // script is one engine run: a mode, the server's replies, the cut.
 type script struct {
-	mode       int // index in EngineModes
+	mode       int // index in fakesmtp.EngineModes
 	mail, data replyClass
 	rcpt       [2]replyClass
 	end        replyClass
 	cut        cut
 }
 
-func (s script) dataMode() bool { return !hasExt(EngineModes[s.mode].Ext, "CHUNKING") }
+func (s script) dataMode() bool { return !hasExt(fakesmtp.EngineModes[s.mode].Ext, "CHUNKING") }
 
 func hasExt(ext []string, e string) bool {
 	for _, x := range ext {
@@ -117,7 +117,7 @@ func hasExt(ext []string, e string) bool {
 
 func (s script) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s, %s", EngineModes[s.mode].Name, s.cut)
+	fmt.Fprintf(&b, "%s, %s", fakesmtp.EngineModes[s.mode].Name, s.cut)
 	if s.cut >= cutAfterMail {
 		fmt.Fprintf(&b, ", MAIL %v", s.mail)
 	}
@@ -141,7 +141,7 @@ func scripts(mode int) []script {
 	var out []script
 	classes := []replyClass{rOK, rTemp, rPerm, rBad}
 	ends := []replyClass{rOK, rTemp, rPerm, rBad, rBadEnh, rAddr, rBad5}
-	data := EngineModes[mode].Ext == nil || !hasExt(EngineModes[mode].Ext, "CHUNKING")
+	data := fakesmtp.EngineModes[mode].Ext == nil || !hasExt(fakesmtp.EngineModes[mode].Ext, "CHUNKING")
 	for c := cutBeforeMail; c <= cutNone; c++ {
 		mails := []replyClass{rNone}
 		if c >= cutAfterMail {
@@ -230,7 +230,7 @@ const bigChunks = 2 // a body of two BDAT chunks, for a cut inside the first
 
 func (p *pipeServer) serve() {
 	s := p.s
-	ext := EngineModes[s.mode].Ext
+	ext := fakesmtp.EngineModes[s.mode].Ext
 	if !p.c.Hello(append(ext, "ENHANCEDSTATUSCODES")...) {
 		return
 	}
@@ -712,13 +712,13 @@ func check(w want, v verdict) []string {
 }
 
 func TestVerdictTable(t *testing.T) {
-	for mode := range EngineModes {
+	for mode := range fakesmtp.EngineModes {
 		byCut := map[cut][]script{}
 		for _, s := range scripts(mode) {
 			byCut[s.cut] = append(byCut[s.cut], s)
 		}
 		for c := cutBeforeMail; c <= cutNone; c++ {
-			t.Run(EngineModes[mode].Name+"/"+c.String(), func(t *testing.T) {
+			t.Run(fakesmtp.EngineModes[mode].Name+"/"+c.String(), func(t *testing.T) {
 				t.Parallel()
 				failures := 0
 				for _, s := range byCut[c] {

@@ -51,6 +51,19 @@ type Cmd struct {
 	Conn *Conn
 }
 
+// EngineModes are the four ways the client's SMTP engine sends, chosen by
+// what the server offers: a Session whose Ext is a mode's Ext makes the
+// engine send the mode's way.
+var EngineModes = []struct {
+	Name string
+	Ext  []string
+}{
+	{"pipelined BDAT", []string{"PIPELINING", "CHUNKING"}},
+	{"pipelined DATA", []string{"PIPELINING"}},
+	{"lock-step BDAT", []string{"CHUNKING"}},
+	{"lock-step DATA", nil},
+}
+
 // Host is the name the Session and Hello give in their greeting and EHLO
 // reply.
 const Host = "mx.test"
