@@ -2,8 +2,11 @@
 // prove: the cut at every byte (sweep), random faults (chaos,
 // accounting), the client against net/smtp (differential), hostile
 // relays, upstreams and input, floods, crashes with a spool, and interop
-// with software we did not write. Each runs on the public API, with the
-// helpers of internal/testkit; `go test ./test` runs them all.
+// with software we did not write; and the red team's (redteam_*): hostile
+// upstreams that shift, lose or word replies oddly, cuts at every
+// command, Close, cancels and the drain at every point, the key file.
+// Each runs on the public API, with the helpers of internal/testkit;
+// `go test ./test` runs them all.
 package test
 
 import (

@@ -1,4 +1,4 @@
-package mxrelay_test
+package test
 
 import (
 	"fmt"

@@ -1,4 +1,4 @@
-package mxrelay_test
+package test
 
 import (
 	"fmt"
@@ -101,35 +101,4 @@ func TestRedTeam2LostReplyAtEveryPosition(t *testing.T) {
 	rt2Sweep(t, 18, func(_ string, ext []string, k int) *rt2Server {
 		return rt2RefusingB(ext, k, func([]string) []string { return nil })
 	})
-}
-
-// QUIT answered otherwise than 221 after the last email (250, an address
-// status, 421, a 5xx, no reply, a hang), the last email's end of data
-// answered 250 (kept) or 554 (not kept), in each mode. Held.
-func TestRedTeam2QuitAnsweredOddly(t *testing.T) {
-	for _, m := range fakesmtp.EngineModes {
-		for _, last := range []string{"250 2.0.0 queued", "554 5.7.1 refused"} {
-			for _, quit := range [][]string{{"250 2.0.0 ok"}, {"250 2.1.5 ok"}, {"421 4.3.2 bye"}, {"500 5.5.1 what"}, {"CUT"}, {"HANG"}, {"250 2.0.0 ok", "221 2.0.0 bye"}} {
-				t.Run(fmt.Sprint(m.Name, "/", last[:3], "/", quit), func(t *testing.T) {
-					t.Parallel()
-					srv := &rt2Server{ext: m.Ext, enhanced: true}
-					srv.hook = func(c rt2Cmd) ([]string, bool) {
-						switch {
-						case c.conn == 1 && c.verb == "QUIT":
-							return quit, true
-						case c.conn == 1 && c.verb == "END" && c.tx == 3:
-							if last[0] == '2' {
-								return []string{last, "KEEP"}, true
-							}
-							return []string{last}, true
-						}
-						return nil, false
-					}
-					for _, b := range rt2Run(t, srv, nil) {
-						t.Error(b)
-					}
-				})
-			}
-		}
-	}
 }
