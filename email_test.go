@@ -1,8 +1,11 @@
 package mxrelay_test
 
 import (
+	"strings"
 	"testing"
+	"time"
 
+	"github.com/emersion/go-smtp"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -56,4 +59,69 @@ func TestImmediateField(t *testing.T) {
 	e.Immediate = true
 	_, err := c.Send(testkit.Ctx(t), e)
 	require.NoError(t, err, "Immediate started the session despite BatchWait")
+}
+
+func TestInvalidEmails(t *testing.T) {
+	s := testkit.NewRelay(t, nil)
+	c := testkit.NewClient(t, s, nil)
+	long := strings.Repeat("a", 250) + "@example.com"
+	for _, tc := range []struct {
+		name string
+		e    mxrelay.Email
+	}{
+		{"no recipient", mxrelay.Email{From: "a@example.com", Body: strings.NewReader("x")}},
+		{"nil body", mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}}},
+		{"CRLF in sender", mxrelay.Email{From: "a@example.com>\r\nRCPT TO:<evil@example.com", To: []string{"b@example.com"}, Body: strings.NewReader("x")}},
+		{"LF in recipient", mxrelay.Email{From: "a@example.com", To: []string{"b@example.com\nDATA"}, Body: strings.NewReader("x")}},
+		{"NUL", mxrelay.Email{From: "a@exa\x00mple.com", To: []string{"b@example.com"}, Body: strings.NewReader("x")}},
+		{"angle bracket", mxrelay.Email{From: "a@example.com", To: []string{"b@example.com> NOTIFY=NEVER"}, Body: strings.NewReader("x")}},
+		{"space parameter", mxrelay.Email{From: "a@example.com SIZE=1", To: []string{"b@example.com"}, Body: strings.NewReader("x")}},
+		{"too long", mxrelay.Email{From: "a@example.com", To: []string{long}, Body: strings.NewReader("x")}},
+		{"not an address", mxrelay.Email{From: "a@example.com", To: []string{"bob"}, Body: strings.NewReader("x")}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			res, err := c.Send(testkit.Ctx(t), tc.e)
+			require.ErrorIs(t, err, mxrelay.ErrInvalidEmail)
+			assert.Nil(t, res)
+		})
+	}
+	_, err := c.Enqueue(testkit.Mail("x"), mxrelay.WithPriority(mxrelay.Priority(7)))
+	require.ErrorIs(t, err, mxrelay.ErrInvalidEmail)
+	assert.Zero(t, s.Stats().Connections, "nothing invalid makes the client connect")
+	// The null reverse-path is valid.
+	_, err = c.Send(testkit.Ctx(t), mxrelay.Email{From: "", To: []string{"b@example.com"}, Body: strings.NewReader(testkit.Msg("bounce"))})
+	require.NoError(t, err)
+}
+
+// MAIL and RCPT parameters: what the server does not offer fails the email
+// before anything of it is sent; what it offers arrives as asked.
+func TestMailAndRcptParameters(t *testing.T) {
+	s := testkit.NewRelay(t, &relaytest.Options{HideExtensions: []string{"SMTPUTF8"}})
+	c := testkit.NewClient(t, s, nil)
+	for name, e := range map[string]mxrelay.Email{
+		"REQUIRETLS without TLS":     {From: "a@example.com", To: []string{"b@example.com"}, Body: strings.NewReader(testkit.Msg("x")), MailOptions: &mxrelay.MailOptions{RequireTLS: true}},
+		"non-ASCII without SMTPUTF8": {From: "a@example.com", To: []string{"ü@example.com"}, Body: strings.NewReader(testkit.Msg("x"))},
+		"RRVS": {From: "a@example.com", To: []string{"b@example.com"}, Body: strings.NewReader(testkit.Msg("x")),
+			RcptOptions: map[string]*mxrelay.RcptOptions{"b@example.com": {RequireRecipientValidSince: time.Now()}}},
+	} {
+		res, err := c.Send(testkit.Ctx(t), e)
+		require.ErrorIs(t, err, mxrelay.ErrInvalidEmail, name)
+		assert.Equal(t, 1, res.Attempts, name)
+	}
+	assert.Empty(t, s.Mailbox())
+
+	_, err := c.Enqueue(mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: strings.NewReader(testkit.Msg("x")),
+		RcptOptions: map[string]*mxrelay.RcptOptions{"c@example.com": {}}})
+	require.ErrorIs(t, err, mxrelay.ErrInvalidEmail, "RcptOptions for an address not in To")
+
+	_, err = c.Send(testkit.Ctx(t), mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: strings.NewReader(testkit.Msg("dsn")),
+		MailOptions: &mxrelay.MailOptions{EnvelopeID: "id-1"},
+		RcptOptions: map[string]*mxrelay.RcptOptions{"b@example.com": {Notify: []smtp.DSNNotify{smtp.DSNNotifyFailure}}}})
+	require.NoError(t, err)
+	box := s.Mailbox()
+	require.Len(t, box, 1)
+	assert.Equal(t, "id-1", box[0].MailOptions.EnvelopeID)
+	assert.Equal(t, []smtp.DSNNotify{smtp.DSNNotifyFailure}, box[0].RcptOptions[0].Notify)
+	assert.Equal(t, smtp.Body8BitMIME, box[0].MailOptions.Body)
+	assert.EqualValues(t, len(box[0].Data), box[0].MailOptions.Size)
 }

@@ -2,6 +2,7 @@ package mxrelay_test
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -269,4 +270,37 @@ func TestOnlyTimeoutsMatchErrTimeout(t *testing.T) {
 		require.ErrorAs(t, err, &ce)
 		assert.False(t, errors.Is(err, mxrelay.ErrTimeout), "%v", err)
 	})
+}
+
+func TestErrorsAreTyped(t *testing.T) {
+	s := testkit.NewRelay(t, nil)
+	s.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: "MAIL", Reply: "553 5.1.8 bad sender"})
+	c := testkit.NewClient(t, s, nil)
+	_, err := c.Send(testkit.Ctx(t), testkit.Mail("x"))
+	var ee *mxrelay.EmailError
+	require.ErrorAs(t, err, &ee)
+	assert.NotEmpty(t, ee.EmailID)
+	assert.Equal(t, 1, ee.Attempts)
+	assert.False(t, ee.Temporary())
+	var se *mxrelay.SMTPError
+	require.ErrorAs(t, err, &se)
+	assert.Equal(t, 553, se.Code)
+	assert.Equal(t, [3]int{5, 1, 8}, [3]int(se.EnhancedCode))
+	assert.Equal(t, "bad sender", se.Message)
+	assert.True(t, strings.HasPrefix(err.Error(), "mxrelay: "))
+	assert.Equal(t, 1, strings.Count(err.Error(), "mxrelay: "), err.Error())
+	assert.False(t, errors.Is(err, mxrelay.ErrUnknownOutcome))
+}
+
+// TestPermanentSetupIsNotTemporary: a session set-up that the client does
+// not retry (here STARTTLS required and not offered) is not reported as
+// temporary either, so that a caller does not resend in vain.
+func TestPermanentSetupIsNotTemporary(t *testing.T) {
+	s := testkit.NewRelay(t, nil)
+	c := testkit.NewClient(t, s, &mxrelay.Options{StartTLS: mxrelay.StartTLSRequired, TLSConfig: &tls.Config{ServerName: "mx.test"}, MaxReconnectAttempts: 5})
+	_, err := c.Send(testkit.Ctx(t), testkit.Mail("never"))
+	var ee *mxrelay.EmailError
+	require.ErrorAs(t, err, &ee)
+	assert.False(t, ee.Temporary(), "%v", err)
+	assert.Equal(t, 1, s.Stats().Channels, "not retried")
 }

@@ -1,19 +1,15 @@
 package mxrelay_test
 
 import (
-	"context"
-	"errors"
 	"fmt"
 	"testing"
 	"time"
 
-	"github.com/coder/websocket"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay"
 	"github.com/mxrelay/mxrelay/internal/testkit"
-	"github.com/mxrelay/mxrelay/internal/wire"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
 
@@ -181,31 +177,4 @@ func TestRetryEvents(t *testing.T) {
 	assert.Equal(t, 1, rec.Count(mxrelay.EventEmailRetrying))
 	assert.Equal(t, 1, rec.Count(mxrelay.EventReconnecting))
 	assert.GreaterOrEqual(t, rec.Count(mxrelay.EventSessionFailed), 1)
-}
-
-func TestHeartbeatDetectsADeadRelay(t *testing.T) {
-	release := make(chan struct{})
-	f := testkit.NewFakeRelay(t, []string{wire.Subprotocol}, func(ctx context.Context, ws *websocket.Conn) {
-		testkit.AuthOK(ctx, ws)
-		ws.Read(ctx) // SMTP_CHANNEL_OPEN
-		testkit.SendFrame(ctx, ws, wire.TypeChannelReady, nil)
-		// Then neither reads (so pings go unanswered) nor sends a greeting.
-		select {
-		case <-release:
-		case <-ctx.Done():
-		}
-	})
-	defer close(release)
-	c, err := mxrelay.New(f.WSURL(), "key", testkit.Fast(&mxrelay.Options{
-		DisableBinary: true, MaxReconnectAttempts: 1,
-		HeartbeatInterval: 50 * time.Millisecond, HeartbeatTimeout: 100 * time.Millisecond,
-		CommandTimeout: time.Minute,
-	}))
-	require.NoError(t, err)
-	defer c.Close(context.Background())
-	_, err = c.Send(testkit.Ctx(t), testkit.Mail("x"))
-	// Only the heartbeat can time out here: the relay answered AUTHENTICATE
-	// and the channel open, and the command timeout is a minute.
-	require.ErrorIs(t, err, mxrelay.ErrTimeout)
-	assert.False(t, errors.Is(err, mxrelay.ErrAuthFailed))
 }

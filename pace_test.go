@@ -1,7 +1,6 @@
 package mxrelay_test
 
 import (
-	"context"
 	"fmt"
 	"testing"
 	"time"
@@ -59,50 +58,6 @@ func TestRateLimitValidation(t *testing.T) {
 		_, err := mxrelay.New("ws://127.0.0.1:1/smtp", "k", &mxrelay.Options{RateLimit: r})
 		assert.Error(t, err, "%+v", r)
 	}
-}
-
-// EnqueueWait waits for room instead of failing, gives up with its
-// context, and ends with ErrClosed when the Client closes.
-func TestEnqueueWait(t *testing.T) {
-	s := testkit.NewRelay(t, nil)
-	s.SetDown(true) // nothing leaves the queue by sending
-	c, err := mxrelay.New(s.URL, s.APIKey, &mxrelay.Options{MaxQueueSize: 2, ReconnectInterval: time.Hour})
-	require.NoError(t, err)
-	first, err := c.Enqueue(testkit.Mail("one"))
-	require.NoError(t, err)
-	_, err = c.Enqueue(testkit.Mail("two"))
-	require.NoError(t, err)
-	_, err = c.Enqueue(testkit.Mail("three"))
-	require.ErrorIs(t, err, mxrelay.ErrQueueFull)
-
-	short, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
-	defer cancel()
-	_, err = c.EnqueueWait(short, testkit.Mail("three"))
-	require.ErrorIs(t, err, mxrelay.ErrQueueFull)
-	require.ErrorIs(t, err, context.DeadlineExceeded)
-
-	got := make(chan error, 1)
-	go func() {
-		_, err := c.EnqueueWait(testkit.Ctx(t), testkit.Mail("three"))
-		got <- err
-	}()
-	select {
-	case err := <-got:
-		t.Fatalf("EnqueueWait returned %v with the queue full", err)
-	case <-time.After(50 * time.Millisecond):
-	}
-	first.Cancel() // a place frees up
-	require.NoError(t, <-got)
-	assert.Equal(t, 2, c.QueueSize())
-
-	go func() {
-		_, err := c.EnqueueWait(testkit.Ctx(t), testkit.Mail("four"))
-		got <- err
-	}()
-	ctx, cancelClose := context.WithCancel(context.Background())
-	cancelClose()
-	c.Close(ctx)
-	require.ErrorIs(t, <-got, mxrelay.ErrClosed)
 }
 
 // sendThrottled enqueues n emails and waits for each result; it returns how

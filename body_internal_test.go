@@ -1,0 +1,23 @@
+package mxrelay
+
+import (
+	"testing"
+	"unicode/utf8"
+
+	"github.com/stretchr/testify/require"
+)
+
+// utf8Check agrees with utf8.Valid however the bytes are split.
+func FuzzUTF8Check(f *testing.F) {
+	f.Add([]byte("héllo wörld ✓ 𝄞"), byte(3))
+	f.Add([]byte("bad \xff byte"), byte(1))
+	f.Add([]byte("cut \xe2\x9c"), byte(2))
+	f.Fuzz(func(t *testing.T, p []byte, step byte) {
+		u := &utf8Check{}
+		k := int(step%7) + 1
+		for i := 0; i < len(p); i += k {
+			u.Write(p[i:min(i+k, len(p))])
+		}
+		require.Equal(t, utf8.Valid(p), u.valid(), "%q in pieces of %d", p, k)
+	})
+}
