@@ -1,0 +1,460 @@
+package mxrelay_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/internal/smtpsink"
+	"github.com/mxrelay/mxrelay/relaytest"
+)
+
+// Red team, round 7: the warm sessions. A Postfix-worded scripted
+// upstream (MAIL 2.1.0, RCPT 2.1.5, NOOP 2.0.0: a NOOP's 250 confirms)
+// lets a session linger; the tests end it from the far end while it
+// lingers and while an email is in flight, and look for an email that
+// waits for Linger.
+
+// rt7Warm is an rt2Server worded as Postfix, behind a relay, whose
+// upstream connections the test can reach to write to them while a
+// session lingers.
+type rt7Warm struct {
+	srv   *rt2Server
+	relay *relaytest.Server
+	mu    sync.Mutex
+	conns []*upConn
+}
+
+func newRT7Warm(t *testing.T, hook func(c rt2Cmd) ([]string, bool)) *rt7Warm {
+	t.Helper()
+	w := &rt7Warm{srv: &rt2Server{ext: []string{"PIPELINING", "CHUNKING"}, enhanced: true, hook: hook}}
+	u := newUpstream(t, func(c *upConn) {
+		w.mu.Lock()
+		w.conns = append(w.conns, c)
+		w.mu.Unlock()
+		w.srv.serve(c)
+	})
+	w.relay = newRelay(t, &relaytest.Options{UpstreamAddr: u.addr})
+	return w
+}
+
+// rt7On is a hook for the first connection: do gives the lines that
+// answer verb (it may block the server first); nil answers honestly.
+func rt7On(verb string, do func() []string) func(c rt2Cmd) ([]string, bool) {
+	return func(c rt2Cmd) ([]string, bool) {
+		if c.conn != 1 || c.verb != verb {
+			return nil, false
+		}
+		l := do()
+		return l, l != nil
+	}
+}
+
+// rt7Hang is rt7On's do for a command never answered: it signals sig.
+func rt7Hang(sig chan<- struct{}) func() []string {
+	return func() []string {
+		sig <- struct{}{}
+		return []string{"HANG"}
+	}
+}
+
+// last is the upstream connection opened last.
+func (w *rt7Warm) last() *upConn {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.conns[len(w.conns)-1]
+}
+
+// inject writes line to the upstream connection opened last, from the
+// test's goroutine (not through upConn, whose count is the server's).
+func (w *rt7Warm) inject(line string) {
+	w.last().Conn.Write([]byte(line + "\r\n"))
+}
+
+func (w *rt7Warm) sessions() int {
+	w.srv.mu.Lock()
+	defer w.srv.mu.Unlock()
+	return w.srv.conns
+}
+
+// rt7Events counts the events of a client and hands on the ends of its
+// sessions.
+type rt7Events struct {
+	mu     sync.Mutex
+	n      map[mxrelay.EventType]int
+	failed []error
+	ended  chan mxrelay.Event // EventSessionCompleted and EventSessionFailed
+}
+
+func newRT7Events() *rt7Events {
+	return &rt7Events{n: map[mxrelay.EventType]int{}, ended: make(chan mxrelay.Event, 64)}
+}
+
+func (r *rt7Events) on(e mxrelay.Event) {
+	r.mu.Lock()
+	r.n[e.Type]++
+	if e.Type == mxrelay.EventSessionFailed {
+		r.failed = append(r.failed, e.Err)
+	}
+	r.mu.Unlock()
+	if e.Type == mxrelay.EventSessionCompleted || e.Type == mxrelay.EventSessionFailed {
+		r.ended <- e
+	}
+}
+
+func (r *rt7Events) count(t mxrelay.EventType) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.n[t]
+}
+
+// next is the next end of a session.
+func (r *rt7Events) next(t *testing.T) mxrelay.Event {
+	t.Helper()
+	select {
+	case e := <-r.ended:
+		return e
+	case <-ctxT(t).Done():
+		t.Fatal("no session ended")
+		return mxrelay.Event{}
+	}
+}
+
+// The same ends while the NOOP is in flight, the end of data answered 250
+// but not yet confirmed: idleEnd must not hide them. The email is an
+// unknown outcome, never delivered, and the session a failure.
+func TestRT7FarEndEndsWhileTheNoopIsInFlight(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		event func(w *rt7Warm)
+	}{
+		{"unsolicited 421", func(w *rt7Warm) {
+			w.inject("421 4.4.2 mx.test Error: timeout exceeded")
+			w.last().Close()
+		}},
+		{"upstream cut", func(w *rt7Warm) { w.last().Close() }},
+		{"relay restart", func(w *rt7Warm) { w.relay.CloseClientConnections() }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			noop := make(chan struct{}, 1)
+			w := newRT7Warm(t, rt7On("NOOP", rt7Hang(noop)))
+			ev := newRT7Events()
+			c := newClient(t, w.relay, &mxrelay.Options{Linger: time.Minute, OnEvent: ev.on})
+			h, err := c.Enqueue(mail("in flight"))
+			require.NoError(t, err)
+			select {
+			case <-noop:
+			case <-ctxT(t).Done():
+				t.Fatal("no NOOP")
+			}
+			tc.event(w)
+			res, err := h.Wait(ctxT(t))
+			require.Error(t, err, "delivered without a confirmed reply")
+			assert.True(t, res.MaybeDelivered, "an end of data answered but not confirmed is an unknown outcome")
+			assert.Equal(t, 1, w.srv.keptN("in flight"))
+			e := ev.next(t)
+			assert.Equal(t, mxrelay.EventSessionFailed, e.Type)
+		})
+	}
+}
+
+// A NOOP never answered: the email's Send returns after CommandTimeout,
+// an unknown outcome; a NOOP answered 421: unknown at once.
+func TestRT7NoopStalledOr421(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		noop []string
+	}{
+		{"stalled", []string{"HANG"}},
+		{"421", []string{"421 4.3.2 shutting down", "CUT"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newRT7Warm(t, rt7On("NOOP", func() []string { return tc.noop }))
+			c := newClient(t, w.relay, &mxrelay.Options{Linger: time.Minute, CommandTimeout: 300 * time.Millisecond})
+			res, err := c.Send(ctxT(t), mail("noop"))
+			require.Error(t, err)
+			assert.True(t, res.MaybeDelivered)
+			var ue *mxrelay.UnknownOutcomeError
+			assert.ErrorAs(t, err, &ue)
+			res, err = c.Send(ctxT(t), mail("after"))
+			require.NoError(t, err)
+			assert.True(t, res.Delivered())
+		})
+	}
+}
+
+// Many Sends at once on 2 to 4 workers with a long Linger: each finishes
+// long before Linger (a claim that leaked would hold an email until a
+// session's linger ends), and the lingering sessions serve the later
+// bursts: no more SMTP sessions than workers.
+func TestRT7BurstsOnLingeringSessions(t *testing.T) {
+	for _, workers := range []int{2, 3, 4} {
+		t.Run(fmt.Sprint(workers, " workers"), func(t *testing.T) {
+			sink, err := smtpsink.New(nil)
+			require.NoError(t, err)
+			t.Cleanup(func() { sink.Close() })
+			s := newRelay(t, &relaytest.Options{UpstreamAddr: sink.Addr})
+			c := newClient(t, s, &mxrelay.Options{Linger: time.Minute, MaxConcurrentSessions: workers, MaxEmailsPerSession: 1000})
+			for round := range 4 {
+				ctx, cancel := context.WithTimeout(ctxT(t), 5*time.Second)
+				var wg sync.WaitGroup
+				errs := make(chan error, 64)
+				n := 1 + round*7
+				for i := range n {
+					wg.Go(func() {
+						res, err := c.Send(ctx, mail(fmt.Sprint("burst ", round, " ", i)))
+						if err == nil && !res.Delivered() {
+							err = errors.New("not delivered")
+						}
+						errs <- err
+					})
+				}
+				wg.Wait()
+				cancel()
+				close(errs)
+				for err := range errs {
+					require.NoError(t, err, "round %d", round)
+				}
+			}
+			st := c.Stats()
+			assert.Zero(t, st.SessionsFailed)
+			assert.LessOrEqual(t, sink.Stats().Sessions, int64(workers), "sessions opened")
+			assert.Equal(t, int64(1+8+15+22), sink.Stats().Messages)
+		})
+	}
+}
+
+// Replies around the NOOP written after the last end of data, shifted by
+// one stray, lost or duplicated line, or worded so that they prove
+// nothing: an email is delivered only when the server kept it, and a
+// refusal is never turned into a delivery.
+func TestRT7NoopThatMustNotConfirm(t *testing.T) {
+	type want int
+	const (
+		delivered want = iota + 1
+		notDelivered
+		unknown
+	)
+	for _, mode := range []rtMode{{Name: "BDAT", Ext: []string{"PIPELINING", "CHUNKING"}}, {Name: "DATA", Ext: []string{"PIPELINING"}}} {
+		for _, tc := range []struct {
+			name  string
+			lines map[string][]string // per verb, the lines instead of the honest reply
+			want  want
+			late  bool // a line too many comes after the email's result
+		}{
+			{"stray 250 before the end of data's refusal", map[string][]string{"END": {"250 2.0.0 Ok", "554 5.7.1 rejected"}}, notDelivered, false},
+			{"NOOP's 250 before the end of data's refusal", map[string][]string{"END": {"250 2.0.0 Ok"}, "NOOP": {"554 5.7.1 rejected"}}, notDelivered, false},
+			{"stray 250 before MAIL's reply", map[string][]string{"MAIL": {"250 2.0.0 Ok", "250 2.1.0 Ok"}, "END": {"554 5.7.1 rejected"}}, notDelivered, false},
+			{"end of data's reply lost", map[string][]string{"END": {"KEEP"}}, unknown, false},
+			{"end of data's 250 twice", map[string][]string{"END": {"250 2.0.0 Ok", "250 2.0.0 Ok", "KEEP"}}, delivered, true},
+			{"NOOP answered with an address status", map[string][]string{"NOOP": {"250 2.1.5 Ok"}}, delivered, false},
+			{"NOOP answered without an enhanced code", map[string][]string{"NOOP": {"250 Ok"}}, delivered, false},
+			{"NOOP answered 2.1.0 as MAIL", map[string][]string{"NOOP": {"250 2.1.0 Ok"}}, delivered, false},
+			{"NOOP answered 452", map[string][]string{"NOOP": {"452 4.3.1 busy"}}, unknown, false},
+			{"NOOP answered 354", map[string][]string{"NOOP": {"354 go on"}}, unknown, false},
+		} {
+			t.Run(mode.Name+"/"+tc.name, func(t *testing.T) {
+				srv := &rt2Server{ext: mode.Ext, enhanced: true, hook: func(c rt2Cmd) ([]string, bool) {
+					if c.conn != 1 || c.tx != 1 {
+						return nil, false
+					}
+					l, ok := tc.lines[c.verb]
+					return l, ok
+				}}
+				s := rtRelay(t, srv.serve)
+				c := newClient(t, s, &mxrelay.Options{Linger: time.Minute, CommandTimeout: 500 * time.Millisecond})
+				res, err := c.Send(ctxT(t), mail("shifted"), mxrelay.WithRetries(0))
+				require.NotNil(t, res)
+				o := rt3Of(srv, "shifted", res, err)
+				t.Log(o)
+				o.check(t)
+				switch tc.want {
+				case delivered:
+					assert.True(t, o.delivered())
+				case notDelivered:
+					assert.False(t, res.Delivered())
+				case unknown:
+					assert.True(t, o.maybe)
+					assert.Error(t, err)
+				}
+				// The client goes on: the next email is delivered, or, when
+				// the line too many comes as it is written, an unknown
+				// outcome (the stray may be taken for its RSET's reply).
+				res, err = c.Send(ctxT(t), mail("next"))
+				require.NotNil(t, res)
+				o = rt3Of(srv, "next", res, err)
+				o.check(t)
+				if !tc.late {
+					assert.True(t, o.delivered(), "%v", o)
+				}
+			})
+		}
+	}
+}
+
+// Two emails in one window, the first's end of data answered 250 twice,
+// the second refused: the duplicate confirms the first (its reply was
+// 250), and the shift it makes is found before the second is believed.
+func TestRT7DuplicatedReplyInAWindow(t *testing.T) {
+	srv := &rt2Server{ext: []string{"PIPELINING", "CHUNKING"}, enhanced: true, hook: func(c rt2Cmd) ([]string, bool) {
+		if c.conn == 1 && c.verb == "END" {
+			if c.tx == 1 {
+				return []string{"250 2.0.0 Ok", "250 2.0.0 Ok", "KEEP"}, true
+			}
+			return []string{"554 5.7.1 rejected"}, true
+		}
+		return nil, false
+	}}
+	for _, o := range rtOutcomes(t, srv, &mxrelay.Options{Linger: time.Minute}, time.Second, rtMailTo()) {
+		o.check(t)
+		if o.subj == "one" {
+			assert.True(t, o.delivered())
+		} else {
+			assert.False(t, o.delivered())
+		}
+	}
+}
+
+// Close while the NOOP after the last end of data is in flight: a Close
+// that waits gets the NOOP's 250, which confirms the email; one that
+// gives up leaves it an unknown outcome, never delivered, and returns
+// within the grace.
+func TestRT7CloseDuringTheNoopsFlight(t *testing.T) {
+	t.Run("Close waits", func(t *testing.T) {
+		noop, release := make(chan struct{}, 1), make(chan struct{})
+		w := newRT7Warm(t, rt7On("NOOP", func() []string {
+			noop <- struct{}{}
+			<-release
+			return nil
+		}))
+		ev := newRT7Events()
+		c := newClient(t, w.relay, &mxrelay.Options{Linger: time.Minute, OnEvent: ev.on})
+		h, err := c.Enqueue(mail("closing"))
+		require.NoError(t, err)
+		<-noop
+		closed := make(chan error, 1)
+		go func() { closed <- c.Close(ctxT(t)) }()
+		for {
+			if _, err := c.Enqueue(mail("late")); errors.Is(err, mxrelay.ErrClosed) {
+				break
+			}
+			require.NoError(t, ctxT(t).Err())
+		}
+		close(release)
+		res, err := h.Wait(ctxT(t))
+		require.NoError(t, err)
+		assert.True(t, res.Delivered())
+		require.NoError(t, <-closed)
+		assert.Equal(t, mxrelay.EventSessionCompleted, ev.next(t).Type)
+		assert.Equal(t, 1, w.srv.keptN("closing"))
+	})
+	t.Run("Close gives up", func(t *testing.T) {
+		noop := make(chan struct{}, 1)
+		w := newRT7Warm(t, rt7On("NOOP", rt7Hang(noop)))
+		c := newClient(t, w.relay, &mxrelay.Options{Linger: time.Minute, CommandTimeout: time.Minute})
+		h, err := c.Enqueue(mail("given up"))
+		require.NoError(t, err)
+		<-noop
+		ctx, cancel := context.WithTimeout(ctxT(t), 50*time.Millisecond)
+		defer cancel()
+		assert.Error(t, c.Close(ctx))
+		res, err := h.Wait(ctxT(t))
+		require.Error(t, err)
+		assert.True(t, res.MaybeDelivered)
+		assert.Equal(t, 1, w.srv.keptN("given up"))
+	})
+}
+
+// A Send cancelled after its end of data, the queue empty and the NOOP
+// behind it: its reply decides (a 250, confirmed: delivered), and the
+// client goes on.
+func TestRT7CancelSendInFlightWithAnEmptyQueue(t *testing.T) {
+	end, release := make(chan struct{}, 1), make(chan struct{})
+	w := newRT7Warm(t, rt7On("END", func() []string {
+		end <- struct{}{}
+		<-release
+		return nil
+	}))
+	c := newClient(t, w.relay, &mxrelay.Options{Linger: time.Minute})
+	ctx, cancel := context.WithCancel(ctxT(t))
+	type sent struct {
+		res *mxrelay.Result
+		err error
+	}
+	out := make(chan sent, 1)
+	go func() {
+		res, err := c.Send(ctx, mail("cancelled"))
+		out <- sent{res, err}
+	}()
+	<-end
+	cancel()
+	close(release)
+	r := <-out
+	require.NotNil(t, r.res)
+	o := rt3Of(w.srv, "cancelled", r.res, r.err)
+	o.check(t)
+	assert.True(t, o.delivered(), "%v", o)
+	res, err := c.Send(ctxT(t), mail("after"))
+	require.NoError(t, err)
+	assert.True(t, res.Delivered())
+}
+
+// MaxEmailsPerSession reached by a lingering session: it ends with QUIT
+// and the next email opens another at once.
+func TestRT7MaxEmailsPerSessionWhileLingering(t *testing.T) {
+	w := newRT7Warm(t, nil)
+	c := newClient(t, w.relay, &mxrelay.Options{Linger: time.Minute, MaxEmailsPerSession: 2})
+	ctx, cancel := context.WithTimeout(ctxT(t), 5*time.Second)
+	defer cancel()
+	var ids []string
+	for i := range 5 {
+		res, err := c.Send(ctx, mail(fmt.Sprint("max ", i)))
+		require.NoError(t, err)
+		ids = append(ids, res.SessionID)
+	}
+	assert.Equal(t, ids[0], ids[1])
+	assert.NotEqual(t, ids[1], ids[2])
+	assert.Equal(t, ids[2], ids[3])
+	assert.NotEqual(t, ids[3], ids[4])
+	assert.Equal(t, 3, w.sessions())
+	require.NoError(t, c.Close(ctx))
+	st := c.Stats()
+	assert.Equal(t, int64(3), st.SessionsProcessed)
+	assert.Zero(t, st.SessionsFailed)
+}
+
+// Sends that land as a short Linger runs out, on one worker and on
+// several: each is delivered once, no session fails.
+func TestRT7SendsAsLingerRunsOut(t *testing.T) {
+	for _, workers := range []int{1, 3} {
+		t.Run(fmt.Sprint(workers, " workers"), func(t *testing.T) {
+			sink, err := smtpsink.New(nil)
+			require.NoError(t, err)
+			t.Cleanup(func() { sink.Close() })
+			s := newRelay(t, &relaytest.Options{UpstreamAddr: sink.Addr})
+			c := newClient(t, s, &mxrelay.Options{Linger: time.Millisecond, MaxConcurrentSessions: workers})
+			var wg sync.WaitGroup
+			for g := range workers {
+				wg.Go(func() {
+					for i := range 15 {
+						res, err := c.Send(ctxT(t), mail(fmt.Sprint("edge ", g, " ", i)))
+						if assert.NoError(t, err) {
+							assert.True(t, res.Delivered())
+						}
+					}
+				})
+			}
+			wg.Wait()
+			require.NoError(t, c.Close(ctxT(t)))
+			assert.Zero(t, c.Stats().SessionsFailed)
+			assert.Equal(t, int64(15*workers), sink.Stats().Messages)
+		})
+	}
+}
