@@ -127,6 +127,56 @@ func (r *rt7Events) next(t *testing.T) mxrelay.Event {
 	}
 }
 
+// The far end ends a session that lingers with every email answered: an
+// unsolicited 421 (the upstream's idle timeout), a cut (the relay's
+// SMTP_CHANNEL_CLOSED), a stray line, a relay restart (close 1012), or a
+// 421 written with the NOOP's 250, before the session is back to waiting.
+// No email is touched; the session is not a failure; the next Send opens
+// another session at once, without a backoff, and is delivered.
+func TestRT7FarEndEndsALingeringSession(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		noop  []string // the NOOP's reply lines; nil: honest
+		event func(w *rt7Warm)
+	}{
+		{name: "unsolicited 421", event: func(w *rt7Warm) {
+			w.inject("421 4.4.2 mx.test Error: timeout exceeded")
+			w.last().Close()
+		}},
+		{name: "upstream cut", event: func(w *rt7Warm) { w.last().Close() }},
+		{name: "stray line", event: func(w *rt7Warm) { w.inject("250 2.0.0 Ok") }},
+		{name: "relay restart", event: func(w *rt7Warm) { w.relay.CloseClientConnections() }},
+		{name: "421 with the NOOP's 250", noop: []string{"250 2.0.0 Ok", "421 4.4.2 closing", "CUT"}},
+		{name: "cut after the NOOP's 250", noop: []string{"250 2.0.0 Ok", "CUT"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newRT7Warm(t, rt7On("NOOP", func() []string { return tc.noop }))
+			ev := newRT7Events()
+			c := newClient(t, w.relay, &mxrelay.Options{Linger: time.Minute, OnEvent: ev.on})
+			res, err := c.Send(ctxT(t), mail("first"))
+			require.NoError(t, err)
+			require.True(t, res.Delivered())
+			if tc.event != nil {
+				tc.event(w)
+			}
+			e := ev.next(t)
+			assert.Equal(t, mxrelay.EventSessionCompleted, e.Type, "the lingering session failed: %v", e.Err)
+
+			res, err = c.Send(ctxT(t), mail("second"))
+			require.NoError(t, err)
+			assert.True(t, res.Delivered())
+			assert.NotEqual(t, "", res.SessionID)
+			assert.Equal(t, 1, w.srv.keptN("first"))
+			assert.Equal(t, 1, w.srv.keptN("second"))
+			assert.Equal(t, 2, w.sessions())
+			st := c.Stats()
+			assert.Zero(t, st.SessionsFailed, "failed sessions: %v", ev.failed)
+			assert.Equal(t, int64(1), st.SessionsProcessed)
+			assert.Zero(t, ev.count(mxrelay.EventReconnecting), "a backoff followed")
+		})
+	}
+}
+
 // The same ends while the NOOP is in flight, the end of data answered 250
 // but not yet confirmed: idleEnd must not hide them. The email is an
 // unknown outcome, never delivered, and the session a failure.
