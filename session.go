@@ -40,8 +40,9 @@ type smtpSession struct {
 	// withdraw closes the channel for a cancelled email the session waits
 	// on; its other transactions are classified as for a lost connection.
 	withdraw func()
-	// idleEnd is set when the far end ended the session while it lingered
-	// with nothing in flight (see linger).
+	// idleEnd is set when the far end ended a session that may linger
+	// while every email it took had its result: as it lingered, or just
+	// before it could (see linger).
 	idleEnd bool
 }
 
@@ -51,7 +52,7 @@ type smtpSession struct {
 // queue changed, to look for an email. Meanwhile the worker counts as
 // starting a session, so that other workers leave the next email to it. A
 // session ended by the far end meanwhile (a 421 at the upstream's idle
-// timeout, a cut) sets idleEnd and returns false.
+// timeout, a cut) returns false (see idleEnd).
 func (s *smtpSession) linger(ctx context.Context, wake <-chan struct{}, last time.Time) bool {
 	c, w := s.c, s.w
 	left := c.opts.Linger - time.Since(last)
@@ -65,7 +66,6 @@ func (s *smtpSession) linger(ctx context.Context, wake <-chan struct{}, last tim
 	case <-wake:
 		return true
 	case <-s.sc.Broken():
-		s.idleEnd = true
 	case <-t.C:
 	case <-ctx.Done():
 	case <-c.draining:
@@ -212,6 +212,12 @@ func (w *worker) session() {
 		if broken = s.send(em); broken != nil {
 			break
 		}
+	}
+	if broken == nil && c.opts.Linger > 0 && s.sc.Err() != nil && s.sc.Outstanding() == 0 {
+		// Decided here, not where linger saw the channel break: a 421
+		// right behind the NOOP's 250, or a cut as the last result went
+		// out, is read before the session is back in linger.
+		s.idleEnd = true
 	}
 	if broken == nil && s.idleEnd {
 		// The upstream (a 421, its idle timeout) or the relay ended the
