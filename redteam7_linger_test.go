@@ -240,6 +240,34 @@ func TestRT7NoopStalledOr421(t *testing.T) {
 	}
 }
 
+// A retry that comes due while the only session lingers goes at once, in
+// that session or another: nothing waits for Linger.
+func TestRT7RetryDueWhileLingering(t *testing.T) {
+	var mu sync.Mutex
+	refused := map[string]bool{}
+	w := newRT7Warm(t, func(c rt2Cmd) ([]string, bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		if c.verb == "END" && !refused[c.subj] {
+			refused[c.subj] = true
+			return []string{"451 4.3.0 try again later"}, true
+		}
+		return nil, false
+	})
+	for _, sessions := range []int{1, 2} {
+		t.Run(fmt.Sprint(sessions, " workers"), func(t *testing.T) {
+			c := newClient(t, w.relay, &mxrelay.Options{Linger: time.Minute, MaxConcurrentSessions: sessions})
+			ctx, cancel := context.WithTimeout(ctxT(t), 5*time.Second)
+			defer cancel()
+			subj := fmt.Sprint("retried ", sessions)
+			res, err := c.Send(ctx, mail(subj))
+			require.NoError(t, err, "the retry waited for Linger")
+			assert.Equal(t, 2, res.Attempts)
+			assert.Equal(t, 1, w.srv.keptN(subj))
+		})
+	}
+}
+
 // Many Sends at once on 2 to 4 workers with a long Linger: each finishes
 // long before Linger (a claim that leaked would hold an email until a
 // session's linger ends), and the lingering sessions serve the later
