@@ -49,10 +49,10 @@ type smtpSession struct {
 // linger keeps a session whose emails all have their results open for
 // the next email, until Options.Linger has passed since the last one was
 // taken (then false: the session ends with QUIT). It returns true when the
-// queue changed, to look for an email. Meanwhile the worker counts as
-// starting a session, so that other workers leave the next email to it. A
-// session ended by the far end meanwhile (a 421 at the upstream's idle
-// timeout, a cut) returns false (see idleEnd).
+// queue changed or a retry came due, to look for an email. Meanwhile the
+// worker counts as starting a session, so that other workers leave the
+// next email to it. A session ended by the far end meanwhile (a 421 at
+// the upstream's idle timeout, a cut) returns false (see idleEnd).
 func (s *smtpSession) linger(ctx context.Context, wake <-chan struct{}, last time.Time) bool {
 	c, w := s.c, s.w
 	left := c.opts.Linger - time.Since(last)
@@ -62,8 +62,12 @@ func (s *smtpSession) linger(ctx context.Context, wake <-chan struct{}, last tim
 	w.claimNext()
 	t := time.NewTimer(left)
 	defer t.Stop()
+	due, stop := w.due()
+	defer stop()
 	select {
 	case <-wake:
+		return true
+	case <-due:
 		return true
 	case <-s.sc.Broken():
 	case <-t.C:
