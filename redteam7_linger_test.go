@@ -268,6 +268,24 @@ func TestRT7RetryDueWhileLingering(t *testing.T) {
 	}
 }
 
+// SessionTimeout reached while a session lingers: every email it took
+// has its result, so the session is not a failure.
+func TestRT7SessionTimeoutWhileLingering(t *testing.T) {
+	w := newRT7Warm(t, nil)
+	ev := newRT7Events()
+	c := newClient(t, w.relay, &mxrelay.Options{Linger: time.Minute, SessionTimeout: 300 * time.Millisecond, OnEvent: ev.on})
+	res, err := c.Send(ctxT(t), mail("then timeout"))
+	require.NoError(t, err)
+	require.True(t, res.Delivered())
+	e := ev.next(t)
+	assert.Equal(t, mxrelay.EventSessionCompleted, e.Type, "a lingering session at SessionTimeout failed: %v", e.Err)
+	res, err = c.Send(ctxT(t), mail("next"))
+	require.NoError(t, err)
+	assert.True(t, res.Delivered())
+	assert.Zero(t, c.Stats().SessionsFailed)
+	assert.Zero(t, ev.count(mxrelay.EventReconnecting))
+}
+
 // Many Sends at once on 2 to 4 workers with a long Linger: each finishes
 // long before Linger (a claim that leaked would hold an email until a
 // session's linger ends), and the lingering sessions serve the later
