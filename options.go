@@ -156,7 +156,9 @@ type Options struct {
 	// that words it unlike MAIL's and RCPT's, as Postfix, Exim with
 	// enhanced codes and Exchange do); against a server that answers every
 	// command alike (go-smtp, relaytest) only QUIT confirms, and the
-	// session ends with the queue. Zero: 10s. Negative: none.
+	// session ends with the queue. A session stops lingering
+	// CommandTimeout before its SessionTimeout, so that its QUIT is
+	// answered in time. Zero: 10s. Negative: none.
 	Linger time.Duration
 	// IdleTimeout is how long the authenticated WebSocket stays open with an
 	// empty queue before the client disconnects. Zero: 30s. Negative:

@@ -48,14 +48,20 @@ type smtpSession struct {
 
 // linger keeps a session whose emails all have their results open for
 // the next email, until Options.Linger has passed since the last one was
-// taken (then false: the session ends with QUIT). It returns true when the
-// queue changed or a retry came due, to look for an email. Meanwhile the
-// worker counts as starting a session, so that other workers leave the
-// next email to it. A session ended by the far end meanwhile (a 421 at
-// the upstream's idle timeout, a cut) returns false (see idleEnd).
+// taken, or SessionTimeout is less than CommandTimeout away (then false:
+// the session ends with QUIT). It returns true when the queue changed or
+// a retry came due, to look for an email. Meanwhile the worker counts as
+// starting a session, so that other workers leave the next email to it. A
+// session ended by the far end meanwhile (a 421 at the upstream's idle
+// timeout, a cut) returns false (see idleEnd).
 func (s *smtpSession) linger(ctx context.Context, wake <-chan struct{}, last time.Time) bool {
 	c, w := s.c, s.w
 	left := c.opts.Linger - time.Since(last)
+	if dl, ok := ctx.Deadline(); ok {
+		// Over in time for QUIT and its reply: at SessionTimeout a session
+		// with nothing in flight is cut, and counted failed.
+		left = min(left, time.Until(dl)-c.opts.CommandTimeout)
+	}
 	if left <= 0 || s.sc.Err() != nil {
 		return false
 	}
