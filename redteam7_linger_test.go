@@ -554,3 +554,30 @@ func TestRT7SendsAsLingerRunsOut(t *testing.T) {
 		})
 	}
 }
+
+// A session that stopped taking emails (its Linger ran out) and waits
+// for a slow QUIT no longer holds the worker's claim: with a second
+// worker idle, the next email goes at once in a new session instead of
+// waiting for that QUIT.
+func TestRT7EndingSessionLeavesTheNextEmailToAnother(t *testing.T) {
+	quit, release := make(chan struct{}, 1), make(chan struct{})
+	w := newRT7Warm(t, rt7On("QUIT", func() []string {
+		quit <- struct{}{}
+		<-release
+		return nil
+	}))
+	defer close(release)
+	c := newClient(t, w.relay, &mxrelay.Options{Linger: 10 * time.Millisecond, MaxConcurrentSessions: 2, CommandTimeout: time.Minute})
+	_, err := c.Send(ctxT(t), mail("first"))
+	require.NoError(t, err)
+	select {
+	case <-quit:
+	case <-ctxT(t).Done():
+		t.Fatal("no QUIT")
+	}
+	ctx, cancel := context.WithTimeout(ctxT(t), 3*time.Second)
+	defer cancel()
+	res, err := c.Send(ctx, mail("second"))
+	require.NoError(t, err, "the next email waited for the ending session's QUIT")
+	assert.True(t, res.Delivered())
+}
