@@ -223,6 +223,13 @@ func (w *worker) session() {
 			break
 		}
 	}
+	if w.claim {
+		// The session takes no more emails: one that came meanwhile, left
+		// to it, is another worker's to start now, not after this
+		// session's Wait and QUIT.
+		w.unclaim()
+		c.kick()
+	}
 	if broken == nil && c.opts.Linger > 0 && s.sc.Err() != nil && s.sc.Outstanding() == 0 {
 		// Decided here, not where linger saw the channel break: a 421
 		// right behind the NOOP's 250, or a cut as the last result went
