@@ -581,3 +581,32 @@ func TestRT7EndingSessionLeavesTheNextEmailToAnother(t *testing.T) {
 	require.NoError(t, err, "the next email waited for the ending session's QUIT")
 	assert.True(t, res.Delivered())
 }
+
+// The relay's WebSocket cut abruptly (no close frame) as soon as the
+// NOOP's 250 has passed: the email it confirmed is delivered, the session
+// is no failure, and the next Send reconnects without a backoff.
+func TestRT7WebSocketCutAfterTheNoopsReply(t *testing.T) {
+	w := newRT7Warm(t, nil)
+	// Every byte rt2Server writes, up to the NOOP's reply.
+	var upTo int64
+	for _, l := range []string{"220 mx.test ESMTP", "250-mx.test", "250-PIPELINING", "250-CHUNKING",
+		"250-ENHANCEDSTATUSCODES", "250 8BITMIME", w.srv.honest("MAIL"), w.srv.honest("RCPT"), w.srv.honest("END"), w.srv.honest("NOOP")} {
+		upTo += int64(len(l) + 2)
+	}
+	w.relay.Inject(relaytest.Fault{Kind: relaytest.DropAfterBytes, Bytes: upTo, FromServer: true})
+	ev := newRT7Events()
+	c := newClient(t, w.relay, &mxrelay.Options{Linger: time.Minute, OnEvent: ev.on})
+	res, err := c.Send(ctxT(t), mail("first"))
+	require.NoError(t, err)
+	require.True(t, res.Delivered())
+	e := ev.next(t)
+	assert.Equal(t, mxrelay.EventSessionCompleted, e.Type, "%v", e.Err)
+	assert.Empty(t, w.relay.Faults(), "the cut came")
+	res, err = c.Send(ctxT(t), mail("second"))
+	require.NoError(t, err)
+	assert.True(t, res.Delivered())
+	assert.Zero(t, c.Stats().SessionsFailed)
+	assert.Zero(t, ev.count(mxrelay.EventReconnecting))
+	assert.Equal(t, 1, w.srv.keptN("first"))
+	assert.Equal(t, 1, w.srv.keptN("second"))
+}
