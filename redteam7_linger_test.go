@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -609,4 +610,80 @@ func TestRT7WebSocketCutAfterTheNoopsReply(t *testing.T) {
 	assert.Zero(t, ev.count(mxrelay.EventReconnecting))
 	assert.Equal(t, 1, w.srv.keptN("first"))
 	assert.Equal(t, 1, w.srv.keptN("second"))
+}
+
+// A server that does not offer PIPELINING and enforces the wait for each
+// reply (as Exim's smtp_enforce_sync): before answering a command it
+// looks for more input, and finding some it refuses with a
+// synchronization error and closes. A client that lingers must not write
+// its NOOP behind an end of data still unanswered: the email, which the
+// server would keep, is delivered.
+func TestRT7NoNoopPipelinedWithoutPipelining(t *testing.T) {
+	var mu sync.Mutex
+	kept, early := 0, 0
+	u := newUpstream(t, func(c *upConn) {
+		// answer writes reply unless the client wrote on before it came.
+		answer := func(reply string) bool {
+			c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+			_, err := c.r.Peek(1)
+			c.SetReadDeadline(time.Time{})
+			if err == nil {
+				mu.Lock()
+				early++
+				mu.Unlock()
+				c.say("554 5.5.0 SMTP synchronization error")
+				return false
+			}
+			return c.say(reply)
+		}
+		c.say("220 mx.test ESMTP")
+		for {
+			l, ok := c.line()
+			if !ok {
+				return
+			}
+			reply := "250 2.0.0 Ok"
+			switch verb := strings.ToUpper(strings.Fields(l + " x")[0]); verb {
+			case "EHLO":
+				reply = "250-mx.test\r\n250-ENHANCEDSTATUSCODES\r\n250 8BITMIME"
+			case "MAIL":
+				reply = "250 2.1.0 Ok"
+			case "RCPT":
+				reply = "250 2.1.5 Ok"
+			case "QUIT":
+				c.say("221 2.0.0 Bye")
+				return
+			case "DATA":
+				if !answer("354 End data with <CR><LF>.<CR><LF>") {
+					return
+				}
+				for {
+					if l, ok = c.line(); !ok || l == "." {
+						break
+					}
+				}
+				if !ok || !answer("250 2.0.0 Ok: queued") {
+					return
+				}
+				mu.Lock()
+				kept++
+				mu.Unlock()
+				continue
+			}
+			if !answer(reply) {
+				return
+			}
+		}
+	})
+	s := newRelay(t, &relaytest.Options{UpstreamAddr: u.addr})
+	c := newClient(t, s, &mxrelay.Options{Linger: time.Minute})
+	for i := range 2 {
+		res, err := c.Send(ctxT(t), mail(fmt.Sprint("lock-step ", i)))
+		require.NoError(t, err)
+		assert.True(t, res.Delivered())
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	assert.Zero(t, early, "the client wrote before a reply, to a server that did not offer PIPELINING")
+	assert.Equal(t, 2, kept)
 }
