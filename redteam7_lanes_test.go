@@ -46,6 +46,9 @@ func TestRT7RecoveredRetriesTakeTheirLane(t *testing.T) {
 			t.Fatal("no retry")
 		}
 	}
+	st := c.Stats()
+	assert.Equal(t, 2, st.Delayed, "both wait for their retry")
+	assert.Equal(t, 2, st.QueuedByPriority[mxrelay.PriorityNormal])
 	// The relay goes down: what is enqueued now stays in the spool.
 	s.SetDown(true)
 	s.CloseClientConnections()
@@ -65,7 +68,7 @@ func TestRT7RecoveredRetriesTakeTheirLane(t *testing.T) {
 	rec := c.Recovered()
 	require.Len(t, rec, 5)
 	age := time.Since(accepted)
-	st := c.Stats()
+	st = c.Stats()
 	assert.Equal(t, 4, st.QueuedByPriority[mxrelay.PriorityNormal])
 	assert.Equal(t, 1, st.QueuedByPriority[mxrelay.PriorityLow])
 	assert.Zero(t, st.Delayed, "recovered emails wait for no delay")
