@@ -687,3 +687,23 @@ func TestRT7NoNoopPipelinedWithoutPipelining(t *testing.T) {
 	assert.Zero(t, early, "the client wrote before a reply, to a server that did not offer PIPELINING")
 	assert.Equal(t, 2, kept)
 }
+
+// The relay closes the WebSocket with 1001 when the NOOP after the end of
+// data reaches it: the end of data went upstream, its reply is not
+// confirmed, so the email is an unknown outcome and the session a failure
+// (idleEnd must not hide it); the next Send is delivered.
+func TestRT7RelayCloses1001AtTheNoop(t *testing.T) {
+	w := newRT7Warm(t, nil)
+	w.relay.Inject(relaytest.Fault{Kind: relaytest.CloseWebSocket, Command: "NOOP"})
+	ev := newRT7Events()
+	c := newClient(t, w.relay, &mxrelay.Options{Linger: time.Minute, OnEvent: ev.on})
+	res, err := c.Send(ctxT(t), mail("cut at the NOOP"))
+	require.Error(t, err)
+	assert.True(t, res.MaybeDelivered, "%v", err)
+	assert.Equal(t, mxrelay.EventSessionFailed, ev.next(t).Type)
+	assert.Empty(t, w.relay.Faults(), "the close came")
+	res, err = c.Send(ctxT(t), mail("next"))
+	require.NoError(t, err)
+	assert.True(t, res.Delivered())
+	assert.Equal(t, 1, w.srv.keptN("next"))
+}
