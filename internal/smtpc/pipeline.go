@@ -714,22 +714,25 @@ func (c *Client) Settling() int {
 // Sync writes a NOOP when the last transaction ended with its end of data
 // and nothing was written after it, so that its reply confirms the
 // transactions waiting for one (see Result.Confirmed), and flushes. The
-// next transaction's first command, or QUIT, confirms them too.
+// next transaction's first command, or QUIT, confirms them too. Without
+// PIPELINING it only flushes: the NOOP would go out before the end of
+// data's reply, which such a server may refuse (a synchronization error).
 func (c *Client) Sync() error {
-	if c.p.syncOwed {
+	if c.p.syncOwed && c.p.pipelining {
 		c.line(nil, kNoop, 0, "NOOP")
 	}
 	return c.Flush()
 }
 
 // SyncConfirms reports whether Sync's NOOP may confirm what waits: false
-// once a NOOP's 250 this session was worded as MAIL's or RCPT's (a server
-// that answers every command alike, see unmistakable).
+// without PIPELINING (Sync writes none, see Sync), and once a NOOP's 250
+// this session was worded as MAIL's or RCPT's (a server that answers
+// every command alike, see unmistakable).
 func (c *Client) SyncConfirms() bool {
 	p := &c.p
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return !p.noopBlind
+	return p.pipelining && !p.noopBlind
 }
 
 // Progress is signalled when a reply was handled.
