@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/mxrelay/mxrelay/internal/backoff"
+	"github.com/mxrelay/mxrelay/internal/broadcast"
 )
 
 // Client sends emails through one mxrelay relay. It holds a bounded
@@ -42,9 +43,8 @@ type Client struct {
 	sumSess  time.Duration
 	sumEmail time.Duration
 
-	wakeMu   sync.Mutex
-	wakeC    chan struct{}      // closed and replaced when the queue changed
-	roomC    chan struct{}      // closed and replaced when a place in the queue freed up
+	wake     broadcast.Signal   // the queue changed
+	room     broadcast.Signal   // a place in the queue freed up
 	fb       *feedback          // Options.RateLimit and Throttle: the limiter every session waits for
 	claimed  int                // workers starting a session, not yet holding an email
 	draining chan struct{}      // closed by Close
@@ -82,8 +82,6 @@ func New(relayURL, apiKey string, opts *Options) (*Client, error) {
 		log:       o.Logger,
 		retry:     backoff.Policy{Initial: o.RetryInterval, Max: o.MaxRetryInterval, Jitter: 0.2},
 		reconnect: backoff.Policy{Initial: o.ReconnectInterval, Max: o.MaxReconnectInterval, Jitter: 0.2},
-		wakeC:     make(chan struct{}),
-		roomC:     make(chan struct{}),
 		draining:  make(chan struct{}),
 		done:      make(chan struct{}),
 	}

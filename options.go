@@ -168,10 +168,12 @@ type Options struct {
 	// cut it to 10 s): a session the upstream ends while it lingers is
 	// not a failure, and the next email opens another. A session lingers
 	// only where a NOOP's 250 confirms the replies before it (a server
-	// that words it unlike MAIL's and RCPT's, as Postfix, Exim with
-	// enhanced codes and Exchange do); against a server that answers every
-	// command alike (go-smtp, relaytest) only QUIT confirms, and the
-	// session ends with the queue. Zero: 10s. Negative: none.
+	// that offers PIPELINING and words it unlike MAIL's and RCPT's, as
+	// Postfix, Exim with enhanced codes and Exchange do); against a server
+	// that answers every command alike (go-smtp, relaytest) only QUIT
+	// confirms, and the session ends with the queue. A session stops
+	// lingering CommandTimeout before its SessionTimeout, so that its QUIT
+	// is answered in time. Zero: 10s. Negative: none.
 	Linger time.Duration
 	// IdleTimeout is how long the authenticated WebSocket stays open with an
 	// empty queue before the client disconnects. Zero: 30s. Negative:

@@ -3,7 +3,6 @@ package mxrelay
 import (
 	"context"
 	"errors"
-	"fmt"
 	"time"
 )
 
@@ -59,17 +58,7 @@ const (
 
 // String is the outcome's name: DELIVERED, FAILED, UNKNOWN, HANDED_BACK.
 func (o Outcome) String() string {
-	switch o {
-	case OutcomeDelivered:
-		return "DELIVERED"
-	case OutcomeFailed:
-		return "FAILED"
-	case OutcomeUnknown:
-		return "UNKNOWN"
-	case OutcomeHandedBack:
-		return "HANDED_BACK"
-	}
-	return fmt.Sprintf("Outcome(%d)", int(o))
+	return enumName([]string{OutcomeDelivered: "DELIVERED", OutcomeFailed: "FAILED", OutcomeUnknown: "UNKNOWN", OutcomeHandedBack: "HANDED_BACK"}, o, "Outcome")
 }
 
 // RecipientError is a recipient the email was not delivered to, and why:

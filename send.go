@@ -202,18 +202,11 @@ func (c *Client) refusal() error {
 
 // roomChan is closed when a place in the queue frees up. Take it before
 // trying Enqueue, so that a place freed in between is not missed.
-func (c *Client) roomChan() <-chan struct{} {
-	c.wakeMu.Lock()
-	defer c.wakeMu.Unlock()
-	return c.roomC
-}
+func (c *Client) roomChan() <-chan struct{} { return c.room.C() }
 
 // freed wakes the EnqueueWait callers: a place in the queue is free.
 func (c *Client) freed() {
-	c.wakeMu.Lock()
-	close(c.roomC)
-	c.roomC = make(chan struct{})
-	c.wakeMu.Unlock()
+	c.room.Signal()
 }
 
 // drained emits EventQueueProcessingCompleted when every accepted email
@@ -237,19 +230,12 @@ func (c *Client) QueueSize() int {
 
 // kick wakes the workers.
 func (c *Client) kick() {
-	c.wakeMu.Lock()
-	close(c.wakeC)
-	c.wakeC = make(chan struct{})
-	c.wakeMu.Unlock()
+	c.wake.Signal()
 }
 
 // wakeChan is closed by the next kick. Take it before looking at the
 // queue, so that a change in between is not missed.
-func (c *Client) wakeChan() <-chan struct{} {
-	c.wakeMu.Lock()
-	defer c.wakeMu.Unlock()
-	return c.wakeC
-}
+func (c *Client) wakeChan() <-chan struct{} { return c.wake.C() }
 
 func (c *Client) newID() string {
 	var b [8]byte

@@ -38,44 +38,42 @@ type smtpSession struct {
 	// withdraw closes the channel for a cancelled email the session waits
 	// on; its other transactions are classified as for a lost connection.
 	withdraw func()
-	// idleEnd is set when the far end ended the session while it lingered
-	// with nothing in flight (see linger).
+	// idleEnd is set when the far end ended a session that may linger
+	// while every email it took had its result: as it lingered, or just
+	// before it could (see linger).
 	idleEnd bool
 }
 
 // linger keeps a session whose emails all have their results open for
 // the next email, until Options.Linger has passed since the last one was
-// taken (then false: the session ends with QUIT). It returns true when the
-// queue changed or a retry's delay is over, to look for an email. Meanwhile the worker counts as
+// taken, or SessionTimeout is less than CommandTimeout away (then false:
+// the session ends with QUIT). It returns true when the queue changed or
+// a retry came due, to look for an email. Meanwhile the worker counts as
 // starting a session, so that other workers leave the next email to it. A
 // session ended by the far end meanwhile (a 421 at the upstream's idle
-// timeout, a cut) sets idleEnd and returns false.
+// timeout, a cut) returns false (see idleEnd).
 func (s *smtpSession) linger(ctx context.Context, wake <-chan struct{}, last time.Time) bool {
 	c, w := s.c, s.w
 	left := c.opts.Linger - time.Since(last)
+	if dl, ok := ctx.Deadline(); ok {
+		// Over in time for QUIT and its reply: at SessionTimeout a session
+		// with nothing in flight is cut, and counted failed.
+		left = min(left, time.Until(dl)-c.opts.CommandTimeout)
+	}
 	if left <= 0 || s.sc.Err() != nil {
 		return false
 	}
 	w.claimNext()
 	t := time.NewTimer(left)
 	defer t.Stop()
-	// A retry waiting for its delay is taken when it is due.
-	c.mu.Lock()
-	next, delayed := c.q.nextDue()
-	c.mu.Unlock()
-	var due <-chan time.Time
-	if delayed {
-		dt := time.NewTimer(time.Until(next))
-		defer dt.Stop()
-		due = dt.C
-	}
+	due, stop := w.due()
+	defer stop()
 	select {
 	case <-wake:
 		return true
 	case <-due:
 		return true
 	case <-s.sc.Broken():
-		s.idleEnd = true
 	case <-t.C:
 	case <-ctx.Done():
 	case <-c.draining:
@@ -224,6 +222,19 @@ func (w *worker) session() {
 		if broken = s.send(em); broken != nil {
 			break
 		}
+	}
+	if w.claim {
+		// The session takes no more emails: one that came meanwhile, left
+		// to it, is another worker's to start now, not after this
+		// session's Wait and QUIT.
+		w.unclaim()
+		c.kick()
+	}
+	if broken == nil && c.opts.Linger > 0 && s.sc.Err() != nil && s.sc.Outstanding() == 0 {
+		// Decided here, not where linger saw the channel break: a 421
+		// right behind the NOOP's 250, or a cut as the last result went
+		// out, is read before the session is back in linger.
+		s.idleEnd = true
 	}
 	if broken == nil && s.idleEnd {
 		// The upstream (a 421, its idle timeout) or the relay ended the

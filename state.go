@@ -28,11 +28,14 @@ var connStateNames = [...]string{
 	"CHANNEL_OPENING", "CHANNEL_READY", "CHANNEL_CLOSED", "RECONNECTING", "FAILED",
 }
 
-func (s ConnState) String() string {
-	if s >= 0 && int(s) < len(connStateNames) {
-		return connStateNames[s]
+func (s ConnState) String() string { return enumName(connStateNames[:], s, "ConnState") }
+
+// enumName is names[v], or "Type(v)" for a value without a name.
+func enumName[T ~int | ~int32](names []string, v T, typ string) string {
+	if v >= 0 && int64(v) < int64(len(names)) && names[v] != "" {
+		return names[v]
 	}
-	return fmt.Sprintf("ConnState(%d)", int32(s))
+	return fmt.Sprintf("%s(%d)", typ, int64(v))
 }
 
 // connRank orders the connection states from the least advanced to the
@@ -88,15 +91,7 @@ type WorkerState struct {
 }
 
 func (s SessionState) String() string {
-	switch s {
-	case SessionIdle:
-		return "IDLE"
-	case SessionProcessing:
-		return "PROCESSING"
-	case SessionFailed:
-		return "FAILED"
-	}
-	return fmt.Sprintf("SessionState(%d)", int32(s))
+	return enumName([]string{SessionIdle: "IDLE", SessionProcessing: "PROCESSING", SessionFailed: "FAILED"}, s, "SessionState")
 }
 
 // Stats are the client's counters. Sessions are SMTP sessions; emails are

@@ -181,6 +181,22 @@ func (w *worker) readyNow() bool {
 	return w.c.q.readyLen() > 0
 }
 
+// due fires when the first email waiting for a retry comes due; stop
+// ends it. No kick comes then: a session that waits with the worker's
+// claim (see claimNext) looks for it at that time, as the other workers
+// leave it to that session.
+func (w *worker) due() (due <-chan time.Time, stop func() bool) {
+	c := w.c
+	c.mu.Lock()
+	next, ok := c.q.nextDue()
+	c.mu.Unlock()
+	if !ok {
+		return nil, func() bool { return false }
+	}
+	t := time.NewTimer(time.Until(next))
+	return t.C, t.Stop
+}
+
 // batchWait holds a new session back for Options.BatchWait, until enough
 // emails wait or one of them is urgent.
 func (w *worker) batchWait() {

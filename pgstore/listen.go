@@ -18,19 +18,10 @@ import (
 
 // Wake returns a channel closed at the next notification that an email
 // may be ready, or at the next poll. See store.Store.Wake.
-func (s *Store) Wake() <-chan struct{} {
-	s.wakeMu.Lock()
-	defer s.wakeMu.Unlock()
-	return s.wakeC
-}
+func (s *Store) Wake() <-chan struct{} { return s.wakeSig.C() }
 
 // wake wakes the claimers waiting on Wake.
-func (s *Store) wake() {
-	s.wakeMu.Lock()
-	close(s.wakeC)
-	s.wakeC = make(chan struct{})
-	s.wakeMu.Unlock()
-}
+func (s *Store) wake() { s.wakeSig.Signal() }
 
 // watch returns a channel closed when email id may have its result.
 func (s *Store) watch(id string) chan struct{} {

@@ -39,6 +39,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/mxrelay/mxrelay/internal/broadcast"
 	"github.com/mxrelay/mxrelay/internal/store"
 )
 
@@ -86,8 +87,7 @@ type Store struct {
 	stop   context.CancelFunc
 	wg     sync.WaitGroup
 
-	wakeMu sync.Mutex
-	wakeC  chan struct{} // closed and replaced when claimers are woken
+	wakeSig broadcast.Signal // claimers waiting on Wake
 
 	waitMu  sync.Mutex
 	waiters map[string]map[chan struct{}]struct{} // result waiters by email ID
@@ -136,7 +136,6 @@ func Open(ctx context.Context, pool *pgxpool.Pool, opts *Options) (*Store, error
 		opts:    o,
 		schema:  o.Schema,
 		log:     log,
-		wakeC:   make(chan struct{}),
 		waiters: map[string]map[chan struct{}]struct{}{},
 	}
 	if o.hooks != nil {

@@ -202,10 +202,13 @@ func (ch *channel) readUpstream() {
 			}
 			reason := "upstream closed the connection"
 			switch {
+			case ch.quit:
+				// The normal end, not a failure, whichever side hung up
+				// first: the upstream after its 221, or the relay closing
+				// the upstream connection when the client left after it.
+				reason = "session ended with QUIT"
 			case !errors.Is(err, io.EOF):
 				reason = "upstream connection failed: " + err.Error()
-			case ch.quit:
-				reason = "session ended with QUIT" // the normal end, not a failure
 			}
 			ch.endLocked(reason)
 			ch.mu.Unlock()

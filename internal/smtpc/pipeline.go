@@ -217,16 +217,9 @@ func (c *Client) readLoop() {
 		}
 		p.mu.Lock()
 		if p.head == len(p.fifo) {
-			if r.Code == 421 && p.closing == 0 {
-				// Unsolicited: nothing written from now on is processed.
-				p.closing = p.done + 1
-			}
-			p.mu.Unlock()
-			if r.Code == 421 {
-				c.breakWith(r.Err())
-			} else {
-				c.readerBreak(fmt.Errorf("%w: reply %d with no command waiting for it", ErrProtocol, r.Code))
-			}
+			// Unsolicited: a 421 says nothing written from now on is
+			// processed.
+			c.unexpected(r, fmt.Errorf("%w: reply %d with no command waiting for it", ErrProtocol, r.Code))
 			return
 		}
 		e := p.fifo[p.head]
@@ -234,15 +227,7 @@ func (c *Client) readLoop() {
 			// Its command has not been handed to the connection yet: the
 			// server cannot have read it. A stray or early reply; a 421
 			// is the server closing, which processes nothing after it.
-			if r.Code == 421 && p.closing == 0 {
-				p.closing = p.done + 1
-			}
-			p.mu.Unlock()
-			if r.Code == 421 {
-				c.breakWith(r.Err())
-			} else {
-				c.readerBreak(fmt.Errorf("%w: reply %d came before its command (%s) was sent", ErrProtocol, r.Code, e.kind))
-			}
+			c.unexpected(r, fmt.Errorf("%w: reply %d came before its command (%s) was sent", ErrProtocol, r.Code, e.kind))
 			return
 		}
 		p.fifo[p.head] = expect{}
@@ -317,6 +302,23 @@ func (c *Client) readLoop() {
 			return
 		}
 	}
+}
+
+// unexpected ends the connection on r, a reply no command written can
+// have asked for (p.mu is held, and let go): a 421 is the server closing,
+// which processes nothing after it; anything else is err, a protocol
+// error.
+func (c *Client) unexpected(r Reply, err error) {
+	p := &c.p
+	if r.Code == 421 && p.closing == 0 {
+		p.closing = p.done + 1
+	}
+	p.mu.Unlock()
+	if r.Code == 421 {
+		c.breakWith(r.Err())
+		return
+	}
+	c.readerBreak(err)
 }
 
 // readerBreak is breakWith for what the reader found (see fail).
@@ -712,22 +714,25 @@ func (c *Client) Settling() int {
 // Sync writes a NOOP when the last transaction ended with its end of data
 // and nothing was written after it, so that its reply confirms the
 // transactions waiting for one (see Result.Confirmed), and flushes. The
-// next transaction's first command, or QUIT, confirms them too.
+// next transaction's first command, or QUIT, confirms them too. Without
+// PIPELINING it only flushes: the NOOP would go out before the end of
+// data's reply, which such a server may refuse (a synchronization error).
 func (c *Client) Sync() error {
-	if c.p.syncOwed {
+	if c.p.syncOwed && c.p.pipelining {
 		c.line(nil, kNoop, 0, "NOOP")
 	}
 	return c.Flush()
 }
 
 // SyncConfirms reports whether Sync's NOOP may confirm what waits: false
-// once a NOOP's 250 this session was worded as MAIL's or RCPT's (a server
-// that answers every command alike, see unmistakable).
+// without PIPELINING (Sync writes none, see Sync), and once a NOOP's 250
+// this session was worded as MAIL's or RCPT's (a server that answers
+// every command alike, see unmistakable).
 func (c *Client) SyncConfirms() bool {
 	p := &c.p
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return !p.noopBlind
+	return p.pipelining && !p.noopBlind
 }
 
 // Progress is signalled when a reply was handled.
