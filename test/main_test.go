@@ -4,9 +4,10 @@
 // relays, upstreams and input, floods, crashes with a spool, and interop
 // with software we did not write; and the red team's (redteam_*): hostile
 // upstreams that shift, lose or word replies oddly, cuts at every
-// command, Close, cancels and the drain at every point, the key file.
-// Each runs on the public API, with the helpers of internal/testkit;
-// `go test ./test` runs them all.
+// command, Close, cancels and the drain at every point, lingering
+// sessions, the retry lanes after a restart, a relay's odd data frames,
+// the key file. Each runs on the public API, with the helpers of
+// internal/testkit; `go test ./test` runs them all.
 package test
 
 import (

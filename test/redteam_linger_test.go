@@ -1,4 +1,4 @@
-package mxrelay_test
+package test
 
 import (
 	"context"
@@ -15,6 +15,7 @@ import (
 	"github.com/mxrelay/mxrelay"
 	"github.com/mxrelay/mxrelay/internal/fakesmtp"
 	"github.com/mxrelay/mxrelay/internal/smtpsink"
+	"github.com/mxrelay/mxrelay/internal/testkit"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
 
@@ -37,13 +38,13 @@ type rt7Warm struct {
 func newRT7Warm(t *testing.T, hook func(c rt2Cmd) ([]string, bool)) *rt7Warm {
 	t.Helper()
 	w := &rt7Warm{srv: &rt2Server{ext: []string{"PIPELINING", "CHUNKING"}, enhanced: true, hook: hook}}
-	u := newUpstream(t, func(c *fakesmtp.Conn) {
+	u := testkit.NewUpstream(t, func(c *fakesmtp.Conn) {
 		w.mu.Lock()
 		w.conns = append(w.conns, c)
 		w.mu.Unlock()
 		w.srv.serve(c)
 	})
-	w.relay = newRelay(t, &relaytest.Options{UpstreamAddr: u.Addr})
+	w.relay = testkit.NewRelay(t, &relaytest.Options{UpstreamAddr: u.Addr})
 	return w
 }
 
@@ -123,7 +124,7 @@ func (r *rt7Events) next(t *testing.T) mxrelay.Event {
 	select {
 	case e := <-r.ended:
 		return e
-	case <-ctxT(t).Done():
+	case <-testkit.Ctx(t).Done():
 		t.Fatal("no session ended")
 		return mxrelay.Event{}
 	}
@@ -154,8 +155,8 @@ func TestRT7FarEndEndsALingeringSession(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			w := newRT7Warm(t, rt7On("NOOP", func() []string { return tc.noop }))
 			ev := newRT7Events()
-			c := newClient(t, w.relay, &mxrelay.Options{Linger: time.Minute, OnEvent: ev.on})
-			res, err := c.Send(ctxT(t), mail("first"))
+			c := testkit.NewClient(t, w.relay, &mxrelay.Options{Linger: time.Minute, OnEvent: ev.on})
+			res, err := c.Send(testkit.Ctx(t), testkit.Mail("first"))
 			require.NoError(t, err)
 			require.True(t, res.Delivered())
 			if tc.event != nil {
@@ -164,7 +165,7 @@ func TestRT7FarEndEndsALingeringSession(t *testing.T) {
 			e := ev.next(t)
 			assert.Equal(t, mxrelay.EventSessionCompleted, e.Type, "the lingering session failed: %v", e.Err)
 
-			res, err = c.Send(ctxT(t), mail("second"))
+			res, err = c.Send(testkit.Ctx(t), testkit.Mail("second"))
 			require.NoError(t, err)
 			assert.True(t, res.Delivered())
 			assert.NotEqual(t, "", res.SessionID)
@@ -198,16 +199,16 @@ func TestRT7FarEndEndsWhileTheNoopIsInFlight(t *testing.T) {
 			noop := make(chan struct{}, 1)
 			w := newRT7Warm(t, rt7On("NOOP", rt7Hang(noop)))
 			ev := newRT7Events()
-			c := newClient(t, w.relay, &mxrelay.Options{Linger: time.Minute, OnEvent: ev.on})
-			h, err := c.Enqueue(mail("in flight"))
+			c := testkit.NewClient(t, w.relay, &mxrelay.Options{Linger: time.Minute, OnEvent: ev.on})
+			h, err := c.Enqueue(testkit.Mail("in flight"))
 			require.NoError(t, err)
 			select {
 			case <-noop:
-			case <-ctxT(t).Done():
+			case <-testkit.Ctx(t).Done():
 				t.Fatal("no NOOP")
 			}
 			tc.event(w)
-			res, err := h.Wait(ctxT(t))
+			res, err := h.Wait(testkit.Ctx(t))
 			require.Error(t, err, "delivered without a confirmed reply")
 			assert.True(t, res.MaybeDelivered, "an end of data answered but not confirmed is an unknown outcome")
 			assert.Equal(t, 1, w.srv.keptN("in flight"))
@@ -229,13 +230,13 @@ func TestRT7NoopStalledOr421(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			w := newRT7Warm(t, rt7On("NOOP", func() []string { return tc.noop }))
-			c := newClient(t, w.relay, &mxrelay.Options{Linger: time.Minute, CommandTimeout: 300 * time.Millisecond})
-			res, err := c.Send(ctxT(t), mail("noop"))
+			c := testkit.NewClient(t, w.relay, &mxrelay.Options{Linger: time.Minute, CommandTimeout: 300 * time.Millisecond})
+			res, err := c.Send(testkit.Ctx(t), testkit.Mail("noop"))
 			require.Error(t, err)
 			assert.True(t, res.MaybeDelivered)
 			var ue *mxrelay.UnknownOutcomeError
 			assert.ErrorAs(t, err, &ue)
-			res, err = c.Send(ctxT(t), mail("after"))
+			res, err = c.Send(testkit.Ctx(t), testkit.Mail("after"))
 			require.NoError(t, err)
 			assert.True(t, res.Delivered())
 		})
@@ -258,11 +259,11 @@ func TestRT7RetryDueWhileLingering(t *testing.T) {
 	})
 	for _, sessions := range []int{1, 2} {
 		t.Run(fmt.Sprint(sessions, " workers"), func(t *testing.T) {
-			c := newClient(t, w.relay, &mxrelay.Options{Linger: time.Minute, MaxConcurrentSessions: sessions})
-			ctx, cancel := context.WithTimeout(ctxT(t), 5*time.Second)
+			c := testkit.NewClient(t, w.relay, &mxrelay.Options{Linger: time.Minute, MaxConcurrentSessions: sessions})
+			ctx, cancel := context.WithTimeout(testkit.Ctx(t), 5*time.Second)
 			defer cancel()
 			subj := fmt.Sprint("retried ", sessions)
-			res, err := c.Send(ctx, mail(subj))
+			res, err := c.Send(ctx, testkit.Mail(subj))
 			require.NoError(t, err, "the retry waited for Linger")
 			assert.Equal(t, 2, res.Attempts)
 			assert.Equal(t, 1, w.srv.keptN(subj))
@@ -275,13 +276,13 @@ func TestRT7RetryDueWhileLingering(t *testing.T) {
 func TestRT7SessionTimeoutWhileLingering(t *testing.T) {
 	w := newRT7Warm(t, nil)
 	ev := newRT7Events()
-	c := newClient(t, w.relay, &mxrelay.Options{Linger: time.Minute, SessionTimeout: 300 * time.Millisecond, OnEvent: ev.on})
-	res, err := c.Send(ctxT(t), mail("then timeout"))
+	c := testkit.NewClient(t, w.relay, &mxrelay.Options{Linger: time.Minute, SessionTimeout: 300 * time.Millisecond, OnEvent: ev.on})
+	res, err := c.Send(testkit.Ctx(t), testkit.Mail("then timeout"))
 	require.NoError(t, err)
 	require.True(t, res.Delivered())
 	e := ev.next(t)
 	assert.Equal(t, mxrelay.EventSessionCompleted, e.Type, "a lingering session at SessionTimeout failed: %v", e.Err)
-	res, err = c.Send(ctxT(t), mail("next"))
+	res, err = c.Send(testkit.Ctx(t), testkit.Mail("next"))
 	require.NoError(t, err)
 	assert.True(t, res.Delivered())
 	assert.Zero(t, c.Stats().SessionsFailed)
@@ -298,16 +299,16 @@ func TestRT7BurstsOnLingeringSessions(t *testing.T) {
 			sink, err := smtpsink.New(nil)
 			require.NoError(t, err)
 			t.Cleanup(func() { sink.Close() })
-			s := newRelay(t, &relaytest.Options{UpstreamAddr: sink.Addr})
-			c := newClient(t, s, &mxrelay.Options{Linger: time.Minute, MaxConcurrentSessions: workers, MaxEmailsPerSession: 1000})
+			s := testkit.NewRelay(t, &relaytest.Options{UpstreamAddr: sink.Addr})
+			c := testkit.NewClient(t, s, &mxrelay.Options{Linger: time.Minute, MaxConcurrentSessions: workers, MaxEmailsPerSession: 1000})
 			for round := range 4 {
-				ctx, cancel := context.WithTimeout(ctxT(t), 5*time.Second)
+				ctx, cancel := context.WithTimeout(testkit.Ctx(t), 5*time.Second)
 				var wg sync.WaitGroup
 				errs := make(chan error, 64)
 				n := 1 + round*7
 				for i := range n {
 					wg.Go(func() {
-						res, err := c.Send(ctx, mail(fmt.Sprint("burst ", round, " ", i)))
+						res, err := c.Send(ctx, testkit.Mail(fmt.Sprint("burst ", round, " ", i)))
 						if err == nil && !res.Delivered() {
 							err = errors.New("not delivered")
 						}
@@ -367,8 +368,8 @@ func TestRT7NoopThatMustNotConfirm(t *testing.T) {
 					return l, ok
 				}}
 				s := rtRelay(t, srv.serve)
-				c := newClient(t, s, &mxrelay.Options{Linger: time.Minute, CommandTimeout: 500 * time.Millisecond})
-				res, err := c.Send(ctxT(t), mail("shifted"), mxrelay.WithRetries(0))
+				c := testkit.NewClient(t, s, &mxrelay.Options{Linger: time.Minute, CommandTimeout: 500 * time.Millisecond})
+				res, err := c.Send(testkit.Ctx(t), testkit.Mail("shifted"), mxrelay.WithRetries(0))
 				require.NotNil(t, res)
 				o := rt3Of(srv, "shifted", res, err)
 				t.Log(o)
@@ -385,7 +386,7 @@ func TestRT7NoopThatMustNotConfirm(t *testing.T) {
 				// The client goes on: the next email is delivered, or, when
 				// the line too many comes as it is written, an unknown
 				// outcome (the stray may be taken for its RSET's reply).
-				res, err = c.Send(ctxT(t), mail("next"))
+				res, err = c.Send(testkit.Ctx(t), testkit.Mail("next"))
 				require.NotNil(t, res)
 				o = rt3Of(srv, "next", res, err)
 				o.check(t)
@@ -433,20 +434,20 @@ func TestRT7CloseDuringTheNoopsFlight(t *testing.T) {
 			return nil
 		}))
 		ev := newRT7Events()
-		c := newClient(t, w.relay, &mxrelay.Options{Linger: time.Minute, OnEvent: ev.on})
-		h, err := c.Enqueue(mail("closing"))
+		c := testkit.NewClient(t, w.relay, &mxrelay.Options{Linger: time.Minute, OnEvent: ev.on})
+		h, err := c.Enqueue(testkit.Mail("closing"))
 		require.NoError(t, err)
 		<-noop
 		closed := make(chan error, 1)
-		go func() { closed <- c.Close(ctxT(t)) }()
+		go func() { closed <- c.Close(testkit.Ctx(t)) }()
 		for {
-			if _, err := c.Enqueue(mail("late")); errors.Is(err, mxrelay.ErrClosed) {
+			if _, err := c.Enqueue(testkit.Mail("late")); errors.Is(err, mxrelay.ErrClosed) {
 				break
 			}
-			require.NoError(t, ctxT(t).Err())
+			require.NoError(t, testkit.Ctx(t).Err())
 		}
 		close(release)
-		res, err := h.Wait(ctxT(t))
+		res, err := h.Wait(testkit.Ctx(t))
 		require.NoError(t, err)
 		assert.True(t, res.Delivered())
 		require.NoError(t, <-closed)
@@ -456,14 +457,14 @@ func TestRT7CloseDuringTheNoopsFlight(t *testing.T) {
 	t.Run("Close gives up", func(t *testing.T) {
 		noop := make(chan struct{}, 1)
 		w := newRT7Warm(t, rt7On("NOOP", rt7Hang(noop)))
-		c := newClient(t, w.relay, &mxrelay.Options{Linger: time.Minute, CommandTimeout: time.Minute})
-		h, err := c.Enqueue(mail("given up"))
+		c := testkit.NewClient(t, w.relay, &mxrelay.Options{Linger: time.Minute, CommandTimeout: time.Minute})
+		h, err := c.Enqueue(testkit.Mail("given up"))
 		require.NoError(t, err)
 		<-noop
-		ctx, cancel := context.WithTimeout(ctxT(t), 50*time.Millisecond)
+		ctx, cancel := context.WithTimeout(testkit.Ctx(t), 50*time.Millisecond)
 		defer cancel()
 		assert.Error(t, c.Close(ctx))
-		res, err := h.Wait(ctxT(t))
+		res, err := h.Wait(testkit.Ctx(t))
 		require.Error(t, err)
 		assert.True(t, res.MaybeDelivered)
 		assert.Equal(t, 1, w.srv.keptN("given up"))
@@ -480,15 +481,15 @@ func TestRT7CancelSendInFlightWithAnEmptyQueue(t *testing.T) {
 		<-release
 		return nil
 	}))
-	c := newClient(t, w.relay, &mxrelay.Options{Linger: time.Minute})
-	ctx, cancel := context.WithCancel(ctxT(t))
+	c := testkit.NewClient(t, w.relay, &mxrelay.Options{Linger: time.Minute})
+	ctx, cancel := context.WithCancel(testkit.Ctx(t))
 	type sent struct {
 		res *mxrelay.Result
 		err error
 	}
 	out := make(chan sent, 1)
 	go func() {
-		res, err := c.Send(ctx, mail("cancelled"))
+		res, err := c.Send(ctx, testkit.Mail("cancelled"))
 		out <- sent{res, err}
 	}()
 	<-end
@@ -499,7 +500,7 @@ func TestRT7CancelSendInFlightWithAnEmptyQueue(t *testing.T) {
 	o := rt3Of(w.srv, "cancelled", r.res, r.err)
 	o.check(t)
 	assert.True(t, o.delivered(), "%v", o)
-	res, err := c.Send(ctxT(t), mail("after"))
+	res, err := c.Send(testkit.Ctx(t), testkit.Mail("after"))
 	require.NoError(t, err)
 	assert.True(t, res.Delivered())
 }
@@ -508,12 +509,12 @@ func TestRT7CancelSendInFlightWithAnEmptyQueue(t *testing.T) {
 // and the next email opens another at once.
 func TestRT7MaxEmailsPerSessionWhileLingering(t *testing.T) {
 	w := newRT7Warm(t, nil)
-	c := newClient(t, w.relay, &mxrelay.Options{Linger: time.Minute, MaxEmailsPerSession: 2})
-	ctx, cancel := context.WithTimeout(ctxT(t), 5*time.Second)
+	c := testkit.NewClient(t, w.relay, &mxrelay.Options{Linger: time.Minute, MaxEmailsPerSession: 2})
+	ctx, cancel := context.WithTimeout(testkit.Ctx(t), 5*time.Second)
 	defer cancel()
 	var ids []string
 	for i := range 5 {
-		res, err := c.Send(ctx, mail(fmt.Sprint("max ", i)))
+		res, err := c.Send(ctx, testkit.Mail(fmt.Sprint("max ", i)))
 		require.NoError(t, err)
 		ids = append(ids, res.SessionID)
 	}
@@ -536,13 +537,13 @@ func TestRT7SendsAsLingerRunsOut(t *testing.T) {
 			sink, err := smtpsink.New(nil)
 			require.NoError(t, err)
 			t.Cleanup(func() { sink.Close() })
-			s := newRelay(t, &relaytest.Options{UpstreamAddr: sink.Addr})
-			c := newClient(t, s, &mxrelay.Options{Linger: time.Millisecond, MaxConcurrentSessions: workers})
+			s := testkit.NewRelay(t, &relaytest.Options{UpstreamAddr: sink.Addr})
+			c := testkit.NewClient(t, s, &mxrelay.Options{Linger: time.Millisecond, MaxConcurrentSessions: workers})
 			var wg sync.WaitGroup
 			for g := range workers {
 				wg.Go(func() {
 					for i := range 15 {
-						res, err := c.Send(ctxT(t), mail(fmt.Sprint("edge ", g, " ", i)))
+						res, err := c.Send(testkit.Ctx(t), testkit.Mail(fmt.Sprint("edge ", g, " ", i)))
 						if assert.NoError(t, err) {
 							assert.True(t, res.Delivered())
 						}
@@ -550,7 +551,7 @@ func TestRT7SendsAsLingerRunsOut(t *testing.T) {
 				})
 			}
 			wg.Wait()
-			require.NoError(t, c.Close(ctxT(t)))
+			require.NoError(t, c.Close(testkit.Ctx(t)))
 			assert.Zero(t, c.Stats().SessionsFailed)
 			assert.Equal(t, int64(15*workers), sink.Stats().Messages)
 		})
@@ -569,17 +570,17 @@ func TestRT7EndingSessionLeavesTheNextEmailToAnother(t *testing.T) {
 		return nil
 	}))
 	defer close(release)
-	c := newClient(t, w.relay, &mxrelay.Options{Linger: 10 * time.Millisecond, MaxConcurrentSessions: 2, CommandTimeout: time.Minute})
-	_, err := c.Send(ctxT(t), mail("first"))
+	c := testkit.NewClient(t, w.relay, &mxrelay.Options{Linger: 10 * time.Millisecond, MaxConcurrentSessions: 2, CommandTimeout: time.Minute})
+	_, err := c.Send(testkit.Ctx(t), testkit.Mail("first"))
 	require.NoError(t, err)
 	select {
 	case <-quit:
-	case <-ctxT(t).Done():
+	case <-testkit.Ctx(t).Done():
 		t.Fatal("no QUIT")
 	}
-	ctx, cancel := context.WithTimeout(ctxT(t), 3*time.Second)
+	ctx, cancel := context.WithTimeout(testkit.Ctx(t), 3*time.Second)
 	defer cancel()
-	res, err := c.Send(ctx, mail("second"))
+	res, err := c.Send(ctx, testkit.Mail("second"))
 	require.NoError(t, err, "the next email waited for the ending session's QUIT")
 	assert.True(t, res.Delivered())
 }
@@ -597,14 +598,14 @@ func TestRT7WebSocketCutAfterTheNoopsReply(t *testing.T) {
 	}
 	w.relay.Inject(relaytest.Fault{Kind: relaytest.DropAfterBytes, Bytes: upTo, FromServer: true})
 	ev := newRT7Events()
-	c := newClient(t, w.relay, &mxrelay.Options{Linger: time.Minute, OnEvent: ev.on})
-	res, err := c.Send(ctxT(t), mail("first"))
+	c := testkit.NewClient(t, w.relay, &mxrelay.Options{Linger: time.Minute, OnEvent: ev.on})
+	res, err := c.Send(testkit.Ctx(t), testkit.Mail("first"))
 	require.NoError(t, err)
 	require.True(t, res.Delivered())
 	e := ev.next(t)
 	assert.Equal(t, mxrelay.EventSessionCompleted, e.Type, "%v", e.Err)
 	assert.Empty(t, w.relay.Faults(), "the cut came")
-	res, err = c.Send(ctxT(t), mail("second"))
+	res, err = c.Send(testkit.Ctx(t), testkit.Mail("second"))
 	require.NoError(t, err)
 	assert.True(t, res.Delivered())
 	assert.Zero(t, c.Stats().SessionsFailed)
@@ -622,7 +623,7 @@ func TestRT7WebSocketCutAfterTheNoopsReply(t *testing.T) {
 func TestRT7NoNoopPipelinedWithoutPipelining(t *testing.T) {
 	var mu sync.Mutex
 	kept, early := 0, 0
-	u := newUpstream(t, func(c *fakesmtp.Conn) {
+	u := testkit.NewUpstream(t, func(c *fakesmtp.Conn) {
 		// answer writes reply unless the client wrote on before it came.
 		answer := func(reply string) bool {
 			c.NetConn().SetReadDeadline(time.Now().Add(50 * time.Millisecond))
@@ -676,10 +677,10 @@ func TestRT7NoNoopPipelinedWithoutPipelining(t *testing.T) {
 			}
 		}
 	})
-	s := newRelay(t, &relaytest.Options{UpstreamAddr: u.Addr})
-	c := newClient(t, s, &mxrelay.Options{Linger: time.Minute})
+	s := testkit.NewRelay(t, &relaytest.Options{UpstreamAddr: u.Addr})
+	c := testkit.NewClient(t, s, &mxrelay.Options{Linger: time.Minute})
 	for i := range 2 {
-		res, err := c.Send(ctxT(t), mail(fmt.Sprint("lock-step ", i)))
+		res, err := c.Send(testkit.Ctx(t), testkit.Mail(fmt.Sprint("lock-step ", i)))
 		require.NoError(t, err)
 		assert.True(t, res.Delivered())
 	}
@@ -697,13 +698,13 @@ func TestRT7RelayCloses1001AtTheNoop(t *testing.T) {
 	w := newRT7Warm(t, nil)
 	w.relay.Inject(relaytest.Fault{Kind: relaytest.CloseWebSocket, Command: "NOOP"})
 	ev := newRT7Events()
-	c := newClient(t, w.relay, &mxrelay.Options{Linger: time.Minute, OnEvent: ev.on})
-	res, err := c.Send(ctxT(t), mail("cut at the NOOP"))
+	c := testkit.NewClient(t, w.relay, &mxrelay.Options{Linger: time.Minute, OnEvent: ev.on})
+	res, err := c.Send(testkit.Ctx(t), testkit.Mail("cut at the NOOP"))
 	require.Error(t, err)
 	assert.True(t, res.MaybeDelivered, "%v", err)
 	assert.Equal(t, mxrelay.EventSessionFailed, ev.next(t).Type)
 	assert.Empty(t, w.relay.Faults(), "the close came")
-	res, err = c.Send(ctxT(t), mail("next"))
+	res, err = c.Send(testkit.Ctx(t), testkit.Mail("next"))
 	require.NoError(t, err)
 	assert.True(t, res.Delivered())
 	assert.Equal(t, 1, w.srv.keptN("next"))

@@ -1,4 +1,4 @@
-package mxrelay_test
+package test
 
 import (
 	"bytes"
@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/internal/testkit"
 	"github.com/mxrelay/mxrelay/internal/wire"
 )
 
@@ -20,13 +21,13 @@ import (
 func TestRT7LoneSurrogateInTheEndOfDataReply(t *testing.T) {
 	conns := make(chan struct{}, 8)
 	closed := make(chan websocket.StatusCode, 1)
-	f := newFakeRelay(t, []string{wire.Subprotocol}, func(ctx context.Context, ws *websocket.Conn) {
+	f := testkit.NewFakeRelay(t, []string{wire.Subprotocol}, func(ctx context.Context, ws *websocket.Conn) {
 		conns <- struct{}{}
-		if len(conns) > 1 || !authOK(ctx, ws) {
+		if len(conns) > 1 || !testkit.AuthOK(ctx, ws) {
 			return
 		}
 		ws.Read(ctx) // SMTP_CHANNEL_OPEN
-		send(ctx, ws, wire.TypeChannelReady, nil)
+		testkit.SendFrame(ctx, ws, wire.TypeChannelReady, nil)
 		var in []byte
 		// upTo reads the client's SMTP bytes until they hold end; the
 		// client's close status goes to closed.
@@ -51,12 +52,12 @@ func TestRT7LoneSurrogateInTheEndOfDataReply(t *testing.T) {
 			in = rest
 			return string(got), true
 		}
-		send(ctx, ws, wire.TypeFromServer, "220 mx ESMTP\r\n")
+		testkit.SendFrame(ctx, ws, wire.TypeFromServer, "220 mx ESMTP\r\n")
 		for _, reply := range []string{"250 mx\r\n", "250 2.1.0 ok\r\n", "250 2.1.5 ok\r\n", "354 go ahead\r\n"} {
 			if _, ok := upTo("\r\n"); !ok {
 				return
 			}
-			send(ctx, ws, wire.TypeFromServer, reply)
+			testkit.SendFrame(ctx, ws, wire.TypeFromServer, reply)
 		}
 		if _, ok := upTo("\r\n.\r\n"); !ok {
 			return
@@ -70,16 +71,16 @@ func TestRT7LoneSurrogateInTheEndOfDataReply(t *testing.T) {
 			case !ok:
 				return
 			case cmd == "QUIT":
-				send(ctx, ws, wire.TypeFromServer, "221 2.0.0 bye\r\n")
+				testkit.SendFrame(ctx, ws, wire.TypeFromServer, "221 2.0.0 bye\r\n")
 			default:
-				send(ctx, ws, wire.TypeFromServer, "250 2.0.0 ok\r\n")
+				testkit.SendFrame(ctx, ws, wire.TypeFromServer, "250 2.0.0 ok\r\n")
 			}
 		}
 	})
-	c, err := mxrelay.New(f.WSURL(), "key", fast(&mxrelay.Options{DisableBinary: true}))
+	c, err := mxrelay.New(f.WSURL(), "key", testkit.Fast(&mxrelay.Options{DisableBinary: true}))
 	require.NoError(t, err)
-	defer c.Close(ctxT(t))
-	res, err := c.Send(ctxT(t), mail("mangled"))
+	defer c.Close(testkit.Ctx(t))
+	res, err := c.Send(testkit.Ctx(t), testkit.Mail("mangled"))
 	require.Error(t, err, "delivered on a reply read with a replacement")
 	assert.True(t, res.MaybeDelivered)
 	var pe *mxrelay.ProtocolError
@@ -87,8 +88,8 @@ func TestRT7LoneSurrogateInTheEndOfDataReply(t *testing.T) {
 	select {
 	case code := <-closed:
 		assert.Equal(t, websocket.StatusProtocolError, code)
-	case <-ctxT(t).Done():
+	case <-testkit.Ctx(t).Done():
 		t.Error("the relay never saw the client close")
 	}
-	require.NoError(t, c.Close(ctxT(t)))
+	require.NoError(t, c.Close(testkit.Ctx(t)))
 }

@@ -1,4 +1,4 @@
-package mxrelay_test
+package test
 
 import (
 	"context"
@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/internal/testkit"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
 
@@ -19,11 +20,11 @@ import (
 // others in their order, and the session takes fresh mail first, then
 // turns, priority before all.
 func TestRT7RecoveredRetriesTakeTheirLane(t *testing.T) {
-	s := newRelay(t, nil)
+	s := testkit.NewRelay(t, nil)
 	dir := t.TempDir()
 	s.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: ".", Reply: "451 4.3.0 try again", Times: 2})
 	retrying := make(chan struct{}, 2)
-	c, err := mxrelay.New(s.URL, s.APIKey, fast(&mxrelay.Options{SpoolDir: dir, RetryInterval: time.Hour, MaxRetryInterval: time.Hour,
+	c, err := mxrelay.New(s.URL, s.APIKey, testkit.Fast(&mxrelay.Options{SpoolDir: dir, RetryInterval: time.Hour, MaxRetryInterval: time.Hour,
 		MaxConcurrentSessions: 1, OnEvent: func(e mxrelay.Event) {
 			if e.Type == mxrelay.EventEmailRetrying {
 				retrying <- struct{}{}
@@ -32,7 +33,7 @@ func TestRT7RecoveredRetriesTakeTheirLane(t *testing.T) {
 	require.NoError(t, err)
 	var hs []*mxrelay.Handle
 	enqueue := func(subject string, p mxrelay.Priority) {
-		h, err := c.Enqueue(mail(subject), mxrelay.WithPriority(p))
+		h, err := c.Enqueue(testkit.Mail(subject), mxrelay.WithPriority(p))
 		require.NoError(t, err)
 		hs = append(hs, h)
 	}
@@ -42,7 +43,7 @@ func TestRT7RecoveredRetriesTakeTheirLane(t *testing.T) {
 	for range 2 {
 		select {
 		case <-retrying:
-		case <-ctxT(t).Done():
+		case <-testkit.Ctx(t).Done():
 			t.Fatal("no retry")
 		}
 	}
@@ -59,11 +60,11 @@ func TestRT7RecoveredRetriesTakeTheirLane(t *testing.T) {
 	defer cancel()
 	require.Error(t, c.Close(ctx))
 	for _, h := range hs {
-		_, err := h.Wait(ctxT(t))
+		_, err := h.Wait(testkit.Ctx(t))
 		require.ErrorIs(t, err, mxrelay.ErrSpooled)
 	}
 
-	c = newClient(t, s, &mxrelay.Options{SpoolDir: dir, MaxConcurrentSessions: 1, MaxReconnectAttempts: 1000,
+	c = testkit.NewClient(t, s, &mxrelay.Options{SpoolDir: dir, MaxConcurrentSessions: 1, MaxReconnectAttempts: 1000,
 		ReconnectInterval: 20 * time.Millisecond, MaxReconnectInterval: 20 * time.Millisecond})
 	rec := c.Recovered()
 	require.Len(t, rec, 5)
@@ -83,7 +84,7 @@ func TestRT7RecoveredRetriesTakeTheirLane(t *testing.T) {
 	s.SetDown(false)
 	want := map[int]int{0: 2, 2: 1, 4: 1} // recovered index: attempts
 	for i, h := range rec {
-		res, err := h.Wait(ctxT(t))
+		res, err := h.Wait(testkit.Ctx(t))
 		if _, ok := want[i]; !ok {
 			require.ErrorIs(t, err, mxrelay.ErrCanceled)
 			continue
@@ -91,5 +92,5 @@ func TestRT7RecoveredRetriesTakeTheirLane(t *testing.T) {
 		require.NoError(t, err, "recovered %d", i)
 		assert.Equal(t, want[i], res.Attempts, "recovered %d", i)
 	}
-	assert.Equal(t, []string{"fresh-a", "retry-1", "low"}, subjects(s), "fresh first, then the retry, then the lower priority")
+	assert.Equal(t, []string{"fresh-a", "retry-1", "low"}, testkit.Subjects(s), "fresh first, then the retry, then the lower priority")
 }
