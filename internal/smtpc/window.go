@@ -71,4 +71,3 @@ func (w *window) sample(now, flushed time.Time, inFlight int) {
 	}
 	w.lim.Store(int32(min(max(want, minWindow), w.max)))
 }
-
