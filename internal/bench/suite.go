@@ -31,10 +31,10 @@ type Config struct {
 	PerSession int           // Options.MaxEmailsPerSession; zero: 1000
 	LargeSize  int64         // the large message; zero: none
 	Timeout    time.Duration // bound on each run
-	// Start starts the servers of each Env. Nil: StartEnv with the
+	// Start starts the servers of each Env. Nil: StartEnvFor with the
 	// running program, which must then call ServeIfChild, so that the
 	// figures of this process are the client's alone.
-	Start func(rtt time.Duration, up Upstream) (*Env, error)
+	Start func(Setup) (*Env, error)
 }
 
 // Path is a way of sending.
@@ -151,13 +151,13 @@ func Run(ctx context.Context, cfg Config, progress func(string)) (*Report, error
 		if err != nil {
 			return nil, fmt.Errorf("bench: finding this program to run its servers: %w", err)
 		}
-		start = func(rtt time.Duration, up Upstream) (*Env, error) { return StartEnv(exe, rtt, up) }
+		start = func(s Setup) (*Env, error) { return StartEnvFor(exe, s) }
 	}
-	withEnv := func(rtt time.Duration, up Upstream, f func(*Env)) error {
+	withEnv := func(s Setup, f func(*Env)) error {
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("bench: %w", err)
 		}
-		e, err := start(rtt, up)
+		e, err := start(s)
 		if err != nil {
 			return err
 		}
@@ -180,7 +180,7 @@ func Run(ctx context.Context, cfg Config, progress func(string)) (*Report, error
 		progress(row.summary())
 	}
 	for _, rtt := range cfg.RTTs {
-		err := withEnv(rtt, Chunking, func(e *Env) {
+		err := withEnv(Setup{RTT: rtt}, func(e *Env) {
 			add(&rep.Rows, func() Row { return floorRow(ctx, cfg, e, m) })
 			add(&rep.Rows, func() Row { return oursRow(ctx, cfg, e, OursBinary, 0, m) })
 			add(&rep.Rows, func() Row { return oursRow(ctx, cfg, e, OursJSON, 0, m) })
@@ -189,13 +189,13 @@ func Run(ctx context.Context, cfg Config, progress func(string)) (*Report, error
 		if err != nil {
 			return nil, err
 		}
-		err = withEnv(rtt, PipeliningOnly, func(e *Env) {
+		err = withEnv(Setup{RTT: rtt, Upstream: PipeliningOnly}, func(e *Env) {
 			add(&rep.Rows, func() Row { return oursRow(ctx, cfg, e, OursPipeliningOnly, 0, m) })
 		})
 		if err != nil {
 			return nil, err
 		}
-		err = withEnv(rtt, Chunking, func(e *Env) {
+		err = withEnv(Setup{RTT: rtt}, func(e *Env) {
 			add(&rep.Rows, func() Row { return lockstepRow(ctx, cfg, e, LockstepRelay, m) })
 			add(&rep.Rows, func() Row { return lockstepRow(ctx, cfg, e, LockstepDirect, m) })
 		})
@@ -204,7 +204,7 @@ func Run(ctx context.Context, cfg Config, progress func(string)) (*Report, error
 		}
 	}
 	if len(cfg.Sessions) > 0 {
-		err := withEnv(cfg.ScaleRTT, Chunking, func(e *Env) {
+		err := withEnv(Setup{RTT: cfg.ScaleRTT}, func(e *Env) {
 			for _, k := range cfg.Sessions {
 				add(&rep.Scaling, func() Row { return oursRow(ctx, cfg, e, OursBinary, k, m) })
 			}
@@ -214,7 +214,7 @@ func Run(ctx context.Context, cfg Config, progress func(string)) (*Report, error
 		}
 	}
 	if cfg.LargeSize > 0 {
-		err := withEnv(0, Chunking, func(e *Env) {
+		err := withEnv(Setup{}, func(e *Env) {
 			rep.Large = largeRows(ctx, cfg, e, m)
 			for _, l := range rep.Large {
 				progress(l.summary())
