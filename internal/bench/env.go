@@ -3,12 +3,13 @@
 // implementation serves both. An Env is the set-up of one measurement: a
 // discarding SMTP server (internal/smtpsink), relaytest in front of it with
 // an injected round-trip time (and, as its Setup says, a sending limit or
-// faults), and a latency proxy giving a plain SMTP
-// connection the same round-trip time, in this process or in a child
-// process (StartEnv) so that the client's own CPU time and allocations can
-// be told apart. The Run functions send a batch of emails through one path
-// (our client, go-smtp lock-step, or the floor: a minimal pipelined BDAT
-// client), check that every one arrived, and time them and meter them.
+// faults), and a latency proxy giving a plain SMTP connection the same
+// round-trip time, in this process or in a child process (StartEnv) so
+// that the client's own CPU time and allocations can be told apart. The
+// Run functions send a batch of emails through one path (our client,
+// go-smtp lock-step, or the floor: a minimal pipelined BDAT client), or
+// Sends one at a time (RunWarm), check that every one arrived (or was
+// refused as the run expects: RunBatch), and time them and meter them.
 // Nothing here asserts anything about speed.
 package bench
 

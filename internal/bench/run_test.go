@@ -532,7 +532,7 @@ func TestNewEnvForRefusesAMalformedSetup(t *testing.T) {
 // ended, a panic), every child it started has ended, reaped, and nothing
 // listens where it did.
 func TestRunStopsItsChildren(t *testing.T) {
-	cfg := Config{RTTs: []time.Duration{0}, N: 10, LockstepN: 2, Size: 1024, Rcpts: 1, Runs: 1, Timeout: 30 * time.Second}
+	cfg := Config{RTTs: []time.Duration{0}, N: 10, LockstepN: 2, Size: 1024, Rcpts: 1, Runs: 1, Timeout: 30 * time.Second, Tables: []Table{TableMain}}
 	for _, tc := range []struct {
 		name     string
 		timeout  time.Duration
