@@ -1,10 +1,12 @@
 package smtpc
 
 import (
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 // feed answers n transactions, one every gap, each rtt after its flush,
@@ -80,4 +82,64 @@ func TestWindowBounds(t *testing.T) {
 		burst.sample(at, at.Add(-time.Millisecond), 32)
 	}
 	assert.Equal(t, minWindow, burst.get())
+}
+
+// A transaction's round trip starts when its end of data is handed on,
+// whether by Flush or by the buffer's own flush when it fills: stamped at
+// the next Flush instead, one whose bytes left long before would seem
+// answered in less than the link's round trip, and the window, sized by
+// the shortest round trip, would shrink for good.
+func TestWindowRoundTripStartsWhenTheBytesLeave(t *testing.T) {
+	const n = 10
+	body := strings.Repeat(strings.Repeat("x", 998)+"\r\n", 8) // 8 KiB: 10 fill the 64 KiB buffer
+	answer := make(chan struct{})
+	nc := newFake(t, func(f *fake) {
+		f.hello("PIPELINING", "CHUNKING", "ENHANCEDSTATUSCODES")
+		var verbs []string
+		for ends := 0; ends < n; {
+			l := f.line()
+			if l == "" {
+				return
+			}
+			verb := strings.Fields(l)[0]
+			if verb == "BDAT" {
+				f.chunk(l)
+				ends++
+			}
+			verbs = append(verbs, verb)
+		}
+		<-answer // every end of data is in: answer them all
+		for _, v := range verbs {
+			f.say(map[string]string{"RSET": "250 2.0.0 ok", "MAIL": "250 2.1.0 ok", "RCPT": "250 2.1.5 ok", "BDAT": "250 2.0.0 queued"}[v])
+		}
+		if f.line() == "QUIT" {
+			f.say("221 2.0.0 bye")
+		}
+	})
+	c := startClient(t, nc, Config{Timeout: 5 * time.Second, Window: 256})
+	c.Start()
+	txs := make([]*Tx, n)
+	var outs []chan *Result
+	for i := range txs {
+		txs[i] = &Tx{Mail: "MAIL FROM:<a@x>", Rcpts: []string{"RCPT TO:<b@x>"}, Body: strings.NewReader(body)}
+		outs = append(outs, runTx(t, c, txs[i]))
+	}
+	// Fewer than the window: nothing called Flush yet, but the buffer
+	// filled and handed the first ones on.
+	c.p.mu.Lock()
+	first, last := txs[0].flushedAt, txs[n-1].flushedAt
+	c.p.mu.Unlock()
+	assert.False(t, first.IsZero(), "the first end of data left with the buffer's own flush")
+	assert.True(t, last.IsZero(), "the last one is still in the buffer")
+	require.NoError(t, c.Flush())
+	c.p.mu.Lock()
+	assert.False(t, txs[n-1].flushedAt.IsZero(), "Flush handed the last one on")
+	assert.True(t, first.Before(txs[n-1].flushedAt), "each stamped when it left")
+	c.p.mu.Unlock()
+	close(answer)
+	require.NoError(t, c.Quit()) // its 221 confirms the last
+	for _, out := range outs {
+		r := <-out
+		require.NoError(t, r.Err)
+	}
 }
