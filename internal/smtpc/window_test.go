@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mxrelay/mxrelay/internal/fakesmtp"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -93,27 +94,27 @@ func TestWindowRoundTripStartsWhenTheBytesLeave(t *testing.T) {
 	const n = 10
 	body := strings.Repeat(strings.Repeat("x", 998)+"\r\n", 8) // 8 KiB: 10 fill the 64 KiB buffer
 	answer := make(chan struct{})
-	nc := newFake(t, func(f *fake) {
-		f.hello("PIPELINING", "CHUNKING", "ENHANCEDSTATUSCODES")
+	nc, _ := fakesmtp.Pipe(t, func(f *fakesmtp.Conn) {
+		f.Hello("PIPELINING", "CHUNKING", "ENHANCEDSTATUSCODES")
 		var verbs []string
 		for ends := 0; ends < n; {
-			l := f.line()
-			if l == "" {
+			l, ok := f.Line()
+			if !ok {
 				return
 			}
 			verb := strings.Fields(l)[0]
 			if verb == "BDAT" {
-				f.chunk(l)
+				f.Chunk(l)
 				ends++
 			}
 			verbs = append(verbs, verb)
 		}
 		<-answer // every end of data is in: answer them all
 		for _, v := range verbs {
-			f.say(map[string]string{"RSET": "250 2.0.0 ok", "MAIL": "250 2.1.0 ok", "RCPT": "250 2.1.5 ok", "BDAT": "250 2.0.0 queued"}[v])
+			f.Say(map[string]string{"RSET": "250 2.0.0 ok", "MAIL": "250 2.1.0 ok", "RCPT": "250 2.1.5 ok", "BDAT": "250 2.0.0 queued"}[v])
 		}
-		if f.line() == "QUIT" {
-			f.say("221 2.0.0 bye")
+		if l, _ := f.Line(); l == "QUIT" {
+			f.Say("221 2.0.0 bye")
 		}
 	})
 	c := startClient(t, nc, Config{Timeout: 5 * time.Second, Window: 256})
