@@ -175,7 +175,7 @@ func (c *Client) Start() {
 		w = 2 // one end of data in flight with the next transaction's commands
 	}
 	p.slots = make(chan struct{}, w)
-	p.win.init(w, c.cfg.FixedWindow || !(p.pipelining && p.chunking))
+	p.win.init(w, c.cfg.StartWindow, c.cfg.FixedWindow || !(p.pipelining && p.chunking))
 	p.progress = make(chan struct{}, 1)
 	p.readerDone = make(chan struct{})
 	p.mu.Lock() // Settling and Outstanding may be asked from another goroutine already

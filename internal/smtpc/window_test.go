@@ -26,7 +26,7 @@ func feed(w *window, at time.Time, n int, gap, rtt time.Duration, full bool) tim
 
 func TestWindowStartsSmallAndGrowsWhileItHoldsTheRateBack(t *testing.T) {
 	var w window
-	w.init(256, false)
+	w.init(256, 0, false)
 	assert.Equal(t, minWindow, w.get())
 	// 50 ms round trips, replies as fast as the window allows: a full
 	// window of 32 gives 640/s, which needs 2 × 640 × 0.05 = 64.
@@ -40,7 +40,7 @@ func TestWindowStartsSmallAndGrowsWhileItHoldsTheRateBack(t *testing.T) {
 
 func TestWindowShrinksToWhatTheLinkNeeds(t *testing.T) {
 	var w window
-	w.init(256, false)
+	w.init(256, 0, false)
 	w.lim.Store(256)
 	// A server that answers 1,000 a second over a 2 ms link: 2 × 1000 ×
 	// 0.002 = 4 would do; the window keeps its floor of 32.
@@ -48,7 +48,7 @@ func TestWindowShrinksToWhatTheLinkNeeds(t *testing.T) {
 	assert.Equal(t, minWindow, w.get())
 	// 10,000 a second over 10 ms: 200.
 	var w2 window
-	w2.init(256, false)
+	w2.init(256, 0, false)
 	w2.lim.Store(256)
 	feed(&w2, time.Unix(100, 0), 64, 100*time.Microsecond, 10*time.Millisecond, true)
 	assert.Equal(t, 200, w2.get())
@@ -58,26 +58,37 @@ func TestWindowShrinksToWhatTheLinkNeeds(t *testing.T) {
 // rate it measures is the caller's, not the link's.
 func TestWindowKeptWhenTheCallerHoldsTheRateBack(t *testing.T) {
 	var w window
-	w.init(256, false)
+	w.init(256, 0, false)
 	feed(&w, time.Unix(0, 0), 64, 10*time.Microsecond, 50*time.Millisecond, false)
+	assert.Equal(t, minWindow, w.get())
+}
+
+// A session starts where the last one on the link ended, within bounds.
+func TestWindowStartsWhereTheLastSessionEnded(t *testing.T) {
+	var w window
+	w.init(256, 200, false)
+	assert.Equal(t, 200, w.get())
+	w.init(256, 1000, false)
+	assert.Equal(t, 256, w.get())
+	w.init(256, 3, false)
 	assert.Equal(t, minWindow, w.get())
 }
 
 func TestWindowBounds(t *testing.T) {
 	var small window
-	small.init(8, false)
+	small.init(8, 0, false)
 	assert.Equal(t, 8, small.get(), "never over Window")
 	feed(&small, time.Unix(0, 0), 64, time.Microsecond, time.Second, true)
 	assert.Equal(t, 8, small.get())
 
 	var fixed window
-	fixed.init(256, true)
+	fixed.init(256, 0, true)
 	assert.Equal(t, 256, fixed.get())
 	feed(&fixed, time.Unix(0, 0), 64, time.Millisecond, time.Microsecond, true)
 	assert.Equal(t, 256, fixed.get(), "FixedWindow: as configured")
 
 	var burst window // replies read in one instant: no rate, no change
-	burst.init(256, false)
+	burst.init(256, 0, false)
 	at := time.Unix(0, 0)
 	for range 64 {
 		burst.sample(at, at.Add(-time.Millisecond), 32)
