@@ -265,6 +265,9 @@ func (w *worker) session() {
 		}
 	}
 	s.sc.Close(broken) // every email taken has its fate now
+	if broken == nil {
+		w.window = s.sc.Window() // the next session on this link starts there
+	}
 	var results []*Result
 	seen := map[*email]bool{}
 	for _, em := range taken {
@@ -328,6 +331,7 @@ func (s *smtpSession) handshake(ctx context.Context) error {
 		Timeout:      o.CommandTimeout,
 		Window:       o.PipelineWindow,
 		FixedWindow:  o.FixedWindow,
+		StartWindow:  s.w.window,
 		NoPipelining: o.DisablePipelining,
 		Fix:          o.FixLineEndings,
 		MaxLine:      o.maxLine(),

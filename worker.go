@@ -22,6 +22,7 @@ type worker struct {
 	failures int  // set-up failures in a row
 	lost     bool // the last connection was lost, not closed by us
 	claim    bool // counted in Client.claimed
+	window   int  // the adaptive window its last session ended with
 	// Its states: written by its goroutine only (setConn, setSession),
 	// read by Client.ConnState, SessionState and Workers.
 	conn, sess atomic.Int32

@@ -17,14 +17,22 @@
 //	(c) go-smtp's Client, lock-step, over TCP to the same SMTP server;
 //
 // then our client with 1 to 4 concurrent sessions at one RTT, and one large
-// message. It prints a table: emails/s (median of the runs), latency
+// message; then, in tables of their own: sequential Sends on a warm
+// client (with and without Options.Linger), a burst against an upstream
+// that throttles (with and without throttle feedback), emails the upstream
+// defers enqueued ahead of good ones, and the adaptive pipeline window
+// against FixedWindow at each RTT. -tables picks the tables. It prints a
+// table: emails/s (median of the runs), latency
 // percentiles, heap per queued email, the ratios of (a) to (b) and (c),
 // and for every row its rate and its CPU time per email against the
 // floor's, and its allocations per email. The servers being in the child,
 // the CPU time (getrusage) and the allocations (runtime.MemStats) are the
 // client's alone. Every run is checked (each email delivered at its first
 // attempt, the server received exactly those messages); a row whose run
-// failed shows the error, never a number. It asserts nothing about speed.
+// failed shows the error, never a number (the rows that expect refusals
+// check that each email was delivered or refused as the row expects, and
+// that the server received exactly the delivered ones). It asserts
+// nothing about speed.
 // The child ends with the table, with a failed row, at ^C (after the rows
 // in progress) and when mxbench panics or is killed (its standard input
 // closes).
@@ -46,6 +54,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -98,6 +107,7 @@ func parseFlags(args []string, stderr io.Writer) (bench.Config, error) {
 		LargeSize:  100 << 20,
 		Size:       1 << 10,
 		PerSession: 1000,
+		Tables:     bench.AllTables,
 	}
 	fs := flag.NewFlagSet("mxbench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -116,13 +126,23 @@ func parseFlags(args []string, stderr io.Writer) (bench.Config, error) {
 	large := byteSize(cfg.LargeSize)
 	fs.Var(&large, "large", "`size` of the large message, sent once at 0 RTT (like -size; 0: none)")
 	fs.DurationVar(&cfg.Timeout, "timeout", 2*time.Minute, "bound on each run")
+	fs.Var((*tables)(&cfg.Tables), "tables", "the `tables` to measure, comma-separated, of "+(*tables)(&bench.AllTables).String())
+	fs.DurationVar(&cfg.FeatureRTT, "feature-rtt", 10*time.Millisecond, "RTT of the warm, throttle and deferred tables")
+	fs.IntVar(&cfg.WarmSends, "warm-sends", 50, "Sends timed in each warm row, after a first one")
+	fs.DurationVar(&cfg.WarmGap, "warm-gap", 200*time.Millisecond, "pause between two Sends of the warm rows")
+	fs.IntVar(&cfg.ThrottleN, "throttle-n", 3000, "emails sent to the throttling upstream in each throttle row")
+	fs.IntVar(&cfg.ThrottleLimit, "throttle-limit", 100, "emails a second the throttling upstream accepts")
+	fs.IntVar(&cfg.DeferredN, "deferred-n", 30, "emails answered 450 in the deferred row, and good ones after them")
+	fs.DurationVar(&cfg.RetryInterval, "retry-interval", 0, "our client's RetryInterval in the throttle and deferred rows (0: the client's default)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: mxbench [flags]\n\n"+
 			"Measures emails/s and the client's CPU time and allocations per email through\n"+
 			"a minimal pipelined BDAT client (the floor), the mxrelay client (a), go-smtp\n"+
 			"lock-step through the same relay (b) and go-smtp lock-step over TCP (c), at\n"+
 			"injected round-trip times, on loopback, the servers in a child process, and\n"+
-			"prints a table. Asserts nothing about speed.\n\nFlags:\n")
+			"prints a table; then warm Sends, a throttling upstream, a deferred lane and\n"+
+			"the adaptive window against FixedWindow, in tables of their own (-tables).\n"+
+			"Asserts nothing about speed.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -141,6 +161,8 @@ func parseFlags(args []string, stderr io.Writer) (bench.Config, error) {
 		return cfg, fmt.Errorf("-large must be 0 or at least %d bytes", bench.MinBodySize)
 	case cfg.Timeout <= 0 || cfg.Budget < 0 || cfg.ScaleRTT < 0 || cfg.Window < 0 || cfg.PerSession < 1:
 		return cfg, errors.New("-timeout must be positive; -budget, -scale-rtt and -window not negative; -per-session at least 1")
+	case cfg.FeatureRTT < 0 || cfg.WarmSends < 1 || cfg.WarmGap < 0 || cfg.ThrottleN < 1 || cfg.ThrottleLimit < 1 || cfg.DeferredN < 1 || cfg.RetryInterval < 0:
+		return cfg, errors.New("-warm-sends, -throttle-n, -throttle-limit and -deferred-n must be at least 1; -feature-rtt, -warm-gap and -retry-interval not negative")
 	}
 	for _, k := range cfg.Sessions {
 		if k < 1 {
@@ -169,6 +191,32 @@ func (d *durations) Set(v string) error {
 			return fmt.Errorf("bad duration %q", f)
 		}
 		*d = append(*d, x)
+	}
+	return nil
+}
+
+// tables is a comma-separated list of table names; "" is none.
+type tables []bench.Table
+
+func (t *tables) String() string {
+	var s []string
+	for _, x := range *t {
+		s = append(s, string(x))
+	}
+	return strings.Join(s, ",")
+}
+
+func (t *tables) Set(v string) error {
+	*t = []bench.Table{} // not nil: nil is every table
+	if strings.TrimSpace(v) == "" {
+		return nil
+	}
+	for _, f := range strings.Split(v, ",") {
+		x := bench.Table(strings.TrimSpace(f))
+		if !slices.Contains(bench.AllTables, x) {
+			return fmt.Errorf("unknown table %q", f)
+		}
+		*t = append(*t, x)
 	}
 	return nil
 }

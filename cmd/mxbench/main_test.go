@@ -29,11 +29,14 @@ func TestMain(m *testing.M) {
 func TestTinyRun(t *testing.T) {
 	var out, errOut bytes.Buffer
 	args := []string{"/tmp/go-build/mxbench", "-rtt", "0", "-n", "20", "-lockstep-n", "5", "-runs", "1",
-		"-sessions", "1,2", "-scale-rtt", "0", "-large", "1MiB"}
+		"-sessions", "1,2", "-scale-rtt", "0", "-large", "1MiB",
+		"-feature-rtt", "2ms", "-warm-sends", "2", "-warm-gap", "5ms", "-throttle-n", "20", "-throttle-limit", "10",
+		"-deferred-n", "2", "-retry-interval", "20ms"}
 	code := run(context.Background(), args, &out, &errOut)
 	require.Equal(t, 0, code, "stdout:\n%s\nstderr:\n%s", &out, &errOut)
 	s := out.String()
-	assert.Contains(t, s, "command: mxbench -rtt 0 -n 20 -lockstep-n 5 -runs 1 -sessions 1,2 -scale-rtt 0 -large 1MiB\n")
+	assert.Contains(t, s, "command: mxbench -rtt 0 -n 20 -lockstep-n 5 -runs 1 -sessions 1,2 -scale-rtt 0 -large 1MiB "+
+		"-feature-rtt 2ms -warm-sends 2 -warm-gap 5ms -throttle-n 20 -throttle-limit 10 -deferred-n 2 -retry-interval 20ms\n")
 	assert.Regexp(t, `machine: \d+ CPUs \(GOMAXPROCS \d+\), \w+/\w+, go`, s)
 	assert.NotContains(t, s, "FAILED [")
 	assert.NotContains(t, s, "failures:")
@@ -60,7 +63,36 @@ func TestTinyRun(t *testing.T) {
 		`\(b\) go-smtp lock-step via relay`, `\(c\) go-smtp lock-step, TCP`} {
 		assert.Regexp(t, row+` +\d+×1 .* `+number+`× +`+number+` µs +`+number+`× +`+number+` +`+number+` B\n`, s)
 	}
+	// The tables of warm Sends, the throttling upstream, the deferred lane
+	// and the adaptive window, each row with its figures.
+	for _, row := range []string{
+		`\nwarm Sends: 1 \+ 2 Sends one after another, 5ms between them, at 2ms RTT\n`,
+		`\nLinger 10s, MaxEmailsPerSession 1000 +` + number + `m?s +` + number + `m?s +` + number + ` +` + number + ` +1 +1\n`,
+		`\nLinger 10s, MaxEmailsPerSession 10 +` + number + `m?s +` + number + `m?s +` + number + ` +` + number + ` +1 +1\n`,
+		`\nno Linger, MaxEmailsPerSession 1000 +` + number + `m?s +` + number + `m?s +` + number + ` +` + number + ` +3 +3\n`,
+		`\nthrottling upstream: 20 emails at once; it accepts 10 a second`,
+		`\nthrottle feedback \(default\) +\d+ +` + number + `m?s +` + number + ` +` + number + `× +\d+ +` + number + `% +\d+ +\d+\n`,
+		`\nThrottle.Disable +\d+ +` + number + `m?s +` + number + ` +` + number + `× +\d+ +` + number + `% +0 +\d+\n`,
+		`\ndeferred lane: 2 emails whose recipient is answered 450, then 2 good ones`,
+		`\ndefault options +` + number + `m?s +` + number + `m?s +` + number + `m?s +4\n`,
+		`\n0s +\(a\) ours, binary, adaptive window up to 256 \(default\) +20×1 +` + number + `.* ` + number + ` +` + number + `× +` + number + ` µs +` + number + `\n`,
+		`\n0s +\(a\) ours, binary, FixedWindow 256 +20×1 +` + number + `.* ` + number + ` +- +` + number + ` µs +` + number + `\n`,
+	} {
+		assert.Regexp(t, regexp.MustCompile(row), s)
+	}
 	assert.Empty(t, children(t), "the servers' processes are gone")
+}
+
+// TestSomeTables: -tables measures only the tables it names.
+func TestSomeTables(t *testing.T) {
+	var out, errOut bytes.Buffer
+	args := []string{"mxbench", "-tables", "deferred", "-deferred-n", "1", "-retry-interval", "10ms", "-feature-rtt", "0"}
+	require.Equal(t, 0, run(context.Background(), args, &out, &errOut), "stderr:\n%s", &errOut)
+	s := out.String()
+	assert.Contains(t, s, "\ndeferred lane: 1 emails")
+	for _, other := range []string{"floor:", "by MaxConcurrentSessions", "large message:", "warm Sends:", "throttling upstream:", "adaptive window against"} {
+		assert.NotContains(t, s, other)
+	}
 }
 
 // children lists the processes whose parent is this one, from /proc
@@ -120,11 +152,13 @@ func TestInterrupted(t *testing.T) {
 func TestFlags(t *testing.T) {
 	var out, errOut bytes.Buffer
 	assert.Equal(t, 0, run(context.Background(), []string{"mxbench", "-h"}, &out, &errOut))
-	for _, f := range []string{"-rtt", "-n", "-lockstep-n", "-size", "-runs", "-budget", "-sessions", "-large"} {
+	for _, f := range []string{"-rtt", "-n", "-lockstep-n", "-size", "-runs", "-budget", "-sessions", "-large",
+		"-tables", "-feature-rtt", "-warm-sends", "-warm-gap", "-throttle-n", "-throttle-limit", "-deferred-n", "-retry-interval"} {
 		assert.Contains(t, errOut.String(), "  "+f+" ")
 	}
 	for _, args := range [][]string{
 		{"-rtt", "10xs"}, {"-n", "0"}, {"-size", "10"}, {"-sessions", "0"}, {"-large", "12GB"}, {"extra"},
+		{"-tables", "main,fast"}, {"-warm-sends", "0"}, {"-throttle-limit", "0"}, {"-deferred-n", "0"}, {"-retry-interval", "-1s"},
 	} {
 		errOut.Reset()
 		assert.Equal(t, 2, run(context.Background(), append([]string{"mxbench"}, args...), &out, &errOut), "%v", args)
@@ -132,10 +166,20 @@ func TestFlags(t *testing.T) {
 	}
 	cfg, err := parseFlags([]string{"-rtt", "0,5ms", "-size", "4KiB", "-large", "0", "-sessions", ""}, &errOut)
 	require.NoError(t, err)
+	assert.Equal(t, bench.AllTables, cfg.Tables)
+	assert.Equal(t, 10*time.Millisecond, cfg.FeatureRTT)
+	assert.Equal(t, 3000, cfg.ThrottleN)
 	assert.Equal(t, []time.Duration{0, 5 * time.Millisecond}, cfg.RTTs)
 	assert.Equal(t, 4096, cfg.Size)
 	assert.Zero(t, cfg.LargeSize)
 	assert.Empty(t, cfg.Sessions)
+	cfg, err = parseFlags([]string{"-tables", "warm, window"}, &errOut)
+	require.NoError(t, err)
+	assert.Equal(t, []bench.Table{bench.TableWarm, bench.TableWindow}, cfg.Tables)
+	cfg, err = parseFlags([]string{"-tables", ""}, &errOut)
+	require.NoError(t, err)
+	assert.NotNil(t, cfg.Tables, "no table, not every table")
+	assert.Empty(t, cfg.Tables)
 }
 
 // TestFailedRowShowsNoFigure: a failed row prints its error, never a
@@ -148,7 +192,14 @@ func TestFailedRowShowsNoFigure(t *testing.T) {
 			{Label: "(b) go-smtp lock-step via relay", Path: bench.LockstepRelay, Err: errors.New("relay went away")},
 			{Label: "(c) go-smtp lock-step, TCP", Path: bench.LockstepDirect, N: 10, Samples: make([]bench.Sample, 3), Rate: 617},
 		},
-		Large: []bench.LargeRow{{Label: "go-smtp, TCP", Err: errors.New("sink full")}},
+		Large:    []bench.LargeRow{{Label: "go-smtp, TCP", Err: errors.New("sink full")}},
+		Warm:     []bench.WarmRow{{Label: "no Linger", Err: errors.New("cold")}},
+		Throttle: []bench.ThrottleRow{{Label: "Throttle.Disable", Err: errors.New("hammered")}},
+		Deferred: []bench.DeferredRow{{Label: "default options", Err: errors.New("stuck")}},
+		Window: []bench.Row{
+			{Label: "(a) ours, binary, adaptive window", Path: bench.OursBinary, N: 100, Samples: make([]bench.Sample, 3), Rate: 900, InFlight: 40},
+			{Label: "(a) ours, binary, FixedWindow 256", Path: bench.OursFixedWindow, Err: errors.New("window shut")},
+		},
 	}
 	var out bytes.Buffer
 	printReport(&out, rep, "mxbench", time.Second)
@@ -165,5 +216,10 @@ func TestFailedRowShowsNoFigure(t *testing.T) {
 	assert.Regexp(t, `\(a\) ours, binary +100×3 +1234 .* 500 B +- +2\.0×`, find("(a) ours, binary"))
 	assert.Regexp(t, `\(b\) go-smtp lock-step via relay +- +FAILED \[1\]( +-)+ *$`, find("(b) go-smtp"))
 	assert.Regexp(t, `go-smtp, TCP +FAILED \[2\] +- +-`, find("go-smtp, TCP "))
-	assert.Contains(t, out.String(), "failures:\n  [1] relay went away\n  [2] sink full\n")
+	assert.Regexp(t, `no Linger +FAILED \[3\]( +-){5}$`, find("no Linger"))
+	assert.Regexp(t, `Throttle.Disable +FAILED \[4\]( +-){7}$`, find("Throttle.Disable"))
+	assert.Regexp(t, `default options +FAILED \[5\]( +-){3}$`, find("default options"))
+	assert.Regexp(t, `adaptive window +100×3 +900 .* 40 +- `, find("ours, binary, adaptive window"), "no ratio to a failed row")
+	assert.Regexp(t, `FixedWindow 256 +- +FAILED \[6\]( +-){6}$`, find("FixedWindow 256"))
+	assert.Contains(t, out.String(), "failures:\n  [1] relay went away\n  [2] sink full\n  [3] cold\n  [4] hammered\n  [5] stuck\n  [6] window shut\n")
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/mxrelay/mxrelay/internal/smtpsink"
+	"github.com/mxrelay/mxrelay/relaytest"
 )
 
 // ChildArg, as a program's first argument, asks it to serve an Env for its
@@ -32,14 +33,18 @@ const (
 // The child's pipes carry one JSON object a line. Its first line on
 // standard output is a childHello; then, for each statsRequest line the
 // parent writes on its standard input, it writes the sink's
-// smtpsink.Stats. When its standard input ends, it stops its servers and
+// smtpsink.Stats, and for each relayRequest line the relay's
+// relaytest.Stats. When its standard input ends, it stops its servers and
 // exits.
 type childHello struct {
 	RelayURL, APIKey, DirectAddr string
 	Addrs                        []string
 }
 
-const statsRequest = "stats\n"
+const (
+	statsRequest = "stats\n"
+	relayRequest = "relay\n"
+)
 
 // ServeIfChild returns at once unless the program was started by StartEnv
 // (its first argument is ChildArg); then it serves an Env for the parent
@@ -58,23 +63,33 @@ func ServeIfChild() {
 }
 
 // serveChild is the child's whole work: it starts the Env that args ask
-// for (-rtt, -upstream), says where it listens on out, answers each
+// for (setupArgs), says where it listens on out, answers each
 // request read from in, and closes the Env when in ends. It returns the
 // exit status: 0 after a clean stop, 1 when the Env failed, 2 for bad
 // arguments or an unknown request.
 func serveChild(args []string, in io.Reader, out, errOut io.Writer) int {
 	fs := flag.NewFlagSet(ChildArg, flag.ContinueOnError)
 	fs.SetOutput(errOut)
-	rtt := fs.Duration("rtt", 0, "injected round-trip time")
+	var s Setup
+	fs.DurationVar(&s.RTT, "rtt", 0, "injected round-trip time")
 	pipeliningOnly := fs.Bool("pipelining-only", false, "an upstream without CHUNKING")
+	fs.Func("throttle", "the relay's Throttle, in JSON", func(v string) error {
+		s.Throttle = new(relaytest.Throttle)
+		return json.Unmarshal([]byte(v), s.Throttle)
+	})
+	fs.Func("fault", "a fault to inject into the relay, in JSON (repeatable)", func(v string) error {
+		var f relaytest.Fault
+		err := json.Unmarshal([]byte(v), &f)
+		s.Faults = append(s.Faults, f)
+		return err
+	})
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	up := Chunking
 	if *pipeliningOnly {
-		up = PipeliningOnly
+		s.Upstream = PipeliningOnly
 	}
-	e, err := NewEnv(*rtt, up)
+	e, err := NewEnvFor(s)
 	if err != nil {
 		fmt.Fprintln(errOut, "mxbench servers:", err)
 		return 1
@@ -96,28 +111,40 @@ func serveChild(args []string, in io.Reader, out, errOut io.Writer) int {
 		if err != nil {
 			return code // the parent closed the pipe, or died
 		}
-		if line != statsRequest {
+		var answer any
+		switch line {
+		case statsRequest:
+			answer = e.Sink.Stats()
+		case relayRequest:
+			answer = e.Relay.Stats()
+		default:
 			fmt.Fprintf(errOut, "mxbench servers: unknown request %q\n", line)
 			code = 2
 			return code
 		}
-		if err := enc.Encode(e.Sink.Stats()); err != nil {
+		if err := enc.Encode(answer); err != nil {
 			return code
 		}
 	}
 }
 
-// StartEnv starts an Env whose servers run in a child process: exe run
-// with ChildArg, which must call ServeIfChild. The child serves until
-// Close, or until this process ends (its standard input then closes); its
-// standard error is this process's. The Env's Relay is nil and its Sink
-// asks the child. The caller must Close it.
+// StartEnv starts an Env whose servers run in a child process, for
+// Setup{RTT: rtt, Upstream: up}: see StartEnvFor.
 func StartEnv(exe string, rtt time.Duration, up Upstream) (*Env, error) {
-	args := []string{ChildArg, "-rtt", rtt.String()}
-	if up == PipeliningOnly {
-		args = append(args, "-pipelining-only")
+	return StartEnvFor(exe, Setup{RTT: rtt, Upstream: up})
+}
+
+// StartEnvFor starts an Env with the servers s describes in a child
+// process: exe run with ChildArg, which must call ServeIfChild. The child
+// serves until Close, or until this process ends (its standard input then
+// closes); its standard error is this process's. The Env's Relay is nil;
+// its Sink and RelayStats ask the child. The caller must Close it.
+func StartEnvFor(exe string, s Setup) (*Env, error) {
+	args, err := setupArgs(s)
+	if err != nil {
+		return nil, err
 	}
-	cmd := exec.Command(exe, args...)
+	cmd := exec.Command(exe, append([]string{ChildArg}, args...)...)
 	cmd.Stderr = os.Stderr
 	in, err := cmd.StdinPipe()
 	if err != nil {
@@ -149,9 +176,32 @@ func StartEnv(exe string, rtt time.Duration, up Upstream) (*Env, error) {
 			c.stop())
 	}
 	return &Env{
-		RTT: rtt, Sink: c, RelayURL: h.RelayURL, APIKey: h.APIKey,
-		DirectAddr: h.DirectAddr, Addrs: h.Addrs, stop: c.stop,
+		RTT: s.RTT, Sink: c, RelayURL: h.RelayURL, APIKey: h.APIKey,
+		DirectAddr: h.DirectAddr, Addrs: h.Addrs, stop: c.stop, relayStats: c.relayStats,
 	}, nil
+}
+
+// setupArgs are the child's arguments (after ChildArg) for s.
+func setupArgs(s Setup) ([]string, error) {
+	args := []string{"-rtt", s.RTT.String()}
+	if s.Upstream == PipeliningOnly {
+		args = append(args, "-pipelining-only")
+	}
+	if s.Throttle != nil {
+		b, err := json.Marshal(s.Throttle)
+		if err != nil {
+			return nil, err
+		}
+		args = append(args, "-throttle", string(b))
+	}
+	for _, f := range s.Faults {
+		b, err := json.Marshal(f)
+		if err != nil {
+			return nil, err
+		}
+		args = append(args, "-fault", string(b))
+	}
+	return args, nil
 }
 
 // child is the process that serves an Env, seen from its parent. It is the
@@ -172,17 +222,30 @@ type child struct {
 // Stats asks the child for its sink's counts: -1 each when it does not
 // answer.
 func (c *child) Stats() smtpsink.Stats {
-	c.mu.Lock()
-	defer c.mu.Unlock()
 	var st smtpsink.Stats
-	_, err := io.WriteString(c.in, statsRequest)
-	if err == nil {
-		err = c.read(&st, childReplyTimeout)
-	}
-	if err != nil {
+	if c.ask(statsRequest, &st) != nil {
 		return smtpsink.Stats{Sessions: -1, Messages: -1, Bytes: -1}
 	}
 	return st
+}
+
+// relayStats asks the child for its relay's counts.
+func (c *child) relayStats() (relaytest.Stats, error) {
+	var st relaytest.Stats
+	if err := c.ask(relayRequest, &st); err != nil {
+		return relaytest.Stats{}, fmt.Errorf("bench: the servers' process did not give the relay's counts: %w", err)
+	}
+	return st, nil
+}
+
+// ask writes the request line req and decodes the answer into v.
+func (c *child) ask(req string, v any) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, err := io.WriteString(c.in, req); err != nil {
+		return err
+	}
+	return c.read(v, childReplyTimeout)
 }
 
 // read decodes the child's next line into v, waiting at most d.

@@ -2,12 +2,14 @@
 // and plain SMTP, for cmd/mxbench and the go test benchmarks: one
 // implementation serves both. An Env is the set-up of one measurement: a
 // discarding SMTP server (internal/smtpsink), relaytest in front of it with
-// an injected round-trip time, and a latency proxy giving a plain SMTP
-// connection the same round-trip time, in this process or in a child
-// process (StartEnv) so that the client's own CPU time and allocations can
-// be told apart. The Run functions send a batch of emails through one path
-// (our client, go-smtp lock-step, or the floor: a minimal pipelined BDAT
-// client), check that every one arrived, and time them and meter them.
+// an injected round-trip time (and, as its Setup says, a sending limit or
+// faults), and a latency proxy giving a plain SMTP connection the same
+// round-trip time, in this process or in a child process (StartEnv) so
+// that the client's own CPU time and allocations can be told apart. The
+// Run functions send a batch of emails through one path (our client,
+// go-smtp lock-step, or the floor: a minimal pipelined BDAT client), or
+// Sends one at a time (RunWarm), check that every one arrived (or was
+// refused as the run expects: RunBatch), and time them and meter them.
 // Nothing here asserts anything about speed.
 package bench
 
@@ -52,6 +54,20 @@ type Counter interface {
 	Stats() smtpsink.Stats
 }
 
+// Setup is what the servers of an Env are. The zero Setup is an upstream
+// with PIPELINING and CHUNKING, no latency, no limit and no fault.
+type Setup struct {
+	RTT      time.Duration
+	Upstream Upstream
+	// Throttle, if set, is the relay's Options.Throttle: an upstream that
+	// accepts Throttle.Limit transactions per Throttle.Per and answers
+	// MAIL past it with Throttle.Reply (451 4.7.0 by default).
+	Throttle *relaytest.Throttle
+	// Faults are injected into the relay, in order, before the Env is
+	// handed over.
+	Faults []relaytest.Fault
+}
+
 // Env is a sink, a relay in front of it and a latency proxy to it, all on
 // loopback, for one round-trip time: in this process (NewEnv), or in a
 // child process (StartEnv), so that this process's CPU time and
@@ -74,13 +90,22 @@ type Env struct {
 	// Addrs are all the addresses the servers listen on, until Close.
 	Addrs []string
 
-	stop   func() error // stops the servers and waits for them
-	spools []string     // SpoolDirs of the clients, removed by Close
+	stop       func() error                    // stops the servers and waits for them
+	relayStats func() (relaytest.Stats, error) // the relay's counts
+	spools     []string                        // SpoolDirs of the clients, removed by Close
 }
 
-// NewEnv starts an Env in this process. The caller must Close it.
+// NewEnv starts an Env in this process with the servers of Setup{RTT:
+// rtt, Upstream: up}. The caller must Close it.
 func NewEnv(rtt time.Duration, up Upstream) (*Env, error) {
-	sink, err := smtpsink.New(&smtpsink.Options{DisableChunking: up == PipeliningOnly})
+	return NewEnvFor(Setup{RTT: rtt, Upstream: up})
+}
+
+// NewEnvFor starts an Env in this process with the servers s describes;
+// a malformed Throttle or Fault is an error. The caller must Close it.
+func NewEnvFor(s Setup) (*Env, error) {
+	rtt := s.RTT
+	sink, err := smtpsink.New(&smtpsink.Options{DisableChunking: s.Upstream == PipeliningOnly})
 	if err != nil {
 		return nil, err
 	}
@@ -94,10 +119,18 @@ func NewEnv(rtt time.Duration, up Upstream) (*Env, error) {
 		}
 		direct = proxy.Addr
 	}
-	relay := relaytest.NewServer(&relaytest.Options{
+	relay, err := newRelay(&relaytest.Options{
 		UpstreamAddr: sink.Addr,
 		Latency:      relaytest.Latency{ToServer: rtt / 2, ToClient: rtt / 2},
-	})
+		Throttle:     s.Throttle,
+	}, s.Faults)
+	if err != nil {
+		if proxy != nil {
+			proxy.Close()
+		}
+		sink.Close()
+		return nil, err
+	}
 	u, err := url.Parse(relay.URL)
 	if err != nil {
 		panic("bench: relaytest's URL does not parse: " + err.Error())
@@ -105,6 +138,7 @@ func NewEnv(rtt time.Duration, up Upstream) (*Env, error) {
 	e := &Env{
 		RTT: rtt, Sink: sink, RelayURL: relay.URL, APIKey: relay.APIKey, Relay: relay,
 		DirectAddr: direct, Addrs: []string{u.Host, sink.Addr},
+		relayStats: func() (relaytest.Stats, error) { return relay.Stats(), nil },
 	}
 	if proxy != nil {
 		e.Addrs = append(e.Addrs, proxy.Addr)
@@ -118,6 +152,30 @@ func NewEnv(rtt time.Duration, up Upstream) (*Env, error) {
 	}
 	return e, nil
 }
+
+// newRelay starts relaytest with o and injects faults; relaytest's panic
+// on a malformed Throttle or Fault is returned as an error, with nothing
+// left running.
+func newRelay(o *relaytest.Options, faults []relaytest.Fault) (relay *relaytest.Server, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			if relay != nil {
+				relay.Close()
+			}
+			relay, err = nil, fmt.Errorf("bench: %v", p)
+		}
+	}()
+	relay = relaytest.NewServer(o)
+	for _, f := range faults {
+		relay.Inject(f)
+	}
+	return relay, nil
+}
+
+// RelayStats returns the relay's counts (channels opened, MAIL commands
+// throttled...), or an error when the child serving the relay does not
+// answer.
+func (e *Env) RelayStats() (relaytest.Stats, error) { return e.relayStats() }
 
 // Close stops the relay, the proxy and the sink (the child process of an
 // Env from StartEnv: killed if it does not end in time) and waits for
@@ -141,8 +199,13 @@ type Client struct {
 	Sessions int
 	// Window is Options.PipelineWindow; zero: the default.
 	Window int
+	// FixedWindow is Options.FixedWindow: Window transactions in flight
+	// whatever the link needs, the window before it adapted.
+	FixedWindow bool
 	// PerSession is Options.MaxEmailsPerSession; zero: 1000.
 	PerSession int
+	// Linger is Options.Linger; zero: the default (10s), negative: none.
+	Linger time.Duration
 	// Spool gives the client a SpoolDir (a new temporary directory), so
 	// that each Enqueue writes and fsyncs the email.
 	Spool bool
@@ -160,6 +223,8 @@ func (c Client) Options(queue int) mxrelay.Options {
 		MaxEmailsPerSession:   per,
 		MaxConcurrentSessions: c.Sessions,
 		PipelineWindow:        c.Window,
+		FixedWindow:           c.FixedWindow,
+		Linger:                c.Linger,
 	}
 }
 
@@ -175,6 +240,12 @@ func (e *Env) NewClient(c Client, queue int) (*mxrelay.Client, error) {
 		e.spools = append(e.spools, d)
 		o.SpoolDir = d
 	}
+	return e.NewClientWith(o)
+}
+
+// NewClientWith returns our client with options o pointed at the Env's
+// relay. The caller must Close it.
+func (e *Env) NewClientWith(o mxrelay.Options) (*mxrelay.Client, error) {
 	return mxrelay.New(e.RelayURL, e.APIKey, &o)
 }
 

@@ -47,6 +47,10 @@ type Sample struct {
 	Latency []time.Duration
 	// Usage is what this process spent over the same span as Elapsed.
 	Usage Usage
+	// InFlight is the mean number of emails in a session (taken from the
+	// queue, result not yet given) over Elapsed: RunOurs only, zero
+	// otherwise.
+	InFlight float64
 }
 
 // Rate is emails per second.
@@ -72,9 +76,13 @@ func expectDelta(sink Counter, before smtpsink.Stats, n int, size int64) error {
 // otherwise the run fails. Elapsed runs from the first Enqueue call to the last result; an email's
 // latency from its own Enqueue call to its result (its time in the queue
 // included). Usage runs from before the first Enqueue call to the last
-// result.
+// result. InFlight is by Little's law: the emails' time in a session
+// (Stats.AverageEmailTime, from the email taken to its reply, times the
+// emails delivered), summed, over Elapsed; c must send nothing else
+// meanwhile.
 func RunOurs(ctx context.Context, c *mxrelay.Client, sink Counter, m Mail, n int) (Sample, error) {
 	before := sink.Stats()
+	inSession := timeInSession(c.Stats())
 	meter := startMeter()
 	calls := make([]time.Time, 0, n)
 	handles := make([]*mxrelay.Handle, 0, n)
@@ -104,10 +112,11 @@ func RunOurs(ctx context.Context, c *mxrelay.Client, sink Counter, m Mail, n int
 				err = werr
 			}
 			continue
-		case res.Attempts != 1 || len(res.Rejected) > 0:
+		}
+		if ferr := firstAttempt(res); ferr != nil {
 			failed++
 			if err == nil {
-				err = fmt.Errorf("bench: email %s: %d attempts, %d recipients refused", res.EmailID, res.Attempts, len(res.Rejected))
+				err = ferr
 			}
 		}
 		done := res.Queued.Add(res.Duration)
@@ -124,7 +133,23 @@ func RunOurs(ctx context.Context, c *mxrelay.Client, sink Counter, m Mail, n int
 		return Sample{}, err
 	}
 	s.Elapsed = last.Sub(calls[0])
+	s.InFlight = float64(timeInSession(c.Stats())-inSession) / float64(s.Elapsed)
 	return s, nil
+}
+
+// firstAttempt is nil when res says its email was delivered to every
+// recipient at its first attempt, and otherwise says what happened.
+func firstAttempt(res *mxrelay.Result) error {
+	if res.Delivered() && res.Attempts == 1 && len(res.Rejected) == 0 {
+		return nil
+	}
+	return fmt.Errorf("bench: email %s: %v after %d attempts, %d recipients refused (%v)", res.EmailID, res.Outcome, res.Attempts, len(res.Rejected), res.Err)
+}
+
+// timeInSession is the time the emails delivered so far spent in a
+// session, from being taken from the queue to their reply, summed.
+func timeInSession(st mxrelay.Stats) time.Duration {
+	return st.AverageEmailTime * time.Duration(st.EmailsDelivered)
 }
 
 // RunLockstep sends n emails with go-smtp's Client in one SMTP session on

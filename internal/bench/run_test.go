@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"math"
 	"net"
@@ -383,9 +384,14 @@ func childStopped(t *testing.T, e *Env) {
 
 func startEnv(t *testing.T, rtt time.Duration, up Upstream) *Env {
 	t.Helper()
+	return startEnvFor(t, Setup{RTT: rtt, Upstream: up})
+}
+
+func startEnvFor(t *testing.T, s Setup) *Env {
+	t.Helper()
 	exe, err := os.Executable()
 	require.NoError(t, err)
-	e, err := StartEnv(exe, rtt, up)
+	e, err := StartEnvFor(exe, s)
 	require.NoError(t, err)
 	return e
 }
@@ -466,6 +472,11 @@ func TestServeChild(t *testing.T) {
 	var st smtpsink.Stats
 	require.NoError(t, dec.Decode(&st))
 	assert.Zero(t, st.Messages)
+	_, err = io.WriteString(inW, relayRequest)
+	require.NoError(t, err)
+	var rst relaytest.Stats
+	require.NoError(t, dec.Decode(&rst))
+	assert.Zero(t, rst.Channels)
 	inW.Close()
 	assert.Equal(t, 0, <-code)
 	for _, a := range h.Addrs {
@@ -479,13 +490,49 @@ func TestServeChild(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, 2, <-code, "an unknown request")
 	assert.Equal(t, 2, serveChild([]string{"-rtt", "soon"}, strings.NewReader(""), io.Discard, io.Discard))
+	assert.Equal(t, 2, serveChild([]string{"-throttle", "{"}, strings.NewReader(""), io.Discard, io.Discard))
+	var errOut strings.Builder
+	assert.Equal(t, 1, serveChild([]string{"-fault", fmt.Sprintf(`{"Kind":%d,"Reply":"hello"}`, relaytest.ReplaceReply)}, strings.NewReader(""), io.Discard, &errOut),
+		"a ReplaceReply whose reply has no code")
+	assert.Contains(t, errOut.String(), "ReplaceReply")
+}
+
+// TestChildSetup: the throttle and the faults of a Setup reach the relay in
+// the child, and RelayStats asks the child for the relay's counts.
+func TestChildSetup(t *testing.T) {
+	ctx := testCtx(t)
+	m := testMail(t)
+	e := startEnvFor(t, Setup{
+		Throttle: &relaytest.Throttle{Limit: 1, Per: time.Hour},
+		Faults:   []relaytest.Fault{{Kind: relaytest.ReplaceReply, Command: "RCPT", Recipient: m.To[1], Reply: "550 5.1.1 no such user"}},
+	})
+	defer e.Close()
+	dial := relayDial(t, ctx, e)
+	_, err := RunLockstep(ctx, dial, e.Sink, m, 1)
+	require.ErrorContains(t, err, "550", "the fault")
+	_, err = RunLockstep(ctx, dial, e.Sink, m, 1)
+	require.ErrorContains(t, err, "451", "one transaction an hour")
+	st, err := e.RelayStats()
+	require.NoError(t, err)
+	assert.Equal(t, 1, st.Throttled)
+	assert.Equal(t, 2, st.Channels)
+	require.NoError(t, e.close())
+	_, err = e.RelayStats()
+	assert.Error(t, err, "a stopped child does not answer")
+}
+
+func TestNewEnvForRefusesAMalformedSetup(t *testing.T) {
+	_, err := NewEnvFor(Setup{Throttle: &relaytest.Throttle{Limit: 1, Reply: "250 fine"}})
+	assert.ErrorContains(t, err, "Throttle.Reply")
+	_, err = NewEnvFor(Setup{Faults: []relaytest.Fault{{Kind: relaytest.ReplaceReply, Reply: "nope"}}})
+	assert.ErrorContains(t, err, "ReplaceReply")
 }
 
 // TestRunStopsItsChildren: whichever way Run ends (rows that failed, ctx
 // ended, a panic), every child it started has ended, reaped, and nothing
 // listens where it did.
 func TestRunStopsItsChildren(t *testing.T) {
-	cfg := Config{RTTs: []time.Duration{0}, N: 10, LockstepN: 2, Size: 1024, Rcpts: 1, Runs: 1, Timeout: 30 * time.Second}
+	cfg := Config{RTTs: []time.Duration{0}, N: 10, LockstepN: 2, Size: 1024, Rcpts: 1, Runs: 1, Timeout: 30 * time.Second, Tables: []Table{TableMain}}
 	for _, tc := range []struct {
 		name     string
 		timeout  time.Duration
@@ -527,8 +574,8 @@ func TestRunStopsItsChildren(t *testing.T) {
 			if tc.timeout > 0 {
 				c.Timeout = tc.timeout
 			}
-			c.Start = func(rtt time.Duration, up Upstream) (*Env, error) {
-				e := startEnv(t, rtt, up)
+			c.Start = func(s Setup) (*Env, error) {
+				e := startEnvFor(t, s)
 				envs = append(envs, e)
 				return e, nil
 			}

@@ -31,11 +31,50 @@ type Config struct {
 	PerSession int           // Options.MaxEmailsPerSession; zero: 1000
 	LargeSize  int64         // the large message; zero: none
 	Timeout    time.Duration // bound on each run
-	// Start starts the servers of each Env. Nil: StartEnv with the
+	// Tables are the tables to measure; nil: every one (AllTables).
+	Tables []Table
+	// FeatureRTT is the RTT of the warm-Sends, throttling-upstream and
+	// deferred-lane tables.
+	FeatureRTT time.Duration
+	// WarmSends is how many Sends the warm-Sends rows time, after a first
+	// one that opens the session (zero: no such table); WarmGap is the
+	// pause between the end of a Send and the next.
+	WarmSends int
+	WarmGap   time.Duration
+	// ThrottleN emails go to an upstream that accepts ThrottleLimit a
+	// second and answers the rest 451 4.7.0 (zero: no such table).
+	ThrottleN, ThrottleLimit int
+	// DeferredN emails whose recipient is answered 450 are enqueued before
+	// DeferredN good ones (zero: no such table).
+	DeferredN int
+	// RetryInterval is Options.RetryInterval in the throttling and
+	// deferred-lane rows; zero: the client's default (1s).
+	RetryInterval time.Duration
+	// Start starts the servers of each Env. Nil: StartEnvFor with the
 	// running program, which must then call ServeIfChild, so that the
 	// figures of this process are the client's alone.
-	Start func(rtt time.Duration, up Upstream) (*Env, error)
+	Start func(Setup) (*Env, error)
 }
+
+// Table names one table of the report.
+type Table string
+
+// The tables, in the order Run measures them.
+const (
+	TableMain     Table = "main"     // the floor, (a), (b) and (c) at each RTT
+	TableSessions Table = "sessions" // (a) by MaxConcurrentSessions
+	TableLarge    Table = "large"    // the large message
+	TableWarm     Table = "warm"     // sequential Sends on a warm client
+	TableThrottle Table = "throttle" // an upstream that limits its senders
+	TableDeferred Table = "deferred" // emails deferred by the upstream ahead of good ones
+	TableWindow   Table = "window"   // the adaptive window against FixedWindow
+)
+
+// AllTables are every table, in the order Run measures them.
+var AllTables = []Table{TableMain, TableSessions, TableLarge, TableWarm, TableThrottle, TableDeferred, TableWindow}
+
+// wants reports whether the report is to have table t.
+func (c Config) wants(t Table) bool { return c.Tables == nil || slices.Contains(c.Tables, t) }
 
 // Path is a way of sending.
 type Path int
@@ -48,10 +87,11 @@ const (
 	LockstepRelay                  // (b) go-smtp's Client through the relay (binary frames)
 	LockstepDirect                 // (c) go-smtp's Client over TCP to the sink
 	Floor                          // the floor (RunFloor) through the relay (binary frames)
+	OursFixedWindow                // (a) binary, Options.FixedWindow: the window does not adapt
 )
 
 // Ours reports whether p is our client.
-func (p Path) Ours() bool { return p <= OursSpool }
+func (p Path) Ours() bool { return p <= OursSpool || p == OursFixedWindow }
 
 // Row is one line of the table: a path at an RTT, measured Runs times.
 type Row struct {
@@ -71,7 +111,10 @@ type Row struct {
 	CPUPerEmail    time.Duration
 	AllocsPerEmail float64
 	BytesPerEmail  float64
-	Err            error // the row failed: no figure of it holds
+	// InFlight is the median over the runs of Sample.InFlight (our client
+	// only).
+	InFlight float64
+	Err      error // the row failed: no figure of it holds
 }
 
 // LargeRow is the large message through one path.
@@ -83,22 +126,39 @@ type LargeRow struct {
 
 // Report is what Run measured.
 type Report struct {
-	Config  Config
-	Rows    []Row // per RTT: the floor, the (a) rows, then (b) and (c)
-	Scaling []Row // our client at ScaleRTT, per MaxConcurrentSessions
-	Large   []LargeRow
+	Config   Config
+	Rows     []Row // per RTT: the floor, the (a) rows, then (b) and (c)
+	Scaling  []Row // our client at ScaleRTT, per MaxConcurrentSessions
+	Large    []LargeRow
+	Warm     []WarmRow
+	Throttle []ThrottleRow
+	Deferred []DeferredRow
+	// Window is, per RTT, our client with the adaptive window (OursBinary)
+	// then with FixedWindow (OursFixedWindow).
+	Window []Row
 }
 
 // Failed counts the rows that failed.
 func (r *Report) Failed() int {
-	n := 0
-	for _, row := range slices.Concat(r.Rows, r.Scaling) {
-		if row.Err != nil {
-			n++
-		}
+	var errs []error
+	for _, row := range slices.Concat(r.Rows, r.Scaling, r.Window) {
+		errs = append(errs, row.Err)
 	}
 	for _, l := range r.Large {
-		if l.Err != nil {
+		errs = append(errs, l.Err)
+	}
+	for _, w := range r.Warm {
+		errs = append(errs, w.Err)
+	}
+	for _, t := range r.Throttle {
+		errs = append(errs, t.Err)
+	}
+	for _, d := range r.Deferred {
+		errs = append(errs, d.Err)
+	}
+	n := 0
+	for _, err := range errs {
+		if err != nil {
 			n++
 		}
 	}
@@ -120,13 +180,24 @@ func (r *Report) CPURatio(row Row, baseline Path) (float64, bool) {
 	return r.ratio(row, baseline, func(x Row) float64 { return float64(x.CPUPerEmail) })
 }
 
+// WindowRatio is a Window row's rate over the rate of FixedWindow at the
+// same RTT, and false when either is missing or failed.
+func (r *Report) WindowRatio(row Row) (float64, bool) {
+	return ratioIn(r.Window, row, OursFixedWindow, func(x Row) float64 { return x.Rate })
+}
+
 // ratio is figure(row) over figure of the baseline path's row at the same
 // RTT, when neither failed and the baseline's figure is positive.
 func (r *Report) ratio(row Row, baseline Path, figure func(Row) float64) (float64, bool) {
+	return ratioIn(r.Rows, row, baseline, figure)
+}
+
+// ratioIn is ratio among rows.
+func ratioIn(rows []Row, row Row, baseline Path, figure func(Row) float64) (float64, bool) {
 	if row.Err != nil {
 		return 0, false
 	}
-	for _, b := range r.Rows {
+	for _, b := range rows {
 		if b.Path == baseline && b.RTT == row.RTT && b.Err == nil && figure(b) > 0 {
 			return figure(row) / figure(b), true
 		}
@@ -151,13 +222,13 @@ func Run(ctx context.Context, cfg Config, progress func(string)) (*Report, error
 		if err != nil {
 			return nil, fmt.Errorf("bench: finding this program to run its servers: %w", err)
 		}
-		start = func(rtt time.Duration, up Upstream) (*Env, error) { return StartEnv(exe, rtt, up) }
+		start = func(s Setup) (*Env, error) { return StartEnvFor(exe, s) }
 	}
-	withEnv := func(rtt time.Duration, up Upstream, f func(*Env)) error {
+	withEnv := func(s Setup, f func(*Env)) error {
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("bench: %w", err)
 		}
-		e, err := start(rtt, up)
+		e, err := start(s)
 		if err != nil {
 			return err
 		}
@@ -170,57 +241,88 @@ func Run(ctx context.Context, cfg Config, progress func(string)) (*Report, error
 		return nil
 	}
 	rep := &Report{Config: cfg}
-	// add measures a row, unless ctx has ended.
-	add := func(rows *[]Row, measure func() Row) {
-		if ctx.Err() != nil {
-			return
-		}
-		row := measure()
-		*rows = append(*rows, row)
-		progress(row.summary())
-	}
-	for _, rtt := range cfg.RTTs {
-		err := withEnv(rtt, Chunking, func(e *Env) {
-			add(&rep.Rows, func() Row { return floorRow(ctx, cfg, e, m) })
-			add(&rep.Rows, func() Row { return oursRow(ctx, cfg, e, OursBinary, 0, m) })
-			add(&rep.Rows, func() Row { return oursRow(ctx, cfg, e, OursJSON, 0, m) })
-			add(&rep.Rows, func() Row { return oursRow(ctx, cfg, e, OursSpool, 0, m) })
-		})
-		if err != nil {
-			return nil, err
-		}
-		err = withEnv(rtt, PipeliningOnly, func(e *Env) {
-			add(&rep.Rows, func() Row { return oursRow(ctx, cfg, e, OursPipeliningOnly, 0, m) })
-		})
-		if err != nil {
-			return nil, err
-		}
-		err = withEnv(rtt, Chunking, func(e *Env) {
-			add(&rep.Rows, func() Row { return lockstepRow(ctx, cfg, e, LockstepRelay, m) })
-			add(&rep.Rows, func() Row { return lockstepRow(ctx, cfg, e, LockstepDirect, m) })
-		})
-		if err != nil {
-			return nil, err
+	add := func(rows *[]Row, measure func() Row) { addRow(ctx, rows, progress, measure) }
+	var tables []func() error
+	if cfg.wants(TableMain) {
+		for _, rtt := range cfg.RTTs {
+			tables = append(tables, func() error {
+				return withEnv(Setup{RTT: rtt}, func(e *Env) {
+					add(&rep.Rows, func() Row { return floorRow(ctx, cfg, e, m) })
+					add(&rep.Rows, func() Row { return oursRow(ctx, cfg, e, OursBinary, 0, m) })
+					add(&rep.Rows, func() Row { return oursRow(ctx, cfg, e, OursJSON, 0, m) })
+					add(&rep.Rows, func() Row { return oursRow(ctx, cfg, e, OursSpool, 0, m) })
+				})
+			}, func() error {
+				return withEnv(Setup{RTT: rtt, Upstream: PipeliningOnly}, func(e *Env) {
+					add(&rep.Rows, func() Row { return oursRow(ctx, cfg, e, OursPipeliningOnly, 0, m) })
+				})
+			}, func() error {
+				return withEnv(Setup{RTT: rtt}, func(e *Env) {
+					add(&rep.Rows, func() Row { return lockstepRow(ctx, cfg, e, LockstepRelay, m) })
+					add(&rep.Rows, func() Row { return lockstepRow(ctx, cfg, e, LockstepDirect, m) })
+				})
+			})
 		}
 	}
-	if len(cfg.Sessions) > 0 {
-		err := withEnv(cfg.ScaleRTT, Chunking, func(e *Env) {
-			for _, k := range cfg.Sessions {
-				add(&rep.Scaling, func() Row { return oursRow(ctx, cfg, e, OursBinary, k, m) })
-			}
+	if cfg.wants(TableSessions) && len(cfg.Sessions) > 0 {
+		tables = append(tables, func() error {
+			return withEnv(Setup{RTT: cfg.ScaleRTT}, func(e *Env) {
+				for _, k := range cfg.Sessions {
+					add(&rep.Scaling, func() Row { return oursRow(ctx, cfg, e, OursBinary, k, m) })
+				}
+			})
 		})
-		if err != nil {
-			return nil, err
+	}
+	if cfg.wants(TableLarge) && cfg.LargeSize > 0 {
+		tables = append(tables, func() error {
+			return withEnv(Setup{}, func(e *Env) {
+				rep.Large = largeRows(ctx, cfg, e, m)
+				for _, l := range rep.Large {
+					progress(l.summary())
+				}
+			})
+		})
+	}
+	if cfg.wants(TableWarm) && cfg.WarmSends > 0 {
+		tables = append(tables, func() error {
+			return withEnv(Setup{RTT: cfg.FeatureRTT}, func(e *Env) {
+				for _, v := range warmVariants(cfg) {
+					addRow(ctx, &rep.Warm, progress, func() WarmRow { return warmRow(ctx, cfg, e, v, m) })
+				}
+			})
+		})
+	}
+	if cfg.wants(TableThrottle) && cfg.ThrottleN > 0 {
+		tables = append(tables, func() error {
+			return withEnv(throttleSetup(cfg), func(e *Env) {
+				for _, disable := range []bool{false, true} {
+					addRow(ctx, &rep.Throttle, progress, func() ThrottleRow { return throttleRow(ctx, cfg, e, disable, m) })
+				}
+			})
+		})
+	}
+	if cfg.wants(TableDeferred) && cfg.DeferredN > 0 {
+		tables = append(tables, func() error {
+			return withEnv(deferredSetup(cfg), func(e *Env) {
+				addRow(ctx, &rep.Deferred, progress, func() DeferredRow { return deferredRow(ctx, cfg, e, m) })
+			})
+		})
+	}
+	if cfg.wants(TableWindow) {
+		for _, rtt := range cfg.RTTs {
+			tables = append(tables, func() error {
+				return withEnv(Setup{RTT: rtt}, func(e *Env) {
+					rows := windowRows(ctx, cfg, e, m)
+					rep.Window = append(rep.Window, rows...)
+					for _, row := range rows {
+						progress(row.summary())
+					}
+				})
+			})
 		}
 	}
-	if cfg.LargeSize > 0 {
-		err := withEnv(0, Chunking, func(e *Env) {
-			rep.Large = largeRows(ctx, cfg, e, m)
-			for _, l := range rep.Large {
-				progress(l.summary())
-			}
-		})
-		if err != nil {
+	for _, table := range tables {
+		if err := table(); err != nil {
 			return nil, err
 		}
 	}
@@ -228,6 +330,17 @@ func Run(ctx context.Context, cfg Config, progress func(string)) (*Report, error
 		return nil, fmt.Errorf("bench: %w", err)
 	}
 	return rep, nil
+}
+
+// addRow measures a row, unless ctx has ended, appends it to rows and
+// calls progress with its summary.
+func addRow[R interface{ summary() string }](ctx context.Context, rows *[]R, progress func(string), measure func() R) {
+	if ctx.Err() != nil {
+		return
+	}
+	row := measure()
+	*rows = append(*rows, row)
+	progress(row.summary())
 }
 
 func label(p Path, sessions int) string {
@@ -239,6 +352,7 @@ func label(p Path, sessions int) string {
 		LockstepRelay:      "(b) go-smtp lock-step via relay",
 		LockstepDirect:     "(c) go-smtp lock-step, TCP",
 		Floor:              fmt.Sprintf("floor: pipelined BDAT, window %d", FloorWindow),
+		OursFixedWindow:    "(a) ours, binary, FixedWindow",
 	}[p]
 	if sessions > 0 {
 		s += fmt.Sprintf(", %d session", sessions)
@@ -405,27 +519,37 @@ func largeRows(ctx context.Context, cfg Config, e *Env, m Mail) []LargeRow {
 // came before), and sets the row's figures, or its Err at the first run
 // that fails.
 func (r *Row) measure(ctx context.Context, cfg Config, run func(context.Context) (Sample, error)) {
-	for i := range cfg.Runs {
-		runtime.GC()
-		rctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
-		s, err := run(rctx)
-		cancel()
-		if err != nil {
-			r.Err = fmt.Errorf("run %d: %w", i+1, err)
+	for range cfg.Runs {
+		if !r.runOnce(ctx, cfg, run) {
 			return
 		}
-		r.Samples = append(r.Samples, s)
 	}
 	r.summarize()
+}
+
+// runOnce is one run of measure: it adds the run's Sample, or sets Err
+// and reports false.
+func (r *Row) runOnce(ctx context.Context, cfg Config, run func(context.Context) (Sample, error)) bool {
+	runtime.GC()
+	rctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+	s, err := run(rctx)
+	cancel()
+	if err != nil {
+		r.Err = fmt.Errorf("run %d: %w", len(r.Samples)+1, err)
+		return false
+	}
+	r.Samples = append(r.Samples, s)
+	return true
 }
 
 // summarize sets the median rate, the latency percentiles and the medians
 // of the usage per email.
 func (r *Row) summarize() {
-	var rates, cpu, allocs, bytes []float64
+	var rates, cpu, allocs, bytes, inFlight []float64
 	var lat []time.Duration
 	for _, s := range r.Samples {
 		rates = append(rates, s.Rate())
+		inFlight = append(inFlight, s.InFlight)
 		lat = append(lat, s.Latency...)
 		n := float64(s.N)
 		cpu = append(cpu, float64(s.Usage.CPU)/n)
@@ -441,14 +565,15 @@ func (r *Row) summarize() {
 	}
 	r.AllocsPerEmail = Median(allocs)
 	r.BytesPerEmail = Median(bytes)
+	r.InFlight = Median(inFlight)
 }
 
 func (r Row) summary() string {
 	if r.Err != nil {
 		return "FAILED: " + r.Err.Error()
 	}
-	return fmt.Sprintf("%v %s: %d emails × %d runs, %.0f emails/s, %.1f µs CPU and %.1f allocations an email",
-		r.RTT, r.Label, r.N, len(r.Samples), r.Rate, float64(r.CPUPerEmail)/1e3, r.AllocsPerEmail)
+	return fmt.Sprintf("%v %s: %d emails × %d runs, %.0f emails/s, %.1f µs CPU and %.1f allocations an email, %.0f in flight",
+		r.RTT, r.Label, r.N, len(r.Samples), r.Rate, float64(r.CPUPerEmail)/1e3, r.AllocsPerEmail, r.InFlight)
 }
 
 func (l LargeRow) summary() string {

@@ -32,6 +32,10 @@ type Config struct {
 	// follows what the link needs (see window), unless FixedWindow.
 	Window      int
 	FixedWindow bool
+	// StartWindow is where an adaptive window starts (at least 32): the
+	// last session's window on the same link, so that each session does
+	// not ramp up again.
+	StartWindow int
 	// NoPipelining waits for each reply before the next command.
 	NoPipelining bool
 	// Fix turns bare CR and bare LF in bodies into CRLF instead of
@@ -79,6 +83,9 @@ type countConn struct {
 	// server may answer a command as soon as its bytes are in a Write. The
 	// reader compares it with each command's end.
 	started *atomic.Int64
+	// wrote, if set, is called after each Write, on the writer's
+	// goroutine: the buffer's own flushes (when full) hand bytes on too.
+	wrote func()
 }
 
 func (c *countConn) Write(p []byte) (int, error) {
@@ -95,6 +102,9 @@ func (c *countConn) Write(p []byte) (int, error) {
 		c.handed += int64(len(p))
 	} else {
 		c.handed += int64(n)
+	}
+	if c.wrote != nil {
+		c.wrote()
 	}
 	return n, err
 }
@@ -116,7 +126,7 @@ func (c *Client) setConn(nc net.Conn, handed int64) {
 	if c.cc != nil {
 		started = c.cc.started
 	}
-	c.cc = &countConn{Conn: nc, timeout: c.cfg.Timeout, written: c.cfg.Written, handed: handed, started: started}
+	c.cc = &countConn{Conn: nc, timeout: c.cfg.Timeout, written: c.cfg.Written, handed: handed, started: started, wrote: c.stampHanded}
 	c.br = bufio.NewReaderSize(c.cc, bufSize)
 	c.bw = bufio.NewWriterSize(c.cc, bufSize)
 	c.rr = replyReader{br: c.br}

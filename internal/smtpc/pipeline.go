@@ -49,7 +49,8 @@ type Tx struct {
 	closed       bool      // every command is written
 	slot         bool      // holds a place in the window: replies are owed
 	lastInStep   bool      // its last reply so far answered a strict command in step
-	flushedAt    time.Time // when its end of data was flushed (windowed only; p.mu)
+	flushedAt    time.Time // when its end of data was all handed on (windowed only; p.mu)
+	endOff       int64     // stream offset after its end of data (windowed only; writer)
 	finished     bool      // Done was called or is being called
 	endAt        int64     // stream offset of the end of data; -1 before it
 	endN         uint64    // the end of data's place among the replies owed
@@ -136,7 +137,8 @@ type pipe struct {
 	// data: a strict command after it is what confirms it. Writer only.
 	syncOwed bool
 	// unflushed are the transactions whose BDAT LAST is written and not
-	// yet flushed: Flush stamps their flushedAt. Writer only.
+	// yet all handed to the connection: stampHanded stamps their
+	// flushedAt. Writer only.
 	unflushed []*Tx
 	win       window
 
@@ -173,7 +175,7 @@ func (c *Client) Start() {
 		w = 2 // one end of data in flight with the next transaction's commands
 	}
 	p.slots = make(chan struct{}, w)
-	p.win.init(w, c.cfg.FixedWindow || !(p.pipelining && p.chunking))
+	p.win.init(w, c.cfg.StartWindow, c.cfg.FixedWindow || !(p.pipelining && p.chunking))
 	p.progress = make(chan struct{}, 1)
 	p.readerDone = make(chan struct{})
 	p.mu.Lock() // Settling and Outstanding may be asked from another goroutine already
@@ -596,17 +598,7 @@ func (c *Client) lineWith(tx *Tx, k kind, idx int, cmd string, extra int) uint64
 // Flush hands the buffered commands on and arms the reply timeout.
 func (c *Client) Flush() error {
 	p := &c.p
-	if len(p.unflushed) > 0 {
-		now := time.Now()
-		p.mu.Lock()
-		for _, tx := range p.unflushed {
-			tx.flushedAt = now
-		}
-		p.mu.Unlock()
-		clear(p.unflushed)
-		p.unflushed = p.unflushed[:0]
-	}
-	err := c.bw.Flush()
+	err := c.bw.Flush() // stampHanded stamps what it hands on
 	p.mu.Lock()
 	if c.cfg.Timeout > 0 && p.head < len(p.fifo) {
 		c.cc.SetReadDeadline(time.Now().Add(c.cfg.Timeout))
@@ -646,6 +638,33 @@ func (c *Client) waitFor(cond func() bool) error {
 		case <-p.readerDone:
 		}
 	}
+}
+
+// stampHanded stamps the windowed transactions whose end of data is now
+// all handed to the connection with the time: the start of their round
+// trip, which the window measures. It runs after each write to the
+// connection, Flush's and the buffer's own when it fills: stamped at the
+// next Flush instead, a transaction whose bytes left earlier would seem
+// answered sooner than the link can, and the shortest round trip would
+// shrink the window for good. Writer only.
+func (c *Client) stampHanded() {
+	p := &c.p
+	n := 0
+	for n < len(p.unflushed) && p.unflushed[n].endOff <= c.cc.handed {
+		n++
+	}
+	if n == 0 {
+		return
+	}
+	now := time.Now()
+	p.mu.Lock()
+	for _, tx := range p.unflushed[:n] {
+		tx.flushedAt = now
+	}
+	p.mu.Unlock()
+	left := copy(p.unflushed, p.unflushed[n:])
+	clear(p.unflushed[left:])
+	p.unflushed = p.unflushed[:left]
 }
 
 // offset is the stream position of the next byte written.
@@ -944,6 +963,7 @@ func (c *Client) sendChunks(tx *Tx, lockstep bool) error {
 			tx.endAt = c.offset()
 			kind, cmd = kEnd, cmd+" LAST"
 			if !c.p.win.fixed {
+				tx.endOff = tx.endAt + int64(len(cmd)+2+len(chunk))
 				c.p.unflushed = append(c.p.unflushed, tx)
 			}
 		}

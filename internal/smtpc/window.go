@@ -29,14 +29,18 @@ type window struct {
 // (a window refills an eighth at a time) needs a few in flight.
 const minWindow = 32
 
-func (w *window) init(max int, fixed bool) {
-	w.max, w.fixed = max, fixed
+func (w *window) init(most, start int, fixed bool) {
+	w.max, w.fixed = most, fixed
 	if fixed {
-		w.lim.Store(int32(max))
+		w.lim.Store(int32(most))
 		return
 	}
-	w.lim.Store(int32(min(minWindow, max)))
+	w.lim.Store(int32(min(max(minWindow, start), most)))
 }
+
+// Window is the number of transactions that may be in flight now, for the
+// next session's Config.StartWindow.
+func (c *Client) Window() int { return c.p.win.get() }
 
 // get is the number of transactions that may be in flight now.
 func (w *window) get() int { return int(w.lim.Load()) }
