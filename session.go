@@ -449,9 +449,7 @@ func (s *smtpSession) apply(em *email, rcpts []string, res *smtpc.Result, start 
 	if !th.Disable {
 		a.throttleTexts = th.Texts
 	}
-	if slow && em.freeTries < maxFreeTries {
-		a.lastTry = false // it goes again, free (see settle)
-	}
+	a.freeTry = slow && em.freeTries < maxFreeTries
 	c.mu.Unlock()
 	if res.Err != nil {
 		a.broke = s.explain(res.Err)

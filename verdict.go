@@ -21,8 +21,8 @@ type attempt struct {
 	// draining: the session was past its SessionTimeout (or Close's
 	// deadline) and wrote no new end of data.
 	draining bool
-	// lastTry is set when no attempt may follow: the email's retries are
-	// used up.
+	// lastTry is set when the email's retries are used up: no attempt
+	// may follow but a free try (freeTry).
 	lastTry      bool
 	retryUnknown bool // Options.RetryUnknown
 	// slow is set when a reply of the attempt asked the client to slow
@@ -30,6 +30,11 @@ type attempt struct {
 	// such a reply, temporary (nil: throttle feedback off).
 	slow          bool
 	throttleTexts []string
+	// freeTry is set when the email has free tries left (maxFreeTries):
+	// an attempt the upstream refused asking to slow down then goes
+	// again even on its last try. An unknown outcome is no refusal: it
+	// takes none.
+	freeTry bool
 }
 
 // throttled5xx reports whether err is a 5xx the upstream sends to mean
@@ -83,8 +88,9 @@ type verdict struct {
 	// attempt reports whether the attempt counts (Result.Attempts): an
 	// attempt Close interrupted before its end of data does not.
 	attempt bool
-	// slow: the upstream asked the client to slow down; a retry then
-	// spends no retry while the email has free tries (record.go).
+	// slow: the upstream asked the client to slow down and refused what
+	// is left (the outcome is not unknown); a retry then spends no retry
+	// while the email has free tries (record.go).
 	slow bool
 }
 
@@ -200,6 +206,14 @@ func (a attempt) brokeErr() error {
 // failed or handed back.
 func (a attempt) settle(v verdict, left []RecipientError, cause error, unknown bool) verdict {
 	v.left, v.unknown = left, unknown && len(left) > 0
+	if v.unknown {
+		// The upstream may have it: a "slow down" it said meanwhile did
+		// not refuse it, and sending it again is a retry, never free.
+		v.slow = false
+	}
+	if v.slow && a.freeTry {
+		a.lastTry = false
+	}
 	var se *SMTPError
 	switch {
 	case len(left) > 0 && errors.As(cause, &se) && se.Code/100 == 5 && !unknown && !a.throttled5xx(cause):
