@@ -1,6 +1,7 @@
 package test
 
 import (
+	"strings"
 	"sync/atomic"
 	"testing"
 
@@ -64,4 +65,96 @@ func TestRedteam8UnknownOutcomeTakesNoFreeTry(t *testing.T) {
 			})
 		}
 	}
+}
+
+// rcptThrottle is an upstream that refuses the recipient slow@ with a 5xx
+// throttling text (DefaultThrottleTexts) the first refuse times, and
+// keeps every message it reads with a recipient, by recipients.
+type rcptThrottle struct {
+	ext    []string
+	refuse int64
+	n      atomic.Int64
+	kept   atomic.Pointer[[]string]
+}
+
+func (u *rcptThrottle) serve(c *fakesmtp.Conn) {
+	var rcpts []string
+	(&fakesmtp.Session{Ext: u.ext, Enhanced: true, Answer: func(cmd fakesmtp.Cmd) ([]string, bool) {
+		switch cmd.Verb {
+		case "MAIL":
+			rcpts = nil
+		case "RCPT":
+			if strings.Contains(cmd.Line, "slow@") && u.n.Add(1) <= u.refuse {
+				return []string{"550 5.7.1 Rate limit exceeded for this recipient"}, true
+			}
+			rcpts = append(rcpts, cmd.Line)
+		case "END":
+			if len(rcpts) == 0 {
+				// Refused by every RCPT: nobody gets it (the client
+				// counts it so, whatever this 250 says).
+				break
+			}
+			for {
+				old := u.kept.Load()
+				var next []string
+				if old != nil {
+					next = append(next, *old...)
+				}
+				next = append(next, strings.Join(rcpts, ","))
+				if u.kept.CompareAndSwap(old, &next) {
+					break
+				}
+			}
+		}
+		return nil, false
+	}}).Serve(c)
+}
+
+func (u *rcptThrottle) messages() []string {
+	if p := u.kept.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// A 5xx with a throttling text to one RCPT of two is temporary: the
+// other recipient has the email once, and the throttled one gets it in a
+// later transaction of its own, without spending a retry; past its free
+// tries and its retries it is refused with that reply.
+func TestRedteam8ThrottledRecipientGoesAgainAlone(t *testing.T) {
+	for _, m := range fakesmtp.EngineModes {
+		t.Run(m.Name, func(t *testing.T) {
+			u := &rcptThrottle{ext: m.Ext, refuse: 1}
+			up := fakesmtp.Listen(t, u.serve)
+			s := testkit.NewRelay(t, &relaytest.Options{UpstreamAddr: up.Addr})
+			c := testkit.NewClient(t, s, &mxrelay.Options{Throttle: mxrelay.Throttle{MinRate: 1000}})
+			res, err := c.Send(testkit.Ctx(t), testkit.Mail("two", "fast@example.com", "slow@example.com"), mxrelay.WithRetries(0))
+			require.NoError(t, err)
+			assert.Equal(t, mxrelay.OutcomeDelivered, res.Outcome)
+			assert.ElementsMatch(t, []string{"fast@example.com", "slow@example.com"}, res.Accepted)
+			assert.Empty(t, res.Rejected)
+			assert.Equal(t, 2, res.Attempts)
+			msgs := u.messages()
+			require.Len(t, msgs, 2, "one transaction each: %q", msgs)
+			assert.Contains(t, msgs[0], "fast@")
+			assert.NotContains(t, msgs[0], "slow@")
+			assert.Contains(t, msgs[1], "slow@")
+			assert.NotContains(t, msgs[1], "fast@", "no second copy to the recipient that had it")
+		})
+	}
+	t.Run("throttled forever", func(t *testing.T) {
+		u := &rcptThrottle{ext: fakesmtp.EngineModes[0].Ext, refuse: 1 << 30}
+		up := fakesmtp.Listen(t, u.serve)
+		s := testkit.NewRelay(t, &relaytest.Options{UpstreamAddr: up.Addr})
+		c := testkit.NewClient(t, s, &mxrelay.Options{Throttle: mxrelay.Throttle{MinRate: 1000}})
+		res, err := c.Send(testkit.Ctx(t), testkit.Mail("two", "fast@example.com", "slow@example.com"), mxrelay.WithRetries(1))
+		require.NoError(t, err, "delivered to one of two")
+		assert.Equal(t, mxrelay.OutcomeDelivered, res.Outcome)
+		assert.Equal(t, []string{"fast@example.com"}, res.Accepted)
+		require.Len(t, res.Rejected, 1)
+		assert.Equal(t, "slow@example.com", res.Rejected[0].Address)
+		assert.Equal(t, 550, res.Rejected[0].Code)
+		assert.Equal(t, 10, res.Attempts, "the first, 8 free tries and one retry")
+		assert.Len(t, u.messages(), 1, "the message went once")
+	})
 }
