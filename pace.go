@@ -39,7 +39,8 @@ type Throttle struct {
 	// Nil: DefaultThrottleTexts. Empty, not nil: no 5xx is.
 	Texts []string
 	// MinRate is the lowest rate, in emails per second, that feedback lowers
-	// the client to. Zero: one email a second.
+	// the client to; feedback never raises a RateLimit that is lower.
+	// Zero: one email a second.
 	MinRate float64
 }
 
@@ -101,7 +102,9 @@ func mentions(msg string, words []string) bool {
 // three quarters of the way back to the rate that was refused; within 5%
 // of it, it probes past it by 2%, 4%, 8%... a second, and a session comes
 // back each step. Back at the rate it had before the first cut (or at
-// Options.RateLimit), the client is unthrottled.
+// Options.RateLimit), the client is unthrottled. A cut never raises the
+// rate: a RateLimit under MinRate stays as it is, and the sessions the
+// cut took come back at the next clean step.
 type feedback struct {
 	min     rate.Limit
 	base    rate.Limit // Options.RateLimit, or rate.Inf
@@ -111,7 +114,8 @@ type feedback struct {
 	onRate  func(rate.Limit)
 
 	mu        sync.Mutex
-	cur       rate.Limit // rate.Inf: not throttled
+	held      bool       // a cut holds the client back: clean replies step it up
+	cur       rate.Limit // the limiter's rate; base when not throttled
 	target    rate.Limit // the rate before the first cut: unthrottled again there
 	refused   rate.Limit // the rate of the last cut
 	probe     float64    // past refused: the next step's growth
@@ -172,14 +176,17 @@ func (f *feedback) cut(now, sentAt time.Time) bool {
 		span := min(3*time.Second, now.Sub(f.firstSend))
 		r = rate.Limit(float64(f.sends.count(now, 3*time.Second)) / max(span.Seconds(), 0.01))
 	}
-	if f.cur == f.base {
+	if !f.held {
 		f.target = max(r, f.min)
 	}
 	r = max(min(r, rate.Limit(f.accepts.count(now, time.Second))), f.min)
 	f.refused, f.probe = r, 0.02
-	f.cur = max(r*beta, f.min)
+	// Never up: a rate already under MinRate (Options.RateLimit can be)
+	// stays where it is.
+	f.cur = min(max(r*beta, f.min), f.cur)
 	f.conc = max(f.conc/2, 1)
 	f.lastCut, f.lastStep = now, now
+	f.held = true
 	f.cuts++
 	cur := f.cur
 	f.lim.SetLimitAt(now, cur)
@@ -194,7 +201,7 @@ func (f *feedback) cut(now, sentAt time.Time) bool {
 func (f *feedback) clean(now time.Time) {
 	f.mu.Lock()
 	f.accepts.add(now)
-	if f.cur == f.base || now.Sub(f.lastStep) < time.Second {
+	if !f.held || now.Sub(f.lastStep) < time.Second {
 		f.mu.Unlock()
 		return
 	}
@@ -207,8 +214,9 @@ func (f *feedback) clean(now time.Time) {
 	}
 	f.conc = min(f.conc+1, f.maxConc)
 	burst := 1
-	if f.cur >= f.target {
+	if f.cur >= min(f.target, f.base) {
 		f.cur, f.conc, burst = f.base, f.maxConc, f.burst
+		f.held = false
 	}
 	cur := f.cur
 	f.lim.SetLimitAt(now, cur)
@@ -229,7 +237,7 @@ func (f *feedback) sessions() int {
 func (f *feedback) throttled() (float64, int64) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.cur == f.base {
+	if !f.held {
 		return 0, f.cuts
 	}
 	return float64(f.cur), f.cuts
