@@ -40,6 +40,7 @@ func (c *Client) run() {
 			defer w.disconnect(nil)
 			for w.waitForWork() {
 				w.batchWait()
+				w.awaitRate()
 				w.session()
 				w.unclaim()
 			}
@@ -278,7 +279,8 @@ func (w *worker) pace(ctx context.Context, flush func() error) bool {
 		return true
 	}
 	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < d+w.c.opts.CommandTimeout {
-		// Not worth holding the session: the next one waits instead.
+		// Not worth holding the session: the worker waits before the
+		// next one (awaitRate).
 		r.Cancel()
 		return false
 	}
@@ -294,6 +296,28 @@ func (w *worker) pace(ctx context.Context, flush func() error) bool {
 	case <-ctx.Done():
 		r.Cancel()
 		return false
+	}
+}
+
+// awaitRate holds a new session back until the rate limit has a token
+// for its first email, or Close gives up: pace ends a session rather than
+// hold it past its timeout, and the next one must not open only to find
+// the same wait and end again.
+func (w *worker) awaitRate() {
+	c := w.c
+	if !c.fb.limited() {
+		return
+	}
+	lim := c.fb.lim
+	missing := 1 - lim.TokensAt(time.Now())
+	if missing <= 0 {
+		return
+	}
+	t := time.NewTimer(time.Duration(missing / float64(lim.Limit()) * float64(time.Second)))
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-c.stopCtx.Done():
 	}
 }
 
