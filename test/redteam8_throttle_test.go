@@ -1,9 +1,11 @@
 package test
 
 import (
+	"fmt"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -157,4 +159,44 @@ func TestRedteam8ThrottledRecipientGoesAgainAlone(t *testing.T) {
 		assert.Equal(t, 10, res.Attempts, "the first, 8 free tries and one retry")
 		assert.Len(t, u.messages(), 1, "the message went once")
 	})
+}
+
+// A "slow down" 421 in the middle of a pipeline: the upstream answers the
+// first email's end of data 250, then the next command 421 4.7.0 and
+// closes. The first email is unknown (its 250 unconfirmed), and those
+// behind it in flight, whose commands the upstream never processed, go
+// again without spending a retry: delivered on the next connection, once
+// each.
+func TestRedteam8Throttled421MidPipeline(t *testing.T) {
+	for _, m := range fakesmtp.EngineModes {
+		t.Run(m.Name, func(t *testing.T) {
+			u := &throttleAfterEnd{ext: m.Ext}
+			up := fakesmtp.Listen(t, u.serve)
+			s := testkit.NewRelay(t, &relaytest.Options{UpstreamAddr: up.Addr})
+			c := testkit.NewClient(t, s, &mxrelay.Options{MaxEmailsPerSession: 5, BatchWait: time.Second})
+			var hs []*mxrelay.Handle
+			for i := range 5 {
+				h, err := c.Enqueue(testkit.Mail(fmt.Sprint("p", i)), mxrelay.WithRetries(0))
+				require.NoError(t, err)
+				hs = append(hs, h)
+			}
+			for i, res := range testkit.Results(t, hs) {
+				if i == 0 {
+					assert.Equal(t, mxrelay.OutcomeUnknown, res.Outcome, "%v", res.Err)
+					assert.Equal(t, 1, res.Attempts)
+					continue
+				}
+				assert.Equal(t, mxrelay.OutcomeDelivered, res.Outcome, "p%d: %v", i, res.Err)
+				// In flight when the 421 came: the next email, and in a
+				// BDAT window all of them. The others waited in the queue.
+				want := 1
+				if i == 1 || m.Name == "pipelined BDAT" {
+					want = 2
+				}
+				assert.Equal(t, want, res.Attempts, "p%d", i)
+			}
+			assert.EqualValues(t, 5, u.ends.Load(), "each end of data went out once")
+			assert.EqualValues(t, 1, c.Stats().ThrottleCuts)
+		})
+	}
 }
