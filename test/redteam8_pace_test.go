@@ -11,6 +11,7 @@ import (
 
 	"github.com/mxrelay/mxrelay"
 	"github.com/mxrelay/mxrelay/internal/testkit"
+	"github.com/mxrelay/mxrelay/relaytest"
 )
 
 // A RateLimit whose next token is further off than a session can wait
@@ -52,4 +53,72 @@ func TestRedteam8RateLimitWaitOpensNoSessionLoop(t *testing.T) {
 		assert.LessOrEqual(t, sessions.Load(), int64(2), "sessions opened while the rate limit made them wait")
 		assert.Equal(t, []string{"first", "second"}, testkit.Subjects(s))
 	})
+}
+
+// An upstream that answers every MAIL "slow down": the email goes round
+// its free tries, paced at MinRate (one a second). Close with a deadline
+// in the middle of that loop hands it back, not sent; its own timeout
+// fails it with ErrTimeout; Close without a deadline waits for it to end
+// after its free tries and retries. Each leaves no goroutine (goleak)
+// and the Stats in step with the Result's Outcome.
+func TestRedteam8ThrottledForeverLifecycle(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		opts    []mxrelay.SendOption
+		close   time.Duration // Close's deadline, after the third try; 0: none
+		outcome mxrelay.Outcome
+		is      []error
+	}{
+		{name: "Close gives up mid-loop", opts: []mxrelay.SendOption{mxrelay.WithRetries(1)}, close: time.Second,
+			outcome: mxrelay.OutcomeHandedBack, is: []error{mxrelay.ErrClosed}},
+		{name: "the email's timeout mid-loop", opts: []mxrelay.SendOption{mxrelay.WithRetries(1), mxrelay.WithTimeout(4 * time.Second)},
+			outcome: mxrelay.OutcomeFailed, is: []error{mxrelay.ErrTimeout, mxrelay.ErrCanceled}},
+		{name: "Close drains it to its end", opts: []mxrelay.SendOption{mxrelay.WithRetries(1)}, close: -1,
+			outcome: mxrelay.OutcomeFailed},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			testkit.Bubble(t, func(t *testing.T) {
+				s := testkit.NewRelay(t, nil)
+				s.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: "MAIL", Reply: "451 4.7.0 Throttling: too many messages", Times: -1})
+				tries := make(chan struct{}, 64)
+				c, err := mxrelay.New(s.URL, s.APIKey, testkit.ClientOptions(s, &mxrelay.Options{OnEvent: func(e mxrelay.Event) {
+					if e.Type == mxrelay.EventEmailRetrying {
+						tries <- struct{}{}
+					}
+				}}))
+				require.NoError(t, err)
+				h, err := c.Enqueue(testkit.Mail("never"), tc.opts...)
+				require.NoError(t, err)
+				if tc.close != 0 {
+					for range 3 {
+						<-tries
+					}
+					ctx := context.Background()
+					if tc.close > 0 {
+						var cancel context.CancelFunc
+						ctx, cancel = context.WithTimeout(ctx, tc.close)
+						defer cancel()
+					}
+					c.Close(ctx)
+				}
+				res, err := h.Wait(context.Background())
+				require.NotNil(t, res)
+				require.Error(t, err)
+				require.NoError(t, c.Close(context.Background()), "nothing left to hand back")
+				testkit.CheckResult(t, res)
+				assert.Equal(t, tc.outcome, res.Outcome, "%v", err)
+				for _, is := range tc.is {
+					assert.ErrorIs(t, err, is)
+				}
+				if tc.close < 0 {
+					assert.Equal(t, 10, res.Attempts, "the first, 8 free tries and one retry")
+				} else {
+					assert.Less(t, res.Attempts, 10, "ended mid-loop")
+				}
+				st := c.Stats()
+				assert.EqualValues(t, 1, st.EmailsFailed)
+				assert.EqualValues(t, map[bool]int{true: 1}[tc.outcome == mxrelay.OutcomeHandedBack], st.EmailsHandedBack)
+			})
+		})
+	}
 }
