@@ -97,6 +97,8 @@ type faultRun struct {
 	// ended once that many emails have ended: the rest are handed back.
 	closeAfter int
 	opts       mxrelay.Options
+	// fault picks the faults; nil: randomFault.
+	fault func(r *rand.Rand, data string) (relaytest.Fault, bool)
 }
 
 // accountingRun sends r.emails small emails (one or two recipients,
@@ -112,6 +114,10 @@ func accountingRun(t *testing.T, fr faultRun) tally {
 		data, ro.HideExtensions = "DATA", []string{"CHUNKING"}
 	}
 	o := fr.opts
+	pick := fr.fault
+	if pick == nil {
+		pick = randomFault
+	}
 	s := testkit.NewRelay(t, ro)
 	ends := watchEndings(&o)
 	c := testkit.NewClient(t, s, &o)
@@ -142,7 +148,7 @@ func accountingRun(t *testing.T, fr faultRun) tally {
 				continue
 			}
 			next += 1 + rf.IntN(2*fr.faultEvery-1)
-			f, restart := randomFault(rf, data)
+			f, restart := pick(rf, data)
 			if restart {
 				s.CloseClientConnections()
 			} else {
@@ -309,9 +315,12 @@ func checkAccounting(t testing.TB, c *mxrelay.Client, s *relaytest.Server, all [
 		}
 	}
 	var n tally
+	outcomes := map[mxrelay.Outcome]int{}
 	for _, m := range all {
 		res, err := m.h.Wait(ctx)
 		require.NotNil(t, res, m.subject)
+		outcomes[res.Outcome]++
+		assert.Equal(t, err == nil, res.Outcome == mxrelay.OutcomeDelivered, "%s: outcome %v, err %v", m.subject, res.Outcome, err)
 		accepted := map[string]bool{}
 		for _, a := range res.Accepted {
 			accepted[a] = true
@@ -366,6 +375,14 @@ func checkAccounting(t testing.TB, c *mxrelay.Client, s *relaytest.Server, all [
 	assert.EqualValues(t, len(all), st.EmailsQueued)
 	assert.EqualValues(t, n.delivered, st.EmailsDelivered)
 	assert.EqualValues(t, n.failed+n.unknown+n.givenBack, st.EmailsFailed)
+	assert.EqualValues(t, outcomes[mxrelay.OutcomeUnknown], st.EmailsUnknown, "unknown by Outcome")
+	assert.EqualValues(t, outcomes[mxrelay.OutcomeHandedBack], st.EmailsHandedBack, "handed back by Outcome")
+	assert.EqualValues(t, n.maybe, st.EmailsMaybeDelivered)
+	if !retryUnknown {
+		// Without RetryUnknown the last attempt of an email maybe
+		// delivered is the unknown one: its Outcome says so.
+		assert.Equal(t, n.unknown, outcomes[mxrelay.OutcomeUnknown], "unknown by error and by Outcome")
+	}
 	assert.Zero(t, st.QueueSize)
 	assert.Zero(t, st.InFlight)
 	if ends != nil {
