@@ -2,6 +2,7 @@ package test
 
 import (
 	"context"
+	"errors"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -118,6 +119,42 @@ func TestRedteam8ThrottledForeverLifecycle(t *testing.T) {
 				st := c.Stats()
 				assert.EqualValues(t, 1, st.EmailsFailed)
 				assert.EqualValues(t, map[bool]int{true: 1}[tc.outcome == mxrelay.OutcomeHandedBack], st.EmailsHandedBack)
+			})
+		})
+	}
+}
+
+// A relay that closes every connection with 1008 (its rate limit): each
+// close slows the client down, and the email still ends, failed, within
+// MaxReconnectAttempts set-ups (closed at EHLO, before any email is
+// taken) or its retries (closed at MAIL); the relay sees no more
+// connections than that allows.
+func TestRedteam8PolicyCloseLoopEnds(t *testing.T) {
+	for _, tc := range []struct {
+		command string
+		conns   int // the most relay connections it may take
+		connErr bool
+	}{
+		{"EHLO", 4, true},
+		{"MAIL", 3, false},
+	} {
+		t.Run(tc.command, func(t *testing.T) {
+			testkit.Bubble(t, func(t *testing.T) {
+				s := testkit.NewRelay(t, nil)
+				s.Inject(relaytest.Fault{Kind: relaytest.CloseWebSocket, Command: tc.command, Code: 1008, Times: -1})
+				// Lock-step: MAIL goes alone, so a close at it leaves no
+				// end of data out (in a BDAT window it would be unknown).
+				c := testkit.NewClient(t, s, &mxrelay.Options{MaxReconnectAttempts: 4, DisablePipelining: true})
+				res, err := c.Send(context.Background(), testkit.Mail("policy"), mxrelay.WithRetries(2))
+				require.Error(t, err)
+				assert.Equal(t, mxrelay.OutcomeFailed, res.Outcome)
+				var ce *mxrelay.ConnectError
+				assert.Equal(t, tc.connErr, errors.As(err, &ce), "%v", err)
+				var re *mxrelay.RelayError
+				require.ErrorAs(t, err, &re)
+				assert.Equal(t, 1008, re.Code)
+				assert.LessOrEqual(t, s.Stats().Connections, tc.conns)
+				assert.Positive(t, c.Stats().ThrottleCuts)
 			})
 		})
 	}
