@@ -71,13 +71,16 @@ func (c *Client) newWorker(n int) *worker {
 }
 
 // unclaim ends the worker's claim on a ready email, once its session holds
-// one (or ended without).
+// one (or ended without). The other workers left that email to this one:
+// they look again, since this one may not take it (throttle feedback
+// allows fewer sessions than its number now).
 func (w *worker) unclaim() {
 	if w.claim {
 		w.claim = false
 		w.c.mu.Lock()
 		w.c.claimed--
 		w.c.mu.Unlock()
+		w.c.kick()
 	}
 }
 
