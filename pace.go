@@ -48,13 +48,13 @@ type Throttle struct {
 // slow down when Throttle.Texts is nil: what Amazon SES, Microsoft 365 and
 // providers' own MTAs are seen to send.
 var DefaultThrottleTexts = []string{
-	"too many emails per second", "too many messages", "rate limit",
-	"throttl", "sending rate", "slow down",
+	"too many emails per second", "rate limit", "throttl", "sending rate",
+	"slow down",
 }
 
 // throttleWords mark a 4xx as a request to slow down when its enhanced
 // code does not (4.7.x does).
-var throttleWords = []string{"throttl", "rate limit", "too many", "too fast", "slow down", "sending rate", "try again later"}
+var throttleWords = []string{"throttl", "rate limit", "too many", "too fast", "slow down", "sending rate"}
 
 // slowDown reports whether err is a reply that asks the client to slow
 // down: a 421, 450, 451, 452 or 454 with an enhanced code 4.7.x or a

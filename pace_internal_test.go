@@ -34,6 +34,8 @@ func TestSlowDownReplies(t *testing.T) {
 		{se(550, [3]int{5, 1, 1}, "No such user"), false},
 		{se(471, [3]int{4, 7, 0}, "odd code"), false},
 		{se(451, [3]int{4, 7, 1}, "Greylisted, try again later"), false},
+		{se(451, [3]int{4, 3, 0}, "Temporary failure, try again later"), false},
+		{se(552, [3]int{5, 2, 2}, "Mailbox full: too many messages"), false},
 		{fmt.Errorf("connection reset"), false},
 	} {
 		assert.Equal(t, tc.want, slowDown(tc.err, DefaultThrottleTexts), "%v", tc.err)
