@@ -302,7 +302,7 @@ Reads a message on standard input and sends it through an mxrelay relay.
   -t              also send to the addresses in the To, Cc and Bcc headers
                   (Resent-To, Resent-Cc, Resent-Bcc in a resent message)
   -i, -oi         a line holding only "." does not end the message
-  -f, -r sender   envelope sender (default: the From header's address, else user@domain)
+  -f, -r sender   envelope sender, a full address (default: the From header's address, else user@domain)
   -F name         full name for a From header added to a message without one
   -v              report the delivery, and log the SMTP dialogue, on standard error
 

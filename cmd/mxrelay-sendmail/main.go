@@ -436,6 +436,12 @@ func senderAddress(s, domain string) (string, error) {
 	if err != nil || len(list) != 1 {
 		return "", fmt.Errorf("%w: sender %q is not one address", errData, s)
 	}
+	if !strings.Contains(s, "@") {
+		// A bare name would be qualified with a domain the upstream may
+		// refuse or, worse, accept for someone else's mailbox: the
+		// envelope sender is where bounces go, so it is given whole.
+		return "", fmt.Errorf("%w: -f %s: the envelope sender must be a full address (user@domain), such as %s", errUsage, s, list[0])
+	}
 	return list[0], nil
 }
 

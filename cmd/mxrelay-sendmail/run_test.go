@@ -102,7 +102,6 @@ func TestEnvelopeSender(t *testing.T) {
 		{name: "-r", args: []string{"-r", "bounce@example.com"}, in: withFrom, wantSender: "bounce@example.com"},
 		{name: "-f with brackets and name", args: []string{"-f", "Bounces <bounce@example.com>"}, in: withFrom, wantSender: "bounce@example.com"},
 		{name: "-f <>: null sender", args: []string{"-f", "<>"}, in: withFrom, wantSender: ""},
-		{name: "-f user name", args: []string{"-f", "daemon"}, in: withFrom, wantSender: "daemon@host.test"},
 		{name: "from the header", in: withFrom, wantSender: "header@example.com"},
 		{name: "no From header: the user", in: withoutFrom, wantSender: "tester@host.test", wantFrom: "From: tester@host.test\r\n"},
 		{name: "-F names the added From", args: []string{"-F", "Cron Daemon"}, in: withoutFrom, wantSender: "tester@host.test", wantFrom: "From: \"Cron Daemon\" <tester@host.test>\r\n"},
@@ -118,6 +117,18 @@ func TestEnvelopeSender(t *testing.T) {
 				assert.Contains(t, string(m.Data), tc.wantFrom)
 			}
 		})
+	}
+}
+
+// An envelope sender that is not a full address is refused, saying what
+// to give instead: bounces go there.
+func TestBareSenderIsRefused(t *testing.T) {
+	for _, f := range []string{"daemon", " daemon "} {
+		s := newRelay(t, nil)
+		code, stderr := sendmail(t, relayEnv(s), strings.NewReader("Subject: x\n\nx\n"), "-f", f, "rcpt@example.com")
+		assert.Equal(t, exUsage, code, f)
+		assert.Contains(t, stderr, "must be a full address (user@domain), such as daemon@host.test", f)
+		assert.Empty(t, s.Mailbox())
 	}
 }
 
