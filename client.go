@@ -235,6 +235,9 @@ func (c *Client) Stats() Stats {
 	c.mu.Unlock()
 	s.EventsDropped = c.events.droppedCount()
 	s.SendRate, s.ThrottleCuts = c.fb.throttled()
+	for _, w := range c.workers {
+		s.Window = max(s.Window, int(w.win.Load()))
+	}
 	return s
 }
 

@@ -216,6 +216,7 @@ func (w *worker) session() {
 			continue
 		}
 		lastTaken = time.Now()
+		w.win.Store(int32(s.sc.Window()))
 		n++
 		taken = append(taken, em)
 		w.failures = 0 // a session that works ends the failures in a row

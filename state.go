@@ -140,4 +140,9 @@ type Stats struct {
 	// ThrottleCuts counts the times an upstream's "slow down" lowered it.
 	SendRate     float64
 	ThrottleCuts int64
+	// Window is the pipeline window of the sessions now (the largest; the
+	// last sessions' between them): how many transactions may be in
+	// flight, PipelineWindow with FixedWindow, else what the link needs.
+	// 0 before the first email is taken.
+	Window int
 }

@@ -166,3 +166,19 @@ func TestStatsCountsUnknownOutcomes(t *testing.T) {
 	assert.Equal(t, int64(1), st.EmailsMaybeDelivered)
 	assert.Zero(t, st.EmailsHandedBack)
 }
+
+// Stats.Window is the pipeline window: the adaptive one starts at 32,
+// FixedWindow keeps PipelineWindow.
+func TestStatsWindow(t *testing.T) {
+	for _, tc := range []struct {
+		fixed bool
+		want  int
+	}{{false, 32}, {true, 256}} {
+		s := testkit.NewRelay(t, nil)
+		c := testkit.NewClient(t, s, &mxrelay.Options{FixedWindow: tc.fixed})
+		assert.Zero(t, c.Stats().Window, "no session yet")
+		_, err := c.Send(testkit.Ctx(t), testkit.Mail("window"))
+		require.NoError(t, err)
+		assert.Equal(t, tc.want, c.Stats().Window, "FixedWindow %v", tc.fixed)
+	}
+}

@@ -23,6 +23,9 @@ type worker struct {
 	lost     bool // the last connection was lost, not closed by us
 	claim    bool // counted in Client.claimed
 	window   int  // the adaptive window its last session ended with
+	// win is its session's window now (the last one's between sessions),
+	// for Stats.Window.
+	win atomic.Int32
 	// Its states: written by its goroutine only (setConn, setSession),
 	// read by Client.ConnState, SessionState and Workers.
 	conn, sess atomic.Int32

@@ -38,6 +38,8 @@
 //	mxrelay.queue.depth        {email}  emails waiting, by mxrelay.email.priority (all four levels)
 //	mxrelay.queue.oldest_age   s        age of the oldest waiting email, 0 when none waits
 //	mxrelay.emails.in_flight   {email}  emails in a session now
+//	mxrelay.pipeline.window    {transaction}  transactions a session may keep in flight (the adaptive window)
+//	mxrelay.send.rate          {email}/s  the rate throttle feedback holds the client to, 0 when it does not
 //	mxrelay.events.dropped     {event}  events lost because OnEvent fell behind (the counters above miss them)
 //
 // These follow the Result's Outcome and count as Client.Stats does
@@ -47,11 +49,6 @@
 // outcome, closed for an email handed back, otherwise the SMTP reply code
 // ("550"), or canceled, timeout, connect, auth_failed, invalid_email, or
 // _OTHER. Priorities are low, normal, high and critical.
-//
-// The issue that asked for this package also names the sending rate and
-// the pipelining window: the Client exposes neither yet (no event or Stats
-// field carries them), so there is no metric for them. A rate can be had
-// from the delivered counter (rate() in PromQL).
 //
 // # Traces
 //

@@ -21,9 +21,9 @@ type instruments struct {
 	sessionsCompleted, sessionsFailed          metric.Int64Counter
 	sendDuration, txDuration                   metric.Float64Histogram
 
-	depth, inFlight metric.Int64ObservableGauge
-	oldest          metric.Float64ObservableGauge
-	dropped         metric.Int64ObservableCounter
+	depth, inFlight, window metric.Int64ObservableGauge
+	oldest, rate            metric.Float64ObservableGauge
+	dropped                 metric.Int64ObservableCounter
 }
 
 func newInstruments(meter metric.Meter) (instruments, error) {
@@ -56,6 +56,13 @@ func newInstruments(meter metric.Meter) (instruments, error) {
 	m.txDuration = histogram("mxrelay.email.transaction.duration", "Duration of the SMTP transaction that delivered an email.")
 	m.depth = gauge("mxrelay.queue.depth", "Emails waiting to be sent, including those waiting for a retry.")
 	m.inFlight = gauge("mxrelay.emails.in_flight", "Emails in an SMTP session now.")
+	var werr error
+	m.window, werr = meter.Int64ObservableGauge("mxrelay.pipeline.window", metric.WithUnit("{transaction}"),
+		metric.WithDescription("Transactions a session may keep in flight now (the adaptive window)."))
+	errs = append(errs, werr)
+	m.rate, werr = meter.Float64ObservableGauge("mxrelay.send.rate", metric.WithUnit("{email}/s"),
+		metric.WithDescription("The sending rate throttle feedback holds the client to, 0 when it does not."))
+	errs = append(errs, werr)
 	var err error
 	m.oldest, err = meter.Float64ObservableGauge("mxrelay.queue.oldest_age", metric.WithUnit("s"),
 		metric.WithDescription("Age of the oldest waiting email, 0 when none waits."))
@@ -131,10 +138,12 @@ func (i *Instrumentation) Observe(c *mxrelay.Client) error {
 			o.ObserveInt64(m.depth, int64(st.QueuedByPriority[p]), byPriority[n])
 		}
 		o.ObserveInt64(m.inFlight, int64(st.InFlight), plain)
+		o.ObserveInt64(m.window, int64(st.Window), plain)
+		o.ObserveFloat64(m.rate, st.SendRate, plain)
 		o.ObserveFloat64(m.oldest, st.OldestQueued.Seconds(), plain)
 		o.ObserveInt64(m.dropped, st.EventsDropped, plain)
 		return nil
-	}, m.depth, m.inFlight, m.oldest, m.dropped)
+	}, m.depth, m.inFlight, m.window, m.rate, m.oldest, m.dropped)
 	if err != nil {
 		return err
 	}

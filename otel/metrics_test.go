@@ -89,6 +89,10 @@ func TestGauges(t *testing.T) {
 	m := tm.collect(t)
 	assert.Equal(t, map[string]int64{"low": 2, "normal": 0, "high": 1, "critical": 0}, points(t, m["mxrelay.queue.depth"], keyPriority))
 	assert.Equal(t, map[string]int64{"": 1}, points(t, m["mxrelay.emails.in_flight"], ""))
+	assert.Equal(t, map[string]int64{"": 32}, points(t, m["mxrelay.pipeline.window"], ""), "a first session's adaptive window")
+	rate := m["mxrelay.send.rate"].Data.(metricdata.Gauge[float64]).DataPoints
+	require.Len(t, rate, 1)
+	assert.Zero(t, rate[0].Value, "not throttled")
 	oldest := m["mxrelay.queue.oldest_age"].Data.(metricdata.Gauge[float64]).DataPoints
 	require.Len(t, oldest, 1)
 	assert.Greater(t, oldest[0].Value, 0.0)
