@@ -1,11 +1,12 @@
-// Command observability shows the client's statistics and events exposed
-// the standard library's way (expvar, at /debug/vars), with no dependency
-// beyond mxrelay. It starts relaytest, sends a few emails, prints what
-// /debug/vars shows, and exits. For OpenTelemetry metrics and spans, see
-// the module github.com/mxrelay/mxrelay/otel and its example:
+// Command observability shows the client's statistics and events two ways:
+// the standard library's (expvar, at /debug/vars) and OpenTelemetry's,
+// through the module github.com/mxrelay/mxrelay/otel (metrics and a span
+// per session and per email, printed from the SDK's in-memory readers). It
+// starts relaytest, sends a few emails each way, prints what it sees, and
+// exits. It is a module of its own, so that mxrelay itself does not depend
+// on OpenTelemetry:
 //
-//	go run ./examples/observability
-//	cd otel && go run ./example
+//	cd examples/observability && go run .
 package main
 
 import (
@@ -43,6 +44,9 @@ func init() {
 
 func main() {
 	if err := run(os.Stdout); err != nil {
+		log.Fatal(err)
+	}
+	if err := runOTel(os.Stdout); err != nil {
 		log.Fatal(err)
 	}
 }

@@ -1,18 +1,9 @@
-// Command example reports an mxrelay Client to OpenTelemetry with
-// mxrelayotel: it starts relaytest, refuses one recipient for good, sends a
-// few emails, and prints the spans and the metrics the SDK collected. An
-// application would set an OTLP exporter and a periodic reader where this
-// prints.
-//
-//	cd otel && go run ./example
 package main
 
 import (
 	"context"
 	"fmt"
 	"io"
-	"log"
-	"os"
 	"sort"
 	"strings"
 	"sync"
@@ -26,12 +17,6 @@ import (
 	mxrelayotel "github.com/mxrelay/mxrelay/otel"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
-
-func main() {
-	if err := run(os.Stdout); err != nil {
-		log.Fatal(err)
-	}
-}
 
 // printer is a span exporter that keeps a line per span, for run to print
 // once the Client is closed (spans end on the Client's event goroutine).
@@ -51,7 +36,9 @@ func (p *printer) ExportSpans(_ context.Context, spans []sdktrace.ReadOnlySpan) 
 
 func (*printer) Shutdown(context.Context) error { return nil }
 
-func run(out io.Writer) error {
+// runOTel sends three emails (one refused) through a Client instrumented
+// with the otel module, and prints its spans and metrics.
+func runOTel(out io.Writer) error {
 	relay := relaytest.NewServer(nil)
 	defer relay.Close()
 	relay.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: "RCPT", Recipient: "nobody@example.net", Reply: "550 5.1.1 no such user", Times: -1})

@@ -6,14 +6,11 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"go.uber.org/goleak"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
-
-func TestExample(t *testing.T) {
+func TestOTel(t *testing.T) {
 	var out strings.Builder
-	require.NoError(t, run(&out))
+	require.NoError(t, runOTel(&out))
 	got := out.String()
 	assert.Equal(t, 3, strings.Count(got, "span mxrelay.email "), got)
 	assert.Equal(t, 3, strings.Count(got, "span mxrelay.email links=1 "), "each email linked to its session: %s", got)
