@@ -229,7 +229,7 @@ func (l *Ledger[E, R]) Reserve(ctx context.Context, env *store.Envelope) (store.
 // l.mu is held.
 func (l *Ledger[E, R]) reserve(env *store.Envelope) (*store.Accepted, *Reservation[E, R], error) {
 	if id, ok := l.keys[env.IdempotencyKey]; ok && env.IdempotencyKey != "" {
-		if e := l.emails[id]; e != nil {
+		if e := l.emails[id]; e != nil && e.Env.IdempotencyKey == env.IdempotencyKey {
 			return &store.Accepted{ID: id, Queued: e.Queued, Existing: true}, nil, nil
 		}
 		if d := l.liveDone(id); d != nil && d.key == env.IdempotencyKey {
