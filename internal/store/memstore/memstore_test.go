@@ -78,3 +78,18 @@ func TestLargeBodyIsInAFileWithoutAName(t *testing.T) {
 	require.NoError(t, err)
 	assert.Empty(t, left)
 }
+
+// Close lets the bodies' files go: nothing of the store stays open.
+func TestCloseReleasesTheBodies(t *testing.T) {
+	dir := t.TempDir()
+	st := New(&Options{MemoryBody: 1, TempDir: dir})
+	storetest.Accept(t, st, "e1", 0, "a body in a file")
+	b, err := st.l.Body("e1")
+	require.NoError(t, err)
+	require.NotNil(t, b.f)
+	require.NoError(t, st.Close())
+	require.NoError(t, st.Close(), "twice is safe")
+	assert.True(t, b.gone.Load())
+	_, err = b.f.Stat()
+	assert.ErrorIs(t, err, os.ErrClosed, "the file is closed")
+}
