@@ -1,163 +1,35 @@
 package pgstore
 
 import (
-	"bytes"
 	"context"
-	"crypto/sha256"
 	"fmt"
-	"io"
-	"math/rand/v2"
-	"runtime"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay/internal/store"
+	"github.com/mxrelay/mxrelay/internal/store/storetest"
 )
 
-func TestBodyRoundTrips(t *testing.T) {
+// A body is stored in rows of chunkSize bytes, the last one shorter, none
+// for an empty body, and they go with the result, as the meta does.
+// (Round trips, reads of a body removed meanwhile and a 100 MiB body in
+// bounded memory are the conformance suite's.)
+func TestBodyIsStoredInChunks(t *testing.T) {
 	f := newFixture(t)
 	st := f.open(nil)
 	ctx := context.Background()
-	for _, size := range []int{0, 1, chunkSize - 1, chunkSize, chunkSize + 1, 3*chunkSize + 5} {
-		t.Run(fmt.Sprint(size), func(t *testing.T) {
-			want := make([]byte, size)
-			rand.NewChaCha8([32]byte{byte(size)}).Read(want)
-			id := fmt.Sprintf("e%d", size)
-			d, err := st.Accept(ctx, &store.Envelope{ID: id})
-			require.NoError(t, err)
-			// Written in odd pieces, across chunk boundaries.
-			for rest := want; len(rest) > 0; {
-				k := min(len(rest), 77777)
-				n, err := d.Write(rest[:k])
-				require.NoError(t, err)
-				require.Equal(t, k, n)
-				rest = rest[k:]
-			}
-			_, err = d.Commit(ctx, nil)
-			require.NoError(t, err)
-			assert.Equal(t, (size+chunkSize-1)/chunkSize, f.count(`SELECT count(*) FROM {s}.body WHERE id = $1`, id))
-
-			for range 2 { // once per attempt
-				r, err := st.Body(ctx, id)
-				require.NoError(t, err)
-				got, err := io.ReadAll(r)
-				require.NoError(t, err)
-				require.NoError(t, r.Close())
-				assert.True(t, bytes.Equal(want, got), "the body as written")
-			}
-		})
+	sizes := []int{0, 1, chunkSize - 1, chunkSize, chunkSize + 1, 3*chunkSize + 5}
+	for _, size := range sizes {
+		id := fmt.Sprintf("e%d", size)
+		storetest.Accept(t, st, id, 0, strings.Repeat("x", size))
+		assert.Equal(t, (size+chunkSize-1)/chunkSize, f.count(`SELECT count(*) FROM {s}.body WHERE id = $1`, id), "%d bytes", size)
 	}
-}
-
-func TestBodyGoesWithTheResult(t *testing.T) {
-	f := newFixture(t)
-	st := f.open(nil)
-	ctx := context.Background()
-	body := bytes.Repeat([]byte("x"), 2*chunkSize+1)
-	accept(t, st, "e1", 0, string(body))
-	c := claim(t, st, "w1", 1)[0]
-	r, err := st.Body(ctx, "e1")
-	require.NoError(t, err)
-	_, err = io.ReadFull(r, make([]byte, 10))
-	require.NoError(t, err)
-
-	require.NoError(t, st.Finish(ctx, c.Token, &store.Result{ID: "e1", Delivered: true}))
-	assert.Zero(t, f.count(`SELECT count(*) FROM {s}.body`), "removed with the result")
-	_, err = io.ReadAll(r)
-	assert.ErrorIs(t, err, store.ErrNotFound, "a read of a body removed meanwhile")
-	_, err = st.Body(ctx, "e1")
-	assert.ErrorIs(t, err, store.ErrNotFound)
-	_, err = st.Body(ctx, "nosuch")
-	assert.ErrorIs(t, err, store.ErrNotFound)
-}
-
-// pattern is a reader of n pseudo-random bytes that samples the heap as
-// it goes.
-type pattern struct {
-	src  *rand.ChaCha8
-	left int64
-	heap *heapWatch
-}
-
-func (p *pattern) Read(b []byte) (int, error) {
-	if p.left == 0 {
-		return 0, io.EOF
+	for _, c := range storetest.Claim(t, st, "w1", len(sizes)) {
+		require.NoError(t, st.Finish(ctx, c.Token, &store.Result{ID: c.ID, Delivered: true}))
 	}
-	b = b[:min(int64(len(b)), p.left)]
-	p.src.Read(b)
-	p.left -= int64(len(b))
-	p.heap.sample(len(b))
-	return len(b), nil
-}
-
-// heapWatch records the largest live heap seen, sampled every few MiB.
-type heapWatch struct {
-	since, peak uint64
-}
-
-func (h *heapWatch) sample(n int) {
-	h.since += uint64(n)
-	if h.since < 4<<20 {
-		return
-	}
-	h.since = 0
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	h.peak = max(h.peak, ms.HeapAlloc)
-}
-
-func heapNow() uint64 {
-	runtime.GC()
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	return ms.HeapAlloc
-}
-
-// A 100 MiB body goes in and out without being held whole: the heap
-// grows by a few chunks, nowhere near the body's size.
-func TestHundredMiBBodyStreamsBothWaysInBoundedMemory(t *testing.T) {
-	if testing.Short() {
-		t.Skip("100 MiB through PostgreSQL")
-	}
-	const size = 100 << 20
-	const bound = 32 << 20
-	f := newFixture(t)
-	st := f.open(nil)
-	ctx := context.Background()
-	base := heapNow()
-
-	in := &heapWatch{}
-	want := sha256.New()
-	src := &pattern{src: rand.NewChaCha8([32]byte{7}), left: size, heap: in}
-	d, err := st.Accept(ctx, &store.Envelope{ID: "big"})
-	require.NoError(t, err)
-	n, err := io.Copy(io.MultiWriter(d, want), src)
-	require.NoError(t, err)
-	require.EqualValues(t, size, n)
-	_, err = d.Commit(ctx, nil)
-	require.NoError(t, err)
-
-	out := &heapWatch{}
-	got := sha256.New()
-	r, err := st.Body(ctx, "big")
-	require.NoError(t, err)
-	buf := make([]byte, 64<<10)
-	for {
-		k, err := r.Read(buf)
-		got.Write(buf[:k])
-		out.sample(k)
-		if err == io.EOF {
-			break
-		}
-		require.NoError(t, err)
-	}
-	r.Close()
-	assert.Equal(t, want.Sum(nil), got.Sum(nil), "the body read back is the one written")
-	t.Logf("heap: %d MiB at start, peak %d MiB writing, %d MiB reading", base>>20, in.peak>>20, out.peak>>20)
-	require.NotZero(t, in.peak, "sampled")
-	require.NotZero(t, out.peak, "sampled")
-	assert.Less(t, int64(in.peak)-int64(base), int64(bound), "heap growth while writing")
-	assert.Less(t, int64(out.peak)-int64(base), int64(bound), "heap growth while reading")
+	assert.Zero(t, f.count(`SELECT count(*) FROM {s}.body`), "removed with the results")
+	assert.Zero(t, f.count(`SELECT count(*) FROM {s}.email WHERE meta IS NOT NULL`), "nothing but the results is kept")
 }

@@ -12,7 +12,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay/internal/pgtest"
-	"github.com/mxrelay/mxrelay/internal/store"
 )
 
 // bound is how long any wait of a test may take before it fails: a
@@ -109,73 +108,4 @@ func (f *fixture) count(sql string, args ...any) int {
 	var n int
 	require.NoError(f.t, f.admin.QueryRow(context.Background(), strings.ReplaceAll(sql, "{s}", f.schema), args...).Scan(&n))
 	return n
-}
-
-// expire ends email id's lease, as if its time had passed: the store's
-// clock is the server's, so a test moves the row, not the clock.
-func (f *fixture) expire(id string) {
-	f.t.Helper()
-	require.EqualValues(f.t, 1, f.exec(`UPDATE {s}.email SET lease_expires = now() - interval '1 second' WHERE id = $1`, id))
-}
-
-// accept accepts an email with the given ID, priority and body.
-func accept(t testing.TB, st *Store, id string, prio int, body string) store.Accepted {
-	t.Helper()
-	return acceptEnv(t, st, &store.Envelope{ID: id, From: "a@example.com", To: []string{"b@example.com"}, Priority: prio}, body)
-}
-
-func acceptEnv(t testing.TB, st *Store, env *store.Envelope, body string) store.Accepted {
-	t.Helper()
-	ctx := context.Background()
-	d, err := st.Accept(ctx, env)
-	require.NoError(t, err)
-	_, err = d.Write([]byte(body))
-	require.NoError(t, err)
-	a, err := d.Commit(ctx, []byte("meta:"+env.ID))
-	require.NoError(t, err)
-	return a
-}
-
-// claim claims up to n emails for owner under a long lease.
-func claim(t testing.TB, st *Store, owner string, n int) []*store.Claimed {
-	t.Helper()
-	got, _, err := st.Claim(context.Background(), owner, n, time.Hour)
-	require.NoError(t, err)
-	return got
-}
-
-func ids(cs []*store.Claimed) []string {
-	var out []string
-	for _, c := range cs {
-		out = append(out, c.ID)
-	}
-	return out
-}
-
-// wait fails t unless ch is closed within bound.
-func wait(t testing.TB, ch <-chan struct{}, what string) {
-	t.Helper()
-	select {
-	case <-ch:
-	case <-time.After(bound):
-		t.Fatalf("%s: not within %v", what, bound)
-	}
-}
-
-// heldEmail is a store on a fixture of t's own with one email, e1,
-// claimed by w1.
-func heldEmail(t testing.TB) (*fixture, *Store, *store.Claimed) {
-	t.Helper()
-	f := newFixture(t)
-	st := f.open(nil)
-	accept(t, st, "e1", 0, "x")
-	return f, st, claim(t, st, "w1", 1)[0]
-}
-
-// end records the ends of data of toks, each of which must be recorded.
-func end(t testing.TB, st *Store, toks ...store.Token) {
-	t.Helper()
-	errs, err := st.Ending(context.Background(), toks)
-	require.NoError(t, err)
-	require.Equal(t, make([]error, len(toks)), errs)
 }

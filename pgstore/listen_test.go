@@ -8,6 +8,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay/internal/store"
+	"github.com/mxrelay/mxrelay/internal/store/storetest"
 )
 
 // listeningStore opens a store with opts (nil: defaults) and returns it
@@ -37,7 +38,7 @@ func listeningStore(t *testing.T, f *fixture, opts *Options) *Store {
 	}
 	o.hooks = h
 	st := f.open(&o)
-	wait(t, listening, "the store listens")
+	storetest.Wait(t, listening, "the store listens")
 	return st
 }
 
@@ -50,42 +51,31 @@ func TestWakeOnAcceptInAnotherProcess(t *testing.T) {
 	require.NoError(t, err)
 	require.Empty(t, got)
 
-	accept(t, other, "e1", 0, "x")
-	wait(t, woken, "the idle claimer woken by the accept")
-	require.Len(t, claim(t, idle, "w1", 1), 1)
+	storetest.Accept(t, other, "e1", 0, "x")
+	storetest.Wait(t, woken, "the idle claimer woken by the accept")
+	require.Len(t, storetest.Claim(t, idle, "w1", 1), 1)
 }
 
 func TestWakeOnRelease(t *testing.T) {
 	f := newFixture(t)
 	idle := listeningStore(t, f, nil)
 	other := f.open(nil)
-	accept(t, other, "e1", 0, "x")
-	c := claim(t, other, "w2", 1)[0]
+	storetest.Accept(t, other, "e1", 0, "x")
+	c := storetest.Claim(t, other, "w2", 1)[0]
 
 	woken := idle.Wake()
 	require.NoError(t, other.HandBack(context.Background(), c.Token, nil))
-	wait(t, woken, "woken by the hand-back")
-	require.Len(t, claim(t, idle, "w1", 1), 1)
+	storetest.Wait(t, woken, "woken by the hand-back")
+	require.Len(t, storetest.Claim(t, idle, "w1", 1), 1)
 
 	woken = idle.Wake()
 	require.NoError(t, idle.Requeue(context.Background(), store.Token{ID: "e1", Owner: "w1", Attempt: 2}, &store.Progress{}, time.Time{}))
-	wait(t, woken, "woken by the requeue")
+	storetest.Wait(t, woken, "woken by the requeue")
 }
 
 // With no notification at all, the slow poll wakes the claimers.
 func TestWakeOnPoll(t *testing.T) {
 	f := newFixture(t)
 	st := listeningStore(t, f, &Options{PollInterval: 50 * time.Millisecond})
-	wait(t, st.Wake(), "the poll")
-}
-
-func TestClosedStoreRefusesCalls(t *testing.T) {
-	f := newFixture(t)
-	st := f.open(nil)
-	require.NoError(t, st.Close())
-	require.NoError(t, st.Close(), "twice is safe")
-	_, _, err := st.Claim(context.Background(), "w1", 1, time.Hour)
-	require.ErrorIs(t, err, store.ErrClosed)
-	_, err = st.Accept(context.Background(), &store.Envelope{ID: "e1"})
-	require.ErrorIs(t, err, store.ErrClosed)
+	storetest.Wait(t, st.Wake(), "the poll")
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/mxrelay/mxrelay/internal/pgtest"
 	"github.com/mxrelay/mxrelay/internal/store"
+	"github.com/mxrelay/mxrelay/internal/store/storetest"
 )
 
 // The database restarts while an email is claimed: while it is down
@@ -22,11 +23,11 @@ func TestDatabaseRestartMidClaim(t *testing.T) {
 	f := newFixtureOn(t, c)
 	relisten := make(chan struct{}, 4)
 	st := listeningStore(t, f, &Options{hooks: &hooks{listening: func() { relisten <- struct{}{} }}})
-	wait(t, relisten, "the first connection") // drained
+	storetest.Wait(t, relisten, "the first connection") // drained
 	ctx := context.Background()
-	accept(t, st, "e1", 0, "x")
-	accept(t, st, "e2", 0, "x")
-	held := claim(t, st, "w1", 1)[0]
+	storetest.Accept(t, st, "e1", 0, "x")
+	storetest.Accept(t, st, "e2", 0, "x")
+	held := storetest.Claim(t, st, "w1", 1)[0]
 	delivered := &store.Result{ID: "e1", Delivered: true}
 
 	require.NoError(t, c.Stop())
@@ -42,7 +43,7 @@ func TestDatabaseRestartMidClaim(t *testing.T) {
 	assert.ErrorIs(t, err, store.ErrUnavailable)
 
 	require.NoError(t, c.Start())
-	wait(t, relisten, "the listener connected again")
+	storetest.Wait(t, relisten, "the listener connected again")
 	// A connection the pool kept from before the restart may fail once
 	// more: a temporary error is tried again, as a caller would.
 	again := func(call func() error) error {
@@ -68,8 +69,8 @@ func TestDatabaseRestartMidClaim(t *testing.T) {
 		_, err = d.Commit(ctx, nil)
 		return err
 	}))
-	wait(t, woken, "an accept after the restart wakes the claimers")
+	storetest.Wait(t, woken, "an accept after the restart wakes the claimers")
 	got, _, err := st.Claim(ctx, "w1", 10, time.Hour)
 	require.NoError(t, err)
-	assert.Equal(t, []string{"e2", "e3"}, ids(got), "nothing accepted was lost")
+	assert.Equal(t, []string{"e2", "e3"}, storetest.IDs(got), "nothing accepted was lost")
 }

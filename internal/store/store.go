@@ -237,6 +237,9 @@ type Claimed struct {
 	// Meta is the meta given to Draft.Commit, as given: the Client keeps
 	// there what it learnt of the body while it was written (its size as
 	// sent, whether it is UTF-8), so that no claim has to read it twice.
+	// It is nil for an email a store found written in a format that had
+	// no meta (a spool file of before): the Client learns it from the
+	// body again.
 	Meta     []byte
 	BodySize int64     // the body's length in bytes
 	Expires  time.Time // the lease's end, by the store's clock
