@@ -94,6 +94,7 @@ type rt7Events struct {
 	n      map[mxrelay.EventType]int
 	failed []error
 	ended  chan mxrelay.Event // EventSessionCompleted and EventSessionFailed
+	lost   int                // ends not handed on: ended was full
 }
 
 func newRT7Events() *rt7Events {
@@ -106,10 +107,17 @@ func (r *rt7Events) on(e mxrelay.Event) {
 	if e.Type == mxrelay.EventSessionFailed {
 		r.failed = append(r.failed, e.Err)
 	}
-	r.mu.Unlock()
 	if e.Type == mxrelay.EventSessionCompleted || e.Type == mxrelay.EventSessionFailed {
-		r.ended <- e
+		// Never blocks: a test that reads only the first ends must not
+		// hold up the client's events (and its Close) when many sessions
+		// end, as when a test enqueues in a loop until Close has begun.
+		select {
+		case r.ended <- e:
+		default:
+			r.lost++
+		}
 	}
+	r.mu.Unlock()
 }
 
 func (r *rt7Events) count(t mxrelay.EventType) int {
@@ -125,7 +133,10 @@ func (r *rt7Events) next(t *testing.T) mxrelay.Event {
 	case e := <-r.ended:
 		return e
 	case <-testkit.Ctx(t).Done():
-		t.Fatal("no session ended")
+		r.mu.Lock()
+		lost := r.lost
+		r.mu.Unlock()
+		t.Fatalf("no session ended (%d ends not kept: more than %d unread)", lost, cap(r.ended))
 		return mxrelay.Event{}
 	}
 }
