@@ -89,7 +89,7 @@ func New(relayURL, apiKey string, opts *Options) (*Client, error) {
 		c.log.Warn("mxrelay: TLS certificates are not checked: for tests only", "unchecked", off)
 	}
 	c.events = newDispatcher(o.OnEvent, o.EventBuffer, o.Logger)
-	c.fb = newFeedback(o.RateLimit, o.Throttle, o.MaxConcurrentSessions, c.rateChanged)
+	c.fb = newFeedback(o.RateLimit, o.Throttle, o.MaxConcurrentSessions, o.MaxEmailsPerSession, c.rateChanged)
 	c.stopCtx, c.stop = context.WithCancel(context.Background())
 	for n := range o.MaxConcurrentSessions {
 		c.workers = append(c.workers, c.newWorker(n+1))

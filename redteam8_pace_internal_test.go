@@ -23,7 +23,7 @@ func TestRedteam8CutNeverRaisesTheRate(t *testing.T) {
 		{"RateLimit under MinRate", RateLimit{Emails: 5, Per: time.Second, Burst: 5}, Throttle{MinRate: 10}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			f := newFeedback(tc.r, tc.th, 4, func(rate.Limit) {})
+			f := newFeedback(tc.r, tc.th, 4, 10, func(rate.Limit) {})
 			base := f.lim.Limit()
 			now := time.Unix(1000, 0)
 			accept(f, now, 3, 3*time.Second)

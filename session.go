@@ -166,6 +166,7 @@ func (w *worker) session() {
 	var broken error
 	var taken []*email
 	lastTaken := time.Now()
+	var firstTaken time.Time
 	for n := 0; n < c.opts.MaxEmailsPerSession && ctx.Err() == nil && !s.aborted.Load() && !s.hurried.Load() && s.sc.Err() == nil; {
 		wake := c.wakeChan()
 		if w.n > c.fb.sessions() {
@@ -216,6 +217,9 @@ func (w *worker) session() {
 			continue
 		}
 		lastTaken = time.Now()
+		if firstTaken.IsZero() {
+			firstTaken = lastTaken
+		}
 		w.win.Store(int32(s.sc.Window()))
 		n++
 		taken = append(taken, em)
@@ -224,6 +228,7 @@ func (w *worker) session() {
 			break
 		}
 	}
+	ended := time.Now()
 	if w.claim {
 		// The session takes no more emails: one that came meanwhile, left
 		// to it, is another worker's to start now, not after this
@@ -268,6 +273,12 @@ func (w *worker) session() {
 	s.sc.Close(broken) // every email taken has its fate now
 	if broken == nil {
 		w.window = s.sc.Window() // the next session on this link starts there
+		if !firstTaken.IsZero() && !s.idleEnd {
+			// Its set-up and its end, when it sent nothing: a throttled
+			// limiter keeps the tokens of that time for the next session
+			// (feedback.setup).
+			c.fb.setup(firstTaken.Sub(start) + time.Since(ended))
+		}
 	}
 	var results []*Result
 	seen := map[*email]bool{}
