@@ -55,6 +55,7 @@ type Tx struct {
 	endAt        int64     // stream offset of the end of data; -1 before it
 	endN         uint64    // the end of data's place among the replies owed
 	rcptAnswered int
+	end          Reply // the reply to the end of data, which res.End points to
 	res          Result
 }
 
@@ -397,7 +398,8 @@ func apply(e expect, r Reply) (inStep bool, err error) {
 	case kEnd:
 		// Recorded whatever it is: a reply outside the grammar of an end
 		// of data leaves the outcome unknown, not "never sent".
-		tx.res.End = &r
+		tx.end = r // in the Tx: no allocation, and r stays on the stack
+		tx.res.End = &tx.end
 		tx.res.EndSent = true
 		switch {
 		case class == 3:
