@@ -150,6 +150,8 @@ type pipe struct {
 	done        uint64 // replies handled
 	live        map[*Tx]struct{}
 	unconfirmed []*Tx  // answered, waiting for an in-step reply after them
+	cmd         []byte // the writer's: a BDAT command being made
+	spare       []*Tx  // the reader's: an emptied array for unconfirmed, not to grow one per email
 	inStepAt    uint64 // the place of the last strict command answered in step
 	broken      error
 	shifted     bool             // the reader found the replies out of step or out of grammar
@@ -276,7 +278,7 @@ func (c *Client) readLoop() {
 			for _, tx := range p.unconfirmed {
 				tx.res.Confirmed, tx.finished = true, true
 			}
-			fin, p.unconfirmed = p.unconfirmed, nil
+			fin, p.unconfirmed, p.spare = p.unconfirmed, p.spare, nil
 		}
 		if tx := e.tx; tx != nil {
 			tx.pending--
@@ -291,6 +293,10 @@ func (c *Client) readLoop() {
 		p.mu.Unlock()
 		for _, tx := range fin {
 			c.finalize(tx)
+		}
+		if cap(fin) > 0 && cap(fin) <= 1024 {
+			clear(fin) // the Txs go with their results
+			p.spare = fin[:0]
 		}
 		if first {
 			c.raw.Close()
@@ -956,20 +962,23 @@ func (c *Client) sendChunks(tx *Tx, lockstep bool) error {
 			tx.res.Err = ErrWithdrawn
 			return errAbort
 		}
-		kind, cmd := kChunk, "BDAT "+strconv.Itoa(len(chunk))
+		// The command is made in p.cmd, not in a new string per chunk.
+		kind, cmd := kChunk, strconv.AppendInt(append(p.cmd[:0], "BDAT "...), int64(len(chunk)), 10)
 		if last {
 			if tx.BeforeEnd != nil && !tx.BeforeEnd() {
 				tx.res.Err = ErrWithdrawn
 				return errAbort
 			}
 			tx.endAt = c.offset()
-			kind, cmd = kEnd, cmd+" LAST"
+			kind, cmd = kEnd, append(cmd, " LAST"...)
 			if !c.p.win.fixed {
 				tx.endOff = tx.endAt + int64(len(cmd)+2+len(chunk))
 				c.p.unflushed = append(c.p.unflushed, tx)
 			}
 		}
-		n := c.lineWith(tx, kind, 0, cmd, len(chunk))
+		p.cmd = append(cmd, "\r\n"...)
+		n := c.push(tx, kind, 0, len(p.cmd)+len(chunk))
+		c.bw.Write(p.cmd)
 		if last {
 			tx.endN = n
 		}
