@@ -45,8 +45,8 @@ func (c *Client) Send(ctx context.Context, e Email, opts ...SendOption) (*Result
 // accepted. A body that cannot be
 // read twice is copied to a temporary file first (see Email.Body).
 func (c *Client) Enqueue(e Email, opts ...SendOption) (*Handle, error) {
-	for _, o := range opts {
-		o(&e)
+	if len(opts) > 0 {
+		e = withOptions(e, opts)
 	}
 	if err := e.validate(); err != nil {
 		return nil, err
@@ -117,6 +117,15 @@ func (c *Client) Enqueue(e Email, opts ...SendOption) (*Handle, error) {
 		c.log.Debug("mxrelay: email queued", "email", em.id, "priority", cfg.priority.String())
 	}
 	return em.handle, nil
+}
+
+// withOptions is e with opts applied. (A function of its own: the options
+// take e's address, which would move every Enqueue's e to the heap.)
+func withOptions(e Email, opts []SendOption) Email {
+	for _, o := range opts {
+		o(&e)
+	}
+	return e
 }
 
 // EnqueueWait is Enqueue that, when the queue is full, waits for room
