@@ -24,9 +24,6 @@ type body struct {
 	raw   bool     // BODY=BINARYMIME: sent as it is
 	file  *os.File // a file of ours holding the body, closed by release
 	temp  bool     // file still has a name of ours, removed by release
-	// lr is what open returns, kept here not to allocate one per attempt
-	// (an email has one attempt at a time).
-	lr io.LimitedReader
 }
 
 // bodyRules are the checks a body passes at Enqueue and how it is sent.
@@ -140,8 +137,11 @@ func (b *body) open() (io.Reader, error) {
 	if _, err := b.r.Seek(b.start, io.SeekStart); err != nil {
 		return nil, fmt.Errorf("%w: rewinding: %w", errBody, err)
 	}
-	b.lr = io.LimitedReader{R: b.r, N: b.size}
-	return &b.lr, nil
+	if br, ok := b.r.(*bytes.Reader); ok && int64(br.Len()) == b.size {
+		// A bytes.Reader cannot grow: no limit to allocate.
+		return br, nil
+	}
+	return io.LimitReader(b.r, b.size), nil
 }
 
 func (b *body) release() {
