@@ -85,24 +85,41 @@ func newBody(r io.Reader, tempDir string, rules bodyRules) (*body, error) {
 // scan reads r to its end, copying it to w when w is not nil, and sets
 // the body's size, size as sent and UTF-8 flag, checked by rules.
 func (b *body) scan(w io.Writer, r io.Reader, rules bodyRules) error {
-	sz := smtpc.NewSizer(rules.fix, rules.maxLine, rules.raw)
-	u8 := &utf8Check{}
-	dst := io.MultiWriter(sz, u8)
-	if w != nil {
-		dst = io.MultiWriter(w, sz, u8)
-	}
-	n, err := io.Copy(dst, r)
+	sc := &scanner{w: w, sz: smtpc.NewSizer(rules.fix, rules.maxLine, rules.raw)}
+	n, err := io.Copy(sc, r)
 	if err == nil {
-		b.wire, err = sz.Size()
+		b.wire, err = sc.sz.Size()
 	}
 	if err != nil {
 		return bodyErr(err)
 	}
-	b.size, b.utf8, b.raw = n, u8.valid(), rules.raw
+	b.size, b.utf8, b.raw = n, sc.u8.valid(), rules.raw
 	if rules.utf8Only && !b.utf8 {
 		return ErrNotUTF8
 	}
 	return nil
+}
+
+// scanner is what scan writes the body to: w if not nil, then the Sizer
+// and the UTF-8 check, in one allocation.
+type scanner struct {
+	w  io.Writer
+	sz smtpc.Sizer
+	u8 utf8Check
+}
+
+func (s *scanner) Write(p []byte) (int, error) {
+	if s.w != nil {
+		if n, err := s.w.Write(p); err != nil {
+			return n, err
+		} else if n != len(p) {
+			return n, io.ErrShortWrite
+		}
+	}
+	if _, err := s.sz.Write(p); err != nil {
+		return 0, err
+	}
+	return s.u8.Write(p)
 }
 
 // bodyErr says what was wrong with a body read at Enqueue or as it was
@@ -119,6 +136,10 @@ func bodyErr(err error) error {
 func (b *body) open() (io.Reader, error) {
 	if _, err := b.r.Seek(b.start, io.SeekStart); err != nil {
 		return nil, fmt.Errorf("%w: rewinding: %w", errBody, err)
+	}
+	if br, ok := b.r.(*bytes.Reader); ok && int64(br.Len()) == b.size {
+		// A bytes.Reader cannot grow: no limit to allocate.
+		return br, nil
 	}
 	return io.LimitReader(b.r, b.size), nil
 }

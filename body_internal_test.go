@@ -1,6 +1,8 @@
 package mxrelay
 
 import (
+	"bytes"
+	"strings"
 	"testing"
 	"unicode/utf8"
 
@@ -20,4 +22,18 @@ func FuzzUTF8Check(f *testing.F) {
 		}
 		require.Equal(t, utf8.Valid(p), u.valid(), "%q in pieces of %d", p, k)
 	})
+}
+
+// BenchmarkNewBody is what Enqueue does with a body in memory: read once,
+// checked, its size as sent counted.
+func BenchmarkNewBody(b *testing.B) {
+	msg := bytes.Repeat([]byte(strings.Repeat("x", 76)+"\r\n"), 1024/78)
+	rules := (&Options{}).bodyRules(nil)
+	b.ReportAllocs()
+	b.SetBytes(int64(len(msg)))
+	for b.Loop() {
+		if _, err := newBody(bytes.NewReader(msg), "", rules); err != nil {
+			b.Fatal(err)
+		}
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 )
 
@@ -44,8 +45,8 @@ func (c *Client) Send(ctx context.Context, e Email, opts ...SendOption) (*Result
 // accepted. A body that cannot be
 // read twice is copied to a temporary file first (see Email.Body).
 func (c *Client) Enqueue(e Email, opts ...SendOption) (*Handle, error) {
-	for _, o := range opts {
-		o(&e)
+	if len(opts) > 0 {
+		e = withOptions(e, opts)
 	}
 	if err := e.validate(); err != nil {
 		return nil, err
@@ -110,8 +111,21 @@ func (c *Client) Enqueue(e Email, opts ...SendOption) (*Handle, error) {
 		em.body.release()
 		return nil, err
 	}
-	c.log.Debug("mxrelay: email queued", "email", em.id, "priority", cfg.priority.String())
+	if c.log.Enabled(context.Background(), slog.LevelDebug) {
+		// Asked first: the arguments would be allocated even for a
+		// logger that drops them.
+		c.log.Debug("mxrelay: email queued", "email", em.id, "priority", cfg.priority.String())
+	}
 	return em.handle, nil
+}
+
+// withOptions is e with opts applied. (A function of its own: the options
+// take e's address, which would move every Enqueue's e to the heap.)
+func withOptions(e Email, opts []SendOption) Email {
+	for _, o := range opts {
+		o(&e)
+	}
+	return e
 }
 
 // EnqueueWait is Enqueue that, when the queue is full, waits for room
@@ -242,5 +256,7 @@ func (c *Client) newID() string {
 	if _, err := rand.Read(b[:]); err != nil {
 		return fmt.Sprintf("m%d", c.ids.Add(1))
 	}
-	return hex.EncodeToString(b[:])
+	var h [2 * len(b)]byte
+	hex.Encode(h[:], b[:])
+	return string(h[:]) // one allocation; hex.EncodeToString makes two
 }

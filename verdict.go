@@ -193,6 +193,14 @@ func decide(a attempt) verdict {
 	return a.settle(v, append(pending(candidates, nil), rcptLeft...), a.brokeErr(), false)
 }
 
+// smtp5xx reports an *SMTPError with a 5xx code in err's chain. (A
+// function of its own: the variable errors.As fills escapes, and would be
+// allocated by settle on every call, the common ones with nothing left.)
+func smtp5xx(err error) bool {
+	var se *SMTPError
+	return errors.As(err, &se) && se.Code/100 == 5
+}
+
 // brokeErr is the cause of an attempt that ended before its end of data.
 func (a attempt) brokeErr() error {
 	if a.broke != nil {
@@ -214,9 +222,8 @@ func (a attempt) settle(v verdict, left []RecipientError, cause error, unknown b
 	if v.slow && a.freeTry {
 		a.lastTry = false
 	}
-	var se *SMTPError
 	switch {
-	case len(left) > 0 && errors.As(cause, &se) && se.Code/100 == 5 && !unknown && !a.throttled5xx(cause):
+	case len(left) > 0 && smtp5xx(cause) && !unknown && !a.throttled5xx(cause):
 		// Refused as a whole (MAIL, DATA, the end of data): the email
 		// fails with it; the recipients are not refused one by one.
 		v.outcome, v.err = outFail, cause

@@ -75,7 +75,7 @@ func main() {
 // run is the command: it returns the exit status (0 all rows measured, 1 a
 // row failed or ctx ended, 2 bad flags).
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	cfg, err := parseFlags(args[1:], stderr)
+	cfg, prof, err := parseFlags(args[1:], stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
@@ -83,8 +83,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "mxbench:", err)
 		return 2
 	}
+	stopProfiles, err := startProfiles(prof)
+	if err != nil {
+		fmt.Fprintln(stderr, "mxbench:", err)
+		return 1
+	}
 	start := time.Now()
 	rep, err := bench.Run(ctx, cfg, func(s string) { fmt.Fprintln(stderr, "mxbench:", s) })
+	if perr := stopProfiles(); perr != nil {
+		fmt.Fprintln(stderr, "mxbench:", perr)
+		return 1
+	}
 	if ctx.Err() != nil {
 		fmt.Fprintln(stderr, "mxbench: interrupted: no table")
 		return 1
@@ -100,7 +109,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-func parseFlags(args []string, stderr io.Writer) (bench.Config, error) {
+func parseFlags(args []string, stderr io.Writer) (bench.Config, profiles, error) {
+	var prof profiles
 	cfg := bench.Config{
 		RTTs:       []time.Duration{0, 2 * time.Millisecond, 10 * time.Millisecond, 50 * time.Millisecond},
 		Sessions:   []int{1, 2, 3, 4},
@@ -134,6 +144,8 @@ func parseFlags(args []string, stderr io.Writer) (bench.Config, error) {
 	fs.IntVar(&cfg.ThrottleLimit, "throttle-limit", 100, "emails a second the throttling upstream accepts")
 	fs.IntVar(&cfg.DeferredN, "deferred-n", 30, "emails answered 450 in the deferred row, and good ones after them")
 	fs.DurationVar(&cfg.RetryInterval, "retry-interval", 0, "our client's RetryInterval in the throttle and deferred rows (0: the client's default)")
+	fs.StringVar(&prof.cpu, "cpuprofile", "", "write a CPU profile of this process (the clients, not the servers' child) to `file`")
+	fs.StringVar(&prof.mem, "memprofile", "", "write an allocation profile of this process (the clients, not the servers' child) to `file`, at the end")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: mxbench [flags]\n\n"+
 			"Measures emails/s and the client's CPU time and allocations per email through\n"+
@@ -146,30 +158,30 @@ func parseFlags(args []string, stderr io.Writer) (bench.Config, error) {
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
-		return cfg, err
+		return cfg, prof, err
 	}
 	if fs.NArg() > 0 {
-		return cfg, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+		return cfg, prof, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
 	cfg.Size, cfg.LargeSize = int(size), int64(large)
 	switch {
 	case cfg.N < 1 || cfg.LockstepN < 1 || cfg.Runs < 1 || cfg.Rcpts < 1:
-		return cfg, errors.New("-n, -lockstep-n, -runs and -rcpts must be at least 1")
+		return cfg, prof, errors.New("-n, -lockstep-n, -runs and -rcpts must be at least 1")
 	case cfg.Size < bench.MinBodySize:
-		return cfg, fmt.Errorf("-size must be at least %d bytes", bench.MinBodySize)
+		return cfg, prof, fmt.Errorf("-size must be at least %d bytes", bench.MinBodySize)
 	case cfg.LargeSize != 0 && cfg.LargeSize < int64(bench.MinBodySize):
-		return cfg, fmt.Errorf("-large must be 0 or at least %d bytes", bench.MinBodySize)
+		return cfg, prof, fmt.Errorf("-large must be 0 or at least %d bytes", bench.MinBodySize)
 	case cfg.Timeout <= 0 || cfg.Budget < 0 || cfg.ScaleRTT < 0 || cfg.Window < 0 || cfg.PerSession < 1:
-		return cfg, errors.New("-timeout must be positive; -budget, -scale-rtt and -window not negative; -per-session at least 1")
+		return cfg, prof, errors.New("-timeout must be positive; -budget, -scale-rtt and -window not negative; -per-session at least 1")
 	case cfg.FeatureRTT < 0 || cfg.WarmSends < 1 || cfg.WarmGap < 0 || cfg.ThrottleN < 1 || cfg.ThrottleLimit < 1 || cfg.DeferredN < 1 || cfg.RetryInterval < 0:
-		return cfg, errors.New("-warm-sends, -throttle-n, -throttle-limit and -deferred-n must be at least 1; -feature-rtt, -warm-gap and -retry-interval not negative")
+		return cfg, prof, errors.New("-warm-sends, -throttle-n, -throttle-limit and -deferred-n must be at least 1; -feature-rtt, -warm-gap and -retry-interval not negative")
 	}
 	for _, k := range cfg.Sessions {
 		if k < 1 {
-			return cfg, errors.New("-sessions values must be at least 1")
+			return cfg, prof, errors.New("-sessions values must be at least 1")
 		}
 	}
-	return cfg, nil
+	return cfg, prof, nil
 }
 
 // durations is a comma-separated list of durations; "0" is allowed.

@@ -95,6 +95,29 @@ func TestSomeTables(t *testing.T) {
 	}
 }
 
+// TestProfiles: -cpuprofile and -memprofile write profiles of the run
+// (gzipped protocol buffers, as runtime/pprof writes them), and a file
+// that cannot be created fails the run before any row.
+func TestProfiles(t *testing.T) {
+	dir := t.TempDir()
+	cpu, mem := filepath.Join(dir, "cpu.pprof"), filepath.Join(dir, "mem.pprof")
+	var out, errOut bytes.Buffer
+	args := []string{"mxbench", "-tables", "deferred", "-deferred-n", "1", "-retry-interval", "10ms", "-feature-rtt", "0",
+		"-cpuprofile", cpu, "-memprofile", mem}
+	require.Equal(t, 0, run(context.Background(), args, &out, &errOut), "stderr:\n%s", &errOut)
+	for _, f := range []string{cpu, mem} {
+		b, err := os.ReadFile(f)
+		require.NoError(t, err)
+		require.Greater(t, len(b), 2, f)
+		assert.Equal(t, []byte{0x1f, 0x8b}, b[:2], "%s is gzipped", f)
+	}
+	errOut.Reset()
+	args = []string{"mxbench", "-tables", "deferred", "-cpuprofile", filepath.Join(dir, "missing", "cpu.pprof")}
+	assert.Equal(t, 1, run(context.Background(), args, &out, &errOut))
+	assert.Contains(t, errOut.String(), "mxbench: cpu profile:")
+	assert.NotContains(t, errOut.String(), "deferred lane", "no row ran")
+}
+
 // children lists the processes whose parent is this one, from /proc
 // (skipping the test where there is none).
 func children(t *testing.T) []string {
@@ -153,7 +176,7 @@ func TestFlags(t *testing.T) {
 	var out, errOut bytes.Buffer
 	assert.Equal(t, 0, run(context.Background(), []string{"mxbench", "-h"}, &out, &errOut))
 	for _, f := range []string{"-rtt", "-n", "-lockstep-n", "-size", "-runs", "-budget", "-sessions", "-large",
-		"-tables", "-feature-rtt", "-warm-sends", "-warm-gap", "-throttle-n", "-throttle-limit", "-deferred-n", "-retry-interval"} {
+		"-tables", "-cpuprofile", "-memprofile", "-feature-rtt", "-warm-sends", "-warm-gap", "-throttle-n", "-throttle-limit", "-deferred-n", "-retry-interval"} {
 		assert.Contains(t, errOut.String(), "  "+f+" ")
 	}
 	for _, args := range [][]string{
@@ -164,7 +187,7 @@ func TestFlags(t *testing.T) {
 		assert.Equal(t, 2, run(context.Background(), append([]string{"mxbench"}, args...), &out, &errOut), "%v", args)
 		assert.NotEmpty(t, errOut.String())
 	}
-	cfg, err := parseFlags([]string{"-rtt", "0,5ms", "-size", "4KiB", "-large", "0", "-sessions", ""}, &errOut)
+	cfg, _, err := parseFlags([]string{"-rtt", "0,5ms", "-size", "4KiB", "-large", "0", "-sessions", ""}, &errOut)
 	require.NoError(t, err)
 	assert.Equal(t, bench.AllTables, cfg.Tables)
 	assert.Equal(t, 10*time.Millisecond, cfg.FeatureRTT)
@@ -173,10 +196,10 @@ func TestFlags(t *testing.T) {
 	assert.Equal(t, 4096, cfg.Size)
 	assert.Zero(t, cfg.LargeSize)
 	assert.Empty(t, cfg.Sessions)
-	cfg, err = parseFlags([]string{"-tables", "warm, window"}, &errOut)
+	cfg, _, err = parseFlags([]string{"-tables", "warm, window"}, &errOut)
 	require.NoError(t, err)
 	assert.Equal(t, []bench.Table{bench.TableWarm, bench.TableWindow}, cfg.Tables)
-	cfg, err = parseFlags([]string{"-tables", ""}, &errOut)
+	cfg, _, err = parseFlags([]string{"-tables", ""}, &errOut)
 	require.NoError(t, err)
 	assert.NotNil(t, cfg.Tables, "no table, not every table")
 	assert.Empty(t, cfg.Tables)

@@ -46,8 +46,12 @@ type Channel struct {
 	wctx    context.Context
 	wcancel context.CancelFunc
 
-	mu     sync.Mutex
-	buf    [][]byte
+	mu sync.Mutex
+	// buf[off:] are the bytes received and not yet read, size of them:
+	// one array, refilled from its start when emptied, so that a frame
+	// costs no allocation of its own.
+	buf    []byte
+	off    int
 	size   int
 	late   int           // bytes received after Close, dropped
 	wake   chan struct{} // closed and replaced whenever buf or state changes
@@ -121,7 +125,12 @@ func (ch *Channel) deliver(p []byte) bool {
 		ch.mu.Lock()
 		return false
 	}
-	ch.buf = append(ch.buf, p)
+	if ch.off > 0 && len(ch.buf)+len(p) > cap(ch.buf) {
+		// Move what is left down rather than grow the array.
+		ch.buf = ch.buf[:copy(ch.buf, ch.buf[ch.off:])]
+		ch.off = 0
+	}
+	ch.buf = append(ch.buf, p...)
 	ch.size += len(p)
 	ch.signal()
 	for ch.size > limit && !ch.closed && ch.cause == nil {
@@ -182,18 +191,12 @@ func (ch *Channel) Read(p []byte) (int, error) {
 	for {
 		ch.mu.Lock()
 		if ch.size > 0 {
-			n := 0
-			for n < len(p) && len(ch.buf) > 0 {
-				k := copy(p[n:], ch.buf[0])
-				n += k
-				if k == len(ch.buf[0]) {
-					ch.buf[0] = nil
-					ch.buf = ch.buf[1:]
-				} else {
-					ch.buf[0] = ch.buf[0][k:]
-				}
-			}
+			n := copy(p, ch.buf[ch.off:])
+			ch.off += n
 			ch.size -= n
+			if ch.size == 0 {
+				ch.buf, ch.off = ch.buf[:0], 0
+			}
 			ch.signal()
 			ch.mu.Unlock()
 			return n, nil

@@ -6,6 +6,7 @@
 package relayconn
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -468,8 +469,16 @@ func (c *Conn) readLoop() {
 	// connection when a Read's context ends, which would pre-empt the close
 	// status the closer sends. Read ends when the closer closes the socket.
 	defer c.shutdown(websocket.StatusNormalClosure, "", ErrClosed)
+	var frame bytes.Buffer
 	for {
-		typ, p, err := c.ws.Read(context.Background())
+		// Each frame is read into the same buffer: what is kept of it
+		// (a channel's data, a control message's fields) is copied.
+		typ, r, err := c.ws.Reader(context.Background())
+		if err == nil {
+			frame.Reset()
+			_, err = frame.ReadFrom(r)
+		}
+		p := frame.Bytes()
 		if err != nil {
 			c.fail(closedError(err))
 			return

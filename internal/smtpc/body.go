@@ -54,43 +54,95 @@ func (e *Encoder) text(n int, at int64) error {
 
 // Encode appends src, encoded, to dst.
 func (e *Encoder) Encode(dst, src []byte) ([]byte, error) {
+	o := output{buf: dst}
+	err := e.encode(&o, src)
+	return o.buf, err
+}
+
+// Close appends what the end of the body needs: a held-back CR's fate and a
+// final CRLF.
+func (e *Encoder) Close(dst []byte) ([]byte, error) {
+	o := output{buf: dst}
+	err := e.close(&o)
+	return o.buf, err
+}
+
+// output is where an Encoder puts what it makes: appended to buf, or, with
+// count, only counted in n (a Sizer keeps no bytes).
+type output struct {
+	buf   []byte
+	n     int64
+	count bool
+}
+
+func (o *output) add(p []byte) {
+	if o.count {
+		o.n += int64(len(p))
+		return
+	}
+	o.buf = append(o.buf, p...)
+}
+
+var (
+	crlf = []byte("\r\n")
+	dot  = []byte(".")
+)
+
+// indexCRLF is the index of the first CR or LF in p, or -1: bytes.IndexAny's
+// answer, found by two vectorised byte searches instead of a loop over
+// each byte.
+func indexCRLF(p []byte) int {
+	lf := bytes.IndexByte(p, '\n')
+	upto := p
+	if lf >= 0 {
+		upto = p[:lf]
+	}
+	if cr := bytes.IndexByte(upto, '\r'); cr >= 0 {
+		return cr
+	}
+	return lf
+}
+
+// encode puts src, encoded, into o.
+func (e *Encoder) encode(o *output, src []byte) error {
 	if e.Raw {
-		return append(dst, src...), nil
+		o.add(src)
+		return nil
 	}
 	e.some = e.some || len(src) > 0
 	for len(src) > 0 {
 		if e.cr {
 			e.cr = false
 			if src[0] == '\n' {
-				dst = append(dst, '\r', '\n')
+				o.add(crlf)
 				e.midLine, e.line = false, 0
 				src = src[1:]
 				e.offset++
 				continue
 			}
 			if !e.Fix {
-				return dst, fmt.Errorf("%w: CR without LF at offset %d", ErrBareLineEnding, e.offset-1)
+				return fmt.Errorf("%w: CR without LF at offset %d", ErrBareLineEnding, e.offset-1)
 			}
-			dst = append(dst, '\r', '\n')
+			o.add(crlf)
 			e.midLine, e.line = false, 0
 		}
 		if !e.midLine && e.Stuff && src[0] == '.' {
-			dst = append(dst, '.')
+			o.add(dot)
 		}
-		i := bytes.IndexAny(src, "\r\n")
+		i := indexCRLF(src)
 		if i < 0 {
 			if err := e.text(len(src), e.offset); err != nil {
-				return dst, err
+				return err
 			}
-			dst = append(dst, src...)
+			o.add(src)
 			e.offset += int64(len(src))
 			e.midLine = true
-			return dst, nil
+			return nil
 		}
 		if err := e.text(i, e.offset); err != nil {
-			return dst, err
+			return err
 		}
-		dst = append(dst, src[:i]...)
+		o.add(src[:i])
 		if i > 0 {
 			e.midLine = true
 		}
@@ -102,73 +154,62 @@ func (e *Encoder) Encode(dst, src []byte) ([]byte, error) {
 		}
 		// A bare LF.
 		if !e.Fix {
-			return dst, fmt.Errorf("%w: LF without CR at offset %d", ErrBareLineEnding, e.offset-1)
+			return fmt.Errorf("%w: LF without CR at offset %d", ErrBareLineEnding, e.offset-1)
 		}
-		dst = append(dst, '\r', '\n')
+		o.add(crlf)
 		e.midLine, e.line = false, 0
 		src = src[i+1:]
 	}
-	return dst, nil
+	return nil
 }
 
-// Close appends what the end of the body needs: a held-back CR's fate and a
-// final CRLF.
-func (e *Encoder) Close(dst []byte) ([]byte, error) {
+// close puts into o what the end of the body needs.
+func (e *Encoder) close(o *output) error {
 	if e.Raw {
-		return dst, nil
+		return nil
 	}
 	if e.cr {
 		e.cr = false
 		if !e.Fix {
-			return dst, fmt.Errorf("%w: CR without LF at offset %d", ErrBareLineEnding, e.offset-1)
+			return fmt.Errorf("%w: CR without LF at offset %d", ErrBareLineEnding, e.offset-1)
 		}
-		dst = append(dst, '\r', '\n')
+		o.add(crlf)
 		e.midLine = false
 	}
 	if e.midLine || !e.some {
 		// An empty body is one empty line, as textproto's DotWriter makes it.
-		dst = append(dst, '\r', '\n')
+		o.add(crlf)
 		e.midLine, e.some = false, true
 	}
-	return dst, nil
+	return nil
 }
 
 // Sizer counts what an Encoder would make of the bytes written to it: it
 // is how SIZE= is known, and a bad body refused, before anything is sent.
+// It keeps none of the bytes.
 type Sizer struct {
-	e   Encoder
-	n   int64
-	buf []byte
+	e Encoder
+	o output
 }
 
 // NewSizer returns a Sizer for a body encoded without dot-stuffing (SIZE
 // counts the message, not its DATA transparency), with the Encoder's Fix
 // and MaxLine, or Raw.
-func NewSizer(fix bool, maxLine int, raw bool) *Sizer {
-	return &Sizer{e: Encoder{Fix: fix, MaxLine: maxLine, Raw: raw}}
+func NewSizer(fix bool, maxLine int, raw bool) Sizer {
+	return Sizer{e: Encoder{Fix: fix, MaxLine: maxLine, Raw: raw}, o: output{count: true}}
 }
 
 // Write implements io.Writer; it fails on a bare line ending unless fix,
 // and on a line longer than maxLine.
 func (s *Sizer) Write(p []byte) (int, error) {
-	n := len(p)
-	for len(p) > 0 {
-		k := min(len(p), 32<<10)
-		var err error
-		s.buf, err = s.e.Encode(s.buf[:0], p[:k])
-		s.n += int64(len(s.buf))
-		if err != nil {
-			return 0, err
-		}
-		p = p[k:]
+	if err := s.e.encode(&s.o, p); err != nil {
+		return 0, err
 	}
-	return n, nil
+	return len(p), nil
 }
 
 // Size finishes and returns the encoded size.
 func (s *Sizer) Size() (int64, error) {
-	var err error
-	s.buf, err = s.e.Close(s.buf[:0])
-	s.n += int64(len(s.buf))
-	return s.n, err
+	err := s.e.close(&s.o)
+	return s.o.n, err
 }

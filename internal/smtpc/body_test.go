@@ -172,3 +172,39 @@ func FuzzEncoder(f *testing.F) {
 		require.LessOrEqual(t, allocated, uint64(4*len(body)+1<<20), "the Sizer holds at most a piece's encoding")
 	})
 }
+
+// benchBody is a 1 KiB message of 76-octet lines, as mxbench sends.
+var benchBody = bytes.Repeat([]byte(strings.Repeat("x", 76)+"\r\n"), 1024/78)
+
+// BenchmarkSizer is what Enqueue does with each body: its size as sent.
+func BenchmarkSizer(b *testing.B) {
+	b.ReportAllocs()
+	b.SetBytes(int64(len(benchBody)))
+	for b.Loop() {
+		sz := NewSizer(false, MaxLineLength, false)
+		if _, err := sz.Write(benchBody); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := sz.Size(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkEncoder is what each attempt does with its body: encoded for
+// BDAT into a buffer that is reused.
+func BenchmarkEncoder(b *testing.B) {
+	b.ReportAllocs()
+	b.SetBytes(int64(len(benchBody)))
+	var out []byte
+	for b.Loop() {
+		e := Encoder{MaxLine: MaxLineLength}
+		var err error
+		if out, err = e.Encode(out[:0], benchBody); err != nil {
+			b.Fatal(err)
+		}
+		if out, err = e.Close(out); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

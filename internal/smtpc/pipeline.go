@@ -55,6 +55,7 @@ type Tx struct {
 	endAt        int64     // stream offset of the end of data; -1 before it
 	endN         uint64    // the end of data's place among the replies owed
 	rcptAnswered int
+	end          Reply // the reply to the end of data, which res.End points to
 	res          Result
 }
 
@@ -149,6 +150,8 @@ type pipe struct {
 	done        uint64 // replies handled
 	live        map[*Tx]struct{}
 	unconfirmed []*Tx  // answered, waiting for an in-step reply after them
+	cmd         []byte // the writer's: a BDAT command being made
+	spare       []*Tx  // the reader's: an emptied array for unconfirmed, not to grow one per email
 	inStepAt    uint64 // the place of the last strict command answered in step
 	broken      error
 	shifted     bool             // the reader found the replies out of step or out of grammar
@@ -275,7 +278,7 @@ func (c *Client) readLoop() {
 			for _, tx := range p.unconfirmed {
 				tx.res.Confirmed, tx.finished = true, true
 			}
-			fin, p.unconfirmed = p.unconfirmed, nil
+			fin, p.unconfirmed, p.spare = p.unconfirmed, p.spare, nil
 		}
 		if tx := e.tx; tx != nil {
 			tx.pending--
@@ -290,6 +293,10 @@ func (c *Client) readLoop() {
 		p.mu.Unlock()
 		for _, tx := range fin {
 			c.finalize(tx)
+		}
+		if cap(fin) > 0 && cap(fin) <= 1024 {
+			clear(fin) // the Txs go with their results
+			p.spare = fin[:0]
 		}
 		if first {
 			c.raw.Close()
@@ -397,7 +404,8 @@ func apply(e expect, r Reply) (inStep bool, err error) {
 	case kEnd:
 		// Recorded whatever it is: a reply outside the grammar of an end
 		// of data leaves the outcome unknown, not "never sent".
-		tx.res.End = &r
+		tx.end = r // in the Tx: no allocation, and r stays on the stack
+		tx.res.End = &tx.end
 		tx.res.EndSent = true
 		switch {
 		case class == 3:
@@ -954,20 +962,23 @@ func (c *Client) sendChunks(tx *Tx, lockstep bool) error {
 			tx.res.Err = ErrWithdrawn
 			return errAbort
 		}
-		kind, cmd := kChunk, "BDAT "+strconv.Itoa(len(chunk))
+		// The command is made in p.cmd, not in a new string per chunk.
+		kind, cmd := kChunk, strconv.AppendInt(append(p.cmd[:0], "BDAT "...), int64(len(chunk)), 10)
 		if last {
 			if tx.BeforeEnd != nil && !tx.BeforeEnd() {
 				tx.res.Err = ErrWithdrawn
 				return errAbort
 			}
 			tx.endAt = c.offset()
-			kind, cmd = kEnd, cmd+" LAST"
+			kind, cmd = kEnd, append(cmd, " LAST"...)
 			if !c.p.win.fixed {
 				tx.endOff = tx.endAt + int64(len(cmd)+2+len(chunk))
 				c.p.unflushed = append(c.p.unflushed, tx)
 			}
 		}
-		n := c.lineWith(tx, kind, 0, cmd, len(chunk))
+		p.cmd = append(cmd, "\r\n"...)
+		n := c.push(tx, kind, 0, len(p.cmd)+len(chunk))
+		c.bw.Write(p.cmd)
 		if last {
 			tx.endN = n
 		}

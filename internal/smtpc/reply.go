@@ -55,6 +55,12 @@ type replyReader struct {
 	line  []byte   // the current line so far
 	lines []string // the reply's lines so far
 	code  int
+	// recent are the last lines read, each returned again, not copied
+	// anew, when the same bytes come back: a server words most replies
+	// the same way all session long ("250 2.1.5 Ok").
+	recent [4]string
+	used   [4]bool // the entry was returned again since it was last passed over
+	next   int     // where the search for an entry to replace starts
 }
 
 func (rr *replyReader) readLine() (string, error) {
@@ -73,8 +79,29 @@ func (rr *replyReader) readLine() (string, error) {
 		l := rr.line
 		rr.line = rr.line[:0]
 		l = bytes.TrimSuffix(bytes.TrimSuffix(l, []byte("\n")), []byte("\r"))
-		return string(l), nil
+		return rr.intern(l), nil
 	}
+}
+
+// intern returns l as a string: one of recent when it holds the same
+// bytes, else a new one, remembered in place of an entry not returned
+// again lately (the clock algorithm): a line that comes once (a queue id)
+// does not push out those that come back.
+func (rr *replyReader) intern(l []byte) string {
+	for i, s := range rr.recent {
+		if string(l) == s && len(s) > 0 {
+			rr.used[i] = true
+			return s
+		}
+	}
+	for rr.used[rr.next] {
+		rr.used[rr.next] = false
+		rr.next = (rr.next + 1) % len(rr.recent)
+	}
+	s := string(l)
+	rr.recent[rr.next] = s
+	rr.next = (rr.next + 1) % len(rr.recent)
+	return s
 }
 
 // read returns the next whole reply.
@@ -136,16 +163,24 @@ func parseEnhanced(code int, text string) (ec smtp.EnhancedCode, rest string, ba
 	if !ok {
 		head, rest = text, ""
 	}
-	parts := strings.Split(head, ".")
-	if len(parts) != 3 {
-		return ec, text, false
-	}
-	for i, p := range parts {
-		n, err := strconv.Atoi(p)
-		if err != nil || n < 0 || len(p) > 3 || p == "" || p[0] == '+' || p[0] == '-' {
+	// head must be three numbers of one to three digits, joined by dots.
+	for i := range ec {
+		j := 0
+		for j < len(head) && j <= 3 && '0' <= head[j] && head[j] <= '9' {
+			j++
+		}
+		if j == 0 || j > 3 {
 			return smtp.EnhancedCode{}, text, false
 		}
+		n, _ := strconv.Atoi(head[:j])
 		ec[i] = n
+		head = head[j:]
+		switch {
+		case i < 2 && strings.HasPrefix(head, "."):
+			head = head[1:]
+		case i < 2 || head != "":
+			return smtp.EnhancedCode{}, text, false
+		}
 	}
 	if ec[0] != 2 && ec[0] != 4 && ec[0] != 5 {
 		return smtp.EnhancedCode{}, text, false // not a class of RFC 3463

@@ -2,12 +2,16 @@ package smtpc
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/emersion/go-smtp"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -128,4 +132,67 @@ func FuzzReplyReader(f *testing.F) {
 			require.Equal(t, []Reply{r}, back, "%q", format(r))
 		}
 	})
+}
+
+// enhancedCode is RFC 3463's grammar as parseEnhanced reads it: three
+// numbers of one to three digits joined by dots, up to a space.
+var enhancedCode = regexp.MustCompile(`^([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})(?: |$)`)
+
+// FuzzParseEnhanced checks parseEnhanced against enhancedCode.
+func FuzzParseEnhanced(f *testing.F) {
+	for _, s := range []string{"2.0.0 Ok", "5.1.1", "2.0.0", "250", "2.0", "2.0.0.0 x", "2..0 x", "+2.0.0 x", "2.-1.0 x",
+		"2.0.0000 x", "4.7.0  Throttled", "9.9.9 x", "5.1.1 x", "", " ", "2.0.0x y", "001.002.003 z"} {
+		f.Add(250, s)
+		f.Add(550, s)
+	}
+	f.Fuzz(func(t *testing.T, code int, text string) {
+		ec, rest, bad := parseEnhanced(code, text)
+		m := enhancedCode.FindStringSubmatch(text)
+		var want smtp.EnhancedCode
+		if m != nil {
+			for i := range want {
+				want[i], _ = strconv.Atoi(m[i+1])
+			}
+		}
+		switch {
+		case m == nil || want[0] != 2 && want[0] != 4 && want[0] != 5:
+			assert.Equal(t, smtp.EnhancedCode{}, ec)
+			assert.Equal(t, text, rest)
+			assert.False(t, bad)
+		case want[0] != code/100:
+			assert.Equal(t, smtp.EnhancedCode{}, ec)
+			assert.Equal(t, text, rest)
+			assert.True(t, bad)
+		default:
+			assert.Equal(t, want, ec)
+			assert.Equal(t, text[len(m[0]):], rest, "the text after the code and its space")
+			assert.False(t, bad)
+		}
+	})
+}
+
+// BenchmarkReplyReader reads an email's replies as Postfix words them
+// (RSET, MAIL, RCPT, then the end of data with its own queue id), per op.
+func BenchmarkReplyReader(b *testing.B) {
+	var stream bytes.Buffer
+	const emails = 1000
+	for i := range emails {
+		fmt.Fprintf(&stream, "250 2.0.0 Ok\r\n250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.0.0 Ok: queued as %08X\r\n", i)
+	}
+	r := bytes.NewReader(stream.Bytes())
+	rr := &replyReader{br: bufio.NewReader(r)}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		if i%emails == 0 {
+			r.Reset(stream.Bytes())
+			rr.br.Reset(r)
+		}
+		i++
+		for range 4 {
+			if _, err := rr.read(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
 }
