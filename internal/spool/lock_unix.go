@@ -1,0 +1,27 @@
+//go:build unix
+
+package spool
+
+import (
+	"os"
+	"syscall"
+)
+
+// lockFile takes an exclusive lock on f without waiting. The kernel drops
+// it when the process ends, however it ends.
+func lockFile(f *os.File) error { return syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) }
+
+func unlockFile(f *os.File) { syscall.Flock(int(f.Fd()), syscall.LOCK_UN) }
+
+// syncDir makes the names in dir durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
