@@ -380,7 +380,14 @@ func (s *smtpSession) send(em *email) error {
 		return nil
 	}
 	c.fb.sent(start)
-	r, err := em.body.open()
+	r, err := c.st.Body(context.Background(), em.sid)
+	if err != nil {
+		err = fmt.Errorf("%w: %w", errBody, err)
+	} else {
+		c.mu.Lock()
+		em.rd = r // closed by settle, when the engine is done with it
+		c.mu.Unlock()
+	}
 	if err == nil && !s.ch.Binary() && !em.body.utf8 {
 		err = ErrNotUTF8 // checked at Enqueue, with the line endings
 	}

@@ -124,9 +124,9 @@ func (w *worker) waitForWork() bool {
 	defer due.Stop()
 	for {
 		wake := c.wakeChan()
+		c.pull()
 		c.mu.Lock()
 		now := time.Now()
-		c.q.promote(now)
 		// Other workers already starting a session will take the first
 		// ready emails: start one more only for emails beyond those, and
 		// only while throttle feedback allows this many sessions.
@@ -183,9 +183,9 @@ func (w *worker) waitForWork() bool {
 }
 
 func (w *worker) readyNow() bool {
+	w.c.pull()
 	w.c.mu.Lock()
 	defer w.c.mu.Unlock()
-	w.c.q.promote(time.Now())
 	return w.c.q.readyLen() > 0
 }
 
@@ -216,8 +216,8 @@ func (w *worker) batchWait() {
 	defer t.Stop()
 	for {
 		wake := c.wakeChan()
+		c.pull()
 		c.mu.Lock()
-		c.q.promote(time.Now())
 		enough := c.q.readyLen() >= c.opts.MaxEmailsPerSession || c.q.urgent > 0
 		c.mu.Unlock()
 		if enough {
@@ -238,21 +238,21 @@ func (w *worker) batchWait() {
 // ready reports whether an email is ready to be taken.
 func (w *worker) ready() bool {
 	c := w.c
+	c.pull()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.q.promote(time.Now())
 	return c.q.readyLen() > 0
 }
 
 // take pops the next email for s and marks it in flight.
 func (w *worker) take(s *smtpSession) *email {
 	c := w.c
+	c.pull()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.stopCtx.Err() != nil {
 		return nil
 	}
-	c.q.promote(time.Now())
 	em := c.q.pop()
 	if em == nil {
 		return nil

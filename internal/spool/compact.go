@@ -13,8 +13,7 @@ import (
 	"strconv"
 )
 
-// maxJournal is the journal's size past which a result compacts it; a
-// variable for tests.
+// maxJournal is Options.MaxJournal's default; a variable for tests.
 var maxJournal int64 = 16 << 20
 
 // fileState is what the journal says of one file still in the spool.
@@ -27,7 +26,7 @@ type fileState struct {
 // files that have one, and replaces the journal with one that holds, for
 // each file still there, its last "D" line and the "E" lines after it,
 // which it returns. It runs at Open, and when a result takes the journal
-// past maxJournal. s.jmu is held.
+// past Options.MaxJournal. s.jmu is held.
 //
 // It can be cut anywhere and run again: the journal's first line says how
 // long results.log was when the journal began, so a second run first cuts

@@ -80,13 +80,13 @@ func (s *Store) Cancel(_ context.Context, id string, r *store.Result) (bool, err
 	return finished, err
 }
 
-// compactIfLong compacts the journal once it passes maxJournal. The
+// compactIfLong compacts the journal once it passes Options.MaxJournal. The
 // result that took it there is recorded already: a failure is logged,
 // and the old journal stays in use.
 func (s *Store) compactIfLong() {
 	s.jmu.Lock()
 	defer s.jmu.Unlock()
-	if s.journal == nil || s.size <= maxJournal {
+	if s.journal == nil || s.size <= s.opts.MaxJournal {
 		return
 	}
 	if _, err := s.compact(); err != nil {

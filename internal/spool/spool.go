@@ -95,6 +95,9 @@ type Options struct {
 	// journal that failed after the result it followed was recorded.
 	// Nil: silent.
 	Logger *slog.Logger
+	// MaxJournal is the journal's size past which a result compacts it.
+	// Zero: 16 MiB.
+	MaxJournal int64
 }
 
 // Store is a store.Store in a directory. Its methods are safe for
@@ -139,6 +142,9 @@ func Open(dir string, opts *Options) (*Store, error) {
 	}
 	if o.ResultRetention == 0 {
 		o.ResultRetention = 7 * 24 * time.Hour
+	}
+	if o.MaxJournal <= 0 {
+		o.MaxJournal = maxJournal
 	}
 	log := o.Logger
 	if log == nil {
