@@ -146,6 +146,9 @@ func New(relayURL, apiKey string, opts *Options) (*Client, error) {
 		// cannot be read twice goes to a file in TempDir, as before the
 		// seam, not to the heap.
 		c.st = memstore.New(&memstore.Options{ResultRetention: time.Nanosecond, MemoryBody: 1, TempDir: o.TempDir})
+		if testHookStore != nil {
+			c.st = testHookStore(c.st)
+		}
 	}
 	go c.run()
 	return c, nil
@@ -211,7 +214,7 @@ func (c *Client) pull() {
 }
 
 // testHookSpool and testHookStore, when set by a test, change the
-// spool's options before New opens it, and wrap the spool New opened.
+// spool's options before New opens it, and wrap the store New opened.
 var (
 	testHookSpool func(*spool.Options)
 	testHookStore func(store.Store) store.Store

@@ -53,6 +53,7 @@ type email struct {
 	refusedLast map[string]error
 	unknown     bool // an attempt ended with an unknown outcome
 	ended       bool // an Ending is recorded in the store since the last progress
+	pre         bool // the attempt's Ending was recorded with its window's (endings)
 	// The store's claim: tok is its fencing token, held whether the
 	// client holds it (false once it was released: Requeue, HandBack,
 	// Finish). committed is set once Enqueue's Commit returned: a claim
@@ -91,6 +92,7 @@ func (e *email) urgent() bool { return e.cfg.immediate || e.cfg.priority == Prio
 // cancelled before its end of data. c.mu is held.
 func (c *Client) taken(em *email, sid string, withdraw, hurry func()) {
 	em.state = stateEnvelope
+	em.pre = false
 	em.attempts++
 	em.session = sid
 	em.inTx = true
@@ -110,6 +112,10 @@ func (c *Client) endHandedOn(em *email) bool {
 	em.state = stateReply
 	em.withdraw = nil
 	tok := em.tok
+	if em.pre {
+		c.mu.Unlock()
+		return true // recorded with its window (endings)
+	}
 	c.mu.Unlock()
 	// Recorded before the end of data is on the wire: a restart after a
 	// crash knows the server may have the email.
@@ -127,6 +133,32 @@ func (c *Client) endHandedOn(em *email) bool {
 	}
 	em.ended = true
 	return true
+}
+
+// endings records the ends of data of ems, taken together for a
+// pipelined window, in one call: before their first command, so that
+// each is recorded before its end of data is written (an email withdrawn
+// meanwhile has its record answered by its result or progress). An email
+// the call could not record is recorded alone at its end of data
+// (endHandedOn), which decides what follows.
+func (c *Client) endings(ems []*email) {
+	toks := make([]store.Token, len(ems))
+	c.mu.Lock()
+	for i, em := range ems {
+		toks[i] = em.tok
+	}
+	c.mu.Unlock()
+	errs, err := c.st.Ending(context.Background(), toks)
+	if err != nil {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i, em := range ems {
+		if errs[i] == nil {
+			em.pre, em.ended = true, true
+		}
+	}
 }
 
 // kept is err for an email handed back, saying so when the store keeps it

@@ -244,8 +244,8 @@ func (w *worker) ready() bool {
 	return c.q.readyLen() > 0
 }
 
-// take pops the next email for s and marks it in flight.
-func (w *worker) take(s *smtpSession) *email {
+// take pops up to k ready emails for s and marks them in flight.
+func (w *worker) take(s *smtpSession, k int) []*email {
 	c := w.c
 	c.pull()
 	c.mu.Lock()
@@ -253,8 +253,15 @@ func (w *worker) take(s *smtpSession) *email {
 	if c.stopCtx.Err() != nil {
 		return nil
 	}
-	em := c.q.pop()
-	if em == nil {
+	var ems []*email
+	for len(ems) < k {
+		em := c.q.pop()
+		if em == nil {
+			break
+		}
+		ems = append(ems, em)
+	}
+	if len(ems) == 0 {
 		return nil
 	}
 	c.freed()
@@ -269,8 +276,10 @@ func (w *worker) take(s *smtpSession) *email {
 		// withdraws it with RSET before its next chunk.
 		withdraw = s.withdraw
 	}
-	c.taken(em, s.id, withdraw, s.hurry)
-	return em
+	for _, em := range ems {
+		c.taken(em, s.id, withdraw, s.hurry)
+	}
+	return ems
 }
 
 // pace waits until the rate limit lets one more email go, for a session
