@@ -21,6 +21,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/mxrelay/mxrelay/internal/spoolcheck"
 	"github.com/mxrelay/mxrelay/internal/store"
 )
 
@@ -186,43 +187,15 @@ func crashRun(t *testing.T, retryUnknown bool, workers int, faults bool) {
 			}
 		}
 	}
-	var delivered, failed, unknown, dups int
-	for id := range tried {
-		rs := results[id]
-		if refused[id] || !accepted[id] && len(rs) == 0 {
-			// Refused, or killed in Accept before the email was whole.
-			assert.Zero(t, inBox[id], "%s: never accepted, yet sent", id)
-			assert.Empty(t, rs, "%s: never accepted, yet a result", id)
-			continue
-		}
-		if !assert.Len(t, rs, 1, "%s: one result", id) {
-			continue
-		}
-		res := rs[0]
-		switch {
-		case res.Delivered:
-			delivered++
-			assert.GreaterOrEqual(t, inBox[id], 1, "%s: delivered, not in the mailbox", id)
-		case res.MaybeDelivered:
-			unknown++
-		default:
-			failed++
-			assert.Zero(t, inBox[id], "%s: failed (%s), yet in the mailbox", id, res.Error)
-		}
-		if inBox[id] > 1 {
-			dups++
-			assert.True(t, res.MaybeDelivered, "%s: in the mailbox %d times without MaybeDelivered", id, inBox[id])
-			assert.True(t, retryUnknown, "%s: sent twice without RetryUnknown", id)
+	sr := map[string][]spoolcheck.Result{}
+	for id, rs := range results {
+		for _, r := range rs {
+			sr[id] = append(sr[id], spoolcheck.Result{Delivered: r.Delivered, MaybeDelivered: r.MaybeDelivered, Error: r.Error})
 		}
 	}
-	for id := range inBox {
-		assert.True(t, tried[id], "%s: in the mailbox, never submitted", id)
-	}
-	for id := range results {
-		assert.True(t, tried[id], "%s: a result for an email never submitted", id)
-	}
+	n := spoolcheck.Check(t, spoolcheck.Run{Tried: tried, Accepted: accepted, Refused: refused, Results: sr, InBox: inBox, RetryUnknown: retryUnknown})
 	t.Logf("%d lives, %d emails tried, %d accepted, %d refused: %d delivered, %d failed, %d unknown, %d in the mailbox twice or more",
-		lives, len(tried), len(accepted), len(refused), delivered, failed, unknown, dups)
+		lives, len(tried), len(accepted), len(refused), n.Delivered, n.Failed, n.Unknown, n.Dups)
 }
 
 // crashChild is the child process of TestSurvivesSIGKILL: it reports

@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/mxrelay/mxrelay/internal/spoolcheck"
 	"github.com/mxrelay/mxrelay/internal/store"
 	"github.com/mxrelay/mxrelay/internal/store/storetest"
 )
@@ -95,30 +96,13 @@ func breakJournal(s *Store) {
 	s.jmu.Unlock()
 }
 
-// openIn lists this process's open file descriptors on files under dir.
-func openIn(t *testing.T, dir string) []string {
-	t.Helper()
-	fds, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Skip("no /proc/self/fd")
-	}
-	var out []string
-	for _, fd := range fds {
-		target, err := os.Readlink(filepath.Join("/proc/self/fd", fd.Name()))
-		if err == nil && strings.HasPrefix(target, dir+string(filepath.Separator)) {
-			out = append(out, target)
-		}
-	}
-	return out
-}
-
 func TestOpenIsLocked(t *testing.T) {
 	dir := t.TempDir()
 	s := open(t, dir)
-	before := openIn(t, dir)
+	before := spoolcheck.OpenIn(t, dir)
 	_, err := Open(dir, nil)
 	require.ErrorContains(t, err, "in use by another Client")
-	assert.ElementsMatch(t, before, openIn(t, dir), "an Open that failed left files open")
+	assert.ElementsMatch(t, before, spoolcheck.OpenIn(t, dir), "an Open that failed left files open")
 	require.NoError(t, s.Close())
 	open(t, dir) // free once closed
 }
@@ -138,9 +122,9 @@ func TestCloseClosesItsFiles(t *testing.T) {
 	finish(t, s)
 	s = reopen(t, s)
 	storetest.Accept(t, s, "e3", 0, "body")
-	require.NotEmpty(t, openIn(t, dir))
+	require.NotEmpty(t, spoolcheck.OpenIn(t, dir))
 	require.NoError(t, s.Close())
-	assert.Empty(t, openIn(t, dir))
+	assert.Empty(t, spoolcheck.OpenIn(t, dir))
 }
 
 // TestResultNotWrittenKeepsTheFile: a result that cannot be written to
