@@ -65,3 +65,31 @@ func TestEndingIsOneCallPerWindow(t *testing.T) {
 	assert.GreaterOrEqual(t, cs.calls[0], 32, "the first window (at least 32) in the first call: %v", cs.calls)
 	assert.Less(t, len(cs.calls), 40/4, "calls: %v", cs.calls)
 }
+
+// TestTwoEmailsOfOneID: Email.ID need not be unique, as before the seam;
+// the store's IDs are, so the second one is kept under an ID of its own,
+// and both go, each with its own Result under the ID given.
+func TestTwoEmailsOfOneID(t *testing.T) {
+	relay := relaytest.NewServer(nil)
+	defer relay.Close()
+	c, err := New(relay.URL, relay.APIKey, &Options{MaxEmailsPerSession: 2, BatchWait: time.Hour})
+	require.NoError(t, err)
+	defer c.Close(context.Background())
+	var hs []*Handle
+	for _, sub := range []string{"first", "second"} {
+		e := spoolTestEmail(sub)
+		e.ID = "same"
+		h, err := c.Enqueue(e)
+		require.NoError(t, err)
+		hs = append(hs, h)
+	}
+	assert.NotEqual(t, hs[0].em.sid, hs[1].em.sid, "two emails under one ID in the store")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for _, h := range hs {
+		res, err := h.Wait(ctx)
+		require.NoError(t, err)
+		assert.Equal(t, "same", res.EmailID)
+	}
+	assert.Len(t, relay.Mailbox(), 2)
+}
