@@ -360,7 +360,7 @@ func (c *Client) finish(em *email, out Outcome, err error) {
 	held, tok := em.held, em.tok
 	em.held = false
 	var p *store.Progress
-	if em.ended {
+	if em.ended && out == OutcomeHandedBack {
 		p = c.progress(em) // answers the Ending records
 	}
 	c.mu.Unlock()
