@@ -2,28 +2,26 @@ package mxrelay
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"os"
-	"runtime"
 	"unicode/utf8"
 
 	"github.com/emersion/go-smtp"
 	"github.com/mxrelay/mxrelay/internal/smtpc"
+	"github.com/mxrelay/mxrelay/internal/store"
 	"github.com/mxrelay/mxrelay/internal/wire"
 )
 
-// body is an email's message, readable once per attempt.
+// body is what the client learnt of an email's message as it was read
+// at Enqueue: the store keeps the bytes (store.Store.Body reads them again
+// at each attempt), the client keeps this, as the store's meta.
 type body struct {
-	r     io.ReadSeeker
-	start int64
-	size  int64    // bytes to read
-	wire  int64    // bytes as sent (SIZE=): line endings fixed, final CRLF
-	utf8  bool     // valid UTF-8, so it can travel in a JSON channel
-	raw   bool     // BODY=BINARYMIME: sent as it is
-	file  *os.File // a file of ours holding the body, closed by release
-	temp  bool     // file still has a name of ours, removed by release
+	size int64 // bytes as given
+	wire int64 // bytes as sent (SIZE=): line endings fixed, final CRLF
+	utf8 bool  // valid UTF-8, so it can travel in a JSON channel
+	raw  bool  // BODY=BINARYMIME: sent as it is
 }
 
 // bodyRules are the checks a body passes at Enqueue and how it is sent.
@@ -42,43 +40,37 @@ func (o *Options) bodyRules(mailOpts *MailOptions) bodyRules {
 	return bodyRules{fix: o.FixLineEndings, maxLine: o.maxLine(), utf8Only: o.DisableBinary}
 }
 
-// newBody prepares r for reading at each attempt (see Email.Body), reading
-// it once to check it by the rules (bare line endings, long lines, UTF-8
-// for a client that only speaks JSON text frames) and to learn its size as
-// sent. A body that cannot be read twice is copied to a temporary file in
-// tempDir that has no name once created (on Windows, which cannot unlink
-// an open file, it is removed by release).
-func newBody(r io.Reader, tempDir string, rules bodyRules) (*body, error) {
+// newBody reads r once (see Email.Body), copying it to w (the store's
+// Draft), and checks it by the rules (bare line endings, long lines, UTF-8
+// for a client that only speaks JSON text frames), learning its size as
+// sent. A body that can seek is not copied when w can keep a reference to
+// it instead (store.Referrer: memory, not a spool): it is read from its
+// current offset at each attempt. A *bytes.Buffer is read without being
+// drained.
+func newBody(w io.Writer, r io.Reader, rules bodyRules) (*body, error) {
 	if b, ok := r.(*bytes.Buffer); ok {
 		r = bytes.NewReader(b.Bytes())
 	}
-	if rs, ok := r.(io.ReadSeeker); ok {
-		if start, err := rs.Seek(0, io.SeekCurrent); err == nil {
-			b := &body{r: rs, start: start}
-			if err := b.scan(nil, rs, rules); err != nil {
-				return nil, err
+	b := &body{}
+	if ref, ok := w.(store.Referrer); ok {
+		if rs, ok := r.(io.ReadSeeker); ok {
+			if start, err := rs.Seek(0, io.SeekCurrent); err == nil {
+				if err := b.scan(nil, rs, rules); err != nil {
+					return nil, err
+				}
+				if _, err := rs.Seek(start, io.SeekStart); err != nil {
+					return nil, bodyErr(err)
+				}
+				if ref.Refer(rs, start, b.size) {
+					return b, nil
+				}
+				b = &body{}
 			}
-			if _, err := rs.Seek(start, io.SeekStart); err != nil {
-				return nil, bodyErr(err)
-			}
-			return b, nil
 		}
 	}
-	f, err := os.CreateTemp(tempDir, "mxrelay-body-*")
-	if err != nil {
-		return nil, fmt.Errorf("mxrelay: copying the body: %w", err)
-	}
-	b := &body{file: f, temp: true}
-	if runtime.GOOS != "windows" && os.Remove(f.Name()) == nil {
-		// Read through the descriptor only: a process killed while the
-		// email waits (SIGKILL, the OOM killer) leaves no copy behind.
-		b.temp = false
-	}
-	if err := b.scan(f, r, rules); err != nil {
-		b.release()
+	if err := b.scan(w, r, rules); err != nil {
 		return nil, err
 	}
-	b.r = io.NewSectionReader(f, 0, b.size)
 	return b, nil
 }
 
@@ -122,6 +114,34 @@ func (s *scanner) Write(p []byte) (int, error) {
 	return s.u8.Write(p)
 }
 
+// bodyMeta is what the store keeps of a body for the client (the meta of
+// store.Draft.Commit): what scan learnt, and under which rules, so that a
+// Client with other rules (a restart with other Options) reads it again.
+type bodyMeta struct {
+	Wire    int64 `json:"wire"`
+	UTF8    bool  `json:"utf8,omitempty"`
+	Fix     bool  `json:"fix,omitempty"`
+	MaxLine int   `json:"maxLine,omitempty"`
+	Raw     bool  `json:"raw,omitempty"`
+}
+
+// meta is the body's meta under rules.
+func (b *body) meta(rules bodyRules) []byte {
+	m, _ := json.Marshal(bodyMeta{Wire: b.wire, UTF8: b.utf8, Fix: rules.fix, MaxLine: rules.maxLine, Raw: rules.raw})
+	return m
+}
+
+// bodyOf is the body meta says, if it was learnt under rules; nil
+// otherwise (no meta, or other rules): the body must be read again.
+func bodyOf(meta []byte, size int64, rules bodyRules) *body {
+	var m bodyMeta
+	if meta == nil || json.Unmarshal(meta, &m) != nil ||
+		m.Fix != rules.fix || m.MaxLine != rules.maxLine || m.Raw != rules.raw || rules.utf8Only && !m.UTF8 {
+		return nil
+	}
+	return &body{size: size, wire: m.Wire, utf8: m.UTF8, raw: m.Raw}
+}
+
 // bodyErr says what was wrong with a body read at Enqueue or as it was
 // sent: a body that breaks the rules is invalid, other errors are the
 // reader's.
@@ -130,27 +150,6 @@ func bodyErr(err error) error {
 		return fmt.Errorf("%w: %w", ErrInvalidEmail, err)
 	}
 	return fmt.Errorf("%w: %w", errBody, err)
-}
-
-// open rewinds the body for an attempt.
-func (b *body) open() (io.Reader, error) {
-	if _, err := b.r.Seek(b.start, io.SeekStart); err != nil {
-		return nil, fmt.Errorf("%w: rewinding: %w", errBody, err)
-	}
-	if br, ok := b.r.(*bytes.Reader); ok && int64(br.Len()) == b.size {
-		// A bytes.Reader cannot grow: no limit to allocate.
-		return br, nil
-	}
-	return io.LimitReader(b.r, b.size), nil
-}
-
-func (b *body) release() {
-	if b.file != nil {
-		b.file.Close()
-		if b.temp {
-			os.Remove(b.file.Name())
-		}
-	}
 }
 
 // utf8Check is a writer that tells whether what was written is valid

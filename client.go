@@ -13,6 +13,9 @@ import (
 
 	"github.com/mxrelay/mxrelay/internal/backoff"
 	"github.com/mxrelay/mxrelay/internal/broadcast"
+	"github.com/mxrelay/mxrelay/internal/spool"
+	"github.com/mxrelay/mxrelay/internal/store"
+	"github.com/mxrelay/mxrelay/internal/store/memstore"
 )
 
 // Client sends emails through one mxrelay relay. It holds a bounded
@@ -52,9 +55,21 @@ type Client struct {
 	stop     context.CancelFunc //
 	done     chan struct{}      // closed when the worker has returned
 
-	spool     *spool       // nil without Options.SpoolDir
-	commitMu  sync.RWMutex // read-held by an Enqueue committing to the spool
-	recovered []*Handle    // the emails the spool gave back at New
+	// st keeps the accepted emails (store.Store): a spool directory
+	// (Options.SpoolDir, durable) or memory. Claims of it are owner's,
+	// for ownLease; pullMu serialises them with their adoption.
+	st        store.Store
+	durable   bool
+	owner     string
+	pullMu    sync.Mutex
+	byID      map[string]*email  // the emails accepted and not finished, by store ID
+	commitMu  sync.RWMutex       // read-held by an Enqueue committing to the store
+	recovered []*Handle          // the emails the store gave back at New
+	adopted   map[string]*Handle // in New: the Handles of the emails adopt queued
+	// gone are the emails handed back to a durable store while the
+	// client runs: kept there for the next Client, so that a claim of
+	// one holds it and leaves it (pull). Under pullMu.
+	gone map[string]bool
 
 	workers []*worker // MaxConcurrentSessions of them, made by New
 	ids     atomic.Uint64
@@ -94,90 +109,206 @@ func New(relayURL, apiKey string, opts *Options) (*Client, error) {
 	for n := range o.MaxConcurrentSessions {
 		c.workers = append(c.workers, c.newWorker(n+1))
 	}
+	c.owner = "client-" + c.newID()
+	c.byID = map[string]*email{}
+	c.gone = map[string]bool{}
 	if o.SpoolDir != "" {
-		sp, left, err := openSpool(o.SpoolDir, o.SpoolSyncAll)
+		so := &spool.Options{SyncAll: o.SpoolSyncAll, Logger: o.Logger}
+		if testHookSpool != nil {
+			testHookSpool(so)
+		}
+		sp, err := spool.Open(o.SpoolDir, so)
 		if err != nil {
 			c.events.close()
 			return nil, err
 		}
-		c.spool = sp
-		if len(sp.bad) > 0 {
-			c.log.Error("mxrelay: damaged files in the spool were set aside, not sent", "dir", o.SpoolDir, "files", sp.bad)
+		c.st, c.durable = sp, true
+		if testHookStore != nil {
+			c.st = testHookStore(c.st)
 		}
-		c.replay(left)
+		if bad := sp.SetAside(); len(bad) > 0 {
+			c.log.Error("mxrelay: damaged files in the spool were set aside, not sent", "dir", o.SpoolDir, "files", bad)
+		}
+		c.adopted = map[string]*Handle{}
+		c.pull() // what a previous Client left
+		for _, a := range sp.Recovered() {
+			if h := c.adopted[a.ID]; h != nil {
+				c.recovered = append(c.recovered, h)
+			}
+		}
+		c.adopted = nil
+		if n := len(sp.Recovered()); n > 0 {
+			c.log.Info("mxrelay: emails recovered from the spool", "count", n, "dir", o.SpoolDir)
+		}
+	} else {
+		// Results are the Handles': the store keeps none.
+		// Results are the Handles': the store keeps none. A body that
+		// cannot be read twice goes to a file in TempDir, as before the
+		// seam, not to the heap.
+		c.st = memstore.New(&memstore.Options{ResultRetention: time.Nanosecond, MemoryBody: 1, TempDir: o.TempDir})
+		if testHookStore != nil {
+			c.st = testHookStore(c.st)
+		}
 	}
 	go c.run()
 	return c, nil
 }
 
-// testHookStored, when set by a test, runs in Enqueue once the body is
-// read (and, with a spool, written), before the email is accepted.
-var testHookStored func()
+// ownLease is the lease of the client's claims: the stores it opens are
+// the process's own (memory, a spool directory it locks), so that no one
+// else can take an email over, and a claim lasts until the client
+// releases it.
+const ownLease = 100 * 365 * 24 * time.Hour
 
-// replay queues the emails a previous Client left in the spool, in the
-// order they were accepted. One whose end of data may have reached the
-// server is an unknown outcome: it fails at once unless RetryUnknown. One
-// whose timeout has passed fails at once with it.
-func (c *Client) replay(left []*spooled) {
-	for _, sp := range left {
-		h := sp.hdr
-		em := &email{
-			id:       h.ID,
-			file:     sp.file,
-			from:     h.From,
-			pending:  h.To,
-			cfg:      sendConfig{priority: h.Priority, retries: h.Retries, immediate: h.Immediate},
-			qidx:     -1,
-			mailOpts: h.Mail,
-			rcptOpts: h.Rcpt,
-			queuedAt: h.Queued,
-			attempts: sp.ends,
-			unknown:  sp.ends > 0,
-		}
-		if p := sp.progress; p != nil {
-			// Resumed where the last answered end of data left it.
-			em.attempts += p.Attempts
-			em.unknown = em.unknown || p.Unknown
-			em.pending, em.accepted = p.Pending, p.Accepted
-			for _, to := range slices.Sorted(maps.Keys(p.Rejected)) {
-				em.rejected = append(em.rejected, recipientError(to, errors.New(p.Rejected[to])))
+// pullBatch is how many emails one Claim takes.
+const pullBatch = 256
+
+// pull claims the emails that are ready in the store and queues them
+// (adopt): what this Client accepted, its retries whose time has come,
+// and, at New, what a previous Client left. The client claims every
+// ready email: the queue (queue.go) orders what it holds.
+func (c *Client) pull() {
+	c.pullMu.Lock()
+	defer c.pullMu.Unlock()
+	for {
+		got, _, err := c.st.Claim(context.Background(), c.owner, pullBatch, ownLease)
+		if err != nil {
+			if !errors.Is(err, store.ErrClosed) {
+				c.log.Error("mxrelay: store", "err", err)
 			}
+			return
 		}
-		var timeout time.Duration
-		expired := false
-		if !h.Deadline.IsZero() {
-			timeout = time.Until(h.Deadline)
-			expired = timeout <= 0
-			em.cfg.timeout = h.Deadline.Sub(h.Queued) // as given, for the error
+		var found []*store.Claimed
+		c.mu.Lock()
+		now := time.Now()
+		for _, cl := range got {
+			em := c.byID[cl.ID]
+			if c.gone[cl.ID] {
+				continue // the next Client's: held, left
+			}
+			if em == nil {
+				found = append(found, cl)
+				continue
+			}
+			em.tok, em.held = cl.Token, true
+			if em.state != stateQueued || !em.committed {
+				// Finished meanwhile (release finishes it), or its
+				// Enqueue has not queued it yet (accepted does).
+				continue
+			}
+			c.q.remove(em)
+			em.notBefore = time.Time{}
+			c.q.push(em, now)
 		}
-		b, err := sp.body(c.opts.bodyRules(h.Mail))
-		if b == nil {
-			b = &body{file: sp.f}
+		c.mu.Unlock()
+		for _, cl := range found {
+			c.adopt(cl)
 		}
-		em.body = b
-		c.queue(em, timeout, false) // not closed yet: cannot fail
-		c.recovered = append(c.recovered, em.handle)
-		switch {
-		case err != nil:
-			c.cancel(em, OutcomeFailed, err)
-		case em.unknown && !c.opts.RetryUnknown:
-			c.cancel(em, OutcomeUnknown, &UnknownOutcomeError{Err: errors.New("the previous Client stopped after this email's end of data was written")})
-		case expired:
-			// Failed now: a timer, however short, could lose the race
-			// against a session that takes the email first.
-			c.cancel(em, OutcomeFailed, timedOut(em))
+		if len(got) > 0 {
+			c.kick()
 		}
-	}
-	if len(left) > 0 {
-		c.log.Info("mxrelay: emails recovered from the spool", "count", len(left), "dir", c.opts.SpoolDir)
+		if len(got) < pullBatch {
+			return
+		}
 	}
 }
 
+// testHookSpool and testHookStore, when set by a test, change the
+// spool's options before New opens it, and wrap the store New opened.
+var (
+	testHookSpool func(*spool.Options)
+	testHookStore func(store.Store) store.Store
+)
+
+// testHookStored, when set by a test, runs in Enqueue once the body is
+// read (and written to the store), before the email is accepted.
+var testHookStored func()
+
+// adopt queues cl, an email the store holds that this Client did not
+// accept (a previous Client's, found in the spool), as it was left. One
+// whose end of data may have reached the server is an unknown outcome:
+// it fails at once unless RetryUnknown. One whose timeout has passed
+// fails at once with it. pullMu is held.
+func (c *Client) adopt(cl *store.Claimed) {
+	h := cl.Envelope
+	em := &email{
+		id:        h.ID,
+		sid:       h.ID,
+		from:      h.From,
+		pending:   h.To,
+		cfg:       sendConfig{priority: Priority(h.Priority), retries: h.Retries, immediate: h.Immediate},
+		qidx:      -1,
+		mailOpts:  h.Mail,
+		rcptOpts:  h.Rcpt,
+		queuedAt:  cl.Queued,
+		attempts:  cl.Unanswered,
+		unknown:   cl.Unanswered > 0,
+		ended:     cl.Unanswered > 0,
+		tok:       cl.Token,
+		held:      true,
+		committed: true,
+	}
+	if p := cl.Progress; p != nil {
+		// Resumed where the last answered end of data left it.
+		em.attempts += p.Attempts
+		em.unknown = em.unknown || p.Unknown
+		em.pending, em.accepted = p.Pending, p.Accepted
+		for _, to := range slices.Sorted(maps.Keys(p.Rejected)) {
+			em.rejected = append(em.rejected, recipientError(to, errors.New(p.Rejected[to])))
+		}
+	}
+	var timeout time.Duration
+	expired := false
+	if !h.Deadline.IsZero() {
+		timeout = time.Until(h.Deadline)
+		expired = timeout <= 0
+		em.cfg.timeout = h.Deadline.Sub(cl.Queued) // as given, for the error
+	}
+	rules := c.opts.bodyRules(h.Mail)
+	em.body = bodyOf(cl.Meta, cl.BodySize, rules)
+	var err error
+	if em.body == nil {
+		// Learnt under other rules, or never: read again under ours.
+		em.body, err = c.rescan(em.sid, rules)
+	}
+	if em.body == nil {
+		em.body = &body{size: cl.BodySize}
+	}
+	c.mu.Lock()
+	c.byID[em.sid] = em
+	c.mu.Unlock()
+	c.queue(em, timeout)
+	if c.adopted != nil {
+		c.adopted[em.sid] = em.handle
+	}
+	switch {
+	case err != nil:
+		c.cancel(em, OutcomeFailed, err)
+	case em.unknown && !c.opts.RetryUnknown:
+		c.cancel(em, OutcomeUnknown, &UnknownOutcomeError{Err: errors.New("the previous Client stopped after this email's end of data was written")})
+	case expired:
+		// Failed now: a timer, however short, could lose the race
+		// against a session that takes the email first.
+		c.cancel(em, OutcomeFailed, timedOut(em))
+	}
+}
+
+// rescan reads the body of email sid from the store under rules.
+func (c *Client) rescan(sid string, rules bodyRules) (*body, error) {
+	r, err := c.st.Body(context.Background(), sid)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", errBody, err)
+	}
+	defer r.Close()
+	return newBody(nil, r, rules)
+}
+
 // Recovered returns the Handles of the emails that New found in
-// Options.SpoolDir, accepted by a previous Client and not finished: they
-// are sent again (or, if their end of data may have reached the server
-// and RetryUnknown is off, failed at once as unknown outcomes). They are
-// queued even past MaxQueueSize. Empty without a spool.
+// Options.SpoolDir, accepted by a previous Client and not finished, in
+// the order they were accepted: they are sent again (or, if their end of
+// data may have reached the server and RetryUnknown is off, failed at
+// once as unknown outcomes). They are queued even past MaxQueueSize.
+// Empty without a spool.
 func (c *Client) Recovered() []*Handle { return slices.Clone(c.recovered) }
 
 // ConnState is the relay connection's state now (the original client's
@@ -277,14 +408,10 @@ func (c *Client) Close(ctx context.Context) error {
 	left := c.q.all()
 	c.mu.Unlock()
 	for _, em := range left {
-		if em.file != "" {
-			c.finish(em, OutcomeHandedBack, fmt.Errorf("%w: %w", ErrClosed, ErrSpooled))
-		} else {
-			c.finish(em, OutcomeHandedBack, ErrClosed)
-		}
+		c.finish(em, OutcomeHandedBack, c.kept(ErrClosed))
 	}
-	if c.spool != nil && first {
-		c.spool.close()
+	if first {
+		c.st.Close()
 	}
 	c.events.close()
 	if c.opts.InsecureSkipVerify {

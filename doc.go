@@ -64,7 +64,10 @@
 //     replies;
 //   - result.go: what the caller gets back, Result and Handle;
 //   - client.go: the Client's lifecycle (New, Close), Stats and states;
-//   - spool.go: the durable queue of Options.SpoolDir (docs/spool.md);
+//   - the store (internal/store, chosen once in New): where accepted
+//     emails live and what is recorded of their attempts, in memory
+//     (internal/store/memstore) or, with Options.SpoolDir, in the spool
+//     directory (internal/spool, docs/spool.md);
 //   - events.go, state.go, errors.go, options.go: events, states and
 //     Stats, errors, options;
 //   - netsmtp.go, transport.go, sender.go, env.go: the drop-ins.

@@ -311,3 +311,12 @@ func dropInErr(res *Result, err error) error {
 	}
 	return err
 }
+
+// ErrSpooled is wrapped by the result of an email that stays in
+// Options.SpoolDir for the next Client on the same directory, which sends
+// it: one that Close handed back (with ErrClosed), or one whose end of
+// data was not sent because the spool's journal could not be written (a
+// full disk). An email that some recipients already have is a delivery:
+// ErrSpooled is then the error of the others in Result.Rejected, which
+// the next Client sends it to. Do not submit it again yourself.
+var ErrSpooled = errors.New("mxrelay: kept in the spool for the next Client")

@@ -95,6 +95,14 @@ func (q *queue) push(e *email, now time.Time) {
 	}
 }
 
+// wait adds e to the emails waiting for their retry time, whenever that
+// is: e was released to the store, which holds it until then, and comes
+// back when the client claims it again.
+func (q *queue) wait(e *email) {
+	e.qheap = qDelayed
+	heap.Push(&q.delayed, e)
+}
+
 // promote moves the delayed emails that are due to their ready queue.
 func (q *queue) promote(now time.Time) {
 	for q.delayed.Len() > 0 && !q.delayed[0].notBefore.After(now) {

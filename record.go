@@ -1,21 +1,28 @@
 package mxrelay
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"io"
 	"slices"
+	"strings"
 	"time"
+
+	"github.com/mxrelay/mxrelay/internal/store"
 )
 
 // email is the client's record of an accepted email. Its state and its
 // per-recipient books change only through the transitions in this file,
-// with Client.mu held: queued (queue), taken by a session (taken), end of
-// data handed on (endHandedOn), requeued after a verdict (settle), and
-// finished (finish). The queue keeps its position (qheap, qidx) and
-// nothing else.
+// with Client.mu held: accepted (accepted), claimed from the store
+// (adopt), taken by a session (taken), end of data handed on
+// (endHandedOn), requeued after a verdict (settle), and finished
+// (finish). Each transition the store must know of is written there
+// (store.Store): Ending, Requeue, HandBack, Finish. The queue keeps its
+// position (qheap, qidx) and nothing else.
 type email struct {
 	id       string
-	file     string // its file in the spool, if any
+	sid      string // its ID in the store: id, unless another email kept there has it
 	from     string
 	mailOpts *MailOptions
 	rcptOpts map[string]*RcptOptions
@@ -44,10 +51,19 @@ type email struct {
 	// temporary refusal of it (a 4xx to its RCPT), reported if the email
 	// ends without it.
 	refusedLast map[string]error
-	unknown     bool    // an attempt ended with an unknown outcome
-	ended       bool    // an end-of-data marker is in the spool's journal, its outcome not yet
-	canceled    error   // why it was withdrawn, once Cancel or its context asked
-	canceledAs  Outcome // the outcome canceled gives it, if no recipient has it
+	unknown     bool // an attempt ended with an unknown outcome
+	ended       bool // an Ending is recorded in the store since the last progress
+	pre         bool // the attempt's Ending was recorded with its window's (endings)
+	// The store's claim: tok is its fencing token, held whether the
+	// client holds it (false once it was released: Requeue, HandBack,
+	// Finish). committed is set once Enqueue's Commit returned: a claim
+	// made before waits for it to be queued (accepted).
+	tok        store.Token
+	held       bool
+	committed  bool
+	rd         io.ReadCloser // the body, as the store gives it, for the attempt in progress
+	canceled   error         // why it was withdrawn, once Cancel or its context asked
+	canceledAs Outcome       // the outcome canceled gives it, if no recipient has it
 	// hurry, set while a session holds it, asks that session to take no
 	// more emails and end with QUIT, whose reply confirms what waits.
 	hurry func()
@@ -76,6 +92,7 @@ func (e *email) urgent() bool { return e.cfg.immediate || e.cfg.priority == Prio
 // cancelled before its end of data. c.mu is held.
 func (c *Client) taken(em *email, sid string, withdraw, hurry func()) {
 	em.state = stateEnvelope
+	em.pre = false
 	em.attempts++
 	em.session = sid
 	em.inTx = true
@@ -84,8 +101,8 @@ func (c *Client) taken(em *email, sid string, withdraw, hurry func()) {
 }
 
 // endHandedOn is called right before em's end of data is written: false
-// means it must not be, because em was withdrawn, or because the spool
-// could not record it (em is then handed back to the spool).
+// means it must not be, because em was withdrawn, or because the store
+// could not record it (em is then handed back).
 func (c *Client) endHandedOn(em *email) bool {
 	c.mu.Lock()
 	if em.canceled != nil || em.state != stateEnvelope {
@@ -94,23 +111,63 @@ func (c *Client) endHandedOn(em *email) bool {
 	}
 	em.state = stateReply
 	em.withdraw = nil
-	c.mu.Unlock()
-	if em.file == "" {
-		return true
+	tok := em.tok
+	if em.pre {
+		c.mu.Unlock()
+		return true // recorded with its window (endings)
 	}
-	// On disk before the end of data is on the wire: a restart after a
+	c.mu.Unlock()
+	// Recorded before the end of data is on the wire: a restart after a
 	// crash knows the server may have the email.
-	err := c.spool.ended(em.file)
+	errs, err := c.st.Ending(context.Background(), []store.Token{tok})
+	if err == nil {
+		err = errs[0]
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err != nil {
 		// Not sent: a restart could not tell that the server may have it.
 		em.state = stateEnvelope
-		em.canceled, em.canceledAs = fmt.Errorf("%w: %w", ErrSpooled, err), OutcomeHandedBack
+		em.canceled, em.canceledAs = c.kept(err), OutcomeHandedBack
 		return false
 	}
 	em.ended = true
 	return true
+}
+
+// endings records the ends of data of ems, taken together for a
+// pipelined window, in one call: before their first command, so that
+// each is recorded before its end of data is written (an email withdrawn
+// meanwhile has its record answered by its result or progress). An email
+// the call could not record is recorded alone at its end of data
+// (endHandedOn), which decides what follows.
+func (c *Client) endings(ems []*email) {
+	toks := make([]store.Token, len(ems))
+	c.mu.Lock()
+	for i, em := range ems {
+		toks[i] = em.tok
+	}
+	c.mu.Unlock()
+	errs, err := c.st.Ending(context.Background(), toks)
+	if err != nil {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i, em := range ems {
+		if errs[i] == nil {
+			em.pre, em.ended = true, true
+		}
+	}
+}
+
+// kept is err for an email handed back, saying so when the store keeps it
+// for the next Client (ErrSpooled).
+func (c *Client) kept(err error) error {
+	if c.durable {
+		return fmt.Errorf("%w: %w", err, ErrSpooled)
+	}
+	return err
 }
 
 // cancel withdraws em (see Handle.Cancel). An email whose end of data was
@@ -156,11 +213,14 @@ func (c *Client) cancel(em *email, out Outcome, cause error) {
 func (c *Client) settle(em *email, v verdict, txTime time.Duration) {
 	c.mu.Lock()
 	em.inTx, em.withdraw, em.hurry = false, nil, nil
+	rd := em.rd
+	em.rd = nil
+	if rd != nil {
+		defer rd.Close() // the engine is done with it
+	}
 	if em.state == stateDone {
-		// Finished meanwhile (cancelled, or Close): only the body was
-		// still ours to release.
+		// Finished meanwhile (cancelled, or Close).
 		c.mu.Unlock()
-		em.body.release()
 		return
 	}
 	if !v.attempt {
@@ -203,11 +263,7 @@ func (c *Client) settle(em *email, v verdict, txTime time.Duration) {
 	case v.outcome == outRetry:
 		c.requeue(em, v.err, c.retry.Delay(em.attempts-em.freeTries))
 	case v.outcome == outHandBack:
-		err := v.err
-		if em.file != "" {
-			err = fmt.Errorf("%w: %w", err, ErrSpooled)
-		}
-		c.finish(em, OutcomeHandedBack, err)
+		c.finish(em, OutcomeHandedBack, c.kept(v.err))
 	case v.unknown:
 		c.finish(em, OutcomeUnknown, v.err)
 	default:
@@ -215,25 +271,42 @@ func (c *Client) settle(em *email, v verdict, txTime time.Duration) {
 	}
 }
 
-// requeue puts em back in the queue for a retry after cause, recording
-// its progress in the spool first.
+// requeue puts em back in the queue for a retry after cause: the store
+// records its progress and releases it until its retry time, when the
+// client claims it again (pull).
 func (c *Client) requeue(em *email, cause error, delay time.Duration) {
-	if em.file != "" {
-		c.recordProgress(em)
+	now := time.Now()
+	c.mu.Lock()
+	if em.state == stateDone {
+		c.mu.Unlock()
+		return
+	}
+	tok, p := em.tok, c.progress(em)
+	c.mu.Unlock()
+	err := c.st.Requeue(context.Background(), tok, p, now.Add(delay))
+	if err != nil {
+		// Nothing recorded: the Ending stays unanswered, so that a restart
+		// takes the email for an unknown outcome, which is safe. Released
+		// all the same, without its delay.
+		c.log.Error("mxrelay: store", "email", em.id, "err", err)
+		c.st.HandBack(context.Background(), tok, nil)
 	}
 	c.mu.Lock()
 	if em.state == stateDone {
 		c.mu.Unlock()
 		return
 	}
-	now := time.Now()
+	em.held = false
+	if err == nil {
+		em.ended = false
+	}
 	em.notBefore = now.Add(delay)
 	em.state = stateQueued
 	c.inflight--
 	// Read before the email is back in the queue: another worker may take
 	// it at once.
 	attempt, session := em.attempts, em.session
-	c.q.push(em, now)
+	c.q.wait(em)
 	c.stats.RetriesScheduled++
 	c.mu.Unlock()
 	c.kick()
@@ -241,36 +314,31 @@ func (c *Client) requeue(em *email, cause error, delay time.Duration) {
 	c.events.emit(Event{Type: EventEmailRetrying, SessionID: session, EmailID: em.id, Attempt: attempt, Duration: delay, Err: cause})
 }
 
-// recordProgress writes em's progress to the spool's journal before it
-// goes back to the queue, if an end of data was written since the last
-// record: a restart then resumes from it instead of taking that end of
-// data for an unknown outcome. Nothing else touches em meanwhile: it is
-// out of the queue.
-func (c *Client) recordProgress(em *email) {
-	c.mu.Lock()
-	if !em.ended {
-		c.mu.Unlock()
-		return // nothing new
-	}
-	p := &spoolProgress{File: em.file, Attempts: em.attempts, Unknown: em.unknown,
+// progress is where em stands, for the store. c.mu is held.
+func (c *Client) progress(em *email) *store.Progress {
+	return &store.Progress{Attempts: em.attempts, Unknown: em.unknown,
 		Accepted: slices.Clone(em.accepted), Pending: slices.Clone(em.pending),
 		Rejected: rejectedText(em.rejected)}
-	c.mu.Unlock()
-	if err := c.spool.progressed(p); err != nil {
-		// The marker stays unanswered: a restart takes the email for an
-		// unknown outcome, which is safe.
-		c.log.Error("mxrelay: spool journal", "email", em.id, "err", err)
-		return
+}
+
+// rejectedText is how the store records refused recipients: each
+// address with its error's text; nil for none.
+func rejectedText(rs []RecipientError) map[string]string {
+	var m map[string]string
+	for _, r := range rs {
+		if m == nil {
+			m = map[string]string{}
+		}
+		m[r.Address] = r.Err.Error()
 	}
-	c.mu.Lock()
-	em.ended = false
-	c.mu.Unlock()
+	return m
 }
 
 // finish gives em its Result: delivered when a recipient accepted it,
 // otherwise ended with err as out (OutcomeFailed, OutcomeUnknown or
-// OutcomeHandedBack). Only the first call counts. An email handed back
-// with a spool file keeps it for the next Client.
+// OutcomeHandedBack). Only the first call counts. The store records it
+// before anyone can see it; an email handed back stays in the store (for
+// the next Client, if the store is durable).
 func (c *Client) finish(em *email, out Outcome, err error) {
 	c.mu.Lock()
 	if em.state == stateDone {
@@ -288,19 +356,32 @@ func (c *Client) finish(em *email, out Outcome, err error) {
 	if em.timer != nil {
 		em.timer.Stop()
 	}
-	// The engine may still read the body of an email it holds: then the
-	// session releases it when the engine is done (settle).
-	release := !em.inTx
+	delete(c.byID, em.sid)
+	held, tok := em.held, em.tok
+	em.held = false
+	var p *store.Progress
+	if em.ended && out == OutcomeHandedBack {
+		p = c.progress(em) // answers the Ending records
+	}
 	c.mu.Unlock()
 
-	if release {
-		em.body.release()
+	switch {
+	case out == OutcomeHandedBack && held && c.durable:
+		err = c.handBack(em, tok, p)
+	case out == OutcomeHandedBack && held:
+		// Given back to the caller: the store forgets it.
+		err = c.st.Finish(context.Background(), tok, storeResult(em.sid, res))
+	case out == OutcomeHandedBack:
+		// Released already: it waits in the store for its retry time.
+	case held:
+		err = c.st.Finish(context.Background(), tok, storeResult(em.sid, res))
+	default:
+		err = c.release(em, res)
 	}
-	if em.file != "" && out != OutcomeHandedBack {
-		// Recorded before anyone can see the result.
-		if err := c.spool.finished(em.file, res); err != nil {
-			c.log.Error("mxrelay: spool", "email", em.id, "err", err)
-		}
+	if err != nil && !errors.Is(err, store.ErrClosed) {
+		// A durable store sends it again at its next opening, or takes
+		// it for an unknown outcome if its end of data was recorded.
+		c.log.Error("mxrelay: store", "email", em.id, "err", err)
 	}
 	close(em.handle.done)
 	if res.Outcome == OutcomeDelivered {
@@ -378,4 +459,47 @@ func (c *Client) result(em *email, out Outcome, err error) *Result {
 		res.Err = &EmailError{EmailID: em.id, Attempts: em.attempts, Err: err}
 	}
 	return res
+}
+
+// handBack releases em, held by tok, in a durable store, where it stays
+// for the next Client: a claim of it by this one leaves it (gone).
+func (c *Client) handBack(em *email, tok store.Token, p *store.Progress) error {
+	c.pullMu.Lock()
+	defer c.pullMu.Unlock()
+	c.gone[em.sid] = true
+	return c.st.HandBack(context.Background(), tok, p)
+}
+
+// release records the result of em, which the client does not hold: it
+// waits in the store for its retry time. Unless a claim took it
+// meanwhile (then adopt finishes it, as done), it is finished there.
+func (c *Client) release(em *email, res *Result) error {
+	c.pullMu.Lock()
+	defer c.pullMu.Unlock()
+	c.mu.Lock()
+	held, tok := em.held, em.tok
+	em.held = false
+	c.mu.Unlock()
+	if held {
+		return c.st.Finish(context.Background(), tok, storeResult(em.sid, res))
+	}
+	_, err := c.st.Cancel(context.Background(), em.sid, storeResult(em.sid, res))
+	if errors.Is(err, store.ErrNotFound) {
+		return nil
+	}
+	return err
+}
+
+// storeResult is res as the store keeps it, for email sid.
+func storeResult(sid string, res *Result) *store.Result {
+	r := &store.Result{
+		ID: sid, Delivered: res.Outcome == OutcomeDelivered, MaybeDelivered: res.MaybeDelivered,
+		Attempts: res.Attempts, Accepted: res.Accepted, Rejected: rejectedText(res.Rejected),
+		Reply: store.Reply{Code: res.Reply.Code, Enhanced: res.Reply.EnhancedCode, Message: res.Reply.Message},
+		Kind:  strings.ToLower(res.Outcome.String()), Queued: res.Queued,
+	}
+	if res.Err != nil {
+		r.Error = res.Err.Error()
+	}
+	return r
 }

@@ -187,3 +187,21 @@ func (h *Handle) result() *Result {
 		return nil
 	}
 }
+
+// SpoolResult is one "R" line of the journal and of results.log in
+// Options.SpoolDir: the result of a spooled email, as Result says it, for
+// tools that read the records (docs/spool.md). The records have more
+// fields, which it leaves out: the email's idempotency key, the reply's
+// enhanced code, the result's kind and when it was queued.
+type SpoolResult struct {
+	File           string            `json:"file"`
+	EmailID        string            `json:"id"`
+	Delivered      bool              `json:"delivered"`
+	MaybeDelivered bool              `json:"maybeDelivered,omitempty"`
+	Attempts       int               `json:"attempts"`
+	Accepted       []string          `json:"accepted,omitempty"`
+	Rejected       map[string]string `json:"rejected,omitempty"`
+	Reply          string            `json:"reply,omitempty"`
+	Error          string            `json:"error,omitempty"`
+	Time           time.Time         `json:"time"`
+}

@@ -6,8 +6,11 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"time"
+
+	"github.com/mxrelay/mxrelay/internal/store"
 )
 
 // Send queues e and blocks until its result. It returns the Result and, when
@@ -39,11 +42,12 @@ func (c *Client) Send(ctx context.Context, e Email, opts ...SendOption) (*Result
 }
 
 // Enqueue applies opts to e (see SendOption), validates it and queues it
-// without waiting for it to be sent. It fails with an error matching ErrInvalidEmail, ErrQueueFull, ErrClosed or
-// ErrAuthFailed, or, with Options.SpoolDir, with the error that kept the
-// email from being written there (a full disk), in which case nothing was
-// accepted. A body that cannot be
-// read twice is copied to a temporary file first (see Email.Body).
+// without waiting for it to be sent. It fails with an error matching
+// ErrInvalidEmail, ErrQueueFull, ErrClosed or ErrAuthFailed, or, with
+// Options.SpoolDir, with the error that kept the email from being written
+// there (a full disk), in which case nothing was accepted. The body is
+// read once, here, and kept until the email's result: in memory (in a
+// temporary file beyond 1 MiB), or in the spool (see Email.Body).
 func (c *Client) Enqueue(e Email, opts ...SendOption) (*Handle, error) {
 	if len(opts) > 0 {
 		e = withOptions(e, opts)
@@ -68,47 +72,16 @@ func (c *Client) Enqueue(e Email, opts ...SendOption) (*Handle, error) {
 	if em.id == "" {
 		em.id = c.newID()
 	}
-	var err error
-	if c.spool != nil {
-		hdr := &spoolHeader{
-			ID: em.id, From: e.From, To: e.To, Mail: e.MailOptions, Rcpt: e.RcptOptions,
-			Priority: cfg.priority, Retries: cfg.retries, Immediate: cfg.immediate, Queued: em.queuedAt,
-		}
-		if cfg.timeout > 0 {
-			hdr.Deadline = em.queuedAt.Add(cfg.timeout)
-		}
-		em.body, em.file, err = c.spool.store(hdr, e.Body, c.opts.bodyRules(e.MailOptions))
-	} else {
-		em.body, err = newBody(e.Body, c.opts.TempDir, c.opts.bodyRules(e.MailOptions))
+	env := &store.Envelope{
+		ID: em.id, From: e.From, To: e.To, Mail: e.MailOptions, Rcpt: e.RcptOptions,
+		Priority: int(cfg.priority), Retries: cfg.retries, Immediate: cfg.immediate,
 	}
+	if cfg.timeout > 0 {
+		env.Deadline = em.queuedAt.Add(cfg.timeout)
+	}
+	h, err := c.accept(em, env, e.Body)
 	if err != nil {
 		c.unreserve()
-		return nil, err
-	}
-	if testHookStored != nil {
-		testHookStored()
-	}
-	if em.file != "" {
-		// Accepted once its file has its name. Close waits for a commit
-		// in progress and none starts after it, so that an email is
-		// never both refused and in the spool for the next Client.
-		c.commitMu.RLock()
-		defer c.commitMu.RUnlock()
-		c.mu.Lock()
-		err = c.refusal()
-		c.mu.Unlock()
-		if err == nil {
-			err = c.spool.commit(em.body, em.file)
-		} else {
-			em.body.release()
-		}
-		if err != nil {
-			c.unreserve()
-			return nil, err
-		}
-	}
-	if err := c.queue(em, cfg.timeout, true); err != nil {
-		em.body.release()
 		return nil, err
 	}
 	if c.log.Enabled(context.Background(), slog.LevelDebug) {
@@ -116,6 +89,58 @@ func (c *Client) Enqueue(e Email, opts ...SendOption) (*Handle, error) {
 		// logger that drops them.
 		c.log.Debug("mxrelay: email queued", "email", em.id, "priority", cfg.priority.String())
 	}
+	return h, nil
+}
+
+// accept writes em to the store, body and all, and queues it.
+func (c *Client) accept(em *email, env *store.Envelope, r io.Reader) (*Handle, error) {
+	ctx := context.Background()
+	d, err := c.st.Accept(ctx, env)
+	if errors.Is(err, store.ErrDuplicateID) {
+		// Email.ID need not be unique; the store's IDs are.
+		env.ID = em.id + "~" + c.newID()
+		d, err = c.st.Accept(ctx, env)
+	}
+	if err != nil {
+		return nil, err
+	}
+	em.sid = env.ID
+	rules := c.opts.bodyRules(env.Mail)
+	em.body, err = newBody(d, r, rules)
+	if err != nil {
+		d.Abort()
+		return nil, err
+	}
+	if testHookStored != nil {
+		testHookStored()
+	}
+	// Accepted once committed. Close waits for a commit in progress and
+	// none starts after it, so that an email is never both refused and
+	// kept for the next Client.
+	c.commitMu.RLock()
+	defer c.commitMu.RUnlock()
+	c.mu.Lock()
+	err = c.refusal()
+	if err == nil {
+		c.byID[em.sid] = em // a claim made as soon as it is committed finds it
+	}
+	c.mu.Unlock()
+	if err == nil {
+		_, err = d.Commit(ctx, em.body.meta(rules))
+	} else {
+		d.Abort()
+	}
+	if err != nil {
+		c.mu.Lock()
+		delete(c.byID, em.sid)
+		c.mu.Unlock()
+		return nil, err
+	}
+	c.mu.Lock()
+	c.reserved--
+	c.mu.Unlock()
+	c.queue(em, env.Deadline.Sub(em.queuedAt))
+	c.pull()
 	return em.handle, nil
 }
 
@@ -146,24 +171,20 @@ func (c *Client) EnqueueWait(ctx context.Context, e Email, opts ...SendOption) (
 	}
 }
 
-// queue accepts em, unless the client was closed. reserved says it holds
-// a place taken by reserve. timeout, if positive, is how long it may wait
-// for its end of data.
-func (c *Client) queue(em *email, timeout time.Duration, reserved bool) error {
+// queue counts em, accepted, in the queue, and puts it there if the
+// store's claim of it came already (pull). timeout, if positive, is how
+// long it may wait for its end of data.
+func (c *Client) queue(em *email, timeout time.Duration) {
 	em.handle = &Handle{c: c, em: em, done: make(chan struct{})}
 	c.mu.Lock()
-	if reserved {
-		c.reserved--
-	}
-	// An email in the spool was checked before its file was committed,
-	// and is queued whatever happened since: it is accepted.
-	if err := c.refusal(); err != nil && em.file == "" {
-		c.mu.Unlock()
-		return err
-	}
 	c.seq++
 	em.seq = c.seq
-	c.q.push(em, time.Now())
+	em.committed = true
+	if em.held {
+		c.q.push(em, time.Now())
+	} else {
+		c.q.wait(em) // until pull claims it
+	}
 	c.stats.EmailsQueued++
 	if !c.busy {
 		// Under c.mu, so that started and completed alternate.
@@ -175,7 +196,6 @@ func (c *Client) queue(em *email, timeout time.Duration, reserved bool) error {
 	}
 	c.mu.Unlock()
 	c.kick()
-	return nil
 }
 
 // timedOut is the error of an email whose own timeout (Email.Timeout,

@@ -165,17 +165,28 @@ func (w *worker) session() {
 	c.log.Debug("mxrelay: session started", "session", sid, "mode", s.sc.Mode())
 	var broken error
 	var taken []*email
+	var ahead []*email // taken with the window's others, not sent yet
 	lastTaken := time.Now()
 	var firstTaken time.Time
-	for n := 0; n < c.opts.MaxEmailsPerSession && ctx.Err() == nil && !s.aborted.Load() && !s.hurried.Load() && s.sc.Err() == nil; {
+	n := 0
+	for n < c.opts.MaxEmailsPerSession && ctx.Err() == nil && !s.aborted.Load() && !s.hurried.Load() && s.sc.Err() == nil {
 		wake := c.wakeChan()
-		if w.n > c.fb.sessions() {
-			break // throttle feedback allows fewer sessions now
+		var em *email
+		if len(ahead) == 0 {
+			if w.n > c.fb.sessions() {
+				break // throttle feedback allows fewer sessions now
+			}
+			if c.fb.limited() && w.ready() && !w.pace(ctx, s.sc.Flush) {
+				break // the rate limit: the next session goes on
+			}
+			ahead = w.take(s, s.room(c.opts.MaxEmailsPerSession-n))
+			if len(ahead) > 1 {
+				c.endings(ahead)
+			}
 		}
-		if c.fb.limited() && w.ready() && !w.pace(ctx, s.sc.Flush) {
-			break // the rate limit: the next session goes on
+		if len(ahead) > 0 {
+			em, ahead = ahead[0], ahead[1:]
 		}
-		em := w.take(s)
 		if em == nil {
 			lingers := c.opts.Linger > 0 && s.sc.SyncConfirms()
 			if lingers {
@@ -226,6 +237,15 @@ func (w *worker) session() {
 		w.failures = 0 // a session that works ends the failures in a row
 		if broken = s.send(em); broken != nil {
 			break
+		}
+	}
+	for _, em := range ahead {
+		// Taken already: the engine decides them as it can (a broken
+		// session, or one that drains, writes no end of data).
+		n++
+		taken = append(taken, em)
+		if err := s.send(em); broken == nil {
+			broken = err
 		}
 	}
 	ended := time.Now()
@@ -324,6 +344,18 @@ func (w *worker) session() {
 	}
 }
 
+// room is how many emails the session takes at once, at most most: the
+// free places of a pipelined window, whose ends of data the store then
+// records in one call (Client.endings); one otherwise, or under a rate
+// limit, which paces each email, and at least one (Send waits for a
+// free place itself).
+func (s *smtpSession) room(most int) int {
+	if !s.sc.Windowed() || s.c.fb.limited() {
+		return 1
+	}
+	return max(1, min(most, s.sc.Window()-s.sc.Outstanding()))
+}
+
 // hurry asks the session to end with QUIT (see hurried).
 func (s *smtpSession) hurry() {
 	s.hurried.Store(true)
@@ -391,7 +423,14 @@ func (s *smtpSession) send(em *email) error {
 		return nil
 	}
 	c.fb.sent(start)
-	r, err := em.body.open()
+	r, err := c.st.Body(context.Background(), em.sid)
+	if err != nil {
+		err = fmt.Errorf("%w: %w", errBody, err)
+	} else {
+		c.mu.Lock()
+		em.rd = r // closed by settle, when the engine is done with it
+		c.mu.Unlock()
+	}
 	if err == nil && !s.ch.Binary() && !em.body.utf8 {
 		err = ErrNotUTF8 // checked at Enqueue, with the line endings
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/internal/spoolcheck"
 	"github.com/mxrelay/mxrelay/internal/testkit"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
@@ -280,23 +281,6 @@ func TestSpoolSetsACorruptFileAside(t *testing.T) {
 	assert.FileExists(t, garbage+".bad")
 }
 
-// openIn counts this process's open file descriptors on files under dir.
-func openIn(t *testing.T, dir string) []string {
-	t.Helper()
-	fds, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Skip("no /proc/self/fd")
-	}
-	var out []string
-	for _, fd := range fds {
-		target, err := os.Readlink(filepath.Join("/proc/self/fd", fd.Name()))
-		if err == nil && strings.HasPrefix(target, dir+string(filepath.Separator)) {
-			out = append(out, target)
-		}
-	}
-	return out
-}
-
 // TestSpoolClosesItsFiles: after Close, nothing in the spool is open: not
 // the lock, the journal, nor the files of emails delivered, failed,
 // recovered or handed back.
@@ -304,15 +288,15 @@ func TestSpoolClosesItsFiles(t *testing.T) {
 	s := testkit.NewRelay(t, nil)
 	dir := t.TempDir()
 	handBack(t, s, dir, "one", "two")
-	require.Empty(t, openIn(t, dir), "after a Close that handed back")
+	require.Empty(t, spoolcheck.OpenIn(t, dir), "after a Close that handed back")
 
 	c, err := mxrelay.New(s.URL, s.APIKey, testkit.Fast(&mxrelay.Options{SpoolDir: dir}))
 	require.NoError(t, err)
-	open := openIn(t, dir)
+	open := spoolcheck.OpenIn(t, dir)
 	require.NotEmpty(t, open)
 	_, err = mxrelay.New(s.URL, s.APIKey, &mxrelay.Options{SpoolDir: dir})
 	require.ErrorContains(t, err, "in use by another Client")
-	require.ElementsMatch(t, open, openIn(t, dir), "a New that failed left files open")
+	require.ElementsMatch(t, open, spoolcheck.OpenIn(t, dir), "a New that failed left files open")
 	for _, h := range c.Recovered() {
 		_, err := h.Wait(testkit.Ctx(t))
 		require.NoError(t, err)
@@ -322,7 +306,7 @@ func TestSpoolClosesItsFiles(t *testing.T) {
 	_, err = c.Send(testkit.Ctx(t), mxrelay.Email{From: "a@example.com", To: []string{"b@example.com"}, Body: strings.NewReader("bare\n")})
 	require.Error(t, err)
 	require.NoError(t, c.Close(testkit.Ctx(t)))
-	assert.Empty(t, openIn(t, dir), "after a Close that sent everything")
+	assert.Empty(t, spoolcheck.OpenIn(t, dir), "after a Close that sent everything")
 }
 
 // TestSpoolRemembersAnsweredEndOfData: an end of data whose reply came

@@ -124,9 +124,9 @@ func (w *worker) waitForWork() bool {
 	defer due.Stop()
 	for {
 		wake := c.wakeChan()
+		c.pull()
 		c.mu.Lock()
 		now := time.Now()
-		c.q.promote(now)
 		// Other workers already starting a session will take the first
 		// ready emails: start one more only for emails beyond those, and
 		// only while throttle feedback allows this many sessions.
@@ -183,9 +183,9 @@ func (w *worker) waitForWork() bool {
 }
 
 func (w *worker) readyNow() bool {
+	w.c.pull()
 	w.c.mu.Lock()
 	defer w.c.mu.Unlock()
-	w.c.q.promote(time.Now())
 	return w.c.q.readyLen() > 0
 }
 
@@ -216,8 +216,8 @@ func (w *worker) batchWait() {
 	defer t.Stop()
 	for {
 		wake := c.wakeChan()
+		c.pull()
 		c.mu.Lock()
-		c.q.promote(time.Now())
 		enough := c.q.readyLen() >= c.opts.MaxEmailsPerSession || c.q.urgent > 0
 		c.mu.Unlock()
 		if enough {
@@ -238,23 +238,30 @@ func (w *worker) batchWait() {
 // ready reports whether an email is ready to be taken.
 func (w *worker) ready() bool {
 	c := w.c
+	c.pull()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.q.promote(time.Now())
 	return c.q.readyLen() > 0
 }
 
-// take pops the next email for s and marks it in flight.
-func (w *worker) take(s *smtpSession) *email {
+// take pops up to k ready emails for s and marks them in flight.
+func (w *worker) take(s *smtpSession, k int) []*email {
 	c := w.c
+	c.pull()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.stopCtx.Err() != nil {
 		return nil
 	}
-	c.q.promote(time.Now())
-	em := c.q.pop()
-	if em == nil {
+	var ems []*email
+	for len(ems) < k {
+		em := c.q.pop()
+		if em == nil {
+			break
+		}
+		ems = append(ems, em)
+	}
+	if len(ems) == 0 {
 		return nil
 	}
 	c.freed()
@@ -269,8 +276,10 @@ func (w *worker) take(s *smtpSession) *email {
 		// withdraws it with RSET before its next chunk.
 		withdraw = s.withdraw
 	}
-	c.taken(em, s.id, withdraw, s.hurry)
-	return em
+	for _, em := range ems {
+		c.taken(em, s.id, withdraw, s.hurry)
+	}
+	return ems
 }
 
 // pace waits until the rate limit lets one more email go, for a session

@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/internal/spoolcheck"
 	"github.com/mxrelay/mxrelay/internal/testkit"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
@@ -156,42 +157,15 @@ func crashRun(t *testing.T, retryUnknown bool, sessions int) {
 			inBox[k[0]] = max(inBox[k[0]], copies[k])
 		}
 	}
-	var delivered, failed, unknown, dups int
-	for id := range tried {
-		rs := results[id]
-		if !accepted[id] && len(rs) == 0 {
-			// Killed inside Enqueue before the email was whole on disk.
-			assert.Zero(t, inBox[id], "%s: never accepted, yet sent", id)
-			continue
-		}
-		if !assert.Len(t, rs, 1, "%s: one result", id) {
-			continue
-		}
-		res := rs[0]
-		switch {
-		case res.Delivered:
-			delivered++
-			assert.GreaterOrEqual(t, inBox[id], 1, "%s: delivered, not in the mailbox", id)
-		case res.MaybeDelivered:
-			unknown++
-		default:
-			failed++
-			assert.Zero(t, inBox[id], "%s: failed (%s), yet in the mailbox", id, res.Error)
-		}
-		if inBox[id] > 1 {
-			dups++
-			assert.True(t, res.MaybeDelivered, "%s: in the mailbox %d times without MaybeDelivered", id, inBox[id])
-			assert.True(t, retryUnknown, "%s: sent twice without RetryUnknown", id)
+	sr := map[string][]spoolcheck.Result{}
+	for id, rs := range results {
+		for _, r := range rs {
+			sr[id] = append(sr[id], spoolcheck.Result{Delivered: r.Delivered, MaybeDelivered: r.MaybeDelivered, Error: r.Error})
 		}
 	}
-	for id := range inBox {
-		assert.True(t, tried[id], "%s: in the mailbox, never submitted", id)
-	}
-	for id := range results {
-		assert.True(t, tried[id], "%s: a result for an email never submitted", id)
-	}
+	n := spoolcheck.Check(t, spoolcheck.Run{Tried: tried, Accepted: accepted, Results: sr, InBox: inBox, RetryUnknown: retryUnknown})
 	t.Logf("%d lives, %d emails tried, %d accepted: %d delivered, %d failed, %d unknown, %d in the mailbox twice or more",
-		lives, len(tried), len(accepted), delivered, failed, unknown, dups)
+		lives, len(tried), len(accepted), n.Delivered, n.Failed, n.Unknown, n.Dups)
 }
 
 // TestSpoolChild is the child process of TestSpoolSurvivesSIGKILL.

@@ -97,3 +97,27 @@ func (d *draft) Abort() {
 	d.done = true
 	d.b.Abort()
 }
+
+// Referrer is a Draft (or a Body) that can keep a reference to the
+// caller's body instead of a copy: memstore's, whose emails live no longer
+// than the process that gave them. The Client uses it for a body it can
+// read again (an io.ReadSeeker), as it did before the seam, so that the
+// default path copies nothing.
+type Referrer interface {
+	// Refer makes the body the size bytes of r from offset start, read
+	// again (Seek, then Read) at each Body, instead of what is written.
+	// r must not change until the email's result, and is read by one
+	// Body at a time. It reports false, changing nothing, when the store
+	// cannot: then write the body.
+	Refer(r io.ReadSeeker, start, size int64) bool
+}
+
+// Refer passes r on to the Body when it is a Referrer, before anything
+// was written.
+func (d *draft) Refer(r io.ReadSeeker, start, size int64) bool {
+	ref, ok := d.b.(Referrer)
+	if !ok || d.existing != nil || d.done || d.err != nil {
+		return false
+	}
+	return ref.Refer(r, start, size)
+}

@@ -3,10 +3,10 @@
 // a retention time, the idempotency keys, and the wake-ups, in memory
 // under one mutex. It implements the rules of the store seam
 // (internal/store) once for the stores that keep their state in the
-// process: internal/store/memstore keeps nothing else, and a durable store
-// of one process (the spool, once behind the seam) writes each transition
-// to its journal before the ledger applies it (the persist callbacks) and
-// fills a ledger from its directory at open (Restore, RestoreResult).
+// process: internal/store/memstore keeps nothing else, and internal/spool
+// writes each transition to its journal before the ledger applies it (the
+// persist callbacks) and fills a ledger from its directory at open
+// (Restore, RestoreResult).
 //
 // A Ledger has two type parameters: E is what the store keeps with each
 // email (where its body is), R what it keeps with each result (the result

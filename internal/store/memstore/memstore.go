@@ -69,13 +69,29 @@ func New(opts *Options) *Store {
 	return &Store{opts: o, l: ledger.New[*body, *store.Result](ledger.Options{Retention: o.ResultRetention})}
 }
 
-// body is an email's body: bytes in memory, or in a file of ours.
+// body is an email's body: bytes in memory, or in a file of ours, or the
+// caller's own reader (Refer).
 type body struct {
 	buf  []byte
 	f    *os.File
 	temp string // the file's name, when it could not be removed at once
+	ref  *seekAt
 	size int64
 	gone atomic.Bool
+}
+
+// seekAt reads a body the caller keeps: a Seek before each Read, since
+// claims of an email, and so its Body readers, come one at a time.
+type seekAt struct {
+	r     io.ReadSeeker
+	start int64
+}
+
+func (s *seekAt) ReadAt(p []byte, off int64) (int, error) {
+	if _, err := s.r.Seek(s.start+off, io.SeekStart); err != nil {
+		return 0, fmt.Errorf("mxrelay: memstore: rewinding the body: %w", err)
+	}
+	return s.r.Read(p)
 }
 
 // release marks the body gone and closes its file.
@@ -146,6 +162,17 @@ func (d *draft) spill() error {
 	return nil
 }
 
+// Refer keeps r instead of a copy (see store.Referrer), when nothing was
+// written yet.
+func (d *draft) Refer(r io.ReadSeeker, start, size int64) bool {
+	b := d.b
+	if b.f != nil || len(b.buf) > 0 {
+		return false
+	}
+	b.ref, b.size = &seekAt{r: r, start: start}, size
+	return true
+}
+
 // Commit accepts the email: ready to be claimed, Wake fires.
 func (d *draft) Commit(_ context.Context, meta []byte) (store.Accepted, error) {
 	a, err := d.res.Commit(&ledger.Entry[*body]{Meta: slices.Clone(meta), BodySize: d.b.size, Data: d.b})
@@ -210,8 +237,11 @@ func (s *Store) Body(ctx context.Context, id string) (io.ReadCloser, error) {
 		return nil, err
 	}
 	var r io.ReaderAt = bytes.NewReader(b.buf)
-	if b.f != nil {
+	switch {
+	case b.f != nil:
 		r = b.f
+	case b.ref != nil:
+		r = b.ref
 	}
 	return ledger.Reader(ctx, r, 0, b.size, &b.gone, nil), nil
 }

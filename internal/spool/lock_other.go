@@ -1,10 +1,10 @@
 //go:build !unix
 
-package mxrelay
+package spool
 
 import "os"
 
-// Without flock, two Clients on one SpoolDir are not detected, and a
+// Without flock, two Stores on one directory are not detected, and a
 // directory's names are as durable as the system makes them.
 
 func lockFile(*os.File) error { return nil }

@@ -1,6 +1,6 @@
 //go:build unix
 
-package mxrelay
+package spool
 
 import (
 	"os"

@@ -1,0 +1,95 @@
+package mxrelay
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mxrelay/mxrelay/internal/store"
+	"github.com/mxrelay/mxrelay/relaytest"
+)
+
+// countingStore counts the Ending calls and the tokens in each.
+type countingStore struct {
+	store.Store
+	mu    sync.Mutex
+	calls []int
+}
+
+func (s *countingStore) Ending(ctx context.Context, toks []store.Token) ([]error, error) {
+	s.mu.Lock()
+	s.calls = append(s.calls, len(toks))
+	s.mu.Unlock()
+	return s.Store.Ending(ctx, toks)
+}
+
+// TestEndingIsOneCallPerWindow: the ends of data of a pipelined window
+// are recorded in one call to the store, not one per email, so that a
+// remote store costs a round trip per window; each email still has its
+// record.
+func TestEndingIsOneCallPerWindow(t *testing.T) {
+	cs := &countingStore{}
+	testHookStore = func(st store.Store) store.Store { cs.Store = st; return cs }
+	defer func() { testHookStore = nil }()
+	relay := relaytest.NewServer(nil)
+	defer relay.Close()
+	// All 40 wait when the session starts: BatchWait holds it back until
+	// MaxEmailsPerSession are queued.
+	c, err := New(relay.URL, relay.APIKey, &Options{MaxEmailsPerSession: 40, BatchWait: time.Hour})
+	require.NoError(t, err)
+	defer c.Close(context.Background())
+	var hs []*Handle
+	for i := range 40 {
+		h, err := c.Enqueue(spoolTestEmail(fmt.Sprint("w", i)))
+		require.NoError(t, err)
+		hs = append(hs, h)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for _, h := range hs {
+		_, err := h.Wait(ctx)
+		require.NoError(t, err)
+	}
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	total := 0
+	for _, n := range cs.calls {
+		total += n
+	}
+	assert.Equal(t, 40, total, "a record per email")
+	assert.GreaterOrEqual(t, cs.calls[0], 32, "the first window (at least 32) in the first call: %v", cs.calls)
+	assert.Less(t, len(cs.calls), 40/4, "calls: %v", cs.calls)
+}
+
+// TestTwoEmailsOfOneID: Email.ID need not be unique, as before the seam;
+// the store's IDs are, so the second one is kept under an ID of its own,
+// and both go, each with its own Result under the ID given.
+func TestTwoEmailsOfOneID(t *testing.T) {
+	relay := relaytest.NewServer(nil)
+	defer relay.Close()
+	c, err := New(relay.URL, relay.APIKey, &Options{MaxEmailsPerSession: 2, BatchWait: time.Hour})
+	require.NoError(t, err)
+	defer c.Close(context.Background())
+	var hs []*Handle
+	for _, sub := range []string{"first", "second"} {
+		e := spoolTestEmail(sub)
+		e.ID = "same"
+		h, err := c.Enqueue(e)
+		require.NoError(t, err)
+		hs = append(hs, h)
+	}
+	assert.NotEqual(t, hs[0].em.sid, hs[1].em.sid, "two emails under one ID in the store")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for _, h := range hs {
+		res, err := h.Wait(ctx)
+		require.NoError(t, err)
+		assert.Equal(t, "same", res.EmailID)
+	}
+	assert.Len(t, relay.Mailbox(), 2)
+}
