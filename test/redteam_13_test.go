@@ -111,3 +111,60 @@ func TestRT9PerMinuteQuotaFailsNoEmailInsideOneWindow(t *testing.T) {
 		assert.Len(t, s.Mailbox(), n-len(fails), "no duplicate, none lost")
 	})
 }
+
+// An upstream that throttles forever, with each way of saying so: every
+// email still ends, failed with the upstream's refusal, after its free
+// tries and its retries (maxFreeTries 8 + 1 + Retries 3), none delivered;
+// and after the first cut the client sends at MinRate, not faster: the
+// refusals are the first session's blast and then about one a second.
+func TestRT9ThrottleForeverEveryEmailEnds(t *testing.T) {
+	for _, reply := range []string{
+		"451 4.7.0 Throttling: too many messages, slow down",
+		"421 4.7.0 Too many connections, slow down",
+		"454 Throttling failure: Maximum sending rate exceeded.",
+		"554 5.7.0 Too many emails per second",
+	} {
+		t.Run(reply[:3], func(t *testing.T) {
+			testkit.Bubble(t, func(t *testing.T) {
+				const n = 20
+				s := testkit.NewRelay(t, &relaytest.Options{
+					Throttle: &relaytest.Throttle{Limit: 0, Per: time.Hour, Reply: reply},
+					Latency:  relaytest.Latency{ToServer: 5 * time.Millisecond, ToClient: 5 * time.Millisecond},
+				})
+				c := testkit.NewClient(t, s, &mxrelay.Options{MaxQueueSize: n, RetryInterval: time.Second, MaxRetryInterval: time.Minute})
+				start := time.Now()
+				var hs []*mxrelay.Handle
+				for i := range n {
+					h, err := c.Enqueue(testkit.Mail(fmt.Sprint("forever ", i)))
+					require.NoError(t, err)
+					hs = append(hs, h)
+				}
+				for _, h := range hs {
+					r, err := h.Wait(context.Background())
+					require.Error(t, err)
+					assert.Equal(t, mxrelay.OutcomeFailed, r.Outcome)
+					var se *mxrelay.SMTPError
+					assert.ErrorAs(t, err, &se)
+					assert.Equal(t, 12, r.Attempts, "8 free tries, the first, 3 retries")
+				}
+				elapsed := time.Since(start)
+				require.NoError(t, c.Close(context.Background()))
+				st := c.Stats()
+				assert.EqualValues(t, n, st.EmailsFailed)
+				assert.Zero(t, st.EmailsDelivered)
+				assert.Empty(t, s.Mailbox())
+				refused := s.Stats().Throttled
+				t.Logf("%d refusals in %v, %d cuts", refused, elapsed, st.ThrottleCuts)
+				if reply[:3] == "421" {
+					// A 421 ends the session: the emails pipelined behind
+					// the refused one end their attempt with it, unread.
+					assert.LessOrEqual(t, refused, n*12)
+					assert.Positive(t, refused)
+				} else {
+					assert.Equal(t, n*12, refused, "every attempt refused")
+				}
+				assert.LessOrEqual(t, float64(refused), 10+1.1*elapsed.Seconds(), "at MinRate after the first blast")
+			})
+		})
+	}
+}
