@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/internal/fakesmtp"
 	"github.com/mxrelay/mxrelay/internal/testkit"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
@@ -165,6 +167,139 @@ func TestRT9ThrottleForeverEveryEmailEnds(t *testing.T) {
 				}
 				assert.LessOrEqual(t, float64(refused), 10+1.1*elapsed.Seconds(), "at MinRate after the first blast")
 			})
+		})
+	}
+}
+
+// While throttled to MinRate, workers wait for the limiter's tokens and
+// sessions open ahead of them. Emails withdrawn (Cancel), emails whose
+// own timeout runs out, and then Close with a short deadline, at those
+// points: every email ends exactly once (one terminal event), those
+// delivered are exactly what the upstream has, each with its own 250;
+// the withdrawn ones fail with ErrCanceled, the timed-out ones with
+// ErrTimeout, and the rest are handed back or failed, none unknown (no
+// end of data went out unanswered: the upstream refuses at MAIL).
+func TestRT9CancelTimeoutAndCloseWhileWaitingForTokens(t *testing.T) {
+	testkit.Bubble(t, func(t *testing.T) {
+		const n = 40
+		s := testkit.NewRelay(t, &relaytest.Options{
+			Throttle: &relaytest.Throttle{Limit: 5, Per: time.Hour},
+			Latency:  relaytest.Latency{ToServer: 5 * time.Millisecond, ToClient: 5 * time.Millisecond},
+		})
+		var mu sync.Mutex
+		ends := map[string]int{}
+		c := testkit.NewClient(t, s, &mxrelay.Options{
+			MaxQueueSize: n, MaxConcurrentSessions: 4, EventBuffer: 1 << 14,
+			RetryInterval: time.Second, MaxRetryInterval: time.Minute,
+			OnEvent: func(e mxrelay.Event) {
+				if e.Type == mxrelay.EventEmailProcessed || e.Type == mxrelay.EventEmailFailed {
+					mu.Lock()
+					ends[e.Result.EmailID]++
+					mu.Unlock()
+				}
+			},
+		})
+		var hs []*mxrelay.Handle
+		for i := range n {
+			var opts []mxrelay.SendOption
+			if i >= 30 {
+				opts = append(opts, mxrelay.WithTimeout(4*time.Second))
+			}
+			h, err := c.Enqueue(testkit.Mail(fmt.Sprint("token ", i)), opts...)
+			require.NoError(t, err)
+			hs = append(hs, h)
+		}
+		time.Sleep(3 * time.Second)
+		rate, cuts := c.Stats().SendRate, c.Stats().ThrottleCuts
+		require.Positive(t, cuts, "throttled by now")
+		for _, h := range hs[10:20] {
+			h.Cancel()
+		}
+		time.Sleep(5 * time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+		c.Close(ctx)
+		cancel()
+		delivered := 0
+		for i, h := range hs {
+			r, err := h.Wait(context.Background())
+			switch {
+			case r.Outcome == mxrelay.OutcomeDelivered:
+				delivered++
+				assert.NoError(t, err)
+				assert.Equal(t, 250, r.Reply.Code, "delivered on its own 250")
+			case i >= 10 && i < 20:
+				assert.ErrorIs(t, err, mxrelay.ErrCanceled, "email %d: %v", i, r.Outcome)
+			case i >= 30:
+				assert.ErrorIs(t, err, mxrelay.ErrTimeout, "email %d: %v", i, r.Outcome)
+			default:
+				assert.Contains(t, []mxrelay.Outcome{mxrelay.OutcomeHandedBack, mxrelay.OutcomeFailed}, r.Outcome, "email %d: %v", i, err)
+			}
+			assert.NotEqual(t, mxrelay.OutcomeUnknown, r.Outcome, "email %d", i)
+		}
+		assert.Equal(t, 5, delivered)
+		assert.Len(t, s.Mailbox(), delivered)
+		mu.Lock()
+		defer mu.Unlock()
+		assert.Len(t, ends, n, "every email ended")
+		for id, k := range ends {
+			assert.Equal(t, 1, k, "email %s ended %d times", id, k)
+		}
+		st := c.Stats()
+		assert.EqualValues(t, n, st.EmailsDelivered+st.EmailsFailed)
+		t.Logf("rate %v after %d cuts at 3 s; %d refused; stats %+v", rate, cuts, s.Stats().Throttled, st)
+	})
+}
+
+// A 421 4.7.0 to the third MAIL of the first connection, mid-pipeline,
+// closing it. The emails before it had their end of data out: each is
+// delivered (its 250 confirmed) or unknown; the rest were refused for the
+// rate or never read, go again free, and are delivered on the next
+// connections. No email fails, none is delivered twice, and the emails
+// delivered or unknown are exactly the ends of data the upstream read.
+func TestRT9MidPipeline421(t *testing.T) {
+	for _, m := range fakesmtp.EngineModes {
+		t.Run(m.Name, func(t *testing.T) {
+			var ends atomic.Int64
+			up := fakesmtp.Listen(t, func(c *fakesmtp.Conn) {
+				(&fakesmtp.Session{Ext: m.Ext, Enhanced: true, Answer: func(cmd fakesmtp.Cmd) ([]string, bool) {
+					switch {
+					case cmd.Verb == "END":
+						ends.Add(1)
+					case c.N == 1 && cmd.Verb == "MAIL" && cmd.Tx == 3:
+						return []string{"421 4.7.0 Too many messages, slow down", "CUT"}, true
+					}
+					return nil, false
+				}}).Serve(c)
+			})
+			s := testkit.NewRelay(t, &relaytest.Options{UpstreamAddr: up.Addr})
+			// A high MinRate: the pacing after the cut takes no real seconds.
+			c := testkit.NewClient(t, s, &mxrelay.Options{Throttle: mxrelay.Throttle{MinRate: 50}})
+			const n = 10
+			var hs []*mxrelay.Handle
+			for i := range n {
+				h, err := c.Enqueue(testkit.Mail(fmt.Sprint("mid ", i)))
+				require.NoError(t, err)
+				hs = append(hs, h)
+			}
+			delivered, unknown := 0, 0
+			for i, h := range hs {
+				r, err := h.Wait(context.Background())
+				switch r.Outcome {
+				case mxrelay.OutcomeDelivered:
+					delivered++
+					assert.Equal(t, 250, r.Reply.Code)
+				case mxrelay.OutcomeUnknown:
+					unknown++
+					assert.True(t, r.MaybeDelivered)
+				default:
+					t.Errorf("email %d: %v: %v", i, r.Outcome, err)
+				}
+			}
+			require.NoError(t, c.Close(context.Background()))
+			assert.Equal(t, n, delivered+unknown)
+			assert.LessOrEqual(t, unknown, 2, "only the two ends of data before the 421")
+			assert.EqualValues(t, n, ends.Load(), "each email's end of data read once")
+			assert.EqualValues(t, 1, c.Stats().ThrottleCuts)
 		})
 	}
 }
