@@ -128,8 +128,10 @@ type Options struct {
 	// down (421, 450, 451, 452 or 454 with 4.7.x or a throttling text; a
 	// 5xx with one of Throttle.Texts): the sending rate and the sessions
 	// allowed go down, and come back while replies are clean; an email
-	// refused that way goes again without spending its retries while the
-	// client has slowed down for it (8 times at most). On by default.
+	// refused that way goes again without spending its retries (8 times
+	// at most), after the delay a retry would wait (RetryInterval,
+	// doubling), so that its free tries outlast a quota per minute. On by
+	// default.
 	Throttle Throttle
 	// MaxEmailsPerSession bounds the emails sent in one SMTP session. Zero: 10.
 	MaxEmailsPerSession int

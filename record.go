@@ -257,9 +257,12 @@ func (c *Client) settle(em *email, v verdict, txTime time.Duration) {
 	case v.outcome == outRetry && v.slow && em.freeTries < maxFreeTries:
 		// The upstream asked to slow down and the client did: this try
 		// was the client's haste, not the email's fault. The limiter
-		// paces it; it spends no retry.
+		// paces the client, not the email: the email waits as a retry
+		// would, so that its free tries outlast a quota per minute (the
+		// limiter alone hands one email 8 tokens in a row), but it spends
+		// no retry.
 		em.freeTries++
-		c.requeue(em, v.err, 0)
+		c.requeue(em, v.err, c.retry.Delay(em.freeTries))
 	case v.outcome == outRetry:
 		c.requeue(em, v.err, c.retry.Delay(em.attempts-em.freeTries))
 	case v.outcome == outHandBack:
