@@ -267,7 +267,7 @@ func (w *worker) session() {
 	}
 	s.sc.Close(broken) // every email taken has its fate now
 	if broken == nil {
-		w.window = s.sc.Window() // the next session on this link starts there
+		w.window = s.sc.WindowState() // the next session on this link starts there
 	}
 	var results []*Result
 	seen := map[*email]bool{}

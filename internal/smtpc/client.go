@@ -32,10 +32,10 @@ type Config struct {
 	// follows what the link needs (see window), unless FixedWindow.
 	Window      int
 	FixedWindow bool
-	// StartWindow is where an adaptive window starts (at least 32): the
-	// last session's window on the same link, so that each session does
-	// not ramp up again.
-	StartWindow int
+	// StartWindow is what the last session's adaptive window on the
+	// same link learned of it (Client.WindowState), so that each session
+	// does not ramp up again. Zero: nothing, the window starts at 32.
+	StartWindow WindowState
 	// NoPipelining waits for each reply before the next command.
 	NoPipelining bool
 	// Fix turns bare CR and bare LF in bodies into CRLF instead of
