@@ -106,7 +106,6 @@ func TestWindowShrinksToWhatTheLinkNeeds(t *testing.T) {
 			require.Equal(t, 256, w.get())
 			got, _ := settle(t, &w, at, 20_000, tc.l)
 			assert.Equal(t, tc.want, got)
-			assert.Equal(t, minWindow, w.floor, "no probe kept a larger floor: the rate did not grow with it")
 		})
 	}
 }
