@@ -144,9 +144,13 @@ type Options struct {
 	// PIPELINING and CHUNKING. Zero: 256, enough to keep a 50 ms link busy
 	// at about 5,000 emails/s (see the README). Within it the window
 	// adapts: it starts at 32 and holds what the link needs, twice the
-	// highest reply rate measured times the shortest round trip (the
-	// bandwidth-delay product), never under 32, so that a cut leaves no
-	// more emails unknown than the link needed in flight. Without CHUNKING
+	// highest reply rate measured times the shortest round trip of the
+	// last 10 s (the bandwidth-delay product), never under 32, or more
+	// where probing finds that more in flight goes faster (at a short
+	// round trip the CPUs are the limit, not the link), so that a cut
+	// leaves no more emails unknown than sending needed in flight. A
+	// session starts where the last one on its relay connection left off.
+	// Without CHUNKING
 	// a pipelined session has one email's end of data in flight at a time.
 	PipelineWindow int
 	// FixedWindow keeps PipelineWindow transactions in flight whatever the

@@ -292,7 +292,7 @@ func (w *worker) session() {
 	}
 	s.sc.Close(broken) // every email taken has its fate now
 	if broken == nil {
-		w.window = s.sc.Window() // the next session on this link starts there
+		w.window = s.sc.WindowState() // the next session on this link starts there
 		if !firstTaken.IsZero() && !s.idleEnd {
 			// Its set-up and its end, when it sent nothing: a throttled
 			// limiter keeps the tokens of that time for the next session

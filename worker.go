@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/mxrelay/mxrelay/internal/relayconn"
+	"github.com/mxrelay/mxrelay/internal/smtpc"
 	"github.com/mxrelay/mxrelay/internal/wire"
 )
 
@@ -19,10 +20,10 @@ type worker struct {
 	c        *Client
 	n        int // its number, from 1
 	d        relayconn.Dialer
-	failures int  // set-up failures in a row
-	lost     bool // the last connection was lost, not closed by us
-	claim    bool // counted in Client.claimed
-	window   int  // the adaptive window its last session ended with
+	failures int               // set-up failures in a row
+	lost     bool              // the last connection was lost, not closed by us
+	claim    bool              // counted in Client.claimed
+	window   smtpc.WindowState // what its last session's adaptive window learned of the link
 	// win is its session's window now (the last one's between sessions),
 	// for Stats.Window.
 	win atomic.Int32

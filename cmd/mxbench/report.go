@@ -211,7 +211,9 @@ How it is measured (all on loopback; the figures are relative to each other):
   deferred attempt costs here what a good one does, so the table shows whether good mail waits for
   the deferred mail's retries, not Postfix's delay.
 - Adaptive window: at each RTT two clients as (a) binary, the default adaptive window and
-  FixedWindow; a pilot each, then -runs runs each, taking turns. in flight is the mean number of emails
+  FixedWindow; a pilot each, then -runs runs each, taking turns, both as many emails a run (the more
+  of the two pilots' counts). The adaptive client lives through the pilot and the runs, so its window
+  carries what it learned from one run and one session to the next. in flight is the mean number of emails
   in a session (taken from the queue, result not yet given) over a run, by Little's law: the emails'
   time in a session (Stats.AverageEmailTime times the emails delivered) over the run's time, nothing
   sampled; the median over the runs. adaptive/fixed is the ratio of the rates.

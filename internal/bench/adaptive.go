@@ -12,7 +12,10 @@ const defaultWindow = 256
 // windowRows measures our client, binary frames, with the adaptive window
 // (OursBinary) and with FixedWindow (OursFixedWindow) at the Env's RTT:
 // a pilot for each, then cfg.Runs runs of each, taking turns, so that
-// what else loads the machine weighs on both alike.
+// what else loads the machine weighs on both alike. Both send as many
+// emails a run, the more of their pilots' counts: a run's set-up and its
+// tail weigh on both alike too (a pilot that caught the adaptive window
+// while it grew would otherwise give it shorter runs, more of them set-up).
 func windowRows(ctx context.Context, cfg Config, e *Env, m Mail) []Row {
 	window := cfg.Window
 	if window == 0 {
@@ -35,6 +38,15 @@ func windowRows(ctx context.Context, cfg Config, e *Env, m Mail) []Row {
 		if row.N, row.Err = calibrate(ctx, cfg, runs[i]); row.Err != nil {
 			row.Err = fmt.Errorf("pilot: %w", row.Err)
 		}
+	}
+	n := 0
+	for _, row := range rows {
+		if row.Err == nil {
+			n = max(n, row.N)
+		}
+	}
+	for i := range rows {
+		rows[i].N = n
 	}
 	for range cfg.Runs {
 		for i := range rows {

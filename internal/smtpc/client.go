@@ -32,10 +32,10 @@ type Config struct {
 	// follows what the link needs (see window), unless FixedWindow.
 	Window      int
 	FixedWindow bool
-	// StartWindow is where an adaptive window starts (at least 32): the
-	// last session's window on the same link, so that each session does
-	// not ramp up again.
-	StartWindow int
+	// StartWindow is what the last session's adaptive window on the
+	// same link learned of it (Client.WindowState), so that each session
+	// does not ramp up again. Zero: nothing, the window starts at 32.
+	StartWindow WindowState
 	// NoPipelining waits for each reply before the next command.
 	NoPipelining bool
 	// Fix turns bare CR and bare LF in bodies into CRLF instead of
@@ -84,11 +84,16 @@ type countConn struct {
 	// reader compares it with each command's end.
 	started *atomic.Int64
 	// wrote, if set, is called after each Write, on the writer's
-	// goroutine: the buffer's own flushes (when full) hand bytes on too.
-	wrote func()
+	// goroutine, with the time the Write began: the buffer's own flushes
+	// (when full) hand bytes on too.
+	wrote func(began time.Time)
 }
 
 func (c *countConn) Write(p []byte) (int, error) {
+	var began time.Time
+	if c.wrote != nil {
+		began = time.Now()
+	}
 	c.started.Add(int64(len(p)))
 	if c.timeout > 0 {
 		c.Conn.SetWriteDeadline(time.Now().Add(c.timeout))
@@ -104,7 +109,7 @@ func (c *countConn) Write(p []byte) (int, error) {
 		c.handed += int64(n)
 	}
 	if c.wrote != nil {
-		c.wrote()
+		c.wrote(began)
 	}
 	return n, err
 }

@@ -649,13 +649,16 @@ func (c *Client) waitFor(cond func() bool) error {
 }
 
 // stampHanded stamps the windowed transactions whose end of data is now
-// all handed to the connection with the time: the start of their round
-// trip, which the window measures. It runs after each write to the
-// connection, Flush's and the buffer's own when it fills: stamped at the
-// next Flush instead, a transaction whose bytes left earlier would seem
-// answered sooner than the link can, and the shortest round trip would
-// shrink the window for good. Writer only.
-func (c *Client) stampHanded() {
+// all handed to the connection with the time the write that handed it on
+// began: the start of their round trip, which the window measures (the
+// server may answer as soon as the bytes are in a Write, and a long write
+// would otherwise make the first transactions in it seem answered in no
+// time). It runs after each write to the connection, Flush's and the
+// buffer's own when it fills: stamped at the next Flush instead, a
+// transaction whose bytes left earlier would seem answered sooner than
+// the link can, and the shortest round trip would shrink the window for
+// good. Writer only.
+func (c *Client) stampHanded(began time.Time) {
 	p := &c.p
 	n := 0
 	for n < len(p.unflushed) && p.unflushed[n].endOff <= c.cc.handed {
@@ -664,10 +667,9 @@ func (c *Client) stampHanded() {
 	if n == 0 {
 		return
 	}
-	now := time.Now()
 	p.mu.Lock()
 	for _, tx := range p.unflushed[:n] {
-		tx.flushedAt = now
+		tx.flushedAt = began
 	}
 	p.mu.Unlock()
 	left := copy(p.unflushed, p.unflushed[n:])

@@ -7,71 +7,269 @@ import (
 )
 
 // window sizes the transactions in flight in a pipelined BDAT session to
-// what the link needs, as BBR sizes a TCP flow: the bandwidth-delay
-// product, the highest reply rate measured lately times the shortest time
-// from a flush to its reply, with headroom (twice, and never under
-// minWindow, so that writes still go out in batches). In flight beyond it
-// would not go faster, and a cut would leave every one of them unknown.
-// It starts at minWindow and, while the window is what holds the rate
-// back, about doubles each round trip, up to the configured Window.
+// what the link needs, as BBR sizes a TCP flow. Two things set it, the
+// larger of them wins, within minWindow and the configured Window:
+//
+//   - The bandwidth-delay product with headroom: twice the highest reply
+//     rate of the last bwRounds rounds (a round: a window's worth of
+//     replies) times the shortest time from a flush to its reply seen in
+//     the last rttLife. While the window is what holds the rate back, this
+//     about doubles it each round. Over a link, in flight beyond it would
+//     not go faster, and a cut would leave every one of them unknown.
+//   - A floor that probing keeps. Where the link is not the limit (at a
+//     low round trip the CPUs of client, relay and server are), more in
+//     flight still goes faster (each process does more per wake-up), which
+//     no bandwidth-delay product can see. So, as BBR's ProbeBW does, the
+//     window now and then tries a floor twice as large, or half as large,
+//     in rounds taken in turns with the floor it has (so that a change in
+//     load weighs on both alike), and keeps it if the reply rate rose by
+//     more than probeGain, or, for a smaller one, fell by no more than
+//     probeLoss. It goes on in the direction that worked and turns where
+//     one did not: the floor climbs while the rate climbs with it, and
+//     comes back down where it does not.
+//
+// Only the rounds in which the window was full and the caller never left
+// the pipe empty are taken for rates and probes: a caller with nothing to
+// send says nothing about the link. What the window learned of the link
+// (WindowState) goes from one session to the next on the same link
+// (Config.StartWindow); a session with nothing learned starts at
+// minWindow.
 type window struct {
-	fixed bool
-	max   int
-	lim   atomic.Int32 // read by the writer; written by the reader (p.mu)
-
-	// The reader's, under p.mu.
-	rttMin time.Duration
-	done   [64]time.Time // when the last replies came, a ring
-	n      int           // replies seen
+	fixed       bool
+	max         int
+	lim         atomic.Int32 // read by the writer; written by the reader (p.mu)
+	WindowState              // the reader's, under p.mu
 }
 
-// minWindow is the least an adaptive window holds: the batching of writes
-// (a window refills an eighth at a time) needs a few in flight.
-const minWindow = 32
+// WindowState is what an adaptive window learned of a link: its shortest
+// round trip, its recent reply rates, the floor probing kept and a probe
+// under way, carried to the next session on the same link
+// (Config.StartWindow) so that it neither ramps up again nor cuts a probe
+// short. The zero value has learned nothing.
+type WindowState struct {
+	rttMin time.Duration
+	rttAt  time.Time         // when rttMin was measured: it expires after rttLife
+	last   time.Time         // the last reply
+	rates  [bwRounds]float64 // the reply rates of the last rounds that had one
+	rounds int               // rounds that had a rate
+	bdp    int               // the bandwidth-delay product with headroom, after the last round
+	round  span              // the round under way
+	floor  int               // the floor kept: the least the window holds outside a probe
+	// A probe: trial is the floor tried (0: none); its rounds go by in
+	// turns of turnRounds, at the floor kept, the trial, the trial again
+	// and the floor kept again (so that a rate that rises or falls
+	// meanwhile weighs on both alike), the first round of each turn not
+	// counted (the window settles); kept and tried sum the counted rounds
+	// at each. Between probes, calm rounds go by.
+	trial       int
+	turn        int
+	kept, tried span
+	calm        int
+	down        bool // the next probe tries a smaller floor
+}
 
-func (w *window) init(most, start int, fixed bool) {
+// span is the replies of a round, or of a probe's counted rounds.
+type span struct {
+	n      int
+	busy   time.Duration // the time something was in flight
+	rttMin time.Duration
+	full   bool // the window was full at some reply
+	idle   bool // nothing was in flight for a while: the caller had nothing to send
+}
+
+const (
+	// minWindow is the least an adaptive window holds: the batching of
+	// writes (a window refills an eighth at a time) needs a few in flight.
+	minWindow = 32
+	// bwRounds is how many rounds the highest reply rate is taken over.
+	bwRounds = 8
+	// rttLife is how long the shortest round trip holds: a route or a
+	// server that got slower for good is seen within it.
+	rttLife = 10 * time.Second
+	// idleGap is the least pause with nothing in flight that is taken for
+	// the caller's (it had nothing to send), not counted as busy.
+	idleGap = 2 * time.Millisecond
+	// probeReplies is the least replies a probe counts at each floor, so
+	// that a change in rate is told from noise; calmRounds the rounds
+	// between two probes.
+	probeReplies = 512
+	turnRounds   = 4
+	calmRounds   = 4
+	// probeGain is the rise in reply rate a larger floor must bring to be
+	// kept; probeLoss the fall a smaller one may cost and still be kept.
+	probeGain = 0.05
+	probeLoss = 0.03
+)
+
+func (w *window) init(most int, st WindowState, fixed bool) {
 	w.max, w.fixed = most, fixed
 	if fixed {
 		w.lim.Store(int32(most))
 		return
 	}
-	w.lim.Store(int32(min(max(minWindow, start), most)))
+	w.WindowState = st
+	w.floor = min(max(minWindow, w.floor), most)
+	w.trial = min(w.trial, most)
+	w.resize()
 }
 
-// Window is the number of transactions that may be in flight now, for the
-// next session's Config.StartWindow.
+// Window is the number of transactions that may be in flight now.
 func (c *Client) Window() int { return c.p.win.get() }
+
+// WindowState is what the adaptive window learned of the link, for the
+// next session's Config.StartWindow.
+func (c *Client) WindowState() WindowState {
+	p := &c.p
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.win.WindowState
+}
 
 // get is the number of transactions that may be in flight now.
 func (w *window) get() int { return int(w.lim.Load()) }
 
+// resize sets the window from the bandwidth-delay product and the floor
+// in force (a probe's trial in its turns), within bounds.
+func (w *window) resize() {
+	floor := w.floor
+	if w.trial > 0 && w.trying() {
+		floor = w.trial
+	}
+	w.lim.Store(int32(min(max(w.bdp, floor, minWindow), w.max)))
+}
+
 // sample records a transaction answered at now whose end of data was
 // flushed at flushed, with inFlight transactions (itself included) in
-// flight, and sizes the window again. p.mu is held.
+// flight, and sizes the window again at the end of a round. p.mu is held.
 func (w *window) sample(now, flushed time.Time, inFlight int) {
 	if w.fixed {
 		return
 	}
-	if rtt := now.Sub(flushed); w.rttMin == 0 || rtt < w.rttMin {
-		w.rttMin = max(rtt, time.Microsecond)
+	rtt := max(now.Sub(flushed), time.Microsecond)
+	if w.rttMin == 0 || rtt < w.rttMin {
+		w.rttMin, w.rttAt = rtt, now
 	}
-	w.done[w.n%len(w.done)] = now
-	w.n++
-	if w.n < len(w.done)/4 {
-		return
+	// Busy since the reply before, less the time nothing was in flight if
+	// it was long: replies come in order, so when this one left after the
+	// reply before, every transaction before it was answered. A long pause
+	// is the caller's; a short one our own writer's, and it counts.
+	r := &w.round
+	from := w.last
+	if flushed.Sub(from) > idleGap {
+		from = flushed
+		r.idle = true
 	}
-	k := min(w.n, len(w.done))
-	oldest := w.done[(w.n-k)%len(w.done)]
-	span := now.Sub(oldest)
-	if span <= 0 {
-		return // a burst read at once: no rate to be had from it
-	}
-	rate := float64(k-1) / span.Seconds()
-	want := int(math.Ceil(2 * rate * w.rttMin.Seconds()))
+	w.last = now
 	lim := w.get()
-	if want > lim && inFlight < lim/2 {
-		// The window did not hold the rate back: the caller did. Keep it.
+	r.n++
+	r.busy += max(now.Sub(from), 0)
+	if r.rttMin == 0 || rtt < r.rttMin {
+		r.rttMin = rtt
+	}
+	r.full = r.full || inFlight > lim-lim/4
+	if r.n < max(lim, w.trial, 16) || r.busy < w.rttMin {
+		// A round is a window's worth of replies and at least a round
+		// trip, so that replies read in bursts do not make a rate; in a
+		// probe, the larger window's worth, so that the round that
+		// settles after a turn lasts until what the larger window had in
+		// flight is answered.
 		return
 	}
-	w.lim.Store(int32(min(max(want, minWindow), w.max)))
+	w.endRound(now)
+	w.resize()
+}
+
+// rate is the replies a second over the span's busy time; false for a
+// burst read at once, which has no rate.
+func (s *span) rate() (float64, bool) {
+	if s.busy <= 0 {
+		return 0, false
+	}
+	return float64(s.n) / s.busy.Seconds(), true
+}
+
+func (s *span) add(r span) {
+	s.n += r.n
+	s.busy += r.busy
+}
+
+// endRound ends the round under way: the shortest round trip, once
+// expired, is the round's; a round the window held back and the caller
+// did not gives a rate, the bandwidth-delay product, and a probe's step.
+func (w *window) endRound(now time.Time) {
+	r := w.round
+	w.round = span{}
+	if now.Sub(w.rttAt) > rttLife {
+		w.rttMin, w.rttAt = r.rttMin, now
+	}
+	rate, ok := r.rate()
+	if !ok || r.idle || !r.full {
+		if w.trial > 0 && w.turn%turnRounds == 0 {
+			w.step(span{}, false) // a round to settle: one that counts nothing does
+		}
+		return
+	}
+	w.rates[w.rounds%bwRounds] = rate
+	w.rounds++
+	bw := 0.0
+	for _, x := range w.rates[:min(w.rounds, bwRounds)] {
+		bw = max(bw, x)
+	}
+	w.bdp = int(math.Ceil(2 * bw * w.rttMin.Seconds()))
+	w.step(r, true)
+}
+
+// step moves a probe on by one round, r if counts: it starts one after
+// calmRounds that counted, takes the turns, and decides once both floors
+// counted probeReplies.
+func (w *window) step(r span, counts bool) {
+	if w.trial == 0 {
+		w.calm++
+		if w.calm >= calmRounds {
+			w.calm = 0
+			w.start()
+		}
+		return
+	}
+	switch {
+	case !counts || w.turn%turnRounds == 0:
+	case w.trying():
+		w.tried.add(r)
+	default:
+		w.kept.add(r)
+	}
+	w.turn = (w.turn + 1) % (4 * turnRounds)
+	if w.turn != 0 || w.kept.n < probeReplies || w.tried.n < probeReplies {
+		return
+	}
+	kept, _ := w.kept.rate()
+	tried, _ := w.tried.rate()
+	up := w.trial > w.floor
+	if up && tried > kept*(1+probeGain) || !up && tried >= kept*(1-probeLoss) {
+		w.floor = w.trial // it worked: the next probe goes the same way
+	} else {
+		w.down = !w.down
+	}
+	w.trial, w.kept, w.tried = 0, span{}, span{}
+}
+
+// trying reports whether the probe's round under way is at the trial.
+func (w *window) trying() bool {
+	t := w.turn / turnRounds
+	return t == 1 || t == 2
+}
+
+// start begins a probe, in the direction of the last one that worked: up
+// unless the window is at its most, down only if the floor is what sets
+// the window (else a smaller floor would change nothing).
+func (w *window) start() {
+	canUp := w.get() < w.max
+	canDown := w.floor > minWindow && w.floor >= w.bdp
+	switch {
+	case canDown && (w.down || !canUp):
+		w.down, w.trial = true, max(minWindow, w.floor/2)
+	case canUp:
+		w.down, w.trial = false, min(w.max, 2*max(w.floor, w.bdp))
+	}
+	w.turn = 0
 }

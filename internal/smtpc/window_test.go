@@ -10,90 +10,233 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// feed answers n transactions, one every gap, each rtt after its flush,
-// with the window full (inFlight = the limit) when full is set.
-func feed(w *window, at time.Time, n int, gap, rtt time.Duration, full bool) time.Time {
-	for range n {
-		at = at.Add(gap)
-		in := 1
-		if full {
-			in = w.get()
-		}
-		w.sample(at, at.Add(-rtt), in)
+// link answers the window's transactions: for a window of lim, the time
+// from one reply to the next and from a flush to its reply.
+type link func(lim int) (gap, rtt time.Duration)
+
+// window-limited: a link of round trip rtt that answers as fast as the
+// window lets it, lim a round trip.
+func windowLimited(rtt time.Duration) link {
+	return func(lim int) (time.Duration, time.Duration) { return rtt / time.Duration(lim), rtt }
+}
+
+// serverLimited: a link of round trip rtt whose server answers perSec a
+// second whatever the window.
+func serverLimited(perSec int, rtt time.Duration) link {
+	return func(int) (time.Duration, time.Duration) { return time.Second / time.Duration(perSec), rtt }
+}
+
+// cpuLimited: a link of round trip rtt (a loopback) whose reply rate
+// grows with the window up to upTo, perTx a second for each in flight
+// (the CPUs, not the link, are the limit: more in flight, more done per
+// wake-up), and stays flat beyond.
+func cpuLimited(perTx, upTo int, rtt time.Duration) link {
+	return func(lim int) (time.Duration, time.Duration) {
+		return time.Second / time.Duration(perTx*min(lim, upTo)), rtt
 	}
-	return at
+}
+
+// drive answers n transactions over l with the window full, from at, and
+// returns the time of the last reply; most is the largest window seen.
+func drive(w *window, at time.Time, n int, l link) (last time.Time, most int) {
+	for range n {
+		lim := w.get()
+		most = max(most, lim)
+		gap, rtt := l(lim)
+		at = at.Add(gap)
+		w.sample(at, at.Add(-rtt), lim)
+	}
+	return at, most
+}
+
+// settle drives l until no probe is under way, after n replies at least,
+// and returns the window then.
+func settle(t *testing.T, w *window, at time.Time, n int, l link) (int, time.Time) {
+	t.Helper()
+	at, _ = drive(w, at, n, l)
+	for range 100_000 {
+		if w.trial == 0 {
+			return w.get(), at
+		}
+		at, _ = drive(w, at, 1, l)
+	}
+	t.Fatal("a probe never ended")
+	return 0, at
 }
 
 func TestWindowStartsSmallAndGrowsWhileItHoldsTheRateBack(t *testing.T) {
 	var w window
-	w.init(256, 0, false)
+	w.init(256, WindowState{}, false)
 	assert.Equal(t, minWindow, w.get())
 	// 50 ms round trips, replies as fast as the window allows: a full
-	// window of 32 gives 640/s, which needs 2 × 640 × 0.05 = 64.
+	// window of 32 gives 640/s, which needs 2 × 640 × 0.05 = 64. Round by
+	// round (a window's worth of replies) it grows, no more than doubling,
+	// until it is at its most.
 	at := time.Unix(0, 0)
-	for _, want := range []int{64, 128, 256, 256} {
-		lim := w.get()
-		at = feed(&w, at, 64, 50*time.Millisecond/time.Duration(lim), 50*time.Millisecond, true)
-		assert.Equal(t, want, w.get())
+	rounds := 0
+	for w.get() < 256 {
+		before := w.get()
+		at, _ = drive(&w, at, before, windowLimited(50*time.Millisecond))
+		assert.LessOrEqual(t, w.get(), 2*before)
+		rounds++
+		require.LessOrEqual(t, rounds, 5, "32 to 256 in a few round trips")
+	}
+	drive(&w, at, 5000, windowLimited(50*time.Millisecond))
+	assert.Equal(t, 256, w.get(), "and it stays there")
+}
+
+// A window at its most over a long link comes down to what the link
+// needs when the server, not the window, sets the rate.
+func TestWindowShrinksToWhatTheLinkNeeds(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		l    link
+		want int
+	}{
+		// 1,000 a second over a 2 ms link: 2 × 1000 × 0.002 = 4 would
+		// do; the window keeps its floor of 32.
+		{"1000/s at 2 ms", serverLimited(1000, 2*time.Millisecond), minWindow},
+		// 10,000 a second over 10 ms: 200.
+		{"10000/s at 10 ms", serverLimited(10_000, 10*time.Millisecond), 200},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var w window
+			w.init(256, WindowState{}, false)
+			at, _ := drive(&w, time.Unix(0, 0), 1000, windowLimited(50*time.Millisecond))
+			require.Equal(t, 256, w.get())
+			got, _ := settle(t, &w, at, 20_000, tc.l)
+			assert.Equal(t, tc.want, got)
+		})
 	}
 }
 
-func TestWindowShrinksToWhatTheLinkNeeds(t *testing.T) {
-	var w window
-	w.init(256, 0, false)
-	w.lim.Store(256)
-	// A server that answers 1,000 a second over a 2 ms link: 2 × 1000 ×
-	// 0.002 = 4 would do; the window keeps its floor of 32.
-	feed(&w, time.Unix(0, 0), 64, time.Millisecond, 2*time.Millisecond, true)
-	assert.Equal(t, minWindow, w.get())
-	// 10,000 a second over 10 ms: 200.
-	var w2 window
-	w2.init(256, 0, false)
-	w2.lim.Store(256)
-	feed(&w2, time.Unix(100, 0), 64, 100*time.Microsecond, 10*time.Millisecond, true)
-	assert.Equal(t, 200, w2.get())
-}
-
 // A caller that sends one email at a time does not grow the window: the
-// rate it measures is the caller's, not the link's.
+// rate it measures is the caller's, not the link's; nor does it probe.
 func TestWindowKeptWhenTheCallerHoldsTheRateBack(t *testing.T) {
 	var w window
-	w.init(256, 0, false)
-	feed(&w, time.Unix(0, 0), 64, 10*time.Microsecond, 50*time.Millisecond, false)
-	assert.Equal(t, minWindow, w.get())
+	w.init(256, WindowState{}, false)
+	at := time.Unix(0, 0)
+	for range 5000 {
+		at = at.Add(10 * time.Microsecond)
+		w.sample(at, at.Add(-50*time.Millisecond), 1)
+		require.Equal(t, minWindow, w.get())
+	}
 }
 
-// A session starts where the last one on the link ended, within bounds.
+// A pause of the caller's (nothing in flight for a while) is not a slow
+// link: the window it had is there when sending resumes.
+func TestWindowKeptOverTheCallersPauses(t *testing.T) {
+	var w window
+	w.init(256, WindowState{}, false)
+	at, _ := drive(&w, time.Unix(0, 0), 2000, windowLimited(50*time.Millisecond))
+	require.Equal(t, 256, w.get())
+	for range 5 {
+		at = at.Add(5 * time.Second) // the next burst's first end of data leaves
+		at, _ = drive(&w, at.Add(-50*time.Millisecond+time.Second/5120), 300, windowLimited(50*time.Millisecond))
+		assert.Equal(t, 256, w.get())
+	}
+}
+
+// A session starts with what the last one on the link learned, within
+// bounds.
 func TestWindowStartsWhereTheLastSessionEnded(t *testing.T) {
 	var w window
-	w.init(256, 200, false)
-	assert.Equal(t, 200, w.get())
-	w.init(256, 1000, false)
-	assert.Equal(t, 256, w.get())
-	w.init(256, 3, false)
-	assert.Equal(t, minWindow, w.get())
+	w.init(256, WindowState{}, false)
+	drive(&w, time.Unix(0, 0), 1000, windowLimited(50*time.Millisecond))
+	require.Equal(t, 256, w.get())
+	st := w.WindowState
+	var next window
+	next.init(256, st, false)
+	assert.Equal(t, 256, next.get(), "no ramp up again")
+	next.init(100, st, false)
+	assert.Equal(t, 100, next.get(), "never over Window")
+	next.init(256, WindowState{}, false)
+	assert.Equal(t, minWindow, next.get(), "nothing learned")
 }
 
 func TestWindowBounds(t *testing.T) {
 	var small window
-	small.init(8, 0, false)
+	small.init(8, WindowState{}, false)
 	assert.Equal(t, 8, small.get(), "never over Window")
-	feed(&small, time.Unix(0, 0), 64, time.Microsecond, time.Second, true)
-	assert.Equal(t, 8, small.get())
+	_, most := drive(&small, time.Unix(0, 0), 5000, windowLimited(time.Second))
+	assert.Equal(t, 8, most)
+	_, most = drive(&small, time.Unix(100, 0), 5000, cpuLimited(100, 1000, 100*time.Microsecond))
+	assert.Equal(t, 8, most, "nor when probing")
+
+	var one window // lock-step
+	one.init(1, WindowState{}, false)
+	_, most = drive(&one, time.Unix(0, 0), 5000, windowLimited(time.Second))
+	assert.Equal(t, 1, most)
 
 	var fixed window
-	fixed.init(256, 0, true)
+	fixed.init(256, WindowState{}, true)
 	assert.Equal(t, 256, fixed.get())
-	feed(&fixed, time.Unix(0, 0), 64, time.Millisecond, time.Microsecond, true)
+	drive(&fixed, time.Unix(0, 0), 5000, serverLimited(1000, time.Microsecond))
 	assert.Equal(t, 256, fixed.get(), "FixedWindow: as configured")
 
-	var burst window // replies read in one instant: no rate, no change
-	burst.init(256, 0, false)
+	var big window // never over Window, never under 32, whatever the link
+	big.init(256, WindowState{}, false)
 	at := time.Unix(0, 0)
-	for range 64 {
+	for _, l := range []link{windowLimited(time.Second), serverLimited(1, time.Microsecond), cpuLimited(1000, 1000, time.Microsecond), serverLimited(1_000_000, time.Second)} {
+		var most int
+		at, most = drive(&big, at, 20_000, l)
+		assert.LessOrEqual(t, most, 256)
+		assert.GreaterOrEqual(t, big.get(), minWindow)
+	}
+
+	var burst window // replies read in one instant: no rate, no change
+	burst.init(256, WindowState{}, false)
+	at = time.Unix(0, 0)
+	for range 5000 {
 		burst.sample(at, at.Add(-time.Millisecond), 32)
 	}
 	assert.Equal(t, minWindow, burst.get())
+}
+
+// Where the round trip is short and the CPUs are the limit, the
+// bandwidth-delay product is a few transactions, yet more in flight goes
+// faster: probing finds it. The floor climbs while the rate climbs with
+// it, up to 128 here, and keeps no larger one, which brings nothing.
+func TestWindowGrowsWhileTheRateGrowsWithIt(t *testing.T) {
+	var w window
+	w.init(256, WindowState{}, false)
+	l := cpuLimited(200, 128, 100*time.Microsecond) // 32 in flight: 6,400/s; 128: 25,600/s
+	got, at := settle(t, &w, time.Unix(0, 0), 100_000, l)
+	assert.Less(t, w.bdp, minWindow, "the bandwidth-delay product sees nothing of it")
+	assert.Equal(t, 128, got)
+	// And it stays there: further probes, up and down, keep neither.
+	_, most := drive(&w, at, 100_000, l)
+	got, _ = settle(t, &w, at, 0, l)
+	assert.Equal(t, 128, got)
+	assert.Equal(t, 256, most, "it kept probing up")
+}
+
+// Where a larger window stops bringing a higher rate, probing brings the
+// floor back down: a server that got slow needs no more than the floor.
+func TestWindowShrinksBackWhereTheRateDoesNotGrowWithIt(t *testing.T) {
+	var w window
+	w.init(256, WindowState{}, false)
+	got, at := settle(t, &w, time.Unix(0, 0), 100_000, cpuLimited(100, 256, 100*time.Microsecond))
+	require.Equal(t, 256, got)
+	// The same link, the rate now flat at 10,000/s whatever the window.
+	got, _ = settle(t, &w, at, 100_000, serverLimited(10_000, 100*time.Microsecond))
+	assert.Equal(t, minWindow, got)
+}
+
+// The shortest round trip expires: a link that got slower for good (a new
+// route) is sized by its new round trip, not by the old one forever.
+func TestWindowShortestRoundTripExpires(t *testing.T) {
+	var w window
+	w.init(256, WindowState{}, false)
+	// 2 ms, 5,000/s: 20 would do; the floor of 32 holds.
+	got, at := settle(t, &w, time.Unix(0, 0), 5000, serverLimited(5000, 2*time.Millisecond))
+	require.Equal(t, minWindow, got)
+	// Now 40 ms, the server as fast: 2 × 5000 × 0.04 = 400, at most 256.
+	// Within 10 s the old 2 ms still sizes it.
+	got, at = settle(t, &w, at, 5000, serverLimited(5000, 40*time.Millisecond))
+	assert.Equal(t, minWindow, got, "1 s in: the 2 ms round trip still holds")
+	got, _ = settle(t, &w, at, 60_000, serverLimited(5000, 40*time.Millisecond))
+	assert.Equal(t, 256, got, "past 10 s: the 40 ms round trip sizes it")
 }
 
 // A transaction's round trip starts when its end of data is handed on,
