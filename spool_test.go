@@ -444,16 +444,7 @@ func TestSpoolPermissions(t *testing.T) {
 	s := testkit.NewRelay(t, nil)
 	dir := filepath.Join(t.TempDir(), "spool")
 	handBack(t, s, dir, "private")
-	st, err := os.Stat(dir)
-	require.NoError(t, err)
-	assert.Equal(t, os.FileMode(0o700), st.Mode().Perm(), "directory")
-	entries, err := os.ReadDir(dir)
-	require.NoError(t, err)
-	for _, e := range entries {
-		info, err := e.Info()
-		require.NoError(t, err)
-		assert.Zero(t, info.Mode().Perm()&0o077, "%s: %v", e.Name(), info.Mode())
-	}
+	spoolcheck.Private(t, dir)
 }
 
 // TestSpoolEnqueueRacingClose: Enqueues from several goroutines race

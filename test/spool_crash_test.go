@@ -1,7 +1,6 @@
 package test
 
 import (
-	"bufio"
 	"context"
 	"flag"
 	"fmt"
@@ -10,7 +9,6 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -88,58 +86,28 @@ func crashRun(t *testing.T, retryUnknown bool, sessions int) {
 			"MXRELAY_SPOOL_RETRY_UNKNOWN="+strconv.FormatBool(retryUnknown),
 			"MXRELAY_SPOOL_SESSIONS="+strconv.Itoa(sessions),
 		)
-		out, err := cmd.StdoutPipe()
-		require.NoError(t, err)
-		cmd.Stderr = os.Stderr
-		require.NoError(t, cmd.Start())
-		lines := make(chan string)
-		go func() {
-			defer close(lines)
-			sc := bufio.NewScanner(out)
-			for sc.Scan() {
-				lines <- sc.Text()
+		killAt := func(n int) <-chan time.Time {
+			if n != 0 {
+				return nil
 			}
-		}()
-		var killAt <-chan time.Time
-		if !last {
-			killAt = time.After(time.Duration(20+r.IntN(300)) * time.Millisecond)
+			return time.After(time.Duration(20+r.IntN(300)) * time.Millisecond)
 		}
-		limit := time.After(2 * time.Minute)
-		done, killed := false, false
-	read:
-		for {
-			select {
-			case line, ok := <-lines:
-				if !ok {
-					break read
-				}
-				verb, id, _ := strings.Cut(line, " ")
-				switch verb {
-				case "T":
-					tried[id] = true
-					n, _ := strconv.Atoi(strings.TrimPrefix(id, "e"))
-					next = max(next, n+1)
-				case "A":
-					accepted[id] = true
-				case "DONE":
-					done = true
-				}
-			case <-killAt:
-				require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
-				killAt, killed = nil, true
-			case <-limit:
-				cmd.Process.Kill()
-				t.Fatalf("life %d did not finish", lives)
+		if spoolcheck.Life(t, cmd, last, 2*time.Minute, killAt, func(line string) bool {
+			verb, id, _ := strings.Cut(line, " ")
+			switch verb {
+			case "T":
+				tried[id] = true
+				n, _ := strconv.Atoi(strings.TrimPrefix(id, "e"))
+				next = max(next, n+1)
+			case "A":
+				accepted[id] = true
+			case "DONE":
+				return true
 			}
-		}
-		err = cmd.Wait()
-		if done {
-			if !killed { // else it may have been killed on its way out
-				require.NoError(t, err)
-			}
+			return false
+		}) {
 			break
 		}
-		require.False(t, last, "the last life ended without DONE: %v", err)
 	}
 
 	// The spool is empty and its records say what became of each email.

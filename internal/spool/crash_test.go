@@ -1,7 +1,6 @@
 package spool
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"flag"
@@ -14,12 +13,10 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
-	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay/internal/spoolcheck"
 	"github.com/mxrelay/mxrelay/internal/store"
@@ -107,69 +104,35 @@ func crashRun(t *testing.T, retryUnknown bool, workers int, faults bool) {
 			retryEnv+"="+strconv.FormatBool(retryUnknown), workersEnv+"="+strconv.Itoa(workers),
 			faultsEnv+"="+strconv.FormatBool(faults), seedEnv+"="+strconv.FormatUint(r.Uint64(), 10),
 		)
-		out, err := cmd.StdoutPipe()
-		require.NoError(t, err)
-		cmd.Stderr = os.Stderr
-		require.NoError(t, cmd.Start())
-		lines := make(chan string)
-		go func() {
-			defer close(lines)
-			sc := bufio.NewScanner(out)
-			for sc.Scan() {
-				lines <- sc.Text()
-			}
-		}()
 		// Killed after a random number of its lines and a random moment
 		// more, so that kills land everywhere however fast the machine.
-		killAfter := -1
-		if !last {
-			killAfter = 1 + r.IntN(80)
-		}
-		var killAt <-chan time.Time
-		limit := time.After(childLimit)
-		done, killed := false, false
-	read:
-		for {
-			select {
-			case line, ok := <-lines:
-				if !ok {
-					break read
-				}
-				if killAfter--; killAfter == 0 {
-					killAt = time.After(time.Duration(r.IntN(3000)) * time.Microsecond)
-				}
-				verb, id, _ := strings.Cut(line, " ")
-				switch verb {
-				case "T":
-					tried[id] = true
-					n, _ := strconv.Atoi(strings.TrimPrefix(id, "e"))
-					next = max(next, n+1)
-				case "A":
-					accepted[id] = true
-				case "X":
-					refused[id] = true
-				case "DONE":
-					done = true
-				default:
-					t.Errorf("life %d: %s", lives, line)
-				}
-			case <-killAt:
-				require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
-				killAt, killed = nil, true
-			case <-limit:
-				cmd.Process.Kill()
-				<-lines
-				t.Fatalf("life %d did not finish", lives)
+		killAfter := 1 + r.IntN(80)
+		killAt := func(n int) <-chan time.Time {
+			if n != killAfter {
+				return nil
 			}
+			return time.After(time.Duration(r.IntN(3000)) * time.Microsecond)
 		}
-		err = cmd.Wait()
-		if done {
-			if !killed { // else it may have been killed on its way out
-				require.NoError(t, err)
+		if spoolcheck.Life(t, cmd, last, childLimit, killAt, func(line string) bool {
+			verb, id, _ := strings.Cut(line, " ")
+			switch verb {
+			case "T":
+				tried[id] = true
+				n, _ := strconv.Atoi(strings.TrimPrefix(id, "e"))
+				next = max(next, n+1)
+			case "A":
+				accepted[id] = true
+			case "X":
+				refused[id] = true
+			case "DONE":
+				return true
+			default:
+				t.Errorf("life %d: %s", lives, line)
 			}
+			return false
+		}) {
 			break
 		}
-		require.False(t, last, "the last life ended without DONE: %v", err)
 	}
 
 	// The directory is empty of emails and its records say what became

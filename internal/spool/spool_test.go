@@ -577,16 +577,7 @@ func TestPermissions(t *testing.T) {
 	c := storetest.Claim(t, s, "w1", 1)[0]
 	require.NoError(t, s.Finish(ctx, c.Token, &store.Result{ID: c.ID}))
 	s = reopen(t, s)
-	st, err := os.Stat(dir)
-	require.NoError(t, err)
-	assert.Equal(t, os.FileMode(0o700), st.Mode().Perm(), "directory")
-	entries, err := os.ReadDir(dir)
-	require.NoError(t, err)
-	for _, e := range entries {
-		info, err := e.Info()
-		require.NoError(t, err)
-		assert.Zero(t, info.Mode().Perm()&0o077, "%s: %v", e.Name(), info.Mode())
-	}
+	spoolcheck.Private(t, dir)
 }
 
 // TestDirIsRelativeToWhereOpenRan: a relative directory names the one of
