@@ -5,6 +5,7 @@ import (
 	"io/fs"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
@@ -91,4 +92,32 @@ func Private(t testing.TB, dir string) {
 		require.NoError(t, err)
 		assert.Zero(t, info.Mode().Perm()&0o077, "%s: %v", e.Name(), info.Mode())
 	}
+}
+
+// StaysInItsDirectory writes a spool directory whose journal (named
+// journal) names files outside it, by ../ and by an absolute path, opens
+// it with open, and asserts that nothing outside was removed and that the
+// journal no longer names them. open reports what the spool recovered.
+func StaysInItsDirectory(t testing.TB, journal string, open func(dir string) int) {
+	t.Helper()
+	root := t.TempDir()
+	dir := filepath.Join(root, "spool")
+	require.NoError(t, os.Mkdir(dir, 0o700))
+	victim := filepath.Join(root, "victim.msg")
+	require.NoError(t, os.WriteFile(victim, []byte("not the spool's"), 0o600))
+	abs := filepath.Join(root, "abs.msg")
+	require.NoError(t, os.WriteFile(abs, []byte("not the spool's"), 0o600))
+	lines := "B 0\n" +
+		"E ../victim.msg\n" +
+		`R {"file":"../victim.msg","id":"x","delivered":true}` + "\n" +
+		`R {"file":"` + abs + `","id":"y","delivered":true}` + "\n" +
+		`R {"file":"..","id":"z","delivered":true}` + "\n"
+	require.NoError(t, os.WriteFile(filepath.Join(dir, journal), []byte(lines), 0o600))
+
+	assert.Zero(t, open(dir), "emails recovered from a journal naming files outside")
+	assert.FileExists(t, victim, "a journal line naming ../ removed a file outside the directory")
+	assert.FileExists(t, abs, "a journal line naming an absolute path removed a file outside the directory")
+	j, err := os.ReadFile(filepath.Join(dir, journal))
+	require.NoError(t, err)
+	assert.NotContains(t, string(j), "..", "names that are not the spool's are dropped")
 }
