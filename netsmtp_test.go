@@ -165,4 +165,11 @@ func TestDropInsReportAPartialRefusal(t *testing.T) {
 		c := testkit.NewClient(t, s, nil)
 		check(t, mxrelay.NewSender(c).Send("a@example.com", to, strings.NewReader(testkit.Msg("partial"))), s)
 	})
+	t.Run("Sender, a message that writes itself out", func(t *testing.T) {
+		s := refusing(t)
+		c := testkit.NewClient(t, s, nil)
+		msg := &writerTo{chunks: []string{testkit.Msg("partial")}} // go-mail's Msg is such a one
+		check(t, mxrelay.NewSender(c).Send("a@example.com", to, msg), s)
+		require.NoError(t, msg.err)
+	})
 }

@@ -17,14 +17,17 @@ import (
 
 // With two workers, each has its own states, its events say which it is,
 // and each worker's connection events go from the state its last one
-// went to; the client's states aggregate theirs.
+// went to; the client's states aggregate theirs, and Stats counts the
+// emails their sessions hold as in flight.
 func TestWorkersHaveStatesOfTheirOwn(t *testing.T) {
 	release := make(chan struct{})
+	atMail := make(chan struct{}, 2)
 	u := testkit.NewUpstream(t, func(c *fakesmtp.Conn) {
 		c.Say("220 mx.test ESMTP")
 		c.Commands(func(verb, _ string) bool {
 			switch verb {
 			case "MAIL":
+				atMail <- struct{}{}
 				<-release // both sessions are held here
 			case "DATA":
 				c.Say("354 go ahead")
@@ -69,6 +72,16 @@ func TestWorkersHaveStatesOfTheirOwn(t *testing.T) {
 		}
 	}
 	assert.ElementsMatch(t, []int{1, 2}, workers, "one session per worker")
+	for range 2 {
+		select {
+		case <-atMail:
+		case <-ctx.Done():
+			t.Fatal("two MAILs did not come")
+		}
+	}
+	st := c.Stats()
+	assert.Equal(t, 2, st.InFlight, "each session holds its email")
+	assert.Zero(t, st.QueueSize, "both taken")
 	assert.Equal(t, []mxrelay.WorkerState{
 		{Worker: 1, ConnState: mxrelay.StateChannelReady, SessionState: mxrelay.SessionProcessing},
 		{Worker: 2, ConnState: mxrelay.StateChannelReady, SessionState: mxrelay.SessionProcessing},
@@ -82,6 +95,7 @@ func TestWorkersHaveStatesOfTheirOwn(t *testing.T) {
 		require.NoError(t, err)
 	}
 	require.NoError(t, c.Close(ctx))
+	assert.Zero(t, c.Stats().InFlight)
 	for _, w := range c.Workers() {
 		assert.Equal(t, mxrelay.StateDisconnected, w.ConnState, "worker %d", w.Worker)
 		assert.Equal(t, mxrelay.SessionIdle, w.SessionState, "worker %d", w.Worker)

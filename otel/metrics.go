@@ -40,8 +40,13 @@ func newInstruments(meter metric.Meter) (instruments, error) {
 		errs = append(errs, err)
 		return h
 	}
-	gauge := func(name, desc string) metric.Int64ObservableGauge {
-		g, err := meter.Int64ObservableGauge(name, metric.WithUnit("{email}"), metric.WithDescription(desc))
+	gauge := func(name, unit, desc string) metric.Int64ObservableGauge {
+		g, err := meter.Int64ObservableGauge(name, metric.WithUnit(unit), metric.WithDescription(desc))
+		errs = append(errs, err)
+		return g
+	}
+	floatGauge := func(name, unit, desc string) metric.Float64ObservableGauge {
+		g, err := meter.Float64ObservableGauge(name, metric.WithUnit(unit), metric.WithDescription(desc))
 		errs = append(errs, err)
 		return g
 	}
@@ -54,19 +59,12 @@ func newInstruments(meter metric.Meter) (instruments, error) {
 	m.sessionsFailed = counter("mxrelay.sessions.failed", "{session}", "SMTP sessions that could not start or broke.")
 	m.sendDuration = histogram("mxrelay.email.send.duration", "Time from Enqueue to an email's result.")
 	m.txDuration = histogram("mxrelay.email.transaction.duration", "Duration of the SMTP transaction that delivered an email.")
-	m.depth = gauge("mxrelay.queue.depth", "Emails waiting to be sent, including those waiting for a retry.")
-	m.inFlight = gauge("mxrelay.emails.in_flight", "Emails in an SMTP session now.")
-	var werr error
-	m.window, werr = meter.Int64ObservableGauge("mxrelay.pipeline.window", metric.WithUnit("{transaction}"),
-		metric.WithDescription("Transactions a session may keep in flight now (the adaptive window)."))
-	errs = append(errs, werr)
-	m.rate, werr = meter.Float64ObservableGauge("mxrelay.send.rate", metric.WithUnit("{email}/s"),
-		metric.WithDescription("The sending rate throttle feedback holds the client to, 0 when it does not."))
-	errs = append(errs, werr)
+	m.depth = gauge("mxrelay.queue.depth", "{email}", "Emails waiting to be sent, including those waiting for a retry.")
+	m.inFlight = gauge("mxrelay.emails.in_flight", "{email}", "Emails in an SMTP session now.")
+	m.window = gauge("mxrelay.pipeline.window", "{transaction}", "Transactions a session may keep in flight now (the adaptive window).")
+	m.rate = floatGauge("mxrelay.send.rate", "{email}/s", "The sending rate throttle feedback holds the client to, 0 when it does not.")
+	m.oldest = floatGauge("mxrelay.queue.oldest_age", "s", "Age of the oldest waiting email, 0 when none waits.")
 	var err error
-	m.oldest, err = meter.Float64ObservableGauge("mxrelay.queue.oldest_age", metric.WithUnit("s"),
-		metric.WithDescription("Age of the oldest waiting email, 0 when none waits."))
-	errs = append(errs, err)
 	m.dropped, err = meter.Int64ObservableCounter("mxrelay.events.dropped", metric.WithUnit("{event}"),
 		metric.WithDescription("Events lost because OnEvent fell behind; the other counters miss them."))
 	errs = append(errs, err)

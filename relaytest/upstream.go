@@ -66,10 +66,10 @@ func (s *Server) deliver(addr string, seq int, m Message) {
 		s.storedBy[seq] = append(s.storedBy[seq], s.nextID)
 	}
 	s.mu.Unlock()
-	// Debug: OnMessage and Mailbox are how a test or mockrelay sees each
-	// message, once; at Info it was printed twice by mockrelay.
-	s.log.Debug("relaytest: message received", "from", m.From, "to", m.To, "bytes", len(m.Data), "session", m.Session)
+	// OnMessage and Mailbox are how a test or mockrelay sees each message:
+	// logged as well, a message OnMessage prints (mockrelay) is told twice.
 	if s.opts.OnMessage == nil {
+		s.log.Debug("relaytest: message received", "from", m.From, "to", m.To, "bytes", len(m.Data), "session", m.Session)
 		return
 	}
 	defer func() {

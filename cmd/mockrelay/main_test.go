@@ -86,6 +86,8 @@ func TestRun(t *testing.T) {
 	cancel()
 	require.NoError(t, <-done)
 	assert.Contains(t, stdout.String(), "connections 1, authenticated 1, channels 1, messages 1")
+	told := regexp.MustCompile(`(?m)message.* from=<?a@example\.com`)
+	assert.Len(t, told.FindAllString(stdout.String()+stderr.String(), -1), 1, "the message is told once, -v or not")
 }
 
 func TestRefusesRemote(t *testing.T) {

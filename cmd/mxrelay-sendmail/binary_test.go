@@ -21,10 +21,10 @@ import (
 	gomail "github.com/wneessen/go-mail"
 )
 
-// TestBinary builds the command and runs it as a process, as cron, git
-// send-email or PHP would: from a shell pipeline, with the exit status as
-// the only answer, and from wneessen/go-mail's own sendmail support.
-func TestBinary(t *testing.T) {
+// build builds the command into a temporary directory and returns its
+// path. It skips t under -short, or where there is no go command.
+func build(t *testing.T) string {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("builds the command")
 	}
@@ -35,6 +35,14 @@ func TestBinary(t *testing.T) {
 	bin := filepath.Join(t.TempDir(), "mxrelay-sendmail")
 	out, err := exec.Command(goCmd, "build", "-o", bin, ".").CombinedOutput()
 	require.NoError(t, err, "%s", out)
+	return bin
+}
+
+// TestBinary builds the command and runs it as a process, as cron, git
+// send-email or PHP would: from a shell pipeline, with the exit status as
+// the only answer, and from wneessen/go-mail's own sendmail support.
+func TestBinary(t *testing.T) {
+	bin := build(t)
 
 	s := newRelay(t, nil)
 	noConfig := envConfig + "=/nonexistent/mxrelay-sendmail.conf" // not the machine's

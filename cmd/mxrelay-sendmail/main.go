@@ -48,11 +48,13 @@
 // field ends the header, and the body starts there; a Bcc or Resent-Bcc
 // field after it, before the first empty line, is refused (65) rather
 // than sent as text. A From and a Date header are
-// added when missing. The envelope sender is -f (or -r), "<>" for none,
-// else the From header's address, else $LOGNAME@domain. A bare user name
-// such as "root" is qualified with --domain, $MXRELAY_DOMAIN or the host
-// name; a user or domain name with a character that has no place in an
-// address (CR, LF, a space) is refused (78). Addresses keep their meaning:
+// added when missing. The envelope sender is -f (or -r), a full address
+// (a bare name such as "-f root" is refused, 64: bounces go there), "<>"
+// for none, else the From header's address, else $LOGNAME@domain. A bare
+// user name such as "root" among the recipients or in a header is
+// qualified with --domain, $MXRELAY_DOMAIN or the host name; a user or
+// domain name with a character that has no place in an address (CR, LF,
+// a space) is refused (78). Addresses keep their meaning:
 // a quoted local part ("john doe"@example.com) is sent quoted, and an
 // address that cannot be written as an SMTP path is refused (65).
 //

@@ -7,6 +7,7 @@ package main
 // record attacks that failed, so that they keep failing.
 
 import (
+	"context"
 	"encoding/base64"
 	"os"
 	"os/exec"
@@ -297,7 +298,9 @@ func TestRedTeam2VerboseMasksPasswordHeld(t *testing.T) {
 // stalled at each step: before the end of data, 75 within a second and
 // no claim that the message may have been delivered; with the end of
 // data sent (BDAT LAST is the end of data), 75 after signalGrace and
-// "may have been delivered". Nothing reaches the mailbox.
+// "may have been delivered". Nothing reaches the mailbox. The signal goes
+// once the relay logs that its fault fired: the command is then waiting
+// at that step.
 func TestRedTeam2SignalInEveryPhaseHeld(t *testing.T) {
 	bin := rtBuild(t)
 	for _, tc := range []struct {
@@ -313,11 +316,15 @@ func TestRedTeam2SignalInEveryPhaseHeld(t *testing.T) {
 		{relaytest.Fault{Kind: relaytest.StallReply, Command: "."}, true},
 	} {
 		t.Run(tc.f.Kind.String()+tc.f.Command, func(t *testing.T) {
-			s := newRelay(t, nil)
+			logs := &testkit.LogBuffer{}
+			s := newRelay(t, &relaytest.Options{Logger: logs.Logger()})
 			s.Inject(tc.f)
 			start := time.Now()
 			cmd, stderr := rt2Start(t, bin, s, "Subject: s\n\nx\n", "--retries=0", "a@example.com")
-			time.Sleep(700 * time.Millisecond)
+			ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
+			defer cancel()
+			require.True(t, logs.Await(ctx, func(w string) bool { return strings.Contains(w, `msg="relaytest: fault"`) }),
+				"the fault never fired")
 			require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
 			code, took := rt2WaitFor(cmd, start, 8*time.Second)
 			t.Logf("exit %d after %v, stderr %q", code, took.Round(time.Millisecond), stderr.String())

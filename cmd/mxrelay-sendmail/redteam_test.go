@@ -24,24 +24,14 @@ import (
 	"github.com/mxrelay/mxrelay/relaytest"
 )
 
-// rtBuild builds the command into a temporary directory and returns its
-// path.
+// rtBuild builds the command (build) for the red team's tests, which send
+// it signals: not on Windows.
 func rtBuild(t *testing.T) string {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("builds the command")
-	}
 	if runtime.GOOS == "windows" {
 		t.Skip("signals")
 	}
-	goCmd, err := exec.LookPath("go")
-	if err != nil {
-		t.Skip("no go command to build the binary with")
-	}
-	bin := filepath.Join(t.TempDir(), "mxrelay-sendmail")
-	out, err := exec.Command(goCmd, "build", "-o", bin, ".").CombinedOutput()
-	require.NoError(t, err, "%s", out)
-	return bin
+	return build(t)
 }
 
 // rtEnv is the environment of the built command sending through s, with

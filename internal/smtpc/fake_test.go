@@ -33,3 +33,14 @@ func within(t *testing.T, d time.Duration, what string, fn func()) bool {
 		return false
 	}
 }
+
+// runTx sends tx on c and returns where its Result will come.
+func runTx(t *testing.T, c *Client, tx *Tx) chan *Result {
+	t.Helper()
+	out := make(chan *Result, 1)
+	tx.Done = func(r *Result) { out <- r }
+	if err := c.Send(tx); err != nil {
+		t.Logf("Send: %v", err)
+	}
+	return out
+}

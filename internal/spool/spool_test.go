@@ -51,33 +51,13 @@ func msgFiles(t *testing.T, dir string) []string {
 }
 
 // records reads every result record in dir: results.log, then the
-// journal's.
+// journal's, where spoolcheck, which reads them for the tests at both
+// levels, looks for them.
 func records(t *testing.T, dir string) []Record {
 	t.Helper()
-	var out []Record
-	for _, name := range []string{resultsName, journalName} {
-		f, err := os.Open(filepath.Join(dir, name))
-		if os.IsNotExist(err) {
-			continue
-		}
-		require.NoError(t, err)
-		sc := bufio.NewScanner(f)
-		sc.Buffer(nil, 1<<20)
-		for sc.Scan() {
-			line := sc.Text()
-			if name == journalName {
-				var ok bool
-				if line, ok = strings.CutPrefix(line, "R "); !ok {
-					continue
-				}
-			}
-			var r Record
-			require.NoError(t, json.Unmarshal([]byte(line), &r), line)
-			out = append(out, r)
-		}
-		f.Close()
-	}
-	return out
+	require.Equal(t, []string{resultsName, journalName}, []string{spoolcheck.ResultsLog, spoolcheck.Journal},
+		"spoolcheck reads the records under other names")
+	return spoolcheck.Records[Record](t, dir)
 }
 
 // finish claims and finishes every ready email of s, delivered.

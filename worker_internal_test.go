@@ -20,8 +20,9 @@ import (
 // timeout; with no relay connection kept, nothing).
 //
 // The claim is set as waitForWork sets it, before the cut that makes
-// worker 2 one too many; the release is run's, unclaim.
-func TestRedteam8ReleasedClaimWakesTheOthers(t *testing.T) {
+// worker 2 one too many; the release is run's, unclaim. (Red team 8
+// found the email stranded.)
+func TestReleasedClaimWakesTheOthers(t *testing.T) {
 	relay := relaytest.NewServer(nil)
 	defer relay.Close()
 	looked := make(chan struct{}, 16)
