@@ -1,6 +1,9 @@
 package main
 
 import (
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -8,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/relaytest"
 )
 
 func TestParseArgs(t *testing.T) {
@@ -99,4 +103,108 @@ func TestDashHAloneIsHelp(t *testing.T) {
 	cfg, err = parseArgs([]string{"-h", "5", "a@example.com"})
 	require.NoError(t, err)
 	assert.False(t, cfg.help)
+}
+
+// TestAppendedDomainCannotRedirectBareNames: the guide's wrapper is
+// "exec mxrelay-sendmail --domain=example.com "$@"" and PHP appends
+// "-fx --domain=evil.example" after sendmail_path's "-t -i". The
+// wrapper's --domain is the administrator's; a second --domain is refused
+// (64), and no bare name ("To: root", cron's MAILTO=root, a PHP
+// mail("webmaster", ...)) is sent to the attacker's domain.
+//
+// Found by the red team (issue 15, round one): --domain was not
+// given-once and not settable in the configuration file, so the last one
+// won, and every bare name went to the attacker's domain while the
+// intended recipient got nothing.
+func TestAppendedDomainCannotRedirectBareNames(t *testing.T) {
+	s, sent := recordingRelay(t)
+	wrapper := []string{"--domain=example.com"}
+	php := []string{"-t", "-i"}
+	appended := []string{"-fvisitor@example.com", "--domain=evil.example"}
+	args := append(append(wrapper, php...), appended...)
+	code, stderr := sendmail(t, relayEnv(s), strings.NewReader("To: root\nSubject: backup failed\n\ndetails\n"), args...)
+	t.Logf("exit %d, stderr %q, RCPT %q", code, stderr, rcptPaths(sent()))
+	assert.NotContains(t, rcptPaths(sent()), "root@evil.example", "root's mail went to the attacker's domain")
+	assert.Equal(t, exUsage, code, "a second --domain is refused")
+}
+
+// TestAppendedStartTLSCannotDowngradeTheWrapper: a wrapper (or
+// git send-email's sendmailCmd) that says "--starttls=required
+// --tls-server-name=smtp.example.com" is not downgraded by an appended
+// "--starttls=opportunistic" (or "never"): a second --starttls that
+// contradicts the first is refused (64), as a second --tls-server-name
+// is, and nothing goes in clear. Here the upstream offers no STARTTLS:
+// required refuses (69).
+//
+// Found by the red team (issue 15, round one): --tls-server-name could be
+// given once, but --starttls any number of times and the last one won, so
+// the relay's hop to the upstream went in clear whenever the upstream, or
+// whoever sits on that path, did not offer STARTTLS: the appended option
+// made it deliver in clear, exit 0.
+//
+// (The wrapper names the relay with --url: with the relay in the
+// environment, MXRELAY_URL, no option may set --starttls at all, and
+// TestAppendedTLSOptionsCannotSetThePolicy covers that.)
+func TestAppendedStartTLSCannotDowngradeTheWrapper(t *testing.T) {
+	in := "To: a@example.com\nSubject: payroll\n\nSalary: 1,000,000\n"
+	wrapped := func(s *relaytest.Server) (map[string]string, []string) {
+		env := relayEnv(s)
+		delete(env, "MXRELAY_URL")
+		return env, []string{"--url=" + s.URL, "--starttls=required", "--tls-server-name=smtp.example.com"}
+	}
+
+	s := newRelay(t, nil)
+	env, wrapper := wrapped(s)
+	code, stderr := sendmail(t, env, strings.NewReader(in), append(wrapper, "-t", "-i")...)
+	require.Equal(t, exUnavailable, code, "the upstream offers no STARTTLS: required refuses: %s", stderr)
+
+	for _, mode := range []string{"opportunistic", "never"} {
+		t.Run(mode, func(t *testing.T) {
+			s := newRelay(t, nil)
+			env, wrapper := wrapped(s)
+			code, stderr := sendmail(t, env, strings.NewReader(in), append(wrapper, "-t", "-i", "-fvisitor@example.com", "--starttls="+mode)...)
+			t.Logf("exit %d, stderr %q, sent in clear: %d", code, stderr, len(s.Mailbox()))
+			assert.Zero(t, len(s.Mailbox()), "the administrator required STARTTLS; the mail went in clear")
+			assert.Equal(t, exUsage, code, "a second --starttls is refused")
+		})
+	}
+}
+
+// TestPHPSendmailInjectionWritesNothing: the CVE-2016-10033 payload,
+// "-fa@b -X/path/shell.php -OQueueDirectory=/tmp", as the shell splits it
+// and as one word. -X and -O are accepted and ignored: no log file is
+// written; as one word the sender is refused. (Red team, issue 15, round
+// one; held: the attack failed, and this keeps it failing.)
+func TestPHPSendmailInjectionWritesNothing(t *testing.T) {
+	dir := t.TempDir()
+	shell := filepath.Join(dir, "shell.php")
+	s := newRelay(t, nil)
+	in := "To: a@example.com\nSubject: <?php system($_GET['c']); ?>\n\nx\n"
+	code, stderr := sendmail(t, relayEnv(s), strings.NewReader(in), "-t", "-i", "-fa@example.com", "-X"+shell, "-OQueueDirectory="+dir)
+	assert.Equal(t, exOK, code, stderr)
+	_, err := os.Stat(shell)
+	assert.ErrorIs(t, err, os.ErrNotExist, "-X writes no file")
+
+	code, stderr = sendmail(t, relayEnv(s), strings.NewReader(in), "-t", "-i", "-fa@example.com -X"+shell+" -OQueueDirectory="+dir)
+	assert.Equal(t, exDataErr, code, stderr)
+	_, err = os.Stat(shell)
+	assert.ErrorIs(t, err, os.ErrNotExist)
+}
+
+// TestAppendedHelpIsNotASuccess: exit 0 means "delivered" (the README,
+// and PHP's mail(), which returns true), so "--help" with anything else
+// on the command line (PHP's fifth argument appending it) does not exit
+// 0 when nothing was sent.
+//
+// Found by the red team (issue 15, round one): "--help" anywhere among
+// the options printed the usage and exited 0 without reading or sending
+// the message: an appended "--help" made every mail vanish while the
+// application was told it was sent.
+func TestAppendedHelpIsNotASuccess(t *testing.T) {
+	s := newRelay(t, nil)
+	code, stderr := sendmail(t, relayEnv(s), strings.NewReader("To: a@example.com\nSubject: order 1234\n\nx\n"), "-t", "-i", "--help")
+	t.Logf("exit %d, %d message(s) sent, stderr %.80q…", code, len(s.Mailbox()), stderr)
+	if len(s.Mailbox()) == 0 {
+		assert.NotEqual(t, exOK, code, "nothing was sent: exit 0 would tell PHP it was")
+	}
 }

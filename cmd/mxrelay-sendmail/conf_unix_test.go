@@ -93,3 +93,27 @@ func TestConfigPathChecks(t *testing.T) {
 		})
 	}
 }
+
+// TestConfigInADirectoryAllMayWriteIsRefused: a configuration file in a
+// directory every user may write (0777, not sticky) is as good as
+// writable by them: anyone can rename a file of theirs over it and choose
+// where the mail and the key go. It is refused (78), its own mode 0644
+// notwithstanding, as ssh's StrictModes checks the directories on the
+// path too.
+//
+// Found by the red team (issue 15, round two, on 69b67f2): only the
+// file's own mode was checked (readConfig, on the opened file alone), and
+// the file was accepted, exit 0.
+func TestConfigInADirectoryAllMayWriteIsRefused(t *testing.T) {
+	s := newRelay(t, nil)
+	keyFile := writeFile(t, t.TempDir(), "key", s.APIKey+"\n")
+	shared := t.TempDir()
+	require.NoError(t, os.Chmod(shared, 0o777))
+	conf := writeFile(t, shared, "sendmail.conf", "url = "+s.URL+"\napi-key-file = "+keyFile+"\n")
+	require.NoError(t, os.Chmod(conf, 0o644))
+	env := map[string]string{"LOGNAME": "tester", "MXRELAY_DOMAIN": "host.test", envConfig: conf}
+	code, stderr := sendmail(t, env, strings.NewReader("Subject: s\n\nx\n"), "a@example.com")
+	t.Logf("exit %d, stderr %q, connections %d", code, stderr, s.Stats().Connections)
+	assert.Equal(t, exConfig, code, "a configuration in a directory every user may write is as good as writable by them")
+	assert.Zero(t, s.Stats().Connections)
+}

@@ -8,11 +8,12 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// Red team, round 7: a client's JSON data frame whose string holds an
-// escape encoding/json would replace with U+FFFD. The relay must not
-// forward the replaced bytes: it closes with 1002 and the upstream keeps
-// nothing. An exact surrogate pair goes through as its UTF-8.
-func TestRT7LoneSurrogateFromTheClient(t *testing.T) {
+// TestLoneSurrogateFromTheClientIsRefused: a client's JSON data frame
+// whose string holds an escape encoding/json would replace with U+FFFD.
+// The relay must not forward the replaced bytes: it closes with 1002 and
+// the upstream keeps nothing. An exact surrogate pair goes through as its
+// UTF-8. (Found by the red team, round 7.)
+func TestLoneSurrogateFromTheClientIsRefused(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		data string // the JSON string of the frame that carries the body
@@ -26,7 +27,7 @@ func TestRT7LoneSurrogateFromTheClient(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			s := NewServer(nil)
 			defer s.Close()
-			c := rt7InData(t, s)
+			c := inData(t, s)
 			c.sendRaw(websocket.MessageText, []byte(`{"type":"SMTP_TO_SERVER","data":`+tc.data+`}`))
 			c.expectClose(websocket.StatusProtocolError)
 			assert.Empty(t, s.Mailbox(), "a replaced byte reached the upstream")
@@ -35,7 +36,7 @@ func TestRT7LoneSurrogateFromTheClient(t *testing.T) {
 	t.Run("exact pair", func(t *testing.T) {
 		s := NewServer(nil)
 		defer s.Close()
-		c := rt7InData(t, s)
+		c := inData(t, s)
 		c.sendRaw(websocket.MessageText, []byte(`{"type":"SMTP_TO_SERVER","data":"Subject: x\r\n\r\n\ud83d\ude00 \u00e9\r\n.\r\n"}`))
 		require.Equal(t, "250", code(c.reply()))
 		mb := s.Mailbox()
@@ -44,8 +45,8 @@ func TestRT7LoneSurrogateFromTheClient(t *testing.T) {
 	})
 }
 
-// rt7InData is a client on a JSON channel of s, past DATA's 354.
-func rt7InData(t *testing.T, s *Server) *rawClient {
+// inData is a client on a JSON channel of s, past DATA's 354.
+func inData(t *testing.T, s *Server) *rawClient {
 	t.Helper()
 	c := dial(t, s)
 	require.True(t, c.auth(s.APIKey).Success)
