@@ -181,7 +181,7 @@ func Open(dir string, opts *Options) (*Store, error) {
 func (s *Store) start() error {
 	s.jmu.Lock()
 	defer s.jmu.Unlock()
-	states, err := s.compact()
+	states, err := s.compact(true)
 	if err != nil {
 		return err
 	}
@@ -227,31 +227,40 @@ func (s *Store) restore(states map[string]fileState) error {
 			}
 			continue
 		}
-		e := &ledger.Entry[*file]{
-			Env: m.hdr.Envelope, Queued: m.hdr.Queued, Meta: m.hdr.Meta, BodySize: m.size,
-			Data: &file{name: name, off: m.off, size: m.size},
-		}
-		st := states[name]
-		e.Ends = st.ends
-		if st.progress != nil {
-			var p progressLine
-			if json.Unmarshal(st.progress, &p) == nil {
-				e.Progress = &p.Progress
-			} else {
-				e.Ends++ // not readable: at least as uncertain as an E
-			}
-		}
+		e := entryOf(name, m, states[name])
 		if !s.l.Restore(e) {
-			// Two files of one ID (a previous Client did not refuse
-			// duplicate IDs): the later one is kept under a name of its
-			// own rather than lost.
-			e.Env.ID = fmt.Sprintf("%s (%s)", e.Env.ID, name)
+			e.Env.ID = twinID(e.Env.ID, name)
 			s.l.Restore(e)
 		}
 		s.recovered = append(s.recovered, store.Accepted{ID: e.Env.ID, Queued: e.Queued})
 	}
 	return nil
 }
+
+// entryOf is the email of file name, whose header is m's, as the
+// journal's st leaves it: on hold or not, its progress and retry time,
+// and its unanswered "E" lines.
+func entryOf(name string, m *msg, st fileState) *ledger.Entry[*file] {
+	e := &ledger.Entry[*file]{
+		Env: m.hdr.Envelope, Queued: m.hdr.Queued, Meta: m.hdr.Meta, BodySize: m.size,
+		Ends: st.ends, OnHold: st.onHold,
+		Data: &file{name: name, off: m.off, size: m.size},
+	}
+	if st.progress != nil {
+		var p progressLine
+		if json.Unmarshal(st.progress, &p) == nil {
+			e.Progress, e.NotBefore = &p.Progress, p.NotBefore
+		} else {
+			e.Ends++ // not readable: at least as uncertain as an E
+		}
+	}
+	return e
+}
+
+// twinID is the ID of the email of file name when an earlier file has
+// its ID (a previous Client did not refuse duplicate IDs): the later one
+// is kept under a name of its own rather than lost.
+func twinID(id, name string) string { return fmt.Sprintf("%s (%s)", id, name) }
 
 // Recovered returns the emails Open found in the directory, accepted by
 // a previous Store and not finished, in the order of acceptance.
