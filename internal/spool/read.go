@@ -50,19 +50,16 @@ type Reader struct {
 
 var _ store.Inspector = (*Reader)(nil)
 
-// NewReader returns a Reader of dir, a directory that must exist (a
-// relative name is taken from the working directory of now).
+// NewReader returns a Reader of dir, a directory a Store opened before
+// (ErrNotSpool otherwise); a relative name is taken from the working
+// directory of now.
 func NewReader(dir string) (*Reader, error) {
 	dir, err := filepath.Abs(dir)
 	if err != nil {
 		return nil, fmt.Errorf("mxrelay: spool: %w", err)
 	}
-	fi, err := os.Stat(dir)
-	if err != nil {
-		return nil, fmt.Errorf("mxrelay: spool: %w", err)
-	}
-	if !fi.IsDir() {
-		return nil, fmt.Errorf("mxrelay: spool: %s is not a directory", dir)
+	if err := isSpool(dir); err != nil {
+		return nil, err
 	}
 	return &Reader{dir: dir}, nil
 }

@@ -101,9 +101,23 @@ func TestReaderNeedsADirectory(t *testing.T) {
 	require.NoError(t, os.WriteFile(file, nil, 0o600))
 	_, err = NewReader(file)
 	require.Error(t, err)
-	n, err := newReader(t, t.TempDir()).Counts(ctx)
-	require.NoError(t, err, "an empty directory: a spool no Client has opened yet")
+	empty := t.TempDir()
+	_, err = NewReader(empty)
+	require.ErrorIs(t, err, ErrNotSpool, "no Store opened it")
+	_, err = OpenExisting(empty, nil)
+	require.ErrorIs(t, err, ErrNotSpool)
+	assert.Equal(t, []string(nil), dirState(t, empty), "nothing created")
+
+	s := open(t, empty)
+	n, err := newReader(t, empty).Counts(ctx)
+	require.NoError(t, err, "opened once: a spool")
 	assert.Zero(t, n[store.StateReady])
+	_, err = OpenExisting(empty, nil)
+	require.ErrorIs(t, err, ErrLocked, "s holds it")
+	require.NoError(t, s.Close())
+	s, err = OpenExisting(empty, nil)
+	require.NoError(t, err)
+	s.Close()
 }
 
 // TestReaderSeesTwinsAndDamage: two files of one ID are listed as Open

@@ -80,6 +80,14 @@ const (
 	badSuffix   = ".bad" // a .msg file found damaged, set aside
 )
 
+// ErrLocked is matched by Open's error when another Store holds the
+// directory's lock, in this process or another (a Client running on it).
+var ErrLocked = errors.New("mxrelay: spool: its lock is held")
+
+// ErrNotSpool is matched by the error of NewReader and OpenExisting for
+// a directory no Store has opened: it has no lock file.
+var ErrNotSpool = errors.New("mxrelay: spool: not a spool directory (no lock file: no Client has opened it)")
+
 // Options configures a Store. The zero value is useful.
 type Options struct {
 	// SyncAll fsyncs the journal after each record (an end of data
@@ -175,6 +183,33 @@ func Open(dir string, opts *Options) (*Store, error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// OpenExisting is Open for a directory a Store opened before: it creates
+// nothing where there is no spool, and fails with ErrNotSpool (or an
+// error matching os.ErrNotExist).
+func OpenExisting(dir string, opts *Options) (*Store, error) {
+	if err := isSpool(dir); err != nil {
+		return nil, err
+	}
+	return Open(dir, opts)
+}
+
+// isSpool checks that dir is a directory with a lock file.
+func isSpool(dir string) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("mxrelay: spool: %w", err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("mxrelay: spool: %s is not a directory", dir)
+	}
+	if _, err := os.Lstat(filepath.Join(dir, lockName)); errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("%w: %s", ErrNotSpool, dir)
+	} else if err != nil {
+		return fmt.Errorf("mxrelay: spool: %w", err)
+	}
+	return nil
 }
 
 // start reads what a previous Store left, in four steps.

@@ -203,6 +203,7 @@ func todaysFormat(t *testing.T) string {
 		"E " + b + "\n" +
 		`R {"file":"` + c + `","id":"ec","delivered":false,"attempts":1,"error":"mxrelay: refused","time":"` + time.Now().UTC().Format(time.RFC3339Nano) + `"}` + "\n"
 	require.NoError(t, os.WriteFile(filepath.Join(dir, journalName), []byte(journal), 0o600))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, lockName), nil, 0o600))
 	return dir
 }
 

@@ -39,7 +39,7 @@ func RunAdmin(t *testing.T, caps AdminCapabilities, newBacking func(t *testing.T
 			b := newBacking(t)
 			tc.run(&adminSuite{
 				suite: &suite{t: t, b: b, caps: caps.Capabilities, newBacking: any},
-				b:     b, caps: caps, insp: b.Inspector(t),
+				b:     b, caps: caps,
 			})
 		})
 	}
@@ -47,9 +47,17 @@ func RunAdmin(t *testing.T, caps AdminCapabilities, newBacking func(t *testing.T
 
 type adminSuite struct {
 	*suite
-	b    AdminBacking
-	caps AdminCapabilities
-	insp store.Inspector
+	b     AdminBacking
+	caps  AdminCapabilities
+	inspk store.Inspector // made at the first use of insp, once a Store opened the backing
+}
+
+// insp is the backing's Inspector.
+func (s *adminSuite) insp() store.Inspector {
+	if s.inspk == nil {
+		s.inspk = s.b.Inspector(s.t)
+	}
+	return s.inspk
 }
 
 var adminTests = []struct {
@@ -307,7 +315,7 @@ var adminTests = []struct {
 			_, _, err = a.Delete(ctx, tc.id, true)
 			assert.ErrorIs(t, err, tc.want, "delete %s", tc.id)
 		}
-		_, err := s.insp.Inspect(ctx, "nope")
+		_, err := s.insp().Inspect(ctx, "nope")
 		assert.ErrorIs(t, err, store.ErrNotFound)
 		r, err := st.Result(ctx, "e1")
 		require.NoError(t, err)
@@ -344,7 +352,7 @@ var adminTests = []struct {
 		if s.caps.Claims {
 			claimedAs = store.StateClaimed
 		}
-		all, err := s.insp.List(ctx, store.Filter{})
+		all, err := s.insp().List(ctx, store.Filter{})
 		require.NoError(t, err)
 		assert.Equal(t, []string{"claimed", "deferred", "held", "ready"}, infoIDs(all), "by priority, then acceptance; no finished")
 		assert.Equal(t, []store.State{claimedAs, store.StateDeferred, store.StateHeld, store.StateReady}, infoStates(all))
@@ -355,30 +363,30 @@ var adminTests = []struct {
 		assert.EqualValues(t, len("the body"), all[3].BodySize)
 		assert.Equal(t, []string{"b@example.com"}, all[3].To)
 
-		done, err := s.insp.List(ctx, store.Filter{States: []store.State{store.StateFinished}})
+		done, err := s.insp().List(ctx, store.Filter{States: []store.State{store.StateFinished}})
 		require.NoError(t, err)
 		require.Equal(t, []string{"finished"}, infoIDs(done))
 		require.NotNil(t, done[0].Result)
 		assert.True(t, done[0].Result.Delivered)
 		assert.False(t, done[0].Result.Finished.IsZero())
 
-		some, err := s.insp.List(ctx, store.Filter{States: []store.State{store.StateHeld, store.StateDeferred}})
+		some, err := s.insp().List(ctx, store.Filter{States: []store.State{store.StateHeld, store.StateDeferred}})
 		require.NoError(t, err)
 		assert.Equal(t, []string{"deferred", "held"}, infoIDs(some))
 
-		n, err := s.insp.Counts(ctx)
+		n, err := s.insp().Counts(ctx)
 		require.NoError(t, err)
 		want := map[store.State]int{store.StateReady: 1, store.StateDeferred: 1, store.StateClaimed: 0, store.StateHeld: 1, store.StateFinished: 1}
 		want[claimedAs]++
 		assert.Equal(t, want, n)
 
-		r, err := s.insp.Body(ctx, "ready")
+		r, err := s.insp().Body(ctx, "ready")
 		require.NoError(t, err)
 		body, err := io.ReadAll(r)
 		require.NoError(t, err)
 		r.Close()
 		assert.Equal(t, "the body", string(body))
-		_, err = s.insp.Body(ctx, "finished")
+		_, err = s.insp().Body(ctx, "finished")
 		assert.ErrorIs(t, err, store.ErrNotFound)
 	}},
 }
@@ -395,7 +403,7 @@ func admin(t testing.TB, st store.Store) store.Admin {
 // spool's sees a claimed email as ready) and returns its Info.
 func (s *adminSuite) state(id string, want store.State) *store.Info {
 	s.t.Helper()
-	i, err := s.insp.Inspect(ctx, id)
+	i, err := s.insp().Inspect(ctx, id)
 	require.NoError(s.t, err)
 	if want == store.StateClaimed && !s.caps.Claims {
 		want = store.StateReady
@@ -407,7 +415,7 @@ func (s *adminSuite) state(id string, want store.State) *store.Info {
 // sub is the suite for t, a subtest, on a backing of its own.
 func (s *adminSuite) sub(t *testing.T) *adminSuite {
 	b := s.newBacking(t).(AdminBacking)
-	return &adminSuite{suite: &suite{t: t, b: b, caps: s.caps.Capabilities, newBacking: s.newBacking}, b: b, caps: s.caps, insp: b.Inspector(t)}
+	return &adminSuite{suite: &suite{t: t, b: b, caps: s.caps.Capabilities, newBacking: s.newBacking}, b: b, caps: s.caps}
 }
 
 func infoIDs(is []*store.Info) []string {
