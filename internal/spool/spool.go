@@ -9,7 +9,8 @@
 //	                name, fsync'd, named, the directory fsync'd; never
 //	                changed; removed once its result is recorded
 //	journal         the steps of the emails (journal.go): E before an end
-//	                of data, D for progress, R for a result
+//	                of data, D for progress, R for a result, H and U for
+//	                a hold and its release
 //	results.log     the results of earlier journals, moved there by each
 //	                compaction (compact.go)
 //
@@ -51,6 +52,15 @@
 // after a crash is never blocked by it. Claims, leases and fencing are
 // kept in memory (internal/store/ledger): they are the process's own, and
 // a new Open starts with every email released, its tokens counted anew.
+//
+// # The operator's side
+//
+// Store is a store.Admin (admin.go): its changes are journal lines,
+// written under the lock, so an operator's tool makes them by opening the
+// directory (OpenExisting) while no Client runs. Reader (read.go) is a
+// store.Inspector that reads the directory without the lock and without
+// writing, while a Client runs; what one read returns is true of one
+// moment.
 package spool
 
 import (
