@@ -169,6 +169,8 @@ func TestHoldIsAJournalLine(t *testing.T) {
 	assert.Equal(t, []string{"B 0", "H " + name}, journalLines(t, s.dir), "the compacted journal keeps the hold")
 	s = reopen(t, s)
 	assert.Equal(t, []string{"e2"}, storetest.IDs(storetest.Claim(t, s, "w1", 10)))
+	require.Len(t, s.Recovered(), 1, "what a claim can take: not e1")
+	assert.Equal(t, "e2", s.Recovered()[0].ID)
 	_, _, err = s.Release(ctx, "e1")
 	require.NoError(t, err)
 	assert.Equal(t, []string{"B 0", "H " + name, "U " + name}, journalLines(t, s.dir))

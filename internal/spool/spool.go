@@ -277,7 +277,9 @@ func (s *Store) restore(states map[string]fileState) error {
 			e.Env.ID = twinID(e.Env.ID, name)
 			s.l.Restore(e)
 		}
-		s.recovered = append(s.recovered, store.Accepted{ID: e.Env.ID, Queued: e.Queued})
+		if !e.OnHold {
+			s.recovered = append(s.recovered, store.Accepted{ID: e.Env.ID, Queued: e.Queued})
+		}
 	}
 	return nil
 }
@@ -308,7 +310,8 @@ func entryOf(name string, m *msg, st fileState) *ledger.Entry[*file] {
 func twinID(id, name string) string { return fmt.Sprintf("%s (%s)", id, name) }
 
 // Recovered returns the emails Open found in the directory, accepted by
-// a previous Store and not finished, in the order of acceptance.
+// a previous Store and not finished, in the order of acceptance: those a
+// claim can take, not those on hold.
 func (s *Store) Recovered() []store.Accepted { return slices.Clone(s.recovered) }
 
 // SetAside returns the names of the damaged files Open set aside
