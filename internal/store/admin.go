@@ -13,27 +13,25 @@ import (
 // The operator's side of a store (cmd/mxrelay-queue): Inspector reads
 // what a store keeps, Admin changes it. Neither is part of Store: the
 // Client never calls them, and nothing on a claim's path looks at them
-// beyond the one fact they add, that an email may be held.
+// beyond the one fact they add, that an email may be on hold. ("Held" in
+// Store's docs is a claim's; an email on hold is in StateHeld, held by
+// no claim.)
 //
-// # Held emails
+// Emails on hold: an email on hold is kept as it is, with its progress
+// and its Ending records, and no Claim takes it, whatever its retry time
+// or its lease, until Release: in every process, and after a restart.
+// Cancel still finishes it.
 //
-// A held email is kept as it is, with its progress and its Ending
-// records, and no Claim takes it, whatever its retry time or its lease,
-// until Release: in every process, and after a restart. Cancel still
-// finishes it.
-//
-// # Claimed emails
-//
-// Hold and Delete refuse an email that someone holds (a *ClaimedError)
-// unless forced. Forced, they fence the holder first: the claim is
-// released as a takeover would release it, so that every later write of
-// its token (Renew, Ending, Requeue, HandBack, Finish) is refused with a
-// *FencedError, and no end of data follows. An Ending the holder made
-// before stays unanswered: a held email claimed after its Release is an
-// unknown outcome (Claimed.Unanswered), and a deleted one's result says
-// it may have been delivered. That is the safe side: a holder that
-// wrote its end of data may have delivered the email, and nothing the
-// store does can take that back.
+// Claimed emails: Hold and Delete refuse an email a claim holds (a
+// *ClaimedError) unless forced. Forced, they fence the holder first: its
+// claim is released, so that every later write of its token (Renew,
+// Ending, Requeue, HandBack, Finish) is refused with a *FencedError, and
+// no end of data follows. An Ending the holder made before stays
+// unanswered: an email on hold claimed after its Release is an unknown
+// outcome (Claimed.Unanswered), and a deleted one's result says it may
+// have been delivered. That is the safe side: a holder that wrote its
+// end of data may have delivered the email, and nothing the store does
+// can take that back.
 
 // State is where an email stands, as an operator sees it.
 type State string
@@ -161,15 +159,15 @@ type Inspector interface {
 // (ErrClaimed), ErrClosed, ErrUnavailable (as for Store: the change may
 // have been made all the same).
 type Admin interface {
-	// Hold holds email id (see the package doc's Held emails): no Claim
+	// Hold puts email id on hold (see the top of admin.go): no Claim
 	// takes it until Release. An email a claim holds is refused unless
-	// force; forced, its holder is fenced. Holding a held email changes
-	// nothing.
+	// force; forced, its holder is fenced. An email on hold already is
+	// left as it is.
 	Hold(ctx context.Context, id string, force bool) (before *Info, changed bool, err error)
-	// Release makes a held email claimable again, at its retry time if
-	// it has one. An email that is not held is left as it is.
+	// Release takes email id off hold: claimable again, at its retry
+	// time if it has one. An email not on hold is left as it is.
 	Release(ctx context.Context, id string) (before *Info, changed bool, err error)
-	// Retry clears email id's retry time: it is ready now (still held
+	// Retry clears email id's retry time: it is ready now (still on hold
 	// if it is). An email that waits for no retry time is left as it is;
 	// one that a claim holds is refused: it is being tried.
 	Retry(ctx context.Context, id string) (before *Info, changed bool, err error)
