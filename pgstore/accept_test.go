@@ -21,7 +21,7 @@ func TestOpenMigratesOnceAndRefusesANewerSchema(t *testing.T) {
 	}
 	wg.Wait()
 	assert.Equal(t, SchemaVersion, f.count(`SELECT max(version) FROM {s}.schema_version`))
-	assert.Equal(t, 1, f.count(`SELECT count(*) FROM {s}.schema_version`), "migration 1 applied once")
+	assert.Equal(t, SchemaVersion, f.count(`SELECT count(*) FROM {s}.schema_version`), "each migration applied once")
 
 	f.exec(`INSERT INTO {s}.schema_version (version) VALUES ($1)`, SchemaVersion+1)
 	_, err := Open(context.Background(), f.admin, &Options{Schema: f.schema})

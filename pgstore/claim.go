@@ -32,7 +32,7 @@ func (s *Store) Claim(ctx context.Context, owner string, n int, lease time.Durat
 	rows, err := s.pool.Query(ctx, s.sql(`
 		WITH c AS (
 			SELECT id FROM {s}.email
-			WHERE finished_at IS NULL AND ord IS NOT NULL AND not_before <= now()
+			WHERE finished_at IS NULL AND ord IS NOT NULL AND not_before <= now() AND held_at IS NULL
 				AND (owner IS NULL OR lease_expires <= now())
 			ORDER BY priority DESC, ord
 			LIMIT $1
@@ -90,7 +90,7 @@ func (s *Store) Claim(ctx context.Context, owner string, n int, lease time.Durat
 	}
 	var next *time.Time
 	err = s.pool.QueryRow(ctx, s.sql(`SELECT least(
-		(SELECT min(not_before) FROM {s}.email WHERE finished_at IS NULL AND owner IS NULL AND not_before > now()),
+		(SELECT min(not_before) FROM {s}.email WHERE finished_at IS NULL AND owner IS NULL AND not_before > now() AND held_at IS NULL),
 		(SELECT min(lease_expires) FROM {s}.email WHERE finished_at IS NULL AND owner IS NOT NULL))`)).Scan(&next)
 	if err != nil {
 		// The claims stand: the caller polls instead.

@@ -43,3 +43,14 @@ func TestConformance(t *testing.T) {
 		return &backing{f: newFixture(t)}
 	})
 }
+
+// Inspector is another Store on the schema: an operator's tool, as a
+// process of its own.
+func (b *backing) Inspector(t *testing.T) store.Inspector { return b.f.open(nil) }
+
+// TestAdmin: pgstore passes the suite of the operator's side, every
+// change made and read by stores of their own, as processes would.
+func TestAdmin(t *testing.T) {
+	storetest.RunAdmin(t, storetest.AdminCapabilities{Capabilities: storetest.Capabilities{Shared: true, Durable: true}, Claims: true},
+		func(t *testing.T) storetest.AdminBacking { return &backing{f: newFixture(t)} })
+}

@@ -2,7 +2,11 @@ package pgstore
 
 import (
 	"context"
+	"errors"
 	"fmt"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // migrations are the schema's versions: migrations[v-1] takes the schema
@@ -66,10 +70,51 @@ CREATE TRIGGER email_result AFTER UPDATE OF finished_at ON {s}.email
 	FOR EACH ROW WHEN (OLD.finished_at IS NULL AND NEW.finished_at IS NOT NULL)
 	EXECUTE FUNCTION {s}.notify_result();
 `,
+	// 2: emails on hold (Admin.Hold). A held row is never claimed; taking
+	// it off hold notifies the claimers. The claim index is kept as it
+	// is: held rows are few, and a claim steps over them.
+	`
+ALTER TABLE {s}.email ADD COLUMN held_at timestamptz;
+DROP TRIGGER email_ready ON {s}.email;
+CREATE TRIGGER email_ready AFTER INSERT OR UPDATE OF owner, not_before, ord, held_at ON {s}.email
+	FOR EACH ROW WHEN (NEW.finished_at IS NULL AND NEW.owner IS NULL AND NEW.ord IS NOT NULL AND NEW.held_at IS NULL)
+	EXECUTE FUNCTION {s}.notify_ready();
+`,
 }
 
 // SchemaVersion is the version of the schema this package makes.
-const SchemaVersion = 1
+const SchemaVersion = 2
+
+// ErrSchemaVersion is matched by the error of CheckSchema when the
+// schema is missing or at another version than SchemaVersion.
+var ErrSchemaVersion = errors.New("mxrelay: pgstore: the schema is not at this package's version")
+
+// CheckSchema checks, without changing anything, that schema exists
+// and is at SchemaVersion, for a tool that must not create or migrate it
+// (Open does both): it returns the version found, and an error matching
+// ErrSchemaVersion when it is not this package's (0: no such schema).
+func CheckSchema(ctx context.Context, pool *pgxpool.Pool, schema string) (int, error) {
+	if !schemaName.MatchString(schema) {
+		return 0, fmt.Errorf("mxrelay: pgstore: schema %q: lower-case letters, digits and _ only, at most 48", schema)
+	}
+	table := pgx.Identifier{schema, "schema_version"}.Sanitize()
+	var exists bool
+	var have int
+	err := pool.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, table).Scan(&exists)
+	if err == nil && exists {
+		err = pool.QueryRow(ctx, `SELECT coalesce(max(version), 0) FROM `+table).Scan(&have)
+	}
+	if err != nil {
+		return 0, fail("check schema", err)
+	}
+	switch {
+	case !exists:
+		return 0, fmt.Errorf("%w: no schema %s (or not mxrelay's)", ErrSchemaVersion, schema)
+	case have != SchemaVersion:
+		return have, fmt.Errorf("%w: schema %s is at version %d, this package's is %d", ErrSchemaVersion, schema, have, SchemaVersion)
+	}
+	return have, nil
+}
 
 // migrate brings the schema to SchemaVersion.
 func (s *Store) migrate(ctx context.Context) error {

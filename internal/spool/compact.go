@@ -20,20 +20,23 @@ var maxJournal int64 = 16 << 20
 type fileState struct {
 	progress []byte // the last "D" line's JSON, if any
 	ends     int    // "E" lines after it
+	onHold   bool   // an "H" line with no "U" line after it
 }
 
 // compact moves the journal's results to results.log, removes the .msg
 // files that have one, and replaces the journal with one that holds, for
-// each file still there, its last "D" line and the "E" lines after it,
-// which it returns. It runs at Open, and when a result takes the journal
-// past Options.MaxJournal. s.jmu is held.
+// each file still there, its last "D" line, the "E" lines after it and
+// its "H" line if it is on hold, which it returns. It runs at Open
+// (atOpen), where the "D" lines lose their retry times (every email is
+// ready at Open), and when a result takes the journal past
+// Options.MaxJournal. s.jmu is held.
 //
 // It can be cut anywhere and run again: the journal's first line says how
 // long results.log was when the journal began, so a second run first cuts
 // results.log back to that length, and only the rename of the new journal
 // makes the move count. The old journal stays in use until then, so that
 // a compaction that fails at run time costs nothing.
-func (s *Store) compact() (map[string]fileState, error) {
+func (s *Store) compact(atOpen bool) (map[string]fileState, error) {
 	fail := func(err error) (map[string]fileState, error) { return nil, fmt.Errorf("mxrelay: spool: %w", err) }
 	present, err := s.present()
 	if err != nil {
@@ -49,6 +52,12 @@ func (s *Store) compact() (map[string]fileState, error) {
 		return fail(err)
 	}
 	states := s.replay(old, present, results)
+	if atOpen {
+		for name, st := range states {
+			st.progress = withoutRetryTime(st.progress)
+			states[name] = st
+		}
+	}
 	if err := results.finish(); err != nil {
 		return fail(err)
 	}
@@ -194,20 +203,47 @@ func (r *resultsAppender) finish() error {
 // present, each result appended to results (and its place moved there,
 // if the ledger has it), and the file of each result removed.
 func (s *Store) replay(old *oldJournal, present map[string]bool, results *resultsAppender) map[string]fileState {
+	return scan(old, present, func(rec *Record, arg []byte, off int64, wasPresent bool) {
+		at := results.add(arg)
+		if loc := s.journalResults[off]; loc != nil {
+			loc.inJournal, loc.off = false, at
+		}
+		if wasPresent {
+			os.Remove(filepath.Join(s.dir, rec.File))
+		}
+	})
+}
+
+// scan reads a journal's records: the state of each file in present,
+// and each result, passed to result with the offset of its JSON and
+// whether its file is in present; the file then leaves present, and later
+// lines about it are ignored. Compaction and Reader read a journal
+// through it.
+func scan(j *oldJournal, present map[string]bool, result func(rec *Record, arg []byte, off int64, wasPresent bool)) map[string]fileState {
 	states := map[string]fileState{}
-	for verb, arg, off, ok := old.next(); ok; verb, arg, off, ok = old.next() {
+	for verb, arg, off, ok := j.next(); ok; verb, arg, off, ok = j.next() {
 		switch string(verb) {
-		case "E":
-			if present[string(arg)] { // no string made for a line about no file
-				name := string(arg)
-				st := states[name]
-				st.ends++
-				states[name] = st
+		case "E", "H", "U":
+			if !present[string(arg)] { // no string made for a line about no file
+				continue
 			}
+			name := string(arg)
+			st := states[name]
+			switch verb[0] {
+			case 'E':
+				st.ends++
+			case 'H':
+				st.onHold = true
+			case 'U':
+				st.onHold = false
+			}
+			states[name] = st
 		case "D":
 			var p progressLine
 			if json.Unmarshal(arg, &p) == nil && present[p.File] {
-				states[p.File] = fileState{progress: slices.Clone(arg)}
+				st := states[p.File]
+				st.progress, st.ends = slices.Clone(arg), 0
+				states[p.File] = st
 			}
 		case "R":
 			// A result naming anything but one of our files is not ours:
@@ -216,15 +252,10 @@ func (s *Store) replay(old *oldJournal, present map[string]bool, results *result
 			if json.Unmarshal(arg, &rec) != nil || !isName(rec.File) {
 				continue
 			}
-			at := results.add(arg)
-			if loc := s.journalResults[off]; loc != nil {
-				loc.inJournal, loc.off = false, at
-			}
+			wasPresent := present[rec.File]
 			delete(states, rec.File)
-			if present[rec.File] {
-				delete(present, rec.File)
-				os.Remove(filepath.Join(s.dir, rec.File))
-			}
+			delete(present, rec.File)
+			result(&rec, arg, off, wasPresent)
 		}
 	}
 	return states
@@ -241,6 +272,9 @@ func (s *Store) replaceJournal(base int64, states map[string]fileState) error {
 		}
 		for range st.ends {
 			nj = fmt.Appendf(nj, "E %s\n", file)
+		}
+		if st.onHold {
+			nj = fmt.Appendf(nj, "H %s\n", file)
 		}
 	}
 	path := filepath.Join(s.dir, journalName)

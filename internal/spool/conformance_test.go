@@ -10,8 +10,10 @@ import (
 )
 
 // backing is a directory of the test's own, opened with opts.
-func backing(t *testing.T, opts *Options) storetest.Backing {
-	dir := t.TempDir()
+func backing(t *testing.T, opts *Options) storetest.Backing { return backingIn(t, t.TempDir(), opts) }
+
+// backingIn is dir, opened with opts.
+func backingIn(t *testing.T, dir string, opts *Options) storetest.Backing {
 	return storetest.Local(func(t *testing.T) (store.Store, storetest.Clock) {
 		st, err := Open(dir, opts)
 		require.NoError(t, err)
@@ -36,4 +38,27 @@ func TestConformanceSyncAllCompacting(t *testing.T) {
 	storetest.Run(t, storetest.Capabilities{Durable: true}, func(t *testing.T) storetest.Backing {
 		return backing(t, &Options{SyncAll: true})
 	})
+}
+
+// adminBacking is backing's, read by a Reader of its directory.
+type adminBacking struct {
+	storetest.Backing
+	dir string
+}
+
+func (b *adminBacking) Inspector(t *testing.T) store.Inspector {
+	r, err := NewReader(b.dir)
+	require.NoError(t, err)
+	return r
+}
+
+// TestAdmin: the spool passes the suite of the operator's side, read by
+// a Reader while the Store holds the directory, as mxrelay-queue reads it
+// while a Client runs.
+func TestAdmin(t *testing.T) {
+	storetest.RunAdmin(t, storetest.AdminCapabilities{Capabilities: storetest.Capabilities{Durable: true}},
+		func(t *testing.T) storetest.AdminBacking {
+			dir := t.TempDir()
+			return &adminBacking{Backing: backingIn(t, dir, nil), dir: dir}
+		})
 }

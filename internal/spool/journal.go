@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/mxrelay/mxrelay/internal/store"
 )
@@ -17,18 +18,37 @@ import (
 //	B <octets>  first line: results.log's length when this journal began
 //	E <file>    the end of data of <file> is about to be written (Ending)
 //	D <json>    where <file> stands as it goes back to the queue
-//	            (Requeue, HandBack with progress): a progressLine
-//	R <json>    <file>'s result (Finish, Cancel): a Record; then <file>
-//	            is removed
+//	            (Requeue, HandBack with progress, Retry): a progressLine
+//	R <json>    <file>'s result (Finish, Cancel, Delete): a Record; then
+//	            <file> is removed
+//	H <file>    <file> is on hold (Hold): no claim takes it
+//	U <file>    <file> is off hold again (Release)
 //
 // A line without its final newline was being written when the process
 // died and is ignored; so are lines about files that are not there, and
 // lines over maxLine.
 
-// progressLine is a "D" line: the email's file and its store.Progress.
+// progressLine is a "D" line: the email's file, its store.Progress, and
+// the retry time the Store that wrote it keeps it for (a Store that opens
+// the spool anew makes every email ready: compaction at Open removes it).
 type progressLine struct {
 	File string `json:"file"`
 	store.Progress
+	NotBefore time.Time `json:"notBefore,omitzero"`
+}
+
+// withoutRetryTime is the JSON of a "D" line without its retry time; a
+// line that does not parse is kept as it is.
+func withoutRetryTime(line []byte) []byte {
+	var p progressLine
+	if line == nil || json.Unmarshal(line, &p) != nil || p.NotBefore.IsZero() {
+		return line
+	}
+	p.NotBefore = time.Time{}
+	if b, err := json.Marshal(p); err == nil {
+		return b
+	}
+	return line
 }
 
 // appendLine writes one journal line, verb, a space and arg, and returns
@@ -77,9 +97,17 @@ func (s *Store) appendEnds(files []string) error {
 	return s.appendLocked(lines)
 }
 
+// appendMark writes a line about file: verb, a space and its name.
+func (s *Store) appendMark(verb, file string) error {
+	s.jmu.Lock()
+	defer s.jmu.Unlock()
+	_, err := s.appendLine(verb, []byte(file))
+	return err
+}
+
 // appendProgress writes file's "D" line.
-func (s *Store) appendProgress(file string, p *store.Progress) error {
-	arg, err := json.Marshal(progressLine{File: file, Progress: *p})
+func (s *Store) appendProgress(file string, p *store.Progress, notBefore time.Time) error {
+	arg, err := json.Marshal(progressLine{File: file, Progress: *p, NotBefore: notBefore})
 	if err != nil {
 		return err
 	}

@@ -44,7 +44,7 @@ func (s *Store) Ending(_ context.Context, toks []store.Token) ([]error, error) {
 // store.Store.Requeue.
 func (s *Store) Requeue(_ context.Context, tok store.Token, p *store.Progress, notBefore time.Time) error {
 	return s.l.Requeue(tok, p, notBefore, func(e *ledger.Entry[*file]) error {
-		return s.appendProgress(e.Data.name, p)
+		return s.appendProgress(e.Data.name, p, notBefore)
 	})
 }
 
@@ -52,7 +52,7 @@ func (s *Store) Requeue(_ context.Context, tok store.Token, p *store.Progress, n
 // See store.Store.HandBack.
 func (s *Store) HandBack(_ context.Context, tok store.Token, p *store.Progress) error {
 	return s.l.HandBack(tok, p, func(e *ledger.Entry[*file]) error {
-		return s.appendProgress(e.Data.name, p)
+		return s.appendProgress(e.Data.name, p, time.Time{})
 	})
 }
 
@@ -89,7 +89,7 @@ func (s *Store) compactIfLong() {
 	if s.journal == nil || s.size <= s.opts.MaxJournal {
 		return
 	}
-	if _, err := s.compact(); err != nil {
+	if _, err := s.compact(false); err != nil {
 		s.log.Error("mxrelay: spool: compacting the journal", "dir", s.dir, "err", err)
 	}
 }

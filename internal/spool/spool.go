@@ -9,7 +9,8 @@
 //	                name, fsync'd, named, the directory fsync'd; never
 //	                changed; removed once its result is recorded
 //	journal         the steps of the emails (journal.go): E before an end
-//	                of data, D for progress, R for a result
+//	                of data, D for progress, R for a result, H and U for
+//	                a hold and its release
 //	results.log     the results of earlier journals, moved there by each
 //	                compaction (compact.go)
 //
@@ -51,6 +52,15 @@
 // after a crash is never blocked by it. Claims, leases and fencing are
 // kept in memory (internal/store/ledger): they are the process's own, and
 // a new Open starts with every email released, its tokens counted anew.
+//
+// # The operator's side
+//
+// Store is a store.Admin (admin.go): its changes are journal lines,
+// written under the lock, so an operator's tool makes them by opening the
+// directory (OpenExisting) while no Client runs. Reader (read.go) is a
+// store.Inspector that reads the directory without the lock and without
+// writing, while a Client runs; what one read returns is true of one
+// moment.
 package spool
 
 import (
@@ -79,6 +89,14 @@ const (
 	tmpSuffix   = ".tmp" // a .msg file being written, not yet accepted
 	badSuffix   = ".bad" // a .msg file found damaged, set aside
 )
+
+// ErrLocked is matched by Open's error when another Store holds the
+// directory's lock, in this process or another (a Client running on it).
+var ErrLocked = errors.New("mxrelay: spool: its lock is held")
+
+// ErrNotSpool is matched by the error of NewReader and OpenExisting for
+// a directory no Store has opened: it has no lock file.
+var ErrNotSpool = errors.New("mxrelay: spool: not a spool directory (no lock file: no Client has opened it)")
 
 // Options configures a Store. The zero value is useful.
 type Options struct {
@@ -177,11 +195,38 @@ func Open(dir string, opts *Options) (*Store, error) {
 	return s, nil
 }
 
+// OpenExisting is Open for a directory a Store opened before: it creates
+// nothing where there is no spool, and fails with ErrNotSpool (or an
+// error matching os.ErrNotExist).
+func OpenExisting(dir string, opts *Options) (*Store, error) {
+	if err := isSpool(dir); err != nil {
+		return nil, err
+	}
+	return Open(dir, opts)
+}
+
+// isSpool checks that dir is a directory with a lock file.
+func isSpool(dir string) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("mxrelay: spool: %w", err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("mxrelay: spool: %s is not a directory", dir)
+	}
+	if _, err := os.Lstat(filepath.Join(dir, lockName)); errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("%w: %s", ErrNotSpool, dir)
+	} else if err != nil {
+		return fmt.Errorf("mxrelay: spool: %w", err)
+	}
+	return nil
+}
+
 // start reads what a previous Store left, in four steps.
 func (s *Store) start() error {
 	s.jmu.Lock()
 	defer s.jmu.Unlock()
-	states, err := s.compact()
+	states, err := s.compact(true)
 	if err != nil {
 		return err
 	}
@@ -227,34 +272,46 @@ func (s *Store) restore(states map[string]fileState) error {
 			}
 			continue
 		}
-		e := &ledger.Entry[*file]{
-			Env: m.hdr.Envelope, Queued: m.hdr.Queued, Meta: m.hdr.Meta, BodySize: m.size,
-			Data: &file{name: name, off: m.off, size: m.size},
-		}
-		st := states[name]
-		e.Ends = st.ends
-		if st.progress != nil {
-			var p progressLine
-			if json.Unmarshal(st.progress, &p) == nil {
-				e.Progress = &p.Progress
-			} else {
-				e.Ends++ // not readable: at least as uncertain as an E
-			}
-		}
+		e := entryOf(name, m, states[name])
 		if !s.l.Restore(e) {
-			// Two files of one ID (a previous Client did not refuse
-			// duplicate IDs): the later one is kept under a name of its
-			// own rather than lost.
-			e.Env.ID = fmt.Sprintf("%s (%s)", e.Env.ID, name)
+			e.Env.ID = twinID(e.Env.ID, name)
 			s.l.Restore(e)
 		}
-		s.recovered = append(s.recovered, store.Accepted{ID: e.Env.ID, Queued: e.Queued})
+		if !e.OnHold {
+			s.recovered = append(s.recovered, store.Accepted{ID: e.Env.ID, Queued: e.Queued})
+		}
 	}
 	return nil
 }
 
+// entryOf is the email of file name, whose header is m's, as the
+// journal's st leaves it: on hold or not, its progress and retry time,
+// and its unanswered "E" lines.
+func entryOf(name string, m *msg, st fileState) *ledger.Entry[*file] {
+	e := &ledger.Entry[*file]{
+		Env: m.hdr.Envelope, Queued: m.hdr.Queued, Meta: m.hdr.Meta, BodySize: m.size,
+		Ends: st.ends, OnHold: st.onHold,
+		Data: &file{name: name, off: m.off, size: m.size},
+	}
+	if st.progress != nil {
+		var p progressLine
+		if json.Unmarshal(st.progress, &p) == nil {
+			e.Progress, e.NotBefore = &p.Progress, p.NotBefore
+		} else {
+			e.Ends++ // not readable: at least as uncertain as an E
+		}
+	}
+	return e
+}
+
+// twinID is the ID of the email of file name when an earlier file has
+// its ID (a previous Client did not refuse duplicate IDs): the later one
+// is kept under a name of its own rather than lost.
+func twinID(id, name string) string { return fmt.Sprintf("%s (%s)", id, name) }
+
 // Recovered returns the emails Open found in the directory, accepted by
-// a previous Store and not finished, in the order of acceptance.
+// a previous Store and not finished, in the order of acceptance: those a
+// claim can take, not those on hold.
 func (s *Store) Recovered() []store.Accepted { return slices.Clone(s.recovered) }
 
 // SetAside returns the names of the damaged files Open set aside

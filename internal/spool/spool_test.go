@@ -178,10 +178,12 @@ func TestJournalLinesAreTheRecords(t *testing.T) {
 	assert.NoFileExists(t, names[0], "removed with its result")
 }
 
-// TestReadsTodaysFormat: a directory as the Client before the seam left
-// it (headers with neither key nor meta, a D line, an E line after it,
-// results in results.log and in the journal) is read as it says.
-func TestReadsTodaysFormat(t *testing.T) {
+// todaysFormat is a directory as the Client before the seam left it
+// (headers with neither key nor meta, a D line, an E line after it,
+// results in results.log and in the journal): ea with progress and an E
+// after it, eb with an E line, ec finished in the journal, and old in
+// results.log.
+func todaysFormat(t *testing.T) string {
 	dir := t.TempDir()
 	const a, b, c = "0000000000000001-000001.msg", "0000000000000002-000002.msg", "0000000000000003-000003.msg"
 	file := func(name, id, body string) {
@@ -201,7 +203,14 @@ func TestReadsTodaysFormat(t *testing.T) {
 		"E " + b + "\n" +
 		`R {"file":"` + c + `","id":"ec","delivered":false,"attempts":1,"error":"mxrelay: refused","time":"` + time.Now().UTC().Format(time.RFC3339Nano) + `"}` + "\n"
 	require.NoError(t, os.WriteFile(filepath.Join(dir, journalName), []byte(journal), 0o600))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, lockName), nil, 0o600))
+	return dir
+}
 
+// TestReadsTodaysFormat: todaysFormat's directory is read as it says.
+func TestReadsTodaysFormat(t *testing.T) {
+	dir := todaysFormat(t)
+	const c = "0000000000000003-000003.msg"
 	s := open(t, dir)
 	got := map[string]*store.Claimed{}
 	for _, c := range storetest.Claim(t, s, "w1", 10) {

@@ -264,6 +264,9 @@ type Progress struct {
 	Accepted []string          `json:"accepted,omitempty"`
 	Rejected map[string]string `json:"rejected,omitempty"` // address: the refusal's text
 	Pending  []string          `json:"pending"`            // still to be tried
+	// Error is the text of the last temporary failure, for an operator
+	// (Inspector); empty when none was given.
+	Error string `json:"error,omitempty"`
 }
 
 // Result is an email's result as the store keeps it: text, not Go

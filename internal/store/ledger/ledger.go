@@ -55,18 +55,22 @@ type Entry[E any] struct {
 	// progress recorded, and the Ending records after it.
 	Progress *store.Progress
 	Ends     int
-	Data     E
+	// OnHold is set while an operator holds the email (Hold): no claim
+	// takes it.
+	OnHold bool
+	// NotBefore is its retry time: not claimed before.
+	NotBefore time.Time
+	Data      E
 
-	seq       uint64 // order of acceptance
-	attempt   int64
-	owner     string // "" when not held
-	expires   time.Time
-	notBefore time.Time
-	canceled  bool
-	cancel    string
-	parked    bool // held with no lease: a Finish that could not be recorded
-	in        int8 // which queue holds it (inNone when none)
-	idx       int  // its index there
+	seq      uint64 // order of acceptance
+	attempt  int64
+	owner    string // "" when not held
+	expires  time.Time
+	canceled bool
+	cancel   string
+	parked   bool // held with no lease: a Finish that could not be recorded
+	in       int8 // which queue holds it (inNone when none)
+	idx      int  // its index there
 }
 
 // done is a result the ledger keeps.
@@ -100,7 +104,7 @@ type Ledger[E, R any] struct {
 // The queues an unfinished email may be in: ready (not held, its retry
 // time come), takeover (held, its lease expired: claimable by anyone),
 // delayed (not held, waiting for its retry time), leased (held, its lease
-// running). A parked email is in none.
+// running). A parked email is in none, and so is one on hold.
 const (
 	inNone int8 = iota
 	inReady
@@ -134,7 +138,7 @@ func New[E, R any](o Options) *Ledger[E, R] {
 	l.queues[inReady] = &queue[E]{kind: inReady, less: byOrder}
 	l.queues[inTakeover] = &queue[E]{kind: inTakeover, less: byOrder}
 	l.queues[inDelayed] = &queue[E]{kind: inDelayed, less: func(a, b *Entry[E]) bool {
-		return a.notBefore.Before(b.notBefore) || a.notBefore.Equal(b.notBefore) && a.seq < b.seq
+		return a.NotBefore.Before(b.NotBefore) || a.NotBefore.Equal(b.NotBefore) && a.seq < b.seq
 	}}
 	l.queues[inLeased] = &queue[E]{kind: inLeased, less: func(a, b *Entry[E]) bool {
 		return a.expires.Before(b.expires) || a.expires.Equal(b.expires) && a.seq < b.seq
@@ -420,7 +424,7 @@ func (l *Ledger[E, R]) Claim(owner string, n int, lease time.Duration) ([]*store
 		if q.Len() == 0 {
 			continue
 		}
-		at := q.items[0].notBefore
+		at := q.items[0].NotBefore
 		if q.kind == inLeased {
 			at = q.items[0].expires
 		}
@@ -434,7 +438,7 @@ func (l *Ledger[E, R]) Claim(owner string, n int, lease time.Duration) ([]*store
 // promote moves the delayed emails whose time has come to ready, and the
 // held ones whose lease expired to takeover. l.mu is held.
 func (l *Ledger[E, R]) promote(now time.Time) {
-	for q := l.queues[inDelayed]; q.Len() > 0 && !q.items[0].notBefore.After(now); {
+	for q := l.queues[inDelayed]; q.Len() > 0 && !q.items[0].NotBefore.After(now); {
 		heap.Push(l.queues[inReady], heap.Pop(q))
 	}
 	for q := l.queues[inLeased]; q.Len() > 0 && !q.items[0].expires.After(now); {
@@ -445,7 +449,7 @@ func (l *Ledger[E, R]) promote(now time.Time) {
 // claimed is what a claim of e returns: copies, so that the holder
 // cannot change the ledger's.
 func claimed[E any](e *Entry[E]) *store.Claimed {
-	c := &store.Claimed{
+	return &store.Claimed{
 		Envelope:   cloneEnvelope(e.Env),
 		Token:      store.Token{ID: e.Env.ID, Owner: e.owner, Attempt: e.attempt},
 		Queued:     e.Queued,
@@ -454,11 +458,17 @@ func claimed[E any](e *Entry[E]) *store.Claimed {
 		Expires:    e.expires,
 		Progress:   CloneProgress(e.Progress),
 		Unanswered: e.Ends,
+		Canceled:   e.canceledFor(),
 	}
-	if e.canceled {
-		c.Canceled = cmp.Or(e.cancel, "canceled")
+}
+
+// canceledFor is the reason given to Cancel while e was held; empty when
+// none was asked.
+func (e *Entry[E]) canceledFor() string {
+	if !e.canceled {
+		return ""
 	}
-	return c
+	return cmp.Or(e.cancel, "canceled")
 }
 
 // cloneEnvelope is a copy of env that shares nothing the caller may
@@ -608,18 +618,20 @@ func (l *Ledger[E, R]) release(tok store.Token, p *store.Progress, notBefore tim
 	}
 	l.remove(e)
 	e.owner, e.expires, e.parked = "", time.Time{}, false
-	e.notBefore = notBefore
+	e.NotBefore = notBefore
 	l.push(e, l.now())
 	l.wake()
 	return nil
 }
 
-// push puts e, not held, in ready or delayed by its retry time. l.mu is
-// held.
+// push puts e, not held, in ready or delayed by its retry time, or in
+// none when it is on hold. l.mu is held.
 func (l *Ledger[E, R]) push(e *Entry[E], now time.Time) {
-	if e.notBefore.After(now) {
+	switch {
+	case e.OnHold:
+	case e.NotBefore.After(now):
 		heap.Push(l.queues[inDelayed], e)
-	} else {
+	default:
 		heap.Push(l.queues[inReady], e)
 	}
 }
@@ -796,7 +808,7 @@ func (l *Ledger[E, R]) Due(id string) bool {
 		return false
 	}
 	l.remove(e)
-	e.notBefore = l.now()
+	e.NotBefore = l.now()
 	heap.Push(l.queues[inReady], e)
 	return true
 }
