@@ -93,3 +93,71 @@ func TestTwoEmailsOfOneID(t *testing.T) {
 	}
 	assert.Len(t, relay.Mailbox(), 2)
 }
+
+// fencingStore refuses every Ending as fenced: another claim took the
+// emails over.
+type fencingStore struct{ store.Store }
+
+func (fencingStore) Ending(_ context.Context, toks []store.Token) ([]error, error) {
+	errs := make([]error, len(toks))
+	for i, tok := range toks {
+		errs[i] = &store.FencedError{Token: tok, Attempt: tok.Attempt + 1, Owner: "another"}
+	}
+	return errs, nil
+}
+
+// An email whose Ending the store refuses as fenced is another claim's:
+// the session writes no end of data for it (pipelined or lock-step), and
+// the Client gives it no result; its Handle follows the store, and Close
+// hands it back.
+func TestFencedEndingWritesNoEndOfData(t *testing.T) {
+	for _, lockstep := range []bool{false, true} {
+		t.Run(fmt.Sprint("lock-step ", lockstep), func(t *testing.T) {
+			testHookStore = func(st store.Store) store.Store { return fencingStore{st} }
+			fenced := make(chan string, 3)
+			testHookFenced = func(id string) { fenced <- id }
+			defer func() { testHookStore, testHookFenced = nil, nil }()
+			relay := relaytest.NewServer(nil)
+			defer relay.Close()
+			var mu sync.Mutex
+			var results []*Result
+			c, err := New(relay.URL, relay.APIKey, &Options{MaxEmailsPerSession: 3, BatchWait: time.Hour, DisablePipelining: lockstep,
+				OnEvent: func(e Event) {
+					if e.Result != nil {
+						mu.Lock()
+						results = append(results, e.Result)
+						mu.Unlock()
+					}
+				}})
+			require.NoError(t, err)
+			var hs []*Handle
+			for i := range 3 {
+				h, err := c.Enqueue(spoolTestEmail(fmt.Sprint("fenced", i)))
+				require.NoError(t, err)
+				hs = append(hs, h)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			for range hs {
+				select {
+				case <-fenced:
+				case <-ctx.Done():
+					t.Fatal("the emails were not fenced")
+				}
+			}
+			require.NoError(t, c.Close(ctx))
+			assert.Equal(t, int64(3), c.Stats().EmailsReleased)
+			assert.Empty(t, relay.Mailbox(), "an end of data for an email fenced")
+			mu.Lock()
+			assert.Empty(t, results, "a result for an email fenced")
+			mu.Unlock()
+			st := c.Stats()
+			assert.Zero(t, st.EmailsDelivered+st.EmailsFailed)
+			for _, h := range hs {
+				res, err := h.Wait(ctx)
+				require.ErrorIs(t, err, ErrClosed)
+				assert.Equal(t, OutcomeHandedBack, res.Outcome)
+			}
+		})
+	}
+}
