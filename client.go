@@ -238,6 +238,9 @@ func (c *Client) Stats() Stats {
 // progress. It leaves Options.Store open. It returns ctx's error if emails
 // were handed back unsent. Safe to call more than once.
 func (c *Client) Close(ctx context.Context) error {
+	// Once ctx ends, nothing waits any more: writes to a store out of
+	// reach (persist) give up too.
+	defer context.AfterFunc(ctx, c.stop)()
 	c.commitMu.Lock() // no Enqueue between its check and its queueing
 	c.mu.Lock()
 	first := !c.closed

@@ -278,8 +278,10 @@ type Result struct {
 	Reply          Reply             `json:"reply,omitzero"`
 	// Error is the text of the result's error; empty when delivered.
 	Error string `json:"error,omitempty"`
-	// Kind is a word the Client chooses so that it can rebuild an error
-	// that errors.Is matches (unknown, canceled, ...); kept as given.
+	// Kind is what the Client keeps to rebuild the result's errors so
+	// that errors.Is and errors.As match them (its outcome, the sentinels
+	// each error matched, the SMTP replies), in an encoding of its own
+	// (the root package's stored.go: JSON); kept as given.
 	Kind   string    `json:"kind,omitempty"`
 	Queued time.Time `json:"queued"`
 	// Finished is when the store recorded the result, set by Finish and
