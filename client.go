@@ -158,7 +158,7 @@ var testHookStored func()
 // the order they were accepted: they are sent again (or, if their end of
 // data may have reached the server and RetryUnknown is off, failed at
 // once as unknown outcomes). They are queued even past MaxQueueSize.
-// Empty without a spool.
+// Empty without a spool, and with Options.Store.
 func (c *Client) Recovered() []*Handle { return slices.Clone(c.recovered) }
 
 // ConnState is the relay connection's state now (the original client's

@@ -295,8 +295,11 @@ type Options struct {
 	// claims only what its sessions can start soon, about
 	// MaxConcurrentSessions × min(MaxEmailsPerSession, PipelineWindow),
 	// and claims again as it sends; Close hands back what it holds and
-	// has not started. It cannot be combined with SpoolDir. Zero: the
-	// Client's own store, in memory or in SpoolDir.
+	// has not started. MaxQueueSize, QueueSize and Stats then count what
+	// this Client holds, not the store's queue, which has no bound of its
+	// own; Recovered is empty (what a process left is claimed as any
+	// email is). It cannot be combined with SpoolDir. Zero: the Client's
+	// own store, in memory or in SpoolDir.
 	Store Store
 	// Lease is how long a claim of an email in Store lasts unless
 	// renewed: the Client renews the leases of every email it holds, in
