@@ -309,7 +309,7 @@ func (c *Client) cancelHandle(h *Handle, out Outcome, cause error) {
 	}
 	res := &Result{EmailID: h.id, Outcome: out, Queued: h.queued, Duration: time.Since(h.queued),
 		Err: &EmailError{EmailID: h.id, Err: cause}}
-	finished, err := c.st.Cancel(context.Background(), h.sid, storeResult(h.sid, res))
+	finished, err := c.st.Cancel(context.Background(), h.sid, c.storeResult(h.sid, res))
 	switch {
 	case finished:
 		c.mu.Lock()

@@ -65,6 +65,7 @@ const claimRetry = time.Second
 func (c *Client) openStore() error {
 	o := &c.opts
 	c.hold = holding{lease: ownLease}
+	c.keepsResults = true
 	switch {
 	case o.Store != nil:
 		c.st, c.durable = o.Store, true
@@ -91,6 +92,7 @@ func (c *Client) openStore() error {
 		if keep == 0 {
 			keep = time.Nanosecond
 		}
+		c.keepsResults = o.ResultRetention > 0
 		c.st = memstore.New(&memstore.Options{ResultRetention: keep, MemoryBody: 1, TempDir: o.TempDir})
 	}
 	if testHookStore != nil {

@@ -106,6 +106,15 @@ func (r *errorRecord) error(text string) error {
 }
 
 // storeResult is res as the store keeps it, for email sid.
+func (c *Client) storeResult(sid string, res *Result) *store.Result {
+	if !c.keepsResults {
+		// Read by no one: the memory store keeps no result.
+		return &store.Result{ID: sid, Delivered: res.Outcome == OutcomeDelivered, Attempts: res.Attempts, Queued: res.Queued}
+	}
+	return storeResult(sid, res)
+}
+
+// storeResult is res as the store keeps it, for email sid, kind and all.
 func storeResult(sid string, res *Result) *store.Result {
 	r := &store.Result{
 		ID: sid, Delivered: res.Outcome == OutcomeDelivered, MaybeDelivered: res.MaybeDelivered,
