@@ -363,7 +363,7 @@ func (c *Client) drop(em *email) {
 func (c *Client) progress(em *email) *store.Progress {
 	return &store.Progress{Attempts: em.attempts, Unknown: em.unknown,
 		Accepted: slices.Clone(em.accepted), Pending: slices.Clone(em.pending),
-		Rejected: rejectedText(em.rejected)}
+		Rejected: rejectedText(em.rejected), Kind: progressKind(em.rejected)}
 }
 
 // rejectedText is how the store records refused recipients: each

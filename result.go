@@ -280,11 +280,10 @@ func (c *Client) handedBack(h *Handle) *Result {
 		Err: &EmailError{EmailID: h.id, Err: c.kept(ErrClosed)}}
 }
 
-// deliver gives h its result res, unless it has one; it reports whether
-// it did. c.mu is held.
-func (c *Client) deliver(h *Handle, res *Result) bool {
+// deliver gives h its result res, unless it has one. c.mu is held.
+func (c *Client) deliver(h *Handle, res *Result) {
 	if h.res != nil {
-		return false
+		return
 	}
 	h.res = res
 	close(h.done)
@@ -294,7 +293,6 @@ func (c *Client) deliver(h *Handle, res *Result) bool {
 	if c.watched[h.sid] == h {
 		delete(c.watched, h.sid)
 	}
-	return true
 }
 
 // cancelHandle withdraws h's email (see Handle.Cancel): through its
