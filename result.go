@@ -71,8 +71,11 @@ func (o Outcome) String() string {
 // is an error; Unwrap returns Err. Code, EnhancedCode and Message are the
 // SMTP reply of the refusal, the *SMTPError in Err (the one errors.As
 // finds), so that a caller reads them without errors.As; they are zero
-// when Err holds no SMTP reply, and for a refusal that a previous Client
-// recorded in Options.SpoolDir (the spool keeps its text only, in Err).
+// when Err holds no SMTP reply. A refusal read back from the store (a
+// Result another Client recorded, an email resumed from the spool or a
+// shared Store) keeps them, and its Err its text and what errors.Is and
+// errors.As match; one recorded by a version that kept its text only has
+// that text alone, in Err.
 type RecipientError struct {
 	Address      string
 	Code         int
