@@ -189,6 +189,22 @@ func (d *dryState) short(now time.Time) bool {
 func (c *Client) pull() {
 	c.pullMu.Lock()
 	defer c.pullMu.Unlock()
+	c.pullLocked()
+}
+
+// pullSoon is pull unless a pull is in progress: that one, or the next
+// (the store's Wake, the queue's time), takes what changed, and an
+// Enqueue does not wait behind another's claim. An email it does not
+// take waits for it (letGo).
+func (c *Client) pullSoon() {
+	if c.pullMu.TryLock() {
+		defer c.pullMu.Unlock()
+		c.pullLocked()
+	}
+}
+
+// pullLocked is pull with pullMu held.
+func (c *Client) pullLocked() {
 	for {
 		c.mu.Lock()
 		n := c.claimRoom()
