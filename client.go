@@ -2,10 +2,7 @@ package mxrelay
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"log/slog"
-	"maps"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -15,7 +12,6 @@ import (
 	"github.com/mxrelay/mxrelay/internal/broadcast"
 	"github.com/mxrelay/mxrelay/internal/spool"
 	"github.com/mxrelay/mxrelay/internal/store"
-	"github.com/mxrelay/mxrelay/internal/store/memstore"
 )
 
 // Client sends emails through one mxrelay relay. It holds a bounded
@@ -55,21 +51,43 @@ type Client struct {
 	stop     context.CancelFunc //
 	done     chan struct{}      // closed when the worker has returned
 
-	// st keeps the accepted emails (store.Store): a spool directory
-	// (Options.SpoolDir, durable) or memory. Claims of it are owner's,
-	// for ownLease; pullMu serialises them with their adoption.
-	st        store.Store
-	durable   bool
-	owner     string
-	pullMu    sync.Mutex
-	byID      map[string]*email  // the emails accepted and not finished, by store ID
-	commitMu  sync.RWMutex       // read-held by an Enqueue committing to the store
-	recovered []*Handle          // the emails the store gave back at New
-	adopted   map[string]*Handle // in New: the Handles of the emails adopt queued
-	// gone are the emails handed back to a durable store while the
-	// client runs: kept there for the next Client, so that a claim of
-	// one holds it and leaves it (pull). Under pullMu.
+	// st keeps the accepted emails (store.Store): memory, a spool
+	// directory (Options.SpoolDir, durable) or a store shared with other
+	// processes (Options.Store); hold says how the client holds what it
+	// claims there (store.go). Claims are owner's; pullMu serialises them
+	// with their adoption.
+	st      store.Store
+	hold    holding
+	spool   *spool.Store // st, when it is the spool
+	durable bool
+	// keepsResults: the store keeps results, for Client.Result (all but
+	// the memory store without ResultRetention).
+	keepsResults bool
+	owner        string
+	pullMu       sync.Mutex
+	dry          dryState           // what the last short claim said (under mu)
+	dried        broadcast.Signal   // a claim came back short (listen)
+	byID         map[string]*email  // the emails held or kept here, not finished, by store ID
+	commitMu     sync.RWMutex       // read-held by an Enqueue committing to the store
+	recovered    []*Handle          // the emails the store gave back at New
+	adopted      map[string]*Handle // in New: the Handles of the emails adopt queued
+	// gone are the emails handed back to a durable store of the client's
+	// own while it runs: kept there for the next Client, so that a claim
+	// of one holds it and leaves it (pull). Under pullMu.
 	gone map[string]bool
+	// bg runs listen and renew for a shared store, until bgCtx ends.
+	bg     sync.WaitGroup
+	bgCtx  context.Context
+	bgStop context.CancelFunc
+	// watched are the Handles waiting for the store's result of an email
+	// this client does not hold (follow), by store ID; each has a watcher
+	// goroutine, counted in watchers, until watchCtx ends at Close. After
+	// that (followed), a Handle that would follow is handed back at once.
+	watched   map[string]*Handle
+	watchers  sync.WaitGroup
+	watchCtx  context.Context
+	watchStop context.CancelFunc
+	followed  bool
 
 	workers []*worker // MaxConcurrentSessions of them, made by New
 	ids     atomic.Uint64
@@ -79,8 +97,9 @@ type Client struct {
 // example "wss://relay.example.com/smtp") authenticating with apiKey. opts
 // may be nil. New does no network I/O: the first email makes the client
 // connect. With Options.SpoolDir it opens the spool and queues what a
-// previous Client left there (see Recovered). Invalid options fail here
-// with a clear error.
+// previous Client left there (see Recovered). With Options.Store it
+// claims from that store as its workers need (see Options.Store). Invalid
+// options fail here with a clear error.
 func New(relayURL, apiKey string, opts *Options) (*Client, error) {
 	var o Options
 	if opts != nil {
@@ -112,109 +131,22 @@ func New(relayURL, apiKey string, opts *Options) (*Client, error) {
 	c.owner = "client-" + c.newID()
 	c.byID = map[string]*email{}
 	c.gone = map[string]bool{}
-	if o.SpoolDir != "" {
-		so := &spool.Options{SyncAll: o.SpoolSyncAll, Logger: o.Logger}
-		if testHookSpool != nil {
-			testHookSpool(so)
-		}
-		sp, err := spool.Open(o.SpoolDir, so)
-		if err != nil {
-			c.events.close()
-			return nil, err
-		}
-		c.st, c.durable = sp, true
-		if testHookStore != nil {
-			c.st = testHookStore(c.st)
-		}
-		if bad := sp.SetAside(); len(bad) > 0 {
-			c.log.Error("mxrelay: damaged files in the spool were set aside, not sent", "dir", o.SpoolDir, "files", bad)
-		}
-		c.adopted = map[string]*Handle{}
-		c.pull() // what a previous Client left
-		for _, a := range sp.Recovered() {
-			if h := c.adopted[a.ID]; h != nil {
-				c.recovered = append(c.recovered, h)
-			}
-		}
-		c.adopted = nil
-		if n := len(sp.Recovered()); n > 0 {
-			c.log.Info("mxrelay: emails recovered from the spool", "count", n, "dir", o.SpoolDir)
-		}
-	} else {
-		// Results are the Handles': the store keeps none.
-		// Results are the Handles': the store keeps none. A body that
-		// cannot be read twice goes to a file in TempDir, as before the
-		// seam, not to the heap.
-		c.st = memstore.New(&memstore.Options{ResultRetention: time.Nanosecond, MemoryBody: 1, TempDir: o.TempDir})
-		if testHookStore != nil {
-			c.st = testHookStore(c.st)
-		}
+	c.watched = map[string]*Handle{}
+	c.bgCtx, c.bgStop = context.WithCancel(context.Background())
+	c.watchCtx, c.watchStop = context.WithCancel(context.Background())
+	if err := c.openStore(); err != nil {
+		c.events.close()
+		return nil, err
 	}
+	c.recoverSpool() // what a previous Client left there
+	c.startHolding()
 	go c.run()
 	return c, nil
 }
 
-// ownLease is the lease of the client's claims: the stores it opens are
-// the process's own (memory, a spool directory it locks), so that no one
-// else can take an email over, and a claim lasts until the client
-// releases it.
-const ownLease = 100 * 365 * 24 * time.Hour
-
-// pullBatch is how many emails one Claim takes.
-const pullBatch = 256
-
-// pull claims the emails that are ready in the store and queues them
-// (adopt): what this Client accepted, its retries whose time has come,
-// and, at New, what a previous Client left. The client claims every
-// ready email: the queue (queue.go) orders what it holds.
-func (c *Client) pull() {
-	c.pullMu.Lock()
-	defer c.pullMu.Unlock()
-	for {
-		got, _, err := c.st.Claim(context.Background(), c.owner, pullBatch, ownLease)
-		if err != nil {
-			if !errors.Is(err, store.ErrClosed) {
-				c.log.Error("mxrelay: store", "err", err)
-			}
-			return
-		}
-		var found []*store.Claimed
-		c.mu.Lock()
-		now := time.Now()
-		for _, cl := range got {
-			em := c.byID[cl.ID]
-			if c.gone[cl.ID] {
-				continue // the next Client's: held, left
-			}
-			if em == nil {
-				found = append(found, cl)
-				continue
-			}
-			em.tok, em.held = cl.Token, true
-			if em.state != stateQueued || !em.committed {
-				// Finished meanwhile (release finishes it), or its
-				// Enqueue has not queued it yet (accepted does).
-				continue
-			}
-			c.q.remove(em)
-			em.notBefore = time.Time{}
-			c.q.push(em, now)
-		}
-		c.mu.Unlock()
-		for _, cl := range found {
-			c.adopt(cl)
-		}
-		if len(got) > 0 {
-			c.kick()
-		}
-		if len(got) < pullBatch {
-			return
-		}
-	}
-}
-
 // testHookSpool and testHookStore, when set by a test, change the
-// spool's options before New opens it, and wrap the store New opened.
+// spool's options before New opens it, and wrap the store New opened (or
+// was given).
 var (
 	testHookSpool func(*spool.Options)
 	testHookStore func(store.Store) store.Store
@@ -224,91 +156,12 @@ var (
 // read (and written to the store), before the email is accepted.
 var testHookStored func()
 
-// adopt queues cl, an email the store holds that this Client did not
-// accept (a previous Client's, found in the spool), as it was left. One
-// whose end of data may have reached the server is an unknown outcome:
-// it fails at once unless RetryUnknown. One whose timeout has passed
-// fails at once with it. pullMu is held.
-func (c *Client) adopt(cl *store.Claimed) {
-	h := cl.Envelope
-	em := &email{
-		id:        h.ID,
-		sid:       h.ID,
-		from:      h.From,
-		pending:   h.To,
-		cfg:       sendConfig{priority: Priority(h.Priority), retries: h.Retries, immediate: h.Immediate},
-		qidx:      -1,
-		mailOpts:  h.Mail,
-		rcptOpts:  h.Rcpt,
-		queuedAt:  cl.Queued,
-		attempts:  cl.Unanswered,
-		unknown:   cl.Unanswered > 0,
-		ended:     cl.Unanswered > 0,
-		tok:       cl.Token,
-		held:      true,
-		committed: true,
-	}
-	if p := cl.Progress; p != nil {
-		// Resumed where the last answered end of data left it.
-		em.attempts += p.Attempts
-		em.unknown = em.unknown || p.Unknown
-		em.pending, em.accepted = p.Pending, p.Accepted
-		for _, to := range slices.Sorted(maps.Keys(p.Rejected)) {
-			em.rejected = append(em.rejected, recipientError(to, errors.New(p.Rejected[to])))
-		}
-	}
-	var timeout time.Duration
-	expired := false
-	if !h.Deadline.IsZero() {
-		timeout = time.Until(h.Deadline)
-		expired = timeout <= 0
-		em.cfg.timeout = h.Deadline.Sub(cl.Queued) // as given, for the error
-	}
-	rules := c.opts.bodyRules(h.Mail)
-	em.body = bodyOf(cl.Meta, cl.BodySize, rules)
-	var err error
-	if em.body == nil {
-		// Learnt under other rules, or never: read again under ours.
-		em.body, err = c.rescan(em.sid, rules)
-	}
-	if em.body == nil {
-		em.body = &body{size: cl.BodySize}
-	}
-	c.mu.Lock()
-	c.byID[em.sid] = em
-	c.mu.Unlock()
-	c.queue(em, timeout)
-	if c.adopted != nil {
-		c.adopted[em.sid] = em.handle
-	}
-	switch {
-	case err != nil:
-		c.cancel(em, OutcomeFailed, err)
-	case em.unknown && !c.opts.RetryUnknown:
-		c.cancel(em, OutcomeUnknown, &UnknownOutcomeError{Err: errors.New("the previous Client stopped after this email's end of data was written")})
-	case expired:
-		// Failed now: a timer, however short, could lose the race
-		// against a session that takes the email first.
-		c.cancel(em, OutcomeFailed, timedOut(em))
-	}
-}
-
-// rescan reads the body of email sid from the store under rules.
-func (c *Client) rescan(sid string, rules bodyRules) (*body, error) {
-	r, err := c.st.Body(context.Background(), sid)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", errBody, err)
-	}
-	defer r.Close()
-	return newBody(nil, r, rules)
-}
-
 // Recovered returns the Handles of the emails that New found in
 // Options.SpoolDir, accepted by a previous Client and not finished, in
 // the order they were accepted: they are sent again (or, if their end of
 // data may have reached the server and RetryUnknown is off, failed at
 // once as unknown outcomes). They are queued even past MaxQueueSize.
-// Empty without a spool.
+// Empty without a spool, and with Options.Store.
 func (c *Client) Recovered() []*Handle { return slices.Clone(c.recovered) }
 
 // ConnState is the relay connection's state now (the original client's
@@ -379,11 +232,18 @@ func (c *Client) Stats() Stats {
 // them, confirms the 250s of a server that words all its replies alike);
 // every email
 // left fails with ErrClosed (its Result says so, so the caller can
-// resubmit it). It sends QUIT, closes the channel and the WebSocket, and returns when no
+// resubmit it). With Options.Store it sends only what is in flight: the
+// emails it holds and has not started are handed back to the store at
+// once (ErrClosed and ErrSpooled), for the other processes, and so are,
+// for the Handles still waiting, the emails another process holds. It
+// sends QUIT, closes the channel and the WebSocket, and returns when no
 // goroutine of the client runs, except that it waits for an OnEvent call in
-// progress. It returns ctx's error if emails were handed back unsent. Safe
-// to call more than once.
+// progress. It leaves Options.Store open. It returns ctx's error if emails
+// were handed back unsent. Safe to call more than once.
 func (c *Client) Close(ctx context.Context) error {
+	// Once ctx ends, nothing waits any more: writes to a store out of
+	// reach (persist) give up too.
+	defer context.AfterFunc(ctx, c.stop)()
 	c.commitMu.Lock() // no Enqueue between its check and its queueing
 	c.mu.Lock()
 	first := !c.closed
@@ -391,8 +251,15 @@ func (c *Client) Close(ctx context.Context) error {
 		c.closed = true
 		close(c.draining)
 	}
+	var early []*email
+	if !c.hold.drainsAtClose() {
+		early = c.q.all() // not started: the other processes send them
+	}
 	c.mu.Unlock()
 	c.commitMu.Unlock()
+	for _, em := range early {
+		c.finish(em, OutcomeHandedBack, c.kept(ErrClosed))
+	}
 	c.freed() // EnqueueWait callers get ErrClosed
 	c.kick()
 	var err error
@@ -410,7 +277,14 @@ func (c *Client) Close(ctx context.Context) error {
 	for _, em := range left {
 		c.finish(em, OutcomeHandedBack, c.kept(ErrClosed))
 	}
-	if first {
+	c.bgStop()
+	c.bg.Wait()
+	c.mu.Lock()
+	c.followed = true
+	c.mu.Unlock()
+	c.watchStop() // the Handles following the store are handed back
+	c.watchers.Wait()
+	if first && c.opts.Store == nil {
 		c.st.Close()
 	}
 	c.events.close()

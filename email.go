@@ -94,6 +94,18 @@ type Email struct {
 	// Immediate lets a new session start for this email without waiting
 	// for Options.BatchWait. CRITICAL emails are always immediate.
 	Immediate bool
+	// IdempotencyKey, if not empty, makes Send and Enqueue accept the
+	// email at most once: an email with a key the store already keeps is
+	// not accepted again, and the Handle returned is the first one's (its
+	// Result, its ID), whichever process accepted it. In the spool
+	// (SpoolDir) and in a shared Store a key is kept with its email and
+	// then with its result, for Options.ResultRetention (pgstore's own
+	// option), across restarts; in memory, while the email waits, and its
+	// result for ResultRetention. Use a key of the caller's own making (an
+	// order number, a message ID), so that a caller that retries after a
+	// crash or a timeout does not send the email twice. Zero: none, every
+	// Enqueue accepts a new email.
+	IdempotencyKey string
 }
 
 // MailOptions and RcptOptions are go-smtp's types, so that code written

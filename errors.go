@@ -312,11 +312,21 @@ func dropInErr(res *Result, err error) error {
 	return err
 }
 
-// ErrSpooled is wrapped by the result of an email that stays in
-// Options.SpoolDir for the next Client on the same directory, which sends
-// it: one that Close handed back (with ErrClosed), or one whose end of
-// data was not sent because the spool's journal could not be written (a
-// full disk). An email that some recipients already have is a delivery:
-// ErrSpooled is then the error of the others in Result.Rejected, which
-// the next Client sends it to. Do not submit it again yourself.
-var ErrSpooled = errors.New("mxrelay: kept in the spool for the next Client")
+// ErrSpooled is wrapped by the result of an email that stays in a
+// durable store for another Client to send: in Options.SpoolDir for the
+// next Client on the same directory, one that Close handed back (with
+// ErrClosed), or one whose end of data was not sent because the spool's
+// journal could not be written (a full disk); in Options.Store, for the
+// other processes, one that Close handed back. An email that some
+// recipients already have is a delivery: ErrSpooled is then the error of
+// the others in Result.Rejected, which the next Client sends it to. Do
+// not submit it again yourself.
+var ErrSpooled = errors.New("mxrelay: kept in the durable queue for another Client")
+
+// ErrNoSuchEmail is returned by Client.Result for an ID the store keeps
+// no email of: never accepted, or its result is past its retention time.
+var ErrNoSuchEmail = errors.New("mxrelay: no such email")
+
+// ErrNotFinished is returned by Client.Result for an email the store
+// keeps that has no result yet.
+var ErrNotFinished = errors.New("mxrelay: the email has no result yet")

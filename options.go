@@ -276,7 +276,46 @@ type Options struct {
 	// power loss may take the last of them: an email may then be sent
 	// again without MaybeDelivered. Costs one fsync per email sent.
 	SpoolSyncAll bool
+	// ResultRetention is how long the store keeps each result after it
+	// was recorded, for Client.Result and for Handle.Wait on a Handle of
+	// an email found again by its Email.IdempotencyKey; the key stays
+	// taken as long. It applies to the spool (SpoolDir) and to the
+	// memory store; a Store has an option of its own (pgstore's
+	// Options.ResultRetention). Zero: 7 days in the spool; none in
+	// memory, where a result lives in its Handle only.
+	ResultRetention time.Duration
+
+	// Store is where the emails are kept when several processes share one
+	// queue: a *pgstore.Store (package pgstore, PostgreSQL), opened by the
+	// caller, who closes it after Close (the Client never closes it).
+	// Every process whose Client is given a store on the same schema
+	// sends from the same queue, in one priority order: an email any of
+	// them accepts may be sent by any, and a process that dies leaves
+	// its emails to the others once their leases run out. Each Client
+	// claims only what its sessions can start soon, about
+	// MaxConcurrentSessions × min(MaxEmailsPerSession, PipelineWindow),
+	// and claims again as it sends; Close hands back what it holds and
+	// has not started. MaxQueueSize, QueueSize and Stats then count what
+	// this Client holds, not the store's queue, which has no bound of its
+	// own; Recovered is empty (what a process left is claimed as any
+	// email is). It cannot be combined with SpoolDir. Zero: the Client's
+	// own store, in memory or in SpoolDir.
+	Store Store
+	// Lease is how long a claim of an email in Store lasts unless
+	// renewed: the Client renews the leases of every email it holds, in
+	// one round trip, every Lease/3. A process that stops renewing (it
+	// died, or cannot reach the database) loses its emails to the other
+	// processes once it has passed: a longer lease is slower to take over
+	// after a crash, a shorter one costs more renewals. An email whose
+	// end of data was written and which was taken over without a result
+	// is an unknown outcome (see RetryUnknown). It applies only with
+	// Store: the stores a Client opens are its own. At least 100ms. Zero:
+	// 30s.
+	Lease time.Duration
 }
+
+// minLease is the shortest Options.Lease: renewed every third of it.
+const minLease = 100 * time.Millisecond
 
 // maxLine is the longest body line the options allow; zero: no limit.
 func (o *Options) maxLine() int {
@@ -341,6 +380,7 @@ func (o Options) withDefaults() Options {
 	def(&o.SessionTimeout, 5*time.Minute)
 	def(&o.HeartbeatInterval, 30*time.Second)
 	def(&o.HeartbeatTimeout, 10*time.Second)
+	def(&o.Lease, 30*time.Second)
 	if o.EventBuffer == 0 {
 		o.EventBuffer = 1024
 	}
@@ -404,13 +444,17 @@ func (o Options) validate(relayURL, apiKey string) error {
 		return errors.New("mxrelay: BatchWait is negative")
 	case o.InsecureSkipVerify && o.HTTPClient != nil:
 		return errors.New("mxrelay: InsecureSkipVerify applies only without HTTPClient: set it in the HTTPClient's transport")
+	case o.Store != nil && o.SpoolDir != "":
+		return errors.New("mxrelay: Store and SpoolDir cannot be combined: a Client keeps its emails in one store")
+	case o.Lease != 0 && o.Lease < minLease:
+		return fmt.Errorf("mxrelay: a Lease of %v is too short to be renewed: at least %v", o.Lease, minLease)
 	}
 	for name, d := range map[string]time.Duration{
 		"RetryInterval": o.RetryInterval, "MaxRetryInterval": o.MaxRetryInterval,
 		"ReconnectInterval": o.ReconnectInterval, "MaxReconnectInterval": o.MaxReconnectInterval,
 		"DialTimeout": o.DialTimeout, "AuthTimeout": o.AuthTimeout, "ChannelTimeout": o.ChannelTimeout,
 		"CommandTimeout": o.CommandTimeout, "SessionTimeout": o.SessionTimeout, "EmailTimeout": o.EmailTimeout,
-		"HeartbeatTimeout": o.HeartbeatTimeout,
+		"HeartbeatTimeout": o.HeartbeatTimeout, "ResultRetention": o.ResultRetention, "Lease": o.Lease,
 	} {
 		if d < 0 {
 			return fmt.Errorf("mxrelay: %s is negative", name)

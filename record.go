@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/mxrelay/mxrelay/internal/store"
@@ -14,12 +13,12 @@ import (
 
 // email is the client's record of an accepted email. Its state and its
 // per-recipient books change only through the transitions in this file,
-// with Client.mu held: accepted (accepted), claimed from the store
-// (adopt), taken by a session (taken), end of data handed on
-// (endHandedOn), requeued after a verdict (settle), and finished
-// (finish). Each transition the store must know of is written there
-// (store.Store): Ending, Requeue, HandBack, Finish. The queue keeps its
-// position (qheap, qidx) and nothing else.
+// with Client.mu held: accepted (queue), claimed from the store (adopt),
+// taken by a session (taken), end of data handed on (endHandedOn),
+// requeued after a verdict (settle), finished (finish), and, in a shared
+// store, let go of (store.go: away). Each transition the store must know
+// of is written there (store.Store): Ending, Requeue, HandBack, Finish.
+// The queue keeps its position (qheap, qidx) and nothing else.
 type email struct {
 	id       string
 	sid      string // its ID in the store: id, unless another email kept there has it
@@ -58,9 +57,13 @@ type email struct {
 	// client holds it (false once it was released: Requeue, HandBack,
 	// Finish). committed is set once Enqueue's Commit returned: a claim
 	// made before waits for it to be queued (accepted).
-	tok        store.Token
-	held       bool
-	committed  bool
+	tok       store.Token
+	held      bool
+	committed bool
+	// fenced is set once a write of the claim was refused as fenced (a
+	// *store.FencedError): the email is another claim's, and nothing
+	// more of it is written here, nor given a result (store.go: fence).
+	fenced     bool
 	rd         io.ReadCloser // the body, as the store gives it, for the attempt in progress
 	canceled   error         // why it was withdrawn, once Cancel or its context asked
 	canceledAs Outcome       // the outcome canceled gives it, if no recipient has it
@@ -83,6 +86,7 @@ const (
 	stateEnvelope                   // in a transaction, before its end of data
 	stateReply                      // its end of data is being sent or was sent
 	stateDone                       // its result is out
+	stateAway                       // let go of to a shared store: another record's, or no one's here (away)
 )
 
 func (e *email) urgent() bool { return e.cfg.immediate || e.cfg.priority == PriorityCritical }
@@ -123,16 +127,29 @@ func (c *Client) endHandedOn(em *email) bool {
 	if err == nil {
 		err = errs[0]
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if err != nil {
-		// Not sent: a restart could not tell that the server may have it.
+	if errors.Is(err, store.ErrFenced) {
+		// Another claim's: no end of data, and no result here.
+		c.mu.Lock()
 		em.state = stateEnvelope
-		em.canceled, em.canceledAs = c.kept(err), OutcomeHandedBack
+		c.mu.Unlock()
+		c.fence(em, tok)
 		return false
 	}
-	em.ended = true
-	return true
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case err == nil:
+		em.ended = true
+		return true
+	case errors.Is(err, store.ErrCanceled):
+		// Withdrawn from another process (a Handle's Cancel there).
+		em.canceled, em.canceledAs = ErrCanceled, OutcomeFailed
+	default:
+		// Not sent: a restart could not tell that the server may have it.
+		em.canceled, em.canceledAs = c.kept(err), OutcomeHandedBack
+	}
+	em.state = stateEnvelope
+	return false
 }
 
 // endings records the ends of data of ems, taken together for a
@@ -178,8 +195,14 @@ func (c *Client) kept(err error) error {
 // (before the next command or chunk, or by closing the channel in the
 // middle of a DATA body) and never writes its end of data. Once the end of
 // data is handed on, the reply decides, but no further attempt follows.
-func (c *Client) cancel(em *email, out Outcome, cause error) {
+// It reports false, doing nothing, for an email let go of to a shared
+// store (away): the store withdraws it (cancelHandle).
+func (c *Client) cancel(em *email, out Outcome, cause error) bool {
 	c.mu.Lock()
+	if em.state == stateAway {
+		c.mu.Unlock()
+		return false
+	}
 	if em.canceled == nil {
 		em.canceled, em.canceledAs = cause, out
 	}
@@ -198,7 +221,7 @@ func (c *Client) cancel(em *email, out Outcome, cause error) {
 		if hurry != nil {
 			hurry()
 		}
-		return
+		return true
 	}
 	c.mu.Unlock()
 	c.finish(em, em.canceledAs, em.canceled)
@@ -206,6 +229,7 @@ func (c *Client) cancel(em *email, out Outcome, cause error) {
 		withdraw()
 	}
 	c.kick()
+	return true
 }
 
 // settle applies the verdict of em's attempt: its books, then a retry, a
@@ -218,8 +242,8 @@ func (c *Client) settle(em *email, v verdict, txTime time.Duration) {
 	if rd != nil {
 		defer rd.Close() // the engine is done with it
 	}
-	if em.state == stateDone {
-		// Finished meanwhile (cancelled, or Close).
+	if em.state == stateDone || em.state == stateAway {
+		// Finished meanwhile (cancelled, or Close), or fenced.
 		c.mu.Unlock()
 		return
 	}
@@ -275,19 +299,24 @@ func (c *Client) settle(em *email, v verdict, txTime time.Duration) {
 }
 
 // requeue puts em back in the queue for a retry after cause: the store
-// records its progress and releases it until its retry time, when the
-// client claims it again (pull).
+// records its progress and releases it until its retry time, when a
+// client claims it again (pull): this one, for a store of its own (the
+// queue keeps its place meanwhile), any, for a shared one (letGo).
 func (c *Client) requeue(em *email, cause error, delay time.Duration) {
 	now := time.Now()
 	c.mu.Lock()
-	if em.state == stateDone {
+	if em.state == stateDone || em.state == stateAway {
 		c.mu.Unlock()
 		return
 	}
-	tok, p := em.tok, c.progress(em)
+	tok, p, fenced := em.tok, c.progress(em), em.fenced
 	c.mu.Unlock()
-	err := c.st.Requeue(context.Background(), tok, p, now.Add(delay))
-	if err != nil {
+	var err error
+	if !fenced {
+		err = c.persist(func(ctx context.Context) error { return c.st.Requeue(ctx, tok, p, now.Add(delay)) })
+		fenced = errors.Is(err, store.ErrFenced)
+	}
+	if err != nil && !fenced {
 		// Nothing recorded: the Ending stays unanswered, so that a restart
 		// takes the email for an unknown outcome, which is safe. Released
 		// all the same, without its delay.
@@ -295,7 +324,12 @@ func (c *Client) requeue(em *email, cause error, delay time.Duration) {
 		c.st.HandBack(context.Background(), tok, nil)
 	}
 	c.mu.Lock()
-	if em.state == stateDone {
+	if em.state == stateDone || em.state == stateAway {
+		c.mu.Unlock()
+		return
+	}
+	if fenced {
+		c.drop(em)
 		c.mu.Unlock()
 		return
 	}
@@ -309,7 +343,7 @@ func (c *Client) requeue(em *email, cause error, delay time.Duration) {
 	// Read before the email is back in the queue: another worker may take
 	// it at once.
 	attempt, session := em.attempts, em.session
-	c.q.wait(em)
+	c.letGo(em)
 	c.stats.RetriesScheduled++
 	c.mu.Unlock()
 	c.kick()
@@ -317,11 +351,19 @@ func (c *Client) requeue(em *email, cause error, delay time.Duration) {
 	c.events.emit(Event{Type: EventEmailRetrying, SessionID: session, EmailID: em.id, Attempt: attempt, Duration: delay, Err: cause})
 }
 
+// drop lets go of em, fenced, wherever it was (see fence). c.mu is held.
+func (c *Client) drop(em *email) {
+	if em.state == stateEnvelope || em.state == stateReply {
+		c.inflight--
+	}
+	c.away(em)
+}
+
 // progress is where em stands, for the store. c.mu is held.
 func (c *Client) progress(em *email) *store.Progress {
 	return &store.Progress{Attempts: em.attempts, Unknown: em.unknown,
 		Accepted: slices.Clone(em.accepted), Pending: slices.Clone(em.pending),
-		Rejected: rejectedText(em.rejected)}
+		Rejected: rejectedText(em.rejected), Kind: progressKind(em.rejected)}
 }
 
 // rejectedText is how the store records refused recipients: each
@@ -341,10 +383,19 @@ func rejectedText(rs []RecipientError) map[string]string {
 // otherwise ended with err as out (OutcomeFailed, OutcomeUnknown or
 // OutcomeHandedBack). Only the first call counts. The store records it
 // before anyone can see it; an email handed back stays in the store (for
-// the next Client, if the store is durable).
+// the next Client, if the store is durable). An email the store gives to
+// another claim (fenced) gets no result here: its Handle follows the
+// store; so does one handed back to a shared store while the Client
+// runs (the store could not record its end of data), which any process
+// may send.
 func (c *Client) finish(em *email, out Outcome, err error) {
 	c.mu.Lock()
-	if em.state == stateDone {
+	if em.state == stateDone || em.state == stateAway {
+		c.mu.Unlock()
+		return
+	}
+	if em.fenced {
+		c.drop(em)
 		c.mu.Unlock()
 		return
 	}
@@ -354,8 +405,6 @@ func (c *Client) finish(em *email, out Outcome, err error) {
 		c.inflight--
 	}
 	res := c.result(em, out, err)
-	c.count(res, em.txTime)
-	em.handle.res = res
 	if em.timer != nil {
 		em.timer.Stop()
 	}
@@ -366,27 +415,44 @@ func (c *Client) finish(em *email, out Outcome, err error) {
 	if em.ended && out == OutcomeHandedBack {
 		p = c.progress(em) // answers the Ending records
 	}
+	release := out == OutcomeHandedBack && held && c.hold.releasesHandedBack(c.closed)
 	c.mu.Unlock()
 
+	var serr error
+	sr := func() *store.Result { return c.storeResult(em.sid, res) }
 	switch {
+	case release:
+		serr = c.persist(func(ctx context.Context) error { return c.st.HandBack(ctx, tok, p) })
 	case out == OutcomeHandedBack && held && c.durable:
-		err = c.handBack(em, tok, p)
+		serr = c.handBack(em, tok, p)
 	case out == OutcomeHandedBack && held:
 		// Given back to the caller: the store forgets it.
-		err = c.st.Finish(context.Background(), tok, storeResult(em.sid, res))
+		serr = c.st.Finish(context.Background(), tok, sr())
 	case out == OutcomeHandedBack:
 		// Released already: it waits in the store for its retry time.
 	case held:
-		err = c.st.Finish(context.Background(), tok, storeResult(em.sid, res))
+		serr = c.persist(func(ctx context.Context) error { return c.st.Finish(ctx, tok, sr()) })
 	default:
-		err = c.release(em, res)
+		serr = c.release(em, res)
 	}
-	if err != nil && !errors.Is(err, store.ErrClosed) {
+	if release || errors.Is(serr, store.ErrFenced) {
+		// Any process's to send (this one's too), or another claim's:
+		// its result is not this Client's to give.
+		c.mu.Lock()
+		c.away(em)
+		c.mu.Unlock()
+		return
+	}
+	if serr != nil && !errors.Is(serr, store.ErrClosed) {
 		// A durable store sends it again at its next opening, or takes
 		// it for an unknown outcome if its end of data was recorded.
-		c.log.Error("mxrelay: store", "email", em.id, "err", err)
+		c.log.Error("mxrelay: store", "email", em.id, "err", serr)
 	}
-	close(em.handle.done)
+	c.mu.Lock()
+	c.count(res, em.txTime)
+	c.mu.Unlock()
+	// The event is out before the Handle has the result: a caller that
+	// closes the Client as soon as Send returns still gets it.
 	if res.Outcome == OutcomeDelivered {
 		c.events.emit(Event{Type: EventEmailProcessed, SessionID: res.SessionID, EmailID: em.id, Result: res, Duration: em.txTime})
 		c.log.Debug("mxrelay: email delivered", "email", em.id, "attempts", res.Attempts, "rejected", len(res.Rejected))
@@ -394,7 +460,10 @@ func (c *Client) finish(em *email, out Outcome, err error) {
 		c.events.emit(Event{Type: EventEmailFailed, SessionID: res.SessionID, EmailID: em.id, Result: res, Err: res.Err})
 		c.log.Debug("mxrelay: email ended undelivered", "email", em.id, "outcome", res.Outcome.String(), "err", res.Err)
 	}
-	c.drained()
+	c.mu.Lock()
+	c.deliver(em.handle, res)
+	c.drainedLocked()
+	c.mu.Unlock()
 }
 
 // count adds res to the Stats counters; txTime is its delivering
@@ -470,7 +539,7 @@ func (c *Client) handBack(em *email, tok store.Token, p *store.Progress) error {
 	c.pullMu.Lock()
 	defer c.pullMu.Unlock()
 	c.gone[em.sid] = true
-	return c.st.HandBack(context.Background(), tok, p)
+	return c.persist(func(ctx context.Context) error { return c.st.HandBack(ctx, tok, p) })
 }
 
 // release records the result of em, which the client does not hold: it
@@ -484,25 +553,11 @@ func (c *Client) release(em *email, res *Result) error {
 	em.held = false
 	c.mu.Unlock()
 	if held {
-		return c.st.Finish(context.Background(), tok, storeResult(em.sid, res))
+		return c.st.Finish(context.Background(), tok, c.storeResult(em.sid, res))
 	}
-	_, err := c.st.Cancel(context.Background(), em.sid, storeResult(em.sid, res))
+	_, err := c.st.Cancel(context.Background(), em.sid, c.storeResult(em.sid, res))
 	if errors.Is(err, store.ErrNotFound) {
 		return nil
 	}
 	return err
-}
-
-// storeResult is res as the store keeps it, for email sid.
-func storeResult(sid string, res *Result) *store.Result {
-	r := &store.Result{
-		ID: sid, Delivered: res.Outcome == OutcomeDelivered, MaybeDelivered: res.MaybeDelivered,
-		Attempts: res.Attempts, Accepted: res.Accepted, Rejected: rejectedText(res.Rejected),
-		Reply: store.Reply{Code: res.Reply.Code, Enhanced: res.Reply.EnhancedCode, Message: res.Reply.Message},
-		Kind:  strings.ToLower(res.Outcome.String()), Queued: res.Queued,
-	}
-	if res.Err != nil {
-		r.Error = res.Err.Error()
-	}
-	return r
 }

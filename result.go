@@ -3,7 +3,10 @@ package mxrelay
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
+
+	"github.com/mxrelay/mxrelay/internal/store"
 )
 
 // Reply is the upstream's reply to an email's end of data.
@@ -68,8 +71,11 @@ func (o Outcome) String() string {
 // is an error; Unwrap returns Err. Code, EnhancedCode and Message are the
 // SMTP reply of the refusal, the *SMTPError in Err (the one errors.As
 // finds), so that a caller reads them without errors.As; they are zero
-// when Err holds no SMTP reply, and for a refusal that a previous Client
-// recorded in Options.SpoolDir (the spool keeps its text only, in Err).
+// when Err holds no SMTP reply. A refusal read back from the store (a
+// Result another Client recorded, an email resumed from the spool or a
+// shared Store) keeps them, and its Err its text and what errors.Is and
+// errors.As match; one recorded by a version that kept its text only has
+// that text alone, in Err.
 type RecipientError struct {
 	Address      string
 	Code         int
@@ -141,26 +147,42 @@ type Result struct {
 func (r *Result) Delivered() bool { return r.Outcome == OutcomeDelivered }
 
 // Handle follows one email accepted by Enqueue. Its methods are safe for
-// concurrent use.
+// concurrent use. With Options.Store the email may be sent by another
+// process: Done and Wait then learn its result from the store.
 type Handle struct {
-	c    *Client
-	em   *email
-	done chan struct{}
-	res  *Result
+	c      *Client
+	id     string // Email.ID, as the Result says it
+	sid    string // its ID in the store
+	queued time.Time
+	done   chan struct{}
+	res    *Result // set once, before done is closed
+
+	// Under c.mu.
+	em        *email // the record that holds the email here; nil while none does
+	waited    bool   // Done or Wait was called
+	following bool   // a watcher waits for the store's result (follow)
+	unfollow  context.CancelFunc
 }
 
 // ID is the email's ID.
-func (h *Handle) ID() string { return h.em.id }
+func (h *Handle) ID() string { return h.id }
 
-// Done is closed when the email's result is known.
-func (h *Handle) Done() <-chan struct{} { return h.done }
+// Done is closed when the email's result is known. With Options.Store, for
+// an email this Client does not hold (another process claimed it), it is
+// closed when the store has its result, or at Close (then handed back: the
+// other processes send it; Client.Result of another Client tells).
+func (h *Handle) Done() <-chan struct{} {
+	h.c.await(h)
+	return h.done
+}
 
 // Wait blocks until the email's result or the end of ctx. It returns the
 // result and its Err; when ctx ends first it returns nil and ctx's error,
-// and the email goes on (use Cancel to withdraw it).
+// and the email goes on (use Cancel to withdraw it). See Done for an
+// email another process sends.
 func (h *Handle) Wait(ctx context.Context) (*Result, error) {
 	select {
-	case <-h.done:
+	case <-h.Done():
 		return h.res, h.res.Err
 	case <-ctx.Done():
 		return nil, ctx.Err()
@@ -175,8 +197,10 @@ func (h *Handle) Wait(ctx context.Context) (*Result, error) {
 // its next chunk, otherwise by closing the session's channel (the
 // session's other emails are then classified as for a lost connection).
 // Once the end of data is sent Cancel does not withdraw it: the reply
-// decides, and no further attempt follows.
-func (h *Handle) Cancel() { h.c.cancel(h.em, OutcomeFailed, ErrCanceled) }
+// decides, and no further attempt follows. With Options.Store, an email
+// another process holds is withdrawn by that process, before its next end
+// of data; its result comes from the store.
+func (h *Handle) Cancel() { h.c.cancelHandle(h, OutcomeFailed, ErrCanceled) }
 
 // result is the email's result once it is out, else nil.
 func (h *Handle) result() *Result {
@@ -185,6 +209,115 @@ func (h *Handle) result() *Result {
 		return h.res
 	default:
 		return nil
+	}
+}
+
+// newHandle is the Handle of email sid, Email.ID id, accepted at queued.
+func (c *Client) newHandle(id, sid string, queued time.Time) *Handle {
+	return &Handle{c: c, id: id, sid: sid, queued: queued, done: make(chan struct{})}
+}
+
+// await marks h waited for: an email this Client does not hold is
+// followed in the store.
+func (c *Client) await(h *Handle) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if h.res != nil {
+		return
+	}
+	h.waited = true
+	if h.em == nil {
+		c.follow(h)
+	}
+}
+
+// follow starts, once, the watcher that waits for the store to have the
+// result of h's email, which this Client does not hold, and gives it to
+// h; a claim of the email by this Client meanwhile (adopt) makes h its
+// record's again, and the first result wins. At Close the watcher ends,
+// and h is handed back. c.mu is held.
+func (c *Client) follow(h *Handle) {
+	if h.following || h.res != nil {
+		return
+	}
+	if c.followed {
+		c.deliver(h, c.handedBack(h))
+		return
+	}
+	h.following = true
+	if c.watched[h.sid] == nil {
+		c.watched[h.sid] = h
+	}
+	ctx, cancel := context.WithCancel(c.watchCtx)
+	h.unfollow = cancel
+	c.watchers.Add(1)
+	go c.watch(ctx, h)
+}
+
+// watch is a watcher (follow).
+func (c *Client) watch(ctx context.Context, h *Handle) {
+	defer c.watchers.Done()
+	r, err := c.st.WaitResult(ctx, h.sid)
+	var res *Result
+	switch {
+	case err == nil:
+		res = resultOf(h.id, r)
+	case errors.Is(err, store.ErrNotFound):
+		res = &Result{EmailID: h.id, Outcome: OutcomeUnknown, MaybeDelivered: true, Queued: h.queued,
+			Duration: time.Since(h.queued),
+			Err:      &EmailError{EmailID: h.id, Err: &UnknownOutcomeError{Err: fmt.Errorf("%w: its result is no longer kept", ErrNoSuchEmail)}}}
+	default:
+		// Close, or the email's own record delivered (then nothing
+		// changes).
+		res = c.handedBack(h)
+	}
+	c.mu.Lock()
+	c.deliver(h, res)
+	c.mu.Unlock()
+}
+
+// handedBack is the Result of h's email handed back by Close while it was
+// not held here: it stays in the store, for the other processes.
+func (c *Client) handedBack(h *Handle) *Result {
+	return &Result{EmailID: h.id, Outcome: OutcomeHandedBack, Queued: h.queued, Duration: time.Since(h.queued),
+		Err: &EmailError{EmailID: h.id, Err: c.kept(ErrClosed)}}
+}
+
+// deliver gives h its result res, unless it has one. c.mu is held.
+func (c *Client) deliver(h *Handle, res *Result) {
+	if h.res != nil {
+		return
+	}
+	h.res = res
+	close(h.done)
+	if h.unfollow != nil {
+		h.unfollow()
+	}
+	if c.watched[h.sid] == h {
+		delete(c.watched, h.sid)
+	}
+}
+
+// cancelHandle withdraws h's email (see Handle.Cancel): through its
+// record when this Client holds it, else in the store, where it ends at
+// once when no one holds it, or by its holder's hand.
+func (c *Client) cancelHandle(h *Handle, out Outcome, cause error) {
+	c.mu.Lock()
+	em, over := h.em, h.res != nil || c.followed
+	c.mu.Unlock()
+	if over || em != nil && c.cancel(em, out, cause) {
+		return
+	}
+	res := &Result{EmailID: h.id, Outcome: out, Queued: h.queued, Duration: time.Since(h.queued),
+		Err: &EmailError{EmailID: h.id, Err: cause}}
+	finished, err := c.st.Cancel(context.Background(), h.sid, c.storeResult(h.sid, res))
+	switch {
+	case finished:
+		c.mu.Lock()
+		c.deliver(h, res)
+		c.mu.Unlock()
+	case err != nil && !errors.Is(err, store.ErrNotFound):
+		c.log.Error("mxrelay: store", "op", "cancel", "email", h.id, "err", err)
 	}
 }
 

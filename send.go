@@ -34,10 +34,10 @@ func (c *Client) Send(ctx context.Context, e Email, opts ...SendOption) (*Result
 		return nil, err
 	}
 	stop := context.AfterFunc(ctx, func() {
-		c.cancel(h.em, OutcomeFailed, fmt.Errorf("%w: %w", ErrCanceled, context.Cause(ctx)))
+		c.cancelHandle(h, OutcomeFailed, fmt.Errorf("%w: %w", ErrCanceled, context.Cause(ctx)))
 	})
 	defer stop()
-	<-h.done
+	<-h.Done()
 	return h.res, h.res.Err
 }
 
@@ -47,7 +47,9 @@ func (c *Client) Send(ctx context.Context, e Email, opts ...SendOption) (*Result
 // Options.SpoolDir, with the error that kept the email from being written
 // there (a full disk), in which case nothing was accepted. The body is
 // read once, here, and kept until the email's result: in memory (in a
-// temporary file beyond 1 MiB), or in the spool (see Email.Body).
+// temporary file beyond 1 MiB), or in the spool (see Email.Body). An
+// email whose Email.IdempotencyKey was accepted before is not accepted
+// again: the Handle is that email's.
 func (c *Client) Enqueue(e Email, opts ...SendOption) (*Handle, error) {
 	if len(opts) > 0 {
 		e = withOptions(e, opts)
@@ -73,7 +75,7 @@ func (c *Client) Enqueue(e Email, opts ...SendOption) (*Handle, error) {
 		em.id = c.newID()
 	}
 	env := &store.Envelope{
-		ID: em.id, From: e.From, To: e.To, Mail: e.MailOptions, Rcpt: e.RcptOptions,
+		ID: em.id, IdempotencyKey: e.IdempotencyKey, From: e.From, To: e.To, Mail: e.MailOptions, Rcpt: e.RcptOptions,
 		Priority: int(cfg.priority), Retries: cfg.retries, Immediate: cfg.immediate,
 	}
 	if cfg.timeout > 0 {
@@ -92,7 +94,8 @@ func (c *Client) Enqueue(e Email, opts ...SendOption) (*Handle, error) {
 	return h, nil
 }
 
-// accept writes em to the store, body and all, and queues it.
+// accept writes em to the store, body and all, and queues it; or, for
+// an IdempotencyKey the store has, returns the Handle of that email.
 func (c *Client) accept(em *email, env *store.Envelope, r io.Reader) (*Handle, error) {
 	ctx := context.Background()
 	d, err := c.st.Accept(ctx, env)
@@ -104,7 +107,13 @@ func (c *Client) accept(em *email, env *store.Envelope, r io.Reader) (*Handle, e
 	if err != nil {
 		return nil, err
 	}
+	if a, ok := d.Existing(); ok {
+		d.Abort()
+		c.unreserve()
+		return c.existing(a), nil
+	}
 	em.sid = env.ID
+	em.handle = c.newHandle(em.id, em.sid, em.queuedAt)
 	rules := c.opts.bodyRules(env.Mail)
 	em.body, err = newBody(d, r, rules)
 	if err != nil {
@@ -138,10 +147,26 @@ func (c *Client) accept(em *email, env *store.Envelope, r io.Reader) (*Handle, e
 	}
 	c.mu.Lock()
 	c.reserved--
+	c.dry.wake = nil // the store has one more ready, whatever its Wake says yet
 	c.mu.Unlock()
+	c.pullSoon() // before queue, which lets go of it if no claim took it
 	c.queue(em, env.Deadline.Sub(em.queuedAt))
-	c.pull()
 	return em.handle, nil
+}
+
+// existing is the Handle of a, the email accepted before with the same
+// IdempotencyKey: its record's, when this Client keeps it; else one that
+// follows it in the store.
+func (c *Client) existing(a store.Accepted) *Handle {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if em := c.byID[a.ID]; em != nil && em.handle != nil {
+		return em.handle
+	}
+	if h := c.watched[a.ID]; h != nil {
+		return h
+	}
+	return c.newHandle(a.ID, a.ID, a.Queued)
 }
 
 // withOptions is e with opts applied. (A function of its own: the options
@@ -171,20 +196,19 @@ func (c *Client) EnqueueWait(ctx context.Context, e Email, opts ...SendOption) (
 	}
 }
 
-// queue counts em, accepted, in the queue, and puts it there if the
-// store's claim of it came already (pull). timeout, if positive, is how
-// long it may wait for its end of data.
+// queue counts em, accepted or adopted, in the queue, and puts it there
+// if the store's claim of it came already (pull), or lets go of it
+// (letGo). timeout, if positive, is how long it may wait for its end of
+// data.
 func (c *Client) queue(em *email, timeout time.Duration) {
-	em.handle = &Handle{c: c, em: em, done: make(chan struct{})}
+	if em.handle == nil {
+		em.handle = c.newHandle(em.id, em.sid, em.queuedAt)
+	}
 	c.mu.Lock()
+	em.handle.em = em
 	c.seq++
 	em.seq = c.seq
 	em.committed = true
-	if em.held {
-		c.q.push(em, time.Now())
-	} else {
-		c.q.wait(em) // until pull claims it
-	}
 	c.stats.EmailsQueued++
 	if !c.busy {
 		// Under c.mu, so that started and completed alternate.
@@ -193,6 +217,11 @@ func (c *Client) queue(em *email, timeout time.Duration) {
 	}
 	if timeout > 0 {
 		em.timer = time.AfterFunc(timeout, func() { c.cancel(em, OutcomeFailed, timedOut(em)) })
+	}
+	if em.held {
+		c.q.push(em, time.Now())
+	} else {
+		c.letGo(em) // until pull claims it
 	}
 	c.mu.Unlock()
 	c.kick()
@@ -244,11 +273,17 @@ func (c *Client) freed() {
 }
 
 // drained emits EventQueueProcessingCompleted when every accepted email
-// has its result, once per EventQueueProcessingStarted.
+// has its result (or was let go of to a shared store), once per
+// EventQueueProcessingStarted.
 func (c *Client) drained() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.busy && c.stats.EmailsQueued == c.stats.EmailsDelivered+c.stats.EmailsFailed {
+	c.drainedLocked()
+}
+
+// drainedLocked is drained with c.mu held.
+func (c *Client) drainedLocked() {
+	if c.busy && c.stats.EmailsQueued == c.stats.EmailsDelivered+c.stats.EmailsFailed+c.stats.EmailsReleased {
 		c.busy = false
 		c.events.emit(Event{Type: EventQueueProcessingCompleted})
 	}

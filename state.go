@@ -120,6 +120,15 @@ type Stats struct {
 	EmailsUnknown        int64
 	EmailsHandedBack     int64
 	EmailsMaybeDelivered int64
+	// EmailsReleased counts, with Options.Store, the emails the Client let
+	// go of without a result of its own, for whichever process claims them
+	// next: accepted and not claimed by this Client (its queue was full), a
+	// retry waiting for its time, one that another process took over once
+	// its lease ran out. One this Client claims again counts in
+	// EmailsQueued again. With Store, EmailsQueued = EmailsDelivered +
+	// EmailsFailed + EmailsReleased once the Client is closed; without it,
+	// EmailsReleased is 0.
+	EmailsReleased int64
 	// AverageSessionTime is the mean duration of processed sessions;
 	// AverageEmailTime the mean duration of the SMTP transactions of
 	// delivered emails (MAIL to the reply to the end of data).

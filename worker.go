@@ -505,9 +505,24 @@ func (w *worker) setupFailed(err error) {
 	w.emit(Event{Type: EventReconnecting, Attempt: w.failures, Duration: delay, Err: err})
 	t := time.NewTimer(delay)
 	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-c.stopCtx.Done():
+	draining := c.draining
+	for {
+		select {
+		case <-t.C:
+			return
+		case <-c.stopCtx.Done():
+			return
+		case <-draining:
+			// Close: with nothing left to send (a shared store took
+			// back what this client held), the wait is over.
+			c.mu.Lock()
+			empty := c.q.len() == 0
+			c.mu.Unlock()
+			if empty {
+				return
+			}
+			draining = nil
+		}
 	}
 }
 
@@ -524,7 +539,8 @@ func (w *worker) retryDelay(n int) time.Duration {
 	return w.c.reconnect.Delay(n - 1)
 }
 
-// failWaiting fails every email in the queue with err.
+// failWaiting ends every email in the queue with err: the client cannot
+// send them (see holding.unsendable).
 func (w *worker) failWaiting(err error) {
 	c := w.c
 	c.mu.Lock()
@@ -532,6 +548,6 @@ func (w *worker) failWaiting(err error) {
 	c.mu.Unlock()
 	c.freed()
 	for _, em := range left {
-		c.finish(em, OutcomeFailed, err)
+		c.finish(em, c.hold.unsendable(), err)
 	}
 }

@@ -12,15 +12,56 @@ import (
 // Recorder collects a client's events (On is an Options.OnEvent). Its
 // methods are safe for concurrent use.
 type Recorder struct {
-	mu     sync.Mutex
-	events []mxrelay.Event
+	mu      sync.Mutex
+	events  []mxrelay.Event
+	changed chan struct{} // closed (and replaced) by each On
 }
 
 // On records e.
 func (r *Recorder) On(e mxrelay.Event) {
 	r.mu.Lock()
 	r.events = append(r.events, e)
+	if r.changed != nil {
+		close(r.changed)
+		r.changed = nil
+	}
 	r.mu.Unlock()
+}
+
+// Await waits until there are n events of type t, and reports whether
+// there were before ctx ended.
+func (r *Recorder) Await(ctx context.Context, t mxrelay.EventType, n int) bool {
+	return r.AwaitFunc(ctx, func(events []mxrelay.Event) bool {
+		k := 0
+		for _, e := range events {
+			if e.Type == t {
+				k++
+			}
+		}
+		return k >= n
+	})
+}
+
+// AwaitFunc waits until the events recorded so far satisfy ok, and
+// reports whether they did before ctx ended.
+func (r *Recorder) AwaitFunc(ctx context.Context, ok func(events []mxrelay.Event) bool) bool {
+	for {
+		r.mu.Lock()
+		if ok(r.events) {
+			r.mu.Unlock()
+			return true
+		}
+		if r.changed == nil {
+			r.changed = make(chan struct{})
+		}
+		changed := r.changed
+		r.mu.Unlock()
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return false
+		}
+	}
 }
 
 // Events are the events recorded so far, in order.

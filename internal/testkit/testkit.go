@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay"
@@ -92,8 +93,8 @@ func NewClient(t testing.TB, s *relaytest.Server, o *mxrelay.Options) *mxrelay.C
 		defer cancel()
 		c.Close(ctx)
 		st := c.Stats()
-		if st.EmailsQueued != st.EmailsDelivered+st.EmailsFailed {
-			t.Errorf("accounting after Close: queued %d != delivered %d + failed %d", st.EmailsQueued, st.EmailsDelivered, st.EmailsFailed)
+		if st.EmailsQueued != st.EmailsDelivered+st.EmailsFailed+st.EmailsReleased {
+			t.Errorf("accounting after Close: queued %d != delivered %d + failed %d + released %d", st.EmailsQueued, st.EmailsDelivered, st.EmailsFailed, st.EmailsReleased)
 		}
 		if st.EmailsUnknown+st.EmailsHandedBack > st.EmailsFailed || st.EmailsUnknown > st.EmailsMaybeDelivered {
 			t.Errorf("accounting after Close: unknown %d + handed back %d > failed %d, or unknown > maybe delivered %d", st.EmailsUnknown, st.EmailsHandedBack, st.EmailsFailed, st.EmailsMaybeDelivered)
@@ -146,6 +147,54 @@ func CheckResult(t testing.TB, res *mxrelay.Result) {
 		if r.Err == nil || r.Code != want.Code || r.EnhancedCode != want.EnhancedCode || r.Message != want.Message {
 			t.Errorf("email %s: recipient %s: reply fields %d %v %q, error %v", res.EmailID, r.Address, r.Code, r.EnhancedCode, r.Message, r.Err)
 		}
+	}
+}
+
+// SameResult checks that got, a Result read back from the store, says
+// what want, the Result of the Client that sent the email, said.
+func SameResult(t *testing.T, want, got *mxrelay.Result) {
+	t.Helper()
+	assert.Equal(t, want.EmailID, got.EmailID)
+	assert.Equal(t, want.Outcome, got.Outcome)
+	assert.Equal(t, want.Priority, got.Priority)
+	assert.Equal(t, want.Accepted, got.Accepted)
+	assert.Equal(t, want.Reply, got.Reply)
+	assert.Equal(t, want.Attempts, got.Attempts)
+	assert.Equal(t, want.MaybeDelivered, got.MaybeDelivered)
+	assert.Equal(t, want.SessionID, got.SessionID)
+	require.Len(t, got.Rejected, len(want.Rejected))
+	for i, w := range want.Rejected {
+		g := got.Rejected[i]
+		assert.Equal(t, w.Address, g.Address)
+		assert.Equal(t, w.Code, g.Code)
+		assert.Equal(t, w.EnhancedCode, g.EnhancedCode)
+		assert.Equal(t, w.Message, g.Message)
+		assert.Equal(t, w.Error(), g.Error())
+	}
+	sameErr(t, want.Err, got.Err)
+}
+
+// sameErr checks that got, read back, reads and matches as want:
+// its text, the sentinels, its *SMTPError and Temporary.
+func sameErr(t *testing.T, want, got error) {
+	t.Helper()
+	if want == nil {
+		assert.NoError(t, got)
+		return
+	}
+	require.Error(t, got)
+	assert.Equal(t, want.Error(), got.Error())
+	for _, target := range []error{mxrelay.ErrClosed, mxrelay.ErrSpooled, mxrelay.ErrCanceled, mxrelay.ErrInvalidEmail,
+		mxrelay.ErrUnknownOutcome, mxrelay.ErrTimeout, mxrelay.ErrAuthFailed} {
+		assert.Equal(t, errors.Is(want, target), errors.Is(got, target), "errors.Is %v", target)
+	}
+	var ws, gs *mxrelay.SMTPError
+	if assert.Equal(t, errors.As(want, &ws), errors.As(got, &gs), "errors.As *SMTPError") && ws != nil {
+		assert.Equal(t, *ws, *gs)
+	}
+	var we, ge *mxrelay.EmailError
+	if assert.Equal(t, errors.As(want, &we), errors.As(got, &ge)) && we != nil {
+		assert.Equal(t, we.Temporary(), ge.Temporary())
 	}
 }
 
