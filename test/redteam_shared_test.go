@@ -1,13 +1,18 @@
 package test
 
 import (
+	"bytes"
+	"context"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay"
 	"github.com/mxrelay/mxrelay/internal/testkit"
+	"github.com/mxrelay/mxrelay/relaytest"
 )
 
 // The red team's attacks on the Client on a shared store (issue 12):
@@ -59,4 +64,109 @@ func TestSharedStoreEnqueueCommitCutIsHonest(t *testing.T) {
 	assert.Failf(t, "Enqueue failed for an email it accepted",
 		"Enqueue returned %q, yet the email was accepted and then delivered=%v: a caller that retries sends a second copy without MaybeDelivered",
 		err, r.Delivered)
+}
+
+// TestSharedStoreCloseReturnsWhenTheDatabaseHangs: the database stops
+// answering (its connections stay open, nothing comes back: a network
+// partition, a server frozen) while the Client holds emails it has not
+// started (its relay is out of reach). Close, with a context that ends,
+// must return by then (Options.Store's doc: Close's context bounds the
+// writes it waits for), and the emails stay in the store for the other
+// processes, sent once each when the database answers again.
+func TestSharedStoreCloseReturnsWhenTheDatabaseHangs(t *testing.T) {
+	q := testkit.NewQueue(t)
+	st, p := proxiedStore(t, q)
+	relayA, oa := unreachable(t)
+	oa.Store, oa.MaxEmailsPerSession = st, 5
+	ca := testkit.NewClient(t, relayA, oa)
+	const n = 3
+	hs := enqueue(t, ca, "hang", n)
+	require.Equal(t, n, ca.Stats().QueueSize, "A holds them, unsent")
+
+	p.hang()
+	closeCtx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	closed := make(chan error, 1)
+	go func() { closed <- ca.Close(closeCtx) }()
+	ctx := testkit.Ctx(t)
+	select {
+	case err := <-closed:
+		t.Log("Close returned: ", err)
+	case <-ctx.Done():
+		p.unhang() // lets Close go on, so that the test ends
+		<-closed
+		t.Fatal("Close did not return when its context ended: a write to a database that hangs is not bound by it")
+	}
+	for _, h := range hs {
+		select {
+		case <-h.Done():
+		case <-ctx.Done():
+			t.Fatal("a Handle has no result after Close")
+		}
+	}
+	p.unhang()
+	relayB := testkit.NewRelay(t, nil)
+	var recB testkit.Recorder
+	testkit.NewClient(t, relayB, &mxrelay.Options{Store: q.Store(t, nil), Lease: time.Second, OnEvent: recB.On})
+	require.True(t, recB.Await(ctx, mxrelay.EventEmailProcessed, n), "the emails A held were lost")
+	onceEach(t, subjects("hang", n), relayB)
+}
+
+// TestSharedStoreFinishOutOfReachEndsOnce: A's email was delivered (250
+// to its own end of data, Ending recorded before it), and the database is
+// down when A records the result, for longer than A's lease. A gives up
+// the write and reports the email delivered; once the database is back,
+// the store still has an Ending with no answer and a lease run out: a
+// takeover fails it as an unknown outcome. One email, two ends: A's
+// Handle says delivered, the store (Client.Result, every other
+// process) says unknown. The house promise: every email ends exactly once.
+func TestSharedStoreFinishOutOfReachEndsOnce(t *testing.T) {
+	q := testkit.NewQueue(t)
+	st, p := proxiedStore(t, q)
+	var mu sync.Mutex
+	var ended bool
+	replyHeld, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	relayA := testkit.NewRelay(t, &relaytest.Options{OnSMTPData: func(d relaytest.SMTPData) {
+		mu.Lock()
+		defer mu.Unlock()
+		if !d.FromServer && (bytes.Contains(d.Data, []byte("BDAT")) || bytes.Contains(d.Data, []byte("\r\n.\r\n"))) {
+			ended = true
+			return
+		}
+		if d.FromServer && ended {
+			// The server's reply to the end of data waits here.
+			once.Do(func() { close(replyHeld); <-release })
+		}
+	}})
+	var recA testkit.Recorder
+	ca := testkit.NewClient(t, relayA, &mxrelay.Options{Store: st, Lease: 300 * time.Millisecond,
+		CommandTimeout: time.Minute, OnEvent: recA.On})
+	e := testkit.Mail("once")
+	e.ID = "once"
+	h, err := ca.Enqueue(e)
+	require.NoError(t, err)
+	ctx := testkit.Ctx(t)
+	select {
+	case <-replyHeld:
+	case <-ctx.Done():
+		t.Fatal("A's end of data never went out")
+	}
+	require.Equal(t, 1, q.Count(`SELECT ends FROM {s}.email WHERE id = 'once'`), "Ending recorded")
+	p.setDown(true)
+	close(release)
+	res, err := h.Wait(ctx)
+	require.NoError(t, err)
+	require.Equal(t, mxrelay.OutcomeDelivered, res.Outcome, "A's Handle")
+	p.setDown(false)
+
+	other := q.Store(t, nil)
+	testkit.NewClient(t, testkit.NewRelay(t, nil), &mxrelay.Options{Store: other})
+	stored, err := other.WaitResult(ctx, "once")
+	require.NoError(t, err)
+	assert.True(t, stored.Delivered, "A's Handle said delivered; the store says %q (maybe delivered: %v)", stored.Error, stored.MaybeDelivered)
+	cc := testkit.NewClient(t, testkit.NewRelay(t, nil), &mxrelay.Options{Store: q.Store(t, nil), MaxEmailsPerSession: 1})
+	got, err := cc.Result(ctx, "once")
+	require.NoError(t, err)
+	assert.Equal(t, res.Outcome, got.Outcome, "the same email, two results")
 }
