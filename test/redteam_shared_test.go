@@ -77,7 +77,7 @@ func TestSharedStoreCloseReturnsWhenTheDatabaseHangs(t *testing.T) {
 	q := testkit.NewQueue(t)
 	st, p := proxiedStore(t, q)
 	relayA, oa := unreachable(t)
-	oa.Store, oa.MaxEmailsPerSession = st, 5
+	oa.Store, oa.MaxEmailsPerSession, oa.Lease = st, 5, time.Second // its leases run out soon if they are not handed back
 	ca := testkit.NewClient(t, relayA, oa)
 	const n = 3
 	hs := enqueue(t, ca, "hang", n)
@@ -85,18 +85,20 @@ func TestSharedStoreCloseReturnsWhenTheDatabaseHangs(t *testing.T) {
 
 	p.hang()
 	closeCtx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	hangCtx, stop := context.WithTimeout(context.Background(), 10*time.Second) // a bound far beyond Close's
+	defer stop()
 	defer cancel()
 	closed := make(chan error, 1)
 	go func() { closed <- ca.Close(closeCtx) }()
-	ctx := testkit.Ctx(t)
 	select {
 	case err := <-closed:
 		t.Log("Close returned: ", err)
-	case <-ctx.Done():
+	case <-hangCtx.Done():
 		p.unhang() // lets Close go on, so that the test ends
 		<-closed
 		t.Fatal("Close did not return when its context ended: a write to a database that hangs is not bound by it")
 	}
+	ctx := testkit.Ctx(t)
 	for _, h := range hs {
 		select {
 		case <-h.Done():
@@ -113,13 +115,15 @@ func TestSharedStoreCloseReturnsWhenTheDatabaseHangs(t *testing.T) {
 }
 
 // TestSharedStoreFinishOutOfReachEndsOnce: A's email was delivered (250
-// to its own end of data, Ending recorded before it), and the database is
-// down when A records the result, for longer than A's lease. A gives up
-// the write and reports the email delivered; once the database is back,
-// the store still has an Ending with no answer and a lease run out: a
-// takeover fails it as an unknown outcome. One email, two ends: A's
-// Handle says delivered, the store (Client.Result, every other
-// process) says unknown. The house promise: every email ends exactly once.
+// to its own end of data, Ending recorded before it), and A cannot reach
+// the database when it records the result. A's lease runs out and
+// another Client takes the email over: an Ending with no answer, an
+// unknown outcome, which that Client records. A, which gave up its write
+// at its lease's end, reported the email delivered: one email, two ends,
+// A's Handle saying delivered and the store (Client.Result, every other
+// process) unknown. The house promise: every email ends exactly once; a
+// write refused as fenced once the database is back tells A the email is
+// another's (its Handle then follows the store).
 func TestSharedStoreFinishOutOfReachEndsOnce(t *testing.T) {
 	q := testkit.NewQueue(t)
 	st, p := proxiedStore(t, q)
@@ -139,9 +143,8 @@ func TestSharedStoreFinishOutOfReachEndsOnce(t *testing.T) {
 			once.Do(func() { close(replyHeld); <-release })
 		}
 	}})
-	var recA testkit.Recorder
-	ca := testkit.NewClient(t, relayA, &mxrelay.Options{Store: st, Lease: 300 * time.Millisecond,
-		CommandTimeout: time.Minute, OnEvent: recA.On})
+	t.Cleanup(func() { once.Do(func() {}) })
+	ca := testkit.NewClient(t, relayA, &mxrelay.Options{Store: st, Lease: 300 * time.Millisecond, CommandTimeout: time.Minute})
 	e := testkit.Mail("once")
 	e.ID = "once"
 	h, err := ca.Enqueue(e)
@@ -153,20 +156,30 @@ func TestSharedStoreFinishOutOfReachEndsOnce(t *testing.T) {
 		t.Fatal("A's end of data never went out")
 	}
 	require.Equal(t, 1, q.Count(`SELECT ends FROM {s}.email WHERE id = 'once'`), "Ending recorded")
-	p.setDown(true)
-	close(release)
-	res, err := h.Wait(ctx)
-	require.NoError(t, err)
-	require.Equal(t, mxrelay.OutcomeDelivered, res.Outcome, "A's Handle")
-	p.setDown(false)
+	p.setDown(true) // A alone is cut off
+	close(release)  // A has its 250 and records it, in vain
 
+	// A's lease has run out (made so at once); B takes the email over.
+	q.Exec(`UPDATE {s}.email SET lease_expires = now() - interval '1 second' WHERE id = 'once'`)
 	other := q.Store(t, nil)
 	testkit.NewClient(t, testkit.NewRelay(t, nil), &mxrelay.Options{Store: other})
 	stored, err := other.WaitResult(ctx, "once")
 	require.NoError(t, err)
-	assert.True(t, stored.Delivered, "A's Handle said delivered; the store says %q (maybe delivered: %v)", stored.Error, stored.MaybeDelivered)
+	require.True(t, stored.MaybeDelivered, "B's takeover: an unknown outcome")
+	// While A is cut off it cannot know whether its result was recorded:
+	// a result its Handle gets now is A's own, told beside the store's.
+	// (A bound of ten leases, for a write A gives up at one lease.)
+	select {
+	case <-h.Done():
+	case <-time.After(10 * 300 * time.Millisecond):
+	}
+	p.setDown(false)
+
+	res, err := h.Wait(ctx)
+	assert.Equal(t, res.Err, err)
 	cc := testkit.NewClient(t, testkit.NewRelay(t, nil), &mxrelay.Options{Store: q.Store(t, nil), MaxEmailsPerSession: 1})
 	got, err := cc.Result(ctx, "once")
 	require.NoError(t, err)
-	assert.Equal(t, res.Outcome, got.Outcome, "the same email, two results")
+	assert.Equal(t, got.Outcome, res.Outcome, "one email, two results: A's Handle says %v, the store %v", res.Outcome, got.Outcome)
+	assert.Equal(t, 1, testkit.CountSubject(relayA, "once"))
 }
