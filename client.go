@@ -60,18 +60,21 @@ type Client struct {
 	// processes (Options.Store); hold says how the client holds what it
 	// claims there (store.go). Claims are owner's; pullMu serialises them
 	// with their adoption.
-	st        store.Store
-	hold      holding
-	spool     *spool.Store // st, when it is the spool
-	durable   bool
-	owner     string
-	pullMu    sync.Mutex
-	dry       dryState           // what the last short claim said (under mu)
-	dried     broadcast.Signal   // a claim came back short (listen)
-	byID      map[string]*email  // the emails held or kept here, not finished, by store ID
-	commitMu  sync.RWMutex       // read-held by an Enqueue committing to the store
-	recovered []*Handle          // the emails the store gave back at New
-	adopted   map[string]*Handle // in New: the Handles of the emails adopt queued
+	st      store.Store
+	hold    holding
+	spool   *spool.Store // st, when it is the spool
+	durable bool
+	// keepsResults: the store keeps results, for Client.Result (all but
+	// the memory store without ResultRetention).
+	keepsResults bool
+	owner        string
+	pullMu       sync.Mutex
+	dry          dryState           // what the last short claim said (under mu)
+	dried        broadcast.Signal   // a claim came back short (listen)
+	byID         map[string]*email  // the emails held or kept here, not finished, by store ID
+	commitMu     sync.RWMutex       // read-held by an Enqueue committing to the store
+	recovered    []*Handle          // the emails the store gave back at New
+	adopted      map[string]*Handle // in New: the Handles of the emails adopt queued
 	// gone are the emails handed back to a durable store of the client's
 	// own while it runs: kept there for the next Client, so that a claim
 	// of one holds it and leaves it (pull). Under pullMu.

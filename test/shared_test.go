@@ -530,3 +530,30 @@ func TestSharedStoreDeadHolderIsTakenOver(t *testing.T) {
 	}
 	assert.Equal(t, 3, q.Count(`SELECT count(*) FROM {s}.email WHERE attempt = 2 AND finished_at IS NOT NULL`))
 }
+
+// TestSharedStoreRefusalKeptAcrossARetry: an email refused for one
+// recipient (550 5.1.1) and deferred for the other (451) is let go of to
+// the store until its retry, and resumed from the progress kept there:
+// its Result, and the one read back, still carry the refusal's codes.
+func TestSharedStoreRefusalKeptAcrossARetry(t *testing.T) {
+	q := testkit.NewQueue(t)
+	relay := testkit.NewRelay(t, nil)
+	relay.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: "RCPT", Recipient: "bad@example.com", Reply: "550 5.1.1 no such user"})
+	relay.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: "RCPT", Recipient: "b@example.com", Reply: "451 4.3.0 try later"})
+	c := testkit.NewClient(t, relay, &mxrelay.Options{Store: q.Store(t, nil)})
+	e := testkit.Mail("retried", "b@example.com", "bad@example.com")
+	e.ID = "retried"
+	ctx := testkit.Ctx(t)
+	res, err := c.Send(ctx, e)
+	require.NoError(t, err)
+	assert.Equal(t, mxrelay.OutcomeDelivered, res.Outcome)
+	assert.Equal(t, 2, res.Attempts)
+	assert.Equal(t, int64(1), c.Stats().EmailsReleased, "let go of until its retry")
+	require.Len(t, res.Rejected, 1)
+	assert.Equal(t, "bad@example.com", res.Rejected[0].Address)
+	assert.Equal(t, 550, res.Rejected[0].Code)
+	assert.Equal(t, [3]int{5, 1, 1}, res.Rejected[0].EnhancedCode)
+	got, err := c.Result(ctx, "retried")
+	require.NoError(t, err)
+	testkit.SameResult(t, res, got)
+}

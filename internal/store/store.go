@@ -264,6 +264,9 @@ type Progress struct {
 	Accepted []string          `json:"accepted,omitempty"`
 	Rejected map[string]string `json:"rejected,omitempty"` // address: the refusal's text
 	Pending  []string          `json:"pending"`            // still to be tried
+	// Kind is what the Client keeps to rebuild the refusals' errors, as
+	// Result.Kind; kept as given.
+	Kind string `json:"kind,omitempty"`
 }
 
 // Result is an email's result as the store keeps it: text, not Go
