@@ -49,7 +49,11 @@ type Client struct {
 	draining chan struct{}      // closed by Close
 	stopCtx  context.Context    // ends when Close gives up waiting
 	stop     context.CancelFunc //
-	done     chan struct{}      // closed when the worker has returned
+	// giveUpCtx ends when Close's context does: it bounds the store's
+	// writes (persist), which a database that hangs would hold for ever.
+	giveUpCtx context.Context
+	giveUp    context.CancelFunc
+	done      chan struct{} // closed when the worker has returned
 
 	// st keeps the accepted emails (store.Store): memory, a spool
 	// directory (Options.SpoolDir, durable) or a store shared with other
@@ -125,6 +129,7 @@ func New(relayURL, apiKey string, opts *Options) (*Client, error) {
 	c.events = newDispatcher(o.OnEvent, o.EventBuffer, o.Logger)
 	c.fb = newFeedback(o.RateLimit, o.Throttle, o.MaxConcurrentSessions, o.MaxEmailsPerSession, c.rateChanged)
 	c.stopCtx, c.stop = context.WithCancel(context.Background())
+	c.giveUpCtx, c.giveUp = context.WithCancel(context.Background())
 	for n := range o.MaxConcurrentSessions {
 		c.workers = append(c.workers, c.newWorker(n+1))
 	}
@@ -243,7 +248,7 @@ func (c *Client) Stats() Stats {
 func (c *Client) Close(ctx context.Context) error {
 	// Once ctx ends, nothing waits any more: writes to a store out of
 	// reach (persist) give up too.
-	defer context.AfterFunc(ctx, c.stop)()
+	defer context.AfterFunc(ctx, func() { c.stop(); c.giveUp() })()
 	c.commitMu.Lock() // no Enqueue between its check and its queueing
 	c.mu.Lock()
 	first := !c.closed

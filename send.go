@@ -136,6 +136,9 @@ func (c *Client) accept(em *email, env *store.Envelope, r io.Reader) (*Handle, e
 	c.mu.Unlock()
 	if err == nil {
 		_, err = d.Commit(ctx, em.body.meta(rules))
+		if errors.Is(err, store.ErrUnavailable) && c.keptAfterAll(env.ID) {
+			err = nil // accepted: its reply was lost
+		}
 	} else {
 		d.Abort()
 	}
@@ -152,6 +155,19 @@ func (c *Client) accept(em *email, env *store.Envelope, r io.Reader) (*Handle, e
 	c.pullSoon() // before queue, which lets go of it if no claim took it
 	c.queue(em, env.Deadline.Sub(em.queuedAt))
 	return em.handle, nil
+}
+
+// keptAfterAll reports whether email id, whose Commit failed with
+// store.ErrUnavailable (the commit may have reached the store: its reply
+// was lost), is kept in the store all the same, asking the store as
+// persist writes to it. An Enqueue that failed for an email accepted
+// would have the caller send a second copy.
+func (c *Client) keptAfterAll(id string) bool {
+	err := c.persist(func(ctx context.Context) error {
+		_, err := c.st.Result(ctx, id)
+		return err
+	})
+	return err == nil || errors.Is(err, store.ErrNotFinished)
 }
 
 // existing is the Handle of a, the email accepted before with the same

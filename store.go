@@ -524,15 +524,19 @@ func (c *Client) rescan(sid string, rules bodyRules) (*body, error) {
 var persistBackoff = backoff.Policy{Initial: 50 * time.Millisecond, Max: 2 * time.Second, Jitter: 0.2}
 
 // persist makes a write of a claim holder (op), waiting out a store that
-// cannot be reached (store.ErrUnavailable: a database restarting) for as
-// long as the claim's lease, unless Close gives up first. The same write
-// made again is safe: a Finish that took effect returns nil, a release
-// that did is refused as fenced.
+// cannot be reached (store.ErrUnavailable: a database restarting) until
+// it answers, however long past the claim's lease: a lease that ran out
+// and was not taken over is still the holder's, and one taken over
+// refuses the write as fenced, so that the Client never tells a result
+// beside another claim's. Close gives up first: once the workers are
+// done (stopCtx) no try follows the first, and once Close's context ends
+// (giveUpCtx) the write in progress ends too, a database that hangs
+// included. The same write made again is safe: a Finish that took effect
+// returns nil, a release that did is refused as fenced.
 func (c *Client) persist(op func(context.Context) error) error {
-	end := time.Now().Add(c.hold.lease)
 	for n := 1; ; n++ {
-		err := op(context.Background())
-		if !errors.Is(err, store.ErrUnavailable) || time.Now().After(end) {
+		err := op(c.giveUpCtx)
+		if !errors.Is(err, store.ErrUnavailable) {
 			return err
 		}
 		t := time.NewTimer(persistBackoff.Delay(n))
