@@ -435,6 +435,9 @@ func (c *Client) adopt(cl *store.Claimed) {
 		em.attempts += p.Attempts
 		em.unknown = em.unknown || p.Unknown
 		em.pending, em.accepted = p.Pending, p.Accepted
+		if r := p.Reply; r != nil {
+			em.reply = Reply{Code: r.Code, EnhancedCode: r.Enhanced, Message: r.Message}
+		}
 		for _, to := range slices.Sorted(maps.Keys(p.Rejected)) {
 			em.rejected = append(em.rejected, recipientError(to, errors.New(p.Rejected[to])))
 		}

@@ -264,6 +264,9 @@ type Progress struct {
 	Accepted []string          `json:"accepted,omitempty"`
 	Rejected map[string]string `json:"rejected,omitempty"` // address: the refusal's text
 	Pending  []string          `json:"pending"`            // still to be tried
+	// Reply is the server's reply to the end of data that delivered the
+	// email to Accepted; nil before any recipient accepted it.
+	Reply *Reply `json:"reply,omitempty"`
 }
 
 // Result is an email's result as the store keeps it: text, not Go
