@@ -56,18 +56,21 @@ type Client struct {
 	// processes (Options.Store); hold says how the client holds what it
 	// claims there (store.go). Claims are owner's; pullMu serialises them
 	// with their adoption.
-	st        store.Store
-	hold      holding
-	spool     *spool.Store // st, when it is the spool
-	durable   bool
-	owner     string
-	pullMu    sync.Mutex
-	dry       dryState           // what the last short claim said (under mu)
-	dried     broadcast.Signal   // a claim came back short (listen)
-	byID      map[string]*email  // the emails held or kept here, not finished, by store ID
-	commitMu  sync.RWMutex       // read-held by an Enqueue committing to the store
-	recovered []*Handle          // the emails the store gave back at New
-	adopted   map[string]*Handle // in New: the Handles of the emails adopt queued
+	st      store.Store
+	hold    holding
+	spool   *spool.Store // st, when it is the spool
+	durable bool
+	// keepsResults: the store keeps results, for Client.Result (all but
+	// the memory store without ResultRetention).
+	keepsResults bool
+	owner        string
+	pullMu       sync.Mutex
+	dry          dryState           // what the last short claim said (under mu)
+	dried        broadcast.Signal   // a claim came back short (listen)
+	byID         map[string]*email  // the emails held or kept here, not finished, by store ID
+	commitMu     sync.RWMutex       // read-held by an Enqueue committing to the store
+	recovered    []*Handle          // the emails the store gave back at New
+	adopted      map[string]*Handle // in New: the Handles of the emails adopt queued
 	// gone are the emails handed back to a durable store of the client's
 	// own while it runs: kept there for the next Client, so that a claim
 	// of one holds it and leaves it (pull). Under pullMu.
@@ -158,7 +161,7 @@ var testHookStored func()
 // the order they were accepted: they are sent again (or, if their end of
 // data may have reached the server and RetryUnknown is off, failed at
 // once as unknown outcomes). They are queued even past MaxQueueSize.
-// Empty without a spool.
+// Empty without a spool, and with Options.Store.
 func (c *Client) Recovered() []*Handle { return slices.Clone(c.recovered) }
 
 // ConnState is the relay connection's state now (the original client's
@@ -238,6 +241,9 @@ func (c *Client) Stats() Stats {
 // progress. It leaves Options.Store open. It returns ctx's error if emails
 // were handed back unsent. Safe to call more than once.
 func (c *Client) Close(ctx context.Context) error {
+	// Once ctx ends, nothing waits any more: writes to a store out of
+	// reach (persist) give up too.
+	defer context.AfterFunc(ctx, c.stop)()
 	c.commitMu.Lock() // no Enqueue between its check and its queueing
 	c.mu.Lock()
 	first := !c.closed

@@ -66,8 +66,11 @@
 //   - client.go: the Client's lifecycle (New, Close), Stats and states;
 //   - the store (internal/store, chosen once in New): where accepted
 //     emails live and what is recorded of their attempts, in memory
-//     (internal/store/memstore) or, with Options.SpoolDir, in the spool
-//     directory (internal/spool, docs/spool.md);
+//     (internal/store/memstore), with Options.SpoolDir in the spool
+//     directory (internal/spool, docs/spool.md), or with Options.Store in
+//     a queue several processes share (package pgstore,
+//     docs/postgres.md); store.go says how the Client claims there,
+//     stored.go how a Result is kept and read back (Client.Result);
 //   - events.go, state.go, errors.go, options.go: events, states and
 //     Stats, errors, options;
 //   - netsmtp.go, transport.go, sender.go, env.go: the drop-ins.
@@ -111,7 +114,8 @@
 // them (no DKIM) or resolve MX records: compose messages with the library
 // you like and hand the bytes to Email.Body. It does not rewrite bodies: a
 // body goes out as given, dot-stuffed. It keeps nothing on disk unless
-// Options.SpoolDir names a durable queue (docs/spool.md), besides a
+// Options.SpoolDir names a durable queue (docs/spool.md), and nothing
+// outside the process unless Options.Store is one, besides a
 // temporary copy of a body that cannot be read twice, unlinked as soon as
 // it is made where the system allows it.
 package mxrelay

@@ -295,8 +295,11 @@ type Options struct {
 	// claims only what its sessions can start soon, about
 	// MaxConcurrentSessions × min(MaxEmailsPerSession, PipelineWindow),
 	// and claims again as it sends; Close hands back what it holds and
-	// has not started. It cannot be combined with SpoolDir. Zero: the
-	// Client's own store, in memory or in SpoolDir.
+	// has not started. MaxQueueSize, QueueSize and Stats then count what
+	// this Client holds, not the store's queue, which has no bound of its
+	// own; Recovered is empty (what a process left is claimed as any
+	// email is). It cannot be combined with SpoolDir. Zero: the Client's
+	// own store, in memory or in SpoolDir.
 	Store Store
 	// Lease is how long a claim of an email in Store lasts unless
 	// renewed: the Client renews the leases of every email it holds, in
@@ -306,9 +309,13 @@ type Options struct {
 	// after a crash, a shorter one costs more renewals. An email whose
 	// end of data was written and which was taken over without a result
 	// is an unknown outcome (see RetryUnknown). It applies only with
-	// Store: the stores a Client opens are its own. Zero: 30s.
+	// Store: the stores a Client opens are its own. At least 100ms. Zero:
+	// 30s.
 	Lease time.Duration
 }
+
+// minLease is the shortest Options.Lease: renewed every third of it.
+const minLease = 100 * time.Millisecond
 
 // maxLine is the longest body line the options allow; zero: no limit.
 func (o *Options) maxLine() int {
@@ -439,6 +446,8 @@ func (o Options) validate(relayURL, apiKey string) error {
 		return errors.New("mxrelay: InsecureSkipVerify applies only without HTTPClient: set it in the HTTPClient's transport")
 	case o.Store != nil && o.SpoolDir != "":
 		return errors.New("mxrelay: Store and SpoolDir cannot be combined: a Client keeps its emails in one store")
+	case o.Lease != 0 && o.Lease < minLease:
+		return fmt.Errorf("mxrelay: a Lease of %v is too short to be renewed: at least %v", o.Lease, minLease)
 	}
 	for name, d := range map[string]time.Duration{
 		"RetryInterval": o.RetryInterval, "MaxRetryInterval": o.MaxRetryInterval,

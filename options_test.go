@@ -37,6 +37,10 @@ func TestNewValidatesOptions(t *testing.T) {
 		{name: "STARTTLS without TLSConfig", url: "wss://x/smtp", key: "k", o: mxrelay.Options{StartTLS: mxrelay.StartTLSRequired}},
 		{name: "STARTTLS without ServerName", url: "wss://x/smtp", key: "k", o: mxrelay.Options{StartTLS: mxrelay.StartTLSOpportunistic, TLSConfig: &tls.Config{}}},
 		{name: "AUTH without STARTTLS", url: "wss://x/smtp", key: "k", o: mxrelay.Options{Username: "u", Password: "p"}},
+		{name: "Store and SpoolDir", url: "wss://x/smtp", key: "k", o: mxrelay.Options{Store: fakeStore{}, SpoolDir: "/nonexistent"}},
+		{name: "a lease too short to renew", url: "wss://x/smtp", key: "k", o: mxrelay.Options{Lease: time.Millisecond}},
+		{name: "negative lease", url: "wss://x/smtp", key: "k", o: mxrelay.Options{Lease: -time.Second}},
+		{name: "negative retention", url: "wss://x/smtp", key: "k", o: mxrelay.Options{ResultRetention: -time.Second}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, err := mxrelay.New(tc.url, tc.key, &tc.o)
@@ -72,6 +76,9 @@ func TestNewValidatesOptions(t *testing.T) {
 	_, err = c.Enqueue(testkit.Mail("late"))
 	require.ErrorIs(t, err, mxrelay.ErrClosed)
 }
+
+// fakeStore is a Store that New refuses before it uses it.
+type fakeStore struct{ mxrelay.Store }
 
 // recordingTransport records the upgrade requests it carries.
 type recordingTransport struct {

@@ -363,7 +363,7 @@ func (c *Client) drop(em *email) {
 func (c *Client) progress(em *email) *store.Progress {
 	p := &store.Progress{Attempts: em.attempts, Unknown: em.unknown,
 		Accepted: slices.Clone(em.accepted), Pending: slices.Clone(em.pending),
-		Rejected: rejectedText(em.rejected)}
+		Rejected: rejectedText(em.rejected), Kind: progressKind(em.rejected)}
 	if em.reply != (Reply{}) {
 		p.Reply = &store.Reply{Code: em.reply.Code, Enhanced: em.reply.EnhancedCode, Message: em.reply.Message}
 	}
@@ -423,7 +423,7 @@ func (c *Client) finish(em *email, out Outcome, err error) {
 	c.mu.Unlock()
 
 	var serr error
-	sr := func() *store.Result { return storeResult(em.sid, res) }
+	sr := func() *store.Result { return c.storeResult(em.sid, res) }
 	switch {
 	case release:
 		serr = c.persist(func(ctx context.Context) error { return c.st.HandBack(ctx, tok, p) })
@@ -557,9 +557,9 @@ func (c *Client) release(em *email, res *Result) error {
 	em.held = false
 	c.mu.Unlock()
 	if held {
-		return c.st.Finish(context.Background(), tok, storeResult(em.sid, res))
+		return c.st.Finish(context.Background(), tok, c.storeResult(em.sid, res))
 	}
-	_, err := c.st.Cancel(context.Background(), em.sid, storeResult(em.sid, res))
+	_, err := c.st.Cancel(context.Background(), em.sid, c.storeResult(em.sid, res))
 	if errors.Is(err, store.ErrNotFound) {
 		return nil
 	}

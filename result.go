@@ -71,8 +71,11 @@ func (o Outcome) String() string {
 // is an error; Unwrap returns Err. Code, EnhancedCode and Message are the
 // SMTP reply of the refusal, the *SMTPError in Err (the one errors.As
 // finds), so that a caller reads them without errors.As; they are zero
-// when Err holds no SMTP reply, and for a refusal that a previous Client
-// recorded in Options.SpoolDir (the spool keeps its text only, in Err).
+// when Err holds no SMTP reply. A refusal read back from the store (a
+// Result another Client recorded, an email resumed from the spool or a
+// shared Store) keeps them, and its Err its text and what errors.Is and
+// errors.As match; one recorded by a version that kept its text only has
+// that text alone, in Err.
 type RecipientError struct {
 	Address      string
 	Code         int
@@ -280,11 +283,10 @@ func (c *Client) handedBack(h *Handle) *Result {
 		Err: &EmailError{EmailID: h.id, Err: c.kept(ErrClosed)}}
 }
 
-// deliver gives h its result res, unless it has one; it reports whether
-// it did. c.mu is held.
-func (c *Client) deliver(h *Handle, res *Result) bool {
+// deliver gives h its result res, unless it has one. c.mu is held.
+func (c *Client) deliver(h *Handle, res *Result) {
 	if h.res != nil {
-		return false
+		return
 	}
 	h.res = res
 	close(h.done)
@@ -294,7 +296,6 @@ func (c *Client) deliver(h *Handle, res *Result) bool {
 	if c.watched[h.sid] == h {
 		delete(c.watched, h.sid)
 	}
-	return true
 }
 
 // cancelHandle withdraws h's email (see Handle.Cancel): through its
@@ -309,7 +310,7 @@ func (c *Client) cancelHandle(h *Handle, out Outcome, cause error) {
 	}
 	res := &Result{EmailID: h.id, Outcome: out, Queued: h.queued, Duration: time.Since(h.queued),
 		Err: &EmailError{EmailID: h.id, Err: cause}}
-	finished, err := c.st.Cancel(context.Background(), h.sid, storeResult(h.sid, res))
+	finished, err := c.st.Cancel(context.Background(), h.sid, c.storeResult(h.sid, res))
 	switch {
 	case finished:
 		c.mu.Lock()

@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
-	"slices"
 	"time"
 
 	"github.com/mxrelay/mxrelay/internal/backoff"
@@ -65,6 +63,7 @@ const claimRetry = time.Second
 func (c *Client) openStore() error {
 	o := &c.opts
 	c.hold = holding{lease: ownLease}
+	c.keepsResults = true
 	switch {
 	case o.Store != nil:
 		c.st, c.durable = o.Store, true
@@ -91,6 +90,7 @@ func (c *Client) openStore() error {
 		if keep == 0 {
 			keep = time.Nanosecond
 		}
+		c.keepsResults = o.ResultRetention > 0
 		c.st = memstore.New(&memstore.Options{ResultRetention: keep, MemoryBody: 1, TempDir: o.TempDir})
 	}
 	if testHookStore != nil {
@@ -354,7 +354,9 @@ var testHookFenced func(id string)
 // Handle follows the store (away).
 func (c *Client) fence(em *email, tok store.Token) {
 	c.mu.Lock()
-	if em.tok != tok || em.fenced {
+	if em.tok != tok || em.fenced || em.state == stateDone || em.state == stateAway {
+		// Claimed again since, fenced already, or released (a renewal
+		// that crossed a Requeue, a HandBack or a Finish).
 		c.mu.Unlock()
 		return
 	}
@@ -438,9 +440,7 @@ func (c *Client) adopt(cl *store.Claimed) {
 		if r := p.Reply; r != nil {
 			em.reply = Reply{Code: r.Code, EnhancedCode: r.Enhanced, Message: r.Message}
 		}
-		for _, to := range slices.Sorted(maps.Keys(p.Rejected)) {
-			em.rejected = append(em.rejected, recipientError(to, errors.New(p.Rejected[to])))
-		}
+		em.rejected = progressRefusals(p)
 	}
 	var timeout time.Duration
 	expired := false

@@ -4,13 +4,16 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/mxrelay/mxrelay/internal/pgtest"
 	"github.com/mxrelay/mxrelay/internal/store"
+	"github.com/mxrelay/mxrelay/pgstore"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
 
@@ -160,4 +163,61 @@ func TestFencedEndingWritesNoEndOfData(t *testing.T) {
 			}
 		})
 	}
+}
+
+// claimCounter counts the Claim calls.
+type claimCounter struct {
+	store.Store
+	n atomic.Int32
+}
+
+func (s *claimCounter) Claim(ctx context.Context, owner string, n int, lease time.Duration) ([]*store.Claimed, time.Time, error) {
+	s.n.Add(1)
+	return s.Store.Claim(ctx, owner, n, lease)
+}
+
+// A Client on a shared store whose only email another process holds
+// claims it once that lease runs out, when the store's Claim said: it
+// does not poll the store meanwhile. A few claims in all: its first
+// look, the one at the lease's end, and those of its own sending.
+func TestSharedStoreClaimsWithoutPolling(t *testing.T) {
+	sch := pgtest.Shared(t).Schema(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	open := func() *pgstore.Store {
+		st, err := pgstore.Open(ctx, pgtest.Pool(t, sch.Conn), &pgstore.Options{Schema: sch.Name, PollInterval: time.Hour})
+		require.NoError(t, err)
+		t.Cleanup(func() { st.Close() })
+		return st
+	}
+	other := open()
+	d, err := other.Accept(ctx, &store.Envelope{ID: "held", From: "a@example.com", To: []string{"b@example.com"}})
+	require.NoError(t, err)
+	_, err = d.Write([]byte("Subject: held\r\n\r\n.\r\n"))
+	require.NoError(t, err)
+	_, err = d.Commit(ctx, nil)
+	require.NoError(t, err)
+	_, _, err = other.Claim(ctx, "another", 1, time.Second)
+	require.NoError(t, err)
+
+	cc := &claimCounter{}
+	testHookStore = func(st store.Store) store.Store { cc.Store = st; return cc }
+	defer func() { testHookStore = nil }()
+	relay := relaytest.NewServer(nil)
+	defer relay.Close()
+	delivered := make(chan struct{})
+	c, err := New(relay.URL, relay.APIKey, &Options{Store: open(), OnEvent: func(e Event) {
+		if e.Type == EventEmailProcessed {
+			close(delivered)
+		}
+	}})
+	require.NoError(t, err)
+	select {
+	case <-delivered:
+	case <-ctx.Done():
+		t.Fatal("the email was not taken over")
+	}
+	require.NoError(t, c.Close(ctx))
+	assert.LessOrEqual(t, cc.n.Load(), int32(5), "claims")
+	t.Logf("%d claims", cc.n.Load())
 }

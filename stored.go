@@ -106,6 +106,15 @@ func (r *errorRecord) error(text string) error {
 }
 
 // storeResult is res as the store keeps it, for email sid.
+func (c *Client) storeResult(sid string, res *Result) *store.Result {
+	if !c.keepsResults {
+		// Read by no one: the memory store keeps no result.
+		return &store.Result{ID: sid, Delivered: res.Outcome == OutcomeDelivered, Attempts: res.Attempts, Queued: res.Queued}
+	}
+	return storeResult(sid, res)
+}
+
+// storeResult is res as the store keeps it, for email sid, kind and all.
 func storeResult(sid string, res *Result) *store.Result {
 	r := &store.Result{
 		ID: sid, Delivered: res.Outcome == OutcomeDelivered, MaybeDelivered: res.MaybeDelivered,
@@ -128,11 +137,7 @@ func storeResult(sid string, res *Result) *store.Result {
 		e.Text = cause.Error()
 		k.Err = &e
 	}
-	for _, rj := range res.Rejected {
-		e := recordError(rj.Err)
-		e.Address = rj.Address
-		k.Rejected = append(k.Rejected, e)
-	}
+	k.Rejected = recordRefusals(res.Rejected)
 	b, _ := json.Marshal(k) // of plain fields: it cannot fail
 	r.Kind = string(b)
 	return r
@@ -163,18 +168,7 @@ func resultOf(id string, r *store.Result) *Result {
 			res.Outcome = OutcomeDelivered
 		}
 	}
-	done := map[string]bool{}
-	for _, e := range k.Rejected {
-		if text, ok := r.Rejected[e.Address]; ok && !done[e.Address] {
-			done[e.Address] = true
-			res.Rejected = append(res.Rejected, recipientError(e.Address, e.error(text)))
-		}
-	}
-	for _, to := range slices.Sorted(maps.Keys(r.Rejected)) {
-		if !done[to] {
-			res.Rejected = append(res.Rejected, recipientError(to, errors.New(r.Rejected[to])))
-		}
-	}
+	res.Rejected = refusals(r.Rejected, k.Rejected)
 	if res.Outcome != OutcomeDelivered {
 		var cause error
 		switch {
@@ -194,6 +188,57 @@ func resultOf(id string, r *store.Result) *Result {
 		res.Err = &EmailError{EmailID: id, Attempts: r.Attempts, Err: cause}
 	}
 	return res
+}
+
+// recordRefusals is what the store keeps of the refusals rs besides
+// their texts, in their order.
+func recordRefusals(rs []RecipientError) []errorRecord {
+	var out []errorRecord
+	for _, r := range rs {
+		e := recordError(r.Err)
+		e.Address = r.Address
+		out = append(out, e)
+	}
+	return out
+}
+
+// refusals are the recipients refused, read back from their texts
+// (address: text) and recs: in recs' order, with the errors they say;
+// those recs does not name follow, by address, with their texts alone.
+func refusals(texts map[string]string, recs []errorRecord) []RecipientError {
+	var out []RecipientError
+	done := map[string]bool{}
+	for _, e := range recs {
+		if text, ok := texts[e.Address]; ok && !done[e.Address] {
+			done[e.Address] = true
+			out = append(out, recipientError(e.Address, e.error(text)))
+		}
+	}
+	for _, to := range slices.Sorted(maps.Keys(texts)) {
+		if !done[to] {
+			out = append(out, recipientError(to, errors.New(texts[to])))
+		}
+	}
+	return out
+}
+
+// progressKind is store.Progress.Kind for the refusals rs: what their
+// errors were, as JSON; empty for none.
+func progressKind(rs []RecipientError) string {
+	if len(rs) == 0 {
+		return ""
+	}
+	b, _ := json.Marshal(recordRefusals(rs)) // of plain fields: it cannot fail
+	return string(b)
+}
+
+// progressRefusals are the refusals p records.
+func progressRefusals(p *store.Progress) []RecipientError {
+	var recs []errorRecord
+	if p.Kind != "" {
+		json.Unmarshal([]byte(p.Kind), &recs) // not JSON: by their texts alone
+	}
+	return refusals(p.Rejected, recs)
 }
 
 // Result returns the result of email id (Email.ID, or the ID a Handle

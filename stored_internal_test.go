@@ -105,3 +105,26 @@ func TestResultReadBackFromAnOlderRecord(t *testing.T) {
 	assert.Equal(t, OutcomeDelivered, got.Outcome)
 	assert.NoError(t, got.Err)
 }
+
+// The refusals an email's progress records (a retry, a hand back) are
+// read back with their SMTP replies and sentinels, in their order, by
+// whichever Client resumes it; a progress without the kind, by text.
+func TestRefusalsReadBackFromProgress(t *testing.T) {
+	rs := []RecipientError{
+		recipientError("z@example.com", &SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such user"}),
+		recipientError("a@example.com", fmt.Errorf("%w: %w", ErrClosed, ErrSpooled)),
+	}
+	p := &store.Progress{Rejected: rejectedText(rs), Kind: progressKind(rs)}
+	got := progressRefusals(p)
+	require.Len(t, got, 2)
+	for i := range rs {
+		assert.Equal(t, view(&Result{Rejected: rs[i : i+1]}), view(&Result{Rejected: got[i : i+1]}))
+	}
+	p.Kind = ""
+	got = progressRefusals(p)
+	require.Len(t, got, 2)
+	assert.Equal(t, "a@example.com", got[0].Address, "by address")
+	assert.Equal(t, rs[1].Err.Error(), got[0].Err.Error())
+	assert.Zero(t, got[1].Code)
+	assert.Empty(t, progressKind(nil))
+}

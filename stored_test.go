@@ -89,12 +89,3 @@ func TestIdempotencyKeyInMemory(t *testing.T) {
 	}
 	assert.Equal(t, 2, testkit.CountSubject(relay, "memory"), "once per Client")
 }
-
-// Store and SpoolDir are two stores: New refuses both.
-func TestStoreAndSpoolDirTogether(t *testing.T) {
-	_, err := mxrelay.New("ws://127.0.0.1:1/smtp", "key", &mxrelay.Options{SpoolDir: t.TempDir(), Store: fakeStore{}})
-	require.ErrorContains(t, err, "Store and SpoolDir")
-}
-
-// fakeStore is a Store New refuses before it uses it.
-type fakeStore struct{ mxrelay.Store }

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/internal/store"
 	"github.com/mxrelay/mxrelay/internal/testkit"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
@@ -428,4 +429,131 @@ func TestSharedStoreTakenOverWhileRenewed(t *testing.T) {
 	assert.Equal(t, mxrelay.OutcomeDelivered, res.Outcome)
 	assert.Equal(t, 1, testkit.CountSubject(a.a.relay, "taken"))
 	assert.Equal(t, 1, q.Count(`SELECT count(*) FROM {s}.email WHERE id = 'taken' AND attempt = 3 AND finished_at IS NOT NULL`))
+}
+
+// TestSharedStoreTakeoverAfterEndOfData: A's session is stuck after its
+// end of data went out (recorded by Ending) when its lease runs out. B's
+// takeover sees an end of data with no answer: an unknown outcome, failed
+// as such, or with RetryUnknown sent again and flagged MaybeDelivered.
+// When A's session goes on, A's copy reaches the server, and A, fenced,
+// gives no result: the store's is B's.
+func TestSharedStoreTakeoverAfterEndOfData(t *testing.T) {
+	for _, retry := range []bool{false, true} {
+		t.Run(fmt.Sprint("RetryUnknown ", retry), func(t *testing.T) {
+			q := testkit.NewQueue(t)
+			a := newGated(t)
+			var recA testkit.Recorder
+			ca := testkit.NewClient(t, a.relay, &mxrelay.Options{Store: q.Store(t, nil), Lease: time.Hour,
+				CommandTimeout: time.Minute, OnEvent: recA.On})
+			e := testkit.Mail("unknown")
+			e.ID = "unknown"
+			h, err := ca.Enqueue(e)
+			require.NoError(t, err)
+			ctx := testkit.Ctx(t)
+			select {
+			case <-a.hit: // pipelined: MAIL, RCPT and BDAT LAST in one write, its Ending recorded first
+			case <-ctx.Done():
+				t.Fatal("A's session did not start")
+			}
+			require.Equal(t, 1, q.Count(`SELECT ends FROM {s}.email WHERE id = 'unknown'`))
+			q.Exec(`UPDATE {s}.email SET lease_expires = now() - interval '1 second' WHERE id = 'unknown'`)
+
+			relayB := testkit.NewRelay(t, nil)
+			var recB testkit.Recorder
+			testkit.NewClient(t, relayB, &mxrelay.Options{Store: q.Store(t, nil), RetryUnknown: retry, OnEvent: recB.On})
+			want := mxrelay.EventEmailFailed
+			if retry {
+				want = mxrelay.EventEmailProcessed
+			}
+			require.True(t, recB.Await(ctx, want, 1))
+			b := recB.Events()[slices.IndexFunc(recB.Events(), func(e mxrelay.Event) bool { return e.Type == want })].Result
+			assert.True(t, b.MaybeDelivered)
+			if !retry {
+				assert.Equal(t, mxrelay.OutcomeUnknown, b.Outcome)
+				assert.ErrorIs(t, b.Err, mxrelay.ErrUnknownOutcome)
+			}
+
+			a.open()
+			res, err := h.Wait(ctx)
+			assert.Equal(t, res.Err, err)
+			testkit.SameResult(t, b, res)
+			require.True(t, recA.Await(ctx, mxrelay.EventSessionCompleted, 1))
+			assert.Equal(t, 1, testkit.CountSubject(a.relay, "unknown"), "A's end of data was out")
+			n := 0
+			if retry {
+				n = 1
+			}
+			assert.Equal(t, n, testkit.CountSubject(relayB, "unknown"))
+			for _, e := range recA.Events() {
+				assert.Nil(t, e.Result, "A gave a result: %v", e.Type)
+			}
+		})
+	}
+}
+
+// TestSharedStoreDeadHolderIsTakenOver: emails a process claimed before
+// it died (its leases never renewed) are sent by another Client once the
+// leases run out, when its claim said they would: it does not poll in
+// between. One whose end of data the dead process had recorded is an
+// unknown outcome.
+func TestSharedStoreDeadHolderIsTakenOver(t *testing.T) {
+	q := testkit.NewQueue(t)
+	st := q.Store(t, nil)
+	ctx := testkit.Ctx(t)
+	for _, id := range []string{"d0", "d1", "d2"} {
+		d, err := st.Accept(ctx, &store.Envelope{ID: id, From: "a@example.com", To: []string{"b@example.com"}})
+		require.NoError(t, err)
+		_, err = d.Write([]byte(testkit.Msg(id)))
+		require.NoError(t, err)
+		_, err = d.Commit(ctx, nil) // no meta: the Client reads the body again
+		require.NoError(t, err)
+	}
+	held, _, err := st.Claim(ctx, "dead", 3, 500*time.Millisecond)
+	require.NoError(t, err)
+	require.Len(t, held, 3)
+	errs, err := st.Ending(ctx, []store.Token{held[2].Token})
+	require.NoError(t, err)
+	require.NoError(t, errs[0])
+	// The process dies here.
+
+	relay := testkit.NewRelay(t, nil)
+	var rec testkit.Recorder
+	testkit.NewClient(t, relay, &mxrelay.Options{Store: q.Store(t, nil), OnEvent: rec.On})
+	require.True(t, rec.Await(ctx, mxrelay.EventEmailProcessed, 2))
+	require.True(t, rec.Await(ctx, mxrelay.EventEmailFailed, 1))
+	onceEach(t, []string{"d0", "d1"}, relay)
+	for _, e := range rec.Events() {
+		if e.Type == mxrelay.EventEmailFailed {
+			assert.Equal(t, "d2", e.EmailID)
+			assert.Equal(t, mxrelay.OutcomeUnknown, e.Result.Outcome)
+		}
+	}
+	assert.Equal(t, 3, q.Count(`SELECT count(*) FROM {s}.email WHERE attempt = 2 AND finished_at IS NOT NULL`))
+}
+
+// TestSharedStoreRefusalKeptAcrossARetry: an email refused for one
+// recipient (550 5.1.1) and deferred for the other (451) is let go of to
+// the store until its retry, and resumed from the progress kept there:
+// its Result, and the one read back, still carry the refusal's codes.
+func TestSharedStoreRefusalKeptAcrossARetry(t *testing.T) {
+	q := testkit.NewQueue(t)
+	relay := testkit.NewRelay(t, nil)
+	relay.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: "RCPT", Recipient: "bad@example.com", Reply: "550 5.1.1 no such user"})
+	relay.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: "RCPT", Recipient: "b@example.com", Reply: "451 4.3.0 try later"})
+	c := testkit.NewClient(t, relay, &mxrelay.Options{Store: q.Store(t, nil)})
+	e := testkit.Mail("retried", "b@example.com", "bad@example.com")
+	e.ID = "retried"
+	ctx := testkit.Ctx(t)
+	res, err := c.Send(ctx, e)
+	require.NoError(t, err)
+	assert.Equal(t, mxrelay.OutcomeDelivered, res.Outcome)
+	assert.Equal(t, 2, res.Attempts)
+	assert.Equal(t, int64(1), c.Stats().EmailsReleased, "let go of until its retry")
+	require.Len(t, res.Rejected, 1)
+	assert.Equal(t, "bad@example.com", res.Rejected[0].Address)
+	assert.Equal(t, 550, res.Rejected[0].Code)
+	assert.Equal(t, [3]int{5, 1, 1}, res.Rejected[0].EnhancedCode)
+	got, err := c.Result(ctx, "retried")
+	require.NoError(t, err)
+	testkit.SameResult(t, res, got)
 }

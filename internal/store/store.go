@@ -267,6 +267,9 @@ type Progress struct {
 	// Reply is the server's reply to the end of data that delivered the
 	// email to Accepted; nil before any recipient accepted it.
 	Reply *Reply `json:"reply,omitempty"`
+	// Kind is what the Client keeps to rebuild the refusals' errors, as
+	// Result.Kind; kept as given.
+	Kind string `json:"kind,omitempty"`
 }
 
 // Result is an email's result as the store keeps it: text, not Go
@@ -281,8 +284,10 @@ type Result struct {
 	Reply          Reply             `json:"reply,omitzero"`
 	// Error is the text of the result's error; empty when delivered.
 	Error string `json:"error,omitempty"`
-	// Kind is a word the Client chooses so that it can rebuild an error
-	// that errors.Is matches (unknown, canceled, ...); kept as given.
+	// Kind is what the Client keeps to rebuild the result's errors so
+	// that errors.Is and errors.As match them (its outcome, the sentinels
+	// each error matched, the SMTP replies), in an encoding of its own
+	// (the root package's stored.go: JSON); kept as given.
 	Kind   string    `json:"kind,omitempty"`
 	Queued time.Time `json:"queued"`
 	// Finished is when the store recorded the result, set by Finish and
