@@ -361,9 +361,13 @@ func (c *Client) drop(em *email) {
 
 // progress is where em stands, for the store. c.mu is held.
 func (c *Client) progress(em *email) *store.Progress {
-	return &store.Progress{Attempts: em.attempts, Unknown: em.unknown,
+	p := &store.Progress{Attempts: em.attempts, Unknown: em.unknown,
 		Accepted: slices.Clone(em.accepted), Pending: slices.Clone(em.pending),
 		Rejected: rejectedText(em.rejected), Kind: progressKind(em.rejected)}
+	if em.reply != (Reply{}) {
+		p.Reply = &store.Reply{Code: em.reply.Code, Enhanced: em.reply.EnhancedCode, Message: em.reply.Message}
+	}
+	return p
 }
 
 // rejectedText is how the store records refused recipients: each

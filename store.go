@@ -466,6 +466,9 @@ func (c *Client) adopt(cl *store.Claimed) {
 		em.attempts += p.Attempts
 		em.unknown = em.unknown || p.Unknown
 		em.pending, em.accepted = p.Pending, p.Accepted
+		if r := p.Reply; r != nil {
+			em.reply = Reply{Code: r.Code, EnhancedCode: r.Enhanced, Message: r.Message}
+		}
 		em.rejected = progressRefusals(p)
 	}
 	var timeout time.Duration

@@ -1,8 +1,10 @@
 // Package test holds the long robustness suites, named by what they
 // prove: the cut at every byte (sweep), random faults (chaos,
 // accounting), the client against net/smtp (differential), hostile
-// relays, upstreams and input, floods, crashes with a spool, and interop
-// with software we did not write; and the red team's (redteam_*): hostile
+// relays, upstreams and input, floods, crashes with a spool, processes
+// sharing a queue in PostgreSQL (postgres_*: SIGKILLs, a database
+// restart, a lease taken over, idempotency keys), and interop with
+// software we did not write; and the red team's (redteam_*): hostile
 // upstreams that shift, lose or word replies oddly, cuts at every
 // command, Close, cancels and the drain at every point, lingering
 // sessions, the retry lanes after a restart, a relay's odd data frames,

@@ -116,15 +116,7 @@ func crashRun(t *testing.T, retryUnknown bool, sessions int) {
 	for _, res := range testkit.SpoolResults(t, dir) {
 		results[res.EmailID] = append(results[res.EmailID], res)
 	}
-	inBox := map[string]int{} // the most copies any recipient of the email has
-	copies := map[[2]string]int{}
-	for _, m := range s.Mailbox() {
-		for _, to := range m.To {
-			k := [2]string{testkit.SubjectOf(m.Data), to}
-			copies[k]++
-			inBox[k[0]] = max(inBox[k[0]], copies[k])
-		}
-	}
+	inBox := testkit.MostCopies(s)
 	sr := map[string][]spoolcheck.Result{}
 	for id, rs := range results {
 		for _, r := range rs {

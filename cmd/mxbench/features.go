@@ -70,6 +70,46 @@ func printFeatures(w io.Writer, rep *bench.Report, failed func(error) string) {
 	}
 }
 
+// printPostgres writes the PostgreSQL table, if the report has it: a row
+// not measured because PostgreSQL is not installed says so, and is no
+// failure.
+func printPostgres(w io.Writer, rep *bench.Report, failed func(error) string) {
+	if len(rep.Postgres) == 0 {
+		return
+	}
+	cfg := rep.Config
+	var memory float64
+	for _, r := range rep.Postgres {
+		if r.Store == "memory" && r.Err == nil {
+			memory = r.Rate
+		}
+	}
+	fmt.Fprintf(w, "\nprocesses on one queue in PostgreSQL (pgstore), %d emails a run over all of them, at %v RTT; memory and SpoolDir beside them\n", cfg.PGN, cfg.PGRTT)
+	table(w, func(tw io.Writer) {
+		const header = "store\temails×runs\temails/s\t×memory\tEnqueue p50\tEnqueue p99\tp50\tp99\tdatabase round trips/email"
+		fmt.Fprintln(tw, header)
+		for _, r := range rep.Postgres {
+			switch {
+			case r.Missing:
+				fmt.Fprintf(tw, "%s\tnot measured: %v%s\n", r.Label, r.Err, strings.Repeat("\t", strings.Count(header, "\t")-1))
+				continue
+			case r.Err != nil:
+				fmt.Fprintf(tw, "%s\t%s\n", r.Label, dashes(failed(r.Err), strings.Count(header, "\t")-1))
+				continue
+			}
+			vs, trips := "-", "-"
+			if memory > 0 {
+				vs = fmt.Sprintf("%.2f×", r.Rate/memory)
+			}
+			if r.RoundTrips >= 0 {
+				trips = fmt.Sprintf("%.2f", r.RoundTrips)
+			}
+			fmt.Fprintf(tw, "%s\t%d×%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Label, r.N, r.Runs, rate(r.Rate), vs,
+				duration(r.EnqueueP50), duration(r.EnqueueP99), duration(r.P50), duration(r.P99), trips)
+		}
+	})
+}
+
 // labelled is a row of a table whose first column is a label: its
 // failure, or its figures.
 type labelled struct {

@@ -21,7 +21,10 @@
 // client (with and without Options.Linger), a burst against an upstream
 // that throttles (with and without throttle feedback), emails the upstream
 // defers enqueued ahead of good ones, and the adaptive pipeline window
-// against FixedWindow at each RTT. -tables picks the tables. It prints a
+// against FixedWindow at each RTT, and our client in 1 to 4 processes on one
+// queue in PostgreSQL (child processes of mxbench, on a private cluster
+// it starts) beside the memory store and a SpoolDir. -tables picks the
+// tables. It prints a
 // table: emails/s (median of the runs), latency
 // percentiles, heap per queued email, the ratios of (a) to (b) and (c),
 // and for every row its rate and its CPU time per email against the
@@ -118,6 +121,7 @@ func parseFlags(args []string, stderr io.Writer) (bench.Config, profiles, error)
 		Size:       1 << 10,
 		PerSession: 1000,
 		Tables:     bench.AllTables,
+		PGProcs:    []int{1, 2, 3, 4},
 	}
 	fs := flag.NewFlagSet("mxbench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -144,6 +148,9 @@ func parseFlags(args []string, stderr io.Writer) (bench.Config, profiles, error)
 	fs.IntVar(&cfg.ThrottleLimit, "throttle-limit", 100, "emails a second the throttling upstream accepts")
 	fs.IntVar(&cfg.DeferredN, "deferred-n", 30, "emails answered 450 in the deferred row, and good ones after them")
 	fs.DurationVar(&cfg.RetryInterval, "retry-interval", 0, "our client's RetryInterval in the throttle and deferred rows (0: the client's default)")
+	fs.Var((*ints)(&cfg.PGProcs), "pg-procs", "numbers of processes sharing one PostgreSQL queue, one row each, comma-separated (empty: no PostgreSQL table)")
+	fs.IntVar(&cfg.PGN, "pg-n", 2000, "emails per run of the PostgreSQL table's rows, over all their processes")
+	fs.DurationVar(&cfg.PGRTT, "pg-rtt", 10*time.Millisecond, "RTT of the PostgreSQL table")
 	fs.StringVar(&prof.cpu, "cpuprofile", "", "write a CPU profile of this process (the clients, not the servers' child) to `file`")
 	fs.StringVar(&prof.mem, "memprofile", "", "write an allocation profile of this process (the clients, not the servers' child) to `file`, at the end")
 	fs.Usage = func() {
@@ -153,7 +160,8 @@ func parseFlags(args []string, stderr io.Writer) (bench.Config, profiles, error)
 			"lock-step through the same relay (b) and go-smtp lock-step over TCP (c), at\n"+
 			"injected round-trip times, on loopback, the servers in a child process, and\n"+
 			"prints a table; then warm Sends, a throttling upstream, a deferred lane and\n"+
-			"the adaptive window against FixedWindow, in tables of their own (-tables).\n"+
+			"the adaptive window against FixedWindow, and processes sharing a PostgreSQL\n"+
+			"queue, in tables of their own (-tables).\n"+
 			"Asserts nothing about speed.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
@@ -180,6 +188,14 @@ func parseFlags(args []string, stderr io.Writer) (bench.Config, profiles, error)
 		if k < 1 {
 			return cfg, prof, errors.New("-sessions values must be at least 1")
 		}
+	}
+	for _, k := range cfg.PGProcs {
+		if k < 1 {
+			return cfg, prof, errors.New("-pg-procs values must be at least 1")
+		}
+	}
+	if cfg.PGN < 1 || cfg.PGRTT < 0 {
+		return cfg, prof, errors.New("-pg-n must be at least 1, -pg-rtt not negative")
 	}
 	return cfg, prof, nil
 }

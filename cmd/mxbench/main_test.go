@@ -31,12 +31,13 @@ func TestTinyRun(t *testing.T) {
 	args := []string{"/tmp/go-build/mxbench", "-rtt", "0", "-n", "20", "-lockstep-n", "5", "-runs", "1",
 		"-sessions", "1,2", "-scale-rtt", "0", "-large", "1MiB",
 		"-feature-rtt", "2ms", "-warm-sends", "2", "-warm-gap", "5ms", "-throttle-n", "20", "-throttle-limit", "10",
-		"-deferred-n", "2", "-retry-interval", "20ms"}
+		"-deferred-n", "2", "-retry-interval", "20ms", "-pg-n", "8", "-pg-procs", "1,2", "-pg-rtt", "2ms"}
 	code := run(context.Background(), args, &out, &errOut)
 	require.Equal(t, 0, code, "stdout:\n%s\nstderr:\n%s", &out, &errOut)
 	s := out.String()
 	assert.Contains(t, s, "command: mxbench -rtt 0 -n 20 -lockstep-n 5 -runs 1 -sessions 1,2 -scale-rtt 0 -large 1MiB "+
-		"-feature-rtt 2ms -warm-sends 2 -warm-gap 5ms -throttle-n 20 -throttle-limit 10 -deferred-n 2 -retry-interval 20ms\n")
+		"-feature-rtt 2ms -warm-sends 2 -warm-gap 5ms -throttle-n 20 -throttle-limit 10 -deferred-n 2 -retry-interval 20ms "+
+		"-pg-n 8 -pg-procs 1,2 -pg-rtt 2ms\n")
 	assert.Regexp(t, `machine: \d+ CPUs \(GOMAXPROCS \d+\), \w+/\w+, go`, s)
 	assert.NotContains(t, s, "FAILED [")
 	assert.NotContains(t, s, "failures:")
@@ -80,6 +81,20 @@ func TestTinyRun(t *testing.T) {
 	} {
 		assert.Regexp(t, regexp.MustCompile(row), s)
 	}
+	// The PostgreSQL table: memory and SpoolDir with their Enqueue
+	// latencies, then each count of processes with its round trips, or,
+	// where PostgreSQL is not installed (never under
+	// MXRELAY_REQUIRE_INTEROP=1, as in CI), a row that says so.
+	ms := number + `m?s`
+	assert.Contains(t, s, "\nprocesses on one queue in PostgreSQL (pgstore), 8 emails a run over all of them, at 2ms RTT; memory and SpoolDir beside them\n")
+	assert.Regexp(t, `\nmemory, 1 process +8×1 +`+number+` +1\.00× +`+ms+` +`+ms+` +`+ms+` +`+ms+` +-\n`, s)
+	assert.Regexp(t, `\nSpoolDir, 1 process +8×1 +`+number+` +`+number+`× +`+ms+` +`+ms+` +`+ms+` +`+ms+` +-\n`, s)
+	if os.Getenv("MXRELAY_REQUIRE_INTEROP") == "1" {
+		assert.NotContains(t, s, "not measured:")
+	}
+	for _, procs := range []string{"1 process", "2 processes"} {
+		assert.Regexp(t, `\nPostgreSQL, `+procs+` +(8×1 +`+number+` +`+number+`× +`+ms+` +`+ms+` +`+ms+` +`+ms+` +`+number+`|not measured: .*PostgreSQL is not installed.*)\n`, s)
+	}
 	assert.Empty(t, children(t), "the servers' processes are gone")
 }
 
@@ -90,7 +105,7 @@ func TestSomeTables(t *testing.T) {
 	require.Equal(t, 0, run(context.Background(), args, &out, &errOut), "stderr:\n%s", &errOut)
 	s := out.String()
 	assert.Contains(t, s, "\ndeferred lane: 1 emails")
-	for _, other := range []string{"floor:", "by MaxConcurrentSessions", "large message:", "warm Sends:", "throttling upstream:", "adaptive window against"} {
+	for _, other := range []string{"floor:", "by MaxConcurrentSessions", "large message:", "warm Sends:", "throttling upstream:", "adaptive window against", "in PostgreSQL"} {
 		assert.NotContains(t, s, other)
 	}
 }
@@ -176,12 +191,13 @@ func TestFlags(t *testing.T) {
 	var out, errOut bytes.Buffer
 	assert.Equal(t, 0, run(context.Background(), []string{"mxbench", "-h"}, &out, &errOut))
 	for _, f := range []string{"-rtt", "-n", "-lockstep-n", "-size", "-runs", "-budget", "-sessions", "-large",
-		"-tables", "-cpuprofile", "-memprofile", "-feature-rtt", "-warm-sends", "-warm-gap", "-throttle-n", "-throttle-limit", "-deferred-n", "-retry-interval"} {
+		"-tables", "-cpuprofile", "-memprofile", "-feature-rtt", "-warm-sends", "-warm-gap", "-throttle-n", "-throttle-limit", "-deferred-n", "-retry-interval", "-pg-procs", "-pg-n", "-pg-rtt"} {
 		assert.Contains(t, errOut.String(), "  "+f+" ")
 	}
 	for _, args := range [][]string{
 		{"-rtt", "10xs"}, {"-n", "0"}, {"-size", "10"}, {"-sessions", "0"}, {"-large", "12GB"}, {"extra"},
 		{"-tables", "main,fast"}, {"-warm-sends", "0"}, {"-throttle-limit", "0"}, {"-deferred-n", "0"}, {"-retry-interval", "-1s"},
+		{"-pg-procs", "0"}, {"-pg-n", "0"}, {"-pg-rtt", "-1ms"},
 	} {
 		errOut.Reset()
 		assert.Equal(t, 2, run(context.Background(), append([]string{"mxbench"}, args...), &out, &errOut), "%v", args)
@@ -223,6 +239,13 @@ func TestFailedRowShowsNoFigure(t *testing.T) {
 			{Label: "(a) ours, binary, adaptive window", Path: bench.OursBinary, N: 100, Samples: make([]bench.Sample, 3), Rate: 900, InFlight: 40},
 			{Label: "(a) ours, binary, FixedWindow 256", Path: bench.OursFixedWindow, Err: errors.New("window shut")},
 		},
+		Postgres: []bench.PGRow{
+			{Label: "memory, 1 process", Store: "memory", Procs: 1, N: 100, Runs: 3, Rate: 1000, RoundTrips: -1},
+			{Label: "PostgreSQL, 1 process", Store: "PostgreSQL", Procs: 1, Err: errors.New("PostgreSQL is not installed"), Missing: true},
+			{Label: "PostgreSQL, 2 processes", Store: "PostgreSQL", Procs: 2, Err: errors.New("pool drained")},
+			{Label: "PostgreSQL, 3 processes", Store: "PostgreSQL", Procs: 3, N: 100, Runs: 3, Rate: 500, RoundTrips: 11.5,
+				EnqueueP50: 1500 * time.Microsecond, EnqueueP99: 7 * time.Millisecond, P50: 20 * time.Millisecond, P99: 60 * time.Millisecond},
+		},
 	}
 	var out bytes.Buffer
 	printReport(&out, rep, "mxbench", time.Second)
@@ -244,5 +267,10 @@ func TestFailedRowShowsNoFigure(t *testing.T) {
 	assert.Regexp(t, `default options +FAILED \[5\]( +-){3}$`, find("default options"))
 	assert.Regexp(t, `adaptive window +100×3 +900 .* 40 +- `, find("ours, binary, adaptive window"), "no ratio to a failed row")
 	assert.Regexp(t, `FixedWindow 256 +- +FAILED \[6\]( +-){6}$`, find("FixedWindow 256"))
-	assert.Contains(t, out.String(), "failures:\n  [1] relay went away\n  [2] sink full\n  [3] cold\n  [4] hammered\n  [5] stuck\n  [6] window shut\n")
+	assert.Regexp(t, `PostgreSQL, 1 process +not measured: PostgreSQL is not installed$`, find("PostgreSQL, 1 process"), "not a failure")
+	assert.Regexp(t, `PostgreSQL, 2 processes +FAILED \[7\]( +-){7}$`, find("PostgreSQL, 2 processes"))
+	assert.Regexp(t, `PostgreSQL, 3 processes +100×3 +500 +0\.50× +1\.50ms +7\.00ms +20\.0ms +60\.0ms +11\.50$`, find("PostgreSQL, 3 processes"))
+	assert.Regexp(t, `memory, 1 process +100×3 +1000 +1\.00× .* -$`, find("memory, 1 process"))
+	assert.Contains(t, out.String(), "failures:\n  [1] relay went away\n  [2] sink full\n  [3] cold\n  [4] hammered\n  [5] stuck\n  [6] window shut\n  [7] pool drained\n")
+	assert.Equal(t, 7, rep.Failed(), "a row not measured for want of PostgreSQL is no failure")
 }

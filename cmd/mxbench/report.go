@@ -76,6 +76,7 @@ func printReport(w io.Writer, rep *bench.Report, cmdline string, elapsed time.Du
 	}
 
 	printFeatures(w, rep, cell)
+	printPostgres(w, rep, cell)
 
 	fmt.Fprint(w, notes)
 	if len(errs) > 0 {
@@ -217,6 +218,23 @@ How it is measured (all on loopback; the figures are relative to each other):
   in a session (taken from the queue, result not yet given) over a run, by Little's law: the emails'
   time in a session (Stats.AverageEmailTime times the emails delivered) over the run's time, nothing
   sampled; the median over the runs. adaptive/fixed is the ratio of the rates.
+- PostgreSQL (-pg-procs, -pg-n, -pg-rtt): a private cluster (internal/pgtest: initdb in a temporary
+  directory, loopback, fsync=off and full_page_writes=off, so a commit costs no disk flush as it would
+  on a real server) that mxbench starts and stops; each row a schema of its own. Each process is a
+  child of mxbench with a Client on pgstore (Options.Store, a pool of its own, the Lease and the
+  store's options at their defaults, the rest as (a) binary); its senders are child processes, so
+  their CPU time is not this process's and is not shown. A run: every process enqueues its share of
+  -pg-n emails at once, from one goroutine, and waits for each one's result, whichever process sent
+  it (Handle.Wait across processes); emails/s is -pg-n over the time from the first Enqueue call of
+  any process to the last result; latency from an email's Enqueue call to its result. Enqueue p50 and
+  p99 are the Enqueue calls themselves: the email written to the database and committed. Database
+  round trips are counted by a tracer on each process's pool (every query, Exec, Begin and Commit,
+  every statement prepared, every batch), over all processes, from the run's start until every
+  process had its results, per email; the listening connection's notifications are not round
+  trips. memory and SpoolDir are (a) binary with the memory store and with a SpoolDir, in this
+  process, timed the same way. Every email must be delivered at its first attempt and the sink
+  must have received exactly the run's emails. Where PostgreSQL is not installed the rows say so and
+  are not failures.
 - Those rows check every email too: delivered to every recipient, or (throttling upstream, deferred
   lane) failed with the refusal the row expects, never unknown; the server received exactly the
   delivered ones.

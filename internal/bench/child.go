@@ -48,11 +48,17 @@ const (
 
 // ServeIfChild returns at once unless the program was started by StartEnv
 // (its first argument is ChildArg); then it serves an Env for the parent
-// until the parent closes the pipe, or ends, and exits the program. A
+// until the parent closes the pipe, or ends, and exits the program. As a
+// sender of the PostgreSQL table (its first argument is SenderArg), it
+// sends for the parent until the pipe closes, and exits. A
 // program whose path is given to StartEnv (Run's default: the running
 // program) must call it first in main, and a test binary first in
 // TestMain.
 func ServeIfChild() {
+	if len(os.Args) >= 2 && os.Args[1] == SenderArg {
+		signal.Ignore(os.Interrupt) // as below
+		os.Exit(serveSender(os.Args[2:], os.Stdin, os.Stdout, os.Stderr))
+	}
 	if len(os.Args) < 2 || os.Args[1] != ChildArg {
 		return
 	}
@@ -144,31 +150,10 @@ func StartEnvFor(exe string, s Setup) (*Env, error) {
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(exe, append([]string{ChildArg}, args...)...)
-	cmd.Stderr = os.Stderr
-	in, err := cmd.StdinPipe()
+	c, err := startChild("the servers' process", exe, append([]string{ChildArg}, args...))
 	if err != nil {
-		return nil, err
-	}
-	// A pipe of our own, so that reads from it can have a deadline.
-	outR, outW, err := os.Pipe()
-	if err != nil {
-		in.Close()
-		return nil, err
-	}
-	cmd.Stdout = outW
-	err = cmd.Start()
-	outW.Close()
-	if err != nil {
-		in.Close()
-		outR.Close()
 		return nil, fmt.Errorf("bench: starting the servers' process: %w", err)
 	}
-	c := &child{cmd: cmd, in: in, out: outR, r: bufio.NewReader(outR), done: make(chan struct{})}
-	go func() {
-		c.waitErr = cmd.Wait()
-		close(c.done)
-	}()
 	var h childHello
 	if err := c.read(&h, childStartTimeout); err != nil {
 		return nil, errors.Join(
@@ -204,9 +189,43 @@ func setupArgs(s Setup) ([]string, error) {
 	return args, nil
 }
 
-// child is the process that serves an Env, seen from its parent. It is the
+// startChild starts exe with args, its standard input and output pipes
+// to this process (one JSON object a line), its standard error this
+// process's; name says what it is, in errors.
+func startChild(name, exe string, args []string) (*child, error) {
+	cmd := exec.Command(exe, args...)
+	cmd.Stderr = os.Stderr
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	// A pipe of our own, so that reads from it can have a deadline.
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		in.Close()
+		return nil, err
+	}
+	cmd.Stdout = outW
+	err = cmd.Start()
+	outW.Close()
+	if err != nil {
+		in.Close()
+		outR.Close()
+		return nil, err
+	}
+	c := &child{name: name, cmd: cmd, in: in, out: outR, r: bufio.NewReader(outR), done: make(chan struct{})}
+	go func() {
+		c.waitErr = cmd.Wait()
+		close(c.done)
+	}()
+	return c, nil
+}
+
+// child is a child process seen from its parent: the one that serves an
+// Env, or a sender of the PostgreSQL table (sender). The first is the
 // Env's Sink: Stats asks the child. Safe for concurrent use.
 type child struct {
+	name    string // what it is, in errors
 	cmd     *exec.Cmd
 	in      io.WriteCloser
 	out     *os.File
@@ -239,13 +258,16 @@ func (c *child) relayStats() (relaytest.Stats, error) {
 }
 
 // ask writes the request line req and decodes the answer into v.
-func (c *child) ask(req string, v any) error {
+func (c *child) ask(req string, v any) error { return c.askWithin(req, v, childReplyTimeout) }
+
+// askWithin is ask, waiting at most d for the answer.
+func (c *child) askWithin(req string, v any, d time.Duration) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if _, err := io.WriteString(c.in, req); err != nil {
 		return err
 	}
-	return c.read(v, childReplyTimeout)
+	return c.read(v, d)
 }
 
 // read decodes the child's next line into v, waiting at most d.
@@ -274,11 +296,11 @@ func (c *child) stop() error {
 		case <-t.C:
 			c.cmd.Process.Kill()
 			<-c.done
-			c.stopErr = fmt.Errorf("bench: the servers' process did not end within %v of its input closing: killed", childStopTimeout)
+			c.stopErr = fmt.Errorf("bench: %s did not end within %v of its input closing: killed", c.name, childStopTimeout)
 		}
 		c.out.Close()
 		if c.stopErr == nil && c.waitErr != nil {
-			c.stopErr = fmt.Errorf("bench: the servers' process: %w", c.waitErr)
+			c.stopErr = fmt.Errorf("bench: %s: %w", c.name, c.waitErr)
 		}
 	})
 	return c.stopErr

@@ -10,7 +10,8 @@
 // go-smtp lock-step, or the floor: a minimal pipelined BDAT client), or
 // Sends one at a time (RunWarm), check that every one arrived (or was
 // refused as the run expects: RunBatch), and time them and meter them.
-// Nothing here asserts anything about speed.
+// The PostgreSQL table runs its clients in sender processes of their own
+// on one queue (pg.go). Nothing here asserts anything about speed.
 package bench
 
 import (

@@ -45,6 +45,8 @@ type Sample struct {
 	// Latency is each email's time from its Send (or Enqueue) call to its
 	// result.
 	Latency []time.Duration
+	// Enqueue is each Enqueue call's duration: RunOurs only.
+	Enqueue []time.Duration
 	// Usage is what this process spent over the same span as Elapsed.
 	Usage Usage
 	// InFlight is the mean number of emails in a session (taken from the
@@ -86,6 +88,7 @@ func RunOurs(ctx context.Context, c *mxrelay.Client, sink Counter, m Mail, n int
 	meter := startMeter()
 	calls := make([]time.Time, 0, n)
 	handles := make([]*mxrelay.Handle, 0, n)
+	enqueue := make([]time.Duration, 0, n)
 	var err error
 	for range n {
 		calls = append(calls, time.Now())
@@ -95,9 +98,10 @@ func RunOurs(ctx context.Context, c *mxrelay.Client, sink Counter, m Mail, n int
 			err = fmt.Errorf("bench: enqueue: %w", err)
 			break
 		}
+		enqueue = append(enqueue, time.Since(calls[len(calls)-1]))
 		handles = append(handles, h)
 	}
-	s := Sample{N: n, Latency: make([]time.Duration, 0, n)}
+	s := Sample{N: n, Latency: make([]time.Duration, 0, n), Enqueue: enqueue}
 	var last time.Time
 	failed := 0
 	for i, h := range handles {

@@ -50,6 +50,12 @@ type Config struct {
 	// RetryInterval is Options.RetryInterval in the throttling and
 	// deferred-lane rows; zero: the client's default (1s).
 	RetryInterval time.Duration
+	// PGProcs are the numbers of processes of the PostgreSQL table's rows
+	// (zero: no such table), PGN the emails of each run over all of them,
+	// PGRTT their RTT.
+	PGProcs []int
+	PGN     int
+	PGRTT   time.Duration
 	// Start starts the servers of each Env. Nil: StartEnvFor with the
 	// running program, which must then call ServeIfChild, so that the
 	// figures of this process are the client's alone.
@@ -68,10 +74,11 @@ const (
 	TableThrottle Table = "throttle" // an upstream that limits its senders
 	TableDeferred Table = "deferred" // emails deferred by the upstream ahead of good ones
 	TableWindow   Table = "window"   // the adaptive window against FixedWindow
+	TablePostgres Table = "postgres" // processes on one queue in PostgreSQL, beside memory and SpoolDir
 )
 
 // AllTables are every table, in the order Run measures them.
-var AllTables = []Table{TableMain, TableSessions, TableLarge, TableWarm, TableThrottle, TableDeferred, TableWindow}
+var AllTables = []Table{TableMain, TableSessions, TableLarge, TableWarm, TableThrottle, TableDeferred, TableWindow, TablePostgres}
 
 // wants reports whether the report is to have table t.
 func (c Config) wants(t Table) bool { return c.Tables == nil || slices.Contains(c.Tables, t) }
@@ -136,6 +143,9 @@ type Report struct {
 	// Window is, per RTT, our client with the adaptive window (OursBinary)
 	// then with FixedWindow (OursFixedWindow).
 	Window []Row
+	// Postgres is memory, SpoolDir, then PostgreSQL in each of
+	// Config.PGProcs processes.
+	Postgres []PGRow
 }
 
 // Failed counts the rows that failed.
@@ -155,6 +165,11 @@ func (r *Report) Failed() int {
 	}
 	for _, d := range r.Deferred {
 		errs = append(errs, d.Err)
+	}
+	for _, p := range r.Postgres {
+		if !p.Missing {
+			errs = append(errs, p.Err)
+		}
 	}
 	n := 0
 	for _, err := range errs {
@@ -320,6 +335,17 @@ func Run(ctx context.Context, cfg Config, progress func(string)) (*Report, error
 				})
 			})
 		}
+	}
+	if cfg.wants(TablePostgres) && len(cfg.PGProcs) > 0 {
+		tables = append(tables, func() error {
+			exe, err := os.Executable()
+			if err != nil {
+				return fmt.Errorf("bench: finding this program to run the senders: %w", err)
+			}
+			return withEnv(Setup{RTT: cfg.PGRTT}, func(e *Env) {
+				rep.Postgres = pgRows(ctx, cfg, e, m, exe, progress)
+			})
+		})
 	}
 	for _, table := range tables {
 		if err := table(); err != nil {

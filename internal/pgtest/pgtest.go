@@ -78,12 +78,21 @@ func New(t testing.TB) *Cluster {
 	return c
 }
 
-// errMissing is wrapped by start's error when PostgreSQL is not installed.
-var errMissing = errors.New("PostgreSQL is not installed (Debian: apt-get install postgresql)")
+// ErrMissing is wrapped by Start's error when PostgreSQL is not
+// installed; Shared and New skip the test then (see the package doc).
+var ErrMissing = errors.New("PostgreSQL is not installed (Debian: apt-get install postgresql)")
+
+// Start starts a cluster for a program that is not a test (cmd/mxbench),
+// as New does for a test; Close stops it and removes its directory.
+func Start() (*Cluster, error) { return start() }
+
+// Close stops the server and removes its directory. Safe to call more
+// than once.
+func (c *Cluster) Close() { c.close() }
 
 func check(t testing.TB, err error) {
 	t.Helper()
-	if errors.Is(err, errMissing) {
+	if errors.Is(err, ErrMissing) {
 		interop.Skip(t, "pgtest: "+err.Error())
 	}
 	if err != nil {
@@ -274,7 +283,7 @@ func (c *Cluster) run() error {
 // findBin returns the directory of initdb and postgres.
 func findBin() (string, error) {
 	if runtime.GOOS == "windows" {
-		return "", fmt.Errorf("%w: not run on Windows", errMissing)
+		return "", fmt.Errorf("%w: not run on Windows", ErrMissing)
 	}
 	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
 	slices.SortFunc(dirs, func(a, b string) int { return version(b) - version(a) })
@@ -289,7 +298,7 @@ func findBin() (string, error) {
 			return d, nil
 		}
 	}
-	return "", errMissing
+	return "", ErrMissing
 }
 
 // version is the major version in a path /usr/lib/postgresql/N/bin.

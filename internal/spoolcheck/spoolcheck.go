@@ -1,9 +1,10 @@
 // Package spoolcheck holds the checks that the spool's tests share, at the
 // store's level (internal/spool) and at the Client's (test/): what a run
-// of a process killed at random moments must leave, the files a process
-// keeps open, and the result records a spool directory holds. It imports
-// neither the root package nor the spool, so that the tests of both can
-// use it.
+// of a process killed at random moments must leave (Check, which the
+// PostgreSQL queue's test across processes applies too), the files a
+// process keeps open, and the result records a spool directory holds. It
+// imports neither the root package nor the spool, so that the tests of
+// both can use it.
 package spoolcheck
 
 import (

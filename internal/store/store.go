@@ -267,6 +267,9 @@ type Progress struct {
 	// Error is the text of the last temporary failure, for an operator
 	// (Inspector); empty when none was given.
 	Error string `json:"error,omitempty"`
+	// Reply is the server's reply to the end of data that delivered the
+	// email to Accepted; nil before any recipient accepted it.
+	Reply *Reply `json:"reply,omitempty"`
 	// Kind is what the Client keeps to rebuild the refusals' errors, as
 	// Result.Kind; kept as given.
 	Kind string `json:"kind,omitempty"`

@@ -253,6 +253,21 @@ func CountSubject(s *relaytest.Server, subject string) int {
 	return n
 }
 
+// MostCopies is, for each Subject in s's mailbox, the most copies of it
+// that any one of its recipients got: 2 or more is an email sent twice.
+func MostCopies(s *relaytest.Server) map[string]int {
+	most := map[string]int{}
+	copies := map[[2]string]int{}
+	for _, m := range s.Mailbox() {
+		for _, to := range m.To {
+			k := [2]string{SubjectOf(m.Data), to}
+			copies[k]++
+			most[k[0]] = max(most[k[0]], copies[k])
+		}
+	}
+	return most
+}
+
 // EnqueueBatch queues n emails, the i-th to r<i>@example.com with subject
 // p<i>, and waits for all their results.
 func EnqueueBatch(t testing.TB, c *mxrelay.Client, n int) []*mxrelay.Result {
