@@ -145,11 +145,15 @@ type Options struct {
 	// at about 5,000 emails/s (see the README). Within it the window
 	// adapts: it starts at 32 and holds what the link needs, twice the
 	// highest reply rate measured times the shortest round trip of the
-	// last 10 s (the bandwidth-delay product), never under 32, or more
-	// where probing finds that more in flight goes faster (at a short
-	// round trip the CPUs are the limit, not the link), so that a cut
-	// leaves no more emails unknown than sending needed in flight. A
-	// session starts where the last one on its relay connection left off.
+	// last 10 s (the bandwidth-delay product), never under 32, or a
+	// larger floor where more in flight goes faster (at a short round
+	// trip the CPUs are the limit, not the link): a link's first rounds
+	// raise it to hold 5 ms of the reply rate where the bandwidth-delay
+	// product holds less, and probing keeps a floor twice or half as
+	// large only where the reply rates show it beyond their scatter. So
+	// a cut leaves no more emails unknown than sending needed in flight.
+	// A session starts where the last one on its relay connection left
+	// off.
 	// Without CHUNKING
 	// a pipelined session has one email's end of data in flight at a time.
 	PipelineWindow int

@@ -16,17 +16,29 @@ import (
 //     the last rttLife. While the window is what holds the rate back, this
 //     about doubles it each round. Over a link, in flight beyond it would
 //     not go faster, and a cut would leave every one of them unknown.
-//   - A floor that probing keeps. Where the link is not the limit (at a
-//     low round trip the CPUs of client, relay and server are), more in
-//     flight still goes faster (each process does more per wake-up), which
-//     no bandwidth-delay product can see. So, as BBR's ProbeBW does, the
-//     window now and then tries a floor twice as large, or half as large,
-//     in rounds taken in turns with the floor it has (so that a change in
-//     load weighs on both alike), and keeps it if the reply rate rose by
-//     more than probeGain, or, for a smaller one, fell by no more than
-//     probeLoss. It goes on in the direction that worked and turns where
-//     one did not: the floor climbs while the rate climbs with it, and
-//     comes back down where it does not.
+//   - A floor. Where the link is not the limit (at a low round trip the
+//     CPUs of client, relay and server are), more in flight still goes
+//     faster (each process does more per wake-up), which no
+//     bandwidth-delay product can see. A link's first bwRounds rounds with
+//     a rate (its Startup) raise the floor, where the bandwidth-delay
+//     product is short of it (a round trip under startDelay/2), to hold
+//     startDelay's worth of the highest reply rate (minWindow doubled
+//     until it does): there, that is what the CPUs need (measured on
+//     loopback, 32, 64 and 128 in flight went 0.72, 0.83 and 0.91 times as
+//     fast as 256), and a cut leaves a few milliseconds of sending
+//     unknown; where the rate is low it changes nothing. Then, as BBR's
+//     ProbeBW does, the window now and then tries a floor twice as large,
+//     or half as large, in rounds taken in turns with the floor it has (so
+//     that a change in load weighs on both alike), and keeps it only if
+//     the cycles of turns show, beyond their own scatter, that the reply
+//     rate rose by more than probeGain, or, for a smaller one, fell by no
+//     more than probeLoss (tally.judge): on a busy machine a difference of
+//     a few percent is lost in the scatter of the rates (at 0 ms RTT on 2
+//     shared CPUs, those of 256 replies scatter by about 30%), and a floor
+//     kept on a lucky draw would cost for long. It goes on at once in the
+//     direction that worked and turns where one did not. A probe costs
+//     (half its rounds run at the trial), so after one that moved nothing
+//     the next waits four times as long as it took, quietRounds at least.
 //
 // Only the rounds in which the window was full and the caller never left
 // the pipe empty are taken for rates and probes: a caller with nothing to
@@ -42,7 +54,7 @@ type window struct {
 }
 
 // WindowState is what an adaptive window learned of a link: its shortest
-// round trip, its recent reply rates, the floor probing kept and a probe
+// round trip, its recent reply rates, the floor it keeps and a probe
 // under way, carried to the next session on the same link
 // (Config.StartWindow) so that it neither ramps up again nor cuts a probe
 // short. The zero value has learned nothing.
@@ -51,20 +63,25 @@ type WindowState struct {
 	rttAt  time.Time         // when rttMin was measured: it expires after rttLife
 	last   time.Time         // the last reply
 	rates  [bwRounds]float64 // the reply rates of the last rounds that had one
-	rounds int               // rounds that had a rate
+	rounds int               // rounds that had a rate; Startup is the first bwRounds
+	bw     float64           // the highest of rates
 	bdp    int               // the bandwidth-delay product with headroom, after the last round
 	round  span              // the round under way
 	floor  int               // the floor kept: the least the window holds outside a probe
 	// A probe: trial is the floor tried (0: none); its rounds go by in
-	// turns of turnRounds, at the floor kept, the trial, the trial again
-	// and the floor kept again (so that a rate that rises or falls
-	// meanwhile weighs on both alike), the first round of each turn not
-	// counted (the window settles); kept and tried sum the counted rounds
-	// at each. Between probes, calm rounds go by.
+	// cycles of four turns of turnRounds, at the floor kept, the trial,
+	// the trial again and the floor kept again (so that a rate that rises
+	// or falls meanwhile weighs on both alike), the first round of each
+	// turn not counted (the window settles); kept and tried sum the
+	// counted rounds of the cycle under way at each, cycles what the
+	// cycles so far measured. Between probes, calm rounds go by, wait at
+	// least.
 	trial       int
 	turn        int
 	kept, tried span
-	calm        int
+	cycles      tally
+	calm, wait  int
+	moved       bool // the last probe moved the floor: the next goes on at once
 	down        bool // the next probe tries a smaller floor
 }
 
@@ -77,24 +94,42 @@ type span struct {
 	idle   bool // nothing was in flight for a while: the caller had nothing to send
 }
 
+// tally is what a probe's cycles measured: of each that had a rate at
+// both floors, the log of the trial's rate over the kept floor's; and the
+// replies counted at each floor.
+type tally struct {
+	n, all      int     // the cycles that had a rate at both floors; all that ended
+	sum, sumSq  float64 // of their log ratios
+	kept, tried int
+}
+
 const (
 	// minWindow is the least an adaptive window holds: the batching of
 	// writes (a window refills an eighth at a time) needs a few in flight.
 	minWindow = 32
-	// bwRounds is how many rounds the highest reply rate is taken over.
+	// bwRounds is how many rounds the highest reply rate is taken over,
+	// and how many rounds with a rate a link's Startup lasts.
 	bwRounds = 8
+	// startDelay is how much of the reply rate Startup's floor holds in
+	// flight.
+	startDelay = 5 * time.Millisecond
 	// rttLife is how long the shortest round trip holds: a route or a
 	// server that got slower for good is seen within it.
 	rttLife = 10 * time.Second
 	// idleGap is the least pause with nothing in flight that is taken for
 	// the caller's (it had nothing to send), not counted as busy.
 	idleGap = 2 * time.Millisecond
-	// probeReplies is the least replies a probe counts at each floor, so
-	// that a change in rate is told from noise; calmRounds the rounds
-	// between two probes.
-	probeReplies = 512
-	turnRounds   = 4
-	calmRounds   = 4
+	// A probe decides after probeCycles cycles at least, each floor
+	// counted over probeReplies replies at least, and gives up (the floor
+	// stays) after probeMaxCycles that decided nothing.
+	probeReplies   = 512
+	probeCycles    = 4
+	probeMaxCycles = 6
+	turnRounds     = 4
+	// calmRounds go by between a probe that moved the floor and the next;
+	// quietRounds at least after one that did not.
+	calmRounds  = 4
+	quietRounds = 64
 	// probeGain is the rise in reply rate a larger floor must bring to be
 	// kept; probeLoss the fall a smaller one may cost and still be kept.
 	probeGain = 0.05
@@ -195,7 +230,8 @@ func (s *span) add(r span) {
 
 // endRound ends the round under way: the shortest round trip, once
 // expired, is the round's; a round the window held back and the caller
-// did not gives a rate, the bandwidth-delay product, and a probe's step.
+// did not gives a rate, the bandwidth-delay product, and Startup's floor
+// or a probe's step.
 func (w *window) endRound(now time.Time) {
 	r := w.round
 	w.round = span{}
@@ -211,21 +247,40 @@ func (w *window) endRound(now time.Time) {
 	}
 	w.rates[w.rounds%bwRounds] = rate
 	w.rounds++
-	bw := 0.0
+	w.bw = 0
 	for _, x := range w.rates[:min(w.rounds, bwRounds)] {
-		bw = max(bw, x)
+		w.bw = max(w.bw, x)
 	}
-	w.bdp = int(math.Ceil(2 * bw * w.rttMin.Seconds()))
+	w.bdp = int(math.Ceil(2 * w.bw * w.rttMin.Seconds()))
+	if w.rounds <= bwRounds {
+		// Startup: where the bandwidth-delay product falls short of
+		// startDelay's worth (a round trip under half of it), the link
+		// is not what sets the rate.
+		if f := w.paced(); f > w.bdp {
+			w.floor = max(w.floor, f)
+		}
+		return
+	}
 	w.step(r, true)
 }
 
-// step moves a probe on by one round, r if counts: it starts one after
-// calmRounds that counted, takes the turns, and decides once both floors
-// counted probeReplies.
+// paced is the floor that holds startDelay's worth of the highest reply
+// rate: minWindow doubled until it does, at most the window's most.
+func (w *window) paced() int {
+	f := minWindow
+	for f < w.max && float64(f) < w.bw*startDelay.Seconds() {
+		f *= 2
+	}
+	return min(f, w.max)
+}
+
+// step moves a probe on by one round, r if counts: it starts one once
+// enough calm rounds counted, takes the turns, and at the end of each
+// cycle asks judge.
 func (w *window) step(r span, counts bool) {
 	if w.trial == 0 {
 		w.calm++
-		if w.calm >= calmRounds {
+		if w.calm >= max(w.wait, quietRounds) || w.moved && w.calm >= calmRounds {
 			w.calm = 0
 			w.start()
 		}
@@ -239,19 +294,73 @@ func (w *window) step(r span, counts bool) {
 		w.kept.add(r)
 	}
 	w.turn = (w.turn + 1) % (4 * turnRounds)
-	if w.turn != 0 || w.kept.n < probeReplies || w.tried.n < probeReplies {
+	if w.turn != 0 {
 		return
 	}
-	kept, _ := w.kept.rate()
-	tried, _ := w.tried.rate()
-	up := w.trial > w.floor
-	if up && tried > kept*(1+probeGain) || !up && tried >= kept*(1-probeLoss) {
-		w.floor = w.trial // it worked: the next probe goes the same way
+	w.cycles.add(w.kept, w.tried)
+	w.kept, w.tried = span{}, span{}
+	keep, done := w.cycles.judge(w.trial > w.floor)
+	if !done {
+		return
+	}
+	if keep {
+		w.floor = w.trial // it worked: the next probe goes the same way, soon
 	} else {
 		w.down = !w.down
+		w.wait = 4 * 4 * turnRounds * w.cycles.all // four times the probe's rounds
 	}
-	w.trial, w.kept, w.tried = 0, span{}, span{}
+	w.moved = keep
+	w.trial, w.cycles = 0, tally{}
 }
+
+// add records a cycle's counted rounds at the floor kept and at the
+// trial; one without a rate at both counts nothing but its end.
+func (c *tally) add(kept, tried span) {
+	c.all++
+	k, okK := kept.rate()
+	t, okT := tried.rate()
+	if !okK || !okT || kept.n == 0 || tried.n == 0 {
+		return
+	}
+	x := math.Log(t / k)
+	c.n++
+	c.sum += x
+	c.sumSq += x * x
+	c.kept += kept.n
+	c.tried += tried.n
+}
+
+// judge decides a probe from its cycles, up if the trial is the larger
+// floor: done once the trial's rate over the kept floor's is, beyond the
+// scatter of the cycles (a one-sided 99% t-test), above the bar (1 +
+// probeGain up, 1 - probeLoss down), and then keep, or below it, or after
+// probeMaxCycles cycles that decided nothing (keep false: the floor
+// stays). Before probeCycles cycles, and each floor probeReplies replies,
+// it decides nothing.
+func (c *tally) judge(up bool) (keep, done bool) {
+	if c.n < probeCycles || c.kept < probeReplies || c.tried < probeReplies {
+		return false, c.all >= probeMaxCycles
+	}
+	bar := math.Log1p(-probeLoss)
+	if up {
+		bar = math.Log1p(probeGain)
+	}
+	n := float64(c.n)
+	mean := c.sum / n
+	se := math.Sqrt(max(c.sumSq/n-mean*mean, 0) / (n - 1)) // the standard error of the mean
+	t := tOneSided99[min(c.n, len(tOneSided99))-1]
+	switch {
+	case mean-t*se > bar:
+		return true, true
+	case mean+t*se < bar:
+		return false, true
+	}
+	return false, c.all >= probeMaxCycles
+}
+
+// tOneSided99 is Student's t for a one-sided 99% bound with n-1 degrees
+// of freedom, by n from 1 (n = 1 has none: never used).
+var tOneSided99 = [...]float64{math.Inf(1), 31.821, 6.965, 4.541, 3.747, 3.365, 3.143, 2.998}
 
 // trying reports whether the probe's round under way is at the trial.
 func (w *window) trying() bool {

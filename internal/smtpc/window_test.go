@@ -1,6 +1,9 @@
 package smtpc
 
 import (
+	"math"
+	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -296,5 +299,191 @@ func TestWindowRoundTripStartsWhenTheBytesLeave(t *testing.T) {
 	for _, out := range outs {
 		r := <-out
 		require.NoError(t, r.Err)
+	}
+}
+
+// loopback: a link of round trip rtt whose CPUs, not the link, set the
+// rate: perSec a second at a window of 256, and (lim/256)^0.15 of that at
+// others, as measured on loopback (32, 64 and 128 in flight went 0.72,
+// 0.83 and 0.91 times as fast as 256).
+func loopback(perSec float64, rtt time.Duration) link {
+	return func(lim int) (time.Duration, time.Duration) {
+		rate := perSec * math.Pow(float64(lim)/256, 0.15)
+		return time.Duration(float64(time.Second) / rate), rtt
+	}
+}
+
+// noisy scales l's time from one reply to the next by a factor that holds
+// for a stretch of up to 400 replies and then changes, log-normal of
+// deviation sd, as a busy machine's scheduling does (a run of rounds slow,
+// then fast); seeded, so that a test sees the same replies every time.
+func noisy(l link, seed uint64, sd float64) link {
+	r := rand.New(rand.NewPCG(seed, 1))
+	f, left := 1.0, 0
+	return func(lim int) (time.Duration, time.Duration) {
+		if left == 0 {
+			f, left = math.Exp(r.NormFloat64()*sd), 1+r.IntN(400)
+		}
+		left--
+		gap, rtt := l(lim)
+		return time.Duration(float64(gap) * f), rtt
+	}
+}
+
+// Startup: where the rate is high and the round trip short, the floor
+// goes within a few rounds to what startDelay of the rate holds; where
+// the rate is low, it stays where it was.
+func TestWindowStartupHoldsWhatTheRateNeeds(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		l           link
+		want, floor int
+	}{
+		// 24,000 a second at 32: 5 ms of it is 120, and growing the
+		// window only raises the rate.
+		{"loopback", loopback(33_000, 500*time.Microsecond), 256, 256},
+		// 10,000 a second whatever the window: 5 ms of it is 50.
+		{"10000/s at 0.1 ms", serverLimited(10_000, 100*time.Microsecond), 64, 64},
+		// 2,000 a second: 10 would do; the floor of 32 holds.
+		{"2000/s at 1 ms", serverLimited(2000, time.Millisecond), minWindow, minWindow},
+		// 32 in flight a round trip of 50 ms, 640 a second: the
+		// bandwidth-delay product grows it, Startup leaves the floor.
+		{"window-limited at 50 ms", windowLimited(50 * time.Millisecond), 256, minWindow},
+		// 10,000 a second over 10 ms: the bandwidth-delay product (200)
+		// holds more than 5 ms of it.
+		{"10000/s at 10 ms", serverLimited(10_000, 10*time.Millisecond), 200, minWindow},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var w window
+			w.init(256, WindowState{}, false)
+			at := time.Unix(0, 0)
+			for range 3 * bwRounds { // Startup, and a few rounds
+				at, _ = drive(&w, at, w.get(), tc.l)
+			}
+			require.Zero(t, w.trial, "no probe yet")
+			assert.Equal(t, tc.want, w.get(), "the window")
+			assert.Equal(t, tc.floor, w.floor, "the floor")
+		})
+	}
+}
+
+// A larger or smaller floor is kept only when the rates show, beyond their
+// scatter, that it is worth it: on a busy machine (the rate of rounds of
+// 256 replies scattered by a third, in runs of slow and fast rounds) a
+// floor half as large, 9% slower, is not taken for as good, though some
+// cycles make it look better.
+func TestWindowProbesHoldOnInNoise(t *testing.T) {
+	for seed := range uint64(3) {
+		var w window
+		w.init(256, WindowState{}, false)
+		l := noisy(loopback(33_000, 500*time.Microsecond), seed, 0.5)
+		at := time.Unix(0, 0)
+		at, _ = drive(&w, at, 5000, l)
+		require.Equal(t, 256, w.floor, "seed %d: Startup", seed)
+		probes, at256, least := 0, 0, w.floor
+		const n = 1_000_000 // half a minute at 33,000 a second
+		for range n {
+			if w.get() == 256 {
+				at256++
+			}
+			trial := w.trial
+			at, _ = drive(&w, at, 1, l)
+			if trial == 0 && w.trial > 0 {
+				probes++
+			}
+			least = min(least, w.floor)
+		}
+		assert.Equal(t, 256, w.floor, "seed %d", seed)
+		assert.GreaterOrEqual(t, least, 128, "seed %d: a floor of 64 is 18%% slower", seed)
+		assert.GreaterOrEqual(t, probes, 3, "seed %d: it still probes", seed)
+		assert.Greater(t, float64(at256)/n, 0.85, "seed %d: the replies at 256", seed)
+	}
+}
+
+// A probe that moves nothing costs (half its rounds at the trial): the
+// next waits four times as long as it took, so that where the floor is
+// what the link needs, few replies come at a trial.
+func TestWindowProbesAreRareWhereTheyMoveNothing(t *testing.T) {
+	var w window
+	w.init(256, WindowState{}, false)
+	l := loopback(33_000, 500*time.Microsecond)
+	at, _ := drive(&w, time.Unix(0, 0), 5000, l)
+	require.Equal(t, 256, w.floor)
+	probes, trying := 0, 0
+	const n = 1_000_000
+	for range n {
+		if w.trial > 0 && w.trying() {
+			trying++
+		}
+		trial := w.trial
+		at, _ = drive(&w, at, 1, l)
+		if trial == 0 && w.trial > 0 {
+			probes++
+		}
+	}
+	assert.Equal(t, 256, w.floor)
+	assert.GreaterOrEqual(t, probes, 3, "it still probes")
+	assert.Less(t, float64(trying)/n, 0.1, "the replies at a trial")
+}
+
+func TestWindowJudge(t *testing.T) {
+	// cyclesOf is the cycles of a probe whose trial's rate was each of
+	// ratios times the kept floor's, 1000 replies at each a cycle.
+	cyclesOf := func(ratios ...float64) tally {
+		var c tally
+		for _, x := range ratios {
+			c.add(span{n: 1000, busy: time.Second}, span{n: 1000, busy: time.Duration(float64(time.Second) / x)})
+		}
+		return c
+	}
+	// each is probeCycles cycles of ratio x.
+	each := func(x float64) tally {
+		xs := make([]float64, probeCycles)
+		for i := range xs {
+			xs[i] = x
+		}
+		return cyclesOf(xs...)
+	}
+	// empty is n cycles without a rate at the floor kept.
+	empty := func(n int) tally {
+		var c tally
+		for range n {
+			c.add(span{n: 1000}, span{n: 1000, busy: time.Second})
+		}
+		return c
+	}
+	for _, tc := range []struct {
+		name       string
+		c          tally
+		up         bool
+		keep, done bool
+	}{
+		{"up, 20% faster each cycle", each(1.2), true, true, true},
+		{"up, as fast", each(1), true, false, true},
+		{"up, 4% faster: below the bar", each(1.04), true, false, true},
+		{"down, as fast", each(1), false, true, true},
+		{"down, 2% slower: within the loss", each(0.98), false, true, true},
+		{"down, 9% slower", each(0.91), false, false, true},
+		{"fewer cycles than probeCycles decide nothing", cyclesOf(slices.Repeat([]float64{1.2}, probeCycles-1)...), true, false, false},
+		{"scattered: not yet", cyclesOf(1.3, 0.8, 1.2, 0.9), true, false, false},
+		{"scattered, 15% faster in the mean: after the most cycles the floor stays", cyclesOf(1.6, 0.8, 1.4, 0.9, 1.5, 1.0), true, false, true},
+		{"scattered less: 20% faster", cyclesOf(1.25, 1.15, 1.22, 1.18), true, true, true},
+		{"scattered less: 20% slower", cyclesOf(0.75, 0.85, 0.78, 0.82), false, false, true},
+		{"too few replies at each", func() tally {
+			var c tally
+			for range probeCycles {
+				c.add(span{n: 100, busy: time.Second}, span{n: 100, busy: time.Second})
+			}
+			return c
+		}(), false, false, false},
+		{"no rate at a floor: counts nothing but its end", empty(probeMaxCycles - 1), true, false, false},
+		{"no rate at a floor, the most cycles: the floor stays", empty(probeMaxCycles), false, false, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := tc.c
+			keep, done := c.judge(tc.up)
+			assert.Equal(t, tc.keep, keep, "keep")
+			assert.Equal(t, tc.done, done, "done")
+		})
 	}
 }
