@@ -311,6 +311,9 @@ func (c *Client) requeue(em *email, cause error, delay time.Duration) {
 	}
 	tok, p, fenced := em.tok, c.progress(em), em.fenced
 	c.mu.Unlock()
+	if cause != nil {
+		p.Error = cause.Error() // for an operator (mxrelay-queue list)
+	}
 	var err error
 	if !fenced {
 		err = c.persist(func(ctx context.Context) error { return c.st.Requeue(ctx, tok, p, now.Add(delay)) })

@@ -18,7 +18,9 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/mxrelay/mxrelay"
+	"github.com/mxrelay/mxrelay/internal/spool"
 	"github.com/mxrelay/mxrelay/internal/spoolcheck"
+	"github.com/mxrelay/mxrelay/internal/store"
 	"github.com/mxrelay/mxrelay/internal/testkit"
 	"github.com/mxrelay/mxrelay/relaytest"
 )
@@ -494,4 +496,41 @@ func TestSpoolEnqueueRacingClose(t *testing.T) {
 	assert.Equal(t, len(accepted), len(testkit.SpoolResults(t, dir)), "one result per accepted email")
 	assert.Empty(t, testkit.SpoolFiles(t, dir))
 	t.Logf("%d accepted (%d handed back), %d refused", len(accepted), handedBack, len(refused))
+}
+
+// TestSpoolKeepsTheLastErrorOfARetry: an email waiting for its retry
+// has the temporary refusal that deferred it in the spool's records,
+// where an operator's listing (mxrelay-queue list) reads it while the
+// Client runs.
+func TestSpoolKeepsTheLastErrorOfARetry(t *testing.T) {
+	s := testkit.NewRelay(t, nil)
+	s.Inject(relaytest.Fault{Kind: relaytest.ReplaceReply, Command: "RCPT", Recipient: "b@example.com", Reply: "450 4.2.1 mailbox busy, come back later"})
+	dir := t.TempDir()
+	retrying := make(chan struct{}, 1)
+	c := testkit.NewClient(t, s, &mxrelay.Options{SpoolDir: dir, RetryInterval: time.Hour, MaxRetryInterval: time.Hour,
+		OnEvent: func(e mxrelay.Event) {
+			if e.Type == mxrelay.EventEmailRetrying {
+				select {
+				case retrying <- struct{}{}:
+				default:
+				}
+			}
+		}})
+	h, err := c.Enqueue(testkit.Mail("deferred", "b@example.com"))
+	require.NoError(t, err)
+	select {
+	case <-retrying:
+	case <-testkit.Ctx(t).Done():
+		t.Fatal("no retry")
+	}
+	r, err := spool.NewReader(dir)
+	require.NoError(t, err)
+	infos, err := r.List(testkit.Ctx(t), store.Filter{States: []store.State{store.StateDeferred}})
+	require.NoError(t, err)
+	require.Len(t, infos, 1)
+	assert.Equal(t, h.ID(), infos[0].ID)
+	require.NotNil(t, infos[0].Progress)
+	assert.Contains(t, infos[0].Progress.Error, "450")
+	assert.Contains(t, infos[0].Progress.Error, "mailbox busy, come back later")
+	h.Cancel()
 }
