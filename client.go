@@ -1,6 +1,7 @@
 package mxrelay
 
 import (
+	"cmp"
 	"context"
 	"log/slog"
 	"slices"
@@ -269,11 +270,15 @@ func (c *Client) Close(ctx context.Context) error {
 	c.kick()
 	var err error
 	select {
-	case <-c.done:
-	case <-ctx.Done():
-		err = ctx.Err()
-		c.stop()
-		<-c.done
+	case <-c.done: // finished already: ctx, even if it ended, cut nothing
+	default:
+		select {
+		case <-c.done:
+		case <-ctx.Done():
+			err = ctx.Err()
+			c.stop()
+			<-c.done
+		}
 	}
 	c.stop()
 	c.mu.Lock()
@@ -297,7 +302,8 @@ func (c *Client) Close(ctx context.Context) error {
 		c.opts.HTTPClient.CloseIdleConnections() // the client made it
 	}
 	if len(left) > 0 && err == nil {
-		err = ErrClosed
+		// ctx's error when it has ended: it is why they were not sent.
+		err = cmp.Or(ctx.Err(), ErrClosed)
 	}
 	return err
 }
