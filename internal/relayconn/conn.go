@@ -363,13 +363,15 @@ func (c *Conn) Authenticate(ctx context.Context) error {
 	}
 	select {
 	case r := <-c.authResp:
-		if !r.Success {
-			err := &AuthError{Message: r.Error}
-			c.abort(wire.StatusAuthFailed, err)
-			return err
-		}
-		return nil
+		return c.authAnswered(r)
 	case <-c.dead:
+		select {
+		case r := <-c.authResp:
+			// Read before the connection ended (a relay that refuses
+			// the key and closes at once): the answer says why.
+			return c.authAnswered(r)
+		default:
+		}
 		return c.Err()
 	case <-ctx.Done():
 		err := fmt.Errorf("no AUTHENTICATE_RESPONSE: %w", ErrTimeout)
@@ -379,6 +381,16 @@ func (c *Conn) Authenticate(ctx context.Context) error {
 		c.abort(websocket.StatusNormalClosure, err)
 		return err
 	}
+}
+
+// authAnswered is Authenticate's result for the relay's answer r.
+func (c *Conn) authAnswered(r wire.AuthenticateResponse) error {
+	if !r.Success {
+		err := &AuthError{Message: r.Error}
+		c.abort(wire.StatusAuthFailed, err)
+		return err
+	}
+	return nil
 }
 
 // deadOr returns why the connection ended, for a write that failed: the
