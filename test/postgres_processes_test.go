@@ -34,7 +34,16 @@ import (
 // Clients wait it out and go on: every email whose Enqueue returned ends
 // once, as TestPostgresSurvivesSIGKILL checks (an Enqueue that failed
 // while the database was down is tried again with its IdempotencyKey).
-func TestPostgresRestartMidRun(t *testing.T) {
+func TestPostgresRestartMidRun(t *testing.T) { restartRun(t, 10*time.Second, 0) }
+
+// TestPostgresDownLongerThanTheLease: as TestPostgresRestartMidRun, the
+// database down for longer than the processes' leases (1s): a result
+// that could not be written in time is not one the store will keep.
+func TestPostgresDownLongerThanTheLease(t *testing.T) { restartRun(t, time.Second, 3*time.Second) }
+
+// restartRun is TestPostgresRestartMidRun with the processes' lease, the
+// database kept down for down.
+func restartRun(t *testing.T, lease, down time.Duration) {
 	cluster := pgtest.New(t)
 	q := &testkit.Queue{Schema: cluster.Schema(t)}
 	q.Store(t, nil)
@@ -54,7 +63,7 @@ func TestPostgresRestartMidRun(t *testing.T) {
 	for slot := range 3 {
 		wg.Go(func() {
 			env := append(pgEnv(q.Conn, q.Name, relay), "MXRELAY_PG_SLOT=p"+strconv.Itoa(slot), "MXRELAY_PG_TO=300",
-				"MXRELAY_PG_LEASE=10s", "MXRELAY_PG_COMMAND_TIMEOUT=30s")
+				"MXRELAY_PG_LEASE="+lease.String(), "MXRELAY_PG_COMMAND_TIMEOUT=30s")
 			run.slot(t, slot, env, rand.New(rand.NewPCG(1, uint64(slot))), 0)
 		})
 	}
@@ -69,6 +78,7 @@ func TestPostgresRestartMidRun(t *testing.T) {
 	stopped := time.Now()
 	require.NoError(t, cluster.Stop())
 	atStop := delivered.Load()
+	time.Sleep(down) // an outage of that length: the condition tested, not an order of events
 	require.NoError(t, cluster.Start())
 	run.mu.Lock()
 	run.kills = append(run.kills, time.Now())
