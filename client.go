@@ -138,7 +138,7 @@ func New(relayURL, apiKey string, opts *Options) (*Client, error) {
 		c.events.close()
 		return nil, err
 	}
-	c.recover() // what a previous Client left in the spool
+	c.recoverSpool() // what a previous Client left there
 	c.startHolding()
 	go c.run()
 	return c, nil
@@ -252,9 +252,8 @@ func (c *Client) Close(ctx context.Context) error {
 		close(c.draining)
 	}
 	var early []*email
-	if c.hold.shared {
-		// Not started: the other processes send them.
-		early = c.q.all()
+	if !c.hold.drainsAtClose() {
+		early = c.q.all() // not started: the other processes send them
 	}
 	c.mu.Unlock()
 	c.commitMu.Unlock()

@@ -419,7 +419,7 @@ func (c *Client) finish(em *email, out Outcome, err error) {
 	if em.ended && out == OutcomeHandedBack {
 		p = c.progress(em) // answers the Ending records
 	}
-	release := out == OutcomeHandedBack && held && c.hold.shared && !c.closed
+	release := out == OutcomeHandedBack && held && c.hold.releasesHandedBack(c.closed)
 	c.mu.Unlock()
 
 	var serr error

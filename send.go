@@ -149,7 +149,7 @@ func (c *Client) accept(em *email, env *store.Envelope, r io.Reader) (*Handle, e
 	c.reserved--
 	c.dry.wake = nil // the store has one more ready, whatever its Wake says yet
 	c.mu.Unlock()
-	c.pull() // before queue, which lets go of it if the claim did not take it
+	c.pullSoon() // before queue, which lets go of it if no claim took it
 	c.queue(em, env.Deadline.Sub(em.queuedAt))
 	return em.handle, nil
 }

@@ -99,9 +99,9 @@ func (c *Client) openStore() error {
 	return nil
 }
 
-// recover queues what a previous Client left in the spool, at New: a
+// recoverSpool queues what a previous Client left in the spool, at New: a
 // claim of every email there (pull), their Handles kept for Recovered.
-func (c *Client) recover() {
+func (c *Client) recoverSpool() {
 	if c.spool == nil {
 		return
 	}
@@ -128,6 +128,19 @@ func (c *Client) startHolding() {
 	go c.listen()
 	go c.renew()
 }
+
+// drainsAtClose reports whether Close sends what the Client holds before
+// it stops, as for a store of its own; a shared store gets back at once
+// what the Client has not started (Close), for the other processes.
+func (h holding) drainsAtClose() bool { return !h.shared }
+
+// releasesHandedBack reports whether an email handed back while the
+// Client runs (the store could not record its end of data, or the relay
+// cannot be reached) goes back to the store for any process, this one
+// included, instead of ending here: in a shared store (finish). In a
+// store of the Client's own it ends handed back, and stays there for the
+// next Client if the store is durable.
+func (h holding) releasesHandedBack(closed bool) bool { return h.shared && !closed }
 
 // unsendable is the outcome of the emails held when the Client cannot
 // send them (the relay refused its key, or stayed out of reach): from a
@@ -189,6 +202,22 @@ func (d *dryState) short(now time.Time) bool {
 func (c *Client) pull() {
 	c.pullMu.Lock()
 	defer c.pullMu.Unlock()
+	c.pullLocked()
+}
+
+// pullSoon is pull unless a pull is in progress: that one, or the next
+// (the store's Wake, the queue's time), takes what changed, and an
+// Enqueue does not wait behind another's claim. An email it does not
+// take waits for it (letGo).
+func (c *Client) pullSoon() {
+	if c.pullMu.TryLock() {
+		defer c.pullMu.Unlock()
+		c.pullLocked()
+	}
+}
+
+// pullLocked is pull with pullMu held.
+func (c *Client) pullLocked() {
 	for {
 		c.mu.Lock()
 		n := c.claimRoom()
