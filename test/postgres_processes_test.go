@@ -237,7 +237,12 @@ func TestPostgresLeaseTakenOverWhileStuck(t *testing.T) {
 		}
 	})
 	assert.Equal(t, []string{"DELIVERED", "true"}, got, "A's Handle has B's Result")
-	assert.Equal(t, []string{"1", "0", "0", "1", "0"}, statsA, "A delivered nothing, failed nothing: it let the email go")
+	if assert.Len(t, statsA, 5) {
+		// queued delivered failed released handed-back: A delivered and
+		// failed nothing, and let the email go each time it held it.
+		assert.Equal(t, []string{"0", "0", "0"}, []string{statsA[1], statsA[2], statsA[4]}, "A gave no result")
+		assert.Equal(t, statsA[0], statsA[3], "A let go of it each time it held it")
+	}
 	assert.Equal(t, int64(1), ends.Load(), "A wrote no second end of data")
 	assert.Equal(t, 1, testkit.CountSubject(relayA, "taken"), "A's one end of data, let through")
 	var ownerNow string
