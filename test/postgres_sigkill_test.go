@@ -342,14 +342,16 @@ func (run *pgCrashRun) check(t *testing.T, q *testkit.Queue, relay *relaytest.Se
 		accepted[id] = true
 	}
 	n := spoolcheck.Check(t, spoolcheck.Run{Tried: run.tried, Accepted: accepted, Results: results, InBox: inBox, RetryUnknown: *pgCrashRetryUnknown})
-	causes, err := q.Admin.Query(context.Background(), strings.ReplaceAll(`SELECT count(*), left(split_part(result->>'error', 'delivered: ', 2), 90)
-		FROM {s}.email WHERE (result->>'maybeDelivered')::boolean AND NOT (result->>'delivered')::boolean GROUP BY 2 ORDER BY 1 DESC LIMIT 5`, "{s}", q.Name))
+	causes, err := q.Admin.Query(context.Background(), strings.ReplaceAll(`SELECT count(*), coalesce((result->>'maybeDelivered')::boolean, false),
+			left(regexp_replace(result->>'error', '^.*attempt\(s\): ', ''), 110)
+		FROM {s}.email WHERE NOT (result->>'delivered')::boolean GROUP BY 2, 3 ORDER BY 1 DESC LIMIT 6`, "{s}", q.Name))
 	require.NoError(t, err)
 	for causes.Next() {
 		var n int
+		var maybe bool
 		var cause string
-		require.NoError(t, causes.Scan(&n, &cause))
-		t.Logf("unknown outcomes: %d: %s", n, cause)
+		require.NoError(t, causes.Scan(&n, &maybe, &cause))
+		t.Logf("not delivered (MaybeDelivered %t): %d: %s", maybe, n, cause)
 	}
 	require.NoError(t, causes.Err())
 	pc := checkPriority(t, q, run.accepted, run.kills)
