@@ -137,9 +137,11 @@ const (
 )
 
 func (w *window) init(most int, st WindowState, fixed bool) {
-	w.max, w.fixed = most, fixed
+	// lim is an int32: a Window past it (math.MaxInt for no bound) would
+	// wrap to 0 or below, and Send would wait for good.
+	w.max, w.fixed = min(most, math.MaxInt32), fixed
 	if fixed {
-		w.lim.Store(int32(most))
+		w.lim.Store(int32(w.max))
 		return
 	}
 	w.WindowState = st
