@@ -16,6 +16,11 @@ import (
 //     the last rttLife. While the window is what holds the rate back, this
 //     about doubles it each round. Over a link, in flight beyond it would
 //     not go faster, and a cut would leave every one of them unknown.
+//     Where the server is slower than the window, each reply waits behind
+//     the window's own queue there, and a round trip taken through it
+//     would make the product twice the window: when the shortest expires,
+//     as BBR's ProbeRTT does, the window drops to minWindow until that
+//     queue is answered, and takes the round trip measured then.
 //   - A floor. Where the link is not the limit (at a low round trip the
 //     CPUs of client, relay and server are), more in flight still goes
 //     faster (each process does more per wake-up), which no
@@ -26,7 +31,9 @@ import (
 //     until it does): there, that is what the CPUs need (measured on
 //     loopback, 32, 64 and 128 in flight went 0.72, 0.83 and 0.91 times as
 //     fast as 256), and a cut leaves a few milliseconds of sending
-//     unknown; where the rate is low it changes nothing. Then, as BBR's
+//     unknown; where the rate is low it changes nothing (and a floor
+//     that came to hold more than floorMost of the rate, a server that
+//     got slow, goes back to that). Then, as BBR's
 //     ProbeBW does, the window now and then tries a floor twice as large,
 //     or half as large, in rounds taken in turns with the floor it has (so
 //     that a change in load weighs on both alike), and keeps it only if
@@ -40,9 +47,12 @@ import (
 //     (half its rounds run at the trial), so after one that moved nothing
 //     the next waits four times as long as it took, quietRounds at least.
 //
-// Only the rounds in which the window was full and the caller never left
-// the pipe empty are taken for rates and probes: a caller with nothing to
-// send says nothing about the link. What the window learned of the link
+// Only the rounds in which the window was full, the caller never left
+// the pipe empty and no ProbeRTT held the window are taken for rates and
+// probes: a caller with nothing to send says nothing about the link. A
+// round ends after roundTime at most, so that at a slow server rates,
+// probes and the floor's return take seconds, not a round of 256 replies
+// each. What the window learned of the link
 // (WindowState) goes from one session to the next on the same link
 // (Config.StartWindow); a session with nothing learned starts at
 // minWindow.
