@@ -16,6 +16,11 @@ import (
 //     the last rttLife. While the window is what holds the rate back, this
 //     about doubles it each round. Over a link, in flight beyond it would
 //     not go faster, and a cut would leave every one of them unknown.
+//     Where the server is slower than the window, each reply waits behind
+//     the window's own queue there, and a round trip taken through it
+//     would make the product twice the window: when the shortest expires,
+//     as BBR's ProbeRTT does, the window drops to minWindow until that
+//     queue is answered, and takes the round trip measured then.
 //   - A floor. Where the link is not the limit (at a low round trip the
 //     CPUs of client, relay and server are), more in flight still goes
 //     faster (each process does more per wake-up), which no
@@ -26,7 +31,9 @@ import (
 //     until it does): there, that is what the CPUs need (measured on
 //     loopback, 32, 64 and 128 in flight went 0.72, 0.83 and 0.91 times as
 //     fast as 256), and a cut leaves a few milliseconds of sending
-//     unknown; where the rate is low it changes nothing. Then, as BBR's
+//     unknown; where the rate is low it changes nothing (and a floor
+//     that came to hold more than floorMost of the rate, a server that
+//     got slow, goes back to that). Then, as BBR's
 //     ProbeBW does, the window now and then tries a floor twice as large,
 //     or half as large, in rounds taken in turns with the floor it has (so
 //     that a change in load weighs on both alike), and keeps it only if
@@ -40,9 +47,12 @@ import (
 //     (half its rounds run at the trial), so after one that moved nothing
 //     the next waits four times as long as it took, quietRounds at least.
 //
-// Only the rounds in which the window was full and the caller never left
-// the pipe empty are taken for rates and probes: a caller with nothing to
-// send says nothing about the link. What the window learned of the link
+// Only the rounds in which the window was full, the caller never left
+// the pipe empty and no ProbeRTT held the window are taken for rates and
+// probes: a caller with nothing to send says nothing about the link. A
+// round ends after roundTime at most, so that at a slow server rates,
+// probes and the floor's return take seconds, not a round of 256 replies
+// each. What the window learned of the link
 // (WindowState) goes from one session to the next on the same link
 // (Config.StartWindow); a session with nothing learned starts at
 // minWindow.
@@ -51,6 +61,14 @@ type window struct {
 	max         int
 	lim         atomic.Int32 // read by the writer; written by the reader (p.mu)
 	WindowState              // the reader's, under p.mu
+	// ProbeRTT, under p.mu: the window is held at minWindow since it
+	// expired the shortest round trip (draining), and since drained (not
+	// zero) nothing more was in flight; probeMin is the shortest round
+	// trip of the transactions flushed since. Not carried: a session
+	// starts with nothing in flight.
+	draining bool
+	drained  time.Time
+	probeMin time.Duration
 }
 
 // WindowState is what an adaptive window learned of a link: its shortest
@@ -92,6 +110,7 @@ type span struct {
 	rttMin time.Duration
 	full   bool // the window was full at some reply
 	idle   bool // nothing was in flight for a while: the caller had nothing to send
+	drain  bool // ProbeRTT held the window at minWindow in it: its rate is not the window's
 }
 
 // tally is what a probe's cycles measured: of each that had a rate at
@@ -114,8 +133,24 @@ const (
 	// flight.
 	startDelay = 5 * time.Millisecond
 	// rttLife is how long the shortest round trip holds: a route or a
-	// server that got slower for good is seen within it.
-	rttLife = 10 * time.Second
+	// server that got slower for good is seen within it. When it expires
+	// without a sample as short, ProbeRTT holds the window at minWindow
+	// until what was in flight beyond it is answered, and then for
+	// probeRTTHold and a round trip at least, and takes the shortest
+	// round trip of the transactions flushed meanwhile.
+	rttLife      = 10 * time.Second
+	probeRTTHold = 50 * time.Millisecond
+	// roundTime is the busy time that ends a round even if it is short
+	// of a window's worth of replies (at least minRound): where the
+	// server is slow (10 a second, 256 in flight are 25.6 s), rates,
+	// Startup and probes would take minutes a round.
+	roundTime = time.Second
+	minRound  = 16
+	// floorMost is the most of the reply rate a floor may hold in flight:
+	// past it (a slow server), the floor goes back to what Startup would
+	// give it (paced), to be earned again by probes. Startup's floor and
+	// those probes find hold a few milliseconds of it.
+	floorMost = 50 * time.Millisecond
 	// idleGap is the least pause with nothing in flight that is taken for
 	// the caller's (it had nothing to send), not counted as busy.
 	idleGap = 2 * time.Millisecond
@@ -137,14 +172,17 @@ const (
 )
 
 func (w *window) init(most int, st WindowState, fixed bool) {
-	w.max, w.fixed = most, fixed
+	// lim is an int32: a Window past it (math.MaxInt for no bound) would
+	// wrap to 0 or below, and Send would wait for good.
+	w.max, w.fixed = min(most, math.MaxInt32), fixed
 	if fixed {
-		w.lim.Store(int32(most))
+		w.lim.Store(int32(w.max))
 		return
 	}
 	w.WindowState = st
 	w.floor = min(max(minWindow, w.floor), most)
 	w.trial = min(w.trial, most)
+	w.draining, w.drained, w.probeMin = false, time.Time{}, 0
 	w.resize()
 }
 
@@ -170,7 +208,11 @@ func (w *window) resize() {
 	if w.trial > 0 && w.trying() {
 		floor = w.trial
 	}
-	w.lim.Store(int32(min(max(w.bdp, floor, minWindow), w.max)))
+	lim := max(w.bdp, floor, minWindow)
+	if w.draining {
+		lim = minWindow
+	}
+	w.lim.Store(int32(min(lim, w.max)))
 }
 
 // sample records a transaction answered at now whose end of data was
@@ -181,9 +223,10 @@ func (w *window) sample(now, flushed time.Time, inFlight int) {
 		return
 	}
 	rtt := max(now.Sub(flushed), time.Microsecond)
-	if w.rttMin == 0 || rtt < w.rttMin {
+	if w.rttMin == 0 || rtt <= w.rttMin {
 		w.rttMin, w.rttAt = rtt, now
 	}
+	w.probeRTT(now, flushed, rtt, inFlight)
 	// Busy since the reply before, less the time nothing was in flight if
 	// it was long: replies come in order, so when this one left after the
 	// reply before, every transaction before it was answered. A long pause
@@ -202,12 +245,13 @@ func (w *window) sample(now, flushed time.Time, inFlight int) {
 		r.rttMin = rtt
 	}
 	r.full = r.full || inFlight > lim-lim/4
-	if r.n < max(lim, w.trial, 16) || r.busy < w.rttMin {
+	r.drain = r.drain || w.draining
+	if r.n < minRound || r.busy < w.rttMin || r.n < max(lim, w.trial) && r.busy < roundTime {
 		// A round is a window's worth of replies and at least a round
 		// trip, so that replies read in bursts do not make a rate; in a
 		// probe, the larger window's worth, so that the round that
 		// settles after a turn lasts until what the larger window had in
-		// flight is answered.
+		// flight is answered. Or roundTime, where replies are slow.
 		return
 	}
 	w.endRound(now)
@@ -235,11 +279,8 @@ func (s *span) add(r span) {
 func (w *window) endRound(now time.Time) {
 	r := w.round
 	w.round = span{}
-	if now.Sub(w.rttAt) > rttLife {
-		w.rttMin, w.rttAt = r.rttMin, now
-	}
 	rate, ok := r.rate()
-	if !ok || r.idle || !r.full {
+	if !ok || r.idle || r.drain || !r.full {
 		if w.trial > 0 && w.turn%turnRounds == 0 {
 			w.step(span{}, false) // a round to settle: one that counts nothing does
 		}
@@ -251,7 +292,7 @@ func (w *window) endRound(now time.Time) {
 	for _, x := range w.rates[:min(w.rounds, bwRounds)] {
 		w.bw = max(w.bw, x)
 	}
-	w.bdp = int(math.Ceil(2 * w.bw * w.rttMin.Seconds()))
+	w.setBDP()
 	if w.rounds <= bwRounds {
 		// Startup: where the bandwidth-delay product falls short of
 		// startDelay's worth (a round trip under half of it), the link
@@ -261,7 +302,55 @@ func (w *window) endRound(now time.Time) {
 		}
 		return
 	}
+	if float64(w.floor) > max(minWindow, w.bw*floorMost.Seconds()) {
+		// The floor holds more of the rate than a floor is for (the
+		// server got slow): back to Startup's, and no probe from the old.
+		w.floor = w.paced()
+		w.trial, w.turn, w.kept, w.tried, w.cycles, w.calm = 0, 0, span{}, span{}, tally{}, 0
+		return
+	}
 	w.step(r, true)
+}
+
+// setBDP sets the bandwidth-delay product, with headroom, from the
+// highest reply rate and the shortest round trip.
+func (w *window) setBDP() {
+	w.bdp = int(math.Ceil(2 * w.bw * w.rttMin.Seconds()))
+}
+
+// probeRTT moves ProbeRTT on by a reply at now, flushed at flushed, of
+// round trip rtt, with inFlight in flight: it starts once the shortest
+// round trip expired (every transaction's round trip may then be the
+// queue the window itself makes at a slow server, and one taken through
+// it would make the bandwidth-delay product twice the window), holds the
+// window at minWindow until at most that many are in flight, and ends,
+// with the shortest round trip of the transactions flushed since, at the
+// reply of one flushed after that and probeRTTHold at least.
+func (w *window) probeRTT(now, flushed time.Time, rtt time.Duration, inFlight int) {
+	switch {
+	case !w.draining:
+		if now.Sub(w.rttAt) <= rttLife {
+			return
+		}
+		w.draining, w.drained, w.probeMin = true, time.Time{}, 0
+		w.resize()
+	case w.drained.IsZero():
+		if inFlight <= minWindow {
+			w.drained = now
+		}
+	case !flushed.Before(w.drained):
+		if w.probeMin == 0 || rtt < w.probeMin {
+			w.probeMin = rtt
+		}
+		if now.Sub(w.drained) >= probeRTTHold {
+			w.draining = false
+			w.rttMin, w.rttAt = w.probeMin, now
+			if w.rounds > 0 {
+				w.setBDP()
+			}
+			w.resize()
+		}
+	}
 }
 
 // paced is the floor that holds startDelay's worth of the highest reply
@@ -372,7 +461,7 @@ func (w *window) trying() bool {
 // unless the window is at its most, down only if the floor is what sets
 // the window (else a smaller floor would change nothing).
 func (w *window) start() {
-	canUp := w.get() < w.max
+	canUp := w.get() < w.max && w.floor >= w.bdp
 	canDown := w.floor > minWindow && w.floor >= w.bdp
 	switch {
 	case canDown && (w.down || !canUp):

@@ -487,3 +487,55 @@ func TestWindowJudge(t *testing.T) {
 		})
 	}
 }
+
+// ProbeRTT costs little where the window is worth its size: on a
+// loopback whose CPUs set the rate (Startup's floor of 256), each reply
+// waits behind what is in flight, so no round trip is ever as short as
+// the one seen at 32, and the shortest expires every rttLife. Each time,
+// the window dips to minWindow for about a round trip and comes back,
+// and the floor stays.
+func TestWindowProbeRTTIsAShortDipEveryRTTLife(t *testing.T) {
+	var w window
+	w.init(256, WindowState{}, false)
+	base := loopback(33_000, 0)
+	l := func(lim int) (time.Duration, time.Duration) {
+		gap, _ := base(lim)
+		return gap, 500*time.Microsecond + time.Duration(lim)*gap // the queue of lim at the server
+	}
+	at, _ := drive(&w, time.Unix(0, 0), 5000, l)
+	require.Equal(t, 256, w.floor, "Startup")
+	start, probes, dipped, n := at, 0, 0, 0
+	for at.Sub(start) < time.Minute {
+		was := w.draining
+		at, _ = drive(&w, at, 1, l)
+		n++
+		if !was && w.draining {
+			probes++
+		}
+		if w.draining {
+			dipped++
+		}
+	}
+	assert.InDelta(t, time.Minute/rttLife, probes, 1, "a ProbeRTT every rttLife")
+	assert.Less(t, float64(dipped)/float64(n), 0.01, "the replies in ProbeRTT")
+	assert.Equal(t, 256, w.floor)
+	assert.Less(t, w.rttMin, 2*time.Millisecond, "the round trip taken at minWindow, not through 256")
+}
+
+// Once the server is slow (100 a second, the window's transactions
+// queued at it), a floor of 256 (2.56 s of its replies) goes back to
+// Startup's within seconds, not after rounds of 256 replies each: rounds
+// end after roundTime.
+func TestWindowFloorFollowsASlowServerInTime(t *testing.T) {
+	var w window
+	w.init(256, WindowState{}, false)
+	at, _ := drive(&w, time.Unix(0, 0), 5000, loopback(33_000, 500*time.Microsecond))
+	require.Equal(t, 256, w.floor, "Startup")
+	start := at
+	for w.floor > minWindow {
+		at, _ = drive(&w, at, 1, queued(100, time.Millisecond))
+		require.Less(t, at.Sub(start), time.Minute, "the floor still %d", w.floor)
+	}
+	assert.Less(t, at.Sub(start), 3*bwRounds*roundTime, "the floor back at %d", w.floor)
+	assert.Equal(t, minWindow, w.get())
+}
