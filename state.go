@@ -122,7 +122,8 @@ type Stats struct {
 	EmailsMaybeDelivered int64
 	// EmailsReleased counts, with Options.Store, the emails the Client let
 	// go of without a result of its own, for whichever process claims them
-	// next: accepted and not claimed by this Client (its queue was full), a
+	// next: accepted and not claimed by this Client (its queue was full,
+	// or a claim in progress when its Enqueue committed missed it), a
 	// retry waiting for its time, one that another process took over once
 	// its lease ran out. One this Client claims again counts in
 	// EmailsQueued again. With Store, EmailsQueued = EmailsDelivered +
