@@ -304,8 +304,30 @@ func (c *Client) deliver(h *Handle, res *Result) {
 func (c *Client) cancelHandle(h *Handle, out Outcome, cause error) {
 	c.mu.Lock()
 	em, over := h.em, h.res != nil || c.followed
+	var twin *Handle
+	if e := c.byID[h.sid]; em == nil && !over && e != nil {
+		// This Client holds it (claimed again, adopt, with a Handle of
+		// its own, or before anything waited on h): withdrawn here, and
+		// h gets that record's result.
+		em = e
+		if e.handle == nil {
+			h.em, e.handle, e.id = e, h, h.id
+		} else {
+			twin = e.handle
+		}
+	}
 	c.mu.Unlock()
 	if over || em != nil && c.cancel(em, out, cause) {
+		if twin != nil {
+			c.mu.Lock()
+			if twin.res != nil {
+				c.deliver(h, twin.res)
+			} else {
+				h.waited = true
+				c.follow(h)
+			}
+			c.mu.Unlock()
+		}
 		return
 	}
 	res := &Result{EmailID: h.id, Outcome: out, Queued: h.queued, Duration: time.Since(h.queued),

@@ -439,8 +439,9 @@ func (c *Client) away(em *email) {
 // accept (a previous Client's, found in the spool; another process's,
 // or one this Client let go of, in a shared store), as it was left. One
 // whose end of data may have reached the server is an unknown outcome:
-// it fails at once unless RetryUnknown. One whose timeout has passed, or
-// that Cancel marked, fails at once. When a Handle of this Client waits
+// it fails at once unless RetryUnknown (or Cancel marked it: the end of
+// data was out before the cancel). One whose timeout has passed, or that
+// Cancel marked before its end of data, fails at once. When a Handle of this Client waits
 // for it (follow), that Handle is its own again. pullMu is held.
 func (c *Client) adopt(cl *store.Claimed) {
 	h := cl.Envelope
@@ -502,9 +503,11 @@ func (c *Client) adopt(cl *store.Claimed) {
 	switch {
 	case err != nil:
 		c.cancel(em, OutcomeFailed, err)
-	case cl.Canceled != "":
+	case cl.Canceled != "" && cl.Unanswered == 0:
 		c.cancel(em, OutcomeFailed, ErrCanceled)
-	case em.unknown && !c.opts.RetryUnknown:
+	case em.unknown && (cl.Canceled != "" || !c.opts.RetryUnknown):
+		// An end of data out before the cancel is not withdrawn by it:
+		// unknown, and not tried again.
 		c.cancel(em, OutcomeUnknown, &UnknownOutcomeError{Err: errors.New("the previous holder stopped after this email's end of data was written")})
 	case expired:
 		// Failed now: a timer, however short, could lose the race

@@ -502,12 +502,7 @@ func TestSharedStoreDeadHolderIsTakenOver(t *testing.T) {
 	st := q.Store(t, nil)
 	ctx := testkit.Ctx(t)
 	for _, id := range []string{"d0", "d1", "d2"} {
-		d, err := st.Accept(ctx, &store.Envelope{ID: id, From: "a@example.com", To: []string{"b@example.com"}})
-		require.NoError(t, err)
-		_, err = d.Write([]byte(testkit.Msg(id)))
-		require.NoError(t, err)
-		_, err = d.Commit(ctx, nil) // no meta: the Client reads the body again
-		require.NoError(t, err)
+		accept(t, st, &store.Envelope{ID: id, From: "a@example.com", To: []string{"b@example.com"}})
 	}
 	held, _, err := st.Claim(ctx, "dead", 3, 500*time.Millisecond)
 	require.NoError(t, err)
