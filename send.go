@@ -29,7 +29,7 @@ func (c *Client) Send(ctx context.Context, e Email, opts ...SendOption) (*Result
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	h, err := c.Enqueue(e, opts...)
+	h, err := c.enqueue(ctx, e, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -51,6 +51,12 @@ func (c *Client) Send(ctx context.Context, e Email, opts ...SendOption) (*Result
 // email whose Email.IdempotencyKey was accepted before is not accepted
 // again: the Handle is that email's.
 func (c *Client) Enqueue(e Email, opts ...SendOption) (*Handle, error) {
+	return c.enqueue(context.Background(), e, opts)
+}
+
+// enqueue is Enqueue with ctx bounding the writes to the store up to
+// the commit (see accept).
+func (c *Client) enqueue(ctx context.Context, e Email, opts []SendOption) (*Handle, error) {
 	if len(opts) > 0 {
 		e = withOptions(e, opts)
 	}
@@ -81,7 +87,7 @@ func (c *Client) Enqueue(e Email, opts ...SendOption) (*Handle, error) {
 	if cfg.timeout > 0 {
 		env.Deadline = em.queuedAt.Add(cfg.timeout)
 	}
-	h, err := c.accept(em, env, e.Body)
+	h, err := c.accept(ctx, em, env, e.Body)
 	if err != nil {
 		c.unreserve()
 		return nil, err
@@ -95,9 +101,12 @@ func (c *Client) Enqueue(e Email, opts ...SendOption) (*Handle, error) {
 }
 
 // accept writes em to the store, body and all, and queues it; or, for
-// an IdempotencyKey the store has, returns the Handle of that email.
-func (c *Client) accept(em *email, env *store.Envelope, r io.Reader) (*Handle, error) {
-	ctx := context.Background()
+// an IdempotencyKey the store has, returns the Handle of that email. ctx
+// bounds the writes up to the commit: when it has ended by then nothing
+// is accepted and the error matches ctx's. The commit itself is not cut
+// by ctx, so that whether the email was accepted is known when accept
+// returns.
+func (c *Client) accept(ctx context.Context, em *email, env *store.Envelope, r io.Reader) (*Handle, error) {
 	d, err := c.st.Accept(ctx, env)
 	if errors.Is(err, store.ErrDuplicateID) {
 		// Email.ID need not be unique; the store's IDs are.
@@ -131,11 +140,14 @@ func (c *Client) accept(em *email, env *store.Envelope, r io.Reader) (*Handle, e
 	c.mu.Lock()
 	err = c.refusal()
 	if err == nil {
+		err = ctx.Err()
+	}
+	if err == nil {
 		c.byID[em.sid] = em // a claim made as soon as it is committed finds it
 	}
 	c.mu.Unlock()
 	if err == nil {
-		_, err = d.Commit(ctx, em.body.meta(rules))
+		_, err = d.Commit(context.WithoutCancel(ctx), em.body.meta(rules))
 		if errors.Is(err, store.ErrUnavailable) && c.keptAfterAll(env.ID) {
 			err = nil // accepted: its reply was lost
 		}
@@ -196,11 +208,15 @@ func withOptions(e Email, opts []SendOption) Email {
 
 // EnqueueWait is Enqueue that, when the queue is full, waits for room
 // instead of failing with ErrQueueFull. When ctx ends first it returns an
-// error matching ErrQueueFull and ctx's cause; nothing is queued.
+// error matching ErrQueueFull and ctx's cause; nothing is queued. ctx
+// bounds the writing of the email to a durable store too (SpoolDir,
+// Options.Store: a database out of reach), up to its commit, which is
+// waited for once it is under way so that the answer is true: when ctx
+// ends before, the error matches ctx's and nothing is accepted.
 func (c *Client) EnqueueWait(ctx context.Context, e Email, opts ...SendOption) (*Handle, error) {
 	for {
 		room := c.roomChan()
-		h, err := c.Enqueue(e, opts...)
+		h, err := c.enqueue(ctx, e, opts)
 		if !errors.Is(err, ErrQueueFull) {
 			return h, err
 		}

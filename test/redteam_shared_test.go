@@ -185,3 +185,40 @@ func TestSharedStoreFinishOutOfReachEndsOnce(t *testing.T) {
 	assert.Equal(t, got.Outcome, res.Outcome, "one email, two results: A's Handle says %v, the store %v", res.Outcome, got.Outcome)
 	assert.Equal(t, 1, testkit.CountSubject(relayA, "once"))
 }
+
+// TestSharedStoreEnqueueWaitEndsWithItsContext: the database stops
+// answering (connections open, nothing comes back). EnqueueWait's
+// context bounds the writing of the email to the store: it returns when
+// the context ends, with an error matching the context's, and nothing
+// is accepted; once the database answers again the email is not there
+// and no Client sends it. (Enqueue, with no context, would wait for the
+// database.)
+func TestSharedStoreEnqueueWaitEndsWithItsContext(t *testing.T) {
+	q := testkit.NewQueue(t)
+	st, p := proxiedStore(t, q)
+	relay := testkit.NewRelay(t, nil)
+	c := testkit.NewClient(t, relay, &mxrelay.Options{Store: st})
+	p.hang()
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	e := testkit.Mail("bounded")
+	e.ID = "bounded"
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.EnqueueWait(ctx, e)
+		done <- err
+	}()
+	bound, stop := context.WithTimeout(context.Background(), 10*time.Second) // far beyond ctx's
+	defer stop()
+	select {
+	case err := <-done:
+		require.ErrorIs(t, err, context.DeadlineExceeded, "%v", err)
+	case <-bound.Done():
+		p.unhang()
+		<-done
+		t.Fatal("EnqueueWait did not return when its context ended: the store's writes are not bound by it")
+	}
+	p.unhang()
+	assert.Zero(t, q.Count(`SELECT count(*) FROM {s}.email WHERE id = 'bounded'`), "nothing accepted")
+	assert.Empty(t, relay.Mailbox())
+}
