@@ -444,10 +444,10 @@ func (c *Client) finish(em *email, out Outcome, err error) {
 	}
 	if release || errors.Is(serr, store.ErrFenced) || c.hold.shared && errors.Is(serr, store.ErrUnavailable) {
 		// Any process's to send (this one's too), or another claim's, or
-		// one whose result a shared store could not take within the
-		// lease (another process may have taken it over since, and give
-		// it a result of its own): its result is not this Client's to
-		// give, but the store's.
+		// one whose result a shared store had not taken when Close
+		// stopped persist waiting for it (another process may take it
+		// over, and give it a result of its own): its result is not this
+		// Client's to give, but the store's.
 		c.mu.Lock()
 		c.away(em)
 		c.mu.Unlock()
