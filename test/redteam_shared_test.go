@@ -129,23 +129,7 @@ func TestSharedStoreCloseReturnsWhenTheDatabaseHangs(t *testing.T) {
 func TestSharedStoreFinishOutOfReachEndsOnce(t *testing.T) {
 	q := testkit.NewQueue(t)
 	st, p := proxiedStore(t, q)
-	var mu sync.Mutex
-	var ended bool
-	replyHeld, release := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	relayA := testkit.NewRelay(t, &relaytest.Options{OnSMTPData: func(d relaytest.SMTPData) {
-		mu.Lock()
-		defer mu.Unlock()
-		if !d.FromServer && (bytes.Contains(d.Data, []byte("BDAT")) || bytes.Contains(d.Data, []byte("\r\n.\r\n"))) {
-			ended = true
-			return
-		}
-		if d.FromServer && ended {
-			// The server's reply to the end of data waits here.
-			once.Do(func() { close(replyHeld); <-release })
-		}
-	}})
-	t.Cleanup(func() { once.Do(func() {}) })
+	relayA, replyHeld, release := endOfDataReplyHeld(t)
 	ca := testkit.NewClient(t, relayA, &mxrelay.Options{Store: st, Lease: 300 * time.Millisecond, CommandTimeout: time.Minute})
 	e := testkit.Mail("once")
 	e.ID = "once"
@@ -221,4 +205,73 @@ func TestSharedStoreEnqueueWaitEndsWithItsContext(t *testing.T) {
 	p.unhang()
 	assert.Zero(t, q.Count(`SELECT count(*) FROM {s}.email WHERE id = 'bounded'`), "nothing accepted")
 	assert.Empty(t, relay.Mailbox())
+}
+
+// TestSharedStoreCloseWithAResultUnrecorded: A's email was delivered
+// (250 to its own end of data, Ending recorded) and the database hangs
+// when A records the result; Close's context ends while it waits. The
+// result is not in the store, so another process takes the email over
+// (an unknown outcome). A's Handle must not say delivered beside the
+// store's unknown: it was told delivered when the write ended with
+// Close's context (a ctx error, not ErrUnavailable).
+func TestSharedStoreCloseWithAResultUnrecorded(t *testing.T) {
+	q := testkit.NewQueue(t)
+	st, p := proxiedStore(t, q)
+	relayA, replyHeld, release := endOfDataReplyHeld(t)
+	ca := testkit.NewClient(t, relayA, &mxrelay.Options{Store: st, Lease: 300 * time.Millisecond, CommandTimeout: time.Minute})
+	e := testkit.Mail("unrecorded")
+	e.ID = "unrecorded"
+	h, err := ca.Enqueue(e)
+	require.NoError(t, err)
+	ctx := testkit.Ctx(t)
+	select {
+	case <-replyHeld:
+	case <-ctx.Done():
+		t.Fatal("A's end of data never went out")
+	}
+	p.hang()       // the database stops answering
+	close(release) // A has its 250 and records it, in vain
+	closeCtx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	ca.Close(closeCtx)
+	res, _ := h.Wait(ctx)
+	t.Logf("A's Handle: %v %v", res.Outcome, res.Err)
+	p.unhang()
+
+	q.Exec(`UPDATE {s}.email SET lease_expires = now() - interval '1 second' WHERE id = 'unrecorded' AND finished_at IS NULL`)
+	other := q.Store(t, nil)
+	cc := testkit.NewClient(t, testkit.NewRelay(t, nil), &mxrelay.Options{Store: other})
+	_, err = other.WaitResult(ctx, "unrecorded") // B's takeover, or A's result if it was recorded
+	require.NoError(t, err)
+	got, err := cc.Result(ctx, "unrecorded")
+	require.NoError(t, err)
+	t.Logf("store: %v %v", got.Outcome, got.Err)
+	if res.Outcome != mxrelay.OutcomeHandedBack {
+		assert.Equal(t, got.Outcome, res.Outcome, "one email, two results: A's Handle says %v, the store %v", res.Outcome, got.Outcome)
+	} else {
+		assert.ErrorIs(t, res.Err, mxrelay.ErrSpooled, "handed back: the store has it")
+	}
+	assert.Equal(t, 1, testkit.CountSubject(relayA, "unrecorded"))
+}
+
+// endOfDataReplyHeld is a relay whose server's first reply after an end
+// of data waits (replyHeld is closed then) until release is closed.
+func endOfDataReplyHeld(t *testing.T) (relay *relaytest.Server, replyHeld, release chan struct{}) {
+	var mu sync.Mutex
+	var ended bool
+	replyHeld, release = make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	relay = testkit.NewRelay(t, &relaytest.Options{OnSMTPData: func(d relaytest.SMTPData) {
+		mu.Lock()
+		defer mu.Unlock()
+		if !d.FromServer && (bytes.Contains(d.Data, []byte("BDAT")) || bytes.Contains(d.Data, []byte("\r\n.\r\n"))) {
+			ended = true
+			return
+		}
+		if d.FromServer && ended {
+			once.Do(func() { close(replyHeld); <-release })
+		}
+	}})
+	t.Cleanup(func() { once.Do(func() {}) })
+	return relay, replyHeld, release
 }
